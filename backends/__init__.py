@@ -1,0 +1,65 @@
+"""Lowering backends. Each exposes the same stages (see :class:`Backend`); the targets table
+(``optc.targets``) names the backend of every target. Backends are imported lazily, so
+``import optc`` needs neither TVM nor any simulator, and backends never import each other.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnx
+
+from optc.frontend import TensorSpec
+from optc.targets import Target
+
+# backend name -> "module:Class" (imported on first use)
+BACKENDS: dict[str, str] = {
+    "tvm-cpu": "optc.backends.tvm.backend:CpuBackend",
+    "tvm-arm": "optc.backends.tvm.backend:ArmBackend",
+}
+
+
+@dataclass
+class BuildResult:
+    """What a backend wrote into the package directory."""
+
+    files: dict[str, str]  # role ("library", "params", "runner", ...) -> relative path
+    info: dict = field(default_factory=dict)  # backend facts for the manifest/report
+
+
+class Session(Protocol):
+    """A loaded artifact: run it, time it."""
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
+
+    def time(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:
+        """Seconds per call for ``repeat`` timed calls after ``warmup`` untimed ones."""
+        ...
+
+
+class Backend(Protocol):
+    """The stages every backend provides."""
+
+    name: str
+
+    def check_environment(self, target: Target) -> None:
+        """Raise ToolchainError early (before any expensive work) if a tool is missing."""
+
+    def supported_ops(self) -> set[str]:
+        """ONNX op types (default domain) this backend can lower."""
+
+    def build(self, model: onnx.ModelProto, inputs: list[TensorSpec], target: Target,
+              out_dir: Path, *, params: str) -> BuildResult:
+        """Lower + build + export the model into ``out_dir`` (legalize, lower, build, export)."""
+
+    def load(self, pkg_dir: Path, manifest: dict) -> Session:
+        """Load an exported artifact for running and timing."""
+
+
+def get_backend(name: str) -> Backend:
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()

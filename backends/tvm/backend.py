@@ -1,0 +1,141 @@
+"""The TVM backends for x86 CPU (run in-process) and 64-bit ARM (cross-compiled, run under
+qemu-user with optc's C++ runner, which is also what runs the artifact on a real board)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from optc.backends import BuildResult
+from optc.frontend import TensorSpec
+from optc.targets import Target
+
+from . import lower
+
+LIBRARY = "model.so"
+PARAMS = "params.bin"
+
+
+class _TvmBackend:
+    name = "tvm"
+
+    def supported_ops(self) -> set[str]:
+        return lower.supported_ops()
+
+    def check_environment(self, target: Target) -> None:
+        return None
+
+    def _export(self, executable, path: Path) -> None:
+        executable.export_library(str(path))
+
+    def build(self, model: onnx.ModelProto, inputs: list[TensorSpec], target: Target,
+              out_dir: Path, *, params: str) -> BuildResult:
+        executable, weights = lower.build(model, inputs, target, embed_params=(params == "embedded"))
+        self._export(executable, out_dir / LIBRARY)
+        files = {"library": LIBRARY}
+        if weights:
+            lower.save_params(weights, out_dir / PARAMS)
+            files["params"] = PARAMS
+        return BuildResult(files, {"tvm_target": lower.resolved_target_dict(target)})
+
+
+class CpuSession:
+    """A compiled artifact loaded into this process's TVM runtime (Relax VM on the CPU)."""
+
+    def __init__(self, pkg_dir: Path, manifest: dict):
+        import tvm
+        from tvm import relax
+
+        files = manifest["files_by_role"]
+        self._lib = tvm.runtime.load_module(str(pkg_dir / files["library"]))
+        self._dev = tvm.cpu()
+        self._vm = relax.VirtualMachine(self._lib, self._dev)
+        self._main = self._vm["main"]
+        self._params = lower.load_params(pkg_dir / files["params"]) if "params" in files else []
+        self._tensor = tvm.runtime.tensor
+
+    def _args(self, inputs):
+        return [self._tensor(np.ascontiguousarray(x), self._dev) for x in inputs] + self._params
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return lower.flatten_outputs(self._main(*self._args(inputs)))
+
+    def time(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:
+        args = self._args(inputs)
+        for _ in range(warmup):
+            self._main(*args)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            self._main(*args)
+            times.append(time.perf_counter() - t0)
+        return times
+
+
+class CpuBackend(_TvmBackend):
+    name = "tvm-cpu"
+    measured_latency = "measured"
+
+    def load(self, pkg_dir: Path, manifest: dict) -> CpuSession:
+        return CpuSession(pkg_dir, manifest)
+
+
+class ArmSession:
+    """An aarch64 artifact run by optc's runner under ``qemu-aarch64 -cpu <core>``.
+
+    Times are *emulated* wall-clock seconds: they prove the code runs, not how fast an ARM
+    core would run it (see the modeled latency in report.json).
+    """
+
+    def __init__(self, pkg_dir: Path, manifest: dict):
+        files = manifest["files_by_role"]
+        self._lib = pkg_dir / files["library"]
+        self._params = pkg_dir / files["params"] if "params" in files else None
+        self._cpu = manifest["target"]["qemu_cpu"]
+        self._bundle = pkg_dir / Path(files["runner"]).parent  # the runner the package ships
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        from . import arm
+
+        outputs, _ = arm.run_qemu(self._lib, inputs, params_path=self._params, qemu_cpu=self._cpu,
+                                  bundle=self._bundle)
+        return outputs
+
+    def time(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:
+        from . import arm
+
+        _, times = arm.run_qemu(self._lib, inputs, params_path=self._params, qemu_cpu=self._cpu,
+                                warmup=warmup, repeat=repeat, bundle=self._bundle)
+        return times
+
+
+class ArmBackend(_TvmBackend):
+    name = "tvm-arm"
+
+    def check_environment(self, target: Target) -> None:
+        from . import arm
+
+        arm.check_tools()
+
+    def _export(self, executable, path: Path) -> None:
+        from . import arm
+
+        arm.export_aarch64(executable, path)
+
+    def build(self, model, inputs, target, out_dir, *, params):
+        from . import arm
+
+        result = super().build(model, inputs, target, out_dir, params=params)
+        # Ship the runner and the aarch64 TVM runtime with the artifact: copy runner/ to a
+        # board and run `./runner/optc_runner model.so ...` there (see README).
+        bundle = arm.runtime_bundle()
+        shutil.copytree(bundle, out_dir / "runner")
+        result.files["runner"] = "runner/optc_runner"
+        return result
+
+    def load(self, pkg_dir: Path, manifest: dict) -> ArmSession:
+        return ArmSession(pkg_dir, manifest)

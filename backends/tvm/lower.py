@@ -1,0 +1,107 @@
+"""ONNX -> Relax -> compiled TVM executable: the stages shared by the CPU and ARM backends.
+
+legalize: the ONNX frontend imports the (simplified, shape-bound) model with weights kept as
+function parameters (``keep_params_in_input``), then ``DecomposeOpsForInference`` rewrites
+training-style ops. lower: the target's default Relax pipeline (legalize to TIR, fuse,
+plan memory). build: ``tvm.compile`` inside ``with target`` (needed for device codegen).
+Weights are either bound into the library as constants ("embedded") or kept as trailing
+``main`` arguments saved beside it ("separate", keys p0000, p0001, ... in order).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from optc.errors import ToolchainError, UnsupportedModelError
+from optc.frontend import TensorSpec
+from optc.targets import Target, host_cores
+
+
+def supported_ops() -> set[str]:
+    """Op types the TVM Relax ONNX frontend can convert."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return set(onnx_frontend._get_convert_map())
+
+
+def tvm_target(target: Target):
+    """The concrete ``tvm.target.Target`` of a table entry ("host" values are detected)."""
+    import tvm
+
+    spec = dict(target.tvm)
+    if spec.get("mcpu") == "host":
+        spec["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+    if spec.get("num-cores") == "host":
+        spec["num-cores"] = host_cores()
+    return tvm.target.Target(spec)
+
+
+def resolved_target_dict(target: Target) -> dict:
+    """The TVM target dict with host values filled in (recorded in manifests)."""
+    t = tvm_target(target)
+    return {k: (list(v) if not isinstance(v, (str, int, float, bool)) else v)
+            for k, v in dict(t.export()).items() if k in ("kind", "mtriple", "mcpu", "mattr", "num-cores", "keys")}
+
+
+def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec]):
+    """Relax module with weights as parameters, and the weights (list of tvm tensors)."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    shape_dict = {s.name: list(s.shape) for s in inputs}
+    dtype_dict = {s.name: s.dtype for s in inputs}
+    try:
+        mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=True)
+    except Exception as err:
+        msg = " ".join(str(err).split())[:400]
+        raise UnsupportedModelError(f"TVM's ONNX frontend could not import the model: {msg}") from None
+    mod, params = relax.frontend.detach_params(mod)
+    return mod, list(params.get("main", []))
+
+
+def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, embed_params: bool):
+    """Compile the model for ``target``; returns (executable, params or [] if embedded)."""
+    import tvm
+    from tvm import relax
+
+    mod, params = import_onnx(model, inputs)
+    if embed_params and params:
+        weights = mod["main"].params[len(inputs):]
+        mod = relax.transform.BindParams("main", dict(zip(weights, params)))(mod)
+        params = []
+    tgt = tvm_target(target)
+    try:
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+        with tgt:
+            mod = relax.get_default_pipeline(tgt)(mod)
+            executable = tvm.compile(mod, tgt)
+    except Exception as err:
+        msg = " ".join(str(err).split())[:400]
+        raise ToolchainError(f"TVM build for target {target.name} failed: {msg}") from None
+    return executable, params
+
+
+def save_params(params: list, path: Path) -> None:
+    import tvm
+
+    tvm.runtime.save_param_dict_to_file({f"p{i:04d}": p for i, p in enumerate(params)}, str(path))
+
+
+def load_params(path: Path) -> list:
+    import tvm
+
+    d = tvm.runtime.load_param_dict_from_file(str(path))
+    return [d[k] for k in sorted(d)]
+
+
+def flatten_outputs(out) -> list[np.ndarray]:
+    """A VM result (tensor or nested tuple of tensors) as a flat list of numpy arrays."""
+    if hasattr(out, "numpy"):
+        return [out.numpy()]
+    result = []
+    for item in out:
+        result.extend(flatten_outputs(item))
+    return result

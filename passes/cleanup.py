@@ -1,0 +1,121 @@
+"""Cleanup passes a compiler runs before compression: simplify, fold constants, fold
+BatchNorm, remove identities, remove dead code.
+
+Each wraps the field-standard implementation (onnx-simplifier, onnxscript's constant folder
+and rewrite rules, onnx-ir's common passes) behind optc's pass interface, so it can be named in
+a pipeline, recorded in an artifact, and tested for numerical equivalence and idempotence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from optc.pipeline import Pass, register_pass
+
+
+def _graph_signature(model: ir.Model) -> tuple:
+    """A cheap structural fingerprint: ops, their inputs/outputs and the initializer names."""
+    nodes = tuple(
+        (n.domain, n.op_type, tuple(v.name if v is not None else "" for v in n.inputs),
+         tuple(v.name for v in n.outputs))
+        for n in model.graph
+    )
+    return nodes, tuple(sorted(model.graph.initializers))
+
+
+@register_pass("simplify")
+class Simplify(Pass):
+    """Run onnx-simplifier: constant-fold shape computations, fuse and drop no-op nodes.
+
+    Assumes: static input shapes (the frontend binds them). Guarantees: same outputs as the
+    input model (onnxsim checks numerically on random inputs when ``check`` > 0); initializers
+    stay initializers (so weights remain parameters for the backends).
+    """
+
+    check: int = field(default=0, metadata={"doc": "random-input checks onnxsim runs itself"})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        import onnxsim
+
+        before = _graph_signature(model)
+        proto = ir.serde.serialize_model(model)
+        simplified, ok = onnxsim.simplify(proto, check_n=self.check, initializers_as_constants=False)
+        if not ok:
+            raise RuntimeError("onnx-simplifier's own check failed")
+        new = ir.serde.deserialize_model(simplified)
+        modified = _graph_signature(new) != before
+        if not modified:
+            return ir.passes.PassResult(model, False)
+        # In-place contract: move the new graph into the given model object.
+        _replace_graph(model, new)
+        return ir.passes.PassResult(model, True)
+
+
+def _replace_graph(model: ir.Model, new: ir.Model) -> None:
+    model.graph = new.graph  # opset imports live on the graph in onnx-ir
+    model.functions.clear()
+    model.functions.update(new.functions)
+
+
+@register_pass("fold-constants")
+class FoldConstants(Pass):
+    """Evaluate nodes whose inputs are all constant and replace them by initializers.
+
+    Uses onnxscript's constant folder (with shape inference). Guarantees: outputs unchanged;
+    tensors larger than the limits are left as computations (memory stays bounded).
+    """
+
+    input_size_limit: int = field(default=1 << 20, metadata={"doc": "max elements of an input to fold"})
+    output_size_limit: int = field(default=1 << 22, metadata={"doc": "max elements of a folded output"})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnxscript.optimizer import _constant_folding as cf
+
+        result = cf.FoldConstantsPass(
+            shape_inference=True,
+            input_size_limit=self.input_size_limit,
+            output_size_limit=self.output_size_limit,
+        )(model)
+        dce = common.RemoveUnusedNodesPass()(model)
+        return ir.passes.PassResult(model, bool(result.modified or dce.modified))
+
+
+@register_pass("fuse-bn")
+class FuseBatchNorm(Pass):
+    """Fold BatchNormalization into the preceding Conv, ConvTranspose or Gemm.
+
+    With s = gamma / sqrt(var + eps) per output channel: W' = W * s (broadcast on the output
+    channel axis), b' = (b - mean) * s + beta. Applies only when the producer's output feeds
+    the BatchNorm alone and all parameters are constant (onnxscript's rules check both and say
+    why a candidate did not match). Guarantees: outputs equal up to fp32 rounding.
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnxscript.rewriter.rules.common import _fuse_batchnorm
+
+        count = _fuse_batchnorm.rules.apply_to_model(model)
+        if count:
+            common.RemoveUnusedNodesPass()(model)
+        self.details = {"rewrites": count}
+        return ir.passes.PassResult(model, bool(count))
+
+
+@register_pass("remove-identity")
+class RemoveIdentity(Pass):
+    """Remove Identity nodes, rewiring consumers (graph outputs keep their names)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return common.IdentityEliminationPass()(model)
+
+
+@register_pass("dce")
+class DeadCodeElimination(Pass):
+    """Remove nodes and initializers no graph output depends on, and unused opset imports."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        a = common.RemoveUnusedNodesPass()(model)
+        b = common.RemoveUnusedOpsetsPass()(model)
+        return ir.passes.PassResult(model, bool(a.modified or b.modified))

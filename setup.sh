@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set optc up on a fresh Debian/Ubuntu machine: system packages (C++ compiler, the aarch64
+# cross compiler, qemu-user), a virtual environment in .venv with optc and its pinned
+# dependencies, the third-party test models, and the aarch64 TVM runtime bundle.
+# Safe to run again: every step skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES="g++ g++-aarch64-linux-gnu qemu-user"
+missing=""
+for pkg in $APT_PACKAGES; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  echo "setup: installing Debian packages:$missing"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# torch first and pinned: 2.13.0 is the CPU build; an unpinned torch pulls CUDA packages.
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e ".[test]"
+# Real third-party models for tests: the PP-OCR ONNX models inside this wheel (no deps needed).
+.venv/bin/python -m pip install -q --no-deps rapidocr-onnxruntime==1.4.4
+# aarch64 TVM runtime + optc's C++ runner (downloads the aarch64 wheels from PyPI once).
+.venv/bin/python -c "from optc.backends.tvm import arm; print('setup: aarch64 runtime bundle in', arm.runtime_bundle())"
+echo "setup: done (activate with: . .venv/bin/activate)"

@@ -1,0 +1,58 @@
+"""Shared fixtures: small ONNX models built inline, and the bundled reference models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+
+
+def make_conv_model(path: Path | None = None, *, batch: int | str = 1, seed: int = 0,
+                    with_bn: bool = True) -> onnx.ModelProto:
+    """Conv(3x3) -> BatchNorm -> Relu -> GlobalAveragePool -> Flatten -> Gemm, opset 17."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3
+    b = rng.standard_normal(8).astype(np.float32) * 0.1
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+             numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "fc_w"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "fc_b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1])]
+    last = "c"
+    if with_bn:
+        inits += [numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "g"),
+                  numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "beta"),
+                  numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "mean"),
+                  numpy_helper.from_array(rng.uniform(0.5, 2.0, 8).astype(np.float32), "var")]
+        nodes.append(helper.make_node("BatchNormalization", ["c", "g", "beta", "mean", "var"], ["bn"], name="bn"))
+        last = "bn"
+    nodes += [helper.make_node("Relu", [last], ["r"], name="relu"),
+              helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+              helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+              helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    if path is not None:
+        onnx.save(model, str(path))
+    return model
+
+
+@pytest.fixture
+def conv_model(tmp_path) -> Path:
+    path = tmp_path / "conv.onnx"
+    make_conv_model(path)
+    return path
+
+
+@pytest.fixture
+def dynamic_conv_model(tmp_path) -> Path:
+    path = tmp_path / "conv_dyn.onnx"
+    make_conv_model(path, batch="N")
+    return path

@@ -1,0 +1,153 @@
+"""Cleanup passes: each is checked for numerical equivalence with onnxruntime (graph
+optimizations off), for doing what it says (op counts), and for idempotence."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optc.pipeline import instantiate, parse_pipeline
+from optc.verify import reference_outputs
+from tests.conftest import make_conv_model
+
+ATOL_FP32 = 1e-5
+
+
+def _run(model: onnx.ModelProto, text: str):
+    """Run a one-pass pipeline; return (new proto, modified, modified on a second run)."""
+    (spec,) = parse_pipeline(text)
+    irm = ir.serde.deserialize_model(model)
+    first = instantiate(spec)(irm)
+    second = instantiate(spec)(first.model)
+    out = ir.serde.serialize_model(second.model)
+    onnx.checker.check_model(out)
+    return out, first.modified, second.modified
+
+
+def _ops(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def _assert_same_outputs(a: onnx.ModelProto, b: onnx.ModelProto, feeds, atol=ATOL_FP32):
+    for x, y in zip(reference_outputs(a, feeds), reference_outputs(b, feeds)):
+        np.testing.assert_allclose(x, y, atol=atol, rtol=1e-5)
+
+
+def _feeds(shape=(2, 3, 8, 8)):
+    return {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
+
+
+def _model(nodes, inits, inputs, outputs, opset=17):
+    g = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(m)
+    return m
+
+
+X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])
+
+
+def test_fuse_bn_into_conv():
+    model = make_conv_model(batch=2, with_bn=True)
+    out, modified, again = _run(model, "fuse-bn")
+    assert modified and not again
+    assert "BatchNormalization" not in _ops(out)
+    assert _ops(out).count("Conv") == 1
+    _assert_same_outputs(model, out, _feeds())
+
+
+def test_fuse_bn_into_gemm():
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 5)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.uniform(0.5, 2, 6).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "beta"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "m"),
+             numpy_helper.from_array(rng.uniform(0.5, 2, 6).astype(np.float32), "v")]
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1),
+             helper.make_node("BatchNormalization", ["h", "g", "beta", "m", "v"], ["y"], epsilon=1e-3)]
+    model = _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 6])])
+    out, modified, again = _run(model, "fuse-bn")
+    assert modified and not again and _ops(out) == ["Gemm"]
+    _assert_same_outputs(model, out, {"x": np.random.default_rng(2).standard_normal((4, 5)).astype(np.float32)})
+
+
+def test_fuse_bn_leaves_shared_producer_alone():
+    """A Conv output used by BN *and* another node cannot be folded (its value would change)."""
+    model = make_conv_model(batch=2, with_bn=True)
+    g = model.graph
+    g.node.append(helper.make_node("Relu", ["c"], ["side"], name="side"))
+    g.output.append(helper.make_tensor_value_info("side", TensorProto.FLOAT, [2, 8, 8, 8]))
+    out, modified, _ = _run(model, "fuse-bn")
+    assert not modified and "BatchNormalization" in _ops(out)
+
+
+def test_fold_constants():
+    inits = [numpy_helper.from_array(np.full((8,), 2.0, np.float32), "a"),
+             numpy_helper.from_array(np.full((8,), 3.0, np.float32), "b")]
+    nodes = [helper.make_node("Add", ["a", "b"], ["ab"]),  # constant
+             helper.make_node("Mul", ["ab", "ab"], ["sq"]),  # constant
+             helper.make_node("Add", ["x", "sq"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    model = _model(nodes, inits, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])])
+    out, modified, again = _run(model, "fold-constants")
+    assert modified and not again and _ops(out) == ["Add"]
+    _assert_same_outputs(model, out, {"x": np.ones((2, 8), np.float32)})
+
+
+def test_remove_identity():
+    nodes = [helper.make_node("Identity", ["x"], ["i1"]), helper.make_node("Relu", ["i1"], ["r"]),
+             helper.make_node("Identity", ["r"], ["i2"]), helper.make_node("Neg", ["i2"], ["y"])]
+    model = _model(nodes, [], [X], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 8, 8])])
+    out, modified, again = _run(model, "remove-identity")
+    assert modified and not again and _ops(out) == ["Relu", "Neg"]
+    _assert_same_outputs(model, out, _feeds())
+
+
+def test_dce_removes_dead_nodes_and_initializers():
+    inits = [numpy_helper.from_array(np.ones((8, 3), np.float32), "unused_w")]
+    nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Sigmoid", ["x"], ["dead"]),
+             helper.make_node("MatMul", ["dead", "unused_w"], ["dead2"])]
+    model = _model(nodes, inits, [X], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 8, 8])])
+    out, modified, again = _run(model, "dce")
+    assert modified and not again and _ops(out) == ["Relu"] and not out.graph.initializer
+    _assert_same_outputs(model, out, _feeds())
+
+
+def test_simplify_folds_shape_computation():
+    """Shape -> Gather -> Unsqueeze -> Concat -> Reshape (what torch exports for x.view(b, -1))."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["b"], axis=0),
+        helper.make_node("Unsqueeze", ["b", "axes"], ["b1"]),
+        helper.make_node("Concat", ["b1", "minus1"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array([0], np.int64), "axes"),
+             numpy_helper.from_array(np.array([-1], np.int64), "minus1")]
+    model = _model(nodes, inits, [X], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 192])])
+    out, modified, again = _run(model, "simplify")
+    assert modified and not again and _ops(out) == ["Reshape"]
+    _assert_same_outputs(model, out, _feeds())
+
+
+@pytest.mark.parametrize("text", ["simplify", "fold-constants", "fuse-bn", "remove-identity", "dce"])
+def test_each_pass_is_idempotent_on_a_real_model(text):
+    from tests.conftest import MODELS
+
+    path = MODELS / "digits_cnn.onnx"
+    if not path.exists():
+        pytest.skip("bundled model not built")
+    from optc.frontend import bind_input_shapes, load_model
+
+    model, _ = bind_input_shapes(load_model(path), {"input": (2, 1, 8, 8)})
+    out, _, again = _run(model, text)
+    assert not again
+    feeds = {"input": np.random.default_rng(3).random((2, 1, 8, 8), np.float32)}
+    for x, y in zip(reference_outputs(model, feeds), reference_outputs(out, feeds)):
+        np.testing.assert_allclose(x, y, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,25 @@
+"""optc: a compiler-style model optimization toolchain.
+
+ONNX models come in; a graph IR (onnx-ir) runs cleanup, prune, quantize and binarize passes
+named in a textual pipeline; backends lower the result with Apache TVM for x86 CPUs and 64-bit
+ARM; every artifact is verified against onnxruntime and carries a report.
+
+Public API (see :mod:`optc.api`): ``compile``, ``run``, ``bench``, ``inspect``.
+TVM and torch are imported only when a function needs them, so ``import optc`` is fast.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["compile", "run", "bench", "inspect", "__version__", "DEFAULT_PIPELINE"]
+
+DEFAULT_PIPELINE = "simplify,fold-constants,remove-identity,fuse-bn,dce"
+
+
+def __getattr__(name: str):
+    if name in ("compile", "run", "bench", "inspect"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(name)

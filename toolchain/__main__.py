@@ -1,0 +1,5 @@
+import sys
+
+from optc.cli import main
+
+sys.exit(main())

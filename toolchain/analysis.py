@@ -1,0 +1,148 @@
+"""Static model analysis: op histogram, parameters, MACs/FLOPs and memory traffic per layer.
+
+Costs follow the usual conventions: a multiply-accumulate (MAC) is 2 FLOPs; Conv costs
+N*Cout*Hout*Wout*(Cin/groups)*kH*kW MACs (+ bias adds); Gemm/MatMul M*N*K MACs; elementwise,
+activation, normalisation and pooling ops are counted as FLOPs per output (or input) element
+with the small constant factors below. Bytes are the sizes of a node's inputs (activations
+and weights) and outputs, i.e. DRAM traffic if nothing stays in cache: an upper bound used by
+the roofline latency model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# FLOPs per output element for non-MAC ops (approximate, documented conventions).
+_ELEMENTWISE_FLOPS = {
+    "Add": 1, "Sub": 1, "Mul": 1, "Div": 1, "Relu": 1, "LeakyRelu": 2, "PRelu": 2, "Clip": 2,
+    "Max": 1, "Min": 1, "Neg": 1, "Abs": 1, "Sqrt": 1, "Pow": 1, "Sign": 1,
+    "Sigmoid": 4, "Tanh": 4, "Exp": 1, "Log": 1, "Erf": 4, "Gelu": 8, "HardSigmoid": 3,
+    "HardSwish": 4, "Softmax": 5, "LogSoftmax": 5, "BatchNormalization": 2,
+    "InstanceNormalization": 5, "LayerNormalization": 5, "Where": 1,
+}
+_POOL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax"}
+
+
+@dataclass
+class LayerCost:
+    name: str
+    op: str
+    macs: int
+    flops: int
+    params: int
+    bytes_in: int
+    bytes_out: int
+    output_shape: list[int]
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[list[int], int]]:
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    out = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            out[vi.name] = ([d.dim_value for d in t.shape.dim], t.elem_type)
+    for init in inferred.graph.initializer:
+        out[init.name] = (list(init.dims), init.data_type)
+    return out
+
+
+def _nbytes(shape_type: tuple[list[int], int] | None) -> int:
+    if shape_type is None:
+        return 0
+    shape, elem = shape_type
+    try:
+        size = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).itemsize
+    except Exception:
+        size = 4
+    return int(np.prod(shape, dtype=np.int64)) * size
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
+    """Per-node costs; shapes must be static (bind input shapes first)."""
+    shapes = _shapes(model)
+    inits = {i.name for i in model.graph.initializer}
+    layers = []
+    for i, node in enumerate(model.graph.node):
+        outs = [shapes.get(o) for o in node.output]
+        out_shape = outs[0][0] if outs and outs[0] else []
+        out_elems = int(np.prod(out_shape, dtype=np.int64)) if out_shape else 0
+        ins = [shapes.get(x) if x else None for x in node.input]
+        params = sum(int(np.prod(s[0], dtype=np.int64)) for x, s in zip(node.input, ins) if x in inits and s)
+        macs = 0
+        flops = 0
+        op = node.op_type
+        if op in ("Conv", "ConvInteger", "QLinearConv") and len(ins) > 1 and ins[1 if op != "QLinearConv" else 3]:
+            w = ins[1 if op != "QLinearConv" else 3][0]
+            macs = out_elems * int(np.prod(w[1:]))
+            flops = 2 * macs + (out_elems if len(node.input) > 2 and op == "Conv" else 0)
+        elif op == "ConvTranspose" and len(ins) > 1 and ins[1] and ins[0]:
+            w = ins[1][0]  # (Cin, Cout/groups, kH, kW)
+            in_elems = int(np.prod(ins[0][0]))
+            macs = in_elems * int(np.prod(w[1:]))
+            flops = 2 * macs
+        elif op in ("Gemm", "MatMul", "MatMulInteger") and ins and ins[0] and len(ins) > 1 and ins[1]:
+            a = ins[0][0]
+            b = ins[1][0]
+            k = a[-1] if not (op == "Gemm" and _attr(node, "transA", 0)) else a[0]
+            macs = out_elems * int(k)
+            flops = 2 * macs + (out_elems if len(node.input) > 2 else 0)
+        elif op in _POOL and ins and ins[0]:
+            flops = int(np.prod(ins[0][0]))
+        else:
+            flops = _ELEMENTWISE_FLOPS.get(op, 0) * out_elems
+        layers.append(LayerCost(
+            name=node.name or f"{op}_{i}", op=op, macs=int(macs), flops=int(flops), params=params,
+            bytes_in=sum(_nbytes(s) for s in ins), bytes_out=sum(_nbytes(s) for s in outs),
+            output_shape=list(out_shape),
+        ))
+    return layers
+
+
+def summarize(model: onnx.ModelProto, per_layer: bool = True) -> dict:
+    """A JSON-ready summary: ops, parameters, MACs, FLOPs, memory and (optionally) layers."""
+    layers = layer_costs(model)
+    ops: dict[str, int] = {}
+    for n in model.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    param_count = sum(int(np.prod(i.dims, dtype=np.int64)) for i in model.graph.initializer)
+    param_bytes = sum(numpy_helper.to_array(i).nbytes if not i.external_data else
+                      _nbytes((list(i.dims), i.data_type)) for i in model.graph.initializer)
+    shapes = _shapes(model)
+    act_bytes = [_nbytes(shapes.get(o)) for n in model.graph.node for o in n.output]
+    out = {
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+        "nodes": len(model.graph.node),
+        "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+        "params": param_count,
+        "param_bytes": int(param_bytes),
+        "macs": sum(layer.macs for layer in layers),
+        "flops": sum(layer.flops for layer in layers),
+        "max_activation_bytes": max(act_bytes, default=0),
+        "total_activation_bytes": int(sum(act_bytes)),
+        "bytes_moved": sum(layer.bytes_in + layer.bytes_out for layer in layers),
+    }
+    if per_layer:
+        out["layers"] = [asdict(layer) for layer in layers]
+    return out
+
+
+def roofline_seconds(layers: list[LayerCost] | list[dict], gflops: float, gbps: float) -> float:
+    """Roofline lower bound: sum over layers of max(FLOPs / peak, bytes / bandwidth)."""
+    total = 0.0
+    for layer in layers:
+        d = layer if isinstance(layer, dict) else asdict(layer)
+        total += max(d["flops"] / (gflops * 1e9), (d["bytes_in"] + d["bytes_out"]) / (gbps * 1e9))
+    return total

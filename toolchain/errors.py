@@ -1,0 +1,61 @@
+"""Errors that optc reports to users, each with a documented exit code.
+
+Every error a user can cause (a bad file, a wrong input name, an unsupported op, a missing
+tool) is an :class:`OptcError` subclass; the CLI prints its message on one line and exits
+with its ``exit_code``. Anything else escaping the CLI is a bug in optc (exit code 70).
+"""
+
+from __future__ import annotations
+
+
+class OptcError(Exception):
+    """Base class: a problem the user can fix, reported without a traceback."""
+
+    exit_code = 2
+
+
+class InvalidModelError(OptcError):
+    """The file is not a readable/valid ONNX model, or its inputs do not fit the request."""
+
+    exit_code = 2
+
+
+class UsageError(OptcError):
+    """Wrong arguments: unknown pass/target, malformed pipeline text, existing output, ..."""
+
+    exit_code = 2
+
+
+class UnsupportedModelError(OptcError):
+    """The model uses operators the chosen backend cannot lower (all are listed at once)."""
+
+    exit_code = 3
+
+
+class VerificationError(OptcError):
+    """The compiled artifact disagrees with onnxruntime beyond the tolerance."""
+
+    exit_code = 4
+
+
+class ToolchainError(OptcError):
+    """A required external tool (cross compiler, qemu, TVM feature) is missing or failed."""
+
+    exit_code = 5
+
+
+class BudgetError(OptcError):
+    """An artifact misses one or more budgets of ``optc check``."""
+
+    exit_code = 6
+
+
+EXIT_CODES = {
+    0: "success",
+    2: "bad input or usage (invalid model, wrong input name/shape, existing output, bad pipeline)",
+    3: "unsupported model (every unsupported op is listed with its node names)",
+    4: "verification failed (artifact output differs from onnxruntime beyond tolerance)",
+    5: "toolchain problem (cross compiler, qemu or a TVM feature missing or failing)",
+    6: "budget check failed (optc check)",
+    70: "internal error in optc (a bug: please report it with --debug output)",
+}
