@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 # FLOPs per output element for non-MAC ops (approximate, documented conventions).
 _ELEMENTWISE_FLOPS = {
@@ -70,12 +69,26 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return default
 
 
+def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Weights: initializers and the tensors of Constant nodes (some exporters use those)."""
+    out = {i.name: i for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    out[n.output[0]] = a.t
+    return out
+
+
 def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
-    """Per-node costs; shapes must be static (bind input shapes first)."""
+    """Per-node costs; shapes must be static (bind input shapes first). Constant nodes are
+    weights, not layers, and are left out."""
     shapes = _shapes(model)
-    inits = {i.name for i in model.graph.initializer}
+    inits = set(_constant_tensors(model))
     layers = []
     for i, node in enumerate(model.graph.node):
+        if node.op_type == "Constant":
+            continue
         outs = [shapes.get(o) for o in node.output]
         out_shape = outs[0][0] if outs and outs[0] else []
         out_elems = int(np.prod(out_shape, dtype=np.int64)) if out_shape else 0
@@ -111,21 +124,32 @@ def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
     return layers
 
 
-def summarize(model: onnx.ModelProto, per_layer: bool = True) -> dict:
-    """A JSON-ready summary: ops, parameters, MACs, FLOPs, memory and (optionally) layers."""
-    layers = layer_costs(model)
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    """Op type -> node count, most frequent first."""
     ops: dict[str, int] = {}
     for n in model.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    param_count = sum(int(np.prod(i.dims, dtype=np.int64)) for i in model.graph.initializer)
-    param_bytes = sum(numpy_helper.to_array(i).nbytes if not i.external_data else
-                      _nbytes((list(i.dims), i.data_type)) for i in model.graph.initializer)
+    return dict(sorted(ops.items(), key=lambda kv: -kv[1]))
+
+
+def parameter_count(model: onnx.ModelProto) -> int:
+    """Elements in all weights (initializers and Constant-node tensors)."""
+    return sum(int(np.prod(t.dims, dtype=np.int64)) for t in _constant_tensors(model).values())
+
+
+def summarize(model: onnx.ModelProto, per_layer: bool = True) -> dict:
+    """A JSON-ready summary: ops, parameters, MACs, FLOPs, memory and (optionally) layers."""
+    layers = layer_costs(model)
+    ops = op_histogram(model)
+    weights = _constant_tensors(model).values()
+    param_count = parameter_count(model)
+    param_bytes = sum(_nbytes((list(t.dims), t.data_type)) for t in weights)
     shapes = _shapes(model)
     act_bytes = [_nbytes(shapes.get(o)) for n in model.graph.node for o in n.output]
     out = {
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
         "nodes": len(model.graph.node),
-        "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+        "ops": ops,
         "params": param_count,
         "param_bytes": int(param_bytes),
         "macs": sum(layer.macs for layer in layers),

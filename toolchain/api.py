@@ -359,10 +359,7 @@ def inspect(model: str | os.PathLike, input_shapes: Mapping[str, tuple[int, ...]
     except InvalidModelError as err:
         if input_shapes:
             raise
-        ops: dict[str, int] = {}
-        for n in proto.graph.node:
-            ops[n.op_type] = ops.get(n.op_type, 0) + 1
-        return {"model": str(model), "inputs": inputs, "nodes": len(proto.graph.node), "ops": ops,
-                "params": sum(int(np.prod(i.dims, dtype=np.int64)) for i in proto.graph.initializer),
+        return {"model": str(model), "inputs": inputs, "nodes": len(proto.graph.node),
+                "ops": analysis.op_histogram(proto), "params": analysis.parameter_count(proto),
                 "note": f"costs need static shapes: {err}"}
     return {"model": str(model), "inputs": inputs} | analysis.summarize(bound, per_layer=per_layer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -231,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OptcError as err:
         print(f"optc: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("optc: interrupted (nothing was written)", file=sys.stderr)
         return 130
