@@ -64,6 +64,8 @@ def compile(
     atol: float = verify.DEFAULT_ATOL,
     rtol: float = verify.DEFAULT_RTOL,
     measure: bool = True,
+    eval_data: str | os.PathLike | None = None,
+    eval_limit: int | None = None,
     force: bool = False,
     progress: Progress = SILENT,
 ) -> dict:
@@ -71,7 +73,8 @@ def compile(
 
     Returns the report (also written to ``out_dir/report.json``). Raises OptcError subclasses
     for bad input (nothing is written then), VerificationError if the artifact's outputs differ
-    from onnxruntime's beyond ``atol + rtol * max|ref|``.
+    from onnxruntime's beyond ``atol + rtol * max|ref|``. With ``eval_data`` (an .npz of inputs,
+    plus ``label`` for accuracy) the report gets an ``accuracy`` section (see optc.accuracy).
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -89,12 +92,13 @@ def compile(
     backend.check_environment(tgt)
     with writer as tmp:
         report = _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
-                               verify_outputs, atol, rtol, measure, progress, timings, t_start)
+                               verify_outputs, atol, rtol, measure, progress, timings, t_start,
+                               eval_data, eval_limit)
     return report | {"package": str(writer.dest)}
 
 
 def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params, verify_outputs,
-                  atol, rtol, measure, progress, timings, t_start) -> dict:
+                  atol, rtol, measure, progress, timings, t_start, eval_data, eval_limit) -> dict:
 
     with progress.step("load and check model"):
         t0 = time.perf_counter()
@@ -189,6 +193,14 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
             raise VerificationError(
                 f"artifact output differs from onnxruntime beyond atol={atol:g}, rtol={rtol:g}: {detail}")
 
+    accuracy_report = None
+    if eval_data is not None:
+        with progress.step(f"evaluate on {eval_data}"):
+            t0 = time.perf_counter()
+            accuracy_report = _evaluate(eval_data, eval_limit, original, optimized, session, tgt,
+                                        in_specs, out_names)
+            timings["evaluate"] = time.perf_counter() - t0
+
     summary = analysis.summarize(optimized)
     latency = _latency(tgt, session, args, summary, measure, progress)
     sizes = {role: (tmp / rel).stat().st_size for role, rel in manifest["files_by_role"].items()
@@ -210,6 +222,7 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
             "runtime_bundle": runner_bytes,
         },
         "latency": latency,
+        **({"accuracy": accuracy_report} if accuracy_report else {}),
         "compile_seconds": round(timings["total"], 3),
         "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
         "model": {k: v for k, v in summary.items() if k != "layers"},
@@ -221,6 +234,26 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
     manifest["files"] = artifact.file_table(tmp)
     artifact.write_json(tmp / artifact.MANIFEST, manifest)
     return report
+
+
+def _evaluate(path, limit, original, optimized, session, tgt: Target, in_specs, out_names) -> dict:
+    """Accuracy/fidelity of the artifact against the original model (both on ``path``)."""
+    from . import accuracy
+
+    inputs, labels = accuracy.load_eval(path, in_specs)
+    order = [s.name for s in in_specs]
+    ref_sess = verify.ort_session(original)
+    reference = lambda feeds: ref_sess.run(None, feeds)  # noqa: E731
+    if tgt.latency == "measured":  # the artifact runs in this process: evaluate it directly
+        candidate = lambda feeds: session.run([feeds[n] for n in order])  # noqa: E731
+        evaluated_on = "the compiled artifact"
+    else:  # emulated targets: the optimized ONNX, which verification showed equal to the artifact
+        opt_sess = verify.ort_session(optimized)
+        candidate = lambda feeds: opt_sess.run(None, feeds)  # noqa: E731
+        evaluated_on = "the optimized ONNX model in onnxruntime (the artifact was verified equal to it)"
+    result = accuracy.compare_models(reference, candidate, inputs, labels, in_specs, in_specs, out_names, limit)
+    return {"data": str(path), "evaluated_on": evaluated_on,
+            "reference": "the original model in onnxruntime"} | result
 
 
 def _latency(tgt: Target, session, args, summary: dict, measure: bool, progress: Progress) -> dict:

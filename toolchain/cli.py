@@ -7,6 +7,7 @@ class (see ``optc --help``); ``--debug`` shows the traceback of anything else.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -16,6 +17,10 @@ from . import DEFAULT_PIPELINE, __version__
 from .errors import EXIT_CODES, OptcError
 
 INTERNAL_ERROR = 70
+
+# Modules that add subcommands: each defines ``add_commands(add)`` where
+# ``add(name, func, help) -> argparse.ArgumentParser`` creates a subcommand (``func(args) -> int``).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _exit_codes_text() -> str:
@@ -43,6 +48,7 @@ def cmd_compile(args) -> int:
         passes=args.passes, input_shapes=parse_shape_args(args.input_shape or []),
         inputs=args.inputs, params=args.params, verify_outputs=not args.no_verify,
         atol=args.atol, rtol=args.rtol, measure=not args.no_measure, force=args.force,
+        eval_data=args.eval, eval_limit=args.eval_limit,
         progress=_progress(args),
     )
     out = args.output or report.get("package")
@@ -56,6 +62,14 @@ def cmd_compile(args) -> int:
         print(f"  verify: passed (max abs error {v['max_abs_error']:.3g}, max rel error "
               f"{v['max_rel_error']:.3g}; {v['inputs']})")
     print(f"  size: {report['size_bytes']['artifact'] / 1024:.1f} KiB (library + params)")
+    if "accuracy" in report:
+        a = report["accuracy"]
+        if "top1" in a:
+            print(f"  accuracy: top-1 {100 * a['top1']:.2f}% vs {100 * a['top1_reference']:.2f}% original "
+                  f"({a['top1_drop_points']:+.2f} points drop, {a['samples']} samples)")
+        else:
+            print(f"  fidelity: top-1 agreement {100 * a['top1_agreement']:.2f}%, SQNR "
+                  + ", ".join(f"{k} {v:.1f} dB" for k, v in a["sqnr_db"].items()))
     if "median_ms" in lat:
         extra = f", emulated run {lat['emulated_ms']:.1f} ms (not ARM latency)" if "emulated_ms" in lat else ""
         print(f"  latency: {lat['median_ms']:.3f} ms ({lat['method']}){extra}")
@@ -190,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--atol", type=float, default=1e-4, help="verification absolute tolerance (default 1e-4)")
     c.add_argument("--rtol", type=float, default=1e-3,
                    help="verification tolerance relative to the reference's max |value| (default 1e-3)")
+    c.add_argument("--eval", metavar="DATA.npz", help="labelled data (input arrays + 'label') for top-1 "
+                   "accuracy vs the original model; without labels: fidelity (top-1 agreement, SQNR)")
+    c.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on the first N samples only")
     c.add_argument("--no-verify", action="store_true", help="skip verification against onnxruntime")
     c.add_argument("--no-measure", action="store_true", help="skip latency measurement")
     c.add_argument("-f", "--force", action="store_true", help="replace the output directory if it exists")
@@ -221,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--json", action="store_true", help="print as JSON")
     t = add("targets", cmd_targets, "list targets (backend, TVM target, latency method)")
     t.add_argument("--json", action="store_true", help="print as JSON")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(add)
     return p
 
 

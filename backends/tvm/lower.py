@@ -10,6 +10,7 @@ Weights are either bound into the library as constants ("embedded") or kept as t
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,55 @@ from optc.frontend import TensorSpec
 from optc.targets import Target, host_cores
 
 
+# optc's own ops (e.g. packed bit-serial or integer operators that passes emit in an "ai.optc.*"
+# domain) get converters registered here: "domain::OpType" -> a tvm OnnxOpConverter subclass.
+# Modules listed in CONVERTER_MODULES register theirs when imported.
+CUSTOM_CONVERTERS: dict[str, type] = {}
+CONVERTER_MODULES: tuple[str, ...] = ()
+
+
+def register_converter(domain: str, op_type: str):
+    """Class decorator: lower ONNX op ``domain::op_type`` with this OnnxOpConverter subclass."""
+
+    def wrap(cls):
+        CUSTOM_CONVERTERS[f"{domain}::{op_type}"] = cls
+        return cls
+
+    return wrap
+
+
+def _load_converter_modules() -> None:
+    import importlib
+
+    for module in CONVERTER_MODULES:
+        importlib.import_module(module)
+
+
 def supported_ops() -> set[str]:
-    """Op types the TVM Relax ONNX frontend can convert."""
+    """Op types the TVM Relax ONNX frontend can convert, plus optc's registered custom ops
+    (as "domain::OpType")."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
-    return set(onnx_frontend._get_convert_map())
+    _load_converter_modules()
+    return set(onnx_frontend._get_convert_map()) | set(CUSTOM_CONVERTERS)
+
+
+@contextlib.contextmanager
+def _custom_converters():
+    """TVM's frontend looks converters up by op type alone; add optc's for this import only."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    _load_converter_modules()
+    if not CUSTOM_CONVERTERS:
+        yield
+        return
+    base = onnx_frontend._get_convert_map
+    extra = {key.split("::", 1)[1]: cls for key, cls in CUSTOM_CONVERTERS.items()}
+    onnx_frontend._get_convert_map = lambda: base() | extra
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = base
 
 
 def tvm_target(target: Target):
@@ -54,7 +99,8 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec]):
     shape_dict = {s.name: list(s.shape) for s in inputs}
     dtype_dict = {s.name: s.dtype for s in inputs}
     try:
-        mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=True)
+        with _custom_converters():
+            mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=True)
     except Exception as err:
         msg = " ".join(str(err).split())[:400]
         raise UnsupportedModelError(f"TVM's ONNX frontend could not import the model: {msg}") from None
