@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES="g++ g++-aarch64-linux-gnu qemu-user"
+APT_PACKAGES="g++ g++-aarch64-linux-gnu qemu-user yosys iverilog verilator"
 missing=""
 for pkg in $APT_PACKAGES; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
@@ -28,3 +28,13 @@ PY=${PYTHON:-python3}
 # aarch64 TVM runtime + optc's C++ runner (downloads the aarch64 wheels from PyPI once).
 .venv/bin/python -c "from optc.backends.tvm import arm; print('setup: aarch64 runtime bundle in', arm.runtime_bundle())"
 echo "setup: done (activate with: . .venv/bin/activate)"
+# Deterministic aarch64 instruction counts (report.json latency.instructions): qemu's TCG 'insn'
+# plugin, built from the installed qemu-user's Debian source package (Debian ships no plugins;
+# needs glib headers and deb.debian.org). Optional: without it ARM reports say why it is missing.
+if ! dpkg -s libglib2.0-dev pkg-config >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libglib2.0-dev pkg-config >/dev/null; } \
+    || echo "setup: could not install libglib2.0-dev pkg-config (qemu insn plugin skipped)"
+fi
+.venv/bin/python -m optc.backends.tvm.qemu_plugin --fetch \
+  || echo "setup: qemu insn plugin not built (ARM reports will carry no instruction counts)"

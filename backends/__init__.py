@@ -20,6 +20,8 @@ from optc.targets import Target
 BACKENDS: dict[str, str] = {
     "tvm-cpu": "optc.backends.tvm.backend:CpuBackend",
     "tvm-arm": "optc.backends.tvm.backend:ArmBackend",
+    "tvm-cuda": "optc.backends.tvm.cuda:CudaBackend",
+    "fpga": "optc.backends.fpga.backend:FpgaBackend",
 }
 
 

@@ -5,3 +5,6 @@ Passes never import a backend. Each pass module holds a few small passes; see
 """
 
 from . import cleanup  # noqa: F401  (registers the passes)
+from . import prune  # noqa: F401  (registers prune, prune-zero, sparsify)
+from . import quant  # noqa: F401  (registers quantize)
+from . import binarize  # noqa: F401  (registers sign-to-threshold, binarize)

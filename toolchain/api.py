@@ -66,6 +66,7 @@ def compile(
     measure: bool = True,
     eval_data: str | os.PathLike | None = None,
     eval_limit: int | None = None,
+    power_watts: float | None = None,
     force: bool = False,
     progress: Progress = SILENT,
 ) -> dict:
@@ -93,12 +94,13 @@ def compile(
     with writer as tmp:
         report = _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
                                verify_outputs, atol, rtol, measure, progress, timings, t_start,
-                               eval_data, eval_limit)
+                               eval_data, eval_limit, power_watts)
     return report | {"package": str(writer.dest)}
 
 
 def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params, verify_outputs,
-                  atol, rtol, measure, progress, timings, t_start, eval_data, eval_limit) -> dict:
+                  atol, rtol, measure, progress, timings, t_start, eval_data, eval_limit,
+                  power_watts=None) -> dict:
 
     with progress.step("load and check model"):
         t0 = time.perf_counter()
@@ -172,15 +174,27 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
     out_names = [s.name for s in out_specs]
 
     verdict = None
-    if verify_outputs:
+    # Lossy passes (quantize) change the numbers on purpose: the artifact is verified against
+    # their output (the optimized ONNX model); fidelity to the original is reported apart.
+    lossy = [s.name for s in specs if pipeline.get_pass(s.name).lossy]
+    reference_model = optimized if lossy else original
+    runnable = getattr(session, "runnable", True)  # False: built for hardware this machine lacks
+    if verify_outputs and not runnable:
+        refs = verify.reference_outputs(reference_model, sample)  # kept for a later check on the hardware
+        np.savez(tmp / "sample_outputs.npz", **dict(zip(out_names, refs)))
+        manifest["files_by_role"]["sample_outputs"] = "sample_outputs.npz"
+        verdict = {"passed": None, "skipped": session.skip_reason}
+    elif verify_outputs:
         with progress.step("verify against onnxruntime"):
             t0 = time.perf_counter()
             outs = session.run(args)
-            refs = verify.reference_outputs(original, sample)
+            refs = verify.reference_outputs(reference_model, sample)
             verdict = verify.compare(outs, refs, out_names, atol, rtol)
             verdict["inputs"] = input_source
             verdict["reference"] = "onnxruntime " + (_versions()["onnxruntime"] or "") + \
-                " CPU, graph optimizations off, on the original model"
+                " CPU, graph optimizations off, on the " + (
+                    f"optimized (quantized) ONNX model: the pipeline has lossy passes ({', '.join(lossy)}); "
+                    "fidelity to the original is reported apart" if lossy else "original model")
             np.savez(tmp / "sample_outputs.npz", **dict(zip(out_names, refs)))
             manifest["files_by_role"]["sample_outputs"] = "sample_outputs.npz"
             timings["verify"] = time.perf_counter() - t0
@@ -194,6 +208,7 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
                 f"artifact output differs from onnxruntime beyond atol={atol:g}, rtol={rtol:g}: {detail}")
 
     accuracy_report = None
+    fidelity = _fidelity(original, optimized, sample, out_names) if lossy and eval_data is None else None
     if eval_data is not None:
         with progress.step(f"evaluate on {eval_data}"):
             t0 = time.perf_counter()
@@ -203,6 +218,9 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
 
     summary = analysis.summarize(optimized)
     latency = _latency(tgt, session, args, summary, measure, progress)
+    from .energy import report_section  # energy per inference: measured, supplied power or modeled
+    energy = report_section(tgt, summary, latency, model=optimized, session=session, args=args, measure=measure,
+                            power_watts=power_watts, package=tmp, manifest=manifest, progress=progress)
     sizes = {role: (tmp / rel).stat().st_size for role, rel in manifest["files_by_role"].items()
              if role in ("library", "params", "onnx")}
     runner_bytes = sum(p.stat().st_size for p in (tmp / "runner").glob("*")) if (tmp / "runner").is_dir() else 0
@@ -222,7 +240,9 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
             "runtime_bundle": runner_bytes,
         },
         "latency": latency,
+        "energy": energy,
         **({"accuracy": accuracy_report} if accuracy_report else {}),
+        **({"fidelity": fidelity} if fidelity else {}),
         "compile_seconds": round(timings["total"], 3),
         "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
         "model": {k: v for k, v in summary.items() if k != "layers"},
@@ -244,28 +264,47 @@ def _evaluate(path, limit, original, optimized, session, tgt: Target, in_specs, 
     order = [s.name for s in in_specs]
     ref_sess = verify.ort_session(original)
     reference = lambda feeds: ref_sess.run(None, feeds)  # noqa: E731
-    if tgt.latency == "measured":  # the artifact runs in this process: evaluate it directly
+    runnable = getattr(session, "runnable", True)
+    if tgt.latency in ("measured", "measured-if-gpu") and runnable:  # runs in this process
         candidate = lambda feeds: session.run([feeds[n] for n in order])  # noqa: E731
         evaluated_on = "the compiled artifact"
     else:  # emulated targets: the optimized ONNX, which verification showed equal to the artifact
         opt_sess = verify.ort_session(optimized)
         candidate = lambda feeds: opt_sess.run(None, feeds)  # noqa: E731
-        evaluated_on = "the optimized ONNX model in onnxruntime (the artifact was verified equal to it)"
+        evaluated_on = "the optimized ONNX model in onnxruntime " + (
+            "(the artifact was verified equal to it)" if runnable else f"(artifact not run: {session.skip_reason})")
     result = accuracy.compare_models(reference, candidate, inputs, labels, in_specs, in_specs, out_names, limit)
     return {"data": str(path), "evaluated_on": evaluated_on,
             "reference": "the original model in onnxruntime"} | result
 
 
+def _fidelity(original, optimized, sample, out_names) -> dict:
+    """A lossy pipeline's output (optimized ONNX in onnxruntime) against the original model
+    on the sample inputs: top-1 agreement and SQNR per output (no labels needed)."""
+    from . import accuracy
+
+    ref = verify.reference_outputs(original, sample)
+    out = verify.reference_outputs(optimized, sample)
+    return {"reference": "the original model in onnxruntime", "data": "the sample inputs",
+            "evaluated_on": "the optimized ONNX model in onnxruntime (the artifact is verified against it)",
+            "samples": int(len(ref[0])) if ref and np.ndim(ref[0]) else 1,
+            "top1_agreement": float(np.mean(accuracy.top1(ref[0]) == accuracy.top1(out[0]))),
+            "sqnr_db": {n: accuracy.sqnr_db(r, o) for n, r, o in zip(out_names, ref, out)}}
+
+
 def _latency(tgt: Target, session, args, summary: dict, measure: bool, progress: Progress) -> dict:
     """Latency as the target allows: measured here, or modeled (labelled, with its source)."""
-    if tgt.latency == "measured":
+    runnable = getattr(session, "runnable", True)
+    if tgt.latency == "simulated":  # FPGA: RTL-simulated cycles at the placed-and-routed clock
+        return session.latency()
+    if tgt.latency == "measured" or (tgt.latency == "measured-if-gpu" and runnable):
         if not measure:
             return {"method": "not measured", "reason": "--no-measure"}
         with progress.step("measure latency"):
             times = session.time(args, warmup=3, repeat=20)
-        return {"method": "measured", "how": f"in-process wall clock (time.perf_counter) around the "
-                f"TVM VM call, 3 warm-up + 20 timed runs on this machine, {host_cores()} cores",
-                **_stats(times)}
+        how = getattr(session, "timing_how", None) or (f"in-process wall clock (time.perf_counter) "
+              f"around the TVM VM call, 3 warm-up + 20 timed runs on this machine, {host_cores()} cores")
+        return {"method": "measured", "how": how, **_stats(times)}
     peak = tgt.peak
     modeled = analysis.roofline_seconds(summary["layers"], peak.fp32_gflops, peak.mem_gbps)
     out = {
@@ -276,7 +315,9 @@ def _latency(tgt: Target, session, args, summary: dict, measure: bool, progress:
                "real board is slower (untuned code reaches a fraction of peak)",
         "source": peak.source,
     }
-    if measure:
+    if not runnable:
+        out["note"] = f"not measured: {session.skip_reason}"
+    elif measure:
         with progress.step(f"emulated run (qemu -cpu {tgt.qemu_cpu})"):
             times = session.time(args, warmup=0, repeat=1)
         out["emulated_ms"] = times[0] * 1e3

@@ -20,7 +20,7 @@ INTERNAL_ERROR = 70
 
 # Modules that add subcommands: each defines ``add_commands(add)`` where
 # ``add(name, func, help) -> argparse.ArgumentParser`` creates a subcommand (``func(args) -> int``).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("optc.cli_gate", "optc.cli_quant", "optc.cli_prune", "optc.cli_fpga")
 
 
 def _exit_codes_text() -> str:
@@ -48,7 +48,7 @@ def cmd_compile(args) -> int:
         passes=args.passes, input_shapes=parse_shape_args(args.input_shape or []),
         inputs=args.inputs, params=args.params, verify_outputs=not args.no_verify,
         atol=args.atol, rtol=args.rtol, measure=not args.no_measure, force=args.force,
-        eval_data=args.eval, eval_limit=args.eval_limit,
+        eval_data=args.eval, eval_limit=args.eval_limit, power_watts=args.power_watts,
         progress=_progress(args),
     )
     out = args.output or report.get("package")
@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eval", metavar="DATA.npz", help="labelled data (input arrays + 'label') for top-1 "
                    "accuracy vs the original model; without labels: fidelity (top-1 agreement, SQNR)")
     c.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on the first N samples only")
+    c.add_argument("--power-watts", type=float, metavar="W", help="device power in watts (wall meter, "
+                   "board spec): report energy as W x latency ('estimated from supplied power')")
     c.add_argument("--no-verify", action="store_true", help="skip verification against onnxruntime")
     c.add_argument("--no-measure", action="store_true", help="skip latency measurement")
     c.add_argument("-f", "--force", action="store_true", help="replace the output directory if it exists")

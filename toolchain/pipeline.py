@@ -59,6 +59,7 @@ class Pass(ir.passes.InPlacePass):
     """
 
     name: ClassVar[str] = ""
+    lossy: ClassVar[bool] = False  # True: outputs may differ from the input model's (quantize)
 
     def summary(self) -> str:  # pragma: no cover - trivial
         return _summary(type(self))

@@ -1,8 +1,8 @@
 """Targets are data: one table maps a target name to its backend, TVM target, how it is run
 and how its latency is obtained. Code dispatches through this table, never on target names.
 
-ARM peak figures are published core/board specifications, used only for *modeled* latency
-(a roofline lower bound); they are labelled as such wherever they appear.
+ARM and GPU peak figures are published core/board/datasheet specifications, used only for
+*modeled* latency (a roofline lower bound); they are labelled as such wherever they appear.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Target:
     description: str
     tvm: dict = field(default_factory=dict)  # TVM target dict; "mcpu": "host" means detect
     qemu_cpu: str | None = None  # for targets executed under qemu-user
-    latency: str = "measured"  # "measured" on this machine, or "modeled"
+    latency: str = "measured"  # "measured" on this machine, "modeled", "measured-if-gpu", or "simulated"
     peak: Peak | None = None
     aliases: tuple[str, ...] = ()
 
@@ -68,6 +68,31 @@ _A72 = Peak(1.5, 8, 4, 4.0, "Raspberry Pi 4B: 4x Cortex-A72 @1.5 GHz; A72 2x64-b
 _A76 = Peak(2.4, 16, 4, 10.0, "Raspberry Pi 5: 4x Cortex-A76 @2.4 GHz; A76 2x128-bit FMA/cycle = 16 fp32 FLOP/cycle; ~10 GB/s sustained LPDDR4X")
 _N1 = Peak(2.5, 16, 4, 20.0, "AWS Graviton2 (4 vCPU slice): Neoverse-N1 @2.5 GHz; 2x128-bit FMA/cycle = 16 fp32 FLOP/cycle; ~20 GB/s sustained DDR4 share")
 
+# GPU peaks: "cores" are streaming multiprocessors (SMs), fp32_flops_per_cycle is per SM
+# (FP32 lanes x 2 for FMA, non-tensor-core), clock is the boost clock; mem_gbps is the
+# datasheet memory bandwidth. Modeled latency from these ignores kernel-launch overhead
+# (a few microseconds per kernel), which dominates small models on a GPU.
+_H100 = Peak(1.98, 256, 132, 3350.0, "NVIDIA H100 SXM5: 132 SMs x 128 FP32 lanes @1.98 GHz boost = 67 TFLOP/s fp32 (non-tensor), 3.35 TB/s HBM3 (NVIDIA H100 Tensor Core GPU datasheet; H100 architecture whitepaper)")
+_A100 = Peak(1.41, 128, 108, 2039.0, "NVIDIA A100 SXM4 80GB: 108 SMs x 64 FP32 lanes @1.41 GHz boost = 19.5 TFLOP/s fp32 (non-tensor), 2.04 TB/s HBM2e (1.56 TB/s on the 40GB part) (NVIDIA A100 Tensor Core GPU datasheet; Ampere GA100 whitepaper)")
+_L4 = Peak(2.04, 256, 58, 300.0, "NVIDIA L4 (Ada, sm_89): 58 SMs x 128 FP32 lanes @2.04 GHz boost = 30.3 TFLOP/s fp32, 300 GB/s GDDR6 (NVIDIA L4 Tensor Core GPU datasheet; Ada Lovelace architecture whitepaper)")
+
+
+def _gpu(name, arch, desc, peak, l2_bytes, aliases=()):
+    return Target(
+        name=name,
+        backend="tvm-cuda",
+        description=desc,
+        tvm={"kind": "cuda", "arch": arch, "max_threads_per_block": 1024, "max_num_threads": 1024,
+             "thread_warp_size": 32, "max_shared_memory_per_block": 49152,
+             "registers_per_block": 65536, "l2_cache_size_bytes": l2_bytes},
+        # run, verified and timed (CUDA events) when this machine has a GPU; else built only
+        # (a real fatbin) and the latency is modeled from the published peak
+        latency="measured-if-gpu",
+        peak=peak,
+        aliases=aliases,
+    )
+
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in [
@@ -83,6 +108,15 @@ TARGETS: dict[str, Target] = {
         _arm("arm-a72", "cortex-a72", ["+neon"], "Cortex-A72 (Raspberry Pi 4)", _A72),
         _arm("arm-a76", "cortex-a76", ["+neon", "+dotprod", "+fullfp16"], "Cortex-A76 (Raspberry Pi 5, phones), dotprod", _A76),
         _arm("arm-n1", "neoverse-n1", ["+neon", "+dotprod", "+fullfp16"], "Neoverse-N1 (AWS Graviton2, Ampere Altra), dotprod", _N1),
+        _gpu("gpu", "sm_90", "NVIDIA Hopper GPU (H100/H200, sm_90), CUDA via TVM + nvcc; run and timed only where a GPU is present", _H100, 52428800, aliases=("cuda", "gpu-sm90", "h100")),
+        _gpu("gpu-sm80", "sm_80", "NVIDIA Ampere A100 (sm_80), CUDA via TVM + nvcc", _A100, 41943040, aliases=("a100",)),
+        _gpu("gpu-sm89", "sm_89", "NVIDIA Ada GPU (L4, L40S, RTX 40xx; sm_89), CUDA via TVM + nvcc", _L4, 50331648, aliases=("l4",)),
+        # FPGA: binary/low-bit layers as a FINN-style dataflow pipeline (HLS C++ + Verilog), simulated
+        # bit-exact, synthesized and placed with yosys + nextpnr-ecp5; latency = RTL cycles at the P&R fmax
+        Target(name="fpga", backend="fpga", description="Lattice ECP5-85F (LFE5U-85F-8BG381): bit-serial dataflow pipeline, C + RTL simulated, yosys/nextpnr placed",
+               tvm={"kind": "fpga", "device": "LFE5U-85F-8BG381"}, latency="simulated", aliases=("ecp5", "fpga-ecp5-85")),
+        Target(name="fpga-ecp5-25", backend="fpga", description="Lattice ECP5-25F (LFE5U-25F-8BG381), as fpga",
+               tvm={"kind": "fpga", "device": "LFE5U-25F-8BG381"}, latency="simulated"),
     ]
 }
 

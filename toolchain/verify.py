@@ -24,7 +24,9 @@ DEFAULT_RTOL = 1e-3
 def ort_session(model: onnx.ModelProto | str | Path, *, threads: int | None = None,
                 optimize: bool = False):
     """An onnxruntime CPU session; ``optimize=False`` disables graph optimizations (the most
-    literal reading of the model, used for references); True is what a user deploys with."""
+    literal reading of the model, used for references); True is what a user deploys with.
+    A model with ``ai.optc`` ops gets onnx's ReferenceEvaluator with optc's numpy ops instead
+    (same ``run(None, feeds)`` call)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -34,14 +36,31 @@ def ort_session(model: onnx.ModelProto | str | Path, *, threads: int | None = No
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    if any(n.domain == "ai.optc" for n in proto.graph.node):  # optc's ops: numpy reference
+        return _OptcReferenceSession(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)))
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 def reference_outputs(model: onnx.ModelProto | str | Path, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """onnxruntime's outputs (graph optimizations off) for ``inputs``."""
+    """onnxruntime's outputs (graph optimizations off) for ``inputs``; a model with optc's own
+    ``ai.optc`` ops (which onnxruntime cannot run) goes to onnx's ReferenceEvaluator with
+    optc's numpy implementations of those ops (``optc.passes.optc_ops``)."""
     sess = ort_session(model)
     return [np.asarray(x) for x in sess.run(None, dict(inputs))]
+
+
+class _OptcReferenceSession:
+    """``ReferenceEvaluator`` with optc's ops behind onnxruntime's ``run(None, feeds)`` call."""
+
+    def __init__(self, model: onnx.ModelProto):
+        from optc.passes.optc_ops import reference_evaluator
+
+        self._ev = reference_evaluator(model)
+
+    def run(self, output_names, feeds):
+        return self._ev.run(output_names, dict(feeds))
 
 
 def generate_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:

@@ -288,11 +288,13 @@ def run_qemu(
     repeat: int = 0,
     timeout: float = 600,
     bundle: Path | None = None,
+    qemu_args: list[str] | tuple[str, ...] = (),
 ) -> tuple[list[np.ndarray], list[float]]:
     """Run ``main(*inputs, *params)`` of an aarch64 Relax library under qemu-user.
 
     ``bundle`` is the directory holding ``optc_runner`` and the aarch64 TVM libraries (default:
-    the cached :func:`runtime_bundle`; a package passes the copy it ships).
+    the cached :func:`runtime_bundle`; a package passes the copy it ships). ``qemu_args`` are
+    extra qemu options placed after ``-cpu`` (e.g. a TCG plugin, see ``qemu_plugin.py``).
 
     Returns ``(outputs, times_s)``; ``times_s`` is empty unless ``repeat > 0`` and measures
     *emulation* speed on the host, not ARM latency. Any failure raises :class:`ToolchainError`
@@ -320,7 +322,7 @@ def run_qemu(
             f = tmpd / f"in{i}.npy"
             np.save(f, np.ascontiguousarray(a))
             in_files.append(str(f))
-        cmd = [QEMU, "-cpu", qemu_cpu, "-L", SYSROOT, str(bundle / RUNNER_NAME),
+        cmd = [QEMU, "-cpu", qemu_cpu, *qemu_args, "-L", SYSROOT, str(bundle / RUNNER_NAME),
                str(lib_path.resolve())]  # fmt: skip
         if params_path is not None:
             cmd += ["--params", str(Path(params_path).resolve())]

@@ -3,7 +3,9 @@
 legalize: the ONNX frontend imports the (simplified, shape-bound) model with weights kept as
 function parameters (``keep_params_in_input``), then ``DecomposeOpsForInference`` rewrites
 training-style ops. lower: the target's default Relax pipeline (legalize to TIR, fuse,
-plan memory). build: ``tvm.compile`` inside ``with target`` (needed for device codegen).
+plan memory) with optc's CPU stage inserted (NHWC conv layout before legalization, parallel
+vectorized schedules after fusion: see ``schedule.py``). build: ``tvm.compile`` inside
+``with target`` (needed for device codegen).
 Weights are either bound into the library as constants ("embedded") or kept as trailing
 ``main`` arguments saved beside it ("separate", keys p0000, p0001, ... in order).
 """
@@ -20,12 +22,14 @@ from optc.errors import ToolchainError, UnsupportedModelError
 from optc.frontend import TensorSpec
 from optc.targets import Target, host_cores
 
+from . import schedule
+
 
 # optc's own ops (e.g. packed bit-serial or integer operators that passes emit in an "ai.optc.*"
 # domain) get converters registered here: "domain::OpType" -> a tvm OnnxOpConverter subclass.
 # Modules listed in CONVERTER_MODULES register theirs when imported.
 CUSTOM_CONVERTERS: dict[str, type] = {}
-CONVERTER_MODULES: tuple[str, ...] = ()
+CONVERTER_MODULES: tuple[str, ...] = ("optc.backends.tvm.bitserial",)
 
 
 def register_converter(domain: str, op_type: str):
@@ -122,7 +126,7 @@ def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, e
     try:
         mod = relax.transform.DecomposeOpsForInference()(mod)
         with tgt:
-            mod = relax.get_default_pipeline(tgt)(mod)
+            mod = schedule.relax_pipeline(tgt)(mod)
             executable = tvm.compile(mod, tgt)
     except Exception as err:
         msg = " ".join(str(err).split())[:400]

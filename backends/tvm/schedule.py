@@ -1,0 +1,715 @@
+"""The CPU scheduling stage: parallel, vectorized TIR for every fused operator, without tuning.
+
+TVM 0.27's default CPU pipeline leaves the TIR of each fused operator as naive, scalar,
+single-threaded loop nests (TOPI's CPU schedules and AutoTVM are gone; DLight's CPU rules
+only cover GEMV and row reductions). This module replaces ``relax.get_default_pipeline`` for
+LLVM CPU targets (x86 and AArch64 alike) with the same passes plus two steps:
+
+1. **Layout** (Relax, before legalization): ``ConvertLayout`` rewrites ``conv2d`` to NHWC
+   activations with HWIO weights (pooling and elementwise ops follow), so output channels are
+   the innermost, contiguous axis of outputs *and* weights for dense, grouped and depthwise
+   convolutions alike. Weight transposes on constants are folded at compile time; the input
+   and output layout of the model are unchanged (a transpose is inserted at each boundary).
+   Before it, the ONNX frontend's ``Clip`` (a raw call_tir) becomes ``R.maximum/minimum`` so
+   layouts propagate through ReLU6; after it, weight transposes and the Clip NaN guards are
+   folded with numpy (Relax's FoldConstant would JIT one TIR function per shape, 20+ s).
+   ``FastMathTransform`` swaps exp/erf/tanh/softmax for TOPI's vectorizable polynomials.
+2. **Schedule** (TIR, after ``FuseOps``/``FuseTIR``): :func:`schedule_cpu` applies, per
+   fused PrimFunc, the first rule that fits (see its docstring): a register-tiled
+   "contraction" schedule for conv/matmul/pooling/mean-like reductions, DLight's CPU
+   ``Reduction`` rule (softmax, layer norm) and ``GEMV`` rule, an injective rule for
+   elementwise/data-movement chains, and a safe fallback (outer spatial loop parallel).
+
+Vector widths come from the target (``llvm_get_vector_width``: 512 bits on AVX-512, 128 on
+NEON), so the same rules serve every LLVM CPU target. Parallel loops run on TVM's runtime
+thread pool; :func:`set_num_threads` (or ``TVM_NUM_THREADS`` before the first call) sets its
+size.
+"""
+
+from __future__ import annotations
+
+import math
+
+# Loop nests with less work than this (multiply-adds or elements, ~1M: tens of microseconds on
+# one core) stay single-threaded: the thread pool's fork/join costs microseconds, and when other
+# threads (another runtime's spinning pool, other processes) hold the cores a parallel loop
+# waits for a descheduled worker, costing milliseconds on tiny models.
+PARALLEL_MIN_WORK = 1 << 20
+# Desired number of parallel chunks per core (load balance vs. per-chunk overhead).
+CHUNKS_PER_CORE = 4
+
+
+# ----------------------------------------------------------------------------- thread pool
+def set_num_threads(n: int) -> None:
+    """Size TVM's runtime thread pool (the threads that run ``parallel`` loops) to ``n``.
+
+    TVM caps the pool at ``TVM_NUM_THREADS`` (default on x86: *half* the logical CPUs, as it
+    assumes hyper-threading, so 1 thread on a 2-vCPU machine); this sets the variable and
+    reconfigures the pool."""
+    import os
+
+    import tvm  # noqa: F401 - loads the runtime that registers the function
+    import tvm_ffi
+
+    del tvm
+    os.environ["TVM_NUM_THREADS"] = str(int(n))
+    tvm_ffi.get_global_func("runtime.config_threadpool")(0, int(n))
+
+
+def default_threads() -> None:
+    """Make TVM's pool use every core this process may use, unless ``TVM_NUM_THREADS`` is set
+    (called when optc's TVM backend is imported, before any pool exists)."""
+    import os
+
+    from optc.targets import host_cores
+
+    os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
+
+
+def num_threads() -> int:
+    """Threads in TVM's runtime thread pool now."""
+    import tvm  # noqa: F401 - loads the runtime that registers the function
+    import tvm_ffi
+
+    del tvm
+
+    return int(tvm_ffi.get_global_func("runtime.NumThreads")())
+
+
+# ----------------------------------------------------------------------------- pipeline
+def is_cpu_target(target) -> bool:
+    return target.kind.name == "llvm"
+
+
+def relax_pipeline(target):
+    """A Relax pass running TVM's default CPU pipeline with NHWC conversion before
+    legalization and :func:`schedule_cpu` after fusion (non-LLVM targets: TVM's default)."""
+    import tvm
+    from tvm import relax
+
+    if not is_cpu_target(target):
+        return relax.get_default_pipeline(target)
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0, name="OptcCpuPipeline")
+    def _pipeline(mod, _ctx):
+        with target:
+            mod = fast_math(convert_layout(mod))
+            seq = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))
+            mod = seq(mod)
+            mod = schedule_cpu(mod, target)
+            seq = tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
+            mod = seq(mod)
+        return mod
+
+    return _pipeline
+
+
+def convert_layout(mod):
+    """conv2d -> NHWC data / HWIO weights (ops in between follow where Relax can infer
+    layouts). Returns ``mod`` unchanged if the conversion fails."""
+    from tvm import relax
+
+    try:
+        mod = clip_to_ops(mod)
+        converted = relax.transform.ConvertLayout(DESIRED_LAYOUTS)(mod)
+        # TOPI legalizes some ops only in NCHW: keep the module as it was if the conversion
+        # left an op that legalization cannot lower (and that it could lower before).
+        if _unlowered_ops(converted) - _unlowered_ops(mod):
+            return mod
+    except Exception:  # noqa: BLE001 - layout conversion is an optimisation only
+        return mod
+    return fold_constant_layouts(converted)
+
+
+# conv2d to NHWC/HWIO; conv2d_transpose stays NCHW (TOPI has no NHWC legalization for it).
+DESIRED_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+
+
+def _unlowered_ops(mod) -> set:
+    """Relax operators still present after ``LegalizeOps`` (names)."""
+    from tvm import relax
+
+    legal = relax.transform.LegalizeOps()(mod)
+    names = set()
+    for _, func in legal.functions_items():
+        if isinstance(func, relax.Function):
+            for call in _collect(func, relax.Call):
+                name = getattr(call.op, "name", None)
+                if name and (name.startswith("relax.nn.") or name.startswith("relax.image.")):
+                    names.add(name)
+    return names
+
+
+def fast_math(mod):
+    """exp, erf, tanh and softmax -> TOPI's polynomial ``fast_*`` versions, which vectorize
+    (LLVM's ``exp``/``erf`` become one libm call per lane). Max relative error ~1e-7 on
+    fp32, well inside optc's verification tolerance."""
+    from tvm import relax
+
+    try:
+        return relax.transform.FastMathTransform()(mod)
+    except Exception:  # noqa: BLE001
+        return mod
+
+
+def fold_constant_layouts(mod):
+    """Evaluate ``permute_dims``/``reshape`` of constants (the weight transposes that
+    ``ConvertLayout`` inserts) and ``isnan``/``where`` on constants (the NaN guards of the
+    ONNX frontend's ``Clip``) with numpy. Relax's FoldConstant would compile and run a TIR
+    function per weight shape instead: 20+ s of LLVM time on a MobileNet."""
+    import numpy as np
+    import tvm.ir.expr
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    def _permute(call, args):
+        axes = call.attrs.axes
+        return np.transpose(args[0], [int(a) for a in axes] if axes is not None else None)
+
+    folders = {
+        "relax.permute_dims": _permute,
+        "relax.reshape": lambda call, args: args[0],
+        "relax.isnan": lambda call, args: np.isnan(args[0]),
+        "relax.where": lambda call, args: np.where(args[0], args[1], args[2]),
+    }
+    arity = {"relax.permute_dims": 1, "relax.reshape": 1, "relax.isnan": 1, "relax.where": 3}
+
+    @mutator
+    class _Folder(PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.mod = mod
+
+        def transform(self):
+            for gv, func in self.mod.functions_items():
+                if isinstance(func, relax.Function):
+                    self.builder_.update_func(gv, self.visit_expr(func))
+            return self.builder_.get()
+
+        def _const(self, expr):
+            if isinstance(expr, relax.Var):
+                expr = self.lookup_binding(expr)
+            return expr if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr, "value") else None
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)  # remapped args
+            name = getattr(call.op, "name", None)
+            if name not in folders or not call.args:
+                return call
+            consts = [self._const(a) for a in call.args[:arity[name]]]
+            ty = call.ty
+            if any(c is None for c in consts) or not isinstance(ty, relax.TensorType) or ty.shape is None:
+                return call
+            try:
+                shape = [int(d) for d in ty.shape.values]
+                data = folders[name](call, [c.value.numpy() for c in consts])
+                out = np.ascontiguousarray(np.asarray(data).reshape(shape)).astype(str(ty.dtype))
+            except Exception:  # noqa: BLE001 - leave it to Relax
+                return call
+            return relax.const(out, str(ty.dtype))
+
+    return relax.transform.DeadCodeElimination()(_Folder(mod).transform())
+
+
+def clip_to_ops(mod):
+    """Rewrite ``call_tir(maximum|minimum, (x, scalar))`` (how TVM's ONNX frontend emits
+    ``Clip``, e.g. ReLU6) into ``R.maximum``/``R.minimum``: same TOPI compute after
+    legalization, but visible to ``ConvertLayout`` (a call_tir blocks layout propagation and
+    would put a transpose pair around every ReLU6 of an NHWC network)."""
+    from tvm import relax, tirx
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    call_tir = tvm_op("relax.call_tir")
+    ops = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
+
+    @mutator
+    class _Rewriter(PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.mod = mod
+
+        def transform(self):
+            for gv, func in self.mod.functions_items():
+                if isinstance(func, relax.Function):
+                    self.builder_.update_func(gv, self.visit_expr(func))
+            return self.builder_.get()
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)  # remapped args
+            if not call.op.same_as(call_tir) or not isinstance(call.args[0], relax.GlobalVar):
+                return call
+            gv = call.args[0]
+            func = self.mod[gv]
+            name = gv.name_hint.rstrip("0123456789")
+            if name not in ops or not isinstance(func, tirx.PrimFunc) or len(call.args) != 2:
+                return call
+            args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
+            if len(args) != 2:
+                return call
+            x, bound = args
+            xs, bs, out = x.ty, bound.ty, call.ty
+            if not (isinstance(xs, relax.TensorType) and isinstance(bs, relax.TensorType)
+                    and isinstance(out, relax.TensorType)):
+                return call
+            if bs.ndim != 0 or xs.dtype != bs.dtype or out.dtype != xs.dtype or xs.ndim != out.ndim:
+                return call
+            return ops[name](x, bound)
+
+    mod = _Rewriter(mod).transform()
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def tvm_op(name):
+    import tvm
+
+    return tvm.ir.Op.get(name)
+
+
+# ----------------------------------------------------------------------------- scheduling
+class _Params:
+    def __init__(self, target):
+        from tvm.target.codegen import llvm_get_vector_width
+
+        try:
+            bits = int(llvm_get_vector_width(target))
+        except Exception:  # noqa: BLE001
+            bits = 128
+        self.vector_bits = bits if bits > 0 else 128
+        triple = str(target.attrs.get("mtriple", "") or "")
+        # 32 vector registers on AVX-512 and AArch64, 16 on SSE/AVX2.
+        regs = 32 if (self.vector_bits >= 512 or triple.startswith("aarch64")) else 16
+        self.acc_budget = regs - 8  # accumulators; the rest hold operands
+        cores = target.attrs.get("num-cores", None)
+        self.cores = int(cores) if cores else 2
+
+    def lanes(self, dtype) -> int:
+        import tvm
+
+        bits = tvm.DataType(str(dtype)).bits or 32
+        return max(1, self.vector_bits // bits)
+
+
+def schedule_cpu(mod, target):
+    """Schedule every unscheduled PrimFunc of ``mod`` for the LLVM CPU ``target``.
+
+    Rules, first match wins, per fused PrimFunc:
+
+    * **contraction** — exactly one reduction block (conv2d incl. grouped/depthwise, matmul,
+      batch matmul, dense, max/avg pooling, mean/sum over non-innermost axes) preceded by
+      injective producers (padding, transposes) and followed by an injective epilogue (bias,
+      residual add, activation). The innermost output axis (channels in NHWC, columns of a
+      matmul) is split to 1-2 vectors of the target's lanes and vectorized; the next output
+      axis (width, rows) is split into a register tile so that ``rows x vectors`` accumulators
+      fit the vector registers and unrolled; the remaining outer spatial loops are fused and
+      parallel; reduction loops sit between them. Accumulators live in a tile-sized local
+      buffer; the epilogue is inlined and computed per tile right after the reduction.
+      Data-movement producers are inlined, padding is a separate parallel vectorized copy.
+    * **DLight CPU rules** — ``Reduction`` (softmax, layer norm: rows parallel, injective
+      parts vectorized) and ``GEMV``.
+    * **injective** — elementwise/broadcast/data movement: producers inlined, loops fused,
+      innermost vector split vectorized, outer part parallel.
+    * **fallback** — anything else (or a rule that fails): the outermost data-parallel loop
+      of each root block is made parallel; otherwise the function is left unscheduled.
+
+    Loop nests with less work than ``PARALLEL_MIN_WORK`` stay single-threaded. A rule that
+    raises leaves the function as it was (correctness first).
+    """
+    from tvm import tirx
+
+    params = _Params(target)
+    updates = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        if func.attrs is not None and "tirx.is_scheduled" in func.attrs and int(func.attrs["tirx.is_scheduled"]):
+            continue
+        new = _schedule_func(func, target, params)
+        if new is not None:
+            updates[gv] = new.with_attr("tirx.is_scheduled", True)
+    if updates:
+        mod = mod.shallow_copy() if hasattr(mod, "shallow_copy") else mod
+        for gv, func in updates.items():
+            mod[gv] = func
+    return mod
+
+
+def _schedule_func(func, target, params):
+    for rule in (_rule_contraction, _rule_dlight, _rule_injective, _rule_fallback):
+        try:
+            result = rule(func, target, params)
+        except Exception:  # noqa: BLE001 - try the next rule
+            result = None
+        if result is not None:
+            return result
+    return None
+
+
+# ----------------------------------------------------------------------------- helpers
+def _int(x):
+    from tvm import tirx
+
+    if isinstance(x, int):
+        return x
+    if isinstance(x, tirx.IntImm):
+        return int(x.value)
+    return None
+
+
+def _extent(sch, loop):
+    return _int(sch.get(loop).extent)
+
+
+def _block_infos(sch):
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    return normalize_prim_func(sch)
+
+
+def _body_store(block):
+    """The BufferStore of a block's body (None if the body is not a single store)."""
+    from tvm import tirx
+
+    body = block.body
+    return body if isinstance(body, tirx.BufferStore) else None
+
+
+def _collect(node, types) -> list:
+    """Nodes of the given types inside ``node`` (post-order)."""
+    import tvm_ffi
+
+    found = []
+
+    def visit(x):
+        found.append(x)
+
+    tvm_ffi.structural_walk(node, [(types, visit)])
+    return found
+
+
+def _vars_in(expr) -> set:
+    from tvm import tirx
+
+    return set(_collect(expr, tirx.Var))
+
+
+def _loads(expr) -> list:
+    """Buffer loads (``tvm.ir.expr.TensorLoad`` in 0.27: ``.source`` is the buffer)."""
+    import tvm.ir.expr
+
+    return _collect(expr, tvm.ir.expr.TensorLoad)
+
+
+def _has_if(expr) -> bool:
+    import tvm.ir.expr
+    from tvm.tirx import expr as texpr
+
+    if _collect(expr, texpr.Select):
+        return True
+    return any("if_then_else" in str(getattr(c, "op", "")) for c in _collect(expr, tvm.ir.expr.Call))
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    for d in range(min(n, max(1, limit)), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _vector_width(extent: int, lanes: int) -> int:
+    """Vector width for an axis: the largest power of two dividing ``extent``, at most the
+    target's lanes (LLVM keeps power-of-two vectors in registers; odd widths such as 24 get
+    scalarized). Extents up to ``lanes`` are taken whole."""
+    if extent <= lanes:
+        return extent
+    w = 1
+    while w * 2 <= lanes and extent % (w * 2) == 0:
+        w *= 2
+    return w
+
+
+def _vector_tile(extent: int, lanes: int, max_elems: int) -> tuple[int, int]:
+    """(vectors per tile, vector width) for a register tile of at most ``max_elems``
+    elements along an axis of ``extent``."""
+    w = _vector_width(extent, lanes)
+    m = _largest_divisor(extent // w, max(1, max_elems // w))
+    return m, w
+
+
+def _work(sch, block) -> int:
+    total = 1
+    for loop in sch.get_loops(block):
+        e = _extent(sch, loop)
+        total *= e if e else 1 << 20
+    return total
+
+
+def _root_blocks(sch):
+    return sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
+
+
+def _has_root(sch):
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _schedule_injective_block(sch, block, params, *, parallel=True):
+    """Fuse the block's loops, vectorize an inner split along the innermost axis, parallel
+    the outer part when there is enough work."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    st = sch.get(block)
+    if any(iv.iter_type != 0 for iv in st.iter_vars):  # not purely data-parallel
+        return
+    dtype = st.writes[0].source.dtype if st.writes else "float32"
+    lanes = params.lanes(dtype)
+    extents = [_extent(sch, lp) for lp in loops]
+    if any(e is None for e in extents):
+        if parallel and len(loops) > 0:
+            sch.parallel(loops[0])
+        return
+    total = math.prod(extents)
+    inner = extents[-1]
+    vi = _vector_width(inner, lanes) if inner > 1 else 1
+    if vi < 4 and inner > lanes:
+        vi = 1
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    if vi > 1 and total > vi:
+        outer, vec = sch.split(fused, factors=[None, vi])
+        sch.vectorize(vec)
+        if parallel and total >= PARALLEL_MIN_WORK:
+            sch.parallel(outer)
+    elif vi > 1:
+        sch.vectorize(fused)
+    elif parallel and total >= PARALLEL_MIN_WORK:
+        sch.parallel(fused)
+
+
+# ----------------------------------------------------------------------------- rules
+def _rule_contraction(func, target, params):
+    from tvm import s_tir, tirx
+
+    sch = s_tir.Schedule(func)
+    infos = _block_infos(sch)
+    if not infos:
+        return None
+    red = [i for i, b in enumerate(infos) if not b.is_injective()]
+    if len(red) != 1:
+        return None
+    ri = red[0]
+    main_info = infos[ri]
+    main = main_info.block_rv
+    if any(not b.is_injective() for b in infos[ri + 1:]):
+        return None
+    st = sch.get(main)
+    store = _body_store(st)
+    if store is None or len(st.writes) != 1:
+        return None
+    kinds = main_info.dom_kind()
+    if "O" in kinds:
+        return None
+    iters = main_info.iters
+    var_pos = {it.var: k for k, it in enumerate(iters)}
+    spatial = [k for k, it in enumerate(iters) if it.kind == "S"]
+    reduce_ = [k for k, it in enumerate(iters) if it.kind == "R"]
+    if not spatial or not reduce_:
+        return None
+    # all spatial loops must come before the reduction loops (TE-generated blocks do)
+    if max(spatial) > min(reduce_):
+        return None
+    extents = [_int(it.dom) for it in iters]
+    if any(e is None for e in extents):
+        return None
+
+    # vector axis: the spatial iter indexing the innermost output dimension
+    out_idx = list(store.indices)
+    out_vars = []
+    for idx in out_idx:
+        if isinstance(idx, tirx.Var) and idx in var_pos:
+            out_vars.append(var_pos[idx])
+        else:
+            out_vars.append(None)
+    v = next((k for k in reversed(out_vars) if k is not None and extents[k] > 1), None)
+    if v is None:
+        return None
+    # If no operand reads along v contiguously while the innermost reduction axis is the
+    # contiguous one of an operand, this is a row reduction (softmax-like): leave it to DLight.
+    rvars = {iters[k].var for k in reduce_}
+    reads = [ld for ld in _loads(store.value) if not ld.source.same_as(store.buffer)]
+    v_var = iters[v].var
+    last_has_v = any(v_var in _vars_in(ld.indices[-1]) for ld in reads if ld.indices)
+    last_has_r = any(_vars_in(ld.indices[-1]) & rvars for ld in reads if ld.indices)
+    if not last_has_v and last_has_r:
+        return None
+
+    dtype = st.writes[0].source.dtype
+    lanes = params.lanes(dtype)
+    # register tile: vi along v, ui along the next output axis
+    vm, vw = _vector_tile(extents[v], lanes, 2 * lanes)
+    nvec = vm * max(1, math.ceil(vw / lanes))
+    u = next((k for k in reversed(out_vars) if k is not None and k != v and extents[k] > 1), None)
+    ui = 1
+    if u is not None:
+        ui = _largest_divisor(extents[u], max(1, params.acc_budget // nvec))
+        if ui == 1:
+            u = None
+
+    # ---- producers: inline pure data movement, keep the rest (padding) at root
+    for b in infos[:ri]:
+        bst = sch.get(b.block_rv)
+        bstore = _body_store(bst)
+        if bstore is not None and not _has_if(bstore.value) and len(_loads(bstore.value)) == 1 and \
+                _loads(bstore.value)[0].same_as(bstore.value):
+            try:
+                sch.compute_inline(b.block_rv)
+                continue
+            except Exception:  # noqa: BLE001
+                pass
+        _schedule_injective_block(sch, b.block_rv, params)
+
+    # ---- tile the main block
+    loops = sch.get_loops(main)
+    if len(loops) != len(iters):
+        return None
+    v_o, v_m, v_i = sch.split(loops[v], factors=[None, vm, vw])
+    if u is not None:
+        u_o, u_i = sch.split(loops[u], factors=[None, ui])
+    outer = [v_o] + [loops[k] if k != u else u_o for k in spatial if k != v]
+    red_loops = [loops[k] for k in reduce_]
+    inner = ([u_i] if u is not None else []) + [v_m, v_i]
+    sch.reorder(*outer, *red_loops, *inner)
+    tile = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    work = math.prod(extents)
+    if work >= PARALLEL_MIN_WORK and _extent(sch, tile) and _extent(sch, tile) > 1:
+        sch.parallel(tile)
+
+    # ---- epilogue (or a write cache) computed per tile from a local accumulator
+    epilogue = [b.block_rv for b in infos[ri + 1:]]
+    for b in epilogue[:-1]:
+        try:
+            sch.compute_inline(b)
+        except Exception:  # noqa: BLE001
+            pass
+    remaining = []
+    for b in epilogue:
+        try:
+            sch.get(b)
+            remaining.append(b)
+        except Exception:  # noqa: BLE001 - inlined
+            pass
+    if not remaining:
+        wb = sch.cache_write(main, 0, "local")
+        remaining = [wb]
+    else:
+        sch.set_scope(main, 0, "local")
+    for b in remaining:
+        sch.reverse_compute_at(b, tile, preserve_unit_loops=True)
+        eloops = sch.get_loops(b)[1:]
+        if eloops:
+            _vectorize_tail(sch, eloops, vw)
+
+    # ---- accumulate (vectorized, unrolled), then split off the initialisation
+    if vw > 1:
+        sch.vectorize(v_i)
+    if vm > 1:
+        sch.unroll(v_m)
+    if u is not None and ui > 1:
+        sch.unroll(u_i)
+    init = sch.decompose_reduction(main, red_loops[0])
+    iloops = sch.get_loops(init)[1:]
+    if iloops:
+        try:
+            _vectorize_tail(sch, iloops, vw)
+        except Exception:  # noqa: BLE001 - loops kept their kinds
+            pass
+    return sch.mod["main"]
+
+
+def _vectorize_tail(sch, loops, width):
+    """Per-tile loops (init, epilogue): split the innermost into vectors of ``width``,
+    vectorize them and unroll the rest of the tile."""
+    exts = [_extent(sch, lp) for lp in loops]
+    if not exts or exts[-1] is None or exts[-1] <= 1:
+        return
+    last = loops[-1]
+    if width > 1 and exts[-1] > width and exts[-1] % width == 0:
+        rest, vec = sch.split(last, factors=[None, width])
+        sch.unroll(rest)
+    else:
+        vec = last
+    for lp, e in zip(loops[:-1], exts[:-1]):
+        if e and e > 1:
+            sch.unroll(lp)
+    sch.vectorize(vec)
+
+
+def _rule_dlight(func, target, params):
+    from tvm.s_tir.dlight import cpu as dl_cpu
+
+    for rule in (dl_cpu.Reduction(), dl_cpu.GEMV()):
+        sch = rule.apply(func, target, False)
+        if sch is None:
+            continue
+        if isinstance(sch, list):
+            sch = sch[0]
+        return sch.mod["main"]
+    return None
+
+
+def _rule_injective(func, target, params):
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    infos = _block_infos(sch)
+    if not infos or not all(b.is_injective() for b in infos):
+        return None
+    blocks = [b.block_rv for b in infos]
+    # inline everything that can be inlined into its consumers
+    for b in blocks[:-1]:
+        try:
+            sch.compute_inline(b)
+        except Exception:  # noqa: BLE001
+            pass
+    for b in _root_blocks(sch):
+        _schedule_injective_block(sch, b, params)
+    return sch.mod["main"]
+
+
+def _rule_fallback(func, target, params):
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    changed = False
+    for b in _root_blocks(sch):
+        loops = sch.get_loops(b)
+        if not loops:
+            continue
+        st = sch.get(b)
+        first = sch.get(loops[0])
+        # the outermost loop must bind only data-parallel block iters
+        realize = _realize_of(sch, b)
+        if realize is None:
+            continue
+        ok = True
+        for iv, val in zip(st.iter_vars, realize.iter_values):
+            if first.loop_var in _vars_in(val) and iv.iter_type != 0:
+                ok = False
+        if ok and _extent(sch, loops[0]) and _extent(sch, loops[0]) > 1 and _work(sch, b) >= PARALLEL_MIN_WORK:
+            sch.parallel(loops[0])
+            changed = True
+    return sch.mod["main"] if changed else None
+
+
+def _realize_of(sch, block):
+    from tvm.s_tir.stmt import SBlockRealize
+
+    target = sch.get(block)
+    found = [r for r in _collect(sch.mod["main"].body, SBlockRealize) if r.block.same_as(target)]
+    return found[0] if found else None
+
+
+default_threads()

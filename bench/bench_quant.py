@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Post-training quantization (the ``quantize`` pass): accuracy, fidelity, size and
+onnxruntime latency of the QDQ models it writes.
+
+    python bench/bench_quant.py                     # everything (~5 min on 2 busy cores)
+    python bench/bench_quant.py --only digits,ocr   # sections: digits, resnet18, ocr
+    python bench/bench_quant.py --json out.json     # also write the results as JSON
+
+Sections (see bench/README_quant.md for the numbers and how to read them):
+
+* **digits**: the bundled digits CNN and MLP (labelled test set, 540 images): top-1 of the float
+  model vs the QDQ model for every observer at w8a8 and w4a8, and the mixed-precision search
+  ``weight-bits=4;max-accuracy-drop=0.3``. Target: int8 drop <= 0.3 points.
+* **resnet18**: ``optc.models.build.export_resnet18`` (random weights), calibrated on 32 standard
+  normal inputs, SQNR of the logits on 32 other ones (target >= 30 dB), onnxruntime's own
+  ``quantize_static`` (same settings) beside it for reference, and onnxruntime latency of the
+  float model vs our QDQ model with 2 threads, interleaved rounds.
+* **ocr**: PP-OCR models from the rapidocr-onnxruntime wheel (classifier, recognizer, detector)
+  on synthetic text-line / page images (a generator below: strokes on a noisy light background),
+  calibrated on 64 images, measured on 300 others (100 for the detector): top-1 agreement
+  (classifier), per-timestep top-1 and CTC-decoded string agreement (recognizer), text-mask
+  agreement at the DB threshold 0.3 (detector). Target: >= 99 % agreement.
+
+Accuracy figures come from onnxruntime twice: graph optimizations off (the QDQ graph computed
+literally, in float: what optc verifies artifacts against) and all optimizations on (onnxruntime
+fuses DQ -> Conv -> Q into QLinearConv and friends: real int8 kernels, what a user deploys).
+optc's own int8 kernels (TVM lowering of the QDQ graph) are part B of the issue: their speed is
+"not yet measured" here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+REPO = Path(__file__).resolve().parents[1]
+THREADS = 2
+
+
+def _import_optc():
+    try:
+        import optc  # noqa: F401
+    except ImportError:  # repo copied, not installed
+        sys.path.insert(0, str(REPO))
+        raise
+
+
+_import_optc()
+
+import onnx_ir as ir  # noqa: E402
+
+from optc import DEFAULT_PIPELINE, frontend, pipeline  # noqa: E402
+from optc.accuracy import sqnr_db  # noqa: E402
+from optc.passes.quant import calibrate, quantize_model  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def prepare(path, shapes: dict) -> onnx.ModelProto:
+    """Load, bind shapes, run optc's default cleanup pipeline (what `optc compile` runs first)."""
+    proto = frontend.load_model(path)
+    bound, _ = frontend.bind_input_shapes(proto, shapes)
+    irm, _ = pipeline.run_pipeline(ir.serde.deserialize_model(bound), DEFAULT_PIPELINE)
+    return ir.serde.serialize_model(irm)
+
+
+def session(model: onnx.ModelProto, optimize: bool, threads: int = THREADS):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def outputs(model: onnx.ModelProto, data: dict, optimize: bool = False) -> list[np.ndarray]:
+    """All outputs over the samples, in batches of the model's bound batch size."""
+    sess = session(model, optimize)
+    chunks = [sess.run(None, feeds) for feeds in calibrate.iter_batches(data, model)]
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def interleaved_latency(models: dict[str, onnx.ModelProto], feeds: dict, rounds: int = 10,
+                        per_round: int = 5, warmup: int = 5) -> dict:
+    """onnxruntime (all optimizations, THREADS threads) per model, interleaved round by round
+    so that machine noise hits all alike."""
+    sessions = {k: session(m, True) for k, m in models.items()}
+    for s in sessions.values():
+        for _ in range(warmup):
+            s.run(None, feeds)
+    times = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                s.run(None, feeds)
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for k, t in times.items():
+        t = sorted(t)
+        out[k] = {"median_ms": round(statistics.median(t), 3), "p10_ms": round(t[len(t) // 10], 3),
+                  "p90_ms": round(t[(9 * len(t)) // 10], 3), "n": len(t)}
+    out["method"] = (f"onnxruntime CPU, graph optimizations all, {THREADS} intra-op threads, {warmup} warm-up, "
+                     f"{rounds} interleaved rounds x {per_round} calls, wall clock per call")
+    out["load_average_1min"] = os.getloadavg()[0]
+    return out
+
+
+def size_bytes(model: onnx.ModelProto) -> int:
+    return model.ByteSize()
+
+
+def top1(x: np.ndarray) -> np.ndarray:
+    return x.reshape(len(x), -1).argmax(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# digits
+
+
+def bench_digits() -> dict:
+    res = {}
+    ev = np.load(REPO / "models/digits_eval.npz")
+    calib = str(REPO / "models/digits_calib.npz")
+    labels = ev["label"]
+    data = {"input": ev["input"]}
+    for name in ("digits_cnn", "digits_mlp"):
+        fp = prepare(REPO / f"models/{name}.onnx", {"input": (20, 1, 8, 8)})  # 540 = 27 x 20
+        ref = outputs(fp, data)[0]
+        acc_fp = float(np.mean(top1(ref) == labels))
+        rows = {}
+        for bits in (8, 4):
+            for obs in ("minmax", "percentile", "entropy", "mse"):
+                q, d = quantize_model(fp, calib, weight_bits=bits, observer=obs)
+                emu, real = outputs(q, data)[0], outputs(q, data, optimize=True)[0]
+                rows[f"w{bits}a8 {obs}"] = {
+                    "top1": float(np.mean(top1(emu) == labels)),
+                    "drop_points": round(100 * (acc_fp - np.mean(top1(emu) == labels)), 3),
+                    "drop_points_ort_int8_kernels": round(100 * (acc_fp - np.mean(top1(real) == labels)), 3),
+                    "sqnr_db": round(sqnr_db(ref, emu), 2),
+                    "onnx_bytes": size_bytes(q)}
+        q, d = quantize_model(fp, calib, weight_bits=4, max_accuracy_drop=0.3, eval_data=str(REPO / "models/digits_eval.npz"))
+        emu = outputs(q, data)[0]
+        mp = d["mixed_precision"]
+        rows["w4a8 mixed max-accuracy-drop=0.3"] = {
+            "top1": float(np.mean(top1(emu) == labels)),
+            "drop_points": round(100 * (acc_fp - np.mean(top1(emu) == labels)), 3),
+            "sqnr_db": round(sqnr_db(ref, emu), 2), "onnx_bytes": size_bytes(q),
+            "bits": {l["name"]: l["bits"] for l in mp["layers"]}, "evaluations": mp["evaluations"]}
+        res[name] = {"top1_float": acc_fp, "onnx_bytes_float": size_bytes(fp), "samples": len(labels),
+                     "configs": rows}
+        log(f"digits {name}: float {100 * acc_fp:.2f}%; " + "; ".join(
+            f"{k} {r['drop_points']:+.2f}p" for k, r in rows.items()))
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNet-18
+
+
+def bench_resnet18(tmp: Path, calib_n: int = 32, eval_n: int = 32) -> dict:
+    from optc.models.build import export_resnet18
+
+    path = export_resnet18(tmp / "resnet18.onnx", overwrite=True)
+    fp = prepare(path, {})
+    rng = np.random.default_rng(0)
+    calib = {"input": rng.standard_normal((calib_n, 3, 224, 224)).astype(np.float32)}
+    ev = {"input": np.random.default_rng(1).standard_normal((eval_n, 3, 224, 224)).astype(np.float32)}
+    ref = outputs(fp, ev)[0]
+    res: dict = {"calibration": f"{calib_n} standard normal inputs (seed 0)",
+                 "evaluation": f"{eval_n} standard normal inputs (seed 1)",
+                 "onnx_bytes_float": size_bytes(fp), "observers": {}}
+    best = None
+    for obs in ("minmax", "percentile", "entropy", "mse"):
+        t0 = time.perf_counter()
+        q, d = quantize_model(fp, calib, observer=obs)
+        secs = time.perf_counter() - t0
+        emu, real = outputs(q, ev)[0], outputs(q, ev, optimize=True)[0]
+        row = {"sqnr_db": round(sqnr_db(ref, emu), 2), "sqnr_db_ort_int8_kernels": round(sqnr_db(ref, real), 2),
+               "top1_agreement": float(np.mean(top1(ref) == top1(emu))), "quantize_seconds": round(secs, 1),
+               "calibration_peak_buffered_mb": round(d["calibration"]["peak_buffered_bytes"] / 2 ** 20, 1),
+               "onnx_bytes": size_bytes(q)}
+        res["observers"][obs] = row
+        log(f"resnet18 {obs}: SQNR {row['sqnr_db']} dB (int8 kernels {row['sqnr_db_ort_int8_kernels']} dB)")
+        if obs == "minmax":
+            best = q
+    try:  # onnxruntime's own static quantizer, same data and settings, for reference
+        from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                              quantize_static)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter(calibrate.iter_batches(calib, fp))
+
+            def get_next(self):
+                return next(self.it, None)
+
+        onnx.save(fp, tmp / "rn_fp.onnx")
+        import logging
+
+        logging.getLogger().setLevel(logging.ERROR)
+        quantize_static(str(tmp / "rn_fp.onnx"), str(tmp / "rn_ortq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+        oq = onnx.load(tmp / "rn_ortq.onnx")
+        res["onnxruntime_quantize_static_minmax"] = {"sqnr_db": round(sqnr_db(ref, outputs(oq, ev)[0]), 2)}
+        log(f"resnet18 onnxruntime quantize_static: {res['onnxruntime_quantize_static_minmax']}")
+    except Exception as err:  # pragma: no cover - reference only
+        res["onnxruntime_quantize_static_minmax"] = {"error": str(err)[:200]}
+    lat = interleaved_latency({"float32": fp, "qdq_int8": best}, {"input": ev["input"][:1]})
+    lat["ratio_float_over_int8"] = round(lat["float32"]["median_ms"] / lat["qdq_int8"]["median_ms"], 2)
+    res["latency_onnxruntime"] = lat
+    res["latency_optc"] = "not yet measured: optc's integer kernels (TVM lowering of the QDQ graph) are part B"
+    log(f"resnet18 latency: float {lat['float32']['median_ms']} ms, int8 {lat['qdq_int8']['median_ms']} ms "
+        f"(x{lat['ratio_float_over_int8']}, load {lat['load_average_1min']:.1f})")
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# PP-OCR
+
+
+def _glyph_line(rng, h: int, w: int) -> np.ndarray:
+    """A grey text-line-like image: dark glyph-like strokes on a noisy light background."""
+    img = np.full((h, w), rng.uniform(170, 250)) + rng.normal(0, rng.uniform(2, 12), (h, w))
+    ink = rng.uniform(0, 90)
+    top, bottom = int(h * rng.uniform(0.1, 0.3)), int(h * rng.uniform(0.7, 0.9))
+    x = int(rng.integers(2, max(3, w // 12)))
+    end = int(w * rng.uniform(0.5, 1.0))
+    while x < end - 6:
+        cw = int(rng.integers(max(3, (bottom - top) // 2), max(4, bottom - top)))
+        for _ in range(int(rng.integers(2, 6))):
+            t = int(rng.integers(1, max(2, h // 14)))
+            if rng.random() < 0.5:  # vertical stroke, sometimes an ascender above the line
+                xs = x + int(rng.integers(0, max(1, cw - t)))
+                y0 = top - (int(rng.integers(0, top + 1)) if rng.random() < 0.2 else 0)
+                y1 = int(rng.integers((top + bottom) // 2, bottom + 1))
+                img[y0:y1, xs:xs + t] = ink
+            else:  # horizontal stroke
+                ys = int(rng.integers(top, bottom))
+                img[ys:ys + t, x:x + cw] = ink
+        x += cw + int(rng.integers(1, max(2, h // 8)))
+    return np.clip(img, 0, 255)
+
+
+def _to_input(gray: np.ndarray, rng) -> np.ndarray:
+    rgb = np.stack([gray * rng.uniform(0.9, 1.1) for _ in range(3)])
+    return ((np.clip(rgb, 0, 255) / 255.0 - 0.5) / 0.5).astype(np.float32)  # PP-OCR normalization
+
+
+def synth_lines(n: int, h: int, w: int, seed: int, flip_half: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 3, h, w), np.float32)
+    for i in range(n):
+        g = _glyph_line(rng, h, w)
+        if flip_half and rng.random() < 0.5:
+            g = g[::-1, ::-1]
+        out[i] = _to_input(g, rng)
+    return out
+
+
+def synth_pages(n: int, h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 3, h, w), np.float32)
+    for i in range(n):
+        page = np.full((h, w), rng.uniform(200, 250)) + rng.normal(0, 5, (h, w))
+        y = int(rng.integers(4, 20))
+        while y < h - 40:
+            lh = int(rng.integers(16, 36))
+            lw = int(rng.integers(w // 4, w - 20))
+            x0 = int(rng.integers(0, w - lw))
+            page[y:y + lh, x0:x0 + lw] = _glyph_line(rng, lh, lw)
+            y += lh + int(rng.integers(6, 30))
+        out[i] = _to_input(page, rng)
+    return out
+
+
+def _ctc_decode(probs: np.ndarray) -> list[tuple]:
+    out = []
+    for seq in probs.argmax(-1):
+        keep = [int(c) for j, c in enumerate(seq) if c != 0 and (j == 0 or c != seq[j - 1])]
+        out.append(tuple(keep))
+    return out
+
+
+def bench_ocr(n_eval: int = 300, n_det: int = 100, n_calib: int = 64) -> dict:
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None:
+        return {"skipped": "rapidocr-onnxruntime not installed (pip install --no-deps rapidocr-onnxruntime==1.4.4)"}
+    mdir = Path(spec.origin).parent / "models"
+    res = {}
+    cases = [("cls", "ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192)),
+             ("rec", "ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320)),
+             ("det", "ch_PP-OCRv4_det_infer.onnx", (1, 3, 320, 320))]
+    for kind, fname, shape in cases:
+        t0 = time.perf_counter()
+        fp = prepare(mdir / fname, {"x": shape})
+        if kind == "det":
+            calib = {"x": synth_pages(n_calib // 2, *shape[2:], seed=10)}
+            ev = {"x": synth_pages(n_det, *shape[2:], seed=11)}
+        else:
+            calib = {"x": synth_lines(n_calib, *shape[2:], seed=10, flip_half=kind == "cls")}
+            ev = {"x": synth_lines(n_eval, *shape[2:], seed=11, flip_half=kind == "cls")}
+        row: dict = {"model": fname, "input_shape": list(shape), "samples": len(ev["x"]),
+                     "calibration_samples": len(calib["x"]), "onnx_bytes_float": size_bytes(fp)}
+        ref = outputs(fp, ev)[0]
+        for obs in ("minmax", "percentile", "entropy"):
+            q, d = quantize_model(fp, calib, observer=obs)
+            r = {"layers_quantized": len(d["layers"]), "layers_skipped": len(d["skipped"]),
+                 "onnx_bytes": size_bytes(q)}
+            for mode, optimize in (("ort_emulated", False), ("ort_int8_kernels", True)):
+                out = outputs(q, ev, optimize)[0]
+                m = {"sqnr_db": round(sqnr_db(ref, out), 2)}
+                if kind == "cls":
+                    m["top1_agreement"] = float(np.mean(top1(ref) == top1(out)))
+                elif kind == "rec":
+                    m["timestep_top1_agreement"] = float(np.mean(ref.argmax(-1) == out.argmax(-1)))
+                    m["decoded_string_agreement"] = float(np.mean([a == b for a, b in zip(_ctc_decode(ref), _ctc_decode(out))]))
+                else:
+                    a, b = ref > 0.3, out > 0.3
+                    m["mask_pixel_agreement"] = float(np.mean(a == b))
+                    m["mask_iou"] = float(np.sum(a & b) / max(1, np.sum(a | b)))
+                r[mode] = m
+            row[obs] = r
+            log(f"ocr {kind} {obs}: {json.dumps({k: v for k, v in r.items() if k.startswith('ort')})}")
+            if obs == "minmax":
+                row["latency_onnxruntime"] = interleaved_latency({"float32": fp, "qdq_int8": q},
+                                                                 {"x": ev["x"][:1]}, rounds=5, per_round=10)
+        if kind == "cls":
+            row["class_balance_float"] = np.bincount(top1(ref), minlength=2).tolist()
+        if kind == "rec":
+            row["distinct_decoded_strings_float"] = len(set(_ctc_decode(ref)))
+        if kind == "det":
+            row["text_pixel_fraction_float"] = float(np.mean(ref > 0.3))
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        res[kind] = row
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="digits,resnet18,ocr", help="comma-separated sections")
+    ap.add_argument("--json", metavar="PATH", help="write results as JSON")
+    args = ap.parse_args(argv)
+    import onnxruntime
+
+    results = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                           "cores": os.cpu_count(), "load_average_1min_at_start": os.getloadavg()[0]},
+               "versions": {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
+               "optc_int8_vs_optc_fp32": "not yet measured (part B: integer lowering in TVM)"}
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if "digits" in sections:
+            results["digits"] = bench_digits()
+        if "resnet18" in sections:
+            results["resnet18"] = bench_resnet18(Path(tmp))
+        if "ocr" in sections:
+            results["ocr"] = bench_ocr()
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(results, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

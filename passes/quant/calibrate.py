@@ -1,0 +1,201 @@
+"""Calibration: run the float model in onnxruntime on sample data with the tensors to observe
+exposed as extra graph outputs, and feed them to observers batch by batch.
+
+Memory stays bounded: samples go through the model in batches of its (bound) batch size, the
+exposed tensors of a few batches are gathered up to ``memory_budget`` bytes, handed to the
+observers (fixed-size state) and dropped. Nothing holds all activations.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .observers import Observer
+
+__all__ = ["InputInfo", "model_inputs", "load_samples", "iter_batches", "TensorRunner", "collect"]
+
+DEFAULT_MEMORY_BUDGET = 64 << 20
+DYNAMIC_BATCH = 16  # batch for a model whose batch dimension is not bound
+
+_NP = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64,
+       TensorProto.INT64: np.int64, TensorProto.INT32: np.int32, TensorProto.INT8: np.int8,
+       TensorProto.UINT8: np.uint8, TensorProto.BOOL: np.bool_}
+
+
+class InputInfo:
+    def __init__(self, vi: onnx.ValueInfoProto):
+        tt = vi.type.tensor_type
+        self.name = vi.name
+        self.dtype = np.dtype(_NP.get(tt.elem_type, np.float32))
+        self.dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                     for d in tt.shape.dim]
+
+    @property
+    def batch(self) -> int | None:
+        return self.dims[0] if self.dims else None
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputInfo]:
+    inits = {t.name for t in model.graph.initializer}
+    return [InputInfo(vi) for vi in model.graph.input if vi.name not in inits]
+
+
+def load_samples(source: str | Path | Mapping[str, np.ndarray], model: onnx.ModelProto,
+                 what: str = "calibration data") -> dict[str, np.ndarray]:
+    """Arrays keyed by the model's input names, samples on axis 0, cast to the input dtypes.
+
+    ``source``: an .npz path or a mapping. A single-input model also accepts a file with one
+    array under another name (a ``label`` array is ignored for that match).
+    """
+    from optc.errors import InvalidModelError, UsageError
+
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise UsageError(f"{what}: {path}: no such file")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except Exception as err:
+            raise InvalidModelError(f"{what}: {path}: not a readable .npz file ({err})") from None
+    else:
+        arrays = dict(source)
+    specs = model_inputs(model)
+    candidates = {k: v for k, v in arrays.items() if k != "label"}
+    if len(specs) == 1 and specs[0].name not in arrays and len(candidates) == 1:
+        arrays = {specs[0].name: next(iter(candidates.values()))}
+    out, problems = {}, []
+    for s in specs:
+        if s.name not in arrays:
+            problems.append(f"no array for input {s.name!r} (has {', '.join(map(repr, arrays)) or 'none'})")
+            continue
+        a = np.asarray(arrays[s.name])
+        if a.ndim != len(s.dims) or any(d is not None and d != n for d, n in zip(s.dims[1:], a.shape[1:])):
+            problems.append(f"input {s.name!r}: samples of shape {list(a.shape[1:])} do not fit the model's "
+                            f"{[d if d is not None else '?' for d in s.dims]} (samples go on axis 0)")
+            continue
+        out[s.name] = a.astype(s.dtype, copy=False)
+    counts = {len(a) for a in out.values()}
+    if len(counts) > 1:
+        problems.append(f"arrays disagree on the number of samples ({sorted(counts)})")
+    if problems:
+        raise InvalidModelError(f"{what}: " + "; ".join(problems))
+    if not out or not next(iter(out.values())).shape[0]:
+        raise InvalidModelError(f"{what}: no samples")
+    return out
+
+
+def batch_size(model: onnx.ModelProto) -> int:
+    b = {s.batch for s in model_inputs(model)}
+    b.discard(None)
+    return b.pop() if len(b) == 1 else DYNAMIC_BATCH
+
+
+def iter_batches(data: Mapping[str, np.ndarray], model: onnx.ModelProto, limit: int = 0
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds of the model's batch size over the samples (a last partial batch is dropped when
+    the batch dimension is bound)."""
+    n = len(next(iter(data.values())))
+    if limit:
+        n = min(n, limit)
+    specs = model_inputs(model)
+    bound = all(s.batch is not None for s in specs)
+    b = batch_size(model)
+    for start in range(0, n, b):
+        stop = min(start + b, n)
+        if bound and stop - start < b:
+            break
+        yield {k: np.ascontiguousarray(v[start:stop]) for k, v in data.items()}
+
+
+def samples_used(data: Mapping[str, np.ndarray], model: onnx.ModelProto, limit: int = 0) -> int:
+    n = len(next(iter(data.values())))
+    if limit:
+        n = min(n, limit)
+    specs = model_inputs(model)
+    if all(s.batch is not None for s in specs):
+        b = batch_size(model)
+        n = (n // b) * b
+    return n
+
+
+class TensorRunner:
+    """onnxruntime on ``model`` with ``tensors`` exposed as extra outputs; graph
+    optimizations off (the literal graph, the same as optc's references)."""
+
+    def __init__(self, model: onnx.ModelProto, tensors: list[str] = (), threads: int | None = None):
+        import onnxruntime as ort
+
+        m = onnx.ModelProto.FromString(model.SerializeToString())
+        present = {o.name for o in m.graph.output}
+        for t in tensors:
+            if t not in present:
+                m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
+                present.add(t)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.names, self.session.run(None, dict(feeds))))
+
+
+def collect(model: onnx.ModelProto, tensors: list[str], data: Mapping[str, np.ndarray],
+            make: Callable[[], Observer], *, limit: int = 0,
+            memory_budget: int = DEFAULT_MEMORY_BUDGET, channel_axes: Mapping[str, int] | None = None
+            ) -> tuple[dict[str, Observer], dict, dict[str, np.ndarray]]:
+    """Observers for ``tensors`` updated over the calibration samples; a summary (samples,
+    batches, observer updates, peak buffered bytes, seconds); and for the tensors in
+    ``channel_axes`` the mean over every other axis (per-channel means, for bias correction)."""
+    t0 = time.perf_counter()
+    runner = TensorRunner(model, tensors)
+    observers = {t: make() for t in tensors}
+    channel_axes = dict(channel_axes or {})
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    pending: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    buffered = peak = 0
+    samples = batches = flushes = 0
+
+    def flush() -> None:
+        nonlocal buffered, flushes
+        for t, chunks in pending.items():
+            if chunks:
+                observers[t].update(np.concatenate([c.ravel() for c in chunks]))
+                chunks.clear()
+        buffered = 0
+        flushes += 1
+
+    for feeds in iter_batches(data, model, limit):
+        outs = runner.run(feeds)
+        batches += 1
+        samples += len(next(iter(feeds.values())))
+        for t in tensors:
+            a = outs[t]
+            if a.dtype.kind == "f":
+                pending[t].append(a)
+                buffered += a.nbytes
+                if t in channel_axes and a.ndim >= 1:
+                    ax = channel_axes[t] % a.ndim
+                    other = tuple(i for i in range(a.ndim) if i != ax)
+                    s = a.astype(np.float64).sum(axis=other)
+                    sums[t] = sums[t] + s if t in sums else s
+                    counts[t] = counts.get(t, 0) + a.size // a.shape[ax]
+        peak = max(peak, buffered)
+        if buffered >= memory_budget:
+            flush()
+    if buffered:
+        flush()
+    means = {t: sums[t] / counts[t] for t in sums}
+    return observers, {"samples": samples, "batches": batches, "observer_updates": flushes,
+                       "peak_buffered_bytes": peak, "seconds": round(time.perf_counter() - t0, 3)}, means

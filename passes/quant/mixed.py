@@ -1,0 +1,121 @@
+"""Mixed precision under an accuracy budget.
+
+Metric: with labels, the top-1 drop in points against the float model on the same samples;
+without labels, ``100 * (1 - top-1 agreement)`` with the float model. SQNR of the first output
+against the float model is recorded beside it (and breaks ties between layers).
+
+1. Quantize everything at the requested weight bits; if the drop is within the budget, stop.
+2. Sensitivity: quantize one layer at a time (the others float) and measure drop and SQNR.
+3. Greedy: take the most sensitive layer that can still go up one step of the ladder
+   ``requested bits -> 8 -> float`` (most drop first, then lowest SQNR), raise it, re-measure the
+   whole model; repeat until the budget holds (it always does once every layer is float).
+
+Every evaluation runs the QDQ model in onnxruntime (graph optimizations off) over the
+evaluation samples, so what is chosen is what the QDQ artifact computes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Mapping
+
+import numpy as np
+import onnx
+
+from . import calibrate
+from .core import FP32, Quantizer
+
+__all__ = ["Evaluator", "search"]
+
+
+def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
+    ref = np.asarray(ref, np.float64)
+    noise = float(np.sum((ref - np.asarray(x, np.float64)) ** 2))
+    if noise == 0:
+        return math.inf
+    sig = float(np.sum(ref ** 2))
+    return 10 * math.log10(sig / noise) if sig > 0 else -math.inf
+
+
+class Evaluator:
+    """Scores QDQ models against the float model on fixed samples."""
+
+    def __init__(self, float_model: onnx.ModelProto, data: Mapping[str, np.ndarray],
+                 labels: np.ndarray | None, limit: int = 0):
+        self.data, self.limit = data, limit
+        self.n = calibrate.samples_used(data, float_model, limit)
+        self.reference = self.outputs(float_model)
+        self.ref_top1 = self.reference.reshape(len(self.reference), -1).argmax(1)
+        self.labels = None if labels is None else np.asarray(labels).reshape(-1)[: self.n]
+        self.ref_acc = None if self.labels is None else float(np.mean(self.ref_top1 == self.labels))
+        self.count = 0
+
+    def outputs(self, model: onnx.ModelProto) -> np.ndarray:
+        runner = calibrate.TensorRunner(model)
+        first = runner.names[0]
+        outs = [runner.run(f)[first] for f in calibrate.iter_batches(self.data, model, self.limit)]
+        return np.concatenate(outs)
+
+    def score(self, model: onnx.ModelProto) -> dict:
+        self.count += 1
+        out = self.outputs(model)
+        top = out.reshape(len(out), -1).argmax(1)
+        agree = float(np.mean(top == self.ref_top1))
+        res = {"agreement": agree, "sqnr_db": round(_sqnr(self.reference, out), 2)}
+        if self.labels is not None:
+            acc = float(np.mean(top == self.labels))
+            res["top1"] = acc
+            res["drop_points"] = round(100.0 * (self.ref_acc - acc), 4)
+        else:
+            res["drop_points"] = round(100.0 * (1.0 - agree), 4)
+        return res
+
+
+def search(q: Quantizer, evaluator: Evaluator, budget: float) -> tuple[dict[str, int], dict]:
+    """Per-layer bits meeting ``budget`` (points of top-1) and the record of the search."""
+    t0 = time.perf_counter()
+    base = q.default_bits()
+    ladder = lambda b: [s for s in (b, 8, FP32) if s >= b]  # noqa: E731
+    record: dict = {"budget_points": budget, "samples": evaluator.n,
+                    "metric": "top-1 drop vs labels (points)" if evaluator.labels is not None
+                    else "100 x (1 - top-1 agreement with float)"}
+    if evaluator.ref_acc is not None:
+        record["float_top1"] = evaluator.ref_acc
+    full = evaluator.score(q.build(base)[0])
+    record["all_quantized"] = full
+    bits = dict(base)
+    sens: dict[str, dict] = {}
+    steps = []
+    current = full
+    if full["drop_points"] > budget:
+        for l in q.layers:
+            if base[l.name] == FP32:
+                continue
+            sens[l.name] = evaluator.score(q.build({l.name: base[l.name]})[0])
+        order = sorted(sens, key=lambda n: (-sens[n]["drop_points"], sens[n]["sqnr_db"]))
+        while current["drop_points"] > budget:
+            cand = next((n for n in order if bits[n] != FP32), None)
+            if cand is None:
+                break
+            lad = ladder(base[cand])
+            new = lad[lad.index(bits[cand]) + 1]
+            steps.append({"layer": cand, "from": bits[cand], "to": "float" if new == FP32 else new})
+            bits[cand] = new
+            if new == FP32:
+                order.remove(cand)
+            current = evaluator.score(q.build(bits)[0]) if any(b != FP32 for b in bits.values()) else \
+                {"drop_points": 0.0, "agreement": 1.0, "sqnr_db": math.inf}
+            steps[-1]["drop_points"] = current["drop_points"]
+            steps[-1]["sqnr_db"] = current["sqnr_db"]
+    record["final"] = current
+    record["budget_met"] = current["drop_points"] <= budget
+    record["layers"] = [
+        {"name": l.name, "op": l.op_type, "bits": "float" if bits[l.name] == FP32 else bits[l.name],
+         **({"alone_drop_points": sens[l.name]["drop_points"], "alone_sqnr_db": sens[l.name]["sqnr_db"]}
+            if l.name in sens else {})}
+        for l in q.layers]
+    record["steps"] = steps
+    record["evaluations"] = evaluator.count
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    return bits, record

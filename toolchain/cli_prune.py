@@ -1,0 +1,139 @@
+"""``optc prune-scan`` and ``optc prune-finetune``: thin CLI layers over
+:func:`optc.prune_scan.scan` and :func:`optc.finetune.prune_finetune`."""
+
+from __future__ import annotations
+
+import json
+
+
+def _print_json(data) -> None:
+    from .artifact import _json_default
+
+    print(json.dumps(data, indent=2, default=_json_default))
+
+
+def _progress(args):
+    from .progress import Progress
+
+    return Progress(enabled=not args.quiet and not getattr(args, "json", False))
+
+
+def _floats(text: str) -> list[float]:
+    from .errors import UsageError
+
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"--ratios {text!r}: expected numbers separated by commas, e.g. 0.25,0.5,0.75") from None
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def cmd_prune_scan(args) -> int:
+    from .frontend import parse_shape_args
+    from .prune_scan import scan
+
+    res = scan(args.model, args.eval, input_shapes=parse_shape_args(args.input_shape or []),
+               ratios=_floats(args.ratios), criterion=args.criterion, target_flops=args.target_flops,
+               max_accuracy_drop=args.max_accuracy_drop, eval_limit=args.eval_limit,
+               multiple=args.multiple, min_channels=args.min_channels, progress=_progress(args))
+    if args.json:
+        _print_json(res)
+        return 0
+    base = res["baseline"]
+    metric = res["eval"]["metric"]
+    print(f"{res['model']}: {metric} {base['metric']:.2f}% on {res['eval']['samples']} samples "
+          f"({res['eval']['metric_note']}), {base['flops']:,} FLOPs, criterion {res['criterion']}")
+    width = max([len(r["group"]) for r in res["rows"]] + [5])
+    print(f"  {'group':{width}} {'C':>5} {'ratio':>6} {'kept':>5} {'FLOPs':>7} {metric:>8} {'drop':>7}")
+    for r in res["rows"]:
+        print(f"  {r['group']:{width}} {r['channels']:>5} {r['ratio']:>6.2f} {r['kept']:>5} "
+              f"{_pct(r['flops_fraction']):>7} {r['metric']:>7.2f}% {r['drop_points']:>+7.2f}")
+    for s in res["skipped"]:
+        print(f"  skipped {s['name']} ({s['channels']} channels): {s['reason']}")
+    p = res["proposal"]
+    target = "none" if p["target_flops"] is None else f"{_pct(p['target_flops'])} of the FLOPs"
+    print(f"proposal (target {target}, budget {p['max_accuracy_drop']:g} points):")
+    if p["pipeline"]:
+        print(f"  --passes '{p['pipeline']}'")
+        print(f"  measured: {_pct(p['flops_fraction'])} of the FLOPs, {metric} {p['metric']:.2f}% "
+              f"({p['drop_points']:+.2f} points drop)")
+    if "note" in p:
+        print(f"  note: {p['note']}")
+    return 0
+
+
+def cmd_prune_finetune(args) -> int:
+    from .errors import BudgetError
+    from .finetune import prune_finetune
+
+    rep = prune_finetune(args.model, args.passes, args.train, args.output, eval_data=args.eval,
+                         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                         weight_decay=args.weight_decay, max_accuracy_drop=args.max_accuracy_drop,
+                         eval_limit=args.eval_limit, force=args.force, progress=_progress(args))
+    if args.json:
+        _print_json(rep)
+    else:
+        metric = rep.get("eval", {}).get("metric")
+        print(f"{rep['model']} -> {rep['output']} (passes {rep['passes']}, {args.epochs} epochs on {args.train})")
+        print(f"  {'':10} {'params':>10} {'FLOPs':>14} {'ONNX bytes':>11}" + (f" {metric:>8}" if metric else ""))
+        for key in ("original", "pruned", "finetuned"):
+            e = rep[key]
+            flops = f"{e['flops']:,}" if e["flops"] is not None else "-"
+            line = f"  {key:10} {e['params']:>10,} {flops:>14} {e['onnx_bytes']:>11,}"
+            if metric:
+                line += f" {e[metric]:>7.2f}%"
+            print(line)
+        if metric:
+            print(f"  drop: {rep['drop_points_pruned']:+.2f} points after pruning, "
+                  f"{rep['drop_points']:+.2f} after fine-tuning")
+    if rep.get("budget_passed") is False:
+        import sys
+
+        print(f"optc: error: {metric} after fine-tuning is {rep['drop_points']:.2f} points below the original "
+              f"(budget {rep['max_accuracy_drop']:g}); {rep['output']} was written", file=sys.stderr)
+        return BudgetError.exit_code
+    return 0
+
+
+def add_commands(add) -> None:
+    shape_help = "bind an input's shape, e.g. input=1,3,224,224 (repeatable); needed for dynamic dims"
+    s = add("prune-scan", cmd_prune_scan,
+            "pruning sensitivity: prune each channel group alone at several ratios, measure accuracy "
+            "(fidelity without labels) with onnxruntime, propose per-layer ratios for a FLOP target")
+    s.add_argument("model", help="ONNX model file")
+    s.add_argument("--eval", required=True, metavar="DATA.npz",
+                   help="evaluation data: input arrays (keyed by input name) and optionally 'label'")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help=shape_help)
+    s.add_argument("--ratios", default="0.25,0.5,0.75", help="ratios to try per group (default 0.25,0.5,0.75)")
+    s.add_argument("--criterion", default="l1", help="l1, l2, bn-scale or random (default l1)")
+    s.add_argument("--target-flops", type=float, metavar="F",
+                   help="FLOPs the proposal should reach, as a fraction of the original (0.5 = half); "
+                        "default: as much as the budget allows")
+    s.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+                   help="accuracy budget in percentage points (default 1)")
+    s.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on the first N samples only")
+    s.add_argument("--multiple", type=int, default=1, help="round kept channels up to a multiple (default 1)")
+    s.add_argument("--min-channels", type=int, default=1, help="channels every group keeps (default 1)")
+    s.add_argument("--json", action="store_true", help="print the scan as JSON")
+
+    f = add("prune-finetune", cmd_prune_finetune,
+            "run a pruning pipeline, fine-tune the result with torch on labelled data, write ONNX, "
+            "and report params, FLOPs, size and accuracy before/after")
+    f.add_argument("model", help="ONNX model file")
+    f.add_argument("--passes", required=True, help="pipeline text, e.g. 'prune<ratio=0.5>'")
+    f.add_argument("--train", required=True, metavar="DATA.npz", help="training data: input array and 'label'")
+    f.add_argument("--eval", metavar="DATA.npz", help="evaluation data (input array and 'label')")
+    f.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="fine-tuned model to write")
+    f.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
+    f.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine to 0 (default 1e-3)")
+    f.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    f.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    f.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    f.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                   help="exit with code 6 if the fine-tuned model loses more than this (needs --eval)")
+    f.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on the first N samples only")
+    f.add_argument("-f", "--force", action="store_true", help="overwrite OUT.onnx")
+    f.add_argument("--json", action="store_true", help="print the report as JSON")
