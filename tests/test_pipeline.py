@@ -66,3 +66,14 @@ def test_run_pipeline_records_each_pass():
     assert [r.name for r in records] == ["fuse-bn", "dce"]
     assert records[0].modified and records[0].details == {"rewrites": 1}
     assert records[0].nodes_after == records[0].nodes_before - 1
+
+
+def test_empty_collections_round_trip():
+    """Explicit pipelines print empty list/dict parameters as `key=`; they must parse back."""
+    from optc.pipeline import _parse_value
+
+    assert _parse_value("", dict[str, float], "x") == {}
+    assert _parse_value("", tuple[str, ...], "x") == ()
+    for name, cls in registered_passes().items():
+        explicit = format_pipeline(parse_pipeline(name), explicit=True)
+        assert format_pipeline(parse_pipeline(explicit), explicit=True) == explicit

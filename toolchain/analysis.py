@@ -39,8 +39,14 @@ class LayerCost:
     output_shape: list[int]
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, tuple[list[int], int]]:
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+def tensor_info(model: onnx.ModelProto) -> dict[str, tuple[list[int], int]]:
+    """Static (shape, ONNX element type) of every tensor whose shape is known: inferred values,
+    graph inputs/outputs, initializers and Constant-node tensors. Models shape inference cannot
+    handle (custom domains) fall back to what they declare."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:
+        inferred = model
     out = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         t = vi.type.tensor_type
@@ -48,10 +54,16 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[list[int], int]]:
             out[vi.name] = ([d.dim_value for d in t.shape.dim], t.elem_type)
     for init in inferred.graph.initializer:
         out[init.name] = (list(init.dims), init.data_type)
+    for n in inferred.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    out[n.output[0]] = (list(a.t.dims), a.t.data_type)
     return out
 
 
-def _nbytes(shape_type: tuple[list[int], int] | None) -> int:
+def nbytes(shape_type: tuple[list[int], int] | None) -> int:
+    """Bytes of a tensor given its (shape, element type); 0 if unknown."""
     if shape_type is None:
         return 0
     shape, elem = shape_type
@@ -83,7 +95,7 @@ def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
     """Per-node costs; shapes must be static (bind input shapes first). Constant nodes are
     weights, not layers, and are left out."""
-    shapes = _shapes(model)
+    shapes = tensor_info(model)
     inits = set(_constant_tensors(model))
     layers = []
     for i, node in enumerate(model.graph.node):
@@ -118,7 +130,7 @@ def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
             flops = _ELEMENTWISE_FLOPS.get(op, 0) * out_elems
         layers.append(LayerCost(
             name=node.name or f"{op}_{i}", op=op, macs=int(macs), flops=int(flops), params=params,
-            bytes_in=sum(_nbytes(s) for s in ins), bytes_out=sum(_nbytes(s) for s in outs),
+            bytes_in=sum(nbytes(s) for s in ins), bytes_out=sum(nbytes(s) for s in outs),
             output_shape=list(out_shape),
         ))
     return layers
@@ -143,9 +155,9 @@ def summarize(model: onnx.ModelProto, per_layer: bool = True) -> dict:
     ops = op_histogram(model)
     weights = _constant_tensors(model).values()
     param_count = parameter_count(model)
-    param_bytes = sum(_nbytes((list(t.dims), t.data_type)) for t in weights)
-    shapes = _shapes(model)
-    act_bytes = [_nbytes(shapes.get(o)) for n in model.graph.node for o in n.output]
+    param_bytes = sum(nbytes((list(t.dims), t.data_type)) for t in weights)
+    shapes = tensor_info(model)
+    act_bytes = [nbytes(shapes.get(o)) for n in model.graph.node for o in n.output]
     out = {
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
         "nodes": len(model.graph.node),

@@ -61,6 +61,8 @@ def cmd_compile(args) -> int:
     if v.get("passed") is not None:
         print(f"  verify: passed (max abs error {v['max_abs_error']:.3g}, max rel error "
               f"{v['max_rel_error']:.3g}; {v['inputs']})")
+    else:
+        print(f"  verify: NOT RUN ({v.get('skipped', 'skipped')})")
     print(f"  size: {report['size_bytes']['artifact'] / 1024:.1f} KiB (library + params)")
     if "accuracy" in report:
         a = report["accuracy"]
@@ -73,6 +75,11 @@ def cmd_compile(args) -> int:
     if "median_ms" in lat:
         extra = f", emulated run {lat['emulated_ms']:.1f} ms (not ARM latency)" if "emulated_ms" in lat else ""
         print(f"  latency: {lat['median_ms']:.3f} ms ({lat['method']}){extra}")
+    if "instructions" in lat and "count" in lat["instructions"]:
+        print(f"  executed instructions: {lat['instructions']['count']:,} per inference ({lat['instructions']['method']})")
+    energy = report.get("energy")
+    if energy and energy.get("mj_per_inference") is not None:
+        print(f"  energy: {energy['mj_per_inference']:.4g} mJ per inference ({energy['method']})")
     print(f"  compile time: {report['compile_seconds']:.1f} s; pipeline: {report['pipeline']}")
     return 0
 

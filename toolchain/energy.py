@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .analysis import nbytes, tensor_info
 from .errors import UsageError
 from .progress import SILENT, Progress
 
@@ -139,39 +140,8 @@ def surrogate_for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def _tensor_info(model: onnx.ModelProto) -> dict[str, tuple[list[int], int]]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # custom domains and the like: use what the model declares
-        inferred = model
-    out = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-            out[vi.name] = ([d.dim_value for d in t.shape.dim], t.elem_type)
-    for init in inferred.graph.initializer:
-        out[init.name] = (list(init.dims), init.data_type)
-    for n in inferred.graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-                    out[n.output[0]] = (list(a.t.dims), a.t.data_type)
-    return out
-
-
 def _elems(info: tuple[list[int], int] | None) -> int:
     return int(np.prod(info[0], dtype=np.int64)) if info is not None else 0
-
-
-def _nbytes(info: tuple[list[int], int] | None) -> int:
-    if info is None:
-        return 0
-    shape, elem = info
-    try:
-        size = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).itemsize
-    except Exception:
-        size = 4
-    return int(np.prod(shape, dtype=np.int64)) * size
 
 
 def _int_attr(node: onnx.NodeProto, *names: str) -> int | None:
@@ -233,7 +203,7 @@ def model_energy(model: onnx.ModelProto) -> dict:
     from .analysis import layer_costs
 
     surrogate = surrogate_for_inference(model)
-    info = _tensor_info(surrogate)
+    info = tensor_info(surrogate)
     g = model.graph
     weights = {i.name for i in g.initializer}
     producer: dict[str, onnx.NodeProto] = {}
@@ -259,7 +229,7 @@ def model_energy(model: onnx.ModelProto) -> dict:
     root: dict[str, str] = {}  # the tensor whose storage it is (DQ / view outputs alias inputs)
 
     def stored(t: str) -> int:
-        return store.get(t, _nbytes(info.get(t)))
+        return store.get(t, nbytes(info.get(t)))
 
     def root_of(t: str) -> str:
         while t in root:
@@ -298,7 +268,7 @@ def model_energy(model: onnx.ModelProto) -> dict:
             found = chain_to_q(n.output[0])
             if found:
                 chain, q = found
-                store[n.output[0]] = _nbytes(info.get(q.output[0]))
+                store[n.output[0]] = nbytes(info.get(q.output[0]))
                 fused.update(node_index[id(c)] for c in chain)
                 fused_q.add(node_index[id(q)])
 

@@ -171,6 +171,8 @@ def _parse_value(text: str, tp: Any, where: str) -> Any:
             if not text:
                 raise ValueError("empty value")
             return text
+        if origin in (tuple, list, dict) and text == "":
+            return origin()  # `key=` is the empty collection (explicit pipelines print it so)
         if origin in (tuple, list):
             items = [s for s in text.split(",") if s]
             return tuple(_parse_value(s, args[0], where) for s in items)

@@ -23,6 +23,7 @@ class Peak:
     cores: int
     mem_gbps: float  # sustained DRAM bandwidth
     source: str
+    launch_us: float = 0.0  # fixed cost per layer (kernel launch on GPUs), added to the roofline
 
     @property
     def fp32_gflops(self) -> float:
@@ -72,9 +73,9 @@ _N1 = Peak(2.5, 16, 4, 20.0, "AWS Graviton2 (4 vCPU slice): Neoverse-N1 @2.5 GHz
 # (FP32 lanes x 2 for FMA, non-tensor-core), clock is the boost clock; mem_gbps is the
 # datasheet memory bandwidth. Modeled latency from these ignores kernel-launch overhead
 # (a few microseconds per kernel), which dominates small models on a GPU.
-_H100 = Peak(1.98, 256, 132, 3350.0, "NVIDIA H100 SXM5: 132 SMs x 128 FP32 lanes @1.98 GHz boost = 67 TFLOP/s fp32 (non-tensor), 3.35 TB/s HBM3 (NVIDIA H100 Tensor Core GPU datasheet; H100 architecture whitepaper)")
-_A100 = Peak(1.41, 128, 108, 2039.0, "NVIDIA A100 SXM4 80GB: 108 SMs x 64 FP32 lanes @1.41 GHz boost = 19.5 TFLOP/s fp32 (non-tensor), 2.04 TB/s HBM2e (1.56 TB/s on the 40GB part) (NVIDIA A100 Tensor Core GPU datasheet; Ampere GA100 whitepaper)")
-_L4 = Peak(2.04, 256, 58, 300.0, "NVIDIA L4 (Ada, sm_89): 58 SMs x 128 FP32 lanes @2.04 GHz boost = 30.3 TFLOP/s fp32, 300 GB/s GDDR6 (NVIDIA L4 Tensor Core GPU datasheet; Ada Lovelace architecture whitepaper)")
+_H100 = Peak(1.98, 256, 132, 3350.0, "NVIDIA H100 SXM5: 132 SMs x 128 FP32 lanes @1.98 GHz boost = 67 TFLOP/s fp32 (non-tensor), 3.35 TB/s HBM3 (NVIDIA H100 Tensor Core GPU datasheet; H100 architecture whitepaper)", launch_us=4.0)
+_A100 = Peak(1.41, 128, 108, 2039.0, "NVIDIA A100 SXM4 80GB: 108 SMs x 64 FP32 lanes @1.41 GHz boost = 19.5 TFLOP/s fp32 (non-tensor), 2.04 TB/s HBM2e (1.56 TB/s on the 40GB part) (NVIDIA A100 Tensor Core GPU datasheet; Ampere GA100 whitepaper)", launch_us=4.0)
+_L4 = Peak(2.04, 256, 58, 300.0, "NVIDIA L4 (Ada, sm_89): 58 SMs x 128 FP32 lanes @2.04 GHz boost = 30.3 TFLOP/s fp32, 300 GB/s GDDR6 (NVIDIA L4 Tensor Core GPU datasheet; Ada Lovelace architecture whitepaper)", launch_us=4.0)
 
 
 def _gpu(name, arch, desc, peak, l2_bytes, aliases=()):

@@ -91,6 +91,8 @@ class ArmSession:
     core would run it (see the modeled latency in report.json).
     """
 
+    timing = "emulated (qemu-user wall time)"
+
     def __init__(self, pkg_dir: Path, manifest: dict):
         files = manifest["files_by_role"]
         self._lib = pkg_dir / files["library"]
