@@ -170,9 +170,12 @@ def cmd_targets(args) -> int:
         _print_json([t.to_json() | {"description": t.description, "aliases": list(t.aliases)}
                      for t in TARGETS.values()])
         return 0
+    w_name = max(len(t.name) for t in TARGETS.values())
+    w_backend = max(len(t.backend) for t in TARGETS.values())
+    w_latency = max(len(t.latency) for t in TARGETS.values())
     for t in TARGETS.values():
         alias = f" (aliases: {', '.join(t.aliases)})" if t.aliases else ""
-        print(f"{t.name:10} {t.backend:9} latency {t.latency:9} {t.description}{alias}")
+        print(f"{t.name:{w_name}}  {t.backend:{w_backend}}  latency {t.latency:{w_latency}}  {t.description}{alias}")
     return 0
 
 

@@ -138,6 +138,10 @@ def param_info(cls: type[Pass]) -> list[ParamInfo]:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if tp is Ellipsis:
+        return "..."
+    if origin is typing.Union:
+        return " | ".join("none" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     if origin is None:
         return getattr(tp, "__name__", str(tp))
     args = ", ".join(_type_name(a) for a in typing.get_args(tp))
