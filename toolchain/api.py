@@ -69,6 +69,9 @@ def compile(
     power_watts: float | None = None,
     force: bool = False,
     progress: Progress = SILENT,
+    tune: int = 0,
+    tune_seconds: float | None = None,
+    tuning_db: str | os.PathLike | None = None,
 ) -> dict:
     """Compile an ONNX model for ``target`` into the package directory ``out_dir``.
 
@@ -91,7 +94,17 @@ def compile(
 
     backend = get_backend(tgt.backend)
     backend.check_environment(tgt)
-    with writer as tmp:
+    import contextlib
+
+    tuning = contextlib.ExitStack()
+    if tgt.backend.startswith("tvm") and (tune or tuning_db):
+        # MetaSchedule tuning before the build (``tune`` candidates) and/or the tuning
+        # database location (default ~/.cache/optc/tuning): see optc.backends.tvm.tune.
+        from optc.backends.tvm import tune as tvm_tune
+
+        tuning.enter_context(tvm_tune.database_root(tuning_db))
+        tuning.enter_context(tvm_tune.request(tune, tune_seconds))
+    with tuning, writer as tmp:
         report = _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
                                verify_outputs, atol, rtol, measure, progress, timings, t_start,
                                eval_data, eval_limit, power_watts)
@@ -151,6 +164,7 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
     with progress.step(f"build for {tgt.name} ({tgt.backend})"):
         t0 = time.perf_counter()
         built = backend.build(optimized, in_specs, tgt, tmp, params=params)
+        tuning = _tuning_section(tmp)
         _save_onnx(optimized, tmp / "model.onnx")
         np.savez(tmp / "sample_inputs.npz", **sample)
         timings["build"] = time.perf_counter() - t0
@@ -176,7 +190,8 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
     verdict = None
     # Lossy passes (quantize) change the numbers on purpose: the artifact is verified against
     # their output (the optimized ONNX model); fidelity to the original is reported apart.
-    lossy = [s.name for s in specs if pipeline.get_pass(s.name).lossy]
+    # Lossiness may depend on parameters (binarize<post-training>): ask the configured pass.
+    lossy = [s.name for s in specs if pipeline.instantiate(s).lossy]
     reference_model = optimized if lossy else original
     runnable = getattr(session, "runnable", True)  # False: built for hardware this machine lacks
     if verify_outputs and not runnable:
@@ -193,7 +208,7 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
             verdict["inputs"] = input_source
             verdict["reference"] = "onnxruntime " + (_versions()["onnxruntime"] or "") + \
                 " CPU, graph optimizations off, on the " + (
-                    f"optimized (quantized) ONNX model: the pipeline has lossy passes ({', '.join(lossy)}); "
+                    f"optimized ONNX model: the pipeline has lossy passes ({', '.join(lossy)}); "
                     "fidelity to the original is reported apart" if lossy else "original model")
             np.savez(tmp / "sample_outputs.npz", **dict(zip(out_names, refs)))
             manifest["files_by_role"]["sample_outputs"] = "sample_outputs.npz"
@@ -240,6 +255,7 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
             "runtime_bundle": runner_bytes,
         },
         "latency": latency,
+        **({"tuning": tuning} if tuning else {}),
         "energy": energy,
         **({"accuracy": accuracy_report} if accuracy_report else {}),
         **({"fidelity": fidelity} if fidelity else {}),
@@ -254,6 +270,15 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
     manifest["files"] = artifact.file_table(tmp)
     artifact.write_json(tmp / artifact.MANIFEST, manifest)
     return report
+
+
+def _tuning_section(tmp: Path) -> dict | None:
+    """What the TVM build took from a MetaSchedule tuning database (its applied records are
+    copied into the package as ``tuning/``); None when no database was used."""
+    import sys
+
+    tune = sys.modules.get("optc.backends.tvm.tune")
+    return tune.take_build_info(tmp / "tuning") if tune is not None else None
 
 
 def _evaluate(path, limit, original, optimized, session, tgt: Target, in_specs, out_names) -> dict:
