@@ -33,6 +33,13 @@ Two separate, checkable steps (FINN's ``ConvertSignToThres`` then
     multiply-add per output (same result up to fp32 rounding). A layer that does not match
     is left alone and ``details["skipped"]`` says why.
 
+    Then (``fold-scales``, default on) a binary op whose output is read only by thresholds
+    (SignThreshold, or Sign, possibly through MaxPool) loses its ``alpha`` and bias: with
+    y = alpha x + b and alpha > 0, D y >= D T  <=>  D x >= D ceil/floor((T - b) / alpha), so the
+    op outputs the exact integer dot and the threshold becomes an integer (FINN's integer
+    thresholds; an FPGA needs no multiplier there). A Sign read this way becomes a
+    SignThreshold with the same tie caveat as ``sign-to-threshold`` (Sign(0) = 0).
+
 ``binarize<post-training>`` (lossy)
     First turns a float model into a binary one: every Conv/Gemm/MatMul with constant weights
     (except the first and last, unless ``keep-first-last=false``) gets weights
@@ -301,10 +308,10 @@ class SignToThreshold(Pass):
             t, d = res
             _ensure_opset(graph)
             base = (bn.name or node.name or "bn").replace("/", "_").strip("_")
-            tv = _initializer(graph, f"{base}_threshold", t)
-            dv = _initializer(graph, f"{base}_direction", d)
-            new = ir.node("SignThreshold", [bn.inputs[0], tv, dv], domain=ops.DOMAIN,
-                          name=f"{node.name or base}_threshold")
+            inputs = [bn.inputs[0], _initializer(graph, f"{base}_threshold", t)]
+            if np.any(d < 0):  # D is optional: absent means every direction is +1
+                inputs.append(_initializer(graph, f"{base}_direction", d))
+            new = ir.node("SignThreshold", inputs, domain=ops.DOMAIN, name=f"{node.name or base}_threshold")
             _replace(graph, node, [new])
             if not any(o.uses() for o in bn.outputs) and not any(o.is_graph_output() for o in bn.outputs):
                 graph.remove(bn, safe=True)
@@ -408,7 +415,7 @@ def _rewrite(graph, node, w, bias, max_act_bits, max_weight_bits) -> tuple[str |
         signs, alpha = bw
         if is_conv:
             signs4 = signs.reshape(w.shape).transpose(0, 2, 3, 1)  # [N, KH, KW, C]
-            packed = ops.pack_bits(signs4, axis=-1)
+            packed = ops.pack_bits(signs4.reshape(n_out, -1), axis=-1)  # (kh, kw, c) order
             attrs = {"in_channels": int(w.shape[1]), **_conv_attrs(node, w)}
             op_type = "BinaryConv2d"
         else:
@@ -430,7 +437,7 @@ def _rewrite(graph, node, w, bias, max_act_bits, max_weight_bits) -> tuple[str |
         codes, wscale, woffset, wbits = grid
         if is_conv:
             codes4 = codes.reshape(w.shape).transpose(0, 2, 3, 1)  # [N, KH, KW, C]
-            packed = ops.planes(codes4, wbits)  # [N, wb, KH, KW, CW]
+            packed = ops.planes(codes4.reshape(n_out, -1), wbits)  # [N, wb, words], (kh, kw, c)
             attrs = {"in_channels": int(w.shape[1]), **_conv_attrs(node, w)}
             op_type = "BitserialConv2d"
         else:
@@ -446,6 +453,82 @@ def _rewrite(graph, node, w, bias, max_act_bits, max_weight_bits) -> tuple[str |
     new = ir.node(op_type, inputs, attrs, domain=ops.DOMAIN, name=f"{base}_{op_type}")
     _replace(graph, node, [new])
     return op_type, None
+
+
+def _threshold_uses(value: ir.Value) -> list[ir.Node] | None:
+    """The SignThreshold / Sign nodes that read ``value`` (directly or through MaxPool, which
+    commutes with a per-channel increasing affine map), or None if anything else reads it."""
+    if value.is_graph_output():
+        return None
+    found: list[ir.Node] = []
+    for use in value.uses():
+        node, idx = use
+        if idx == 0 and _key(node) in {(ops.DOMAIN, "SignThreshold"), ("", "Sign")}:
+            found.append(node)
+        elif idx == 0 and _key(node) == ("", "MaxPool") and len(node.outputs) == 1:
+            sub = _threshold_uses(node.outputs[0])
+            if sub is None:
+                return None
+            found += sub
+        else:
+            return None
+    return found or None
+
+
+def integer_thresholds(t, d, alpha, bias) -> tuple[np.ndarray, np.ndarray]:
+    """Thresholds on the integer dot x of ``y = alpha * x + bias``: D y >= D T  <=>
+    D x >= D T' with T' = ceil((T - bias) / alpha) for D = +1, floor(...) for D = -1
+    (alpha > 0). A channel with alpha = 0 is constant: T' = -inf or +inf, direction +1."""
+    t, d, a, b = (np.asarray(v, np.float64) for v in (t, d, alpha, bias))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = (t - b) / np.where(a > 0, a, 1.0)
+        q = np.where(d > 0, np.ceil(q), np.floor(q))
+    const_on = d * (b - t) >= 0  # alpha = 0: y = bias everywhere
+    q = np.where(a > 0, q, np.where(const_on, -np.inf, np.inf))
+    d = np.where(a > 0, d, 1.0)
+    return q.astype(np.float32), d.astype(np.float32)
+
+
+def fold_scales(graph: ir.Graph, node: ir.Node) -> int:
+    """If the output of a BinaryDense/BinaryConv2d is read only by thresholds (SignThreshold or
+    Sign, possibly through MaxPool), fold its ``alpha`` and ``B`` into them (FINN-style integer
+    thresholds) and drop both inputs: the op then outputs the exact integer dot. Returns the
+    number of thresholds rewritten (0: left alone)."""
+    ins = list(node.inputs)
+    alpha = _const(ins[2]) if len(ins) > 2 and ins[2] is not None else None
+    bias = _const(ins[3]) if len(ins) > 3 and ins[3] is not None else None
+    if (alpha is None and len(ins) > 2 and ins[2] is not None) or (bias is None and len(ins) > 3 and ins[3] is not None):
+        return 0  # not constant
+    if alpha is None and bias is None:
+        return 0
+    users = _threshold_uses(node.outputs[0])
+    if not users:
+        return 0
+    n = int(ins[1].shape[0]) if ins[1].shape is not None else len(alpha if alpha is not None else bias)
+    a = alpha if alpha is not None else np.ones(n, np.float32)
+    b = bias if bias is not None else np.zeros(n, np.float32)
+
+    def threshold_of(user):
+        if _key(user) == ("", "Sign"):  # Sign(y) = +1 iff y >= 0 (ties aside): T = 0, D = +1
+            return np.zeros(n, np.float32), np.ones(n, np.float32)
+        t = _const(user.inputs[1])
+        d = _const(user.inputs[2]) if len(user.inputs) > 2 and user.inputs[2] is not None else np.ones(n, np.float32)
+        return t, d
+
+    thresholds = [threshold_of(u) for u in users]
+    if any(t is None or d is None for t, d in thresholds):
+        return 0  # a threshold that is not constant: leave everything as it is
+    for user, (t, d) in zip(users, thresholds):
+        t2, d2 = integer_thresholds(t, d, a, b)
+        base = (user.name or "threshold").replace("/", "_").strip("_")
+        new_ins = [user.inputs[0], _initializer(graph, f"{base}_int_threshold", t2)]
+        if np.any(d2 < 0):
+            new_ins.append(_initializer(graph, f"{base}_direction", d2))
+        _ensure_opset(graph)
+        _replace(graph, user, [ir.node("SignThreshold", new_ins, domain=ops.DOMAIN, name=f"{base}_int")])
+    attrs = {k: v.value for k, v in node.attributes.items()}
+    _replace(graph, node, [ir.node(node.op_type, ins[:2], attrs, domain=ops.DOMAIN, name=node.name)])
+    return len(users)
 
 
 def _layers(graph: ir.Graph) -> list[ir.Node]:
@@ -519,6 +602,8 @@ class Binarize(Pass):
         "doc": "binarize a float model first (sign(w) * mean|w|, Sign on inputs): LOSSY"})
     keep_first_last: bool = field(default=True, metadata={
         "doc": "post-training: leave the first and last layer in float"})
+    fold_scales: bool = field(default=True, metadata={
+        "doc": "fold alpha/bias of binary ops into the thresholds that read them (integer thresholds)"})
 
     def __post_init__(self) -> None:
         if not 1 <= self.act_bits <= 16 or not 1 <= self.weight_bits <= 16:
@@ -544,8 +629,14 @@ class Binarize(Pass):
                 counts[key] = counts.get(key, 0) + 1
             else:
                 skipped.append(f"{name}: {reason}")
-        if counts:
+        folded = 0
+        if self.fold_scales:
+            for node in list(graph):
+                if _key(node) in {(ops.DOMAIN, "BinaryDense"), (ops.DOMAIN, "BinaryConv2d")}:
+                    folded += fold_scales(graph, node)
+        if counts or folded:
             common.RemoveUnusedNodesPass()(model)
-        details |= {"rewrites": sum(counts.values()), "by_op": counts, "skipped": skipped}
+        details |= {"rewrites": sum(counts.values()), "by_op": counts, "thresholds_folded": folded,
+                    "skipped": skipped}
         self.details = details
-        return ir.passes.PassResult(model, modified or bool(counts))
+        return ir.passes.PassResult(model, modified or bool(counts) or bool(folded))

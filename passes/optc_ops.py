@@ -15,45 +15,49 @@ values are encoded bit 1 = +1, bit 0 = -1 (a weight ``w`` is encoded as ``w >= 0
 
 Ops
 ---
-``SignThreshold(X, T, D) -> Y``
+``SignThreshold(X, T[, D]) -> Y``
     Bipolar activation with a per-channel threshold (what BatchNormalization followed by Sign
     folds into). ``X`` float32 of rank >= 2, ``T`` and ``D`` float32 ``[C]`` with C = X.shape[1]
     (the channel axis, as for BatchNormalization). ``D`` is +1 or -1 (the sign of the BN
-    scale). ``Y = +1 where D[c] * X >= D[c] * T[c] else -1`` (float32, same shape as X).
-    T may be +-inf (a constant channel).
+    scale; absent = all +1). ``Y = +1 where D[c] * X >= D[c] * T[c] else -1`` (float32, same
+    shape as X). T may be +-inf (a constant channel). When X is the integer output of a binary
+    op whose scale was folded in (see ``binarize``), T holds integers (ceil for D = +1, floor
+    for D = -1): an integer comparator.
 
-``BinaryDense(X, W, alpha[, B]) -> Y``  (attribute ``in_features`` = K)
+``BinaryDense(X, W[, alpha][, B]) -> Y``  (attribute ``in_features`` = K)
     ``X`` float32 ``[M, K]``, binarized by the op at run time: bit = ``X >= 0`` (so +-1 inputs
     are exact; an exact 0 counts as +1, where ONNX ``Sign`` would give 0). ``W`` uint64
     ``[N, ceil(K/64)]``: row n holds the packed sign bits of weight row ``w[n, :]``.
-    ``alpha`` float32 ``[N]`` (> 0), ``B`` float32 ``[N]`` optional.
+    ``alpha`` float32 ``[N]`` (> 0; absent = 1), ``B`` float32 ``[N]`` (absent = 0).
     ``Y[m, n] = alpha[n] * (K - 2 * popcount(xbits[m] XOR W[n])) + B[n]`` (float32 ``[M, N]``);
     the integer term is exactly ``sum_k sign(x[m, k]) * sign(w[n, k])``.
 
-``BinaryConv2d(X, W, alpha[, B]) -> Y``  (attributes ``in_channels`` C, ``kernel_shape``
+``BinaryConv2d(X, W[, alpha][, B]) -> Y``  (attributes ``in_channels`` C, ``kernel_shape``
 [KH, KW], ``pads`` [top, left, bottom, right], ``strides`` [2], ``dilations`` [2]; group 1)
     ``X`` float32 NCHW ``[N_b, C, H, W]``, binarized at run time as for BinaryDense.
-    ``W`` uint64 ``[N, KH, KW, ceil(C/64)]``: word ``W[n, kh, kw, j]`` holds the sign bits of
-    ``w[n, 64j : 64j+64, kh, kw]`` (channels packed, LSB first). Zero padding as in ONNX Conv
-    on the +-1 tensor: padded positions contribute 0 (not +-1), so
-    ``Y[b, n, oh, ow] = alpha[n] * sum_{taps (kh, kw) inside the input}
-    (C - 2 * popcount(xbits[b, ih, iw] XOR W[n, kh, kw])) + B[n]`` with
+    ``W`` uint64 ``[N, ceil(KH * KW * C / 64)]``: row n is the packed sign bits of the weight
+    ``w[n]`` flattened in (kh, kw, c) order, i.e. element ``k = (kh * KW + kw) * C + c`` (the
+    im2col / FINN order). Zero padding as in ONNX Conv on the +-1 tensor: padded positions
+    contribute 0 (not +-1), so ``Y[b, n, oh, ow] = alpha[n] * sum_{taps (kh, kw) inside the
+    input} sum_c sign(x[b, c, ih, iw]) * sign(w[n, c, kh, kw]) + B[n]`` with
     ``ih = oh * stride_h - pad_top + kh * dilation_h`` (same for w). Output float32 NCHW.
 
 ``BitserialDense(X, W, w_scale, w_offset[, B]) -> Y``  (attributes ``in_features`` K,
 ``act_bits`` ab, ``weight_bits`` wb, ``act_scale`` s_a)
     k-bit operands, both unsigned codes. Activations: ``q_a = clip(round(X / s_a), 0,
-    2^ab - 1)`` computed by the op (X is the output of a fake-quantizer, i.e. ``s_a * q_a``).
-    Weights: ``w[n, k] = w_scale[n] * q_w[n, k] + w_offset[n]``, ``q_w`` in ``[0, 2^wb - 1]``,
-    stored as bit planes: ``W`` uint64 ``[N, wb, ceil(K/64)]``, plane j = bit j of q_w.
-    ``Y[m, n] = s_a * (w_scale[n] * D + w_offset[n] * S) + B[n]`` with the exact integers
-    ``D = sum_{i<ab, j<wb} 2^(i+j) popcount(A_i[m] AND W[n, j])`` (= sum_k q_a q_w) and
-    ``S = sum_i 2^i popcount(A_i[m])`` (= sum_k q_a); A_i = bit plane i of q_a.
+    2^ab - 1)`` computed by the op (X is the output of a fake-quantizer, i.e. ``s_a * q_a``;
+    round half to even). Weights: ``w[n, k] = w_scale[n] * q_w[n, k] + w_offset[n]``,
+    ``q_w`` in ``[0, 2^wb - 1]``, stored as bit planes: ``W`` uint64 ``[N, wb, ceil(K/64)]``,
+    plane j = bit j of q_w. ``Y[m, n] = s_a * (w_scale[n] * D + w_offset[n] * S) + B[n]`` with
+    the exact integers ``D = sum_{i<ab, j<wb} 2^(i+j) popcount(A_i[m] AND W[n, j])``
+    (= sum_k q_a q_w) and ``S = sum_i 2^i popcount(A_i[m])`` (= sum_k q_a); A_i = bit plane i
+    of q_a.
 
 ``BitserialConv2d(X, W, w_scale, w_offset[, B]) -> Y``  (attributes as BinaryConv2d plus
 ``act_bits``, ``weight_bits``, ``act_scale``)
-    ``W`` uint64 ``[N, wb, KH, KW, ceil(C/64)]``. Zero padding is code 0 (= value 0), so D and
-    S sum over all taps. Output as BitserialDense, per output position.
+    ``W`` uint64 ``[N, wb, ceil(KH * KW * C / 64)]`` (each plane in the (kh, kw, c) order of
+    BinaryConv2d). Zero padding is code 0 (= value 0), so D and S sum over all taps. Output as
+    BitserialDense, per output position.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ WORD = 64
 __all__ = [
     "DOMAIN", "VERSION", "WORD", "OPS", "words", "pack_bits", "unpack_bits", "popcount",
     "planes", "quantize_codes", "binary_dense_int", "binary_conv2d_int", "bitserial_dense_int", "bitserial_conv2d_int",
-    "conv_output_shape", "reference_evaluator",
+    "conv_output_shape", "conv_weight_taps", "reference_evaluator", "run_op",
 ]  # fmt: skip
 
 
@@ -212,10 +216,21 @@ def quantize_codes(x: np.ndarray, scale: float, bits: int) -> np.ndarray:
     return np.clip(q, 0, (1 << int(bits)) - 1).astype(np.int64)
 
 
+def conv_weight_taps(w: np.ndarray, in_channels: int, kernel_shape) -> np.ndarray:
+    """Compact conv weight words ``[..., ceil(KH*KW*C/64)]`` ((kh, kw, c) order) -> per-tap
+    channel words ``[..., KH, KW, ceil(C/64)]`` (what :func:`binary_conv2d_int` reads)."""
+    kh, kw = (int(v) for v in kernel_shape)
+    c = int(in_channels)
+    bits = unpack_bits(w, kh * kw * c, axis=-1)
+    return pack_bits(bits.reshape(bits.shape[:-1] + (kh, kw, c)), axis=-1)
+
+
 def _finish(acc: np.ndarray, alpha: np.ndarray, bias, shape_axis: int) -> np.ndarray:
     shape = [1] * acc.ndim
     shape[shape_axis] = -1
-    y = np.asarray(alpha, np.float32).reshape(shape) * acc.astype(np.float32)
+    y = acc.astype(np.float32)
+    if alpha is not None:
+        y = np.asarray(alpha, np.float32).reshape(shape) * y
     if bias is not None:
         y = y + np.asarray(bias, np.float32).reshape(shape)
     return y.astype(np.float32)
@@ -228,18 +243,18 @@ def _finish(acc: np.ndarray, alpha: np.ndarray, bias, shape_axis: int) -> np.nda
 class SignThreshold(OpRun):
     op_domain = DOMAIN
 
-    def _run(self, X, T, D):  # noqa: N803
+    def _run(self, X, T, D=None):  # noqa: N803
         shape = [1] * X.ndim
         shape[1] = -1
         t = np.asarray(T, np.float32).reshape(shape)
-        d = np.asarray(D, np.float32).reshape(shape)
+        d = np.ones_like(t) if D is None else np.asarray(D, np.float32).reshape(shape)
         return (np.where(d * X >= d * t, np.float32(1), np.float32(-1)).astype(np.float32),)
 
 
 class BinaryDense(OpRun):
     op_domain = DOMAIN
 
-    def _run(self, X, W, alpha, B=None, in_features=None):  # noqa: N803
+    def _run(self, X, W, alpha=None, B=None, in_features=None):  # noqa: N803
         xbits = pack_bits(np.asarray(X) >= 0, axis=-1)
         acc = binary_dense_int(xbits, W, in_features)
         return (_finish(acc, alpha, B, 1),)
@@ -248,10 +263,11 @@ class BinaryDense(OpRun):
 class BinaryConv2d(OpRun):
     op_domain = DOMAIN
 
-    def _run(self, X, W, alpha, B=None, in_channels=None, kernel_shape=None, pads=None,  # noqa: N803
+    def _run(self, X, W, alpha=None, B=None, in_channels=None, kernel_shape=None, pads=None,  # noqa: N803
              strides=None, dilations=None):
         xbits = pack_bits(np.asarray(X).transpose(0, 2, 3, 1) >= 0, axis=-1)  # [B, H, W, CW]
-        acc = binary_conv2d_int(xbits, W, in_channels, kernel_shape, pads, strides, dilations)
+        wt = conv_weight_taps(W, in_channels, kernel_shape)
+        acc = binary_conv2d_int(xbits, wt, in_channels, kernel_shape, pads, strides, dilations)
         return (_finish(acc, alpha, B, 1),)
 
 
@@ -277,7 +293,8 @@ class BitserialConv2d(OpRun):
              pads=None, strides=None, dilations=None, act_bits=None, weight_bits=None, act_scale=None):
         q = quantize_codes(np.asarray(X).transpose(0, 2, 3, 1), act_scale, act_bits)  # [B, H, W, C]
         a = planes(q, act_bits)  # [B, ab, H, W, CW]
-        d, s = bitserial_conv2d_int(a, W, kernel_shape, pads, strides, dilations)
+        wt = conv_weight_taps(W, in_channels, kernel_shape)  # [N, wb, KH, KW, CW]
+        d, s = bitserial_conv2d_int(a, wt, kernel_shape, pads, strides, dilations)
         ws = np.asarray(w_scale, np.float32)[None, :, None, None]
         wo = np.asarray(w_offset, np.float32)[None, :, None, None]
         y = np.float32(act_scale) * (ws * d.astype(np.float32) + wo * s.astype(np.float32)[:, None])
@@ -301,3 +318,27 @@ def reference_evaluator(model, **kwargs):
     from onnx.reference import ReferenceEvaluator
 
     return ReferenceEvaluator(model, new_ops=OPS, **kwargs)
+
+
+def run_op(op_type: str, *inputs: np.ndarray | None, **attributes) -> np.ndarray:
+    """Run one ai.optc op on numpy arrays through ``ReferenceEvaluator`` (a one-node model;
+    ``None`` for an omitted optional input). Returns its output."""
+    import onnx
+    from onnx import helper
+
+    names, feeds, infos = [], {}, []
+    for i, a in enumerate(inputs):
+        if a is None:
+            names.append("")
+            continue
+        a = np.asarray(a)
+        name = f"in{i}"
+        names.append(name)
+        feeds[name] = a
+        infos.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape))
+    while names and names[-1] == "":
+        names.pop()
+    node = helper.make_node(op_type, names, ["out"], domain=DOMAIN, **attributes)
+    graph = helper.make_graph([node], op_type, infos, [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, VERSION)])
+    return reference_evaluator(model).run(None, feeds)[0]

@@ -55,7 +55,7 @@ _cache: dict[str, Any] = {}
 
 def __getattr__(name: str):
     if name in _LAYERS:
-        if not _cache:
+        if name not in _cache:
             _cache.update(_build())
         return _cache[name]
     raise AttributeError(name)

@@ -18,13 +18,16 @@ opaque so Relax's FuseOps does not merge them into other functions):
   ``vpopcntq zmm``; AArch64 NEON: ``cnt`` + pairwise adds), with the partial sums in a local
   buffer; output channels are the outer parallel loop, rows of the batch inside it (weights
   reused from L1).
-* **conv2d** — weights are re-laid out once to ``[N/V, KH, KW, CW, V]`` (a separate
-  ``call_tir`` that Relax folds at compile time when the weights are embedded constants), so
-  that V = 8 output channels form one vector: each input word is broadcast and combined with
-  8 weight words at once. A register tile of R output columns x V channels stays in registers
-  over the whole (kh, kw, cw) reduction; (batch, channel block, output row) is the parallel
-  loop. Zero padding is exact: taps outside the input are skipped by a condition, and the
-  count of valid taps per output position gives the ``C * taps`` term.
+* **conv2d** — the compact weight words of the op contract (``[N, ceil(KH*KW*C/64)]``, bits in
+  (kh, kw, c) order) are re-laid out to ``[N/V, KH, KW, CW, V]`` (per tap, channels packed,
+  V = 8 output channels innermost) by a separate ``call_tir`` that Relax's FoldConstant
+  evaluates at compile time when the weights are embedded constants. Each input word is then
+  broadcast and combined with 8 weight words at once; a register tile of R output columns x 8
+  channels stays in registers over the whole (kh, kw, cw) reduction; (batch, channel block,
+  output row) is the parallel loop. Zero padding is exact without a branch in the inner loop:
+  the packed input is zero-padded, a padded tap adds popcount(w) for the weight words it
+  meets, and a small table per (channel, border row class, border column class) subtracts
+  exactly that; the count of valid taps per output position gives the ``C * taps`` term.
 
 The schedules do not depend on the target: vectors are 8 x u64 (one zmm on AVX-512; LLVM
 splits them into 4 NEON q-registers on AArch64).
@@ -32,17 +35,14 @@ splits them into 4 NEON q-registers on AArch64).
 
 from __future__ import annotations
 
-import math
 from typing import Any
-
-import numpy as np
 
 from optc.passes import optc_ops
 
 from .lower import register_converter
 
 LANES = 8  # u64 lanes per vector (512 bits)
-PARALLEL_MIN_WORDS = 1 << 14  # less inner work than this (words x outputs) stays single-threaded
+PARALLEL_MIN_WORDS = 1 << 17  # less inner work than this (words x outputs) stays single-threaded
 TILE_COLS = 4  # conv register tile: output columns per tile (x LANES channels)
 
 
@@ -84,28 +84,34 @@ def _codes(x_expr, scale: float, bits: int):
     return q.astype("int32")
 
 
-def binary_dense_te(M: int, K: int, N: int, has_bias: bool):
-    """(inputs, output) TE tensors of BinaryDense: X [M, K] f32, W [N, KW] u64, alpha [N], bias."""
+def binary_dense_te(M: int, K: int, N: int, has_bias: bool, has_alpha: bool = True):
+    """(inputs, output) TE tensors of BinaryDense: X [M, K] f32, W [N, KW] u64, [alpha [N]],
+    [bias [N]]."""
     from tvm import te, tirx
 
     KW = optc_ops.words(K)
     X = te.placeholder((M, K), "float32", name="X")
     W = te.placeholder((N, KW), "uint64", name="W")
-    A = te.placeholder((N,), "float32", name="alpha")
-    ins = [X, W, A]
+    ins = [X, W]
+    A = None
+    if has_alpha:
+        A = te.placeholder((N,), "float32", name="alpha")
+        ins.append(A)
     Xp = _pack_words(lambda m, k: X[m, k] >= tirx.const(0.0, "float32"), (M,), K, "Xp")
     w = te.reduce_axis((0, KW), "w")
     P = te.compute((M, N), lambda m, n: te.sum(tirx.popcount(Xp[m, w] ^ W[n, w]).astype("int64"), axis=w),
                    name="P")
+    Bv = None
     if has_bias:
         Bv = te.placeholder((N,), "float32", name="bias")
         ins.append(Bv)
-        Y = te.compute((M, N), lambda m, n: A[n] * (tirx.const(K, "int64") - P[m, n] * 2).astype("float32") + Bv[n],
-                       name="Y")
-    else:
-        Y = te.compute((M, N), lambda m, n: A[n] * (tirx.const(K, "int64") - P[m, n] * 2).astype("float32"),
-                       name="Y")
-    return ins, Y
+
+    def y(m, n):
+        v = (tirx.const(K, "int64") - P[m, n] * 2).astype("float32")
+        v = A[n] * v if A is not None else v
+        return v + Bv[n] if Bv is not None else v
+
+    return ins, te.compute((M, N), y, name="Y")
 
 
 def bitserial_dense_te(M: int, K: int, N: int, act_bits: int, weight_bits: int, act_scale: float,
@@ -153,20 +159,69 @@ def _conv_geometry(H, W, kernel_shape, pads, strides, dilations):
     return optc_ops.conv_output_shape(H, W, kernel_shape, pads, strides, dilations)
 
 
-def weight_transpose_te(N: int, inner: tuple[int, ...]):
-    """Wt[nb, *inner, l] = W[nb * LANES + l, *inner] (0 for padded channels)."""
+def conv_weight_lanes_te(N: int, KH: int, KW: int, C: int, planes: int | None = None):
+    """Compact conv weights ``W [N, (wb,) ceil(KH*KW*C/64)]`` ((kh, kw, c) bit order) ->
+    kernel layout ``Wt [N/8, (wb,) KH, KW, CW, 8]``: per tap, channels packed in words, 8 output
+    channels innermost (0 for padded channels and bits)."""
     from tvm import te, tirx
 
     NB = -(-N // LANES)
-    W = te.placeholder((N, *inner), "uint64", name="W")
+    CW = optc_ops.words(C)
+    KWORDS = optc_ops.words(KH * KW * C)
+    lead = () if planes is None else (planes,)
+    W = te.placeholder((N, *lead, KWORDS), "uint64", name="W")
+    b_ = te.reduce_axis((0, 64), "b")
 
     def f(nb, *rest):
-        *idx, l = rest
+        *pl, kh, kw, cw, l = rest
         n = nb * LANES + l
-        return tirx.if_then_else(n < N, W[(tirx.min(n, N - 1), *idx)], _u64(0))
+        c = cw * 64 + b_
+        k = (kh * KW + kw) * C + tirx.min(c, C - 1)
+        word = W[(tirx.min(n, N - 1), *pl, k // 64)]
+        bit = ((word >> (k % 64).astype("uint64")) & _u64(1)) == _u64(1)
+        ok = tirx.all(n < N, c < C, bit)
+        return te.sum(tirx.if_then_else(ok, _u64(1) << b_.astype("uint64"), _u64(0)), axis=b_)
 
-    Wt = te.compute((NB, *inner, LANES), f, name="Wt")
+    Wt = te.compute((NB, *lead, KH, KW, CW, LANES), f, name="Wt")
     return [W], Wt
+
+
+def row_packed(C: int, kernel_shape) -> bool:
+    """Binary conv layout choice: pack the (kw, c) bits of a kernel row contiguously (one word
+    stream per output column) instead of one word per tap, when the channels fit in one word
+    and that needs fewer words (C = 16, 3x3: 1 word per kernel row instead of 3)."""
+    KH, KW = kernel_shape
+    return C < 64 and KW > 1 and optc_ops.words(KW * C) < KW * optc_ops.words(C)
+
+
+def _low_mask(n):
+    """uint64 with the low ``n`` bits set, 0 <= n <= 64 (n an int32 expression)."""
+    from tvm import tirx
+
+    return tirx.if_then_else(n >= 64, ~_u64(0), (_u64(1) << n.astype("uint64")) - _u64(1))
+
+
+def conv_weight_rows_te(N: int, KH: int, KW: int, C: int):
+    """Compact conv weights ``W [N, ceil(KH*KW*C/64)]`` -> row layout ``Wr [N/8, KH, RW, 8]``
+    with RW = ceil(KW*C/64): word r of kernel row kh holds bits (kh*KW*C + 64 r + b)."""
+    from tvm import te, tirx
+
+    NB = -(-N // LANES)
+    RW = optc_ops.words(KW * C)
+    KWORDS = optc_ops.words(KH * KW * C)
+    W = te.placeholder((N, KWORDS), "uint64", name="W")
+    b_ = te.reduce_axis((0, 64), "b")
+
+    def f(nb, kh, r, l):
+        n = nb * LANES + l
+        j = r * 64 + b_
+        k = kh * (KW * C) + tirx.min(j, KW * C - 1)
+        word = W[tirx.min(n, N - 1), k // 64]
+        bit = ((word >> (k % 64).astype("uint64")) & _u64(1)) == _u64(1)
+        ok = tirx.all(n < N, j < KW * C, bit)
+        return te.sum(tirx.if_then_else(ok, _u64(1) << b_.astype("uint64"), _u64(0)), axis=b_)
+
+    return [W], te.compute((NB, KH, RW, LANES), f, name="Wt")
 
 
 def _padded_pack(X, B, C, H, W_, pads, name, plane=None):
@@ -235,7 +290,7 @@ def _select_chain(values: list[int], o, default: int, dtype: str = "int32"):
     return expr
 
 
-def binary_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, has_bias):
+def binary_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, has_bias, has_alpha=True):
     """TE tensors of BinaryConv2d with pre-transposed weights Wt [N/8, KH, KW, CW, 8].
 
     The packed input is zero-padded, so every tap is read without a condition; a padded tap adds
@@ -247,29 +302,67 @@ def binary_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, has
     CW = optc_ops.words(C)
     NB = -(-N // LANES)
     OH, OW = _conv_geometry(H, W_, kernel_shape, pads, strides, dilations)
+    rows_mode = row_packed(C, kernel_shape)
+    RW = optc_ops.words(KW_ * C)
     X = te.placeholder((B, C, H, W_), "float32", name="X")
-    Wt = te.placeholder((NB, KH, KW_, CW, LANES), "uint64", name="Wt")
-    A = te.placeholder((N,), "float32", name="alpha")
-    ins = [X, Wt, A]
+    wshape = (NB, KH, RW, LANES) if rows_mode else (NB, KH, KW_, CW, LANES)
+    Wt = te.placeholder(wshape, "uint64", name="Wt")
+    ins = [X, Wt]
+    A = None
+    if has_alpha:
+        A = te.placeholder((N,), "float32", name="alpha")
+        ins.append(A)
     Xp = _padded_pack(X, B, C, H, W_, pads, "Xp")
     rkh = te.reduce_axis((0, KH), "kh")
-    rkw = te.reduce_axis((0, KW_), "kw")
-    rcw = te.reduce_axis((0, CW), "cw")
-    P = te.compute(
-        (B, NB, OH, OW, LANES),
-        lambda b, nb, oh, ow, l: te.sum(tirx.popcount(
-            Xp[b, oh * strides[0] + rkh * dilations[0], rcw, ow * strides[1] + rkw * dilations[1]]
-            ^ Wt[nb, rkh, rkw, rcw, l]).astype("int64"), axis=[rkh, rkw, rcw]),
-        name="P")
+    if rows_mode:
+        # Xr[b, hp, r, ow]: word r of the (kw, c) bits that output column ow reads in row hp
+        # (OR of the channel words of its KW taps, each shifted to bit kw * C).
+        rkw0 = te.reduce_axis((0, KW_), "kw0")
+
+        def xr(b, hp, r, ow):
+            v = Xp[b, hp, 0, ow * strides[1] + rkw0 * dilations[1]]
+            sh = rkw0 * C - r * 64
+            part = tirx.if_then_else(tirx.any(sh >= 64, sh <= -64), _u64(0),
+                                     tirx.if_then_else(sh >= 0, v << sh.astype("uint64"), v >> (-sh).astype("uint64")))
+            return te.sum(part, axis=rkw0)
+
+        Xr = te.compute((B, H + pads[0] + pads[2], RW, OW), xr, name="Xr")
+        rr = te.reduce_axis((0, RW), "r")
+        P = te.compute(
+            (B, NB, OH, OW, LANES),
+            lambda b, nb, oh, ow, l: te.sum(tirx.popcount(
+                Xr[b, oh * strides[0] + rkh * dilations[0], rr, ow] ^ Wt[nb, rkh, rr, l]).astype("int64"),
+                axis=[rkh, rr]),
+            name="P")
+    else:
+        rkw = te.reduce_axis((0, KW_), "kw")
+        rcw = te.reduce_axis((0, CW), "cw")
+        P = te.compute(
+            (B, NB, OH, OW, LANES),
+            lambda b, nb, oh, ow, l: te.sum(tirx.popcount(
+                Xp[b, oh * strides[0] + rkh * dilations[0], rcw, ow * strides[1] + rkw * dilations[1]]
+                ^ Wt[nb, rkh, rkw, rcw, l]).astype("int64"), axis=[rkh, rkw, rcw]),
+            name="P")
     rows, row_class = _classes(_tap_ranges(H, OH, KH, strides[0], pads[0], dilations[0]))
     cols, col_class = _classes(_tap_ranges(W_, OW, KW_, strides[1], pads[1], dilations[1]))
     padded = len(rows) > 1 or len(cols) > 1 or rows[0] != (0, KH) or cols[0] != (0, KW_)
     if padded:
         # wpop[nb, kh, kw, l]: set bits of a weight tap; CT[nb, rc, cc, l]: bits of the taps that
         # row class rc x column class cc reads from the zero padding.
-        cw2 = te.reduce_axis((0, CW), "cw2")
-        wpop = te.compute((NB, KH, KW_, LANES), lambda nb, kh, kw, l: te.sum(
-            tirx.popcount(Wt[nb, kh, kw, cw2, l]).astype("int64"), axis=cw2), name="wpop")
+        if rows_mode:  # bits [kw*C, kw*C + C) of the kernel row's words
+            r2 = te.reduce_axis((0, RW), "r2")
+
+            def wp(nb, kh, kw, l):
+                lo = tirx.max(tirx.min(kw * C - r2 * 64, 64), 0)
+                hi = tirx.max(tirx.min(kw * C + C - r2 * 64, 64), 0)
+                mask = _low_mask(hi) & ~_low_mask(lo)
+                return te.sum(tirx.popcount(Wt[nb, kh, r2, l] & mask).astype("int32"), axis=r2)
+
+            wpop = te.compute((NB, KH, KW_, LANES), wp, name="wpop")
+        else:
+            cw2 = te.reduce_axis((0, CW), "cw2")
+            wpop = te.compute((NB, KH, KW_, LANES), lambda nb, kh, kw, l: te.sum(
+                tirx.popcount(Wt[nb, kh, kw, cw2, l]).astype("int32"), axis=cw2), name="wpop")
         th = te.reduce_axis((0, KH), "th")
         tw = te.reduce_axis((0, KW_), "tw")
 
@@ -281,18 +374,21 @@ def binary_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, has
             return tirx.Not(tirx.all(kh >= rlo, kh < rhi, kw >= clo, kw < chi))
 
         CT = te.compute((NB, len(rows), len(cols), LANES), lambda nb, rc, cc, l: te.sum(
-            tirx.if_then_else(outside(rc, cc, th, tw), wpop[nb, th, tw, l], tirx.const(0, "int64")),
+            tirx.if_then_else(outside(rc, cc, th, tw), wpop[nb, th, tw, l], tirx.const(0, "int32")),
             axis=[th, tw]), name="CT")
 
     def y(b, n, oh, ow):
-        rc = _select_chain(row_class, oh, 0)
-        cc = _select_chain(col_class, ow, 0)
-        taps = (_select_chain([r[1] - r[0] for r in rows], rc, rows[0][1] - rows[0][0], "int64")
-                * _select_chain([c[1] - c[0] for c in cols], cc, cols[0][1] - cols[0][0], "int64"))
-        p = P[b, n // LANES, oh, ow, n % LANES]
+        # valid taps x C per output position: a product of per-row and per-column constants
+        th = _select_chain([(r[1] - r[0]) * C for r in (rows[i] for i in row_class)], oh,
+                           (rows[0][1] - rows[0][0]) * C)
+        tw = _select_chain([c[1] - c[0] for c in (cols[i] for i in col_class)], ow, cols[0][1] - cols[0][0])
+        p = P[b, n // LANES, oh, ow, n % LANES].astype("int32")
         if padded:
+            rc = _select_chain(row_class, oh, 0)
+            cc = _select_chain(col_class, ow, 0)
             p = p - CT[n // LANES, rc, cc, n % LANES]
-        v = A[n] * (taps * C - p * 2).astype("float32")
+        v = (th * tw - p * 2).astype("float32")
+        v = A[n] * v if A is not None else v
         return v + Bv[n] if has_bias else v
 
     if has_bias:
@@ -363,8 +459,9 @@ def bitserial_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, 
 
 
 def _mark(func, name: str):
-    return func.with_attrs({
-        "global_symbol": name,
+    # No global_symbol: Relax's AttachGlobalSymbol names each kernel after its (unique) GlobalVar.
+    del name
+    return func.without_attr("global_symbol").with_attrs({
         "tirx.is_scheduled": True,
         "tir.is_scheduled": True,
         "op_pattern": 8,  # kOpaque: FuseOps leaves the kernel alone
@@ -455,6 +552,20 @@ def schedule_conv(func, *, red_name: str, out_name: str, pack_name: str, extra_r
     sch.vectorize(pl[-1])
     sch.decompose_reduction(pk, pl[-2])
     sch.unroll(sch.get_loops(sch.get_sblock(pack_name + "q_update"))[-2])
+    try:
+        xr = sch.get_sblock("Xr")
+    except Exception:  # noqa: BLE001 - per-tap layout: no row packing stage
+        xr = None
+    if xr is not None:  # loops b, hp, r, ow, kw -> b, hp, r, kw (unrolled), ow (vector)
+        xl = sch.get_loops(xr)
+        sch.reorder(xl[-1], xl[-2])
+        xl = sch.get_loops(xr)
+        if par:
+            sch.parallel(sch.fuse(xl[0], xl[1]))
+        xl = sch.get_loops(xr)
+        sch.vectorize(xl[-1])
+        sch.decompose_reduction(xr, xl[-2])
+        sch.unroll(sch.get_loops(sch.get_sblock("Xr_update"))[-2])
     if extra_red is not None:  # S (k-bit conv): one small reduction per output position
         sb = sch.get_sblock(extra_red)
         sl = sch.get_loops(sb)
@@ -491,10 +602,10 @@ def schedule_conv(func, *, red_name: str, out_name: str, pack_name: str, extra_r
 # kernel builders (PrimFuncs), used by the converters, the tests and the benchmarks
 
 
-def binary_dense_func(M, K, N, has_bias=False):
+def binary_dense_func(M, K, N, has_bias=False, has_alpha=True):
     from tvm import te
 
-    ins, Y = binary_dense_te(M, K, N, has_bias)
+    ins, Y = binary_dense_te(M, K, N, has_bias, has_alpha)
     f = te.create_prim_func([*ins, Y])
     f = schedule_dense(f, red_name="P", out_name="Y", pack_names=("Xp",), n_out=N, work=M * N * optc_ops.words(K))
     return _mark(f, "optc_binary_dense")
@@ -510,22 +621,35 @@ def bitserial_dense_func(M, K, N, act_bits, weight_bits, act_scale, has_bias=Fal
     return _mark(f, "optc_bitserial_dense")
 
 
-def weight_transpose_func(N, inner):
+def conv_weight_lanes_func(N, KH, KW, C, planes=None):
+    """Weight relayout kernel for BinaryConv2d (row or per-tap layout, see :func:`row_packed`)
+    and BitserialConv2d (``planes`` = weight bits; always per tap)."""
     import tvm
     from tvm import te
 
-    ins, Wt = weight_transpose_te(N, tuple(inner))
+    if planes is None and row_packed(C, (KH, KW)):
+        ins, Wt = conv_weight_rows_te(N, KH, KW, C)
+    else:
+        ins, Wt = conv_weight_lanes_te(N, KH, KW, C, planes)
     f = te.create_prim_func([*ins, Wt])
     sch = tvm.s_tir.Schedule(f)
     blk = sch.get_sblock("Wt")
-    sch.vectorize(sch.get_loops(blk)[-1])
-    return _mark(sch.mod["main"], "optc_weight_lanes")
+    sch.unroll(sch.get_loops(blk)[-1])
+    return _mark(sch.mod["main"], "optc_conv_weight_lanes")
 
 
-def binary_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_bias=False):
+def conv_weight_lanes_shape(N, KH, KW, C, planes=None) -> list[int]:
+    """Shape of :func:`conv_weight_lanes_func`'s output."""
+    lead = [-(-N // LANES)] + ([] if planes is None else [planes]) + [KH]
+    if planes is None and row_packed(C, (KH, KW)):
+        return lead + [optc_ops.words(KW * C), LANES]
+    return lead + [KW, optc_ops.words(C), LANES]
+
+
+def binary_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_bias=False, has_alpha=True):
     from tvm import te
 
-    ins, Y = binary_conv2d_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_bias)
+    ins, Y = binary_conv2d_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_bias, has_alpha)
     f = te.create_prim_func([*ins, Y])
     OH, OW = _conv_geometry(H, W, kernel_shape, pads, strides, dilations)
     work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C)
@@ -584,12 +708,16 @@ def _register() -> None:
     class SignThreshold(Base):
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
-            x, t, d = inputs[0], inputs[1], inputs[2]
+            x, t = inputs[0], inputs[1]
+            d = inputs[2] if len(inputs) > 2 else None
             rank = len(_shape(x))
             shape = [1, -1] + [1] * (rank - 2)
             t = bb.normalize(relax.op.reshape(t, shape))
-            d = bb.normalize(relax.op.reshape(d, shape))
-            cond = relax.op.greater_equal(relax.op.multiply(d, x), relax.op.multiply(d, t))
+            if d is None:
+                cond = relax.op.greater_equal(x, t)
+            else:
+                d = bb.normalize(relax.op.reshape(d, shape))
+                cond = relax.op.greater_equal(relax.op.multiply(d, x), relax.op.multiply(d, t))
             one = relax.const(1.0, "float32")
             return relax.op.where(cond, one, relax.op.negative(one))
 
@@ -597,14 +725,15 @@ def _register() -> None:
     class BinaryDense(Base):
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
-            x, w, alpha = inputs[0], inputs[1], inputs[2]
-            bias = inputs[3] if len(inputs) > 3 and inputs[3] is not None else None
+            x, w = inputs[0], inputs[1]
+            alpha = inputs[2] if len(inputs) > 2 else None
+            bias = inputs[3] if len(inputs) > 3 else None
             m, k = _shape(x)
             n = _shape(w)[0]
             if int(attr["in_features"]) != k:
                 raise ValueError(f"BinaryDense: in_features {attr['in_features']} != input width {k}")
-            func = binary_dense_func(m, k, n, bias is not None)
-            args = [x, w, alpha] + ([bias] if bias is not None else [])
+            func = binary_dense_func(m, k, n, bias is not None, alpha is not None)
+            args = [x, w] + [v for v in (alpha, bias) if v is not None]
             return _call(bb, func, "optc_binary_dense", args, [m, n])
 
     @register_converter(optc_ops.DOMAIN, "BitserialDense")
@@ -624,16 +753,18 @@ def _register() -> None:
     class BinaryConv2d(Base):
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
-            x, w, alpha = inputs[0], inputs[1], inputs[2]
-            bias = inputs[3] if len(inputs) > 3 and inputs[3] is not None else None
+            x, w = inputs[0], inputs[1]
+            alpha = inputs[2] if len(inputs) > 2 else None
+            bias = inputs[3] if len(inputs) > 3 else None
             b, c, h, wd = _shape(x)
-            n, kh, kw, cw = _shape(w)
+            n = _shape(w)[0]
             ks, pads, strides, dil = _conv_params(attr)
+            kh, kw = ks
             oh, ow = _conv_geometry(h, wd, ks, pads, strides, dil)
-            wt = bb.emit(_call(bb, weight_transpose_func(n, (kh, kw, cw)), "optc_weight_lanes", [w],
-                               [-(-n // LANES), kh, kw, cw, LANES], "uint64"))
-            func = binary_conv2d_func(b, c, h, wd, n, ks, pads, strides, dil, bias is not None)
-            args = [x, wt, alpha] + ([bias] if bias is not None else [])
+            wt = bb.emit(_call(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
+                               conv_weight_lanes_shape(n, kh, kw, c), "uint64"))
+            func = binary_conv2d_func(b, c, h, wd, n, ks, pads, strides, dil, bias is not None, alpha is not None)
+            args = [x, wt] + [v for v in (alpha, bias) if v is not None]
             return _call(bb, func, "optc_binary_conv2d", args, [b, n, oh, ow])
 
     @register_converter(optc_ops.DOMAIN, "BitserialConv2d")
@@ -643,11 +774,12 @@ def _register() -> None:
             x, w, ws, wo = inputs[:4]
             bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else None
             b, c, h, wd = _shape(x)
-            n, wb, kh, kw, cw = _shape(w)
+            n, wb, _ = _shape(w)
             ks, pads, strides, dil = _conv_params(attr)
+            kh, kw = ks
             oh, ow = _conv_geometry(h, wd, ks, pads, strides, dil)
-            wt = bb.emit(_call(bb, weight_transpose_func(n, (wb, kh, kw, cw)), "optc_weight_lanes", [w],
-                               [-(-n // LANES), wb, kh, kw, cw, LANES], "uint64"))
+            wt = bb.emit(_call(bb, conv_weight_lanes_func(n, kh, kw, c, wb), "optc_conv_weight_lanes", [w],
+                               [-(-n // LANES), wb, kh, kw, optc_ops.words(c), LANES], "uint64"))
             func = bitserial_conv2d_func(b, c, h, wd, n, ks, pads, strides, dil, int(attr["act_bits"]), wb,
                                          float(attr["act_scale"]), bias is not None)
             args = [x, wt, ws, wo] + ([bias] if bias is not None else [])

@@ -1,0 +1,218 @@
+"""Binary versions of the digits reference models, trained with :mod:`optc.bnn`.
+
+* :class:`DigitsBCNN` — the DigitsCNN layout (3x3 convolutions with 16, 32, 64 channels, a 2x2
+  max-pool) with binary weights and activations in the middle: first conv in float (input
+  pixels are not binary), BatchNorm before every Sign, conv2/conv3 binary (alpha_n sign(w)),
+  a second 2x2 max-pool and a binary classifier Linear(256, 10) with a float bias.
+* :class:`DigitsBMLP` — the DigitsMLP layout 64 -> 256 -> 128 -> 10: first and last layer in
+  float, the 256 -> 128 layer binary, BatchNorm + Sign activations.
+
+Both are trained with distillation from the fp32 DigitsCNN (retrained here with the bundled
+model's settings, so the build is self-contained and deterministic), exported with
+:func:`optc.bnn.export` (weights as +-alpha_n, activations through ONNX Sign, BatchNorm kept)
+and checked: accuracy of the exported file in onnxruntime, and of the graph after
+``simplify,sign-to-threshold,binarize`` (onnx ReferenceEvaluator with optc's ops).
+
+``python -m optc.models.bnn [--out DIR] [--force]`` writes ``digits_bcnn.onnx``,
+``digits_bmlp.onnx`` and ``bnn.json`` (accuracy, sizes, settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from optc import bnn
+
+__all__ = ["DigitsBCNN", "DigitsBMLP", "BNN_CONFIG", "BNN_FILES", "BINARIZE_PIPELINE", "build_binary",
+           "weight_bytes", "binarized", "main"]
+
+BINARIZE_PIPELINE = "simplify,sign-to-threshold,binarize"
+BNN_FILES = ("digits_bcnn.onnx", "digits_bmlp.onnx", "bnn.json")
+BNN_CONFIG: dict[str, Any] = {
+    "teacher": {"class": "DigitsCNN", "seed": 0, "epochs": 20, "lr": 3e-3},
+    "models": {
+        "digits_bcnn": {"class": "DigitsBCNN", "fp32": "digits_cnn", "seed": 0, "epochs": 60, "lr": 3e-3,
+                        "batch_size": 64, "distill": {"temperature": 4.0, "weight": 0.7}},
+        "digits_bmlp": {"class": "DigitsBMLP", "fp32": "digits_mlp", "seed": 0, "epochs": 60, "lr": 1e-2,
+                        "batch_size": 64, "distill": {"temperature": 4.0, "weight": 0.7}},
+    },
+}
+
+
+class DigitsBCNN(nn.Module):
+    """Binary DigitsCNN: float conv1 -> [binary conv -> BN -> Sign] x 2 with max-pools ->
+    binary Linear(256, 10) (+ float bias)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        sign = bnn.SignActivation
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), sign(),  # float first layer
+            bnn.BinaryConv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), sign(),
+            nn.MaxPool2d(2),  # 8x8 -> 4x4
+            bnn.BinaryConv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), sign(),
+            nn.MaxPool2d(2),  # 4x4 -> 2x2
+            nn.Flatten(),
+        )
+        self.classifier = bnn.BinaryLinear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class DigitsBMLP(nn.Module):
+    """Binary DigitsMLP: float Linear(64, 256) -> BN -> Sign -> binary Linear(256, 128) -> BN
+    -> Sign -> float Linear(128, 10)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        sign = bnn.SignActivation
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64, 256), nn.BatchNorm1d(256), sign(),  # float first layer
+            bnn.BinaryLinear(256, 128, bias=False), nn.BatchNorm1d(128), sign(),
+            nn.Linear(128, num_classes),  # float last layer
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements shared with the benchmark
+
+
+def weight_bytes(model) -> int:
+    """Bytes of all initializers of an ONNX model (weights as stored)."""
+    from onnx import numpy_helper
+
+    return int(sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer))
+
+
+def binarized(path, pipeline: str = BINARIZE_PIPELINE, batch: int | None = None):
+    """The ONNX model at ``path`` after ``pipeline`` (input batch bound to ``batch`` if given)."""
+    import onnx
+    import onnx_ir as ir
+
+    from optc import frontend
+    from optc.pipeline import run_pipeline
+
+    proto = onnx.load(str(path))
+    if batch is not None:
+        proto, _ = frontend.bind_input_shapes(proto, {proto.graph.input[0].name: (batch, 1, 8, 8)})
+    model, records = run_pipeline(ir.serde.deserialize_model(proto), pipeline)
+    return ir.serde.serialize_model(model), records
+
+
+def _accuracy(run, x, y) -> tuple[float, int]:
+    logits = run(x)
+    correct = int((np.asarray(logits).argmax(1) == y).sum())
+    return correct / len(y), correct
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+
+def build_binary(out_dir=None, *, force: bool = False, verbose: bool = False) -> dict[str, Any]:
+    """Train DigitsBCNN and DigitsBMLP, export them and write :data:`BNN_FILES`."""
+    import onnx
+    import onnxruntime as ort
+
+    from optc.models import MODELS_DIR, build, digits, zoo
+    from optc.passes.optc_ops import reference_evaluator
+
+    out = pathlib.Path(out_dir) if out_dir is not None else MODELS_DIR
+    build._check_free([out / n for n in BNN_FILES], force)
+    x_train, y_train, x_test, y_test = digits.load_digits_split()
+    tcfg = BNN_CONFIG["teacher"]
+    teacher = zoo.seeded(getattr(zoo, tcfg["class"]), seed=tcfg["seed"])
+    digits.train(teacher, x_train, y_train, epochs=tcfg["epochs"], lr=tcfg["lr"], seed=tcfg["seed"])
+    fp32_meta = json.loads((MODELS_DIR / "models.json").read_text())["models"]
+    meta: dict[str, Any] = {
+        "dataset": "sklearn digits, split as models.json (digits_eval.npz is the test set)",
+        "pipeline": BINARIZE_PIPELINE,
+        "teacher": {**tcfg, "test_accuracy": digits.accuracy(teacher, x_test, y_test)},
+        "models": {},
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+    }
+    for name, cfg in BNN_CONFIG["models"].items():
+        torch.manual_seed(cfg["seed"])
+        model = globals()[cfg["class"]]()
+        t0 = time.perf_counter()
+        bnn.train(model, x_train, y_train, epochs=cfg["epochs"], lr=cfg["lr"], seed=cfg["seed"],
+                  batch_size=cfg["batch_size"], teacher=teacher, temperature=cfg["distill"]["temperature"],
+                  distill_weight=cfg["distill"]["weight"])
+        seconds = time.perf_counter() - t0
+        torch_acc = digits.accuracy(model, x_test, y_test)
+        path = out / f"{name}.onnx"
+        bnn.export(model, path, overwrite=force)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        acc, correct = _accuracy(lambda x: sess.run(None, {"input": x})[0], x_test, y_test)
+        rewritten, records = binarized(path)
+        ev = reference_evaluator(rewritten)
+        bacc, bcorrect = _accuracy(lambda x: ev.run(None, {"input": x})[0], x_test, y_test)
+        fp32_path = MODELS_DIR / f"{cfg['fp32']}.onnx"
+        fp32_bytes = weight_bytes(binarized(fp32_path, "simplify,fold-constants,fuse-bn,dce")[0])
+        bin_bytes = weight_bytes(rewritten)
+        meta["models"][name] = {
+            "file": path.name,
+            "class": f"optc.models.bnn.{cfg['class']}",
+            "input": {"name": "input", "shape": ["N", 1, 8, 8], "dtype": "float32"},
+            "output": {"name": "logits", "shape": ["N", 10], "dtype": "float32"},
+            "test_accuracy": acc,
+            "test_correct": correct,
+            "torch_test_accuracy": torch_acc,
+            "binarized_test_accuracy": bacc,
+            "binarized_test_correct": bcorrect,
+            "binarized_evaluated_with": "onnx ReferenceEvaluator + optc.passes.optc_ops",
+            "fp32_model": fp32_path.name,
+            "fp32_test_accuracy": fp32_meta[cfg["fp32"]]["test_accuracy"],
+            "accuracy_drop_points": round(100 * (fp32_meta[cfg["fp32"]]["test_accuracy"] - bacc), 3),
+            "weight_bytes": {"fp32_model_after_default_pipeline": fp32_bytes, "binarized": bin_bytes,
+                             "ratio": round(fp32_bytes / bin_bytes, 2)},
+            "rewrites": {r.name: r.details for r in records if r.details},
+            "seed": cfg["seed"], "epochs": cfg["epochs"], "lr": cfg["lr"], "batch_size": cfg["batch_size"],
+            "training": "Adam, cosine lr to 0, distillation from the fp32 teacher (KL at T, weight below, "
+                        "+ cross-entropy), latent weights clipped to [-1, 1], 1 thread",
+            "distill": cfg["distill"],
+            "train_seconds": round(seconds, 1),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        }
+        if verbose:
+            print(f"{name}: {cfg['epochs']} epochs in {seconds:.0f} s; accuracy onnx {acc:.4f}, after "
+                  f"{BINARIZE_PIPELINE} {bacc:.4f} (fp32 {fp32_meta[cfg['fp32']]['test_accuracy']:.4f}); "
+                  f"weights {fp32_bytes} -> {bin_bytes} bytes -> {path}")
+    build._write_atomic(out / "bnn.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    from optc.errors import OptcError
+    from optc.models import MODELS_DIR
+
+    parser = argparse.ArgumentParser(prog="python -m optc.models.bnn",
+                                     description="Train and export the binary digits models.")
+    parser.add_argument("--out", type=pathlib.Path, default=MODELS_DIR, help=f"output folder (default {MODELS_DIR})")
+    parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    args = parser.parse_args(argv)
+    try:
+        build_binary(args.out, force=args.force, verbose=True)
+    except OptcError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
