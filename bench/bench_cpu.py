@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=50, help="timed runs per runtime (default 50)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--quick", action="store_true", help="repeat 10, 2 rounds")
+    ap.add_argument("--tune-seconds", type=float, default=0, metavar="S",
+                    help="also MetaSchedule-tune each model for S seconds (database bench/results/tuning) "
+                         "and measure tuned beside untuned and onnxruntime, interleaved")
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/cpu-<time>.json)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -136,12 +139,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}] compiling {path.name} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         report = optc.compile(path, "cpu", work / f"{name}.optc", input_shapes=shapes,
-                              measure=False, force=True)
+                              measure=False, force=True,  # untuned: an empty tuning-database root
+                              **({"tuning_db": RESULTS / "no-tuning"} if args.tune_seconds else {}))
         compile_s = time.perf_counter() - t0
         print(f"[{name}] compiled in {compile_s:.1f} s; benchmarking ...", file=sys.stderr, flush=True)
-        res = optc.bench(report["package"], threads=args.threads, repeat=args.repeat,
-                         rounds=args.rounds, warmup=5)
+        tuned = None
+        if args.tune_seconds:
+            print(f"[{name}] tuning for {args.tune_seconds:.0f} s ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            tuned = optc.compile(path, "cpu", work / f"{name}.tuned.optc", input_shapes=shapes, measure=False,
+                                 force=True, tune=100000, tune_seconds=args.tune_seconds,
+                                 tuning_db=RESULTS / "tuning")
+            tuned["wall_s"] = time.perf_counter() - t0
+        if tuned is None:
+            res = optc.bench(report["package"], threads=args.threads, repeat=args.repeat,
+                             rounds=args.rounds, warmup=5)
+        else:  # untuned+ort and tuned+ort benches alternate, one round each
+            import statistics
+
+            per = max(1, args.repeat // args.rounds)
+            parts = {"u": [], "t": []}
+            for _ in range(args.rounds):
+                parts["u"].append(optc.bench(report["package"], threads=args.threads, repeat=per, rounds=1, warmup=3))
+                parts["t"].append(optc.bench(tuned["package"], threads=args.threads, repeat=per, rounds=1, warmup=3))
+            med = lambda rs, k: statistics.median(r[k]["median_ms"] for r in rs)  # noqa: E731
+            res = {"optc": {"median_ms": med(parts["u"], "optc")},
+                   "onnxruntime": {"median_ms": statistics.median([med(parts["u"], "onnxruntime"),
+                                                                    med(parts["t"], "onnxruntime")])}}
+            res["ratio_optc_over_ort"] = res["optc"]["median_ms"] / res["onnxruntime"]["median_ms"]
+            res["tuned_ms"] = med(parts["t"], "optc")
         rows.append({
+            **({"tuned_ms": res["tuned_ms"], "tuned_ratio": res["tuned_ms"] / res["onnxruntime"]["median_ms"],
+                "tuning": tuned.get("tuning"), "tuned_compile_s": tuned["wall_s"]} if tuned else {}),
             "model": name, "description": desc, "compile_s": compile_s,
             "compile_stage_seconds": report["stage_seconds"],
             "verify_max_abs_error": max(o.get("max_abs_error", 0) for o in report["verify"]["outputs"]),
@@ -155,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['model']:<12} {r['compile_s']:>9.1f} {r['optc_ms']:>10.3f} {r['ort_ms']:>10.3f} "
               f"{r['ratio']:>6.2f}x")
+        if "tuned_ms" in r:
+            t = r["tuning"] or {}
+            print(f"{'  tuned':<12} {r['tuned_compile_s']:>9.1f} {r['tuned_ms']:>10.3f} {r['ort_ms']:>10.3f} "
+                  f"{r['tuned_ratio']:>6.2f}x  ({t.get('functions_from_database', 0)} of "
+                  f"{t.get('functions', '?')} functions tuned)")
 
     import onnxruntime
     import tvm

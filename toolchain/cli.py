@@ -20,7 +20,8 @@ INTERNAL_ERROR = 70
 
 # Modules that add subcommands: each defines ``add_commands(add)`` where
 # ``add(name, func, help) -> argparse.ArgumentParser`` creates a subcommand (``func(args) -> int``).
-COMMAND_MODULES: tuple[str, ...] = ("optc.cli_gate", "optc.cli_quant", "optc.cli_prune", "optc.cli_fpga")
+COMMAND_MODULES: tuple[str, ...] = ("optc.cli_gate", "optc.cli_quant", "optc.cli_prune", "optc.cli_fpga",
+                                    "optc.cli_tune")
 
 
 def _exit_codes_text() -> str:
@@ -49,7 +50,7 @@ def cmd_compile(args) -> int:
         inputs=args.inputs, params=args.params, verify_outputs=not args.no_verify,
         atol=args.atol, rtol=args.rtol, measure=not args.no_measure, force=args.force,
         eval_data=args.eval, eval_limit=args.eval_limit, power_watts=args.power_watts,
-        progress=_progress(args),
+        progress=_progress(args), tune=args.tune, tune_seconds=args.tune_seconds, tuning_db=args.tuning_db,
     )
     out = args.output or report.get("package")
     if args.json:
@@ -80,6 +81,10 @@ def cmd_compile(args) -> int:
     energy = report.get("energy")
     if energy and energy.get("mj_per_inference") is not None:
         print(f"  energy: {energy['mj_per_inference']:.4g} mJ per inference ({energy['method']})")
+    if report.get("tuning"):
+        t = report["tuning"]
+        print(f"  tuning: {t.get('functions_from_database', 0)} of {t.get('functions', '?')} functions "
+              f"from the database {t.get('database', '')}")
     print(f"  compile time: {report['compile_seconds']:.1f} s; pipeline: {report['pipeline']}")
     return 0
 
@@ -219,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on the first N samples only")
     c.add_argument("--power-watts", type=float, metavar="W", help="device power in watts (wall meter, "
                    "board spec): report energy as W x latency ('estimated from supplied power')")
+    c.add_argument("--tune", type=int, default=0, metavar="N", help="MetaSchedule-tune the fused functions "
+                   "first with N measured candidates in all (TVM CPU targets; see `optc tune`)")
+    c.add_argument("--tune-seconds", type=float, metavar="S", help="time budget for --tune")
+    c.add_argument("--tuning-db", metavar="DIR", help="tuning databases' root (default ~/.cache/optc/tuning; "
+                   "used automatically when it has records for this target)")
     c.add_argument("--no-verify", action="store_true", help="skip verification against onnxruntime")
     c.add_argument("--no-measure", action="store_true", help="skip latency measurement")
     c.add_argument("-f", "--force", action="store_true", help="replace the output directory if it exists")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -66,7 +65,6 @@ def quant_debug(
     import onnx_ir as ir
 
     from optc.passes.quant import calibrate, run_quantizer
-    from optc.passes.quant.core import FP32
     from optc.passes.quant.mixed import Evaluator
 
     proto = frontend.load_model(model)

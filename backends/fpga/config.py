@@ -27,7 +27,7 @@ class FpgaConfig:
     clock_mhz: float = 100.0  # clock assumed when folding for ``fps`` (before place-and-route)
     part: str | None = None  # default: the target's device
     folding: dict = field(default_factory=dict)  # explicit {layer: [pe, simd]} (overrides the choice)
-    lut_fraction: float = 0.8  # "fits": the estimate within this fraction of the part's LUTs
+    lut_fraction: float = 0.5  # "fits": estimate within this fraction of the LUTs (routing margin, see folding)
     csim: bool = True  # compile the HLS C++ and check it bit-exact (the session runs it anyway)
     rtl_sim: bool = True  # cycle-accurate RTL simulation (latency, II, bit-exactness)
     simulator: str = "auto"  # iverilog | verilator | auto

@@ -36,7 +36,7 @@ from onnx import helper, numpy_helper
 
 from optc.errors import UnsupportedModelError
 
-from .ir import BIPOLAR, MVAU, SWG, DType, FpgaGraph, Pool, bits_for_range
+from .ir import BIPOLAR, MVAU, SWG, DType, FpgaGraph, Pad, Pool, bits_for_range
 
 COMPUTE = {"MatMul", "Gemm", "Conv"}
 QUANTIZERS = {"Sign", "QuantizeLinear"}
@@ -528,7 +528,7 @@ def partition(model: onnx.ModelProto) -> Partition:
     t = b0
     checkpoint = None  # (tensor, enc, layout, len(layers), len(hw_nodes)) after a quantizer
     decode = None
-    idx = {"swg": 0, "mvau": 0, "pool": 0}
+    idx = {"swg": 0, "mvau": 0, "pool": 0, "pad": 0}
 
     def new_name(kind):
         idx[kind] += 1
@@ -607,10 +607,23 @@ def partition(model: onnx.ModelProto) -> Partition:
             kshape = g.attr(node, "kernel_shape") or list((wt if wt is not None else g.const(g.producer[node.input[1]].input[0])).shape[2:])
             kh, kw = kshape
             if g.attr(node, "group", 1) != 1 or any(d != 1 for d in g.attr(node, "dilations", [1, 1])) \
-                    or any(g.attr(node, "pads", [0, 0, 0, 0])) or g.attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-                notes.append(f"hardware ends at {_nname(node)}: only group=1, dilation=1, unpadded Conv is mapped "
-                             "(pad with an explicit Pad on the host side or use pads=0)")
+                    or g.attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+                notes.append(f"hardware ends at {_nname(node)}: only group=1, dilation=1 Conv with explicit pads is mapped")
                 break
+            pads = tuple(int(p) for p in g.attr(node, "pads", [0, 0, 0, 0]))
+            if any(pads):
+                # ONNX pads with float 0: hardware value zp. Bipolar (+-1) has no 0: re-encode as x + 1.
+                recode = enc.dtype.kind == "bipolar"
+                odt = DType("uint", 2) if recode else enc.dtype
+                zp = enc.zp + 1 if recode else enc.zp
+                if abs(zp - round(zp)) > 1e-9 or not odt.lo <= round(zp) <= odt.hi:
+                    notes.append(f"hardware ends at {_nname(node)}: its zero padding has no code in {odt.name}")
+                    break
+                pad = Pad(new_name("pad"), layout.h, layout.w, layout.c, pads, enc.dtype, odt, int(round(zp)), recode)
+                layers.append(pad)
+                hw_nodes.append({"node": _nname(node), "op": "Conv pads", "as": pad.name})
+                enc = Enc(odt, enc.scale, float(round(zp)))
+                layout = Layout("img", layout.c, pad.oh, pad.ow)
             sh, sw = g.attr(node, "strides", [1, 1])
             co = mw_codes.shape[0]
             mw_codes = mw_codes.reshape(co, layout.c, kh, kw).transpose(0, 2, 3, 1).reshape(co, -1)

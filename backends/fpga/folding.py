@@ -17,13 +17,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .ir import FpgaGraph, MVAU, Pool, SWG, planes
+from .ir import FpgaGraph, MVAU, Pad, Pool, SWG, planes
 
 # Calibration on yosys 0.23 synth_ecp5 of the generated RTL (LUT4 equivalents, a CCU2C carry
 # cell counted as two; bench/README_fpga.md): per popcount input bit, for constant weights
 # (fully unrolled: XNOR/AND with a constant is free) and for weights read from memory.
-LUT_PER_POPCOUNT_BIT_CONST = 1.7
-LUT_PER_POPCOUNT_BIT_VAR = 3.2
+LUT_PER_POPCOUNT_BIT_CONST = 1.7  # XNOR, constant weights
+LUT_PER_POPCOUNT_BIT_VAR = 3.2  # XNOR, weights from memory
+LUT_PER_PLANE_BIT_CONST = 1.3  # bit-plane popcounts (k-bit or ternary inputs), constant weights
+LUT_PER_PLANE_BIT_VAR = 3.6  # bit-plane popcounts, weights from memory
 FF_PER_POPCOUNT_BIT = 0.6
 ROM_LOGIC_MAX_DEPTH = 64  # deeper weight memories go to block RAM
 BRAM_WIDTH, BRAM_DEPTH = 36, 512  # DP16KD as 512 x 36
@@ -71,6 +73,8 @@ def estimate(layer, pe: int | None = None, simd: int | None = None) -> dict:
     if isinstance(layer, SWG):
         taps = ((layer.kh - 1) * layer.w + layer.kw) * layer.c * layer.dtype.bits
         return {"lut": 12 + layer.kh * layer.kw * 0, "ff": taps + layer.out_elems * layer.dtype.bits + 16, "bram": 0}
+    if isinstance(layer, Pad):
+        return {"lut": 16 + layer.c * layer.odtype.bits, "ff": layer.c * layer.odtype.bits + 12, "bram": 0}
     if isinstance(layer, Pool):
         b = layer.dtype.bits
         return {"lut": int(layer.c * (layer.k - 1) * (1 if b == 1 else 1.5 * b)), "ff": layer.c * b + 2, "bram": 0}
@@ -83,9 +87,10 @@ def estimate(layer, pe: int | None = None, simd: int | None = None) -> dict:
     ib = layer.idtype.bits
     accb = _acc_bits(layer)
     pc_bits = pe * pairs * simd
-    if depth == 1 and not layer.xnor:
-        pc_bits = pc_bits // 2 + 1  # AND with a constant plane: about half the lanes remain
-    lut = pc_bits * (LUT_PER_POPCOUNT_BIT_CONST if depth == 1 else LUT_PER_POPCOUNT_BIT_VAR)
+    if layer.xnor:
+        lut = pc_bits * (LUT_PER_POPCOUNT_BIT_CONST if depth == 1 else LUT_PER_POPCOUNT_BIT_VAR)
+    else:
+        lut = pc_bits * (LUT_PER_PLANE_BIT_CONST if depth == 1 else LUT_PER_PLANE_BIT_VAR)
     width = pe * simd * wb
     bram = 0
     if depth > ROM_LOGIC_MAX_DEPTH:
@@ -160,12 +165,15 @@ def apply(graph: FpgaGraph, folding: dict[str, tuple[int, int]]) -> None:
 
 
 def choose(graph: FpgaGraph, device: Device, *, fps: float | None, clock_mhz: float,
-           lut_fraction: float = 0.8) -> dict:
+           lut_fraction: float = 0.5) -> dict:
     """Fold for a throughput target.
 
     With ``fps``: the largest II meeting ``fps`` at ``clock_mhz`` (the cheapest design that is
     fast enough). Without: the fastest folding whose estimate fits ``lut_fraction`` of the
-    device. Returns how the choice was made.
+    device; the default 0.5 leaves routing margin: fully unrolled binary layers fan every
+    input bit out to every PE, and nextpnr had not finished routing the fully unrolled digits
+    MLP (52 % of an ECP5-85F) after 29 minutes (bench/README_fpga.md). Returns how the choice
+    was made.
     """
     budget = {"lut": device.luts * lut_fraction, "bram": device.brams}
     cands = candidate_iis(graph)

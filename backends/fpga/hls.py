@@ -26,7 +26,7 @@ import numpy as np
 
 from optc.errors import ToolchainError
 
-from .ir import MVAU, SWG, DType, FpgaGraph, Pool
+from .ir import MVAU, SWG, DType, FpgaGraph, Pad, Pool
 
 KIND = {"bipolar": "optc::BIPOLAR", "uint": "optc::UINT", "int": "optc::INT"}
 
@@ -128,6 +128,19 @@ def _swg(layer: SWG) -> str:
         "}", ""])
 
 
+def _pad(layer: Pad) -> str:
+    ib, ob = layer.dtype.bits, layer.odtype.bits
+    pt, pl, pb, pr = layer.pads
+    return "\n".join([
+        f"// {layer.name}: zero padding {list(layer.pads)} of a {layer.h}x{layer.w}x{layer.c} image, pad code "
+        f"{layer.pad_value}" + (" (bipolar re-encoded as 2-bit x + 1)" if layer.recode else ""),
+        f"void {layer.name}(hls::stream<ap_uint<{layer.c * ib}> >& in, hls::stream<ap_uint<{layer.c * ob}> >& out, int images) {{",
+        "#pragma HLS INLINE off",
+        f"  optc::pad<{layer.h}, {layer.w}, {layer.c}, {pt}, {pl}, {pb}, {pr}, {ib}, {ob}, {'true' if layer.recode else 'false'}>"
+        f"(in, out, images, {layer.pad_value}ull);",
+        "}", ""])
+
+
 def _pool(layer: Pool) -> str:
     b = layer.dtype.bits
     flags = ", ".join("true" if m else "false" for m in layer.is_max)
@@ -154,7 +167,7 @@ def emit(graph: FpgaGraph, title: str = "optc FPGA pipeline") -> dict[str, str]:
             f"{graph.out_vecs} words of {graph.out_elems} x {graph.out_dtype.name}.",
             '#include "optc_bnn.h"', ""]
     for layer in graph.layers:
-        body.append({"mvau": _mvau, "swg": _swg, "pool": _pool}[layer.kind](layer))
+        body.append({"mvau": _mvau, "swg": _swg, "pool": _pool, "pad": _pad}[layer.kind](layer))
     body += [f"void optc_top(hls::stream<ap_uint<{in_w}> >& in, hls::stream<ap_uint<{out_w}> >& out, int images) {{",
              "#pragma HLS INTERFACE axis port=in",
              "#pragma HLS INTERFACE axis port=out",

@@ -22,6 +22,8 @@ Layers (FINN's vocabulary):
     over weight and input bit planes (:func:`planes`).
 ``Pool``
     per channel max (or min, see ``is_max``) over a window vector; on binary data max is OR.
+``Pad``
+    zero padding of an image (before a padded convolution), see :class:`Pad`.
 
 The numpy reference (:func:`execute`) is the definition of bit-exactness: the generated C++
 (``hls.py``) and Verilog (``rtl.py``) must reproduce it exactly.
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["DType", "SWG", "MVAU", "Pool", "FpgaGraph", "execute", "planes", "pack_words", "unpack_words",
+__all__ = ["DType", "SWG", "MVAU", "Pool", "Pad", "FpgaGraph", "execute", "planes", "pack_words", "unpack_words",
            "bits_for_range"]
 
 
@@ -144,6 +146,48 @@ class SWG:
         return {"kind": "swg", "name": self.name, "ifm": [self.h, self.w, self.c], "kernel": [self.kh, self.kw],
                 "stride": [self.sh, self.sw], "ofm": [self.oh, self.ow], "dtype": self.dtype.name,
                 "cycles_per_image": self.cycles()}
+
+
+@dataclass
+class Pad:
+    """Zero padding of an image stream (FINN's FMPadding): ``h x w x c`` pixels in, the padded
+    ``(h + pt + pb) x (w + pl + pr)`` image out, padded pixels holding ``pad_value`` (the
+    hardware value of the float 0). ``recode`` re-encodes bipolar input (-1/+1 has no 0) as
+    2-bit codes ``x + 1`` in {0, 2} with pad 1: ONNX zero padding of a +-1 tensor, exactly."""
+
+    name: str
+    h: int
+    w: int
+    c: int
+    pads: tuple  # (top, left, bottom, right)
+    dtype: DType
+    odtype: DType
+    pad_value: int
+    recode: bool = False
+    kind: str = field(default="pad", init=False)
+
+    @property
+    def oh(self) -> int:
+        return self.h + self.pads[0] + self.pads[2]
+
+    @property
+    def ow(self) -> int:
+        return self.w + self.pads[1] + self.pads[3]
+
+    in_vecs = property(lambda self: self.h * self.w)
+    in_elems = property(lambda self: self.c)
+    out_vecs = property(lambda self: self.oh * self.ow)
+    out_elems = property(lambda self: self.c)
+    in_dtype = property(lambda self: self.dtype)
+    out_dtype = property(lambda self: self.odtype)
+
+    def cycles(self) -> int:
+        return self.oh * self.ow
+
+    def to_json(self) -> dict:
+        return {"kind": "pad", "name": self.name, "ifm": [self.h, self.w, self.c], "pads": list(self.pads),
+                "dtype": self.dtype.name, "odtype": self.odtype.name, "pad_value": self.pad_value,
+                "recode": self.recode, "cycles_per_image": self.cycles()}
 
 
 @dataclass
@@ -302,6 +346,16 @@ def _mvau(layer: MVAU, x: np.ndarray) -> np.ndarray:
     return 2 * count - 1 if layer.odtype.kind == "bipolar" else count
 
 
+def _pad(layer: Pad, x: np.ndarray) -> np.ndarray:
+    n = x.shape[0]
+    img = x.reshape(n, layer.h, layer.w, layer.c)
+    if layer.recode:
+        img = img + 1
+    pt, pl, pb, pr = layer.pads
+    out = np.pad(img, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=layer.pad_value)
+    return out.reshape(n, layer.out_vecs, layer.c)
+
+
 def _pool(layer: Pool, x: np.ndarray) -> np.ndarray:
     win = x.reshape(x.shape[0], x.shape[1], layer.k, layer.c)
     return np.where(layer.is_max[None, None], win.max(2), win.min(2))
@@ -313,7 +367,7 @@ def execute(graph: FpgaGraph | list, x: np.ndarray, *, upto: int | None = None) 
     layers = graph.layers if isinstance(graph, FpgaGraph) else graph
     x = np.asarray(x, dtype=np.int64)
     for layer in layers[:upto]:
-        x = {"swg": _swg, "mvau": _mvau, "pool": _pool}[layer.kind](layer, x)
+        x = {"swg": _swg, "mvau": _mvau, "pool": _pool, "pad": _pad}[layer.kind](layer, x)
     return x
 
 

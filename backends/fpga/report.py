@@ -104,6 +104,9 @@ def markdown(rep: dict, model_name: str = "model") -> str:
         elif layer["kind"] == "swg":
             shape = f"{layer['ifm'][0]}x{layer['ifm'][1]}x{layer['ifm'][2]} k{layer['kernel'][0]}x{layer['kernel'][1]} s{layer['stride'][0]}"
             types, fold = layer["dtype"], "-"
+        elif layer["kind"] == "pad":
+            shape = f"{layer['ifm'][0]}x{layer['ifm'][1]}x{layer['ifm'][2]} pads {layer['pads']}"
+            types, fold = f"{layer['dtype']} -> {layer['odtype']}", "-"
         else:
             shape = f"{layer['taps']} taps x {layer['channels']}"
             types, fold = f"{layer['dtype']} {layer['op']}", "-"

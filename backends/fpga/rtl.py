@@ -2,9 +2,10 @@
 
 Every layer is a module with a valid/ready stream on each side (AXI-Stream handshake: a word
 moves on a clock edge where valid and ready are both high). Inside a layer one clock enable,
-``en = !out_valid || out_ready``, advances the whole layer pipeline, so a full downstream
-stalls it. Layers are joined by two-entry FIFOs (``optc_fifo2``) whose ready is a register,
-so no combinational ready path crosses a layer boundary.
+``en = out_ready``, advances the whole layer pipeline, so a full downstream stalls it; the
+layer's ``out_ready`` is always a flip-flop (the ready of the two-entry FIFO, ``optc_fifo2``,
+that joins it to the next layer, or the harness's registered pin), so the enable has no logic
+in front of it and no combinational path crosses a layer boundary.
 
 ``mvau``: issue stage (input vector register, fold counters; the next vector is accepted in
 the cycle the current one issues its last fold, so a layer starts a vector every
@@ -15,6 +16,7 @@ weight/input bit-plane pair for k-bit layers) -> bit-plane combination -> accumu
 ``swg``: a line buffer (shift register of ``(kh - 1) * w + kw`` pixels) with fixed window
 taps; it emits a window when the pixel just shifted in completes one.
 ``pool``: OR/AND (bipolar) or max/min (unsigned) per channel over a window, one register.
+``pad``: inserts the padding pixels of a padded convolution into the pixel stream.
 
 Layer modules carry ``(* keep_hierarchy *)`` so synthesis reports resources per layer.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from .ir import MVAU, SWG, DType, FpgaGraph, Pool, planes
+from .ir import MVAU, SWG, DType, FpgaGraph, Pad, Pool, planes
 
 LEAF = 4  # popcount leaves: 4 input bits -> 3-bit count in one LUT4 level per output bit
 LEVELS_PER_STAGE = 2  # adder-tree levels between pipeline registers
@@ -62,7 +64,6 @@ def popcount_module(n: int) -> str:
     cur = []
     for i in range(0, n, LEAF):
         hi = min(n, i + LEAF) - 1
-        width = (hi - i + 1).bit_length()
         name = f"l0_{i // LEAF}"
         pad = LEAF - (hi - i + 1)
         arg = f"{{{pad}'b0, x[{hi}:{i}]}}" if pad else f"x[{hi}:{i}]"
@@ -88,7 +89,7 @@ def popcount_module(n: int) -> str:
             if j + 1 == len(cur):
                 nxt.append(cur[j])
                 continue
-            (a, wa, ma), (b, wb, mb) = cur[j], cur[j + 1]
+            (a, _, ma), (b, _, mb) = cur[j], cur[j + 1]
             mx = ma + mb
             w = mx.bit_length()
             s = f"l{level}_{j // 2}"
@@ -111,22 +112,29 @@ FIFO = """module optc_fifo2 #(parameter W = 8) (
   input clk, input rst,
   input in_valid, output in_ready, input [W-1:0] in_data,
   output out_valid, input out_ready, output [W-1:0] out_data);
-  // two-entry FIFO: registered ready and valid, so no combinational path crosses it
+  // two-entry FIFO; in_ready is a register (the producer's stall enable comes straight from a
+  // flip-flop) and out_valid/out_data are registers, so no combinational path crosses it
   reg [W-1:0] m0, m1;
   reg [1:0] cnt;
-  assign in_ready = cnt != 2'd2;
+  reg ready_r;
+  assign in_ready = ready_r;
   assign out_valid = cnt != 2'd0;
   assign out_data = m0;
-  wire push = in_valid && in_ready;
+  wire push = in_valid && ready_r;
   wire pop = out_valid && out_ready;
+  wire [1:0] cnt_next = cnt + {1'b0, push} - {1'b0, pop};
   always @(posedge clk) begin
-    if (rst) cnt <= 2'd0;
-    else case ({push, pop})
-      2'b10: begin if (cnt == 2'd0) m0 <= in_data; else m1 <= in_data; cnt <= cnt + 2'd1; end
-      2'b01: begin m0 <= m1; cnt <= cnt - 2'd1; end
-      2'b11: begin if (cnt == 2'd1) m0 <= in_data; else begin m0 <= m1; m1 <= in_data; end end
-      default: ;
-    endcase
+    if (rst) begin cnt <= 2'd0; ready_r <= 1'b0; end
+    else begin
+      cnt <= cnt_next;
+      ready_r <= cnt_next != 2'd2;
+      case ({push, pop})
+        2'b10: begin if (cnt == 2'd0) m0 <= in_data; else m1 <= in_data; end
+        2'b01: m0 <= m1;
+        2'b11: begin if (cnt == 2'd1) m0 <= in_data; else begin m0 <= m1; m1 <= in_data; end end
+        default: ;
+      endcase
+    end
   end
 endmodule
 """
@@ -165,11 +173,11 @@ def mvau_module(layer: MVAU) -> str:
     from .hls import weight_words
 
     words = weight_words(layer)
-    L = [f"(* keep_hierarchy *)",
+    L = ["(* keep_hierarchy *)",
          f"module {n} (\n{_ports(iw, ow)});",
          f"  // MVAU {layer.mh}x{layer.mw}, weights {layer.wdtype.name}, inputs {layer.idtype.name}, outputs "
          f"{layer.odtype.name}; PE={pe} SIMD={simd}: {nf}x{sf} cycles/vector",
-         "  wire en = !out_valid || out_ready;",
+         "  wire en = out_ready;  // a register: the downstream FIFO's ready (stalls the whole layer)",
          "  // issue: input vector register and fold counters",
          "  reg busy;",
          f"  reg [{iw - 1}:0] vec;",
@@ -178,10 +186,12 @@ def mvau_module(layer: MVAU) -> str:
          f"  reg [{ab - 1}:0] waddr;",
          f"  wire last_step = (nf_i == {nfb}'d{nf - 1}) && (sf_i == {sfb}'d{sf - 1});",
          "  assign in_ready = en && (!busy || last_step);",
+         "  // data registers carry no reset (reset only touches control: shorter enable paths)",
+         "  always @(posedge clk) if (in_valid && in_ready) vec <= in_data;",
          "  always @(posedge clk) begin",
          "    if (rst) begin busy <= 1'b0; nf_i <= 0; sf_i <= 0; waddr <= 0; end",
          "    else if (en) begin",
-         "      if (in_valid && in_ready) begin vec <= in_data; busy <= 1'b1; nf_i <= 0; sf_i <= 0; waddr <= 0; end",
+         "      if (in_valid && in_ready) begin busy <= 1'b1; nf_i <= 0; sf_i <= 0; waddr <= 0; end",
          "      else if (busy) begin",
          "        if (last_step) busy <= 1'b0;",
          f"        waddr <= last_step ? {ab}'d0 : waddr + {ab}'d1;",
@@ -206,12 +216,14 @@ def mvau_module(layer: MVAU) -> str:
         L.append(f"  reg [{ww - 1}:0] s1_w;")
     L += ["  always @(posedge clk) begin",
           "    if (rst) s1_v <= 1'b0;",
-          "    else if (en) begin",
-          "      s1_v <= busy; s1_first <= sf_i == 0; s1_last <= sf_i == " + f"{sfb}'d{sf - 1}; s1_nf <= nf_i;",
-          ("      s1_x <= vec;" if sf == 1 else f"      s1_x <= vec[sf_i * {cw} +: {cw}];")]
+          "    else if (en) s1_v <= busy;",
+          "  end",
+          "  always @(posedge clk) if (en) begin",
+          "    s1_first <= sf_i == 0; s1_last <= sf_i == " + f"{sfb}'d{sf - 1}; s1_nf <= nf_i;",
+          ("    s1_x <= vec;" if sf == 1 else f"    s1_x <= vec[sf_i * {cw} +: {cw}];")]
     if depth > 1:
-        L.append("      s1_w <= wrom[waddr];")
-    L += ["    end", "  end"]
+        L.append("    s1_w <= wrom[waddr];")
+    L += ["  end"]
     # popcounts
     L.append(f"  // popcounts ({lp} stage{'s' if lp > 1 else ''})")
     wpl = [(0, 1)] if layer.xnor else planes(layer.wdtype)
@@ -236,11 +248,12 @@ def mvau_module(layer: MVAU) -> str:
           f"  reg [{nfb * dl - 1}:0] d_nf;",
           "  always @(posedge clk) begin",
           "    if (rst) d_v <= 0;",
-          "    else if (en) begin",
-          ("      d_v <= s1_v; d_first <= s1_first; d_last <= s1_last; d_nf <= s1_nf;" if dl == 1 else
-           f"      d_v <= {{d_v[{dl - 2}:0], s1_v}}; d_first <= {{d_first[{dl - 2}:0], s1_first}}; "
+          ("    else if (en) d_v <= s1_v;" if dl == 1 else f"    else if (en) d_v <= {{d_v[{dl - 2}:0], s1_v}};"),
+          "  end",
+          "  always @(posedge clk) if (en) begin",
+          ("    d_first <= s1_first; d_last <= s1_last; d_nf <= s1_nf;" if dl == 1 else
+           f"    d_first <= {{d_first[{dl - 2}:0], s1_first}}; "
            f"d_last <= {{d_last[{dl - 2}:0], s1_last}}; d_nf <= {{d_nf[{nfb * (dl - 1) - 1}:0], s1_nf}};"),
-          "    end",
           "  end",
           f"  wire dv = d_v[{dl - 1}], dfirst = d_first[{dl - 1}], dlast = d_last[{dl - 1}];",
           f"  wire [{nfb - 1}:0] dnf = d_nf[{nfb * dl - 1}:{nfb * (dl - 1)}];"]
@@ -264,11 +277,13 @@ def mvau_module(layer: MVAU) -> str:
     L += ["  reg a_v;", f"  reg [{nfb - 1}:0] a_nf;",
           "  always @(posedge clk) begin",
           "    if (rst) a_v <= 1'b0;",
-          "    else if (en) begin",
-          "      a_v <= dv && dlast; a_nf <= dnf;"]
+          "    else if (en) a_v <= dv && dlast;",
+          "  end",
+          "  always @(posedge clk) if (en) begin",
+          "    a_nf <= dnf;"]
     for p in range(pe):
-        L.append(f"      if (dv) acc_{p} <= dfirst ? dot_{p} : acc_{p} + dot_{p};")
-    L += ["    end", "  end"]
+        L.append(f"    if (dv) acc_{p} <= dfirst ? dot_{p} : acc_{p} + dot_{p};")
+    L += ["  end"]
     # thresholds: fetched with the accumulation (t_r), compared in their own stage (cmp), counted
     # while the output is written
     piece = pe * ob
@@ -293,12 +308,12 @@ def mvau_module(layer: MVAU) -> str:
             L += [f"      default: t_r <= {tw}'d0;", "    endcase", "  end"]
         cw_ = pe * max(1, nt)
         L.append(f"  reg [{cw_ - 1}:0] cmp;")
-        L += ["  always @(posedge clk) begin", "    if (rst) c_v <= 1'b0;",
-              "    else if (en) begin", "      c_v <= a_v; c_nf <= a_nf;"]
+        L += ["  always @(posedge clk) begin", "    if (rst) c_v <= 1'b0;", "    else if (en) c_v <= a_v;", "  end",
+              "  always @(posedge clk) if (en) begin", "    c_nf <= a_nf;"]
         for p in range(pe):
             for j in range(nt):
-                L.append(f"      cmp[{p * nt + j}] <= $signed(acc_{p}) >= $signed(t_r[{(p * nt + j + 1) * accw - 1}:{(p * nt + j) * accw}]);")
-        L += ["    end", "  end"]
+                L.append(f"    cmp[{p * nt + j}] <= $signed(acc_{p}) >= $signed(t_r[{(p * nt + j + 1) * accw - 1}:{(p * nt + j) * accw}]);")
+        L += ["  end"]
         for p in range(pe):
             if nt == 0:
                 L.append(f"  wire [{ob - 1}:0] q_{p} = {ob}'d0;")
@@ -309,10 +324,10 @@ def mvau_module(layer: MVAU) -> str:
                 L.append(f"  wire [{ob - 1}:0] q_{p} = {terms};")
     else:
         L.append(f"  reg [{piece - 1}:0] cq;")
-        L += ["  always @(posedge clk) begin", "    if (rst) c_v <= 1'b0;",
-              "    else if (en) begin", "      c_v <= a_v; c_nf <= a_nf;",
-              "      cq <= {" + ", ".join(f"acc_{p}[{ob - 1}:0]" for p in reversed(range(pe))) + "};",
-              "    end", "  end"]
+        L += ["  always @(posedge clk) begin", "    if (rst) c_v <= 1'b0;", "    else if (en) c_v <= a_v;", "  end",
+              "  always @(posedge clk) if (en) begin", "    c_nf <= a_nf;",
+              "    cq <= {" + ", ".join(f"acc_{p}[{ob - 1}:0]" for p in reversed(range(pe))) + "};",
+              "  end"]
         for p in range(pe):
             L.append(f"  wire [{ob - 1}:0] q_{p} = cq[{(p + 1) * ob - 1}:{p * ob}];")
     qall = "{" + ", ".join(f"q_{p}" for p in reversed(range(pe))) + "}"
@@ -321,17 +336,17 @@ def mvau_module(layer: MVAU) -> str:
         L.append(f"  reg [{ow - 1}:0] collect;")
     L += ["  always @(posedge clk) begin",
           "    if (rst) out_valid <= 1'b0;",
-          "    else if (en) begin",
-          f"      out_valid <= c_v && c_nf == {nfb}'d{nf - 1};"]
+          f"    else if (en) out_valid <= c_v && c_nf == {nfb}'d{nf - 1};",
+          "  end"]
     if nf == 1:
-        L.append("      if (c_v) out_data <= qall;")
+        L.append("  always @(posedge clk) if (en && c_v) out_data <= qall;")
     else:
-        L.append("      if (c_v) begin")
+        L.append("  always @(posedge clk) if (en && c_v) begin")
         for f_ in range(nf - 1):
-            L.append(f"        if (c_nf == {nfb}'d{f_}) collect[{(f_ + 1) * piece - 1}:{f_ * piece}] <= qall;")
-        L.append(f"        if (c_nf == {nfb}'d{nf - 1}) out_data <= {{qall, collect[{(nf - 1) * piece - 1}:0]}};")
-        L.append("      end")
-    L += ["    end", "  end", "endmodule", ""]
+            L.append(f"    if (c_nf == {nfb}'d{f_}) collect[{(f_ + 1) * piece - 1}:{f_ * piece}] <= qall;")
+        L.append(f"    if (c_nf == {nfb}'d{nf - 1}) out_data <= {{qall, collect[{(nf - 1) * piece - 1}:0]}};")
+        L.append("  end")
+    L += ["endmodule", ""]
     return "\n".join(L)
 
 
@@ -349,7 +364,7 @@ def swg_module(layer: SWG) -> str:
          f"module {layer.name} (\n{_ports(iw, ow)});",
          f"  // sliding windows {layer.kh}x{layer.kw} stride {layer.sh}x{layer.sw} over {layer.h}x{layer.w}x{layer.c} "
          f"({layer.dtype.name}); line buffer of {taps} pixels",
-         "  wire en = !out_valid || out_ready;",
+         "  wire en = out_ready;  // a register: the downstream FIFO's ready (stalls the whole layer)",
          "  assign in_ready = en;",
          f"  localparam [{layer.h - 1}:0] ROWOK = {_vhex(rowok, layer.h)};",
          f"  localparam [{layer.w - 1}:0] COLOK = {_vhex(colok, layer.w)};",
@@ -366,20 +381,58 @@ def swg_module(layer: SWG) -> str:
             d = (layer.kh - 1 - ky) * layer.w + (layer.kw - 1 - kx)
             parts.append(f"cur[{(d + 1) * pw - 1}:{d * pw}]")
     L.append(f"  wire [{ow - 1}:0] window = {{{', '.join(reversed(parts))}}};")
+    L.append("  always @(posedge clk) if (en && in_valid) begin")
+    L.append("    out_data <= window;")
+    if taps > 1:
+        L.append(f"    sr <= {f'cur[{(taps - 1) * pw - 1}:0]'};")
+    L.append("  end")
     L += ["  always @(posedge clk) begin",
           "    if (rst) begin out_valid <= 1'b0; row <= 0; col <= 0; end",
           "    else if (en) begin",
           "      out_valid <= in_valid && ROWOK[row] && COLOK[col];",
           "      if (in_valid) begin",
-          "        out_data <= window;"]
-    if taps > 1:
-        L.append(f"        sr <= {f'cur[{(taps - 1) * pw - 1}:0]'};")
-    L += [f"        if (col == {cb}'d{layer.w - 1}) begin col <= 0; row <= (row == {rb}'d{layer.h - 1}) ? {rb}'d0 : row + {rb}'d1; end",
+          f"        if (col == {cb}'d{layer.w - 1}) begin col <= 0; row <= (row == {rb}'d{layer.h - 1}) ? {rb}'d0 : row + {rb}'d1; end",
           f"        else col <= col + {cb}'d1;",
           "      end",
           "    end",
           "  end",
           "endmodule", ""]
+    return "\n".join(L)
+
+
+def pad_module(layer: Pad) -> str:
+    ib, ob = layer.dtype.bits, layer.odtype.bits
+    pt, pl, pb, pr = layer.pads
+    rb, cb = clog2(layer.oh), clog2(layer.ow)
+    iw, ow = layer.c * ib, layer.c * ob
+    if layer.recode:
+        elems = [f"{{in_data[{c}], 1'b0}}" for c in range(layer.c)]
+    else:
+        elems = [f"in_data[{c * ib + ib - 1}:{c * ib}]" for c in range(layer.c)]
+    padv = "{" + ", ".join([f"{ob}'d{layer.pad_value}"] * layer.c) + "}"
+    L = ["(* keep_hierarchy *)",
+         f"module {layer.name} (\n{_ports(iw, ow)});",
+         f"  // zero padding {list(layer.pads)} of {layer.h}x{layer.w}x{layer.c} ({layer.dtype.name} -> {layer.odtype.name}, "
+         f"pad code {layer.pad_value})",
+         "  wire en = out_ready;  // a register: the downstream FIFO's ready (stalls the whole layer)",
+         f"  reg [{rb - 1}:0] row;",
+         f"  reg [{cb - 1}:0] col;",
+         f"  wire inside = (row >= {rb}'d{pt}) && (row < {rb}'d{pt + layer.h}) && (col >= {cb}'d{pl}) && (col < {cb}'d{pl + layer.w});",
+         "  assign in_ready = en && inside;",
+         "  wire fire = !inside || in_valid;",
+         f"  wire [{ow - 1}:0] value = inside ? {{{', '.join(reversed(elems))}}} : {padv};",
+         "  always @(posedge clk) if (en && fire) out_data <= value;",
+         "  always @(posedge clk) begin",
+         "    if (rst) begin out_valid <= 1'b0; row <= 0; col <= 0; end",
+         "    else if (en) begin",
+         "      out_valid <= fire;",
+         "      if (fire) begin",
+         f"        if (col == {cb}'d{layer.ow - 1}) begin col <= 0; row <= (row == {rb}'d{layer.oh - 1}) ? {rb}'d0 : row + {rb}'d1; end",
+         f"        else col <= col + {cb}'d1;",
+         "      end",
+         "    end",
+         "  end",
+         "endmodule", ""]
     return "\n".join(L)
 
 
@@ -389,7 +442,7 @@ def pool_module(layer: Pool) -> str:
     L = ["(* keep_hierarchy *)",
          f"module {layer.name} (\n{_ports(iw, ow)});",
          f"  // per-channel max/min over {layer.k} taps ({layer.dtype.name})",
-         "  wire en = !out_valid || out_ready;",
+         "  wire en = out_ready;  // a register: the downstream FIFO's ready (stalls the whole layer)",
          "  assign in_ready = en;",
          f"  wire [{ow - 1}:0] r;"]
     for c in range(layer.c):
@@ -407,8 +460,8 @@ def pool_module(layer: Pool) -> str:
             L.append(f"  assign r[{c * b + b - 1}:{c * b}] = {cur};")
     L += ["  always @(posedge clk) begin",
           "    if (rst) out_valid <= 1'b0;",
-          "    else if (en) begin out_valid <= in_valid; if (in_valid) out_data <= r; end",
-          "  end", "endmodule", ""]
+          "    else if (en) out_valid <= in_valid;",
+          "  end", "  always @(posedge clk) if (en && in_valid) out_data <= r;", "endmodule", ""]
     return "\n".join(L)
 
 
@@ -453,7 +506,7 @@ def emit(graph: FpgaGraph, title: str = "optc FPGA pipeline") -> dict[str, str]:
         parts.append(popcount_module(s))
     parts.append(FIFO)
     for layer in graph.layers:
-        parts.append({"mvau": mvau_module, "swg": swg_module, "pool": pool_module}[layer.kind](layer))
+        parts.append({"mvau": mvau_module, "swg": swg_module, "pool": pool_module, "pad": pad_module}[layer.kind](layer))
     parts.append(top_module(graph))
     return {"model.v": "\n".join(parts), "tb.v": testbench(graph)}
 

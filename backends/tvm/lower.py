@@ -123,11 +123,17 @@ def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, e
         mod = relax.transform.BindParams("main", dict(zip(weights, params)))(mod)
         params = []
     tgt = tvm_target(target)
+    from . import tune
+
     try:
         mod = relax.transform.DecomposeOpsForInference()(mod)
-        with tgt:
+        tune.maybe_tune(mod, tgt)  # only when a caller asked (optc compile --tune)
+        # A tuning database for this target (tune.py) replaces the rule schedule of the
+        # functions it has a better record for; tune.last_build() tells which.
+        with tgt, tune.building(tgt) as tuning:
             mod = schedule.relax_pipeline(tgt)(mod)
             executable = tvm.compile(mod, tgt)
+        tune.set_last_build(tuning)
     except Exception as err:
         msg = " ".join(str(err).split())[:400]
         raise ToolchainError(f"TVM build for target {target.name} failed: {msg}") from None

@@ -6,9 +6,11 @@ against the float model is recorded beside it (and breaks ties between layers).
 
 1. Quantize everything at the requested weight bits; if the drop is within the budget, stop.
 2. Sensitivity: quantize one layer at a time (the others float) and measure drop and SQNR.
-3. Greedy: take the most sensitive layer that can still go up one step of the ladder
-   ``requested bits -> 8 -> float`` (most drop first, then lowest SQNR), raise it, re-measure the
-   whole model; repeat until the budget holds (it always does once every layer is float).
+3. Raise the most sensitive layers one step of the ladder ``requested bits -> 8 -> float``
+   (most drop first, then lowest SQNR): bisection over k finds the fewest k such that raising
+   the k most sensitive layers meets the budget (the chosen configuration is always one that
+   was measured; with every layer float it holds trivially). Evaluations: one per layer plus
+   about log2(layers) per ladder step.
 
 Every evaluation runs the QDQ model in onnxruntime (graph optimizations off) over the
 evaluation samples, so what is chosen is what the QDQ artifact computes.
@@ -76,7 +78,6 @@ def search(q: Quantizer, evaluator: Evaluator, budget: float) -> tuple[dict[str,
     """Per-layer bits meeting ``budget`` (points of top-1) and the record of the search."""
     t0 = time.perf_counter()
     base = q.default_bits()
-    ladder = lambda b: [s for s in (b, 8, FP32) if s >= b]  # noqa: E731
     record: dict = {"budget_points": budget, "samples": evaluator.n,
                     "metric": "top-1 drop vs labels (points)" if evaluator.labels is not None
                     else "100 x (1 - top-1 agreement with float)"}
@@ -94,20 +95,36 @@ def search(q: Quantizer, evaluator: Evaluator, budget: float) -> tuple[dict[str,
                 continue
             sens[l.name] = evaluator.score(q.build({l.name: base[l.name]})[0])
         order = sorted(sens, key=lambda n: (-sens[n]["drop_points"], sens[n]["sqnr_db"]))
-        while current["drop_points"] > budget:
-            cand = next((n for n in order if bits[n] != FP32), None)
-            if cand is None:
-                break
-            lad = ladder(base[cand])
-            new = lad[lad.index(bits[cand]) + 1]
-            steps.append({"layer": cand, "from": bits[cand], "to": "float" if new == FP32 else new})
-            bits[cand] = new
-            if new == FP32:
-                order.remove(cand)
-            current = evaluator.score(q.build(bits)[0]) if any(b != FP32 for b in bits.values()) else \
-                {"drop_points": 0.0, "agreement": 1.0, "sqnr_db": math.inf}
-            steps[-1]["drop_points"] = current["drop_points"]
-            steps[-1]["sqnr_db"] = current["sqnr_db"]
+        for level, up in ((4, 8), (8, FP32)):
+            cands = [n for n in order if bits[n] == level]
+            if not cands or current["drop_points"] <= budget:
+                continue
+
+            def promoted(k: int) -> dict[str, int]:
+                return {**bits, **{n: up for n in cands[:k]}}
+
+            def score(k: int) -> dict:
+                b = promoted(k)
+                r = evaluator.score(q.build(b)[0]) if any(v != FP32 for v in b.values()) else \
+                    {"drop_points": 0.0, "agreement": 1.0, "sqnr_db": math.inf}
+                steps.append({"raise": k, "from": level, "to": "float" if up == FP32 else up,
+                              "drop_points": r["drop_points"], "sqnr_db": r["sqnr_db"]})
+                return r
+
+            # bisection for the fewest most-sensitive layers to raise: lo fails, hi meets
+            lo, hi = 0, len(cands)
+            best = score(hi)
+            if best["drop_points"] > budget:
+                bits, current = promoted(hi), best
+                continue
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                r = score(mid)
+                if r["drop_points"] <= budget:
+                    hi, best = mid, r
+                else:
+                    lo = mid
+            bits, current = promoted(hi), best
     record["final"] = current
     record["budget_met"] = current["drop_points"] <= budget
     record["layers"] = [

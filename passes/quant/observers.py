@@ -107,19 +107,19 @@ class StreamingHistogram:
             return
         if self.lo_j is None:
             lo, hi = float(x.min()), float(x.max())
-            span = max(hi - lo, abs(hi), abs(lo), 1e-30) if hi == lo else hi - lo
+            # (a floor on the width relative to the magnitude keeps lattice indices small)
+            span = max(hi - lo, 1e-7 * max(abs(hi), abs(lo)), 1e-30)
             self.width = span / (self.bins - 2)
-        idx = np.floor(x / self.width).astype(np.int64)
-        lo_j, hi_j = int(idx.min()), int(idx.max())
+        # lattice indices of the extremes as Python ints (no overflow however far they reach)
+        lo_j, hi_j = math.floor(float(x.min()) / self.width), math.floor(float(x.max()) / self.width)
         if self.lo_j is not None:
             lo_j, hi_j = min(lo_j, self.lo_j), max(hi_j, self.hi_j)
-        shift = 0
         while hi_j - lo_j + 1 > self.bins:  # grow: double the width, merge pairs of bins
             self._double()
             lo_j, hi_j = lo_j // 2, hi_j // 2
-            shift += 1
-        if shift:
-            idx = idx >> shift  # floor division by 2**shift (exact, see docstring)
+        # floor(x / (w * 2^k)) == floor(floor(x / w) / 2^k): binning with the final width
+        # is the same as shifting indices computed with the old one
+        idx = np.floor(x / self.width).astype(np.int64)
         if self.lo_j is None or lo_j < self.j0 or hi_j >= self.j0 + self.bins:
             self._slide(lo_j)
         self.lo_j, self.hi_j = lo_j, hi_j

@@ -349,6 +349,7 @@ def insert_qdq(model: onnx.ModelProto, layers: list[Layer], weights: dict[str, W
                "activation_input": layer.act_input, "output": layer.output,
                "fused_activation": layer.fused_activation, "bias": "none"}
         rec.update(wq.extra)
+        bias_label = layer.bias or f"{layer.weight}__bias"  # names of the int32 bias
         if wq.bias_delta is not None and layer.correctable:
             # bias correction: b' = b - E[(W_q - W) x]; a layer without bias gets one
             delta = np.asarray(wq.bias_delta, np.float32)
@@ -378,13 +379,13 @@ def insert_qdq(model: onnx.ModelProto, layers: list[Layer], weights: dict[str, W
                 if b.size == sw.size:
                     bq, bs, fits = qparams.bias_qparams(b, x_q.scale, sw)
                     if fits:
-                        bqn = add_init(bq, f"{layer.bias}__q")
-                        bsn = add_init(bs, f"{layer.bias}__scale")
-                        bzn = add_init(np.zeros(bs.shape, np.int32), f"{layer.bias}__zero_point")
-                        bout = names(f"{layer.bias}__dq")
+                        bqn = add_init(bq, f"{bias_label}__q")
+                        bsn = add_init(bs, f"{bias_label}__scale")
+                        bzn = add_init(np.zeros(bs.shape, np.int32), f"{bias_label}__zero_point")
+                        bout = names(f"{bias_label}__dq")
                         before.setdefault(layer.node_index, []).append(
                             helper.make_node("DequantizeLinear", [bqn, bsn, bzn], [bout], axis=0,
-                                             name=names(f"{layer.bias}/DequantizeLinear")))
+                                             name=names(f"{bias_label}/DequantizeLinear")))
                         node.input[2] = bout
                         rec["bias"] = "int32"
                     else:

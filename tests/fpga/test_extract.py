@@ -113,12 +113,14 @@ def test_float_model_is_unsupported():
         extract.partition(make_conv_model())
 
 
-def test_padded_binary_conv_is_refused_with_the_reason():
-    model = binary_cnn()
-    conv = next(n for n in model.graph.node if n.op_type == "Conv")
-    conv.attribute.append(helper.make_attribute("pads", [1, 1, 1, 1]))
-    with pytest.raises(UnsupportedModelError, match="unpadded"):
-        extract.partition(model)
+def test_padded_binary_conv_is_exact():
+    """ONNX pads a +-1 tensor with 0: the padding layer re-encodes it as ternary codes."""
+    p = _check_against_ort(binary_cnn(pads=1), (1, 2, 6, 6))
+    kinds = [layer.kind for layer in p.graph.layers]
+    assert kinds[:3] == ["pad", "swg", "mvau"]
+    pad, swg, conv = p.graph.layers[:3]
+    assert pad.recode and pad.odtype == ir.DType("uint", 2) and pad.pad_value == 1
+    assert (swg.h, swg.w, conv.vecs) == (8, 8, 36) and not conv.xnor
 
 
 def test_stream_words_roundtrip():

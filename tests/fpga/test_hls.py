@@ -9,7 +9,7 @@ import pytest
 from optc.backends.fpga import extract, folding, hls, ir
 
 from .golden_util import check_golden
-from .tiny_models import qdq_mlp, reference_pipeline, ternary_mlp
+from .tiny_models import binary_cnn, qdq_mlp, reference_pipeline, ternary_mlp
 
 
 def _csim(graph, tmp_path, images=4, seed=0):
@@ -44,4 +44,11 @@ def test_csim_bit_planes_bit_exact(tmp_path, fold):
 def test_csim_ternary_bit_exact(tmp_path):
     g = extract.partition(ternary_mlp()).graph
     y, ref = _csim(g, tmp_path, images=16)
+    np.testing.assert_array_equal(y, ref)
+
+
+def test_csim_padded_binary_cnn_bit_exact(tmp_path):
+    g = extract.partition(binary_cnn(pads=1)).graph
+    folding.fold(g, 100)
+    y, ref = _csim(g, tmp_path, images=3)
     np.testing.assert_array_equal(y, ref)

@@ -55,6 +55,13 @@ def test_rtl_binary_cnn(tmp_path):
     assert r["ii_cycles"] == 36  # one input pixel per cycle
 
 
+def test_rtl_padded_binary_cnn(tmp_path):
+    g = extract.partition(binary_cnn(pads=1)).graph
+    folding.fold(g, 1)
+    r = _rtl(g, tmp_path, images=3)
+    assert r["ii_cycles"] >= 64  # the padded 8x8 image streams one pixel per cycle
+
+
 @pytest.mark.skipif(not sim.available("verilator"), reason="needs Verilator")
 def test_verilator_is_cycle_identical_to_icarus(tmp_path):
     g = reference_pipeline()

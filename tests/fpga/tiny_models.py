@@ -56,18 +56,18 @@ def binary_mlp(seed=0, sizes=(16, 8, 4), negative_gamma=False) -> onnx.ModelProt
     return _model(nodes, inits, [1, 1, 4, 4] if sizes[0] == 16 else [1, sizes[0]], "y", [1, sizes[-1]], "tiny_bmlp")
 
 
-def binary_cnn(seed=0, c1=2, c2=4, n_out=3, h=6) -> onnx.ModelProto:
-    """Sign(x) -> binary Conv3x3 -> BN -> Sign -> MaxPool2 -> Flatten -> Gemm(+-alpha) -> logits."""
+def binary_cnn(seed=0, c1=2, c2=4, n_out=3, h=6, pads=0) -> onnx.ModelProto:
+    """Sign(x) -> binary Conv3x3 (``pads``) -> BN -> Sign -> MaxPool2 -> Flatten -> Gemm(+-alpha) -> logits."""
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(_binary(rng, (c2, c1, 3, 3), 0), "wc"),
              numpy_helper.from_array(rng.standard_normal(c2).astype(np.float32) * 0.1, "bc")]
     nodes = [helper.make_node("Sign", ["x"], ["a0"]),
-             helper.make_node("Conv", ["a0", "wc", "bc"], ["c"], kernel_shape=[3, 3]),
+             helper.make_node("Conv", ["a0", "wc", "bc"], ["c"], kernel_shape=[3, 3], pads=[pads] * 4),
              helper.make_node("BatchNormalization", ["c"] + _bn(rng, "bnc", c2, inits), ["cb"]),
              helper.make_node("Sign", ["cb"], ["a1"]),
              helper.make_node("MaxPool", ["a1"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
              helper.make_node("Flatten", ["p"], ["f"])]
-    hp = (h - 2) // 2
+    hp = (h + 2 * pads - 2) // 2
     inits.append(numpy_helper.from_array(_binary(rng, (n_out, c2 * hp * hp), 0), "wf"))
     inits.append(numpy_helper.from_array(rng.standard_normal(n_out).astype(np.float32), "bf"))
     nodes.append(helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1))

@@ -68,22 +68,29 @@ module optc_fifo2 #(parameter W = 8) (
   input clk, input rst,
   input in_valid, output in_ready, input [W-1:0] in_data,
   output out_valid, input out_ready, output [W-1:0] out_data);
-  // two-entry FIFO: registered ready and valid, so no combinational path crosses it
+  // two-entry FIFO; in_ready is a register (the producer's stall enable comes straight from a
+  // flip-flop) and out_valid/out_data are registers, so no combinational path crosses it
   reg [W-1:0] m0, m1;
   reg [1:0] cnt;
-  assign in_ready = cnt != 2'd2;
+  reg ready_r;
+  assign in_ready = ready_r;
   assign out_valid = cnt != 2'd0;
   assign out_data = m0;
-  wire push = in_valid && in_ready;
+  wire push = in_valid && ready_r;
   wire pop = out_valid && out_ready;
+  wire [1:0] cnt_next = cnt + {1'b0, push} - {1'b0, pop};
   always @(posedge clk) begin
-    if (rst) cnt <= 2'd0;
-    else case ({push, pop})
-      2'b10: begin if (cnt == 2'd0) m0 <= in_data; else m1 <= in_data; cnt <= cnt + 2'd1; end
-      2'b01: begin m0 <= m1; cnt <= cnt - 2'd1; end
-      2'b11: begin if (cnt == 2'd1) m0 <= in_data; else begin m0 <= m1; m1 <= in_data; end end
-      default: ;
-    endcase
+    if (rst) begin cnt <= 2'd0; ready_r <= 1'b0; end
+    else begin
+      cnt <= cnt_next;
+      ready_r <= cnt_next != 2'd2;
+      case ({push, pop})
+        2'b10: begin if (cnt == 2'd0) m0 <= in_data; else m1 <= in_data; end
+        2'b01: m0 <= m1;
+        2'b11: begin if (cnt == 2'd1) m0 <= in_data; else begin m0 <= m1; m1 <= in_data; end end
+        default: ;
+      endcase
+    end
   end
 endmodule
 
@@ -93,7 +100,7 @@ module swg0 (
   input in_valid, output in_ready, input [1:0] in_data,
   output reg out_valid, input out_ready, output reg [17:0] out_data);
   // sliding windows 3x3 stride 1x1 over 4x4x2 (bipolar); line buffer of 11 pixels
-  wire en = !out_valid || out_ready;
+  wire en = out_ready;  // a register: the downstream FIFO's ready (stalls the whole layer)
   assign in_ready = en;
   localparam [3:0] ROWOK = 4'hc;
   localparam [3:0] COLOK = 4'hc;
@@ -102,13 +109,15 @@ module swg0 (
   reg [19:0] sr;  // sr[0] = previous pixel
   wire [21:0] cur = {sr, in_data};  // cur[0] = incoming pixel
   wire [17:0] window = {cur[1:0], cur[3:2], cur[5:4], cur[9:8], cur[11:10], cur[13:12], cur[17:16], cur[19:18], cur[21:20]};
+  always @(posedge clk) if (en && in_valid) begin
+    out_data <= window;
+    sr <= cur[19:0];
+  end
   always @(posedge clk) begin
     if (rst) begin out_valid <= 1'b0; row <= 0; col <= 0; end
     else if (en) begin
       out_valid <= in_valid && ROWOK[row] && COLOK[col];
       if (in_valid) begin
-        out_data <= window;
-        sr <= cur[19:0];
         if (col == 2'd3) begin col <= 0; row <= (row == 2'd3) ? 2'd0 : row + 2'd1; end
         else col <= col + 2'd1;
       end
@@ -122,7 +131,7 @@ module mvau0 (
   input in_valid, output in_ready, input [17:0] in_data,
   output reg out_valid, input out_ready, output reg [3:0] out_data);
   // MVAU 4x18, weights bipolar, inputs bipolar, outputs bipolar; PE=2 SIMD=9: 2x2 cycles/vector
-  wire en = !out_valid || out_ready;
+  wire en = out_ready;  // a register: the downstream FIFO's ready (stalls the whole layer)
   // issue: input vector register and fold counters
   reg busy;
   reg [17:0] vec;
@@ -131,10 +140,12 @@ module mvau0 (
   reg [1:0] waddr;
   wire last_step = (nf_i == 1'd1) && (sf_i == 1'd1);
   assign in_ready = en && (!busy || last_step);
+  // data registers carry no reset (reset only touches control: shorter enable paths)
+  always @(posedge clk) if (in_valid && in_ready) vec <= in_data;
   always @(posedge clk) begin
     if (rst) begin busy <= 1'b0; nf_i <= 0; sf_i <= 0; waddr <= 0; end
     else if (en) begin
-      if (in_valid && in_ready) begin vec <= in_data; busy <= 1'b1; nf_i <= 0; sf_i <= 0; waddr <= 0; end
+      if (in_valid && in_ready) begin busy <= 1'b1; nf_i <= 0; sf_i <= 0; waddr <= 0; end
       else if (busy) begin
         if (last_step) busy <= 1'b0;
         waddr <= last_step ? 2'd0 : waddr + 2'd1;
@@ -157,11 +168,12 @@ module mvau0 (
   reg [17:0] s1_w;
   always @(posedge clk) begin
     if (rst) s1_v <= 1'b0;
-    else if (en) begin
-      s1_v <= busy; s1_first <= sf_i == 0; s1_last <= sf_i == 1'd1; s1_nf <= nf_i;
-      s1_x <= vec[sf_i * 9 +: 9];
-      s1_w <= wrom[waddr];
-    end
+    else if (en) s1_v <= busy;
+  end
+  always @(posedge clk) if (en) begin
+    s1_first <= sf_i == 0; s1_last <= sf_i == 1'd1; s1_nf <= nf_i;
+    s1_x <= vec[sf_i * 9 +: 9];
+    s1_w <= wrom[waddr];
   end
   // popcounts (2 stages)
   wire [3:0] pc_0_0_0;
@@ -172,9 +184,10 @@ module mvau0 (
   reg [1:0] d_nf;
   always @(posedge clk) begin
     if (rst) d_v <= 0;
-    else if (en) begin
-      d_v <= {d_v[0:0], s1_v}; d_first <= {d_first[0:0], s1_first}; d_last <= {d_last[0:0], s1_last}; d_nf <= {d_nf[0:0], s1_nf};
-    end
+    else if (en) d_v <= {d_v[0:0], s1_v};
+  end
+  always @(posedge clk) if (en) begin
+    d_first <= {d_first[0:0], s1_first}; d_last <= {d_last[0:0], s1_last}; d_nf <= {d_nf[0:0], s1_nf};
   end
   wire dv = d_v[1], dfirst = d_first[1], dlast = d_last[1];
   wire [0:0] dnf = d_nf[1:1];
@@ -185,11 +198,12 @@ module mvau0 (
   reg [0:0] a_nf;
   always @(posedge clk) begin
     if (rst) a_v <= 1'b0;
-    else if (en) begin
-      a_v <= dv && dlast; a_nf <= dnf;
-      if (dv) acc_0 <= dfirst ? dot_0 : acc_0 + dot_0;
-      if (dv) acc_1 <= dfirst ? dot_1 : acc_1 + dot_1;
-    end
+    else if (en) a_v <= dv && dlast;
+  end
+  always @(posedge clk) if (en) begin
+    a_nf <= dnf;
+    if (dv) acc_0 <= dfirst ? dot_0 : acc_0 + dot_0;
+    if (dv) acc_1 <= dfirst ? dot_1 : acc_1 + dot_1;
   end
   reg c_v;
   reg [0:0] c_nf;
@@ -204,11 +218,12 @@ module mvau0 (
   reg [1:0] cmp;
   always @(posedge clk) begin
     if (rst) c_v <= 1'b0;
-    else if (en) begin
-      c_v <= a_v; c_nf <= a_nf;
-      cmp[0] <= $signed(acc_0) >= $signed(t_r[5:0]);
-      cmp[1] <= $signed(acc_1) >= $signed(t_r[11:6]);
-    end
+    else if (en) c_v <= a_v;
+  end
+  always @(posedge clk) if (en) begin
+    c_nf <= a_nf;
+    cmp[0] <= $signed(acc_0) >= $signed(t_r[5:0]);
+    cmp[1] <= $signed(acc_1) >= $signed(t_r[11:6]);
   end
   wire [0:0] q_0 = cmp[0];
   wire [0:0] q_1 = cmp[1];
@@ -216,13 +231,11 @@ module mvau0 (
   reg [3:0] collect;
   always @(posedge clk) begin
     if (rst) out_valid <= 1'b0;
-    else if (en) begin
-      out_valid <= c_v && c_nf == 1'd1;
-      if (c_v) begin
-        if (c_nf == 1'd0) collect[1:0] <= qall;
-        if (c_nf == 1'd1) out_data <= {qall, collect[1:0]};
-      end
-    end
+    else if (en) out_valid <= c_v && c_nf == 1'd1;
+  end
+  always @(posedge clk) if (en && c_v) begin
+    if (c_nf == 1'd0) collect[1:0] <= qall;
+    if (c_nf == 1'd1) out_data <= {qall, collect[1:0]};
   end
 endmodule
 
@@ -232,7 +245,7 @@ module swg1 (
   input in_valid, output in_ready, input [3:0] in_data,
   output reg out_valid, input out_ready, output reg [15:0] out_data);
   // sliding windows 2x2 stride 2x2 over 2x2x4 (bipolar); line buffer of 4 pixels
-  wire en = !out_valid || out_ready;
+  wire en = out_ready;  // a register: the downstream FIFO's ready (stalls the whole layer)
   assign in_ready = en;
   localparam [1:0] ROWOK = 2'h2;
   localparam [1:0] COLOK = 2'h2;
@@ -241,13 +254,15 @@ module swg1 (
   reg [11:0] sr;  // sr[0] = previous pixel
   wire [15:0] cur = {sr, in_data};  // cur[0] = incoming pixel
   wire [15:0] window = {cur[3:0], cur[7:4], cur[11:8], cur[15:12]};
+  always @(posedge clk) if (en && in_valid) begin
+    out_data <= window;
+    sr <= cur[11:0];
+  end
   always @(posedge clk) begin
     if (rst) begin out_valid <= 1'b0; row <= 0; col <= 0; end
     else if (en) begin
       out_valid <= in_valid && ROWOK[row] && COLOK[col];
       if (in_valid) begin
-        out_data <= window;
-        sr <= cur[11:0];
         if (col == 1'd1) begin col <= 0; row <= (row == 1'd1) ? 1'd0 : row + 1'd1; end
         else col <= col + 1'd1;
       end
@@ -261,7 +276,7 @@ module pool0 (
   input in_valid, output in_ready, input [15:0] in_data,
   output reg out_valid, input out_ready, output reg [3:0] out_data);
   // per-channel max/min over 4 taps (bipolar)
-  wire en = !out_valid || out_ready;
+  wire en = out_ready;  // a register: the downstream FIFO's ready (stalls the whole layer)
   assign in_ready = en;
   wire [3:0] r;
   assign r[0] = in_data[0:0] | in_data[4:4] | in_data[8:8] | in_data[12:12];
@@ -270,8 +285,9 @@ module pool0 (
   assign r[3] = in_data[3:3] | in_data[7:7] | in_data[11:11] | in_data[15:15];
   always @(posedge clk) begin
     if (rst) out_valid <= 1'b0;
-    else if (en) begin out_valid <= in_valid; if (in_valid) out_data <= r; end
+    else if (en) out_valid <= in_valid;
   end
+  always @(posedge clk) if (en && in_valid) out_data <= r;
 endmodule
 
 (* keep_hierarchy *)
@@ -280,7 +296,7 @@ module mvau1 (
   input in_valid, output in_ready, input [3:0] in_data,
   output reg out_valid, input out_ready, output reg [14:0] out_data);
   // MVAU 3x4, weights int2, inputs bipolar, outputs int5; PE=1 SIMD=2: 3x2 cycles/vector
-  wire en = !out_valid || out_ready;
+  wire en = out_ready;  // a register: the downstream FIFO's ready (stalls the whole layer)
   // issue: input vector register and fold counters
   reg busy;
   reg [3:0] vec;
@@ -289,10 +305,12 @@ module mvau1 (
   reg [2:0] waddr;
   wire last_step = (nf_i == 2'd2) && (sf_i == 1'd1);
   assign in_ready = en && (!busy || last_step);
+  // data registers carry no reset (reset only touches control: shorter enable paths)
+  always @(posedge clk) if (in_valid && in_ready) vec <= in_data;
   always @(posedge clk) begin
     if (rst) begin busy <= 1'b0; nf_i <= 0; sf_i <= 0; waddr <= 0; end
     else if (en) begin
-      if (in_valid && in_ready) begin vec <= in_data; busy <= 1'b1; nf_i <= 0; sf_i <= 0; waddr <= 0; end
+      if (in_valid && in_ready) begin busy <= 1'b1; nf_i <= 0; sf_i <= 0; waddr <= 0; end
       else if (busy) begin
         if (last_step) busy <= 1'b0;
         waddr <= last_step ? 3'd0 : waddr + 3'd1;
@@ -317,11 +335,12 @@ module mvau1 (
   reg [3:0] s1_w;
   always @(posedge clk) begin
     if (rst) s1_v <= 1'b0;
-    else if (en) begin
-      s1_v <= busy; s1_first <= sf_i == 0; s1_last <= sf_i == 1'd1; s1_nf <= nf_i;
-      s1_x <= vec[sf_i * 2 +: 2];
-      s1_w <= wrom[waddr];
-    end
+    else if (en) s1_v <= busy;
+  end
+  always @(posedge clk) if (en) begin
+    s1_first <= sf_i == 0; s1_last <= sf_i == 1'd1; s1_nf <= nf_i;
+    s1_x <= vec[sf_i * 2 +: 2];
+    s1_w <= wrom[waddr];
   end
   // popcounts (1 stage)
   wire [1:0] pc_0_0_0;
@@ -336,9 +355,10 @@ module mvau1 (
   reg [3:0] d_nf;
   always @(posedge clk) begin
     if (rst) d_v <= 0;
-    else if (en) begin
-      d_v <= {d_v[0:0], s1_v}; d_first <= {d_first[0:0], s1_first}; d_last <= {d_last[0:0], s1_last}; d_nf <= {d_nf[1:0], s1_nf};
-    end
+    else if (en) d_v <= {d_v[0:0], s1_v};
+  end
+  always @(posedge clk) if (en) begin
+    d_first <= {d_first[0:0], s1_first}; d_last <= {d_last[0:0], s1_last}; d_nf <= {d_nf[1:0], s1_nf};
   end
   wire dv = d_v[1], dfirst = d_first[1], dlast = d_last[1];
   wire [1:0] dnf = d_nf[3:2];
@@ -349,34 +369,34 @@ module mvau1 (
   reg [1:0] a_nf;
   always @(posedge clk) begin
     if (rst) a_v <= 1'b0;
-    else if (en) begin
-      a_v <= dv && dlast; a_nf <= dnf;
-      if (dv) acc_0 <= dfirst ? dot_0 : acc_0 + dot_0;
-    end
+    else if (en) a_v <= dv && dlast;
+  end
+  always @(posedge clk) if (en) begin
+    a_nf <= dnf;
+    if (dv) acc_0 <= dfirst ? dot_0 : acc_0 + dot_0;
   end
   reg c_v;
   reg [1:0] c_nf;
   reg [4:0] cq;
   always @(posedge clk) begin
     if (rst) c_v <= 1'b0;
-    else if (en) begin
-      c_v <= a_v; c_nf <= a_nf;
-      cq <= {acc_0[4:0]};
-    end
+    else if (en) c_v <= a_v;
+  end
+  always @(posedge clk) if (en) begin
+    c_nf <= a_nf;
+    cq <= {acc_0[4:0]};
   end
   wire [4:0] q_0 = cq[4:0];
   wire [4:0] qall = {q_0};
   reg [14:0] collect;
   always @(posedge clk) begin
     if (rst) out_valid <= 1'b0;
-    else if (en) begin
-      out_valid <= c_v && c_nf == 2'd2;
-      if (c_v) begin
-        if (c_nf == 2'd0) collect[4:0] <= qall;
-        if (c_nf == 2'd1) collect[9:5] <= qall;
-        if (c_nf == 2'd2) out_data <= {qall, collect[9:0]};
-      end
-    end
+    else if (en) out_valid <= c_v && c_nf == 2'd2;
+  end
+  always @(posedge clk) if (en && c_v) begin
+    if (c_nf == 2'd0) collect[4:0] <= qall;
+    if (c_nf == 2'd1) collect[9:5] <= qall;
+    if (c_nf == 2'd2) out_data <= {qall, collect[9:0]};
   end
 endmodule
 

@@ -95,6 +95,32 @@ void swg(hls::stream<ap_uint<C * B> >& in, hls::stream<ap_uint<KH * KW * C * B> 
   }
 }
 
+// Zero padding of an image stream (FINN's FMPadding): padded pixels carry PADV in every channel.
+// RECODE: bipolar input bits become 2-bit codes x + 1 (bit 1 = +1 -> 2, bit 0 = -1 -> 0; pad 1).
+template <int H, int W, int C, int PT, int PL, int PB, int PR, int IB, int OB, bool RECODE>
+void pad(hls::stream<ap_uint<C * IB> >& in, hls::stream<ap_uint<C * OB> >& out, int images, unsigned long long padv) {
+  const int OH = H + PT + PB, OW = W + PL + PR;
+  for (int n = 0; n < images; n++)
+    for (int y = 0; y < OH; y++)
+      for (int x = 0; x < OW; x++) {
+#pragma HLS PIPELINE II=1
+        ap_uint<C * OB> o;
+        const bool inside = y >= PT && y < PT + H && x >= PL && x < PL + W;
+        ap_uint<C * IB> p;
+        if (inside) p = in.read();
+        for (int c = 0; c < C; c++) {
+#pragma HLS UNROLL
+          unsigned long long v = padv;
+          if (inside) {
+            v = p.range(c * IB + IB - 1, c * IB).to_uint64();
+            if (RECODE) v = v ? 2 : 0;
+          }
+          o.range(c * OB + OB - 1, c * OB) = v;
+        }
+        out.write(o);
+      }
+}
+
 // Pooling over a window vector (K taps of C channels, unsigned codes): per channel max or min.
 // On bipolar data max is OR and min is AND.
 template <int C, int K, int B>

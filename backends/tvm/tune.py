@@ -1,0 +1,634 @@
+"""MetaSchedule tuning of the fused TIR functions that optc's CPU pipeline builds.
+
+Tasks are the PrimFuncs present right where :func:`schedule.schedule_cpu` runs in
+``schedule.relax_pipeline`` (after optc's layout conversion, legalization and fusion), so a
+tuned schedule matches a function the default compile builds. They are captured by running
+that very pipeline with ``schedule_cpu`` hooked (see :func:`_hook_schedule`), which keeps the
+two in step when the pipeline changes.
+
+* **Database**: a MetaSchedule ``JSONDatabase`` per target (kind, triple, mcpu, cores) under
+  ``~/.cache/optc/tuning/<target key>/`` (``OPTC_TUNING_DIR`` or ``--db`` moves it). Records
+  are appended per measured candidate, so an interrupted run loses nothing and a rerun
+  continues (trials already recorded for a workload count against its budget). Beside it,
+  ``rule_baseline.json`` holds the latency of optc's rule-based schedule for each tuned
+  workload, measured by the same runner.
+* **Build**: :func:`apply_database` replaces a function by its best tuned schedule when the
+  database has one that beats the rule schedule; every other function keeps
+  ``schedule_cpu``'s schedule (never the naive one).
+* **Builder**: in-process (:class:`InProcessBuilder`); the stock LocalBuilder's fresh worker
+  processes spend 26-48 s importing TVMScript and hit its 30 s timeout. Exports a shared
+  library (cross-compiled with ``aarch64-linux-gnu-g++`` for AArch64 targets).
+* **Runner**: MetaSchedule's LocalRunner, or its RPCRunner against a tracker
+  (``tracker=HOST:PORT, key``) or a server directly (``rpc=HOST:PORT``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import schedule
+
+DB_FILES = ("database_workload.json", "database_tuning_record.json")
+BASELINE = "rule_baseline.json"
+# Functions with fewer estimated FLOPs than this are not worth trials (elementwise glue).
+MIN_TASK_FLOPS = 20_000
+_HOOK_LOCK = threading.RLock()
+
+
+class _Captured(Exception):
+    def __init__(self, mod):
+        super().__init__("captured")
+        self.mod = mod
+
+
+@contextlib.contextmanager
+def _hook_schedule(wrapper):
+    """Run ``schedule.relax_pipeline`` with ``schedule.schedule_cpu`` replaced by
+    ``wrapper(original, mod, target)``."""
+    with _HOOK_LOCK:
+        original = schedule.schedule_cpu
+        schedule.schedule_cpu = lambda mod, target: wrapper(original, mod, target)
+        try:
+            yield
+        finally:
+            schedule.schedule_cpu = original
+
+
+# ----------------------------------------------------------------------------- database
+def default_root() -> Path:
+    env = os.environ.get("OPTC_TUNING_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "optc" / "tuning"
+
+
+def target_key(tgt) -> str:
+    """Directory name for a TVM target: readable parts plus a hash of the full target."""
+    attrs = tgt.attrs
+    parts = [tgt.kind.name, str(attrs.get("mtriple", "") or "host"), str(attrs.get("mcpu", "") or "generic"),
+             f"{attrs.get('num-cores', '') or 'x'}c"]
+    text = json.dumps(dict(tgt.export()), sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts)) + "-" + digest
+
+
+def db_dir(tgt, root: str | os.PathLike | None = None) -> Path:
+    return Path(root).expanduser() / target_key(tgt) if root else default_root() / target_key(tgt)
+
+
+def open_database(path: Path, create: bool):
+    from tvm.s_tir import meta_schedule as ms
+
+    if not create and not all((path / f).is_file() for f in DB_FILES):
+        return None
+    path.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(str(path / DB_FILES[0]), str(path / DB_FILES[1]),
+                                    allow_missing=True, module_equality="structural")
+
+
+def task_module(func):
+    """The IRModule a task (and its database workload) is keyed by."""
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+    return _normalize_mod(func)
+
+
+def _shash(mod) -> str:
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(mod) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def _load_baseline(path: Path) -> dict:
+    try:
+        return json.loads((path / BASELINE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _best_record(database, mod):
+    if not database.has_workload(mod):
+        return None
+    records = database.get_top_k(database.commit_workload(mod), 1)
+    return records[0] if records else None
+
+
+def _mean(run_secs) -> float:
+    vals = [float(x) for x in run_secs]
+    return sum(vals) / len(vals) if vals else float("inf")
+
+
+def apply_database(mod, target, database, baseline: dict, used: list):
+    """Replace PrimFuncs of ``mod`` by their best tuned schedule where the database has one
+    that beats the rule schedule's measured latency; appends (workload module, record) of
+    every applied record to ``used``."""
+    from tvm import s_tir, tirx
+
+    updates = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        tmod = task_module(func)
+        rec = _best_record(database, tmod)
+        if rec is None or rec.run_secs is None:
+            continue
+        rule = baseline.get(_shash(tmod))
+        if rule is not None and _mean(rec.run_secs) >= rule:
+            continue  # optc's rule schedule measured faster
+        sch = s_tir.Schedule(tmod)
+        try:
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+        except Exception:  # noqa: BLE001 - a stale record: keep the rule schedule
+            continue
+        updates[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        if func.attrs is not None and "global_symbol" in func.attrs:
+            updates[gv] = updates[gv].with_attr("global_symbol", func.attrs["global_symbol"])
+        else:
+            updates[gv] = updates[gv].without_attr("global_symbol")
+        used.append((tmod, rec))
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod
+
+
+@dataclass
+class BuildTuning:
+    """What a build took from a tuning database (filled in by :func:`building`)."""
+
+    path: Path
+    used: list = field(default_factory=list)
+    total_funcs: int = 0
+
+    def info(self) -> dict:
+        return {"database": str(self.path), "functions": self.total_funcs,
+                "functions_from_database": len(self.used),
+                "functions_rule_schedule": self.total_funcs - len(self.used)}
+
+    def export(self, dest: Path) -> None:
+        """Write the applied records as a JSON database (``dest/``) shippable with a package."""
+        from tvm.s_tir import meta_schedule as ms
+
+        dest.mkdir(parents=True, exist_ok=True)
+        db = ms.database.JSONDatabase(str(dest / DB_FILES[0]), str(dest / DB_FILES[1]),
+                                      allow_missing=True, module_equality="structural")
+        for tmod, rec in self.used:
+            wl = db.commit_workload(tmod)
+            db.commit_tuning_record(ms.database.TuningRecord(rec.trace, wl, rec.run_secs, rec.target,
+                                                             rec.args_info))
+
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def database_root(root, enabled: bool = True):
+    """Builds in this thread use the tuning databases under ``root`` (None: the default
+    location), or none at all (``enabled=False``)."""
+    saved = getattr(_STATE, "root", None), getattr(_STATE, "enabled", True)
+    _STATE.root, _STATE.enabled = (str(root) if root else None), enabled
+    try:
+        yield
+    finally:
+        _STATE.root, _STATE.enabled = saved
+
+
+@contextlib.contextmanager
+def request(trials: int, seconds: float | None = None, **runner):
+    """Builds in this thread tune first (``trials`` candidates, ``seconds`` at most; runner
+    options as for :func:`tune_module`), then use the database."""
+    saved = getattr(_STATE, "request", None)
+    _STATE.request = dict(trials=trials, seconds=seconds, **runner) if trials else None
+    try:
+        yield
+    finally:
+        _STATE.request = saved
+
+
+def maybe_tune(mod, tgt) -> dict | None:
+    """Called by ``lower.build`` on the Relax module it builds: tunes it if requested."""
+    req = getattr(_STATE, "request", None)
+    if not req:
+        return None
+    _STATE.summary = tune_module(mod, tgt, root=getattr(_STATE, "root", None), **req)
+    return _STATE.summary
+
+
+def take_build_info(dest: Path | None = None) -> dict | None:
+    """The tuning section of a report for this thread's latest build (and clears it); with
+    ``dest``, the applied records are written there as a JSON database."""
+    state, summary = getattr(_STATE, "last", None), getattr(_STATE, "summary", None)
+    _STATE.last = _STATE.summary = None
+    if state is None and summary is None:
+        return None
+    info = state.info() if state is not None else {"functions_from_database": 0}
+    if summary is not None:
+        info["tuned"] = {k: v for k, v in summary.items() if k != "per_task"}
+    if state is not None and state.used and dest is not None:
+        state.export(dest)
+        info["shipped"] = dest.name + "/"
+    return info
+
+
+def set_last_build(state) -> None:
+    _STATE.last = state
+
+
+def last_build():
+    """The :class:`BuildTuning` of this thread's latest ``lower.build`` (None: no database)."""
+    return getattr(_STATE, "last", None)
+
+
+@contextlib.contextmanager
+def building(tgt, root=None, enabled: bool | None = None):
+    """Context for ``lower.build``: ``schedule_cpu`` applies the target's tuning database
+    first (if one exists). Yields a :class:`BuildTuning` or None (no database)."""
+    root = root or getattr(_STATE, "root", None)
+    enabled = getattr(_STATE, "enabled", True) if enabled is None else enabled
+    _STATE.last = None
+    path = db_dir(tgt, root)
+    database = open_database(path, create=False) if enabled else None
+    if database is None:
+        yield None
+        return
+    state = BuildTuning(path)
+    baseline = _load_baseline(path)
+
+    def wrapper(original, mod, target):
+        from tvm import tirx
+
+        state.total_funcs = sum(1 for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
+        mod = apply_database(mod, target, database, baseline, state.used)
+        return original(mod, target)
+
+    with _hook_schedule(wrapper):
+        yield state
+
+
+# ----------------------------------------------------------------------------- tasks
+def extract_tasks(mod, tgt) -> list[tuple[str, object, float]]:
+    """(name, PrimFunc, estimated FLOPs) of each fused function of the Relax ``mod`` (after
+    DecomposeOpsForInference) as optc's pipeline builds it, largest first."""
+    from tvm import tirx
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    captured = []
+
+    def capture(original, m, target):
+        captured.append(m)
+        raise _Captured(m)  # stop the pipeline here
+
+    with _hook_schedule(capture), tgt:
+        try:
+            schedule.relax_pipeline(tgt)(mod)
+        except Exception:  # noqa: BLE001 - _Captured, possibly re-raised as RuntimeError by the FFI
+            if not captured:
+                raise
+    fused = captured[0] if captured else None
+    if fused is None:
+        raise RuntimeError("optc's pipeline did not reach the scheduling stage")
+    tasks = []
+    for gv, func in fused.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            try:
+                flops = float(estimate_tir_flops(task_module(func)))
+            except Exception:  # noqa: BLE001
+                flops = 0.0
+            tasks.append((gv.name_hint, func, flops))
+    tasks.sort(key=lambda t: -t[2])
+    return tasks
+
+
+# ----------------------------------------------------------------------------- builder / runner
+def _export_shared(rt_mod, aarch64: bool) -> str:
+    path = os.path.join(tempfile.mkdtemp(prefix="optc-ms-"), "cand.so")
+    if aarch64:
+        from tvm.support import cc
+
+        rt_mod.export_library(path, fcompile=cc.cross_compiler("aarch64-linux-gnu-g++"))
+    else:
+        rt_mod.export_library(path)
+    return path
+
+
+def _import_intrinsics() -> None:
+    """``import tvm.s_tir.tensor_intrin`` (MetaSchedule's TuneContext does it) with a fast
+    ``inspect.stack``: TVMScript calls it per intrinsic, and the stock one looks up source
+    files through every loaded module (minutes once torch/onnx are imported)."""
+    import inspect
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    stock = inspect.stack
+
+    def fast_stack(context=1):
+        frame, out = sys._getframe(1), []
+        while frame is not None:
+            out.append(inspect.FrameInfo(frame, frame.f_code.co_filename, frame.f_lineno,
+                                         frame.f_code.co_name, None, None))
+            frame = frame.f_back
+        return out
+
+    inspect.stack = fast_stack
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = stock
+
+
+def _build_candidate(mod, target):
+    """MetaSchedule's ``default_build`` without its ``import tvm.s_tir.tensor_intrin`` (which
+    parses every CUDA/ARM intrinsic with TVMScript: minutes in a process that has imported
+    torch/onnx, as ``inspect.stack`` scans every module; fp32 CPU schedules need none)."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def make_builder(deadline: float | None, aarch64: bool):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        """Builds candidates in this process (no worker start-up); out of time: fails fast."""
+
+        def build(self, build_inputs):
+            results = []
+            for inp in build_inputs:
+                if deadline is not None and time.time() > deadline:
+                    results.append(BuilderResult(None, "optc: tuning time budget reached"))
+                    continue
+                try:
+                    rt_mod = _build_candidate(inp.mod, inp.target)
+                    results.append(BuilderResult(_export_shared(rt_mod, aarch64), None))
+                except Exception as err:  # noqa: BLE001 - a failing candidate
+                    results.append(BuilderResult(None, f"optc in-process build: {err}"[:2000]))
+            return results
+
+    return InProcessBuilder()
+
+
+def make_local_runner(evaluator):
+    """MetaSchedule's LocalRunner measurement, in this process (its popen workers take tens of
+    seconds to start and import TVM; a crashing candidate would take this process down, which
+    MetaSchedule's sampled, post-processed schedules do not do in practice)."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture, _worker_func
+
+    @derived_object
+    class InProcessRunner(PyRunner):
+        def run(self, runner_inputs):
+            futures = []
+            for inp in runner_inputs:
+                try:
+                    args = [a.as_json() for a in inp.args_info]
+                    res = _worker_func(None, None, None, evaluator, 1, inp.artifact_path, inp.device_type, args)
+                    futures.append(LocalRunnerFuture(res=[float(x) for x in res]))
+                except Exception as err:  # noqa: BLE001
+                    futures.append(LocalRunnerFuture(error_message=f"optc in-process run: {err}"[:2000]))
+            return futures
+
+    return InProcessRunner()
+
+
+def _split_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def make_runner(rpc: str | None = None, tracker: str | None = None, key: str | None = None,
+                number: int = 3, repeat: int = 1, timeout: float = 60.0):
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=20,
+                                          enable_cpu_cache_flush=False)
+    if not rpc and not tracker:
+        return make_local_runner(evaluator)
+    if tracker:
+        host, port = _split_hostport(tracker)
+        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key or "optc",
+                                     session_timeout_sec=timeout)
+        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+    host, port = _split_hostport(rpc)
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key or "optc",
+                                 session_timeout_sec=timeout)
+
+    def connect(cfg):  # a server without a tracker: connect directly
+        from tvm import rpc as tvm_rpc
+
+        return tvm_rpc.connect(host, port, key=key or "", session_timeout=timeout)
+
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1,
+                               f_create_session=connect)
+
+
+def _measure_rule(funcs, target, builder, runner) -> list[float | None]:
+    """Latency (s) of optc's rule-based schedule for each PrimFunc, with the tuning runner."""
+    from tvm import tirx
+    from tvm.s_tir import meta_schedule as ms
+
+    inputs, args = [], []
+    for func in funcs:
+        mod = schedule.schedule_cpu(task_module(func), target)
+        inputs.append(ms.builder.BuilderInput(mod, target))
+        args.append(ms.arg_info.ArgInfo.from_prim_func(func))
+    built = builder.build(inputs)
+    out: list[float | None] = [None] * len(funcs)
+    pending = []
+    for i, res in enumerate(built):
+        if res.error_msg:
+            print(f"optc tune: rule schedule not built: {res.error_msg[:300]}", file=sys.stderr)
+        if res.error_msg is None:
+            pending.append((i, res.artifact_path))
+    if pending:
+        futures = runner.run([ms.runner.RunnerInput(path, "cpu", args[i]) for i, path in pending])
+        for (i, _), fut in zip(pending, futures):
+            r = fut.result()
+            if r.error_msg is None and r.run_secs:
+                out[i] = _mean(r.run_secs)
+            elif r.error_msg:
+                print(f"optc tune: rule schedule not measured: {r.error_msg[:300]}", file=sys.stderr)
+    del tirx
+    return out
+
+
+# ----------------------------------------------------------------------------- tuning
+def _strategy(trials: int):
+    """Random replay for a handful of trials; a smaller-than-stock evolutionary search
+    otherwise (the stock 2048-schedule population costs minutes per round on 2 cores)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials < 16:
+        return ms.search_strategy.ReplayTrace()
+    return ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32,
+                                                 genetic_num_iters=2)
+
+
+def _record_counts(database, mods) -> list[int]:
+    counts = []
+    for mod in mods:
+        if not database.has_workload(mod):
+            counts.append(0)
+            continue
+        wl = database.commit_workload(mod)
+        counts.append(len(database.get_top_k(wl, 1 << 20)))
+    return counts
+
+
+def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=None,
+                rpc: str | None = None, tracker: str | None = None, key: str | None = None,
+                max_tasks: int | None = None, log=None, seed: int = 0) -> dict:
+    """Tune the fused functions of the Relax ``mod`` (after DecomposeOpsForInference, weights
+    bound) for the TVM target ``tgt`` with ``trials`` measured candidates in all (and at most
+    ``seconds`` of wall time). Returns a summary dict."""
+    from tvm.s_tir import meta_schedule as ms
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    t0 = time.time()
+    _import_intrinsics()
+    deadline = t0 + seconds if seconds else None
+    path = db_dir(tgt, root)
+    database = open_database(path, create=True)
+    aarch64 = str(tgt.attrs.get("mtriple", "") or "").startswith("aarch64")
+    if aarch64 and not (rpc or tracker):
+        raise ValueError("tuning an AArch64 target needs a board: --rpc HOST:PORT or --tracker HOST:PORT")
+
+    all_tasks = extract_tasks(mod, tgt)
+    tasks = [t for t in all_tasks if t[2] >= MIN_TASK_FLOPS]
+    if max_tasks is None:  # at least ~16 trials per task: fewer tasks than that are not worth it
+        max_tasks = max(1, trials // 16) if trials >= 16 else max(1, trials)
+    tasks = tasks[:max_tasks]
+    summary = {"database": str(path), "functions": len(all_tasks), "tasks": len(tasks), "trials": trials,
+               "seconds_budget": seconds}
+    if not tasks or trials <= 0:
+        summary.update(measured=0, seconds=round(time.time() - t0, 1), per_task=[])
+        return summary
+    mods = [task_module(f) for _, f, _ in tasks]
+    done = _record_counts(database, mods)
+    total_flops = sum(t[2] for t in tasks)
+    # per-task share of the trials, proportional to FLOPs (at least a few each)
+    shares = [max(2, int(round(trials * t[2] / total_flops))) for t in tasks]
+    remaining = [max(0, s - d) for s, d in zip(shares, done)]
+    builder = make_builder(deadline, aarch64)
+    runner = make_runner(rpc, tracker, key)
+
+    baseline = _load_baseline(path)
+    need = [i for i, m in enumerate(mods) if _shash(m) not in baseline]
+    if need:
+        log(f"measuring optc's rule schedule for {len(need)} task(s)")
+        secs = _measure_rule([tasks[i][1] for i in need], tgt, make_builder(None, aarch64), runner)
+        for i, s in zip(need, secs):
+            if s is not None:
+                baseline[_shash(mods[i])] = s
+        (path / BASELINE).write_text(json.dumps(baseline, indent=1))
+
+    todo = [i for i in range(len(tasks)) if remaining[i] > 0]
+    if done and any(done):
+        log(f"resuming: {sum(done)} candidate(s) already in {path}")
+    progress = _Progress(tasks, mods, baseline, log, deadline, database)
+    if todo:
+        ctxs = []
+        for i in todo:
+            name, func, _ = tasks[i]
+            ctxs.append(ms.TuneContext(mod=mods[i], target=tgt, space_generator="post-order-apply",
+                                       search_strategy=_strategy(remaining[i]), task_name=name,
+                                       rand_state=seed + i, num_threads=max(1, schedule._Params(tgt).cores),
+                                       logger=None).clone())
+        per_iter = max(1, min(32, max(remaining[i] for i in todo)))
+        progress.ids = todo
+        with tempfile.TemporaryDirectory(prefix="optc-ms-work-") as work:
+            ms.tune_tasks(tasks=ctxs, task_weights=[tasks[i][2] / total_flops for i in todo], work_dir=work,
+                          max_trials_global=sum(remaining[i] for i in todo),
+                          max_trials_per_task=max(remaining[i] for i in todo),
+                          num_trials_per_iter=per_iter, builder=builder, runner=runner, database=database,
+                          cost_model="xgb", measure_callbacks=ms.MeasureCallback.create("default") + [progress.callback()],
+                          task_scheduler="gradient", module_equality="structural")
+    per_task = []
+    counts = _record_counts(database, mods)
+    for i, (name, _, flops) in enumerate(tasks):
+        rec = _best_record(database, mods[i])
+        best = _mean(rec.run_secs) if rec is not None and rec.run_secs is not None else None
+        per_task.append({"name": name, "flops": flops, "trials": counts[i],
+                         "best_ms": None if best is None else best * 1e3,
+                         "rule_ms": None if baseline.get(_shash(mods[i])) is None else baseline[_shash(mods[i])] * 1e3})
+    summary.update(measured=sum(counts) - sum(done), seconds=round(time.time() - t0, 1), per_task=per_task,
+                   tuned_better=sum(1 for p in per_task if p["best_ms"] is not None and
+                                    (p["rule_ms"] is None or p["best_ms"] < p["rule_ms"])))
+    return summary
+
+
+class _Progress:
+    """A line per measured batch: task, trials, best latency so far vs the rule schedule."""
+
+    def __init__(self, tasks, mods, baseline, log, deadline, database):
+        self.tasks, self.mods, self.baseline, self.log = tasks, mods, baseline, log
+        self.deadline, self.database = deadline, database
+        self.ids: list[int] = []
+        self.best: dict[int, float] = {}
+        self.count: dict[int, int] = {}
+        self.stopped = False
+
+    def callback(self):
+        from tvm.ir.utils import derived_object
+        from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+        outer = self
+
+        @derived_object
+        class _Callback(PyMeasureCallback):
+            def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+                outer.apply(task_scheduler, task_id, runner_results)
+
+        return _Callback()
+
+    def apply(self, scheduler, task_id, runner_results):
+        i = self.ids[task_id] if task_id < len(self.ids) else task_id
+        name = self.tasks[i][0]
+        ok = [_mean(r.run_secs) for r in runner_results if r.error_msg is None and r.run_secs]
+        self.count[i] = self.count.get(i, 0) + len(runner_results)
+        if ok:
+            self.best[i] = min(self.best.get(i, float("inf")), min(ok))
+        rule = self.baseline.get(_shash(self.mods[i]))
+        best = self.best.get(i)
+        self.log(f"  [{i + 1}/{len(self.tasks)}] {name}: {self.count[i]} trials, best "
+                 + (f"{best * 1e3:.4f} ms" if best is not None else "-")
+                 + (f" (rule schedule {rule * 1e3:.4f} ms)" if rule else "")
+                 + f"; {len(ok)}/{len(runner_results)} ok")
+        if self.deadline is not None and time.time() > self.deadline and not self.stopped:
+            self.stopped = True
+            self.log("  time budget reached: stopping")
+            for k in range(len(self.ids)):
+                try:
+                    scheduler.terminate_task(k)
+                except Exception:  # noqa: BLE001
+                    pass
+
+
+def tune_onnx(model, inputs, target, *, trials: int, seconds: float | None = None, root=None,
+              rpc=None, tracker=None, key=None, log=None) -> dict:
+    """Tune an ONNX model (shapes bound, pipeline already run) for an optc ``Target``."""
+    from tvm import relax
+
+    from . import lower
+
+    mod, params = lower.import_onnx(model, inputs)
+    if params:
+        weights = mod["main"].params[len(inputs):]
+        mod = relax.transform.BindParams("main", dict(zip(weights, params)))(mod)
+    tgt = lower.tvm_target(target)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    return tune_module(mod, tgt, trials=trials, seconds=seconds, root=root, rpc=rpc, tracker=tracker,
+                       key=key, log=log)

@@ -1,0 +1,148 @@
+"""MetaSchedule tuning (optc.backends.tvm.tune): records in a persistent database, reused by a
+later compile (report + shipped records), rule-schedule fallback, resume, RPC runner."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import optc
+from optc.cli_tune import tune
+
+pytestmark = pytest.mark.tvm
+
+MODEL = Path(__file__).resolve().parents[2] / "models" / "digits_cnn.onnx"
+SHAPES = {"input": (1, 1, 8, 8)}
+
+
+def _records(db: Path) -> int:
+    files = list(db.rglob("database_tuning_record.json"))
+    return sum(len(f.read_text().splitlines()) for f in files)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tuning")
+    lines = []
+    summary = tune(MODEL, "cpu", trials=6, input_shapes=SHAPES, db=root, log=lines.append)
+    return root, summary, lines
+
+
+def test_tuning_writes_records_and_progress(tuned):
+    root, summary, lines = tuned
+    assert summary["tasks"] >= 1 and summary["measured"] >= summary["tasks"]
+    assert _records(root) == summary["measured"]
+    assert any("best" in line and "ms" in line for line in lines)  # progress with best latency
+    for task in summary["per_task"]:
+        assert task["trials"] >= 1 and task["best_ms"] is not None and task["rule_ms"] is not None
+
+
+def test_compile_reuses_database_and_ships_records(tuned, tmp_path):
+    root, summary, _ = tuned
+    db = tmp_path / "db"
+    shutil.copytree(root, db)
+    # Pretend optc's rule schedule were slower everywhere so every tuned record is applied
+    # (normally a record is used only where it measured faster than the rule schedule).
+    for base in db.glob("*/rule_baseline.json"):
+        base.write_text(json.dumps({k: 1e9 for k in json.loads(base.read_text())}))
+    report = optc.compile(MODEL, "cpu", tmp_path / "pkg", input_shapes=SHAPES, measure=False, tuning_db=db)
+    assert report["verify"]["passed"]
+    t = report["tuning"]
+    assert t["functions_from_database"] == summary["tasks"]
+    assert t["functions_rule_schedule"] == t["functions"] - summary["tasks"] > 0
+    assert _records(tmp_path / "pkg" / "tuning") == summary["tasks"]
+    assert optc.run(tmp_path / "pkg")  # the manifest's hashes cover tuning/
+
+    # with the real baselines the database is still consulted; no database: no section
+    report = optc.compile(MODEL, "cpu", tmp_path / "pkg2", input_shapes=SHAPES, measure=False, tuning_db=root)
+    assert report["verify"]["passed"] and report["tuning"]["functions"] == t["functions"]
+    report = optc.compile(MODEL, "cpu", tmp_path / "pkg3", input_shapes=SHAPES, measure=False,
+                          tuning_db=tmp_path / "empty")
+    assert "tuning" not in report
+
+
+def test_untuned_functions_keep_rule_schedule(tuned):
+    """Functions without a record get schedule_cpu's schedule, never the naive one."""
+    import tvm
+    from tvm import relax, tirx
+
+    from optc.backends.tvm import lower, schedule
+    from optc.backends.tvm import tune as tvm_tune
+    from optc.frontend import bind_input_shapes, load_model
+    from optc.targets import get_target
+
+    root, summary, _ = tuned
+    bound, specs = bind_input_shapes(load_model(MODEL), SHAPES)
+    mod, params = lower.import_onnx(bound, specs)
+    mod = relax.transform.BindParams("main", dict(zip(mod["main"].params[len(specs):], params)))(mod)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    tgt = lower.tvm_target(get_target("cpu"))
+    captured = []
+    with tvm_tune.building(tgt, root) as state:
+        assert state is not None
+        orig = schedule.schedule_cpu
+
+        def spy(m, target):
+            out = orig(m, target)
+            captured.append(out)
+            return out
+
+        schedule.schedule_cpu = spy
+        try:
+            with tgt:
+                schedule.relax_pipeline(tgt)(mod)
+        finally:
+            schedule.schedule_cpu = orig
+    funcs = [f for _, f in captured[0].functions_items() if isinstance(f, tirx.PrimFunc)]
+    assert funcs and all(int(f.attrs["tirx.is_scheduled"]) for f in funcs)
+    assert state.total_funcs == len(funcs)
+    del tvm
+
+
+def test_resume_continues_same_database(tuned, tmp_path):
+    root, summary, _ = tuned
+    db = tmp_path / "db"
+    shutil.copytree(root, db)
+    before = _records(db)
+    lines = []
+    again = tune(MODEL, "cpu", trials=6, input_shapes=SHAPES, db=db, log=lines.append)
+    assert again["measured"] == 0 and _records(db) == before  # budget already spent: nothing to do
+    more = tune(MODEL, "cpu", trials=12, input_shapes=SHAPES, db=db, log=lines.append)
+    assert any("resuming" in line for line in lines)
+    assert more["measured"] > 0 and _records(db) == before + more["measured"]
+    assert all(p["trials"] >= q["trials"] for p, q in zip(more["per_task"], summary["per_task"]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_rpc_runner_against_loopback_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
+                               "--port", str(port), "--port-end", str(port + 1)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        summary = tune(MODEL, "cpu", trials=2, input_shapes=SHAPES, db=tmp_path, rpc=f"127.0.0.1:{port}",
+                       log=lambda _: None)
+        assert summary["measured"] >= 1
+        assert all(t["best_ms"] is not None for t in summary["per_task"])
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -1,0 +1,68 @@
+"""``optc tune``: MetaSchedule tuning of a model's fused functions into the persistent
+tuning database that later ``optc compile`` runs use (see optc.backends.tvm.tune)."""
+
+from __future__ import annotations
+
+from . import DEFAULT_PIPELINE
+
+
+def tune(model, target: str = "cpu", *, trials: int, seconds: float | None = None, passes: str = DEFAULT_PIPELINE,
+         input_shapes=None, db=None, rpc=None, tracker=None, key=None, log=None) -> dict:
+    """Load, bind shapes, run the pass pipeline as ``optc compile`` does, then tune."""
+    import onnx_ir as ir
+
+    from optc.backends.tvm import tune as tvm_tune
+
+    from . import frontend, pipeline
+    from .errors import UsageError
+    from .targets import get_target
+
+    tgt = get_target(target)
+    if not tgt.backend.startswith("tvm"):
+        raise UsageError(f"tuning needs a TVM CPU target, not {tgt.name} ({tgt.backend})")
+    specs = pipeline.parse_pipeline(passes)
+    original = frontend.load_model(model)
+    bound, in_specs = frontend.bind_input_shapes(original, dict(input_shapes or {}))
+    irm, _ = pipeline.run_pipeline(ir.serde.deserialize_model(bound), specs)
+    optimized = ir.serde.serialize_model(irm)
+    return tvm_tune.tune_onnx(optimized, in_specs, tgt, trials=trials, seconds=seconds, root=db, rpc=rpc,
+                              tracker=tracker, key=key, log=log)
+
+
+def cmd_tune(args) -> int:
+    from .cli import _print_json
+    from .errors import UsageError
+    from .frontend import parse_shape_args
+
+    if args.rpc and args.tracker:
+        raise UsageError("give --rpc HOST:PORT or --tracker HOST:PORT, not both")
+    log = (lambda msg: None) if args.quiet else None
+    res = tune(args.model, args.target, trials=args.trials, seconds=args.tune_seconds, passes=args.passes,
+               input_shapes=parse_shape_args(args.input_shape or []), db=args.db, rpc=args.rpc,
+               tracker=args.tracker, key=args.rpc_key, log=log)
+    if args.json:
+        _print_json(res)
+        return 0
+    print(f"tuned {args.model}: {res['tasks']} of {res['functions']} functions, {res['measured']} candidates "
+          f"measured in {res['seconds']:.0f} s; database {res['database']}")
+    for t in res.get("per_task", []):
+        best = f"{t['best_ms']:.4f} ms" if t["best_ms"] is not None else "-"
+        rule = f"{t['rule_ms']:.4f} ms" if t["rule_ms"] is not None else "-"
+        print(f"  {t['name'][:60]:60} {t['trials']:5d} trials  best {best:>12}  rule schedule {rule:>12}")
+    return 0
+
+
+def add_commands(add) -> None:
+    t = add("tune", cmd_tune, "MetaSchedule-tune a model's fused functions for a TVM CPU target into the "
+            "tuning database (resumable; later `optc compile` runs use it)")
+    t.add_argument("model", help="ONNX model file")
+    t.add_argument("-t", "--target", default="cpu", help="target name (default cpu)")
+    t.add_argument("--trials", type=int, required=True, metavar="N", help="measured candidates in all")
+    t.add_argument("--tune-seconds", type=float, metavar="S", help="wall-time budget in seconds")
+    t.add_argument("--passes", default=DEFAULT_PIPELINE, help="pass pipeline (as for compile)")
+    t.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help="bind an input's shape")
+    t.add_argument("--db", metavar="DIR", help="tuning databases' root (default ~/.cache/optc/tuning)")
+    t.add_argument("--rpc", metavar="HOST:PORT", help="measure on a TVM RPC server (e.g. an ARM board)")
+    t.add_argument("--tracker", metavar="HOST:PORT", help="measure on a board registered with a TVM RPC tracker")
+    t.add_argument("--rpc-key", metavar="KEY", help="the RPC device key")
+    t.add_argument("--json", action="store_true", help="print the summary as JSON")
