@@ -6,6 +6,7 @@ same artifacts built for 64-bit ARM, run under qemu and compared bit for bit.
     python bench/bench_binary.py                       # everything (about 5-10 minutes)
     python bench/bench_binary.py --no-arm              # x86 only
     python bench/bench_binary.py --json bench/results/binary.json
+    python bench/bench_binary.py --only digits_wide --json bench/results/binary_digits_wide.json
 
 What is compared (every package built with ``optc.compile``, verified, default settings):
 
@@ -14,10 +15,16 @@ What is compared (every package built with ``optc.compile``, verified, default s
    pipeline. Binary: the ``ai.optc`` op itself (``BinaryConv2d`` / ``BinaryDense`` with the
    sign bits of the same weights and alpha = mean|w| per output channel; the op binarizes its
    float input at run time, so input and output are the same float tensors as fp32).
-2. **digits CNN end to end**: ``models/digits_cnn.onnx`` (fp32, default pipeline) vs
-   ``models/digits_bcnn.onnx`` (``simplify,sign-to-threshold,binarize``), batch 1 and 64;
-   top-1 on ``models/digits_eval.npz`` (``--eval``), weight bytes (tensor payload of the
-   optimized ONNX, i.e. of ``params.bin`` with ``--params separate``) and bits.
+2. **digits CNNs end to end**, each binary model against its fp32 version (same layout):
+   ``digits_wide`` = ``models/digits_cnn_wide.onnx`` vs ``models/digits_bcnn_wide.onnx``
+   (64-128-256 channels, a FINN CNV-like BNN width: the pair the targets are measured on) and
+   ``digits`` = the small bundled ``digits_cnn.onnx`` vs ``digits_bcnn.onnx`` (16-32-64
+   channels: a few microseconds of kernel-call overhead either way). fp32: default pipeline;
+   binary: ``optc.models.bnn.FUSED_PIPELINE`` (``simplify,sign-to-threshold,binarize,
+   fuse-binary-threshold``: thresholds and 2x2 max-pools computed in the binary convolutions'
+   epilogue; ``--binary-passes`` to compare with another pipeline); batch 1 and 64; top-1 on
+   ``models/digits_eval.npz`` (``--eval``), weight bytes (tensor payload of the optimized ONNX,
+   i.e. of ``params.bin`` with ``--params separate``) and bits.
 3. **Per layer** inside the end-to-end models: each kernel call timed by a Relax VM instrument
    (Python callback before/after every call: adds ~1 us per call, so small kernels read high).
 4. **ARM** (``arm`` = Cortex-A72 target): the same packages cross-built, run under
@@ -265,7 +272,7 @@ def arm_check(tmp, name, model_paths, cpu_reps, args, x=None, variants=("fp32", 
         if v not in model_paths:
             continue
         log(f"  arm: {name} {v}")
-        kw = {"inputs": {"input" if "bcnn" in name or "cnn" in name else "x": x}}
+        kw = {"inputs": {"input" if "digits" in name or "cnn" in name else "x": x}}
         if "input_shapes" in model_paths:
             kw["input_shapes"] = model_paths["input_shapes"]
         if "passes" in model_paths and v in model_paths["passes"]:
@@ -293,33 +300,46 @@ def arm_check(tmp, name, model_paths, cpu_reps, args, x=None, variants=("fp32", 
     return res
 
 
-def bench_digits(tmp: Path, args) -> dict:
-    from optc.models.bnn import BINARIZE_PIPELINE
+DIGITS_PAIRS = {
+    # name: (fp32 file, binary file, bnn.json key of the binary model)
+    "digits_wide": ("digits_cnn_wide.onnx", "digits_bcnn_wide.onnx", "digits_bcnn_wide"),
+    "digits": ("digits_cnn.onnx", "digits_bcnn.onnx", "digits_bcnn"),
+}
 
+
+def bench_digits(tmp: Path, args, pair: str = "digits_wide") -> dict:
+    """One fp32 / binary pair of digits CNNs end to end: accuracy, weights, latency (batches x
+    threads), per-kernel breakdown, and on arm the bit-exactness and instruction counts."""
+    from optc.models.bnn import FUSED_PIPELINE
+
+    pipeline = args.binary_passes or FUSED_PIPELINE
     models = REPO / "models"
     eval_npz = models / "digits_eval.npz"
     data = np.load(eval_npz)
-    meta = json.loads((models / "bnn.json").read_text())["models"]["digits_bcnn"]
-    out = {"accuracy": {}, "weights": {}, "latency": {}, "per_layer": {}}
-    variants = {"fp32": (models / "digits_cnn.onnx", None), "binary": (models / "digits_bcnn.onnx", BINARIZE_PIPELINE)}
+    fp32_file, bin_file, key = DIGITS_PAIRS[pair]
+    meta = json.loads((models / "bnn.json").read_text())["models"][key]
+    out = {"models": {"fp32": fp32_file, "binary": bin_file}, "binary_passes": pipeline,
+           "accuracy": {}, "weights": {}, "latency": {}, "per_layer": {}}
+    variants = {"fp32": (models / fp32_file, None), "binary": (models / bin_file, pipeline)}
     reps = {}
     for batch in args.batches:
         for v, (path, passes) in variants.items():
-            log(f"digits {v}: compile for cpu, batch {batch}" + (" with --eval" if batch == 1 else ""))
+            log(f"{pair} {v}: compile for cpu, batch {batch}" + (" with --eval" if batch == 1 else ""))
             kw = {"input_shapes": {"input": (batch, 1, 8, 8)}, "inputs": eval_npz}
             if passes:
                 kw["passes"] = passes
             if batch == 1:
                 kw["eval_data"] = eval_npz
-            reps[(v, batch)] = compile_pkg(path, "cpu", tmp / f"digits.{v}.b{batch}.cpu", **kw)
+            reps[(v, batch)] = compile_pkg(path, "cpu", tmp / f"{pair}.{v}.b{batch}.cpu", **kw)
             if batch == 1:
                 acc = reps[(v, batch)]["accuracy"]
                 out["accuracy"][v] = {"top1": acc["top1"], "samples": acc["samples"], "evaluated_on": acc["evaluated_on"]}
-                sep = compile_pkg(path, "cpu", tmp / f"digits.{v}.sep", params="separate", verify_outputs=False,
+                sep = compile_pkg(path, "cpu", tmp / f"{pair}.{v}.sep", params="separate", verify_outputs=False,
                                   **{k: kw[k] for k in ("input_shapes", "passes") if k in kw})
                 w = weight_info(Path(sep["package"]) / "model.onnx")
                 out["weights"][v] = w | {"params_bin_file_bytes": sep["size_bytes"]["params"],
                                          "library_bytes_embedded": reps[(v, batch)]["size_bytes"]["library"]}
+        out.setdefault("verify", {})[f"batch{batch}"] = {v: reps[(v, batch)]["verify"].get("passed") for v in variants}
         sess = {v: session(reps[(v, batch)]["package"])[0] for v in variants}
         x = data["input"][:batch]
         for th in args.threads:
@@ -328,16 +348,20 @@ def bench_digits(tmp: Path, args) -> dict:
             out["latency"][f"batch{batch}_{th}_threads"] = res | {"speedup": speedup(res)}
             log(f"  batch {batch}, {th} thread(s): fp32 {res['fp32']['median_ms']:.4f} ms, binary "
                 f"{res['binary']['median_ms']:.4f} ms -> {speedup(res)['median']:.1f}x")
+        out["per_layer"][f"batch{batch}"] = {}
+        for th in args.threads:
+            set_threads(th)
+            out["per_layer"][f"batch{batch}"][f"{th}_threads"] = {
+                v: per_layer(reps[(v, batch)]["package"], x) for v in variants}
         set_threads(args.threads[-1])
-        out["per_layer"][f"batch{batch}"] = {v: per_layer(reps[(v, batch)]["package"], x) for v in variants}
     out["accuracy"]["drop_points"] = 100 * (out["accuracy"]["fp32"]["top1"] - out["accuracy"]["binary"]["top1"])
     out["weights"]["ratio_bytes"] = out["weights"]["fp32"]["bytes"] / out["weights"]["binary"]["bytes"]
     out["bnn_json"] = {k: meta[k] for k in ("test_accuracy", "binarized_test_accuracy", "fp32_test_accuracy", "weight_bytes")}
     if args.arm:
         paths = {"fp32": variants["fp32"][0], "binary": variants["binary"][0], "x": data["input"][:1],
-                 "input_shapes": {"input": (1, 1, 8, 8)}, "passes": {"binary": BINARIZE_PIPELINE}}
+                 "input_shapes": {"input": (1, 1, 8, 8)}, "passes": {"binary": pipeline}}
         cpu = {v: reps[(v, 1)] for v in variants}
-        out["arm"] = arm_check(tmp, "digits_cnn", paths, cpu, args, variants=("fp32", "binary"))
+        out["arm"] = arm_check(tmp, pair, paths, cpu, args, variants=("fp32", "binary"))
     return out
 
 
@@ -358,20 +382,32 @@ def table(results: dict) -> str:
                 f"{v} bitwise==x86 {a[v]['bitwise_equal_to_x86_artifact']} insns {(a[v].get('instructions') or {}).get('count')}"
                 for v in ("fp32", "binary", "binary_int") if v in a)
                 + (f"; insn ratio {a['instruction_ratio_fp32_over_binary']:.1f}x" if "instruction_ratio_fp32_over_binary" in a else ""))
-    d = results.get("digits")
-    if d:
-        lines += ["", "== digits CNN end to end (cpu) =="]
+    for pair in DIGITS_PAIRS:
+        d = results.get(pair)
+        if not d:
+            continue
+        lines += ["", f"== {pair} end to end (cpu): {d['models']['fp32']} vs {d['models']['binary']} "
+                      f"({d['binary_passes']}) =="]
         for k, lat in d["latency"].items():
+            sp = lat["speedup"]
             lines.append(f"{k:20s} fp32 {lat['fp32']['median_ms']:.4f} ms  binary {lat['binary']['median_ms']:.4f} ms  "
-                         f"speed-up {lat['speedup']['median']:.1f}x")
+                         f"speed-up {sp['median']:.1f}x (rounds {sp['per_round_min']:.1f}-{sp['per_round_max']:.1f})")
         lines.append(f"top-1 fp32 {d['accuracy']['fp32']['top1']:.4f}  binary {d['accuracy']['binary']['top1']:.4f}  "
                      f"(drop {d['accuracy']['drop_points']:.2f} points)")
-        lines.append(f"weights fp32 {d['weights']['fp32']['bytes']} B  binary {d['weights']['binary']['bytes']} B "
+        lines.append(f"weights fp32 {d['weights']['fp32']['bytes']} B ({d['weights']['fp32']['bits']} bits)  binary "
+                     f"{d['weights']['binary']['bytes']} B ({d['weights']['binary']['bits']} bits) "
                      f"({d['weights']['ratio_bytes']:.1f}x smaller)")
+        for b, per_th in d["per_layer"].items():
+            for th, per in per_th.items():
+                for v, ks in per.items():
+                    lines.append(f"  per kernel {b} {th} {v:6s}: " + ", ".join(f"{k['kernel']} {k['median_us']:.1f}" for k in ks)
+                                 + " us")
         if "arm" in d:
             a = d["arm"]
             lines.append("arm: " + ", ".join(f"{v} verify {a[v]['verify_passed']} bitwise==x86 {a[v]['bitwise_equal_to_x86_artifact']} "
-                                             f"insns {(a[v].get('instructions') or {}).get('count')}" for v in ("fp32", "binary")))
+                                             f"insns {(a[v].get('instructions') or {}).get('count')}" for v in ("fp32", "binary"))
+                         + (f"; instruction ratio {a['instruction_ratio_fp32_over_binary']:.2f}x"
+                            if "instruction_ratio_fp32_over_binary" in a else ""))
     return "\n".join(lines)
 
 
@@ -386,7 +422,9 @@ def main(argv=None) -> int:
                    help="digits CNN batch sizes (default 1,64)")
     p.add_argument("--no-arm", dest="arm", action="store_false", help="skip the aarch64 builds and qemu runs")
     p.add_argument("--no-insn", dest="insn", action="store_false", help="skip qemu instruction counts")
-    p.add_argument("--only", choices=["layers", "digits"], help="run one part")
+    p.add_argument("--only", choices=["layers", *DIGITS_PAIRS], help="run one part")
+    p.add_argument("--binary-passes", default=None,
+                   help="pipeline for the binary digits models (default optc.models.bnn.FUSED_PIPELINE)")
     args = p.parse_args(argv)
     import tvm
 
@@ -404,8 +442,9 @@ def main(argv=None) -> int:
         tmp = Path(td)
         if args.only in (None, "layers"):
             results["layers"] = bench_layers(tmp, args, results)
-        if args.only in (None, "digits"):
-            results["digits"] = bench_digits(tmp, args)
+        for pair in DIGITS_PAIRS:
+            if args.only in (None, pair):
+                results[pair] = bench_digits(tmp, args, pair)
     results["machine"]["load_average_at_end"] = os.getloadavg()
     print(table(results))
     if args.json:

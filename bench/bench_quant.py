@@ -3,7 +3,7 @@
 onnxruntime latency of the QDQ models it writes.
 
     python bench/bench_quant.py                     # everything (~5 min on 2 busy cores)
-    python bench/bench_quant.py --only digits,ocr   # sections: digits, resnet18, ocr
+    python bench/bench_quant.py --only digits,ocr   # sections: digits, resnet18, ocr, int8
     python bench/bench_quant.py --json out.json     # also write the results as JSON
 
 Sections (see bench/README_quant.md for the numbers and how to read them):
@@ -24,11 +24,16 @@ Sections (see bench/README_quant.md for the numbers and how to read them):
   text-mask agreement at the DB threshold 0.3 (detector); and for the classifier the
   mixed-precision search on a separate validation set. Target: >= 99 % agreement.
 
+* **int8**: ResNet-18 as above (``observer=mse``): optc fp32 (TVM), optc int8 (``quantize`` +
+  ``integerize``: optc's integer kernels, ``vpdpbusd`` on AVX-512 VNNI), onnxruntime fp32 and
+  onnxruntime on the QDQ model, 2 threads each, interleaved round by round (a pause and an
+  untimed call before each block, so no runtime pays for the other's spinning threads);
+  medians, ratios, SQNR vs fp32, exactness against the numpy reference, file/library sizes.
+
 Accuracy figures come from onnxruntime twice: graph optimizations off (the QDQ graph computed
 literally, in float: what optc verifies artifacts against) and all optimizations on (onnxruntime
 fuses DQ -> Conv -> Q into QLinearConv and friends: real int8 kernels, what a user deploys).
-optc's own int8 kernels (TVM lowering of the QDQ graph) are part B of the issue: their speed is
-"not yet measured" here.
+optc's own int8 kernels are the int8 section.
 """
 
 from __future__ import annotations
@@ -230,9 +235,107 @@ def bench_resnet18(tmp: Path, calib_n: int = 32, eval_n: int = 32) -> dict:
     lat = interleaved_latency({"float32": fp, "qdq_int8": best}, {"input": ev["input"][:1]})
     lat["ratio_float_over_int8"] = round(lat["float32"]["median_ms"] / lat["qdq_int8"]["median_ms"], 2)
     res["latency_onnxruntime"] = lat
-    res["latency_optc"] = "not yet measured: optc's integer kernels (TVM lowering of the QDQ graph) are part B"
+    res["latency_optc"] = "see the int8 section (optc fp32 vs optc int8 vs onnxruntime, interleaved)"
     log(f"resnet18 latency: float {lat['float32']['median_ms']} ms, int8 {lat['qdq_int8']['median_ms']} ms "
         f"(x{lat['ratio_float_over_int8']}, load {lat['load_average_1min']:.1f})")
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# optc int8 (integerize + TVM integer kernels) vs optc fp32 vs onnxruntime
+
+
+def bench_int8(tmp: Path, calib_n: int = 32, eval_n: int = 8, rounds: int = 10, per_round: int = 10,
+               observer: str = "mse") -> dict:
+    """ResNet-18 (``optc.models.build.export_resnet18``, random weights, 1x3x224x224): optc fp32
+    (TVM, optc's CPU schedules, untuned), optc int8 (``quantize`` + ``integerize``: int8 kernels
+    with vpdpbusd on this CPU), onnxruntime fp32 and onnxruntime on the QDQ model (it fuses
+    the QDQ pairs into its own int8 kernels): THREADS threads each, interleaved round by round;
+    SQNR of the int8 logits vs fp32 on eval_n inputs."""
+    import tvm
+    from tvm import relax
+
+    from optc.backends.tvm import int8 as tvm_int8
+    from optc.backends.tvm import lower, schedule
+    from optc.models.build import export_resnet18
+    from optc.passes.quant.integerize import integerize_model
+    from optc.targets import get_target
+
+    path = export_resnet18(tmp / "resnet18.onnx", overwrite=True)
+    fp = prepare(path, {})
+    rng = np.random.default_rng(0)
+    calib = {"input": rng.standard_normal((calib_n, 3, 224, 224)).astype(np.float32)}
+    ev = np.random.default_rng(1).standard_normal((eval_n, 3, 224, 224)).astype(np.float32)
+    q, _ = quantize_model(fp, calib, observer=observer)  # mse: the observer that meets 30 dB here
+    im, det = integerize_model(q)
+    spec = [frontend.TensorSpec("input", "float32", (1, 3, 224, 224))]
+    target = get_target("cpu")
+    schedule.set_num_threads(THREADS)
+    res: dict = {"model": "ResNet-18 (random weights), 1x3x224x224", "threads": THREADS,
+                 "quantize": f"w8a8 per-channel, uint8 activations, observer={observer}, {calib_n} calibration inputs",
+                 "integer_layers": len(det["layers"]), "float_layers": det["float_layers"],
+                 "isa": tvm_int8.isa_of(lower.tvm_target(target)),
+                 "onnx_bytes": {"fp32": size_bytes(fp), "qdq": size_bytes(q), "integerized": size_bytes(im)}}
+    vms = {}
+    for name, model in (("optc_fp32", fp), ("optc_int8", im)):
+        t0 = time.perf_counter()
+        exe, _ = lower.build(model, spec, target, embed_params=True)
+        vm = relax.VirtualMachine(exe, tvm.cpu())
+        vms[name] = vm["main"]
+        exe.export_library(str(tmp / f"{name}.so"))
+        res[f"{name}_library_bytes"] = (tmp / f"{name}.so").stat().st_size
+        res[f"{name}_build_seconds"] = round(time.perf_counter() - t0, 1)
+        log(f"int8 bench: built {name} in {res[f'{name}_build_seconds']} s")
+    ort_fp, ort_q = session(fp, True), session(q, True)
+    # fidelity: optc int8 (TVM) and onnxruntime int8 vs fp32, and optc int8 vs its numpy reference
+    ref = outputs(fp, {"input": ev})[0]
+    mine = np.concatenate([vms["optc_int8"](tvm.runtime.tensor(ev[i:i + 1])).numpy() for i in range(eval_n)])
+    theirs = np.concatenate([ort_q.run(None, {"input": ev[i:i + 1]})[0] for i in range(eval_n)])
+    qdq = outputs(q, {"input": ev})[0]
+    from optc import verify
+
+    numpy_ref = verify.reference_outputs(im, {"input": ev[:1]})[0]
+    res["sqnr_db"] = {"optc_int8_vs_fp32": round(sqnr_db(ref, mine), 2),
+                      "ort_int8_vs_fp32": round(sqnr_db(ref, theirs), 2),
+                      "qdq_float_vs_fp32": round(sqnr_db(ref, qdq), 2)}
+    res["top1_agreement_optc_int8_vs_fp32"] = float(np.mean(top1(ref) == top1(mine)))
+    res["optc_int8_vs_numpy_reference_max_abs"] = float(np.abs(mine[:1] - numpy_ref).max())
+    res["optc_int8_vs_qdq_float_max_abs"] = float(np.abs(mine - qdq).max())
+    x1 = ev[:1]
+    feeds = {"input": x1}
+    targs = tvm.runtime.tensor(x1)
+    calls = {"optc_fp32": lambda: vms["optc_fp32"](targs), "optc_int8": lambda: vms["optc_int8"](targs),
+             "ort_fp32": lambda: ort_fp.run(None, feeds), "ort_int8": lambda: ort_q.run(None, feeds)}
+    for f in calls.values():
+        for _ in range(5):
+            f()
+    times = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, f in calls.items():
+            # Each runtime's idle worker threads spin for a while after a call and steal the 2
+            # cores from the next runtime: pause, then one untimed call, before each block.
+            time.sleep(0.05)
+            f()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                f()
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    lat = {}
+    for k, t in times.items():
+        t = sorted(t)
+        lat[k] = {"median_ms": round(statistics.median(t), 3), "p10_ms": round(t[len(t) // 10], 3),
+                  "p90_ms": round(t[(9 * len(t)) // 10], 3), "n": len(t)}
+    lat["method"] = (f"{THREADS} threads (TVM pool / onnxruntime intra-op), 5 warm-up, {rounds} interleaved rounds "
+                     f"x {per_round} calls per runtime (each block after a 50 ms pause and one untimed call), "
+                     "wall clock per call; onnxruntime graph optimizations all")
+    lat["load_average_1min"] = os.getloadavg()[0]
+    med = {k: lat[k]["median_ms"] for k in calls}
+    lat["ratios"] = {"optc_fp32_over_optc_int8": round(med["optc_fp32"] / med["optc_int8"], 2),
+                     "optc_int8_over_ort_int8": round(med["optc_int8"] / med["ort_int8"], 2),
+                     "ort_fp32_over_ort_int8": round(med["ort_fp32"] / med["ort_int8"], 2)}
+    res["latency"] = lat
+    log("int8 bench: " + ", ".join(f"{k} {v} ms" for k, v in med.items()) + f"; ratios {lat['ratios']}; "
+        f"SQNR {res['sqnr_db']} (load {lat['load_average_1min']:.1f})")
     return res
 
 
@@ -431,7 +534,7 @@ def bench_ocr(n_eval: int = 300, n_det: int = 40, n_calib: int = 64, mixed: bool
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="digits,resnet18,ocr", help="comma-separated sections")
+    ap.add_argument("--only", default="digits,resnet18,ocr,int8", help="comma-separated sections")
     ap.add_argument("--json", metavar="PATH", help="write results as JSON")
     args = ap.parse_args(argv)
     import onnxruntime
@@ -439,7 +542,7 @@ def main(argv=None) -> int:
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                            "cores": os.cpu_count(), "load_average_1min_at_start": os.getloadavg()[0]},
                "versions": {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
-               "optc_int8_vs_optc_fp32": "not yet measured (part B: integer lowering in TVM)"}
+               "optc_int8_vs_optc_fp32": "see the int8 section (--only int8)"}
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -449,6 +552,8 @@ def main(argv=None) -> int:
             results["resnet18"] = bench_resnet18(Path(tmp))
         if "ocr" in sections:
             results["ocr"] = bench_ocr()
+        if "int8" in sections:
+            results["int8"] = bench_int8(Path(tmp))
     results["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(results, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
     print(text)

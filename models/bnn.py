@@ -13,8 +13,14 @@ model's settings, so the build is self-contained and deterministic), exported wi
 and checked: accuracy of the exported file in onnxruntime, and of the graph after
 ``simplify,sign-to-threshold,binarize`` (onnx ReferenceEvaluator with optc's ops).
 
-``python -m optc.models.bnn [--out DIR] [--force]`` writes ``digits_bcnn.onnx``,
-``digits_bmlp.onnx`` and ``bnn.json`` (accuracy, sizes, settings).
+* :class:`DigitsBCNNWide` / :class:`DigitsCNNWide` — a realistic BNN width (64-128-256
+  channels, FINN CNV-like) on the same 8x8 digits, binary and its fp32 version with the *same*
+  layout: the pair on which end-to-end speed and instruction counts are compared (the small
+  DigitsBCNN is a few microseconds of kernel-call overhead either way).
+
+``python -m optc.models.bnn [--out DIR] [--force] [--which all|small|wide]`` writes
+``digits_bcnn.onnx``, ``digits_bmlp.onnx`` and ``bnn.json`` (small), ``digits_cnn_wide.onnx``
+and ``digits_bcnn_wide.onnx`` merged into ``bnn.json`` (wide).
 """
 
 from __future__ import annotations
@@ -33,11 +39,15 @@ from torch import nn
 
 from optc import bnn
 
-__all__ = ["DigitsBCNN", "DigitsBMLP", "BNN_CONFIG", "BNN_FILES", "BINARIZE_PIPELINE", "build_binary",
+__all__ = ["DigitsBCNN", "DigitsBMLP", "DigitsCNNWide", "DigitsBCNNWide", "BNN_CONFIG", "WIDE_FILES", "BNN_FILES", "BINARIZE_PIPELINE", "FUSED_PIPELINE", "build_binary",
            "weight_bytes", "binarized", "main"]
 
 BINARIZE_PIPELINE = "simplify,sign-to-threshold,binarize"
+# for the CPU/ARM (TVM) builds: thresholds and max-pools fused into the binary convolutions
+FUSED_PIPELINE = BINARIZE_PIPELINE + ",fuse-binary-threshold"
 BNN_FILES = ("digits_bcnn.onnx", "digits_bmlp.onnx", "bnn.json")
+WIDE_FILES = ("digits_cnn_wide.onnx", "digits_bcnn_wide.onnx")
+WIDTHS = (64, 128, 256)  # FINN CNV-like widths (CNV: 64-64-128-128-256-256)
 BNN_CONFIG: dict[str, Any] = {
     "teacher": {"class": "DigitsCNN", "seed": 0, "epochs": 20, "lr": 3e-3},
     "models": {
@@ -45,6 +55,14 @@ BNN_CONFIG: dict[str, Any] = {
                         "batch_size": 64, "distill": {"temperature": 4.0, "weight": 0.7}},
         "digits_bmlp": {"class": "DigitsBMLP", "fp32": "digits_mlp", "seed": 0, "epochs": 60, "lr": 1e-2,
                         "batch_size": 64, "distill": {"temperature": 4.0, "weight": 0.7}},
+    },
+    # A realistic BNN shape and its fp32 version (same layout, ReLU instead of Sign, float
+    # weights): the pair the end-to-end speed / instruction targets are measured on.
+    "wide": {
+        "fp32": {"name": "digits_cnn_wide", "class": "DigitsCNNWide", "seed": 0, "epochs": 20, "lr": 3e-3,
+                 "batch_size": 64},
+        "binary": {"name": "digits_bcnn_wide", "class": "DigitsBCNNWide", "seed": 0, "epochs": 40, "lr": 3e-3,
+                   "batch_size": 64, "distill": {"temperature": 4.0, "weight": 0.7}},
     },
 }
 
@@ -65,6 +83,51 @@ class DigitsBCNN(nn.Module):
             nn.Flatten(),
         )
         self.classifier = bnn.BinaryLinear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class DigitsCNNWide(nn.Module):
+    """fp32 version of :class:`DigitsBCNNWide` (identical layout, ReLU, float weights):
+    conv 1->64 -> conv 64->128 -> max-pool -> conv 128->256 -> max-pool -> Linear(1024, 10),
+    each conv followed by BatchNorm + ReLU."""
+
+    def __init__(self, num_classes: int = 10, widths=WIDTHS) -> None:
+        super().__init__()
+        c1, c2, c3 = widths
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(),
+            nn.MaxPool2d(2),  # 8x8 -> 4x4
+            nn.Conv2d(c2, c3, 3, padding=1, bias=False), nn.BatchNorm2d(c3), nn.ReLU(),
+            nn.MaxPool2d(2),  # 4x4 -> 2x2
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(c3 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class DigitsBCNNWide(nn.Module):
+    """Binary :class:`DigitsCNNWide` (a FINN CNV-like width, 64-128-256 channels): float first
+    conv, BatchNorm + Sign activations, binary conv2/conv3, binary Linear(1024, 10) + float
+    bias."""
+
+    def __init__(self, num_classes: int = 10, widths=WIDTHS) -> None:
+        super().__init__()
+        c1, c2, c3 = widths
+        sign = bnn.SignActivation
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), sign(),  # float first layer
+            bnn.BinaryConv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), sign(),
+            nn.MaxPool2d(2),  # 8x8 -> 4x4
+            bnn.BinaryConv2d(c2, c3, 3, padding=1, bias=False), nn.BatchNorm2d(c3), sign(),
+            nn.MaxPool2d(2),  # 4x4 -> 2x2
+            nn.Flatten(),
+        )
+        self.classifier = bnn.BinaryLinear(c3 * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -124,13 +187,65 @@ def _accuracy(run, x, y) -> tuple[float, int]:
 # build
 
 
+def _train_binary(cfg: dict, teacher, data, out: pathlib.Path, *, force: bool, fp32_path: pathlib.Path,
+                  fp32_acc: float, fp32_bytes: int, teacher_text: str) -> dict[str, Any]:
+    """Train one binary model of ``cfg`` (distilled from ``teacher``), export it to
+    ``out/NAME.onnx`` and measure it: its ``bnn.json`` record (accuracy in onnxruntime, after the
+    binarize pipeline with optc's numpy ops, weights against ``fp32_path``)."""
+    import onnxruntime as ort
+
+    from optc.models import digits
+    from optc.passes.optc_ops import reference_evaluator
+
+    x_train, y_train, x_test, y_test = data
+    torch.manual_seed(cfg["seed"])
+    model = globals()[cfg["class"]]()
+    t0 = time.perf_counter()
+    bnn.train(model, x_train, y_train, epochs=cfg["epochs"], lr=cfg["lr"], seed=cfg["seed"],
+              batch_size=cfg["batch_size"], teacher=teacher, temperature=cfg["distill"]["temperature"],
+              distill_weight=cfg["distill"]["weight"])
+    seconds = time.perf_counter() - t0
+    torch_acc = digits.accuracy(model, x_test, y_test)
+    path = out / f"{cfg['name']}.onnx"
+    bnn.export(model, path, overwrite=force)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    acc, correct = _accuracy(lambda x: sess.run(None, {"input": x})[0], x_test, y_test)
+    rewritten, records = binarized(path)
+    ev = reference_evaluator(rewritten)
+    bacc, bcorrect = _accuracy(lambda x: ev.run(None, {"input": x})[0], x_test, y_test)
+    bin_bytes = weight_bytes(rewritten)
+    return {
+        "file": path.name,
+        "class": f"optc.models.bnn.{cfg['class']}",
+        "input": {"name": "input", "shape": ["N", 1, 8, 8], "dtype": "float32"},
+        "output": {"name": "logits", "shape": ["N", 10], "dtype": "float32"},
+        "test_accuracy": acc,
+        "test_correct": correct,
+        "torch_test_accuracy": torch_acc,
+        "binarized_test_accuracy": bacc,
+        "binarized_test_correct": bcorrect,
+        "binarized_evaluated_with": "onnx ReferenceEvaluator + optc.passes.optc_ops",
+        "fp32_model": fp32_path.name,
+        "fp32_test_accuracy": fp32_acc,
+        "accuracy_drop_points": round(100 * (fp32_acc - bacc), 3),
+        "weight_bytes": {"fp32_model_after_default_pipeline": fp32_bytes, "binarized": bin_bytes,
+                         "ratio": round(fp32_bytes / bin_bytes, 2)},
+        "rewrites": {r.name: r.details for r in records if r.details},
+        "seed": cfg["seed"], "epochs": cfg["epochs"], "lr": cfg["lr"], "batch_size": cfg["batch_size"],
+        "training": f"Adam, cosine lr to 0, distillation from {teacher_text} (KL at T, weight below, "
+                    "+ cross-entropy), latent weights clipped to [-1, 1], 1 thread",
+        "distill": cfg["distill"],
+        "train_seconds": round(seconds, 1),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+
+
 def build_binary(out_dir=None, *, force: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Train DigitsBCNN and DigitsBMLP, export them and write :data:`BNN_FILES`."""
     import onnx
     import onnxruntime as ort
 
     from optc.models import MODELS_DIR, build, digits, zoo
-    from optc.passes.optc_ops import reference_evaluator
 
     out = pathlib.Path(out_dir) if out_dir is not None else MODELS_DIR
     build._check_free([out / n for n in BNN_FILES], force)
@@ -146,54 +261,76 @@ def build_binary(out_dir=None, *, force: bool = False, verbose: bool = False) ->
         "models": {},
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
     }
+    data = (x_train, y_train, x_test, y_test)
     for name, cfg in BNN_CONFIG["models"].items():
-        torch.manual_seed(cfg["seed"])
-        model = globals()[cfg["class"]]()
-        t0 = time.perf_counter()
-        bnn.train(model, x_train, y_train, epochs=cfg["epochs"], lr=cfg["lr"], seed=cfg["seed"],
-                  batch_size=cfg["batch_size"], teacher=teacher, temperature=cfg["distill"]["temperature"],
-                  distill_weight=cfg["distill"]["weight"])
-        seconds = time.perf_counter() - t0
-        torch_acc = digits.accuracy(model, x_test, y_test)
-        path = out / f"{name}.onnx"
-        bnn.export(model, path, overwrite=force)
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        acc, correct = _accuracy(lambda x: sess.run(None, {"input": x})[0], x_test, y_test)
-        rewritten, records = binarized(path)
-        ev = reference_evaluator(rewritten)
-        bacc, bcorrect = _accuracy(lambda x: ev.run(None, {"input": x})[0], x_test, y_test)
         fp32_path = MODELS_DIR / f"{cfg['fp32']}.onnx"
+        fp32_acc = fp32_meta[cfg["fp32"]]["test_accuracy"]
         fp32_bytes = weight_bytes(binarized(fp32_path, "simplify,fold-constants,fuse-bn,dce")[0])
-        bin_bytes = weight_bytes(rewritten)
-        meta["models"][name] = {
-            "file": path.name,
-            "class": f"optc.models.bnn.{cfg['class']}",
-            "input": {"name": "input", "shape": ["N", 1, 8, 8], "dtype": "float32"},
-            "output": {"name": "logits", "shape": ["N", 10], "dtype": "float32"},
-            "test_accuracy": acc,
-            "test_correct": correct,
-            "torch_test_accuracy": torch_acc,
-            "binarized_test_accuracy": bacc,
-            "binarized_test_correct": bcorrect,
-            "binarized_evaluated_with": "onnx ReferenceEvaluator + optc.passes.optc_ops",
-            "fp32_model": fp32_path.name,
-            "fp32_test_accuracy": fp32_meta[cfg["fp32"]]["test_accuracy"],
-            "accuracy_drop_points": round(100 * (fp32_meta[cfg["fp32"]]["test_accuracy"] - bacc), 3),
-            "weight_bytes": {"fp32_model_after_default_pipeline": fp32_bytes, "binarized": bin_bytes,
-                             "ratio": round(fp32_bytes / bin_bytes, 2)},
-            "rewrites": {r.name: r.details for r in records if r.details},
-            "seed": cfg["seed"], "epochs": cfg["epochs"], "lr": cfg["lr"], "batch_size": cfg["batch_size"],
-            "training": "Adam, cosine lr to 0, distillation from the fp32 teacher (KL at T, weight below, "
-                        "+ cross-entropy), latent weights clipped to [-1, 1], 1 thread",
-            "distill": cfg["distill"],
-            "train_seconds": round(seconds, 1),
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        }
+        entry = _train_binary({**cfg, "name": name}, teacher, data, out, force=force, fp32_path=fp32_path,
+                              fp32_acc=fp32_acc, fp32_bytes=fp32_bytes, teacher_text="the fp32 teacher")
+        meta["models"][name] = entry
         if verbose:
-            print(f"{name}: {cfg['epochs']} epochs in {seconds:.0f} s; accuracy onnx {acc:.4f}, after "
-                  f"{BINARIZE_PIPELINE} {bacc:.4f} (fp32 {fp32_meta[cfg['fp32']]['test_accuracy']:.4f}); "
-                  f"weights {fp32_bytes} -> {bin_bytes} bytes -> {path}")
+            print(f"{name}: {cfg['epochs']} epochs in {entry['train_seconds']:.0f} s; accuracy onnx "
+                  f"{entry['test_accuracy']:.4f}, after {BINARIZE_PIPELINE} {entry['binarized_test_accuracy']:.4f} "
+                  f"(fp32 {fp32_acc:.4f}); weights {fp32_bytes} -> {entry['weight_bytes']['binarized']} bytes "
+                  f"-> {out / entry['file']}")
     build._write_atomic(out / "bnn.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+def build_wide(out_dir=None, *, force: bool = False, verbose: bool = False) -> dict[str, Any]:
+    """Train :class:`DigitsCNNWide` (fp32) and :class:`DigitsBCNNWide` (distilled from it), export
+    :data:`WIDE_FILES` and merge their records into ``bnn.json`` (``models.digits_bcnn_wide``,
+    ``fp32_models.digits_cnn_wide``). The other binary models' files are not touched."""
+    import onnxruntime as ort
+
+    from optc.export import export_torch
+    from optc.models import MODELS_DIR, build, digits
+
+    out = pathlib.Path(out_dir) if out_dir is not None else MODELS_DIR
+    build._check_free([out / n for n in WIDE_FILES], force)
+    x_train, y_train, x_test, y_test = digits.load_digits_split()
+    fcfg, bcfg = BNN_CONFIG["wide"]["fp32"], BNN_CONFIG["wide"]["binary"]
+
+    def ort_acc(path):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return _accuracy(lambda x: sess.run(None, {"input": x})[0], x_test, y_test)
+
+    torch.manual_seed(fcfg["seed"])
+    fp32 = globals()[fcfg["class"]]()
+    t0 = time.perf_counter()
+    digits.train(fp32, x_train, y_train, epochs=fcfg["epochs"], lr=fcfg["lr"], seed=fcfg["seed"],
+                 batch_size=fcfg["batch_size"])
+    fp32_seconds = time.perf_counter() - t0
+    fp32_path = out / f"{fcfg['name']}.onnx"
+    axes = {"input": {0: "N"}, "logits": {0: "N"}}
+    export_torch(fp32.eval(), torch.zeros(1, 1, 8, 8), fp32_path, input_names=["input"], output_names=["logits"],
+                 dynamic_axes=axes, overwrite=force, keep_batchnorm=True)
+    fp32_acc, fp32_correct = ort_acc(fp32_path)
+    fp32_bytes = weight_bytes(binarized(fp32_path, "simplify,fold-constants,fuse-bn,dce")[0])
+
+    entry = _train_binary(bcfg, fp32, (x_train, y_train, x_test, y_test), out, force=force, fp32_path=fp32_path,
+                          fp32_acc=fp32_acc, fp32_bytes=fp32_bytes, teacher_text="the fp32 wide model")
+    meta_path = out / "bnn.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"models": {}}
+    meta.setdefault("fp32_models", {})[fcfg["name"]] = {
+        "file": fp32_path.name, "class": f"optc.models.bnn.{fcfg['class']}",
+        "input": {"name": "input", "shape": ["N", 1, 8, 8], "dtype": "float32"},
+        "output": {"name": "logits", "shape": ["N", 10], "dtype": "float32"},
+        "params": int(sum(p.numel() for p in fp32.parameters())),
+        "test_accuracy": fp32_acc, "test_correct": fp32_correct,
+        "seed": fcfg["seed"], "epochs": fcfg["epochs"], "lr": fcfg["lr"], "batch_size": fcfg["batch_size"],
+        "training": "Adam, cosine lr to 0, cross-entropy, 1 thread (optc.models.digits.train)",
+        "train_seconds": round(fp32_seconds, 1),
+        "sha256": hashlib.sha256(fp32_path.read_bytes()).hexdigest(),
+    }
+    meta["models"][bcfg["name"]] = entry
+    build._write_atomic(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+    if verbose:
+        print(f"{fcfg['name']}: accuracy {fp32_acc:.4f} ({fp32_seconds:.0f} s); {bcfg['name']}: onnx "
+              f"{entry['test_accuracy']:.4f}, "
+              f"after {BINARIZE_PIPELINE} {entry['binarized_test_accuracy']:.4f} ({entry['train_seconds']:.0f} s); "
+              f"weights {fp32_bytes} -> {entry['weight_bytes']['binarized']} bytes")
     return meta
 
 
@@ -205,9 +342,15 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Train and export the binary digits models.")
     parser.add_argument("--out", type=pathlib.Path, default=MODELS_DIR, help=f"output folder (default {MODELS_DIR})")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    parser.add_argument("--which", choices=["all", "small", "wide"], default="all",
+                        help="small: digits_bcnn/digits_bmlp (+ bnn.json); wide: the 64-128-256 pair "
+                             "(merged into bnn.json); all: both (default)")
     args = parser.parse_args(argv)
     try:
-        build_binary(args.out, force=args.force, verbose=True)
+        if args.which in ("all", "small"):
+            build_binary(args.out, force=args.force, verbose=True)
+        if args.which in ("all", "wide"):
+            build_wide(args.out, force=args.force, verbose=True)
     except OptcError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

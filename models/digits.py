@@ -56,35 +56,14 @@ def train(
 
     The model's current weights are used as they are (build it under ``torch.manual_seed``
     for reproducible initial weights, as :mod:`optc.models.build` does). The learning rate
-    follows a cosine schedule from ``lr`` to 0 over ``epochs``.
+    follows a cosine schedule from ``lr`` to 0 over ``epochs``; one thread, seeded shuffling.
+    This is :func:`optc.bnn.train` without a teacher (its latent-weight clipping touches only
+    binary / k-bit layers, which a float model has none of).
     """
-    import torch
-    import torch.nn.functional as F
+    from optc.bnn import train as train_any
 
-    xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-        model.train()
-        n = len(xt)
-        for _ in range(epochs):
-            perm = torch.randperm(n, generator=gen)
-            for start in range(0, n, batch_size):
-                idx = perm[start : start + batch_size]
-                if len(idx) < 2:  # BatchNorm needs more than one sample per batch
-                    continue
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(xt[idx]), yt[idx])
-                loss.backward()
-                opt.step()
-            sched.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
+    return train_any(model, x, y, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size,
+                     weight_decay=weight_decay)
 
 
 def predict(model, x, batch_size: int = 512) -> np.ndarray:

@@ -40,6 +40,13 @@ Two separate, checkable steps (FINN's ``ConvertSignToThres`` then
     thresholds; an FPGA needs no multiplier there). A Sign read this way becomes a
     SignThreshold with the same tie caveat as ``sign-to-threshold`` (Sign(0) = 0).
 
+``fuse-binary-threshold`` (for code generators: the TVM CPU/ARM builds)
+    ``BinaryConv2d -> SignThreshold [-> MaxPool]`` -> ``BinaryConv2dThreshold`` (FINN's MVTU
+    with thresholds): the comparison with the integer thresholds and a following
+    non-overlapping max-pool move into the conv's epilogue. Exact: MaxPool of +-1 values is the
+    OR of the comparisons. Needs fold-scales (no alpha/bias on the conv). Kept separate from
+    ``binarize`` so backends that want the unfused ops (the FPGA generator) still get them.
+
 ``binarize<post-training>`` (lossy)
     First turns a float model into a binary one: every Conv/Gemm/MatMul with constant weights
     (except the first and last, unless ``keep-first-last=false``) gets weights
@@ -640,3 +647,81 @@ class Binarize(Pass):
                     "skipped": skipped}
         self.details = details
         return ir.passes.PassResult(model, modified or bool(counts) or bool(folded))
+
+
+# ---------------------------------------------------------------------------------------------
+# fuse-binary-threshold
+
+
+def _pool_shape(pool: ir.Node) -> tuple[int, int] | str:
+    """(PH, PW) of a MaxPool that is a plain non-overlapping window (floor mode), else why not."""
+    ks = [int(v) for v in _attr(pool, "kernel_shape", ())]
+    strides = [int(v) for v in (_attr(pool, "strides", None) or ks)]
+    pads = [int(v) for v in (_attr(pool, "pads", None) or (0, 0, 0, 0))]
+    dil = [int(v) for v in (_attr(pool, "dilations", None) or (1, 1))]
+    if (len(ks) != 2 or strides != ks or any(pads) or dil != [1, 1] or _attr(pool, "ceil_mode", 0)
+            or _attr(pool, "auto_pad", "NOTSET") != "NOTSET"):
+        return "MaxPool is not a non-overlapping window without padding (floor mode)"
+    if len(pool.outputs) > 1 and pool.outputs[1].uses():
+        return "MaxPool indices are used"
+    return ks[0], ks[1]
+
+
+def fuse_threshold_rule(graph: ir.Graph, conv: ir.Node) -> str | None:
+    """``BinaryConv2d(X, W) -> SignThreshold(., T[, D]) [-> MaxPool]`` -> one
+    ``BinaryConv2dThreshold``; returns None when rewritten, else why the pattern did not match."""
+    if len(conv.inputs) > 2 and any(v is not None for v in conv.inputs[2:]):
+        return "conv has alpha/bias (run binarize with fold-scales first)"
+    users = list(conv.outputs[0].uses())
+    if conv.outputs[0].is_graph_output() or len(users) != 1 or _key(users[0].node) != (ops.DOMAIN, "SignThreshold"):
+        return "conv output is not read by exactly one SignThreshold"
+    thr = users[0].node
+    if users[0].idx != 0 or any(_const(v) is None for v in thr.inputs[1:] if v is not None):
+        return "thresholds are not constant"
+    last, pool_shape = thr, (1, 1)
+    t_users = list(thr.outputs[0].uses())
+    if not thr.outputs[0].is_graph_output() and len(t_users) == 1 and _key(t_users[0].node) == ("", "MaxPool"):
+        res = _pool_shape(t_users[0].node)
+        if not isinstance(res, str):
+            last, pool_shape = t_users[0].node, res
+    attrs = {a.name: a.value for a in conv.attributes.values()}
+    inputs = [conv.inputs[0], conv.inputs[1], thr.inputs[1]] + ([thr.inputs[2]] if len(thr.inputs) > 2 and thr.inputs[2] is not None else [])
+    new = ir.node("BinaryConv2dThreshold", inputs, attributes={**attrs, "pool_shape": list(pool_shape)},
+                  domain=ops.DOMAIN, name=f"{conv.name or 'conv'}_threshold")
+    out = last.outputs[0]
+    new.outputs[0].shape, new.outputs[0].type = out.shape, out.type
+    ir.convenience.replace_nodes_and_values(graph, last, [last], [new], [out], [new.outputs[0]])
+    for n in (thr, conv):
+        if n is not last and n.graph is not None and not any(o.uses() for o in n.outputs):
+            graph.remove(n, safe=True)
+    return None
+
+
+@register_pass("fuse-binary-threshold")
+class FuseBinaryThreshold(Pass):
+    """Fuse each binary convolution with the threshold activation that reads it and a following
+    non-overlapping MaxPool into one ``BinaryConv2dThreshold`` (FINN's MVTU with thresholds).
+
+    Assumes: ``binarize`` ran with fold-scales (the conv outputs the exact integer dot and the
+    threshold is an integer comparator). Guarantees: identical outputs (+-1): MaxPool of +-1
+    values is the OR of the threshold bits, so pooling after the comparison is exact. Kernels
+    then compare and pool in the conv's epilogue: no float conv output, no separate threshold
+    or pooling kernel. Idempotent (the fused op is not matched again).
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        count, pooled, skipped = 0, 0, []
+        for node in list(graph):
+            if node.graph is None or _key(node) != (ops.DOMAIN, "BinaryConv2d"):
+                continue
+            reason = fuse_threshold_rule(graph, node)
+            if reason is None:
+                count += 1
+            else:
+                skipped.append(f"{node.name or node.op_type}: {reason}")
+        for node in graph:
+            if _key(node) == (ops.DOMAIN, "BinaryConv2dThreshold") and list(_attr(node, "pool_shape", [1, 1])) != [1, 1]:
+                pooled += 1
+        self.details = {"rewrites": count, "with_pool": pooled, "skipped": skipped}
+        return ir.passes.PassResult(model, bool(count))

@@ -42,6 +42,16 @@ Ops
     input} sum_c sign(x[b, c, ih, iw]) * sign(w[n, c, kh, kw]) + B[n]`` with
     ``ih = oh * stride_h - pad_top + kh * dilation_h`` (same for w). Output float32 NCHW.
 
+``BinaryConv2dThreshold(X, W, T[, D]) -> Y``  (attributes of BinaryConv2d plus ``pool_shape``
+[PH, PW], default [1, 1])
+    A binary convolution with its threshold activation and an optional max-pool fused (what
+    ``fuse-binary-threshold`` makes of ``BinaryConv2d -> SignThreshold [-> MaxPool]``; FINN's
+    MVTU with thresholds). ``Y = MaxPool_{PH x PW, stride PH x PW}(SignThreshold(
+    BinaryConv2d(X, W), T, D))``: the integer conv output (no alpha, no bias) is compared with
+    the (integer) thresholds, output float32 +-1 NCHW ``[N_b, N, floor(OH / PH), floor(OW / PW)]``
+    (as MaxPool with ceil_mode 0: trailing rows/columns that fill no window are dropped). Since
+    the values are +-1, the max-pool is an OR of the threshold bits.
+
 ``BitserialDense(X, W, w_scale, w_offset[, B]) -> Y``  (attributes ``in_features`` K,
 ``act_bits`` ab, ``weight_bits`` wb, ``act_scale`` s_a)
     k-bit operands, both unsigned codes. Activations: ``q_a = clip(round(X / s_a), 0,
@@ -271,6 +281,21 @@ class BinaryConv2d(OpRun):
         return (_finish(acc, alpha, B, 1),)
 
 
+class BinaryConv2dThreshold(OpRun):
+    op_domain = DOMAIN
+
+    def _run(self, X, W, T, D=None, in_channels=None, kernel_shape=None, pads=None,  # noqa: N803
+             strides=None, dilations=None, pool_shape=None):
+        xbits = pack_bits(np.asarray(X).transpose(0, 2, 3, 1) >= 0, axis=-1)
+        wt = conv_weight_taps(W, in_channels, kernel_shape)
+        acc = binary_conv2d_int(xbits, wt, in_channels, kernel_shape, pads, strides, dilations)
+        y = SignThreshold._run(self, acc.astype(np.float32), T, D)[0]
+        ph, pw = (1, 1) if pool_shape is None else (int(pool_shape[0]), int(pool_shape[1]))
+        b, n, oh, ow = y.shape
+        y = y[:, :, :oh // ph * ph, :ow // pw * pw].reshape(b, n, oh // ph, ph, ow // pw, pw).max(axis=(3, 5))
+        return (y.astype(np.float32),)
+
+
 class BitserialDense(OpRun):
     op_domain = DOMAIN
 
@@ -303,7 +328,7 @@ class BitserialConv2d(OpRun):
         return (y.astype(np.float32),)
 
 
-OPS = [SignThreshold, BinaryDense, BinaryConv2d, BitserialDense, BitserialConv2d]
+OPS = [SignThreshold, BinaryDense, BinaryConv2d, BinaryConv2dThreshold, BitserialDense, BitserialConv2d]
 OP_TYPES = tuple(op.__name__ for op in OPS)
 
 
@@ -317,7 +342,9 @@ def reference_evaluator(model, **kwargs):
     """``onnx.reference.ReferenceEvaluator`` for ``model`` with optc's ops registered."""
     from onnx.reference import ReferenceEvaluator
 
-    return ReferenceEvaluator(model, new_ops=OPS, **kwargs)
+    from optc.passes.quant.int_ops import OPS as INT_OPS  # integer ops (integerize)
+
+    return ReferenceEvaluator(model, new_ops=OPS + INT_OPS, **kwargs)
 
 
 def run_op(op_type: str, *inputs: np.ndarray | None, **attributes) -> np.ndarray:

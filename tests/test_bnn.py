@@ -157,13 +157,14 @@ def _meta():
     return json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("name", ["digits_bcnn", "digits_bmlp"])
+@pytest.mark.parametrize("name", ["digits_bcnn", "digits_bmlp", "digits_bcnn_wide"])
 def test_bundled_binary_models(name):
     meta = _meta()["models"][name]
     data = np.load(MODELS_DIR / "digits_eval.npz")
     x, y = data["input"], data["label"]
     path = MODELS_DIR / meta["file"]
-    assert path.stat().st_size < 300_000
+    # the exported files keep float weights (+-alpha): the wide model's 1.5 MB packs to 51 kB
+    assert path.stat().st_size < (2_000_000 if name.endswith("_wide") else 300_000)
     (logits,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})
     acc = float((logits.argmax(1) == y).mean())
     assert acc == pytest.approx(meta["test_accuracy"])
@@ -175,5 +176,42 @@ def test_bundled_binary_models(name):
     got = ops.reference_evaluator(rewritten).run(None, {"input": x})[0]
     np.testing.assert_allclose(got, logits, atol=1e-4, rtol=1e-4)  # the rewrite is exact
     assert weight_bytes(rewritten) == meta["weight_bytes"]["binarized"]
-    if name == "digits_bcnn":
+    if name in ("digits_bcnn", "digits_bcnn_wide"):
         assert meta["weight_bytes"]["ratio"] >= 20
+
+
+def test_wide_pair_same_architecture_and_fused_pipeline_exact():
+    """digits_bcnn_wide and its fp32 version digits_cnn_wide have the same layers (weight shapes);
+    the fused CPU pipeline (thresholds + max-pools inside the binary convs) gives the same logits
+    as the plain binarize pipeline."""
+    import onnx
+    from onnx import numpy_helper
+
+    from optc.models.bnn import BINARIZE_PIPELINE, FUSED_PIPELINE, binarized
+
+    meta = _meta()
+    fp32_meta = meta["fp32_models"]["digits_cnn_wide"]
+    bin_meta = meta["models"]["digits_bcnn_wide"]
+    assert bin_meta["fp32_model"] == fp32_meta["file"]
+
+    def layer_shapes(path):
+        m = onnx.load(str(MODELS_DIR / path))
+        inits = {t.name: numpy_helper.to_array(t).shape for t in m.graph.initializer}
+        return [(n.op_type, inits[n.input[1]]) for n in m.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+
+    shapes = layer_shapes(fp32_meta["file"])
+    assert shapes == layer_shapes(bin_meta["file"])
+    assert [s[1][0] for s in shapes] == [64, 128, 256, 10]
+    data = np.load(MODELS_DIR / "digits_eval.npz")
+    x, y = data["input"], data["label"]
+    (logits,) = ort.InferenceSession(str(MODELS_DIR / fp32_meta["file"]), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})
+    assert float((logits.argmax(1) == y).mean()) == pytest.approx(fp32_meta["test_accuracy"])
+    assert fp32_meta["test_accuracy"] - bin_meta["binarized_test_accuracy"] <= 0.03
+    plain, _ = binarized(MODELS_DIR / bin_meta["file"], BINARIZE_PIPELINE)
+    fused, records = binarized(MODELS_DIR / bin_meta["file"], FUSED_PIPELINE)
+    assert records[-1].details["rewrites"] == 2 and records[-1].details["with_pool"] == 2
+    assert [n.op_type for n in fused.graph.node if n.domain == ops.DOMAIN] == [
+        "SignThreshold", "BinaryConv2dThreshold", "BinaryConv2dThreshold", "BinaryDense"]
+    np.testing.assert_array_equal(ops.reference_evaluator(fused).run(None, {"input": x})[0],
+                                  ops.reference_evaluator(plain).run(None, {"input": x})[0])

@@ -119,6 +119,14 @@ def test_modeled_binary_ai_optc_ops():
     c = model_energy(m)["breakdown"]["counts"]
     assert c["macs"]["binary"] == 4 * 36 * 8 * 9 and c["binary_ops"] == 4 * c["macs"]["binary"]
 
+    # BinaryConv2dThreshold (binary conv + threshold + 2x2 max pool fused): MACs of the unpooled
+    # conv, output shape pooled
+    attrs = {"in_channels": 8, "kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1],
+             "dilations": [1, 1], "pool_shape": [2, 2]}
+    m = _optc_model("BinaryConv2dThreshold", attrs, np.zeros((4, 3, 3, 1), np.uint64), [1, 8, 6, 6], [1, 4, 3, 3])
+    c = model_energy(m)["breakdown"]["counts"]
+    assert c["macs"] == {"fp32": 0, "int8": 0, "binary": 4 * 36 * 8 * 9}
+
     # an ai.optc op whose MACs cannot be known is named in the notes, not counted as free silently
     m = _optc_model("Mystery", {}, np.zeros((4, 1), np.uint64), [1, 64], [1, 4])
     assert any("no known MAC count" in n for n in model_energy(m)["notes"])
@@ -349,3 +357,28 @@ def test_arm_instruction_count(tmp_path, conv_model):
     x = np.load(out / "sample_inputs.npz")["x"]
     again = qemu_plugin.count_instructions(out / "model.so", [x], qemu_cpu="cortex-a72", bundle=out / "runner")
     assert abs(again["count"] - ins["count"]) <= 100
+
+
+def test_modeled_integer_ai_optc_ops():
+    # IntDense / IntConv2d (passes/quant/int_ops.py): int8 x int8 -> int32 MACs, int8 weights
+    w = np.zeros((4, 16), np.int8)
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.zeros(4, np.int32), "B"),
+             numpy_helper.from_array(np.ones(4, np.int32), "M"), numpy_helper.from_array(np.ones(4, np.int32), "S")]
+    nodes = [helper.make_node("IntDense", ["x", "W", "B", "M", "S"], ["y"], name="fc", domain="ai.optc")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [2, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, [2, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
+    c = model_energy(m)["breakdown"]["counts"]
+    assert c["macs"] == {"fp32": 0, "int8": 2 * 4 * 16, "binary": 0}
+    assert c["weight_bytes"] >= 64  # int8 weights: one byte each
+
+    wc = np.zeros((8, 1, 3, 3), np.int8)  # depthwise, group 8
+    inits = [numpy_helper.from_array(wc, "W"), numpy_helper.from_array(np.zeros(8, np.int32), "B"),
+             numpy_helper.from_array(np.ones(8, np.int32), "M"), numpy_helper.from_array(np.ones(8, np.int32), "S")]
+    nodes = [helper.make_node("IntConv2d", ["x", "W", "B", "M", "S"], ["y"], name="dw", domain="ai.optc",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=8)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 8, 5, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 8, 5, 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
+    c = model_energy(m)["breakdown"]["counts"]
+    assert c["macs"]["int8"] == 8 * 25 * 9

@@ -72,6 +72,9 @@ def compile(
     tune: int = 0,
     tune_seconds: float | None = None,
     tuning_db: str | os.PathLike | None = None,
+    rpc: str | None = None,
+    rpc_key: str | None = None,
+    rpc_tracker: str | None = None,
 ) -> dict:
     """Compile an ONNX model for ``target`` into the package directory ``out_dir``.
 
@@ -79,6 +82,9 @@ def compile(
     for bad input (nothing is written then), VerificationError if the artifact's outputs differ
     from onnxruntime's beyond ``atol + rtol * max|ref|``. With ``eval_data`` (an .npz of inputs,
     plus ``label`` for accuracy) the report gets an ``accuracy`` section (see optc.accuracy).
+    With ``rpc`` (HOST:PORT of a TVM RPC server) or ``rpc_tracker`` (HOST:PORT, with ``rpc_key``)
+    the artifact is verified and timed on that remote device (see optc.backends.tvm.rpc), and
+    ``tune`` measures its candidates there.
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -94,6 +100,11 @@ def compile(
 
     backend = get_backend(tgt.backend)
     backend.check_environment(tgt)
+    # quantize on a CPU/ARM target: append integerize (real int8 kernels), see its docstring
+    from optc.passes.quant.integerize import auto_integerize
+
+    specs = auto_integerize(specs, tgt, backend)
+    remote = _remote(tgt, rpc, rpc_key, rpc_tracker)
     import contextlib
 
     tuning = contextlib.ExitStack()
@@ -103,17 +114,37 @@ def compile(
         from optc.backends.tvm import tune as tvm_tune
 
         tuning.enter_context(tvm_tune.database_root(tuning_db))
-        tuning.enter_context(tvm_tune.request(tune, tune_seconds))
+        tuning.enter_context(tvm_tune.request(tune, tune_seconds, start=time.time() - (time.perf_counter() - t_start),
+                                              rpc=rpc, tracker=rpc_tracker, key=rpc_key))
     with tuning, writer as tmp:
         report = _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
                                verify_outputs, atol, rtol, measure, progress, timings, t_start,
-                               eval_data, eval_limit, power_watts)
+                               eval_data, eval_limit, power_watts, remote=remote)
     return report | {"package": str(writer.dest)}
+
+
+def _remote(tgt: Target, rpc, rpc_key, rpc_tracker):
+    """The TVM RPC remote asked for (None: run here); UsageError for a non-TVM target."""
+    if not (rpc or rpc_tracker or rpc_key):
+        return None
+    if not tgt.backend.startswith("tvm"):
+        raise UsageError(f"--rpc needs a TVM target, not {tgt.name} ({tgt.backend})")
+    from optc.backends.tvm import rpc as tvm_rpc
+
+    return tvm_rpc.Remote.from_options(rpc, rpc_key, rpc_tracker)
+
+
+def _load_session(backend, pkg: Path, manifest: dict, remote):
+    if remote is None:
+        return backend.load(pkg, manifest)
+    from optc.backends.tvm import rpc as tvm_rpc
+
+    return tvm_rpc.open_remote(pkg, manifest, remote)
 
 
 def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params, verify_outputs,
                   atol, rtol, measure, progress, timings, t_start, eval_data, eval_limit,
-                  power_watts=None) -> dict:
+                  power_watts=None, remote=None) -> dict:
 
     with progress.step("load and check model"):
         t0 = time.perf_counter()
@@ -182,7 +213,7 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
         "files_by_role": built.files | {"onnx": "model.onnx", "sample_inputs": "sample_inputs.npz"},
         "source_model": {"path": str(model), "sha256": artifact.sha256(Path(model))},
     }
-    session = backend.load(tmp, manifest)
+    session = _load_session(backend, tmp, manifest, remote)
     order = [s.name for s in in_specs]
     args = [sample[n] for n in order]
     out_names = [s.name for s in out_specs]
@@ -212,8 +243,7 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
             else:
                 verdict = verify.compare(outs, refs, out_names, atol, rtol)
             verdict["inputs"] = input_source
-            verdict["reference"] = "onnxruntime " + (_versions()["onnxruntime"] or "") + \
-                " CPU, graph optimizations off, on the " + (
+            verdict["reference"] = verify.reference_name(reference_model) + ", on the " + (
                     f"optimized ONNX model: the pipeline has lossy passes ({', '.join(lossy)}); "
                     "fidelity to the original is reported apart" if lossy else "original model")
             np.savez(tmp / "sample_outputs.npz", **dict(zip(out_names, refs)))
@@ -240,7 +270,9 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
     summary = analysis.summarize(optimized)
     latency = _latency(tgt, session, args, summary, measure, progress)
     from .energy import report_section  # energy per inference: measured, supplied power or modeled
-    energy = report_section(tgt, summary, latency, model=optimized, session=session, args=args, measure=measure,
+    # a remote device's energy cannot be metered from here (session None: modeled)
+    energy = report_section(tgt, summary, latency, model=optimized, session=None if remote else session,
+                            args=args, measure=measure,
                             power_watts=power_watts, package=tmp, manifest=manifest, progress=progress)
     sizes = {role: (tmp / rel).stat().st_size for role, rel in manifest["files_by_role"].items()
              if role in ("library", "params", "onnx")}
@@ -272,6 +304,8 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
         "inputs": manifest["inputs"],
         "outputs": manifest["outputs"],
     }
+    if remote is not None:
+        session.close()  # the server serves one session at a time
     artifact.write_json(tmp / artifact.REPORT, report)
     manifest["files"] = artifact.file_table(tmp)
     artifact.write_json(tmp / artifact.MANIFEST, manifest)
@@ -326,6 +360,17 @@ def _fidelity(original, optimized, sample, out_names) -> dict:
 def _latency(tgt: Target, session, args, summary: dict, measure: bool, progress: Progress) -> dict:
     """Latency as the target allows: measured here, or modeled (labelled, with its source)."""
     runnable = getattr(session, "runnable", True)
+    if getattr(session, "remote", None) is not None:  # TVM RPC: timed on the remote device
+        if not measure:
+            return {"method": "not measured", "reason": "--no-measure", "source": session.source()}
+        with progress.step(f"measure latency on {session.remote.describe()}"):
+            out = session.latency(args, warmup=3, repeat=20)
+        out = out | _stats(out.pop("times_s"))
+        if out["method"] != "measured" and tgt.peak is not None:  # emulated: keep the model beside it
+            out["modeled_ms"] = analysis.roofline_seconds(summary["layers"], tgt.peak.fp32_gflops,
+                                                          tgt.peak.mem_gbps) * 1e3
+            out["modeled_source"] = "roofline lower bound from " + tgt.peak.source
+        return out
     if tgt.latency == "simulated":  # FPGA: RTL-simulated cycles at the placed-and-routed clock
         return session.latency()
     if tgt.latency == "measured" or (tgt.latency == "measured-if-gpu" and runnable):
@@ -400,9 +445,14 @@ def run(pkg: str | os.PathLike, inputs: str | os.PathLike | Mapping[str, np.ndar
 
 
 def bench(pkg: str | os.PathLike, *, warmup: int = 5, repeat: int = 50, rounds: int = 5,
-          threads: int | None = None, compare_ort: bool = True) -> dict:
+          threads: int | None = None, compare_ort: bool = True, rpc: str | None = None,
+          rpc_key: str | None = None, rpc_tracker: str | None = None) -> dict:
     """Latency of a package and, beside it, onnxruntime's on the package's ONNX model with the
-    same inputs and thread count, interleaved in ``rounds`` so machine noise hits both alike."""
+    same inputs and thread count, interleaved in ``rounds`` so machine noise hits both alike.
+    With ``rpc``/``rpc_tracker`` the package runs on that TVM RPC server instead, timed there by
+    ``time_evaluator`` (no onnxruntime beside it: it would run on another machine)."""
+    if rpc or rpc_tracker or rpc_key:
+        return _bench_remote(pkg, warmup, repeat, rpc, rpc_key, rpc_tracker)
     threads = threads or host_cores()
     if threads != host_cores():
         os.environ["TVM_NUM_THREADS"] = str(threads)
@@ -456,6 +506,20 @@ def bench(pkg: str | os.PathLike, *, warmup: int = 5, repeat: int = 50, rounds: 
 
         result["modeled"] = json.loads((pkg / artifact.REPORT).read_text()).get("latency")
     return result
+
+
+def _bench_remote(pkg, warmup: int, repeat: int, rpc, rpc_key, rpc_tracker) -> dict:
+    pkg = Path(pkg)
+    manifest = artifact.read_package(pkg)
+    tgt = get_target(manifest["target"]["name"])
+    session = _load_session(None, pkg, manifest, _remote(tgt, rpc, rpc_key, rpc_tracker))
+    specs = [frontend.TensorSpec.from_json(d) for d in manifest["inputs"]]
+    sample = verify.load_inputs(pkg / manifest["files_by_role"]["sample_inputs"])
+    with session:
+        lat = session.latency([sample[s.name] for s in specs], warmup=warmup, repeat=repeat)
+    return {"package": str(pkg), "target": tgt.name, "threads": None, "method": lat["method"] + ": " + lat["how"],
+            "source": lat["source"], **({"note": lat["note"]} if "note" in lat else {}),
+            "optc": _stats(lat["times_s"])}
 
 
 def inspect(model: str | os.PathLike, input_shapes: Mapping[str, tuple[int, ...]] | None = None,

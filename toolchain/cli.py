@@ -51,6 +51,7 @@ def cmd_compile(args) -> int:
         atol=args.atol, rtol=args.rtol, measure=not args.no_measure, force=args.force,
         eval_data=args.eval, eval_limit=args.eval_limit, power_watts=args.power_watts,
         progress=_progress(args), tune=args.tune, tune_seconds=args.tune_seconds, tuning_db=args.tuning_db,
+        rpc=args.rpc, rpc_key=args.rpc_key, rpc_tracker=args.rpc_tracker,
     )
     out = args.output or report.get("package")
     if args.json:
@@ -75,7 +76,8 @@ def cmd_compile(args) -> int:
                   + ", ".join(f"{k} {v:.1f} dB" for k, v in a["sqnr_db"].items()))
     if "median_ms" in lat:
         extra = f", emulated run {lat['emulated_ms']:.1f} ms (not ARM latency)" if "emulated_ms" in lat else ""
-        print(f"  latency: {lat['median_ms']:.3f} ms ({lat['method']}){extra}")
+        print(f"  latency: {lat['median_ms']:.3f} ms ({lat['method']}){extra}"
+              + (f" on {lat['source']}" if "source" in lat and lat["method"] != "modeled" else ""))
     if "instructions" in lat and "count" in lat["instructions"]:
         print(f"  executed instructions: {lat['instructions']['count']:,} per inference ({lat['instructions']['method']})")
     energy = report.get("energy")
@@ -110,12 +112,14 @@ def cmd_bench(args) -> int:
     from . import api
 
     res = api.bench(args.package, warmup=args.warmup, repeat=args.repeat, rounds=args.rounds,
-                    threads=args.threads, compare_ort=not args.no_ort)
+                    threads=args.threads, compare_ort=not args.no_ort, rpc=args.rpc, rpc_key=args.rpc_key,
+                    rpc_tracker=args.rpc_tracker)
     if args.json:
         _print_json(res)
         return 0
     o = res["optc"]
-    print(f"{res['package']} ({res['target']}, {res['threads']} threads; {res['method']})")
+    print(f"{res['package']} ({res['target']}, " + (f"{res['threads']} threads; " if res["threads"] else "")
+          + f"{res['method']})" + (f"\n  on {res['source']}" if "source" in res else ""))
     print(f"  optc:        median {o['median_ms']:.3f} ms  (p10 {o['p10_ms']:.3f}, p90 {o['p90_ms']:.3f}, n={o['repeat']})")
     if "onnxruntime" in res:
         r = res["onnxruntime"]
@@ -184,11 +188,18 @@ def cmd_targets(args) -> int:
     return 0
 
 
+def _rpc_args(parser, what: str) -> None:
+    parser.add_argument("--rpc", metavar="HOST:PORT", help=what)
+    parser.add_argument("--rpc-key", metavar="KEY", help="the RPC device key (a server's --key)")
+    parser.add_argument("--rpc-tracker", metavar="HOST:PORT", help="reach the server through a TVM RPC "
+                        "tracker (with --rpc-key)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="optc",
         description="optc: compile ONNX models with prune/quantize/binarize passes to verified "
-                    "Apache TVM artifacts for x86 CPU and 64-bit ARM.",
+                    "Apache TVM artifacts for x86 CPU, 64-bit ARM and NVIDIA GPUs, and to bit-serial FPGA hardware.",
         epilog=_exit_codes_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -229,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tune-seconds", type=float, metavar="S", help="time budget for --tune")
     c.add_argument("--tuning-db", metavar="DIR", help="tuning databases' root (default ~/.cache/optc/tuning; "
                    "used automatically when it has records for this target)")
+    _rpc_args(c, "verify and time the artifact on a TVM RPC server (a board, a GPU host)")
     c.add_argument("--no-verify", action="store_true", help="skip verification against onnxruntime")
     c.add_argument("--no-measure", action="store_true", help="skip latency measurement")
     c.add_argument("-f", "--force", action="store_true", help="replace the output directory if it exists")
@@ -249,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     b.add_argument("--threads", type=int, help="threads for both runtimes (default: all cores)")
     b.add_argument("--no-ort", action="store_true", help="do not run onnxruntime beside it")
+    _rpc_args(b, "time the package on a TVM RPC server (a board, a GPU host) with time_evaluator")
     b.add_argument("--json", action="store_true", help="print results as JSON")
 
     i = add("inspect", cmd_inspect, "show ops, parameters, MACs/FLOPs per layer and memory of a model")

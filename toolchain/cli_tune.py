@@ -35,7 +35,7 @@ def cmd_tune(args) -> int:
     from .frontend import parse_shape_args
 
     if args.rpc and args.tracker:
-        raise UsageError("give --rpc HOST:PORT or --tracker HOST:PORT, not both")
+        raise UsageError("give --rpc HOST:PORT or --rpc-tracker HOST:PORT, not both")
     log = (lambda msg: None) if args.quiet else None
     res = tune(args.model, args.target, trials=args.trials, seconds=args.tune_seconds, passes=args.passes,
                input_shapes=parse_shape_args(args.input_shape or []), db=args.db, rpc=args.rpc,
@@ -52,6 +52,35 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_rpc_server(args) -> int:
+    """Serve the aarch64 optc_rpc_server under qemu-user until interrupted."""
+    from optc.backends.tvm import rpc
+
+    from .errors import UsageError
+    from .targets import get_target
+
+    tgt = get_target(args.target)
+    if not tgt.qemu_cpu:
+        raise UsageError(f"rpc-server emulates an ARM target under qemu; {tgt.name} is not one")
+    srv = rpc.start_qemu_server(tgt.qemu_cpu, host=args.host, port=args.port, key=args.key,
+                                tracker=args.tracker)
+    print(f"optc rpc-server: aarch64 optc_rpc_server under qemu-aarch64 -cpu {tgt.qemu_cpu} on {srv.address}, "
+          f"key {srv.key!r} (times from it are EMULATED, not {tgt.name} latency); Ctrl-C stops it", flush=True)
+    import signal
+
+    def _stop(signum, frame):  # SIGTERM: stop the server too, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        srv.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.stop()
+    return 0
+
+
 def add_commands(add) -> None:
     t = add("tune", cmd_tune, "MetaSchedule-tune a model's fused functions for a TVM CPU target into the "
             "tuning database (resumable; later `optc compile` runs use it)")
@@ -63,6 +92,15 @@ def add_commands(add) -> None:
     t.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help="bind an input's shape")
     t.add_argument("--db", metavar="DIR", help="tuning databases' root (default ~/.cache/optc/tuning)")
     t.add_argument("--rpc", metavar="HOST:PORT", help="measure on a TVM RPC server (e.g. an ARM board)")
-    t.add_argument("--tracker", metavar="HOST:PORT", help="measure on a board registered with a TVM RPC tracker")
+    t.add_argument("--tracker", "--rpc-tracker", dest="tracker", metavar="HOST:PORT",
+                   help="measure on a board registered with a TVM RPC tracker")
     t.add_argument("--rpc-key", metavar="KEY", help="the RPC device key")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s = add("rpc-server", cmd_rpc_server, "run optc's aarch64 TVM RPC server under qemu-user here, for "
+            "`--rpc` compile/bench/tune without a board (emulated times; a real board runs "
+            "runner/optc_rpc_server from an ARM package)")
+    s.add_argument("-t", "--target", default="arm", help="ARM target whose core qemu emulates (default arm)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=9090, help="port (default 9090; 0: any free port)")
+    s.add_argument("--key", help="device key (default qemu-<core>)")
+    s.add_argument("--tracker", metavar="HOST:PORT", help="register with a TVM RPC tracker")

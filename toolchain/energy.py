@@ -81,7 +81,10 @@ _INTEGER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", 
 _VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 _BINARY_HINTS = ("bitserial", "binary", "binar", "xnor", "popcount", "bnn")
 # optc's own ops (passes/optc_ops.py): packed binary / bit-serial layers and elementwise helpers.
-_OPTC_MAC_OPS = {"BinaryDense", "BinaryConv2d", "BitserialDense", "BitserialConv2d"}
+_OPTC_MAC_OPS = {"BinaryDense", "BinaryConv2d", "BitserialDense", "BitserialConv2d", "BinaryConv2dThreshold"}
+# optc's integer layers (passes/quant/int_ops.py): int8 x int8 -> int32 MACs.
+_OPTC_INT_OPS = {"IntConv2d", "IntDense"}
+_POOL_SUFFIX = "__optc_energy_pool"  # the MaxPool half of a surrogate BinaryConv2dThreshold
 _OPTC_ELEMENTWISE = {"SignThreshold"}
 _REQUANT_FUSABLE = {"Relu", "Clip"}  # clamps folded into an integer layer's requantization
 _NOT_QDQ_GROUP = {"QuantizeLinear", "DequantizeLinear", "Constant", *_VIEW_OPS}
@@ -104,39 +107,53 @@ def _attr_ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]
 
 def surrogate_for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy in which optc's ``ai.optc`` layers are standard ops of the same output shape and
-    MAC count (BinaryConv2d/BitserialConv2d -> Conv, BinaryDense/BitserialDense -> MatMul,
-    SignThreshold -> Identity) with shape-only dummy weights (graph inputs, no data), so that
-    ONNX shape inference and :func:`optc.analysis.layer_costs` see through them. Node order and
-    tensor names are kept."""
+    MAC count (BinaryConv2d/BitserialConv2d/IntConv2d -> Conv, BinaryDense/BitserialDense/IntDense
+    -> MatMul, SignThreshold -> Identity, BinaryConv2dThreshold -> Conv + MaxPool) with
+    shape-only dummy weights (graph inputs, no data), so that ONNX shape inference and
+    :func:`optc.analysis.layer_costs` see through them. Tensor names are kept; a fused
+    BinaryConv2dThreshold becomes two nodes (the Conv keeps the name, its output is new)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
     dims = {i.name: list(i.dims) for i in g.initializer}
     for vi in g.input:
         dims.setdefault(vi.name, [d.dim_value for d in vi.type.tensor_type.shape.dim])
+    nodes = []
     for k, n in enumerate(g.node):
-        if not n.domain.startswith("ai.optc") or n.op_type not in _OPTC_MAC_OPS | _OPTC_ELEMENTWISE:
+        if not n.domain.startswith("ai.optc") or n.op_type not in _OPTC_MAC_OPS | _OPTC_ELEMENTWISE | _OPTC_INT_OPS:
+            nodes.append(n)
             continue
         if n.op_type in _OPTC_ELEMENTWISE:
-            new = onnx.helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name)
-        else:
-            w = dims.get(n.input[1]) if len(n.input) > 1 else None
-            if not w:
-                continue
-            dummy = f"__optc_energy_shape_{k}"
-            if n.op_type.endswith("Conv2d"):
-                c = _int_attr(n, "in_channels") or 0
-                ks = _attr_ints(n, "kernel_shape", [1, 1])
-                shape = [w[0], c, *ks]
-                new = onnx.helper.make_node("Conv", [n.input[0], dummy], [n.output[0]], name=n.name,
-                                            kernel_shape=ks, pads=_attr_ints(n, "pads", [0, 0, 0, 0]),
-                                            strides=_attr_ints(n, "strides", [1, 1]),
-                                            dilations=_attr_ints(n, "dilations", [1, 1]))
+            nodes.append(onnx.helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
+            continue
+        w = dims.get(n.input[1]) if len(n.input) > 1 else None
+        if not w:
+            nodes.append(n)
+            continue
+        dummy = f"__optc_energy_shape_{k}"
+        if n.op_type.endswith("Conv2d") or n.op_type == "BinaryConv2dThreshold":
+            ks = _attr_ints(n, "kernel_shape", [1, 1])
+            group = 1
+            if n.op_type == "IntConv2d":
+                shape, group = list(w), _int_attr(n, "group") or 1
             else:
-                shape = [_int_attr(n, "in_features") or 0, w[0]]
-                new = onnx.helper.make_node("MatMul", [n.input[0], dummy], [n.output[0]], name=n.name)
-            g.input.append(onnx.helper.make_tensor_value_info(dummy, onnx.TensorProto.FLOAT, shape))
-        g.node[k].CopyFrom(new)
+                shape = [w[0], _int_attr(n, "in_channels") or 0, *ks]
+            pooled = n.op_type == "BinaryConv2dThreshold" and _attr_ints(n, "pool_shape", [1, 1]) != [1, 1]
+            conv_out = f"__optc_energy_conv_{k}" if pooled else n.output[0]
+            nodes.append(onnx.helper.make_node("Conv", [n.input[0], dummy], [conv_out], name=n.name,
+                                               kernel_shape=ks, pads=_attr_ints(n, "pads", [0, 0, 0, 0]),
+                                               strides=_attr_ints(n, "strides", [1, 1]), group=group,
+                                               dilations=_attr_ints(n, "dilations", [1, 1])))
+            if pooled:
+                pool = _attr_ints(n, "pool_shape", [1, 1])
+                nodes.append(onnx.helper.make_node("MaxPool", [conv_out], [n.output[0]], name=n.name + _POOL_SUFFIX,
+                                                   kernel_shape=pool, strides=pool))
+        else:
+            shape = [w[1], w[0]] if n.op_type == "IntDense" else [_int_attr(n, "in_features") or 0, w[0]]
+            nodes.append(onnx.helper.make_node("MatMul", [n.input[0], dummy], [n.output[0]], name=n.name))
+        g.input.append(onnx.helper.make_tensor_value_info(dummy, onnx.TensorProto.FLOAT, shape))
+    del g.node[:]
+    g.node.extend(nodes)
     return m
 
 
@@ -158,6 +175,8 @@ def _precision(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto]) -> str
             return "binary"
         if node.op_type in _OPTC_ELEMENTWISE:
             return "fp32"
+        if node.op_type in _OPTC_INT_OPS:
+            return "int8"
         text = (node.domain + "." + node.op_type).lower()
         return "binary" if any(h in text for h in _BINARY_HINTS) else "int8"
     if node.op_type in _INTEGER_OPS:
@@ -219,7 +238,10 @@ def model_energy(model: onnx.ModelProto) -> dict:
     graph_inputs = {i.name for i in g.input} - weights
     graph_outputs = {o.name for o in g.output}
 
-    costs = iter(layer_costs(surrogate))
+    # One cost per node of the original graph: the pool half of a fused surrogate is dropped
+    # (its compares are part of the fused binary layer's threshold work).
+    surrogate_layers = [n for n in surrogate.graph.node if n.op_type != "Constant"]
+    costs = iter([c for c, n in zip(layer_costs(surrogate), surrogate_layers) if not n.name.endswith(_POOL_SUFFIX)])
     layer_of: dict[int, Any] = {}
     for idx, n in enumerate(g.node):
         if n.op_type != "Constant":
@@ -372,7 +394,7 @@ def model_energy(model: onnx.ModelProto) -> dict:
         "quantize": quant_elems * QUANT_PJ,
         **compute_extra,
     }
-    if any(precision_of[i] == "int8" and g.node[i].op_type not in _INTEGER_OPS for i in precision_of):
+    if any(precision_of[i] == "int8" and not g.node[i].domain and g.node[i].op_type in _MAC_OPS for i in precision_of):
         notes.append("QDQ layers are charged as integer kernels (int8 x int8 -> int32, requantized): what an "
                      "integer runtime spends; a backend that dequantizes and computes in fp32 (TVM 0.27 "
                      "does for QDQ Conv/MatMul) spends more on arithmetic")

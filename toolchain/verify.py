@@ -43,6 +43,15 @@ def ort_session(model: onnx.ModelProto | str | Path, *, threads: int | None = No
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
+def reference_name(model: onnx.ModelProto) -> str:
+    """Which engine :func:`reference_outputs` runs for ``model`` (recorded in reports)."""
+    if any(n.domain == "ai.optc" for n in model.graph.node):
+        return "onnx ReferenceEvaluator with optc's numpy implementations of its ai.optc ops"
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__} CPU, graph optimizations off"
+
+
 def reference_outputs(model: onnx.ModelProto | str | Path, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """onnxruntime's outputs (graph optimizations off) for ``inputs``; a model with optc's own
     ``ai.optc`` ops (which onnxruntime cannot run) goes to onnx's ReferenceEvaluator with

@@ -7,8 +7,9 @@ How it works
   exported by :func:`export_aarch64` with Debian's cross compiler
   (``tvm.support.cc.cross_compiler("aarch64-linux-gnu-g++")``) into an aarch64 ``.so``.
 * **Runtime bundle.** :func:`runtime_bundle` builds, once per (apache-tvm, apache-tvm-ffi,
-  runner source) triple, a directory holding ``optc_runner`` (``runner/optc_runner.cc``,
-  cross-compiled), ``libtvm_runtime.so`` and ``libtvm_ffi.so`` taken from the *aarch64 wheels*
+  program sources) triple, a directory holding ``optc_runner`` (``runner/optc_runner.cc``,
+  cross-compiled), ``optc_rpc_server`` (``runner/optc_rpc_server.cc``: a TVM RPC server for a
+  board, or for qemu-user here, see ``rpc.py``), ``libtvm_runtime.so`` and ``libtvm_ffi.so`` taken from the *aarch64 wheels*
   of the same versions as installed on the host (``pip download --platform
   manylinux_2_28_aarch64``), plus ``libtvm_runtime_extra.so`` (optional: sort/topk/random
   kernels) and ``bundle.json``. The runner's RUNPATH is ``$ORIGIN:$ORIGIN/lib``, so the bundle
@@ -58,6 +59,7 @@ QEMU = "qemu-aarch64"
 SYSROOT = "/usr/aarch64-linux-gnu"
 WHEEL_PLATFORM = "manylinux_2_28_aarch64"
 RUNNER_NAME = "optc_runner"
+RPC_SERVER_NAME = "optc_rpc_server"
 BUNDLE_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
 OPTIONAL_LIBS = ("libtvm_runtime_extra.so",)
 CXX_FLAGS = ("-std=c++17", "-O2", "-fPIC", "-Wall")
@@ -85,6 +87,16 @@ def runner_source() -> Path:
     return Path(__file__).resolve().parent / "runner" / "optc_runner.cc"
 
 
+def rpc_server_source() -> Path:
+    """Path of the RPC server's C++ source (``runner/optc_rpc_server.cc``, see rpc.py)."""
+    return Path(__file__).resolve().parent / "runner" / "optc_rpc_server.cc"
+
+
+def _programs() -> tuple[tuple[str, Path], ...]:
+    """(binary name, C++ source) of each program cross-built into the bundle."""
+    return ((RUNNER_NAME, runner_source()), (RPC_SERVER_NAME, rpc_server_source()))
+
+
 def _versions() -> tuple[str, str]:
     from importlib import metadata
 
@@ -104,14 +116,16 @@ def _default_cache_root() -> Path:
 
 
 def _bundle_key(tvm_ver: str, ffi_ver: str) -> str:
-    h = hashlib.sha256(runner_source().read_bytes())
+    h = hashlib.sha256()
+    for name, src in _programs():
+        h.update(name.encode() + b"\0" + src.read_bytes())
     h.update(repr((CXX_FLAGS, LINK_FLAGS, WHEEL_PLATFORM)).encode())
     return f"{tvm_ver}-{ffi_ver}-{h.hexdigest()[:12]}"
 
 
 def _bundle_complete(d: Path) -> bool:
     return (d / "bundle.json").is_file() and all(
-        (d / n).is_file() for n in (RUNNER_NAME, *BUNDLE_LIBS)
+        (d / n).is_file() for n in (*(p for p, _ in _programs()), *BUNDLE_LIBS)
     )
 
 
@@ -197,12 +211,13 @@ def _build_bundle(tvm_ver: str, ffi_ver: str, work: Path, progress: Progress) ->
     includes = [x / "tvm_ffi/include"]
     if (x / "tvm_ffi/3rdparty/dlpack/include").is_dir():
         includes.append(x / "tvm_ffi/3rdparty/dlpack/include")
-    cmd = [CROSS_CXX, *CXX_FLAGS, *[f"-I{p}" for p in includes], str(runner_source()),
-           "-o", str(out / RUNNER_NAME), f"-L{out}", *LINK_FLAGS]  # fmt: skip
-    _say(progress, f"cross-compiling {RUNNER_NAME} with {CROSS_CXX}")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ToolchainError(f"building {RUNNER_NAME} failed: {_tail(proc.stderr)}")
+    for name, src in _programs():
+        cmd = [CROSS_CXX, *CXX_FLAGS, *[f"-I{p}" for p in includes], str(src),
+               "-o", str(out / name), f"-L{out}", *LINK_FLAGS]  # fmt: skip
+        _say(progress, f"cross-compiling {name} with {CROSS_CXX}")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ToolchainError(f"building {name} failed: {_tail(proc.stderr)}")
     (out / "bundle.json").write_text(
         json.dumps(
             {
@@ -210,6 +225,8 @@ def _build_bundle(tvm_ver: str, ffi_ver: str, work: Path, progress: Progress) ->
                 "apache-tvm-ffi": ffi_ver,
                 "platform": WHEEL_PLATFORM,
                 "runner_sha256": hashlib.sha256(runner_source().read_bytes()).hexdigest(),
+                "sources_sha256": {name: hashlib.sha256(src.read_bytes()).hexdigest()
+                                   for name, src in _programs()},
                 "cxx": CROSS_CXX,
                 "cxx_flags": list(CXX_FLAGS),
                 "link_flags": list(LINK_FLAGS),
@@ -228,7 +245,7 @@ def runtime_bundle(cache_dir: Path | None = None, progress: Progress = None) -> 
 
     Built on first use (downloads two wheels, ~100 MB, and cross-compiles the runner) and cached
     under ``cache_dir`` (default ``$OPTC_CACHE_DIR/arm-runtime`` or ``~/.cache/optc/arm-runtime``)
-    in ``<tvm-version>-<ffi-version>-<hash of runner source and flags>``. ``progress`` is an
+    in ``<tvm-version>-<ffi-version>-<hash of the program sources and flags>``. ``progress`` is an
     optional callable receiving one-line status messages.
     """
     tvm_ver, ffi_ver = _versions()

@@ -29,6 +29,13 @@ opaque so Relax's FuseOps does not merge them into other functions):
   meets, and a small table per (channel, border row class, border column class) subtracts
   exactly that; the count of valid taps per output position gives the ``C * taps`` term.
 
+* **conv2d + threshold + max-pool** (``BinaryConv2dThreshold``, from ``fuse-binary-threshold``):
+  the same popcount tile, with an epilogue that compares the exact integer dot with the integer
+  thresholds and ORs the comparisons over each pool window (max of +-1 values), written in the
+  output expression so the output block stays spatial: the tile of R pooled columns computes
+  R x PH x PW popcount positions in registers (R chosen so that stays <= TILE_COLS), and
+  neither the integer conv output nor the pre-pool activation is ever stored.
+
 The schedules do not depend on the target: vectors are 8 x u64 (one zmm on AVX-512; LLVM
 splits them into 4 NEON q-registers on AArch64).
 """
@@ -290,11 +297,17 @@ def _select_chain(values: list[int], o, default: int, dtype: str = "int32"):
     return expr
 
 
-def binary_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, has_bias, has_alpha=True):
+def binary_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, has_bias, has_alpha=True,
+                     threshold=None):
     """TE tensors of BinaryConv2d with pre-transposed weights Wt [N/8, KH, KW, CW, 8].
 
     The packed input is zero-padded, so every tap is read without a condition; a padded tap adds
     popcount(0 xor w) = popcount(w), which a small per-(channel, border class) table removes.
+
+    ``threshold=(has_direction, (PH, PW))``: BinaryConv2dThreshold instead (no alpha/bias;
+    inputs T [N] and optionally D [N]): the epilogue compares the integer dot with T and takes
+    the max of the +-1 results over each PH x PW window (unrolled in the expression, so the
+    output block stays spatial and the popcount tile is computed once per pooled tile).
     """
     from tvm import te, tirx
 
@@ -377,7 +390,7 @@ def binary_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, has
             tirx.if_then_else(outside(rc, cc, th, tw), wpop[nb, th, tw, l], tirx.const(0, "int32")),
             axis=[th, tw]), name="CT")
 
-    def y(b, n, oh, ow):
+    def dot(b, n, oh, ow):
         # valid taps x C per output position: a product of per-row and per-column constants
         th = _select_chain([(r[1] - r[0]) * C for r in (rows[i] for i in row_class)], oh,
                            (rows[0][1] - rows[0][0]) * C)
@@ -387,7 +400,31 @@ def binary_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, has
             rc = _select_chain(row_class, oh, 0)
             cc = _select_chain(col_class, ow, 0)
             p = p - CT[n // LANES, rc, cc, n % LANES]
-        v = (th * tw - p * 2).astype("float32")
+        return (th * tw - p * 2).astype("float32")
+
+    if threshold is not None:
+        has_d, (PH, PW) = threshold
+        T = te.placeholder((N,), "float32", name="T")
+        ins.append(T)
+        Dv = None
+        if has_d:
+            Dv = te.placeholder((N,), "float32", name="D")
+            ins.append(Dv)
+        one, neg = tirx.const(1.0, "float32"), tirx.const(-1.0, "float32")
+
+        def yt(b, n, ph, pw):
+            hit = None
+            for i in range(PH):
+                for j in range(PW):
+                    v = dot(b, n, ph * PH + i, pw * PW + j)
+                    c = v >= T[n] if Dv is None else Dv[n] * v >= Dv[n] * T[n]
+                    hit = c if hit is None else tirx.Or(hit, c)
+            return tirx.Select(hit, one, neg)
+
+        return ins, te.compute((B, N, OH // PH, OW // PW), yt, name="Y")
+
+    def y(b, n, oh, ow):
+        v = dot(b, n, oh, ow)
         v = A[n] * v if A is not None else v
         return v + Bv[n] if has_bias else v
 
@@ -531,7 +568,7 @@ def schedule_dense(func, *, red_name: str, out_name: str, pack_names: tuple[str,
 
 
 def schedule_conv(func, *, red_name: str, out_name: str, pack_name: str, extra_red: str | None,
-                  n_out: int, ow: int, work: int):
+                  n_out: int, ow: int, work: int, window: int = 1):
     """Conv bit-serial schedule. The output block's loops are tiled as (batch x channel block x
     output row) [parallel] -> column tile -> (R columns, 8 channels); the popcount reduction is
     computed at the column tile into a local R x 8 accumulator (R u64 vectors kept in
@@ -574,7 +611,9 @@ def schedule_conv(func, *, red_name: str, out_name: str, pack_name: str, extra_r
     yb = sch.get_sblock(out_name)
     b, n, oh, owl = sch.get_loops(yb)
     nb, lane = sch.split(n, [None, LANES])
-    r = max(d for d in range(1, TILE_COLS + 1) if ow % d == 0)
+    # ``window`` popcount positions per output (a fused max-pool): keep the tile's accumulators
+    # (R x window vectors) within TILE_COLS
+    r = max(d for d in range(1, max(1, TILE_COLS // window) + 1) if ow % d == 0)
     owo, owi = sch.split(owl, [None, r])
     sch.reorder(b, nb, oh, owo, owi, lane)
     outer = sch.fuse(b, nb, oh)
@@ -590,8 +629,8 @@ def schedule_conv(func, *, red_name: str, out_name: str, pack_name: str, extra_r
     # its extent is > 1.
     spatial, red = _loops_under(sch, blk, owo)
     sch.reorder(*red, *spatial)
-    if len(spatial) == 2:
-        sch.unroll(spatial[0])
+    for sp in spatial[:-1]:
+        sch.unroll(sp)
     sch.vectorize(spatial[-1])
     if red:
         sch.decompose_reduction(blk, red[0])
@@ -655,6 +694,22 @@ def binary_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, ha
     work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C)
     f = schedule_conv(f, red_name="P", out_name="Y", pack_name="Xp", extra_red=None, n_out=N, ow=OW, work=work)
     return _mark(f, "optc_binary_conv2d")
+
+
+def binary_conv2d_threshold_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_direction=False,
+                                 pool_shape=(1, 1)):
+    """BinaryConv2dThreshold: binary conv + integer threshold + max-pool in one kernel."""
+    from tvm import te
+
+    pool_shape = tuple(int(v) for v in pool_shape)
+    ins, Y = binary_conv2d_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, False, False,
+                              threshold=(has_direction, pool_shape))
+    f = te.create_prim_func([*ins, Y])
+    OH, OW = _conv_geometry(H, W, kernel_shape, pads, strides, dilations)
+    work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C)
+    f = schedule_conv(f, red_name="P", out_name="Y", pack_name="Xp", extra_red=None, n_out=N,
+                      ow=OW // pool_shape[1], work=work, window=pool_shape[0] * pool_shape[1])
+    return _mark(f, "optc_binary_conv2d_threshold")
 
 
 def bitserial_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, act_bits, weight_bits,
@@ -766,6 +821,24 @@ def _register() -> None:
             func = binary_conv2d_func(b, c, h, wd, n, ks, pads, strides, dil, bias is not None, alpha is not None)
             args = [x, wt] + [v for v in (alpha, bias) if v is not None]
             return _call(bb, func, "optc_binary_conv2d", args, [b, n, oh, ow])
+
+    @register_converter(optc_ops.DOMAIN, "BinaryConv2dThreshold")
+    class BinaryConv2dThreshold(Base):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x, w, t = inputs[0], inputs[1], inputs[2]
+            d = inputs[3] if len(inputs) > 3 else None
+            b, c, h, wd = _shape(x)
+            n = _shape(w)[0]
+            ks, pads, strides, dil = _conv_params(attr)
+            pool = [int(v) for v in attr.get("pool_shape", (1, 1))]
+            kh, kw = ks
+            oh, ow = _conv_geometry(h, wd, ks, pads, strides, dil)
+            wt = bb.emit(_call(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
+                               conv_weight_lanes_shape(n, kh, kw, c), "uint64"))
+            func = binary_conv2d_threshold_func(b, c, h, wd, n, ks, pads, strides, dil, d is not None, pool)
+            args = [x, wt, t] + ([d] if d is not None else [])
+            return _call(bb, func, "optc_binary_conv2d_threshold", args, [b, n, oh // pool[0], ow // pool[1]])
 
     @register_converter(optc_ops.DOMAIN, "BitserialConv2d")
     class BitserialConv2d(Base):

@@ -29,7 +29,7 @@ from . import schedule
 # domain) get converters registered here: "domain::OpType" -> a tvm OnnxOpConverter subclass.
 # Modules listed in CONVERTER_MODULES register theirs when imported.
 CUSTOM_CONVERTERS: dict[str, type] = {}
-CONVERTER_MODULES: tuple[str, ...] = ("optc.backends.tvm.bitserial",)
+CONVERTER_MODULES: tuple[str, ...] = ("optc.backends.tvm.bitserial", "optc.backends.tvm.int8")
 
 
 def register_converter(domain: str, op_type: str):
@@ -117,7 +117,8 @@ def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, e
     import tvm
     from tvm import relax
 
-    mod, params = import_onnx(model, inputs)
+    with tvm_target(target):  # converters of optc's integer ops pick kernels by target
+        mod, params = import_onnx(model, inputs)
     if embed_params and params:
         weights = mod["main"].params[len(inputs):]
         mod = relax.transform.BindParams("main", dict(zip(weights, params)))(mod)

@@ -153,6 +153,24 @@ def fast_math(mod):
         return mod
 
 
+def _rewrite_calls(mod, rewrite):
+    """Apply ``rewrite(mutator, call) -> expr`` to every call (arguments already rewritten) in
+    every Relax function of ``mod``, then drop dead bindings."""
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Mutator(PyExprMutator):
+        def visit_call_(self, call):
+            return rewrite(self, self.visit_expr_post_order(call))
+
+    m = _Mutator(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            m.builder_.update_func(gv, m.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(m.builder_.get())
+
+
 def fold_constant_layouts(mod):
     """Evaluate ``permute_dims``/``reshape`` of constants (the weight transposes that
     ``ConvertLayout`` inserts) and ``isnan``/``where`` on constants (the NaN guards of the
@@ -161,7 +179,6 @@ def fold_constant_layouts(mod):
     import numpy as np
     import tvm.ir.expr
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
     def _permute(call, args):
         axes = call.attrs.axes
@@ -175,41 +192,28 @@ def fold_constant_layouts(mod):
     }
     arity = {"relax.permute_dims": 1, "relax.reshape": 1, "relax.isnan": 1, "relax.where": 3}
 
-    @mutator
-    class _Folder(PyExprMutator):
-        def __init__(self, mod):
-            super().__init__(mod)
-            self.mod = mod
+    def _const(m, expr):
+        if isinstance(expr, relax.Var):
+            expr = m.lookup_binding(expr)
+        return expr if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr, "value") else None
 
-        def transform(self):
-            for gv, func in self.mod.functions_items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(gv, self.visit_expr(func))
-            return self.builder_.get()
+    def fold(m, call):
+        name = getattr(call.op, "name", None)
+        if name not in folders or not call.args:
+            return call
+        consts = [_const(m, a) for a in call.args[:arity[name]]]
+        ty = call.ty
+        if any(c is None for c in consts) or not isinstance(ty, relax.TensorType) or ty.shape is None:
+            return call
+        try:
+            shape = [int(d) for d in ty.shape.values]
+            data = folders[name](call, [c.value.numpy() for c in consts])
+            out = np.ascontiguousarray(np.asarray(data).reshape(shape)).astype(str(ty.dtype))
+        except Exception:  # noqa: BLE001 - leave it to Relax
+            return call
+        return relax.const(out, str(ty.dtype))
 
-        def _const(self, expr):
-            if isinstance(expr, relax.Var):
-                expr = self.lookup_binding(expr)
-            return expr if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr, "value") else None
-
-        def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)  # remapped args
-            name = getattr(call.op, "name", None)
-            if name not in folders or not call.args:
-                return call
-            consts = [self._const(a) for a in call.args[:arity[name]]]
-            ty = call.ty
-            if any(c is None for c in consts) or not isinstance(ty, relax.TensorType) or ty.shape is None:
-                return call
-            try:
-                shape = [int(d) for d in ty.shape.values]
-                data = folders[name](call, [c.value.numpy() for c in consts])
-                out = np.ascontiguousarray(np.asarray(data).reshape(shape)).astype(str(ty.dtype))
-            except Exception:  # noqa: BLE001 - leave it to Relax
-                return call
-            return relax.const(out, str(ty.dtype))
-
-    return relax.transform.DeadCodeElimination()(_Folder(mod).transform())
+    return _rewrite_calls(mod, fold)
 
 
 def clip_to_ops(mod):
@@ -218,46 +222,31 @@ def clip_to_ops(mod):
     legalization, but visible to ``ConvertLayout`` (a call_tir blocks layout propagation and
     would put a transpose pair around every ReLU6 of an NHWC network)."""
     from tvm import relax, tirx
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
     call_tir = tvm_op("relax.call_tir")
     ops = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
 
-    @mutator
-    class _Rewriter(PyExprMutator):
-        def __init__(self, mod):
-            super().__init__(mod)
-            self.mod = mod
+    def rewrite(m, call):
+        if not call.op.same_as(call_tir) or not isinstance(call.args[0], relax.GlobalVar):
+            return call
+        gv = call.args[0]
+        func = mod[gv]
+        name = gv.name_hint.rstrip("0123456789")
+        if name not in ops or not isinstance(func, tirx.PrimFunc) or len(call.args) != 2:
+            return call
+        args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
+        if len(args) != 2:
+            return call
+        x, bound = args
+        xs, bs, out = x.ty, bound.ty, call.ty
+        if not (isinstance(xs, relax.TensorType) and isinstance(bs, relax.TensorType)
+                and isinstance(out, relax.TensorType)):
+            return call
+        if bs.ndim != 0 or xs.dtype != bs.dtype or out.dtype != xs.dtype or xs.ndim != out.ndim:
+            return call
+        return ops[name](x, bound)
 
-        def transform(self):
-            for gv, func in self.mod.functions_items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(gv, self.visit_expr(func))
-            return self.builder_.get()
-
-        def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)  # remapped args
-            if not call.op.same_as(call_tir) or not isinstance(call.args[0], relax.GlobalVar):
-                return call
-            gv = call.args[0]
-            func = self.mod[gv]
-            name = gv.name_hint.rstrip("0123456789")
-            if name not in ops or not isinstance(func, tirx.PrimFunc) or len(call.args) != 2:
-                return call
-            args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
-            if len(args) != 2:
-                return call
-            x, bound = args
-            xs, bs, out = x.ty, bound.ty, call.ty
-            if not (isinstance(xs, relax.TensorType) and isinstance(bs, relax.TensorType)
-                    and isinstance(out, relax.TensorType)):
-                return call
-            if bs.ndim != 0 or xs.dtype != bs.dtype or out.dtype != xs.dtype or xs.ndim != out.ndim:
-                return call
-            return ops[name](x, bound)
-
-    mod = _Rewriter(mod).transform()
-    return relax.transform.DeadCodeElimination()(mod)
+    return _rewrite_calls(mod, rewrite)
 
 
 def tvm_op(name):

@@ -18,8 +18,12 @@ two in step when the pipeline changes.
 * **Builder**: in-process (:class:`InProcessBuilder`); the stock LocalBuilder's fresh worker
   processes spend 26-48 s importing TVMScript and hit its 30 s timeout. Exports a shared
   library (cross-compiled with ``aarch64-linux-gnu-g++`` for AArch64 targets).
-* **Runner**: MetaSchedule's LocalRunner, or its RPCRunner against a tracker
-  (``tracker=HOST:PORT, key``) or a server directly (``rpc=HOST:PORT``).
+* **Runner**: in-process LocalRunner measurement, or (``rpc=HOST:PORT`` / ``tracker=HOST:PORT``
+  with ``key``) an in-process RPC runner that keeps one session to the server for the whole
+  run (:func:`make_rpc_runner`); AArch64 targets need one (a board, or optc's aarch64
+  ``optc_rpc_server`` under qemu-user, see ``rpc.py``: emulated times, only good for checking).
+* **Budget** (``seconds``): see :func:`tune_module`; ``optc compile --tune-seconds`` counts the
+  whole compile from its start, the final build included.
 """
 
 from __future__ import annotations
@@ -36,12 +40,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from optc.errors import UsageError
+
 from . import schedule
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 BASELINE = "rule_baseline.json"
 # Functions with fewer estimated FLOPs than this are not worth trials (elementwise glue).
 MIN_TASK_FLOPS = 20_000
+# Time kept for the build after tuning (``tune_module(final_build=True)``): this many times
+# the task extraction (which runs the same Relax pipeline up to scheduling) plus a constant.
+# Measured here: extraction 0.48 s vs build + export 3.1 s (ResNet-18), 0.44 vs 1.8 s (MiniLM).
+FINAL_BUILD_FACTOR = 8.0
+FINAL_BUILD_MIN_S = 2.0
 _HOOK_LOCK = threading.RLock()
 
 
@@ -201,11 +212,13 @@ def database_root(root, enabled: bool = True):
 
 
 @contextlib.contextmanager
-def request(trials: int, seconds: float | None = None, **runner):
-    """Builds in this thread tune first (``trials`` candidates, ``seconds`` at most; runner
-    options as for :func:`tune_module`), then use the database."""
+def request(trials: int, seconds: float | None = None, start: float | None = None, **runner):
+    """Builds in this thread tune first (``trials`` candidates; runner options as for
+    :func:`tune_module`), then use the database. ``seconds`` bounds the whole compile that
+    started at ``start`` (``time.time()``; default: now), the final build included."""
     saved = getattr(_STATE, "request", None)
-    _STATE.request = dict(trials=trials, seconds=seconds, **runner) if trials else None
+    _STATE.request = dict(trials=trials, seconds=seconds, start=start if start is not None else time.time(),
+                          final_build=True, **runner) if trials else None
     try:
         yield
     finally:
@@ -347,14 +360,14 @@ def _build_candidate(mod, target):
     """MetaSchedule's ``default_build`` without its ``import tvm.s_tir.tensor_intrin`` (which
     parses every CUDA/ARM intrinsic with TVMScript: minutes in a process that has imported
     torch/onnx, as ``inspect.stack`` scans every module; fp32 CPU schedules need none)."""
-    from tvm.driver import build as tvm_build
+    from tvm import tirx
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm_build(mod, target=target)
+    return tirx.build(mod, target=target)
 
 
-def make_builder(deadline: float | None, aarch64: bool):
+def make_builder(deadline: float | None, aarch64: bool, clock=None):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 
@@ -363,6 +376,8 @@ def make_builder(deadline: float | None, aarch64: bool):
         """Builds candidates in this process (no worker start-up); out of time: fails fast."""
 
         def build(self, build_inputs):
+            if clock is not None:
+                clock.build_start()
             results = []
             for inp in build_inputs:
                 if deadline is not None and time.time() > deadline:
@@ -378,7 +393,7 @@ def make_builder(deadline: float | None, aarch64: bool):
     return InProcessBuilder()
 
 
-def make_local_runner(evaluator):
+def make_local_runner(evaluator, deadline: float | None = None, clock=None):
     """MetaSchedule's LocalRunner measurement, in this process (its popen workers take tens of
     seconds to start and import TVM; a crashing candidate would take this process down, which
     MetaSchedule's sampled, post-processed schedules do not do in practice)."""
@@ -391,48 +406,100 @@ def make_local_runner(evaluator):
         def run(self, runner_inputs):
             futures = []
             for inp in runner_inputs:
+                if deadline is not None and time.time() > deadline:
+                    futures.append(LocalRunnerFuture(error_message="optc: tuning time budget reached"))
+                    continue
                 try:
                     args = [a.as_json() for a in inp.args_info]
                     res = _worker_func(None, None, None, evaluator, 1, inp.artifact_path, inp.device_type, args)
                     futures.append(LocalRunnerFuture(res=[float(x) for x in res]))
                 except Exception as err:  # noqa: BLE001
                     futures.append(LocalRunnerFuture(error_message=f"optc in-process run: {err}"[:2000]))
+            if clock is not None:
+                clock.run_end()
             return futures
 
     return InProcessRunner()
 
 
-def _split_hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
+_RPC_STATES: list[dict] = []
+
+
+def close_rpc_sessions() -> None:
+    """Drop the RPC runners' sessions (a server serves one session at a time)."""
+    import gc
+
+    while _RPC_STATES:
+        _RPC_STATES.pop()["sess"] = None
+    gc.collect()
+
+
+def make_rpc_runner(remote, evaluator, deadline: float | None = None, session_timeout: float = 0, clock=None):
+    """MetaSchedule measurement on a TVM RPC server, from this process, over one session
+    reused for every candidate (reopened after a failure): upload the candidate library, load
+    it, fill random arguments with the server's ``random_fill_for_measure``, time it with
+    ``time_evaluator`` there. The stock RPCRunner opens a session per candidate from popen
+    workers that take tens of seconds to import TVM; under qemu each session costs ~1 s more."""
+    import uuid
+
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
+    from tvm.s_tir.meta_schedule.runner.rpc_runner import default_alloc_argument, default_run_evaluator
+
+    state = {"sess": None}
+    _RPC_STATES.append(state)
+
+    def session():
+        if state["sess"] is None:
+            state["sess"] = remote.connect(timeout=session_timeout)
+        return state["sess"]
+
+    @derived_object
+    class InProcessRPCRunner(PyRunner):
+        def run(self, runner_inputs):
+            futures = []
+            for inp in runner_inputs:
+                if deadline is not None and time.time() > deadline:
+                    futures.append(LocalRunnerFuture(error_message="optc: tuning time budget reached"))
+                    continue
+                name = f"cand-{uuid.uuid4().hex[:10]}.so"
+                try:
+                    sess = session()
+                    sess.upload(inp.artifact_path, name)
+                    rt_mod = sess.load_module(name)
+                    dev = sess.device(inp.device_type, 0)
+                    args = default_alloc_argument(sess, dev, [a.as_json() for a in inp.args_info], 1)
+                    costs = default_run_evaluator(sess, rt_mod, dev, evaluator, args)
+                    with contextlib.suppress(Exception):
+                        sess.remove(name)
+                    futures.append(LocalRunnerFuture(res=[float(x) for x in costs]))
+                except Exception as err:  # noqa: BLE001 - a failing candidate or a lost session
+                    state["sess"] = None
+                    futures.append(LocalRunnerFuture(error_message=f"optc RPC run: {err}"[:2000]))
+            if clock is not None:
+                clock.run_end()
+            return futures
+
+    return InProcessRPCRunner()
 
 
 def make_runner(rpc: str | None = None, tracker: str | None = None, key: str | None = None,
-                number: int = 3, repeat: int = 1, timeout: float = 60.0):
+                number: int = 3, repeat: int = 1, deadline: float | None = None, clock=None):
+    """In-process LocalRunner measurement, or measurement on a TVM RPC server (``rpc``
+    HOST:PORT, or a ``tracker`` HOST:PORT with ``key``), see optc.backends.tvm.rpc."""
     from tvm.s_tir import meta_schedule as ms
 
     evaluator = ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=20,
                                           enable_cpu_cache_flush=False)
     if not rpc and not tracker:
-        return make_local_runner(evaluator)
-    if tracker:
-        host, port = _split_hostport(tracker)
-        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key or "optc",
-                                     session_timeout_sec=timeout)
-        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
-    host, port = _split_hostport(rpc)
-    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key or "optc",
-                                 session_timeout_sec=timeout)
+        return make_local_runner(evaluator, deadline, clock)
+    from . import rpc as optc_rpc
 
-    def connect(cfg):  # a server without a tracker: connect directly
-        from tvm import rpc as tvm_rpc
-
-        return tvm_rpc.connect(host, port, key=key or "", session_timeout=timeout)
-
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1,
-                               f_create_session=connect)
+    remote = optc_rpc.Remote.from_options(rpc, key, tracker)
+    # the session lives as long as the tuning (the server kills it after its -timeout=)
+    timeout = max(600.0, (deadline - time.time()) + 120.0) if deadline else 0
+    return make_rpc_runner(remote, evaluator, deadline, session_timeout=timeout, clock=clock)
 
 
 def _measure_rule(funcs, target, builder, runner) -> list[float | None]:
@@ -466,15 +533,55 @@ def _measure_rule(funcs, target, builder, runner) -> list[float | None]:
 
 
 # ----------------------------------------------------------------------------- tuning
-def _strategy(trials: int):
+def _strategy(trials: int, population: int = 256):
     """Random replay for a handful of trials; a smaller-than-stock evolutionary search
     otherwise (the stock 2048-schedule population costs minutes per round on 2 cores)."""
     from tvm.s_tir import meta_schedule as ms
 
     if trials < 16:
         return ms.search_strategy.ReplayTrace()
-    return ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32,
+    return ms.search_strategy.EvolutionarySearch(population_size=population, init_min_unmeasured=min(32, population),
                                                  genetic_num_iters=2)
+
+
+def _budgeted(make_inner, deadline: float, clock):
+    """A search strategy that delegates to ``make_inner()`` but proposes no batch (which ends
+    its task) once the time left is shorter than its longest search so far: MetaSchedule's
+    first round searches every task before any measure callback runs, and on 2 cores one
+    evolutionary search round takes seconds, so a budget checked only in callbacks overran by
+    (tasks x search time)."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
+
+    @derived_object
+    class BudgetedSearch(PySearchStrategy):
+        def __init__(self):
+            self.inner = make_inner()
+
+        def _initialize_with_tune_context(self, context) -> None:
+            self.inner._initialize_with_tune_context(context)
+
+        def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
+            self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+        def post_tuning(self) -> None:
+            self.inner.post_tuning()
+
+        def generate_measure_candidates(self):
+            now = time.time()
+            if now + clock.next_round() > deadline:
+                return None
+            out = self.inner.generate_measure_candidates()
+            clock.search = max(clock.search, time.time() - now)
+            return out
+
+        def notify_runner_results(self, measure_candidates, results) -> None:
+            self.inner.notify_runner_results(measure_candidates, results)
+
+        def clone(self):
+            return BudgetedSearch()
+
+    return BudgetedSearch()
 
 
 def _record_counts(database, mods) -> list[int]:
@@ -490,29 +597,50 @@ def _record_counts(database, mods) -> list[int]:
 
 def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=None,
                 rpc: str | None = None, tracker: str | None = None, key: str | None = None,
-                max_tasks: int | None = None, log=None, seed: int = 0) -> dict:
+                max_tasks: int | None = None, log=None, seed: int = 0, start: float | None = None,
+                final_build: bool = False) -> dict:
     """Tune the fused functions of the Relax ``mod`` (after DecomposeOpsForInference, weights
-    bound) for the TVM target ``tgt`` with ``trials`` measured candidates in all (and at most
-    ``seconds`` of wall time). Returns a summary dict."""
+    bound) for the TVM target ``tgt`` with ``trials`` measured candidates in all. Returns a
+    summary dict.
+
+    Time budget: with ``seconds``, everything from ``start`` (``time.time()``, default: now)
+    ends by ``start + seconds``: task extraction, the rule-schedule baseline, the search, and,
+    with ``final_build``, the build that follows (a reserve of :data:`FINAL_BUILD_FACTOR` x the
+    extraction time + :data:`FINAL_BUILD_MIN_S` is kept for it). The budget is checked per
+    candidate by the builder and the runner (out of time: fail fast, no build/run) and after
+    every measured batch, where tuning stops when the next round's search plus cost-model
+    update, as measured on earlier rounds, would not fit."""
     from tvm.s_tir import meta_schedule as ms
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t0 = time.time()
+    start = t0 if start is None else start
+    end = start + seconds if seconds else None
+    deadline = end
     _import_intrinsics()
-    deadline = t0 + seconds if seconds else None
     path = db_dir(tgt, root)
     database = open_database(path, create=True)
     aarch64 = str(tgt.attrs.get("mtriple", "") or "").startswith("aarch64")
     if aarch64 and not (rpc or tracker):
-        raise ValueError("tuning an AArch64 target needs a board: --rpc HOST:PORT or --tracker HOST:PORT")
+        raise UsageError("tuning an AArch64 target needs a board: --rpc HOST:PORT or --rpc-tracker HOST:PORT "
+                         "(without one: `optc rpc-server -t TARGET` serves an emulated board here)")
 
+    t_extract = time.time()
     all_tasks = extract_tasks(mod, tgt)
+    t_extract = time.time() - t_extract
+    reserve = 0.0
+    if end is not None and final_build:
+        reserve = FINAL_BUILD_MIN_S + FINAL_BUILD_FACTOR * t_extract
+        deadline = end - reserve
     tasks = [t for t in all_tasks if t[2] >= MIN_TASK_FLOPS]
     if max_tasks is None:  # at least ~16 trials per task: fewer tasks than that are not worth it
         max_tasks = max(1, trials // 16) if trials >= 16 else max(1, trials)
     tasks = tasks[:max_tasks]
     summary = {"database": str(path), "functions": len(all_tasks), "tasks": len(tasks), "trials": trials,
                "seconds_budget": seconds}
+    if end is not None:
+        summary["budget"] = {"started": round(t0 - start, 2), "final_build_reserve_s": round(reserve, 2),
+                             "tuning_deadline_s": round(deadline - start, 2)}
     if not tasks or trials <= 0:
         summary.update(measured=0, seconds=round(time.time() - t0, 1), per_task=[])
         return summary
@@ -522,14 +650,15 @@ def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=Non
     # per-task share of the trials, proportional to FLOPs (at least a few each)
     shares = [max(2, int(round(trials * t[2] / total_flops))) for t in tasks]
     remaining = [max(0, s - d) for s, d in zip(shares, done)]
-    builder = make_builder(deadline, aarch64)
-    runner = make_runner(rpc, tracker, key)
+    clock = _Clock()
+    builder = make_builder(deadline, aarch64, clock)
+    runner = make_runner(rpc, tracker, key, deadline=deadline, clock=clock)
 
     baseline = _load_baseline(path)
     need = [i for i, m in enumerate(mods) if _shash(m) not in baseline]
     if need:
         log(f"measuring optc's rule schedule for {len(need)} task(s)")
-        secs = _measure_rule([tasks[i][1] for i in need], tgt, make_builder(None, aarch64), runner)
+        secs = _measure_rule([tasks[i][1] for i in need], tgt, builder, runner)
         for i, s in zip(need, secs):
             if s is not None:
                 baseline[_shash(mods[i])] = s
@@ -538,13 +667,23 @@ def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=Non
     todo = [i for i in range(len(tasks)) if remaining[i] > 0]
     if done and any(done):
         log(f"resuming: {sum(done)} candidate(s) already in {path}")
-    progress = _Progress(tasks, mods, baseline, log, deadline, database)
+    clock.reset()  # the rule-schedule measurement is not a search round
+    progress = _Progress(tasks, mods, baseline, log, deadline, database, clock)
+    if todo and deadline is not None and time.time() >= deadline:
+        log("  time budget spent before the search: not tuning")
+        todo = []
     if todo:
         ctxs = []
+        # a short budget per task: a smaller population (a 256-schedule evolutionary round
+        # took ~20 s on a 2-core host for a small conv, 64 a few seconds)
+        per_task_s = (deadline - time.time()) / len(todo) if deadline is not None else None
+        population = 256 if per_task_s is None or per_task_s >= 60 else 64
         for i in todo:
             name, func, _ = tasks[i]
             ctxs.append(ms.TuneContext(mod=mods[i], target=tgt, space_generator="post-order-apply",
-                                       search_strategy=_strategy(remaining[i]), task_name=name,
+                                       search_strategy=_strategy(remaining[i]) if deadline is None else
+                                       _budgeted(lambda n=remaining[i]: _strategy(n, population), deadline, clock),
+                                       task_name=name,
                                        rand_state=seed + i, num_threads=max(1, schedule._Params(tgt).cores),
                                        logger=None).clone())
         per_iter = max(1, min(32, max(remaining[i] for i in todo)))
@@ -556,6 +695,7 @@ def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=Non
                           num_trials_per_iter=per_iter, builder=builder, runner=runner, database=database,
                           cost_model="xgb", measure_callbacks=ms.MeasureCallback.create("default") + [progress.callback()],
                           task_scheduler="gradient", module_equality="structural")
+    close_rpc_sessions()
     per_task = []
     counts = _record_counts(database, mods)
     for i, (name, _, flops) in enumerate(tasks):
@@ -570,12 +710,46 @@ def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=Non
     return summary
 
 
+class _Clock:
+    """Durations of the parts of a MetaSchedule round that the budget checks cannot interrupt:
+    the search that proposes a batch (from the end of a measure callback to the builder) and
+    the cost-model update (from the runner's end to our callback)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.search = self.update = 0.0
+        self._cb_end = self._run_end = None
+
+    def build_start(self):
+        if self._cb_end is not None:
+            self.search = max(self.search, time.time() - self._cb_end)
+            self._cb_end = None
+
+    def run_end(self):
+        self._run_end = time.time()
+
+    def callback(self):
+        if self._run_end is not None:
+            self.update = max(self.update, time.time() - self._run_end)
+            self._run_end = None
+
+    def callback_end(self):
+        self._cb_end = time.time()
+
+    def next_round(self) -> float:
+        """Seconds the next round needs beyond its (interruptible) builds and runs."""
+        return self.search + self.update
+
+
 class _Progress:
     """A line per measured batch: task, trials, best latency so far vs the rule schedule."""
 
-    def __init__(self, tasks, mods, baseline, log, deadline, database):
+    def __init__(self, tasks, mods, baseline, log, deadline, database, clock=None):
         self.tasks, self.mods, self.baseline, self.log = tasks, mods, baseline, log
         self.deadline, self.database = deadline, database
+        self.clock = clock or _Clock()
         self.ids: list[int] = []
         self.best: dict[int, float] = {}
         self.count: dict[int, int] = {}
@@ -595,6 +769,13 @@ class _Progress:
         return _Callback()
 
     def apply(self, scheduler, task_id, runner_results):
+        self.clock.callback()
+        try:
+            self._apply(scheduler, task_id, runner_results)
+        finally:
+            self.clock.callback_end()
+
+    def _apply(self, scheduler, task_id, runner_results):
         i = self.ids[task_id] if task_id < len(self.ids) else task_id
         name = self.tasks[i][0]
         ok = [_mean(r.run_secs) for r in runner_results if r.error_msg is None and r.run_secs]
@@ -607,14 +788,15 @@ class _Progress:
                  + (f"{best * 1e3:.4f} ms" if best is not None else "-")
                  + (f" (rule schedule {rule * 1e3:.4f} ms)" if rule else "")
                  + f"; {len(ok)}/{len(runner_results)} ok")
-        if self.deadline is not None and time.time() > self.deadline and not self.stopped:
+        now = time.time()
+        if self.deadline is not None and not self.stopped and now + self.clock.next_round() > self.deadline:
             self.stopped = True
-            self.log("  time budget reached: stopping")
-            for k in range(len(self.ids)):
-                try:
-                    scheduler.terminate_task(k)
-                except Exception:  # noqa: BLE001
-                    pass
+            # The tasks end themselves: their BudgetedSearch proposes no more batches. (Calling
+            # scheduler.terminate_task here breaks MetaSchedule's gradient scheduler, which
+            # may already have picked a task while joining another.)
+            self.log("  time budget reached: stopping" if now > self.deadline else
+                     f"  time budget: {self.deadline - now:.1f} s left, a search round takes "
+                     f"{self.clock.next_round():.1f} s: stopping")
 
 
 def tune_onnx(model, inputs, target, *, trials: int, seconds: float | None = None, root=None,

@@ -24,7 +24,7 @@ import onnx_ir as ir
 from optc.errors import UsageError
 from optc.pipeline import Pass, register_pass
 
-from . import calibrate, qdq
+from . import calibrate, integerize, qdq  # integerize: registers the integerize pass
 from .core import FP32, QuantConfig, Quantizer
 from .observers import OBSERVERS
 

@@ -123,6 +123,44 @@ def test_binary_conv2d_exact(case):
     np.testing.assert_array_equal(ref.astype(np.float32), conv)
 
 
+FUSED_CASES = [
+    # B, C, H, W, N, kernel, pads, strides, dilations, pool, with direction
+    (2, 64, 8, 8, 16, (3, 3), (1, 1, 1, 1), (1, 1), (1, 1), (2, 2), True),
+    (1, 16, 8, 8, 24, (3, 3), (1, 1, 1, 1), (1, 1), (1, 1), (2, 2), False),  # row-packed layout
+    (1, 70, 7, 9, 8, (3, 3), (1, 1, 1, 1), (1, 1), (1, 1), (2, 2), True),  # odd sizes: floor
+    (1, 32, 5, 6, 12, (3, 3), (0, 1, 1, 0), (1, 1), (1, 1), (1, 1), True),  # no pool, N % 8 != 0
+    (1, 130, 6, 6, 8, (2, 2), (0, 0, 0, 0), (1, 1), (1, 1), (1, 2), False),
+]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-pool{c[9][0]}{c[9][1]}")
+def test_binary_conv2d_threshold_exact(case):
+    """The fused conv + integer threshold + max-pool kernel equals the numpy reference of
+    BinaryConv2dThreshold, which equals BinaryConv2d -> SignThreshold -> MaxPool."""
+    b, c, h, w, n, ks, pads, st, dl, pool, with_d = case
+    rng = np.random.default_rng(sum(case[:5]))
+    x = _bipolar(rng, (b, c, h, w))
+    wsign = rng.integers(0, 2, (n, ks[0], ks[1], c)).astype(bool)
+    wpacked = ops.pack_bits(wsign.reshape(n, -1))
+    wt = _lanes(wpacked, n, ks[0], ks[1], c)
+    oh, ow = ops.conv_output_shape(h, w, ks, pads, st, dl)
+    # integer thresholds around the middle of the dot's range, some +-inf (constant channels)
+    t = np.round(rng.normal(0, np.sqrt(ks[0] * ks[1] * c), n)).astype(np.float32)
+    t[0], t[-1] = np.inf, -np.inf
+    d = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32) if with_d else None
+    attrs = dict(in_channels=c, kernel_shape=list(ks), pads=list(pads), strides=list(st), dilations=list(dl))
+    want = ops.run_op("BinaryConv2dThreshold", x, wpacked, t, d, pool_shape=list(pool), **attrs)
+    conv = ops.run_op("BinaryConv2d", x, wpacked, **attrs)
+    thr = ops.run_op("SignThreshold", conv, t, d)
+    ph, pw = pool
+    composed = thr[:, :, :oh // ph * ph, :ow // pw * pw].reshape(b, n, oh // ph, ph, ow // pw, pw).max(axis=(3, 5))
+    np.testing.assert_array_equal(want, composed)
+    assert set(np.unique(want)) <= {-1.0, 1.0} and len(np.unique(want)) == 2
+    func = bs.binary_conv2d_threshold_func(b, c, h, w, n, ks, pads, st, dl, with_d, pool)
+    got = _run(func, [x, wt, t] + ([d] if with_d else []), (b, n, oh // ph, ow // pw))
+    np.testing.assert_array_equal(got, want)
+
+
 # ------------------------------------------------------------------------------- k-bit kernels
 @pytest.mark.parametrize("m,k,n,ab,wb", [(2, 100, 10, 2, 3), (1, 256, 64, 4, 1), (3, 64, 8, 1, 2), (1, 1024, 300, 3, 2)])
 def test_bitserial_dense_exact(m, k, n, ab, wb):

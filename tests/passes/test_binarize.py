@@ -312,3 +312,55 @@ def test_post_training_is_lossy_and_binary():
     np.testing.assert_allclose(w[dense.input[2]], np.abs(inits["w1"]).mean(1), rtol=1e-6)
     y = _ref(m2, feeds)[0]
     assert y.shape == (4, 3) and not np.allclose(y, _ort(m, feeds)[0], atol=1e-3)
+
+
+# ------------------------------------------------------------------------------- fuse-binary-threshold
+def bnn_pool_cnn(seed=0, c0=8, c1=70, c2=24, batch=3, hw=7):
+    """Conv(float) -> BN -> Sign -> [binary Conv -> BN -> Sign -> MaxPool 2x2/2] -> binary Conv
+    -> BN -> Sign (graph output); hw odd, so the first pool drops a row and a column."""
+    rng = np.random.default_rng(seed)
+    inits = {"w0": rng.standard_normal((c0, 2, 3, 3)).astype(np.float32),
+             "w1": _binary_w(rng, c1, c0 * 9, (c1, c0, 3, 3)),
+             "w2": _binary_w(rng, c2, c1 * 9, (c2, c1, 3, 3))}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["h0"], pads=[1, 1, 1, 1], name="conv0"),
+             helper.make_node("BatchNormalization", ["h0", *_bn(rng, "bn0", c0, inits)], ["n0"], name="bn0"),
+             helper.make_node("Sign", ["n0"], ["s0"], name="sign0"),
+             helper.make_node("Conv", ["s0", "w1"], ["h1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("BatchNormalization", ["h1", *_bn(rng, "bn1", c1, inits)], ["n1"], name="bn1"),
+             helper.make_node("Sign", ["n1"], ["s1"], name="sign1"),
+             helper.make_node("MaxPool", ["s1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+             helper.make_node("Conv", ["p1", "w2"], ["h2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("BatchNormalization", ["h2", *_bn(rng, "bn2", c2, inits)], ["n2"], name="bn2"),
+             helper.make_node("Sign", ["n2"], ["y"], name="sign2")]
+    p = hw // 2
+    m = _model(nodes, [_vi("x", [batch, 2, hw, hw])], [_vi("y", [batch, c2, p, p])], inits)
+    return m, {"x": rng.standard_normal((batch, 2, hw, hw)).astype(np.float32)}
+
+
+def test_fuse_binary_threshold_exact_and_idempotent():
+    m, feeds = bnn_pool_cnn()
+    m2, _ = _apply(m, "sign-to-threshold,binarize")
+    want = _ref(m2, feeds)[0]
+    assert set(np.unique(want)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(want, np.sign(_ort(m, feeds)[0]))  # no exact zeros here
+    m3, rec = _apply(m2, "fuse-binary-threshold")
+    assert rec.details["rewrites"] == 2 and rec.details["with_pool"] == 1
+    fused = [n for n in m3.graph.node if n.op_type == "BinaryConv2dThreshold"]
+    assert [list(next(a.ints for a in n.attribute if a.name == "pool_shape")) for n in fused] == [[2, 2], [1, 1]]
+    assert not any(op in ("MaxPool", "BinaryConv2d") for _, op in _ops(m3))
+    assert sum(op == "SignThreshold" for _, op in _ops(m3)) == 1  # the float first layer's
+    np.testing.assert_array_equal(_ref(m3, feeds)[0], want)
+    m4, rec2 = _apply(m3, "fuse-binary-threshold")
+    assert rec2.details["rewrites"] == 0 and _ops(m4) == _ops(m3)
+
+
+def test_fuse_binary_threshold_explains_non_matches():
+    # bnn_cnn: conv1's threshold is followed by an overlapping MaxPool (stride 1: not fused,
+    # the pool stays) and conv2 keeps alpha/bias (its output is the graph output)
+    m, feeds = bnn_cnn()
+    m2, _ = _apply(m, "sign-to-threshold,binarize")
+    m3, rec = _apply(m2, "fuse-binary-threshold")
+    assert rec.details["rewrites"] == 1 and rec.details["with_pool"] == 0
+    assert any("alpha/bias" in s for s in rec.details["skipped"])
+    assert ("", "MaxPool") in _ops(m3)
+    np.testing.assert_allclose(_ref(m3, feeds)[0], _ref(m2, feeds)[0], atol=0, rtol=0)

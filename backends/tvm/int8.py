@@ -1,0 +1,630 @@
+"""Integer kernels for optc's ``IntConv2d`` / ``IntDense`` (``ai.optc``): TE compute
+definitions with optc's own CPU schedules that use the hardware's int8 dot-product
+instructions, and the converters that put them into the Relax graph as ``call_tir``.
+
+Op contract and numpy references: :mod:`optc.passes.quant.int_ops` (the kernels match them bit
+for bit: every step is integer arithmetic).
+
+Layout (one for every CPU): output channels in blocks of ``LANES = 16``, input channels in
+groups of 4 bytes, so that one 16 x 4 weight block is 64 contiguous bytes:
+
+* weights ``W [N, C, KH, KW]`` -> ``Wp [ceil(N/16), KH, KW, CB, 16, 4]`` int8 (zero padded;
+  CB = ceil(C/4), at least 2 for 1x1 kernels), by a ``call_tir`` that Relax's ``FoldConstant``
+  evaluates at compile time when the weights are embedded constants (``--params embedded``,
+  the default; with separate weights it runs on every call);
+* activations ``X [B, C, H, W]`` -> ``Xp [B, H + pads, W + pads, CB, 4]`` (NHWC, padded with
+  the input zero point; padded channels are 0 and meet zero weights) inside the kernel;
+* ``Acc[b, nb, oh, ow, 0:16] += Xp[b, ih, iw, cb, 0:4] . Wp[nb, kh, kw, cb, 0:16, 0:4]``: one
+  4-byte input group broadcast against a 16 x 4 weight block, i.e. exactly
+  **vpdpbusd zmm** (AVX-512 VNNI: u8 x s8 -> 16 x s32) and, split in four 4 x 4 blocks,
+  **sdot v.4s** (ARMv8.2 dotprod: s8 x s8 -> 4 x s32).
+
+The signedness each instruction needs is made exact by flipping the top bit of the activation
+codes (``x ^ 0x80``: u8 <-> s8 is ``x -/+ 128``) and moving ``+/-128 * sum(W[n])`` into the bias
+(computed, like the weight layout, by a small ``call_tir`` folded at compile time).
+
+Schedules (:func:`schedule_conv`, :func:`schedule_dense`), chosen per target by
+:func:`isa_of`:
+
+* ``vnni`` (x86 with ``avx512vnni``): the reduction's inner (16 lanes x 4 bytes) block is
+  tensorized with optc's VNNI intrinsic (TVM's ``dot_16x4_vnni`` with the operand types LLVM 22
+  wants); a register tile of R output columns x 16 channels (R <= 14 zmm accumulators) stays in
+  registers over the whole (kh, kw, cb) reduction; (batch, channel block, output row) is the
+  parallel loop; requantization (int64 multiply, rounding shift, zero point, clamp) runs on
+  the tile before it is stored.
+* ``sdot`` (AArch64 with ``+dotprod``): the same tiling, the 16 lanes split into four
+  ``sdot`` 4 x 4 blocks (as TVM's ``ARM_DOT_4x4_i8_SDOT_INTRIN``, accumulator in the local
+  register tile), activations as s8.
+* ``generic`` (any other CPU: AVX2, AVX-512 without VNNI, ARM without dotprod): the same
+  tiling with plain int32 multiply-adds vectorized over the 16 output channels.
+
+Depthwise convolutions (``group = C = N``) have only KH*KW products per output: a plain int32
+kernel vectorized over output columns (no dot-product instruction fits).
+"""
+
+from __future__ import annotations
+
+
+from .lower import register_converter
+
+LANES = 16  # output channels per block (one zmm of int32)
+GROUP = 4  # input bytes per dot product
+MAX_TILE = 14  # output columns per register tile (accumulators)
+PARALLEL_MIN_MACS = 1 << 18  # less work than this stays single-threaded
+
+VNNI_INTRIN = "optc_dot_16x4_u8i8i32_vnni"
+SDOT_INTRIN = "optc_dot_4x4_i8i8i32_sdot"
+
+
+# ---------------------------------------------------------------------------------------------
+# target -> instruction set
+
+
+def isa_of(target) -> str:
+    """``"vnni"``, ``"sdot"`` or ``"generic"`` for a ``tvm.target.Target`` (LLVM CPU)."""
+    from tvm.target import codegen
+
+    attrs = target.attrs
+    triple = str(attrs.get("mtriple", "") or "")
+    mcpu = str(attrs.get("mcpu", "") or "")
+    mattr = [str(a) for a in (attrs.get("mattr", None) or [])]
+    if triple.startswith("aarch64"):
+        return "sdot" if "+dotprod" in mattr else "generic"
+    try:
+        has = bool(codegen.target_has_features("avx512vnni", target))
+    except Exception:  # noqa: BLE001 - older API: fall back on the mattr list and mcpu name
+        has = "+avx512vnni" in mattr or mcpu in ("znver4", "znver5", "icelake-server", "sapphirerapids",
+                                                   "cascadelake", "tigerlake", "alderlake")
+    return "vnni" if has else "generic"
+
+
+def _register_intrinsics() -> None:
+    """optc's dot-product intrinsics. Descriptions as TVM's ``dot_16x4_vnni`` / ARM
+    ``sdot`` 4x4 ones but with the accumulator in ``local`` scope (the register tile);
+    the VNNI implementation passes the operands as <64 x i8> vectors, as
+    ``llvm.x86.avx512.vpdpbusd.512`` wants since LLVM 22 (TVM's own passes <16 x i32>)."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    try:
+        TensorIntrin.get(VNNI_INTRIN)
+        return
+    except Exception:  # noqa: BLE001 - not registered yet
+        pass
+
+    def desc_of(lanes, a_dtype):
+        @T.prim_func(s_tir=True)
+        def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+                T.writes(C[0:lanes])
+                for i, k in T.grid(lanes, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
+
+        return desc
+
+    @T.prim_func(s_tir=True)
+    def vnni(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.reinterpret("int32", A.vload([0], "uint8x4"))
+            a_u8x64 = T.reinterpret("uint8x64", T.broadcast(a_i32, 16))
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                "int32x16", "llvm.x86.avx512.vpdpbusd.512",
+                C.vload([0], "int32x16"), a_u8x64, B.vload([0, 0], "int8x64"))
+
+    @T.prim_func(s_tir=True)
+    def sdot(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            a_i32 = T.reinterpret("int32", A.vload([0], "int8x4"))
+            a_i8x16 = T.reinterpret("int8x16", T.broadcast(a_i32, 4))
+            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8",
+                C.vload([0], "int32x4"), a_i8x16, B.vload([0, 0], "int8x16"))
+
+    TensorIntrin.register(VNNI_INTRIN, desc_of(16, "uint8"), vnni)
+    TensorIntrin.register(SDOT_INTRIN, desc_of(4, "int8"), sdot)
+
+
+def kernel_dtype(isa: str) -> str:
+    """Activation dtype the kernel's dot product wants."""
+    return "int8" if isa == "sdot" else "uint8"
+
+
+# ---------------------------------------------------------------------------------------------
+# TE definitions
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def channel_blocks(C: int, KH: int, KW: int) -> int:
+    """4-byte input channel groups of the packed layouts: ceil(C/4), at least 2 for a 1x1
+    kernel (zero padded) so the reduction always has a loop outside the dot product."""
+    cb = _cdiv(C, GROUP)
+    return max(cb, 2) if KH * KW == 1 else cb
+
+
+def conv_geometry(H, W, kernel_shape, pads, strides, dilations):
+    kh, kw = kernel_shape
+    oh = (H + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (W + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    return oh, ow
+
+
+def _to_kernel(x, in_dtype: str, kdtype: str):
+    """An activation code in the kernel's dtype (top bit flipped when the signedness differs)."""
+    from tvm import tirx
+
+    if in_dtype == kdtype:
+        return x
+    return tirx.reinterpret(kdtype, x ^ tirx.const(0x80 if in_dtype == "uint8" else -128, in_dtype))
+
+
+def _zero_point_in_kernel(zp: int, in_dtype: str, kdtype: str) -> int:
+    if in_dtype == kdtype:
+        return zp
+    return zp - 128 if kdtype == "int8" else zp + 128
+
+
+def weight_pack_te(N: int, C: int, KH: int, KW: int):
+    """``W [N, C, KH, KW]`` int8 -> ``Wp [NB, KH, KW, CB, 16, 4]`` (zero padded)."""
+    from tvm import te, tirx
+
+    NB, CB = _cdiv(N, LANES), channel_blocks(C, KH, KW)
+    W = te.placeholder((N, C, KH, KW), "int8", name="W")
+
+    def f(nb, kh, kw, cb, l, g):
+        n, c = nb * LANES + l, cb * GROUP + g
+        return tirx.if_then_else(tirx.all(n < N, c < C), W[tirx.min(n, N - 1), tirx.min(c, C - 1), kh, kw],
+                                 tirx.const(0, "int8"))
+
+    return [W], te.compute((NB, KH, KW, CB, LANES, GROUP), f, name="Wp")
+
+
+def bias_adjust_te(N: int, C: int, KH: int, KW: int, delta: int, has_bias: bool):
+    """``Bk[n] = B[n] + delta * sum(W[n])`` (int32): the bias of the kernel's dtype."""
+    from tvm import te, tirx
+
+    W = te.placeholder((N, C, KH, KW), "int8", name="W")
+    ins = [W]
+    Bv = None
+    if has_bias:
+        Bv = te.placeholder((N,), "int32", name="B")
+        ins.append(Bv)
+    rc, rh, rw = te.reduce_axis((0, C), "c"), te.reduce_axis((0, KH), "h"), te.reduce_axis((0, KW), "w")
+    S = te.compute((N,), lambda n: te.sum(W[n, rc, rh, rw].astype("int32"), axis=[rc, rh, rw]), name="S")
+
+    def f(n):
+        v = S[n] * tirx.const(delta, "int32")
+        return v + Bv[n] if Bv is not None else v
+
+    return ins, te.compute((N,), f, name="Bk")
+
+
+def _requant(acc, M, S, zy: int, lo: int, hi: int, out_dtype: str):
+    """The op contract's requantization as a TIR expression (int32 acc, per-channel M, S)."""
+    from tvm import tirx
+
+    prod = acc.astype("int64") * M.astype("int64")
+    s64 = S.astype("int64")
+    rounded = (prod + (tirx.const(1, "int64") << (s64 - tirx.const(1, "int64")))) >> s64
+    y = rounded + tirx.const(zy, "int64")
+    y = tirx.max(tirx.min(y, tirx.const(hi, "int64")), tirx.const(lo, "int64"))
+    return y.astype(out_dtype)
+
+
+def conv_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, *, in_dtype, kdtype, x_zp,
+            y_zp, out_min, out_max, out_dtype):
+    """TE tensors of IntConv2d (group 1) on packed weights ``Wp`` and the kernel's bias."""
+    from tvm import te, tirx
+
+    KH, KW = kernel_shape
+    NB, CB = _cdiv(N, LANES), channel_blocks(C, KH, KW)
+    OH, OW = conv_geometry(H, W_, kernel_shape, pads, strides, dilations)
+    Hp, Wpd = H + pads[0] + pads[2], W_ + pads[1] + pads[3]
+    X = te.placeholder((B, C, H, W_), in_dtype, name="X")
+    Wp = te.placeholder((NB, KH, KW, CB, LANES, GROUP), "int8", name="Wp")
+    Bk = te.placeholder((N,), "int32", name="Bk")
+    M = te.placeholder((N,), "int32", name="multiplier")
+    S = te.placeholder((N,), "int32", name="shift")
+    zp_k = _zero_point_in_kernel(x_zp, in_dtype, kdtype)
+
+    def pack(b, hp, wp, cb, g):
+        c, h, w = cb * GROUP + g, hp - pads[0], wp - pads[1]
+        inside = tirx.all(h >= 0, h < H, w >= 0, w < W_)
+        v = _to_kernel(X[b, tirx.min(c, C - 1), tirx.max(tirx.min(h, H - 1), 0), tirx.max(tirx.min(w, W_ - 1), 0)],
+                       in_dtype, kdtype)
+        v = tirx.if_then_else(inside, v, tirx.const(zp_k, kdtype))
+        return tirx.if_then_else(c < C, v, tirx.const(0, kdtype))
+
+    Xp = te.compute((B, Hp, Wpd, CB, GROUP), pack, name="Xp")
+    rkh, rkw = te.reduce_axis((0, KH), "kh"), te.reduce_axis((0, KW), "kw")
+    rcb, rg = te.reduce_axis((0, CB), "cb"), te.reduce_axis((0, GROUP), "g")
+    Acc = te.compute(
+        (B, NB, OH, OW, LANES),
+        lambda b, nb, oh, ow, l: te.sum(
+            Xp[b, oh * strides[0] + rkh * dilations[0], ow * strides[1] + rkw * dilations[1], rcb, rg].astype("int32")
+            * Wp[nb, rkh, rkw, rcb, l, rg].astype("int32"), axis=[rkh, rkw, rcb, rg]),
+        name="Acc")
+    Y = te.compute(
+        (B, N, OH, OW),
+        lambda b, n, oh, ow: _requant(Acc[b, n // LANES, oh, ow, n % LANES] + Bk[n], M[n], S[n], y_zp, out_min,
+                                      out_max, out_dtype),
+        name="Y")
+    return [X, Wp, Bk, M, S], Y
+
+
+def depthwise_te(B, C, H, W_, kernel_shape, pads, strides, dilations, *, in_dtype, x_zp, y_zp, out_min,
+                 out_max, out_dtype):
+    """TE tensors of IntConv2d with group = C = N (one KH x KW filter per channel), on the
+    ONNX weight layout ``W [C, 1, KH, KW]`` and the op's bias."""
+    from tvm import te, tirx
+
+    KH, KW = kernel_shape
+    OH, OW = conv_geometry(H, W_, kernel_shape, pads, strides, dilations)
+    X = te.placeholder((B, C, H, W_), in_dtype, name="X")
+    W = te.placeholder((C, 1, KH, KW), "int8", name="W")
+    Bv = te.placeholder((C,), "int32", name="B")
+    M = te.placeholder((C,), "int32", name="multiplier")
+    S = te.placeholder((C,), "int32", name="shift")
+    Hp, Wpd = H + pads[0] + pads[2], W_ + pads[1] + pads[3]
+
+    def pad(b, c, hp, wp):
+        h, w = hp - pads[0], wp - pads[1]
+        inside = tirx.all(h >= 0, h < H, w >= 0, w < W_)
+        v = X[b, c, tirx.max(tirx.min(h, H - 1), 0), tirx.max(tirx.min(w, W_ - 1), 0)].astype("int32")
+        return tirx.if_then_else(inside, v, tirx.const(x_zp, "int32"))
+
+    Xp = te.compute((B, C, Hp, Wpd), pad, name="Xp")
+    rkh, rkw = te.reduce_axis((0, KH), "kh"), te.reduce_axis((0, KW), "kw")
+    Acc = te.compute(
+        (B, C, OH, OW),
+        lambda b, c, oh, ow: te.sum(Xp[b, c, oh * strides[0] + rkh * dilations[0], ow * strides[1] + rkw * dilations[1]]
+                                    * W[c, 0, rkh, rkw].astype("int32"), axis=[rkh, rkw]),
+        name="Acc")
+    Y = te.compute((B, C, OH, OW), lambda b, c, oh, ow: _requant(Acc[b, c, oh, ow] + Bv[c], M[c], S[c], y_zp, out_min,
+                                                                   out_max, out_dtype), name="Y")
+    return [X, W, Bv, M, S], Y
+
+
+def dense_te(M_, K, N, *, in_dtype, kdtype, y_zp, out_min, out_max, out_dtype):
+    """TE tensors of IntDense on packed weights ``Wp [NB, 1, 1, KB, 16, 4]`` (the conv weight
+    layout of a 1x1 kernel) and the kernel's bias."""
+    from tvm import te, tirx
+
+    NB, KB = _cdiv(N, LANES), channel_blocks(K, 1, 1)
+    X = te.placeholder((M_, K), in_dtype, name="X")
+    Wp = te.placeholder((NB, 1, 1, KB, LANES, GROUP), "int8", name="Wp")
+    Bk = te.placeholder((N,), "int32", name="Bk")
+    Mu = te.placeholder((N,), "int32", name="multiplier")
+    S = te.placeholder((N,), "int32", name="shift")
+
+    def pack(m, kb, g):
+        k = kb * GROUP + g
+        return tirx.if_then_else(k < K, _to_kernel(X[m, tirx.min(k, K - 1)], in_dtype, kdtype), tirx.const(0, kdtype))
+
+    Xp = te.compute((M_, KB, GROUP), pack, name="Xp")
+    rkb, rg = te.reduce_axis((0, KB), "kb"), te.reduce_axis((0, GROUP), "g")
+    Acc = te.compute((M_, NB, LANES), lambda m, nb, l: te.sum(
+        Xp[m, rkb, rg].astype("int32") * Wp[nb, 0, 0, rkb, l, rg].astype("int32"), axis=[rkb, rg]), name="Acc")
+    Y = te.compute((M_, N), lambda m, n: _requant(Acc[m, n // LANES, n % LANES] + Bk[n], Mu[n], S[n], y_zp, out_min,
+                                                   out_max, out_dtype), name="Y")
+    return [X, Wp, Bk, Mu, S], Y
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules
+
+
+def _mark(func):
+    return func.without_attr("global_symbol").with_attrs({
+        "tirx.is_scheduled": True,
+        "tir.is_scheduled": True,
+        "op_pattern": 8,  # kOpaque: FuseOps leaves the kernel alone
+        "tirx.noalias": True,
+    })
+
+
+def _tile(extent: int, limit: int = MAX_TILE) -> int:
+    return max(d for d in range(1, min(limit, extent) + 1) if extent % d == 0)
+
+
+def _inner_dot(sch, blk, lane_loop, isa: str, first) -> None:
+    """Split off the accumulator init at reduction loop ``first``, then tensorize (or
+    vectorize) the (16 lanes, 4 bytes) block under ``lane_loop``."""
+    if isa == "generic":  # int32 multiply-adds, 16 lanes: bytes loop outside, lanes vectorized
+        loops = sch.get_loops(blk)
+        lane, g = loops[-2], loops[-1]
+        sch.reorder(g, lane)
+        sch.unroll(g)
+        sch.vectorize(lane)
+    init = sch.decompose_reduction(blk, first)
+    sch.vectorize(sch.get_loops(init)[-1])
+    if isa == "generic":
+        return
+    _register_intrinsics()
+    if isa == "vnni":
+        sch.tensorize(lane_loop, VNNI_INTRIN)
+    elif isa == "sdot":
+        sch.split(lane_loop, [None, 4])
+        sch.tensorize(sch.get_loops(blk)[-2], SDOT_INTRIN)
+    else:
+        raise ValueError(f"unknown int8 instruction set {isa!r}")
+
+
+def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: str = "Xp"):
+    """Output loops (b, n, oh, ow) -> parallel (b x channel block x row) -> column tile ->
+    (16 lanes, R columns); the accumulators of a tile (R x 16 int32) are computed at the tile
+    with (kh, kw, cb) outside and the (16 x 4) dot product innermost."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(func)
+    par = work >= PARALLEL_MIN_MACS
+    pk = sch.get_sblock(pack_name)
+    pl = sch.get_loops(pk)
+    if par:
+        sch.parallel(sch.fuse(pl[0], pl[1]))
+    yb = sch.get_sblock("Y")
+    b, n, oh, owl = sch.get_loops(yb)
+    nb, lane = sch.split(n, [None, LANES])
+    r = _tile(ow)
+    owo, owi = sch.split(owl, [None, r])
+    sch.reorder(b, nb, oh, owo, lane, owi)
+    outer = sch.fuse(b, nb, oh)
+    if par:
+        sch.parallel(outer)
+    acc = sch.get_sblock("Acc")
+    sch.compute_at(acc, owo)
+    sch.set_scope(acc, 0, "local")
+    # loops generated under owo (each only if its extent is > 1): owi, l, then kh, kw, cb, g
+    loops = sch.get_loops(acc)
+    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(owo)))
+    inner = loops[at + 1:]
+    n_red = sum(1 for iv in sch.get(acc).iter_vars if int(iv.iter_type) == 2 and int(iv.dom.extent) > 1)
+    spatial, red = inner[:len(inner) - n_red], inner[len(inner) - n_red:]
+    lane_a, g = spatial[-1], red[-1]
+    sch.reorder(*red[:-1], *spatial[:-1], lane_a, g)
+    owi_a = spatial[0] if len(spatial) == 2 else None
+    _inner_dot(sch, acc, lane_a, isa, first=red[0])  # red has >= 2 loops: see channel_blocks
+    if owi_a is not None:
+        sch.unroll(owi_a)
+    if n_out % LANES == 0 and r > 1:
+        sch.vectorize(owi)
+    return sch.mod["main"]
+
+
+def schedule_dense(func, isa: str, *, n_out: int, work: int):
+    """Output loops (m, n) -> parallel channel blocks -> rows; the 16-lane accumulator of a
+    (row, block) is computed there with the K/4 reduction outside the (16 x 4) dot product."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(func)
+    yb = sch.get_sblock("Y")
+    m, n = sch.get_loops(yb)
+    nb, lane = sch.split(n, [None, LANES])
+    sch.reorder(nb, m, lane)
+    if work >= PARALLEL_MIN_MACS:
+        sch.parallel(nb)
+    acc = sch.get_sblock("Acc")
+    sch.compute_at(acc, m)
+    sch.set_scope(acc, 0, "local")
+    loops = sch.get_loops(acc)
+    lane_a, kb, g = loops[-3], loops[-2], loops[-1]
+    sch.reorder(kb, lane_a, g)
+    _inner_dot(sch, acc, lane_a, isa, first=kb)
+    return sch.mod["main"]
+
+
+def schedule_depthwise(func, *, ow: int, work: int):
+    import tvm
+
+    sch = tvm.s_tir.Schedule(func)
+    par = work >= PARALLEL_MIN_MACS
+    pk = sch.get_sblock("Xp")
+    pl = sch.get_loops(pk)
+    if par:
+        sch.parallel(sch.fuse(pl[0], pl[1]))
+    yb = sch.get_sblock("Y")
+    b, c, oh, owl = sch.get_loops(yb)
+    outer = sch.fuse(b, c, oh)
+    if par:
+        sch.parallel(outer)
+    acc = sch.get_sblock("Acc")
+    sch.compute_at(acc, outer)
+    sch.set_scope(acc, 0, "local")
+    loops = sch.get_loops(acc)
+    owa, kh, kw = loops[-3], loops[-2], loops[-1]
+    sch.reorder(kh, kw, owa)
+    sch.vectorize(owa)
+    init = sch.decompose_reduction(acc, kh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(owl)
+    return sch.mod["main"]
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel builders (PrimFuncs), used by the converters, the tests and the benchmarks
+
+
+def weight_pack_func(N, C, KH, KW):
+    from tvm import te
+
+    ins, Wp = weight_pack_te(N, C, KH, KW)
+    return _mark(te.create_prim_func([*ins, Wp]))
+
+
+def weight_pack_shape(N, C, KH, KW) -> list[int]:
+    return [_cdiv(N, LANES), KH, KW, channel_blocks(C, KH, KW), LANES, GROUP]
+
+
+def bias_adjust_func(N, C, KH, KW, delta, has_bias):
+    from tvm import te
+
+    ins, Bk = bias_adjust_te(N, C, KH, KW, delta, has_bias)
+    return _mark(te.create_prim_func([*ins, Bk]))
+
+
+def conv_func(isa, B, C, H, W, N, kernel_shape, pads, strides, dilations, *, in_dtype, x_zp, y_zp, out_min,
+              out_max, out_dtype):
+    from tvm import te
+
+    ins, Y = conv_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, in_dtype=in_dtype,
+                     kdtype=kernel_dtype(isa), x_zp=x_zp, y_zp=y_zp, out_min=out_min, out_max=out_max,
+                     out_dtype=out_dtype)
+    f = te.create_prim_func([*ins, Y])
+    OH, OW = conv_geometry(H, W, kernel_shape, pads, strides, dilations)
+    work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * C
+    return _mark(schedule_conv(f, isa, n_out=N, ow=OW, work=work))
+
+
+def depthwise_func(B, C, H, W, kernel_shape, pads, strides, dilations, *, in_dtype, x_zp, y_zp, out_min, out_max,
+                   out_dtype):
+    from tvm import te
+
+    ins, Y = depthwise_te(B, C, H, W, kernel_shape, pads, strides, dilations, in_dtype=in_dtype, x_zp=x_zp,
+                          y_zp=y_zp, out_min=out_min, out_max=out_max, out_dtype=out_dtype)
+    f = te.create_prim_func([*ins, Y])
+    OH, OW = conv_geometry(H, W, kernel_shape, pads, strides, dilations)
+    return _mark(schedule_depthwise(f, ow=OW, work=B * C * OH * OW * kernel_shape[0] * kernel_shape[1]))
+
+
+def dense_func(isa, M, K, N, *, in_dtype, y_zp, out_min, out_max, out_dtype):
+    from tvm import te
+
+    ins, Y = dense_te(M, K, N, in_dtype=in_dtype, kdtype=kernel_dtype(isa), y_zp=y_zp, out_min=out_min,
+                      out_max=out_max, out_dtype=out_dtype)
+    f = te.create_prim_func([*ins, Y])
+    return _mark(schedule_dense(f, isa, n_out=N, work=M * N * K))
+
+
+# ---------------------------------------------------------------------------------------------
+# converters (ONNX ai.optc ops -> Relax call_tir)
+
+
+def current_isa() -> str:
+    """The instruction set of the target being built (``lower.build`` imports the model inside
+    ``with target``). Only LLVM CPU targets have integer kernels."""
+    import tvm
+
+    tgt = tvm.target.Target.current(allow_none=True)
+    if tgt is None:
+        raise ValueError("optc integer ops need a CPU target in scope (with target: ...) when imported")
+    if tgt.kind.name != "llvm":
+        raise ValueError(f"optc integer ops (IntConv2d/IntDense) have kernels for CPUs only, not {tgt.kind.name}: "
+                         "leave integerize out of the pipeline for this target")
+    return isa_of(tgt)
+
+
+def _shape(expr) -> list[int]:
+    return [int(v) for v in expr.ty.shape]
+
+
+def _dtype(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _call(bb, func, name: str, args: list, shape: list[int], dtype: str):
+    from tvm import relax
+
+    gv = bb.add_func(func, name)
+    return bb.emit(relax.call_tir(gv, args, out_ty=relax.TensorType(shape, dtype)))
+
+
+def _requant_attrs(attr: dict) -> dict:
+    to = int(attr.get("to", 2))
+    return {"y_zp": int(attr.get("y_zero_point", 0)), "out_min": int(attr["out_min"]),
+            "out_max": int(attr["out_max"]), "out_dtype": {2: "uint8", 3: "int8"}[to]}
+
+
+def _kernel_bias(bb, w4, bias, in_dtype: str, isa: str):
+    """The op's bias, plus -/+128 * sum(W[n]) when the kernel flips the activations' sign bit."""
+    n, c, kh, kw = _shape(w4)
+    kd = kernel_dtype(isa)
+    if in_dtype == kd:
+        return bias
+    # s8 input, u8 kernel: x = x_k - 128 -> sum x w = sum x_k w - 128 sum w
+    # u8 input, s8 kernel: x = x_k + 128 -> sum x w = sum x_k w + 128 sum w
+    delta = -128 if kd == "uint8" else 128
+    return _call(bb, bias_adjust_func(n, c, kh, kw, delta, True), "optc_int_bias", [w4, bias], [n], "int32")
+
+
+def _register() -> None:
+    from tvm import relax
+
+    from optc.passes.optc_ops import DOMAIN
+    from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter as Base
+
+    @register_converter(DOMAIN, "IntConv2d")
+    class IntConv2d(Base):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x, w, bias, mult, shift = inputs[:5]
+            isa = current_isa()
+            b, c, h, wd = _shape(x)
+            n, cg, kh, kw = _shape(w)
+            ks = [int(v) for v in attr["kernel_shape"]]
+            pads = [int(v) for v in attr.get("pads", (0, 0, 0, 0))]
+            strides = [int(v) for v in attr.get("strides", (1, 1))]
+            dil = [int(v) for v in attr.get("dilations", (1, 1))]
+            group = int(attr.get("group", 1))
+            in_dtype = _dtype(x)
+            rq = _requant_attrs(attr)
+            x_zp = int(attr.get("x_zero_point", 0))
+            oh, ow = conv_geometry(h, wd, ks, pads, strides, dil)
+            if group != 1:
+                if not (group == c == n and cg == 1):
+                    raise ValueError(f"IntConv2d: group {group} is not supported (1 or depthwise)")
+                func = depthwise_func(b, c, h, wd, ks, pads, strides, dil, in_dtype=in_dtype, x_zp=x_zp, **rq)
+                return relax.call_tir(bb.add_func(func, "optc_int_depthwise"), [x, w, bias, mult, shift],
+                                      out_ty=relax.TensorType([b, n, oh, ow], rq["out_dtype"]))
+            wp = _call(bb, weight_pack_func(n, c, kh, kw), "optc_int_weight_pack", [w],
+                       weight_pack_shape(n, c, kh, kw), "int8")
+            bk = _kernel_bias(bb, w, bias, in_dtype, isa)
+            func = conv_func(isa, b, c, h, wd, n, ks, pads, strides, dil, in_dtype=in_dtype, x_zp=x_zp, **rq)
+            return relax.call_tir(bb.add_func(func, "optc_int_conv2d"), [x, wp, bk, mult, shift],
+                                  out_ty=relax.TensorType([b, n, oh, ow], rq["out_dtype"]))
+
+    @register_converter(DOMAIN, "IntDense")
+    class IntDense(Base):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x, w, bias, mult, shift = inputs[:5]
+            isa = current_isa()
+            m, k = _shape(x)
+            n = _shape(w)[0]
+            in_dtype = _dtype(x)
+            rq = _requant_attrs(attr)
+            w4 = bb.emit(relax.op.reshape(w, [n, k, 1, 1]))
+            wp = _call(bb, weight_pack_func(n, k, 1, 1), "optc_int_weight_pack", [w4],
+                       weight_pack_shape(n, k, 1, 1), "int8")
+            bk = _kernel_bias(bb, w4, bias, in_dtype, isa)
+            func = dense_func(isa, m, k, n, in_dtype=in_dtype, **rq)
+            return relax.call_tir(bb.add_func(func, "optc_int_dense"), [x, wp, bk, mult, shift],
+                                  out_ty=relax.TensorType([m, n], rq["out_dtype"]))
+
+
+def _safe_register() -> None:
+    try:
+        _register()
+    except ImportError:  # pragma: no cover - TVM missing: lower.py reports that itself
+        pass
+
+
+_safe_register()
+

@@ -1,0 +1,209 @@
+"""optc's integer ops (domain ``ai.optc``, version 1): contract, fixed-point requantization
+math, and the numpy references the TVM kernels must match bit for bit.
+
+The ``integerize`` pass (:mod:`optc.passes.quant.integerize`) emits these ops in place of
+``DequantizeLinear -> Conv/Gemm/MatMul [-> Relu|Clip] -> QuantizeLinear`` chains; the TVM
+backend lowers them to int8 kernels (:mod:`optc.backends.tvm.int8`).
+
+Ops
+---
+``IntConv2d(X, W, B, multiplier, shift) -> Y``  (attributes ``kernel_shape`` [KH, KW],
+``pads`` [top, left, bottom, right], ``strides`` [2], ``dilations`` [2], ``group`` (1, or C
+for a depthwise conv with one filter per channel), ``x_zero_point``, ``y_zero_point``,
+``out_min``, ``out_max``)
+    ``X`` uint8 or int8 NCHW ``[N_b, C, H, W]``: quantized activation codes. ``W`` int8
+    ``[N, C / group, KH, KW]`` (ONNX Conv layout; int4 weights are int8 values in [-7, 7]).
+    ``B`` int32 ``[N]``: the bias *with the input zero point folded in*,
+    ``B[n] = b_q[n] - x_zero_point * sum(W[n])``. ``multiplier`` int32 ``[N]`` in
+    [2^30, 2^31), ``shift`` int32 ``[N]`` in [1, 62]. Padding reads ``x_zero_point`` (the code
+    of real 0), so with ``Xp`` the padded input::
+
+        acc[b, n, oh, ow] = sum_{c, kh, kw} Xp[b, c, oh*sh + kh*dh, ow*sw + kw*dw] * W[n, c, kh, kw] + B[n]
+                          = sum (x - x_zero_point) * w + b_q            (exact, in int32)
+        Y = clamp(((acc * multiplier[n] + 2^(shift[n] - 1)) >> shift[n]) + y_zero_point,
+                  out_min, out_max)
+
+    ``>>`` is an arithmetic shift of the 64-bit product, i.e. ``floor``: the requantization
+    rounds **half up** (towards +inf) - ``round(acc * m)`` with ``m = multiplier * 2^-shift``.
+    ``Y`` has the dtype of the ``out_min``/``out_max`` range: uint8 when ``out_min >= 0``
+    and ``out_max > 127``, else int8 (attribute ``to``: the ONNX TensorProto type, 2 = uint8,
+    3 = int8). A fused ReLU is ``out_min = y_zero_point``; a fused Clip(lo, hi) clamps at
+    the codes of lo and hi.
+
+``IntDense(X, W, B, multiplier, shift) -> Y``  (attributes ``x_zero_point``,
+``y_zero_point``, ``out_min``, ``out_max``, ``to``)
+    ``X`` uint8/int8 ``[M, K]``, ``W`` int8 ``[N, K]`` (rows are output features), ``B``,
+    ``multiplier``, ``shift`` as for IntConv2d. ``acc[m, n] = sum_k X[m, k] * W[n, k] + B[n]``,
+    then the same requantization; ``Y`` ``[M, N]``.
+
+Why it is exact: |acc| < 2^31 is checked when the ops are made (K * 255 * 127 plus the bias),
+``acc * multiplier`` fits in int64, and every step is integer arithmetic. The QDQ graph
+computes the same layer in float32 and rounds half to even at QuantizeLinear; the two agree
+except where ``acc * m`` lands within float rounding of a .5 boundary: then the codes differ
+by one step (see :mod:`optc.passes.quant.integerize` for what this means for verification).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx.reference.op_run import OpRun
+
+from optc.passes.optc_ops import DOMAIN
+
+__all__ = ["OPS", "OP_TYPES", "fixed_point", "requantize", "int_conv2d", "int_dense", "ACC_LIMIT"]
+
+ACC_LIMIT = 2 ** 31 - 1
+
+
+def fixed_point(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Real multipliers ``m`` (> 0) -> (int32 multiplier in [2^30, 2^31), int32 shift) with
+    ``m ~= multiplier * 2^-shift`` (relative error <= 2^-31). Raises ValueError when a shift
+    falls outside [1, 62] (a multiplier >= 2^30 or < 2^-31)."""
+    m = np.asarray(m, np.float64).reshape(-1)
+    if np.any(~np.isfinite(m)) or np.any(m <= 0):
+        raise ValueError("requantization multipliers must be finite and > 0")
+    f, e = np.frexp(m)  # m = f * 2^e, f in [0.5, 1)
+    mult = np.round(f * 2.0 ** 31).astype(np.int64)
+    carry = mult >= 2 ** 31
+    mult = np.where(carry, mult // 2, mult)
+    e = e + carry
+    shift = 31 - e
+    if np.any(shift < 1) or np.any(shift > 62):
+        raise ValueError(f"requantization multiplier out of range ({m.min():.3g} .. {m.max():.3g})")
+    return mult.astype(np.int32), shift.astype(np.int32)
+
+
+def requantize(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, axis: int, y_zero_point: int,
+               out_min: int, out_max: int, dtype) -> np.ndarray:
+    """The op contract's requantization of int accumulators (per-channel ``axis``)."""
+    shape = [1] * acc.ndim
+    shape[axis] = -1
+    m = np.asarray(multiplier, np.int64).reshape(shape)
+    s = np.asarray(shift, np.int64).reshape(shape)
+    y = (np.asarray(acc, np.int64) * m + (np.int64(1) << (s - 1))) >> s
+    return np.clip(y + int(y_zero_point), int(out_min), int(out_max)).astype(dtype)
+
+
+def _out_dtype(to: int | None, out_min: int, out_max: int):
+    if to is not None:
+        return {2: np.uint8, 3: np.int8}[int(to)]
+    return np.uint8 if out_min >= 0 and out_max > 127 else np.int8
+
+
+def _matmul_exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer matmul through float64 BLAS: exact while |sums| < 2^53 (int8 x uint8 sums with
+    K < 2^37 terms)."""
+    return np.rint(np.asarray(a, np.float64) @ np.asarray(b, np.float64)).astype(np.int64)
+
+
+def int_conv2d(x, w, b, kernel_shape, pads=None, strides=None, dilations=None, group=1, x_zero_point=0):
+    """int64 accumulators ``[N_b, N, OH, OW]`` of IntConv2d (before requantization)."""
+    x = np.asarray(x, np.int64)
+    w = np.asarray(w, np.int64)
+    kh, kw = (int(v) for v in kernel_shape)
+    pt, pl, pb, pr = (int(v) for v in (pads or (0, 0, 0, 0)))
+    sh, sw = (int(v) for v in (strides or (1, 1)))
+    dh, dw = (int(v) for v in (dilations or (1, 1)))
+    nb, c, h, wd = x.shape
+    n = w.shape[0]
+    xp = np.full((nb, c, h + pt + pb, wd + pl + pr), int(x_zero_point), np.int64)
+    xp[:, :, pt:pt + h, pl:pl + wd] = x
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    # im2col: [nb, c, kh, kw, oh, ow]
+    cols = np.empty((nb, c, kh, kw, oh, ow), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+    if int(group) == 1:
+        acc = _matmul_exact(w.reshape(n, -1), cols.transpose(1, 2, 3, 0, 4, 5).reshape(c * kh * kw, -1))
+        acc = acc.reshape(n, nb, oh, ow).transpose(1, 0, 2, 3)
+    elif int(group) == c and n == c and w.shape[1] == 1:  # depthwise
+        acc = np.einsum("bcijxy,cij->bcxy", cols, w[:, 0])
+    else:
+        raise ValueError(f"IntConv2d: group {group} not supported (1 or depthwise)")
+    if b is not None:
+        acc = acc + np.asarray(b, np.int64).reshape(1, -1, 1, 1)
+    return acc
+
+
+def int_dense(x, w, b):
+    """int64 accumulators ``[M, N]`` of IntDense (before requantization)."""
+    acc = _matmul_exact(np.asarray(x), np.asarray(w).T)
+    if b is not None:
+        acc = acc + np.asarray(b, np.int64).reshape(1, -1)
+    return acc
+
+
+def _check_acc(acc: np.ndarray, op: str) -> None:
+    if acc.size and np.abs(acc).max() > ACC_LIMIT:
+        raise ValueError(f"{op}: int32 accumulator overflow (the op contract forbids it)")
+
+
+class IntConv2d(OpRun):
+    op_domain = DOMAIN
+
+    def _run(self, X, W, B, multiplier, shift, kernel_shape=None, pads=None, strides=None,  # noqa: N803
+             dilations=None, group=None, x_zero_point=None, y_zero_point=None, out_min=None,
+             out_max=None, to=None):
+        acc = int_conv2d(X, W, B, kernel_shape, pads, strides, dilations, group or 1, x_zero_point or 0)
+        _check_acc(acc, "IntConv2d")
+        return (requantize(acc, multiplier, shift, 1, y_zero_point or 0, out_min, out_max,
+                           _out_dtype(to, out_min, out_max)),)
+
+
+class IntDense(OpRun):
+    op_domain = DOMAIN
+
+    def _run(self, X, W, B, multiplier, shift, x_zero_point=None, y_zero_point=None,  # noqa: N803
+             out_min=None, out_max=None, to=None):
+        acc = int_dense(X, W, B)
+        _check_acc(acc, "IntDense")
+        return (requantize(acc, multiplier, shift, 1, y_zero_point or 0, out_min, out_max,
+                           _out_dtype(to, out_min, out_max)),)
+
+
+def _per_axis(v, ndim: int, axis: int | None):
+    v = np.asarray(v)
+    if v.size == 1 or v.ndim == 0:
+        return v.reshape(())
+    shape = [1] * ndim
+    shape[(axis if axis is not None else 1) % ndim] = -1
+    return v.reshape(shape)
+
+
+class QuantizeLinear(OpRun):
+    """ONNX QuantizeLinear (opset 13+, per-tensor or per-axis, uint8/int8/int32 outputs):
+    ``saturate(round_half_even(x / scale) + zero_point)`` in float32, as onnxruntime computes
+    it. onnx's reference evaluator has no implementation below opset 19, and graphs rewritten by
+    ``integerize`` keep the quantize pass's opset (13+): this one serves all of them."""
+
+    op_domain = ""
+
+    def _run(self, x, y_scale, y_zero_point=None, axis=None, saturate=None, block_size=None,  # noqa: ARG002
+             output_dtype=None, precision=None):
+        if block_size:
+            raise NotImplementedError("blocked QuantizeLinear")
+        dtype = np.asarray(y_zero_point).dtype if y_zero_point is not None else np.dtype(np.uint8)
+        info = np.iinfo(dtype)
+        s = _per_axis(np.asarray(y_scale, np.float32), np.ndim(x), axis)
+        zp = _per_axis(np.asarray(y_zero_point if y_zero_point is not None else 0, np.float32), np.ndim(x), axis)
+        q = np.rint(np.asarray(x, np.float32) / s) + zp
+        return (np.clip(q, info.min, info.max).astype(dtype),)
+
+
+class DequantizeLinear(OpRun):
+    """ONNX DequantizeLinear (opset 13+): ``(x - zero_point) * scale`` in float32."""
+
+    op_domain = ""
+
+    def _run(self, x, x_scale, x_zero_point=None, axis=None, block_size=None, output_dtype=None):  # noqa: ARG002
+        if block_size:
+            raise NotImplementedError("blocked DequantizeLinear")
+        s = _per_axis(np.asarray(x_scale, np.float32), np.ndim(x), axis)
+        zp = _per_axis(np.asarray(x_zero_point if x_zero_point is not None else 0, np.int64), np.ndim(x), axis)
+        return (((np.asarray(x, np.int64) - zp).astype(np.float32) * s).astype(np.float32),)
+
+
+OPS = [IntConv2d, IntDense, QuantizeLinear, DequantizeLinear]
+OP_TYPES = ("IntConv2d", "IntDense")

@@ -1,0 +1,373 @@
+"""The ``integerize`` pass: QDQ layers -> optc integer ops (``IntConv2d`` / ``IntDense``).
+
+Pattern (what the ``quantize`` pass writes, :mod:`.qdq`), per Conv / Gemm / MatMul node L::
+
+    DQ(x_q; s_x, zp_x) -> L(., DQ(w_q int8; s_w, 0), [DQ(b_q int32; s_x*s_w, 0)]) [-> Relu | Clip] -> Q(.; s_y, zp_y)
+
+becomes ``y_q = IntConv2d|IntDense(x_q, w_q, B, multiplier, shift)`` writing the tensor the
+QuantizeLinear wrote, so chains of layers (``DQ(y_q)`` feeding the next layer) match one after
+the other and the float DQ/Q pairs between integer layers disappear (DCE). Ops between layers
+that the pattern does not cover (Add of a residual, pooling, ...) keep reading ``DQ(y_q)``
+and compute in float, as in the QDQ graph.
+
+Math (per output channel n; contract in :mod:`.int_ops`):
+``B[n] = b_q[n] - zp_x * sum(w_q[n])`` (zero point folded into the int32 bias, exact; padding
+reads zp_x), ``multiplier * 2^-shift = s_x * s_w[n] / s_y`` (31-bit fixed point), rounding
+half up, clamp to the output type, a fused Relu/Clip as the clamp bounds in the output's codes.
+
+Assumes a QDQ graph from ``quantize`` (or any QDQ graph of that form). Guarantees: every
+rewritten layer computes in integers; weights stay int8 initializers (int4: int8 in [-7, 7]);
+a layer that does not match stays in float QDQ and ``details["float_layers"]`` says why
+(float bias, grouped conv other than depthwise, no output QuantizeLinear (``output-qdq=false``
+on the last layer), MatMul of rank > 2, non-constant parameters, multiplier out of range, an
+int32 accumulator that could overflow, ...). Running it twice changes nothing the second time.
+
+Numbers: the integer ops equal their numpy references bit for bit; against the QDQ graph
+(float32 math, round half to even) an output code differs by one step where ``acc * m`` is
+within float rounding of a .5 boundary, and such flips propagate through later layers.
+Verification compares the artifact with this pass's output model (the numpy reference for
+the integer ops), at the QDQ tolerance of :mod:`.tolerance` for the float parts in between.
+
+How users get it: ``optc compile`` appends ``integerize`` to a pipeline that holds
+``quantize`` when the target's backend lowers these ops (CPU and ARM); write
+``integerize<enabled=false>`` in the pipeline to keep the float QDQ graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+from optc.passes.optc_ops import DOMAIN, VERSION
+from optc.pipeline import Pass, register_pass
+
+from . import int_ops
+
+__all__ = ["Integerize", "integerize_model", "INTEGER_OPS", "wants_integerize", "auto_integerize"]
+
+INTEGER_OPS = tuple(f"{DOMAIN}::{t}" for t in int_ops.OP_TYPES)
+_QTYPES = {TensorProto.UINT8: (0, 255, np.uint8), TensorProto.INT8: (-128, 127, np.int8)}
+
+
+@dataclass
+class _Graph:
+    model: onnx.ModelProto
+    inits: dict = field(default_factory=dict)
+    producers: dict = field(default_factory=dict)
+    consumers: dict = field(default_factory=dict)
+    outputs: set = field(default_factory=set)
+
+    @classmethod
+    def of(cls, model):
+        g = model.graph
+        cons: dict[str, list] = {}
+        for n in g.node:
+            for i in n.input:
+                if i:
+                    cons.setdefault(i, []).append(n)
+        return cls(model, {t.name: t for t in g.initializer}, {o: n for n in g.node for o in n.output if o}, cons,
+                   {o.name for o in g.output})
+
+    def const(self, name: str):
+        if not name:
+            return None
+        t = self.inits.get(name)
+        if t is not None:
+            return numpy_helper.to_array(t)
+        p = self.producers.get(name)
+        if p is not None and p.op_type == "Constant" and len(p.attribute) == 1 and p.attribute[0].name == "value":
+            return numpy_helper.to_array(p.attribute[0].t)
+        return None
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+class _NoMatch(Exception):
+    pass
+
+
+def _dq(g: _Graph, name: str, what: str):
+    """(quantized input name, scale array, zero point array, axis, node) of the DequantizeLinear
+    producing ``name``."""
+    node = g.producers.get(name)
+    if node is None or node.op_type != "DequantizeLinear":
+        raise _NoMatch(f"{what} is not read through DequantizeLinear")
+    scale = g.const(node.input[1])
+    zp = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if scale is None:
+        raise _NoMatch(f"{what}: DequantizeLinear scale is not a constant")
+    return node.input[0], np.asarray(scale, np.float64), zp, _attr(node, "axis", 1), node
+
+
+def _match(g: _Graph, node) -> dict:
+    """The rewrite of layer ``node``, or _NoMatch with the reason."""
+    op = node.op_type
+    if op == "Gemm":
+        if _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0:
+            raise _NoMatch("Gemm with transA or alpha/beta != 1")
+    x_q, s_x, zp_x, _, _ = _dq(g, node.input[0], "activation")
+    if s_x.size != 1:
+        raise _NoMatch("per-channel activation scale")
+    x_qt = zp_x.dtype if zp_x is not None else np.dtype(np.uint8)
+    if x_qt not in (np.uint8, np.int8):
+        raise _NoMatch(f"activation type {x_qt} (uint8/int8 only)")
+    zx = int(np.asarray(zp_x).reshape(-1)[0]) if zp_x is not None else 0
+    w_name, s_w, zp_w, w_axis, _ = _dq(g, node.input[1], "weight")
+    w = g.const(w_name)
+    if w is None or w.dtype != np.int8:
+        raise _NoMatch("weight is not an int8 constant")
+    if zp_w is not None and np.any(zp_w != 0):
+        raise _NoMatch("weight zero point != 0")
+    # canonical weight: Conv [N, C/g, KH, KW]; dense [N, K]
+    if op == "Conv":
+        n_axis = 0
+        wk = w
+        if w.ndim != 4:
+            raise _NoMatch("Conv that is not 2-D")
+    else:
+        if w.ndim != 2:
+            raise _NoMatch("MatMul/Gemm weight of rank != 2")
+        trans_b = op == "Gemm" and bool(_attr(node, "transB", 0))
+        n_axis = 0 if trans_b else 1
+        wk = w if trans_b else w.T
+    n = wk.shape[0]
+    if s_w.size == 1:
+        s_w = np.full(n, float(s_w.reshape(-1)[0]))
+    elif s_w.size != n or (w_axis % w.ndim) != n_axis:
+        raise _NoMatch("weight scale is not per output channel")
+    s_w = s_w.reshape(-1)
+    bias = None
+    if len(node.input) > 2 and node.input[2]:
+        b_name, s_b, zp_b, _, _ = _dq(g, node.input[2], "bias")
+        bias = g.const(b_name)
+        if bias is None or bias.dtype != np.int32:
+            raise _NoMatch("bias is not an int32 constant")
+        bias = bias.reshape(-1).astype(np.int64)
+        if bias.size == 1 and n > 1:
+            bias = np.full(n, bias[0])
+        if bias.size != n:
+            raise _NoMatch("bias shape")
+        if zp_b is not None and np.any(zp_b != 0):
+            raise _NoMatch("bias zero point != 0")
+        s_b = np.broadcast_to(s_b.reshape(-1), (n,))
+        if not np.allclose(s_b, np.float32(s_x.reshape(-1)[0]) * s_w.astype(np.float32), rtol=1e-5, atol=0):
+            raise _NoMatch("bias scale != s_x * s_w")
+    # output: [Relu | Clip] -> QuantizeLinear
+    out = node.output[0]
+    users = g.consumers.get(out, [])
+    lo, hi = -np.inf, np.inf
+    chain = [node]
+    if out in g.outputs or len(users) != 1:
+        raise _NoMatch("layer output has no single QuantizeLinear reader (output-qdq=false?)")
+    nxt = users[0]
+    if nxt.op_type in ("Relu", "Clip"):
+        if nxt.op_type == "Relu":
+            lo = 0.0
+        else:
+            cmin = g.const(nxt.input[1]) if len(nxt.input) > 1 else None
+            cmax = g.const(nxt.input[2]) if len(nxt.input) > 2 else None
+            if (len(nxt.input) > 1 and nxt.input[1] and cmin is None) or (len(nxt.input) > 2 and nxt.input[2] and cmax is None):
+                raise _NoMatch("Clip bounds are not constants")
+            lo = float(cmin) if cmin is not None else _attr(nxt, "min", -np.inf)
+            hi = float(cmax) if cmax is not None else _attr(nxt, "max", np.inf)
+        chain.append(nxt)
+        out = nxt.output[0]
+        users = g.consumers.get(out, [])
+        if out in g.outputs or len(users) != 1:
+            raise _NoMatch("activation output has no single QuantizeLinear reader")
+        nxt = users[0]
+    if nxt.op_type != "QuantizeLinear":
+        raise _NoMatch(f"layer output goes to {nxt.op_type}, not QuantizeLinear (output-qdq=false?)")
+    s_y = g.const(nxt.input[1])
+    zp_y = g.const(nxt.input[2]) if len(nxt.input) > 2 and nxt.input[2] else None
+    if s_y is None or np.asarray(s_y).size != 1 or (zp_y is not None and np.asarray(zp_y).size != 1):
+        raise _NoMatch("output QuantizeLinear parameters are not per-tensor constants")
+    if len(nxt.input) > 2 and nxt.input[2] and zp_y is None:
+        raise _NoMatch("output zero point is not a constant")
+    y_dtype = np.asarray(zp_y).dtype if zp_y is not None else np.dtype(np.uint8)
+    ttype = helper.np_dtype_to_tensor_dtype(y_dtype)
+    if ttype not in _QTYPES:
+        raise _NoMatch(f"output type {y_dtype}")
+    qmin, qmax, _ = _QTYPES[ttype]
+    s_y = float(np.asarray(s_y).reshape(-1)[0])
+    zy = int(np.asarray(zp_y).reshape(-1)[0]) if zp_y is not None else 0
+    if np.isfinite(lo):
+        qmin = max(qmin, zy + int(np.round(lo / s_y)))
+    if np.isfinite(hi):
+        qmax = min(qmax, zy + int(np.round(hi / s_y)))
+    if qmin > qmax:
+        raise _NoMatch("empty clamp range")
+    chain.append(nxt)
+    # requantization and the folded bias
+    try:
+        mult, shift = int_ops.fixed_point(float(s_x.reshape(-1)[0]) * s_w / s_y)
+    except ValueError as err:
+        raise _NoMatch(str(err)) from None
+    wsum = wk.reshape(n, -1).astype(np.int64).sum(1)
+    b = (bias if bias is not None else np.zeros(n, np.int64)) - zx * wsum
+    k = int(np.prod(wk.shape[1:]))
+    x_range = 255 if x_qt == np.uint8 else 128
+    bound = k * x_range * 127 + np.abs(b).max(initial=0)
+    if np.abs(b).max(initial=0) > int_ops.ACC_LIMIT or bound > int_ops.ACC_LIMIT:
+        raise _NoMatch("the int32 accumulator could overflow")
+    attrs = {"x_zero_point": zx, "y_zero_point": zy, "out_min": int(qmin), "out_max": int(qmax), "to": int(ttype)}
+    if op == "Conv":
+        group = int(_attr(node, "group", 1))
+        c_in = wk.shape[1] * group
+        if group != 1 and not (group == c_in == n and wk.shape[1] == 1):
+            raise _NoMatch(f"grouped Conv (group {group}) other than depthwise")
+        ks = list(_attr(node, "kernel_shape", wk.shape[2:]))
+        if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise _NoMatch("Conv with auto_pad")
+        attrs.update(kernel_shape=[int(v) for v in ks], pads=[int(v) for v in _attr(node, "pads", [0, 0, 0, 0])],
+                     strides=[int(v) for v in _attr(node, "strides", [1, 1])],
+                     dilations=[int(v) for v in _attr(node, "dilations", [1, 1])], group=group)
+        op_type = "IntConv2d"
+    else:
+        op_type = "IntDense"
+    return {"op_type": op_type, "x_q": x_q, "w": np.ascontiguousarray(wk.astype(np.int8)), "b": b.astype(np.int32),
+            "mult": mult, "shift": shift, "attrs": attrs, "x_dtype": str(np.dtype(x_qt)), "out": nxt.output[0], "chain": chain}
+
+
+def integerize_model(model: onnx.ModelProto, ops=("Conv", "Gemm", "MatMul")) -> tuple[onnx.ModelProto, dict]:
+    """Rewrite every matching layer (see the module docstring). Returns (model, details)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = _Graph.of(model)
+    graph = model.graph
+    names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | \
+        {i.name for i in graph.input}
+
+    def fresh(base):
+        name, k = base, 1
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.add(name)
+        return name
+
+    replaced, layers, float_layers = {}, [], []
+    new_inits = []
+    for node in graph.node:
+        if node.op_type not in ops or node.domain not in ("", "ai.onnx"):
+            continue
+        lname = node.name or node.output[0]
+        try:
+            m = _match(g, node)
+        except _NoMatch as why:
+            float_layers.append({"name": lname, "op": node.op_type, "reason": str(why)})
+            continue
+        base = lname.replace("/", "_").strip("_") or "layer"
+        ins = [m["x_q"]]
+        for suffix, arr in (("w", m["w"]), ("bias", m["b"]), ("multiplier", m["mult"]), ("shift", m["shift"])):
+            nm = fresh(f"{base}__int_{suffix}")
+            new_inits.append(numpy_helper.from_array(arr, nm))
+            ins.append(nm)
+        new = helper.make_node(m["op_type"], ins, [m["out"]], name=fresh(f"{lname}/{m['op_type']}"), domain=DOMAIN,
+                               **m["attrs"])
+        for c in m["chain"]:
+            replaced[id(c)] = None
+        replaced[id(m["chain"][-1])] = new
+        layers.append({"name": lname, "op": m["op_type"], "fused_activation": (m["chain"][1].op_type
+                       if len(m["chain"]) == 3 else None),
+                       "activation": m["x_dtype"],
+                       "weight_range": [int(m["w"].min()), int(m["w"].max())]})
+    if not layers:
+        return model, {"layers": [], "float_layers": float_layers}
+    nodes = []
+    for n in graph.node:
+        if id(n) in replaced:
+            if replaced[id(n)] is not None:
+                nodes.append(replaced[id(n)])
+        else:
+            nodes.append(n)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(new_inits)
+    _dce(model)
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, VERSION))
+    # value_info of removed intermediate float tensors is stale: drop what no node writes any more
+    written = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    keep = [vi for vi in graph.value_info if vi.name in written]
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+    int_bytes = sum(numpy_helper.to_array(t).nbytes for t in new_inits)
+    return model, {"layers": layers, "float_layers": float_layers, "integer_layer_bytes": int_bytes}
+
+
+def _dce(model: onnx.ModelProto) -> None:
+    """Drop nodes whose outputs nothing reads, then unread initializers (bounded: one sweep per
+    node at most)."""
+    graph = model.graph
+    outs = {o.name for o in graph.output}
+    for _ in range(len(graph.node) + 1):
+        used = {i for n in graph.node for i in n.input} | outs
+        keep = [n for n in graph.node if any(o in used for o in n.output if o)]
+        if len(keep) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(keep)
+    used = {i for n in graph.node for i in n.input} | outs
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
+def wants_integerize(pass_names: list[str], tvm_kind: str | None, backend_ops: set[str]) -> bool:
+    """``optc compile``'s rule: append ``integerize`` when the pipeline quantizes, does not name
+    integerize itself, the target is an LLVM CPU (x86 or ARM: the integer kernels are CPU
+    kernels) and its backend lowers the integer ops."""
+    return "quantize" in pass_names and "integerize" not in pass_names and tvm_kind == "llvm" and \
+        all(op in backend_ops for op in INTEGER_OPS)
+
+
+def auto_integerize(specs: list, target, backend) -> list:
+    """``specs`` with ``integerize`` appended when :func:`wants_integerize` says so (the
+    recorded pipeline then names it, so the build replays as is)."""
+    from optc.pipeline import PassSpec
+
+    names = [s.name for s in specs]
+    if "quantize" not in names or "integerize" in names:
+        return specs
+    if not wants_integerize(names, (target.tvm or {}).get("kind"), set(backend.supported_ops())):
+        return specs
+    return [*specs, PassSpec("integerize")]
+
+
+@register_pass("integerize")
+class Integerize(Pass):
+    """QDQ Conv/Gemm/MatMul layers -> int8 x int8 -> int32 ops with fixed-point requantization.
+
+    Assumes a QDQ graph (``quantize`` first). Guarantees: matched ``DQ -> layer [-> Relu|Clip]
+    -> Q`` chains become ``ai.optc`` ``IntConv2d``/``IntDense`` (integer arithmetic, int8
+    weights, int32 bias with the input zero point folded in, rounding half up); other layers
+    stay QDQ (the details say why). Lossy against the QDQ graph by rounding only: codes differ
+    by one step at .5 ties (see ``optc.passes.quant.integerize``). ``optc compile`` appends it
+    after ``quantize`` for CPU/ARM targets; ``integerize<enabled=false>`` keeps float QDQ.
+    """
+
+    lossy: ClassVar[bool] = True
+
+    enabled: bool = field(default=True, metadata={"doc": "false: leave the QDQ graph as is (float compute in TVM)"})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if not self.enabled:
+            self.details = {"enabled": False}
+            return ir.passes.PassResult(model, False)
+        proto = ir.serde.serialize_model(model)
+        out, details = integerize_model(proto)
+        self.details = details
+        if not details["layers"]:
+            return ir.passes.PassResult(model, False)
+        new = ir.serde.deserialize_model(out)
+        model.graph = new.graph  # opset imports live on the graph in onnx-ir
+        return ir.passes.PassResult(model, True)

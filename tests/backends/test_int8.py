@@ -1,0 +1,201 @@
+"""TVM int8 kernels (IntConv2d / IntDense): bit-exact against the numpy references, vpdpbusd /
+sdot in the generated assembly where the CPU has them, a plain fallback elsewhere, and the
+compile path (quantize -> integerize -> verify)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytestmark = pytest.mark.tvm
+pytest.importorskip("tvm")
+
+from optc.backends.tvm import int8, lower  # noqa: E402
+from optc.frontend import TensorSpec  # noqa: E402
+from optc.passes.optc_ops import reference_evaluator  # noqa: E402
+from optc.passes.quant import int_ops  # noqa: E402
+from optc.targets import Target, get_target  # noqa: E402
+
+HASWELL = Target(name="cpu-haswell", backend="tvm-cpu", description="AVX2, no VNNI",
+                 tvm={"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+HOST_ISA = int8.isa_of(lower.tvm_target(get_target("cpu")))
+needs_vnni = pytest.mark.skipif(HOST_ISA != "vnni", reason="this CPU has no AVX-512 VNNI")
+_DT = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
+
+
+def _int_model(op: str, x_shape, in_dtype: str, out_dtype: str, seed: int = 0, **conv) -> onnx.ModelProto:
+    """One integer op on an integer input (no float anywhere: exactness is all-or-nothing)."""
+    rng = np.random.default_rng(seed)
+    lo, hi = (0, 256) if in_dtype == "uint8" else (-128, 128)
+    x_zp = int(rng.integers(lo, hi))
+    if op == "IntConv2d":
+        n, group, ks = conv.pop("n"), conv.get("group", 1), conv["kernel_shape"]
+        w = rng.integers(-127, 128, (n, x_shape[1] // group, *ks)).astype(np.int8)
+        k = w[0].size
+        attrs = dict(conv)
+    else:
+        n = conv.pop("n")
+        w = rng.integers(-127, 128, (n, x_shape[1])).astype(np.int8)
+        k = x_shape[1]
+        attrs = {}
+    b = (rng.integers(-3000, 3000, n) - x_zp * w.reshape(n, -1).astype(np.int64).sum(1)).astype(np.int32)
+    mult, shift = int_ops.fixed_point(rng.uniform(0.3, 3.0, n) / (k * 128))
+    omin, omax = (0, 255) if out_dtype == "uint8" else (-128, 127)
+    y_zp = int(rng.integers(omin // 2, omax // 2 + 1))
+    attrs.update(x_zero_point=x_zp, y_zero_point=y_zp, out_min=max(omin, y_zp - 40), out_max=omax,
+                 to=_DT[out_dtype])
+    inits = [numpy_helper.from_array(a, nm) for a, nm in ((w, "w"), (b, "b"), (mult, "m"), (shift, "s"))]
+    node = helper.make_node(op, ["x", "w", "b", "m", "s"], ["y"], domain="ai.optc", **attrs)
+    graph = helper.make_graph([node], "int", [helper.make_tensor_value_info("x", _DT[in_dtype], list(x_shape))],
+                              [helper.make_tensor_value_info("y", _DT[out_dtype], [None] * len(x_shape))], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
+
+
+def _input(model, seed=1):
+    vi = model.graph.input[0]
+    dt = np.uint8 if vi.type.tensor_type.elem_type == TensorProto.UINT8 else np.int8
+    shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    info = np.iinfo(dt)
+    return np.random.default_rng(seed).integers(info.min, info.max + 1, shape).astype(dt)
+
+
+def _build_and_run(model, target):
+    import tvm
+    from tvm import relax
+
+    x = _input(model)
+    ex, _ = lower.build(model, [TensorSpec("x", str(x.dtype), x.shape)], target, embed_params=True)
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    ref = reference_evaluator(model).run(None, {"x": x})[0]
+    return ex, out, ref
+
+
+def _asm(ex) -> str:
+    return "\n".join(m.inspect_source("asm") for m in ex.mod.imports)
+
+
+CONVS = {  # name -> (x shape, in dtype, out dtype, conv attributes)
+    "3x3-pad-relu": ((1, 8, 9, 7), "uint8", "uint8", dict(n=20, kernel_shape=[3, 3], pads=[1, 1, 1, 1])),
+    "stride2-asym-pad-s8": ((2, 5, 8, 8), "int8", "int8",
+                            dict(n=16, kernel_shape=[3, 3], pads=[1, 0, 2, 1], strides=[2, 2])),
+    "1x1-dilated-wide": ((1, 36, 5, 6), "uint8", "int8", dict(n=33, kernel_shape=[1, 3], dilations=[1, 2])),
+    "depthwise": ((1, 12, 7, 9), "uint8", "uint8", dict(n=12, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=12)),
+    "1x1-4ch": ((1, 4, 5, 6), "uint8", "uint8", dict(n=16, kernel_shape=[1, 1])),
+}
+
+
+@needs_vnni
+@pytest.mark.parametrize("name", list(CONVS))
+def test_conv_exact_vnni(name):
+    shape, din, dout, conv = CONVS[name]
+    ex, out, ref = _build_and_run(_int_model("IntConv2d", shape, din, dout, **dict(conv)), get_target("cpu"))
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    assert np.array_equal(out, ref)
+    assert len(np.unique(ref)) > 20  # not a saturated, trivially equal output
+
+
+@pytest.mark.parametrize("m,k,n,din", [(1, 10, 21, "uint8"), (3, 64, 16, "int8"), (2, 3, 20, "int8")])
+def test_dense_exact(m, k, n, din):
+    ex, out, ref = _build_and_run(_int_model("IntDense", (m, k), din, "uint8", seed=k, n=n), get_target("cpu"))
+    assert np.array_equal(out, ref) and len(np.unique(ref)) > 3
+
+
+@needs_vnni
+def test_vnni_assembly_and_haswell_fallback():
+    shape, din, dout, conv = CONVS["3x3-pad-relu"]
+    model = _int_model("IntConv2d", shape, din, dout, **dict(conv))
+    ex, out, ref = _build_and_run(model, get_target("cpu"))
+    assert "vpdpbusd" in _asm(ex)
+    ex2, out2, _ = _build_and_run(model, HASWELL)  # AVX2: int32 multiply-adds, runs here too
+    asm2 = _asm(ex2)
+    assert "vpdpbusd" not in asm2
+    assert re.search(r"vpm(addwd|ulld)\s+%ymm", asm2)  # vectorized int multiply-adds (AVX2)
+    assert np.array_equal(out2, ref) and np.array_equal(out, ref)
+
+
+def test_haswell_signed_input_exact():
+    shape, din, dout, conv = CONVS["stride2-asym-pad-s8"]
+    _, out, ref = _build_and_run(_int_model("IntConv2d", shape, din, dout, **dict(conv)), HASWELL)
+    assert np.array_equal(out, ref)
+
+
+def _conv_float_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal(16) * 0.1).astype(np.float32), "b1"),
+             numpy_helper.from_array((rng.standard_normal((24, 16, 3, 3)) * 0.1).astype(np.float32), "w2"),
+             numpy_helper.from_array((rng.standard_normal((5, 24)) * 0.3).astype(np.float32), "fw"),
+             numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "fb")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 10, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_compile_quantize_runs_integer_kernels(tmp_path):
+    import optc
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_conv_float_model(), path)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(2).standard_normal((16, 3, 10, 10)).astype(np.float32))
+    report = optc.compile(str(path), "cpu", tmp_path / "pkg", passes=f"quantize<calib={tmp_path / 'calib.npz'}>",
+                          measure=False)
+    assert report["pipeline"].endswith(",integerize")
+    assert report["verify"]["passed"]
+    built = onnx.load(str(tmp_path / "pkg" / "model.onnx"))
+    ops = [n.op_type for n in built.graph.node]
+    assert ops.count("IntConv2d") == 2 and ops.count("IntDense") == 1 and "Conv" not in ops
+    weights = sum(numpy_helper.to_array(t).nbytes for t in built.graph.initializer if t.data_type == TensorProto.INT8)
+    floats = sum(numpy_helper.to_array(t).nbytes for t in _conv_float_model().graph.initializer)
+    assert weights * 3.9 < floats  # int8 weights: ~4x fewer bytes
+    # opting out keeps float QDQ
+    report = optc.compile(str(path), "cpu", tmp_path / "pkg2", measure=False,
+                          passes=f"quantize<calib={tmp_path / 'calib.npz'}>,integerize<enabled=false>")
+    assert report["verify"]["passed"]
+    assert "IntConv2d" not in [n.op_type for n in onnx.load(str(tmp_path / "pkg2" / "model.onnx")).graph.node]
+
+
+# ----------------------------------------------------------------------------- ARM
+def _arm_conv_model():
+    shape, din, dout, conv = CONVS["3x3-pad-relu"]
+    return _int_model("IntConv2d", shape, din, dout, **dict(conv))
+
+
+def test_arm_assembly_sdot_only_with_dotprod():
+    model = _arm_conv_model()
+    x = _input(model)
+    spec = [TensorSpec("x", str(x.dtype), x.shape)]
+    ex, _ = lower.build(model, spec, get_target("arm-a76"), embed_params=True)
+    assert "sdot" in _asm(ex)
+    ex, _ = lower.build(model, spec, get_target("arm-a72"), embed_params=True)
+    asm = _asm(ex)
+    assert "sdot" not in asm and "udot" not in asm
+
+
+@pytest.mark.qemu
+def test_arm_a76_qemu_exact(tmp_path):
+    from optc.backends.tvm import arm
+
+    if shutil.which(arm.CROSS_CXX) is None or shutil.which(arm.QEMU) is None:
+        pytest.skip("aarch64 cross compiler or qemu-aarch64 missing")
+    model = _arm_conv_model()
+    x = _input(model)
+    ex, _ = lower.build(model, [TensorSpec("x", str(x.dtype), x.shape)], get_target("arm-a76"), embed_params=True)
+    lib = tmp_path / "model.so"
+    arm.export_aarch64(ex, lib)
+    outs, _ = arm.run_qemu(lib, [x], qemu_cpu="cortex-a76")
+    ref = reference_evaluator(model).run(None, {"x": x})[0]
+    assert np.array_equal(outs[0], ref)

@@ -1,0 +1,194 @@
+"""integerize: QDQ layers -> ai.optc IntConv2d/IntDense; numpy references; pipeline rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optc import pipeline, verify
+from optc.passes.quant import int_ops, quantize_model
+from optc.passes.quant.integerize import auto_integerize, integerize_model
+from optc.passes.quant.tolerance import output_steps
+from optc.targets import get_target
+
+
+def _model(group2: bool = False) -> onnx.ModelProto:
+    """x[1,3,12,12] -> Conv(16, pad 1) -> Relu -> Conv(20, stride 2, asymmetric pad) -> Clip(0, 6)
+    -> depthwise Conv (or group-2 Conv) -> GlobalAveragePool -> Flatten -> Gemm(20->10) -> MatMul(10->6)."""
+    rng = np.random.default_rng(0)
+    c3 = (20, 10) if group2 else (20, 1)
+    inits = {"w1": rng.standard_normal((16, 3, 3, 3)) * 0.3, "b1": rng.standard_normal(16) * 0.1,
+             "w2": rng.standard_normal((20, 16, 3, 3)) * 0.1, "b2": rng.standard_normal(20) * 0.1,
+             "w3": rng.standard_normal((c3[0], c3[1], 3, 3)) * 0.3,
+             "gw": rng.standard_normal((10, 20)) * 0.3, "gb": rng.standard_normal(10),
+             "mw": rng.standard_normal((10, 6)) * 0.3}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 0, 0, 1], strides=[2, 2]),
+             helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"], name="clip2"),
+             helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3", pads=[1, 1, 1, 1],
+                              group=2 if group2 else 20),
+             helper.make_node("GlobalAveragePool", ["c3"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "gw", "gb"], ["h"], name="fc", transB=1),
+             helper.make_node("MatMul", ["h", "mw"], ["y"], name="mm")]
+    tensors = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()]
+    tensors += [numpy_helper.from_array(np.float32(0.0), "lo"), numpy_helper.from_array(np.float32(6.0), "hi")]
+    graph = helper.make_graph(nodes, "int", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _calib(n=16, seed=1):
+    return {"x": np.random.default_rng(seed).standard_normal((n, 3, 12, 12)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def qdq_model():
+    q, _ = quantize_model(_model(), _calib())
+    return q
+
+
+def _ops(model):
+    return [n.op_type for n in model.graph.node]
+
+
+def test_rewrites_every_layer_and_matches_qdq(qdq_model):
+    im, details = integerize_model(qdq_model)
+    onnx.checker.check_model(im)
+    ops = _ops(im)
+    assert ops.count("IntConv2d") == 3 and ops.count("IntDense") == 2
+    assert not any(o in ops for o in ("Conv", "Gemm", "MatMul", "Relu", "Clip"))
+    assert len(details["layers"]) == 5 and details["float_layers"] == []
+    assert {l["name"]: l["fused_activation"] for l in details["layers"]}["conv1"] == "Relu"
+    # weights stay int8 in the file
+    ints = {t.name: t for t in im.graph.initializer}
+    for n in im.graph.node:
+        if n.domain == "ai.optc":
+            assert ints[n.input[1]].data_type == TensorProto.INT8
+            assert ints[n.input[2]].data_type == TensorProto.INT32
+    # integer graph (numpy reference) vs the QDQ graph in onnxruntime: at most a few rounding
+    # flips; the output step is the scale of the last DequantizeLinear
+    step = output_steps(qdq_model)["y"]
+    x = {"x": np.random.default_rng(7).standard_normal((1, 3, 12, 12)).astype(np.float32)}
+    for seed in range(4):
+        x = {"x": np.random.default_rng(seed + 10).standard_normal((1, 3, 12, 12)).astype(np.float32)}
+        a = verify.reference_outputs(qdq_model, x)[0]
+        b = verify.reference_outputs(im, x)[0]
+        assert np.abs(a - b).max() <= 2 * step + 1e-6
+
+
+def test_idempotent_and_pipeline(qdq_model, tmp_path):
+    im, _ = integerize_model(qdq_model)
+    again, details = integerize_model(im)
+    assert details["layers"] == [] and _ops(again) == _ops(im)
+    np.savez(tmp_path / "calib.npz", **_calib())
+    irm = ir.serde.deserialize_model(_model())
+    irm, records = pipeline.run_pipeline(irm, f"quantize<calib={tmp_path / 'calib.npz'}>,integerize")
+    out = ir.serde.serialize_model(irm)
+    onnx.checker.check_model(out)
+    assert _ops(out).count("IntConv2d") == 3
+    assert records[-1].details["layers"]
+
+
+def test_unsupported_layers_stay_qdq_with_a_reason():
+    q, _ = quantize_model(_model(group2=True), _calib())
+    im, details = integerize_model(q)
+    reasons = {f["name"]: f["reason"] for f in details["float_layers"]}
+    assert list(reasons) == ["conv3"] and "group 2" in reasons["conv3"]
+    assert _ops(im).count("Conv") == 1 and _ops(im).count("IntConv2d") == 2
+    x = {"x": _calib(1, 3)["x"]}
+    a, b = verify.reference_outputs(q, x)[0], verify.reference_outputs(im, x)[0]
+    assert np.abs(a - b).max() <= 2 * output_steps(q)["y"] + 1e-6
+    # output-qdq=false: layers whose output is not quantized stay QDQ, the rest is integer
+    q, _ = quantize_model(_model(), _calib(), output_qdq=False)
+    im, details = integerize_model(q)
+    reasons = {f["name"]: f["reason"] for f in details["float_layers"]}
+    assert "mm" in reasons and "QuantizeLinear" in reasons["mm"]
+    assert "IntConv2d" in _ops(im) and "MatMul" in _ops(im)
+
+
+def test_fixed_point_and_rounding():
+    m = np.random.default_rng(0).uniform(1e-6, 0.9, 500)
+    mult, shift = int_ops.fixed_point(m)
+    assert mult.min() >= 2 ** 30 and mult.max() < 2 ** 31
+    approx = mult.astype(np.float64) * 2.0 ** -shift.astype(np.float64)
+    assert np.max(np.abs(approx / m - 1)) <= 2.0 ** -30
+    # half up: 0.5 -> 1, -0.5 -> 0, 1.5 -> 2, -1.5 -> -1 (multiplier 0.5)
+    mh, sh = int_ops.fixed_point(np.array([0.5]))
+    acc = np.array([[1, -1, 3, -3]], np.int64).T
+    y = int_ops.requantize(acc, mh, sh, 1, 0, -128, 127, np.int8)
+    assert y.ravel().tolist() == [1, 0, 2, -1]
+    with pytest.raises(ValueError):
+        int_ops.fixed_point(np.array([2.0 ** 31]))
+
+
+def _naive_conv(x, w, b, pads, strides, dilations, zp, group):
+    nb, c, h, wd = x.shape
+    n, cg, kh, kw = w.shape
+    oh = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (wd + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    out = np.zeros((nb, n, oh, ow), np.int64)
+    per = n // group
+    for bi in range(nb):
+        for o in range(n):
+            g = o // per
+            for i in range(oh):
+                for j in range(ow):
+                    s = int(b[o])
+                    for ci in range(cg):
+                        for p in range(kh):
+                            for q in range(kw):
+                                hh = i * strides[0] - pads[0] + p * dilations[0]
+                                ww = j * strides[1] - pads[1] + q * dilations[1]
+                                v = x[bi, g * cg + ci, hh, ww] if 0 <= hh < h and 0 <= ww < wd else zp
+                                s += int(v) * int(w[o, ci, p, q])
+                    out[bi, o, i, j] = s
+    return out
+
+
+@pytest.mark.parametrize("group,dil", [(1, (1, 1)), (1, (2, 1)), (4, (1, 1))])
+def test_int_conv_reference_matches_naive_loops(group, dil):
+    rng = np.random.default_rng(group)
+    x = rng.integers(0, 256, (2, 4, 7, 6)).astype(np.uint8)
+    w = rng.integers(-127, 128, (4, 4 // group, 3, 3)).astype(np.int8)
+    b = rng.integers(-500, 500, 4).astype(np.int32)
+    pads, strides = (1, 2, 0, 1), (2, 1)
+    ref = int_ops.int_conv2d(x, w, b, (3, 3), pads, strides, dil, group, 9)
+    assert np.array_equal(ref, _naive_conv(x, w, b, pads, strides, dil, 9, group))
+
+
+def test_int_dense_reference():
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (3, 7)).astype(np.int8)
+    w = rng.integers(-127, 128, (5, 7)).astype(np.int8)
+    b = rng.integers(-99, 99, 5).astype(np.int32)
+    acc = int_ops.int_dense(x, w, b)
+    assert np.array_equal(acc, x.astype(np.int64) @ w.astype(np.int64).T + b)
+
+
+def test_auto_integerize_rule():
+    class Backend:
+        def __init__(self, ops):
+            self.ops = ops
+
+        def supported_ops(self):
+            return self.ops
+
+    ops = {"ai.optc::IntConv2d", "ai.optc::IntDense"}
+    q = pipeline.parse_pipeline("simplify,quantize<calib=c.npz>")
+    assert [s.name for s in auto_integerize(q, get_target("cpu"), Backend(ops))][-1] == "integerize"
+    assert [s.name for s in auto_integerize(q, get_target("arm-a76"), Backend(ops))][-1] == "integerize"
+    assert auto_integerize(q, get_target("gpu"), Backend(ops)) == q  # CPU kernels only
+    assert auto_integerize(q, get_target("cpu"), Backend(set())) == q
+    off = pipeline.parse_pipeline("quantize<calib=c.npz>,integerize<enabled=false>")
+    assert auto_integerize(off, get_target("cpu"), Backend(ops)) == off
+    plain = pipeline.parse_pipeline("simplify")
+    assert auto_integerize(plain, get_target("cpu"), Backend(ops)) == plain
+    assert pipeline.format_pipeline(off) == "quantize<calib=c.npz>,integerize<enabled=false>"
