@@ -194,6 +194,9 @@ def test_arm_compile_runs_under_qemu(tmp_path, capsys):
     lat = report["latency"]
     assert lat["method"] == "modeled" and lat["median_ms"] > 0 and "Cortex-A72" in lat["source"]
     assert lat["emulated_ms"] > 0 and "NOT ARM latency" in lat["emulated_note"]
+    # per-layer roofline: the Gemm layers, summing to the end-to-end model
+    assert {"Gemm"} <= {layer["op"] for layer in lat["layers"]}
+    assert sum(layer["ms"] for layer in lat["layers"]) == pytest.approx(lat["median_ms"])
     files = read_package(out)["files"]
     assert {"model.so", "params.bin", "runner/optc_runner", "runner/libtvm_runtime.so"} <= set(files)
     outs = _json(capsys, ["run", str(out), "--inputs", str(MODELS / "digits_eval.npz"), "--json"])

@@ -175,10 +175,19 @@ def summarize(model: onnx.ModelProto, per_layer: bool = True) -> dict:
     return out
 
 
-def roofline_seconds(layers: list[LayerCost] | list[dict], gflops: float, gbps: float) -> float:
-    """Roofline lower bound: sum over layers of max(FLOPs / peak, bytes / bandwidth)."""
-    total = 0.0
+def roofline_layers(layers: list[LayerCost] | list[dict], gflops: float, gbps: float) -> list[dict]:
+    """Per-layer roofline lower bound: ``name``, ``op``, ``seconds`` = max(FLOPs / peak,
+    bytes / bandwidth) and ``bound`` ("compute" or "memory")."""
+    out = []
     for layer in layers:
         d = layer if isinstance(layer, dict) else asdict(layer)
-        total += max(d["flops"] / (gflops * 1e9), (d["bytes_in"] + d["bytes_out"]) / (gbps * 1e9))
-    return total
+        compute = d["flops"] / (gflops * 1e9)
+        memory = (d["bytes_in"] + d["bytes_out"]) / (gbps * 1e9)
+        out.append({"name": d["name"], "op": d["op"], "seconds": max(compute, memory),
+                    "bound": "compute" if compute >= memory else "memory"})
+    return out
+
+
+def roofline_seconds(layers: list[LayerCost] | list[dict], gflops: float, gbps: float) -> float:
+    """Roofline lower bound: sum over layers of max(FLOPs / peak, bytes / bandwidth)."""
+    return sum(d["seconds"] for d in roofline_layers(layers, gflops, gbps))

@@ -396,6 +396,8 @@ def _latency(tgt: Target, session, args, summary: dict, measure: bool, progress:
         "how": how + "; real hardware is slower (untuned code reaches a fraction of peak)",
         "source": peak.source,
     }
+    out["layers"] = [{"name": d["name"], "op": d["op"], "ms": d["seconds"] * 1e3, "bound": d["bound"]}
+                     for d in analysis.roofline_layers(summary["layers"], peak.fp32_gflops, peak.mem_gbps)]
     if not runnable:
         out["note"] = f"not measured: {session.skip_reason}"
     elif measure:

@@ -118,6 +118,7 @@ def test_report_without_gpu_says_built_not_run(digits_gpu_pkg):
     lat = report["latency"]
     assert lat["method"] == "modeled" and lat["note"].startswith("not measured: no GPU")
     assert "H100" in lat["source"] and lat["median_ms"] > 0
+    assert 0 < sum(layer["ms"] for layer in lat["layers"]) < lat["median_ms"]  # + launch cost per layer
     # the onnxruntime reference outputs are kept for a later check on a GPU machine
     assert (pkg / "sample_outputs.npz").is_file()
     with pytest.raises(ToolchainError, match="no GPU on this machine"):
