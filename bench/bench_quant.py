@@ -274,6 +274,7 @@ def bench_int8(tmp: Path, calib_n: int = 32, eval_n: int = 8, rounds: int = 10, 
     res: dict = {"model": "ResNet-18 (random weights), 1x3x224x224", "threads": THREADS,
                  "quantize": f"w8a8 per-channel, uint8 activations, observer={observer}, {calib_n} calibration inputs",
                  "integer_layers": len(det["layers"]), "float_layers": det["float_layers"],
+                 "integer_pools": det.get("integer_pools", []),
                  "isa": tvm_int8.isa_of(lower.tvm_target(target)),
                  "onnx_bytes": {"fp32": size_bytes(fp), "qdq": size_bytes(q), "integerized": size_bytes(im)}}
     vms = {}

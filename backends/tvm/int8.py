@@ -28,7 +28,7 @@ Schedules (:func:`schedule_conv`, :func:`schedule_dense`), chosen per target by
 
 * ``vnni`` (x86 with ``avx512vnni``): the reduction's inner (16 lanes x 4 bytes) block is
   tensorized with optc's VNNI intrinsic (TVM's ``dot_16x4_vnni`` with the operand types LLVM 22
-  wants); a register tile of R output columns x 16 channels (R <= 14 zmm accumulators) stays in
+  wants); a register tile of R output columns x 16 channels (R <= 16 zmm accumulators) stays in
   registers over the whole (kh, kw, cb) reduction; (batch, channel block, output row) is the
   parallel loop; requantization (int64 multiply, rounding shift, zero point, clamp) runs on
   the tile before it is stored.
@@ -40,6 +40,12 @@ Schedules (:func:`schedule_conv`, :func:`schedule_dense`), chosen per target by
 
 Depthwise convolutions (``group = C = N``) have only KH*KW products per output: a plain int32
 kernel vectorized over output columns (no dot-product instruction fits).
+
+``MaxPool`` on integer codes (``integerize`` rewrites ``DQ -> MaxPool -> Q`` with one scale and
+zero point to a MaxPool on the codes): :func:`max_pool_func`, a branch-free kernel (indices
+clamped to the input's edge, rows then columns, vectorized, (batch, channel, row) parallel),
+put in by this module's ``MaxPool`` converter for integer inputs on LLVM CPU targets (float
+MaxPool keeps TVM's converter).
 """
 
 from __future__ import annotations
@@ -49,8 +55,9 @@ from .lower import register_converter
 
 LANES = 16  # output channels per block (one zmm of int32)
 GROUP = 4  # input bytes per dot product
-MAX_TILE = 14  # output columns per register tile (accumulators)
+MAX_TILE = 16  # output columns per register tile (accumulators; 16 + weights + broadcast < 32 zmm)
 PARALLEL_MIN_MACS = 1 << 18  # less work than this stays single-threaded
+PARALLEL_MIN_ELEMS = 1 << 16  # the same for the (memory-bound) max pool, in input bytes read
 
 VNNI_INTRIN = "optc_dot_16x4_u8i8i32_vnni"
 SDOT_INTRIN = "optc_dot_4x4_i8i8i32_sdot"
@@ -328,6 +335,70 @@ def dense_te(M_, K, N, *, in_dtype, kdtype, y_zp, out_min, out_max, out_dtype):
     return [X, Wp, Bk, Mu, S], Y
 
 
+def max_pool_te(B, C, H, W_, kernel_shape, pads, strides, *, dtype):
+    """Max pool on integer codes (``integerize`` writes ``MaxPool`` on the codes when DQ and Q
+    around it share their parameters). Padding never wins (pads < kernel, no dilation, no
+    ceil_mode: every window holds a real element), so an index clamped to the input's edge
+    reads an element of the same window: no padding buffer, no branch. Rows first
+    (``R = max over kh``, contiguous), then columns."""
+    from tvm import te, tirx
+
+    KH, KW = kernel_shape
+    OH, OW = conv_geometry(H, W_, kernel_shape, pads, strides, (1, 1))
+    X = te.placeholder((B, C, H, W_), dtype, name="X")
+
+    def clamp(i, n):
+        return tirx.max(tirx.min(i, n - 1), 0)
+
+    def rows(b, c, oh, w):
+        v = None
+        for kh in range(KH):
+            e = X[b, c, clamp(oh * strides[0] + kh - pads[0], H), w]
+            v = e if v is None else tirx.max(v, e)
+        return v
+
+    R = te.compute((B, C, OH, W_), rows, name="R")
+
+    def cols(b, c, oh, ow):
+        v = None
+        for kw in range(KW):
+            e = R[b, c, oh, clamp(ow * strides[1] + kw - pads[1], W_)]
+            v = e if v is None else tirx.max(v, e)
+        return v
+
+    return [X], te.compute((B, C, OH, OW), cols, name="Y")
+
+
+def schedule_max_pool(func, *, ow: int, work: int):
+    """(b, c, oh) parallel; the row maxima of one output row computed there (vectorized), then
+    the output row (vectorized in power-of-two chunks)."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(func)
+    yb = sch.get_sblock("Y")
+    b, c, oh, owl = sch.get_loops(yb)
+    outer = sch.fuse(b, c, oh)
+    if work >= PARALLEL_MIN_ELEMS:
+        sch.parallel(outer)
+    rb = sch.get_sblock("R")
+    sch.compute_at(rb, outer)
+    w = sch.get_loops(rb)[-1]
+    wv = _pow2_divisor(int(sch.get(w).extent), 32)
+    if wv > 1:
+        sch.vectorize(sch.split(w, [None, wv])[1])
+    v = _pow2_divisor(ow, 16)
+    if v > 1:
+        sch.vectorize(sch.split(owl, [None, v])[1])
+    return sch.mod["main"]
+
+
+def _pow2_divisor(n: int, limit: int) -> int:
+    w = 1
+    while w * 2 <= limit and n % (w * 2) == 0:
+        w *= 2
+    return w
+
+
 # ---------------------------------------------------------------------------------------------
 # schedules
 
@@ -504,6 +575,28 @@ def depthwise_func(B, C, H, W, kernel_shape, pads, strides, dilations, *, in_dty
     return _mark(schedule_depthwise(f, ow=OW, work=B * C * OH * OW * kernel_shape[0] * kernel_shape[1]))
 
 
+def max_pool_func(B, C, H, W, kernel_shape, pads, strides, *, dtype):
+    from tvm import te
+
+    ins, Y = max_pool_te(B, C, H, W, kernel_shape, pads, strides, dtype=dtype)
+    f = te.create_prim_func([*ins, Y])
+    OH, OW = conv_geometry(H, W, kernel_shape, pads, strides, (1, 1))
+    return _mark(schedule_max_pool(f, ow=OW, work=B * C * H * W))
+
+
+def int_max_pool_supported(shape, dtype: str, attr: dict) -> bool:
+    """Whether :func:`max_pool_func` computes this ONNX MaxPool (2-D, integer codes, no
+    dilation/ceil_mode/auto_pad/storage_order, pads < kernel)."""
+    ks = [int(v) for v in attr.get("kernel_shape", ())]
+    pads = [int(v) for v in attr.get("pads", (0,) * 2 * len(ks))]
+    ap = attr.get("auto_pad", "NOTSET")
+    ap = ap.decode() if isinstance(ap, bytes) else str(ap)
+    return (dtype in ("uint8", "int8") and len(shape) == 4 and len(ks) == 2 and len(pads) == 4
+            and all(int(d) == 1 for d in attr.get("dilations", (1, 1))) and not int(attr.get("ceil_mode", 0))
+            and not int(attr.get("storage_order", 0)) and ap in ("NOTSET", "")
+            and all(p < k for p, k in zip(pads, ks + ks)))
+
+
 def dense_func(isa, M, K, N, *, in_dtype, y_zp, out_min, out_max, out_dtype):
     from tvm import te
 
@@ -599,6 +692,34 @@ def _register() -> None:
             func = conv_func(isa, b, c, h, wd, n, ks, pads, strides, dil, in_dtype=in_dtype, x_zp=x_zp, **rq)
             return relax.call_tir(bb.add_func(func, "optc_int_conv2d"), [x, wp, bk, mult, shift],
                                   out_ty=relax.TensorType([b, n, oh, ow], rq["out_dtype"]))
+
+    from tvm.relax.frontend.onnx.onnx_frontend import MaxPool as StockMaxPool
+
+    @register_converter("", "MaxPool")
+    class MaxPool(StockMaxPool):
+        """MaxPool on integer codes (what ``integerize`` writes) on an LLVM CPU target: optc's
+        kernel (:func:`max_pool_func`); everything else: TVM's converter."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            import tvm
+
+            x = inputs[0]
+            tgt = tvm.target.Target.current(allow_none=True)
+            try:
+                shape, dtype = _shape(x), _dtype(x)
+            except Exception:  # noqa: BLE001 - symbolic shape: the stock converter
+                shape, dtype = [], ""
+            if tgt is None or tgt.kind.name != "llvm" or not int_max_pool_supported(shape, dtype, attr):
+                return super()._impl_v1(bb, inputs, attr, params)
+            b, c, h, w = shape
+            ks = [int(v) for v in attr["kernel_shape"]]
+            pads = [int(v) for v in attr.get("pads", (0, 0, 0, 0))]
+            strides = [int(v) for v in attr.get("strides", (1, 1))]
+            oh, ow = conv_geometry(h, w, ks, pads, strides, (1, 1))
+            func = max_pool_func(b, c, h, w, ks, pads, strides, dtype=dtype)
+            return relax.call_tir(bb.add_func(func, "optc_int_max_pool"), [x],
+                                  out_ty=relax.TensorType([b, c, oh, ow], dtype))
 
     @register_converter(DOMAIN, "IntDense")
     class IntDense(Base):

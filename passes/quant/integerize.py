@@ -8,7 +8,9 @@ becomes ``y_q = IntConv2d|IntDense(x_q, w_q, B, multiplier, shift)`` writing the
 QuantizeLinear wrote, so chains of layers (``DQ(y_q)`` feeding the next layer) match one after
 the other and the float DQ/Q pairs between integer layers disappear (DCE). Ops between layers
 that the pattern does not cover (Add of a residual, pooling, ...) keep reading ``DQ(y_q)``
-and compute in float, as in the QDQ graph.
+and compute in float, as in the QDQ graph, except ``DQ(x_q) -> MaxPool -> Q`` with the same
+scale, zero point and type on both sides: it becomes ``MaxPool(x_q)`` on the codes (exact: max
+commutes with the monotone DQ/Q; ``details["integer_pools"]`` lists them).
 
 Math (per output channel n; contract in :mod:`.int_ops`):
 ``B[n] = b_q[n] - zp_x * sum(w_q[n])`` (zero point folded into the int32 bias, exact; padding
@@ -280,7 +282,8 @@ def integerize_model(model: onnx.ModelProto, ops=("Conv", "Gemm", "MatMul")) -> 
                        if len(m["chain"]) == 3 else None),
                        "activation": m["x_dtype"],
                        "weight_range": [int(m["w"].min()), int(m["w"].max())]})
-    if not layers:
+    pools = _integer_pools(g, replaced, fresh, model)
+    if not layers and not pools:
         return model, {"layers": [], "float_layers": float_layers}
     nodes = []
     for n in graph.node:
@@ -301,7 +304,59 @@ def integerize_model(model: onnx.ModelProto, ops=("Conv", "Gemm", "MatMul")) -> 
     del graph.value_info[:]
     graph.value_info.extend(keep)
     int_bytes = sum(numpy_helper.to_array(t).nbytes for t in new_inits)
-    return model, {"layers": layers, "float_layers": float_layers, "integer_layer_bytes": int_bytes}
+    return model, {"layers": layers, "float_layers": float_layers, "integer_layer_bytes": int_bytes,
+                   "integer_pools": pools}
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _integer_pools(g: _Graph, replaced: dict, fresh, model: onnx.ModelProto) -> list[str]:
+    """``DQ(x_q; s, zp) -> MaxPool -> Q(s, zp)`` (same scale, zero point and type) becomes
+    ``MaxPool(x_q)`` on the codes, writing the tensor Q wrote. Exact: DQ and Q are monotone and
+    Q(DQ(c)) = c, so the max of the codes is the code of the max; a window always holds at
+    least one real element (pads < kernel, no ceil_mode), so padding never wins. Returns the
+    names of the rewritten pools (``replaced`` gets the new nodes)."""
+    if _opset(model) < 12:  # MaxPool on uint8/int8 since opset 12
+        return []
+    done = []
+    for node in g.model.graph.node:
+        if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx") or id(node) in replaced:
+            continue
+        if len(node.output) != 1 or _attr(node, "ceil_mode", 0) or _attr(node, "storage_order", 0):
+            continue
+        if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        ks = list(_attr(node, "kernel_shape", []))
+        pads = list(_attr(node, "pads", [0] * (2 * len(ks))))
+        if not ks or any(p >= k for p, k in zip(pads, ks + ks)):
+            continue
+        try:
+            x_q, s_x, zp_x, _, _ = _dq(g, node.input[0], "pool input")
+        except _NoMatch:
+            continue
+        users = g.consumers.get(node.output[0], [])
+        if node.output[0] in g.outputs or len(users) != 1 or users[0].op_type != "QuantizeLinear":
+            continue
+        qn = users[0]
+        s_y = g.const(qn.input[1])
+        zp_y = g.const(qn.input[2]) if len(qn.input) > 2 and qn.input[2] else None
+        if s_x.size != 1 or s_y is None or np.asarray(s_y).size != 1 or \
+                np.float32(s_x.reshape(-1)[0]) != np.float32(np.asarray(s_y).reshape(-1)[0]):
+            continue
+        if zp_x is None or zp_y is None:  # the codes' type is then not known here: leave it
+            continue
+        zx, zy = np.asarray(zp_x).reshape(-1), np.asarray(zp_y).reshape(-1)
+        if zx.size != 1 or zy.size != 1 or zx.dtype != zy.dtype or zx[0] != zy[0] or \
+                zx.dtype not in (np.uint8, np.int8):
+            continue
+        new = helper.make_node("MaxPool", [x_q], [qn.output[0]], name=fresh(f"{node.name or node.output[0]}/int"))
+        new.attribute.extend(a for a in node.attribute if a.name != "storage_order")
+        replaced[id(node)] = None
+        replaced[id(qn)] = new
+        done.append(node.name or node.output[0])
+    return done
 
 
 def _dce(model: onnx.ModelProto) -> None:
@@ -366,7 +421,7 @@ class Integerize(Pass):
         proto = ir.serde.serialize_model(model)
         out, details = integerize_model(proto)
         self.details = details
-        if not details["layers"]:
+        if not details["layers"] and not details.get("integer_pools"):
             return ir.passes.PassResult(model, False)
         new = ir.serde.deserialize_model(out)
         model.graph = new.graph  # opset imports live on the graph in onnx-ir

@@ -199,3 +199,42 @@ def test_arm_a76_qemu_exact(tmp_path):
     outs, _ = arm.run_qemu(lib, [x], qemu_cpu="cortex-a76")
     ref = reference_evaluator(model).run(None, {"x": x})[0]
     assert np.array_equal(outs[0], ref)
+
+
+POOLS = {  # name -> (x shape, dtype, MaxPool attributes)
+    "3x3-s2-p1": ((1, 5, 12, 13), "uint8", dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])),
+    "2x2-s2": ((2, 3, 8, 8), "int8", dict(kernel_shape=[2, 2], strides=[2, 2])),
+    "3x2-p-asym-kernel": ((1, 4, 7, 9), "uint8", dict(kernel_shape=[3, 2], pads=[1, 1, 1, 1], strides=[1, 1])),
+    "asym-pads-s8": ((1, 3, 9, 10), "int8", dict(kernel_shape=[3, 3], pads=[0, 1, 2, 2], strides=[2, 3])),
+}
+
+
+def _pool_model(name):
+    shape, dt, attrs = POOLS[name]
+    node = helper.make_node("MaxPool", ["x"], ["y"], **attrs)
+    graph = helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", _DT[dt], list(shape))],
+                              [helper.make_tensor_value_info("y", _DT[dt], [None] * 4)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("name", list(POOLS))
+def test_int_max_pool_exact(name):
+    """MaxPool on integer codes (what integerize writes) runs optc's kernel, equal to ONNX's."""
+    ex, out, ref = _build_and_run(_pool_model(name), HASWELL if name == "asym-pads-s8" else get_target("cpu"))
+    assert "optc_int_max_pool" in _asm(ex)
+    assert out.dtype == ref.dtype and np.array_equal(out, ref)
+
+
+def test_int_max_pool_builds_for_arm():
+    model = _pool_model("3x3-s2-p1")
+    x = _input(model)
+    ex, _ = lower.build(model, [TensorSpec("x", str(x.dtype), x.shape)], get_target("arm-a72"), embed_params=True)
+    assert "optc_int_max_pool" in _asm(ex)
+
+
+def test_int_max_pool_falls_back_to_stock_converter():
+    assert int8.int_max_pool_supported([1, 2, 5, 5], "uint8", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
+    assert not int8.int_max_pool_supported([1, 2, 5, 5], "float32", {"kernel_shape": [3, 3]})
+    assert not int8.int_max_pool_supported([1, 2, 5, 5], "uint8", {"kernel_shape": [3, 3], "ceil_mode": 1})
+    assert not int8.int_max_pool_supported([1, 2, 5, 5], "uint8", {"kernel_shape": [3, 3], "dilations": [2, 2]})
+    assert not int8.int_max_pool_supported([1, 2, 5, 5], "uint8", {"kernel_shape": [2, 2], "pads": [2, 0, 2, 0]})

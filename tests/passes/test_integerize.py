@@ -192,3 +192,43 @@ def test_auto_integerize_rule():
     plain = pipeline.parse_pipeline("simplify")
     assert auto_integerize(plain, get_target("cpu"), Backend(ops)) == plain
     assert pipeline.format_pipeline(off) == "quantize<calib=c.npz>,integerize<enabled=false>"
+
+
+def _pool_model() -> onnx.ModelProto:
+    """x -> Conv -> Relu -> MaxPool(3x3, s2, p1) -> Conv -> y."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("MaxPool", ["r1"], ["p"], name="pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                              strides=[2, 2]),
+             helper.make_node("Conv", ["p", "w2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_max_pool_on_codes_is_exact(monkeypatch):
+    """DQ -> MaxPool -> Q with one scale/zero point becomes MaxPool on the codes; the integer
+    graph's outputs do not change (max commutes with the monotone DQ/Q)."""
+    from optc.passes.quant import integerize as mod
+
+    q, _ = quantize_model(_pool_model(), _calib())
+    im, details = integerize_model(q)
+    onnx.checker.check_model(im)
+    assert details["integer_pools"] == ["pool"]
+    pool = next(n for n in im.graph.node if n.op_type == "MaxPool")
+    producer = {o: n for n in im.graph.node for o in n.output}[pool.input[0]]
+    assert producer.op_type == "IntConv2d"
+    assert _ops(im) == ["QuantizeLinear", "IntConv2d", "MaxPool", "IntConv2d", "DequantizeLinear"]
+    monkeypatch.setattr(mod, "_integer_pools", lambda *a: [])
+    float_pool, _ = integerize_model(q)
+    assert "MaxPool" in _ops(float_pool) and _ops(float_pool).count("DequantizeLinear") == 2
+    for seed in range(3):
+        x = {"x": np.random.default_rng(seed).standard_normal((1, 3, 12, 12)).astype(np.float32)}
+        assert np.array_equal(verify.reference_outputs(im, x)[0], verify.reference_outputs(float_pool, x)[0])
+    again, d2 = integerize_model(im)
+    assert d2["layers"] == [] and _ops(again) == _ops(im)
