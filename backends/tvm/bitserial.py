@@ -46,7 +46,7 @@ from typing import Any
 
 from optc.passes import optc_ops
 
-from .lower import register_converter
+from .lower import opaque_kernel, register_converter
 
 LANES = 8  # u64 lanes per vector (512 bits)
 PARALLEL_MIN_WORDS = 1 << 17  # less inner work than this (words x outputs) stays single-threaded
@@ -496,14 +496,8 @@ def bitserial_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, 
 
 
 def _mark(func, name: str):
-    # No global_symbol: Relax's AttachGlobalSymbol names each kernel after its (unique) GlobalVar.
-    del name
-    return func.without_attr("global_symbol").with_attrs({
-        "tirx.is_scheduled": True,
-        "tir.is_scheduled": True,
-        "op_pattern": 8,  # kOpaque: FuseOps leaves the kernel alone
-        "tirx.noalias": True,
-    })
+    del name  # the kernel is named after its GlobalVar (see lower.opaque_kernel)
+    return opaque_kernel(func)
 
 
 def _vector_factor(extent: int, limit: int = LANES) -> int:

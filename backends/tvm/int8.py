@@ -51,7 +51,7 @@ MaxPool keeps TVM's converter).
 from __future__ import annotations
 
 
-from .lower import register_converter
+from .lower import opaque_kernel, register_converter
 
 LANES = 16  # output channels per block (one zmm of int32)
 GROUP = 4  # input bytes per dot product
@@ -403,13 +403,7 @@ def _pow2_divisor(n: int, limit: int) -> int:
 # schedules
 
 
-def _mark(func):
-    return func.without_attr("global_symbol").with_attrs({
-        "tirx.is_scheduled": True,
-        "tir.is_scheduled": True,
-        "op_pattern": 8,  # kOpaque: FuseOps leaves the kernel alone
-        "tirx.noalias": True,
-    })
+_mark = opaque_kernel
 
 
 def _tile(extent: int, limit: int = MAX_TILE) -> int:

@@ -42,6 +42,18 @@ def register_converter(domain: str, op_type: str):
     return wrap
 
 
+def opaque_kernel(func):
+    """A hand-scheduled PrimFunc (optc's own kernels) marked so that the Relax pipeline leaves it
+    alone: scheduled (no DLight / default schedule), opaque to FuseOps, no aliasing, and no
+    global_symbol (Relax's AttachGlobalSymbol names it after its unique GlobalVar)."""
+    return func.without_attr("global_symbol").with_attrs({
+        "tirx.is_scheduled": True,
+        "tir.is_scheduled": True,
+        "op_pattern": 8,  # kOpaque: FuseOps leaves the kernel alone
+        "tirx.noalias": True,
+    })
+
+
 def _load_converter_modules() -> None:
     import importlib
 
