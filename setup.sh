@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES="g++ g++-aarch64-linux-gnu qemu-user yosys iverilog verilator"
+APT_PACKAGES="python3 python3-venv g++ g++-aarch64-linux-gnu qemu-user yosys iverilog verilator"
 missing=""
 for pkg in $APT_PACKAGES; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"

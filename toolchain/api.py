@@ -214,98 +214,100 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
         "source_model": {"path": str(model), "sha256": artifact.sha256(Path(model))},
     }
     session = _load_session(backend, tmp, manifest, remote)
-    order = [s.name for s in in_specs]
-    args = [sample[n] for n in order]
-    out_names = [s.name for s in out_specs]
+    try:
+        order = [s.name for s in in_specs]
+        args = [sample[n] for n in order]
+        out_names = [s.name for s in out_specs]
 
-    verdict = None
-    # Lossy passes (quantize) change the numbers on purpose: the artifact is verified against
-    # their output (the optimized ONNX model); fidelity to the original is reported apart.
-    # Lossiness may depend on parameters (binarize<post-training>): ask the configured pass.
-    lossy = [s.name for s in specs if pipeline.instantiate(s).lossy]
-    reference_model = optimized if lossy else original
-    runnable = getattr(session, "runnable", True)  # False: built for hardware this machine lacks
-    if verify_outputs and not runnable:
-        refs = verify.reference_outputs(reference_model, sample)  # kept for a later check on the hardware
-        np.savez(tmp / "sample_outputs.npz", **dict(zip(out_names, refs)))
-        manifest["files_by_role"]["sample_outputs"] = "sample_outputs.npz"
-        verdict = {"passed": None, "skipped": session.skip_reason}
-    elif verify_outputs:
-        with progress.step("verify against onnxruntime"):
-            t0 = time.perf_counter()
-            outs = session.run(args)
-            refs = verify.reference_outputs(reference_model, sample)
-            if lossy:  # a QDQ graph: equal up to rounding-boundary flips (see optc.passes.quant.tolerance)
-                from optc.passes.quant.tolerance import compare_quantized
-
-                verdict = compare_quantized(outs, refs, out_names, atol, rtol, optimized,
-                                            lambda: verify.reference_outputs(original, sample))
-            else:
-                verdict = verify.compare(outs, refs, out_names, atol, rtol)
-            verdict["inputs"] = input_source
-            verdict["reference"] = verify.reference_name(reference_model) + ", on the " + (
-                    f"optimized ONNX model: the pipeline has lossy passes ({', '.join(lossy)}); "
-                    "fidelity to the original is reported apart" if lossy else "original model")
+        verdict = None
+        # Lossy passes (quantize) change the numbers on purpose: the artifact is verified against
+        # their output (the optimized ONNX model); fidelity to the original is reported apart.
+        # Lossiness may depend on parameters (binarize<post-training>): ask the configured pass.
+        lossy = [s.name for s in specs if pipeline.instantiate(s).lossy]
+        reference_model = optimized if lossy else original
+        runnable = getattr(session, "runnable", True)  # False: built for hardware this machine lacks
+        if verify_outputs and not runnable:
+            refs = verify.reference_outputs(reference_model, sample)  # kept for a later check on the hardware
             np.savez(tmp / "sample_outputs.npz", **dict(zip(out_names, refs)))
             manifest["files_by_role"]["sample_outputs"] = "sample_outputs.npz"
-            timings["verify"] = time.perf_counter() - t0
-        if not verdict["passed"]:
-            bad = [o for o in verdict["outputs"] if not o["passed"]]
-            detail = "; ".join(
-                f"{o['name']}: " + (o.get("error") or f"max abs error {o['max_abs_error']:.3g}, "
-                                    f"max rel error {o['max_rel_error']:.3g}") for o in bad) \
-                or verdict.get("error", "")
-            raise VerificationError(
-                f"artifact output differs from onnxruntime beyond atol={atol:g}, rtol={rtol:g}: {detail}")
+            verdict = {"passed": None, "skipped": session.skip_reason}
+        elif verify_outputs:
+            with progress.step("verify against onnxruntime"):
+                t0 = time.perf_counter()
+                outs = session.run(args)
+                refs = verify.reference_outputs(reference_model, sample)
+                if lossy:  # a QDQ graph: equal up to rounding-boundary flips (see optc.passes.quant.tolerance)
+                    from optc.passes.quant.tolerance import compare_quantized
 
-    accuracy_report = None
-    fidelity = _fidelity(original, optimized, sample, out_names) if lossy and eval_data is None else None
-    if eval_data is not None:
-        with progress.step(f"evaluate on {eval_data}"):
-            t0 = time.perf_counter()
-            accuracy_report = _evaluate(eval_data, eval_limit, original, optimized, session, tgt,
-                                        in_specs, out_names)
-            timings["evaluate"] = time.perf_counter() - t0
+                    verdict = compare_quantized(outs, refs, out_names, atol, rtol, optimized,
+                                                lambda: verify.reference_outputs(original, sample))
+                else:
+                    verdict = verify.compare(outs, refs, out_names, atol, rtol)
+                verdict["inputs"] = input_source
+                verdict["reference"] = verify.reference_name(reference_model) + ", on the " + (
+                        f"optimized ONNX model: the pipeline has lossy passes ({', '.join(lossy)}); "
+                        "fidelity to the original is reported apart" if lossy else "original model")
+                np.savez(tmp / "sample_outputs.npz", **dict(zip(out_names, refs)))
+                manifest["files_by_role"]["sample_outputs"] = "sample_outputs.npz"
+                timings["verify"] = time.perf_counter() - t0
+            if not verdict["passed"]:
+                bad = [o for o in verdict["outputs"] if not o["passed"]]
+                detail = "; ".join(
+                    f"{o['name']}: " + (o.get("error") or f"max abs error {o['max_abs_error']:.3g}, "
+                                        f"max rel error {o['max_rel_error']:.3g}") for o in bad) \
+                    or verdict.get("error", "")
+                raise VerificationError(
+                    f"artifact output differs from onnxruntime beyond atol={atol:g}, rtol={rtol:g}: {detail}")
 
-    summary = analysis.summarize(optimized)
-    latency = _latency(tgt, session, args, summary, measure, progress)
-    from .energy import report_section  # energy per inference: measured, supplied power or modeled
-    # a remote device's energy cannot be metered from here (session None: modeled)
-    energy = report_section(tgt, summary, latency, model=optimized, session=None if remote else session,
-                            args=args, measure=measure,
-                            power_watts=power_watts, package=tmp, manifest=manifest, progress=progress)
-    sizes = {role: (tmp / rel).stat().st_size for role, rel in manifest["files_by_role"].items()
-             if role in ("library", "params", "onnx")}
-    runner_bytes = sum(p.stat().st_size for p in (tmp / "runner").glob("*")) if (tmp / "runner").is_dir() else 0
-    timings["total"] = time.perf_counter() - t_start
-    report = {
-        "target": tgt.name,
-        "backend": tgt.backend,
-        "pipeline": manifest["pipeline"],
-        "pipeline_explicit": manifest["pipeline_explicit"],
-        "verify": verdict or {"passed": None, "skipped": True},
-        "size_bytes": {
-            "artifact": sizes.get("library", 0) + sizes.get("params", 0),
-            "library": sizes.get("library", 0),
-            "params": sizes.get("params", 0),
-            "onnx_original": Path(model).stat().st_size,
-            "onnx_optimized": sizes.get("onnx", 0),
-            "runtime_bundle": runner_bytes,
-        },
-        "latency": latency,
-        **({"tuning": tuning} if tuning else {}),
-        "energy": energy,
-        **({"accuracy": accuracy_report} if accuracy_report else {}),
-        **({"fidelity": fidelity} if fidelity else {}),
-        "compile_seconds": round(timings["total"], 3),
-        "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
-        "model": {k: v for k, v in summary.items() if k != "layers"},
-        "passes": [r.__dict__ for r in records],
-        "inputs": manifest["inputs"],
-        "outputs": manifest["outputs"],
-    }
-    if remote is not None:
-        session.close()  # the server serves one session at a time
+        accuracy_report = None
+        fidelity = _fidelity(original, optimized, sample, out_names) if lossy and eval_data is None else None
+        if eval_data is not None:
+            with progress.step(f"evaluate on {eval_data}"):
+                t0 = time.perf_counter()
+                accuracy_report = _evaluate(eval_data, eval_limit, original, optimized, session, tgt,
+                                            in_specs, out_names)
+                timings["evaluate"] = time.perf_counter() - t0
+
+        summary = analysis.summarize(optimized)
+        latency = _latency(tgt, session, args, summary, measure, progress)
+        from .energy import report_section  # energy per inference: measured, supplied power or modeled
+        # a remote device's energy cannot be metered from here (session None: modeled)
+        energy = report_section(tgt, summary, latency, model=optimized, session=None if remote else session,
+                                args=args, measure=measure,
+                                power_watts=power_watts, package=tmp, manifest=manifest, progress=progress)
+        sizes = {role: (tmp / rel).stat().st_size for role, rel in manifest["files_by_role"].items()
+                 if role in ("library", "params", "onnx")}
+        runner_bytes = sum(p.stat().st_size for p in (tmp / "runner").glob("*")) if (tmp / "runner").is_dir() else 0
+        timings["total"] = time.perf_counter() - t_start
+        report = {
+            "target": tgt.name,
+            "backend": tgt.backend,
+            "pipeline": manifest["pipeline"],
+            "pipeline_explicit": manifest["pipeline_explicit"],
+            "verify": verdict or {"passed": None, "skipped": True},
+            "size_bytes": {
+                "artifact": sizes.get("library", 0) + sizes.get("params", 0),
+                "library": sizes.get("library", 0),
+                "params": sizes.get("params", 0),
+                "onnx_original": Path(model).stat().st_size,
+                "onnx_optimized": sizes.get("onnx", 0),
+                "runtime_bundle": runner_bytes,
+            },
+            "latency": latency,
+            **({"tuning": tuning} if tuning else {}),
+            "energy": energy,
+            **({"accuracy": accuracy_report} if accuracy_report else {}),
+            **({"fidelity": fidelity} if fidelity else {}),
+            "compile_seconds": round(timings["total"], 3),
+            "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
+            "model": {k: v for k, v in summary.items() if k != "layers"},
+            "passes": [r.__dict__ for r in records],
+            "inputs": manifest["inputs"],
+            "outputs": manifest["outputs"],
+        }
+    finally:
+        if remote is not None:
+            session.close()  # the server serves one session at a time
     artifact.write_json(tmp / artifact.REPORT, report)
     manifest["files"] = artifact.file_table(tmp)
     artifact.write_json(tmp / artifact.MANIFEST, manifest)

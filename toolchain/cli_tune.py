@@ -17,10 +17,14 @@ def tune(model, target: str = "cpu", *, trials: int, seconds: float | None = Non
     from .errors import UsageError
     from .targets import get_target
 
+    from optc.backends import get_backend
+    from optc.passes.quant.integerize import auto_integerize
+
     tgt = get_target(target)
     if not tgt.backend.startswith("tvm"):
         raise UsageError(f"tuning needs a TVM CPU target, not {tgt.name} ({tgt.backend})")
-    specs = pipeline.parse_pipeline(passes)
+    # the graph optc compile would build (a quantizing pipeline gets integerize appended)
+    specs = auto_integerize(pipeline.parse_pipeline(passes), tgt, get_backend(tgt.backend))
     original = frontend.load_model(model)
     bound, in_specs = frontend.bind_input_shapes(original, dict(input_shapes or {}))
     irm, _ = pipeline.run_pipeline(ir.serde.deserialize_model(bound), specs)

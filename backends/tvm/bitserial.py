@@ -495,11 +495,6 @@ def bitserial_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, 
 # schedules
 
 
-def _mark(func, name: str):
-    del name  # the kernel is named after its GlobalVar (see lower.opaque_kernel)
-    return opaque_kernel(func)
-
-
 def _vector_factor(extent: int, limit: int = LANES) -> int:
     f = 1
     while f * 2 <= limit and extent % (f * 2) == 0:
@@ -561,6 +556,22 @@ def schedule_dense(func, *, red_name: str, out_name: str, pack_names: tuple[str,
     return sch.mod["main"]
 
 
+def _schedule_packing(sch, name: str, parallel: bool) -> None:
+    """A bit-packing reduction ``name`` (loops ..., vector axis, packed axis): swap the last two
+    loops, parallelize the outer two, vectorize the (now) innermost, and unroll the packed axis
+    of the update (unrolling keeps LLVM from re-vectorizing it with strided gathers)."""
+    blk = sch.get_sblock(name)
+    loops = sch.get_loops(blk)
+    sch.reorder(loops[-1], loops[-2])
+    if parallel:
+        loops = sch.get_loops(blk)
+        sch.parallel(sch.fuse(loops[0], loops[1]))
+    loops = sch.get_loops(blk)
+    sch.vectorize(loops[-1])
+    sch.decompose_reduction(blk, loops[-2])
+    sch.unroll(sch.get_loops(sch.get_sblock(name + "_update"))[-2])
+
+
 def schedule_conv(func, *, red_name: str, out_name: str, pack_name: str, extra_red: str | None,
                   n_out: int, ow: int, work: int, window: int = 1):
     """Conv bit-serial schedule. The output block's loops are tiled as (batch x channel block x
@@ -573,30 +584,13 @@ def schedule_conv(func, *, red_name: str, out_name: str, pack_name: str, extra_r
     par = work >= PARALLEL_MIN_WORDS
     # pack: loops b, [i,] h, cw, w, c -> ..., c (unrolled), w (vector). Unrolling c keeps
     # LLVM from re-vectorizing the c loop with gathers over the strided channel axis.
-    pk = sch.get_sblock(pack_name + "q")
-    pl = sch.get_loops(pk)
-    sch.reorder(pl[-1], pl[-2])
-    pl = sch.get_loops(pk)
-    if par:
-        sch.parallel(sch.fuse(pl[0], pl[1]))
-    pl = sch.get_loops(pk)
-    sch.vectorize(pl[-1])
-    sch.decompose_reduction(pk, pl[-2])
-    sch.unroll(sch.get_loops(sch.get_sblock(pack_name + "q_update"))[-2])
+    _schedule_packing(sch, pack_name + "q", par)
     try:
-        xr = sch.get_sblock("Xr")
+        sch.get_sblock("Xr")
     except Exception:  # noqa: BLE001 - per-tap layout: no row packing stage
-        xr = None
-    if xr is not None:  # loops b, hp, r, ow, kw -> b, hp, r, kw (unrolled), ow (vector)
-        xl = sch.get_loops(xr)
-        sch.reorder(xl[-1], xl[-2])
-        xl = sch.get_loops(xr)
-        if par:
-            sch.parallel(sch.fuse(xl[0], xl[1]))
-        xl = sch.get_loops(xr)
-        sch.vectorize(xl[-1])
-        sch.decompose_reduction(xr, xl[-2])
-        sch.unroll(sch.get_loops(sch.get_sblock("Xr_update"))[-2])
+        pass
+    else:  # loops b, hp, r, ow, kw -> b, hp, r, kw (unrolled), ow (vector)
+        _schedule_packing(sch, "Xr", par)
     if extra_red is not None:  # S (k-bit conv): one small reduction per output position
         sb = sch.get_sblock(extra_red)
         sl = sch.get_loops(sb)
@@ -641,7 +635,7 @@ def binary_dense_func(M, K, N, has_bias=False, has_alpha=True):
     ins, Y = binary_dense_te(M, K, N, has_bias, has_alpha)
     f = te.create_prim_func([*ins, Y])
     f = schedule_dense(f, red_name="P", out_name="Y", pack_names=("Xp",), n_out=N, work=M * N * optc_ops.words(K))
-    return _mark(f, "optc_binary_dense")
+    return opaque_kernel(f)
 
 
 def bitserial_dense_func(M, K, N, act_bits, weight_bits, act_scale, has_bias=False):
@@ -651,7 +645,7 @@ def bitserial_dense_func(M, K, N, act_bits, weight_bits, act_scale, has_bias=Fal
     f = te.create_prim_func([*ins, Y])
     f = schedule_dense(f, red_name="D", out_name="Y", pack_names=("Ap",), n_out=N,
                        work=M * N * optc_ops.words(K) * act_bits * weight_bits)
-    return _mark(f, "optc_bitserial_dense")
+    return opaque_kernel(f)
 
 
 def conv_weight_lanes_func(N, KH, KW, C, planes=None):
@@ -668,7 +662,7 @@ def conv_weight_lanes_func(N, KH, KW, C, planes=None):
     sch = tvm.s_tir.Schedule(f)
     blk = sch.get_sblock("Wt")
     sch.unroll(sch.get_loops(blk)[-1])
-    return _mark(sch.mod["main"], "optc_conv_weight_lanes")
+    return opaque_kernel(sch.mod["main"])
 
 
 def conv_weight_lanes_shape(N, KH, KW, C, planes=None) -> list[int]:
@@ -687,7 +681,7 @@ def binary_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, ha
     OH, OW = _conv_geometry(H, W, kernel_shape, pads, strides, dilations)
     work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C)
     f = schedule_conv(f, red_name="P", out_name="Y", pack_name="Xp", extra_red=None, n_out=N, ow=OW, work=work)
-    return _mark(f, "optc_binary_conv2d")
+    return opaque_kernel(f)
 
 
 def binary_conv2d_threshold_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_direction=False,
@@ -703,7 +697,7 @@ def binary_conv2d_threshold_func(B, C, H, W, N, kernel_shape, pads, strides, dil
     work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C)
     f = schedule_conv(f, red_name="P", out_name="Y", pack_name="Xp", extra_red=None, n_out=N,
                       ow=OW // pool_shape[1], work=work, window=pool_shape[0] * pool_shape[1])
-    return _mark(f, "optc_binary_conv2d_threshold")
+    return opaque_kernel(f)
 
 
 def bitserial_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, act_bits, weight_bits,
@@ -716,7 +710,7 @@ def bitserial_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations,
     OH, OW = _conv_geometry(H, W, kernel_shape, pads, strides, dilations)
     work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C) * act_bits * weight_bits
     f = schedule_conv(f, red_name="D", out_name="Y", pack_name="Ap", extra_red="S", n_out=N, ow=OW, work=work)
-    return _mark(f, "optc_bitserial_conv2d")
+    return opaque_kernel(f)
 
 
 # ---------------------------------------------------------------------------------------------

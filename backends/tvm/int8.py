@@ -403,7 +403,6 @@ def _pow2_divisor(n: int, limit: int) -> int:
 # schedules
 
 
-_mark = opaque_kernel
 
 
 def _tile(extent: int, limit: int = MAX_TILE) -> int:
@@ -531,7 +530,7 @@ def weight_pack_func(N, C, KH, KW):
     from tvm import te
 
     ins, Wp = weight_pack_te(N, C, KH, KW)
-    return _mark(te.create_prim_func([*ins, Wp]))
+    return opaque_kernel(te.create_prim_func([*ins, Wp]))
 
 
 def weight_pack_shape(N, C, KH, KW) -> list[int]:
@@ -542,7 +541,7 @@ def bias_adjust_func(N, C, KH, KW, delta, has_bias):
     from tvm import te
 
     ins, Bk = bias_adjust_te(N, C, KH, KW, delta, has_bias)
-    return _mark(te.create_prim_func([*ins, Bk]))
+    return opaque_kernel(te.create_prim_func([*ins, Bk]))
 
 
 def conv_func(isa, B, C, H, W, N, kernel_shape, pads, strides, dilations, *, in_dtype, x_zp, y_zp, out_min,
@@ -555,7 +554,7 @@ def conv_func(isa, B, C, H, W, N, kernel_shape, pads, strides, dilations, *, in_
     f = te.create_prim_func([*ins, Y])
     OH, OW = conv_geometry(H, W, kernel_shape, pads, strides, dilations)
     work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * C
-    return _mark(schedule_conv(f, isa, n_out=N, ow=OW, work=work))
+    return opaque_kernel(schedule_conv(f, isa, n_out=N, ow=OW, work=work))
 
 
 def depthwise_func(B, C, H, W, kernel_shape, pads, strides, dilations, *, in_dtype, x_zp, y_zp, out_min, out_max,
@@ -566,7 +565,7 @@ def depthwise_func(B, C, H, W, kernel_shape, pads, strides, dilations, *, in_dty
                           y_zp=y_zp, out_min=out_min, out_max=out_max, out_dtype=out_dtype)
     f = te.create_prim_func([*ins, Y])
     OH, OW = conv_geometry(H, W, kernel_shape, pads, strides, dilations)
-    return _mark(schedule_depthwise(f, ow=OW, work=B * C * OH * OW * kernel_shape[0] * kernel_shape[1]))
+    return opaque_kernel(schedule_depthwise(f, ow=OW, work=B * C * OH * OW * kernel_shape[0] * kernel_shape[1]))
 
 
 def max_pool_func(B, C, H, W, kernel_shape, pads, strides, *, dtype):
@@ -575,7 +574,7 @@ def max_pool_func(B, C, H, W, kernel_shape, pads, strides, *, dtype):
     ins, Y = max_pool_te(B, C, H, W, kernel_shape, pads, strides, dtype=dtype)
     f = te.create_prim_func([*ins, Y])
     OH, OW = conv_geometry(H, W, kernel_shape, pads, strides, (1, 1))
-    return _mark(schedule_max_pool(f, ow=OW, work=B * C * H * W))
+    return opaque_kernel(schedule_max_pool(f, ow=OW, work=B * C * H * W))
 
 
 def int_max_pool_supported(shape, dtype: str, attr: dict) -> bool:
@@ -597,7 +596,7 @@ def dense_func(isa, M, K, N, *, in_dtype, y_zp, out_min, out_max, out_dtype):
     ins, Y = dense_te(M, K, N, in_dtype=in_dtype, kdtype=kernel_dtype(isa), y_zp=y_zp, out_min=out_min,
                       out_max=out_max, out_dtype=out_dtype)
     f = te.create_prim_func([*ins, Y])
-    return _mark(schedule_dense(f, isa, n_out=N, work=M * N * K))
+    return opaque_kernel(schedule_dense(f, isa, n_out=N, work=M * N * K))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,15 +107,18 @@ def resolved_target_dict(target: Target) -> dict:
             for k, v in dict(t.export()).items() if k in ("kind", "mtriple", "mcpu", "mattr", "num-cores", "keys")}
 
 
-def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec]):
-    """Relax module with weights as parameters, and the weights (list of tvm tensors)."""
+def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target | None = None):
+    """Relax module with weights as parameters, and the weights (list of tvm tensors). With a
+    ``target``, the import runs in its scope: converters of optc's integer ops pick their
+    kernels by target (without one, they and the integer MaxPool fall back or refuse)."""
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
     shape_dict = {s.name: list(s.shape) for s in inputs}
     dtype_dict = {s.name: s.dtype for s in inputs}
+    scope = tvm_target(target) if target is not None else contextlib.nullcontext()
     try:
-        with _custom_converters():
+        with scope, _custom_converters():
             mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=True)
     except Exception as err:
         msg = " ".join(str(err).split())[:400]
@@ -124,22 +127,33 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec]):
     return mod, list(params.get("main", []))
 
 
-def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, embed_params: bool):
-    """Compile the model for ``target``; returns (executable, params or [] if embedded)."""
-    import tvm
+def prepare_module(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, embed_params: bool):
+    """The Relax module that :func:`build` schedules and tuning extracts tasks from: imported
+    in the target's scope, weights bound as constants (``embed_params``) or left as trailing
+    parameters, training-style ops decomposed. Returns (module, params or [] if embedded)."""
     from tvm import relax
 
-    with tvm_target(target):  # converters of optc's integer ops pick kernels by target
-        mod, params = import_onnx(model, inputs)
+    mod, params = import_onnx(model, inputs, target)
     if embed_params and params:
         weights = mod["main"].params[len(inputs):]
         mod = relax.transform.BindParams("main", dict(zip(weights, params)))(mod)
         params = []
+    try:
+        return relax.transform.DecomposeOpsForInference()(mod), params
+    except Exception as err:
+        msg = " ".join(str(err).split())[:400]
+        raise ToolchainError(f"TVM build for target {target.name} failed: {msg}") from None
+
+
+def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, embed_params: bool):
+    """Compile the model for ``target``; returns (executable, params or [] if embedded)."""
+    import tvm
+
+    mod, params = prepare_module(model, inputs, target, embed_params=embed_params)
     tgt = tvm_target(target)
     from . import tune
 
     try:
-        mod = relax.transform.DecomposeOpsForInference()(mod)
         tune.maybe_tune(mod, tgt)  # only when a caller asked (optc compile --tune)
         # A tuning database for this target (tune.py) replaces the rule schedule of the
         # functions it has a better record for; tune.last_build() tells which.

@@ -393,13 +393,13 @@ def make_builder(deadline: float | None, aarch64: bool, clock=None):
     return InProcessBuilder()
 
 
-def make_local_runner(evaluator, deadline: float | None = None, clock=None):
-    """MetaSchedule's LocalRunner measurement, in this process (its popen workers take tens of
-    seconds to start and import TVM; a crashing candidate would take this process down, which
-    MetaSchedule's sampled, post-processed schedules do not do in practice)."""
+def _measuring_runner(measure, label: str, deadline: float | None, clock, on_error=None):
+    """A MetaSchedule runner that measures each candidate in this process with
+    ``measure(runner_input) -> costs``; past ``deadline`` a candidate fails with a budget
+    message; ``on_error`` runs after a failed measurement."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.runner import PyRunner
-    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture, _worker_func
+    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
 
     @derived_object
     class InProcessRunner(PyRunner):
@@ -410,16 +410,29 @@ def make_local_runner(evaluator, deadline: float | None = None, clock=None):
                     futures.append(LocalRunnerFuture(error_message="optc: tuning time budget reached"))
                     continue
                 try:
-                    args = [a.as_json() for a in inp.args_info]
-                    res = _worker_func(None, None, None, evaluator, 1, inp.artifact_path, inp.device_type, args)
-                    futures.append(LocalRunnerFuture(res=[float(x) for x in res]))
-                except Exception as err:  # noqa: BLE001
-                    futures.append(LocalRunnerFuture(error_message=f"optc in-process run: {err}"[:2000]))
+                    futures.append(LocalRunnerFuture(res=[float(x) for x in measure(inp)]))
+                except Exception as err:  # noqa: BLE001 - a failing candidate (or a lost session)
+                    if on_error is not None:
+                        on_error()
+                    futures.append(LocalRunnerFuture(error_message=f"{label}: {err}"[:2000]))
             if clock is not None:
                 clock.run_end()
             return futures
 
     return InProcessRunner()
+
+
+def make_local_runner(evaluator, deadline: float | None = None, clock=None):
+    """MetaSchedule's LocalRunner measurement, in this process (its popen workers take tens of
+    seconds to start and import TVM; a crashing candidate would take this process down, which
+    MetaSchedule's sampled, post-processed schedules do not do in practice)."""
+    from tvm.s_tir.meta_schedule.runner.local_runner import _worker_func
+
+    def measure(inp):
+        args = [a.as_json() for a in inp.args_info]
+        return _worker_func(None, None, None, evaluator, 1, inp.artifact_path, inp.device_type, args)
+
+    return _measuring_runner(measure, "optc in-process run", deadline, clock)
 
 
 _RPC_STATES: list[dict] = []
@@ -442,46 +455,29 @@ def make_rpc_runner(remote, evaluator, deadline: float | None = None, session_ti
     workers that take tens of seconds to import TVM; under qemu each session costs ~1 s more."""
     import uuid
 
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.runner import PyRunner
-    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
     from tvm.s_tir.meta_schedule.runner.rpc_runner import default_alloc_argument, default_run_evaluator
 
     state = {"sess": None}
     _RPC_STATES.append(state)
 
-    def session():
+    def measure(inp):
         if state["sess"] is None:
             state["sess"] = remote.connect(timeout=session_timeout)
-        return state["sess"]
+        sess = state["sess"]
+        name = f"cand-{uuid.uuid4().hex[:10]}.so"
+        sess.upload(inp.artifact_path, name)
+        rt_mod = sess.load_module(name)
+        dev = sess.device(inp.device_type, 0)
+        args = default_alloc_argument(sess, dev, [a.as_json() for a in inp.args_info], 1)
+        costs = default_run_evaluator(sess, rt_mod, dev, evaluator, args)
+        with contextlib.suppress(Exception):
+            sess.remove(name)
+        return costs
 
-    @derived_object
-    class InProcessRPCRunner(PyRunner):
-        def run(self, runner_inputs):
-            futures = []
-            for inp in runner_inputs:
-                if deadline is not None and time.time() > deadline:
-                    futures.append(LocalRunnerFuture(error_message="optc: tuning time budget reached"))
-                    continue
-                name = f"cand-{uuid.uuid4().hex[:10]}.so"
-                try:
-                    sess = session()
-                    sess.upload(inp.artifact_path, name)
-                    rt_mod = sess.load_module(name)
-                    dev = sess.device(inp.device_type, 0)
-                    args = default_alloc_argument(sess, dev, [a.as_json() for a in inp.args_info], 1)
-                    costs = default_run_evaluator(sess, rt_mod, dev, evaluator, args)
-                    with contextlib.suppress(Exception):
-                        sess.remove(name)
-                    futures.append(LocalRunnerFuture(res=[float(x) for x in costs]))
-                except Exception as err:  # noqa: BLE001 - a failing candidate or a lost session
-                    state["sess"] = None
-                    futures.append(LocalRunnerFuture(error_message=f"optc RPC run: {err}"[:2000]))
-            if clock is not None:
-                clock.run_end()
-            return futures
+    def drop_session():
+        state["sess"] = None
 
-    return InProcessRPCRunner()
+    return _measuring_runner(measure, "optc RPC run", deadline, clock, on_error=drop_session)
 
 
 def make_runner(rpc: str | None = None, tracker: str | None = None, key: str | None = None,
@@ -802,15 +798,9 @@ class _Progress:
 def tune_onnx(model, inputs, target, *, trials: int, seconds: float | None = None, root=None,
               rpc=None, tracker=None, key=None, log=None) -> dict:
     """Tune an ONNX model (shapes bound, pipeline already run) for an optc ``Target``."""
-    from tvm import relax
-
     from . import lower
 
-    mod, params = lower.import_onnx(model, inputs)
-    if params:
-        weights = mod["main"].params[len(inputs):]
-        mod = relax.transform.BindParams("main", dict(zip(weights, params)))(mod)
+    mod, _ = lower.prepare_module(model, inputs, target, embed_params=True)
     tgt = lower.tvm_target(target)
-    mod = relax.transform.DecomposeOpsForInference()(mod)
     return tune_module(mod, tgt, trials=trials, seconds=seconds, root=root, rpc=rpc, tracker=tracker,
                        key=key, log=log)
