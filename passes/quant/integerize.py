@@ -49,11 +49,12 @@ from optc.passes.optc_ops import DOMAIN, VERSION
 from optc.pipeline import Pass, register_pass
 
 from . import int_ops
+from .qdq import _attr
 
-__all__ = ["Integerize", "integerize_model", "INTEGER_OPS", "wants_integerize", "auto_integerize"]
+__all__ = ["Integerize", "integerize_model", "INTEGER_OPS", "auto_integerize"]
 
 INTEGER_OPS = tuple(f"{DOMAIN}::{t}" for t in int_ops.OP_TYPES)
-_QTYPES = {TensorProto.UINT8: (0, 255, np.uint8), TensorProto.INT8: (-128, 127, np.int8)}
+_QTYPES = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127)}  # code range per type
 
 
 @dataclass
@@ -85,13 +86,6 @@ class _Graph:
         if p is not None and p.op_type == "Constant" and len(p.attribute) == 1 and p.attribute[0].name == "value":
             return numpy_helper.to_array(p.attribute[0].t)
         return None
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 class _NoMatch(Exception):
@@ -200,7 +194,7 @@ def _match(g: _Graph, node) -> dict:
     ttype = helper.np_dtype_to_tensor_dtype(y_dtype)
     if ttype not in _QTYPES:
         raise _NoMatch(f"output type {y_dtype}")
-    qmin, qmax, _ = _QTYPES[ttype]
+    qmin, qmax = _QTYPES[ttype]
     s_y = float(np.asarray(s_y).reshape(-1)[0])
     zy = int(np.asarray(zp_y).reshape(-1)[0]) if zp_y is not None else 0
     if np.isfinite(lo):
@@ -220,7 +214,7 @@ def _match(g: _Graph, node) -> dict:
     k = int(np.prod(wk.shape[1:]))
     x_range = 255 if x_qt == np.uint8 else 128
     bound = k * x_range * 127 + np.abs(b).max(initial=0)
-    if np.abs(b).max(initial=0) > int_ops.ACC_LIMIT or bound > int_ops.ACC_LIMIT:
+    if bound > int_ops.ACC_LIMIT:  # bound includes max|b|
         raise _NoMatch("the int32 accumulator could overflow")
     attrs = {"x_zero_point": zx, "y_zero_point": zy, "out_min": int(qmin), "out_max": int(qmax), "to": int(ttype)}
     if op == "Conv":
@@ -241,7 +235,10 @@ def _match(g: _Graph, node) -> dict:
             "mult": mult, "shift": shift, "attrs": attrs, "x_dtype": str(np.dtype(x_qt)), "out": nxt.output[0], "chain": chain}
 
 
-def integerize_model(model: onnx.ModelProto, ops=("Conv", "Gemm", "MatMul")) -> tuple[onnx.ModelProto, dict]:
+_LAYER_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def integerize_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     """Rewrite every matching layer (see the module docstring). Returns (model, details)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     g = _Graph.of(model)
@@ -257,9 +254,9 @@ def integerize_model(model: onnx.ModelProto, ops=("Conv", "Gemm", "MatMul")) -> 
         return name
 
     replaced, layers, float_layers = {}, [], []
-    new_inits = []
+    new_inits, int_bytes = [], 0
     for node in graph.node:
-        if node.op_type not in ops or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in _LAYER_OPS or node.domain not in ("", "ai.onnx"):
             continue
         lname = node.name or node.output[0]
         try:
@@ -272,6 +269,7 @@ def integerize_model(model: onnx.ModelProto, ops=("Conv", "Gemm", "MatMul")) -> 
         for suffix, arr in (("w", m["w"]), ("bias", m["b"]), ("multiplier", m["mult"]), ("shift", m["shift"])):
             nm = fresh(f"{base}__int_{suffix}")
             new_inits.append(numpy_helper.from_array(arr, nm))
+            int_bytes += arr.nbytes
             ins.append(nm)
         new = helper.make_node(m["op_type"], ins, [m["out"]], name=fresh(f"{lname}/{m['op_type']}"), domain=DOMAIN,
                                **m["attrs"])
@@ -282,7 +280,7 @@ def integerize_model(model: onnx.ModelProto, ops=("Conv", "Gemm", "MatMul")) -> 
                        if len(m["chain"]) == 3 else None),
                        "activation": m["x_dtype"],
                        "weight_range": [int(m["w"].min()), int(m["w"].max())]})
-    pools = _integer_pools(g, replaced, fresh, model)
+    pools = _integer_pools(g, replaced, fresh)
     if not layers and not pools:
         return model, {"layers": [], "float_layers": float_layers}
     nodes = []
@@ -303,7 +301,6 @@ def integerize_model(model: onnx.ModelProto, ops=("Conv", "Gemm", "MatMul")) -> 
     keep = [vi for vi in graph.value_info if vi.name in written]
     del graph.value_info[:]
     graph.value_info.extend(keep)
-    int_bytes = sum(numpy_helper.to_array(t).nbytes for t in new_inits)
     return model, {"layers": layers, "float_layers": float_layers, "integer_layer_bytes": int_bytes,
                    "integer_pools": pools}
 
@@ -312,13 +309,13 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _integer_pools(g: _Graph, replaced: dict, fresh, model: onnx.ModelProto) -> list[str]:
+def _integer_pools(g: _Graph, replaced: dict, fresh) -> list[str]:
     """``DQ(x_q; s, zp) -> MaxPool -> Q(s, zp)`` (same scale, zero point and type) becomes
     ``MaxPool(x_q)`` on the codes, writing the tensor Q wrote. Exact: DQ and Q are monotone and
     Q(DQ(c)) = c, so the max of the codes is the code of the max; a window always holds at
     least one real element (pads < kernel, no ceil_mode), so padding never wins. Returns the
     names of the rewritten pools (``replaced`` gets the new nodes)."""
-    if _opset(model) < 12:  # MaxPool on uint8/int8 since opset 12
+    if _opset(g.model) < 12:  # MaxPool on uint8/int8 since opset 12
         return []
     done = []
     for node in g.model.graph.node:
@@ -377,23 +374,17 @@ def _dce(model: onnx.ModelProto) -> None:
     graph.initializer.extend(inits)
 
 
-def wants_integerize(pass_names: list[str], tvm_kind: str | None, backend_ops: set[str]) -> bool:
-    """``optc compile``'s rule: append ``integerize`` when the pipeline quantizes, does not name
-    integerize itself, the target is an LLVM CPU (x86 or ARM: the integer kernels are CPU
-    kernels) and its backend lowers the integer ops."""
-    return "quantize" in pass_names and "integerize" not in pass_names and tvm_kind == "llvm" and \
-        all(op in backend_ops for op in INTEGER_OPS)
-
-
 def auto_integerize(specs: list, target, backend) -> list:
-    """``specs`` with ``integerize`` appended when :func:`wants_integerize` says so (the
-    recorded pipeline then names it, so the build replays as is)."""
+    """``optc compile``'s rule: ``specs`` with ``integerize`` appended when the pipeline
+    quantizes, does not name integerize itself, the target is an LLVM CPU (x86 or ARM: the
+    integer kernels are CPU kernels) and its backend lowers the integer ops. The recorded
+    pipeline then names it, so the build replays as is."""
     from optc.pipeline import PassSpec
 
     names = [s.name for s in specs]
-    if "quantize" not in names or "integerize" in names:
+    if "quantize" not in names or "integerize" in names or (target.tvm or {}).get("kind") != "llvm":
         return specs
-    if not wants_integerize(names, (target.tvm or {}).get("kind"), set(backend.supported_ops())):
+    if not all(op in set(backend.supported_ops()) for op in INTEGER_OPS):
         return specs
     return [*specs, PassSpec("integerize")]
 
