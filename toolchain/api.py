@@ -225,9 +225,19 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
         # Lossiness may depend on parameters (binarize<post-training>): ask the configured pass.
         lossy = [s.name for s in specs if pipeline.instantiate(s).lossy]
         reference_model = optimized if lossy else original
+        ref_runs: dict[str, list[np.ndarray]] = {}
+
+        def reference(which: str) -> list[np.ndarray]:
+            """Reference outputs on the sample inputs, computed once per model (verification,
+            the tolerance rule and fidelity all read them)."""
+            if which not in ref_runs:
+                ref_runs[which] = verify.reference_outputs(optimized if which == "optimized" else original, sample)
+            return ref_runs[which]
+
+        reference_key = "optimized" if lossy else "original"
         runnable = getattr(session, "runnable", True)  # False: built for hardware this machine lacks
         if verify_outputs and not runnable:
-            refs = verify.reference_outputs(reference_model, sample)  # kept for a later check on the hardware
+            refs = reference(reference_key)  # kept for a later check on the hardware
             np.savez(tmp / "sample_outputs.npz", **dict(zip(out_names, refs)))
             manifest["files_by_role"]["sample_outputs"] = "sample_outputs.npz"
             verdict = {"passed": None, "skipped": session.skip_reason}
@@ -235,12 +245,12 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
             with progress.step("verify against onnxruntime"):
                 t0 = time.perf_counter()
                 outs = session.run(args)
-                refs = verify.reference_outputs(reference_model, sample)
+                refs = reference(reference_key)
                 if lossy:  # a QDQ graph: equal up to rounding-boundary flips (see optc.passes.quant.tolerance)
                     from optc.passes.quant.tolerance import compare_quantized
 
                     verdict = compare_quantized(outs, refs, out_names, atol, rtol, optimized,
-                                                lambda: verify.reference_outputs(original, sample))
+                                                lambda: reference("original"))
                 else:
                     verdict = verify.compare(outs, refs, out_names, atol, rtol)
                 verdict["inputs"] = input_source
@@ -260,7 +270,8 @@ def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
                     f"artifact output differs from onnxruntime beyond atol={atol:g}, rtol={rtol:g}: {detail}")
 
         accuracy_report = None
-        fidelity = _fidelity(original, optimized, sample, out_names) if lossy and eval_data is None else None
+        fidelity = (_fidelity(reference("original"), reference("optimized"), out_names)
+                    if lossy and eval_data is None else None)
         if eval_data is not None:
             with progress.step(f"evaluate on {eval_data}"):
                 t0 = time.perf_counter()
@@ -345,13 +356,12 @@ def _evaluate(path, limit, original, optimized, session, tgt: Target, in_specs, 
             "reference": "the original model in onnxruntime"} | result
 
 
-def _fidelity(original, optimized, sample, out_names) -> dict:
-    """A lossy pipeline's output (optimized ONNX in onnxruntime) against the original model
-    on the sample inputs: top-1 agreement and SQNR per output (no labels needed)."""
+def _fidelity(ref: list[np.ndarray], out: list[np.ndarray], out_names) -> dict:
+    """A lossy pipeline's output (``out``: the optimized ONNX model's reference outputs) against
+    the original model's (``ref``) on the sample inputs: top-1 agreement and SQNR per output (no
+    labels needed)."""
     from . import accuracy
 
-    ref = verify.reference_outputs(original, sample)
-    out = verify.reference_outputs(optimized, sample)
     return {"reference": "the original model in onnxruntime", "data": "the sample inputs",
             "evaluated_on": "the optimized ONNX model in onnxruntime (the artifact is verified against it)",
             "samples": int(len(ref[0])) if ref and np.ndim(ref[0]) else 1,
