@@ -249,6 +249,12 @@ def clip_to_ops(mod):
     return _rewrite_calls(mod, rewrite)
 
 
+def is_scheduled(func) -> bool:
+    """Whether a PrimFunc already carries its schedule (optc's hand-written kernels, see
+    lower.opaque_kernel): rule scheduling and tuning leave it alone."""
+    return func.attrs is not None and "tirx.is_scheduled" in func.attrs and bool(int(func.attrs["tirx.is_scheduled"]))
+
+
 def tvm_op(name):
     import tvm
 
@@ -311,7 +317,7 @@ def schedule_cpu(mod, target):
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
             continue
-        if func.attrs is not None and "tirx.is_scheduled" in func.attrs and int(func.attrs["tirx.is_scheduled"]):
+        if is_scheduled(func):
             continue
         new = _schedule_func(func, target, params)
         if new is not None:

@@ -145,7 +145,7 @@ def apply_database(mod, target, database, baseline: dict, used: list):
 
     updates = {}
     for gv, func in mod.functions_items():
-        if not isinstance(func, tirx.PrimFunc):
+        if not isinstance(func, tirx.PrimFunc) or schedule.is_scheduled(func):
             continue
         tmod = task_module(func)
         rec = _best_record(database, tmod)
@@ -309,7 +309,7 @@ def extract_tasks(mod, tgt) -> list[tuple[str, object, float]]:
         raise RuntimeError("optc's pipeline did not reach the scheduling stage")
     tasks = []
     for gv, func in fused.functions_items():
-        if isinstance(func, tirx.PrimFunc):
+        if isinstance(func, tirx.PrimFunc) and not schedule.is_scheduled(func):  # optc's own kernels stay
             try:
                 flops = float(estimate_tir_flops(task_module(func)))
             except Exception:  # noqa: BLE001
