@@ -325,7 +325,9 @@ def _export_shared(rt_mod, aarch64: bool) -> str:
     if aarch64:
         from tvm.support import cc
 
-        rt_mod.export_library(path, fcompile=cc.cross_compiler("aarch64-linux-gnu-g++"))
+        from .arm import CROSS_CXX
+
+        rt_mod.export_library(path, fcompile=cc.cross_compiler(CROSS_CXX))
     else:
         rt_mod.export_library(path)
     return path
