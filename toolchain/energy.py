@@ -85,6 +85,7 @@ _OPTC_MAC_OPS = {"BinaryDense", "BinaryConv2d", "BitserialDense", "BitserialConv
 # optc's integer layers (passes/quant/int_ops.py): int8 x int8 -> int32 MACs.
 _OPTC_INT_OPS = {"IntConv2d", "IntDense"}
 _POOL_SUFFIX = "__optc_energy_pool"  # the MaxPool half of a surrogate BinaryConv2dThreshold
+_LAYOUT_SUFFIX = "__optc_energy_layout"  # NHWC <-> NCHW around the surrogate of an NHWC IntConv2d
 _OPTC_ELEMENTWISE = {"SignThreshold"}
 _REQUANT_FUSABLE = {"Relu", "Clip"}  # clamps folded into an integer layer's requantization
 _NOT_QDQ_GROUP = {"QuantizeLinear", "DequantizeLinear", "Constant", *_VIEW_OPS}
@@ -108,7 +109,8 @@ def _attr_ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]
 def surrogate_for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy in which optc's ``ai.optc`` layers are standard ops of the same output shape and
     MAC count (BinaryConv2d/BitserialConv2d/IntConv2d -> Conv, BinaryDense/BitserialDense/IntDense
-    -> MatMul, SignThreshold -> Identity, BinaryConv2dThreshold -> Conv + MaxPool) with
+    -> MatMul, SignThreshold -> Identity, BinaryConv2dThreshold -> Conv + MaxPool; an NHWC
+    IntConv2d gets Transposes around its Conv) with
     shape-only dummy weights (graph inputs, no data), so that ONNX shape inference and
     :func:`optc.analysis.layer_costs` see through them. Tensor names are kept; a fused
     BinaryConv2dThreshold becomes two nodes (the Conv keeps the name, its output is new)."""
@@ -139,11 +141,21 @@ def surrogate_for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
             else:
                 shape = [w[0], _int_attr(n, "in_channels") or 0, *ks]
             pooled = n.op_type == "BinaryConv2dThreshold" and _attr_ints(n, "pool_shape", [1, 1]) != [1, 1]
-            conv_out = f"__optc_energy_conv_{k}" if pooled else n.output[0]
-            nodes.append(onnx.helper.make_node("Conv", [n.input[0], dummy], [conv_out], name=n.name,
+            conv_in, conv_out = n.input[0], f"__optc_energy_conv_{k}" if pooled else n.output[0]
+            x_nhwc, y_nhwc = (_str_attr(n, a) == "NHWC" for a in ("x_layout", "y_layout"))  # IntConv2d layouts
+            if x_nhwc:
+                conv_in = f"__optc_energy_nchw_in_{k}"
+                nodes.append(onnx.helper.make_node("Transpose", [n.input[0]], [conv_in], perm=[0, 3, 1, 2],
+                                                   name=n.name + _LAYOUT_SUFFIX + "_in"))
+            if y_nhwc:
+                conv_out = f"__optc_energy_nchw_out_{k}"
+            nodes.append(onnx.helper.make_node("Conv", [conv_in, dummy], [conv_out], name=n.name,
                                                kernel_shape=ks, pads=_attr_ints(n, "pads", [0, 0, 0, 0]),
                                                strides=_attr_ints(n, "strides", [1, 1]), group=group,
                                                dilations=_attr_ints(n, "dilations", [1, 1])))
+            if y_nhwc:
+                nodes.append(onnx.helper.make_node("Transpose", [conv_out], [n.output[0]], perm=[0, 2, 3, 1],
+                                                   name=n.name + _LAYOUT_SUFFIX + "_out"))
             if pooled:
                 pool = _attr_ints(n, "pool_shape", [1, 1])
                 nodes.append(onnx.helper.make_node("MaxPool", [conv_out], [n.output[0]], name=n.name + _POOL_SUFFIX,
@@ -159,6 +171,13 @@ def surrogate_for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _elems(info: tuple[list[int], int] | None) -> int:
     return int(np.prod(info[0], dtype=np.int64)) if info is not None else 0
+
+
+def _str_attr(node: onnx.NodeProto, name: str) -> str | None:
+    for a in node.attribute:
+        if a.name == name and a.type == onnx.AttributeProto.STRING:
+            return a.s.decode()
+    return None
 
 
 def _int_attr(node: onnx.NodeProto, *names: str) -> int | None:
@@ -241,7 +260,8 @@ def model_energy(model: onnx.ModelProto) -> dict:
     # One cost per node of the original graph: the pool half of a fused surrogate is dropped
     # (its compares are part of the fused binary layer's threshold work).
     surrogate_layers = [n for n in surrogate.graph.node if n.op_type != "Constant"]
-    costs = iter([c for c, n in zip(layer_costs(surrogate), surrogate_layers) if not n.name.endswith(_POOL_SUFFIX)])
+    costs = iter([c for c, n in zip(layer_costs(surrogate), surrogate_layers)
+                  if not n.name.endswith(_POOL_SUFFIX) and _LAYOUT_SUFFIX not in n.name])
     layer_of: dict[int, Any] = {}
     for idx, n in enumerate(g.node):
         if n.op_type != "Constant":

@@ -237,15 +237,17 @@ def _requant(acc, M, S, zy: int, lo: int, hi: int, out_dtype: str):
 
 
 def conv_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, *, in_dtype, kdtype, x_zp,
-            y_zp, out_min, out_max, out_dtype):
-    """TE tensors of IntConv2d (group 1) on packed weights ``Wp`` and the kernel's bias."""
+            y_zp, out_min, out_max, out_dtype, x_layout="NCHW", y_layout="NCHW"):
+    """TE tensors of IntConv2d (group 1) on packed weights ``Wp`` and the kernel's bias;
+    ``X``/``Y`` in NCHW or NHWC (the packed ``Xp`` is NHWC either way: from NHWC the pack is
+    a padded copy of contiguous rows, from NCHW a transpose)."""
     from tvm import te, tirx
 
     KH, KW = kernel_shape
     NB, CB = _cdiv(N, LANES), channel_blocks(C, KH, KW)
     OH, OW = conv_geometry(H, W_, kernel_shape, pads, strides, dilations)
     Hp, Wpd = H + pads[0] + pads[2], W_ + pads[1] + pads[3]
-    X = te.placeholder((B, C, H, W_), in_dtype, name="X")
+    X = te.placeholder((B, C, H, W_) if x_layout == "NCHW" else (B, H, W_, C), in_dtype, name="X")
     Wp = te.placeholder((NB, KH, KW, CB, LANES, GROUP), "int8", name="Wp")
     Bk = te.placeholder((N,), "int32", name="Bk")
     M = te.placeholder((N,), "int32", name="multiplier")
@@ -255,10 +257,10 @@ def conv_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, *, in_dtype,
     def pack(b, hp, wp, cb, g):
         c, h, w = cb * GROUP + g, hp - pads[0], wp - pads[1]
         inside = tirx.all(h >= 0, h < H, w >= 0, w < W_)
-        v = _to_kernel(X[b, tirx.min(c, C - 1), tirx.max(tirx.min(h, H - 1), 0), tirx.max(tirx.min(w, W_ - 1), 0)],
-                       in_dtype, kdtype)
+        hc, wc, cc = tirx.max(tirx.min(h, H - 1), 0), tirx.max(tirx.min(w, W_ - 1), 0), tirx.min(c, C - 1)
+        v = _to_kernel(X[b, cc, hc, wc] if x_layout == "NCHW" else X[b, hc, wc, cc], in_dtype, kdtype)
         v = tirx.if_then_else(inside, v, tirx.const(zp_k, kdtype))
-        return tirx.if_then_else(c < C, v, tirx.const(0, kdtype))
+        return v if C == CB * GROUP else tirx.if_then_else(c < C, v, tirx.const(0, kdtype))
 
     Xp = te.compute((B, Hp, Wpd, CB, GROUP), pack, name="Xp")
     rkh, rkw = te.reduce_axis((0, KH), "kh"), te.reduce_axis((0, KW), "kw")
@@ -269,11 +271,13 @@ def conv_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, *, in_dtype,
             Xp[b, oh * strides[0] + rkh * dilations[0], ow * strides[1] + rkw * dilations[1], rcb, rg].astype("int32")
             * Wp[nb, rkh, rkw, rcb, l, rg].astype("int32"), axis=[rkh, rkw, rcb, rg]),
         name="Acc")
-    Y = te.compute(
-        (B, N, OH, OW),
-        lambda b, n, oh, ow: _requant(Acc[b, n // LANES, oh, ow, n % LANES] + Bk[n], M[n], S[n], y_zp, out_min,
-                                      out_max, out_dtype),
-        name="Y")
+    def requant(b, n, oh, ow):
+        return _requant(Acc[b, n // LANES, oh, ow, n % LANES] + Bk[n], M[n], S[n], y_zp, out_min, out_max, out_dtype)
+
+    if y_layout == "NCHW":
+        Y = te.compute((B, N, OH, OW), requant, name="Y")
+    else:
+        Y = te.compute((B, OH, OW, N), lambda b, oh, ow, n: requant(b, n, oh, ow), name="Y")
     return [X, Wp, Bk, M, S], Y
 
 
@@ -432,10 +436,13 @@ def _inner_dot(sch, blk, lane_loop, isa: str, first) -> None:
         raise ValueError(f"unknown int8 instruction set {isa!r}")
 
 
-def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: str = "Xp"):
+def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: str = "Xp",
+                  x_layout: str = "NCHW", y_layout: str = "NCHW"):
     """Output loops (b, n, oh, ow) -> parallel (b x channel block x row) -> column tile ->
     (16 lanes, R columns); the accumulators of a tile (R x 16 int32) are computed at the tile
-    with (kh, kw, cb) outside and the (16 x 4) dot product innermost."""
+    with (kh, kw, cb) outside and the (16 x 4) dot product innermost. The epilogue stores a
+    tile as R rows of 16 channels (NHWC output: 16 contiguous bytes per pixel) or 16 rows of R
+    columns (NCHW)."""
     import tvm
 
     sch = tvm.s_tir.Schedule(func)
@@ -444,12 +451,20 @@ def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: 
     pl = sch.get_loops(pk)
     if par:
         sch.parallel(sch.fuse(pl[0], pl[1]))
+    if x_layout == "NHWC" and len(pl) == 5:  # (cb, g) of a pixel: contiguous bytes, a padded copy
+        row = sch.fuse(pl[3], pl[4])
+        v = _pow2_divisor(int(sch.get(row).extent), 64)
+        if v >= 4:
+            sch.vectorize(sch.split(row, [None, v])[1])
     yb = sch.get_sblock("Y")
-    b, n, oh, owl = sch.get_loops(yb)
+    if y_layout == "NCHW":
+        b, n, oh, owl = sch.get_loops(yb)
+    else:
+        b, oh, owl, n = sch.get_loops(yb)
     nb, lane = sch.split(n, [None, LANES])
     r = _tile(ow)
     owo, owi = sch.split(owl, [None, r])
-    sch.reorder(b, nb, oh, owo, lane, owi)
+    sch.reorder(b, nb, oh, owo, *((lane, owi) if y_layout == "NCHW" else (owi, lane)))
     outer = sch.fuse(b, nb, oh)
     if par:
         sch.parallel(outer)
@@ -468,7 +483,9 @@ def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: 
     _inner_dot(sch, acc, lane_a, isa, first=red[0])  # red has >= 2 loops: see channel_blocks
     if owi_a is not None:
         sch.unroll(owi_a)
-    if n_out % LANES == 0 and r > 1:
+    if n_out % LANES == 0 and y_layout == "NHWC":
+        sch.vectorize(lane)
+    elif n_out % LANES == 0 and r > 1:
         sch.vectorize(owi)
     return sch.mod["main"]
 
@@ -545,16 +562,16 @@ def bias_adjust_func(N, C, KH, KW, delta, has_bias):
 
 
 def conv_func(isa, B, C, H, W, N, kernel_shape, pads, strides, dilations, *, in_dtype, x_zp, y_zp, out_min,
-              out_max, out_dtype):
+              out_max, out_dtype, x_layout="NCHW", y_layout="NCHW"):
     from tvm import te
 
     ins, Y = conv_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, in_dtype=in_dtype,
                      kdtype=kernel_dtype(isa), x_zp=x_zp, y_zp=y_zp, out_min=out_min, out_max=out_max,
-                     out_dtype=out_dtype)
+                     out_dtype=out_dtype, x_layout=x_layout, y_layout=y_layout)
     f = te.create_prim_func([*ins, Y])
     OH, OW = conv_geometry(H, W, kernel_shape, pads, strides, dilations)
     work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * C
-    return opaque_kernel(schedule_conv(f, isa, n_out=N, ow=OW, work=work))
+    return opaque_kernel(schedule_conv(f, isa, n_out=N, ow=OW, work=work, x_layout=x_layout, y_layout=y_layout))
 
 
 def depthwise_func(B, C, H, W, kernel_shape, pads, strides, dilations, *, in_dtype, x_zp, y_zp, out_min, out_max,
@@ -654,6 +671,7 @@ def _register() -> None:
     from tvm import relax
 
     from optc.passes.optc_ops import DOMAIN
+    from optc.passes.quant import int_ops
     from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter as Base
 
     @register_converter(DOMAIN, "IntConv2d")
@@ -662,7 +680,11 @@ def _register() -> None:
         def _impl_v1(cls, bb, inputs, attr, params):
             x, w, bias, mult, shift = inputs[:5]
             isa = current_isa()
-            b, c, h, wd = _shape(x)
+            x_layout, y_layout = (int_ops.layout_of(attr.get(k)) for k in ("x_layout", "y_layout"))
+            if x_layout == "NCHW":
+                b, c, h, wd = _shape(x)
+            else:
+                b, h, wd, c = _shape(x)
             n, cg, kh, kw = _shape(w)
             ks = [int(v) for v in attr["kernel_shape"]]
             pads = [int(v) for v in attr.get("pads", (0, 0, 0, 0))]
@@ -674,6 +696,8 @@ def _register() -> None:
             x_zp = int(attr.get("x_zero_point", 0))
             oh, ow = conv_geometry(h, wd, ks, pads, strides, dil)
             if group != 1:
+                if x_layout != "NCHW" or y_layout != "NCHW":
+                    raise ValueError("IntConv2d: depthwise kernels take NCHW only (integerize keeps them so)")
                 if not (group == c == n and cg == 1):
                     raise ValueError(f"IntConv2d: group {group} is not supported (1 or depthwise)")
                 func = depthwise_func(b, c, h, wd, ks, pads, strides, dil, in_dtype=in_dtype, x_zp=x_zp, **rq)
@@ -682,9 +706,11 @@ def _register() -> None:
             wp = _call(bb, weight_pack_func(n, c, kh, kw), "optc_int_weight_pack", [w],
                        weight_pack_shape(n, c, kh, kw), "int8")
             bk = _kernel_bias(bb, w, bias, in_dtype, isa)
-            func = conv_func(isa, b, c, h, wd, n, ks, pads, strides, dil, in_dtype=in_dtype, x_zp=x_zp, **rq)
+            func = conv_func(isa, b, c, h, wd, n, ks, pads, strides, dil, in_dtype=in_dtype, x_zp=x_zp,
+                             x_layout=x_layout, y_layout=y_layout, **rq)
             return relax.call_tir(bb.add_func(func, "optc_int_conv2d"), [x, wp, bk, mult, shift],
-                                  out_ty=relax.TensorType([b, n, oh, ow], rq["out_dtype"]))
+                                  out_ty=relax.TensorType([b, n, oh, ow] if y_layout == "NCHW" else [b, oh, ow, n],
+                                                          rq["out_dtype"]))
 
     from tvm.relax.frontend.onnx.onnx_frontend import MaxPool as StockMaxPool
 

@@ -10,8 +10,12 @@ Ops
 ``IntConv2d(X, W, B, multiplier, shift) -> Y``  (attributes ``kernel_shape`` [KH, KW],
 ``pads`` [top, left, bottom, right], ``strides`` [2], ``dilations`` [2], ``group`` (1, or C
 for a depthwise conv with one filter per channel), ``x_zero_point``, ``y_zero_point``,
-``out_min``, ``out_max``)
-    ``X`` uint8 or int8 NCHW ``[N_b, C, H, W]``: quantized activation codes. ``W`` int8
+``out_min``, ``out_max``, ``x_layout``, ``y_layout``)
+    ``X`` uint8 or int8 ``[N_b, C, H, W]`` (``x_layout = "NCHW"``, the default) or
+    ``[N_b, H, W, C]`` (``"NHWC"``): quantized activation codes; ``Y`` likewise per
+    ``y_layout``. The layouts change where values sit, never the arithmetic below (written for
+    NCHW): ``integerize`` keeps the activations between integer convolutions in NHWC, the
+    layout the kernels compute in, so that no layer re-lays its input out. ``W`` int8
     ``[N, C / group, KH, KW]`` (ONNX Conv layout; int4 weights are int8 values in [-7, 7]).
     ``B`` int32 ``[N]``: the bias *with the input zero point folded in*,
     ``B[n] = b_q[n] - x_zero_point * sum(W[n])``. ``multiplier`` int32 ``[N]`` in
@@ -50,7 +54,8 @@ from onnx.reference.op_run import OpRun
 
 from optc.passes.optc_ops import DOMAIN
 
-__all__ = ["OPS", "OP_TYPES", "fixed_point", "requantize", "int_conv2d", "int_dense", "ACC_LIMIT"]
+__all__ = ["OPS", "OP_TYPES", "fixed_point", "requantize", "int_conv2d", "int_dense", "ACC_LIMIT", "LAYOUTS",
+           "layout_of"]
 
 ACC_LIMIT = 2 ** 31 - 1
 
@@ -140,16 +145,29 @@ def _check_acc(acc: np.ndarray, op: str) -> None:
         raise ValueError(f"{op}: int32 accumulator overflow (the op contract forbids it)")
 
 
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def layout_of(value) -> str:
+    """An ``x_layout``/``y_layout`` attribute value (str, bytes or None) -> "NCHW" | "NHWC"."""
+    v = value.decode() if isinstance(value, bytes) else (value or "NCHW")
+    if v not in LAYOUTS:
+        raise ValueError(f"IntConv2d layout {v!r} (NCHW or NHWC)")
+    return v
+
+
 class IntConv2d(OpRun):
     op_domain = DOMAIN
 
     def _run(self, X, W, B, multiplier, shift, kernel_shape=None, pads=None, strides=None,  # noqa: N803
              dilations=None, group=None, x_zero_point=None, y_zero_point=None, out_min=None,
-             out_max=None, to=None):
+             out_max=None, to=None, x_layout=None, y_layout=None):
+        if layout_of(x_layout) == "NHWC":
+            X = np.transpose(X, (0, 3, 1, 2))
         acc = int_conv2d(X, W, B, kernel_shape, pads, strides, dilations, group or 1, x_zero_point or 0)
         _check_acc(acc, "IntConv2d")
-        return (requantize(acc, multiplier, shift, 1, y_zero_point or 0, out_min, out_max,
-                           _out_dtype(to, out_min, out_max)),)
+        y = requantize(acc, multiplier, shift, 1, y_zero_point or 0, out_min, out_max, _out_dtype(to, out_min, out_max))
+        return (np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if layout_of(y_layout) == "NHWC" else y,)
 
 
 class IntDense(OpRun):

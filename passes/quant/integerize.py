@@ -17,6 +17,12 @@ Math (per output channel n; contract in :mod:`.int_ops`):
 reads zp_x), ``multiplier * 2^-shift = s_x * s_w[n] / s_y`` (31-bit fixed point), rounding
 half up, clamp to the output type, a fused Relu/Clip as the clamp bounds in the output's codes.
 
+Layout: activations that only travel between group-1 integer convs (through elementwise ops
+such as a residual Add) are kept in NHWC, the layout the int8 kernels compute in, with a
+Transpose where such a group meets another op (:func:`_assign_layouts`; ``nhwc=false`` keeps
+NCHW everywhere). On ResNet-18 this leaves 2 Transposes and saves each conv its input
+re-layout and output scatter.
+
 Assumes a QDQ graph from ``quantize`` (or any QDQ graph of that form). Guarantees: every
 rewritten layer computes in integers; weights stay int8 initializers (int4: int8 in [-7, 7]);
 a layer that does not match stays in float QDQ and ``details["float_layers"]`` says why
@@ -238,9 +244,11 @@ def _match(g: _Graph, node) -> dict:
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 
-def integerize_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
-    """Rewrite every matching layer (see the module docstring). Returns (model, details)."""
+def integerize_model(model: onnx.ModelProto, nhwc: bool = True) -> tuple[onnx.ModelProto, dict]:
+    """Rewrite every matching layer (see the module docstring); with ``nhwc``, keep activations
+    between integer convolutions in NHWC (:func:`_assign_layouts`). Returns (model, details)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
+    shapes = _static_shapes(model) if nhwc else {}
     g = _Graph.of(model)
     graph = model.graph
     names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | \
@@ -296,13 +304,174 @@ def integerize_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     _dce(model)
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, VERSION))
-    # value_info of removed intermediate float tensors is stale: drop what no node writes any more
+    nhwc_tensors = _assign_layouts(model, shapes, fresh) if nhwc else []
+    # value_info of removed intermediate float tensors (and of tensors now in NHWC) is stale:
+    # keep only what still holds
     written = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
-    keep = [vi for vi in graph.value_info if vi.name in written]
+    keep = [vi for vi in graph.value_info if vi.name in written and vi.name not in set(nhwc_tensors)]
     del graph.value_info[:]
     graph.value_info.extend(keep)
     return model, {"layers": layers, "float_layers": float_layers, "integer_layer_bytes": int_bytes,
-                   "integer_pools": pools}
+                   "integer_pools": pools, "nhwc_tensors": len(nhwc_tensors),
+                   "layout_transposes": sum(1 for n in graph.node if n.name.endswith(_TRANSPOSE_TAG))}
+
+
+# Ops that compute each element from the elements at the same index (given same-shaped or
+# scalar operands): the layout of their 4-D operands is theirs to follow.
+_ELEMENTWISE = {"DequantizeLinear", "QuantizeLinear", "Relu", "Clip", "Add", "Sub", "Mul", "Div", "Max", "Min",
+                "Identity", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Neg", "Abs"}
+_TRANSPOSE_TAG = "/optc_layout"
+_TO_NHWC, _TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
+    """Fully static tensor shapes by ONNX shape inference ({} where it fails)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - shapes are an optimization hint here
+        return {}
+    out = {}
+    g = inferred.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            out[vi.name] = tuple(int(d.dim_value) for d in dims)
+    for t in g.initializer:
+        out[t.name] = tuple(t.dims)
+    return out
+
+
+def _assign_layouts(model: onnx.ModelProto, shapes: dict, fresh) -> list[str]:
+    """Keep activations between integer convolutions in NHWC, the layout optc's int8 kernels
+    compute in, so a layer neither re-lays its input out nor scatters its output back.
+
+    Tensors joined by elementwise ops (DQ/Q per tensor, Add of a residual, Relu, ...; every
+    operand 4-D of the output's shape or a scalar) form a group that must share one layout.
+    A group is switched to NHWC when the edges that read or write it natively (group-1
+    ``IntConv2d`` inputs and outputs: attributes ``x_layout``/``y_layout``) outnumber twice the
+    edges that need a ``Transpose`` (any other producer or consumer: MaxPool, a depthwise
+    conv, GlobalAveragePool, ...). Groups touching a graph input or output stay NCHW. Returns
+    the names of the tensors now in NHWC."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output if o}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            if i:
+                consumers.setdefault(i, []).append(n)
+    io = {v.name for v in graph.input} | {v.name for v in graph.output}
+
+    def size(name):
+        if name in inits:
+            return int(np.prod(inits[name].dims, dtype=np.int64))
+        p = producer.get(name)
+        if p is not None and p.op_type == "Constant" and p.attribute and p.attribute[0].name == "value":
+            return int(np.prod(p.attribute[0].t.dims, dtype=np.int64))
+        return None
+
+    def flexible(n) -> list[str] | None:
+        """The 4-D operands (inputs and output) of an elementwise node, or None."""
+        if n.domain not in ("", "ai.onnx") or n.op_type not in _ELEMENTWISE or len(n.output) != 1:
+            return None
+        out_shape = shapes.get(n.output[0])
+        if out_shape is None or len(out_shape) != 4:
+            return None
+        data = []
+        for i in n.input:
+            if not i:
+                continue
+            if size(i) == 1 and (i in inits or producer.get(i) is not None):
+                continue  # scalar parameter (scale, zero point, Clip bound, constant)
+            if shapes.get(i) != out_shape or i in inits:
+                return None
+            data.append(i)
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and (not data or data[0] != n.input[0]):
+            return None
+        return [*data, n.output[0]]
+
+    def conv(n) -> bool:
+        return n.domain == DOMAIN and n.op_type == "IntConv2d" and int(_attr(n, "group", 1)) == 1
+
+    parent: dict[str, str] = {}
+
+    def find(t):
+        while parent.setdefault(t, t) != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for n in graph.node:
+        ops = flexible(n)
+        if ops:
+            for t in ops[1:]:
+                parent[find(t)] = find(ops[0])
+        elif conv(n):
+            find(n.input[0])
+            find(n.output[0])
+    groups: dict[str, list[str]] = {}
+    for t in list(parent):
+        groups.setdefault(find(t), []).append(t)
+    flex = {id(n) for n in graph.node if flexible(n)}
+    nhwc: set[str] = set()
+    for members in groups.values():
+        if any(t in io for t in members):
+            continue
+        good = bad = 0
+        for t in members:
+            p = producer.get(t)
+            if p is None or id(p) in flex:
+                pass
+            elif conv(p):
+                good += 1
+            else:
+                bad += 1
+            for c in consumers.get(t, []):
+                if id(c) in flex:
+                    continue
+                if conv(c) and c.input[0] == t:
+                    good += 1
+                else:
+                    bad += 1
+        if good > 2 * bad:
+            nhwc.update(members)
+    if not nhwc:
+        return []
+    nodes = []
+    to_nchw: dict[str, str] = {}
+    for n in graph.node:
+        if conv(n):
+            if n.input[0] in nhwc:
+                n.attribute.append(helper.make_attribute("x_layout", "NHWC"))
+            if n.output[0] in nhwc:
+                n.attribute.append(helper.make_attribute("y_layout", "NHWC"))
+        # a reader of an NHWC tensor that is not part of its group reads an NCHW copy
+        if id(n) not in flex and not conv(n):
+            for k, i in enumerate(n.input):
+                if i in nhwc:
+                    n.input[k] = to_nchw[i]
+        elif conv(n):
+            for k, i in enumerate(n.input[1:], 1):
+                if i in nhwc:
+                    n.input[k] = to_nchw[i]
+        # a writer of an NHWC tensor that is not part of its group writes NCHW, then transposes
+        outs = list(n.output)
+        nodes.append(n)
+        if id(n) not in flex and not conv(n):
+            for k, o in enumerate(outs):
+                if o in nhwc:
+                    n.output[k] = to_nchw[o] = fresh(f"{o}__nchw")  # other readers take the NCHW original
+                    nodes.append(helper.make_node("Transpose", [to_nchw[o]], [o], perm=_TO_NHWC,
+                                                  name=fresh(f"{o}{_TRANSPOSE_TAG}")))
+        for o in outs:
+            if o in nhwc and o not in to_nchw and any(id(c) not in flex and not (conv(c) and c.input[0] == o)
+                                                      for c in consumers.get(o, [])):
+                to_nchw[o] = fresh(f"{o}__nchw")
+                nodes.append(helper.make_node("Transpose", [o], [to_nchw[o]], perm=_TO_NCHW,
+                                              name=fresh(f"{o}{_TRANSPOSE_TAG}")))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return sorted(nhwc)
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -396,7 +565,8 @@ class Integerize(Pass):
     Assumes a QDQ graph (``quantize`` first). Guarantees: matched ``DQ -> layer [-> Relu|Clip]
     -> Q`` chains become ``ai.optc`` ``IntConv2d``/``IntDense`` (integer arithmetic, int8
     weights, int32 bias with the input zero point folded in, rounding half up); other layers
-    stay QDQ (the details say why). Lossy against the QDQ graph by rounding only: codes differ
+    stay QDQ (the details say why); activations between integer convs are kept NHWC
+    (``nhwc=false``: NCHW). Lossy against the QDQ graph by rounding only: codes differ
     by one step at .5 ties (see ``optc.passes.quant.integerize``). ``optc compile`` appends it
     after ``quantize`` for CPU/ARM targets; ``integerize<enabled=false>`` keeps float QDQ.
     """
@@ -404,13 +574,16 @@ class Integerize(Pass):
     lossy: ClassVar[bool] = True
 
     enabled: bool = field(default=True, metadata={"doc": "false: leave the QDQ graph as is (float compute in TVM)"})
+    nhwc: bool = field(default=True, metadata={"doc": "keep activations between integer convs in NHWC (the "
+                                                      "kernels' layout; Transposes only at group edges); "
+                                                      "false: NCHW everywhere"})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if not self.enabled:
             self.details = {"enabled": False}
             return ir.passes.PassResult(model, False)
         proto = ir.serde.serialize_model(model)
-        out, details = integerize_model(proto)
+        out, details = integerize_model(proto, nhwc=self.nhwc)
         self.details = details
         if not details["layers"] and not details.get("integer_pools"):
             return ir.passes.PassResult(model, False)

@@ -201,6 +201,65 @@ def test_arm_a76_qemu_exact(tmp_path):
     assert np.array_equal(outs[0], ref)
 
 
+def _nhwc_chain_model(c: int = 6, n1: int = 20, n2: int = 16) -> onnx.ModelProto:
+    """x NCHW -> IntConv2d (NCHW in, NHWC out; 3x3 pad 1) -> IntConv2d (NHWC in, NCHW out;
+    3x3 stride 2, asymmetric pad): every layout path of the conv kernel, channel counts that
+    are not multiples of 4 / 16 (zero-padded groups and lanes)."""
+    rng = np.random.default_rng(5)
+    nodes, inits = [], []
+    x_zp = 7
+    for k, (cin, n, attrs, lay) in enumerate([(c, n1, dict(pads=[1, 1, 1, 1]), ("NCHW", "NHWC")),
+                                              (n1, n2, dict(pads=[1, 0, 2, 1], strides=[2, 2]), ("NHWC", "NCHW"))]):
+        w = rng.integers(-127, 128, (n, cin, 3, 3)).astype(np.int8)
+        b = (rng.integers(-3000, 3000, n) - x_zp * w.reshape(n, -1).astype(np.int64).sum(1)).astype(np.int32)
+        # the second layer reads codes spread ~+-30 around their zero point, not +-128
+        mult, shift = int_ops.fixed_point(rng.uniform(0.3, 3.0, n) / (w[0].size * (128 if k == 0 else 8)))
+        names = [f"{t}{k}" for t in "wbms"]
+        inits += [numpy_helper.from_array(a, nm) for a, nm in zip((w, b, mult, shift), names)]
+        y_zp = 100 + k
+        nodes.append(helper.make_node("IntConv2d", ["x" if k == 0 else "h", *names], ["h" if k == 0 else "y"],
+                                      domain="ai.optc", kernel_shape=[3, 3], x_zero_point=x_zp, y_zero_point=y_zp,
+                                      out_min=0, out_max=255, to=TensorProto.UINT8, x_layout=lay[0],
+                                      y_layout=lay[1], **attrs))
+        x_zp = y_zp
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, c, 11, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [None] * 4)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
+
+
+def test_nhwc_layouts_exact():
+    """NHWC in / out (what integerize writes between integer convs) equal the reference on
+    VNNI (where the CPU has it) and on the AVX2 fallback; the reference equals the NCHW one."""
+    model = _nhwc_chain_model()
+    for target in ([get_target("cpu")] if HOST_ISA == "vnni" else []) + [HASWELL]:
+        _, out, ref = _build_and_run(model, target)
+        assert np.array_equal(out, ref) and len(np.unique(ref)) > 20
+    nchw = onnx.ModelProto()
+    nchw.CopyFrom(model)
+    for node in nchw.graph.node:
+        keep = [a for a in node.attribute if not a.name.endswith("_layout")]
+        del node.attribute[:]
+        node.attribute.extend(keep)
+    x = _input(model)
+    assert np.array_equal(reference_evaluator(nchw).run(None, {"x": x})[0], ref)
+
+
+@pytest.mark.qemu
+def test_nhwc_layouts_arm_a76_qemu_exact(tmp_path):
+    from optc.backends.tvm import arm
+
+    if shutil.which(arm.CROSS_CXX) is None or shutil.which(arm.QEMU) is None:
+        pytest.skip("aarch64 cross compiler or qemu-aarch64 missing")
+    model = _nhwc_chain_model()
+    x = _input(model)
+    ex, _ = lower.build(model, [TensorSpec("x", str(x.dtype), x.shape)], get_target("arm-a76"), embed_params=True)
+    assert "sdot" in _asm(ex)
+    lib = tmp_path / "model.so"
+    arm.export_aarch64(ex, lib)
+    outs, _ = arm.run_qemu(lib, [x], qemu_cpu="cortex-a76")
+    assert np.array_equal(outs[0], reference_evaluator(model).run(None, {"x": x})[0])
+
+
 POOLS = {  # name -> (x shape, dtype, MaxPool attributes)
     "3x3-s2-p1": ((1, 5, 12, 13), "uint8", dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])),
     "2x2-s2": ((2, 3, 8, 8), "int8", dict(kernel_shape=[2, 2], strides=[2, 2])),

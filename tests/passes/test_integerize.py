@@ -232,3 +232,54 @@ def test_max_pool_on_codes_is_exact(monkeypatch):
         assert np.array_equal(verify.reference_outputs(im, x)[0], verify.reference_outputs(float_pool, x)[0])
     again, d2 = integerize_model(im)
     assert d2["layers"] == [] and _ops(again) == _ops(im)
+
+
+def _residual_model() -> onnx.ModelProto:
+    """x -> Conv -> Relu = a; a -> Conv -> Relu -> Conv -> Add(a) -> Relu -> depthwise Conv -> Relu
+    -> Conv(1x1) -> GlobalAveragePool -> Flatten (a ResNet block, then a MobileNet-style pair)."""
+    rng = np.random.default_rng(4)
+    w = {"w1": (8, 3, 3, 3), "w2": (8, 8, 3, 3), "w3": (8, 8, 3, 3), "wd": (8, 1, 3, 3), "w4": (12, 8, 1, 1)}
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), k) for k, s in w.items()]
+    p = dict(pads=[1, 1, 1, 1])
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", **p),
+             helper.make_node("Relu", ["c1"], ["a"], name="relu1"),
+             helper.make_node("Conv", ["a", "w2"], ["c2"], name="conv2", **p),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3", **p),
+             helper.make_node("Add", ["c3", "a"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["r3"], name="relu3"),
+             helper.make_node("Conv", ["r3", "wd"], ["cd"], name="dw", group=8, **p),
+             helper.make_node("Relu", ["cd"], ["rd"], name="relud"),
+             helper.make_node("Conv", ["rd", "w4"], ["c4"], name="conv4"),
+             helper.make_node("GlobalAveragePool", ["c4"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["y"], name="flatten")]
+    graph = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_nhwc_between_integer_convs():
+    """Activations between group-1 integer convs (through the residual Add) go NHWC; the
+    depthwise conv and everything touching graph inputs/outputs stay NCHW; the integer graph
+    computes exactly the same outputs in either layout."""
+    q, _ = quantize_model(_residual_model(), _calib())
+    nchw, d0 = integerize_model(q, nhwc=False)
+    im, d = integerize_model(q)
+    onnx.checker.check_model(im)
+    assert d0["nhwc_tensors"] == 0 and d["nhwc_tensors"] > 0
+    layouts = {n.name.split("/")[0]: {a.name: a.s.decode() for a in n.attribute if a.name.endswith("_layout")}
+               for n in im.graph.node if n.op_type == "IntConv2d"}
+    assert layouts["conv1"] == {"y_layout": "NHWC"}  # reads the graph input's NCHW codes
+    assert layouts["conv2"] == layouts["conv3"] == {"x_layout": "NHWC", "y_layout": "NHWC"}
+    assert layouts["dw"] == {} and layouts["conv4"] == {}  # depthwise: NCHW kernels only
+    # the residual group (a, conv3's output, the Add, Relu, ...) ends at the depthwise conv
+    transposes = [n for n in im.graph.node if n.op_type == "Transpose"]
+    assert len(transposes) == d["layout_transposes"] == 1
+    assert [a.ints for a in transposes[0].attribute] == [[0, 3, 1, 2]]
+    for seed in range(3):
+        x = {"x": np.random.default_rng(seed).standard_normal((1, 3, 12, 12)).astype(np.float32)}
+        assert np.array_equal(verify.reference_outputs(im, x)[0], verify.reference_outputs(nchw, x)[0])
+    again, d2 = integerize_model(im)
+    assert d2["layers"] == [] and _ops(again) == _ops(im)
