@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         report = optc.compile(path, "cpu", work / f"{name}.optc", input_shapes=shapes,
                               measure=False, force=True,  # untuned: an empty tuning-database root
-                              **({"tuning_db": RESULTS / "no-tuning"} if args.tune_seconds else {}))
+                              tuning_db=RESULTS / "no-tuning")
         compile_s = time.perf_counter() - t0
         print(f"[{name}] compiled in {compile_s:.1f} s; benchmarking ...", file=sys.stderr, flush=True)
         tuned = None

@@ -46,7 +46,7 @@ from typing import Any
 
 from optc.passes import optc_ops
 
-from .lower import opaque_kernel, register_converter
+from .lower import call_kernel, opaque_kernel, register_converter, static_shape
 
 LANES = 8  # u64 lanes per vector (512 bits)
 PARALLEL_MIN_WORDS = 1 << 17  # less inner work than this (words x outputs) stays single-threaded
@@ -717,17 +717,6 @@ def bitserial_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations,
 # converters (ONNX ai.optc ops -> Relax call_tir)
 
 
-def _shape(expr) -> list[int]:
-    return [int(v) for v in expr.ty.shape]
-
-
-def _call(bb, func, name: str, args: list, shape: list[int], dtype: str = "float32"):
-    from tvm import relax
-
-    gv = bb.add_func(func, name)
-    return relax.call_tir(gv, args, out_ty=relax.TensorType(shape, dtype))
-
-
 def _conv_params(attr: dict) -> tuple[list[int], list[int], list[int], list[int]]:
     ks = [int(v) for v in attr["kernel_shape"]]
     pads = [int(v) for v in attr.get("pads", (0, 0, 0, 0))]
@@ -753,7 +742,7 @@ def _register() -> None:
         def _impl_v1(cls, bb, inputs, attr, params):
             x, t = inputs[0], inputs[1]
             d = inputs[2] if len(inputs) > 2 else None
-            rank = len(_shape(x))
+            rank = len(static_shape(x))
             shape = [1, -1] + [1] * (rank - 2)
             t = bb.normalize(relax.op.reshape(t, shape))
             if d is None:
@@ -771,13 +760,13 @@ def _register() -> None:
             x, w = inputs[0], inputs[1]
             alpha = inputs[2] if len(inputs) > 2 else None
             bias = inputs[3] if len(inputs) > 3 else None
-            m, k = _shape(x)
-            n = _shape(w)[0]
+            m, k = static_shape(x)
+            n = static_shape(w)[0]
             if int(attr["in_features"]) != k:
                 raise ValueError(f"BinaryDense: in_features {attr['in_features']} != input width {k}")
             func = binary_dense_func(m, k, n, bias is not None, alpha is not None)
             args = [x, w] + [v for v in (alpha, bias) if v is not None]
-            return _call(bb, func, "optc_binary_dense", args, [m, n])
+            return call_kernel(bb, func, "optc_binary_dense", args, [m, n])
 
     @register_converter(optc_ops.DOMAIN, "BitserialDense")
     class BitserialDense(Base):
@@ -785,12 +774,12 @@ def _register() -> None:
         def _impl_v1(cls, bb, inputs, attr, params):
             x, w, ws, wo = inputs[:4]
             bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else None
-            m, k = _shape(x)
-            n, wb, _ = _shape(w)
+            m, k = static_shape(x)
+            n, wb, _ = static_shape(w)
             func = bitserial_dense_func(m, k, n, int(attr["act_bits"]), wb, float(attr["act_scale"]),
                                         bias is not None)
             args = [x, w, ws, wo] + ([bias] if bias is not None else [])
-            return _call(bb, func, "optc_bitserial_dense", args, [m, n])
+            return call_kernel(bb, func, "optc_bitserial_dense", args, [m, n])
 
     @register_converter(optc_ops.DOMAIN, "BinaryConv2d")
     class BinaryConv2d(Base):
@@ -799,16 +788,16 @@ def _register() -> None:
             x, w = inputs[0], inputs[1]
             alpha = inputs[2] if len(inputs) > 2 else None
             bias = inputs[3] if len(inputs) > 3 else None
-            b, c, h, wd = _shape(x)
-            n = _shape(w)[0]
+            b, c, h, wd = static_shape(x)
+            n = static_shape(w)[0]
             ks, pads, strides, dil = _conv_params(attr)
             kh, kw = ks
             oh, ow = _conv_geometry(h, wd, ks, pads, strides, dil)
-            wt = bb.emit(_call(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
+            wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
                                conv_weight_lanes_shape(n, kh, kw, c), "uint64"))
             func = binary_conv2d_func(b, c, h, wd, n, ks, pads, strides, dil, bias is not None, alpha is not None)
             args = [x, wt] + [v for v in (alpha, bias) if v is not None]
-            return _call(bb, func, "optc_binary_conv2d", args, [b, n, oh, ow])
+            return call_kernel(bb, func, "optc_binary_conv2d", args, [b, n, oh, ow])
 
     @register_converter(optc_ops.DOMAIN, "BinaryConv2dThreshold")
     class BinaryConv2dThreshold(Base):
@@ -816,17 +805,17 @@ def _register() -> None:
         def _impl_v1(cls, bb, inputs, attr, params):
             x, w, t = inputs[0], inputs[1], inputs[2]
             d = inputs[3] if len(inputs) > 3 else None
-            b, c, h, wd = _shape(x)
-            n = _shape(w)[0]
+            b, c, h, wd = static_shape(x)
+            n = static_shape(w)[0]
             ks, pads, strides, dil = _conv_params(attr)
             pool = [int(v) for v in attr.get("pool_shape", (1, 1))]
             kh, kw = ks
             oh, ow = _conv_geometry(h, wd, ks, pads, strides, dil)
-            wt = bb.emit(_call(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
+            wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
                                conv_weight_lanes_shape(n, kh, kw, c), "uint64"))
             func = binary_conv2d_threshold_func(b, c, h, wd, n, ks, pads, strides, dil, d is not None, pool)
             args = [x, wt, t] + ([d] if d is not None else [])
-            return _call(bb, func, "optc_binary_conv2d_threshold", args, [b, n, oh // pool[0], ow // pool[1]])
+            return call_kernel(bb, func, "optc_binary_conv2d_threshold", args, [b, n, oh // pool[0], ow // pool[1]])
 
     @register_converter(optc_ops.DOMAIN, "BitserialConv2d")
     class BitserialConv2d(Base):
@@ -834,17 +823,17 @@ def _register() -> None:
         def _impl_v1(cls, bb, inputs, attr, params):
             x, w, ws, wo = inputs[:4]
             bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else None
-            b, c, h, wd = _shape(x)
-            n, wb, _ = _shape(w)
+            b, c, h, wd = static_shape(x)
+            n, wb, _ = static_shape(w)
             ks, pads, strides, dil = _conv_params(attr)
             kh, kw = ks
             oh, ow = _conv_geometry(h, wd, ks, pads, strides, dil)
-            wt = bb.emit(_call(bb, conv_weight_lanes_func(n, kh, kw, c, wb), "optc_conv_weight_lanes", [w],
+            wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c, wb), "optc_conv_weight_lanes", [w],
                                [-(-n // LANES), wb, kh, kw, optc_ops.words(c), LANES], "uint64"))
             func = bitserial_conv2d_func(b, c, h, wd, n, ks, pads, strides, dil, int(attr["act_bits"]), wb,
                                          float(attr["act_scale"]), bias is not None)
             args = [x, wt, ws, wo] + ([bias] if bias is not None else [])
-            return _call(bb, func, "optc_bitserial_conv2d", args, [b, n, oh, ow])
+            return call_kernel(bb, func, "optc_bitserial_conv2d", args, [b, n, oh, ow])
 
 
 def _safe_register() -> None:

@@ -51,7 +51,9 @@ MaxPool keeps TVM's converter).
 from __future__ import annotations
 
 
-from .lower import opaque_kernel, register_converter
+from optc.passes.optc_ops import conv_output_shape
+
+from .lower import call_kernel, opaque_kernel, register_converter, static_shape
 
 LANES = 16  # output channels per block (one zmm of int32)
 GROUP = 4  # input bytes per dot product
@@ -167,11 +169,7 @@ def channel_blocks(C: int, KH: int, KW: int) -> int:
     return max(cb, 2) if KH * KW == 1 else cb
 
 
-def conv_geometry(H, W, kernel_shape, pads, strides, dilations):
-    kh, kw = kernel_shape
-    oh = (H + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (W + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-    return oh, ow
+conv_geometry = conv_output_shape  # (OH, OW) of a 2-D conv/pool window
 
 
 def _to_kernel(x, in_dtype: str, kdtype: str):
@@ -634,19 +632,12 @@ def current_isa() -> str:
     return isa_of(tgt)
 
 
-def _shape(expr) -> list[int]:
-    return [int(v) for v in expr.ty.shape]
-
-
 def _dtype(expr) -> str:
     return str(expr.ty.dtype)
 
 
 def _call(bb, func, name: str, args: list, shape: list[int], dtype: str):
-    from tvm import relax
-
-    gv = bb.add_func(func, name)
-    return bb.emit(relax.call_tir(gv, args, out_ty=relax.TensorType(shape, dtype)))
+    return bb.emit(call_kernel(bb, func, name, args, shape, dtype))
 
 
 def _requant_attrs(attr: dict) -> dict:
@@ -657,7 +648,7 @@ def _requant_attrs(attr: dict) -> dict:
 
 def _kernel_bias(bb, w4, bias, in_dtype: str, isa: str):
     """The op's bias, plus -/+128 * sum(W[n]) when the kernel flips the activations' sign bit."""
-    n, c, kh, kw = _shape(w4)
+    n, c, kh, kw = static_shape(w4)
     kd = kernel_dtype(isa)
     if in_dtype == kd:
         return bias
@@ -682,10 +673,10 @@ def _register() -> None:
             isa = current_isa()
             x_layout, y_layout = (int_ops.layout_of(attr.get(k)) for k in ("x_layout", "y_layout"))
             if x_layout == "NCHW":
-                b, c, h, wd = _shape(x)
+                b, c, h, wd = static_shape(x)
             else:
-                b, h, wd, c = _shape(x)
-            n, cg, kh, kw = _shape(w)
+                b, h, wd, c = static_shape(x)
+            n, cg, kh, kw = static_shape(w)
             ks = [int(v) for v in attr["kernel_shape"]]
             pads = [int(v) for v in attr.get("pads", (0, 0, 0, 0))]
             strides = [int(v) for v in attr.get("strides", (1, 1))]
@@ -726,7 +717,7 @@ def _register() -> None:
             x = inputs[0]
             tgt = tvm.target.Target.current(allow_none=True)
             try:
-                shape, dtype = _shape(x), _dtype(x)
+                shape, dtype = static_shape(x), _dtype(x)
             except Exception:  # noqa: BLE001 - symbolic shape: the stock converter
                 shape, dtype = [], ""
             if tgt is None or tgt.kind.name != "llvm" or not int_max_pool_supported(shape, dtype, attr):
@@ -746,8 +737,8 @@ def _register() -> None:
         def _impl_v1(cls, bb, inputs, attr, params):
             x, w, bias, mult, shift = inputs[:5]
             isa = current_isa()
-            m, k = _shape(x)
-            n = _shape(w)[0]
+            m, k = static_shape(x)
+            n = static_shape(w)[0]
             in_dtype = _dtype(x)
             rq = _requant_attrs(attr)
             w4 = bb.emit(relax.op.reshape(w, [n, k, 1, 1]))

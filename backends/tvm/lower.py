@@ -54,6 +54,18 @@ def opaque_kernel(func):
     })
 
 
+def static_shape(expr) -> list[int]:
+    """The static shape of a Relax expression (converters of optc's kernels need one)."""
+    return [int(v) for v in expr.ty.shape]
+
+
+def call_kernel(bb, func, name: str, args: list, shape: list[int], dtype: str = "float32"):
+    """``call_tir`` of PrimFunc ``func`` (added to the module as ``name``) on ``args``."""
+    from tvm import relax
+
+    return relax.call_tir(bb.add_func(func, name), args, out_ty=relax.TensorType(shape, dtype))
+
+
 def _load_converter_modules() -> None:
     import importlib
 
