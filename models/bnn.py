@@ -67,27 +67,6 @@ BNN_CONFIG: dict[str, Any] = {
 }
 
 
-class DigitsBCNN(nn.Module):
-    """Binary DigitsCNN: float conv1 -> [binary conv -> BN -> Sign] x 2 with max-pools ->
-    binary Linear(256, 10) (+ float bias)."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        sign = bnn.SignActivation
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), sign(),  # float first layer
-            bnn.BinaryConv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), sign(),
-            nn.MaxPool2d(2),  # 8x8 -> 4x4
-            bnn.BinaryConv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), sign(),
-            nn.MaxPool2d(2),  # 4x4 -> 2x2
-            nn.Flatten(),
-        )
-        self.classifier = bnn.BinaryLinear(256, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
 class DigitsCNNWide(nn.Module):
     """fp32 version of :class:`DigitsBCNNWide` (identical layout, ReLU, float weights):
     conv 1->64 -> conv 64->128 -> max-pool -> conv 128->256 -> max-pool -> Linear(1024, 10),
@@ -131,6 +110,14 @@ class DigitsBCNNWide(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class DigitsBCNN(DigitsBCNNWide):
+    """Binary DigitsCNN: :class:`DigitsBCNNWide` at 16-32-64 channels (float conv1 -> [binary
+    conv -> BN -> Sign] x 2 with max-pools -> binary Linear(256, 10) + float bias)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(num_classes, widths=(16, 32, 64))
 
 
 class DigitsBMLP(nn.Module):
