@@ -673,31 +673,28 @@ def conv_weight_lanes_shape(N, KH, KW, C, planes=None) -> list[int]:
     return lead + [KW, optc_ops.words(C), LANES]
 
 
-def binary_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_bias=False, has_alpha=True):
+def binary_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_bias=False, has_alpha=True,
+                       threshold=None):
+    """BinaryConv2d; with ``threshold = (has_direction, pool_shape)`` BinaryConv2dThreshold
+    (binary conv + integer threshold + max-pool in one kernel)."""
     from tvm import te
 
-    ins, Y = binary_conv2d_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_bias, has_alpha)
+    pool = tuple(int(v) for v in threshold[1]) if threshold else (1, 1)
+    ins, Y = binary_conv2d_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_bias, has_alpha,
+                              threshold=(threshold[0], pool) if threshold else None)
     f = te.create_prim_func([*ins, Y])
     OH, OW = _conv_geometry(H, W, kernel_shape, pads, strides, dilations)
     work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C)
-    f = schedule_conv(f, red_name="P", out_name="Y", pack_name="Xp", extra_red=None, n_out=N, ow=OW, work=work)
+    f = schedule_conv(f, red_name="P", out_name="Y", pack_name="Xp", extra_red=None, n_out=N, ow=OW // pool[1],
+                      work=work, window=pool[0] * pool[1])
     return opaque_kernel(f)
 
 
 def binary_conv2d_threshold_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_direction=False,
                                  pool_shape=(1, 1)):
-    """BinaryConv2dThreshold: binary conv + integer threshold + max-pool in one kernel."""
-    from tvm import te
-
-    pool_shape = tuple(int(v) for v in pool_shape)
-    ins, Y = binary_conv2d_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, False, False,
+    """BinaryConv2dThreshold: :func:`binary_conv2d_func` with the threshold (and pool) fused."""
+    return binary_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, False, False,
                               threshold=(has_direction, pool_shape))
-    f = te.create_prim_func([*ins, Y])
-    OH, OW = _conv_geometry(H, W, kernel_shape, pads, strides, dilations)
-    work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C)
-    f = schedule_conv(f, red_name="P", out_name="Y", pack_name="Xp", extra_red=None, n_out=N,
-                      ow=OW // pool_shape[1], work=work, window=pool_shape[0] * pool_shape[1])
-    return opaque_kernel(f)
 
 
 def bitserial_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, act_bits, weight_bits,
