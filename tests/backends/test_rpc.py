@@ -115,6 +115,30 @@ def test_compile_and_bench_on_qemu_rpc_server(qemu_server, tmp_path, capsys):
     np.testing.assert_array_equal(remote_out[0], local_out[0])
 
 
+def _sessions_left(server) -> list[str]:
+    """Session work directories still on the server, once its sessions have ended."""
+    end = time.time() + 10
+    while True:
+        left = sorted(p.name for p in Path(server.workdir).glob("session-*"))
+        if not left or time.time() > end:
+            return left
+        time.sleep(0.2)
+
+
+@pytest.mark.qemu
+def test_session_timeout_kills_and_cleans_up(qemu_server):
+    """A session past the client's ``-timeout`` is killed by the server, and its work directory
+    (uploads) goes with it."""
+    sess = rpc.Remote.from_options(qemu_server.address, qemu_server.key).connect(timeout=2)
+    sess.upload(MODEL, "model.onnx")
+    assert len(list(Path(qemu_server.workdir).glob("session-*/model.onnx"))) == 1
+    time.sleep(4)
+    assert "timed out" in qemu_server.log()
+    with contextlib.suppress(Exception):
+        del sess
+    assert _sessions_left(qemu_server) == []
+
+
 @pytest.mark.qemu
 def test_wrong_key_is_refused(qemu_server):
     with pytest.raises(ToolchainError, match="cannot open a session"):

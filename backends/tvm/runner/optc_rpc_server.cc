@@ -44,6 +44,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <random>
 #include <sstream>
@@ -235,19 +236,12 @@ void RegisterSessionEnv(const std::string& dir) {
                            ffi::Function::FromTyped([]() { return ffi::String(g_server_info); }), true);
 }
 
-[[noreturn]] void ServeChild(int conn, const std::string& workdir) {
+[[noreturn]] void ServeChild(int conn, const std::string& dir) {
   int code = 0;
   try {
-    std::string tmpl = workdir + "/session-XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    if (mkdtemp(buf.data()) == nullptr) throw Fail("cannot create a session directory in " + workdir);
-    std::string dir(buf.data());
     if (chdir(dir.c_str()) != 0) throw Fail("cannot enter " + dir);
     RegisterSessionEnv(dir);
     ffi::Function::GetGlobalRequired("rpc.ServerLoop")(static_cast<int64_t>(conn));
-    std::string cmd = "rm -rf '" + dir + "'";
-    if (system(cmd.c_str()) != 0) Log("could not remove " + dir);
   } catch (const ffi::Error& e) {
     Log(std::string("session error: ") + e.kind() + ": " + e.message());
     code = 1;
@@ -267,10 +261,20 @@ double TimeoutOf(const std::vector<std::string>& words) {
   return 0;
 }
 
+// One session: its work directory is made here and removed here once the child has ended,
+// however it ended (a session killed on timeout leaves nothing behind either).
 void Serve(int conn, double timeout, const std::string& workdir) {
+  std::string tmpl = workdir + "/session-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  if (mkdtemp(buf.data()) == nullptr) throw Fail("cannot create a session directory in " + workdir);
+  const std::string dir(buf.data());
   pid_t pid = fork();
-  if (pid < 0) throw Fail("fork failed");
-  if (pid == 0) ServeChild(conn, workdir);
+  if (pid < 0) {
+    std::filesystem::remove_all(dir);
+    throw Fail("fork failed");
+  }
+  if (pid == 0) ServeChild(conn, dir);
   auto start = std::chrono::steady_clock::now();
   int status = 0;
   while (true) {
@@ -297,6 +301,9 @@ void Serve(int conn, double timeout, const std::string& workdir) {
     }
   }
   if (WIFSIGNALED(status)) Log("session ended by signal " + std::to_string(WTERMSIG(status)));
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  if (ec) Log("could not remove " + dir + ": " + ec.message());
   close(conn);
 }
 
