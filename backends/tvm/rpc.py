@@ -115,6 +115,21 @@ def emulation_of(remote: Remote, info: dict) -> str:
     return ""
 
 
+def probe_emulation(remote: Remote) -> str:
+    """:func:`emulation_of` a remote, asking the server itself (one short session, closed
+    before this returns: servers take one session at a time)."""
+    import gc
+
+    if "qemu" in (remote.key or "").lower():
+        return emulation_of(remote, {})
+    sess = remote.connect()
+    try:
+        return emulation_of(remote, server_info(sess))
+    finally:
+        del sess
+        gc.collect()
+
+
 def _device(sess, tvm_kind: str):
     if tvm_kind == "cuda":
         return sess.cuda(0)

@@ -21,7 +21,9 @@ two in step when the pipeline changes.
 * **Runner**: in-process LocalRunner measurement, or (``rpc=HOST:PORT`` / ``tracker=HOST:PORT``
   with ``key``) an in-process RPC runner that keeps one session to the server for the whole
   run (:func:`make_rpc_runner`); AArch64 targets need one (a board, or optc's aarch64
-  ``optc_rpc_server`` under qemu-user, see ``rpc.py``: emulated times, only good for checking).
+  ``optc_rpc_server`` under qemu-user, see ``rpc.py``: emulated times, only good for checking;
+  their records go to ``<target key>-emulated`` beside the target's database, which builds do
+  not read unless it is named as the database).
 * **Budget** (``seconds``): see :func:`tune_module`; ``optc compile --tune-seconds`` counts the
   whole compile from its start, the final build included.
 """
@@ -89,6 +91,9 @@ def target_key(tgt) -> str:
     text = json.dumps(dict(tgt.export()), sort_keys=True, default=str)
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts)) + "-" + digest
+
+
+EMULATED_DB_SUFFIX = "-emulated"  # records measured on an emulated remote (qemu): a database of their own
 
 
 def db_dir(tgt, root: str | os.PathLike | None = None) -> Path:
@@ -617,11 +622,20 @@ def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=Non
     deadline = end
     _import_intrinsics()
     path = db_dir(tgt, root)
-    database = open_database(path, create=True)
     aarch64 = str(tgt.attrs.get("mtriple", "") or "").startswith("aarch64")
     if aarch64 and not (rpc or tracker):
         raise UsageError("tuning an AArch64 target needs a board: --rpc HOST:PORT or --rpc-tracker HOST:PORT "
                          "(without one: `optc rpc-server -t TARGET` serves an emulated board here)")
+    emulated = ""
+    if rpc or tracker:
+        from .rpc import Remote, probe_emulation
+
+        emulated = probe_emulation(Remote.from_options(rpc, key, tracker))
+    if emulated:  # emulation times say nothing about the board: never mix them with its records
+        path = path.with_name(path.name + EMULATED_DB_SUFFIX)
+        log(f"the remote is emulated ({emulated}): records go to {path}, which compiles do not read "
+            "unless given as the database")
+    database = open_database(path, create=True)
 
     t_extract = time.time()
     all_tasks = extract_tasks(mod, tgt)
@@ -635,7 +649,7 @@ def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=Non
         max_tasks = max(1, trials // 16) if trials >= 16 else max(1, trials)
     tasks = tasks[:max_tasks]
     summary = {"database": str(path), "functions": len(all_tasks), "tasks": len(tasks), "trials": trials,
-               "seconds_budget": seconds}
+               "seconds_budget": seconds, **({"emulated": emulated} if emulated else {})}
     if end is not None:
         summary["budget"] = {"started": round(t0 - start, 2), "final_build_reserve_s": round(reserve, 2),
                              "tuning_deadline_s": round(deadline - start, 2)}

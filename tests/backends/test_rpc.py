@@ -190,6 +190,9 @@ def test_arm_tuning_through_qemu_rpc_server(qemu_server, tmp_path):
     summary = tune(MODEL, "arm-a76", trials=4, input_shapes=SHAPES, db=tmp_path, rpc=qemu_server.address,
                    key=qemu_server.key, log=lambda _: None)
     assert summary["measured"] >= 1
+    # emulated measurements live apart from the board's records
+    assert summary["emulated"] and summary["database"].endswith("-emulated")
+    assert [p.name for p in tmp_path.iterdir()] == [Path(summary["database"]).name]
     assert any(t["best_ms"] is not None for t in summary["per_task"])
     assert all(t["rule_ms"] is not None for t in summary["per_task"])
     assert "cand-" in qemu_server.log() or "load_module" in qemu_server.log()
