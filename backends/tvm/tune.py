@@ -22,8 +22,8 @@ two in step when the pipeline changes.
   with ``key``) an in-process RPC runner that keeps one session to the server for the whole
   run (:func:`make_rpc_runner`); AArch64 targets need one (a board, or optc's aarch64
   ``optc_rpc_server`` under qemu-user, see ``rpc.py``: emulated times, only good for checking;
-  their records go to ``<target key>-emulated`` beside the target's database, which builds do
-  not read unless it is named as the database).
+  their records go to ``<target key>-emulated`` beside the target's database, which builds never
+  read).
 * **Budget** (``seconds``): see :func:`tune_module`; ``optc compile --tune-seconds`` counts the
   whole compile from its start, the final build included.
 """
@@ -633,8 +633,7 @@ def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=Non
         emulated = probe_emulation(Remote.from_options(rpc, key, tracker))
     if emulated:  # emulation times say nothing about the board: never mix them with its records
         path = path.with_name(path.name + EMULATED_DB_SUFFIX)
-        log(f"the remote is emulated ({emulated}): records go to {path}, which compiles do not read "
-            "unless given as the database")
+        log(f"the remote is emulated ({emulated}): records go to {path}, which builds do not read")
     database = open_database(path, create=True)
 
     t_extract = time.time()
