@@ -699,6 +699,7 @@ def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=Non
                                        logger=None).clone())
         per_iter = max(1, min(32, max(remaining[i] for i in todo)))
         progress.ids = todo
+        clock.callback_end()  # the first round's search (and tune_tasks' set-up) counts too
         with tempfile.TemporaryDirectory(prefix="optc-ms-work-") as work:
             ms.tune_tasks(tasks=ctxs, task_weights=[tasks[i][2] / total_flops for i in todo], work_dir=work,
                           max_trials_global=sum(remaining[i] for i in todo),
@@ -715,6 +716,8 @@ def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=Non
         per_task.append({"name": name, "flops": flops, "trials": counts[i],
                          "best_ms": None if best is None else best * 1e3,
                          "rule_ms": None if baseline.get(_shash(mods[i])) is None else baseline[_shash(mods[i])] * 1e3})
+    if "budget" in summary:  # what the budget checks could not interrupt (longest of each)
+        summary["budget"].update(longest_search_s=round(clock.search, 2), longest_update_s=round(clock.update, 2))
     summary.update(measured=sum(counts) - sum(done), seconds=round(time.time() - t0, 1), per_task=per_task,
                    tuned_better=sum(1 for p in per_task if p["best_ms"] is not None and
                                     (p["rule_ms"] is None or p["best_ms"] < p["rule_ms"])))
