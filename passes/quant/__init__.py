@@ -149,6 +149,9 @@ class Quantize(Pass):
     max_accuracy_drop: Optional[float] = field(default=None, metadata={"doc": "top-1 budget in points: keep sensitive layers in higher precision (needs eval)"})
     eval: Optional[str] = field(default=None, metadata={"doc": "labelled data (.npz with 'label') for max-accuracy-drop"})
     eval_samples: int = field(default=0, metadata={"doc": "use at most N evaluation samples (0: all)"})
+    smooth: bool = field(default=True, metadata={"doc": "equalize layer inputs per channel before calibrating (SmoothQuant/CLE scales folded into the producer; exact in float; default scope: depthwise convs only)"})
+    smooth_alpha: float = field(default=0.5, metadata={"doc": "SmoothQuant migration strength s=amax_x^a/amax_w^(1-a) (smooth-scope=all; depthwise convs: 1)"})
+    smooth_scope: str = field(default="depthwise", metadata={"doc": "layers smooth rescales: depthwise (depthwise convs, full equalization) | all (also SmoothQuant on the others)"})
 
     def __post_init__(self) -> None:
         try:
@@ -164,7 +167,8 @@ class Quantize(Pass):
                            exclude=tuple(self.exclude), observer=self.observer, percentile=self.percentile,
                            bins=self.bins, weight_observer=self.weight_observer,
                            layer_bits=dict(self.layer_bits or {}), quantize_bias=self.bias_int32, bias_correction=self.bias_correction, output_qdq=self.output_qdq,
-                           calib_samples=self.calib_samples)
+                           calib_samples=self.calib_samples, smooth=self.smooth, smooth_alpha=self.smooth_alpha,
+                           smooth_scope=self.smooth_scope)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         proto = ir.serde.serialize_model(model)

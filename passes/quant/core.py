@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from . import calibrate, qdq, qparams
+from . import calibrate, equalize, qdq, qparams
 from .observers import OBSERVERS, Observer, make_observer, mse_weight_amax
 
 __all__ = ["QuantConfig", "Quantizer", "MIN_OPSET", "FP32"]
@@ -40,6 +40,9 @@ class QuantConfig:
     bias_correction: bool = True
     output_qdq: bool = True
     calib_samples: int = 0
+    smooth: bool = True
+    smooth_alpha: float = 0.5
+    smooth_scope: str = "depthwise"
 
     def check(self) -> None:
         if self.weight_bits not in (4, 8):
@@ -57,6 +60,10 @@ class QuantConfig:
             if v not in (4, 8, FP32):
                 raise ValueError(f"layer-bits {k}:{v}: bits must be 4, 8 or 32 (float)")
         make_observer(self.observer, percentile=self.percentile, bins=self.bins)
+        if not 0.0 <= self.smooth_alpha <= 1.0:
+            raise ValueError(f"smooth-alpha must be in [0, 1], not {self.smooth_alpha}")
+        if self.smooth_scope not in equalize.SCOPES:
+            raise ValueError(f"smooth-scope must be one of {', '.join(equalize.SCOPES)}, not {self.smooth_scope!r}")
 
     def weight_method(self, bits: int) -> str:
         if self.weight_observer != "auto":
@@ -116,6 +123,7 @@ class Quantizer:
         self.layers, self.skipped = qdq.find_layers(self.model, config.ops, config.include, config.exclude)
         self.by_name = {l.name: l for l in self.layers}
         self.tensors = qdq.activation_tensors(self.model, self.layers)
+        self.smoothing: list[dict] = []
         self.observers: dict[str, Observer] = {}
         self.channel_means: dict[str, np.ndarray] = {}
         self.calibration: dict = {}
@@ -124,6 +132,8 @@ class Quantizer:
     # -- calibration ------------------------------------------------------------------------
     def calibrate(self, data: Mapping[str, np.ndarray], source: str = "arrays") -> dict:
         cfg = self.config
+        if cfg.smooth:
+            self._smooth(data)
         axes = {l.act_input: (-1 if l.op_type == "MatMul" else 1) for l in self.layers}
         self.observers, info, self.channel_means = calibrate.collect(
             self.model, self.tensors, data,
@@ -137,7 +147,31 @@ class Quantizer:
             self.calibration["histogram_bins"] = cfg.bins
         if empty:
             self.calibration["tensors_without_data"] = empty
+        if cfg.smooth:
+            done = [r for r in self.smoothing if "scale_range" in r]
+            self.calibration["smoothing"] = {"scope": cfg.smooth_scope, "alpha": cfg.smooth_alpha,
+                                             "layers_scaled": len(done),
+                                             "layers": self.smoothing}
         return self.calibration
+
+    def _smooth(self, data: Mapping[str, np.ndarray]) -> None:
+        """Equalize the layer inputs per channel (:mod:`.equalize`) before calibrating: the
+        model is replaced by the (float-equivalent) rescaled one, layers found again."""
+        cfg = self.config
+        targets = equalize.candidates(self.model, self.layers, cfg.smooth_scope, cfg.per_channel)
+        if not targets:  # nothing to rescale (no depthwise conv): no statistics pass either
+            self.smoothing = []
+            return
+        axes = {l.act_input: equalize.input_channel_absmax_axis(l) for l in targets}
+        amax = calibrate.channel_absmax(self.model, axes, data, limit=cfg.calib_samples)
+        edits, self.smoothing = equalize.plan(self.model, self.layers, amax, cfg.smooth_alpha, cfg.per_channel,
+                                              cfg.smooth_scope)
+        if edits:
+            self.model = equalize.apply(self.model, edits)
+            self.layers, self.skipped = qdq.find_layers(self.model, cfg.ops, cfg.include, cfg.exclude)
+            self.by_name = {l.name: l for l in self.layers}
+            self.tensors = qdq.activation_tensors(self.model, self.layers)
+            self._amax.clear()
 
     # -- parameters ---------------------------------------------------------------------------
     def default_bits(self) -> dict[str, int]:
