@@ -19,7 +19,15 @@ def test_sqnr_hand_values():
 
 
 def test_top1_flattens_trailing_dims():
-    assert top1(np.array([[[0.1, 0.9]], [[0.8, 0.2]]])).tolist() == [1, 0]
+    assert top1(np.array([[[[0.1, 0.9]]], [[[0.8, 0.2]]]])).tolist() == [1, 0]  # [N, 1, 1, C]
+
+
+def test_top1_per_time_step_of_sequences():
+    """[N, T, classes] (a CTC recognizer's output): one decision per time step."""
+    x = np.zeros((2, 3, 4), np.float32)
+    x[0, :, 1] = 1
+    x[1, 2, 3] = 5
+    assert top1(x).tolist() == [[1, 1, 1], [0, 0, 3]]
 
 
 def test_batches_and_left_out_samples():

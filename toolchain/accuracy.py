@@ -64,7 +64,11 @@ def batched_outputs(run: RunFn, inputs: Mapping[str, np.ndarray], specs: list[Te
 
 
 def top1(logits: np.ndarray) -> np.ndarray:
-    return np.asarray(logits).reshape(len(logits), -1).argmax(axis=1)
+    """Top-1 decisions: per time step of a ``[N, T, classes]`` output (a sequence model such as
+    a CTC recognizer decides once per step), per sample otherwise (``[N, classes]``; any other
+    shape flattened per sample)."""
+    logits = np.asarray(logits)
+    return logits.argmax(-1) if logits.ndim == 3 else logits.reshape(len(logits), -1).argmax(axis=1)
 
 
 def sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:

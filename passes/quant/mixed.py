@@ -1,8 +1,11 @@
 """Mixed precision under an accuracy budget.
 
 Metric: with labels, the top-1 drop in points against the float model on the same samples;
-without labels, ``100 * (1 - top-1 agreement)`` with the float model. SQNR of the first output
-against the float model is recorded beside it (and breaks ties between layers).
+without labels, ``100 * (1 - top-1 agreement)`` with the float model. Top-1 is taken over the
+last axis of a 3-D output ``[N, T, classes]`` (a sequence: one decision per time step, as a
+CTC recognizer makes them) and over everything but the batch axis otherwise (``[N, classes]``).
+SQNR of the first output against the float model is recorded beside it (and breaks ties
+between layers).
 
 1. Quantize everything at the requested weight bits; if the drop is within the budget, stop.
 2. Sensitivity: quantize one layer at a time (the others float) and measure drop and SQNR.
@@ -25,19 +28,15 @@ from typing import Mapping
 import numpy as np
 import onnx
 
+from optc.accuracy import sqnr_db as _sqnr
+from optc.accuracy import top1
+
 from . import calibrate
 from .core import FP32, Quantizer
 
 __all__ = ["Evaluator", "search"]
 
 
-def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
-    ref = np.asarray(ref, np.float64)
-    noise = float(np.sum((ref - np.asarray(x, np.float64)) ** 2))
-    if noise == 0:
-        return math.inf
-    sig = float(np.sum(ref ** 2))
-    return 10 * math.log10(sig / noise) if sig > 0 else -math.inf
 
 
 class Evaluator:
@@ -48,8 +47,14 @@ class Evaluator:
         self.data, self.limit = data, limit
         self.n = calibrate.samples_used(data, float_model, limit)
         self.reference = self.outputs(float_model)
-        self.ref_top1 = self.reference.reshape(len(self.reference), -1).argmax(1)
-        self.labels = None if labels is None else np.asarray(labels).reshape(-1)[: self.n]
+        self.ref_top1 = top1(self.reference)
+        self.labels = None
+        if labels is not None:
+            lab = np.asarray(labels)[: self.n]
+            if lab.size != self.ref_top1.size:
+                raise ValueError(f"labels of shape {lab.shape} do not match the model's top-1 decisions "
+                                 f"{self.ref_top1.shape}")
+            self.labels = lab.reshape(self.ref_top1.shape)
         self.ref_acc = None if self.labels is None else float(np.mean(self.ref_top1 == self.labels))
         self.count = 0
 
@@ -62,7 +67,7 @@ class Evaluator:
     def score(self, model: onnx.ModelProto) -> dict:
         self.count += 1
         out = self.outputs(model)
-        top = out.reshape(len(out), -1).argmax(1)
+        top = top1(out)
         agree = float(np.mean(top == self.ref_top1))
         res = {"agreement": agree, "sqnr_db": round(_sqnr(self.reference, out), 2)}
         if self.labels is not None:
