@@ -186,19 +186,21 @@ def test_arm_assembly_sdot_only_with_dotprod():
 
 
 @pytest.mark.qemu
-def test_arm_a76_qemu_exact(tmp_path):
+@pytest.mark.parametrize("make", ["_arm_conv_model", "_nhwc_chain_model"])
+def test_arm_a76_qemu_exact(tmp_path, make):
+    """sdot kernels under qemu equal the reference: NCHW, and every NHWC in/out combination."""
     from optc.backends.tvm import arm
 
     if shutil.which(arm.CROSS_CXX) is None or shutil.which(arm.QEMU) is None:
         pytest.skip("aarch64 cross compiler or qemu-aarch64 missing")
-    model = _arm_conv_model()
+    model = globals()[make]()
     x = _input(model)
     ex, _ = lower.build(model, [TensorSpec("x", str(x.dtype), x.shape)], get_target("arm-a76"), embed_params=True)
+    assert "sdot" in _asm(ex)
     lib = tmp_path / "model.so"
     arm.export_aarch64(ex, lib)
     outs, _ = arm.run_qemu(lib, [x], qemu_cpu="cortex-a76")
-    ref = reference_evaluator(model).run(None, {"x": x})[0]
-    assert np.array_equal(outs[0], ref)
+    assert np.array_equal(outs[0], reference_evaluator(model).run(None, {"x": x})[0])
 
 
 def _nhwc_chain_model(c: int = 6, n1: int = 20, n2: int = 16) -> onnx.ModelProto:
@@ -242,22 +244,6 @@ def test_nhwc_layouts_exact():
         node.attribute.extend(keep)
     x = _input(model)
     assert np.array_equal(reference_evaluator(nchw).run(None, {"x": x})[0], ref)
-
-
-@pytest.mark.qemu
-def test_nhwc_layouts_arm_a76_qemu_exact(tmp_path):
-    from optc.backends.tvm import arm
-
-    if shutil.which(arm.CROSS_CXX) is None or shutil.which(arm.QEMU) is None:
-        pytest.skip("aarch64 cross compiler or qemu-aarch64 missing")
-    model = _nhwc_chain_model()
-    x = _input(model)
-    ex, _ = lower.build(model, [TensorSpec("x", str(x.dtype), x.shape)], get_target("arm-a76"), embed_params=True)
-    assert "sdot" in _asm(ex)
-    lib = tmp_path / "model.so"
-    arm.export_aarch64(ex, lib)
-    outs, _ = arm.run_qemu(lib, [x], qemu_cpu="cortex-a76")
-    assert np.array_equal(outs[0], reference_evaluator(model).run(None, {"x": x})[0])
 
 
 POOLS = {  # name -> (x shape, dtype, MaxPool attributes)
