@@ -17,15 +17,17 @@ Sections (see bench/README_quant.md for the numbers and how to read them):
   float model vs our QDQ model with 2 threads, interleaved rounds.
 * **ocr**: PP-OCR models from the rapidocr-onnxruntime wheel (classifier, recognizer, detector)
   on synthetic text: lines of random letters/digits rendered with Pillow in DejaVu fonts
-  (pages of such lines for the detector), calibrated on 64 lines (16 pages), measured on 300
-  others (40 pages): top-1 agreement (classifier; also on the samples the float model is
+  (pages of such lines for the detector), calibrated on 256 lines (64 pages; ``--ocr-calib``),
+  measured on 300 others (40 pages): top-1 agreement (classifier; also on the samples the float model is
   confident about, and accuracy against the 0/180 degree label), per-timestep top-1,
   CTC-decoded string agreement and string accuracy against the rendered text (recognizer),
-  text-mask agreement at the DB threshold 0.3 (detector); and for the classifier the
-  mixed-precision search on a separate validation set. Target: >= 99 % agreement.
+  text-mask agreement at the DB threshold 0.3 (detector); and for the classifier and the
+  recognizer the mixed-precision search on a separate validation set (``--no-mixed`` skips
+  it). Target: >= 99 % agreement.
 
 * **int8**: ResNet-18 as above (``observer=mse``): optc fp32 (TVM), optc int8 (``quantize`` +
-  ``integerize``: optc's integer kernels, ``vpdpbusd`` on AVX-512 VNNI), onnxruntime fp32 and
+  ``integerize``: optc's integer kernels, ``vpdpbusd`` on AVX-512 VNNI; also with
+  ``integerize<nhwc=false>``, NCHW between layers), onnxruntime fp32 and
   onnxruntime on the QDQ model, 2 threads each, interleaved round by round (a pause and an
   untimed call before each block, so no runtime pays for the other's spinning threads);
   medians, ratios, SQNR vs fp32, exactness against the numpy reference, file/library sizes.
@@ -245,11 +247,29 @@ def bench_resnet18(tmp: Path, calib_n: int = 32, eval_n: int = 32) -> dict:
 # optc int8 (integerize + TVM integer kernels) vs optc fp32 vs onnxruntime
 
 
+def vnni_peak(threads: int, tmp: Path) -> dict | None:
+    """This CPU's measured ceiling for int8 dot products (``bench/vnni_peak.c``: vpdpbusd zmm on
+    independent registers, ``threads`` OpenMP threads), or None without a C compiler or VNNI."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or "avx512_vnni" not in Path("/proc/cpuinfo").read_text(errors="replace"):
+        return None
+    exe = tmp / "vnni_peak"
+    subprocess.run([cc, "-O2", "-fopenmp", "-mavx512f", "-mavx512vnni", "-o", str(exe),
+                    str(REPO / "bench" / "vnni_peak.c")], check=True, capture_output=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    return json.loads(out.stdout)
+
+
 def bench_int8(tmp: Path, calib_n: int = 32, eval_n: int = 8, rounds: int = 10, per_round: int = 10,
                observer: str = "mse") -> dict:
     """ResNet-18 (``optc.models.build.export_resnet18``, random weights, 1x3x224x224): optc fp32
     (TVM, optc's CPU schedules, untuned), optc int8 (``quantize`` + ``integerize``: int8 kernels
-    with vpdpbusd on this CPU), onnxruntime fp32 and onnxruntime on the QDQ model (it fuses
+    with vpdpbusd on this CPU; NHWC between layers, and NCHW as a second variant), onnxruntime
+    fp32 and onnxruntime on the QDQ model (it fuses
     the QDQ pairs into its own int8 kernels): THREADS threads each, interleaved round by round;
     SQNR of the int8 logits vs fp32 on eval_n inputs."""
     import tvm
@@ -268,17 +288,19 @@ def bench_int8(tmp: Path, calib_n: int = 32, eval_n: int = 8, rounds: int = 10, 
     ev = np.random.default_rng(1).standard_normal((eval_n, 3, 224, 224)).astype(np.float32)
     q, _ = quantize_model(fp, calib, observer=observer)  # mse: the observer that meets 30 dB here
     im, det = integerize_model(q)
+    im_nchw, _ = integerize_model(q, nhwc=False)  # the same integer graph, NCHW between layers
     spec = [frontend.TensorSpec("input", "float32", (1, 3, 224, 224))]
     target = get_target("cpu")
     schedule.set_num_threads(THREADS)
     res: dict = {"model": "ResNet-18 (random weights), 1x3x224x224", "threads": THREADS,
                  "quantize": f"w8a8 per-channel, uint8 activations, observer={observer}, {calib_n} calibration inputs",
                  "integer_layers": len(det["layers"]), "float_layers": det["float_layers"],
-                 "integer_pools": det.get("integer_pools", []),
+                 "integer_pools": det.get("integer_pools", []), "nhwc_tensors": det["nhwc_tensors"],
+                 "layout_transposes": det["layout_transposes"],
                  "isa": tvm_int8.isa_of(lower.tvm_target(target)),
                  "onnx_bytes": {"fp32": size_bytes(fp), "qdq": size_bytes(q), "integerized": size_bytes(im)}}
     vms = {}
-    for name, model in (("optc_fp32", fp), ("optc_int8", im)):
+    for name, model in (("optc_fp32", fp), ("optc_int8", im), ("optc_int8_nchw", im_nchw)):
         t0 = time.perf_counter()
         exe, _ = lower.build(model, spec, target, embed_params=True)
         vm = relax.VirtualMachine(exe, tvm.cpu())
@@ -306,6 +328,7 @@ def bench_int8(tmp: Path, calib_n: int = 32, eval_n: int = 8, rounds: int = 10, 
     feeds = {"input": x1}
     targs = tvm.runtime.tensor(x1)
     calls = {"optc_fp32": lambda: vms["optc_fp32"](targs), "optc_int8": lambda: vms["optc_int8"](targs),
+             "optc_int8_nchw": lambda: vms["optc_int8_nchw"](targs),
              "ort_fp32": lambda: ort_fp.run(None, feeds), "ort_int8": lambda: ort_q.run(None, feeds)}
     for f in calls.values():
         for _ in range(5):
@@ -333,10 +356,25 @@ def bench_int8(tmp: Path, calib_n: int = 32, eval_n: int = 8, rounds: int = 10, 
     med = {k: lat[k]["median_ms"] for k in calls}
     lat["ratios"] = {"optc_fp32_over_optc_int8": round(med["optc_fp32"] / med["optc_int8"], 2),
                      "optc_int8_over_ort_int8": round(med["optc_int8"] / med["ort_int8"], 2),
+                     "optc_int8_nhwc_over_nchw": round(med["optc_int8"] / med["optc_int8_nchw"], 2),
                      "ort_fp32_over_ort_int8": round(med["ort_fp32"] / med["ort_int8"], 2)}
     res["latency"] = lat
+    # the hardware's ceiling: MACs of the model over the measured vpdpbusd peak at THREADS threads
+    from optc.analysis import layer_costs
+
+    macs = sum(c.macs for c in layer_costs(fp))
+    peak = vnni_peak(THREADS, tmp)
+    res["roofline"] = {"model_gmacs": round(macs / 1e9, 3), "vnni_peak": peak}
+    if peak:
+        floor_ms = macs / (peak["gmac_per_s"] * 1e9) * 1e3
+        res["roofline"].update(
+            floor_ms=round(floor_ms, 3),
+            fraction_of_peak={k: round(floor_ms / med[k], 3) for k in ("optc_int8", "optc_int8_nchw", "ort_int8")},
+            fraction_needed_for_0_8x_ort=round(floor_ms / (0.8 * med["ort_int8"]), 3),
+            method="floor = model MACs (optc.analysis.layer_costs) / measured vpdpbusd zmm peak "
+                   "(bench/vnni_peak.c, same thread count); fraction = floor / median latency")
     log("int8 bench: " + ", ".join(f"{k} {v} ms" for k, v in med.items()) + f"; ratios {lat['ratios']}; "
-        f"SQNR {res['sqnr_db']} (load {lat['load_average_1min']:.1f})")
+        f"SQNR {res['sqnr_db']} (load {lat['load_average_1min']:.1f}); roofline {res['roofline']}")
     return res
 
 
@@ -435,14 +473,15 @@ def _rec_charset(model_path: Path) -> list[str] | None:
     return None
 
 
-OCR_CONFIGS = {  # name -> quantize parameters
+OCR_CONFIGS = {  # name -> quantize parameters (smooth is on by default: the rows without it turn it off)
+    "minmax,smooth=false": {"smooth": False},
     "minmax": {},
-    "percentile": {"observer": "percentile"},
+    "percentile,output-qdq=false,smooth=false": {"observer": "percentile", "output_qdq": False, "smooth": False},
     "percentile,output-qdq=false": {"observer": "percentile", "output_qdq": False},
 }
 
 
-def bench_ocr(n_eval: int = 300, n_det: int = 40, n_calib: int = 64, mixed: bool = True,
+def bench_ocr(n_eval: int = 300, n_det: int = 40, n_calib: int = 256, mixed: bool = True,
               kinds: tuple[str, ...] = ("cls", "rec", "det")) -> dict:
     spec = importlib.util.find_spec("rapidocr_onnxruntime")
     if spec is None:
@@ -461,7 +500,7 @@ def bench_ocr(n_eval: int = 300, n_det: int = 40, n_calib: int = 64, mixed: bool
         fp = prepare(mdir / fname, {"x": shape})
         texts = flips = None
         if kind == "det":
-            calib = {"x": synth_pages(16, *shape[2:], seed=10)}
+            calib = {"x": synth_pages(max(1, n_calib // 4), *shape[2:], seed=10)}
             ev = {"x": synth_pages(n_det, *shape[2:], seed=11)}
         else:
             calib = {"x": synth_lines(n_calib, *shape[2:], seed=10, flip_half=kind == "cls")[0]}
@@ -513,10 +552,10 @@ def bench_ocr(n_eval: int = 300, n_det: int = 40, n_calib: int = 64, mixed: bool
         if kind in ("cls", "rec") and mixed:
             val = {"x": synth_lines(100, *shape[2:], seed=12, flip_half=kind == "cls")[0]}
             t1 = time.perf_counter()
-            q, d = quantize_model(fp, calib, observer="percentile", output_qdq=False,
+            q, d = quantize_model(fp, calib, observer="percentile", output_qdq=False, smooth=True,
                                   max_accuracy_drop=1.0, eval_data=val)
             mp = d["mixed_precision"]
-            r = {"params": "observer=percentile;output-qdq=false;max-accuracy-drop=1 (eval: 100 validation lines, "
+            r = {"params": "observer=percentile;output-qdq=false;smooth;max-accuracy-drop=1 (eval: 100 validation lines, "
                            "no labels: 100 x (1 - top-1 agreement), per time step for rec)",
                  "float_layers": len(d["float_layers"]), "int8_layers": len(d["layers"]),
                  "validation": mp["final"], "search_seconds": round(time.perf_counter() - t1, 1),
@@ -540,6 +579,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="digits,resnet18,ocr,int8", help="comma-separated sections")
     ap.add_argument("--ocr-models", default="cls,rec,det", help="ocr section: which PP-OCR models")
+    ap.add_argument("--ocr-calib", type=int, default=256, help="ocr section: calibration lines (pages: a quarter)")
+    ap.add_argument("--no-mixed", action="store_true", help="ocr section: skip the mixed-precision searches (~6 min)")
     ap.add_argument("--json", metavar="PATH", help="write results as JSON")
     args = ap.parse_args(argv)
     import onnxruntime
@@ -556,7 +597,8 @@ def main(argv=None) -> int:
         if "resnet18" in sections:
             results["resnet18"] = bench_resnet18(Path(tmp))
         if "ocr" in sections:
-            results["ocr"] = bench_ocr(kinds=tuple(k.strip() for k in args.ocr_models.split(",")))
+            results["ocr"] = bench_ocr(n_calib=args.ocr_calib, mixed=not args.no_mixed,
+                                       kinds=tuple(k.strip() for k in args.ocr_models.split(",")))
         if "int8" in sections:
             results["int8"] = bench_int8(Path(tmp))
     results["seconds"] = round(time.perf_counter() - t0, 1)
