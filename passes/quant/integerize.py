@@ -313,7 +313,7 @@ def integerize_model(model: onnx.ModelProto, nhwc: bool = True) -> tuple[onnx.Mo
     graph.value_info.extend(keep)
     return model, {"layers": layers, "float_layers": float_layers, "integer_layer_bytes": int_bytes,
                    "integer_pools": pools, "nhwc_tensors": len(nhwc_tensors),
-                   "layout_transposes": sum(1 for n in graph.node if n.name.endswith(_TRANSPOSE_TAG))}
+                   "layout_transposes": sum(1 for n in graph.node if _TRANSPOSE_TAG in n.name)}
 
 
 # Ops that compute each element from the elements at the same index (given same-shaped or
