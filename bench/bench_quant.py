@@ -473,11 +473,13 @@ def _rec_charset(model_path: Path) -> list[str] | None:
     return None
 
 
-OCR_CONFIGS = {  # name -> quantize parameters (smooth is on by default: the rows without it turn it off)
-    "minmax,smooth=false": {"smooth": False},
+OCR_CONFIGS = {  # name -> quantize parameters
     "minmax": {},
-    "percentile,output-qdq=false,smooth=false": {"observer": "percentile", "output_qdq": False, "smooth": False},
+    "minmax,smooth": {"smooth": True},
+    "percentile": {"observer": "percentile"},
+    "percentile,smooth": {"observer": "percentile", "smooth": True},
     "percentile,output-qdq=false": {"observer": "percentile", "output_qdq": False},
+    "percentile,output-qdq=false,smooth": {"observer": "percentile", "output_qdq": False, "smooth": True},
 }
 
 

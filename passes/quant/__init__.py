@@ -149,7 +149,7 @@ class Quantize(Pass):
     max_accuracy_drop: Optional[float] = field(default=None, metadata={"doc": "top-1 budget in points: keep sensitive layers in higher precision (needs eval)"})
     eval: Optional[str] = field(default=None, metadata={"doc": "labelled data (.npz with 'label') for max-accuracy-drop"})
     eval_samples: int = field(default=0, metadata={"doc": "use at most N evaluation samples (0: all)"})
-    smooth: bool = field(default=True, metadata={"doc": "equalize layer inputs per channel before calibrating (SmoothQuant/CLE scales folded into the producer; exact in float; default scope: depthwise convs only)"})
+    smooth: bool = field(default=False, metadata={"doc": "equalize layer inputs per channel before calibrating (SmoothQuant/CLE scales folded into the producer; exact in float; scope: smooth-scope); helps depthwise nets with output-qdq=false"})
     smooth_alpha: float = field(default=0.5, metadata={"doc": "SmoothQuant migration strength s=amax_x^a/amax_w^(1-a) (smooth-scope=all; depthwise convs: 1)"})
     smooth_scope: str = field(default="depthwise", metadata={"doc": "layers smooth rescales: depthwise (depthwise convs, full equalization) | all (also SmoothQuant on the others)"})
 

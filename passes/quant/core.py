@@ -40,7 +40,7 @@ class QuantConfig:
     bias_correction: bool = True
     output_qdq: bool = True
     calib_samples: int = 0
-    smooth: bool = True
+    smooth: bool = False
     smooth_alpha: float = 0.5
     smooth_scope: str = "depthwise"
 
