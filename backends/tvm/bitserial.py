@@ -46,7 +46,7 @@ from typing import Any
 
 from optc.passes import optc_ops
 
-from .lower import call_kernel, opaque_kernel, register_converter, static_shape
+from .lower import call_kernel, conv_params, opaque_kernel, register_converter, register_if_available, static_shape
 
 LANES = 8  # u64 lanes per vector (512 bits)
 PARALLEL_MIN_WORDS = 1 << 17  # less inner work than this (words x outputs) stays single-threaded
@@ -161,9 +161,6 @@ def bitserial_dense_te(M: int, K: int, N: int, act_bits: int, weight_bits: int, 
                        name="Y")
     return ins, Y
 
-
-def _conv_geometry(H, W, kernel_shape, pads, strides, dilations):
-    return optc_ops.conv_output_shape(H, W, kernel_shape, pads, strides, dilations)
 
 
 def conv_weight_lanes_te(N: int, KH: int, KW: int, C: int, planes: int | None = None):
@@ -314,7 +311,7 @@ def binary_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, has
     KH, KW_ = kernel_shape
     CW = optc_ops.words(C)
     NB = -(-N // LANES)
-    OH, OW = _conv_geometry(H, W_, kernel_shape, pads, strides, dilations)
+    OH, OW = optc_ops.conv_output_shape(H, W_, kernel_shape, pads, strides, dilations)
     rows_mode = row_packed(C, kernel_shape)
     RW = optc_ops.words(KW_ * C)
     X = te.placeholder((B, C, H, W_), "float32", name="X")
@@ -444,7 +441,7 @@ def bitserial_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, 
     KH, KW_ = kernel_shape
     CW = optc_ops.words(C)
     NB = -(-N // LANES)
-    OH, OW = _conv_geometry(H, W_, kernel_shape, pads, strides, dilations)
+    OH, OW = optc_ops.conv_output_shape(H, W_, kernel_shape, pads, strides, dilations)
     X = te.placeholder((B, C, H, W_), "float32", name="X")
     Wt = te.placeholder((NB, weight_bits, KH, KW_, CW, LANES), "uint64", name="Wt")
     WS = te.placeholder((N,), "float32", name="w_scale")
@@ -683,7 +680,7 @@ def binary_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, ha
     ins, Y = binary_conv2d_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_bias, has_alpha,
                               threshold=(threshold[0], pool) if threshold else None)
     f = te.create_prim_func([*ins, Y])
-    OH, OW = _conv_geometry(H, W, kernel_shape, pads, strides, dilations)
+    OH, OW = optc_ops.conv_output_shape(H, W, kernel_shape, pads, strides, dilations)
     work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C)
     f = schedule_conv(f, red_name="P", out_name="Y", pack_name="Xp", extra_red=None, n_out=N, ow=OW // pool[1],
                       work=work, window=pool[0] * pool[1])
@@ -704,7 +701,7 @@ def bitserial_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations,
     ins, Y = bitserial_conv2d_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, act_bits,
                                  weight_bits, act_scale, has_bias)
     f = te.create_prim_func([*ins, Y])
-    OH, OW = _conv_geometry(H, W, kernel_shape, pads, strides, dilations)
+    OH, OW = optc_ops.conv_output_shape(H, W, kernel_shape, pads, strides, dilations)
     work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C) * act_bits * weight_bits
     f = schedule_conv(f, red_name="D", out_name="Y", pack_name="Ap", extra_red="S", n_out=N, ow=OW, work=work)
     return opaque_kernel(f)
@@ -712,14 +709,6 @@ def bitserial_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations,
 
 # ---------------------------------------------------------------------------------------------
 # converters (ONNX ai.optc ops -> Relax call_tir)
-
-
-def _conv_params(attr: dict) -> tuple[list[int], list[int], list[int], list[int]]:
-    ks = [int(v) for v in attr["kernel_shape"]]
-    pads = [int(v) for v in attr.get("pads", (0, 0, 0, 0))]
-    strides = [int(v) for v in attr.get("strides", (1, 1))]
-    dil = [int(v) for v in attr.get("dilations", (1, 1))]
-    return ks, pads, strides, dil
 
 
 def _base():
@@ -787,9 +776,9 @@ def _register() -> None:
             bias = inputs[3] if len(inputs) > 3 else None
             b, c, h, wd = static_shape(x)
             n = static_shape(w)[0]
-            ks, pads, strides, dil = _conv_params(attr)
+            ks, pads, strides, dil = conv_params(attr)
             kh, kw = ks
-            oh, ow = _conv_geometry(h, wd, ks, pads, strides, dil)
+            oh, ow = optc_ops.conv_output_shape(h, wd, ks, pads, strides, dil)
             wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
                                conv_weight_lanes_shape(n, kh, kw, c), "uint64"))
             func = binary_conv2d_func(b, c, h, wd, n, ks, pads, strides, dil, bias is not None, alpha is not None)
@@ -804,10 +793,10 @@ def _register() -> None:
             d = inputs[3] if len(inputs) > 3 else None
             b, c, h, wd = static_shape(x)
             n = static_shape(w)[0]
-            ks, pads, strides, dil = _conv_params(attr)
+            ks, pads, strides, dil = conv_params(attr)
             pool = [int(v) for v in attr.get("pool_shape", (1, 1))]
             kh, kw = ks
-            oh, ow = _conv_geometry(h, wd, ks, pads, strides, dil)
+            oh, ow = optc_ops.conv_output_shape(h, wd, ks, pads, strides, dil)
             wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
                                conv_weight_lanes_shape(n, kh, kw, c), "uint64"))
             func = binary_conv2d_threshold_func(b, c, h, wd, n, ks, pads, strides, dil, d is not None, pool)
@@ -822,9 +811,9 @@ def _register() -> None:
             bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else None
             b, c, h, wd = static_shape(x)
             n, wb, _ = static_shape(w)
-            ks, pads, strides, dil = _conv_params(attr)
+            ks, pads, strides, dil = conv_params(attr)
             kh, kw = ks
-            oh, ow = _conv_geometry(h, wd, ks, pads, strides, dil)
+            oh, ow = optc_ops.conv_output_shape(h, wd, ks, pads, strides, dil)
             wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c, wb), "optc_conv_weight_lanes", [w],
                                [-(-n // LANES), wb, kh, kw, optc_ops.words(c), LANES], "uint64"))
             func = bitserial_conv2d_func(b, c, h, wd, n, ks, pads, strides, dil, int(attr["act_bits"]), wb,
@@ -833,14 +822,7 @@ def _register() -> None:
             return call_kernel(bb, func, "optc_bitserial_conv2d", args, [b, n, oh, ow])
 
 
-def _safe_register() -> None:
-    try:
-        _register()
-    except ImportError:  # pragma: no cover - TVM missing: lower.py reports that itself
-        pass
-
-
-_safe_register()
+register_if_available(_register)
 
 
 def build_standalone(func, target: Any):

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from optc.passes.optc_ops import conv_output_shape
 
-from .lower import call_kernel, opaque_kernel, register_converter, static_shape
+from .lower import call_kernel, conv_params, opaque_kernel, register_converter, register_if_available, static_shape
 
 LANES = 16  # output channels per block (one zmm of int32)
 GROUP = 4  # input bytes per dot product
@@ -117,36 +117,29 @@ def _register_intrinsics() -> None:
 
         return desc
 
-    @T.prim_func(s_tir=True)
-    def vnni(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a_i32 = T.reinterpret("int32", A.vload([0], "uint8x4"))
-            a_u8x64 = T.reinterpret("uint8x64", T.broadcast(a_i32, 16))
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                "int32x16", "llvm.x86.avx512.vpdpbusd.512",
-                C.vload([0], "int32x16"), a_u8x64, B.vload([0, 0], "int8x64"))
+    def impl_of(lanes, a_dtype, llvm_intrin):
+        """One instruction: the 4 activation bytes broadcast to every lane, against the
+        (lanes x 4) weight block, accumulated into the lanes' int32s."""
+        nbytes = 4 * lanes
 
-    @T.prim_func(s_tir=True)
-    def sdot(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            a_i32 = T.reinterpret("int32", A.vload([0], "int8x4"))
-            a_i8x16 = T.reinterpret("int8x16", T.broadcast(a_i32, 4))
-            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8",
-                C.vload([0], "int32x4"), a_i8x16, B.vload([0, 0], "int8x16"))
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+                T.writes(C[0:lanes])
+                a_i32 = T.reinterpret("int32", A.vload([0], f"{a_dtype}x4"))
+                a_bytes = T.reinterpret(f"{a_dtype}x{nbytes}", T.broadcast(a_i32, lanes))
+                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                    f"int32x{lanes}", llvm_intrin, C.vload([0], f"int32x{lanes}"), a_bytes,
+                    B.vload([0, 0], f"int8x{nbytes}"))
 
-    TensorIntrin.register(VNNI_INTRIN, desc_of(16, "uint8"), vnni)
-    TensorIntrin.register(SDOT_INTRIN, desc_of(4, "int8"), sdot)
+        return impl
+
+    TensorIntrin.register(VNNI_INTRIN, desc_of(16, "uint8"), impl_of(16, "uint8", "llvm.x86.avx512.vpdpbusd.512"))
+    TensorIntrin.register(SDOT_INTRIN, desc_of(4, "int8"), impl_of(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8"))
 
 
 def kernel_dtype(isa: str) -> str:
@@ -167,9 +160,6 @@ def channel_blocks(C: int, KH: int, KW: int) -> int:
     kernel (zero padded) so the reduction always has a loop outside the dot product."""
     cb = _cdiv(C, GROUP)
     return max(cb, 2) if KH * KW == 1 else cb
-
-
-conv_geometry = conv_output_shape  # (OH, OW) of a 2-D conv/pool window
 
 
 def _to_kernel(x, in_dtype: str, kdtype: str):
@@ -243,7 +233,7 @@ def conv_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, *, in_dtype,
 
     KH, KW = kernel_shape
     NB, CB = _cdiv(N, LANES), channel_blocks(C, KH, KW)
-    OH, OW = conv_geometry(H, W_, kernel_shape, pads, strides, dilations)
+    OH, OW = conv_output_shape(H, W_, kernel_shape, pads, strides, dilations)
     Hp, Wpd = H + pads[0] + pads[2], W_ + pads[1] + pads[3]
     X = te.placeholder((B, C, H, W_) if x_layout == "NCHW" else (B, H, W_, C), in_dtype, name="X")
     Wp = te.placeholder((NB, KH, KW, CB, LANES, GROUP), "int8", name="Wp")
@@ -286,7 +276,7 @@ def depthwise_te(B, C, H, W_, kernel_shape, pads, strides, dilations, *, in_dtyp
     from tvm import te, tirx
 
     KH, KW = kernel_shape
-    OH, OW = conv_geometry(H, W_, kernel_shape, pads, strides, dilations)
+    OH, OW = conv_output_shape(H, W_, kernel_shape, pads, strides, dilations)
     X = te.placeholder((B, C, H, W_), in_dtype, name="X")
     W = te.placeholder((C, 1, KH, KW), "int8", name="W")
     Bv = te.placeholder((C,), "int32", name="B")
@@ -346,7 +336,7 @@ def max_pool_te(B, C, H, W_, kernel_shape, pads, strides, *, dtype):
     from tvm import te, tirx
 
     KH, KW = kernel_shape
-    OH, OW = conv_geometry(H, W_, kernel_shape, pads, strides, (1, 1))
+    OH, OW = conv_output_shape(H, W_, kernel_shape, pads, strides, (1, 1))
     X = te.placeholder((B, C, H, W_), dtype, name="X")
 
     def clamp(i, n):
@@ -567,7 +557,7 @@ def conv_func(isa, B, C, H, W, N, kernel_shape, pads, strides, dilations, *, in_
                      kdtype=kernel_dtype(isa), x_zp=x_zp, y_zp=y_zp, out_min=out_min, out_max=out_max,
                      out_dtype=out_dtype, x_layout=x_layout, y_layout=y_layout)
     f = te.create_prim_func([*ins, Y])
-    OH, OW = conv_geometry(H, W, kernel_shape, pads, strides, dilations)
+    OH, OW = conv_output_shape(H, W, kernel_shape, pads, strides, dilations)
     work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * C
     return opaque_kernel(schedule_conv(f, isa, n_out=N, ow=OW, work=work, x_layout=x_layout, y_layout=y_layout))
 
@@ -579,7 +569,7 @@ def depthwise_func(B, C, H, W, kernel_shape, pads, strides, dilations, *, in_dty
     ins, Y = depthwise_te(B, C, H, W, kernel_shape, pads, strides, dilations, in_dtype=in_dtype, x_zp=x_zp,
                           y_zp=y_zp, out_min=out_min, out_max=out_max, out_dtype=out_dtype)
     f = te.create_prim_func([*ins, Y])
-    OH, OW = conv_geometry(H, W, kernel_shape, pads, strides, dilations)
+    OH, OW = conv_output_shape(H, W, kernel_shape, pads, strides, dilations)
     return opaque_kernel(schedule_depthwise(f, ow=OW, work=B * C * OH * OW * kernel_shape[0] * kernel_shape[1]))
 
 
@@ -588,7 +578,7 @@ def max_pool_func(B, C, H, W, kernel_shape, pads, strides, *, dtype):
 
     ins, Y = max_pool_te(B, C, H, W, kernel_shape, pads, strides, dtype=dtype)
     f = te.create_prim_func([*ins, Y])
-    OH, OW = conv_geometry(H, W, kernel_shape, pads, strides, (1, 1))
+    OH, OW = conv_output_shape(H, W, kernel_shape, pads, strides, (1, 1))
     return opaque_kernel(schedule_max_pool(f, ow=OW, work=B * C * H * W))
 
 
@@ -677,31 +667,27 @@ def _register() -> None:
             else:
                 b, h, wd, c = static_shape(x)
             n, cg, kh, kw = static_shape(w)
-            ks = [int(v) for v in attr["kernel_shape"]]
-            pads = [int(v) for v in attr.get("pads", (0, 0, 0, 0))]
-            strides = [int(v) for v in attr.get("strides", (1, 1))]
-            dil = [int(v) for v in attr.get("dilations", (1, 1))]
+            ks, pads, strides, dil = conv_params(attr)
             group = int(attr.get("group", 1))
             in_dtype = _dtype(x)
             rq = _requant_attrs(attr)
             x_zp = int(attr.get("x_zero_point", 0))
-            oh, ow = conv_geometry(h, wd, ks, pads, strides, dil)
+            oh, ow = conv_output_shape(h, wd, ks, pads, strides, dil)
             if group != 1:
                 if x_layout != "NCHW" or y_layout != "NCHW":
                     raise ValueError("IntConv2d: depthwise kernels take NCHW only (integerize keeps them so)")
                 if not (group == c == n and cg == 1):
                     raise ValueError(f"IntConv2d: group {group} is not supported (1 or depthwise)")
                 func = depthwise_func(b, c, h, wd, ks, pads, strides, dil, in_dtype=in_dtype, x_zp=x_zp, **rq)
-                return relax.call_tir(bb.add_func(func, "optc_int_depthwise"), [x, w, bias, mult, shift],
-                                      out_ty=relax.TensorType([b, n, oh, ow], rq["out_dtype"]))
+                return call_kernel(bb, func, "optc_int_depthwise", [x, w, bias, mult, shift], [b, n, oh, ow],
+                                   rq["out_dtype"])
             wp = _call(bb, weight_pack_func(n, c, kh, kw), "optc_int_weight_pack", [w],
                        weight_pack_shape(n, c, kh, kw), "int8")
             bk = _kernel_bias(bb, w, bias, in_dtype, isa)
             func = conv_func(isa, b, c, h, wd, n, ks, pads, strides, dil, in_dtype=in_dtype, x_zp=x_zp,
                              x_layout=x_layout, y_layout=y_layout, **rq)
-            return relax.call_tir(bb.add_func(func, "optc_int_conv2d"), [x, wp, bk, mult, shift],
-                                  out_ty=relax.TensorType([b, n, oh, ow] if y_layout == "NCHW" else [b, oh, ow, n],
-                                                          rq["out_dtype"]))
+            return call_kernel(bb, func, "optc_int_conv2d", [x, wp, bk, mult, shift],
+                               [b, n, oh, ow] if y_layout == "NCHW" else [b, oh, ow, n], rq["out_dtype"])
 
     from tvm.relax.frontend.onnx.onnx_frontend import MaxPool as StockMaxPool
 
@@ -723,13 +709,10 @@ def _register() -> None:
             if tgt is None or tgt.kind.name != "llvm" or not int_max_pool_supported(shape, dtype, attr):
                 return super()._impl_v1(bb, inputs, attr, params)
             b, c, h, w = shape
-            ks = [int(v) for v in attr["kernel_shape"]]
-            pads = [int(v) for v in attr.get("pads", (0, 0, 0, 0))]
-            strides = [int(v) for v in attr.get("strides", (1, 1))]
-            oh, ow = conv_geometry(h, w, ks, pads, strides, (1, 1))
+            ks, pads, strides, _ = conv_params(attr)  # dilation 1 (int_max_pool_supported)
+            oh, ow = conv_output_shape(h, w, ks, pads, strides, (1, 1))
             func = max_pool_func(b, c, h, w, ks, pads, strides, dtype=dtype)
-            return relax.call_tir(bb.add_func(func, "optc_int_max_pool"), [x],
-                                  out_ty=relax.TensorType([b, c, oh, ow], dtype))
+            return call_kernel(bb, func, "optc_int_max_pool", [x], [b, c, oh, ow], dtype)
 
     @register_converter(DOMAIN, "IntDense")
     class IntDense(Base):
@@ -746,16 +729,8 @@ def _register() -> None:
                        weight_pack_shape(n, k, 1, 1), "int8")
             bk = _kernel_bias(bb, w4, bias, in_dtype, isa)
             func = dense_func(isa, m, k, n, in_dtype=in_dtype, **rq)
-            return relax.call_tir(bb.add_func(func, "optc_int_dense"), [x, wp, bk, mult, shift],
-                                  out_ty=relax.TensorType([m, n], rq["out_dtype"]))
+            return call_kernel(bb, func, "optc_int_dense", [x, wp, bk, mult, shift], [m, n], rq["out_dtype"])
 
 
-def _safe_register() -> None:
-    try:
-        _register()
-    except ImportError:  # pragma: no cover - TVM missing: lower.py reports that itself
-        pass
-
-
-_safe_register()
+register_if_available(_register)
 

@@ -66,6 +66,24 @@ def call_kernel(bb, func, name: str, args: list, shape: list[int], dtype: str = 
     return relax.call_tir(bb.add_func(func, name), args, out_ty=relax.TensorType(shape, dtype))
 
 
+def conv_params(attr: dict) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(kernel_shape, pads, strides, dilations) of an ONNX-style 2-D conv's attributes."""
+    ks = [int(v) for v in attr["kernel_shape"]]
+    pads = [int(v) for v in attr.get("pads", (0, 0, 0, 0))]
+    strides = [int(v) for v in attr.get("strides", (1, 1))]
+    dil = [int(v) for v in attr.get("dilations", (1, 1))]
+    return ks, pads, strides, dil
+
+
+def register_if_available(register) -> None:
+    """Run a converter module's ``register()``; without TVM (ImportError) do nothing: the
+    build reports that itself."""
+    try:
+        register()
+    except ImportError:  # pragma: no cover - TVM missing
+        pass
+
+
 def _load_converter_modules() -> None:
     import importlib
 
