@@ -51,9 +51,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from . import qdq
+from .qdq import _attr
 
 __all__ = ["plan", "apply", "candidates", "input_channel_absmax_axis", "Edit"]
 
@@ -85,12 +86,8 @@ class _Graph:
         self.inits = {t.name: t for t in g.initializer}
         self.const_nodes = {n.output[0]: n for n in g.node if n.op_type == "Constant" and len(n.attribute) == 1
                             and n.attribute[0].name == "value"}
-        self.producers = {o: i for i, n in enumerate(g.node) for o in n.output if o}
-        self.consumers: dict[str, list[int]] = {}
-        for i, n in enumerate(g.node):
-            for name in n.input:
-                if name:
-                    self.consumers.setdefault(name, []).append(i)
+        self.producers = qdq._producers(g)
+        self.consumers = qdq._consumers(g)
         self.outputs = {o.name for o in g.output}
         try:
             inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
@@ -112,13 +109,6 @@ class _Graph:
 
     def single_use(self, t: str) -> bool:
         return len(self.consumers.get(t, [])) == 1 and t not in self.outputs
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _fold_into_producer(g: _Graph, t: str, s: np.ndarray, axis: int, edits: list[Edit]) -> str | None:

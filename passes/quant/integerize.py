@@ -325,20 +325,10 @@ _TO_NHWC, _TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
-    """Fully static tensor shapes by ONNX shape inference ({} where it fails)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - shapes are an optimization hint here
-        return {}
-    out = {}
-    g = inferred.graph
-    for vi in [*g.input, *g.value_info, *g.output]:
-        dims = vi.type.tensor_type.shape.dim
-        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
-            out[vi.name] = tuple(int(d.dim_value) for d in dims)
-    for t in g.initializer:
-        out[t.name] = tuple(t.dims)
-    return out
+    """Fully static tensor shapes (ONNX shape inference through ``optc.analysis``)."""
+    from optc.analysis import tensor_info
+
+    return {name: tuple(shape) for name, (shape, _) in tensor_info(model).items()}
 
 
 def _assign_layouts(model: onnx.ModelProto, shapes: dict, fresh) -> list[str]:
@@ -353,22 +343,9 @@ def _assign_layouts(model: onnx.ModelProto, shapes: dict, fresh) -> list[str]:
     conv, GlobalAveragePool, ...). Groups touching a graph input or output stay NCHW. Returns
     the names of the tensors now in NHWC."""
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output if o}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            if i:
-                consumers.setdefault(i, []).append(n)
-    io = {v.name for v in graph.input} | {v.name for v in graph.output}
-
-    def size(name):
-        if name in inits:
-            return int(np.prod(inits[name].dims, dtype=np.int64))
-        p = producer.get(name)
-        if p is not None and p.op_type == "Constant" and p.attribute and p.attribute[0].name == "value":
-            return int(np.prod(p.attribute[0].t.dims, dtype=np.int64))
-        return None
+    g = _Graph.of(model)
+    inits, producer, consumers = g.inits, g.producers, g.consumers
+    io = {v.name for v in graph.input} | g.outputs
 
     def flexible(n) -> list[str] | None:
         """The 4-D operands (inputs and output) of an elementwise node, or None."""
@@ -381,7 +358,8 @@ def _assign_layouts(model: onnx.ModelProto, shapes: dict, fresh) -> list[str]:
         for i in n.input:
             if not i:
                 continue
-            if size(i) == 1 and (i in inits or producer.get(i) is not None):
+            constant = i in inits or getattr(producer.get(i), "op_type", "") == "Constant"
+            if constant and shapes.get(i) is not None and int(np.prod(shapes[i])) == 1:
                 continue  # scalar parameter (scale, zero point, Clip bound, constant)
             if shapes.get(i) != out_shape or i in inits:
                 return None
