@@ -394,7 +394,8 @@ def _latency(tgt: Target, session, args, summary: dict, measure: bool, progress:
               f"around the TVM VM call, 3 warm-up + 20 timed runs on this machine, {host_cores()} cores")
         return {"method": "measured", "how": how, **_stats(times)}
     peak = tgt.peak
-    modeled = analysis.roofline_seconds(summary["layers"], peak.fp32_gflops, peak.mem_gbps)
+    per_layer = analysis.roofline_layers(summary["layers"], peak.fp32_gflops, peak.mem_gbps)
+    modeled = sum(d["seconds"] for d in per_layer)
     how = ("roofline lower bound: sum over layers of max(FLOPs / peak FLOP/s, bytes / DRAM "
            f"bandwidth), peak {peak.fp32_gflops:.1f} GFLOP/s fp32, {peak.mem_gbps} GB/s")
     if peak.launch_us:
@@ -409,7 +410,7 @@ def _latency(tgt: Target, session, args, summary: dict, measure: bool, progress:
         "source": peak.source,
     }
     out["layers"] = [{"name": d["name"], "op": d["op"], "ms": d["seconds"] * 1e3, "bound": d["bound"]}
-                     for d in analysis.roofline_layers(summary["layers"], peak.fp32_gflops, peak.mem_gbps)]
+                     for d in per_layer]
     if not runnable:
         out["note"] = f"not measured: {session.skip_reason}"
     elif measure:

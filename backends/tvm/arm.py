@@ -218,15 +218,15 @@ def _build_bundle(tvm_ver: str, ffi_ver: str, work: Path, progress: Progress) ->
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ToolchainError(f"building {name} failed: {_tail(proc.stderr)}")
+    sources_sha256 = {name: hashlib.sha256(src.read_bytes()).hexdigest() for name, src in _programs()}
     (out / "bundle.json").write_text(
         json.dumps(
             {
                 "apache-tvm": tvm_ver,
                 "apache-tvm-ffi": ffi_ver,
                 "platform": WHEEL_PLATFORM,
-                "runner_sha256": hashlib.sha256(runner_source().read_bytes()).hexdigest(),
-                "sources_sha256": {name: hashlib.sha256(src.read_bytes()).hexdigest()
-                                   for name, src in _programs()},
+                "runner_sha256": sources_sha256[RUNNER_NAME],
+                "sources_sha256": sources_sha256,
                 "cxx": CROSS_CXX,
                 "cxx_flags": list(CXX_FLAGS),
                 "link_flags": list(LINK_FLAGS),

@@ -186,11 +186,10 @@ def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, e
     try:
         tune.maybe_tune(mod, tgt)  # only when a caller asked (optc compile --tune)
         # A tuning database for this target (tune.py) replaces the rule schedule of the
-        # functions it has a better record for; tune.last_build() tells which.
-        with tgt, tune.building(tgt) as tuning:
+        # functions it has a better record for; tune.take_build_info() tells which.
+        with tgt, tune.building(tgt):
             mod = schedule.relax_pipeline(tgt)(mod)
             executable = tvm.compile(mod, tgt)
-        tune.set_last_build(tuning)
     except Exception as err:
         msg = " ".join(str(err).split())[:400]
         raise ToolchainError(f"TVM build for target {target.name} failed: {msg}") from None

@@ -196,7 +196,9 @@ class RemoteSession:
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         self._set_inputs(inputs)
         self.vm.invoke_stateful("main")
-        return _flatten(self.vm.get_outputs("main"))
+        from .lower import flatten_outputs
+
+        return flatten_outputs(self.vm.get_outputs("main"))
 
     def time(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:
         """Seconds per call of ``main``, timed on the server by ``time_evaluator`` (one call
@@ -237,15 +239,6 @@ class RemoteSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _flatten(out) -> list[np.ndarray]:
-    if hasattr(out, "numpy"):
-        return [out.numpy()]
-    result = []
-    for item in out:
-        result.extend(_flatten(item))
-    return result
 
 
 def open_remote(pkg_dir: Path, manifest: dict, remote: Remote) -> RemoteSession:

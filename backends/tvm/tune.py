@@ -192,9 +192,7 @@ class BuildTuning:
         """Write the applied records as a JSON database (``dest/``) shippable with a package."""
         from tvm.s_tir import meta_schedule as ms
 
-        dest.mkdir(parents=True, exist_ok=True)
-        db = ms.database.JSONDatabase(str(dest / DB_FILES[0]), str(dest / DB_FILES[1]),
-                                      allow_missing=True, module_equality="structural")
+        db = open_database(dest, create=True)
         for tmod, rec in self.used:
             wl = db.commit_workload(tmod)
             db.commit_tuning_record(ms.database.TuningRecord(rec.trace, wl, rec.run_secs, rec.target,
@@ -205,15 +203,15 @@ _STATE = threading.local()
 
 
 @contextlib.contextmanager
-def database_root(root, enabled: bool = True):
+def database_root(root):
     """Builds in this thread use the tuning databases under ``root`` (None: the default
-    location), or none at all (``enabled=False``)."""
-    saved = getattr(_STATE, "root", None), getattr(_STATE, "enabled", True)
-    _STATE.root, _STATE.enabled = (str(root) if root else None), enabled
+    location)."""
+    saved = getattr(_STATE, "root", None)
+    _STATE.root = str(root) if root else None
     try:
         yield
     finally:
-        _STATE.root, _STATE.enabled = saved
+        _STATE.root = saved
 
 
 @contextlib.contextmanager
@@ -255,24 +253,15 @@ def take_build_info(dest: Path | None = None) -> dict | None:
     return info
 
 
-def set_last_build(state) -> None:
-    _STATE.last = state
-
-
-def last_build():
-    """The :class:`BuildTuning` of this thread's latest ``lower.build`` (None: no database)."""
-    return getattr(_STATE, "last", None)
-
-
 @contextlib.contextmanager
-def building(tgt, root=None, enabled: bool | None = None):
+def building(tgt, root=None):
     """Context for ``lower.build``: ``schedule_cpu`` applies the target's tuning database
-    first (if one exists). Yields a :class:`BuildTuning` or None (no database)."""
+    first (if one exists). Yields a :class:`BuildTuning` or None (no database); after a
+    build that completes, it is this thread's latest build for :func:`take_build_info`."""
     root = root or getattr(_STATE, "root", None)
-    enabled = getattr(_STATE, "enabled", True) if enabled is None else enabled
     _STATE.last = None
     path = db_dir(tgt, root)
-    database = open_database(path, create=False) if enabled else None
+    database = open_database(path, create=False)
     if database is None:
         yield None
         return
@@ -288,6 +277,7 @@ def building(tgt, root=None, enabled: bool | None = None):
 
     with _hook_schedule(wrapper):
         yield state
+    _STATE.last = state
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -326,13 +316,12 @@ def extract_tasks(mod, tgt) -> list[tuple[str, object, float]]:
 
 # ----------------------------------------------------------------------------- builder / runner
 def _export_shared(rt_mod, aarch64: bool) -> str:
+    """A candidate's library in a fresh directory (the runner's clean-up removes it)."""
     path = os.path.join(tempfile.mkdtemp(prefix="optc-ms-"), "cand.so")
     if aarch64:
-        from tvm.support import cc
+        from .arm import export_aarch64
 
-        from .arm import CROSS_CXX
-
-        rt_mod.export_library(path, fcompile=cc.cross_compiler(CROSS_CXX))
+        export_aarch64(rt_mod, Path(path))
     else:
         rt_mod.export_library(path)
     return path
@@ -507,7 +496,6 @@ def make_runner(rpc: str | None = None, tracker: str | None = None, key: str | N
 
 def _measure_rule(funcs, target, builder, runner) -> list[float | None]:
     """Latency (s) of optc's rule-based schedule for each PrimFunc, with the tuning runner."""
-    from tvm import tirx
     from tvm.s_tir import meta_schedule as ms
 
     inputs, args = [], []
@@ -531,7 +519,6 @@ def _measure_rule(funcs, target, builder, runner) -> list[float | None]:
                 out[i] = _mean(r.run_secs)
             elif r.error_msg:
                 print(f"optc tune: rule schedule not measured: {r.error_msg[:300]}", file=sys.stderr)
-    del tirx
     return out
 
 
