@@ -286,10 +286,8 @@ class BinaryConv2dThreshold(OpRun):
 
     def _run(self, X, W, T, D=None, in_channels=None, kernel_shape=None, pads=None,  # noqa: N803
              strides=None, dilations=None, pool_shape=None):
-        xbits = pack_bits(np.asarray(X).transpose(0, 2, 3, 1) >= 0, axis=-1)
-        wt = conv_weight_taps(W, in_channels, kernel_shape)
-        acc = binary_conv2d_int(xbits, wt, in_channels, kernel_shape, pads, strides, dilations)
-        y = SignThreshold._run(self, acc.astype(np.float32), T, D)[0]
+        acc = BinaryConv2d._run(self, X, W, None, None, in_channels, kernel_shape, pads, strides, dilations)[0]
+        y = SignThreshold._run(self, acc, T, D)[0]
         ph, pw = (1, 1) if pool_shape is None else (int(pool_shape[0]), int(pool_shape[1]))
         b, n, oh, ow = y.shape
         y = y[:, :, :oh // ph * ph, :ow // pw * pw].reshape(b, n, oh // ph, ph, ow // pw, pw).max(axis=(3, 5))

@@ -386,18 +386,24 @@ def swg_module(layer: SWG) -> str:
     if taps > 1:
         L.append(f"    sr <= {f'cur[{(taps - 1) * pw - 1}:0]'};")
     L.append("  end")
-    L += ["  always @(posedge clk) begin",
-          "    if (rst) begin out_valid <= 1'b0; row <= 0; col <= 0; end",
-          "    else if (en) begin",
-          "      out_valid <= in_valid && ROWOK[row] && COLOK[col];",
-          "      if (in_valid) begin",
-          f"        if (col == {cb}'d{layer.w - 1}) begin col <= 0; row <= (row == {rb}'d{layer.h - 1}) ? {rb}'d0 : row + {rb}'d1; end",
-          f"        else col <= col + {cb}'d1;",
-          "      end",
-          "    end",
-          "  end",
-          "endmodule", ""]
+    L += _raster("in_valid && ROWOK[row] && COLOK[col]", "in_valid", layer.h, layer.w) + ["endmodule", ""]
     return "\n".join(L)
+
+
+def _raster(valid: str, step: str, h: int, w: int) -> list[str]:
+    """The always-block of a layer that walks an h x w raster: ``out_valid <= valid`` and
+    (row, col) advance on ``step`` while enabled."""
+    rb, cb = clog2(h), clog2(w)
+    return ["  always @(posedge clk) begin",
+            "    if (rst) begin out_valid <= 1'b0; row <= 0; col <= 0; end",
+            "    else if (en) begin",
+            f"      out_valid <= {valid};",
+            f"      if ({step}) begin",
+            f"        if (col == {cb}'d{w - 1}) begin col <= 0; row <= (row == {rb}'d{h - 1}) ? {rb}'d0 : row + {rb}'d1; end",
+            f"        else col <= col + {cb}'d1;",
+            "      end",
+            "    end",
+            "  end"]
 
 
 def pad_module(layer: Pad) -> str:
@@ -422,16 +428,7 @@ def pad_module(layer: Pad) -> str:
          "  wire fire = !inside || in_valid;",
          f"  wire [{ow - 1}:0] value = inside ? {{{', '.join(reversed(elems))}}} : {padv};",
          "  always @(posedge clk) if (en && fire) out_data <= value;",
-         "  always @(posedge clk) begin",
-         "    if (rst) begin out_valid <= 1'b0; row <= 0; col <= 0; end",
-         "    else if (en) begin",
-         "      out_valid <= fire;",
-         "      if (fire) begin",
-         f"        if (col == {cb}'d{layer.ow - 1}) begin col <= 0; row <= (row == {rb}'d{layer.oh - 1}) ? {rb}'d0 : row + {rb}'d1; end",
-         f"        else col <= col + {cb}'d1;",
-         "      end",
-         "    end",
-         "  end",
+         *_raster("fire", "fire", layer.oh, layer.ow),
          "endmodule", ""]
     return "\n".join(L)
 

@@ -676,9 +676,9 @@ def binary_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, ha
     (binary conv + integer threshold + max-pool in one kernel)."""
     from tvm import te
 
-    pool = tuple(int(v) for v in threshold[1]) if threshold else (1, 1)
+    pool = threshold[1] if threshold else (1, 1)
     ins, Y = binary_conv2d_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_bias, has_alpha,
-                              threshold=(threshold[0], pool) if threshold else None)
+                              threshold=threshold)
     f = te.create_prim_func([*ins, Y])
     OH, OW = optc_ops.conv_output_shape(H, W, kernel_shape, pads, strides, dilations)
     work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C)
@@ -691,7 +691,7 @@ def binary_conv2d_threshold_func(B, C, H, W, N, kernel_shape, pads, strides, dil
                                  pool_shape=(1, 1)):
     """BinaryConv2dThreshold: :func:`binary_conv2d_func` with the threshold (and pool) fused."""
     return binary_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, False, False,
-                              threshold=(has_direction, pool_shape))
+                              threshold=(has_direction, tuple(int(v) for v in pool_shape)))
 
 
 def bitserial_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, act_bits, weight_bits,
@@ -715,6 +715,17 @@ def _base():
     from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
     return OnnxOpConverter
+
+
+def _binary_conv_operands(bb, x, w, attr):
+    """(geometry, (OH, OW), lane-packed weights) of a BinaryConv2d[Threshold] converter."""
+    b, c, h, wd = static_shape(x)
+    n = static_shape(w)[0]
+    ks, pads, strides, dil = conv_params(attr)
+    kh, kw = ks
+    wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
+                             conv_weight_lanes_shape(n, kh, kw, c), "uint64"))
+    return (b, c, h, wd, n, ks, pads, strides, dil), optc_ops.conv_output_shape(h, wd, ks, pads, strides, dil), wt
 
 
 def _register() -> None:
@@ -774,13 +785,7 @@ def _register() -> None:
             x, w = inputs[0], inputs[1]
             alpha = inputs[2] if len(inputs) > 2 else None
             bias = inputs[3] if len(inputs) > 3 else None
-            b, c, h, wd = static_shape(x)
-            n = static_shape(w)[0]
-            ks, pads, strides, dil = conv_params(attr)
-            kh, kw = ks
-            oh, ow = optc_ops.conv_output_shape(h, wd, ks, pads, strides, dil)
-            wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
-                               conv_weight_lanes_shape(n, kh, kw, c), "uint64"))
+            (b, c, h, wd, n, ks, pads, strides, dil), (oh, ow), wt = _binary_conv_operands(bb, x, w, attr)
             func = binary_conv2d_func(b, c, h, wd, n, ks, pads, strides, dil, bias is not None, alpha is not None)
             args = [x, wt] + [v for v in (alpha, bias) if v is not None]
             return call_kernel(bb, func, "optc_binary_conv2d", args, [b, n, oh, ow])
@@ -791,14 +796,8 @@ def _register() -> None:
         def _impl_v1(cls, bb, inputs, attr, params):
             x, w, t = inputs[0], inputs[1], inputs[2]
             d = inputs[3] if len(inputs) > 3 else None
-            b, c, h, wd = static_shape(x)
-            n = static_shape(w)[0]
-            ks, pads, strides, dil = conv_params(attr)
+            (b, c, h, wd, n, ks, pads, strides, dil), (oh, ow), wt = _binary_conv_operands(bb, x, w, attr)
             pool = [int(v) for v in attr.get("pool_shape", (1, 1))]
-            kh, kw = ks
-            oh, ow = optc_ops.conv_output_shape(h, wd, ks, pads, strides, dil)
-            wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
-                               conv_weight_lanes_shape(n, kh, kw, c), "uint64"))
             func = binary_conv2d_threshold_func(b, c, h, wd, n, ks, pads, strides, dil, d is not None, pool)
             args = [x, wt, t] + ([d] if d is not None else [])
             return call_kernel(bb, func, "optc_binary_conv2d_threshold", args, [b, n, oh // pool[0], ow // pool[1]])
