@@ -71,6 +71,15 @@ def top1(logits: np.ndarray) -> np.ndarray:
     return logits.argmax(-1) if logits.ndim == 3 else logits.reshape(len(logits), -1).argmax(axis=1)
 
 
+def align_labels(labels: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Labels for the top-1 decisions ``top`` (one per sample, or one per time step of a
+    sequence output), in ``top``'s shape; ValueError when their sizes differ."""
+    lab = np.asarray(labels)[: len(top)]
+    if lab.size != top.size:
+        raise ValueError(f"labels of shape {lab.shape} do not match the model's top-1 decisions {top.shape}")
+    return lab.reshape(top.shape)
+
+
 def sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:
     ref = np.asarray(ref, np.float64)
     noise = float(np.sum((ref - np.asarray(x, np.float64)) ** 2))
@@ -95,7 +104,7 @@ def compare_models(reference: RunFn, candidate: RunFn, inputs: Mapping[str, np.n
     out["top1_agreement"] = float(np.mean(ref_top == cand_top))
     out["sqnr_db"] = {name: sqnr_db(r, c) for name, r, c in zip(output_names, ref, cand)}
     if labels is not None:
-        lab = np.asarray(labels)[:used].reshape(-1)
+        lab = align_labels(labels, ref_top)
         out["top1_reference"] = float(np.mean(ref_top == lab))
         out["top1"] = float(np.mean(cand_top == lab))
         out["top1_drop_points"] = 100.0 * (out["top1_reference"] - out["top1"])

@@ -202,28 +202,19 @@ def collect(model: onnx.ModelProto, tensors: list[str], data: Mapping[str, np.nd
 
 
 def channel_absmax(model: onnx.ModelProto, axes: Mapping[str, int], data: Mapping[str, np.ndarray], *,
-                   limit: int = 0, robust: bool = False) -> dict[str, np.ndarray]:
+                   limit: int = 0) -> dict[str, np.ndarray]:
     """Per-channel max|x| of each tensor in ``axes`` (tensor -> channel axis) over the samples.
-    ``robust``: the mean over calibration batches of each batch's per-channel max|x| instead of
-    the max over all of them (less sensitive to one outlier sample; not used by ``smooth``: on
-    the PP-OCR recognizer it scored lower than the max). Fixed memory: one vector per tensor."""
+    Fixed memory: one vector per tensor."""
     tensors = list(axes)
     runner = TensorRunner(model, tensors)
     out: dict[str, np.ndarray] = {}
-    n = 0
     for feeds in iter_batches(data, model, limit):
         res = runner.run(feeds)
-        n += 1
         for t in tensors:
             a = res[t]
             if a.dtype.kind != "f" or a.ndim == 0:
                 continue
             ax = axes[t] % a.ndim
             m = np.abs(a).max(axis=tuple(i for i in range(a.ndim) if i != ax)).astype(np.float64)
-            if t not in out:
-                out[t] = m
-            else:
-                out[t] = out[t] + m if robust else np.maximum(out[t], m)
-    if robust and n:
-        out = {t: v / n for t, v in out.items()}
+            out[t] = np.maximum(out[t], m) if t in out else m
     return out

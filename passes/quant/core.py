@@ -120,9 +120,7 @@ class Quantizer:
         self.config = config
         self.model, self.opset_before, self.opset = upgrade_opset(model)
         self.model, self.lifted_constants = qdq.lift_constant_weights(self.model, config.ops)
-        self.layers, self.skipped = qdq.find_layers(self.model, config.ops, config.include, config.exclude)
-        self.by_name = {l.name: l for l in self.layers}
-        self.tensors = qdq.activation_tensors(self.model, self.layers)
+        self._index_layers()
         self.smoothing: list[dict] = []
         self.observers: dict[str, Observer] = {}
         self.channel_means: dict[str, np.ndarray] = {}
@@ -134,7 +132,7 @@ class Quantizer:
         cfg = self.config
         if cfg.smooth:
             self._smooth(data)
-        axes = {l.act_input: (-1 if l.op_type == "MatMul" else 1) for l in self.layers}
+        axes = {l.act_input: equalize.input_channel_absmax_axis(l) for l in self.layers}
         self.observers, info, self.channel_means = calibrate.collect(
             self.model, self.tensors, data,
             lambda: make_observer(cfg.observer, percentile=cfg.percentile, bins=cfg.bins),
@@ -168,10 +166,15 @@ class Quantizer:
                                               cfg.smooth_scope)
         if edits:
             self.model = equalize.apply(self.model, edits)
-            self.layers, self.skipped = qdq.find_layers(self.model, cfg.ops, cfg.include, cfg.exclude)
-            self.by_name = {l.name: l for l in self.layers}
-            self.tensors = qdq.activation_tensors(self.model, self.layers)
+            self._index_layers()
             self._amax.clear()
+
+    def _index_layers(self) -> None:
+        """The quantizable layers of ``self.model`` and the activation tensors they read."""
+        cfg = self.config
+        self.layers, self.skipped = qdq.find_layers(self.model, cfg.ops, cfg.include, cfg.exclude)
+        self.by_name = {l.name: l for l in self.layers}
+        self.tensors = qdq.activation_tensors(self.model, self.layers)
 
     # -- parameters ---------------------------------------------------------------------------
     def default_bits(self) -> dict[str, int]:

@@ -47,6 +47,7 @@ Scales are normalized to a geometric mean of 1 and bounded to ``[1e-3, 1e3]`` ar
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,16 +90,21 @@ class _Graph:
         self.producers = qdq._producers(g)
         self.consumers = qdq._consumers(g)
         self.outputs = {o.name for o in g.output}
+
+    @functools.cached_property
+    def shapes(self) -> dict[str, list]:
+        """Tensor shapes by ONNX shape inference (None for an unknown dimension)."""
         try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+            inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False)
             vis = [*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info]
         except Exception:
             vis = []
-        self.shapes: dict[str, list] = {}
+        shapes: dict[str, list] = {}
         for vi in vis:
             tt = vi.type.tensor_type
             if tt.HasField("shape"):
-                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+                shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        return shapes
 
     def const(self, name: str) -> np.ndarray | None:
         if name in self.inits:
@@ -307,8 +313,8 @@ def plan(model: onnx.ModelProto, layers: list[qdq.Layer], amax: dict[str, np.nda
         if why is not None:
             rec["smoothed"] = f"no: {why}"
             continue
-        # a producer layer's weight edited earlier (its own input scaling): compose
-        ok = True
+        # a producer layer's weight edited earlier (its own input scaling): compose. (Folds walk
+        # single-reader chains, so no other edit touches the same producer constant.)
         for e in mine:
             if e.slot == 1 and e.node in weights:
                 prev = weights[e.node]
@@ -317,15 +323,9 @@ def plan(model: onnx.ModelProto, layers: list[qdq.Layer], amax: dict[str, np.nda
                 e.value = np.where(base == 0, 0, prev * ratio).astype(np.float32)
             if e.slot == 1:
                 weights[e.node] = e.value.astype(np.float64)
-            if any(o.node == e.node and o.slot == e.slot and e.slot != 1 for o in edits):
-                ok = False
-        if not ok:
-            rec["smoothed"] = "no: producer constant already edited"
-            continue
         edits.extend(mine)
-        prev_w = weights.get(layer.node_index)
-        weights[layer.node_index] = wn if prev_w is None else _weight_times_input_scale(layer, prev_w, s, groups)
-        edits.append(Edit(layer.node_index, 1, weights[layer.node_index].astype(np.float32)))
+        weights[layer.node_index] = wn  # a layer never produces its own input: w was current
+        edits.append(Edit(layer.node_index, 1, wn.astype(np.float32)))
         rec["smoothed"] = "depthwise (alpha 1)" if depthwise and per_channel else f"alpha {alpha}"
         rec["scale_range"] = [float(np.round(s.min(), 5)), float(np.round(s.max(), 5))]
         rec["input_channel_amax_ratio"] = float(np.round(a.max() / max(np.median(a), 1e-30), 2))

@@ -28,8 +28,8 @@ from typing import Mapping
 import numpy as np
 import onnx
 
+from optc.accuracy import align_labels, top1
 from optc.accuracy import sqnr_db as _sqnr
-from optc.accuracy import top1
 
 from . import calibrate
 from .core import FP32, Quantizer
@@ -48,13 +48,7 @@ class Evaluator:
         self.n = calibrate.samples_used(data, float_model, limit)
         self.reference = self.outputs(float_model)
         self.ref_top1 = top1(self.reference)
-        self.labels = None
-        if labels is not None:
-            lab = np.asarray(labels)[: self.n]
-            if lab.size != self.ref_top1.size:
-                raise ValueError(f"labels of shape {lab.shape} do not match the model's top-1 decisions "
-                                 f"{self.ref_top1.shape}")
-            self.labels = lab.reshape(self.ref_top1.shape)
+        self.labels = None if labels is None else align_labels(labels, self.ref_top1)
         self.ref_acc = None if self.labels is None else float(np.mean(self.ref_top1 == self.labels))
         self.count = 0
 
