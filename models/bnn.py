@@ -179,9 +179,7 @@ def _train_binary(cfg: dict, teacher, data, out: pathlib.Path, *, force: bool, f
     """Train one binary model of ``cfg`` (distilled from ``teacher``), export it to
     ``out/NAME.onnx`` and measure it: its ``bnn.json`` record (accuracy in onnxruntime, after the
     binarize pipeline with optc's numpy ops, weights against ``fp32_path``)."""
-    import onnxruntime as ort
-
-    from optc.models import digits
+    from optc.models import build, digits
     from optc.passes.optc_ops import reference_evaluator
 
     x_train, y_train, x_test, y_test = data
@@ -195,8 +193,7 @@ def _train_binary(cfg: dict, teacher, data, out: pathlib.Path, *, force: bool, f
     torch_acc = digits.accuracy(model, x_test, y_test)
     path = out / f"{cfg['name']}.onnx"
     bnn.export(model, path, overwrite=force)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    acc, correct = _accuracy(lambda x: sess.run(None, {"input": x})[0], x_test, y_test)
+    acc, correct = build.onnx_accuracy(path, x_test, y_test)
     rewritten, records = binarized(path)
     ev = reference_evaluator(rewritten)
     bacc, bcorrect = _accuracy(lambda x: ev.run(None, {"input": x})[0], x_test, y_test)
@@ -269,19 +266,13 @@ def build_wide(out_dir=None, *, force: bool = False, verbose: bool = False) -> d
     """Train :class:`DigitsCNNWide` (fp32) and :class:`DigitsBCNNWide` (distilled from it), export
     :data:`WIDE_FILES` and merge their records into ``bnn.json`` (``models.digits_bcnn_wide``,
     ``fp32_models.digits_cnn_wide``). The other binary models' files are not touched."""
-    import onnxruntime as ort
-
     from optc.export import export_torch
-    from optc.models import MODELS_DIR, build, digits
+    from optc.models import MODELS_DIR, build, digits, zoo
 
     out = pathlib.Path(out_dir) if out_dir is not None else MODELS_DIR
     build._check_free([out / n for n in WIDE_FILES], force)
     x_train, y_train, x_test, y_test = digits.load_digits_split()
     fcfg, bcfg = BNN_CONFIG["wide"]["fp32"], BNN_CONFIG["wide"]["binary"]
-
-    def ort_acc(path):
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return _accuracy(lambda x: sess.run(None, {"input": x})[0], x_test, y_test)
 
     torch.manual_seed(fcfg["seed"])
     fp32 = globals()[fcfg["class"]]()
@@ -293,7 +284,7 @@ def build_wide(out_dir=None, *, force: bool = False, verbose: bool = False) -> d
     axes = {"input": {0: "N"}, "logits": {0: "N"}}
     export_torch(fp32.eval(), torch.zeros(1, 1, 8, 8), fp32_path, input_names=["input"], output_names=["logits"],
                  dynamic_axes=axes, overwrite=force, keep_batchnorm=True)
-    fp32_acc, fp32_correct = ort_acc(fp32_path)
+    fp32_acc, fp32_correct = build.onnx_accuracy(fp32_path, x_test, y_test)
     fp32_bytes = weight_bytes(binarized(fp32_path, "simplify,fold-constants,fuse-bn,dce")[0])
 
     entry = _train_binary(bcfg, fp32, (x_train, y_train, x_test, y_test), out, force=force, fp32_path=fp32_path,
@@ -304,7 +295,7 @@ def build_wide(out_dir=None, *, force: bool = False, verbose: bool = False) -> d
         "file": fp32_path.name, "class": f"optc.models.bnn.{fcfg['class']}",
         "input": {"name": "input", "shape": ["N", 1, 8, 8], "dtype": "float32"},
         "output": {"name": "logits", "shape": ["N", 10], "dtype": "float32"},
-        "params": int(sum(p.numel() for p in fp32.parameters())),
+        "params": zoo.count_params(fp32),
         "test_accuracy": fp32_acc, "test_correct": fp32_correct,
         "seed": fcfg["seed"], "epochs": fcfg["epochs"], "lr": fcfg["lr"], "batch_size": fcfg["batch_size"],
         "training": "Adam, cosine lr to 0, cross-entropy, 1 thread (optc.models.digits.train)",

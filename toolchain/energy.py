@@ -84,8 +84,9 @@ _BINARY_HINTS = ("bitserial", "binary", "binar", "xnor", "popcount", "bnn")
 _OPTC_MAC_OPS = {"BinaryDense", "BinaryConv2d", "BitserialDense", "BitserialConv2d", "BinaryConv2dThreshold"}
 # optc's integer layers (passes/quant/int_ops.py): int8 x int8 -> int32 MACs.
 _OPTC_INT_OPS = {"IntConv2d", "IntDense"}
-_POOL_SUFFIX = "__optc_energy_pool"  # the MaxPool half of a surrogate BinaryConv2dThreshold
-_LAYOUT_SUFFIX = "__optc_energy_layout"  # NHWC <-> NCHW around the surrogate of an NHWC IntConv2d
+# Names of the helper nodes a surrogate adds (costed with their layer, not as layers): the
+# MaxPool half of a BinaryConv2dThreshold, the Transposes around an NHWC IntConv2d.
+_AUX = "__optc_energy_aux"
 _OPTC_ELEMENTWISE = {"SignThreshold"}
 _REQUANT_FUSABLE = {"Relu", "Clip"}  # clamps folded into an integer layer's requantization
 _NOT_QDQ_GROUP = {"QuantizeLinear", "DequantizeLinear", "Constant", *_VIEW_OPS}
@@ -146,7 +147,7 @@ def surrogate_for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
             if x_nhwc:
                 conv_in = f"__optc_energy_nchw_in_{k}"
                 nodes.append(onnx.helper.make_node("Transpose", [n.input[0]], [conv_in], perm=[0, 3, 1, 2],
-                                                   name=n.name + _LAYOUT_SUFFIX + "_in"))
+                                                   name=n.name + _AUX + "_nchw_in"))
             if y_nhwc:
                 conv_out = f"__optc_energy_nchw_out_{k}"
             nodes.append(onnx.helper.make_node("Conv", [conv_in, dummy], [conv_out], name=n.name,
@@ -155,10 +156,10 @@ def surrogate_for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
                                                dilations=_attr_ints(n, "dilations", [1, 1])))
             if y_nhwc:
                 nodes.append(onnx.helper.make_node("Transpose", [conv_out], [n.output[0]], perm=[0, 2, 3, 1],
-                                                   name=n.name + _LAYOUT_SUFFIX + "_out"))
+                                                   name=n.name + _AUX + "_nhwc_out"))
             if pooled:
                 pool = _attr_ints(n, "pool_shape", [1, 1])
-                nodes.append(onnx.helper.make_node("MaxPool", [conv_out], [n.output[0]], name=n.name + _POOL_SUFFIX,
+                nodes.append(onnx.helper.make_node("MaxPool", [conv_out], [n.output[0]], name=n.name + _AUX + "_pool",
                                                    kernel_shape=pool, strides=pool))
         else:
             shape = [w[1], w[0]] if n.op_type == "IntDense" else [_int_attr(n, "in_features") or 0, w[0]]
@@ -257,11 +258,12 @@ def model_energy(model: onnx.ModelProto) -> dict:
     graph_inputs = {i.name for i in g.input} - weights
     graph_outputs = {o.name for o in g.output}
 
-    # One cost per node of the original graph: the pool half of a fused surrogate is dropped
-    # (its compares are part of the fused binary layer's threshold work).
+    # One cost per node of the original graph: a surrogate's helper nodes are dropped (the
+    # pool half's compares are part of the fused binary layer's threshold work; layout
+    # Transposes are not in the original graph).
     surrogate_layers = [n for n in surrogate.graph.node if n.op_type != "Constant"]
     costs = iter([c for c, n in zip(layer_costs(surrogate), surrogate_layers)
-                  if not n.name.endswith(_POOL_SUFFIX) and _LAYOUT_SUFFIX not in n.name])
+                  if _AUX not in n.name])
     layer_of: dict[int, Any] = {}
     for idx, n in enumerate(g.node):
         if n.op_type != "Constant":
