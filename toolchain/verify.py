@@ -132,8 +132,10 @@ def fit_inputs(arrays: Mapping[str, np.ndarray], specs: list[TensorSpec], source
 
 
 def compare(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str],
-            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict:
-    """Per-output and overall error figures; ``passed`` is the verdict."""
+            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, floors: dict[str, float] | None = None) -> dict:
+    """Per-output and overall error figures; ``passed`` is the verdict. A float output passes
+    within ``max(atol + rtol * max|ref|, floors[name])`` (``floors``: per-output absolute
+    tolerances, recorded as ``tolerance``); integer outputs must match exactly."""
     per = []
     if len(outputs) != len(refs):
         return {"passed": False, "atol": atol, "rtol": rtol, "outputs": [],
@@ -154,8 +156,11 @@ def compare(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str],
             err = np.abs(o - r)[finite]
             max_abs = float(err.max(initial=0.0))
             scale = float(np.abs(r[finite]).max(initial=0.0))
+            tol = max(atol + rtol * scale, (floors or {}).get(name, 0.0))
             entry.update(max_abs_error=max_abs, max_rel_error=max_abs / scale if scale > 0 else max_abs,
-                         reference_max_abs=scale, passed=bool(nan_ok and max_abs <= atol + rtol * scale))
+                         reference_max_abs=scale, passed=bool(nan_ok and max_abs <= tol))
+            if floors is not None:
+                entry["tolerance"] = tol
         per.append(entry)
     return {
         "passed": all(e["passed"] for e in per),
