@@ -94,15 +94,23 @@ def relax_pipeline(target):
     @tvm.transform.module_pass(opt_level=0, name="OptcCpuPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            mod = fast_math(convert_layout(mod))
-            seq = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))
-            mod = seq(mod)
-            mod = schedule_cpu(mod, target)
+            mod = schedule_cpu(fuse_for_schedule(mod, target), target)
             seq = tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
             mod = seq(mod)
         return mod
 
     return _pipeline
+
+
+def fuse_for_schedule(mod, target):
+    """The first half of :func:`relax_pipeline` on an LLVM target (call inside ``with
+    target``): layout conversion, fast math, library dispatch, legalization and fusion -
+    the module whose PrimFuncs :func:`schedule_cpu` schedules (and tuning tunes)."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    mod = fast_math(convert_layout(mod))
+    return tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(mod)
 
 
 def convert_layout(mod):

@@ -2,9 +2,8 @@
 
 Tasks are the PrimFuncs present right where :func:`schedule.schedule_cpu` runs in
 ``schedule.relax_pipeline`` (after optc's layout conversion, legalization and fusion), so a
-tuned schedule matches a function the default compile builds. They are captured by running
-that very pipeline with ``schedule_cpu`` hooked (see :func:`_hook_schedule`), which keeps the
-two in step when the pipeline changes.
+tuned schedule matches a function the default compile builds. Both take the module from
+:func:`schedule.fuse_for_schedule`, which keeps the two in step when the pipeline changes.
 
 * **Database**: a MetaSchedule ``JSONDatabase`` per target (kind, triple, mcpu, cores) under
   ``~/.cache/optc/tuning/<target key>/`` (``OPTC_TUNING_DIR`` or ``--db`` moves it). Records
@@ -56,12 +55,6 @@ MIN_TASK_FLOPS = 20_000
 FINAL_BUILD_FACTOR = 8.0
 FINAL_BUILD_MIN_S = 2.0
 _HOOK_LOCK = threading.RLock()
-
-
-class _Captured(Exception):
-    def __init__(self, mod):
-        super().__init__("captured")
-        self.mod = mod
 
 
 @contextlib.contextmanager
@@ -287,21 +280,8 @@ def extract_tasks(mod, tgt) -> list[tuple[str, object, float]]:
     from tvm import tirx
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    captured = []
-
-    def capture(original, m, target):
-        captured.append(m)
-        raise _Captured(m)  # stop the pipeline here
-
-    with _hook_schedule(capture), tgt:
-        try:
-            schedule.relax_pipeline(tgt)(mod)
-        except Exception:  # noqa: BLE001 - _Captured, possibly re-raised as RuntimeError by the FFI
-            if not captured:
-                raise
-    fused = captured[0] if captured else None
-    if fused is None:
-        raise RuntimeError("optc's pipeline did not reach the scheduling stage")
+    with tgt:
+        fused = schedule.fuse_for_schedule(mod, tgt)
     tasks = []
     for gv, func in fused.functions_items():
         if isinstance(func, tirx.PrimFunc) and not schedule.is_scheduled(func):  # optc's own kernels stay
