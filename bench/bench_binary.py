@@ -342,18 +342,15 @@ def bench_digits(tmp: Path, args, pair: str = "digits_wide") -> dict:
         out.setdefault("verify", {})[f"batch{batch}"] = {v: reps[(v, batch)]["verify"].get("passed") for v in variants}
         sess = {v: session(reps[(v, batch)]["package"])[0] for v in variants}
         x = data["input"][:batch]
+        out["per_layer"][f"batch{batch}"] = {}
         for th in args.threads:
             set_threads(th)
             res = interleaved(sess, {v: [x] for v in variants}, args.repeat, args.rounds)
             out["latency"][f"batch{batch}_{th}_threads"] = res | {"speedup": speedup(res)}
             log(f"  batch {batch}, {th} thread(s): fp32 {res['fp32']['median_ms']:.4f} ms, binary "
                 f"{res['binary']['median_ms']:.4f} ms -> {speedup(res)['median']:.1f}x")
-        out["per_layer"][f"batch{batch}"] = {}
-        for th in args.threads:
-            set_threads(th)
             out["per_layer"][f"batch{batch}"][f"{th}_threads"] = {
                 v: per_layer(reps[(v, batch)]["package"], x) for v in variants}
-        set_threads(args.threads[-1])
     out["accuracy"]["drop_points"] = 100 * (out["accuracy"]["fp32"]["top1"] - out["accuracy"]["binary"]["top1"])
     out["weights"]["ratio_bytes"] = out["weights"]["fp32"]["bytes"] / out["weights"]["binary"]["bytes"]
     out["bnn_json"] = {k: meta[k] for k in ("test_accuracy", "binarized_test_accuracy", "fp32_test_accuracy", "weight_bytes")}

@@ -41,6 +41,7 @@ optc's own int8 kernels are the int8 section.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -66,7 +67,7 @@ except ImportError:  # pragma: no cover
 import onnx_ir as ir  # noqa: E402
 
 from optc import DEFAULT_PIPELINE, frontend, pipeline  # noqa: E402
-from optc.accuracy import sqnr_db  # noqa: E402
+from optc.accuracy import sqnr_db, top1  # noqa: E402
 from optc.passes.quant import calibrate, quantize_model  # noqa: E402
 
 
@@ -110,33 +111,41 @@ def interleaved_latency(models: dict[str, onnx.ModelProto], feeds: dict, rounds:
     """onnxruntime (all optimizations, THREADS threads) per model, interleaved round by round
     so that machine noise hits all alike."""
     sessions = {k: session(m, True) for k, m in models.items()}
-    for s in sessions.values():
-        for _ in range(warmup):
-            s.run(None, feeds)
-    times = {k: [] for k in models}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                s.run(None, feeds)
-                times[k].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for k, t in times.items():
-        t = sorted(t)
-        out[k] = {"median_ms": round(statistics.median(t), 3), "p10_ms": round(t[len(t) // 10], 3),
-                  "p90_ms": round(t[(9 * len(t)) // 10], 3), "n": len(t)}
+    out = interleaved_calls({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, rounds, per_round,
+                            warmup)
     out["method"] = (f"onnxruntime CPU, graph optimizations all, {THREADS} intra-op threads, {warmup} warm-up, "
                      f"{rounds} interleaved rounds x {per_round} calls, wall clock per call")
     out["load_average_1min"] = os.getloadavg()[0]
     return out
 
 
+def interleaved_calls(calls: dict, rounds: int, per_round: int, warmup: int = 5, pause: float = 0.0) -> dict:
+    """Wall-clock milliseconds per call of each callable, interleaved round by round (median,
+    p10, p90). ``pause``: seconds of sleep, then one untimed call, before each block (so no
+    runtime pays for the previous one's spinning worker threads)."""
+    for f in calls.values():
+        for _ in range(warmup):
+            f()
+    times = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, f in calls.items():
+            if pause:
+                time.sleep(pause)
+                f()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                f()
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for k, t in times.items():
+        t = sorted(t)
+        out[k] = {"median_ms": round(statistics.median(t), 3), "p10_ms": round(t[len(t) // 10], 3),
+                  "p90_ms": round(t[(9 * len(t)) // 10], 3), "n": len(t)}
+    return out
+
+
 def size_bytes(model: onnx.ModelProto) -> int:
     return model.ByteSize()
-
-
-def top1(x: np.ndarray) -> np.ndarray:
-    return x.reshape(len(x), -1).argmax(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,13 +192,28 @@ def bench_digits() -> dict:
 # ResNet-18
 
 
-def bench_resnet18(tmp: Path, calib_n: int = 32, eval_n: int = 32) -> dict:
+@functools.cache
+def resnet18_setup(tmp: Path, calib_n: int) -> tuple[onnx.ModelProto, dict]:
+    """ResNet-18 (random weights, ``optc.models.build.export_resnet18``) and its calibration
+    set (``calib_n`` standard-normal inputs, seed 0), shared by the resnet18 and int8 sections."""
     from optc.models.build import export_resnet18
 
-    path = export_resnet18(tmp / "resnet18.onnx", overwrite=True)
-    fp = prepare(path, {})
+    fp = prepare(export_resnet18(tmp / "resnet18.onnx", overwrite=True), {})
     rng = np.random.default_rng(0)
-    calib = {"input": rng.standard_normal((calib_n, 3, 224, 224)).astype(np.float32)}
+    return fp, {"input": rng.standard_normal((calib_n, 3, 224, 224)).astype(np.float32)}
+
+
+@functools.cache
+def resnet18_quantized(tmp: Path, calib_n: int, **params) -> tuple[onnx.ModelProto, dict, float]:
+    """(QDQ model, details, seconds) of :func:`resnet18_setup`'s model with ``params``."""
+    fp, calib = resnet18_setup(tmp, calib_n)
+    t0 = time.perf_counter()
+    q, d = quantize_model(fp, calib, **params)
+    return q, d, time.perf_counter() - t0
+
+
+def bench_resnet18(tmp: Path, calib_n: int = 32, eval_n: int = 32) -> dict:
+    fp, calib = resnet18_setup(tmp, calib_n)
     ev = {"input": np.random.default_rng(1).standard_normal((eval_n, 3, 224, 224)).astype(np.float32)}
     ref = outputs(fp, ev)[0]
     res: dict = {"calibration": f"{calib_n} standard normal inputs (seed 0)",
@@ -200,9 +224,7 @@ def bench_resnet18(tmp: Path, calib_n: int = 32, eval_n: int = 32) -> dict:
                "mse": {"observer": "mse"}, "mse,output-qdq=false": {"observer": "mse", "output_qdq": False},
                "minmax,bias-correction=false": {"bias_correction": False}}
     for obs, params in configs.items():
-        t0 = time.perf_counter()
-        q, d = quantize_model(fp, calib, **params)
-        secs = time.perf_counter() - t0
+        q, d, secs = resnet18_quantized(tmp, calib_n, **params)
         emu, real = outputs(q, ev)[0], outputs(q, ev, optimize=True)[0]
         row = {"sqnr_db": round(sqnr_db(ref, emu), 2), "sqnr_db_ort_int8_kernels": round(sqnr_db(ref, real), 2),
                "top1_agreement": float(np.mean(top1(ref) == top1(emu))), "quantize_seconds": round(secs, 1),
@@ -277,16 +299,12 @@ def bench_int8(tmp: Path, calib_n: int = 32, eval_n: int = 8, rounds: int = 10, 
 
     from optc.backends.tvm import int8 as tvm_int8
     from optc.backends.tvm import lower, schedule
-    from optc.models.build import export_resnet18
     from optc.passes.quant.integerize import integerize_model
     from optc.targets import get_target
 
-    path = export_resnet18(tmp / "resnet18.onnx", overwrite=True)
-    fp = prepare(path, {})
-    rng = np.random.default_rng(0)
-    calib = {"input": rng.standard_normal((calib_n, 3, 224, 224)).astype(np.float32)}
+    fp, _ = resnet18_setup(tmp, calib_n)
     ev = np.random.default_rng(1).standard_normal((eval_n, 3, 224, 224)).astype(np.float32)
-    q, _ = quantize_model(fp, calib, observer=observer)  # mse: the observer that meets 30 dB here
+    q, _, _ = resnet18_quantized(tmp, calib_n, observer=observer)  # mse: the observer that meets 30 dB here
     im, det = integerize_model(q)
     im_nchw, _ = integerize_model(q, nhwc=False)  # the same integer graph, NCHW between layers
     spec = [frontend.TensorSpec("input", "float32", (1, 3, 224, 224))]
@@ -330,25 +348,9 @@ def bench_int8(tmp: Path, calib_n: int = 32, eval_n: int = 8, rounds: int = 10, 
     calls = {"optc_fp32": lambda: vms["optc_fp32"](targs), "optc_int8": lambda: vms["optc_int8"](targs),
              "optc_int8_nchw": lambda: vms["optc_int8_nchw"](targs),
              "ort_fp32": lambda: ort_fp.run(None, feeds), "ort_int8": lambda: ort_q.run(None, feeds)}
-    for f in calls.values():
-        for _ in range(5):
-            f()
-    times = {k: [] for k in calls}
-    for _ in range(rounds):
-        for k, f in calls.items():
-            # Each runtime's idle worker threads spin for a while after a call and steal the 2
-            # cores from the next runtime: pause, then one untimed call, before each block.
-            time.sleep(0.05)
-            f()
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                f()
-                times[k].append((time.perf_counter() - t0) * 1e3)
-    lat = {}
-    for k, t in times.items():
-        t = sorted(t)
-        lat[k] = {"median_ms": round(statistics.median(t), 3), "p10_ms": round(t[len(t) // 10], 3),
-                  "p90_ms": round(t[(9 * len(t)) // 10], 3), "n": len(t)}
+    # Each runtime's idle worker threads spin for a while after a call and steal the 2 cores
+    # from the next runtime: pause, then one untimed call, before each block.
+    lat = interleaved_calls(calls, rounds, per_round, warmup=5, pause=0.05)
     lat["method"] = (f"{THREADS} threads (TVM pool / onnxruntime intra-op), 5 warm-up, {rounds} interleaved rounds "
                      f"x {per_round} calls per runtime (each block after a 50 ms pause and one untimed call), "
                      "wall clock per call; onnxruntime graph optimizations all")
@@ -513,19 +515,25 @@ def bench_ocr(n_eval: int = 300, n_det: int = 40, n_calib: int = 256, mixed: boo
         ref = outputs(fp, ev)[0]
         charset = _rec_charset(mdir / fname) if kind == "rec" else None
 
+        ref_top = top1(ref)  # per sample (cls), per time step (rec)
+        ref_decoded = _ctc_decode(ref) if kind == "rec" else None
+        confident = None
+        if kind == "cls":
+            p = np.exp(ref - ref.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            confident = np.abs(p[:, 0] - p[:, 1]) >= 0.2
+
         def metrics(out: np.ndarray) -> dict:
             m = {"sqnr_db": round(sqnr_db(ref, out), 2)}
             if kind == "cls":
-                p = np.exp(ref - ref.max(1, keepdims=True))
-                p /= p.sum(1, keepdims=True)
-                confident = np.abs(p[:, 0] - p[:, 1]) >= 0.2
-                m["top1_agreement"] = float(np.mean(top1(ref) == top1(out)))
-                m["top1_agreement_confident"] = float(np.mean((top1(ref) == top1(out))[confident]))
+                agree = ref_top == top1(out)
+                m["top1_agreement"] = float(np.mean(agree))
+                m["top1_agreement_confident"] = float(np.mean(agree[confident]))
                 m["accuracy_vs_rotation_label"] = float(np.mean(top1(out) == flips))
             elif kind == "rec":
-                m["timestep_top1_agreement"] = float(np.mean(ref.argmax(-1) == out.argmax(-1)))
-                dr, do = _ctc_decode(ref), _ctc_decode(out)
-                m["decoded_string_agreement"] = float(np.mean([a == b for a, b in zip(dr, do)]))
+                m["timestep_top1_agreement"] = float(np.mean(ref_top == top1(out)))
+                do = _ctc_decode(out)
+                m["decoded_string_agreement"] = float(np.mean([a == b for a, b in zip(ref_decoded, do)]))
                 if charset:
                     m["string_accuracy_vs_rendered_text"] = float(np.mean(
                         ["".join(charset[i] for i in s) == t for s, t in zip(do, texts)]))
@@ -538,9 +546,7 @@ def bench_ocr(n_eval: int = 300, n_det: int = 40, n_calib: int = 256, mixed: boo
         row["float"] = {k: v for k, v in metrics(ref).items() if k not in ("sqnr_db",) and
                         not k.endswith("agreement") and k not in ("mask_iou", "top1_agreement_confident")}
         if kind == "cls":
-            p = np.exp(ref - ref.max(1, keepdims=True))
-            p /= p.sum(1, keepdims=True)
-            row["float"]["confident_fraction"] = float(np.mean(np.abs(p[:, 0] - p[:, 1]) >= 0.2))
+            row["float"]["confident_fraction"] = float(np.mean(confident))
         for name, params in OCR_CONFIGS.items():
             q, d = quantize_model(fp, calib, **params)
             r = {"layers_quantized": len(d["layers"]), "layers_skipped": len(d["skipped"]), "onnx_bytes": size_bytes(q),

@@ -105,13 +105,13 @@ class StreamingHistogram:
         x = np.asarray(x, np.float64).ravel()
         if x.size == 0:
             return
+        lo, hi = float(x.min()), float(x.max())
         if self.lo_j is None:
-            lo, hi = float(x.min()), float(x.max())
             # (a floor on the width relative to the magnitude keeps lattice indices small)
             span = max(hi - lo, 1e-7 * max(abs(hi), abs(lo)), 1e-30)
             self.width = span / (self.bins - 2)
         # lattice indices of the extremes as Python ints (no overflow however far they reach)
-        lo_j, hi_j = math.floor(float(x.min()) / self.width), math.floor(float(x.max()) / self.width)
+        lo_j, hi_j = math.floor(lo / self.width), math.floor(hi / self.width)
         if self.lo_j is not None:
             lo_j, hi_j = min(lo_j, self.lo_j), max(hi_j, self.hi_j)
         while hi_j - lo_j + 1 > self.bins:  # grow: double the width, merge pairs of bins
