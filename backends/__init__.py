@@ -34,13 +34,40 @@ class BuildResult:
 
 
 class Session(Protocol):
-    """A loaded artifact: run it, time it."""
+    """A loaded artifact: run it, time it. Sessions derive from :class:`SessionBase`, which
+    gives every attribute below a default."""
+
+    runnable: bool  # False: built for hardware this machine lacks (``skip_reason`` says why)
+    skip_reason: str | None
+    timing: str  # what ``time`` measures: "measured", or "emulated (...)" / "C simulation"
+    timing_how: str | None  # how the latency was taken, for reports (None: the default text)
+    remote: object | None  # the TVM RPC remote it runs on (None: this machine)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
+
+    def run_many(self, sets: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        """:meth:`run` on each input set (a backend may batch the calls)."""
+        ...
 
     def time(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:
         """Seconds per call for ``repeat`` timed calls after ``warmup`` untimed ones."""
         ...
+
+
+class SessionBase:
+    """Defaults of the :class:`Session` protocol: runnable here, timed for real."""
+
+    runnable = True
+    skip_reason: str | None = None
+    timing = "measured"
+    timing_how: str | None = None
+    remote = None  # the TVM RPC remote a session runs on (None: this machine)
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run_many(self, sets: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        return [self.run(inputs) for inputs in sets]
 
 
 class Backend(Protocol):
@@ -55,8 +82,10 @@ class Backend(Protocol):
         """ONNX op types (default domain) this backend can lower."""
 
     def build(self, model: onnx.ModelProto, inputs: list[TensorSpec], target: Target,
-              out_dir: Path, *, params: str) -> BuildResult:
-        """Lower + build + export the model into ``out_dir`` (legalize, lower, build, export)."""
+              out_dir: Path, *, params: str, tuning=None, progress=None) -> BuildResult:
+        """Lower + build + export the model into ``out_dir`` (legalize, lower, build, export).
+        ``tuning``: the TVM backends' explicit MetaSchedule input (``tune.TuningRequest``;
+        others ignore it); ``progress``: for sub-stage lines of long builds."""
 
     def load(self, pkg_dir: Path, manifest: dict) -> Session:
         """Load an exported artifact for running and timing."""

@@ -33,10 +33,13 @@ What is compared (every package built with ``optc.compile``, verified, default s
    guest instructions per inference from qemu's insn plugin (``optc.backends.tvm.qemu_plugin``)
    when it can be built here. Emulated wall time is not ARM latency and is not reported.
 
-Latency: wall clock per call in the process (``Session.time``), ``--rounds`` rounds that
-alternate fp32 and binary so machine noise hits both alike, ``--repeat`` calls per variant in
-total; medians, p10-p90 and the speed-up (fp32 median / binary median, also per round). TVM's
-thread pool is set to each of ``--threads``.
+Latency: wall clock per call in the process, from numpy inputs to numpy outputs on every side
+(``Session.time`` includes the input conversion and output copies, like onnxruntime's
+``run()``), ``--rounds`` rounds that alternate fp32 and binary so machine noise hits both alike,
+``--repeat`` calls per variant in total; medians, p10-p90 and the speed-up (fp32 median / binary
+median, also per round). TVM's thread pool is set to each of ``--threads`` with
+``runtime.config_threadpool`` (as ``optc.bench``); the count it reports in use and the load
+average are recorded with each figure.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+TIMING_BOUNDARY = ("numpy inputs to numpy outputs for optc (CpuSession.time: input conversion, VM call, output "
+                   "copies) and onnxruntime (run()); per-kernel breakdowns time the kernel calls only")
 
 
 def log(msg: str) -> None:
@@ -222,9 +229,20 @@ class OrtSession:
 
 
 def set_threads(n: int) -> None:
-    from optc.backends.tvm import schedule
+    """Set TVM's thread pool of this process to ``n`` for real, as ``optc.bench`` does."""
+    import tvm
 
-    schedule.set_num_threads(n)
+    tvm.get_global_func("runtime.config_threadpool")(1, int(n))
+
+
+def threads_in_use(n: int) -> dict:
+    """What each side reports in use (read after the warm-up calls, when TVM's pool exists),
+    and the load average: recorded with every latency figure."""
+    import tvm
+
+    return {"threads_applied": {"optc (TVM runtime.NumThreads)": int(tvm.get_global_func("runtime.NumThreads")()),
+                                "onnxruntime (intra_op_num_threads)": n},
+            "load_average": [round(v, 2) for v in os.getloadavg()]}
 
 
 # ------------------------------------------------------------------------------- experiments
@@ -244,7 +262,8 @@ def bench_layers(tmp: Path, args, results: dict) -> dict:
             both = sess | {"onnxruntime_fp32": OrtSession(lay["fp32"], "x", th)}
             res = interleaved(both, {k: [lay["x"]] for k in both}, args.repeat, args.rounds)
             entry["latency"][f"{th}_threads"] = res | {"speedup": speedup(res),
-                                                       "speedup_vs_onnxruntime_fp32": speedup(res, "onnxruntime_fp32")}
+                                                       "speedup_vs_onnxruntime_fp32": speedup(res, "onnxruntime_fp32")
+                                                       } | threads_in_use(th)
             log(f"  {th} thread(s): fp32 {res['fp32']['median_ms']:.4f} ms (onnxruntime "
                 f"{res['onnxruntime_fp32']['median_ms']:.4f} ms), binary {res['binary']['median_ms']:.4f} ms "
                 f"-> {speedup(res)['median']:.1f}x")
@@ -346,7 +365,7 @@ def bench_digits(tmp: Path, args, pair: str = "digits_wide") -> dict:
         for th in args.threads:
             set_threads(th)
             res = interleaved(sess, {v: [x] for v in variants}, args.repeat, args.rounds)
-            out["latency"][f"batch{batch}_{th}_threads"] = res | {"speedup": speedup(res)}
+            out["latency"][f"batch{batch}_{th}_threads"] = res | {"speedup": speedup(res)} | threads_in_use(th)
             log(f"  batch {batch}, {th} thread(s): fp32 {res['fp32']['median_ms']:.4f} ms, binary "
                 f"{res['binary']['median_ms']:.4f} ms -> {speedup(res)['median']:.1f}x")
             out["per_layer"][f"batch{batch}"][f"{th}_threads"] = {
@@ -364,13 +383,14 @@ def bench_digits(tmp: Path, args, pair: str = "digits_wide") -> dict:
 
 # ------------------------------------------------------------------------------- main
 def table(results: dict) -> str:
-    lines = ["", "== layers (batch 1, cpu) =="]
+    lines = ["", f"timing boundary: {TIMING_BOUNDARY}", "", "== layers (batch 1, cpu) =="]
     for name, r in results.get("layers", {}).items():
         for th, lat in r["latency"].items():
             lines.append(f"{name:22s} {th:10s} fp32 {lat['fp32']['median_ms']:9.4f} ms  binary {lat['binary']['median_ms']:8.4f} ms"
                          f"  speed-up {lat['speedup']['median']:6.1f}x (rounds {lat['speedup']['per_round_min']:.1f}-"
                          f"{lat['speedup']['per_round_max']:.1f}); onnxruntime fp32 {lat['onnxruntime_fp32']['median_ms']:.4f} ms "
-                         f"({lat['speedup_vs_onnxruntime_fp32']['median']:.1f}x)")
+                         f"({lat['speedup_vs_onnxruntime_fp32']['median']:.1f}x); TVM threads in use "
+                         f"{lat['threads_applied']['optc (TVM runtime.NumThreads)']}, load {lat['load_average'][0]:.2f}")
         lines.append(f"{'':22s} weight bits {r['weight_bits']['fp32_bits']} -> {r['weight_bits']['binary_bits']} "
                      f"({r['size_ratio_bits']:.1f}x); integer part exact vs numpy: {r['integer_exact_vs_numpy']}")
         if "arm" in r:
@@ -388,7 +408,9 @@ def table(results: dict) -> str:
         for k, lat in d["latency"].items():
             sp = lat["speedup"]
             lines.append(f"{k:20s} fp32 {lat['fp32']['median_ms']:.4f} ms  binary {lat['binary']['median_ms']:.4f} ms  "
-                         f"speed-up {sp['median']:.1f}x (rounds {sp['per_round_min']:.1f}-{sp['per_round_max']:.1f})")
+                         f"speed-up {sp['median']:.1f}x (rounds {sp['per_round_min']:.1f}-{sp['per_round_max']:.1f}); "
+                         f"TVM threads in use {lat['threads_applied']['optc (TVM runtime.NumThreads)']}, "
+                         f"load {lat['load_average'][0]:.2f}")
         lines.append(f"top-1 fp32 {d['accuracy']['fp32']['top1']:.4f}  binary {d['accuracy']['binary']['top1']:.4f}  "
                      f"(drop {d['accuracy']['drop_points']:.2f} points)")
         lines.append(f"weights fp32 {d['weights']['fp32']['bytes']} B ({d['weights']['fp32']['bits']} bits)  binary "
@@ -429,6 +451,7 @@ def main(argv=None) -> int:
                            "cpu_count": os.cpu_count(), "tvm_target": None,
                            "load_average_at_start": os.getloadavg()},
                "method": "wall clock per call (Session.time), interleaved rounds; see module docstring",
+               "timing_boundary": TIMING_BOUNDARY,
                "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"json": str(args.json)}}
     from optc.backends.tvm import lower
     from optc.targets import get_target

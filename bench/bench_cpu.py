@@ -6,6 +6,7 @@ ORT graph optimizations on) interleaved in one run. Prints a table and writes JS
 ``bench/results/``. See bench/README.md.
 
     python bench/bench_cpu.py                       # all models, 2 threads
+    python bench/bench_cpu.py --threads 1,2         # each package at 1 and at 2 threads
     python bench/bench_cpu.py --models resnet18,minilm --threads 2 --repeat 50
     python bench/bench_cpu.py --quick               # fewer repetitions
 """
@@ -113,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS),
                     help=f"comma-separated subset of {','.join(MODELS)} (default: all)")
-    ap.add_argument("--threads", type=int, default=2, help="threads for optc and onnxruntime (default 2)")
+    ap.add_argument("--threads", default="2",
+                    help="threads for optc and onnxruntime, or a comma list (e.g. 1,2: each package is "
+                         "benched at each count, one after the other; default 2)")
     ap.add_argument("--repeat", type=int, default=50, help="timed runs per runtime (default 50)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--quick", action="store_true", help="repeat 10, 2 rounds")
@@ -125,13 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeat, args.rounds = 10, 2
     names = [m.strip() for m in args.models.split(",") if m.strip()]
+    thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
 
-    # The thread pool reads TVM_NUM_THREADS when it starts: set it before TVM is loaded.
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    # optc.bench sets TVM's pool for real (runtime.config_threadpool) and records the count in
+    # use after a warm-up call (threads_applied); onnxruntime gets intra_op_num_threads.
     import optc
-    from optc.backends.tvm import schedule
 
-    schedule.set_num_threads(args.threads)
     work = RESULTS / "packages"
     rows = []
     for name in names:
@@ -151,42 +153,53 @@ def main(argv: list[str] | None = None) -> int:
                                  force=True, tune=100000, tune_seconds=args.tune_seconds,
                                  tuning_db=RESULTS / "tuning")
             tuned["wall_s"] = time.perf_counter() - t0
-        if tuned is None:
-            res = optc.bench(report["package"], threads=args.threads, repeat=args.repeat,
-                             rounds=args.rounds, warmup=5)
-        else:  # untuned+ort and tuned+ort benches alternate, one round each
-            import statistics
+        for th in thread_counts:  # one package, benched at each thread count
+            if tuned is None:
+                res = optc.bench(report["package"], threads=th, repeat=args.repeat,
+                                 rounds=args.rounds, warmup=5)
+            else:  # untuned+ort and tuned+ort benches alternate, one round each
+                import statistics
 
-            per = max(1, args.repeat // args.rounds)
-            parts = {"u": [], "t": []}
-            for _ in range(args.rounds):
-                parts["u"].append(optc.bench(report["package"], threads=args.threads, repeat=per, rounds=1, warmup=3))
-                parts["t"].append(optc.bench(tuned["package"], threads=args.threads, repeat=per, rounds=1, warmup=3))
-            med = lambda rs, k: statistics.median(r[k]["median_ms"] for r in rs)  # noqa: E731
-            res = {"optc": {"median_ms": med(parts["u"], "optc")},
-                   "onnxruntime": {"median_ms": statistics.median([med(parts["u"], "onnxruntime"),
-                                                                    med(parts["t"], "onnxruntime")])}}
-            res["ratio_optc_over_ort"] = res["optc"]["median_ms"] / res["onnxruntime"]["median_ms"]
-            res["tuned_ms"] = med(parts["t"], "optc")
-        rows.append({
-            **({"tuned_ms": res["tuned_ms"], "tuned_ratio": res["tuned_ms"] / res["onnxruntime"]["median_ms"],
-                "tuning": tuned.get("tuning"), "tuned_compile_s": tuned["wall_s"]} if tuned else {}),
-            "model": name, "description": desc, "compile_s": compile_s,
-            "compile_stage_seconds": report["stage_seconds"],
-            "verify_max_abs_error": max(o.get("max_abs_error", 0) for o in report["verify"]["outputs"]),
-            "optc_ms": res["optc"]["median_ms"], "ort_ms": res["onnxruntime"]["median_ms"],
-            "ratio": res["ratio_optc_over_ort"], "optc": res["optc"], "onnxruntime": res["onnxruntime"],
-        })
+                per = max(1, args.repeat // args.rounds)
+                parts = {"u": [], "t": []}
+                for _ in range(args.rounds):
+                    parts["u"].append(optc.bench(report["package"], threads=th, repeat=per, rounds=1, warmup=3))
+                    parts["t"].append(optc.bench(tuned["package"], threads=th, repeat=per, rounds=1, warmup=3))
+                med = lambda rs, k: statistics.median(r[k]["median_ms"] for r in rs)  # noqa: E731
+                res = {"optc": {"median_ms": med(parts["u"], "optc")},
+                       "onnxruntime": {"median_ms": statistics.median([med(parts["u"], "onnxruntime"),
+                                                                        med(parts["t"], "onnxruntime")])}}
+                res["ratio_optc_over_ort"] = res["optc"]["median_ms"] / res["onnxruntime"]["median_ms"]
+                res["tuned_ms"] = med(parts["t"], "optc")
+                res.update({k: parts["u"][0].get(k) for k in ("threads_applied", "method", "baselines")})
+            rows.append({
+                **({"tuned_ms": res["tuned_ms"], "tuned_ratio": res["tuned_ms"] / res["onnxruntime"]["median_ms"],
+                    "tuning": tuned.get("tuning"), "tuned_compile_s": tuned["wall_s"]} if tuned else {}),
+                "model": name, "threads": th, "description": desc, "compile_s": compile_s,
+                "compile_stage_seconds": report["stage_seconds"],
+                "verify_max_abs_error": max(o.get("max_abs_error", 0) for o in report["verify"]["outputs"]),
+                "optc_ms": res["optc"]["median_ms"], "ort_ms": res["onnxruntime"]["median_ms"],
+                "ratio": res["ratio_optc_over_ort"], "optc": res["optc"], "onnxruntime": res["onnxruntime"],
+                "baselines": res.get("baselines"), "threads_applied": res.get("threads_applied"),
+                "method": res.get("method"), "loadavg": os.getloadavg(),
+            })
 
-    print(f"\noptc vs onnxruntime, {args.threads} threads, median of {args.repeat} runs "
-          f"({args.rounds} interleaved rounds); ratio = optc / ort (lower is better)")
-    print(f"{'model':<12} {'compile s':>9} {'optc ms':>10} {'ort ms':>10} {'ratio':>7}")
+    print(f"\noptc vs onnxruntime on the package's deployable model, threads {args.threads}, "
+          f"median of {args.repeat} runs ({args.rounds} interleaved rounds); ratio = optc / ort (lower is better)")
+    print("timing boundary: numpy inputs to numpy outputs on both sides (optc.bench)")
     for r in rows:
-        print(f"{r['model']:<12} {r['compile_s']:>9.1f} {r['optc_ms']:>10.3f} {r['ort_ms']:>10.3f} "
-              f"{r['ratio']:>6.2f}x")
+        print(f"  {r['model']} ({r['threads']} requested): threads in use {r['threads_applied']}; load average "
+              + " ".join(f"{x:.2f}" for x in r["loadavg"]))
+    print(f"{'model':<12} {'threads':>7} {'compile s':>9} {'optc ms':>10} {'ort ms':>10} {'ratio':>7} "
+          f"{'vs orig':>7} {'load':>5}")
+    for r in rows:
+        orig = (r["baselines"] or {}).get("original")
+        print(f"{r['model']:<12} {r['threads']:>7} {r['compile_s']:>9.1f} {r['optc_ms']:>10.3f} {r['ort_ms']:>10.3f} "
+              f"{r['ratio']:>6.2f}x {(format(orig['ratio_optc_over_this'], '6.2f') + 'x') if orig else '      -':>7} "
+              f"{r['loadavg'][0]:>5.2f}")
         if "tuned_ms" in r:
             t = r["tuning"] or {}
-            print(f"{'  tuned':<12} {r['tuned_compile_s']:>9.1f} {r['tuned_ms']:>10.3f} {r['ort_ms']:>10.3f} "
+            print(f"{'  tuned':<12} {r['threads']:>7} {r['tuned_compile_s']:>9.1f} {r['tuned_ms']:>10.3f} {r['ort_ms']:>10.3f} "
                   f"{r['tuned_ratio']:>6.2f}x  ({t.get('functions_from_database', 0)} of "
                   f"{t.get('functions', '?')} functions tuned)")
 
@@ -201,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "cpu": tvm.target.codegen.llvm_get_system_cpu(),
                     "cores": os.cpu_count()},
         "versions": {"optc": optc.__version__, "tvm": tvm.__version__, "onnxruntime": onnxruntime.__version__},
-        "threads": args.threads, "repeat": args.repeat, "rounds": args.rounds,
+        "threads": thread_counts, "repeat": args.repeat, "rounds": args.rounds,
+        "timing_boundary": "numpy inputs to numpy outputs, both sides (optc.bench)",
         "models": rows,
     }, indent=2))
     print(f"\nwrote {out}")

@@ -17,13 +17,15 @@
    residual groups (the channels tied by the Add of each stage) included. Both models are
    compiled with ``optc.compile(..., measure=False)`` (default cleanup pipeline, verified
    against onnxruntime) and timed with ``optc.bench`` (same thread count, interleaved rounds,
-   onnxruntime beside it on the same ONNX). Target: optc latency >= 2.5x lower, output shape
-   preserved, valid ONNX (checker + onnxruntime).
+   onnxruntime beside it on the package's deployable model). Target: optc latency >= 2.5x
+   lower, output shape preserved, valid ONNX (checker + onnxruntime).
 
-Latency is wall-clock per call on this machine (cores, CPU and method are printed), measured
-with ``optc.bench`` in ``--rounds`` rounds that alternate the packages being compared (so
-machine noise hits both alike); the table gives the median of the round medians and their
-min-max, and the speed-up is also given per round.
+Latency is wall-clock per call on this machine (cores, CPU and method are printed), from numpy
+inputs to numpy outputs on both sides, measured with ``optc.bench`` (which sets TVM's thread
+pool for real and reports the count in use) in ``--rounds`` rounds that alternate the packages
+being compared (so machine noise hits both alike); the table gives the median of the round
+medians and their min-max, and the speed-up is also given per round. ``--threads 1,2`` times
+the same packages at each count in turn (one table each).
 """
 
 from __future__ import annotations
@@ -60,26 +62,35 @@ def _compile(optc, path: Path, out: Path, **kw) -> dict:
 
 
 def _ab_bench(optc, entries: dict[str, dict], args) -> None:
-    """Time the packages A/B: ``args.rounds`` rounds, each running ``optc.bench`` (optc and
-    onnxruntime interleaved, ``args.repeat`` calls each) on every package in turn, so machine
-    noise hits all alike. Adds per-package medians over all calls and per-round medians."""
-    per_round: dict[str, dict[str, list[float]]] = {k: {"optc": [], "onnxruntime": []} for k in entries}
-    for r in range(args.rounds):
+    """Time the packages A/B at each thread count of ``args.threads``: ``args.rounds`` rounds,
+    each running ``optc.bench`` (optc and onnxruntime on the package's deployable model,
+    interleaved, ``args.repeat`` calls each, both timed from numpy inputs to numpy outputs) on
+    every package in turn, so machine noise hits all alike. Adds per-package medians over all
+    calls and per-round medians under ``by_threads[n]``, with the thread counts each side
+    reported in use and the load average of each round."""
+    for n in args.thread_counts:
+        per_round: dict[str, dict[str, list[float]]] = {k: {"optc": [], "onnxruntime": []} for k in entries}
+        loads = []
+        for r in range(args.rounds):
+            for key, e in entries.items():
+                res = optc.bench(e["package"], warmup=args.warmup, repeat=args.repeat, rounds=1, threads=n)
+                b = e.setdefault("by_threads", {}).setdefault(n, {})
+                b["threads"], b["method"] = res["threads"], res["method"]
+                b["threads_applied"] = res.get("threads_applied")
+                for rt in ("optc", "onnxruntime"):
+                    if rt in res:
+                        per_round[key][rt].append(res[rt]["median_ms"])
+            loads.append(round(os.getloadavg()[0], 2))
+            log(f"  {n} thread(s), round {r + 1}/{args.rounds} (load {loads[-1]}): " + ", ".join(
+                f"{k} optc {v['optc'][-1]:.3g} ms" for k, v in per_round.items()))
         for key, e in entries.items():
-            res = optc.bench(e["package"], warmup=args.warmup, repeat=args.repeat, rounds=1,
-                             threads=args.threads)
-            e["threads"], e["method"] = res["threads"], res["method"]
-            for rt in ("optc", "onnxruntime"):
-                if rt in res:
-                    per_round[key][rt].append(res[rt]["median_ms"])
-        log(f"  round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{k} optc {v['optc'][-1]:.3g} ms" for k, v in per_round.items()))
-    for key, e in entries.items():
-        for rt, meds in per_round[key].items():
-            if meds:
-                ms = sorted(meds)
-                e[rt] = {"median_ms": float(np.median(ms)), "p10_ms": ms[0], "p90_ms": ms[-1],
-                         "round_medians_ms": meds, "repeat": args.repeat * args.rounds}
+            b = e["by_threads"][n]
+            b["load_average_1min_per_round"] = loads
+            for rt, meds in per_round[key].items():
+                if meds:
+                    ms = sorted(meds)
+                    b[rt] = {"median_ms": float(np.median(ms)), "p10_ms": ms[0], "p90_ms": ms[-1],
+                             "round_medians_ms": meds, "repeat": args.repeat * args.rounds}
 
 
 def bench_digits(args, work: Path) -> dict:
@@ -154,13 +165,22 @@ def bench_resnet18(args, work: Path) -> dict:
     return res
 
 
-def table(results: dict, args) -> str:
+def table(results: dict, args, threads: int) -> str:
+    """The table of one thread count (``by_threads[threads]`` of every package)."""
+    for sec in results.values():
+        for e in sec.values():
+            if isinstance(e, dict) and threads in e.get("by_threads", {}):
+                e.update(e["by_threads"][threads])
     lines = []
     cpu = platform.processor() or platform.machine()
-    threads = args.threads or os.cpu_count()
-    lines.append(f"machine: {cpu}, {os.cpu_count()} cores, {threads} thread(s) per runtime; latency: optc.bench per package, {args.rounds} "
+    some = next(e for sec in results.values() for e in sec.values() if isinstance(e, dict) and "by_threads" in e)
+    loads = some["load_average_1min_per_round"]
+    lines.append(f"machine: {cpu}, {os.cpu_count()} cores, {threads} thread(s) per runtime (in use: "
+                 f"{some.get('threads_applied')}); latency: optc.bench per package, {args.rounds} "
                  f"rounds alternating the packages, {args.repeat} calls per runtime per round; median of the "
-                 "round medians (min-max over rounds) in ms; onnxruntime on the same ONNX, inputs and threads")
+                 "round medians (min-max over rounds) in ms; onnxruntime on the package's deployable model "
+                 "(model.onnx), same inputs and threads; timing boundary: numpy inputs to numpy outputs on "
+                 f"both sides; load average (1 min) per round {min(loads):.2f}-{max(loads):.2f}")
     lines.append("")
     lines.append("| model | params | FLOPs | ONNX bytes | top-1 | optc ms | onnxruntime ms |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
@@ -220,11 +240,15 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per bench call (default 2)")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per runtime per round (default 10)")
     p.add_argument("--rounds", type=int, default=5, help="rounds alternating the packages (default 5)")
-    p.add_argument("--threads", type=int, help="threads for optc and onnxruntime (default: all cores)")
+    p.add_argument("--threads", help="threads for optc and onnxruntime, or a comma list (1,2: the packages are "
+                                     "timed at each count in turn; default: all cores)")
     p.add_argument("--workdir", help="keep models and packages here (default: a temporary folder)")
     p.add_argument("--json", help="write all figures to this JSON file")
     args = p.parse_args(argv)
     which = [w.strip() for w in args.which.split(",") if w.strip()]
+    from optc.targets import host_cores
+
+    args.thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [host_cores()]
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_prune_") as tmp:
         work = Path(args.workdir or tmp)
@@ -233,7 +257,7 @@ def main(argv=None) -> int:
             results["digits"] = bench_digits(args, work)
         if "resnet18" in which:
             results["resnet18"] = bench_resnet18(args, work)
-    text = table(results, args)
+    text = "\n\n".join(table(results, args, n) for n in args.thread_counts)
     print(text)
     if args.json:
         from optc.artifact import _json_default

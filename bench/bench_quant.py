@@ -28,8 +28,10 @@ Sections (see bench/README_quant.md for the numbers and how to read them):
 * **int8**: ResNet-18 as above (``observer=mse``): optc fp32 (TVM), optc int8 (``quantize`` +
   ``integerize``: optc's integer kernels, ``vpdpbusd`` on AVX-512 VNNI; also with
   ``integerize<nhwc=false>``, NCHW between layers), onnxruntime fp32 and
-  onnxruntime on the QDQ model, 2 threads each, interleaved round by round (a pause and an
-  untimed call before each block, so no runtime pays for the other's spinning threads);
+  onnxruntime on the QDQ model, 2 threads each (``--threads 1,2``: each count in turn; TVM's pool
+  set with ``runtime.config_threadpool`` and read back), interleaved round by round (a pause and an
+  untimed call before each block, so no runtime pays for the other's spinning threads), every
+  call timed from numpy input to numpy outputs (conversions included, as ``optc.bench``);
   medians, ratios, SQNR vs fp32, exactness against the numpy reference, file/library sizes.
 
 Accuracy figures come from onnxruntime twice: graph optimizations off (the QDQ graph computed
@@ -286,19 +288,27 @@ def vnni_peak(threads: int, tmp: Path) -> dict | None:
     return json.loads(out.stdout)
 
 
+def _flat(out) -> list:
+    """A Relax VM result as a flat list of tensors (a tuple of outputs or one tensor)."""
+    if isinstance(out, (list, tuple)) or type(out).__name__ in ("Array", "Tuple"):
+        return [t for o in out for t in _flat(o)]
+    return [out]
+
+
 def bench_int8(tmp: Path, calib_n: int = 32, eval_n: int = 8, rounds: int = 10, per_round: int = 10,
-               observer: str = "mse") -> dict:
+               observer: str = "mse", threads: tuple[int, ...] = (THREADS,)) -> dict:
     """ResNet-18 (``optc.models.build.export_resnet18``, random weights, 1x3x224x224): optc fp32
     (TVM, optc's CPU schedules, untuned), optc int8 (``quantize`` + ``integerize``: int8 kernels
     with vpdpbusd on this CPU; NHWC between layers, and NCHW as a second variant), onnxruntime
     fp32 and onnxruntime on the QDQ model (it fuses
-    the QDQ pairs into its own int8 kernels): THREADS threads each, interleaved round by round;
-    SQNR of the int8 logits vs fp32 on eval_n inputs."""
+    the QDQ pairs into its own int8 kernels): at each of ``threads`` (TVM pool set with
+    runtime.config_threadpool, onnxruntime intra-op), interleaved round by round, every call
+    timed from numpy input to numpy outputs; SQNR of the int8 logits vs fp32 on eval_n inputs."""
     import tvm
     from tvm import relax
 
     from optc.backends.tvm import int8 as tvm_int8
-    from optc.backends.tvm import lower, schedule
+    from optc.backends.tvm import lower
     from optc.passes.quant.integerize import integerize_model
     from optc.targets import get_target
 
@@ -309,8 +319,7 @@ def bench_int8(tmp: Path, calib_n: int = 32, eval_n: int = 8, rounds: int = 10, 
     im_nchw, _ = integerize_model(q, nhwc=False)  # the same integer graph, NCHW between layers
     spec = [frontend.TensorSpec("input", "float32", (1, 3, 224, 224))]
     target = get_target("cpu")
-    schedule.set_num_threads(THREADS)
-    res: dict = {"model": "ResNet-18 (random weights), 1x3x224x224", "threads": THREADS,
+    res: dict = {"model": "ResNet-18 (random weights), 1x3x224x224", "threads": list(threads),
                  "quantize": f"w8a8 per-channel, uint8 activations, observer={observer}, {calib_n} calibration inputs",
                  "integer_layers": len(det["layers"]), "float_layers": det["float_layers"],
                  "integer_pools": det.get("integer_pools", []), "nhwc_tensors": det["nhwc_tensors"],
@@ -327,7 +336,7 @@ def bench_int8(tmp: Path, calib_n: int = 32, eval_n: int = 8, rounds: int = 10, 
         res[f"{name}_library_bytes"] = (tmp / f"{name}.so").stat().st_size
         res[f"{name}_build_seconds"] = round(time.perf_counter() - t0, 1)
         log(f"int8 bench: built {name} in {res[f'{name}_build_seconds']} s")
-    ort_fp, ort_q = session(fp, True), session(q, True)
+    ort_q = session(q, True)
     # fidelity: optc int8 (TVM) and onnxruntime int8 vs fp32, and optc int8 vs its numpy reference
     ref = outputs(fp, {"input": ev})[0]
     mine = np.concatenate([vms["optc_int8"](tvm.runtime.tensor(ev[i:i + 1])).numpy() for i in range(eval_n)])
@@ -344,39 +353,56 @@ def bench_int8(tmp: Path, calib_n: int = 32, eval_n: int = 8, rounds: int = 10, 
     res["optc_int8_vs_qdq_float_max_abs"] = float(np.abs(mine - qdq).max())
     x1 = ev[:1]
     feeds = {"input": x1}
-    targs = tvm.runtime.tensor(x1)
-    calls = {"optc_fp32": lambda: vms["optc_fp32"](targs), "optc_int8": lambda: vms["optc_int8"](targs),
-             "optc_int8_nchw": lambda: vms["optc_int8_nchw"](targs),
-             "ort_fp32": lambda: ort_fp.run(None, feeds), "ort_int8": lambda: ort_q.run(None, feeds)}
-    # Each runtime's idle worker threads spin for a while after a call and steal the 2 cores
-    # from the next runtime: pause, then one untimed call, before each block.
-    lat = interleaved_calls(calls, rounds, per_round, warmup=5, pause=0.05)
-    lat["method"] = (f"{THREADS} threads (TVM pool / onnxruntime intra-op), 5 warm-up, {rounds} interleaved rounds "
-                     f"x {per_round} calls per runtime (each block after a 50 ms pause and one untimed call), "
-                     "wall clock per call; onnxruntime graph optimizations all")
-    lat["load_average_1min"] = os.getloadavg()[0]
-    med = {k: lat[k]["median_ms"] for k in calls}
-    lat["ratios"] = {"optc_fp32_over_optc_int8": round(med["optc_fp32"] / med["optc_int8"], 2),
-                     "optc_int8_over_ort_int8": round(med["optc_int8"] / med["ort_int8"], 2),
-                     "optc_int8_nhwc_over_nchw": round(med["optc_int8"] / med["optc_int8_nchw"], 2),
-                     "ort_fp32_over_ort_int8": round(med["ort_fp32"] / med["ort_int8"], 2)}
-    res["latency"] = lat
-    # the hardware's ceiling: MACs of the model over the measured vpdpbusd peak at THREADS threads
-    from optc.analysis import layer_costs
+    # Same boundary on both sides, as optc.bench: numpy input in, numpy outputs out (the TVM call
+    # includes tvm.runtime.tensor(x) and .numpy() of the outputs; onnxruntime's run() converts too).
+    optc_call = lambda f: lambda: [o.numpy() for o in _flat(f(tvm.runtime.tensor(x1)))]  # noqa: E731
+    macs = None
+    res["latency_by_threads"], res["roofline_by_threads"] = {}, {}
+    for n in threads:
+        # The TVM pool is set for real (runtime.config_threadpool, as optc.bench does) and the count
+        # it holds is read back after a warm-up call; onnxruntime gets intra_op_num_threads = n.
+        tvm.get_global_func("runtime.config_threadpool")(1, int(n))
+        ort_fp, ort_q = session(fp, True, threads=n), session(q, True, threads=n)
+        calls = {"optc_fp32": optc_call(vms["optc_fp32"]), "optc_int8": optc_call(vms["optc_int8"]),
+                 "optc_int8_nchw": optc_call(vms["optc_int8_nchw"]),
+                 "ort_fp32": lambda: ort_fp.run(None, feeds), "ort_int8": lambda: ort_q.run(None, feeds)}
+        calls["optc_fp32"]()
+        applied = int(tvm.get_global_func("runtime.NumThreads")())
+        # Each runtime's idle worker threads spin for a while after a call and steal the 2 cores
+        # from the next runtime: pause, then one untimed call, before each block.
+        lat = interleaved_calls(calls, rounds, per_round, warmup=5, pause=0.05)
+        lat["threads_applied"] = {"optc (TVM runtime.NumThreads)": applied, "onnxruntime (intra_op_num_threads)": n}
+        lat["timing_boundary"] = "numpy inputs to numpy outputs, both sides"
+        lat["method"] = (f"{n} threads (TVM pool via runtime.config_threadpool, {applied} in use / onnxruntime "
+                         f"intra-op), 5 warm-up, {rounds} interleaved rounds x {per_round} calls per runtime (each "
+                         "block after a 50 ms pause and one untimed call), wall clock per call from numpy input to "
+                         "numpy outputs on both sides; onnxruntime graph optimizations all")
+        lat["load_average_1min"] = os.getloadavg()[0]
+        med = {k: lat[k]["median_ms"] for k in calls}
+        lat["ratios"] = {"optc_fp32_over_optc_int8": round(med["optc_fp32"] / med["optc_int8"], 2),
+                         "optc_int8_over_ort_int8": round(med["optc_int8"] / med["ort_int8"], 2),
+                         "optc_int8_nhwc_over_nchw": round(med["optc_int8"] / med["optc_int8_nchw"], 2),
+                         "optc_fp32_over_ort_fp32": round(med["optc_fp32"] / med["ort_fp32"], 2),
+                         "ort_fp32_over_ort_int8": round(med["ort_fp32"] / med["ort_int8"], 2)}
+        res["latency_by_threads"][n] = lat
+        # the hardware's ceiling: MACs of the model over the measured vpdpbusd peak at n threads
+        from optc.analysis import layer_costs
 
-    macs = sum(c.macs for c in layer_costs(fp))
-    peak = vnni_peak(THREADS, tmp)
-    res["roofline"] = {"model_gmacs": round(macs / 1e9, 3), "vnni_peak": peak}
-    if peak:
-        floor_ms = macs / (peak["gmac_per_s"] * 1e9) * 1e3
-        res["roofline"].update(
-            floor_ms=round(floor_ms, 3),
-            fraction_of_peak={k: round(floor_ms / med[k], 3) for k in ("optc_int8", "optc_int8_nchw", "ort_int8")},
-            fraction_needed_for_0_8x_ort=round(floor_ms / (0.8 * med["ort_int8"]), 3),
-            method="floor = model MACs (optc.analysis.layer_costs) / measured vpdpbusd zmm peak "
-                   "(bench/vnni_peak.c, same thread count); fraction = floor / median latency")
-    log("int8 bench: " + ", ".join(f"{k} {v} ms" for k, v in med.items()) + f"; ratios {lat['ratios']}; "
-        f"SQNR {res['sqnr_db']} (load {lat['load_average_1min']:.1f}); roofline {res['roofline']}")
+        macs = macs or sum(c.macs for c in layer_costs(fp))
+        peak = vnni_peak(n, tmp)
+        roof = {"model_gmacs": round(macs / 1e9, 3), "vnni_peak": peak}
+        if peak:
+            floor_ms = macs / (peak["gmac_per_s"] * 1e9) * 1e3
+            roof.update(
+                floor_ms=round(floor_ms, 3),
+                fraction_of_peak={k: round(floor_ms / med[k], 3) for k in ("optc_int8", "optc_int8_nchw", "ort_int8")},
+                fraction_needed_for_0_8x_ort=round(floor_ms / (0.8 * med["ort_int8"]), 3),
+                method="floor = model MACs (optc.analysis.layer_costs) / measured vpdpbusd zmm peak "
+                       "(bench/vnni_peak.c, same thread count); fraction = floor / median latency")
+        res["roofline_by_threads"][n] = roof
+        log(f"int8 bench, {n} threads ({applied} in TVM's pool): " + ", ".join(f"{k} {v} ms" for k, v in med.items())
+            + f"; ratios {lat['ratios']}; SQNR {res['sqnr_db']} (load {lat['load_average_1min']:.1f}); roofline {roof}")
+    res["latency"], res["roofline"] = res["latency_by_threads"][threads[0]], res["roofline_by_threads"][threads[0]]
     return res
 
 
@@ -589,6 +615,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ocr-models", default="cls,rec,det", help="ocr section: which PP-OCR models")
     ap.add_argument("--ocr-calib", type=int, default=256, help="ocr section: calibration lines (pages: a quarter)")
     ap.add_argument("--no-mixed", action="store_true", help="ocr section: skip the mixed-precision searches (~6 min)")
+    ap.add_argument("--threads", default=str(THREADS),
+                    help="int8 section: thread count(s), comma list, e.g. 1,2 (default 2)")
     ap.add_argument("--json", metavar="PATH", help="write results as JSON")
     args = ap.parse_args(argv)
     import onnxruntime
@@ -608,7 +636,7 @@ def main(argv=None) -> int:
             results["ocr"] = bench_ocr(n_calib=args.ocr_calib, mixed=not args.no_mixed,
                                        kinds=tuple(k.strip() for k in args.ocr_models.split(",")))
         if "int8" in sections:
-            results["int8"] = bench_int8(Path(tmp))
+            results["int8"] = bench_int8(Path(tmp), threads=tuple(int(t) for t in args.threads.split(",")))
     results["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(results, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
     print(text)

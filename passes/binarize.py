@@ -292,6 +292,10 @@ class SignToThreshold(Pass):
     consumers is removed. Math: see the module docstring.
     """
 
+    compression: ClassVar[bool] = True
+    # it folds the BatchNorms into thresholds itself: fuse-bn must not fold them into the convs
+    cleanup_conflicts: ClassVar[frozenset[str]] = frozenset({"fuse-bn"})
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         count, skipped = 0, []
@@ -602,6 +606,9 @@ class Binarize(Pass):
     """
 
     lossy: ClassVar[bool] = False
+    compression: ClassVar[bool] = True
+    # BatchNorm + Sign become thresholds (sign-to-threshold, fold-scales), not conv weights
+    cleanup_conflicts: ClassVar[frozenset[str]] = frozenset({"fuse-bn"})
 
     act_bits: int = field(default=8, metadata={"doc": "most activation bits a k-bit layer may have"})
     weight_bits: int = field(default=8, metadata={"doc": "most weight bits a k-bit layer may have"})
@@ -636,6 +643,10 @@ class Binarize(Pass):
                 counts[key] = counts.get(key, 0) + 1
             else:
                 skipped.append(f"{name}: {reason}")
+        for node in graph:  # layers _layers leaves out: their weight is computed in the graph
+            if _key(node) in {("", op) for op in LAYER_OPS} and len(node.inputs) > 1 and _const(node.inputs[1]) is None:
+                skipped.append(f"{node.name or node.op_type}: weight is not a constant (computed in the graph, "
+                               "e.g. an exported sign(w) * alpha: fold-constants makes it one)")
         folded = 0
         if self.fold_scales:
             for node in list(graph):

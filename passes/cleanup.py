@@ -90,15 +90,32 @@ class FuseBatchNorm(Pass):
     With s = gamma / sqrt(var + eps) per output channel: W' = W * s (broadcast on the output
     channel axis), b' = (b - mean) * s + beta. Applies only when the producer's output feeds
     the BatchNorm alone and all parameters are constant (onnxscript's rules check both and say
-    why a candidate did not match). Guarantees: outputs equal up to fp32 rounding.
+    why a candidate did not match). Guarantees: outputs equal up to fp32 rounding; the fused
+    node keeps the producer's name (the rewriter would call it ``node_Conv_0``), so layer names
+    stay those of ``optc inspect`` for ``include=``/``exclude=``/``ratios=`` patterns.
     """
+
+    _FUSED = ("Conv", "ConvTranspose", "Gemm")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         from onnxscript.rewriter.rules.common import _fuse_batchnorm
 
+        # BatchNorm output -> the producer's name: the fused node writes that output
+        names = {}
+        for node in model.graph:
+            if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx") and node.inputs[0] is not None:
+                prod = node.inputs[0].producer()
+                if prod is not None and prod.op_type in self._FUSED and prod.name:
+                    names[node.outputs[0].name] = prod.name
         count = _fuse_batchnorm.rules.apply_to_model(model)
         if count:
             common.RemoveUnusedNodesPass()(model)
+            taken = {n.name for n in model.graph}
+            for node in model.graph:
+                name = names.get(node.outputs[0].name) if node.op_type in self._FUSED else None
+                if name and node.name != name and name not in taken:
+                    node.name = name
+                    taken.add(name)
         self.details = {"rewrites": count}
         return ir.passes.PassResult(model, bool(count))
 

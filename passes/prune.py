@@ -197,6 +197,7 @@ class Prune(Pass):
     """
 
     lossy: ClassVar[bool] = True  # outputs change: compile verifies against the pruned ONNX
+    compression: ClassVar[bool] = True
 
     ratio: float = field(default=0.0, metadata={"doc": "fraction of channels to remove in every group"})
     # Optional (default none) rather than an empty dict: an empty dict has no pipeline text
@@ -221,6 +222,10 @@ class Prune(Pass):
             raise ValueError("scope must be layer or global")
         if self.min_channels < 1 or self.multiple < 1:
             raise ValueError("min-channels and multiple must be >= 1")
+
+    def cleanup_exclusions(self) -> frozenset[str]:
+        # bn-scale reads the BatchNorms' gamma: fuse-bn must not fold them away first
+        return frozenset({"fuse-bn"}) if self.criterion == "bn-scale" else frozenset()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         before = model_costs(model)
@@ -248,7 +253,20 @@ class Prune(Pass):
             "channels_removed": int(sum(r["channels"] - r["kept"] for r in rows)),
             "groups": rows,
         }
+        if not changed:
+            self.details["unchanged"] = self._why_unchanged(groups, plan)
         return ir.passes.PassResult(model, bool(changed))
+
+    def _why_unchanged(self, groups: list[ChannelGroup], plan: dict) -> str:
+        """Why no channel was removed (for the pipeline's warning)."""
+        if not any(g.prunable for g in groups):
+            frozen = [f"{g.name}: {'; '.join(g.frozen)}" for g in groups if g.frozen][:3]
+            return "no prunable channel group" + (f" ({', '.join(frozen)})" if frozen else "")
+        if not plan:
+            return "every prunable channel group is excluded"
+        if self.ratio == 0 and not any(self.ratios.values()):
+            return "ratio is 0"
+        return "after rounding (min-channels, multiple) every group keeps all its channels"
 
     def ratio_of(self, group: ChannelGroup) -> float | None:
         """The ratio for ``group`` (None: excluded). A per-layer ratio naming any member of a
@@ -540,6 +558,8 @@ class PruneZero(Pass):
     and the channel stays (the reason is counted in the details).
     """
 
+    compression: ClassVar[bool] = True
+
     atol: float = field(default=0.0, metadata={"doc": "weights with |w| <= atol count as zero"})
 
     def __post_init__(self):
@@ -583,6 +603,8 @@ class PruneZero(Pass):
             "channels_removed": int(sum(len(r) for r in removed.values())),
             "groups": rows,
         }
+        if not changed:
+            self.details["unchanged"] = "no channel is exactly constant (or none can be folded exactly)"
         return ir.passes.PassResult(model, bool(changed))
 
 
@@ -614,6 +636,7 @@ class Sparsify(Pass):
     """
 
     lossy: ClassVar[bool] = True
+    compression: ClassVar[bool] = True
 
     sparsity: float = field(default=0.5, metadata={"doc": "fraction of weights set to zero"})
     ratios: Optional[dict[str, float]] = field(default=None, metadata={"doc": "per-layer sparsity NAME:S,..."})
@@ -713,4 +736,7 @@ class Sparsify(Pass):
             "note": "saves storage only (zlib-compressed weights); optc's TVM backend has no sparse "
                     "kernels, so latency is unchanged",
         }
+        if not new:
+            self.details["unchanged"] = ("no weight was zeroed: sparsity 0, no weight layer, or the weights "
+                                         "already hold that many zeros")
         return ir.passes.PassResult(model, bool(new))

@@ -86,3 +86,59 @@ def test_compile_with_eval_reports_real_accuracy(tmp_path):
     assert acc["top1_drop_points"] == pytest.approx(0.0, abs=1e-9) and acc["top1"] > 0.95
     assert acc["top1_agreement"] == 1.0 and acc["sqnr_db"]["logits"] > 80
     assert acc["top1"] == pytest.approx(expected["models"]["digits_cnn"]["test_accuracy"])
+
+
+# --- labels under their common names; chance level (issue 17) ---------------------------------
+
+
+@pytest.mark.parametrize("key", ["label", "labels", "y", "target", "targets"])
+def test_load_eval_reads_the_common_label_names(tmp_path, key):
+    spec = [TensorSpec("x", "float32", (1, 3))]
+    np.savez(tmp_path / "d.npz", x=np.zeros((5, 3)), **{key: np.arange(5)})
+    _, labels = load_eval(tmp_path / "d.npz", spec)
+    assert labels is not None and labels.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_load_eval_refuses_ambiguous_labels_and_warns_about_unknown_arrays(tmp_path):
+    from optc.accuracy import LABEL_KEYS
+    from optc.progress import OptcWarning
+
+    spec = [TensorSpec("x", "float32", (1, 3))]
+    np.savez(tmp_path / "two.npz", x=np.zeros((5, 3)), label=np.zeros(5), targets=np.ones(5))
+    with pytest.raises(InvalidModelError, match="several label arrays .'label', 'targets'."):
+        load_eval(tmp_path / "two.npz", spec)
+    np.savez(tmp_path / "misnamed.npz", x=np.zeros((5, 3)), lbl=np.zeros(5))
+    with pytest.warns(OptcWarning) as caught:
+        _, labels = load_eval(tmp_path / "misnamed.npz", spec)
+    assert labels is None
+    msg = str(caught[0].message)
+    assert "'lbl'" in msg and "not accuracy" in msg and all(k in msg for k in LABEL_KEYS)
+    # an input that happens to be called y is an input, not labels
+    spec_y = [TensorSpec("y", "float32", (1, 3))]
+    np.savez(tmp_path / "input_y.npz", y=np.zeros((5, 3)), labels=np.arange(5))
+    inputs, labels = load_eval(tmp_path / "input_y.npz", spec_y)
+    assert inputs["y"].shape == (5, 3) and labels.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_near_chance_is_flagged():
+    from optc.accuracy import chance_level, near_chance
+
+    assert chance_level(np.zeros((4, 10))) == pytest.approx(0.1)
+    assert chance_level(np.zeros(4), np.array([0, 1, 1, 0])) == pytest.approx(0.5)
+    assert chance_level(np.zeros((4, 1))) is None
+    assert near_chance(0.15, 0.99, 0.1) and near_chance(0.18, 0.99, 0.1)
+    assert not near_chance(0.20, 0.99, 0.1) and not near_chance(0.12, 0.11, 0.1)
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 10)).astype(np.float32)
+    labels = x.argmax(1)  # the reference is right every time
+    spec = [TensorSpec("x", "float32", (20, 10))]
+    good = compare_models(lambda f: [f["x"]], lambda f: [f["x"] + 0.01], {"x": x}, labels, spec, spec, ["y"])
+    assert good["chance_top1"] == pytest.approx(0.1) and good["near_chance"] is False and "note" not in good
+    broken = compare_models(lambda f: [f["x"]], lambda f: [np.roll(f["x"], 1, axis=0)], {"x": x}, labels,
+                            spec, spec, ["y"])
+    assert broken["top1"] < 0.2 and broken["near_chance"] is True
+    assert "near chance level (10.0% for 10 classes)" in broken["note"]
+    nolabels = compare_models(lambda f: [f["x"]], lambda f: [np.roll(f["x"], 1, axis=0)], {"x": x}, None,
+                              spec, spec, ["y"])
+    assert nolabels["near_chance"] is True and "agreement" in nolabels["note"]

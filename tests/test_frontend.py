@@ -102,16 +102,42 @@ def test_unsupported_ops_are_all_listed_with_node_names():
     assert "com.example::FancyOp (fancy1, fancy2)" in msg and "Det (det)" in msg
 
 
-def test_inputs_fit_and_batch_slicing():
+def test_input_sets_split_rows_into_calls_and_never_drop_any():
+    """Rows beyond the bound batch become further calls (up to max_rows for verification);
+    a run refuses rows that do not fill a last call instead of dropping them."""
     from optc.frontend import TensorSpec
-    from optc.verify import fit_inputs
+    from optc.verify import join_calls, sample_sets
 
     spec = [TensorSpec("x", "float32", (1, 3))]
-    out = fit_inputs({"x": np.ones((5, 3), np.float64)}, spec, "f.npz")
-    assert out["x"].shape == (1, 3) and out["x"].dtype == np.float32
-    with pytest.raises(InvalidModelError, match="missing input 'x'"):
-        fit_inputs({"z": np.ones((1, 3))}, spec, "f.npz")
+    rows = np.arange(15, dtype=np.float64).reshape(5, 3)
+    sets = sample_sets({"x": rows}, spec, "f.npz")
+    assert len(sets) == 5 and all(s["x"].shape == (1, 3) and s["x"].dtype == np.float32 for s in sets)
+    assert np.array_equal(join_calls([[s["x"]] for s in sets])[0], rows)
+    assert len(sample_sets({"x": rows}, spec, "f.npz", max_rows=2)) == 2
+    spec2 = [TensorSpec("x", "float32", (2, 3))]
+    with pytest.raises(InvalidModelError, match="5 rows, not a multiple of the package's batch"):
+        sample_sets({"x": rows}, spec2, "f.npz")
+    assert len(sample_sets({"x": rows}, spec2, "f.npz", max_rows=8)) == 2  # verification: first full calls
+    with pytest.raises(InvalidModelError, match=r"missing input 'x' \(the file has: 'label', 'z'\)"):
+        sample_sets({"z": np.ones((1, 3)), "label": np.ones(1)}, spec, "f.npz")
     with pytest.raises(InvalidModelError, match="shape"):
-        fit_inputs({"x": np.ones((1, 4), np.float32)}, spec, "f.npz")
+        sample_sets({"x": np.ones((1, 4), np.float32)}, spec, "f.npz")
     with pytest.raises(InvalidModelError, match="dtype"):
-        fit_inputs({"x": np.ones((1, 3), np.int64)}, spec, "f.npz")
+        sample_sets({"x": np.ones((1, 3), np.int64)}, spec, "f.npz")
+
+
+def test_dynamic_batch_binds_to_one_never_to_the_data():
+    """A dynamic batch is bound to 1 with a note, whatever the data's row count; other dynamic
+    dims come from the data."""
+    from optc.stages import default_shapes
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "T"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "T"])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    shapes, notes = default_shapes(model, {}, {"x": np.zeros((540, 3, 7), np.float32)})
+    assert shapes == {"x": (1, 3, 7)} and "batch dimension bound to 1" in notes[0]
+    shapes, notes = default_shapes(model, {"x": (4, 3, 2)}, None)
+    assert shapes == {"x": (4, 3, 2)} and notes == []
+    shapes, _ = default_shapes(model, {}, None)  # T unbound: left for bind_input_shapes to report
+    assert shapes == {}

@@ -6,6 +6,13 @@ activation, normalisation and pooling ops are counted as FLOPs per output (or in
 with the small constant factors below. Bytes are the sizes of a node's inputs (activations
 and weights) and outputs, i.e. DRAM traffic if nothing stays in cache: an upper bound used by
 the roofline latency model.
+
+optc's own layers (``ai.optc`` IntConv2d/IntDense, the binary/bit-serial ops) are costed through
+standard surrogate ops of the same shapes (:func:`optc.energy.surrogate_for_inference`), so an
+integerized or binarized model has the MACs of its float original; each layer records its
+arithmetic (``arith``: fp32, int8 or binary), whether it is depthwise, and for binary layers the
+1-bit operations (MACs x weight bits x activation bits), which :mod:`optc.latency_model` charges
+at the rate of the kernel that runs them.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ class LayerCost:
     bytes_in: int
     bytes_out: int
     output_shape: list[int]
+    arith: str = "fp32"  # "fp32", "int8" (integer ops) or "binary" (packed 1-bit / bit-serial ops)
+    depthwise: bool = False  # an integer conv with one input channel per group (no dot product fits)
+    bit_ops: int = 0  # binary layers: MACs x weight bits x activation bits
 
 
 def tensor_info(model: onnx.ModelProto) -> dict[str, tuple[list[int], int]]:
@@ -92,9 +102,62 @@ def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return out
 
 
+# ONNX's own integer ops; optc's (ai.optc) integer and binary ops are named in optc.energy.
+_INTEGER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
+
+
+def _int_attr(node: onnx.NodeProto, *names: str) -> int | None:
+    for a in node.attribute:
+        if a.name in names and a.type == onnx.AttributeProto.INT:
+            return int(a.i)
+    return None
+
+
 def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
     """Per-node costs; shapes must be static (bind input shapes first). Constant nodes are
-    weights, not layers, and are left out."""
+    weights, not layers, and are left out. optc's ``ai.optc`` layers are costed through their
+    standard surrogates (see the module docstring); their bytes are those of their own inputs
+    and outputs (int8 / packed weights as stored)."""
+    from .energy import _AUX, _OPTC_ELEMENTWISE, _OPTC_INT_OPS, _OPTC_MAC_OPS, surrogate_for_inference
+
+    known = _OPTC_INT_OPS | _OPTC_MAC_OPS | _OPTC_ELEMENTWISE
+    if not any(n.domain.startswith("ai.optc") and n.op_type in known for n in model.graph.node) \
+            or any(_AUX in n.name for n in model.graph.node):  # nothing to see through, or a surrogate already
+        return _layer_costs(model)
+    surrogate = surrogate_for_inference(model)
+    costs = iter([c for c, n in zip(_layer_costs(surrogate), [n for n in surrogate.graph.node
+                                                               if n.op_type != "Constant"])
+                  if _AUX not in n.name])
+    shapes = tensor_info(surrogate)
+    inits = set(_constant_tensors(model))
+    out = []
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            continue
+        c = next(costs)
+        if node.domain.startswith("ai.optc"):
+            ins = [shapes.get(x) if x else None for x in node.input]
+            outs = [shapes.get(o) for o in node.output]
+            c.op = node.op_type
+            c.bytes_in = sum(nbytes(s) for s in ins)
+            c.bytes_out = sum(nbytes(s) for s in outs)
+            c.params = sum(int(np.prod(s[0], dtype=np.int64)) for x, s in zip(node.input, ins) if x in inits and s)
+            c.output_shape = list(outs[0][0]) if outs and outs[0] else c.output_shape
+            if node.op_type in _OPTC_INT_OPS:
+                c.arith = "int8"
+                w = ins[1][0] if len(ins) > 1 and ins[1] else None
+                c.depthwise = bool(node.op_type == "IntConv2d" and w and len(w) == 4 and w[1] == 1
+                                   and (_int_attr(node, "group") or 1) > 1)
+            elif node.op_type in _OPTC_MAC_OPS:
+                c.arith = "binary"
+                bits = (_int_attr(node, "weight_bits", "wbits") or 1) * (
+                    _int_attr(node, "act_bits", "activation_bits", "abits") or 1)
+                c.bit_ops = int(c.macs) * bits
+        out.append(c)
+    return out
+
+
+def _layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
     shapes = tensor_info(model)
     inits = set(_constant_tensors(model))
     layers = []
@@ -131,7 +194,7 @@ def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
         layers.append(LayerCost(
             name=node.name or f"{op}_{i}", op=op, macs=int(macs), flops=int(flops), params=params,
             bytes_in=sum(nbytes(s) for s in ins), bytes_out=sum(nbytes(s) for s in outs),
-            output_shape=list(out_shape),
+            output_shape=list(out_shape), arith="int8" if op in _INTEGER_OPS else "fp32",
         ))
     return layers
 

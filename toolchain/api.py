@@ -7,7 +7,6 @@ latency -> atomic package write. Errors are :class:`optc.errors.OptcError` subcl
 
 from __future__ import annotations
 
-import datetime
 import importlib.metadata as md
 import os
 import statistics
@@ -19,8 +18,8 @@ import numpy as np
 import onnx
 
 from . import DEFAULT_PIPELINE, __version__
-from . import analysis, artifact, frontend, pipeline, verify
-from .errors import InvalidModelError, UsageError, VerificationError
+from . import accuracy, analysis, artifact, frontend, pipeline, stages, verify
+from .errors import InvalidModelError, UsageError
 from .progress import SILENT, Progress
 from .targets import Target, get_target, host_cores
 
@@ -44,13 +43,6 @@ def _stats(times: list[float]) -> dict:
             "stdev_ms": statistics.stdev(ms) if len(ms) > 1 else 0.0, "repeat": len(ms)}
 
 
-def _save_onnx(model: onnx.ModelProto, path: Path) -> None:
-    if model.ByteSize() > 1_800_000_000:
-        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
-    else:
-        onnx.save(model, str(path))
-
-
 def compile(
     model: str | os.PathLike,
     target: str = "cpu",
@@ -63,6 +55,7 @@ def compile(
     verify_outputs: bool = True,
     atol: float = verify.DEFAULT_ATOL,
     rtol: float = verify.DEFAULT_RTOL,
+    verify_samples: int = 8,
     measure: bool = True,
     eval_data: str | os.PathLike | None = None,
     eval_limit: int | None = None,
@@ -80,18 +73,21 @@ def compile(
 
     Returns the report (also written to ``out_dir/report.json``). Raises OptcError subclasses
     for bad input (nothing is written then), VerificationError if the artifact's outputs differ
-    from onnxruntime's beyond ``atol + rtol * max|ref|``. With ``eval_data`` (an .npz of inputs,
-    plus ``label`` for accuracy) the report gets an ``accuracy`` section (see optc.accuracy).
-    With ``rpc`` (HOST:PORT of a TVM RPC server) or ``rpc_tracker`` (HOST:PORT, with ``rpc_key``)
-    the artifact is verified and timed on that remote device (see optc.backends.tvm.rpc), and
-    ``tune`` measures its candidates there.
+    from the reference (see :mod:`optc.stages`) on up to ``verify_samples`` samples. With
+    ``eval_data`` (an .npz of inputs, plus ``label`` for accuracy) the report gets an
+    ``accuracy`` section (see optc.accuracy). With ``rpc`` (HOST:PORT of a TVM RPC server) or
+    ``rpc_tracker`` (HOST:PORT, with ``rpc_key``) the artifact is verified and timed on that
+    remote device (see optc.backends.tvm.rpc), and ``tune`` measures its candidates there.
+    The stages (:mod:`optc.stages`): load -> bind -> passes -> build -> verify -> measure ->
+    package.
     """
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
     tgt = get_target(target)
     specs = pipeline.parse_pipeline(passes)
     if params not in PARAMS_MODES:
         raise UsageError(f"--params must be one of {', '.join(PARAMS_MODES)}, not {params!r}")
+    if verify_samples < 1:
+        raise UsageError(f"--verify-samples must be at least 1, not {verify_samples}")
     if out_dir is None:
         out_dir = Path(model).with_suffix("").name + f".{tgt.name}.optc"
     writer = artifact.PackageWriter(out_dir, force=force)
@@ -105,22 +101,76 @@ def compile(
 
     specs = auto_integerize(specs, tgt, backend)
     remote = _remote(tgt, rpc, rpc_key, rpc_tracker)
-    import contextlib
-
-    tuning = contextlib.ExitStack()
-    if tgt.backend.startswith("tvm") and (tune or tuning_db):
-        # MetaSchedule tuning before the build (``tune`` candidates) and/or the tuning
-        # database location (default ~/.cache/optc/tuning): see optc.backends.tvm.tune.
+    checks = stages.VerifyOptions(verify_outputs, atol, rtol, verify_samples)
+    measurement = stages.MeasureOptions(measure, eval_data, eval_limit, power_watts)
+    tuning = None
+    if tgt.backend.startswith("tvm"):
+        # MetaSchedule: tuning before the build (``tune`` candidates, budget from the start of
+        # this compile) and the database location (default ~/.cache/optc/tuning), an explicit
+        # input of the build: see optc.backends.tvm.tune.
         from optc.backends.tvm import tune as tvm_tune
 
-        tuning.enter_context(tvm_tune.database_root(tuning_db))
-        tuning.enter_context(tvm_tune.request(tune, tune_seconds, start=time.time() - (time.perf_counter() - t_start),
-                                              rpc=rpc, tracker=rpc_tracker, key=rpc_key))
-    with tuning, writer as tmp:
-        report = _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params,
-                               verify_outputs, atol, rtol, measure, progress, timings, t_start,
-                               eval_data, eval_limit, power_watts, remote=remote)
+        tuning = tvm_tune.TuningRequest(str(tuning_db) if tuning_db else None, tune, tune_seconds,
+                                        time.time() - (time.perf_counter() - t_start), rpc, rpc_tracker, rpc_key)
+    with writer as tmp:
+        job = stages.Job(Path(model), tgt, backend, specs, tmp, progress, remote)
+        stages.load(job)
+        binding = stages.bind(job, input_shapes, inputs, checks.samples)
+        records = stages.run_passes(job)
+        build_info = stages.build(job, params, tuning, _versions())
+        with stages.open_session(job, _load_session):
+            verdict = stages.verify_artifact(job, checks)
+            measured = _measure(job, measurement)
+        job.timings["total"] = time.perf_counter() - t_start
+        report = _report(job, binding, verdict, measured, build_info, records)
+        stages.package(job, report)
     return report | {"package": str(writer.dest)}
+
+
+def _measure(job: stages.Job, opts: stages.MeasureOptions) -> dict:
+    """Stage "measure": accuracy on ``eval_data`` (or fidelity of a lossy pipeline), latency,
+    energy; returns those report sections."""
+    out = {}
+    if opts.eval_data is not None:
+        with job.stage("evaluate", f"evaluate on {opts.eval_data}"):
+            out["accuracy"] = _evaluate(opts.eval_data, opts.eval_limit, job.original, job.optimized, job.session,
+                                        job.target, job.in_specs, job.out_names)
+    elif job.lossy:
+        out["fidelity"] = accuracy.fidelity(job.reference("original"), job.reference("optimized"), job.out_names)
+    summary = stages.summary(job)
+    out["summary"] = summary
+    out["latency"] = _latency(job.target, job.session, job.args(), summary, opts.enabled, job.progress)
+    from .energy import report_section  # energy per inference: measured, supplied power or modeled
+
+    # a remote device's energy cannot be metered from here (session None: modeled)
+    out["energy"] = report_section(job.target, summary, out["latency"], model=job.optimized,
+                                   session=None if job.remote else job.session, args=job.args(),
+                                   measure=opts.enabled, power_watts=opts.power_watts, package=job.work,
+                                   manifest=job.manifest, progress=job.progress)
+    return out
+
+
+def _report(job: stages.Job, binding: dict, verdict: dict, measured: dict, build_info: dict, records) -> dict:
+    summary = measured.pop("summary")
+    return {
+        "target": job.target.name,
+        "backend": job.target.backend,
+        "pipeline": job.manifest["pipeline"],
+        "pipeline_explicit": job.manifest["pipeline_explicit"],
+        "binding": binding,
+        "verify": verdict,
+        "size_bytes": stages.sizes(job),
+        "latency": measured.pop("latency"),
+        **({"tuning": build_info.pop("tuning")} if "tuning" in build_info else {}),
+        **({"build": build_info} if build_info else {}),
+        **measured,
+        "compile_seconds": round(job.timings["total"], 3),
+        "stage_seconds": {k: round(v, 3) for k, v in job.timings.items()},
+        "model": {k: v for k, v in summary.items() if k != "layers"},
+        "passes": [r.__dict__ for r in records],
+        "inputs": job.manifest["inputs"],
+        "outputs": job.manifest["outputs"],
+    }
 
 
 def _remote(tgt: Target, rpc, rpc_key, rpc_tracker):
@@ -142,198 +192,6 @@ def _load_session(backend, pkg: Path, manifest: dict, remote):
     return tvm_rpc.open_remote(pkg, manifest, remote)
 
 
-def _compile_into(tmp, model, tgt, backend, specs, input_shapes, inputs, params, verify_outputs,
-                  atol, rtol, measure, progress, timings, t_start, eval_data, eval_limit,
-                  power_watts=None, remote=None) -> dict:
-
-    with progress.step("load and check model"):
-        t0 = time.perf_counter()
-        original = frontend.load_model(model)
-        frontend.check_supported(original, backend.supported_ops(), backend.name)
-        user_arrays = None
-        if isinstance(inputs, (str, os.PathLike)):
-            user_arrays = verify.load_inputs(inputs)
-        elif inputs is not None:
-            user_arrays = dict(inputs)
-        shapes = dict(input_shapes or {})
-        if user_arrays and not shapes:
-            # Dynamic dims may be bound from the sample data (when no --input-shape is given).
-            for vi in frontend.graph_inputs(original):
-                if vi.name in user_arrays:
-                    dims = [d for d in vi.type.tensor_type.shape.dim]
-                    if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
-                        shapes[vi.name] = tuple(user_arrays[vi.name].shape)
-        bound, in_specs = frontend.bind_input_shapes(original, shapes)
-        if user_arrays is not None:
-            source = str(inputs) if isinstance(inputs, (str, os.PathLike)) else "inputs"
-            sample = verify.fit_inputs(user_arrays, in_specs, source)
-            input_source = f"file {inputs}" if isinstance(inputs, (str, os.PathLike)) else "given arrays"
-        else:
-            sample = verify.generate_inputs(in_specs, seed=0)
-            input_source = "generated (numpy default_rng seed 0: standard normal floats)"
-        timings["frontend"] = time.perf_counter() - t0
-
-    import onnx_ir as ir
-
-    with progress.step(f"passes: {pipeline.format_pipeline(specs) or '(none)'}"):
-        t0 = time.perf_counter()
-        irm = ir.serde.deserialize_model(bound)
-        try:
-            irm, records = pipeline.run_pipeline(irm, specs)
-        except (UsageError, InvalidModelError):
-            raise
-        except Exception as err:
-            raise InvalidModelError(f"pass pipeline failed on this model: {' '.join(str(err).split())[:300]}") from None
-        optimized = ir.serde.serialize_model(irm)
-        try:
-            onnx.checker.check_model(optimized)
-        except Exception as err:  # a pass produced an invalid model: an optc bug
-            raise RuntimeError(f"pipeline produced an invalid ONNX model: {err}") from err
-        out_specs = frontend.output_specs(optimized)
-        timings["passes"] = time.perf_counter() - t0
-
-    with progress.step(f"build for {tgt.name} ({tgt.backend})"):
-        t0 = time.perf_counter()
-        built = backend.build(optimized, in_specs, tgt, tmp, params=params)
-        tuning = _tuning_section(tmp)
-        _save_onnx(optimized, tmp / "model.onnx")
-        np.savez(tmp / "sample_inputs.npz", **sample)
-        timings["build"] = time.perf_counter() - t0
-
-    manifest = {
-        "format": artifact.FORMAT,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "target": tgt.to_json() | {"tvm_resolved": built.info.get("tvm_target")},
-        "pipeline": pipeline.format_pipeline(specs),
-        "pipeline_explicit": pipeline.format_pipeline(specs, explicit=True),
-        "params": params,
-        "inputs": [s.to_json() for s in in_specs],
-        "outputs": [s.to_json() for s in out_specs],
-        "files_by_role": built.files | {"onnx": "model.onnx", "sample_inputs": "sample_inputs.npz"},
-        "source_model": {"path": str(model), "sha256": artifact.sha256(Path(model))},
-    }
-    session = _load_session(backend, tmp, manifest, remote)
-    try:
-        order = [s.name for s in in_specs]
-        args = [sample[n] for n in order]
-        out_names = [s.name for s in out_specs]
-
-        verdict = None
-        # Lossy passes (quantize) change the numbers on purpose: the artifact is verified against
-        # their output (the optimized ONNX model); fidelity to the original is reported apart.
-        # Lossiness may depend on parameters (binarize<post-training>): ask the configured pass.
-        lossy = [s.name for s in specs if pipeline.instantiate(s).lossy]
-        reference_model = optimized if lossy else original
-        ref_runs: dict[str, list[np.ndarray]] = {}
-
-        def reference(which: str) -> list[np.ndarray]:
-            """Reference outputs on the sample inputs, computed once per model (verification,
-            the tolerance rule and fidelity all read them)."""
-            if which not in ref_runs:
-                ref_runs[which] = verify.reference_outputs(optimized if which == "optimized" else original, sample)
-            return ref_runs[which]
-
-        reference_key = "optimized" if lossy else "original"
-        runnable = getattr(session, "runnable", True)  # False: built for hardware this machine lacks
-        if verify_outputs and not runnable:
-            refs = reference(reference_key)  # kept for a later check on the hardware
-            np.savez(tmp / "sample_outputs.npz", **dict(zip(out_names, refs)))
-            manifest["files_by_role"]["sample_outputs"] = "sample_outputs.npz"
-            verdict = {"passed": None, "skipped": session.skip_reason}
-        elif verify_outputs:
-            with progress.step("verify against onnxruntime"):
-                t0 = time.perf_counter()
-                outs = session.run(args)
-                refs = reference(reference_key)
-                if lossy:  # a QDQ graph: equal up to rounding-boundary flips (see optc.passes.quant.tolerance)
-                    from optc.passes.quant.tolerance import compare_quantized
-
-                    verdict = compare_quantized(outs, refs, out_names, atol, rtol, optimized,
-                                                lambda: reference("original"))
-                else:
-                    verdict = verify.compare(outs, refs, out_names, atol, rtol)
-                verdict["inputs"] = input_source
-                verdict["reference"] = verify.reference_name(reference_model) + ", on the " + (
-                        f"optimized ONNX model: the pipeline has lossy passes ({', '.join(lossy)}); "
-                        "fidelity to the original is reported apart" if lossy else "original model")
-                np.savez(tmp / "sample_outputs.npz", **dict(zip(out_names, refs)))
-                manifest["files_by_role"]["sample_outputs"] = "sample_outputs.npz"
-                timings["verify"] = time.perf_counter() - t0
-            if not verdict["passed"]:
-                bad = [o for o in verdict["outputs"] if not o["passed"]]
-                detail = "; ".join(
-                    f"{o['name']}: " + (o.get("error") or f"max abs error {o['max_abs_error']:.3g}, "
-                                        f"max rel error {o['max_rel_error']:.3g}") for o in bad) \
-                    or verdict.get("error", "")
-                raise VerificationError(
-                    f"artifact output differs from onnxruntime beyond atol={atol:g}, rtol={rtol:g}: {detail}")
-
-        accuracy_report = None
-        fidelity = (_fidelity(reference("original"), reference("optimized"), out_names)
-                    if lossy and eval_data is None else None)
-        if eval_data is not None:
-            with progress.step(f"evaluate on {eval_data}"):
-                t0 = time.perf_counter()
-                accuracy_report = _evaluate(eval_data, eval_limit, original, optimized, session, tgt,
-                                            in_specs, out_names)
-                timings["evaluate"] = time.perf_counter() - t0
-
-        summary = analysis.summarize(optimized)
-        latency = _latency(tgt, session, args, summary, measure, progress)
-        from .energy import report_section  # energy per inference: measured, supplied power or modeled
-        # a remote device's energy cannot be metered from here (session None: modeled)
-        energy = report_section(tgt, summary, latency, model=optimized, session=None if remote else session,
-                                args=args, measure=measure,
-                                power_watts=power_watts, package=tmp, manifest=manifest, progress=progress)
-        sizes = {role: (tmp / rel).stat().st_size for role, rel in manifest["files_by_role"].items()
-                 if role in ("library", "params", "onnx")}
-        runner_bytes = sum(p.stat().st_size for p in (tmp / "runner").glob("*")) if (tmp / "runner").is_dir() else 0
-        timings["total"] = time.perf_counter() - t_start
-        report = {
-            "target": tgt.name,
-            "backend": tgt.backend,
-            "pipeline": manifest["pipeline"],
-            "pipeline_explicit": manifest["pipeline_explicit"],
-            "verify": verdict or {"passed": None, "skipped": True},
-            "size_bytes": {
-                "artifact": sizes.get("library", 0) + sizes.get("params", 0),
-                "library": sizes.get("library", 0),
-                "params": sizes.get("params", 0),
-                "onnx_original": Path(model).stat().st_size,
-                "onnx_optimized": sizes.get("onnx", 0),
-                "runtime_bundle": runner_bytes,
-            },
-            "latency": latency,
-            **({"tuning": tuning} if tuning else {}),
-            "energy": energy,
-            **({"accuracy": accuracy_report} if accuracy_report else {}),
-            **({"fidelity": fidelity} if fidelity else {}),
-            "compile_seconds": round(timings["total"], 3),
-            "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
-            "model": {k: v for k, v in summary.items() if k != "layers"},
-            "passes": [r.__dict__ for r in records],
-            "inputs": manifest["inputs"],
-            "outputs": manifest["outputs"],
-        }
-    finally:
-        if remote is not None:
-            session.close()  # the server serves one session at a time
-    artifact.write_json(tmp / artifact.REPORT, report)
-    manifest["files"] = artifact.file_table(tmp)
-    artifact.write_json(tmp / artifact.MANIFEST, manifest)
-    return report
-
-
-def _tuning_section(tmp: Path) -> dict | None:
-    """What the TVM build took from a MetaSchedule tuning database (its applied records are
-    copied into the package as ``tuning/``); None when no database was used."""
-    import sys
-
-    tune = sys.modules.get("optc.backends.tvm.tune")
-    return tune.take_build_info(tmp / "tuning") if tune is not None else None
-
-
 def _evaluate(path, limit, original, optimized, session, tgt: Target, in_specs, out_names) -> dict:
     """Accuracy/fidelity of the artifact against the original model (both on ``path``)."""
     from . import accuracy
@@ -342,7 +200,7 @@ def _evaluate(path, limit, original, optimized, session, tgt: Target, in_specs, 
     order = [s.name for s in in_specs]
     ref_sess = verify.ort_session(original)
     reference = lambda feeds: ref_sess.run(None, feeds)  # noqa: E731
-    runnable = getattr(session, "runnable", True)
+    runnable = session.runnable
     if tgt.latency in ("measured", "measured-if-gpu") and runnable:  # runs in this process
         candidate = lambda feeds: session.run([feeds[n] for n in order])  # noqa: E731
         evaluated_on = "the compiled artifact"
@@ -356,32 +214,21 @@ def _evaluate(path, limit, original, optimized, session, tgt: Target, in_specs, 
             "reference": "the original model in onnxruntime"} | result
 
 
-def _fidelity(ref: list[np.ndarray], out: list[np.ndarray], out_names) -> dict:
-    """A lossy pipeline's output (``out``: the optimized ONNX model's reference outputs) against
-    the original model's (``ref``) on the sample inputs: top-1 agreement and SQNR per output (no
-    labels needed)."""
-    from . import accuracy
-
-    return {"reference": "the original model in onnxruntime", "data": "the sample inputs",
-            "evaluated_on": "the optimized ONNX model in onnxruntime (the artifact is verified against it)",
-            "samples": int(len(ref[0])) if ref and np.ndim(ref[0]) else 1,
-            "top1_agreement": float(np.mean(accuracy.top1(ref[0]) == accuracy.top1(out[0]))),
-            "sqnr_db": {n: accuracy.sqnr_db(r, o) for n, r, o in zip(out_names, ref, out)}}
-
-
 def _latency(tgt: Target, session, args, summary: dict, measure: bool, progress: Progress) -> dict:
     """Latency as the target allows: measured here, or modeled (labelled, with its source)."""
-    runnable = getattr(session, "runnable", True)
-    if getattr(session, "remote", None) is not None:  # TVM RPC: timed on the remote device
+    runnable = session.runnable
+    if session.remote is not None:  # TVM RPC: timed on the remote device
         if not measure:
             return {"method": "not measured", "reason": "--no-measure", "source": session.source()}
         with progress.step(f"measure latency on {session.remote.describe()}"):
             out = session.latency(args, warmup=3, repeat=20)
         out = out | _stats(out.pop("times_s"))
         if out["method"] != "measured" and tgt.peak is not None:  # emulated: keep the model beside it
-            out["modeled_ms"] = analysis.roofline_seconds(summary["layers"], tgt.peak.fp32_gflops,
-                                                          tgt.peak.mem_gbps) * 1e3
-            out["modeled_source"] = "roofline lower bound from " + tgt.peak.source
+            from . import latency_model
+
+            modeled = latency_model.modeled_latency(tgt, summary)
+            out["modeled_ms"] = modeled["median_ms"]
+            out["modeled_source"] = modeled["how"]
         return out
     if tgt.latency == "simulated":  # FPGA: RTL-simulated cycles at the placed-and-routed clock
         return session.latency()
@@ -390,27 +237,12 @@ def _latency(tgt: Target, session, args, summary: dict, measure: bool, progress:
             return {"method": "not measured", "reason": "--no-measure"}
         with progress.step("measure latency"):
             times = session.time(args, warmup=3, repeat=20)
-        how = getattr(session, "timing_how", None) or (f"in-process wall clock (time.perf_counter) "
+        how = session.timing_how or (f"in-process wall clock (time.perf_counter) "
               f"around the TVM VM call, 3 warm-up + 20 timed runs on this machine, {host_cores()} cores")
         return {"method": "measured", "how": how, **_stats(times)}
-    peak = tgt.peak
-    per_layer = analysis.roofline_layers(summary["layers"], peak.fp32_gflops, peak.mem_gbps)
-    modeled = sum(d["seconds"] for d in per_layer)
-    how = ("roofline lower bound: sum over layers of max(FLOPs / peak FLOP/s, bytes / DRAM "
-           f"bandwidth), peak {peak.fp32_gflops:.1f} GFLOP/s fp32, {peak.mem_gbps} GB/s")
-    if peak.launch_us:
-        # Fused kernels are fewer than ONNX layers; counting one launch per layer is an upper
-        # bound on that term (typical CUDA launch cost ~4 us through a runtime).
-        modeled += peak.launch_us * 1e-6 * len(summary["layers"])
-        how += f", plus {peak.launch_us:g} us launch cost per layer ({len(summary['layers'])} layers)"
-    out = {
-        "method": "modeled",
-        "median_ms": modeled * 1e3,
-        "how": how + "; real hardware is slower (untuned code reaches a fraction of peak)",
-        "source": peak.source,
-    }
-    out["layers"] = [{"name": d["name"], "op": d["op"], "ms": d["seconds"] * 1e3, "bound": d["bound"]}
-                     for d in per_layer]
+    from . import latency_model  # roofline now; the executed-instruction bound joins it with the count
+
+    out = latency_model.modeled_latency(tgt, summary)
     if not runnable:
         out["note"] = f"not measured: {session.skip_reason}"
     elif measure:
@@ -433,7 +265,11 @@ def _open(pkg: str | os.PathLike):
 def run(pkg: str | os.PathLike, inputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
         out: str | os.PathLike | None = None, *, force: bool = False) -> dict[str, np.ndarray]:
     """Run a compiled package on ``inputs`` (an .npz path or arrays; default: its sample
-    inputs); return outputs by name, and write them to ``out`` (.npz) if given."""
+    inputs); return outputs by name, and write them to ``out`` (.npz) if given.
+
+    Arrays with more rows than the package's batch run in consecutive calls of that batch,
+    outputs concatenated along axis 0; rows that do not fill a last call are an error (none is
+    ever dropped silently)."""
     if out is not None:
         artifact.check_destination(Path(out), force)
     pkg, manifest, session = _open(pkg)
@@ -445,8 +281,8 @@ def run(pkg: str | os.PathLike, inputs: str | os.PathLike | Mapping[str, np.ndar
         arrays, source = verify.load_inputs(inputs), str(inputs)
     else:
         arrays, source = dict(inputs), "inputs"
-    fitted = verify.fit_inputs(arrays, specs, source)
-    outs = session.run([fitted[s.name] for s in specs])
+    sets = verify.sample_sets(arrays, specs, source)
+    outs = verify.join_calls(session.run_many([[fitted[s.name] for s in specs] for fitted in sets]))
     result = dict(zip([d["name"] for d in manifest["outputs"]], outs))
     if out is not None:
         out = Path(out)
@@ -462,65 +298,135 @@ def run(pkg: str | os.PathLike, inputs: str | os.PathLike | Mapping[str, np.ndar
 def bench(pkg: str | os.PathLike, *, warmup: int = 5, repeat: int = 50, rounds: int = 5,
           threads: int | None = None, compare_ort: bool = True, rpc: str | None = None,
           rpc_key: str | None = None, rpc_tracker: str | None = None) -> dict:
-    """Latency of a package and, beside it, onnxruntime's on the package's ONNX model with the
-    same inputs and thread count, interleaved in ``rounds`` so machine noise hits both alike.
-    With ``rpc``/``rpc_tracker`` the package runs on that TVM RPC server instead, timed there by
-    ``time_evaluator`` (no onnxruntime beside it: it would run on another machine)."""
+    """Latency of a package and, beside it, onnxruntime's on the package's deployable
+    equivalent, with the same inputs and thread count, interleaved in ``rounds`` so machine
+    noise hits both alike.
+
+    Baselines (onnxruntime, graph optimizations on): ``deployable`` - the package's ONNX model
+    when onnxruntime can run it, else the QDQ graph an integerized package was made from
+    (``deploy_qdq.onnx``); ``original`` - the source model named in the manifest, when it is
+    still there unchanged (sha256) and differs from the first. Never optc's own reference ops.
+    Both sides are timed from numpy inputs to numpy outputs (conversions included). The TVM
+    thread pool is set to ``threads`` for real (``runtime.config_threadpool``) and the count it
+    reports is recorded. With ``rpc``/``rpc_tracker`` the package runs on that TVM RPC server
+    instead, timed there by ``time_evaluator`` (no onnxruntime beside it).
+    """
     if rpc or rpc_tracker or rpc_key:
         return _bench_remote(pkg, warmup, repeat, rpc, rpc_key, rpc_tracker)
     threads = threads or host_cores()
-    if threads != host_cores():
-        os.environ["TVM_NUM_THREADS"] = str(threads)
     pkg, manifest, session = _open(pkg)
     tgt = manifest["target"]
     specs = [frontend.TensorSpec.from_json(d) for d in manifest["inputs"]]
     sample = verify.load_inputs(pkg / manifest["files_by_role"]["sample_inputs"])
     args = [sample[s.name] for s in specs]
-    feeds = {s.name: sample[s.name] for s in specs}
-    if not getattr(session, "runnable", True):
-        raise UsageError(f"{pkg}: cannot run here: {getattr(session, 'skip_reason', 'no device')}")
+    if not session.runnable:
+        raise UsageError(f"{pkg}: cannot run here: {session.skip_reason}")
     # What a session's times mean: "measured" (real hardware here) or "emulated" (qemu-user).
-    timing = getattr(session, "timing", "measured")
-    emulated = timing != "measured"
+    emulated = session.timing != "measured"
     if emulated:
-        repeat = min(repeat, 5)
-        rounds = 1
+        repeat, rounds = min(repeat, 5), 1
+    applied = _set_threads(threads) if tgt["backend"] == "tvm-cpu" else None
     # onnxruntime's CPU latency is only a fair neighbour for code that runs on this CPU.
-    ort_sess = verify.ort_session(pkg / manifest["files_by_role"]["onnx"], threads=threads, optimize=True) \
-        if compare_ort and tgt["backend"] == "tvm-cpu" else None
+    baselines = _baselines(pkg, manifest, threads) if compare_ort and tgt["backend"] == "tvm-cpu" else {}
     per_round = max(1, repeat // rounds)
-    optc_times, ort_times = [], []
+    optc_times: list[float] = []
+    ort_times: dict[str, list[float]] = {k: [] for k in baselines}
     if not emulated:
         session.time(args, warmup=warmup, repeat=0)
-    if ort_sess:
-        for _ in range(warmup):
-            ort_sess.run(None, feeds)
+    for b in baselines.values():
+        b.time(warmup, 0)
+    if applied is not None:
+        applied = _threads_in_use()  # the pool exists now: what it really holds
     for _ in range(rounds):
         optc_times += session.time(args, warmup=0, repeat=per_round)
-        if ort_sess:
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                ort_sess.run(None, feeds)
-                ort_times.append(time.perf_counter() - t0)
+        for k, b in baselines.items():
+            ort_times[k] += b.time(0, per_round)
     result = {
         "package": str(pkg),
         "target": tgt["name"],
         "threads": threads,
-        "method": f"{timing} (not the target's latency)" if emulated else
-                  f"measured: wall clock per call, {warmup} warm-up, {rounds} interleaved rounds",
+        **({"threads_applied": {"optc (TVM runtime.NumThreads)": applied,
+                                "onnxruntime (intra_op_num_threads)": threads}} if applied is not None else {}),
+        "method": f"{session.timing} (not the target's latency)" if emulated else
+                  f"measured: wall clock per call from numpy inputs to numpy outputs (both sides), {warmup} "
+                  f"warm-up, {rounds} interleaved rounds",
         "optc": _stats(optc_times),
     }
-    if ort_times:
+    if baselines:
         import onnxruntime
 
-        result["onnxruntime"] = _stats(ort_times) | {"version": onnxruntime.__version__,
-                                                     "graph_optimizations": "all"}
+        result["baselines"] = {k: _stats(ort_times[k]) | {"model": b.describe, "version": onnxruntime.__version__,
+                                                          "graph_optimizations": "all"}
+                               for k, b in baselines.items()}
+        first = next(iter(baselines))
+        result["onnxruntime"] = result["baselines"][first]  # the deployable equivalent
         result["ratio_optc_over_ort"] = result["optc"]["median_ms"] / result["onnxruntime"]["median_ms"]
+        for k in baselines:
+            result["baselines"][k]["ratio_optc_over_this"] = result["optc"]["median_ms"] / result["baselines"][k]["median_ms"]
+    elif compare_ort and tgt["backend"] == "tvm-cpu":
+        result["onnxruntime_note"] = "no onnxruntime-runnable equivalent of this package was found"
     if emulated:
         import json
 
         result["modeled"] = json.loads((pkg / artifact.REPORT).read_text()).get("latency")
     return result
+
+
+def _set_threads(n: int) -> int:
+    """Set the TVM runtime thread pool of this process to ``n`` threads."""
+    import tvm
+
+    tvm.get_global_func("runtime.config_threadpool")(1, int(n))
+    return int(n)
+
+
+def _threads_in_use() -> int:
+    import tvm
+
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
+class _OrtBaseline:
+    """onnxruntime on one ONNX file of a bench, timed from numpy feeds to numpy outputs."""
+
+    def __init__(self, path: Path, describe: str, sample: dict, threads: int):
+        self.describe = describe
+        self.sess = verify.ort_session(path, threads=threads, optimize=True)
+        names = {i.name for i in self.sess.get_inputs()}
+        self.feeds = {k: v for k, v in sample.items() if k in names}
+
+    def time(self, warmup: int, repeat: int) -> list[float]:
+        for _ in range(warmup):
+            self.sess.run(None, self.feeds)
+        out = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            self.sess.run(None, self.feeds)
+            out.append(time.perf_counter() - t0)
+        return out
+
+
+def _baselines(pkg: Path, manifest: dict, threads: int) -> dict[str, _OrtBaseline]:
+    """``deployable`` and ``original`` onnxruntime baselines of a package (see :func:`bench`)."""
+    files = manifest["files_by_role"]
+    sample = verify.load_inputs(pkg / files["sample_inputs"])
+    out = {}
+    onnx_path = pkg / files["onnx"]
+    runnable = not any(n.domain == "ai.optc" for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
+    if runnable:
+        out["deployable"] = _OrtBaseline(onnx_path, "the package's optimized ONNX model (model.onnx)", sample, threads)
+    elif "deploy_onnx" in files:
+        out["deployable"] = _OrtBaseline(pkg / files["deploy_onnx"], "the QDQ model the integer ops were made "
+                                         f"from ({files['deploy_onnx']}): onnxruntime's own int8 kernels",
+                                         sample, threads)
+    src = manifest.get("source_model") or {}
+    path = Path(src.get("path", ""))
+    if path.is_file() and artifact.sha256(path) == src.get("sha256"):
+        try:
+            out["original"] = _OrtBaseline(path, f"the original model ({path})", sample, threads)
+        except Exception:  # noqa: BLE001 - e.g. dynamic shapes onnxruntime cannot take with these feeds
+            pass
+    return out
 
 
 def _bench_remote(pkg, warmup: int, repeat: int, rpc, rpc_key, rpc_tracker) -> dict:

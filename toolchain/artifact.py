@@ -6,15 +6,28 @@ hashes, versions, target, pipeline). It is assembled in a hidden temporary direc
 the destination and renamed into place only when everything succeeded, so a failed or
 interrupted compile leaves nothing behind, and an existing path is replaced only when the
 caller asked for it (``force``).
+
+The temporary directory is ``.NAME.tmp-PID-XXXXXXXX`` (PID: the writing process) and holds a
+marker file, ``.optc-tmp.json`` (pid, host, the process's start time), removed before the
+rename. A process killed outright (SIGKILL, power loss; the CLI turns SIGTERM and SIGHUP into
+a clean stop) leaves that directory behind; the next package written to the same parent
+removes it (:func:`remove_stale_temporaries`): only directories with optc's name pattern,
+owned by this user, with the marker naming the same pid, whose process is gone (or that came
+from another host more than a week ago). Nothing else is ever deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import InvalidModelError, UsageError
@@ -22,6 +35,11 @@ from .errors import InvalidModelError, UsageError
 FORMAT = "optc-artifact/1"
 MANIFEST = "manifest.json"
 REPORT = "report.json"
+TMP_MARKER = ".optc-tmp.json"  # inside a temporary package directory; never part of a package
+# ``.NAME.tmp-PID-XXXXXXXX``: tempfile.mkdtemp's 8 random characters after optc's prefix
+TMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>[1-9][0-9]*)-[a-z0-9_]{8}$")
+STALE_OTHER_HOST_S = 7 * 24 * 3600  # a temporary directory from another host is stale after this
+_MARKERLESS_GRACE_S = 60  # an empty, marker-less one (killed right after mkdtemp) after this
 
 
 def sha256(path: Path) -> str:
@@ -69,8 +87,19 @@ class PackageWriter:
             for p in reversed(missing):
                 p.mkdir()
                 self._made.append(p)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.tmp-", dir=self.dest.parent))
+            if not self._made:
+                remove_stale_temporaries(self.dest.parent)
+            pid = os.getpid()
+            # absolute (mkdtemp keeps a relative dir relative before Python 3.12): backends run
+            # tools with other working directories on paths inside it
+            self.tmp = Path(os.path.abspath(tempfile.mkdtemp(prefix=f".{self.dest.name}.tmp-{pid}-",
+                                                             dir=self.dest.parent)))
+            (self.tmp / TMP_MARKER).write_text(json.dumps(
+                {"pid": pid, "host": socket.gethostname(), "start": _process_start(pid), "created": time.time()}))
         except OSError as err:
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp = None
             self._remove_made()
             raise UsageError(f"{self.dest}: cannot write there ({err.strerror or err})") from None
         umask = os.umask(0)
@@ -80,22 +109,25 @@ class PackageWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self._remove_made()
-            return
-        old = None
-        if self.dest.exists() or self.dest.is_symlink():
-            check_destination(self.dest, self.force)  # re-check: it may have appeared meanwhile
-            old = self.dest.with_name(f".{self.dest.name}.old-{os.getpid()}")
-            os.rename(self.dest, old)
-        os.rename(self.tmp, self.dest)
-        if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink()
-
+        # A signal now (Ctrl-C, or SIGTERM/SIGHUP turned into an exception by the CLI) would cut
+        # the clean-up or the renames short: it is held until they are done.
+        with _signals_held():
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self._remove_made()
+                return
+            (self.tmp / TMP_MARKER).unlink(missing_ok=True)
+            old = None
+            if self.dest.exists() or self.dest.is_symlink():
+                check_destination(self.dest, self.force)  # re-check: it may have appeared meanwhile
+                old = self.dest.with_name(f".{self.dest.name}.old-{os.getpid()}")
+                os.rename(self.dest, old)
+            os.rename(self.tmp, self.dest)
+            if old is not None:
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink()
 
     def _remove_made(self) -> None:
         for p in reversed(self._made):
@@ -105,11 +137,97 @@ class PackageWriter:
                 pass
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT, SIGTERM and SIGHUP (delivered when the block ends) where the platform can."""
+    sigs = {s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None}
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, Linux ``/proc``), or None.
+    With the pid, it tells a live writer from a new process that reuses a dead writer's pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None  # field 22, counting from pid = 1
+
+
+def _process_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, another user's
+        return True
+    if start is not None:
+        now = _process_start(pid)
+        if now is not None and now != start:
+            return False  # the pid was reused by a later process
+    return True
+
+
+def remove_stale_temporaries(parent: str | os.PathLike) -> list[Path]:
+    """Remove the temporary package directories in ``parent`` left by optc processes that were
+    killed (see the module docstring for the rules); returns what was removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    host, me, now = socket.gethostname(), os.getpid(), time.time()
+    for entry in entries:
+        m = TMP_PATTERN.match(entry.name)
+        if not m:
+            continue
+        pid = int(m["pid"])
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not entry.is_dir(follow_symlinks=False) or pid == me or st.st_uid != os.getuid():
+            continue
+        path = Path(entry.path)
+        try:
+            info = json.loads((path / TMP_MARKER).read_text())
+        except (OSError, ValueError):
+            info = None
+        if not isinstance(info, dict):
+            # killed between mkdtemp and writing the marker: only an empty directory (rmdir
+            # removes nothing else), only when no such pid lives here, and not a fresh one
+            if now - st.st_mtime > _MARKERLESS_GRACE_S and not _process_alive(pid, None):
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+                    removed.append(path)
+            continue
+        if info.get("pid") != pid:
+            continue
+        if info.get("host") == host:
+            stale = not _process_alive(pid, info.get("start"))
+        else:  # another machine sharing this directory: its pids mean nothing here
+            created = info.get("created")
+            stale = isinstance(created, (int, float)) and now - created > STALE_OTHER_HOST_S
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                removed.append(path)
+    return removed
+
+
 def file_table(pkg: Path) -> dict[str, dict]:
     """relative path -> {sha256, bytes} for every file in the package but the manifest."""
     out = {}
     for p in sorted(pkg.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
+        if p.is_file() and p.name != MANIFEST and p.relative_to(pkg).as_posix() != TMP_MARKER:
             out[p.relative_to(pkg).as_posix()] = {"sha256": sha256(p), "bytes": p.stat().st_size}
     return out
 

@@ -1,20 +1,26 @@
 """The ``optc`` command line: a thin layer over :mod:`optc.api`.
 
 Errors a user can fix print one line (``optc: error: ...``) and exit with the code of their
-class (see ``optc --help``); ``--debug`` shows the traceback of anything else.
+class (see ``optc --help``); anything else is a bug in optc, reported as an internal error (exit
+70) naming the failing stage; ``--debug`` prints the traceback with its cause chain.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
+import traceback
+import warnings
 from typing import Sequence
 
 from . import DEFAULT_PIPELINE, __version__
-from .errors import EXIT_CODES, OptcError
+from .errors import EXIT_CODES, InternalError, OptcError
 
 INTERNAL_ERROR = 70
 
@@ -40,43 +46,112 @@ def _progress(args):
     return Progress(enabled=not args.quiet and not getattr(args, "json", False))
 
 
+@contextlib.contextmanager
+def _warnings_to_stderr():
+    """optc's warnings (:class:`optc.progress.OptcWarning`) as ``optc: warning: ...`` lines on
+    stderr, every one (not once per call site); others as Python prints them."""
+    from .progress import OptcWarning
+
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, OptcWarning):
+                print(f"optc: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.simplefilter("always", OptcWarning)
+        warnings.showwarning = show
+        yield
+
+
+def compile_pipeline(text: str, cleanup: bool = True, progress=None) -> str:
+    """The pipeline ``optc compile`` runs for ``--passes text``: with the cleanup prefix
+    before its compression passes (see :func:`optc.pipeline.with_cleanup`) unless
+    ``cleanup`` is false. The returned text is what the package records."""
+    from . import pipeline
+
+    if not cleanup:
+        return text
+    specs, added = pipeline.with_cleanup(text)
+    if not added:
+        return text
+    out = pipeline.format_pipeline(specs)
+    if progress is not None:
+        progress.note(f"cleanup passes {','.join(s.name for s in added)} added before the compression "
+                      f"passes (--no-cleanup to run the pipeline as written): {out}")
+    return out
+
+
+def _warn_near_chance(report: dict) -> None:
+    """A compressed model whose accuracy fell to chance: say so, and how to get it back."""
+    a = report.get("accuracy") or {}
+    if not a.get("near_chance"):
+        return
+    names = [p.get("name") for p in report.get("passes", [])]
+    if "prune" in names or "prune-zero" in names:
+        how = ("pruning removed too much: prune less (`optc prune-scan` proposes per-layer ratios within "
+               "an accuracy budget) or fine-tune the pruned model (`optc prune-finetune MODEL --passes "
+               "'prune<...>' --train TRAIN.npz --eval DATA.npz`) and compile that")
+    else:
+        how = "the pipeline's lossy passes destroyed the model (`optc quant-debug` shows where, for quantize)"
+    print(f"optc: warning: {a.get('note', 'accuracy near chance level')}; {how}", file=sys.stderr)
+
+
 def cmd_compile(args) -> int:
     from . import api
+    from .errors import UsageError
     from .frontend import parse_shape_args
+
+    if args.tune_seconds is not None and not args.tune:
+        raise UsageError("--tune-seconds bounds the tuning that --tune N turns on; nothing would be tuned: "
+                         "give the number of measured candidates too (e.g. --tune 2000 --tune-seconds "
+                         f"{args.tune_seconds:g}; tuning stops at whichever limit comes first)")
+    progress = _progress(args)
+    passes = compile_pipeline(args.passes, not args.no_cleanup, progress)
 
     report = api.compile(
         args.model, args.target, args.output,
-        passes=args.passes, input_shapes=parse_shape_args(args.input_shape or []),
+        passes=passes, input_shapes=parse_shape_args(args.input_shape or []),
         inputs=args.inputs, params=args.params, verify_outputs=not args.no_verify,
-        atol=args.atol, rtol=args.rtol, measure=not args.no_measure, force=args.force,
+        atol=args.atol, rtol=args.rtol, verify_samples=args.verify_samples, measure=not args.no_measure,
+        force=args.force,
         eval_data=args.eval, eval_limit=args.eval_limit, power_watts=args.power_watts,
-        progress=_progress(args), tune=args.tune, tune_seconds=args.tune_seconds, tuning_db=args.tuning_db,
+        progress=progress, tune=args.tune, tune_seconds=args.tune_seconds, tuning_db=args.tuning_db,
         rpc=args.rpc, rpc_key=args.rpc_key, rpc_tracker=args.rpc_tracker,
     )
     out = args.output or report.get("package")
+    _warn_near_chance(report)
     if args.json:
         _print_json(report)
         return 0
     v = report["verify"]
     lat = report["latency"]
     print(f"compiled {args.model} for {report['target']} -> {out if out else '(default path)'}")
+    print("  inputs: " + ", ".join(f"{d['name']} {'x'.join(map(str, d['shape']))} {d['dtype']}"
+                                   for d in report["inputs"]))
+    for note in report.get("binding", {}).get("notes", []):
+        print(f"  note: {note}")
     if v.get("passed") is not None:
-        print(f"  verify: passed (max abs error {v['max_abs_error']:.3g}, max rel error "
-              f"{v['max_rel_error']:.3g}; {v['inputs']})")
+        print(f"  verify: passed on {v['samples']} sample(s) in {v['calls']} call(s) (max abs error "
+              f"{v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}; {v['inputs']})")
     else:
         print(f"  verify: NOT RUN ({v.get('skipped', 'skipped')})")
     print(f"  size: {report['size_bytes']['artifact'] / 1024:.1f} KiB (library + params)")
     if "accuracy" in report:
         a = report["accuracy"]
+        chance = " - NEAR CHANCE LEVEL" if a.get("near_chance") else ""
         if "top1" in a:
             print(f"  accuracy: top-1 {100 * a['top1']:.2f}% vs {100 * a['top1_reference']:.2f}% original "
-                  f"({a['top1_drop_points']:+.2f} points drop, {a['samples']} samples)")
+                  f"({a['top1_drop_points']:+.2f} points drop, {a['samples']} samples){chance}")
         else:
-            print(f"  fidelity: top-1 agreement {100 * a['top1_agreement']:.2f}%, SQNR "
-                  + ", ".join(f"{k} {v:.1f} dB" for k, v in a["sqnr_db"].items()))
+            print("  fidelity: " + (f"top-1 agreement {100 * a['top1_agreement']:.2f}%, " if "top1_agreement" in a
+                                    else "".join(f"mask IoU {k} {v:.3f}, " for k, v in a.get("mask_iou", {}).items()))
+                  + "SQNR " + ", ".join(f"{k} {v:.1f} dB" for k, v in a["sqnr_db"].items()) + chance)
     if "median_ms" in lat:
         extra = f", emulated run {lat['emulated_ms']:.1f} ms (not ARM latency)" if "emulated_ms" in lat else ""
-        print(f"  latency: {lat['median_ms']:.3f} ms ({lat['method']}){extra}"
+        print(f"  latency: {lat['median_ms']:.3f} ms ({lat.get('label') or lat['method']}){extra}"
               + (f" on {lat['source']}" if "source" in lat and lat["method"] != "modeled" else ""))
     if "instructions" in lat and "count" in lat["instructions"]:
         print(f"  executed instructions: {lat['instructions']['count']:,} per inference ({lat['instructions']['method']})")
@@ -121,10 +196,14 @@ def cmd_bench(args) -> int:
     print(f"{res['package']} ({res['target']}, " + (f"{res['threads']} threads; " if res["threads"] else "")
           + f"{res['method']})" + (f"\n  on {res['source']}" if "source" in res else ""))
     print(f"  optc:        median {o['median_ms']:.3f} ms  (p10 {o['p10_ms']:.3f}, p90 {o['p90_ms']:.3f}, n={o['repeat']})")
-    if "onnxruntime" in res:
-        r = res["onnxruntime"]
-        print(f"  onnxruntime: median {r['median_ms']:.3f} ms  (p10 {r['p10_ms']:.3f}, p90 {r['p90_ms']:.3f}, n={r['repeat']})")
-        print(f"  ratio optc/onnxruntime: {res['ratio_optc_over_ort']:.2f}x (lower is better)")
+    if "threads_applied" in res:
+        print("  threads in use: " + ", ".join(f"{k} {v}" for k, v in res["threads_applied"].items()))
+    for key, r in res.get("baselines", {}).items():
+        print(f"  onnxruntime on {key}: median {r['median_ms']:.3f} ms  (p10 {r['p10_ms']:.3f}, "
+              f"p90 {r['p90_ms']:.3f}, n={r['repeat']}) -> optc/this {r['ratio_optc_over_this']:.2f}x"
+              f"\n    ({r['model']})")
+    if "onnxruntime_note" in res:
+        print(f"  onnxruntime: {res['onnxruntime_note']}")
     if "modeled" in res and res["modeled"]:
         print(f"  modeled latency on the target: {res['modeled']['median_ms']:.3f} ms ({res['modeled']['method']})")
     return 0
@@ -147,9 +226,12 @@ def cmd_inspect(args) -> int:
         return 0
     print(f"  MACs {info['macs']:,}  FLOPs {info['flops']:,}  weights {info['param_bytes'] / 1024:.1f} KiB  "
           f"largest activation {info['max_activation_bytes'] / 1024:.1f} KiB")
-    print(f"  {'layer':32} {'op':20} {'MACs':>14} {'params':>10} {'output':>18}")
+    # whole names: they are what include=/exclude=/ratios= patterns match
+    wn = max([len(layer["name"]) for layer in info["layers"]] + [5])
+    wo = max([len(layer["op"]) for layer in info["layers"]] + [2])
+    print(f"  {'layer':{wn}} {'op':{wo}} {'MACs':>14} {'params':>10} {'output':>18}")
     for layer in info["layers"]:
-        print(f"  {layer['name'][:32]:32} {layer['op'][:20]:20} {layer['macs']:>14,} {layer['params']:>10,} "
+        print(f"  {layer['name']:{wn}} {layer['op']:{wo}} {layer['macs']:>14,} {layer['params']:>10,} "
               f"{str(layer['output_shape']):>18}")
     return 0
 
@@ -164,11 +246,13 @@ def cmd_passes(args) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    for r in rows:
-        print(f"{r['name']:18} {r['summary']}")
+    w = max(len(r["name"]) for r in rows)
+    for r in rows:  # whole lines, never cut (a terminal wraps them; a file keeps them)
+        print(f"{r['name']:{w}}  {r['summary']}")
         for p in r["params"]:
-            print(f"{'':18}   {p['key']}: {p['type']} = {p['default']!r}  {p['doc']}")
-    print(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
+            print(f"{'':{w}}    {p['key']}: {p['type']} = {p['default']!r}  {p['doc']}")
+    print(f"\ndefault pipeline: {DEFAULT_PIPELINE}\n(`optc compile` runs the passes of it a pipeline lacks "
+          "before its first compression pass; --no-cleanup runs a pipeline as written)")
     return 0
 
 
@@ -221,23 +305,35 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-t", "--target", default="cpu", help="target name (see `optc targets`; default cpu)")
     c.add_argument("-o", "--output", help="package directory to create (default: MODEL.TARGET.optc)")
     c.add_argument("--passes", default=DEFAULT_PIPELINE,
-                   help=f"pass pipeline text (see `optc passes`; default {DEFAULT_PIPELINE!r})")
+                   help=f"pass pipeline text (see `optc passes`; default {DEFAULT_PIPELINE!r}). Before "
+                        "the first compression pass (prune, prune-zero, sparsify, quantize, "
+                        "sign-to-threshold, binarize) the default pipeline's passes not already there are "
+                        "inserted (fuse-bn not before binarization or prune<criterion=bn-scale>); the "
+                        "package records the pipeline that ran")
+    c.add_argument("--no-cleanup", action="store_true",
+                   help="run --passes exactly as written (no cleanup passes added)")
     c.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help=shape_help)
     c.add_argument("--inputs", metavar="FILE.npz", help="sample inputs for verification "
-                   "(arrays keyed by input name; default: generated with a fixed seed)")
+                   "(arrays keyed by input name; default: generated with a fixed seed). Rows beyond the "
+                   "bound batch are verified in further calls, up to --verify-samples; the batch is "
+                   "never taken from this file")
+    c.add_argument("--verify-samples", type=int, default=8, metavar="N",
+                   help="verify on up to N samples, one call per bound batch (default 8)")
     c.add_argument("--params", choices=["embedded", "separate"], default="embedded",
                    help="weights inside the library (default) or beside it in params.bin")
     c.add_argument("--atol", type=float, default=1e-4, help="verification absolute tolerance (default 1e-4)")
     c.add_argument("--rtol", type=float, default=1e-3,
                    help="verification tolerance relative to the reference's max |value| (default 1e-3)")
-    c.add_argument("--eval", metavar="DATA.npz", help="labelled data (input arrays + 'label') for top-1 "
+    c.add_argument("--eval", metavar="DATA.npz", help="labelled data (input arrays + labels under 'label', "
+                   "'labels', 'y', 'target' or 'targets') for top-1 "
                    "accuracy vs the original model; without labels: fidelity (top-1 agreement, SQNR)")
     c.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on the first N samples only")
     c.add_argument("--power-watts", type=float, metavar="W", help="device power in watts (wall meter, "
                    "board spec): report energy as W x latency ('estimated from supplied power')")
     c.add_argument("--tune", type=int, default=0, metavar="N", help="MetaSchedule-tune the fused functions "
                    "first with N measured candidates in all (TVM CPU targets; see `optc tune`)")
-    c.add_argument("--tune-seconds", type=float, metavar="S", help="time budget for --tune")
+    c.add_argument("--tune-seconds", type=float, metavar="S", help="time budget for --tune N (needs it: "
+                   "alone it is an error, as it would tune nothing); tuning stops at whichever comes first")
     c.add_argument("--tuning-db", metavar="DIR", help="tuning databases' root (default ~/.cache/optc/tuning; "
                    "used automatically when it has records for this target)")
     _rpc_args(c, "verify and time the artifact on a TVM RPC server (a board, a GPU host)")
@@ -278,26 +374,71 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C's KeyboardInterrupt so that the same clean-up runs
+    (temporary package directory removed, child tools killed); exit status 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """Within the block, SIGTERM and SIGHUP (a closed terminal) raise :class:`Terminated`.
+    A second one during the clean-up is ignored; the handlers are restored afterwards."""
+    sigs = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        for s in sigs:
+            signal.signal(s, signal.SIG_IGN)
+        if signum == getattr(signal, "SIGHUP", None):  # the terminal is gone: writes to it would fail
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for fd in (1, 2):
+                with contextlib.suppress(OSError):
+                    if os.isatty(fd):
+                        os.dup2(devnull, fd)
+            os.close(devnull)
+        raise Terminated(signum)
+
+    previous = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with _signals_as_interrupts(), _warnings_to_stderr():
+            return args.func(args)
     except OptcError as err:
+        if getattr(args, "debug", False):  # the cause chain of a user-facing error, if any
+            traceback.print_exception(err, file=sys.stderr)
         print(f"optc: error: {err}", file=sys.stderr)
         return err.exit_code
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:
-        print("optc: interrupted (nothing was written)", file=sys.stderr)
-        return 130
-    except Exception as err:  # a bug in optc
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM / SIGHUP (Terminated)
+        signum = getattr(err, "signum", None)
+        with contextlib.suppress(OSError):
+            what = f"terminated by {signal.Signals(signum).name}" if signum else "interrupted"
+            print(f"optc: {what} (nothing was written)", file=sys.stderr)
+        return 128 + signum if signum else 130
+    except Exception as err:  # a bug in optc (InternalError names the stage that failed)
         if getattr(args, "debug", False):
-            raise
+            traceback.print_exception(err, file=sys.stderr)  # with the cause chain
         msg = " ".join(str(err).split())[:400]
-        print(f"optc: internal error: {type(err).__name__}: {msg} (run with --debug for the traceback)",
-              file=sys.stderr)
+        where = "" if isinstance(err, InternalError) else f"{type(err).__name__}: "
+        print(f"optc: internal error: {where}{msg}\n  this is a bug in optc, not a problem with your input; "
+              "run with --debug for the traceback and its cause", file=sys.stderr)
         return INTERNAL_ERROR
 
 

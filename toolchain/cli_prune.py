@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 
 def _print_json(data) -> None:
@@ -50,7 +51,8 @@ def cmd_prune_scan(args) -> int:
     print(f"  {'group':{width}} {'C':>5} {'ratio':>6} {'kept':>5} {'FLOPs':>7} {metric:>8} {'drop':>7}")
     for r in res["rows"]:
         print(f"  {r['group']:{width}} {r['channels']:>5} {r['ratio']:>6.2f} {r['kept']:>5} "
-              f"{_pct(r['flops_fraction']):>7} {r['metric']:>7.2f}% {r['drop_points']:>+7.2f}")
+              f"{_pct(r['flops_fraction']):>7} {r['metric']:>7.2f}% {r['drop_points']:>+7.2f}"
+              + ("  chance level" if r.get("at_chance") else ""))
     for s in res["skipped"]:
         print(f"  skipped {s['name']} ({s['channels']} channels): {s['reason']}")
     p = res["proposal"]
@@ -62,6 +64,8 @@ def cmd_prune_scan(args) -> int:
               f"({p['drop_points']:+.2f} points drop)")
     if "note" in p:
         print(f"  note: {p['note']}")
+    for note in res.get("notes", []):
+        print(f"optc: warning: {note}", file=sys.stderr)
     return 0
 
 

@@ -30,10 +30,11 @@ def cmd_quant_debug(args) -> int:
               f"({a['drop_points']:+.2f} points drop)")
     iso = any("isolated_sqnr_db" in e for e in res["layers"])
     drop = any("isolated_drop_points" in e for e in res["layers"])
-    print(f"  {'layer':40} {'op':6} {'bits':>4} {'w SQNR':>7} {'in SQNR':>7} {'out SQNR':>8} {'drop':>6}"
+    w = max([len(e["name"]) for e in res["layers"]] + [5])  # whole names: exclude= patterns match them
+    print(f"  {'layer':{w}} {'op':6} {'bits':>4} {'w SQNR':>7} {'in SQNR':>7} {'out SQNR':>8} {'drop':>6}"
           + (f" {'alone':>7}" if iso else "") + (f" {'alone top-1':>11}" if drop else ""))
     for e in res["layers"]:
-        line = (f"  {e['name'][-40:]:40} {e['op']:6} {e['weight_bits']:>4} {f(e['weight_sqnr_db']):>7} "
+        line = (f"  {e['name']:{w}} {e['op']:6} {e['weight_bits']:>4} {f(e['weight_sqnr_db']):>7} "
                 f"{f(e['input_sqnr_db']):>7} {f(e['sqnr_db']):>8} {f(e['sqnr_drop_db']):>6}")
         if iso:
             line += f" {f(e.get('isolated_sqnr_db')):>7}"

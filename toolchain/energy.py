@@ -722,7 +722,7 @@ def supplied_power_section(power_watts: float, latency: dict) -> dict | None:
         "source": f"user-supplied power {power_watts:g} W x {lat_method} latency median {ms:.4g} ms",
         "mj_per_inference": power_watts * ms,
         "breakdown": {"power_watts": power_watts, "latency_ms": ms, "latency_method": lat_method},
-        **({"note": "modeled latency is a roofline lower bound, so this energy is one too"}
+        **({"note": "modeled latency is a lower bound (see latency.how), so this energy is one too"}
            if lat_method == "modeled" else {}),
     }
 

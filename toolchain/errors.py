@@ -50,6 +50,18 @@ class BudgetError(OptcError):
     exit_code = 6
 
 
+class InternalError(Exception):
+    """A bug in optc (not the user's input): the CLI says so, names the failing ``stage``
+    (a pass, the build, ...) and exits 70; ``--debug`` prints the traceback with its cause
+    chain. Raise it ``from`` the original exception so the cause is kept."""
+
+    exit_code = 70
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+
+
 EXIT_CODES = {
     0: "success",
     2: "bad input or usage (invalid model, wrong input name/shape, existing output, bad pipeline)",

@@ -5,6 +5,16 @@
   budget gives one :class:`Check`; a figure missing from the report fails its budget with the
   reason. :func:`enforce` raises :class:`~optc.errors.BudgetError` (exit code 6) naming every
   failure.
+* The gate refuses what was not checked: a package whose artifact was not verified against
+  onnxruntime (``verify.passed`` null: a GPU package built without a GPU, ``--no-verify``)
+  fails unless ``allow_unverified``; one that failed verification always fails. A latency
+  budget is compared with a *latency*: a measured one, or cycle-accurate RTL simulation at the
+  placed-and-routed clock. A modeled figure (roofline lower bound; FPGA cycles at an assumed
+  clock) shows only that the budget *might* hold, so it fails unless ``allow_modeled`` (a
+  modeled lower bound above the budget fails either way); an emulated time (qemu wall time on
+  this host) is not the target's latency and never meets a budget (its modeled figure beside
+  it counts, under ``allow_modeled``). Energy from supplied power times a modeled latency is a
+  lower bound too and follows the same switch.
 * :func:`run_job` runs a whole compression job from a YAML (``.yaml``/``.yml``, PyYAML) or TOML
   (``.toml``, tomllib) file: it compiles each candidate pipeline until the time budget is spent,
   checks the budgets, keeps the best candidate that meets them (``select.order``, default lowest
@@ -12,6 +22,9 @@
   ``summary.md``, and raises BudgetError if no candidate passed. A candidate that cannot be
   built (a pass that does not exist yet, a failed verification, an internal error) is recorded
   with the reason; it never stops the job.
+* Like ``optc compile``, :func:`run_job` runs each candidate pipeline with the cleanup prefix
+  (:func:`optc.pipeline.with_cleanup`) unless the job or the candidate says ``cleanup: false``;
+  the candidate record keeps both texts (``pipeline``, ``pipeline_run``).
 """
 
 from __future__ import annotations
@@ -44,6 +57,10 @@ class Budgets:
     (without labels: 100 - top-1 agreement, an upper bound on the drop); ``max_size_mb`` is in
     MB (10^6 bytes) of library + params; ``require_measured`` lists figures (``latency``,
     ``energy``) that must be measured on hardware, not modeled or estimated.
+
+    Two switches relax the rules (they are not budgets): ``allow_unverified`` accepts a package
+    whose artifact was not run against onnxruntime (``verify.passed`` null); ``allow_modeled``
+    lets a modeled latency (a roofline lower bound) meet ``max_latency_ms``.
     """
 
     max_accuracy_drop: float | None = None
@@ -51,6 +68,8 @@ class Budgets:
     max_size_mb: float | None = None
     max_energy_mj: float | None = None
     require_measured: tuple[str, ...] = ()
+    allow_unverified: bool = False
+    allow_modeled: bool = False
 
     @classmethod
     def from_mapping(cls, data: dict | None, where: str = "budgets") -> "Budgets":
@@ -63,6 +82,8 @@ class Budgets:
                 raise UsageError(f"{where}: unknown budget {key!r}; budgets: {', '.join(sorted(names))}")
             if k == "require_measured":
                 kw[k] = parse_require_measured(value, where)
+            elif k in SWITCHES:
+                kw[k] = _switch(value, f"{where}: {key}")
             elif value is not None:
                 try:
                     kw[k] = float(value)
@@ -71,11 +92,24 @@ class Budgets:
         return cls(**kw)
 
     def is_empty(self) -> bool:
-        return all(getattr(self, f.name) in (None, ()) for f in dataclasses.fields(self))
+        """No budget set (the switches are not budgets)."""
+        return all(getattr(self, f.name) in (None, ()) for f in dataclasses.fields(self)
+                   if f.name not in SWITCHES)
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
-                if v not in (None, ())}
+                if v not in (None, (), False)}
+
+
+SWITCHES = ("allow_unverified", "allow_modeled")
+
+
+def _switch(value, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+        return value.lower() in ("true", "yes")
+    raise UsageError(f"{where} must be true or false, not {value!r}")
 
 
 def parse_require_measured(value, where: str = "--require-measured") -> tuple[str, ...]:
@@ -152,15 +186,7 @@ def check_report(report: dict, budgets: Budgets) -> list[Check]:
             checks.append(Check("accuracy drop", ok, f"{f['accuracy_drop']:.2f} points {'<=' if ok else '>'} "
                                 f"{_num(lim)} ({how})", f["accuracy_drop"], lim))
     if budgets.max_latency_ms is not None:
-        lim = budgets.max_latency_ms
-        if f["latency_ms"] is None:
-            lat = report.get("latency") or {}
-            reason = lat.get("reason") or lat.get("method") or "absent"
-            checks.append(Check("latency", False, f"no latency figure in the report ({reason})", None, lim))
-        else:
-            ok = f["latency_ms"] <= lim
-            checks.append(Check("latency", ok, f"{_num(f['latency_ms'])} ms {'<=' if ok else '>'} {_num(lim)} ms "
-                                f"({f['latency_method']})", f["latency_ms"], lim))
+        checks.append(_latency_check(report.get("latency") or {}, budgets.max_latency_ms, budgets.allow_modeled))
     if budgets.max_size_mb is not None:
         lim = budgets.max_size_mb
         if f["size_bytes"] is None:
@@ -177,8 +203,18 @@ def check_report(report: dict, budgets: Budgets) -> list[Check]:
                                 "without energy reporting?)", None, lim))
         else:
             ok = f["energy_mj"] <= lim
-            checks.append(Check("energy", ok, f"{_num(f['energy_mj'])} mJ {'<=' if ok else '>'} {_num(lim)} mJ "
-                                f"per inference ({f['energy_method']})", f["energy_mj"], lim))
+            detail = (f"{_num(f['energy_mj'])} mJ {'<=' if ok else '>'} {_num(lim)} mJ per inference "
+                      f"({f['energy_method']})")
+            lat_method = ((report.get("energy") or {}).get("breakdown") or {}).get("latency_method")
+            if f["energy_method"] == "estimated from supplied power" and latency_kind(lat_method) != "latency":
+                # power x a modeled (lower-bound) latency is a lower bound too
+                detail += f" x a {lat_method} latency: a lower bound, not a measurement"
+                if ok and not budgets.allow_modeled:
+                    ok = False
+                    detail += "; accept it with --allow-modeled, or give a measured latency"
+                elif ok:
+                    detail += "; accepted by allow-modeled"
+            checks.append(Check("energy", ok, detail, f["energy_mj"], lim))
     for what in budgets.require_measured:
         method = f[f"{what}_method"]
         ok = method == "measured"
@@ -188,9 +224,82 @@ def check_report(report: dict, budgets: Budgets) -> list[Check]:
         if not ok and why:
             detail += f" ({why})"
         checks.append(Check(f"measured {what}", ok, detail))
-    if f["verify_passed"] is False:
-        checks.append(Check("verify", False, "the artifact failed verification against onnxruntime"))
+    checks.append(_verify_check(report.get("verify"), budgets.allow_unverified))
     return checks
+
+
+# What a latency method means for a budget: "latency" (a figure of the target itself: measured,
+# or cycle-accurate RTL simulation at the placed-and-routed clock), "modeled" (a model: the
+# roofline lower bound, or simulated cycles at an assumed clock), "emulated" (qemu wall time on
+# this host: not the target's latency at all).
+LATENCY_KINDS = {
+    "measured": "latency",
+    "simulated cycles at P&R fmax": "latency",
+    "modeled": "modeled",
+    "simulated cycles at an assumed clock": "modeled",
+    "emulated": "emulated",
+}
+
+
+def latency_kind(method: str | None) -> str | None:
+    """``latency``, ``modeled``, ``emulated`` (see :data:`LATENCY_KINDS`), None when unknown."""
+    return LATENCY_KINDS.get(method or "")
+
+
+def _latency_check(lat: dict, lim: float, allow_modeled: bool) -> Check:
+    """``max_latency_ms`` against the report's latency section (see the module docstring)."""
+    method, value = lat.get("method"), lat.get("median_ms")
+    kind = latency_kind(method)
+    if kind == "emulated":  # qemu wall time: the modeled figure beside it is what may count
+        emulated = (f"emulated {_num(value)} ms" if value is not None else "emulated time") + \
+            " is qemu wall time on the build host, not the target's latency"
+        if lat.get("modeled_ms") is None:
+            return Check("latency", False, f"{emulated}; no latency figure of the target", None, lim)
+        method, value, kind = "modeled", lat["modeled_ms"], "modeled"
+    else:
+        emulated = None
+    if value is None:
+        reason = lat.get("reason") or method or "absent"
+        return Check("latency", False, f"no latency figure in the report ({reason})", None, lim)
+    if kind is None:
+        return Check("latency", False, f"{_num(value)} ms by an unknown method {method!r}: not a latency "
+                     "this gate can trust", value, lim)
+    ok = value <= lim
+    if kind != "modeled":
+        return Check("latency", ok, f"{_num(value)} ms {'<=' if ok else '>'} {_num(lim)} ms ({method})", value, lim)
+    what = "roofline lower bound" if method == "modeled" else method
+    text = f"{_num(value)} ms {'<=' if ok else '>'} {_num(lim)} ms (modeled: {what}, not a measurement)"
+    if emulated:
+        text += f"; {emulated}"
+    if not ok:
+        text += "; the real latency is at least this" if method == "modeled" else ""
+    elif allow_modeled:
+        text += "; accepted by allow-modeled"
+    else:
+        text += ("; a model cannot show that the budget holds: measure on the device (--rpc) or accept "
+                 "modeled figures (--allow-modeled)")
+        ok = False
+    return Check("latency", ok, text, value, lim)
+
+
+def _verify_check(v: dict | None, allow_unverified: bool) -> Check:
+    """The artifact was run and compared with onnxruntime: passed (PASS), failed (always FAIL),
+    or not run (FAIL unless ``allow_unverified``)."""
+    v = v or {}
+    passed = v.get("passed")
+    if passed is True:
+        err = v.get("max_abs_error")
+        return Check("verify", True, "artifact verified against onnxruntime"
+                     + (f" (max abs error {err:.3g})" if isinstance(err, (int, float)) else ""))
+    if passed is False:
+        return Check("verify", False, "the artifact failed verification against onnxruntime")
+    why = v.get("skipped")
+    why = why if isinstance(why, str) else ("--no-verify" if why is True else "no verify section in the report")
+    text = f"NOT verified: the artifact was never run against onnxruntime ({why})"
+    if allow_unverified:
+        return Check("verify", True, text + "; accepted by allow-unverified")
+    return Check("verify", False, text + "; verify it on the target (--rpc, or compile on a machine that "
+                 "has the device) or accept it with --allow-unverified")
 
 
 def load_report(path: str | os.PathLike) -> dict:
@@ -210,7 +319,7 @@ def enforce(checks: list[Check], where: str) -> None:
     failed = [c for c in checks if not c.passed]
     if failed:
         lines = "\n".join(f"  {c.budget}: {c.detail}" for c in failed)
-        raise BudgetError(f"{len(failed)} of {len(checks)} budgets failed for {where}:\n{lines}")
+        raise BudgetError(f"{len(failed)} of {len(checks)} checks failed for {where}:\n{lines}")
 
 
 def check(path: str | os.PathLike, budgets: Budgets) -> list[Check]:
@@ -234,13 +343,16 @@ JOB_KEYS = {
     "eval_limit": "evaluate on the first N samples",
     "pipeline": "one pipeline (text)",
     "candidates": "several candidates: [{name, pipeline, target?, compile?}]",
-    "budgets": "max_accuracy_drop, max_latency_ms, max_size_mb, max_energy_mj, require_measured",
+    "budgets": "max_accuracy_drop, max_latency_ms, max_size_mb, max_energy_mj, require_measured; switches "
+               "allow_unverified, allow_modeled (default false)",
     "time_budget_s": "stop starting new candidates after this many seconds",
     "output_dir": "where the candidates, best/ and summary go",
     "select": "{order: [latency_ms, size_bytes, energy_mj, accuracy_drop], tie_tolerance: 0.02}",
     "keep_all_packages": "keep every candidate's package (default true; false keeps only reports)",
     "power_watts": "device power for energy = W x latency",
     "compile": "further optc.compile options: params, atol, rtol, measure, verify_outputs",
+    "cleanup": "true (default): the cleanup passes run before a pipeline's compression passes "
+               "(see optc.pipeline.with_cleanup); false: pipelines run as written",
     "name": "job name (for the summary)",
 }
 SELECT_KEYS = ("latency_ms", "size_bytes", "energy_mj", "accuracy_drop")
@@ -254,6 +366,7 @@ class Candidate:
     pipeline: str
     target: str
     compile: dict = field(default_factory=dict)
+    cleanup: bool = True
 
 
 @dataclass
@@ -276,6 +389,7 @@ class Job:
     keep_all_packages: bool
     power_watts: float | None
     compile: dict
+    cleanup: bool = True
 
 
 def read_job_file(path: str | os.PathLike) -> dict:
@@ -375,17 +489,18 @@ def load_job(path: str | os.PathLike, output_dir: str | os.PathLike | None = Non
             c = {"pipeline": c}
         if not isinstance(c, dict) or "pipeline" not in c:
             raise UsageError(f"{path}: candidate {i + 1} needs a 'pipeline'")
-        extra = set(c) - {"name", "pipeline", "target", "compile"}
+        extra = set(c) - {"name", "pipeline", "target", "compile", "cleanup"}
         if extra:
             raise UsageError(f"{path}: candidate {i + 1}: unknown key(s) {', '.join(sorted(extra))} "
-                             "(name, pipeline, target, compile)")
+                             "(name, pipeline, target, compile, cleanup)")
         copts = dict(c.get("compile") or {})
         if any(k not in COMPILE_OPTIONS for k in copts):
             raise UsageError(f"{path}: candidate {i + 1}: compile options are {', '.join(COMPILE_OPTIONS)}")
         name = _safe_name(str(c.get("name") or f"candidate-{i + 1}"))
         if name in {x.name for x in cands} or name == "best":
             raise UsageError(f"{path}: candidate name {name!r} used twice (or reserved)")
-        cands.append(Candidate(name, str(c["pipeline"] or ""), str(c.get("target", target)), copts))
+        cleanup = _switch(c.get("cleanup", data.get("cleanup", True)), f"{path}: candidate {i + 1}: cleanup")
+        cands.append(Candidate(name, str(c["pipeline"] or ""), str(c.get("target", target)), copts, cleanup))
     select = data.get("select") or {}
     if isinstance(select, (list, str)):
         select = {"order": select}
@@ -406,7 +521,7 @@ def load_job(path: str | os.PathLike, output_dir: str | os.PathLike | None = Non
         select_order=order, tie_tolerance=float(select.get("tie_tolerance", 0.02)),
         keep_all_packages=bool(data.get("keep_all_packages", True)),
         power_watts=float(data["power_watts"]) if data.get("power_watts") is not None else None,
-        compile=compile_opts,
+        compile=compile_opts, cleanup=_switch(data.get("cleanup", True), f"{path}: cleanup"),
     )
 
 
@@ -471,7 +586,7 @@ def _prepare_output(out: Path, force: bool) -> None:
 def run_candidate(job: Job, cand: Candidate, dest: Path, progress: Progress) -> dict:
     """Compile and check one candidate; every failure becomes a status and a note."""
     from . import api
-    from .pipeline import parse_pipeline
+    from .pipeline import format_pipeline, parse_pipeline, with_cleanup
 
     rec: dict[str, Any] = {"name": cand.name, "pipeline": cand.pipeline, "target": cand.target,
                            "status": None, "note": "", "checks": [], "figures": {}, "package": None,
@@ -480,7 +595,10 @@ def run_candidate(job: Job, cand: Candidate, dest: Path, progress: Progress) -> 
     try:
         text = expand_pipeline(cand.pipeline, job)
         try:
-            parse_pipeline(text)
+            specs = parse_pipeline(text)
+            if cand.cleanup:  # as optc compile does: cleanup before the compression passes
+                specs, added = with_cleanup(specs)
+                text = format_pipeline(specs) if added else text
         except UsageError as err:
             msg = str(err)
             rec["status"] = "unknown pass" if "unknown pass" in msg else "bad pipeline"
@@ -503,6 +621,8 @@ def run_candidate(job: Job, cand: Candidate, dest: Path, progress: Progress) -> 
     finally:
         rec["seconds"] = round(time.perf_counter() - t0, 3)
     report.pop("package", None)
+    rec["pipeline_run"] = report.get("pipeline", text)
+    rec["warnings"] = [w for p in report.get("passes", []) for w in p.get("warnings", [])]
     checks = check_report(report, job.budgets)
     rec["checks"] = [dataclasses.asdict(c) for c in checks]
     rec["figures"] = figures(report)
@@ -510,7 +630,7 @@ def run_candidate(job: Job, cand: Candidate, dest: Path, progress: Progress) -> 
     rec["report"] = str(dest / "report.json")
     failed = [c for c in checks if not c.passed]
     rec["status"] = "over budget" if failed else "passed"
-    rec["note"] = "; ".join(f"{c.budget}: {c.detail}" for c in failed)
+    rec["note"] = "; ".join([f"{c.budget}: {c.detail}" for c in failed] + [f"warning: {w}" for w in rec["warnings"]])
     return rec
 
 

@@ -29,12 +29,14 @@ import difflib
 import re
 import time
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import onnx_ir as ir
 
-from .errors import UsageError
+from .errors import InternalError, OptcError, UsageError
+from .progress import OptcWarning
 
 __all__ = [
     "Pass",
@@ -47,6 +49,8 @@ __all__ = [
     "format_pipeline",
     "instantiate",
     "run_pipeline",
+    "with_cleanup",
+    "PassWarning",
 ]
 
 
@@ -60,6 +64,15 @@ class Pass(ir.passes.InPlacePass):
 
     name: ClassVar[str] = ""
     lossy: ClassVar[bool] = False  # True: outputs may differ from the input model's (quantize)
+    # True for compression passes (prune, quantize, binarize, ...): the cleanup passes run before
+    # them (see with_cleanup), and a run that rewrites nothing is a warning (see run_pipeline)
+    compression: ClassVar[bool] = False
+    # cleanup passes that must not run before this one (e.g. fuse-bn before sign-to-threshold)
+    cleanup_conflicts: ClassVar[frozenset[str]] = frozenset()
+
+    def cleanup_exclusions(self) -> frozenset[str]:
+        """The cleanup passes :func:`with_cleanup` must not put before this configured pass."""
+        return self.cleanup_conflicts
 
     def summary(self) -> str:  # pragma: no cover - trivial
         return _summary(type(self))
@@ -106,8 +119,9 @@ def get_pass(name: str) -> type[Pass]:
 
 
 def _summary(cls: type) -> str:
+    """The docstring's first paragraph, on one line (a summary may run over several lines)."""
     doc = (cls.__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
+    return " ".join(doc.split("\n\n")[0].split()) if doc else ""
 
 
 @dataclass(frozen=True)
@@ -317,6 +331,13 @@ class PassRecord:
     nodes_before: int
     nodes_after: int
     details: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class PassWarning(OptcWarning):
+    """A pass ran but did not do what it was asked (a compression pass that rewrote nothing).
+    Recorded in the pass record's ``warnings`` and issued with :func:`warnings.warn` (the CLI
+    prints it as ``optc: warning: ...`` on stderr)."""
 
 
 def _count_nodes(model: ir.Model) -> int:
@@ -327,12 +348,15 @@ def run_pipeline(
     model: ir.Model,
     specs: list[PassSpec] | str,
     *,
-    on_pass: Callable[[PassSpec], None] | None = None,
+    on_pass: Callable[[PassSpec, ir.Model], None] | None = None,
 ) -> tuple[ir.Model, list[PassRecord]]:
     """Run each pass once, in order, on ``model`` (in place); return it with per-pass records.
 
     Each pass may put a ``details`` dict on its result object attribute ``details`` (e.g.
-    rewrite counts); it is copied into the record.
+    rewrite counts); it is copied into the record. ``on_pass(spec, model)`` is called before
+    each pass. A pass that raises an :class:`OptcError` (bad input it detected) passes it on;
+    any other exception is a bug in optc: :class:`InternalError` naming the pass, its cause
+    chained.
     """
     if isinstance(specs, str):
         specs = parse_pipeline(specs)
@@ -340,12 +364,76 @@ def run_pipeline(
     for spec in specs:
         p = instantiate(spec)
         if on_pass:
-            on_pass(spec)
+            on_pass(spec, model)
         before = _count_nodes(model)
         t0 = time.perf_counter()
-        result = p(model)
+        try:
+            result = p(model)
+        except OptcError:
+            raise
+        except Exception as err:
+            msg = " ".join(str(err).split())[:300]
+            raise InternalError(f"pass {spec.format()}", f"{type(err).__name__}: {msg}") from err
         model = result.model
-        records.append(PassRecord(spec.name, spec.format(), bool(result.modified),
-                                  round(time.perf_counter() - t0, 4), before, _count_nodes(model),
-                                  dict(getattr(p, "details", {}) or {})))
+        record = PassRecord(spec.name, spec.format(), bool(result.modified),
+                            round(time.perf_counter() - t0, 4), before, _count_nodes(model),
+                            dict(getattr(p, "details", {}) or {}))
+        if p.compression and not result.modified:
+            cleaned = any(r.name in ("simplify", "fold-constants") for r in records)
+            record.warnings.append(_unchanged_warning(spec, record.details, cleaned))
+            warnings.warn(record.warnings[-1], PassWarning, stacklevel=2)
+        records.append(record)
     return model, records
+
+
+def _unchanged_warning(spec: PassSpec, details: dict, cleaned: bool) -> str:
+    """Why a compression pass rewrote nothing, from its details (``unchanged`` or ``note``, and
+    the first ``skipped`` entries), and what may help."""
+    why = [str(details.get("unchanged") or details.get("note") or "")]
+    items = details.get("skipped") or []
+    if items:
+        shown = [f"{i['name']}: {i['reason']}" if isinstance(i, dict) else str(i) for i in items[:3]]
+        why.append("skipped " + "; ".join(shown) + (f"; ... ({len(items)} in all)" if len(items) > 3 else ""))
+    why = "; ".join(w for w in why if w)
+    msg = f"{spec.format()} rewrote nothing" + (f" ({why})" if why else "")
+    if not cleaned and (not why or "comput" in why):
+        msg += ("; no cleanup pass ran before it: weights computed by a subgraph (e.g. an exported "
+                "sign(w) * alpha) become constants only after fold-constants (simplify or fold-constants "
+                "first, or leave out --no-cleanup)")
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------
+# The cleanup prefix
+
+
+def _default_specs() -> list[PassSpec]:
+    from . import DEFAULT_PIPELINE
+
+    return parse_pipeline(DEFAULT_PIPELINE)
+
+
+def with_cleanup(specs: list[PassSpec] | str) -> tuple[list[PassSpec], list[PassSpec]]:
+    """``specs`` with the cleanup prefix, and the passes that were added.
+
+    The default pipeline's passes (``optc.DEFAULT_PIPELINE``: simplify, fold-constants,
+    remove-identity, fuse-bn, dce) that do not already run before the first compression pass
+    (prune, quantize, binarize, ...) are inserted just before it, in the default order, so
+    compression sees constant weights, folded BatchNorms and the layer names ``optc inspect``
+    shows. A pass may exclude cleanup passes it conflicts with
+    (:meth:`Pass.cleanup_exclusions`: the binarization passes fold BatchNorm into thresholds
+    themselves, ``prune<criterion=bn-scale>`` reads the BatchNorms). A pipeline without a
+    compression pass, or one that already has its cleanup, is returned unchanged, so applying
+    this to a recorded pipeline changes nothing.
+    """
+    if isinstance(specs, str):
+        specs = parse_pipeline(specs)
+    specs = list(specs)
+    first = next((i for i, s in enumerate(specs) if get_pass(s.name).compression), None)
+    if first is None:
+        return specs, []
+    skip: set[str] = {s.name for s in specs[:first]}
+    for s in specs:
+        skip |= instantiate(s).cleanup_exclusions()
+    added = [d for d in _default_specs() if d.name not in skip]
+    return specs[:first] + added + specs[first:], added

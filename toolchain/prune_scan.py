@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from . import frontend, verify
+from .accuracy import find_labels, near_chance
 from .errors import InvalidModelError, UsageError
 from .progress import SILENT, Progress
 
@@ -52,20 +53,24 @@ class EvalData:
         self.path = str(path)
         self.inputs = {}
         self.batch: int | None = None
+        self.classes: int | None = None  # the first output's size per sample (set by predictions)
+        used = set()
         for vi in frontend.graph_inputs(model):
             if vi.name not in data:
                 key = "input" if "input" in data and len(frontend.graph_inputs(model)) == 1 else None
                 if key is None:
                     raise InvalidModelError(f"{path}: missing input array {vi.name!r} (has {', '.join(data)})")
                 arr = data[key]
+                used.add(key)
             else:
                 arr = data[vi.name]
+                used.add(vi.name)
             dt = frontend._np_dtype(vi.type.tensor_type.elem_type)
             self.inputs[vi.name] = np.asarray(arr).astype(dt, copy=False)
             dims = vi.type.tensor_type.shape.dim
             if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
                 self.batch = dims[0].dim_value
-        self.labels = data.get("label")
+        self.labels = find_labels(data, used, str(path))[1]
         n = min(len(a) for a in self.inputs.values())
         if limit is not None:
             n = min(n, limit)
@@ -83,8 +88,10 @@ class EvalData:
         for start in range(0, self.used, self.step):
             end = min(start + self.step, self.used)
             feeds = {k: np.ascontiguousarray(v[start:end]) for k, v in self.inputs.items()}
-            out = sess.run(None, feeds)[0]
-            preds.append(np.asarray(out).reshape(len(out), -1).argmax(1))
+            out = np.asarray(sess.run(None, feeds)[0])
+            out = out.reshape(len(out), -1)
+            self.classes = out.shape[1]
+            preds.append(out.argmax(1))
         return np.concatenate(preds)
 
     def metric(self, preds: np.ndarray, reference: np.ndarray) -> float:
@@ -96,6 +103,11 @@ class EvalData:
     @property
     def metric_name(self) -> str:
         return "top1" if self.labels is not None else "top1_agreement"
+
+    @property
+    def chance(self) -> float | None:
+        """The metric of a uniform guess in percent (100 / classes; None before predictions)."""
+        return 100.0 / self.classes if self.classes and self.classes >= 2 else None
 
 
 def evaluate_model(model: onnx.ModelProto | str | Path, data: EvalData,
@@ -210,10 +222,22 @@ def scan(
                 rows.append({"group": g.name, "channels": g.channels, "ratio": r, "kept": kept,
                              "flops": flops, "flops_fraction": flops / base_flops if base_flops else None,
                              "params": details["params_after"], "metric": m,
-                             "drop_points": base_metric - m})
+                             "drop_points": base_metric - m,
+                             "at_chance": near_chance(m, base_metric, data.chance)})
 
     proposal = _propose(proto, rows, data, base_preds, base_metric, base_flops, target_flops,
                         max_accuracy_drop, criterion, multiple, min_channels, progress)
+    notes = []
+    at_chance = [r for r in rows if r["at_chance"]]
+    if at_chance:
+        worst = ", ".join(f"{r['group']} at {r['ratio']:g}" for r in at_chance[:4])
+        notes.append(f"{len(at_chance)} of {len(rows)} scans fall to chance level ({data.chance:.1f}% for "
+                     f"{data.classes} classes: the model no longer classifies): {worst}"
+                     + (", ..." if len(at_chance) > 4 else "") + ". Pruning without retraining cannot go "
+                     "that far; fine-tune after pruning: optc prune-finetune MODEL --passes 'prune<...>' "
+                     "--train TRAIN.npz --eval DATA.npz")
+    if proposal.get("at_chance"):
+        notes.append("the proposal itself is at chance level: fine-tune it (optc prune-finetune)")
     return {
         "model": source,
         "eval": {"data": data.path, "samples": data.used, "samples_left_out": data.left_out,
@@ -228,6 +252,8 @@ def scan(
         "skipped": skipped,
         "rows": rows,
         "proposal": proposal,
+        "chance_metric": data.chance,
+        "notes": notes,
         "method": "each group pruned alone per ratio and evaluated with onnxruntime; greedy "
                   "proposal by measured loss per FLOP saved, then the combined proposal measured",
     }
@@ -302,6 +328,7 @@ def _propose(proto, rows, data, base_preds, base_metric, base_flops, target_flop
         "drop_points": measured["drop_points"] if measured else 0.0,
         "params": measured["params"] if measured else None,
     }
+    out["at_chance"] = near_chance(out["metric"], base_metric, data.chance)
     out["target_reached"] = target_flops is None or (out["flops_fraction"] is not None
                                                      and out["flops_fraction"] <= target_flops + 1e-9)
     if not chosen:

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from . import DEFAULT_PIPELINE, frontend, pipeline
-from .accuracy import sqnr_db, top1
+from .accuracy import LABEL_KEYS, find_labels, sqnr_db, top1
 from .errors import UsageError
 
 __all__ = ["quant_debug"]
@@ -93,10 +93,10 @@ def quant_debug(
 
     data_path = str(eval_data) if eval_data is not None else calib
     data = calibrate.load_samples(data_path, q.model, "evaluation data" if eval_data else "calibration data")
-    labels = None
     with np.load(data_path) as f:
-        if "label" in f.files:
-            labels = f["label"]
+        raw = {k: f[k] for k in f.files}
+    used = set(data) if set(data) <= set(raw) else set(raw) - set(LABEL_KEYS)  # one array renamed
+    _, labels = find_labels(raw, used, data_path)
     records = details["layers"]
     watch = []
     for r in records:

@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from .accuracy import summary_text
 from .errors import UsageError
 from .gate import figures, load_report
 
@@ -52,7 +53,10 @@ def cells(label: str, report: dict) -> dict[str, str]:
     f = figures(report)
     lat = report.get("latency") or {}
     if f["latency_ms"] is not None:
-        latency = f"{_fmt(f['latency_ms'])} ms ({f['latency_method']})"
+        # a modeled figure says what it is modeled from (optc.latency_model's label)
+        latency = f"{_fmt(f['latency_ms'])} ms ({lat.get('label') or f['latency_method']})"
+        if lat.get("consistency"):
+            latency += f"; {lat['consistency']}"
         if "emulated_ms" in lat:
             latency += f"; qemu {lat['emulated_ms']:.1f} ms (emulated, not ARM latency)"
     else:
@@ -63,13 +67,11 @@ def cells(label: str, report: dict) -> dict[str, str]:
     en = report.get("energy") or {}
     if "mj_per_inference_lower" in en:
         energy += f", lower bound {_fmt(en['mj_per_inference_lower'])} mJ"
-    acc = report.get("accuracy") or {}
-    if f["accuracy_kind"] == "top-1":
-        accuracy = f"top-1 {100 * acc['top1']:.2f}% (drop {f['accuracy_drop']:.2f} pts vs original)"
-    elif f["accuracy_kind"] == "agreement":
-        accuracy = f"agreement {f['accuracy']:.2f}% (fidelity, no labels)"
-    else:
-        accuracy = "— (no --eval)"
+    # top-1 figures only for class scores (optc.accuracy.output_kind, recorded in the section)
+    accuracy = summary_text(report.get("accuracy"))
+    if accuracy is None and summary_text(report.get("fidelity")):
+        accuracy = f"{summary_text(report['fidelity'])} on {report['fidelity'].get('samples', '?')} sample input(s)"
+    accuracy = accuracy or "— (no --eval)"
     v = report.get("verify") or {}
     if v.get("passed") is True:
         verify = f"passed (max abs err {v.get('max_abs_error', 0):.2g})"
@@ -93,10 +95,13 @@ def _sources(entries) -> list[str]:
 
 
 METHODS_TEXT = ("Methods: *measured* = timed / metered on this hardware; *modeled* = computed from "
-                "operation counts and published figures (roofline latency from peak FLOP/s and "
-                "bandwidth; energy from Horowitz ISSCC 2014 45 nm per-operation energies, upper bound "
+                "operation counts and published figures (latency: the larger of a roofline lower bound from "
+                "the peak rate of the kernels that run each layer and the DRAM bandwidth, and, where the "
+                "package's executed instructions were counted under qemu, instructions / (issue width x "
+                "clock x cores); energy from Horowitz ISSCC 2014 45 nm per-operation energies, upper bound "
                 "with all traffic from DRAM); *estimated from supplied power* = user-given watts x "
-                "latency; *emulated* qemu times are not ARM latency.")
+                "latency; *emulated* qemu times are not ARM latency. Top-1 figures are given for class "
+                "scores only; other outputs get SQNR and, for [0, 1] maps, thresholded mask IoU.")
 
 
 def _md_escape(s: str) -> str:

@@ -2,7 +2,8 @@
 and how its latency is obtained. Code dispatches through this table, never on target names.
 
 ARM and GPU peak figures are published core/board/datasheet specifications, used only for
-*modeled* latency (a roofline lower bound); they are labelled as such wherever they appear.
+*modeled* latency (a roofline lower bound and, for ARM, an executed-instruction lower bound: see
+:mod:`optc.latency_model`); they are labelled as such wherever they appear.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ class Peak:
     mem_gbps: float  # sustained DRAM bandwidth
     source: str
     launch_us: float = 0.0  # fixed cost per layer (kernel launch on GPUs), added to the roofline
+    # Per-core figures for optc.latency_model (0: not known for this device). issue_width bounds
+    # the instructions per cycle (an executed-instruction count / (issue_width x clock) is a lower
+    # bound on time); the MAC rates are what optc's integer kernels can reach at best
+    # (backends/tvm/int8.py): int8_dot with the dot-product instruction (targets whose mattr has
+    # +dotprod), int32 for the widening multiply-accumulate fallback (no dot product; depthwise
+    # layers everywhere); binary_ops: 1-bit AND/XOR + popcount operations (bitserial kernels).
+    issue_width: int = 0
+    int32_macs_per_cycle: float = 0.0
+    int8_dot_macs_per_cycle: float = 0.0
+    binary_ops_per_cycle: float = 0.0
+    core_source: str = ""
 
     @property
     def fp32_gflops(self) -> float:
@@ -64,10 +76,30 @@ def _arm(name, mcpu, mattr, desc, peak, aliases=()):
     )
 
 
-_A53 = Peak(1.2, 4, 4, 2.0, "Raspberry Pi 3B: 4x Cortex-A53 @1.2 GHz; A53 NEON 1x64-bit FMA/cycle = 4 fp32 FLOP/cycle; ~2 GB/s sustained LPDDR2")
-_A72 = Peak(1.5, 8, 4, 4.0, "Raspberry Pi 4B: 4x Cortex-A72 @1.5 GHz; A72 2x64-bit FMA/cycle = 8 fp32 FLOP/cycle; ~4 GB/s sustained LPDDR4")
-_A76 = Peak(2.4, 16, 4, 10.0, "Raspberry Pi 5: 4x Cortex-A76 @2.4 GHz; A76 2x128-bit FMA/cycle = 16 fp32 FLOP/cycle; ~10 GB/s sustained LPDDR4X")
-_N1 = Peak(2.5, 16, 4, 20.0, "AWS Graviton2 (4 vCPU slice): Neoverse-N1 @2.5 GHz; 2x128-bit FMA/cycle = 16 fp32 FLOP/cycle; ~20 GB/s sustained DDR4 share")
+_A53 = Peak(1.2, 4, 4, 2.0, "Raspberry Pi 3B: 4x Cortex-A53 @1.2 GHz; A53 NEON 1x64-bit FMA/cycle = 4 fp32 FLOP/cycle; ~2 GB/s sustained LPDDR2",
+            issue_width=2, int32_macs_per_cycle=2, binary_ops_per_cycle=64,
+            core_source="Cortex-A53 TRM: in-order, dual issue (<= 2 instructions/cycle); 64-bit NEON datapath: "
+                        "a widening int8 multiply-accumulate (SMLAL, 4 x int32) every 2 cycles = 2 MACs/cycle, no "
+                        "dot product (ARMv8.0); popcount: one 64-bit CNT + accumulate per cycle at best")
+_A72 = Peak(1.5, 8, 4, 4.0, "Raspberry Pi 4B: 4x Cortex-A72 @1.5 GHz; A72 2x64-bit FMA/cycle = 8 fp32 FLOP/cycle; ~4 GB/s sustained LPDDR4",
+            issue_width=3, int32_macs_per_cycle=4, binary_ops_per_cycle=128,
+            core_source="Cortex-A72 Software Optimization Guide (UAN 0016A): 3-wide decode (<= 3 instructions/cycle); "
+                        "ASIMD integer multiply only on pipe F0: one SMLAL/SMLAL2 (4 x int32 widening multiply-"
+                        "accumulate) per cycle = 4 int8 MACs/cycle, the fp32 FMA lane rate, not 4x it: ARMv8.0 has no "
+                        "SDOT, so optc's int8 kernels run the int32 fallback; popcount: one 128-bit CNT + "
+                        "accumulate per cycle at best")
+_A76 = Peak(2.4, 16, 4, 10.0, "Raspberry Pi 5: 4x Cortex-A76 @2.4 GHz; A76 2x128-bit FMA/cycle = 16 fp32 FLOP/cycle; ~10 GB/s sustained LPDDR4X",
+            issue_width=4, int32_macs_per_cycle=4, int8_dot_macs_per_cycle=32, binary_ops_per_cycle=256,
+            core_source="Cortex-A76 Software Optimization Guide: 4-wide decode (<= 4 instructions/cycle); two 128-bit "
+                        "ASIMD pipes: 2 SDOT/cycle x 16 int8 MACs = 32 MACs/cycle (4x the fp32 FMA lanes); "
+                        "widening multiply-accumulate (SMLAL, depthwise kernels) on one pipe = 4 MACs/cycle; "
+                        "popcount: 2 x 128-bit CNT + accumulate per cycle at best")
+_N1 = Peak(2.5, 16, 4, 20.0, "AWS Graviton2 (4 vCPU slice): Neoverse-N1 @2.5 GHz; 2x128-bit FMA/cycle = 16 fp32 FLOP/cycle; ~20 GB/s sustained DDR4 share",
+           issue_width=4, int32_macs_per_cycle=4, int8_dot_macs_per_cycle=32, binary_ops_per_cycle=256,
+           core_source="Neoverse N1 Software Optimization Guide: 4-wide decode (<= 4 instructions/cycle); two 128-bit "
+                       "ASIMD pipes: 2 SDOT/cycle x 16 int8 MACs = 32 MACs/cycle; widening multiply-accumulate "
+                       "(SMLAL, depthwise kernels) on one pipe = 4 MACs/cycle; popcount: 2 x 128-bit CNT + "
+                       "accumulate per cycle at best")
 
 # GPU peaks: "cores" are streaming multiprocessors (SMs), fp32_flops_per_cycle is per SM
 # (FP32 lanes x 2 for FMA, non-tensor-core), clock is the boost clock; mem_gbps is the

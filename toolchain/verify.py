@@ -72,9 +72,10 @@ class _OptcReferenceSession:
         return self._ev.run(output_names, dict(feeds))
 
 
-def generate_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic sample inputs: standard normal floats, small non-negative ints, random bools."""
-    rng = np.random.default_rng(seed)
+def generate_inputs(specs: list[TensorSpec], seed: int = 0, *, rng=None) -> dict[str, np.ndarray]:
+    """Deterministic sample inputs: standard normal floats, small non-negative ints, random bools
+    (from ``rng`` if given, else a fresh ``default_rng(seed)``)."""
+    rng = rng if rng is not None else np.random.default_rng(seed)
     out = {}
     for s in specs:
         dt = np.dtype(s.dtype)
@@ -101,41 +102,95 @@ def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
         raise InvalidModelError(f"{path}: not a readable .npz file ({err})") from None
 
 
-def fit_inputs(arrays: Mapping[str, np.ndarray], specs: list[TensorSpec], source: str) -> dict[str, np.ndarray]:
-    """Check user arrays against the bound input specs: names, dtypes, shapes.
+def _conform(a: np.ndarray, s: TensorSpec, problems: list[str]) -> np.ndarray | None:
+    """``a`` in the dtype of ``s`` (same kind only), or None with the problem appended."""
+    if a.dtype != np.dtype(s.dtype):
+        if a.dtype.kind == np.dtype(s.dtype).kind:
+            return a.astype(s.dtype)
+        problems.append(f"input {s.name!r} has dtype {a.dtype}, the model wants {s.dtype}")
+        return None
+    return a
 
-    A leading (batch) dimension larger than the bound one is cut to it, so a labelled data
-    file of N samples can feed a batch-1 model. Every mismatch is reported at once.
+
+def sample_sets(arrays: Mapping[str, np.ndarray], specs: list[TensorSpec], source: str,
+                max_rows: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Split user arrays into calls of the bound input specs: names, dtypes, shapes checked.
+
+    An array whose shape is the bound shape is one call. An array with more rows along the
+    leading (batch) axis than the bound batch ``B`` is cut into consecutive calls of ``B`` rows:
+    up to ``max_rows`` rows (None: all of them), every row used; rows that do not fill a last
+    call are an error unless ``max_rows`` caps below them (verification takes the first rows, a
+    run must not drop any). An input with no such axis is the same in every call. Every
+    mismatch is reported at once; a missing input lists the keys the file has.
     """
-    problems, out = [], {}
+    problems, fixed, split = [], {}, {}
     for s in specs:
         if s.name not in arrays:
-            problems.append(f"missing input {s.name!r}")
+            have = ", ".join(map(repr, sorted(arrays))) or "none"
+            problems.append(f"missing input {s.name!r} (the file has: {have})")
             continue
-        a = arrays[s.name]
-        if a.dtype != np.dtype(s.dtype):
-            if a.dtype.kind == np.dtype(s.dtype).kind:
-                a = a.astype(s.dtype)
-            else:
-                problems.append(f"input {s.name!r} has dtype {a.dtype}, the model wants {s.dtype}")
-                continue
-        if a.shape != s.shape:
-            if a.ndim == len(s.shape) and a.shape[1:] == s.shape[1:] and a.shape[0] >= s.shape[0]:
-                a = a[: s.shape[0]]
-            else:
-                problems.append(f"input {s.name!r} has shape {list(a.shape)}, the model wants {list(s.shape)}")
-                continue
-        out[s.name] = np.ascontiguousarray(a)
+        a = _conform(np.asarray(arrays[s.name]), s, problems)
+        if a is None:
+            continue
+        if a.shape == tuple(s.shape):
+            fixed[s.name] = np.ascontiguousarray(a)
+        elif (a.ndim == len(s.shape) and a.ndim >= 1 and a.shape[1:] == tuple(s.shape[1:])
+              and s.shape[0] > 0 and a.shape[0] > s.shape[0]):
+            split[s.name] = a
+        else:
+            problems.append(f"input {s.name!r} has shape {list(a.shape)}, the model wants {list(s.shape)}"
+                            + (" (or a multiple of its batch along axis 0)" if len(s.shape) >= 1 else ""))
     if problems:
         raise InvalidModelError(f"{source}: " + "; ".join(problems))
-    return out
+    if not split:
+        return [fixed]
+    batch = {n: next(s.shape[0] for s in specs if s.name == n) for n in split}
+    rows = {n: a.shape[0] for n, a in split.items()}
+    calls = min(rows[n] // batch[n] for n in split)
+    if len({rows[n] // batch[n] for n in split}) > 1:
+        raise InvalidModelError(f"{source}: inputs have different numbers of rows per call: "
+                                + ", ".join(f"{n} {rows[n]} rows / batch {batch[n]}" for n in split))
+    if max_rows is not None:
+        calls = min(calls, max(1, max_rows // max(batch.values())))
+    else:
+        partial = [n for n in split if rows[n] % batch[n]]
+        if partial:
+            raise InvalidModelError(
+                f"{source}: {', '.join(f'{n!r} has {rows[n]} rows' for n in partial)}, not a multiple of the "
+                f"package's batch ({', '.join(str(batch[n]) for n in partial)}); the last rows would be dropped "
+                "(compile with --input-shape for another batch, or trim the file)")
+    return [fixed | {n: np.ascontiguousarray(a[k * batch[n]:(k + 1) * batch[n]]) for n, a in split.items()}
+            for k in range(calls)]
+
+
+def generate_sets(specs: list[TensorSpec], calls: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``calls`` sets of :func:`generate_inputs` from one seeded stream (the first set is
+    ``generate_inputs(specs, seed)``)."""
+    rng = np.random.default_rng(seed)
+    return [generate_inputs(specs, rng=rng) for _ in range(max(1, calls))]
+
+
+def rows_per_call(specs: list[TensorSpec]) -> int:
+    """Samples one call holds: the leading dimension of the inputs of rank >= 2 (1 if none)."""
+    return max([s.shape[0] for s in specs if len(s.shape) >= 2 and s.shape[0] > 0] or [1])
+
+
+def join_calls(per_call: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Outputs of several calls as one array per output: concatenated along axis 0 (stacked for
+    0-d outputs), so one comparison covers every call."""
+    if len(per_call) == 1:
+        return [np.asarray(x) for x in per_call[0]]
+    return [np.concatenate([np.asarray(c[i]) for c in per_call]) if np.ndim(per_call[0][i])
+            else np.stack([np.asarray(c[i]) for c in per_call]) for i in range(len(per_call[0]))]
 
 
 def compare(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str],
-            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, floors: dict[str, float] | None = None) -> dict:
+            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, floors: dict[str, float] | None = None,
+            exact: set[str] | frozenset[str] = frozenset()) -> dict:
     """Per-output and overall error figures; ``passed`` is the verdict. A float output passes
     within ``max(atol + rtol * max|ref|, floors[name])`` (``floors``: per-output absolute
-    tolerances, recorded as ``tolerance``); integer outputs must match exactly."""
+    tolerances, recorded as ``tolerance``); outputs named in ``exact`` and integer outputs
+    must match exactly. A NaN or inf where the reference is finite always fails."""
     per = []
     if len(outputs) != len(refs):
         return {"passed": False, "atol": atol, "rtol": rtol, "outputs": [],
@@ -153,13 +208,15 @@ def compare(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str],
             o, r = out.astype(np.float64), ref.astype(np.float64)
             nan_ok = np.array_equal(np.isnan(o), np.isnan(r))
             finite = ~np.isnan(r)
-            err = np.abs(o - r)[finite]
+            with np.errstate(invalid="ignore"):  # inf - inf: equal infinities are no error
+                err = np.where(o == r, 0.0, np.abs(o - r))[finite]
+            err = np.where(np.isnan(err), np.inf, err)  # NaN where the reference is a number
             max_abs = float(err.max(initial=0.0))
             scale = float(np.abs(r[finite]).max(initial=0.0))
-            tol = max(atol + rtol * scale, (floors or {}).get(name, 0.0))
+            tol = 0.0 if name in exact else max(atol + rtol * scale, (floors or {}).get(name, 0.0))
             entry.update(max_abs_error=max_abs, max_rel_error=max_abs / scale if scale > 0 else max_abs,
                          reference_max_abs=scale, passed=bool(nan_ok and max_abs <= tol))
-            if floors is not None:
+            if floors is not None or name in exact:
                 entry["tolerance"] = tol
         per.append(entry)
     return {

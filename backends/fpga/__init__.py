@@ -71,15 +71,15 @@ def pareto(model: str | os.PathLike, *, target: str = "fpga", input_shapes=None,
                 (d / "model.v").write_text(rtl.emit(graph)["model.v"])
                 (d / "shell.v").write_text(rtl.shell(graph))
                 ctx = progress.step(f"synthesize II={p['ii_cycles']}") if progress else _null()
-                with ctx:
-                    s = synth_.synthesize(d, d / "syn", timeout=cfg.timeout_s)
+                with ctx as st:
+                    s = synth_.synthesize(d, d / "syn", timeout=cfg.timeout_s, step=st)
                     p["synth"] = {"luts": s["total"]["lut4_equiv"], "ffs": s["total"]["ff"], "brams": s["total"]["bram"],
                                   "seconds": s["seconds"]}
                 if pnr:
                     ctx = progress.step(f"place and route II={p['ii_cycles']}") if progress else _null()
-                    with ctx:
+                    with ctx as st:
                         r = synth_.place_and_route(d / "syn", device, freq_mhz=cfg.pnr_freq_mhz, seed=cfg.seed,
-                                                   timeout=cfg.timeout_s)
+                                                   timeout=cfg.timeout_s, step=st)
                     p["pnr"] = {k: r.get(k) for k in ("fits", "fmax_mhz", "luts", "ffs", "brams", "seconds")}
                     if r.get("fmax_mhz"):
                         p["throughput_inferences_per_s"] = r["fmax_mhz"] * 1e6 / p["ii_cycles"]
@@ -89,7 +89,7 @@ def pareto(model: str | os.PathLike, *, target: str = "fpga", input_shapes=None,
 
 class _null:
     def __enter__(self):
-        return self
+        return None
 
     def __exit__(self, *a):
         return False

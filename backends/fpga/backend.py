@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from optc.backends import BuildResult
+from optc.backends import BuildResult, SessionBase
 from optc.errors import VerificationError
 from optc.frontend import TensorSpec
 from optc.targets import Target
@@ -119,7 +119,7 @@ def _ort(path_or_model):
     return verify.ort_session(path_or_model)
 
 
-class FpgaSession:
+class FpgaSession(SessionBase):
     """Runs a package: host head (onnxruntime) -> C simulation of the FPGA pipeline -> host tail."""
 
     timing = "C simulation"  # optc bench: these times are not the FPGA's latency
@@ -206,7 +206,17 @@ def build_hardware(graph: ir.FpgaGraph, out: Path, cfg: fpga_config.FpgaConfig, 
     """Emit HLS and RTL for a folded graph, simulate both against the numpy reference, synthesize
     and place; returns the report sections (performance, resources, checks)."""
     rep: dict = {}
-    step = progress.step if progress is not None else (lambda text: _NullStep())
+    # Each stage is a progress step; inside `optc compile`, whose build step passes no progress
+    # object to the backend, a sub-step of that step (sub-stage lines with their times).
+    from optc.progress import active_step
+
+    outer = active_step()
+    if progress is not None:
+        step = progress.step
+    elif outer is not None:
+        step = outer.substep
+    else:
+        step = lambda text: _NullStep()  # noqa: E731
     hls_dir, rtl_dir = out / "hls", out / "rtl"
     hls.write(hls.emit(graph, title), hls_dir)
     files = rtl.emit(graph, title) | {"shell.v": rtl.shell(graph)}
@@ -232,14 +242,14 @@ def build_hardware(graph: ir.FpgaGraph, out: Path, cfg: fpga_config.FpgaConfig, 
                 _check_equal(f"RTL simulation ({r['simulator']})", r.pop("outputs"), ref)
                 rep["rtl_sim"] = {"bit_exact": True} | r
         if cfg.synth:
-            with step("synthesis (yosys synth_ecp5)"):
-                s = synth.synthesize(rtl_dir, out / "synth", timeout=cfg.timeout_s)
+            with step("synthesis (yosys synth_ecp5)") as st:
+                s = synth.synthesize(rtl_dir, out / "synth", timeout=cfg.timeout_s, step=st)
                 s.pop("json", None)
                 rep["synthesis"] = s
             if cfg.pnr:
-                with step(f"place and route (nextpnr-ecp5, {device.name})"):
+                with step(f"place and route (nextpnr-ecp5, {device.name})") as st:
                     rep["pnr"] = synth.place_and_route(out / "synth", device, freq_mhz=cfg.pnr_freq_mhz,
-                                                       seed=cfg.seed, timeout=cfg.timeout_s)
+                                                       seed=cfg.seed, timeout=cfg.timeout_s, step=st)
             (out / "synth" / "design.json").unlink(missing_ok=True)  # the netlist is large; the reports stay
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -248,7 +258,7 @@ def build_hardware(graph: ir.FpgaGraph, out: Path, cfg: fpga_config.FpgaConfig, 
 
 class _NullStep:
     def __enter__(self):
-        return self
+        return None  # synth's functions take step=None as "report nothing"
 
     def __exit__(self, *a):
         return False
@@ -340,7 +350,7 @@ class FpgaBackend:
             synth.check_tools(cfg.pnr)
 
     def build(self, model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, out_dir: Path, *,
-              params: str, progress=None) -> BuildResult:
+              params: str, tuning=None, progress=None) -> BuildResult:
         cfg = fpga_config.current()
         device = device_for(target, cfg)
         part = extract.partition(model)

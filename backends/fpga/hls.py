@@ -17,13 +17,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from optc import tools
 from optc.errors import ToolchainError
 
 from .ir import MVAU, SWG, DType, FpgaGraph, Pad, Pool
@@ -229,7 +229,7 @@ def write(files: dict[str, str], hls_dir: Path) -> None:
 
 
 def compiler() -> str:
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    cxx = os.environ.get("CXX") or tools.which("g++") or tools.which("c++")
     if not cxx:
         raise ToolchainError("the FPGA C simulation needs a C++ compiler (g++): apt-get install g++")
     return cxx

@@ -13,7 +13,6 @@ logs the clock cycle of each input acceptance and each output word. From that lo
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import subprocess
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from optc import tools
 from optc.errors import ToolchainError
 
 from .ir import FpgaGraph, pack_words, unpack_words
@@ -30,8 +30,8 @@ SIMULATORS = ("iverilog", "verilator")
 
 
 def available(simulator: str) -> bool:
-    return shutil.which({"iverilog": "iverilog", "verilator": "verilator"}[simulator]) is not None and \
-        (simulator != "iverilog" or shutil.which("vvp") is not None)
+    return tools.which({"iverilog": "iverilog", "verilator": "verilator"}[simulator]) is not None and \
+        (simulator != "iverilog" or tools.which("vvp") is not None)
 
 
 def pick(simulator: str | None) -> str:
@@ -63,12 +63,13 @@ def build(rtl_dir: Path, work: Path, simulator: str, n_in: int, n_out: int, time
     srcs = [str(rtl_dir / "model.v"), str(rtl_dir / "tb.v")]
     if simulator == "iverilog":
         out = work / "tb.vvp"
-        _run(["iverilog", "-g2005", "-o", str(out), "-s", "tb"] + [f"-Ptb.{k}={v}" for k, v in params.items()] + srcs,
-             work, "iverilog")
-        return ["vvp", "-n", str(out)]
+        _run([tools.which("iverilog") or "iverilog", "-g2005", "-o", str(out), "-s", "tb"]
+             + [f"-Ptb.{k}={v}" for k, v in params.items()] + srcs, work, "iverilog")
+        return [tools.which("vvp") or "vvp", "-n", str(out)]
     obj = work / "obj_dir"
     jobs = str(max(1, min(4, os.cpu_count() or 1)))
-    _run(["verilator", "--binary", "--timing", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", "tb",
+    _run([tools.which("verilator") or "verilator", "--binary", "--timing", "-Wno-fatal", "-Wno-lint", "-Wno-style",
+          "--top-module", "tb",
           "-O2", "--Mdir", str(obj), "-j", jobs, "-o", "Vtb"] + [f"-G{k}={v}" for k, v in params.items()] + srcs,
          work, "verilator")
     return [str(obj / "Vtb")]

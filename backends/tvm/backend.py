@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from optc.backends import BuildResult
+from optc.backends import BuildResult, SessionBase
 from optc.frontend import TensorSpec
 from optc.targets import Target
 
@@ -33,17 +33,29 @@ class _TvmBackend:
         executable.export_library(str(path))
 
     def build(self, model: onnx.ModelProto, inputs: list[TensorSpec], target: Target,
-              out_dir: Path, *, params: str) -> BuildResult:
-        executable, weights = lower.build(model, inputs, target, embed_params=(params == "embedded"))
+              out_dir: Path, *, params: str, tuning=None, progress=None) -> BuildResult:
+        """Build, export, and say how: ``info["schedules"]`` (which rule scheduled each
+        function, which rules failed) and ``info["tuning"]`` (what came from a tuning
+        database; its applied records are shipped in ``tuning/``)."""
+        record: dict = {}
+        executable, weights = lower.build(model, inputs, target, embed_params=(params == "embedded"),
+                                          tuning=tuning, record=record)
         self._export(executable, out_dir / LIBRARY)
         files = {"library": LIBRARY}
         if weights:
             lower.save_params(weights, out_dir / PARAMS)
             files["params"] = PARAMS
-        return BuildResult(files, {"tvm_target": lower.resolved_target_dict(target)})
+        info = {"tvm_target": lower.resolved_target_dict(target)}
+        if record.get("schedules"):  # CPU pipelines
+            from .schedule import summarize_log
+
+            info["schedules"] = summarize_log(record["schedules"])
+        if record.get("tuning") is not None:
+            info["tuning"] = record["tuning"].report(record.get("tuning_summary"), out_dir / "tuning")
+        return BuildResult(files, info)
 
 
-class CpuSession:
+class CpuSession(SessionBase):
     """A compiled artifact loaded into this process's TVM runtime (Relax VM on the CPU)."""
 
     def __init__(self, pkg_dir: Path, manifest: dict):
@@ -65,13 +77,14 @@ class CpuSession:
         return lower.flatten_outputs(self._main(*self._args(inputs)))
 
     def time(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:
-        args = self._args(inputs)
+        """Seconds per :meth:`run`: numpy inputs in, numpy outputs out (input conversion, the
+        VM call and the output copies), the same boundary as onnxruntime's ``run``."""
         for _ in range(warmup):
-            self._main(*args)
+            self.run(inputs)
         times = []
         for _ in range(repeat):
             t0 = time.perf_counter()
-            self._main(*args)
+            self.run(inputs)
             times.append(time.perf_counter() - t0)
         return times
 
@@ -84,7 +97,7 @@ class CpuBackend(_TvmBackend):
         return CpuSession(pkg_dir, manifest)
 
 
-class ArmSession:
+class ArmSession(SessionBase):
     """An aarch64 artifact run by optc's runner under ``qemu-aarch64 -cpu <core>``.
 
     Times are *emulated* wall-clock seconds: they prove the code runs, not how fast an ARM
@@ -105,6 +118,14 @@ class ArmSession:
 
         outputs, _ = arm.run_qemu(self._lib, inputs, params_path=self._params, qemu_cpu=self._cpu,
                                   bundle=self._bundle)
+        return outputs
+
+    def run_many(self, sets: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        """All sets in one runner process under qemu (the runtime starts once)."""
+        from . import arm
+
+        outputs, _ = arm.run_qemu_sets(self._lib, sets, params_path=self._params, qemu_cpu=self._cpu,
+                                       bundle=self._bundle)
         return outputs
 
     def time(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:
@@ -128,10 +149,10 @@ class ArmBackend(_TvmBackend):
 
         arm.export_aarch64(executable, path)
 
-    def build(self, model, inputs, target, out_dir, *, params):
+    def build(self, model, inputs, target, out_dir, *, params, tuning=None, progress=None):
         from . import arm
 
-        result = super().build(model, inputs, target, out_dir, params=params)
+        result = super().build(model, inputs, target, out_dir, params=params, tuning=tuning)
         # Ship the runner and the aarch64 TVM runtime with the artifact: copy runner/ to a
         # board and run `./runner/optc_runner model.so ...` there (see README).
         bundle = arm.runtime_bundle()

@@ -57,7 +57,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from optc.backends import BuildResult
+from optc.backends import BuildResult, SessionBase
+from optc import tools
 from optc.errors import ToolchainError
 from optc.frontend import TensorSpec
 from optc.targets import Target
@@ -105,7 +106,7 @@ def _nvidia_wheel_roots() -> list[Path]:
 
 def find_nvcc() -> str | None:
     """Path of nvcc: PATH, $CUDA_HOME/$CUDA_PATH, /usr/local/cuda, then the PyPI nvcc wheel."""
-    found = shutil.which("nvcc")
+    found = tools.which("nvcc")
     if found:
         return found
     candidates = [Path(os.environ[v]) / "bin" / "nvcc" for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
@@ -157,7 +158,7 @@ def build_stub() -> Path:
     dest = _cache_root() / key / DRIVER_SONAME
     if dest.is_file():
         return dest
-    cc = shutil.which("gcc") or shutil.which("cc")
+    cc = tools.which("gcc") or tools.which("cc")
     if cc is None:
         raise ToolchainError("gcc is needed to build optc's CUDA driver stub on a machine without "
                              "an NVIDIA driver: apt-get install gcc")
@@ -264,7 +265,7 @@ def _nvcc_environment(nvcc: str):
     saved = {k: os.environ.get(k) for k in ("TVM_CUDA_COMPILE_MODE", "PATH")}
     os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
     nvcc_dir = str(Path(nvcc).parent)
-    if shutil.which("nvcc") != nvcc:
+    if tools.on_path("nvcc") != os.path.abspath(nvcc):  # TVM runs plain `nvcc`
         os.environ["PATH"] = nvcc_dir + os.pathsep + os.environ.get("PATH", "")
     try:
         yield
@@ -397,7 +398,7 @@ def _qdq_note(model: onnx.ModelProto) -> str | None:
 # sessions and the backend
 
 
-class CudaSession:
+class CudaSession(SessionBase):
     """A CUDA artifact in this process's TVM runtime (Relax VM on ``cuda:0``).
 
     Without a GPU the session is not runnable: ``runnable`` is False, ``skip_reason`` says why,
@@ -489,7 +490,9 @@ class CudaBackend:
         ensure_runtime()
 
     def build(self, model: onnx.ModelProto, inputs: list[TensorSpec], target: Target,
-              out_dir: Path, *, params: str) -> BuildResult:
+              out_dir: Path, *, params: str, tuning=None, progress=None) -> BuildResult:
+        """``tuning`` is not used: MetaSchedule tuning for CUDA is not implemented (no GPU
+        to measure on)."""
         nvcc = check_tools()
         driver = ensure_runtime()
         arch = target_arch(target)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from optc.errors import ToolchainError, UnsupportedModelError
+from optc.errors import InternalError, OptcError, UnsupportedModelError
 from optc.frontend import TensorSpec
 from optc.targets import Target, host_cores
 
@@ -152,7 +152,7 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
             mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=True)
     except Exception as err:
         msg = " ".join(str(err).split())[:400]
-        raise UnsupportedModelError(f"TVM's ONNX frontend could not import the model: {msg}") from None
+        raise UnsupportedModelError(f"TVM's ONNX frontend could not import the model: {msg}") from err
     mod, params = relax.frontend.detach_params(mod)
     return mod, list(params.get("main", []))
 
@@ -170,29 +170,41 @@ def prepare_module(model: onnx.ModelProto, inputs: list[TensorSpec], target: Tar
         params = []
     try:
         return relax.transform.DecomposeOpsForInference()(mod), params
-    except Exception as err:
+    except Exception as err:  # the module imported: failing to decompose it is optc's (or TVM's) bug
         msg = " ".join(str(err).split())[:400]
-        raise ToolchainError(f"TVM build for target {target.name} failed: {msg}") from None
+        raise InternalError(f"build for {target.name} (DecomposeOpsForInference)", msg) from err
 
 
-def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, embed_params: bool):
-    """Compile the model for ``target``; returns (executable, params or [] if embedded)."""
+def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, embed_params: bool,
+          tuning=None, record: dict | None = None):
+    """Compile the model for ``target``; returns (executable, params or [] if embedded).
+
+    ``tuning`` (a ``tune.TuningRequest``; None: the default database location, no tuning) is
+    the explicit MetaSchedule input: tune first if it asks for trials, then apply the target's
+    database (if any) before optc's rule schedules. ``record`` receives what the build did:
+    ``schedules`` (``schedule.schedule_cpu``'s per-function records), ``tuning`` (the applied
+    ``tune.BuildTuning`` or None) and ``tuning_summary``. A failure after a successful import is
+    a bug in optc or TVM: :class:`InternalError` with the cause chained."""
     import tvm
 
-    mod, params = prepare_module(model, inputs, target, embed_params=embed_params)
-    tgt = tvm_target(target)
     from . import tune
 
+    record = {} if record is None else record
+    request = tuning or tune.TuningRequest()
+    mod, params = prepare_module(model, inputs, target, embed_params=embed_params)
+    tgt = tvm_target(target)
     try:
-        tune.maybe_tune(mod, tgt)  # only when a caller asked (optc compile --tune)
-        # A tuning database for this target (tune.py) replaces the rule schedule of the
-        # functions it has a better record for; tune.take_build_info() tells which.
-        with tgt, tune.building(tgt):
-            mod = schedule.relax_pipeline(tgt)(mod)
-            executable = tvm.compile(mod, tgt)
+        record["tuning_summary"] = request.tune(mod, tgt)
+        record["tuning"] = database = tune.open_build(tgt, request.root)
+        with tgt:
+            pipeline = schedule.relax_pipeline(tgt, log=record.setdefault("schedules", []),
+                                               pre_schedule=database.apply if database else None)
+            executable = tvm.compile(pipeline(mod), tgt)
+    except OptcError:
+        raise
     except Exception as err:
         msg = " ".join(str(err).split())[:400]
-        raise ToolchainError(f"TVM build for target {target.name} failed: {msg}") from None
+        raise InternalError(f"TVM build for {target.name}", msg) from err
     return executable, params
 
 

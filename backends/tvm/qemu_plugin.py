@@ -35,6 +35,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from optc import tools
 from optc.errors import ToolchainError
 
 from . import arm
@@ -54,7 +55,7 @@ def _cache_root() -> Path:
 
 def qemu_version() -> str:
     """The installed qemu-aarch64's version, e.g. ``7.2.22``."""
-    if shutil.which(arm.QEMU) is None:
+    if tools.which(arm.QEMU) is None:
         raise ToolchainError(f"'{arm.QEMU}' not found: apt-get install qemu-user")
     out = subprocess.run([arm.QEMU, "--version"], capture_output=True, text=True).stdout
     m = re.search(r"version (\d+\.\d+(?:\.\d+)?)", out)
@@ -178,7 +179,7 @@ def _mkdir(p: Path) -> Path:
 
 
 def _glib_flags() -> list[str]:
-    if shutil.which("pkg-config") is None:
+    if tools.which("pkg-config") is None:
         raise ToolchainError("pkg-config not found (needed for glib): apt-get install pkg-config libglib2.0-dev")
     proc = subprocess.run(["pkg-config", "--cflags", "--libs", "glib-2.0"], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -195,7 +196,7 @@ def ensure_plugin(progress=None) -> Path:
     final = _cache_root() / f"{version}-{h.hexdigest()[:12]}"
     if (final / PLUGIN_NAME).is_file():
         return final / PLUGIN_NAME
-    cc = shutil.which("gcc") or shutil.which("cc")
+    cc = tools.which("gcc") or tools.which("cc")
     if cc is None:
         raise ToolchainError("no C compiler (gcc) to build the qemu insn plugin: apt-get install gcc")
     flags = _glib_flags()
@@ -251,8 +252,15 @@ def count_instructions(lib, inputs, *, params_path=None, qemu_cpu: str = "cortex
 
 
 def annotate_latency(package: Path, manifest: dict, args, latency: dict) -> None:
-    """Add ``latency["instructions"]`` for a package built for an aarch64 target; when the
-    plugin cannot be built here, say why instead (the compile goes on)."""
+    """Add ``latency["instructions"]`` for a package built for an aarch64 target (when the
+    plugin cannot be built here, say why instead: the compile goes on) and ``latency["kernels"]``
+    (what the library's kernels are made of, :func:`arm.kernel_profile`), then fold both into a
+    modeled latency (:func:`optc.latency_model.add_evidence`: the executed-instruction lower
+    bound beside the roofline, the int8 kernels' actual dot-product use)."""
+    from optc import latency_model
+    from optc.errors import UsageError
+    from optc.targets import get_target
+
     files = manifest["files_by_role"]
     try:
         latency["instructions"] = count_instructions(
@@ -262,6 +270,15 @@ def annotate_latency(package: Path, manifest: dict, args, latency: dict) -> None
             bundle=(package / files["runner"]).parent if "runner" in files else None)
     except ToolchainError as err:
         latency["instructions"] = {"count": None, "method": "not available", "reason": str(err)}
+    try:
+        latency["kernels"] = arm.kernel_profile(package / files["library"])
+    except ToolchainError as err:
+        latency["kernels"] = {"available": False, "reason": str(err)}
+    try:
+        target = get_target(manifest["target"]["name"])
+    except UsageError:  # a target this optc's table no longer has: leave the model as it was
+        return
+    latency_model.add_evidence(latency, target, kernels=latency["kernels"])
 
 
 def _main(argv=None) -> int:  # pragma: no cover - setup helper

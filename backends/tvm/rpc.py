@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from optc.backends import SessionBase
 from optc.errors import ToolchainError, UsageError
 
 DEFAULT_TIMEOUT = 600.0  # seconds a session may live on the server (its -timeout=)
@@ -138,7 +139,7 @@ def _device(sess, tvm_kind: str):
     raise UsageError(f"TVM target kind {tvm_kind!r} cannot run over RPC")
 
 
-class RemoteSession:
+class RemoteSession(SessionBase):
     """A compiled package loaded on a TVM RPC server (same interface as the local sessions:
     ``run``, ``time``; plus ``latency`` for the report)."""
 

@@ -81,9 +81,12 @@ def is_cpu_target(target) -> bool:
     return target.kind.name == "llvm"
 
 
-def relax_pipeline(target):
+def relax_pipeline(target, log: list | None = None, pre_schedule=None):
     """A Relax pass running TVM's default CPU pipeline with NHWC conversion before
-    legalization and :func:`schedule_cpu` after fusion (non-LLVM targets: TVM's default)."""
+    legalization and :func:`schedule_cpu` after fusion (non-LLVM targets: TVM's default).
+    ``log`` receives :func:`schedule_cpu`'s per-function records; ``pre_schedule(mod,
+    target)`` (e.g. a tuning database's ``apply``) runs on the fused module first, and the
+    functions it schedules are left to it."""
     import tvm
     from tvm import relax
 
@@ -94,7 +97,10 @@ def relax_pipeline(target):
     @tvm.transform.module_pass(opt_level=0, name="OptcCpuPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            mod = schedule_cpu(fuse_for_schedule(mod, target), target)
+            mod = fuse_for_schedule(mod, target)
+            if pre_schedule is not None:
+                mod = pre_schedule(mod, target)
+            mod = schedule_cpu(mod, target, log)
             seq = tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
             mod = seq(mod)
         return mod
@@ -293,8 +299,11 @@ class _Params:
         return max(1, self.vector_bits // bits)
 
 
-def schedule_cpu(mod, target):
-    """Schedule every unscheduled PrimFunc of ``mod`` for the LLVM CPU ``target``.
+def schedule_cpu(mod, target, log: list | None = None):
+    """Schedule every unscheduled PrimFunc of ``mod`` for the LLVM CPU ``target``; ``log``
+    (if given) gets one record per function: ``{"function", "rule"}`` (the rule that
+    scheduled it, ``"pre-scheduled"`` for optc's own kernels and tuned records, None if none
+    applied) and ``"failed": [{"rule", "error"}]`` for every rule that raised on it.
 
     Rules, first match wins, per fused PrimFunc:
 
@@ -325,9 +334,15 @@ def schedule_cpu(mod, target):
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
             continue
+        name = func.attrs["global_symbol"] if func.attrs is not None and "global_symbol" in func.attrs \
+            else gv.name_hint
         if is_scheduled(func):
+            if log is not None:
+                log.append({"function": str(name), "rule": "pre-scheduled"})
             continue
-        new = _schedule_func(func, target, params)
+        new, record = _schedule_func(func, target, params)
+        if log is not None:
+            log.append({"function": str(name)} | record)
         if new is not None:
             updates[gv] = new.with_attr("tirx.is_scheduled", True)
     if updates:
@@ -338,14 +353,30 @@ def schedule_cpu(mod, target):
 
 
 def _schedule_func(func, target, params):
+    """(scheduled function or None, record): the first rule that applies wins; a rule that
+    raises is recorded with its error and the next one is tried (correctness first)."""
+    failed = []
     for rule in (_rule_contraction, _rule_dlight, _rule_injective, _rule_fallback):
         try:
             result = rule(func, target, params)
-        except Exception:  # noqa: BLE001 - try the next rule
+        except Exception as err:  # noqa: BLE001 - recorded; try the next rule
+            failed.append({"rule": rule.__name__.removeprefix("_rule_"),
+                           "error": f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"})
             result = None
         if result is not None:
-            return result
-    return None
+            return result, {"rule": rule.__name__.removeprefix("_rule_"), **({"failed": failed} if failed else {})}
+    return None, {"rule": None, **({"failed": failed} if failed else {})}
+
+
+def summarize_log(log: list) -> dict:
+    """A build's schedule records for the report: functions per rule and every rule failure."""
+    counts: dict[str, int] = {}
+    for rec in log:
+        key = rec["rule"] or "unscheduled"
+        counts[key] = counts.get(key, 0) + 1
+    failures = [{"function": r["function"], **f} for r in log for f in r.get("failed", [])]
+    return {"functions": len(log), "by_rule": counts, "rule_failures": failures,
+            "per_function": {r["function"]: r["rule"] or "unscheduled" for r in log}}
 
 
 # ----------------------------------------------------------------------------- helpers

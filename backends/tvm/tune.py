@@ -36,7 +36,6 @@ import os
 import re
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,23 +53,8 @@ MIN_TASK_FLOPS = 20_000
 # Measured here: extraction 0.48 s vs build + export 3.1 s (ResNet-18), 0.44 vs 1.8 s (MiniLM).
 FINAL_BUILD_FACTOR = 8.0
 FINAL_BUILD_MIN_S = 2.0
-_HOOK_LOCK = threading.RLock()
 
 
-@contextlib.contextmanager
-def _hook_schedule(wrapper):
-    """Run ``schedule.relax_pipeline`` with ``schedule.schedule_cpu`` replaced by
-    ``wrapper(original, mod, target)``."""
-    with _HOOK_LOCK:
-        original = schedule.schedule_cpu
-        schedule.schedule_cpu = lambda mod, target: wrapper(original, mod, target)
-        try:
-            yield
-        finally:
-            schedule.schedule_cpu = original
-
-
-# ----------------------------------------------------------------------------- database
 def default_root() -> Path:
     env = os.environ.get("OPTC_TUNING_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "optc" / "tuning"
@@ -168,13 +152,67 @@ def apply_database(mod, target, database, baseline: dict, used: list):
     return mod
 
 
+@dataclass(frozen=True)
+class TuningRequest:
+    """What a build asks of MetaSchedule - an explicit input of ``lower.build``: the databases'
+    ``root`` (None: :func:`default_root`), and with ``trials`` > 0, tuning first (budget
+    ``seconds`` counted from ``start``, ``time.time()`` of the compile's start; runner options
+    ``rpc``/``tracker``/``key`` as for :func:`tune_module`)."""
+
+    root: str | None = None
+    trials: int = 0
+    seconds: float | None = None
+    start: float | None = None
+    rpc: str | None = None
+    tracker: str | None = None
+    key: str | None = None
+
+    def tune(self, mod, tgt) -> dict | None:
+        """Tune ``mod`` if trials were asked for; the summary (None: no tuning)."""
+        if not self.trials:
+            return None
+        return tune_module(mod, tgt, trials=self.trials, seconds=self.seconds, root=self.root, rpc=self.rpc,
+                           tracker=self.tracker, key=self.key, start=self.start, final_build=True)
+
+
+def open_build(tgt, root=None) -> "BuildTuning | None":
+    """The tuning database for ``tgt`` under ``root`` ready to apply to a build (its
+    :meth:`BuildTuning.apply` goes before ``schedule_cpu``, see ``schedule.relax_pipeline``),
+    or None when there is none."""
+    path = db_dir(tgt, root)
+    database = open_database(path, create=False)
+    if database is None:
+        return None
+    return BuildTuning(path, database, _load_baseline(path))
+
+
 @dataclass
 class BuildTuning:
-    """What a build took from a tuning database (filled in by :func:`building`)."""
+    """A tuning database applied to one build, and what the build took from it."""
 
     path: Path
+    database: object = None
+    baseline: dict = field(default_factory=dict)
     used: list = field(default_factory=list)
     total_funcs: int = 0
+
+    def apply(self, mod, target):
+        """Replace functions of ``mod`` by their tuned schedule where that is better."""
+        from tvm import tirx
+
+        self.total_funcs = sum(1 for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
+        return apply_database(mod, target, self.database, self.baseline, self.used)
+
+    def report(self, summary: dict | None, dest: Path | None = None) -> dict:
+        """The report's ``tuning`` section; with ``dest``, the applied records are written
+        there as a JSON database shipped with the package."""
+        info = self.info()
+        if summary is not None:
+            info["tuned"] = {k: v for k, v in summary.items() if k != "per_task"}
+        if self.used and dest is not None:
+            self.export(dest)
+            info["shipped"] = dest.name + "/"
+        return info
 
     def info(self) -> dict:
         return {"database": str(self.path), "functions": self.total_funcs,
@@ -190,87 +228,6 @@ class BuildTuning:
             wl = db.commit_workload(tmod)
             db.commit_tuning_record(ms.database.TuningRecord(rec.trace, wl, rec.run_secs, rec.target,
                                                              rec.args_info))
-
-
-_STATE = threading.local()
-
-
-@contextlib.contextmanager
-def database_root(root):
-    """Builds in this thread use the tuning databases under ``root`` (None: the default
-    location)."""
-    saved = getattr(_STATE, "root", None)
-    _STATE.root = str(root) if root else None
-    try:
-        yield
-    finally:
-        _STATE.root = saved
-
-
-@contextlib.contextmanager
-def request(trials: int, seconds: float | None = None, start: float | None = None, **runner):
-    """Builds in this thread tune first (``trials`` candidates; runner options as for
-    :func:`tune_module`), then use the database. ``seconds`` bounds the whole compile that
-    started at ``start`` (``time.time()``; default: now), the final build included."""
-    saved = getattr(_STATE, "request", None)
-    _STATE.request = dict(trials=trials, seconds=seconds, start=start if start is not None else time.time(),
-                          final_build=True, **runner) if trials else None
-    try:
-        yield
-    finally:
-        _STATE.request = saved
-
-
-def maybe_tune(mod, tgt) -> dict | None:
-    """Called by ``lower.build`` on the Relax module it builds: tunes it if requested."""
-    req = getattr(_STATE, "request", None)
-    if not req:
-        return None
-    _STATE.summary = tune_module(mod, tgt, root=getattr(_STATE, "root", None), **req)
-    return _STATE.summary
-
-
-def take_build_info(dest: Path | None = None) -> dict | None:
-    """The tuning section of a report for this thread's latest build (and clears it); with
-    ``dest``, the applied records are written there as a JSON database."""
-    state, summary = getattr(_STATE, "last", None), getattr(_STATE, "summary", None)
-    _STATE.last = _STATE.summary = None
-    if state is None and summary is None:
-        return None
-    info = state.info() if state is not None else {"functions_from_database": 0}
-    if summary is not None:
-        info["tuned"] = {k: v for k, v in summary.items() if k != "per_task"}
-    if state is not None and state.used and dest is not None:
-        state.export(dest)
-        info["shipped"] = dest.name + "/"
-    return info
-
-
-@contextlib.contextmanager
-def building(tgt, root=None):
-    """Context for ``lower.build``: ``schedule_cpu`` applies the target's tuning database
-    first (if one exists). Yields a :class:`BuildTuning` or None (no database); after a
-    build that completes, it is this thread's latest build for :func:`take_build_info`."""
-    root = root or getattr(_STATE, "root", None)
-    _STATE.last = None
-    path = db_dir(tgt, root)
-    database = open_database(path, create=False)
-    if database is None:
-        yield None
-        return
-    state = BuildTuning(path)
-    baseline = _load_baseline(path)
-
-    def wrapper(original, mod, target):
-        from tvm import tirx
-
-        state.total_funcs = sum(1 for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
-        mod = apply_database(mod, target, database, baseline, state.used)
-        return original(mod, target)
-
-    with _hook_schedule(wrapper):
-        yield state
-    _STATE.last = state
 
 
 # ----------------------------------------------------------------------------- tasks

@@ -90,13 +90,16 @@ def run_quantizer(
 
         if eval_data is None:
             raise UsageError("quantize: max-accuracy-drop needs labelled evaluation data: eval=FILE.npz")
+        from optc.accuracy import LABEL_KEYS, find_labels
+
         arrays = calibrate.load_samples(eval_data, q.model, "evaluation data")
-        labels = None
         if isinstance(eval_data, str):
             with np.load(eval_data) as f:
-                labels = f["label"] if "label" in f.files else None
-        elif "label" in eval_data:
-            labels = np.asarray(eval_data["label"])
+                raw = {k: f[k] for k in f.files}
+        else:
+            raw = dict(eval_data)
+        used = set(arrays) if set(arrays) <= set(raw) else set(raw) - set(LABEL_KEYS)  # one array renamed
+        _, labels = find_labels(raw, used, f"quantize: eval={eval_data if isinstance(eval_data, str) else 'arrays'}")
         evaluator = mixed.Evaluator(q.model, arrays, labels, eval_samples)
         bits, record = mixed.search(q, evaluator, max_accuracy_drop)
         record["data"] = eval_data if isinstance(eval_data, str) else "arrays"
@@ -128,6 +131,7 @@ class Quantize(Pass):
     """
 
     lossy: ClassVar[bool] = True
+    compression: ClassVar[bool] = True
 
     calib: Optional[str] = field(default=None, metadata={"doc": "calibration data (.npz, arrays keyed by input name); required"})
     calib_samples: int = field(default=0, metadata={"doc": "use at most N calibration samples (0: all)"})

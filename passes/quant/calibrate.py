@@ -51,7 +51,7 @@ def load_samples(source: str | Path | Mapping[str, np.ndarray], model: onnx.Mode
     """Arrays keyed by the model's input names, samples on axis 0, cast to the input dtypes.
 
     ``source``: an .npz path or a mapping. A single-input model also accepts a file with one
-    array under another name (a ``label`` array is ignored for that match).
+    array under another name (label arrays, ``optc.accuracy.LABEL_KEYS``, are ignored for that match).
     """
     from optc.errors import InvalidModelError, UsageError
 
@@ -67,7 +67,9 @@ def load_samples(source: str | Path | Mapping[str, np.ndarray], model: onnx.Mode
     else:
         arrays = dict(source)
     specs = model_inputs(model)
-    candidates = {k: v for k, v in arrays.items() if k != "label"}
+    from optc.accuracy import LABEL_KEYS
+
+    candidates = {k: v for k, v in arrays.items() if k not in LABEL_KEYS}
     if len(specs) == 1 and specs[0].name not in arrays and len(candidates) == 1:
         arrays = {specs[0].name: next(iter(candidates.values()))}
     out, problems = {}, []

@@ -120,6 +120,8 @@ class Quantizer:
         self.config = config
         self.model, self.opset_before, self.opset = upgrade_opset(model)
         self.model, self.lifted_constants = qdq.lift_constant_weights(self.model, config.ops)
+        qdq.check_patterns(self.model, config.ops, include=config.include, exclude=config.exclude,
+                           layer_bits=list(config.layer_bits))
         self._index_layers()
         self.smoothing: list[dict] = []
         self.observers: dict[str, Observer] = {}

@@ -159,6 +159,26 @@ def layer_name(node: onnx.NodeProto) -> str:
     return node.name or node.output[0]
 
 
+def _match(name: str, pattern: str) -> bool:
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)
+
+
+def check_patterns(model: onnx.ModelProto, ops=SUPPORTED_OPS, **patterns) -> None:
+    """ValueError naming every layer-name pattern (``include=[...]``, ``exclude=[...]``,
+    ``layer_bits=[...]``) that matches no layer of the ``ops`` types, and listing the layer
+    names there are: a pattern that matches nothing would silently quantize what it was meant
+    to keep (or the reverse)."""
+    names = [layer_name(n) for n in model.graph.node
+             if n.op_type in ops and n.domain in ("", "ai.onnx")]
+    bad = [f"{what.replace('_', '-')} pattern {p!r}" for what, pats in patterns.items() for p in pats
+           if not any(_match(n, p) for n in names)]
+    if bad:
+        shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+        raise ValueError(f"{'; '.join(bad)}: match{'es' if len(bad) == 1 else ''} no layer; the "
+                         f"{'/'.join(ops)} layers are: {shown or 'none'} (the names `optc inspect` "
+                         "and `optc quant-debug` show; fnmatch patterns, '*' also matches '/')")
+
+
 def find_layers(model: onnx.ModelProto, ops=SUPPORTED_OPS, include=(), exclude=()
                 ) -> tuple[list[Layer], list[dict]]:
     """Quantizable layers in graph order, and the candidates skipped with the reason why.

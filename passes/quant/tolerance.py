@@ -1,23 +1,42 @@
-"""Verifying an artifact against a QDQ model: exact-up-to-rounding-boundaries.
+"""Verifying an artifact against a quantized model: rules a wrong artifact cannot pass.
 
-A backend computes the QDQ graph with its own float summation order (TVM 0.27 lowers Q/DQ to
-round/clip around float convolutions). A value that lands within a few ulps of a rounding
-boundary of a QuantizeLinear then goes to the neighbouring integer: one quantization step, and
-downstream layers carry it on. Measured on ResNet-18 (int8, TVM CPU vs onnxruntime): about 40 %
-of the logits differ, each by at most 2 steps of the output quantizer (max error 0.023 for
-logits of magnitude 1.4) - far above the default ``atol + rtol * max|ref|`` and far below
-anything a wrong lowering produces. So, for graphs that hold QuantizeLinear nodes:
+An output of a quantized graph is checked by one of three rules, chosen per output from the
+graph (the verdict names the rule in ``tolerance_rule``):
 
-* an output produced by DequantizeLinear (through value-preserving ops) with per-tensor scale
-  ``s`` passes when ``max|out - ref| <= max(atol + rtol * max|ref|, STEPS * s)``;
-* any other output (e.g. ``output-qdq=false``: the last layer's output stays float) passes
-  when the error is within ``max(atol + rtol * max|ref|, FRACTION * max|ref - original|)``:
-  no larger than the quantized model's own error against the original model on the same
-  inputs. This rule is weaker: flips inside the graph reach such an output unrounded, and on
-  ResNet-18 (output-qdq=false) they measured 0.25-0.40 of the quantization error; a broken
-  lowering still shows up as errors well beyond it.
+* **exact** - every node the output depends on computes in integers or maps codes exactly:
+  optc's integer ops (``ai.optc`` IntConv2d / IntDense, :mod:`.int_ops`), QuantizeLinear,
+  DequantizeLinear and value-preserving ops (:data:`.qdq.VALUE_PRESERVING`: reshapes, max
+  pooling of codes). The backend's integer kernels equal the numpy reference bit for bit, so
+  the artifact must too: 0 difference, every element.
 
-Graphs without QuantizeLinear are compared as usual. The verdict says which rule applied.
+* **quantizer steps** - an output produced by a per-tensor DequantizeLinear (scale ``s``, zero
+  point ``z``) through value-preserving ops, with float compute somewhere before it (a float
+  Conv of a QDQ graph, a residual Add between integer layers). A backend computes that float
+  part in its own summation order, so a value within a few ulps of a rounding boundary of a
+  QuantizeLinear lands on the neighbouring code, and later layers carry the flip on (measured
+  on ResNet-18 int8, TVM vs onnxruntime: about 40 % of the logits differ, each by at most 2
+  steps). The output passes when all three hold:
+
+  1. on the grid: every value is ``(q - z) * s`` for an integer code ``q`` (within 1e-3 of a
+     step) - a float result, e.g. an artifact that skipped quantization, is not;
+  2. ``max|out - ref| <= STEPS * s``;
+  3. ``|mean(out - ref)| <= BIAS_STEPS * s``: flips go both ways, so their mean is near 0; a
+     systematic shift (a zero point or bias off by one step) moves every value the same way.
+
+  A swapped channel or wrong weights break (2).
+
+* **fraction of the quantization error** - a float output of a quantized graph not produced
+  by DequantizeLinear (``output-qdq=false``: the last layer computes in float on quantized
+  inputs). Flips inside the graph reach it unrounded. It passes within
+  ``max(atol + rtol * max|ref|, FRACTION * e_q)``, where ``e_q = max|ref - original|`` is the
+  quantized model's own error against the float model on the same inputs (on ResNet-18 the
+  flips measured 0.25-0.40 of ``e_q``). An artifact that returns the float model's outputs
+  differs from the reference by exactly ``e_q > FRACTION * e_q`` and fails, unless ``e_q`` is
+  below the plain tolerance - the verdict then says the rule cannot tell the two apart
+  (``distinguishes_float_model: false``).
+
+Integer outputs are compared exactly; graphs with no QuantizeLinear are compared as usual
+(:func:`optc.verify.compare`).
 """
 
 from __future__ import annotations
@@ -29,17 +48,22 @@ import onnx
 
 from .qdq import VALUE_PRESERVING
 
-__all__ = ["output_steps", "compare_quantized", "STEPS", "FRACTION"]
+__all__ = ["output_steps", "exact_outputs", "compare_quantized", "STEPS", "BIAS_STEPS", "FRACTION"]
 
-STEPS = 4  # quantization steps of the output an artifact may differ by
-FRACTION = 1.0  # ... else this fraction of the quantized model's own error vs the original
+STEPS = 4  # quantization steps of the output an artifact may differ by (rule "quantizer steps")
+BIAS_STEPS = 0.5  # ... and the most its mean difference may be, in steps
+FRACTION = 0.5  # rule "fraction of the quantization error"
+GRID_TOL = 1e-3  # a value is on the grid when within this many steps of a code
+
+INTEGER_DOMAIN = "ai.optc"
+_EXACT = frozenset(("QuantizeLinear", "DequantizeLinear", *VALUE_PRESERVING))
 
 
-def output_steps(model: onnx.ModelProto) -> dict[str, float]:
-    """Graph output -> the per-tensor scale of the DequantizeLinear it comes from (through
-    value-preserving ops); outputs with none are left out."""
+def _dequant_of(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    """Graph output -> (scale, zero point) of the per-tensor DequantizeLinear it comes from
+    (through value-preserving ops); outputs with none are left out."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     out = {}
     for o in model.graph.output:
         name, hops = o.name, 0
@@ -47,10 +71,9 @@ def output_steps(model: onnx.ModelProto) -> dict[str, float]:
             node = producers[name]
             if node.op_type == "DequantizeLinear":
                 s = inits.get(node.input[1])
-                if s is not None:
-                    arr = onnx.numpy_helper.to_array(s)
-                    if arr.size == 1:
-                        out[o.name] = float(arr.reshape(()))
+                z = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1)
+                if s is not None and s.size == 1 and z is not None and z.size == 1:
+                    out[o.name] = (float(s.reshape(())), float(z.reshape(())))
                 break
             if node.op_type not in VALUE_PRESERVING or not node.input:
                 break
@@ -58,34 +81,89 @@ def output_steps(model: onnx.ModelProto) -> dict[str, float]:
     return out
 
 
+def output_steps(model: onnx.ModelProto) -> dict[str, float]:
+    """Graph output -> the per-tensor scale of the DequantizeLinear it comes from (through
+    value-preserving ops); outputs with none are left out."""
+    return {name: s for name, (s, _) in _dequant_of(model).items()}
+
+
+def exact_outputs(model: onnx.ModelProto) -> set[str]:
+    """Graph outputs whose every ancestor node is an optc integer op, a Q/DQ or a
+    value-preserving op, and that depend on at least one integer op (rule "exact")."""
+    ok: dict[str, bool] = {}  # tensor -> computed exactly from the graph inputs
+    integer: dict[str, bool] = {}  # tensor -> depends on an integer op
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        ins = [i for i in node.input if i]
+        node_ok = node.domain == INTEGER_DOMAIN or (node.domain in ("", "ai.onnx") and node.op_type in _EXACT)
+        for o in node.output:
+            ok[o] = node_ok and all(ok.get(i, True) for i in ins)
+            integer[o] = node.domain == INTEGER_DOMAIN or any(integer.get(i, False) for i in ins)
+    return {o.name for o in model.graph.output if ok.get(o.name) and integer.get(o.name)}
+
+
+def _grid_error(out: np.ndarray, scale: float, zero: float) -> float:
+    """Largest distance (in steps) of a value of ``out`` from the code grid ``(q - z) * s``."""
+    codes = np.asarray(out, np.float64) / scale + zero
+    finite = np.isfinite(codes)
+    if not finite.all():
+        return float("inf")
+    return float(np.abs(codes - np.round(codes)).max(initial=0.0))
+
+
 def compare_quantized(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str], atol: float,
                       rtol: float, model: onnx.ModelProto,
                       original_refs: Callable[[], list[np.ndarray]]) -> dict:
-    """``optc.verify.compare`` with the tolerance above as each output's floor; same verdict
-    format plus ``tolerance_rule`` per output."""
+    """``optc.verify.compare`` under the rules above; same verdict format plus
+    ``tolerance_rule`` per output (and the grid/bias figures of the steps rule)."""
     from optc import verify
 
-    if len(outputs) != len(refs) or not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+    quantized = any(n.op_type == "QuantizeLinear" or n.domain == INTEGER_DOMAIN for n in model.graph.node)
+    if len(outputs) != len(refs) or not quantized:
         return verify.compare(outputs, refs, names, atol, rtol)
-    steps = output_steps(model)
+    exact, dequant = exact_outputs(model), _dequant_of(model)
     originals = None
-    floors, rules = {}, {}
+    floors, rules, extra = {}, {}, {}
     for i, (name, ref) in enumerate(zip(names, refs)):
-        if name in steps:
-            floors[name] = STEPS * steps[name]
-            rules[name] = f"{STEPS} steps of the output quantizer ({STEPS} x {steps[name]:.4g})"
-        elif np.asarray(ref).dtype.kind == "f":
+        if np.asarray(ref).dtype.kind != "f":
+            rules[name] = "exact (integer output)"
+        elif name in exact:
+            rules[name] = "exact: integer ops and exact code maps only (0 difference)"
+        elif name in dequant:
+            s, z = dequant[name]
+            floors[name] = STEPS * s
+            rules[name] = (f"quantizer steps: on the output grid (step {s:.4g}), within {STEPS} steps, "
+                           f"mean difference within {BIAS_STEPS:g} step")
+            extra[name] = (s, z)
+        else:
             if originals is None:
                 originals = original_refs()
             qerr = float(np.abs(np.asarray(ref, np.float64) - np.asarray(originals[i], np.float64)).max(initial=0.0))
             floors[name] = FRACTION * qerr
-            rules[name] = f"{FRACTION:g} x the quantized model's max error vs the original ({qerr:.4g})"
-        else:
-            rules[name] = "exact (integer output)"
-    res = verify.compare(outputs, refs, names, atol, rtol, floors=floors)
+            rules[name] = (f"fraction of the quantization error: {FRACTION:g} x the quantized model's max "
+                           f"error vs the original ({qerr:.4g})")
+    res = verify.compare(outputs, refs, names, atol, rtol, floors=floors,
+                         exact={n for n in names if rules[n].startswith("exact")})
     for entry, out, ref in zip(res["outputs"], outputs, refs):
-        entry["tolerance_rule"] = rules[entry["name"]]
+        name = entry["name"]
+        entry["tolerance_rule"] = rules[name]
+        if "error" in entry:
+            continue
         if "mismatches" not in entry and entry.get("max_abs_error", 0) > 0:
             entry["elements_differing"] = int(np.count_nonzero(np.asarray(out) != np.asarray(ref)))
-    res["quantized_graph_rule"] = "outputs of a QDQ graph may differ by rounding-boundary flips; see tolerance_rule"
+        if name in extra:
+            s, z = extra[name]
+            grid = _grid_error(out, s, z)
+            bias = float(np.mean(np.asarray(out, np.float64) - np.asarray(ref, np.float64))) / s
+            entry.update(grid_error_steps=grid, mean_difference_steps=bias)
+            if grid > GRID_TOL:
+                entry.update(passed=False, error=f"values are off the output quantizer's grid by up to {grid:.3g} "
+                                                 "steps (not quantized?)")
+            elif abs(bias) > BIAS_STEPS:
+                entry.update(passed=False, error=f"mean difference {bias:+.3g} steps: a systematic shift, not "
+                                                 "rounding flips")
+        elif name in floors:  # fraction rule: would the float model's outputs pass?
+            base = atol + rtol * entry.get("reference_max_abs", 0.0)
+            entry["distinguishes_float_model"] = bool(max(base, floors[name]) < floors[name] / FRACTION)
+    res["passed"] = all(e["passed"] for e in res["outputs"])
+    res["quantized_graph_rule"] = "per-output rules for quantized graphs; see tolerance_rule (optc.passes.quant.tolerance)"
     return res

@@ -70,10 +70,9 @@ def test_compile_reuses_database_and_ships_records(tuned, tmp_path):
     assert "tuning" not in report
 
 
-def test_untuned_functions_keep_rule_schedule(tuned):
+def test_untuned_functions_keep_rule_schedule(tuned, tmp_path):
     """Functions without a record get schedule_cpu's schedule, never the naive one."""
-    import tvm
-    from tvm import relax, tirx
+    from tvm import relax
 
     from optc.backends.tvm import lower, schedule
     from optc.backends.tvm import tune as tvm_tune
@@ -86,26 +85,14 @@ def test_untuned_functions_keep_rule_schedule(tuned):
     mod = relax.transform.BindParams("main", dict(zip(mod["main"].params[len(specs):], params)))(mod)
     mod = relax.transform.DecomposeOpsForInference()(mod)
     tgt = lower.tvm_target(get_target("cpu"))
-    captured = []
-    with tvm_tune.building(tgt, root) as state:
-        assert state is not None
-        orig = schedule.schedule_cpu
-
-        def spy(m, target):
-            out = orig(m, target)
-            captured.append(out)
-            return out
-
-        schedule.schedule_cpu = spy
-        try:
-            with tgt:
-                schedule.relax_pipeline(tgt)(mod)
-        finally:
-            schedule.schedule_cpu = orig
-    funcs = [f for _, f in captured[0].functions_items() if isinstance(f, tirx.PrimFunc)]
-    assert funcs and all(int(f.attrs["tirx.is_scheduled"]) for f in funcs)
-    assert state.total_funcs == len(funcs)
-    del tvm
+    state = tvm_tune.open_build(tgt, root)  # the database, an explicit input of the pipeline
+    assert state is not None and tvm_tune.open_build(tgt, tmp_path / "none") is None
+    log: list = []
+    with tgt:
+        schedule.relax_pipeline(tgt, log=log, pre_schedule=state.apply)(mod)
+    assert log and all(rec["rule"] is not None for rec in log)  # tuned or rule-scheduled, never naive
+    assert state.total_funcs == len(log)
+    assert sum(rec["rule"] == "pre-scheduled" for rec in log) == len(state.used)  # tuned ones
 
 
 def test_resume_continues_same_database(tuned, tmp_path):

@@ -14,6 +14,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from optc import verify
 from optc.accuracy import sqnr_db
 from optc.errors import UsageError
 from optc.passes.quant import calibrate, observers, qparams, quantize_model
@@ -371,26 +372,94 @@ def test_pipeline_text_and_errors():
         instantiate(parse_pipeline("quantize")[0])(ir.serde.deserialize_model(_conv_relu_model()))
 
 
-def test_verification_tolerance_for_quantized_graphs():
-    """An artifact of a QDQ graph may differ from onnxruntime by rounding-boundary flips: up to
-    4 steps of the output quantizer pass, more fails; graphs without Q nodes compare as usual."""
+def _gemm_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((16, 8)) * 0.4).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")]
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                           helper.make_node("Gemm", ["r", "w2", "b2"], ["y"])], "mlp",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 5])],
+                          inits + [numpy_helper.from_array((rng.standard_normal((8, 5)) * 0.4).astype(np.float32), "w2"),
+                                   numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b2")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _x(seed=0):
+    return {"x": np.random.default_rng(seed).standard_normal((4, 16)).astype(np.float32)}
+
+
+def test_steps_rule_refuses_float_outputs_shifts_and_swaps():
+    """Rule "quantizer steps" (DQ output after float compute): rounding flips pass; an artifact
+    that skipped quantization (values off the grid), a one-step shift of every value, a swapped
+    channel or 5 steps on one value fail."""
     from optc.passes.quant.tolerance import compare_quantized, output_steps
 
     inits = [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(128), "z")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"]),
              helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
              helper.make_node("Flatten", ["d"], ["y"])]
     g = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     assert output_steps(model) == {"y": pytest.approx(0.1)}
-    ref = [np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)]
+    ref = np.array([[1.0, 2.0, 3.0, 0.4]], np.float32)
     never = lambda: pytest.fail("not needed")  # noqa: E731
-    ok = compare_quantized([ref[0] + np.float32(0.3)], ref, ["y"], 1e-4, 1e-3, model, never)
-    assert ok["passed"] and "4 steps" in ok["outputs"][0]["tolerance_rule"]
-    assert not compare_quantized([ref[0] + np.float32(0.5)], ref, ["y"], 1e-4, 1e-3, model, never)["passed"]
-    plain = _conv_relu_model()
-    assert not compare_quantized([ref[0] + np.float32(0.3)], ref, ["y"], 1e-4, 1e-3, plain, never)["passed"]
+
+    def check(out):
+        return compare_quantized([np.asarray(out, np.float32)], [ref], ["y"], 1e-4, 1e-3, model, never)
+
+    ok = check(ref + np.float32([[0.1, -0.1, 0.0, 0.0]]))  # two flips, opposite ways
+    assert ok["passed"] and "quantizer steps" in ok["outputs"][0]["tolerance_rule"]
+    float_model = check(ref + np.float32([[0.013, -0.021, 0.008, 0.017]]))
+    assert not float_model["passed"] and "off the output quantizer's grid" in float_model["outputs"][0]["error"]
+    shifted = check(ref + np.float32(0.1))
+    assert not shifted["passed"] and "systematic shift" in shifted["outputs"][0]["error"]
+    assert not check(ref[:, [1, 0, 2, 3]])["passed"]  # swapped channels
+    assert not check(ref + np.float32([[0.5, 0, 0, 0]]))["passed"]  # 5 steps
+    assert not check(ref + np.float32([[np.nan, 0, 0, 0]]))["passed"]
+    plain = _conv_relu_model()  # no quantizer: the plain tolerance
+    assert not compare_quantized([ref + np.float32(0.3)], [ref], ["y"], 1e-4, 1e-3, plain, never)["passed"]
+
+
+def test_exact_rule_for_integer_graphs():
+    """An output computed by optc's integer ops and exact code maps only must equal the integer
+    reference exactly: one step on one value fails."""
+    from optc.passes.quant.integerize import integerize_model
+    from optc.passes.quant.tolerance import compare_quantized, exact_outputs
+
+    calib = {"x": np.random.default_rng(1).standard_normal((32, 16)).astype(np.float32)}
+    q, _ = quantize_model(_gemm_model(), calib)
+    im, details = integerize_model(q)
+    assert len(details["layers"]) == 2 and exact_outputs(im) == {"y"} and exact_outputs(q) == set()
+    ref = verify.reference_outputs(im, _x())
+    never = lambda: pytest.fail("not needed")  # noqa: E731
+    ok = compare_quantized(ref, ref, ["y"], 1e-4, 1e-3, im, never)
+    assert ok["passed"] and ok["outputs"][0]["tolerance_rule"].startswith("exact")
+    step = float(np.min(np.diff(np.unique(ref[0]))))  # the output grid's step
+    bad = ref[0].copy()
+    bad[0, 0] += step
+    res = compare_quantized([bad], ref, ["y"], 1e-4, 1e-3, im, never)
+    assert not res["passed"] and res["outputs"][0]["tolerance"] == 0.0
+
+
+def test_fraction_rule_refuses_the_float_model():
+    """A float output of a quantized graph (output-qdq=false) passes within half the quantized
+    model's own error vs the float model; the float model's own outputs fail."""
+    from optc.passes.quant.tolerance import compare_quantized
+
+    calib = {"x": np.random.default_rng(1).standard_normal((32, 16)).astype(np.float32)}
+    model = _gemm_model()
+    q, _ = quantize_model(model, calib, output_qdq=False)
+    x = _x()
+    ref, orig = verify.reference_outputs(q, x), verify.reference_outputs(model, x)
+    qerr = float(np.abs(ref[0] - orig[0]).max())
+    assert qerr > 1e-2
+    res = compare_quantized(orig, ref, ["y"], 1e-4, 1e-3, q, lambda: orig)
+    assert not res["passed"] and "fraction of the quantization error" in res["outputs"][0]["tolerance_rule"]
+    assert res["outputs"][0]["distinguishes_float_model"] is True
+    near = [ref[0] + np.float32(0.3 * qerr)]
+    assert compare_quantized(near, ref, ["y"], 1e-4, 1e-3, q, lambda: orig)["passed"]
 
 
 # --------------------------------------------------------------------------------------------

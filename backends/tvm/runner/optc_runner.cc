@@ -217,11 +217,12 @@ int64_t ParseCount(const std::string& flag, const char* v) {
 
 const char* kUsage =
     "usage: optc_runner LIB.so [--params PARAMS.bin] --outdir DIR [--warmup N] [--repeat N] "
-    "IN0.npy [IN1.npy ...]";
+    "[--sets K] IN0.npy [IN1.npy ...]  (K sets of inputs, one after the other: set 0 writes "
+    "out<k>.npy, set s > 0 writes s<s>_out<k>.npy; timing runs set 0)";
 
 int Run(int argc, char** argv) {
   std::string lib, params, outdir;
-  int64_t warmup = 0, repeat = 0;
+  int64_t warmup = 0, repeat = 0, sets = 1;
   std::vector<std::string> inputs;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -237,6 +238,9 @@ int Run(int argc, char** argv) {
       warmup = ParseCount(a, next());
     } else if (a == "--repeat") {
       repeat = ParseCount(a, next());
+    } else if (a == "--sets") {
+      sets = ParseCount(a, next());
+      if (sets < 1) throw Fail("--sets expects a positive integer");
     } else if (a == "-h" || a == "--help") {
       std::cout << kUsage << "\n";
       return 0;
@@ -274,8 +278,11 @@ int Run(int argc, char** argv) {
   ffi::Optional<ffi::Function> main_fn = vm->GetFunction("main", false);
   if (!main_fn.has_value()) throw Fail(lib + " has no function 'main'");
 
-  std::vector<ffi::Any> args;
-  for (const auto& p : inputs) args.push_back(ReadNpy(p));
+  if (inputs.size() % static_cast<size_t>(sets) != 0)
+    throw Fail("--sets " + std::to_string(sets) + " does not divide the " + std::to_string(inputs.size()) +
+               " input files");
+  const size_t per_set = inputs.size() / static_cast<size_t>(sets);
+  std::vector<ffi::Any> weights;
   if (!params.empty()) {
     {
       std::ifstream probe(params, std::ios::binary);
@@ -287,9 +294,16 @@ int Run(int argc, char** argv) {
     for (const auto& kv : pmap) sorted.emplace_back(std::string(kv.first), kv.second);
     std::sort(sorted.begin(), sorted.end(),
               [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (auto& kv : sorted) args.push_back(kv.second);
+    for (auto& kv : sorted) weights.push_back(kv.second);
   }
-  std::vector<ffi::AnyView> views(args.begin(), args.end());
+  std::vector<ffi::Any> args;
+  std::vector<ffi::AnyView> views;
+  auto load_set = [&](int64_t s) {
+    args.clear();
+    for (size_t i = 0; i < per_set; ++i) args.push_back(ReadNpy(inputs[s * per_set + i]));
+    for (const auto& w : weights) args.push_back(w);
+    views.assign(args.begin(), args.end());
+  };
 
   auto call = [&]() {
     ffi::Any result;
@@ -297,14 +311,16 @@ int Run(int argc, char** argv) {
     return result;
   };
 
-  ffi::Any result = call();
-  std::vector<ffi::Tensor> outs;
-  Flatten(result, &outs);
-  for (size_t k = 0; k < outs.size(); ++k) {
-    WriteNpy(outdir + "/out" + std::to_string(k) + ".npy", *outs[k].GetDLTensorPtr());
+  for (int64_t s = sets - 1; s >= 0; --s) {  // set 0 last: its arguments stay for timing
+    load_set(s);
+    ffi::Any result = call();
+    std::vector<ffi::Tensor> outs;
+    Flatten(result, &outs);
+    const std::string prefix = outdir + (s == 0 ? "/out" : "/s" + std::to_string(s) + "_out");
+    for (size_t k = 0; k < outs.size(); ++k) {
+      WriteNpy(prefix + std::to_string(k) + ".npy", *outs[k].GetDLTensorPtr());
+    }
   }
-  outs.clear();
-  result = ffi::Any();
 
   if (repeat > 0) {
     for (int64_t k = 0; k < warmup; ++k) call();

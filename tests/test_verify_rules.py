@@ -1,0 +1,72 @@
+"""The compile stage ``verify`` refuses deliberately wrong artifacts (issue: numbers a user can
+trust): a quantized package whose artifact returns the float model's outputs, and an
+artifact that is wrong on one sample only (verification covers several samples)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import optc
+from optc import verify
+from optc.backends.tvm.backend import CpuSession
+from optc.errors import VerificationError
+
+pytestmark = pytest.mark.tvm
+
+
+def _mlp(path):
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((16, 8)) * 0.4).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
+             numpy_helper.from_array((rng.standard_normal((8, 5)) * 0.4).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b2")]
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                           helper.make_node("Gemm", ["r", "w2", "b2"], ["y"])], "mlp",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    np.savez(path.parent / "calib.npz", x=rng.standard_normal((32, 16)).astype(np.float32))
+    return model
+
+
+def test_quantized_artifact_that_skipped_quantization_fails(tmp_path, monkeypatch):
+    model = _mlp(tmp_path / "m.onnx")
+    passes = f"quantize<calib={tmp_path / 'calib.npz'}>"
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "ok", passes=passes, measure=False)
+    v = report["verify"]
+    assert v["passed"] and v["samples"] == 8 and v["calls"] == 8
+    assert v["outputs"][0]["tolerance_rule"].startswith("exact") and v["max_abs_error"] == 0
+
+    def float_model(self, sets):  # an artifact that computes the float model instead
+        return [verify.reference_outputs(model, {"x": s[0]}) for s in sets]
+
+    monkeypatch.setattr(CpuSession, "run_many", float_model)
+    with pytest.raises(VerificationError, match="optc's integer reference"):
+        optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "bad", passes=passes, measure=False)
+    assert not (tmp_path / "bad").exists()
+    # the QDQ graph in float (integerize off): the steps rule also refuses float outputs
+    with pytest.raises(VerificationError, match="off the output quantizer's grid"):
+        optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "bad2", passes=passes + ",integerize<enabled=false>",
+                     measure=False)
+
+
+def test_an_error_on_one_sample_of_eight_is_caught(tmp_path, monkeypatch):
+    _mlp(tmp_path / "m.onnx")
+    real = CpuSession.run_many
+
+    def wrong_on_sixth(self, sets):
+        outs = real(self, sets)
+        if len(outs) > 5:
+            outs[5] = [o + np.float32(0.5) for o in outs[5]]
+        return outs
+
+    monkeypatch.setattr(CpuSession, "run_many", wrong_on_sixth)
+    with pytest.raises(VerificationError, match="8 samples"):
+        optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "bad", measure=False)
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "one", measure=False, verify_samples=1)
+    assert report["verify"]["samples"] == 1  # the wrong sample is not looked at: the report says so
+    assert report["binding"]["notes"] and report["inputs"][0]["shape"] == [1, 16]

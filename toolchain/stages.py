@@ -1,0 +1,321 @@
+"""``optc compile``, stage by stage: load -> bind -> passes -> build -> verify -> measure ->
+package (README "compile", steps 2-7; :func:`optc.api.compile` calls them in this order).
+
+Each stage takes the :class:`Job` (what this compile works on, filled in as the stages go)
+and the options it needs, and returns its section of the report. Options are grouped:
+:class:`VerifyOptions` (how the artifact is checked), :class:`MeasureOptions` (latency,
+energy, accuracy). Errors a user can fix are :class:`OptcError` subclasses; anything else
+that fails inside a stage is an optc bug, raised as :class:`InternalError` naming the stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import onnx
+
+from . import analysis, artifact, frontend, pipeline, verify
+from .errors import InternalError, OptcError, VerificationError
+from .progress import Progress
+from .targets import Target
+
+DEPLOY_QDQ = "deploy_qdq.onnx"  # an integerized package's QDQ equivalent (what onnxruntime runs)
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How the artifact is checked against the reference (README "compile", step 6)."""
+
+    enabled: bool = True
+    atol: float = verify.DEFAULT_ATOL
+    rtol: float = verify.DEFAULT_RTOL
+    samples: int = 8  # rows (samples) checked at most: one call per bound batch
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """What is measured after verification: latency and energy, accuracy on ``eval_data``."""
+
+    enabled: bool = True
+    eval_data: str | os.PathLike | None = None
+    eval_limit: int | None = None
+    power_watts: float | None = None
+
+
+@dataclass
+class Job:
+    """One compile: its inputs (first block) and what the stages produce (second block)."""
+
+    source: Path
+    target: Target
+    backend: Any
+    specs: list
+    work: Path  # the package being assembled (a temporary directory)
+    progress: Progress
+    remote: Any = None
+    timings: dict = field(default_factory=dict)
+
+    original: onnx.ModelProto | None = None
+    original_bound: onnx.ModelProto | None = None  # the original with concrete input shapes
+    in_specs: list = field(default_factory=list)
+    sets: list = field(default_factory=list)  # verification input sets, one call each
+    input_source: str = ""
+    optimized: onnx.ModelProto | None = None
+    deploy_qdq: onnx.ModelProto | None = None  # the QDQ graph integerize started from
+    out_specs: list = field(default_factory=list)
+    lossy: list = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+    session: Any = None
+    _refs: dict = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def stage(self, key: str, label: str) -> Iterator[None]:
+        """Time a stage (``stage_seconds[key]``) under a progress line ``label``."""
+        t0 = time.perf_counter()
+        with self.progress.step(label):
+            yield
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
+
+    def reference(self, which: str) -> list[np.ndarray]:
+        """Reference outputs of the ``"original"`` or ``"optimized"`` model on every input
+        set, joined per output (:func:`verify.join_calls`); computed once per model."""
+        if which not in self._refs:
+            model = self.optimized if which == "optimized" else self.original
+            self._refs[which] = verify.join_calls([verify.reference_outputs(model, s) for s in self.sets])
+        return self._refs[which]
+
+    @property
+    def out_names(self) -> list[str]:
+        return [s.name for s in self.out_specs]
+
+    def args(self, k: int = 0) -> list[np.ndarray]:
+        return [self.sets[k][s.name] for s in self.in_specs]
+
+
+# ----------------------------------------------------------------------------- 2. load
+def load(job: Job) -> None:
+    """Read and check the model; list every op the backend cannot lower."""
+    with job.stage("frontend", "load and check model"):
+        job.original = frontend.load_model(job.source)
+        frontend.check_supported(job.original, job.backend.supported_ops(), job.backend.name)
+
+
+# ----------------------------------------------------------------------------- 3. bind
+def bind(job: Job, input_shapes: Mapping | None, inputs, samples: int) -> dict:
+    """Concrete input shapes and the verification input sets; returns the ``binding`` section.
+
+    Shapes come from ``input_shapes``, else the model. The batch is never taken from data: a
+    dynamic leading dimension of an input of rank >= 2 is bound to 1 (with a note); another
+    dynamic dimension is taken from the ``inputs`` arrays where given. The sets cover up to
+    ``samples`` rows of the data (or generated inputs), one call of the bound batch each.
+    """
+    with job.stage("frontend", "bind input shapes"):
+        arrays = None
+        if isinstance(inputs, (str, os.PathLike)):
+            arrays = verify.load_inputs(inputs)
+        elif inputs is not None:
+            arrays = dict(inputs)
+        shapes, notes = default_shapes(job.original, input_shapes or {}, arrays)
+        bound, job.in_specs = frontend.bind_input_shapes(job.original, shapes)
+        job.original_bound = bound
+        rows = verify.rows_per_call(job.in_specs)
+        if arrays is not None:
+            source = str(inputs) if isinstance(inputs, (str, os.PathLike)) else "inputs"
+            job.sets = verify.sample_sets(arrays, job.in_specs, source, max_rows=max(samples, 1))
+            job.input_source = f"file {inputs}" if isinstance(inputs, (str, os.PathLike)) else "given arrays"
+        else:
+            job.sets = verify.generate_sets(job.in_specs, max(1, samples // rows))
+            job.input_source = "generated (numpy default_rng seed 0: standard normal floats)"
+    for note in notes:
+        job.progress.note(note)
+    return {"inputs": [s.to_json() for s in job.in_specs], "notes": notes,
+            "batch": rows, "verify_calls": len(job.sets), "verify_samples": rows * len(job.sets)}
+
+
+def default_shapes(model: onnx.ModelProto, given: Mapping, arrays: Mapping | None) -> tuple[dict, list[str]]:
+    """``given`` completed for dynamic inputs: leading (batch) dimension of rank >= 2 inputs
+    -> 1, other dynamic dimensions -> the data's, where ``arrays`` holds the input. Returns
+    (shapes, notes for the user); dimensions nothing binds are left for
+    :func:`frontend.bind_input_shapes` to report."""
+    shapes, notes = dict(given), []
+    for vi in frontend.graph_inputs(model):
+        if vi.name in shapes or not vi.type.HasField("tensor_type"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in vi.type.tensor_type.shape.dim]
+        if all(d is not None for d in dims):
+            continue
+        data = None if arrays is None or vi.name not in arrays else np.shape(arrays[vi.name])
+        out = list(dims)
+        if len(dims) >= 2 and dims[0] is None:
+            out[0] = 1
+            notes.append(f"input {vi.name!r}: dynamic batch dimension bound to 1 "
+                         f"(--input-shape {vi.name}=N,... for another batch)")
+        if data is not None and len(data) == len(dims):
+            out = [d if d is not None else data[k] for k, d in enumerate(out)]
+        if all(d is not None for d in out):
+            shapes[vi.name] = tuple(int(d) for d in out)
+    return shapes, notes
+
+
+# ----------------------------------------------------------------------------- 4. passes
+def run_passes(job: Job) -> list:
+    """The pass pipeline on the bound model; returns the per-pass records."""
+    import onnx_ir as ir
+
+    def keep_qdq(spec, model) -> None:  # what onnxruntime would run instead of optc's integer ops
+        if spec.name == "integerize":
+            job.deploy_qdq = ir.serde.serialize_model(model)
+
+    with job.stage("passes", f"passes: {pipeline.format_pipeline(job.specs) or '(none)'}"):
+        irm, records = pipeline.run_pipeline(ir.serde.deserialize_model(job.original_bound), job.specs,
+                                             on_pass=keep_qdq)
+        job.optimized = ir.serde.serialize_model(irm)
+        try:
+            onnx.checker.check_model(job.optimized)
+        except Exception as err:
+            raise InternalError("passes", f"the pipeline produced an invalid ONNX model: {err}") from err
+        job.out_specs = frontend.output_specs(job.optimized)
+        job.lossy = [s.name for s in job.specs if pipeline.instantiate(s).lossy]
+    if job.deploy_qdq is not None and not _has_optc_ops(job.optimized):
+        job.deploy_qdq = None  # integerize rewrote nothing: model.onnx is the QDQ graph
+    return records
+
+
+def _has_optc_ops(model: onnx.ModelProto) -> bool:
+    return any(n.domain == "ai.optc" for n in model.graph.node)
+
+
+# ----------------------------------------------------------------------------- 5. build
+def build(job: Job, params: str, tuning, versions: dict) -> dict:
+    """Lower, build and export with the backend (``tuning``: the TVM backends' explicit
+    MetaSchedule input, see ``optc.backends.tvm.tune.TuningRequest``); writes the ONNX files
+    and sample inputs and fills the manifest. Returns the ``build`` section (schedules,
+    tuning, backend facts)."""
+    with job.stage("build", f"build for {job.target.name} ({job.target.backend})"):
+        built = job.backend.build(job.optimized, job.in_specs, job.target, job.work, params=params, tuning=tuning)
+        save_onnx(job.optimized, job.work / "model.onnx")
+        np.savez(job.work / "sample_inputs.npz", **job.sets[0])
+        files = built.files | {"onnx": "model.onnx", "sample_inputs": "sample_inputs.npz"}
+        if job.deploy_qdq is not None:
+            save_onnx(job.deploy_qdq, job.work / DEPLOY_QDQ)
+            files["deploy_onnx"] = DEPLOY_QDQ
+    job.manifest = {
+        "format": artifact.FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions,
+        "target": job.target.to_json() | {"tvm_resolved": built.info.get("tvm_target")},
+        "pipeline": pipeline.format_pipeline(job.specs),
+        "pipeline_explicit": pipeline.format_pipeline(job.specs, explicit=True),
+        "params": params,
+        "inputs": [s.to_json() for s in job.in_specs],
+        "outputs": [s.to_json() for s in job.out_specs],
+        "files_by_role": files,
+        "source_model": {"path": str(Path(job.source).resolve()), "sha256": artifact.sha256(Path(job.source))},
+    }
+    return {k: v for k, v in built.info.items() if k != "tvm_target"}
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    if model.ByteSize() > 1_800_000_000:
+        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save(model, str(path))
+
+
+@contextlib.contextmanager
+def open_session(job: Job, load_session) -> Iterator[Any]:
+    """The built package loaded for running (``load_session(backend, dir, manifest,
+    remote)``); a remote session is closed again (its server serves one at a time)."""
+    job.session = load_session(job.backend, job.work, job.manifest, job.remote)
+    try:
+        yield job.session
+    finally:
+        if job.remote is not None:
+            job.session.close()
+
+
+# ----------------------------------------------------------------------------- 6. verify
+def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
+    """Run the artifact on every input set and compare with the reference: onnxruntime on the
+    original model, or on the optimized model when the pipeline is lossy (quantized graphs by
+    the rules of :mod:`optc.passes.quant.tolerance`). Raises VerificationError on a mismatch."""
+    which = "optimized" if job.lossy else "original"
+    if not opts.enabled:
+        return {"passed": None, "skipped": "--no-verify"}
+    if not job.session.runnable:
+        _save_sample_outputs(job, job.reference(which))  # kept for a later check on the hardware
+        return {"passed": None, "skipped": job.session.skip_reason}
+    with job.stage("verify", f"verify against onnxruntime ({len(job.sets)} call(s))"):
+        outs = verify.join_calls(job.session.run_many([job.args(k) for k in range(len(job.sets))]))
+        refs = job.reference(which)
+        if job.lossy:
+            from optc.passes.quant.tolerance import compare_quantized
+
+            verdict = compare_quantized(outs, refs, job.out_names, opts.atol, opts.rtol, job.optimized,
+                                        lambda: job.reference("original"))
+        else:
+            verdict = verify.compare(outs, refs, job.out_names, opts.atol, opts.rtol)
+        rows = verify.rows_per_call(job.in_specs)
+        verdict |= {"inputs": job.input_source, "calls": len(job.sets), "samples": rows * len(job.sets),
+                    "reference": verify.reference_name(job.optimized if job.lossy else job.original) + ", on the " + (
+                        f"optimized ONNX model: the pipeline has lossy passes ({', '.join(job.lossy)}); "
+                        "fidelity to the original is reported apart" if job.lossy else "original model")}
+        _save_sample_outputs(job, refs)
+    if not verdict["passed"]:
+        bad = [o for o in verdict["outputs"] if not o["passed"]]
+        detail = "; ".join(f"{o['name']}: " + (o.get("error") or f"max abs error {o['max_abs_error']:.3g}, "
+                                               f"max rel error {o['max_rel_error']:.3g}") for o in bad) \
+            or verdict.get("error", "")
+        engine = "optc's integer reference" if _has_optc_ops(job.optimized) and job.lossy else "onnxruntime"
+        raise VerificationError(f"artifact output differs from {engine} beyond atol={opts.atol:g}, "
+                                f"rtol={opts.rtol:g} ({verdict['samples']} samples): {detail}")
+    return verdict
+
+
+def _save_sample_outputs(job: Job, refs: list[np.ndarray]) -> None:
+    """The reference outputs of the first input set (``sample_inputs.npz``); ``refs`` are
+    those of every set, joined."""
+    first = verify.reference_outputs(job.optimized if job.lossy else job.original, job.sets[0]) \
+        if len(job.sets) > 1 else refs
+    np.savez(job.work / "sample_outputs.npz", **dict(zip(job.out_names, first)))
+    job.manifest["files_by_role"]["sample_outputs"] = "sample_outputs.npz"
+
+
+# ----------------------------------------------------------------------------- 7. package
+def package(job: Job, report: dict) -> None:
+    """Write report.json and manifest.json (with every file's hash) into the package."""
+    artifact.write_json(job.work / artifact.REPORT, report)
+    job.manifest["files"] = artifact.file_table(job.work)
+    artifact.write_json(job.work / artifact.MANIFEST, job.manifest)
+
+
+def sizes(job: Job) -> dict:
+    """The report's ``size_bytes`` section."""
+    files = job.manifest["files_by_role"]
+    size = {role: (job.work / rel).stat().st_size for role, rel in files.items()
+            if role in ("library", "params", "onnx")}
+    runner = job.work / "runner"
+    return {
+        "artifact": size.get("library", 0) + size.get("params", 0),
+        "library": size.get("library", 0),
+        "params": size.get("params", 0),
+        "onnx_original": Path(job.source).stat().st_size,
+        "onnx_optimized": size.get("onnx", 0),
+        "runtime_bundle": sum(p.stat().st_size for p in runner.glob("*")) if runner.is_dir() else 0,
+    }
+
+
+def summary(job: Job) -> dict:
+    return analysis.summarize(job.optimized)
+
+
+__all__ = ["VerifyOptions", "MeasureOptions", "Job", "load", "bind", "default_shapes", "run_passes", "build",
+           "open_session", "verify_artifact", "package", "sizes", "OptcError"]
