@@ -53,6 +53,11 @@ class Session(Protocol):
         """Seconds per call for ``repeat`` timed calls after ``warmup`` untimed ones."""
         ...
 
+    def report_latency(self, args: list[np.ndarray], ctx) -> dict:
+        """The report's ``latency`` section: measured, emulated, simulated or modeled - the
+        session says which and how (``ctx``: :class:`optc.timing.LatencyContext`)."""
+        ...
+
 
 class SessionBase:
     """Defaults of the :class:`Session` protocol: runnable here, timed for real."""
@@ -68,6 +73,24 @@ class SessionBase:
 
     def run_many(self, sets: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
         return [self.run(inputs) for inputs in sets]
+
+    def time(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:  # pragma: no cover
+        raise NotImplementedError
+
+    def report_latency(self, args: list[np.ndarray], ctx) -> dict:
+        """The report's ``latency`` section (``ctx``: :class:`optc.timing.LatencyContext`).
+        Default: measured here, wall clock around :meth:`time`."""
+        from optc.targets import host_cores
+        from optc.timing import REPEAT, WARMUP, not_measured, stats
+
+        if not ctx.measure:
+            return not_measured()
+        with ctx.progress.step("measure latency"):
+            times = self.time(args, warmup=WARMUP, repeat=REPEAT)
+        how = self.timing_how or (f"in-process wall clock (time.perf_counter) from numpy inputs to numpy "
+                                  f"outputs, {WARMUP} warm-up + {REPEAT} timed runs on this machine, "
+                                  f"{host_cores()} cores")
+        return {"method": "measured", "how": how, **stats(times)}
 
 
 class Backend(Protocol):

@@ -20,7 +20,7 @@ What is compared (every package built with ``optc.compile``, verified, default s
    (64-128-256 channels, a FINN CNV-like BNN width: the pair the targets are measured on) and
    ``digits`` = the small bundled ``digits_cnn.onnx`` vs ``digits_bcnn.onnx`` (16-32-64
    channels: a few microseconds of kernel-call overhead either way). fp32: default pipeline;
-   binary: ``optc.models.bnn.FUSED_PIPELINE`` (``simplify,sign-to-threshold,binarize,
+   binary: ``optc.models.binary_digits.FUSED_PIPELINE`` (``simplify,sign-to-threshold,binarize,
    fuse-binary-threshold``: thresholds and 2x2 max-pools computed in the binary convolutions'
    epilogue; ``--binary-passes`` to compare with another pipeline); batch 1 and 64; top-1 on
    ``models/digits_eval.npz`` (``--eval``), weight bytes (tensor payload of the optimized ONNX,
@@ -320,7 +320,7 @@ def arm_check(tmp, name, model_paths, cpu_reps, args, x=None, variants=("fp32", 
 
 
 DIGITS_PAIRS = {
-    # name: (fp32 file, binary file, bnn.json key of the binary model)
+    # name: (fp32 file, binary file, binary_digits.json key of the binary model)
     "digits_wide": ("digits_cnn_wide.onnx", "digits_bcnn_wide.onnx", "digits_bcnn_wide"),
     "digits": ("digits_cnn.onnx", "digits_bcnn.onnx", "digits_bcnn"),
 }
@@ -329,14 +329,14 @@ DIGITS_PAIRS = {
 def bench_digits(tmp: Path, args, pair: str = "digits_wide") -> dict:
     """One fp32 / binary pair of digits CNNs end to end: accuracy, weights, latency (batches x
     threads), per-kernel breakdown, and on arm the bit-exactness and instruction counts."""
-    from optc.models.bnn import FUSED_PIPELINE
+    from optc.models.binary_digits import FUSED_PIPELINE
 
     pipeline = args.binary_passes or FUSED_PIPELINE
     models = REPO / "models"
     eval_npz = models / "digits_eval.npz"
     data = np.load(eval_npz)
     fp32_file, bin_file, key = DIGITS_PAIRS[pair]
-    meta = json.loads((models / "bnn.json").read_text())["models"][key]
+    meta = json.loads((models / "binary_digits.json").read_text())["models"][key]
     out = {"models": {"fp32": fp32_file, "binary": bin_file}, "binary_passes": pipeline,
            "accuracy": {}, "weights": {}, "latency": {}, "per_layer": {}}
     variants = {"fp32": (models / fp32_file, None), "binary": (models / bin_file, pipeline)}
@@ -443,7 +443,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-insn", dest="insn", action="store_false", help="skip qemu instruction counts")
     p.add_argument("--only", choices=["layers", *DIGITS_PAIRS], help="run one part")
     p.add_argument("--binary-passes", default=None,
-                   help="pipeline for the binary digits models (default optc.models.bnn.FUSED_PIPELINE)")
+                   help="pipeline for the binary digits models (default optc.models.binary_digits.FUSED_PIPELINE)")
     args = p.parse_args(argv)
     import tvm
 

@@ -76,7 +76,7 @@ def _minilm_module(cfg: dict):
 def export_minilm(path: Path) -> Path:
     import torch
 
-    from optc.export import export_torch
+    from optc.train.export import export_torch
 
     cfg = MINILM
     x = torch.randn(1, cfg["seq"], cfg["hidden"], generator=torch.Generator().manual_seed(0))

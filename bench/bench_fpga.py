@@ -8,7 +8,7 @@ measured cycles, II, fmax, resources and inferences/s, and a Pareto table over f
     python bench/bench_fpga.py --model models/digits_bmlp.onnx --points fastest,fps=10e6
     python bench/bench_fpga.py --json bench/results/fpga.json
 
-Models: by default the fixtures of ``optc.backends.fpga._bnn_fixture`` trained here (seconds):
+Models: by default the FPGA-sized digits models of ``optc.models.fpga_digits`` trained here (seconds):
 ``bmlp`` (Sign-binarized pixels -> 64-128-128-10 binary MLP, every MAC on the FPGA) and ``bcnn``
 (float 3x3 conv on the host -> binary conv 16->32 -> max pool -> binary dense). ``--model``
 benchmarks any other ONNX model instead (e.g. the project's models/digits_bmlp.onnx).
@@ -41,7 +41,7 @@ except ImportError:  # repo copied, not installed
     sys.path.insert(0, str(REPO))
 
 from optc.backends import fpga  # noqa: E402
-from optc.backends.fpga import _bnn_fixture  # noqa: E402
+from optc.models import fpga_digits  # noqa: E402
 from optc.models.digits import load_digits_split  # noqa: E402
 from optc.progress import Progress  # noqa: E402
 
@@ -84,8 +84,8 @@ def _row(name: str, point: str, what: str, rep: dict, fr: dict, seconds: float) 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="bmlp,bcnn", help="fixture models to run (bmlp, bcnn)")
-    ap.add_argument("--model", help="an ONNX model to benchmark instead of the fixtures")
+    ap.add_argument("--only", default="bmlp,bcnn", help="FPGA-sized digits models to run (optc.models.fpga_digits: bmlp, bcnn)")
+    ap.add_argument("--model", help="an ONNX model to benchmark instead of those")
     ap.add_argument("--points", help="comma-separated points (default per model: " +
                     "; ".join(f"{k}: {v}" for k, v in DEFAULT_POINTS.items()) + ")")
     ap.add_argument("--simulator", default="auto", help="RTL simulator (iverilog, verilator, auto)")
@@ -104,7 +104,7 @@ def main() -> int:
         for which in args.only.split(","):
             path = work / f"{which}.onnx"
             t0 = time.perf_counter()
-            info = _bnn_fixture.build(which, path)
+            info = fpga_digits.build(which, path)
             models.append((which, path, {"torch_test_accuracy": info.get("torch_accuracy"),
                                          "train_seconds": round(time.perf_counter() - t0, 1)}))
     eval_npz = work / "digits_eval.npz"

@@ -6,7 +6,7 @@
     python bench/bench_prune.py --json prune.json            # also write every figure as JSON
 
 1. **digits CNN** (bundled, trained): ``prune<ratio=0.5>`` (50% of the channels of every
-   prunable layer, L1 criterion), fine-tuned with :func:`optc.finetune.prune_finetune` on
+   prunable layer, L1 criterion), fine-tuned with :func:`optc.train.finetune.prune_finetune` on
    the digits training split (``optc.models.digits.load_digits_split``: the split the
    bundled model was trained on), then the original and the fine-tuned model are compiled
    for ``cpu`` (input 1x1x8x8) with ``--eval`` on ``models/digits_eval.npz``: the top-1 of
@@ -95,7 +95,7 @@ def _ab_bench(optc, entries: dict[str, dict], args) -> None:
 
 def bench_digits(args, work: Path) -> dict:
     import optc
-    from optc.finetune import prune_finetune
+    from optc.train.finetune import prune_finetune
     from optc.models.digits import load_digits_split
 
     x_train, y_train, _, _ = load_digits_split()
@@ -124,7 +124,7 @@ def _export_resnet18(path: Path, size: int) -> Path:
         return export_resnet18(path, seed=0, overwrite=True)
     import torch
 
-    from optc.export import export_torch
+    from optc.train.export import export_torch
     from optc.models import zoo
 
     model = zoo.seeded(zoo.resnet18, seed=0, calibrate=(4, 3, size, size))
@@ -173,8 +173,9 @@ def table(results: dict, args, threads: int) -> str:
                 e.update(e["by_threads"][threads])
     lines = []
     cpu = platform.processor() or platform.machine()
-    some = next(e for sec in results.values() for e in sec.values() if isinstance(e, dict) and "by_threads" in e)
-    loads = some["load_average_1min_per_round"]
+    benched = [e for sec in results.values() for e in sec.values() if isinstance(e, dict) and "by_threads" in e]
+    some = benched[0]
+    loads = [v for e in benched for v in e["load_average_1min_per_round"]]
     lines.append(f"machine: {cpu}, {os.cpu_count()} cores, {threads} thread(s) per runtime (in use: "
                  f"{some.get('threads_applied')}); latency: optc.bench per package, {args.rounds} "
                  f"rounds alternating the packages, {args.repeat} calls per runtime per round; median of the "

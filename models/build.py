@@ -151,7 +151,7 @@ def build_digits(
     import onnxruntime
     import torch
 
-    from optc.export import export_torch
+    from optc.train.export import export_torch
     from optc.models import digits, zoo
 
     out = pathlib.Path(out_dir)
@@ -258,7 +258,7 @@ def _export_random(
 ) -> pathlib.Path:
     import torch
 
-    from optc.export import export_torch
+    from optc.train.export import export_torch
     from optc.models import zoo
 
     path = pathlib.Path(path)

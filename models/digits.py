@@ -57,10 +57,10 @@ def train(
     The model's current weights are used as they are (build it under ``torch.manual_seed``
     for reproducible initial weights, as :mod:`optc.models.build` does). The learning rate
     follows a cosine schedule from ``lr`` to 0 over ``epochs``; one thread, seeded shuffling.
-    This is :func:`optc.bnn.train` without a teacher (its latent-weight clipping touches only
+    This is :func:`optc.train.binary.train` without a teacher (its latent-weight clipping touches only
     binary / k-bit layers, which a float model has none of).
     """
-    from optc.bnn import train as train_any
+    from optc.train.binary import train as train_any
 
     return train_any(model, x, y, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size,
                      weight_decay=weight_decay)

@@ -64,7 +64,8 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from optc.pipeline import Pass, register_pass
+from optc.onnx_utils import attr
+from optc.pipeline import Pass, PassResult, register_pass
 
 from . import optc_ops as ops
 
@@ -88,11 +89,6 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
 
 def _key(node: ir.Node) -> tuple[str, str]:
     return ("" if node.domain in ("", "ai.onnx") else node.domain, node.op_type)
-
-
-def _attr(node: ir.Node, name: str, default=None):
-    a = node.attributes.get(name)
-    return default if a is None else a.value
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
@@ -191,8 +187,8 @@ def _clip_bounds(node: ir.Node | None) -> tuple[float | None, float | None]:
     if _key(node) != ("", "Clip"):
         return None, None
     if len(node.inputs) > 1 or "min" in node.attributes:  # opset >= 11 inputs, older attributes
-        lo = _scalar(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else _attr(node, "min")
-        hi = _scalar(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else _attr(node, "max")
+        lo = _scalar(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else attr(node, "min")
+        hi = _scalar(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else attr(node, "max")
         return (None if lo is None else float(lo)), (None if hi is None else float(hi))
     return None, None
 
@@ -296,7 +292,7 @@ class SignToThreshold(Pass):
     # it folds the BatchNorms into thresholds itself: fuse-bn must not fold them into the convs
     cleanup_conflicts: ClassVar[frozenset[str]] = frozenset({"fuse-bn"})
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
         count, skipped = 0, []
         for node in list(graph):
@@ -312,7 +308,7 @@ class SignToThreshold(Pass):
             if any(p is None for p in params):
                 skipped.append(f"{bn.name}: parameters are not constant")
                 continue
-            res = bn_thresholds(*params, _attr(bn, "epsilon", 1e-5))
+            res = bn_thresholds(*params, attr(bn, "epsilon", 1e-5))
             if isinstance(res, str):
                 skipped.append(f"{bn.name}: {res}")
                 continue
@@ -327,8 +323,7 @@ class SignToThreshold(Pass):
             if not any(o.uses() for o in bn.outputs) and not any(o.is_graph_output() for o in bn.outputs):
                 graph.remove(bn, safe=True)
             count += 1
-        self.details = {"rewrites": count, "skipped": skipped}
-        return ir.passes.PassResult(model, bool(count))
+        return PassResult(model, bool(count), {"rewrites": count, "skipped": skipped})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,9 +341,9 @@ def _layer_weight(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | str:
     if op == "Conv":
         if w.ndim != 4:
             return f"{w.ndim - 2}-D convolution (only 2-D)"
-        if _attr(node, "group", 1) != 1:
+        if attr(node, "group", 1) != 1:
             return "grouped convolution"
-        if _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        if attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             return "auto_pad SAME_* (run simplify first or use explicit pads)"
         if len(node.inputs) > 2 and node.inputs[2] is not None:
             bias = _const(node.inputs[2])
@@ -360,17 +355,17 @@ def _layer_weight(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | str:
             return "MatMul weight is not 2-D"
         return np.ascontiguousarray(w.T), None
     # Gemm
-    if _attr(node, "transA", 0):
+    if attr(node, "transA", 0):
         return "Gemm with transA"
     if w.ndim != 2:
         return "Gemm weight is not 2-D"
-    w = w if _attr(node, "transB", 0) else w.T
-    w = np.float32(_attr(node, "alpha", 1.0)) * w
+    w = w if attr(node, "transB", 0) else w.T
+    w = np.float32(attr(node, "alpha", 1.0)) * w
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         c = _const(node.inputs[2])
         if c is None:
             return "Gemm C is not a constant"
-        c = np.float32(_attr(node, "beta", 1.0)) * c.astype(np.float32)
+        c = np.float32(attr(node, "beta", 1.0)) * c.astype(np.float32)
         if c.size == 1:
             bias = np.full(w.shape[0], c.reshape(-1)[0], np.float32)
         elif c.size == w.shape[0] and (c.ndim == 1 or c.shape[0] == 1):
@@ -390,13 +385,13 @@ def _input_rank_ok(node: ir.Node) -> str | None:
 
 def _conv_attrs(node: ir.Node, w: np.ndarray) -> dict:
     kh, kw = int(w.shape[2]), int(w.shape[3])
-    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
-    if _attr(node, "auto_pad", "NOTSET") == "VALID":
+    pads = list(attr(node, "pads", [0, 0, 0, 0]))
+    if attr(node, "auto_pad", "NOTSET") == "VALID":
         pads = [0, 0, 0, 0]
     # ONNX pads are [h_begin, w_begin, h_end, w_end]: the same order the ops use.
     return {"kernel_shape": [kh, kw], "pads": [int(p) for p in pads],
-            "strides": [int(s) for s in _attr(node, "strides", [1, 1])],
-            "dilations": [int(d) for d in _attr(node, "dilations", [1, 1])]}
+            "strides": [int(s) for s in attr(node, "strides", [1, 1])],
+            "dilations": [int(d) for d in attr(node, "dilations", [1, 1])]}
 
 
 def rewrite_layer(graph: ir.Graph, node: ir.Node, max_act_bits: int,
@@ -563,7 +558,7 @@ def _post_training(graph: ir.Graph, keep_first_last: bool) -> tuple[int, list[st
         w = _const(node.inputs[1]).astype(np.float32)
         if node.op_type == "Conv":
             alpha = np.abs(w).reshape(w.shape[0], -1).mean(1).reshape(-1, 1, 1, 1)
-        elif node.op_type == "Gemm" and _attr(node, "transB", 0):
+        elif node.op_type == "Gemm" and attr(node, "transB", 0):
             alpha = np.abs(w).mean(1, keepdims=True)
         else:  # [K, N]
             alpha = np.abs(w).mean(0, keepdims=True)
@@ -624,7 +619,7 @@ class Binarize(Pass):
             raise ValueError("act-bits and weight-bits must be in 1..16")
         self.lossy = bool(self.post_training)  # instance value: this configuration is lossy
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
         details: dict = {}
         modified = False
@@ -647,17 +642,21 @@ class Binarize(Pass):
             if _key(node) in {("", op) for op in LAYER_OPS} and len(node.inputs) > 1 and _const(node.inputs[1]) is None:
                 skipped.append(f"{node.name or node.op_type}: weight is not a constant (computed in the graph, "
                                "e.g. an exported sign(w) * alpha: fold-constants makes it one)")
+        if modified or counts:
+            # drop what the rewrites left unread (the ReLU a post-training Sign(z) bypasses) first:
+            # fold-scales needs a binary op's output read by thresholds only, and a dead reader
+            # would leave the fold to a second run
+            common.RemoveUnusedNodesPass()(model)
         folded = 0
         if self.fold_scales:
             for node in list(graph):
                 if _key(node) in {(ops.DOMAIN, "BinaryDense"), (ops.DOMAIN, "BinaryConv2d")}:
                     folded += fold_scales(graph, node)
-        if counts or folded:
+        if folded:
             common.RemoveUnusedNodesPass()(model)
         details |= {"rewrites": sum(counts.values()), "by_op": counts, "thresholds_folded": folded,
                     "skipped": skipped}
-        self.details = details
-        return ir.passes.PassResult(model, modified or bool(counts) or bool(folded))
+        return PassResult(model, modified or bool(counts) or bool(folded), details)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,12 +665,12 @@ class Binarize(Pass):
 
 def _pool_shape(pool: ir.Node) -> tuple[int, int] | str:
     """(PH, PW) of a MaxPool that is a plain non-overlapping window (floor mode), else why not."""
-    ks = [int(v) for v in _attr(pool, "kernel_shape", ())]
-    strides = [int(v) for v in (_attr(pool, "strides", None) or ks)]
-    pads = [int(v) for v in (_attr(pool, "pads", None) or (0, 0, 0, 0))]
-    dil = [int(v) for v in (_attr(pool, "dilations", None) or (1, 1))]
-    if (len(ks) != 2 or strides != ks or any(pads) or dil != [1, 1] or _attr(pool, "ceil_mode", 0)
-            or _attr(pool, "auto_pad", "NOTSET") != "NOTSET"):
+    ks = [int(v) for v in attr(pool, "kernel_shape", ())]
+    strides = [int(v) for v in (attr(pool, "strides", None) or ks)]
+    pads = [int(v) for v in (attr(pool, "pads", None) or (0, 0, 0, 0))]
+    dil = [int(v) for v in (attr(pool, "dilations", None) or (1, 1))]
+    if (len(ks) != 2 or strides != ks or any(pads) or dil != [1, 1] or attr(pool, "ceil_mode", 0)
+            or attr(pool, "auto_pad", "NOTSET") != "NOTSET"):
         return "MaxPool is not a non-overlapping window without padding (floor mode)"
     if len(pool.outputs) > 1 and pool.outputs[1].uses():
         return "MaxPool indices are used"
@@ -720,7 +719,7 @@ class FuseBinaryThreshold(Pass):
     or pooling kernel. Idempotent (the fused op is not matched again).
     """
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
         count, pooled, skipped = 0, 0, []
         for node in list(graph):
@@ -732,7 +731,6 @@ class FuseBinaryThreshold(Pass):
             else:
                 skipped.append(f"{node.name or node.op_type}: {reason}")
         for node in graph:
-            if _key(node) == (ops.DOMAIN, "BinaryConv2dThreshold") and list(_attr(node, "pool_shape", [1, 1])) != [1, 1]:
+            if _key(node) == (ops.DOMAIN, "BinaryConv2dThreshold") and list(attr(node, "pool_shape", [1, 1])) != [1, 1]:
                 pooled += 1
-        self.details = {"rewrites": count, "with_pool": pooled, "skipped": skipped}
-        return ir.passes.PassResult(model, bool(count))
+        return PassResult(model, bool(count), {"rewrites": count, "with_pool": pooled, "skipped": skipped})

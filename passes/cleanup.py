@@ -2,18 +2,23 @@
 BatchNorm, remove identities, remove dead code.
 
 Each wraps the field-standard implementation (onnx-simplifier, onnxscript's constant folder
-and rewrite rules, onnx-ir's common passes) behind optc's pass interface, so it can be named in
-a pipeline, recorded in an artifact, and tested for numerical equivalence and idempotence.
+and rewrite rules through their public API, onnx-ir's common passes) behind optc's pass
+interface, so it can be named in a pipeline, recorded in an artifact, and tested for numerical
+equivalence and idempotence (all five are idempotent: a second run changes nothing).
 """
 
 from __future__ import annotations
 
 from dataclasses import field
+from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from optc.pipeline import Pass, register_pass
+from optc.pipeline import Pass, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from onnxscript.rewriter import RewriteRuleSet
 
 
 def _graph_signature(model: ir.Model) -> tuple:
@@ -37,7 +42,7 @@ class Simplify(Pass):
 
     check: int = field(default=0, metadata={"doc": "random-input checks onnxsim runs itself"})
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         import onnxsim
 
         before = _graph_signature(model)
@@ -48,10 +53,10 @@ class Simplify(Pass):
         new = ir.serde.deserialize_model(simplified)
         modified = _graph_signature(new) != before
         if not modified:
-            return ir.passes.PassResult(model, False)
+            return PassResult(model, False)
         # In-place contract: move the new graph into the given model object.
         _replace_graph(model, new)
-        return ir.passes.PassResult(model, True)
+        return PassResult(model, True)
 
 
 def _replace_graph(model: ir.Model, new: ir.Model) -> None:
@@ -71,16 +76,13 @@ class FoldConstants(Pass):
     input_size_limit: int = field(default=1 << 20, metadata={"doc": "max elements of an input to fold"})
     output_size_limit: int = field(default=1 << 22, metadata={"doc": "max elements of a folded output"})
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        from onnxscript.optimizer import _constant_folding as cf
+    def call(self, model: ir.Model) -> PassResult:
+        from onnxscript.optimizer import fold_constants
 
-        result = cf.FoldConstantsPass(
-            shape_inference=True,
-            input_size_limit=self.input_size_limit,
-            output_size_limit=self.output_size_limit,
-        )(model)
+        result = fold_constants(model, onnx_shape_inference=True, input_size_limit=self.input_size_limit,
+                                output_size_limit=self.output_size_limit)
         dce = common.RemoveUnusedNodesPass()(model)
-        return ir.passes.PassResult(model, bool(result.modified or dce.modified))
+        return PassResult(model, bool(result.modified or dce.modified))
 
 
 @register_pass("fuse-bn")
@@ -97,9 +99,20 @@ class FuseBatchNorm(Pass):
 
     _FUSED = ("Conv", "ConvTranspose", "Gemm")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        from onnxscript.rewriter.rules.common import _fuse_batchnorm
+    @staticmethod
+    def rules() -> RewriteRuleSet:
+        """The rule set: onnxscript's public BatchNorm-fusion rules (pattern, check, rewrite)."""
+        from onnxscript.rewriter import RewriteRuleSet
+        from onnxscript.rewriter.rules.common import (
+            fuse_batchnorm_into_conv_rule,
+            fuse_batchnorm_into_conv_transpose_rule,
+            fuse_batchnorm_into_gemm_rule,
+        )
 
+        return RewriteRuleSet([fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_conv_transpose_rule,
+                               fuse_batchnorm_into_gemm_rule])
+
+    def call(self, model: ir.Model) -> PassResult:
         # BatchNorm output -> the producer's name: the fused node writes that output
         names = {}
         for node in model.graph:
@@ -107,7 +120,7 @@ class FuseBatchNorm(Pass):
                 prod = node.inputs[0].producer()
                 if prod is not None and prod.op_type in self._FUSED and prod.name:
                     names[node.outputs[0].name] = prod.name
-        count = _fuse_batchnorm.rules.apply_to_model(model)
+        count = self.rules().apply_to_model(model)
         if count:
             common.RemoveUnusedNodesPass()(model)
             taken = {n.name for n in model.graph}
@@ -116,23 +129,22 @@ class FuseBatchNorm(Pass):
                 if name and node.name != name and name not in taken:
                     node.name = name
                     taken.add(name)
-        self.details = {"rewrites": count}
-        return ir.passes.PassResult(model, bool(count))
+        return PassResult(model, bool(count), {"rewrites": count})
 
 
 @register_pass("remove-identity")
 class RemoveIdentity(Pass):
     """Remove Identity nodes, rewiring consumers (graph outputs keep their names)."""
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return common.IdentityEliminationPass()(model)
+    def call(self, model: ir.Model) -> PassResult:
+        return PassResult(model, common.IdentityEliminationPass()(model).modified)
 
 
 @register_pass("dce")
 class DeadCodeElimination(Pass):
     """Remove nodes and initializers no graph output depends on, and unused opset imports."""
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         a = common.RemoveUnusedNodesPass()(model)
         b = common.RemoveUnusedOpsetsPass()(model)
-        return ir.passes.PassResult(model, bool(a.modified or b.modified))
+        return PassResult(model, bool(a.modified or b.modified))

@@ -15,59 +15,11 @@ values are encoded bit 1 = +1, bit 0 = -1 (a weight ``w`` is encoded as ``w >= 0
 
 Ops
 ---
-``SignThreshold(X, T[, D]) -> Y``
-    Bipolar activation with a per-channel threshold (what BatchNormalization followed by Sign
-    folds into). ``X`` float32 of rank >= 2, ``T`` and ``D`` float32 ``[C]`` with C = X.shape[1]
-    (the channel axis, as for BatchNormalization). ``D`` is +1 or -1 (the sign of the BN
-    scale; absent = all +1). ``Y = +1 where D[c] * X >= D[c] * T[c] else -1`` (float32, same
-    shape as X). T may be +-inf (a constant channel). When X is the integer output of a binary
-    op whose scale was folded in (see ``binarize``), T holds integers (ceil for D = +1, floor
-    for D = -1): an integer comparator.
-
-``BinaryDense(X, W[, alpha][, B]) -> Y``  (attribute ``in_features`` = K)
-    ``X`` float32 ``[M, K]``, binarized by the op at run time: bit = ``X >= 0`` (so +-1 inputs
-    are exact; an exact 0 counts as +1, where ONNX ``Sign`` would give 0). ``W`` uint64
-    ``[N, ceil(K/64)]``: row n holds the packed sign bits of weight row ``w[n, :]``.
-    ``alpha`` float32 ``[N]`` (> 0; absent = 1), ``B`` float32 ``[N]`` (absent = 0).
-    ``Y[m, n] = alpha[n] * (K - 2 * popcount(xbits[m] XOR W[n])) + B[n]`` (float32 ``[M, N]``);
-    the integer term is exactly ``sum_k sign(x[m, k]) * sign(w[n, k])``.
-
-``BinaryConv2d(X, W[, alpha][, B]) -> Y``  (attributes ``in_channels`` C, ``kernel_shape``
-[KH, KW], ``pads`` [top, left, bottom, right], ``strides`` [2], ``dilations`` [2]; group 1)
-    ``X`` float32 NCHW ``[N_b, C, H, W]``, binarized at run time as for BinaryDense.
-    ``W`` uint64 ``[N, ceil(KH * KW * C / 64)]``: row n is the packed sign bits of the weight
-    ``w[n]`` flattened in (kh, kw, c) order, i.e. element ``k = (kh * KW + kw) * C + c`` (the
-    im2col / FINN order). Zero padding as in ONNX Conv on the +-1 tensor: padded positions
-    contribute 0 (not +-1), so ``Y[b, n, oh, ow] = alpha[n] * sum_{taps (kh, kw) inside the
-    input} sum_c sign(x[b, c, ih, iw]) * sign(w[n, c, kh, kw]) + B[n]`` with
-    ``ih = oh * stride_h - pad_top + kh * dilation_h`` (same for w). Output float32 NCHW.
-
-``BinaryConv2dThreshold(X, W, T[, D]) -> Y``  (attributes of BinaryConv2d plus ``pool_shape``
-[PH, PW], default [1, 1])
-    A binary convolution with its threshold activation and an optional max-pool fused (what
-    ``fuse-binary-threshold`` makes of ``BinaryConv2d -> SignThreshold [-> MaxPool]``; FINN's
-    MVTU with thresholds). ``Y = MaxPool_{PH x PW, stride PH x PW}(SignThreshold(
-    BinaryConv2d(X, W), T, D))``: the integer conv output (no alpha, no bias) is compared with
-    the (integer) thresholds, output float32 +-1 NCHW ``[N_b, N, floor(OH / PH), floor(OW / PW)]``
-    (as MaxPool with ceil_mode 0: trailing rows/columns that fill no window are dropped). Since
-    the values are +-1, the max-pool is an OR of the threshold bits.
-
-``BitserialDense(X, W, w_scale, w_offset[, B]) -> Y``  (attributes ``in_features`` K,
-``act_bits`` ab, ``weight_bits`` wb, ``act_scale`` s_a)
-    k-bit operands, both unsigned codes. Activations: ``q_a = clip(round(X / s_a), 0,
-    2^ab - 1)`` computed by the op (X is the output of a fake-quantizer, i.e. ``s_a * q_a``;
-    round half to even). Weights: ``w[n, k] = w_scale[n] * q_w[n, k] + w_offset[n]``,
-    ``q_w`` in ``[0, 2^wb - 1]``, stored as bit planes: ``W`` uint64 ``[N, wb, ceil(K/64)]``,
-    plane j = bit j of q_w. ``Y[m, n] = s_a * (w_scale[n] * D + w_offset[n] * S) + B[n]`` with
-    the exact integers ``D = sum_{i<ab, j<wb} 2^(i+j) popcount(A_i[m] AND W[n, j])``
-    (= sum_k q_a q_w) and ``S = sum_i 2^i popcount(A_i[m])`` (= sum_k q_a); A_i = bit plane i
-    of q_a.
-
-``BitserialConv2d(X, W, w_scale, w_offset[, B]) -> Y``  (attributes as BinaryConv2d plus
-``act_bits``, ``weight_bits``, ``act_scale``)
-    ``W`` uint64 ``[N, wb, ceil(KH * KW * C / 64)]`` (each plane in the (kh, kw, c) order of
-    BinaryConv2d). Zero padding is code 0 (= value 0), so D and S sum over all taps. Output as
-    BitserialDense, per output position.
+Each op's contract is its reference class's docstring below; its schema, cost and lowering are
+declared on the class with :func:`optc.ops.define` (the ``ai.optc`` registry, :mod:`optc.ops`):
+``SignThreshold``, ``BinaryDense``, ``BinaryConv2d``, ``BinaryConv2dThreshold``,
+``BitserialDense``, ``BitserialConv2d``. The integer ops (``IntConv2d``, ...) are in
+:mod:`optc.passes.quant.int_ops`.
 """
 
 from __future__ import annotations
@@ -75,8 +27,9 @@ from __future__ import annotations
 import numpy as np
 from onnx.reference.op_run import OpRun
 
-DOMAIN = "ai.optc"
-VERSION = 1
+from optc.ops import (DOMAIN, VERSION, Attr, Cost, Operand, Surrogate, conv_surrogate, define, dense_surrogate,
+                      elementwise_surrogate)
+
 WORD = 64
 
 __all__ = [
@@ -247,10 +200,61 @@ def _finish(acc: np.ndarray, alpha: np.ndarray, bias, shape_axis: int) -> np.nda
 
 
 # ---------------------------------------------------------------------------------------------
-# reference implementations for onnx.reference.ReferenceEvaluator
+# the ops: contract (docstring), schema, cost and lowering (optc.ops.define), numpy reference
+
+_F32, _U64 = ("float32",), ("uint64",)
+_TVM = {"tvm": "optc.backends.tvm.bitserial"}
+_CONV_ATTRS = (Attr("in_channels", "int", required=True), Attr("kernel_shape", "ints", required=True),
+               Attr("pads", "ints"), Attr("strides", "ints"), Attr("dilations", "ints"))
+_BITSERIAL_ATTRS = (Attr("act_bits", "int", required=True), Attr("weight_bits", "int", required=True),
+                    Attr("act_scale", "float", required=True))
 
 
+def _dense_cost(s: Surrogate) -> bool:
+    """MatMul ``X [M, in_features] @ [in_features, N]`` (N = rows of the packed weights)."""
+    w = s.input_dims(1)
+    return bool(w) and dense_surrogate(s, s.attr_int("in_features") or 0, w[0])
+
+
+def _conv_cost(s: Surrogate) -> bool:
+    """Conv on ``[N, in_channels, KH, KW]`` weights (N = rows of the packed weights), with the
+    fused max-pool of ``pool_shape`` where there is one."""
+    w = s.input_dims(1)
+    shape = [w[0], s.attr_int("in_channels") or 0, *s.attr_ints("kernel_shape", [1, 1])] if w else None
+    return bool(w) and conv_surrogate(s, shape, pool=s.attr_ints("pool_shape", [1, 1]))
+
+
+_BINARY_DENSE_COST = Cost("binary", _dense_cost, binarize_and_scale=True)
+_BINARY_CONV_COST = Cost("binary", _conv_cost, binarize_and_scale=True)
+
+
+def _example_conv_weights(rng, n: int, c: int, ks, planes_: int | None = None) -> np.ndarray:
+    """Packed conv weights in the contract's (kh, kw, c) order: sign bits, or ``planes_`` bit planes."""
+    if planes_ is None:
+        return pack_bits(rng.random((n, ks[0] * ks[1] * c)) < 0.5, axis=-1)
+    return planes(rng.integers(0, 1 << planes_, (n, ks[0] * ks[1] * c)), planes_)
+
+
+_EXAMPLE_CONV = {"in_channels": 5, "kernel_shape": [3, 3], "pads": [1, 0, 2, 1], "strides": [2, 1],
+                 "dilations": [1, 2]}
+
+
+@define(inputs=(Operand("X", _F32), Operand("T", _F32), Operand("D", _F32, optional=True)),
+        outputs=(Operand("Y", _F32),), cost=Cost("fp32", elementwise_surrogate, ops_per_output=1), lowering=_TVM,
+        example=lambda rng: ([rng.standard_normal((2, 3, 4, 4)).astype(np.float32),
+                              np.array([0.5, -np.inf, 0.0], np.float32), np.array([1, -1, -1], np.float32)], {}))
 class SignThreshold(OpRun):
+    """``SignThreshold(X, T[, D]) -> Y``
+
+    Bipolar activation with a per-channel threshold (what BatchNormalization followed by Sign
+    folds into). ``X`` float32 of rank >= 2, ``T`` and ``D`` float32 ``[C]`` with C = X.shape[1]
+    (the channel axis, as for BatchNormalization). ``D`` is +1 or -1 (the sign of the BN
+    scale; absent = all +1). ``Y = +1 where D[c] * X >= D[c] * T[c] else -1`` (float32, same
+    shape as X). T may be +-inf (a constant channel). When X is the integer output of a binary
+    op whose scale was folded in (see ``binarize``), T holds integers (ceil for D = +1, floor
+    for D = -1): an integer comparator.
+    """
+
     op_domain = DOMAIN
 
     def _run(self, X, T, D=None):  # noqa: N803
@@ -261,7 +265,24 @@ class SignThreshold(OpRun):
         return (np.where(d * X >= d * t, np.float32(1), np.float32(-1)).astype(np.float32),)
 
 
+@define(inputs=(Operand("X", _F32), Operand("W", _U64), Operand("alpha", _F32, optional=True),
+                Operand("B", _F32, optional=True)),
+        attributes=(Attr("in_features", "int", required=True),), outputs=(Operand("Y", _F32),),
+        cost=_BINARY_DENSE_COST, lowering=_TVM,
+        example=lambda rng: ([rng.standard_normal((3, 100)).astype(np.float32), pack_bits(rng.random((5, 100)) < 0.5),
+                              rng.uniform(0.5, 2, 5).astype(np.float32), rng.standard_normal(5).astype(np.float32)],
+                             {"in_features": 100}))
 class BinaryDense(OpRun):
+    """``BinaryDense(X, W[, alpha][, B]) -> Y``  (attribute ``in_features`` = K)
+
+    ``X`` float32 ``[M, K]``, binarized by the op at run time: bit = ``X >= 0`` (so +-1 inputs
+    are exact; an exact 0 counts as +1, where ONNX ``Sign`` would give 0). ``W`` uint64
+    ``[N, ceil(K/64)]``: row n holds the packed sign bits of weight row ``w[n, :]``.
+    ``alpha`` float32 ``[N]`` (> 0; absent = 1), ``B`` float32 ``[N]`` (absent = 0).
+    ``Y[m, n] = alpha[n] * (K - 2 * popcount(xbits[m] XOR W[n])) + B[n]`` (float32 ``[M, N]``);
+    the integer term is exactly ``sum_k sign(x[m, k]) * sign(w[n, k])``.
+    """
+
     op_domain = DOMAIN
 
     def _run(self, X, W, alpha=None, B=None, in_features=None):  # noqa: N803
@@ -270,7 +291,25 @@ class BinaryDense(OpRun):
         return (_finish(acc, alpha, B, 1),)
 
 
+@define(inputs=(Operand("X", _F32), Operand("W", _U64), Operand("alpha", _F32, optional=True),
+                Operand("B", _F32, optional=True)),
+        attributes=_CONV_ATTRS, outputs=(Operand("Y", _F32),), cost=_BINARY_CONV_COST, lowering=_TVM,
+        example=lambda rng: ([rng.standard_normal((2, 5, 7, 6)).astype(np.float32),
+                              _example_conv_weights(rng, 6, 5, (3, 3)), rng.uniform(0.5, 2, 6).astype(np.float32),
+                              rng.standard_normal(6).astype(np.float32)], dict(_EXAMPLE_CONV)))
 class BinaryConv2d(OpRun):
+    """``BinaryConv2d(X, W[, alpha][, B]) -> Y``  (attributes ``in_channels`` C, ``kernel_shape``
+    [KH, KW], ``pads`` [top, left, bottom, right], ``strides`` [2], ``dilations`` [2]; group 1)
+
+    ``X`` float32 NCHW ``[N_b, C, H, W]``, binarized at run time as for BinaryDense.
+    ``W`` uint64 ``[N, ceil(KH * KW * C / 64)]``: row n is the packed sign bits of the weight
+    ``w[n]`` flattened in (kh, kw, c) order, i.e. element ``k = (kh * KW + kw) * C + c`` (the
+    im2col / FINN order). Zero padding as in ONNX Conv on the +-1 tensor: padded positions
+    contribute 0 (not +-1), so ``Y[b, n, oh, ow] = alpha[n] * sum_{taps (kh, kw) inside the
+    input} sum_c sign(x[b, c, ih, iw]) * sign(w[n, c, kh, kw]) + B[n]`` with
+    ``ih = oh * stride_h - pad_top + kh * dilation_h`` (same for w). Output float32 NCHW.
+    """
+
     op_domain = DOMAIN
 
     def _run(self, X, W, alpha=None, B=None, in_channels=None, kernel_shape=None, pads=None,  # noqa: N803
@@ -281,7 +320,27 @@ class BinaryConv2d(OpRun):
         return (_finish(acc, alpha, B, 1),)
 
 
+@define(inputs=(Operand("X", _F32), Operand("W", _U64), Operand("T", _F32), Operand("D", _F32, optional=True)),
+        attributes=(*_CONV_ATTRS, Attr("pool_shape", "ints")), outputs=(Operand("Y", _F32),),
+        cost=_BINARY_CONV_COST, lowering=_TVM,
+        example=lambda rng: ([rng.standard_normal((1, 5, 8, 8)).astype(np.float32),
+                              _example_conv_weights(rng, 6, 5, (3, 3)),
+                              rng.integers(-6, 7, 6).astype(np.float32), np.where(rng.random(6) < 0.5, 1, -1)
+                              .astype(np.float32)],
+                             {**_EXAMPLE_CONV, "strides": [1, 1], "pool_shape": [2, 2]}))
 class BinaryConv2dThreshold(OpRun):
+    """``BinaryConv2dThreshold(X, W, T[, D]) -> Y``  (attributes of BinaryConv2d plus
+    ``pool_shape`` [PH, PW], default [1, 1])
+
+    A binary convolution with its threshold activation and an optional max-pool fused (what
+    ``fuse-binary-threshold`` makes of ``BinaryConv2d -> SignThreshold [-> MaxPool]``; FINN's
+    MVTU with thresholds). ``Y = MaxPool_{PH x PW, stride PH x PW}(SignThreshold(
+    BinaryConv2d(X, W), T, D))``: the integer conv output (no alpha, no bias) is compared with
+    the (integer) thresholds, output float32 +-1 NCHW ``[N_b, N, floor(OH / PH), floor(OW / PW)]``
+    (as MaxPool with ceil_mode 0: trailing rows/columns that fill no window are dropped). Since
+    the values are +-1, the max-pool is an OR of the threshold bits.
+    """
+
     op_domain = DOMAIN
 
     def _run(self, X, W, T, D=None, in_channels=None, kernel_shape=None, pads=None,  # noqa: N803
@@ -294,7 +353,34 @@ class BinaryConv2dThreshold(OpRun):
         return (y.astype(np.float32),)
 
 
+def _bitserial_inputs(rng, x_shape, w, n):
+    """Example operands of a bit-serial op: activations on the 0.25 grid (2-bit codes and
+    beyond), weights ``w``, per-channel weight scale and offset, bias."""
+    x = (rng.integers(-1, 5, x_shape) * 0.25).astype(np.float32)
+    return [x, w, rng.uniform(0.01, 0.1, n).astype(np.float32), rng.uniform(-0.2, 0.0, n).astype(np.float32),
+            rng.standard_normal(n).astype(np.float32)]
+
+
+@define(inputs=(Operand("X", _F32), Operand("W", _U64), Operand("w_scale", _F32), Operand("w_offset", _F32),
+                Operand("B", _F32, optional=True)),
+        attributes=(Attr("in_features", "int", required=True), *_BITSERIAL_ATTRS), outputs=(Operand("Y", _F32),),
+        cost=_BINARY_DENSE_COST, lowering=_TVM,
+        example=lambda rng: (_bitserial_inputs(rng, (3, 70), planes(rng.integers(0, 8, (4, 70)), 3), 4),
+                             {"in_features": 70, "act_bits": 2, "weight_bits": 3, "act_scale": 0.25}))
 class BitserialDense(OpRun):
+    """``BitserialDense(X, W, w_scale, w_offset[, B]) -> Y``  (attributes ``in_features`` K,
+    ``act_bits`` ab, ``weight_bits`` wb, ``act_scale`` s_a)
+
+    k-bit operands, both unsigned codes. Activations: ``q_a = clip(round(X / s_a), 0,
+    2^ab - 1)`` computed by the op (X is the output of a fake-quantizer, i.e. ``s_a * q_a``;
+    round half to even). Weights: ``w[n, k] = w_scale[n] * q_w[n, k] + w_offset[n]``,
+    ``q_w`` in ``[0, 2^wb - 1]``, stored as bit planes: ``W`` uint64 ``[N, wb, ceil(K/64)]``,
+    plane j = bit j of q_w. ``Y[m, n] = s_a * (w_scale[n] * D + w_offset[n] * S) + B[n]`` with
+    the exact integers ``D = sum_{i<ab, j<wb} 2^(i+j) popcount(A_i[m] AND W[n, j])``
+    (= sum_k q_a q_w) and ``S = sum_i 2^i popcount(A_i[m])`` (= sum_k q_a); A_i = bit plane i
+    of q_a.
+    """
+
     op_domain = DOMAIN
 
     def _run(self, X, W, w_scale, w_offset, B=None, in_features=None, act_bits=None,  # noqa: N803
@@ -309,7 +395,21 @@ class BitserialDense(OpRun):
         return (y.astype(np.float32),)
 
 
+@define(inputs=(Operand("X", _F32), Operand("W", _U64), Operand("w_scale", _F32), Operand("w_offset", _F32),
+                Operand("B", _F32, optional=True)),
+        attributes=(*_CONV_ATTRS, *_BITSERIAL_ATTRS), outputs=(Operand("Y", _F32),),
+        cost=_BINARY_CONV_COST, lowering=_TVM,
+        example=lambda rng: (_bitserial_inputs(rng, (1, 5, 7, 6), _example_conv_weights(rng, 4, 5, (3, 3), 2), 4),
+                             {**_EXAMPLE_CONV, "act_bits": 2, "weight_bits": 2, "act_scale": 0.25}))
 class BitserialConv2d(OpRun):
+    """``BitserialConv2d(X, W, w_scale, w_offset[, B]) -> Y``  (attributes as BinaryConv2d plus
+    ``act_bits``, ``weight_bits``, ``act_scale``)
+
+    ``W`` uint64 ``[N, wb, ceil(KH * KW * C / 64)]`` (each plane in the (kh, kw, c) order of
+    BinaryConv2d). Zero padding is code 0 (= value 0), so D and S sum over all taps. Output as
+    BitserialDense, per output position.
+    """
+
     op_domain = DOMAIN
 
     def _run(self, X, W, w_scale, w_offset, B=None, in_channels=None, kernel_shape=None,  # noqa: N803
@@ -337,12 +437,14 @@ def has_optc_ops(model) -> bool:
 
 
 def reference_evaluator(model, **kwargs):
-    """``onnx.reference.ReferenceEvaluator`` for ``model`` with optc's ops registered."""
+    """``onnx.reference.ReferenceEvaluator`` for ``model`` with every registered ``ai.optc`` op
+    (:func:`optc.ops.references`) and optc's QuantizeLinear/DequantizeLinear for opsets < 19."""
     from onnx.reference import ReferenceEvaluator
 
-    from optc.passes.quant.int_ops import OPS as INT_OPS  # integer ops (integerize)
+    from optc import ops
+    from optc.passes.quant.int_ops import STANDARD_OPS
 
-    return ReferenceEvaluator(model, new_ops=OPS + INT_OPS, **kwargs)
+    return ReferenceEvaluator(model, new_ops=ops.references() + STANDARD_OPS, **kwargs)
 
 
 def run_op(op_type: str, *inputs: np.ndarray | None, **attributes) -> np.ndarray:

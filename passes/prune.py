@@ -33,7 +33,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optc.errors import UsageError
-from optc.pipeline import Pass, register_pass
+from optc.pipeline import Pass, PassResult, register_pass
 
 from .prune_groups import ChannelAnalysis, ChannelGroup, Flat, analyze, const_array
 
@@ -193,9 +193,10 @@ class Prune(Pass):
     ``scope=global``: one threshold on the normalised scores of all prunable groups removes
     ``floor(r * total)`` channels overall, then each group's count is rounded as above
     (with ``ratios`` given, the per-layer mode is used).
-    Not idempotent by nature: each run removes ``ratio`` of what is left.
+    Not idempotent: each run removes ``ratio`` of what is left.
     """
 
+    idempotent: ClassVar[bool] = False
     lossy: ClassVar[bool] = True  # outputs change: compile verifies against the pruned ONNX
     compression: ClassVar[bool] = True
 
@@ -227,7 +228,7 @@ class Prune(Pass):
         # bn-scale reads the BatchNorms' gamma: fuse-bn must not fold them away first
         return frozenset({"fuse-bn"}) if self.criterion == "bn-scale" else frozenset()
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         before = model_costs(model)
         an = analyze(model)
         groups = an.roots()
@@ -244,7 +245,7 @@ class Prune(Pass):
                          "channels": g.channels, "kept": g.channels if k is None else int(len(k)),
                          "ratio": ratio, "criterion": used,
                          **({"frozen": g.frozen} if g.frozen else {})})
-        self.details = {
+        details = {
             "criterion": self.criterion, "scope": self.scope,
             "params_before": before["params"], "params_after": after["params"],
             "flops_before": before["flops"], "flops_after": after["flops"],
@@ -254,8 +255,8 @@ class Prune(Pass):
             "groups": rows,
         }
         if not changed:
-            self.details["unchanged"] = self._why_unchanged(groups, plan)
-        return ir.passes.PassResult(model, bool(changed))
+            details["unchanged"] = self._why_unchanged(groups, plan)
+        return PassResult(model, bool(changed), details)
 
     def _why_unchanged(self, groups: list[ChannelGroup], plan: dict) -> str:
         """Why no channel was removed (for the pipeline's warning)."""
@@ -566,7 +567,7 @@ class PruneZero(Pass):
         if self.atol < 0:
             raise ValueError("atol must be >= 0")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         from .prune_groups import _ConstWriter
 
         before = model_costs(model)
@@ -597,15 +598,15 @@ class PruneZero(Pass):
             kept = {gid: np.setdiff1d(np.arange(an.groups[gid].channels), r) for gid, r in removed.items()}
             changed = an.apply(kept) or 1
         after = model_costs(model) if changed else before
-        self.details = {
+        details = {
             "params_before": before["params"], "params_after": after["params"],
             "flops_before": before["flops"], "flops_after": after["flops"],
             "channels_removed": int(sum(len(r) for r in removed.values())),
             "groups": rows,
         }
         if not changed:
-            self.details["unchanged"] = "no channel is exactly constant (or none can be folded exactly)"
-        return ir.passes.PassResult(model, bool(changed))
+            details["unchanged"] = "no channel is exactly constant (or none can be folded exactly)"
+        return PassResult(model, bool(changed), details)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -672,7 +673,7 @@ class Sparsify(Pass):
     def _match(self, node, v, pattern) -> bool:
         return any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in self._names(node, v))
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         layers = self._layers(model)
         for what, pats in (("ratios for", list(self.ratios)), ("exclude", self.exclude)):
             bad = [p for p in pats if not any(self._match(n, v, p) for n, v, _ in layers)]
@@ -726,7 +727,7 @@ class Sparsify(Pass):
                          "sparsity": round(z / arr.size, 4)})
         writer.drop_unused()
         after_c = _compressed_bytes(new.get(id(v), a) for _, v, a, _ in chosen)
-        self.details = {
+        details = {
             "scope": self.scope,
             "sparsity": round(zeros / total, 4) if total else 0.0,
             "layers": rows,
@@ -737,6 +738,6 @@ class Sparsify(Pass):
                     "kernels, so latency is unchanged",
         }
         if not new:
-            self.details["unchanged"] = ("no weight was zeroed: sparsity 0, no weight layer, or the weights "
-                                         "already hold that many zeros")
-        return ir.passes.PassResult(model, bool(new))
+            details["unchanged"] = ("no weight was zeroed: sparsity 0, no weight layer, or the weights "
+                                    "already hold that many zeros")
+        return PassResult(model, bool(new), details)

@@ -60,8 +60,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Union
 
 import numpy as np
-import onnx
 import onnx_ir as ir
+
+from optc.onnx_utils import attr, value_shapes
 
 __all__ = [
     "Chan",
@@ -204,34 +205,12 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     if node is None or node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type == "Constant":
-        attr = node.attributes.get("value")
-        if attr is not None and attr.type == ir.AttributeType.TENSOR:
-            return np.asarray(attr.as_tensor().numpy())
+        value = node.attributes.get("value")
+        if value is not None and value.type == ir.AttributeType.TENSOR:
+            return np.asarray(value.as_tensor().numpy())
     if node.op_type == "Identity":  # exporters share equal initializers through Identity nodes
         return const_array(node.inputs[0])
     return None
-
-
-def _infer_shapes(model: ir.Model) -> dict[str, tuple[int | None, ...]]:
-    """Value name -> dims (None where unknown) from ONNX shape inference on a copy."""
-    proto = ir.serde.serialize_model(model)
-    try:
-        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception:  # keep what the model already declares
-        pass
-    out: dict[str, tuple[int | None, ...]] = {}
-    for vi in list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-    for init in proto.graph.initializer:
-        out[init.name] = tuple(init.dims)
-    return out
-
-
-def _attr(node: ir.Node, name: str, default):
-    a = node.attributes.get(name)
-    return default if a is None else a.value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,7 +437,8 @@ def refresh_shapes(model: ir.Model) -> None:
 class _Analyzer:
     def __init__(self, model: ir.Model):
         self.a = ChannelAnalysis(model)
-        self.shapes = _infer_shapes(model)
+        # value name -> dims (None where unknown); what the model declares if inference fails
+        self.shapes = value_shapes(ir.serde.serialize_model(model), data_prop=True)
         self.order = 0
 
     # helpers
@@ -538,7 +518,7 @@ class _Analyzer:
         has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
         if has_bias and const_array(node.inputs[2]) is None:
             return "bias is not a constant"
-        g = int(_attr(node, "group", 1))
+        g = int(attr(node, "group", 1))
         cout, cin_g = int(w.shape[0]), int(w.shape[1])
         st = self.a.state.get(x)
         out = node.outputs[0]
@@ -581,12 +561,12 @@ class _Analyzer:
         b = const_array(node.inputs[1])
         if b is None or b.ndim != 2:
             return "B is not a constant matrix"
-        if int(_attr(node, "transA", 0)):
+        if int(attr(node, "transA", 0)):
             return "transA=1 is not supported"
         has_c = len(node.inputs) > 2 and node.inputs[2] is not None
         if has_c and const_array(node.inputs[2]) is None:
             return "C is not a constant"
-        trans_b = int(_attr(node, "transB", 0))
+        trans_b = int(attr(node, "transB", 0))
         k_axis, n_axis = (1, 0) if trans_b else (0, 1)
         st = self.a.state.get(node.inputs[0])
         if isinstance(st, Chan):
@@ -709,7 +689,7 @@ class _Analyzer:
         first = states[0]
         if any(s.rank != first.rank or s.axis != first.axis for s in states):
             return "inputs disagree on the channel axis"
-        axis = int(_attr(node, "axis", 0)) % first.rank
+        axis = int(attr(node, "axis", 0)) % first.rank
         if axis == first.axis:
             out = Chan(tuple(g for s in states for g in s.layout), first.axis, first.rank)
         else:
@@ -737,7 +717,7 @@ class _Analyzer:
         st = self.a.state.get(node.inputs[0])
         if st is None:
             return None
-        if int(_attr(node, "axis", 1)) != 1:
+        if int(attr(node, "axis", 1)) != 1:
             return "Flatten axis is not 1"
         out = self._flatten_state(node, st)
         if isinstance(out, str):
@@ -753,7 +733,7 @@ class _Analyzer:
         shape = const_array(node.inputs[1])
         if shape is None or shape.ndim != 1 or len(shape) != 2:
             return "only a constant reshape to [N, C*H*W] is followed"
-        if int(_attr(node, "allowzero", 0)):
+        if int(attr(node, "allowzero", 0)):
             return "allowzero=1"
         out = self._flatten_state(node, st)
         if isinstance(out, str):
@@ -779,7 +759,7 @@ class _Analyzer:
             return "flattened input"
         axes = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
         if axes is None:
-            axes = _attr(node, "axes", None)
+            axes = attr(node, "axes", None)
         if axes is None:
             return "axes are not constant"
         out_rank = self.rank(node.outputs[0])

@@ -1,6 +1,6 @@
-"""Training helpers (optc.bnn) and the bundled binary digits models: straight-through
+"""Training helpers (optc.train.binary) and the bundled binary digits models: straight-through
 gradients, quantizers, export to the ONNX form the binarize passes recognise, and the
-accuracy / size claims recorded in models/bnn.json."""
+accuracy / size claims recorded in models/binary_digits.json."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from optc import bnn  # noqa: E402
+from optc.train import binary  # noqa: E402
 from optc.models import MODELS_DIR  # noqa: E402
 from optc.passes import optc_ops as ops  # noqa: E402
 
 
-def test_import_optc_and_bnn_do_not_import_torch():
-    code = "import sys, optc, optc.bnn, optc.passes; print('torch' in sys.modules)"
+def test_import_optc_and_train_do_not_import_torch():
+    code = "import sys, optc, optc.train.binary, optc.passes; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False"]
 
@@ -30,7 +30,7 @@ def test_import_optc_and_bnn_do_not_import_torch():
 # ------------------------------------------------------------------------------- STE gradients
 def test_sign_ste_backward_is_clipped_identity():
     x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.3, 1.0, 1.5], requires_grad=True)
-    y = bnn.sign_ste(x)
+    y = binary.sign_ste(x)
     assert y.tolist() == [-1.0, -1.0, -1.0, 0.0, 1.0, 1.0, 1.0]  # torch.sign == ONNX Sign
     g = torch.arange(1.0, 8.0)
     y.backward(g)
@@ -39,7 +39,7 @@ def test_sign_ste_backward_is_clipped_identity():
 
 def test_binary_weight_forward_and_gradient():
     w = torch.tensor([[0.5, -0.1, 2.0, 0.0], [-0.2, -0.4, 0.2, 0.4]], requires_grad=True)
-    wb = bnn.binarize_weight(w)
+    wb = binary.binarize_weight(w)
     alpha = w.detach().abs().mean(1)
     expect = torch.where(w.detach() >= 0, 1.0, -1.0) * alpha[:, None]
     torch.testing.assert_close(wb.detach(), expect)
@@ -55,18 +55,18 @@ def test_binary_weight_forward_and_gradient():
 def test_quantizers():
     w = torch.randn(5, 7, generator=torch.Generator().manual_seed(0))
     for bits in (2, 3, 4):
-        q = bnn.quantize_weight(w, bits).detach()
+        q = binary.quantize_weight(w, bits).detach()
         scale = w.abs().amax(1, keepdim=True) / ((1 << (bits - 1)) - 1)
         codes = q / scale
         torch.testing.assert_close(codes, codes.round(), atol=1e-4, rtol=0)
         assert codes.abs().max() <= (1 << (bits - 1)) - 1 + 1e-4
-    act = bnn.QuantAct(bits=2, max_value=1.5)
+    act = binary.QuantAct(bits=2, max_value=1.5)
     x = torch.tensor([-1.0, 0.2, 0.26, 0.9, 3.0], requires_grad=True)
     y = act(x)
     assert y.tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.5])
     y.sum().backward()
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]  # STE through round, zero outside the clip
-    pact = bnn.QuantAct(bits=3, max_value=1.0, learn=True)
+    pact = binary.QuantAct(bits=3, max_value=1.0, learn=True)
     pact(torch.tensor([0.5, 2.0, 3.0])).sum().backward()
     assert pact.a.grad is not None and pact.a.grad.item() > 0  # the clip level learns
 
@@ -74,9 +74,9 @@ def test_quantizers():
 def test_distillation_loss():
     s = torch.tensor([[2.0, 0.0, -1.0]])
     labels = torch.tensor([0])
-    same = bnn.distillation_loss(s, s.clone(), labels, weight=1.0)
+    same = binary.distillation_loss(s, s.clone(), labels, weight=1.0)
     assert same.item() == pytest.approx(0.0, abs=1e-6)
-    assert bnn.distillation_loss(s, -s, labels, weight=1.0).item() > 0.1
+    assert binary.distillation_loss(s, -s, labels, weight=1.0).item() > 0.1
 
 
 # ------------------------------------------------------------------------------- export
@@ -84,9 +84,9 @@ class _TinyBnn(nn.Module):
     def __init__(self):
         super().__init__()
         self.f = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), bnn.SignActivation(),
-            bnn.BinaryConv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), bnn.SignActivation(),
-            nn.MaxPool2d(2), nn.Flatten(), bnn.BinaryLinear(16 * 16, 10))
+            nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), binary.SignActivation(),
+            binary.BinaryConv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), binary.SignActivation(),
+            nn.MaxPool2d(2), nn.Flatten(), binary.BinaryLinear(16 * 16, 10))
 
     def forward(self, x):
         return self.f(x)
@@ -96,9 +96,9 @@ class _TinyKbit(nn.Module):
     def __init__(self):
         super().__init__()
         self.f = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), bnn.QuantAct(bits=2, max_value=2.0, learn=True),
-            bnn.QuantConv2d(8, 8, 3, padding=1, weight_bits=3), nn.BatchNorm2d(8), bnn.QuantAct(bits=3, max_value=1.0),
-            nn.Flatten(), bnn.QuantLinear(8 * 64, 10, weight_bits=1))
+            nn.Conv2d(1, 8, 3, padding=1), binary.QuantAct(bits=2, max_value=2.0, learn=True),
+            binary.QuantConv2d(8, 8, 3, padding=1, weight_bits=3), nn.BatchNorm2d(8), binary.QuantAct(bits=3, max_value=1.0),
+            nn.Flatten(), binary.QuantLinear(8 * 64, 10, weight_bits=1))
 
     def forward(self, x):
         return self.f(x)
@@ -122,8 +122,8 @@ def test_exported_model_is_recognised_and_exact(tmp_path, factory, expect):
 
     xtr, ytr, xte = _digits()
     torch.manual_seed(0)
-    model = bnn.train(factory(), xtr, ytr, epochs=2, lr=1e-2, seed=0)
-    path = bnn.export(model, tmp_path / "m.onnx")
+    model = binary.train(factory(), xtr, ytr, epochs=2, lr=1e-2, seed=0)
+    path = binary.export(model, tmp_path / "m.onnx")
     proto = onnx.load(path)
     kinds = {n.op_type for n in proto.graph.node}
     assert ("Sign" in kinds and "BatchNormalization" in kinds) if factory is _TinyBnn else ("Round" in kinds)
@@ -141,7 +141,7 @@ def test_exported_model_is_recognised_and_exact(tmp_path, factory, expect):
 
 def test_freeze_writes_two_values_per_channel():
     torch.manual_seed(0)
-    frozen = bnn.freeze(_TinyBnn())
+    frozen = binary.freeze(_TinyBnn())
     conv = frozen.f[3]
     assert type(conv) is nn.Conv2d
     w = conv.weight.detach().abs().reshape(16, -1)
@@ -151,9 +151,9 @@ def test_freeze_writes_two_values_per_channel():
 
 # ------------------------------------------------------------------------------- bundled models
 def _meta():
-    path = MODELS_DIR / "bnn.json"
+    path = MODELS_DIR / "binary_digits.json"
     if not path.is_file():
-        pytest.skip("models/bnn.json not built (python -m optc.models.bnn)")
+        pytest.skip("models/binary_digits.json not built (python -m optc.models.binary_digits)")
     return json.loads(path.read_text())
 
 
@@ -169,7 +169,7 @@ def test_bundled_binary_models(name):
     acc = float((logits.argmax(1) == y).mean())
     assert acc == pytest.approx(meta["test_accuracy"])
     assert meta["fp32_test_accuracy"] - acc <= 0.03  # within 3 points of the fp32 model
-    from optc.models.bnn import binarized, weight_bytes
+    from optc.models.binary_digits import binarized, weight_bytes
 
     rewritten, _ = binarized(path)
     assert any(n.domain == ops.DOMAIN for n in rewritten.graph.node)
@@ -187,7 +187,7 @@ def test_wide_pair_same_architecture_and_fused_pipeline_exact():
     import onnx
     from onnx import numpy_helper
 
-    from optc.models.bnn import BINARIZE_PIPELINE, FUSED_PIPELINE, binarized
+    from optc.models.binary_digits import BINARIZE_PIPELINE, FUSED_PIPELINE, binarized
 
     meta = _meta()
     fp32_meta = meta["fp32_models"]["digits_cnn_wide"]

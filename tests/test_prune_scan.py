@@ -46,8 +46,7 @@ def test_scan_table_and_proposal(cnn_scan):
     import onnx_ir as ir
 
     irm = ir.serde.deserialize_model(onnx.load(str(CNN)))
-    pruned = instantiate(spec)
-    pruned(irm)
+    pruned = instantiate(spec)(irm)
     assert pruned.details["flops_after"] == p["flops"]
 
 
@@ -88,7 +87,7 @@ def test_cli_prune_scan_json_and_table(capsys):
 
 def test_onnx_to_torch_matches_onnxruntime():
     torch = pytest.importorskip("torch")
-    from optc.finetune import onnx_to_torch
+    from optc.train.finetune import onnx_to_torch
 
     x = np.load(EVAL)["input"][:32]
     for name in ("digits_cnn.onnx", "digits_mlp.onnx"):
@@ -101,7 +100,7 @@ def test_onnx_to_torch_matches_onnxruntime():
 
 
 def test_import_optc_does_not_import_torch():
-    code = "import sys, optc, optc.finetune, optc.prune_scan, optc.cli_prune; print('torch' in sys.modules)"
+    code = "import sys, optc, optc.train.finetune, optc.prune_scan, optc.cli_prune; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

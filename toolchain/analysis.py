@@ -18,10 +18,11 @@ at the rate of the kernel that runs them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import onnx
+
+from .onnx_utils import attr, infer_shapes, int_attr
 
 # FLOPs per output element for non-MAC ops (approximate, documented conventions).
 _ELEMENTWISE_FLOPS = {
@@ -53,10 +54,7 @@ def tensor_info(model: onnx.ModelProto) -> dict[str, tuple[list[int], int]]:
     """Static (shape, ONNX element type) of every tensor whose shape is known: inferred values,
     graph inputs/outputs, initializers and Constant-node tensors. Models shape inference cannot
     handle (custom domains) fall back to what they declare."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:
-        inferred = model
+    inferred = infer_shapes(model, data_prop=True)
     out = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         t = vi.type.tensor_type
@@ -84,13 +82,6 @@ def nbytes(shape_type: tuple[list[int], int] | None) -> int:
     return int(np.prod(shape, dtype=np.int64)) * size
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """Weights: initializers and the tensors of Constant nodes (some exporters use those)."""
     out = {i.name: i for i in model.graph.initializer}
@@ -104,13 +95,6 @@ def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 
 # ONNX's own integer ops; optc's (ai.optc) integer and binary ops are named in optc.energy.
 _INTEGER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
-
-
-def _int_attr(node: onnx.NodeProto, *names: str) -> int | None:
-    for a in node.attribute:
-        if a.name in names and a.type == onnx.AttributeProto.INT:
-            return int(a.i)
-    return None
 
 
 def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
@@ -147,11 +131,11 @@ def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
                 c.arith = "int8"
                 w = ins[1][0] if len(ins) > 1 and ins[1] else None
                 c.depthwise = bool(node.op_type == "IntConv2d" and w and len(w) == 4 and w[1] == 1
-                                   and (_int_attr(node, "group") or 1) > 1)
+                                   and (int_attr(node, "group") or 1) > 1)
             elif node.op_type in _OPTC_MAC_OPS:
                 c.arith = "binary"
-                bits = (_int_attr(node, "weight_bits", "wbits") or 1) * (
-                    _int_attr(node, "act_bits", "activation_bits", "abits") or 1)
+                bits = (int_attr(node, "weight_bits", "wbits") or 1) * (
+                    int_attr(node, "act_bits", "activation_bits", "abits") or 1)
                 c.bit_ops = int(c.macs) * bits
         out.append(c)
     return out
@@ -184,7 +168,7 @@ def _layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
         elif op in ("Gemm", "MatMul", "MatMulInteger") and ins and ins[0] and len(ins) > 1 and ins[1]:
             a = ins[0][0]
             b = ins[1][0]
-            k = a[-1] if not (op == "Gemm" and _attr(node, "transA", 0)) else a[0]
+            k = a[-1] if not (op == "Gemm" and attr(node, "transA", 0)) else a[0]
             macs = out_elems * int(k)
             flops = 2 * macs + (out_elems if len(node.input) > 2 else 0)
         elif op in _POOL and ins and ins[0]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
-import statistics
 import time
 from pathlib import Path
 from typing import Mapping
@@ -22,6 +21,7 @@ from . import accuracy, analysis, artifact, frontend, pipeline, stages, verify
 from .errors import InvalidModelError, UsageError
 from .progress import SILENT, Progress
 from .targets import Target, get_target, host_cores
+from .timing import LatencyContext, stats
 
 PARAMS_MODES = ("embedded", "separate")
 
@@ -34,13 +34,6 @@ def _versions() -> dict:
         except md.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def _stats(times: list[float]) -> dict:
-    ms = sorted(t * 1e3 for t in times)
-    q = lambda p: ms[min(len(ms) - 1, int(round(p * (len(ms) - 1))))]  # noqa: E731
-    return {"median_ms": statistics.median(ms), "min_ms": ms[0], "p10_ms": q(0.1), "p90_ms": q(0.9),
-            "stdev_ms": statistics.stdev(ms) if len(ms) > 1 else 0.0, "repeat": len(ms)}
 
 
 def compile(
@@ -139,7 +132,8 @@ def _measure(job: stages.Job, opts: stages.MeasureOptions) -> dict:
         out["fidelity"] = accuracy.fidelity(job.reference("original"), job.reference("optimized"), job.out_names)
     summary = stages.summary(job)
     out["summary"] = summary
-    out["latency"] = _latency(job.target, job.session, job.args(), summary, opts.enabled, job.progress)
+    out["latency"] = job.session.report_latency(job.args(), LatencyContext(job.target, summary, opts.enabled,
+                                                                           job.progress))
     from .energy import report_section  # energy per inference: measured, supplied power or modeled
 
     # a remote device's energy cannot be metered from here (session None: modeled)
@@ -201,7 +195,7 @@ def _evaluate(path, limit, original, optimized, session, tgt: Target, in_specs, 
     ref_sess = verify.ort_session(original)
     reference = lambda feeds: ref_sess.run(None, feeds)  # noqa: E731
     runnable = session.runnable
-    if tgt.latency in ("measured", "measured-if-gpu") and runnable:  # runs in this process
+    if runnable and session.timing == "measured":  # real hardware: evaluate the artifact itself
         candidate = lambda feeds: session.run([feeds[n] for n in order])  # noqa: E731
         evaluated_on = "the compiled artifact"
     else:  # emulated targets: the optimized ONNX, which verification showed equal to the artifact
@@ -212,45 +206,6 @@ def _evaluate(path, limit, original, optimized, session, tgt: Target, in_specs, 
     result = accuracy.compare_models(reference, candidate, inputs, labels, in_specs, in_specs, out_names, limit)
     return {"data": str(path), "evaluated_on": evaluated_on,
             "reference": "the original model in onnxruntime"} | result
-
-
-def _latency(tgt: Target, session, args, summary: dict, measure: bool, progress: Progress) -> dict:
-    """Latency as the target allows: measured here, or modeled (labelled, with its source)."""
-    runnable = session.runnable
-    if session.remote is not None:  # TVM RPC: timed on the remote device
-        if not measure:
-            return {"method": "not measured", "reason": "--no-measure", "source": session.source()}
-        with progress.step(f"measure latency on {session.remote.describe()}"):
-            out = session.latency(args, warmup=3, repeat=20)
-        out = out | _stats(out.pop("times_s"))
-        if out["method"] != "measured" and tgt.peak is not None:  # emulated: keep the model beside it
-            from . import latency_model
-
-            modeled = latency_model.modeled_latency(tgt, summary)
-            out["modeled_ms"] = modeled["median_ms"]
-            out["modeled_source"] = modeled["how"]
-        return out
-    if tgt.latency == "simulated":  # FPGA: RTL-simulated cycles at the placed-and-routed clock
-        return session.latency()
-    if tgt.latency == "measured" or (tgt.latency == "measured-if-gpu" and runnable):
-        if not measure:
-            return {"method": "not measured", "reason": "--no-measure"}
-        with progress.step("measure latency"):
-            times = session.time(args, warmup=3, repeat=20)
-        how = session.timing_how or (f"in-process wall clock (time.perf_counter) "
-              f"around the TVM VM call, 3 warm-up + 20 timed runs on this machine, {host_cores()} cores")
-        return {"method": "measured", "how": how, **_stats(times)}
-    from . import latency_model  # roofline now; the executed-instruction bound joins it with the count
-
-    out = latency_model.modeled_latency(tgt, summary)
-    if not runnable:
-        out["note"] = f"not measured: {session.skip_reason}"
-    elif measure:
-        with progress.step(f"emulated run (qemu -cpu {tgt.qemu_cpu})"):
-            times = session.time(args, warmup=0, repeat=1)
-        out["emulated_ms"] = times[0] * 1e3
-        out["emulated_note"] = "qemu-user wall time on this x86 host: proves the code runs, NOT ARM latency"
-    return out
 
 
 def _open(pkg: str | os.PathLike):
@@ -350,12 +305,12 @@ def bench(pkg: str | os.PathLike, *, warmup: int = 5, repeat: int = 50, rounds: 
         "method": f"{session.timing} (not the target's latency)" if emulated else
                   f"measured: wall clock per call from numpy inputs to numpy outputs (both sides), {warmup} "
                   f"warm-up, {rounds} interleaved rounds",
-        "optc": _stats(optc_times),
+        "optc": stats(optc_times),
     }
     if baselines:
         import onnxruntime
 
-        result["baselines"] = {k: _stats(ort_times[k]) | {"model": b.describe, "version": onnxruntime.__version__,
+        result["baselines"] = {k: stats(ort_times[k]) | {"model": b.describe, "version": onnxruntime.__version__,
                                                           "graph_optimizations": "all"}
                                for k, b in baselines.items()}
         first = next(iter(baselines))
@@ -440,7 +395,7 @@ def _bench_remote(pkg, warmup: int, repeat: int, rpc, rpc_key, rpc_tracker) -> d
         lat = session.latency([sample[s.name] for s in specs], warmup=warmup, repeat=repeat)
     return {"package": str(pkg), "target": tgt.name, "threads": None, "method": lat["method"] + ": " + lat["how"],
             "source": lat["source"], **({"note": lat["note"]} if "note" in lat else {}),
-            "optc": _stats(lat["times_s"])}
+            "optc": stats(lat["times_s"])}
 
 
 def inspect(model: str | os.PathLike, input_shapes: Mapping[str, tuple[int, ...]] | None = None,

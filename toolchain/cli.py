@@ -2,7 +2,9 @@
 
 Errors a user can fix print one line (``optc: error: ...``) and exit with the code of their
 class (see ``optc --help``); anything else is a bug in optc, reported as an internal error (exit
-70) naming the failing stage; ``--debug`` prints the traceback with its cause chain.
+70) naming the failing stage; ``--debug`` prints the traceback with its cause chain. Ctrl-C,
+SIGTERM and SIGHUP (a closed terminal) stop a command cleanly, temporary files removed and the
+tools it started killed, with a shell's exit status (130, 143, 129) and no traceback.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``optc prune-scan`` and ``optc prune-finetune``: thin CLI layers over
-:func:`optc.prune_scan.scan` and :func:`optc.finetune.prune_finetune`."""
+:func:`optc.prune_scan.scan` and :func:`optc.train.finetune.prune_finetune`."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def cmd_prune_scan(args) -> int:
 
 def cmd_prune_finetune(args) -> int:
     from .errors import BudgetError
-    from .finetune import prune_finetune
+    from .train.finetune import prune_finetune
 
     rep = prune_finetune(args.model, args.passes, args.train, args.output, eval_data=args.eval,
                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from .errors import InvalidModelError, UnsupportedModelError
+from .onnx_utils import infer_shapes
 
 MIN_OPSET = 11
 
@@ -191,7 +192,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def output_specs(model: onnx.ModelProto) -> list[TensorSpec]:
     """Output specs from a model whose shapes have been inferred (after binding + simplify)."""
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    inferred = infer_shapes(model, data_prop=True)
     specs = []
     for vi in inferred.graph.output:
         dims = _dims(vi) or []

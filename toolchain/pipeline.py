@@ -3,7 +3,8 @@
 A pass is a small named unit: an :class:`onnx_ir.passes.InPlacePass` subclass that is also a
 dataclass, registered under a kebab-case name with :func:`register_pass`. Its dataclass fields
 are its parameters (with types and defaults); the first line of its docstring is its one-line
-summary (shown by ``optc passes``).
+summary (shown by ``optc passes``). It returns what it did in its :class:`PassResult`
+(``modified`` and a ``details`` dict) and keeps nothing on the pass object.
 
 Pipelines are text, in the spirit of LLVM's ``opt -passes=`` and MLIR's textual pipelines::
 
@@ -40,6 +41,7 @@ from .progress import OptcWarning
 
 __all__ = [
     "Pass",
+    "PassResult",
     "PassSpec",
     "PassRecord",
     "register_pass",
@@ -54,15 +56,29 @@ __all__ = [
 ]
 
 
+@dataclass
+class PassResult(ir.passes.PassResult):
+    """What one run of an optc pass did: the model (the input object: passes work in place),
+    whether it changed, and ``details`` (rewrite counts, skipped layers and why, costs before
+    and after; :func:`run_pipeline` copies them into the :class:`PassRecord`)."""
+
+    details: dict = field(default_factory=dict)
+
+
 class Pass(ir.passes.InPlacePass):
     """Base class of optc passes: an in-place onnx-ir pass with a registry name.
 
-    Subclasses are dataclasses whose fields are the pass parameters. ``call(model)`` returns
-    ``ir.passes.PassResult(model, modified)``; a pass keeps no state between runs, and running
-    it twice in a row changes nothing the second time (tests check this for every pass).
+    Subclasses are dataclasses whose fields are the pass parameters. ``call(model)`` returns a
+    :class:`PassResult` ``(model, modified, details)``; a pass keeps no state on its object
+    between runs. ``idempotent`` says whether a second run right after the first changes
+    nothing (``modified`` false, same model); tests/passes/test_idempotence.py checks it for
+    every pass that claims it.
     """
 
     name: ClassVar[str] = ""
+    # True: running the pass again on its own output changes nothing (False: e.g. prune, which
+    # removes `ratio` of what is left on every run)
+    idempotent: ClassVar[bool] = True
     lossy: ClassVar[bool] = False  # True: outputs may differ from the input model's (quantize)
     # True for compression passes (prune, quantize, binarize, ...): the cleanup passes run before
     # them (see with_cleanup), and a run that rewrites nothing is a warning (see run_pipeline)
@@ -352,8 +368,8 @@ def run_pipeline(
 ) -> tuple[ir.Model, list[PassRecord]]:
     """Run each pass once, in order, on ``model`` (in place); return it with per-pass records.
 
-    Each pass may put a ``details`` dict on its result object attribute ``details`` (e.g.
-    rewrite counts); it is copied into the record. ``on_pass(spec, model)`` is called before
+    A pass's result carries a ``details`` dict (:class:`PassResult`; e.g. rewrite counts); it
+    is copied into the record. ``on_pass(spec, model)`` is called before
     each pass. A pass that raises an :class:`OptcError` (bad input it detected) passes it on;
     any other exception is a bug in optc: :class:`InternalError` naming the pass, its cause
     chained.
@@ -377,7 +393,8 @@ def run_pipeline(
         model = result.model
         record = PassRecord(spec.name, spec.format(), bool(result.modified),
                             round(time.perf_counter() - t0, 4), before, _count_nodes(model),
-                            dict(getattr(p, "details", {}) or {}))
+                            # a pass returning onnx-ir's plain PassResult has no details
+                            dict(getattr(result, "details", None) or {}))
         if p.compression and not result.modified:
             cleaned = any(r.name in ("simplify", "fold-constants") for r in records)
             record.warnings.append(_unchanged_warning(spec, record.details, cleaned))

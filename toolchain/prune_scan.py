@@ -145,9 +145,8 @@ def _prune(proto: onnx.ModelProto, ratios: Mapping[str, float], criterion: str, 
     from optc.passes.prune import Prune
 
     irm = ir.serde.deserialize_model(proto)
-    p = Prune(ratios=dict(ratios), criterion=criterion, multiple=multiple, min_channels=min_channels)
-    p(irm)
-    return ir.serde.serialize_model(irm), p.details
+    result = Prune(ratios=dict(ratios), criterion=criterion, multiple=multiple, min_channels=min_channels)(irm)
+    return ir.serde.serialize_model(irm), result.details
 
 
 def scan(

@@ -11,12 +11,13 @@ that fails inside a stage is an optc bug, raised as :class:`InternalError` namin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -47,6 +48,74 @@ class MeasureOptions:
     eval_data: str | os.PathLike | None = None
     eval_limit: int | None = None
     power_watts: float | None = None
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """MetaSchedule for TVM targets: ``trials`` measured candidates first (0: none), within
+    ``seconds`` for the whole compile; tuning databases under ``database`` (default
+    ~/.cache/optc/tuning), applied to the build when they hold records for the target."""
+
+    trials: int = 0
+    seconds: float | None = None
+    database: str | os.PathLike | None = None
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """A TVM RPC server to verify and time on: ``rpc`` HOST:PORT, or ``tracker`` HOST:PORT
+    with ``key``."""
+
+    rpc: str | None = None
+    key: str | None = None
+    tracker: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.rpc or self.key or self.tracker)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything :func:`optc.compile` takes besides the model, target, output, pipeline and
+    inputs, grouped by stage. ``cleanup``: add the default cleanup passes before the first
+    compression pass (:func:`optc.pipeline.with_cleanup`); ``force``: replace an existing
+    package; ``params``: weights ``embedded`` in the library or ``separate`` (params.bin)."""
+
+    params: str = "embedded"
+    force: bool = False
+    cleanup: bool = True
+    verify: VerifyOptions = VerifyOptions()
+    measure: MeasureOptions = MeasureOptions()
+    tune: TuneOptions = TuneOptions()
+    remote: RemoteOptions = RemoteOptions()
+
+    # flat keyword (as the CLI options are named) -> (group, field)
+    FLAT: ClassVar[dict[str, tuple[str | None, str]]] = {
+        "params": (None, "params"), "force": (None, "force"), "cleanup": (None, "cleanup"),
+        "verify_outputs": ("verify", "enabled"), "atol": ("verify", "atol"), "rtol": ("verify", "rtol"),
+        "verify_samples": ("verify", "samples"), "measure": ("measure", "enabled"),
+        "eval_data": ("measure", "eval_data"), "eval_limit": ("measure", "eval_limit"),
+        "power_watts": ("measure", "power_watts"), "tune": ("tune", "trials"), "tune_seconds": ("tune", "seconds"),
+        "tuning_db": ("tune", "database"), "rpc": ("remote", "rpc"), "rpc_key": ("remote", "key"),
+        "rpc_tracker": ("remote", "tracker"),
+    }
+
+    @classmethod
+    def of(cls, **flat) -> "CompileOptions":
+        """Options from flat keywords named like the CLI options (``measure=False``,
+        ``tune=200, tune_seconds=600``, ``rpc=...``); an unknown name is a TypeError."""
+        unknown = sorted(set(flat) - set(cls.FLAT))
+        if unknown:
+            raise TypeError(f"unknown compile option(s) {', '.join(unknown)}; known: {', '.join(cls.FLAT)}")
+        top: dict = {}
+        groups: dict[str, dict] = {}
+        for name, value in flat.items():
+            group, key = cls.FLAT[name]
+            (top if group is None else groups.setdefault(group, {}))[key] = value
+        defaults = cls()
+        for group, values in groups.items():
+            top[group] = dataclasses.replace(getattr(defaults, group), **values)
+        return cls(**top)
 
 
 @dataclass

@@ -170,6 +170,9 @@ class FpgaSession(SessionBase):
             times.append(time.perf_counter() - t0)
         return times
 
+    def report_latency(self, args: list[np.ndarray], ctx) -> dict:
+        return self.latency()
+
     def latency(self) -> dict:
         """report.json's latency: RTL-simulated cycles at the post-route clock."""
         rep = self._report or {}

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -146,14 +147,16 @@ class _NextpnrPhases:
 def _run_tool(cmd: list[str], cwd: Path, log: Path, phases, step, timeout: float | None, what: str):
     """Run ``cmd`` in ``cwd`` while reading its log file ``log`` as it grows: each line goes
     through ``phases`` (line -> (phase, detail) or None) to ``step``. Returns (returncode,
-    stdout + stderr text). The tool is killed if this is interrupted (Ctrl-C, SIGTERM in the
-    CLI) or runs past ``timeout`` seconds."""
+    stdout + stderr text). The tool runs in its own process group, which is killed (yosys's
+    abc children included) if this is interrupted (Ctrl-C, SIGTERM or SIGHUP in the CLI) or
+    runs past ``timeout`` seconds."""
     step = step or _NoStep()
     log.unlink(missing_ok=True)
     step.phase(phases.initial)
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+", errors="replace") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
         try:
             pos, partial, done = 0, "", False
             while not done:
@@ -179,7 +182,10 @@ def _run_tool(cmd: list[str], cwd: Path, log: Path, phases, step, timeout: float
                 step.tick()
         finally:
             if proc.poll() is None:
-                proc.kill()
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    proc.kill()
                 proc.wait()
         out.seek(0)
         return proc.returncode, out.read()

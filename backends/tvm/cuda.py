@@ -428,6 +428,13 @@ class CudaSession(SessionBase):
         name = self._dev.device_name
         self.device = f"{name} (compute {self._dev.compute_version})"
 
+    def report_latency(self, args: list[np.ndarray], ctx) -> dict:
+        """Measured with CUDA events where a GPU is present; otherwise the modeled figure
+        (roofline + launch cost), saying why it was not measured."""
+        if self.runnable:
+            return super().report_latency(args, ctx)
+        return ctx.modeled() | {"note": f"not measured: {self.skip_reason}"}
+
     def _require(self):
         if not self.runnable:
             raise ToolchainError(f"cannot run this package: {self.skip_reason}")

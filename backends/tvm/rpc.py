@@ -212,6 +212,20 @@ class RemoteSession(SessionBase):
         evaluator = self.vm.time_evaluator("invoke_stateful", self.dev, number=1, repeat=repeat)
         return [float(t) for t in evaluator("main").results]
 
+    def report_latency(self, args: list[np.ndarray], ctx) -> dict:
+        """Timed on the remote device; an emulated server keeps the modeled figure beside it."""
+        from optc.timing import REPEAT, WARMUP, not_measured, stats
+
+        if not ctx.measure:
+            return not_measured(source=self.source())
+        with ctx.progress.step(f"measure latency on {self.remote.describe()}"):
+            out = self.latency(args, warmup=WARMUP, repeat=REPEAT)
+        out = out | stats(out.pop("times_s"))
+        if out["method"] != "measured" and ctx.target.peak is not None:
+            modeled = ctx.modeled()
+            out["modeled_ms"], out["modeled_source"] = modeled["median_ms"], modeled["how"]
+        return out
+
     def latency(self, inputs: list[np.ndarray], warmup: int = 3, repeat: int = 20) -> dict:
         """The report's latency fields (without the statistics, which the caller computes from
         ``times_s``)."""

@@ -22,7 +22,7 @@ import onnx
 import onnx_ir as ir
 
 from optc.errors import UsageError
-from optc.pipeline import Pass, register_pass
+from optc.pipeline import Pass, PassResult, register_pass
 
 from . import calibrate, integerize, qdq  # integerize: registers the integerize pass
 from .core import FP32, QuantConfig, Quantizer
@@ -174,11 +174,11 @@ class Quantize(Pass):
                            calib_samples=self.calib_samples, smooth=self.smooth, smooth_alpha=self.smooth_alpha,
                            smooth_scope=self.smooth_scope)
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         proto = ir.serde.serialize_model(model)
         if qdq.is_quantized(proto):
-            self.details = {"already_quantized": True, "note": "the model already holds QDQ nodes; left unchanged"}
-            return ir.passes.PassResult(model, False)
+            return PassResult(model, False, {"already_quantized": True,
+                                             "note": "the model already holds QDQ nodes; left unchanged"})
         if not self.calib:
             raise UsageError("quantize needs calibration data: quantize<calib=FILE.npz> "
                              "(an .npz with arrays keyed by input name, samples on axis 0)")
@@ -188,10 +188,9 @@ class Quantize(Pass):
         out, details = quantize_model(
             proto, self.calib, eval_data=self.eval or None, max_accuracy_drop=self.max_accuracy_drop,
             eval_samples=self.eval_samples, **cfg.__dict__)
-        self.details = details
         if out is None:
-            return ir.passes.PassResult(model, False)
+            return PassResult(model, False, details)
         new = ir.serde.deserialize_model(out)
         model.graph = new.graph  # opset imports live on the graph in onnx-ir
         model.ir_version = max(model.ir_version, new.ir_version)
-        return ir.passes.PassResult(model, True)
+        return PassResult(model, True, details)

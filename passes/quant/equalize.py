@@ -54,8 +54,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from optc.onnx_utils import attr, value_shapes
+
 from . import qdq
-from .qdq import _attr
 
 __all__ = ["plan", "apply", "candidates", "input_channel_absmax_axis", "Edit"]
 
@@ -92,19 +93,9 @@ class _Graph:
         self.outputs = {o.name for o in g.output}
 
     @functools.cached_property
-    def shapes(self) -> dict[str, list]:
+    def shapes(self) -> dict[str, tuple[int | None, ...]]:
         """Tensor shapes by ONNX shape inference (None for an unknown dimension)."""
-        try:
-            inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False)
-            vis = [*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info]
-        except Exception:
-            vis = []
-        shapes: dict[str, list] = {}
-        for vi in vis:
-            tt = vi.type.tensor_type
-            if tt.HasField("shape"):
-                shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        return shapes
+        return value_shapes(self.model)
 
     def const(self, name: str) -> np.ndarray | None:
         if name in self.inits:
@@ -184,9 +175,9 @@ def _fold_into_layer_output(g: _Graph, i: int, s: np.ndarray, ax: int, rank: int
             return "Conv output channel axis is 1"
         wn = w / s.reshape([-1] + [1] * (w.ndim - 1))
     elif node.op_type == "Gemm":
-        if ax != rank - 1 or _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0:
+        if ax != rank - 1 or attr(node, "alpha", 1.0) != 1.0 or attr(node, "beta", 1.0) != 1.0:
             return "Gemm with alpha/beta or a non-last channel axis"
-        wn = w / (s[:, None] if _attr(node, "transB", 0) else s[None, :])
+        wn = w / (s[:, None] if attr(node, "transB", 0) else s[None, :])
     else:
         if ax != rank - 1 or w.ndim < 2:
             return "MatMul channel axis"
@@ -250,7 +241,7 @@ def _is_depthwise(g: _Graph, layer: qdq.Layer, w: np.ndarray | None = None) -> b
     if layer.op_type != "Conv":
         return False
     w = g.const(layer.weight) if w is None else w
-    return w is not None and w.ndim == 4 and w.shape[1] == 1 and int(_attr(g.nodes[layer.node_index], "group", 1)) > 1
+    return w is not None and w.ndim == 4 and w.shape[1] == 1 and int(attr(g.nodes[layer.node_index], "group", 1)) > 1
 
 
 def candidates(model: onnx.ModelProto, layers: list[qdq.Layer], scope: str, per_channel: bool = True) -> list[qdq.Layer]:
@@ -282,7 +273,7 @@ def plan(model: onnx.ModelProto, layers: list[qdq.Layer], amax: dict[str, np.nda
         w = weights.get(layer.node_index)
         if w is None:
             w = g.const(layer.weight).astype(np.float64)
-        groups = int(_attr(node, "group", 1)) if layer.op_type == "Conv" else 1
+        groups = int(attr(node, "group", 1)) if layer.op_type == "Conv" else 1
         depthwise = _is_depthwise(g, layer, w)
         if scope == "depthwise" and not (depthwise and per_channel):
             rec["smoothed"] = "not depthwise (smooth-scope=depthwise)"

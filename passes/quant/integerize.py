@@ -51,11 +51,11 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
+from optc.onnx_utils import attr
 from optc.passes.optc_ops import DOMAIN, VERSION
-from optc.pipeline import Pass, register_pass
+from optc.pipeline import Pass, PassResult, register_pass
 
 from . import int_ops
-from .qdq import _attr
 
 __all__ = ["Integerize", "integerize_model", "INTEGER_OPS", "auto_integerize"]
 
@@ -108,14 +108,14 @@ def _dq(g: _Graph, name: str, what: str):
     zp = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     if scale is None:
         raise _NoMatch(f"{what}: DequantizeLinear scale is not a constant")
-    return node.input[0], np.asarray(scale, np.float64), zp, _attr(node, "axis", 1), node
+    return node.input[0], np.asarray(scale, np.float64), zp, attr(node, "axis", 1), node
 
 
 def _match(g: _Graph, node) -> dict:
     """The rewrite of layer ``node``, or _NoMatch with the reason."""
     op = node.op_type
     if op == "Gemm":
-        if _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0:
+        if attr(node, "transA", 0) or attr(node, "alpha", 1.0) != 1.0 or attr(node, "beta", 1.0) != 1.0:
             raise _NoMatch("Gemm with transA or alpha/beta != 1")
     x_q, s_x, zp_x, _, _ = _dq(g, node.input[0], "activation")
     if s_x.size != 1:
@@ -139,7 +139,7 @@ def _match(g: _Graph, node) -> dict:
     else:
         if w.ndim != 2:
             raise _NoMatch("MatMul/Gemm weight of rank != 2")
-        trans_b = op == "Gemm" and bool(_attr(node, "transB", 0))
+        trans_b = op == "Gemm" and bool(attr(node, "transB", 0))
         n_axis = 0 if trans_b else 1
         wk = w if trans_b else w.T
     n = wk.shape[0]
@@ -180,8 +180,8 @@ def _match(g: _Graph, node) -> dict:
             cmax = g.const(nxt.input[2]) if len(nxt.input) > 2 else None
             if (len(nxt.input) > 1 and nxt.input[1] and cmin is None) or (len(nxt.input) > 2 and nxt.input[2] and cmax is None):
                 raise _NoMatch("Clip bounds are not constants")
-            lo = float(cmin) if cmin is not None else _attr(nxt, "min", -np.inf)
-            hi = float(cmax) if cmax is not None else _attr(nxt, "max", np.inf)
+            lo = float(cmin) if cmin is not None else attr(nxt, "min", -np.inf)
+            hi = float(cmax) if cmax is not None else attr(nxt, "max", np.inf)
         chain.append(nxt)
         out = nxt.output[0]
         users = g.consumers.get(out, [])
@@ -224,16 +224,16 @@ def _match(g: _Graph, node) -> dict:
         raise _NoMatch("the int32 accumulator could overflow")
     attrs = {"x_zero_point": zx, "y_zero_point": zy, "out_min": int(qmin), "out_max": int(qmax), "to": int(ttype)}
     if op == "Conv":
-        group = int(_attr(node, "group", 1))
+        group = int(attr(node, "group", 1))
         c_in = wk.shape[1] * group
         if group != 1 and not (group == c_in == n and wk.shape[1] == 1):
             raise _NoMatch(f"grouped Conv (group {group}) other than depthwise")
-        ks = list(_attr(node, "kernel_shape", wk.shape[2:]))
-        if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        ks = list(attr(node, "kernel_shape", wk.shape[2:]))
+        if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise _NoMatch("Conv with auto_pad")
-        attrs.update(kernel_shape=[int(v) for v in ks], pads=[int(v) for v in _attr(node, "pads", [0, 0, 0, 0])],
-                     strides=[int(v) for v in _attr(node, "strides", [1, 1])],
-                     dilations=[int(v) for v in _attr(node, "dilations", [1, 1])], group=group)
+        attrs.update(kernel_shape=[int(v) for v in ks], pads=[int(v) for v in attr(node, "pads", [0, 0, 0, 0])],
+                     strides=[int(v) for v in attr(node, "strides", [1, 1])],
+                     dilations=[int(v) for v in attr(node, "dilations", [1, 1])], group=group)
         op_type = "IntConv2d"
     else:
         op_type = "IntDense"
@@ -369,7 +369,7 @@ def _assign_layouts(model: onnx.ModelProto, shapes: dict, fresh) -> list[str]:
         return [*data, n.output[0]]
 
     def conv(n) -> bool:
-        return n.domain == DOMAIN and n.op_type == "IntConv2d" and int(_attr(n, "group", 1)) == 1
+        return n.domain == DOMAIN and n.op_type == "IntConv2d" and int(attr(n, "group", 1)) == 1
 
     parent: dict[str, str] = {}
 
@@ -468,12 +468,12 @@ def _integer_pools(g: _Graph, replaced: dict, fresh) -> list[str]:
     for node in g.model.graph.node:
         if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx") or id(node) in replaced:
             continue
-        if len(node.output) != 1 or _attr(node, "ceil_mode", 0) or _attr(node, "storage_order", 0):
+        if len(node.output) != 1 or attr(node, "ceil_mode", 0) or attr(node, "storage_order", 0):
             continue
-        if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             continue
-        ks = list(_attr(node, "kernel_shape", []))
-        pads = list(_attr(node, "pads", [0] * (2 * len(ks))))
+        ks = list(attr(node, "kernel_shape", []))
+        pads = list(attr(node, "pads", [0] * (2 * len(ks))))
         if not ks or any(p >= k for p, k in zip(pads, ks + ks)):
             continue
         try:
@@ -556,15 +556,13 @@ class Integerize(Pass):
                                                       "kernels' layout; Transposes only at group edges); "
                                                       "false: NCHW everywhere"})
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         if not self.enabled:
-            self.details = {"enabled": False}
-            return ir.passes.PassResult(model, False)
+            return PassResult(model, False, {"enabled": False})
         proto = ir.serde.serialize_model(model)
         out, details = integerize_model(proto, nhwc=self.nhwc)
-        self.details = details
         if not details["layers"] and not details.get("integer_pools"):
-            return ir.passes.PassResult(model, False)
+            return PassResult(model, False, details)
         new = ir.serde.deserialize_model(out)
         model.graph = new.graph  # opset imports live on the graph in onnx-ir
-        return ir.passes.PassResult(model, True)
+        return PassResult(model, True, details)

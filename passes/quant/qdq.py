@@ -40,6 +40,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from optc.onnx_utils import attr, infer_shapes
+
 from . import qparams
 
 __all__ = ["Layer", "find_layers", "lift_constant_weights", "activation_tensors", "insert_qdq", "is_quantized",
@@ -110,18 +112,10 @@ def _producers(graph: onnx.GraphProto) -> dict[str, int]:
     return {o: i for i, n in enumerate(graph.node) for o in n.output if o}
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _float_tensors(model: onnx.ModelProto) -> set[str] | None:
     """Names of tensors known to be float32 (via shape inference); None if it fails."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:
+    inferred = infer_shapes(model, fallback=False)
+    if inferred is None:
         return None
     g = inferred.graph
     return {vi.name for vi in [*g.input, *g.output, *g.value_info]
@@ -229,11 +223,11 @@ def find_layers(model: onnx.ModelProto, ops=SUPPORTED_OPS, include=(), exclude=(
         if node.op_type == "Conv":
             axis = 0
         elif node.op_type == "Gemm":
-            if _attr(node, "transA", 0):
+            if attr(node, "transA", 0):
                 skip("Gemm with transA=1")
                 continue
-            axis = 0 if _attr(node, "transB", 0) else 1
-            if _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0:
+            axis = 0 if attr(node, "transB", 0) else 1
+            if attr(node, "alpha", 1.0) != 1.0 or attr(node, "beta", 1.0) != 1.0:
                 bias_ok = False
             if bias_ok:
                 n_out = wt.dims[axis]
@@ -253,7 +247,7 @@ def find_layers(model: onnx.ModelProto, ops=SUPPORTED_OPS, include=(), exclude=(
                     all(s in inits for s in list(nxt.input[1:]) if s):
                 out, act = nxt.output[0], nxt.op_type
         correctable = node.op_type == "Conv" or (
-            node.op_type == "Gemm" and _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0
+            node.op_type == "Gemm" and attr(node, "alpha", 1.0) == 1.0 and attr(node, "beta", 1.0) == 1.0
             and (bias is None or bias_ok))
         layers.append(Layer(name, node.op_type, i, x, w, axis, bias, out, act, bias_ok, correctable))
     return layers, skipped

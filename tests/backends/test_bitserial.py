@@ -228,7 +228,7 @@ def test_aarch64_assembly_uses_cnt():
 def _bmlp() -> Path:
     path = REPO / "models" / "digits_bmlp.onnx"
     if not path.is_file():
-        pytest.skip("models/digits_bmlp.onnx not built (python -m optc.models.bnn)")
+        pytest.skip("models/digits_bmlp.onnx not built (python -m optc.models.binary_digits)")
     return path
 
 

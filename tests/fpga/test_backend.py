@@ -106,10 +106,10 @@ def test_compile_target_fpga_default_places_and_routes(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["bmlp", "bcnn"])
 def test_trained_digits_bnn_simulates_bit_exact(tmp_path, which):
-    from optc.backends.fpga import _bnn_fixture
+    from optc.models import fpga_digits
 
     path = tmp_path / f"{which}.onnx"
-    _bnn_fixture.build(which, path, epochs=8)
+    fpga_digits.build(which, path, epochs=8)
     report = fpga.compile(path, tmp_path / f"{which}.fpga", config=FAST, input_shapes={"input": (1, 1, 8, 8)},
                           inputs=MODELS / "digits_eval.npz")
     assert report["verify"]["passed"] is True

@@ -113,19 +113,34 @@ def test_run_tool_streams_the_log_while_the_tool_runs(tmp_path):
     assert rec.ticks >= 3
 
 
-def test_run_tool_timeout_kills_the_tool(tmp_path):
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # a zombie not reaped yet by its new parent is gone too
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_run_tool_timeout_kills_the_tool_and_its_children(tmp_path):
     cmd = _fake_tool(tmp_path, """
-        import os, time
-        open("pid", "w").write(str(os.getpid()))
+        import os, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # like yosys's abc
+        open("pids.tmp", "w").write(f"{os.getpid()} {child.pid}")
+        os.rename("pids.tmp", "pids")
         time.sleep(60)
     """)
     t0 = time.monotonic()
-    with pytest.raises(ToolchainError, match="did not finish in 1 s"):
-        synth._run_tool(cmd, tmp_path, tmp_path / "tool.log", synth._NextpnrPhases(), None, 1, "tool")
+    with pytest.raises(ToolchainError, match="did not finish in 2 s"):
+        synth._run_tool(cmd, tmp_path, tmp_path / "tool.log", synth._NextpnrPhases(), None, 2, "tool")
     assert time.monotonic() - t0 < 20
-    pid = int((tmp_path / "pid").read_text())
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    pids = [int(x) for x in (tmp_path / "pids").read_text().split()]
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(pid) for pid in pids)
 
 
 def test_step_prints_phases_and_heartbeats(capsys, monkeypatch):

@@ -20,7 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from optc.errors import UsageError  # noqa: E402
-from optc.export import export_torch  # noqa: E402
+from optc.train.export import export_torch  # noqa: E402
 from optc.models import MODELS_DIR, data_path, load_metadata  # noqa: E402
 from optc.models import build, digits, zoo  # noqa: E402
 from tests.fixtures import dynamic_models  # noqa: E402
@@ -159,7 +159,7 @@ def test_seeded_is_reproducible_and_keeps_global_rng():
 
 
 def test_import_without_torch_side_effects():
-    code = "import sys, optc.models, optc.export; assert 'torch' not in sys.modules"
+    code = "import sys, optc.models, optc.train.export; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from optc.errors import UsageError
 from optc.passes.prune import keep_count, select_channels
 from optc.passes.prune_groups import analyze
-from optc.pipeline import format_pipeline, instantiate, parse_pipeline
+from optc.pipeline import format_pipeline, get_pass, instantiate, parse_pipeline
 from optc.verify import reference_outputs
 
 ATOL = 1e-5
@@ -72,14 +72,13 @@ class Builder:
 
 
 def run_pass(model: onnx.ModelProto, text: str):
-    """(pruned proto, modified, pass object) for a one-pass pipeline."""
+    """(pruned proto, modified, pass result with its details) for a one-pass pipeline."""
     (spec,) = parse_pipeline(text)
-    p = instantiate(spec)
     irm = ir.serde.deserialize_model(model)
-    result = p(irm)
+    result = instantiate(spec)(irm)
     out = ir.serde.serialize_model(result.model)
     onnx.checker.check_model(out, full_check=True)
-    return out, result.modified, p
+    return out, result.modified, result
 
 
 def removed_channels(model: onnx.ModelProto, text: str) -> dict[str, np.ndarray]:
@@ -201,9 +200,9 @@ def matmul_model():
 
 def test_ratio_zero_is_identity():
     b, m = conv_bn_relu_conv()
-    out, modified, p = run_pass(m, "prune<ratio=0.0>")
+    out, modified, result = run_pass(m, "prune<ratio=0.0>")
     assert not modified and ops(out) == ops(m)
-    assert p.details["params_before"] == p.details["params_after"]
+    assert result.details["params_before"] == result.details["params_after"]
     assert_same(m, out, b.feeds(), atol=0)
 
 
@@ -216,13 +215,13 @@ def test_conv_bn_relu_conv_equals_zeroed_original():
                      "bn1.beta": (0, gone["conv1"]), "bn1.mean": (0, gone["conv1"]),
                      "conv2.w": (0, gone["conv2"]), "conv2.b": (0, gone["conv2"]),
                      "bn2.beta": (0, gone["conv2"]), "bn2.mean": (0, gone["conv2"])})
-    out, modified, p = run_pass(m, text)
+    out, modified, result = run_pass(m, text)
     assert modified and ops(out) == ops(m)
     assert weight_shape(out, "conv1.w") == [4, 3, 3, 3]
     assert weight_shape(out, "conv2.w") == [6, 4, 3, 3]
     assert weight_shape(out, "bn2.g") == [6] and weight_shape(out, "fc.w") == [5, 6]
     assert_same(ref, out, b.feeds())
-    d = p.details
+    d = result.details
     assert d["params_after"] < d["params_before"] and d["flops_after"] < d["flops_before"]
     assert d["onnx_bytes_after"] < d["onnx_bytes_before"]
     fc = next(g for g in d["groups"] if g["name"] == "y")
@@ -245,7 +244,7 @@ def test_residual_add_forms_one_group():
 
 def test_excluding_one_member_leaves_the_residual_group_alone():
     b, m = residual()
-    out, _, p = run_pass(m, "prune<ratio=0.5;exclude=conv3>")
+    out, _, result = run_pass(m, "prune<ratio=0.5;exclude=conv3>")
     assert weight_shape(out, "conv1.w") == [8, 4, 3, 3] and weight_shape(out, "conv2.w") == [3, 8, 3, 3]
 
 
@@ -283,7 +282,7 @@ def test_flatten_into_gemm_removes_row_blocks(reshape):
     text = "prune<ratios=conv1:0.5,fc1:0.3>"
     gone = removed_channels(m, text)
     assert len(gone["conv1"]) == 3 and len(gone["fc1"]) == 3
-    out, _, p = run_pass(m, text)
+    out, _, result = run_pass(m, text)
     assert weight_shape(out, "fc1.w") == [3 * 16, 7] and weight_shape(out, "fc2.w") == [4, 7]
     ref = zeroed(m, {"conv1.w": (0, gone["conv1"]), "conv1.b": (0, gone["conv1"]),
                      "fc1.w": (1, gone["fc1"]), "fc1.b": (0, gone["fc1"])})
@@ -316,15 +315,15 @@ def test_matmul_chain_with_bias_constant_and_self_mul():
 
 def test_tiny_resnet_from_torch(tmp_path):
     torch = pytest.importorskip("torch")
-    from optc.export import export_torch
+    from optc.train.export import export_torch
     from optc.models import zoo
 
     model = zoo.seeded(zoo.tiny_resnet, seed=0, calibrate=(4, 3, 32, 32))
     path = export_torch(model, (torch.randn(1, 3, 32, 32),), tmp_path / "t.onnx",
                         input_names=["x"], output_names=["y"])
     m = onnx.load(str(path))
-    out, modified, p = run_pass(m, "prune<ratio=0.5;multiple=4>")
-    d = p.details
+    out, modified, result = run_pass(m, "prune<ratio=0.5;multiple=4>")
+    d = result.details
     assert modified and d["flops_after"] < 0.45 * d["flops_before"]
     residual_groups = [g for g in d["groups"] if len(g["members"]) > 1]
     assert residual_groups and all(g["kept"] == g["channels"] // 2 for g in residual_groups)
@@ -360,8 +359,8 @@ def test_bn_scale_criterion_keeps_largest_gamma():
 
 def test_global_scope_removes_the_ratio_overall():
     b, m = conv_bn_relu_conv()
-    out, _, p = run_pass(m, "prune<ratio=0.5;scope=global>")
-    groups = [g for g in p.details["groups"] if "frozen" not in g]
+    out, _, result = run_pass(m, "prune<ratio=0.5;scope=global>")
+    groups = [g for g in result.details["groups"] if "frozen" not in g]
     assert sum(g["channels"] - g["kept"] for g in groups) == 10  # floor(0.5 * (8 + 12))
     assert reference_outputs(out, b.feeds())[0].shape == (2, 5)
 
@@ -371,8 +370,8 @@ def test_unsupported_consumer_freezes_with_reason():
     x = b.op("Relu", [b.conv("conv1", "x", 3, 6)], "r1")
     b.op("Transpose", [b.conv("conv2", x, 6, 4)], "y", perm=[0, 2, 3, 1])
     m = b.build("y", [1, 4, 4, 4])
-    out, _, p = run_pass(m, "prune<ratio=0.5>")
-    rows = {g["name"]: g for g in p.details["groups"]}
+    out, _, result = run_pass(m, "prune<ratio=0.5>")
+    rows = {g["name"]: g for g in result.details["groups"]}
     assert rows["conv1"]["kept"] == 3
     assert rows["conv2"]["kept"] == 4 and "unsupported op Transpose" in rows["conv2"]["frozen"][0]
     assert weight_shape(out, "conv2.w") == [4, 3, 3, 3]
@@ -431,8 +430,8 @@ def zero_channel_model():
 
 def test_prune_zero_keeps_outputs_and_is_idempotent():
     b, m = zero_channel_model()
-    out, modified, p = run_pass(m, "prune-zero")
-    assert modified and p.details["channels_removed"] == 2
+    out, modified, result = run_pass(m, "prune-zero")
+    assert modified and result.details["channels_removed"] == 2
     assert weight_shape(out, "conv1.w") == [6, 3, 3, 3] and weight_shape(out, "fc.w") == [4, 6]
     assert_same(m, out, b.feeds(), atol=1e-6)
     again, modified2, _ = run_pass(out, "prune-zero")
@@ -455,7 +454,7 @@ def test_prune_zero_folds_a_constant_into_the_gemm_bias():
         if i.name == "conv1.b":
             arr[2] = 2.0
         i.CopyFrom(numpy_helper.from_array(arr, i.name))
-    out, modified, p = run_pass(m, "prune-zero")
+    out, modified, result = run_pass(m, "prune-zero")
     assert modified and weight_shape(out, "fc.w") == [5, 5 * 16]
     assert len(next(n for n in out.graph.node if n.op_type == "Gemm").input) == 3
     assert_same(m, out, b.feeds(), atol=1e-5)
@@ -468,15 +467,15 @@ def test_prune_zero_on_residual_group():
             arr = numpy_helper.to_array(i).copy()
             arr[2] = 0
             i.CopyFrom(numpy_helper.from_array(arr, i.name))
-    out, modified, p = run_pass(m, "prune-zero")
-    assert modified and p.details["channels_removed"] == 1 and weight_shape(out, "conv4.w") == [7, 7, 3, 3]
+    out, modified, result = run_pass(m, "prune-zero")
+    assert modified and result.details["channels_removed"] == 1 and weight_shape(out, "conv4.w") == [7, 7, 3, 3]
     assert_same(m, out, b.feeds(), atol=1e-6)
 
 
 def test_prune_zero_nothing_to_remove():
     b, m = conv_bn_relu_conv()
-    out, modified, p = run_pass(m, "prune-zero")
-    assert not modified and p.details["channels_removed"] == 0
+    out, modified, result = run_pass(m, "prune-zero")
+    assert not modified and result.details["channels_removed"] == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,7 +484,7 @@ def test_prune_zero_nothing_to_remove():
 
 def test_sparsify_layer_and_global_idempotent():
     b, m = conv_bn_relu_conv()
-    out, modified, p = run_pass(m, "sparsify<sparsity=0.6>")
+    out, modified, result = run_pass(m, "sparsify<sparsity=0.6>")
     assert modified
     for name in ("conv1.w", "conv2.w", "fc.w"):
         before = numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == name))
@@ -495,13 +494,13 @@ def test_sparsify_layer_and_global_idempotent():
         kept = np.abs(before[after != 0])
         assert kept.min() >= np.abs(before[after == 0]).max()  # the smallest were zeroed
         np.testing.assert_array_equal(after[after != 0], before[after != 0])
-    d = p.details
+    d = result.details
     assert 0.59 < d["sparsity"] < 0.61 and d["weights_zlib_bytes_after"] < d["weights_zlib_bytes_before"]
-    assert "no sparse" in d["note"] and "no speed-up" in type(p).__doc__
+    assert "no sparse" in d["note"] and "no speed-up" in get_pass("sparsify").__doc__
     _, again, _ = run_pass(out, "sparsify<sparsity=0.6>")
     assert not again
-    g, modified, pg = run_pass(m, "sparsify<sparsity=0.5;scope=global;exclude=fc.w>")
-    assert modified and 0.49 < pg.details["sparsity"] < 0.51
+    g, modified, result_g = run_pass(m, "sparsify<sparsity=0.5;scope=global;exclude=fc.w>")
+    assert modified and 0.49 < result_g.details["sparsity"] < 0.51
     assert not run_pass(g, "sparsify<sparsity=0.5;scope=global;exclude=fc.w>")[1]
     assert_same(g, g, b.feeds())
 

@@ -31,16 +31,16 @@ def _ops(model: onnx.ModelProto) -> list[str]:
 
 
 def _run_pass(model: onnx.ModelProto, text: str):
-    """Run a one-pass pipeline twice; (proto after the first run, pass object, modified, modified again)."""
+    """Run a one-pass pipeline twice; (proto after the first run, first pass result, modified,
+    modified again, proto after the second run)."""
     (spec,) = parse_pipeline(text)
     irm = ir.serde.deserialize_model(model)
-    p = instantiate(spec)
-    first = p(irm)
+    first = instantiate(spec)(irm)
     out = ir.serde.serialize_model(first.model)
     onnx.checker.check_model(out)
     second = instantiate(spec)(ir.serde.deserialize_model(out))
     again = ir.serde.serialize_model(second.model)
-    return out, p, first.modified, second.modified, again
+    return out, first, first.modified, second.modified, again
 
 
 def _conv_relu_model(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
@@ -239,7 +239,7 @@ def test_qdq_model_runs_in_onnxruntime_close_to_float(tmp_path):
     model = _conv_relu_model(batch=1)
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.abs(_normal((64, 1, 3, 8, 8), seed=6)).reshape(64, 3, 8, 8))
-    out, p, modified, again, _ = _run_pass(model, f"quantize<calib={calib}>")
+    out, result, modified, again, _ = _run_pass(model, f"quantize<calib={calib}>")
     assert modified and not again
     ops = _ops(out)
     # x, r1, r2 (Relus folded into their Convs), f and y get a Q/DQ pair; 3 weights + 3 biases a DQ
@@ -255,7 +255,7 @@ def test_qdq_model_runs_in_onnxruntime_close_to_float(tmp_path):
     assert prod[prod[conv2.input[0]].input[0]].op_type == "QuantizeLinear"
     relu2 = next(n for n in out.graph.node if n.name == "relu2")
     assert prod[prod["r2"].input[0]].op_type == "QuantizeLinear" and prod["r2__q"].input[0] == relu2.output[0]
-    assert p.details["layers"][0]["fused_activation"] == "Relu"
+    assert result.details["layers"][0]["fused_activation"] == "Relu"
     x = np.abs(_normal((1, 3, 8, 8), seed=7))
     (ref,), (got,) = reference_outputs(model, {"x": x}), reference_outputs(out, {"x": x})
     assert sqnr_db(ref, got) > 30.0
@@ -322,7 +322,7 @@ def test_weights_stored_as_int8_about_4x_smaller(tmp_path):
 
 def test_idempotent_on_the_digits_cnn():
     model = onnx.load(MODELS / "digits_cnn.onnx")
-    out, p, modified, again, out2 = _run_pass(model, f"quantize<calib={CALIB}>")
+    out, _, modified, again, out2 = _run_pass(model, f"quantize<calib={CALIB}>")
     assert modified and not again
     assert out2.graph == out.graph  # the second run changed nothing
     feeds = {"input": np.load(EVAL)["input"][:64]}

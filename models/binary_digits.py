@@ -1,4 +1,4 @@
-"""Binary versions of the digits reference models, trained with :mod:`optc.bnn`.
+"""Binary versions of the digits reference models, trained with :mod:`optc.train.binary`.
 
 * :class:`DigitsBCNN` — the DigitsCNN layout (3x3 convolutions with 16, 32, 64 channels, a 2x2
   max-pool) with binary weights and activations in the middle: first conv in float (input
@@ -9,7 +9,7 @@
 
 Both are trained with distillation from the fp32 DigitsCNN (retrained here with the bundled
 model's settings, so the build is self-contained and deterministic), exported with
-:func:`optc.bnn.export` (weights as +-alpha_n, activations through ONNX Sign, BatchNorm kept)
+:func:`optc.train.binary.export` (weights as +-alpha_n, activations through ONNX Sign, BatchNorm kept)
 and checked: accuracy of the exported file in onnxruntime, and of the graph after
 ``simplify,sign-to-threshold,binarize`` (onnx ReferenceEvaluator with optc's ops).
 
@@ -18,9 +18,9 @@ and checked: accuracy of the exported file in onnxruntime, and of the graph afte
   layout: the pair on which end-to-end speed and instruction counts are compared (the small
   DigitsBCNN is a few microseconds of kernel-call overhead either way).
 
-``python -m optc.models.bnn [--out DIR] [--force] [--which all|small|wide]`` writes
-``digits_bcnn.onnx``, ``digits_bmlp.onnx`` and ``bnn.json`` (small), ``digits_cnn_wide.onnx``
-and ``digits_bcnn_wide.onnx`` merged into ``bnn.json`` (wide).
+``python -m optc.models.binary_digits [--out DIR] [--force] [--which all|small|wide]`` writes
+``digits_bcnn.onnx``, ``digits_bmlp.onnx`` and ``binary_digits.json`` (small), ``digits_cnn_wide.onnx``
+and ``digits_bcnn_wide.onnx`` merged into ``binary_digits.json`` (wide).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from optc import bnn
+from optc.train import binary
 
 __all__ = ["DigitsBCNN", "DigitsBMLP", "DigitsCNNWide", "DigitsBCNNWide", "BNN_CONFIG", "WIDE_FILES", "BNN_FILES", "BINARIZE_PIPELINE", "FUSED_PIPELINE", "build_binary",
            "weight_bytes", "binarized", "main"]
@@ -45,7 +45,7 @@ __all__ = ["DigitsBCNN", "DigitsBMLP", "DigitsCNNWide", "DigitsBCNNWide", "BNN_C
 BINARIZE_PIPELINE = "simplify,sign-to-threshold,binarize"
 # for the CPU/ARM (TVM) builds: thresholds and max-pools fused into the binary convolutions
 FUSED_PIPELINE = BINARIZE_PIPELINE + ",fuse-binary-threshold"
-BNN_FILES = ("digits_bcnn.onnx", "digits_bmlp.onnx", "bnn.json")
+BNN_FILES = ("digits_bcnn.onnx", "digits_bmlp.onnx", "binary_digits.json")
 WIDE_FILES = ("digits_cnn_wide.onnx", "digits_bcnn_wide.onnx")
 WIDTHS = (64, 128, 256)  # FINN CNV-like widths (CNV: 64-64-128-128-256-256)
 BNN_CONFIG: dict[str, Any] = {
@@ -97,16 +97,16 @@ class DigitsBCNNWide(nn.Module):
     def __init__(self, num_classes: int = 10, widths=WIDTHS) -> None:
         super().__init__()
         c1, c2, c3 = widths
-        sign = bnn.SignActivation
+        sign = binary.SignActivation
         self.features = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), sign(),  # float first layer
-            bnn.BinaryConv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), sign(),
+            binary.BinaryConv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), sign(),
             nn.MaxPool2d(2),  # 8x8 -> 4x4
-            bnn.BinaryConv2d(c2, c3, 3, padding=1, bias=False), nn.BatchNorm2d(c3), sign(),
+            binary.BinaryConv2d(c2, c3, 3, padding=1, bias=False), nn.BatchNorm2d(c3), sign(),
             nn.MaxPool2d(2),  # 4x4 -> 2x2
             nn.Flatten(),
         )
-        self.classifier = bnn.BinaryLinear(c3 * 4, num_classes)
+        self.classifier = binary.BinaryLinear(c3 * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -126,11 +126,11 @@ class DigitsBMLP(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        sign = bnn.SignActivation
+        sign = binary.SignActivation
         self.net = nn.Sequential(
             nn.Flatten(),
             nn.Linear(64, 256), nn.BatchNorm1d(256), sign(),  # float first layer
-            bnn.BinaryLinear(256, 128, bias=False), nn.BatchNorm1d(128), sign(),
+            binary.BinaryLinear(256, 128, bias=False), nn.BatchNorm1d(128), sign(),
             nn.Linear(128, num_classes),  # float last layer
         )
 
@@ -177,7 +177,7 @@ def _accuracy(run, x, y) -> tuple[float, int]:
 def _train_binary(cfg: dict, teacher, data, out: pathlib.Path, *, force: bool, fp32_path: pathlib.Path,
                   fp32_acc: float, fp32_bytes: int, teacher_text: str) -> dict[str, Any]:
     """Train one binary model of ``cfg`` (distilled from ``teacher``), export it to
-    ``out/NAME.onnx`` and measure it: its ``bnn.json`` record (accuracy in onnxruntime, after the
+    ``out/NAME.onnx`` and measure it: its ``binary_digits.json`` record (accuracy in onnxruntime, after the
     binarize pipeline with optc's numpy ops, weights against ``fp32_path``)."""
     from optc.models import build, digits
     from optc.passes.optc_ops import reference_evaluator
@@ -186,13 +186,13 @@ def _train_binary(cfg: dict, teacher, data, out: pathlib.Path, *, force: bool, f
     torch.manual_seed(cfg["seed"])
     model = globals()[cfg["class"]]()
     t0 = time.perf_counter()
-    bnn.train(model, x_train, y_train, epochs=cfg["epochs"], lr=cfg["lr"], seed=cfg["seed"],
+    binary.train(model, x_train, y_train, epochs=cfg["epochs"], lr=cfg["lr"], seed=cfg["seed"],
               batch_size=cfg["batch_size"], teacher=teacher, temperature=cfg["distill"]["temperature"],
               distill_weight=cfg["distill"]["weight"])
     seconds = time.perf_counter() - t0
     torch_acc = digits.accuracy(model, x_test, y_test)
     path = out / f"{cfg['name']}.onnx"
-    bnn.export(model, path, overwrite=force)
+    binary.export(model, path, overwrite=force)
     acc, correct = build.onnx_accuracy(path, x_test, y_test)
     rewritten, records = binarized(path)
     ev = reference_evaluator(rewritten)
@@ -200,7 +200,7 @@ def _train_binary(cfg: dict, teacher, data, out: pathlib.Path, *, force: bool, f
     bin_bytes = weight_bytes(rewritten)
     return {
         "file": path.name,
-        "class": f"optc.models.bnn.{cfg['class']}",
+        "class": f"optc.models.binary_digits.{cfg['class']}",
         "input": {"name": "input", "shape": ["N", 1, 8, 8], "dtype": "float32"},
         "output": {"name": "logits", "shape": ["N", 10], "dtype": "float32"},
         "test_accuracy": acc,
@@ -258,15 +258,15 @@ def build_binary(out_dir=None, *, force: bool = False, verbose: bool = False) ->
                   f"{entry['test_accuracy']:.4f}, after {BINARIZE_PIPELINE} {entry['binarized_test_accuracy']:.4f} "
                   f"(fp32 {fp32_acc:.4f}); weights {fp32_bytes} -> {entry['weight_bytes']['binarized']} bytes "
                   f"-> {out / entry['file']}")
-    build._write_atomic(out / "bnn.json", (json.dumps(meta, indent=2) + "\n").encode())
+    build._write_atomic(out / "binary_digits.json", (json.dumps(meta, indent=2) + "\n").encode())
     return meta
 
 
 def build_wide(out_dir=None, *, force: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Train :class:`DigitsCNNWide` (fp32) and :class:`DigitsBCNNWide` (distilled from it), export
-    :data:`WIDE_FILES` and merge their records into ``bnn.json`` (``models.digits_bcnn_wide``,
+    :data:`WIDE_FILES` and merge their records into ``binary_digits.json`` (``models.digits_bcnn_wide``,
     ``fp32_models.digits_cnn_wide``). The other binary models' files are not touched."""
-    from optc.export import export_torch
+    from optc.train.export import export_torch
     from optc.models import MODELS_DIR, build, digits, zoo
 
     out = pathlib.Path(out_dir) if out_dir is not None else MODELS_DIR
@@ -289,10 +289,10 @@ def build_wide(out_dir=None, *, force: bool = False, verbose: bool = False) -> d
 
     entry = _train_binary(bcfg, fp32, (x_train, y_train, x_test, y_test), out, force=force, fp32_path=fp32_path,
                           fp32_acc=fp32_acc, fp32_bytes=fp32_bytes, teacher_text="the fp32 wide model")
-    meta_path = out / "bnn.json"
+    meta_path = out / "binary_digits.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"models": {}}
     meta.setdefault("fp32_models", {})[fcfg["name"]] = {
-        "file": fp32_path.name, "class": f"optc.models.bnn.{fcfg['class']}",
+        "file": fp32_path.name, "class": f"optc.models.binary_digits.{fcfg['class']}",
         "input": {"name": "input", "shape": ["N", 1, 8, 8], "dtype": "float32"},
         "output": {"name": "logits", "shape": ["N", 10], "dtype": "float32"},
         "params": zoo.count_params(fp32),
@@ -316,13 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     from optc.errors import OptcError
     from optc.models import MODELS_DIR
 
-    parser = argparse.ArgumentParser(prog="python -m optc.models.bnn",
+    parser = argparse.ArgumentParser(prog="python -m optc.models.binary_digits",
                                      description="Train and export the binary digits models.")
     parser.add_argument("--out", type=pathlib.Path, default=MODELS_DIR, help=f"output folder (default {MODELS_DIR})")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     parser.add_argument("--which", choices=["all", "small", "wide"], default="all",
-                        help="small: digits_bcnn/digits_bmlp (+ bnn.json); wide: the 64-128-256 pair "
-                             "(merged into bnn.json); all: both (default)")
+                        help="small: digits_bcnn/digits_bmlp (+ binary_digits.json); wide: the 64-128-256 pair "
+                             "(merged into binary_digits.json); all: both (default)")
     args = parser.parse_args(argv)
     try:
         if args.which in ("all", "small"):

@@ -1,7 +1,7 @@
 """Export a PyTorch module to a checked ONNX file.
 
 torch is an optional dependency of optc (``pip install optc[torch]``), so it is imported
-inside :func:`export_torch` only: ``import optc.export`` works without it.
+inside :func:`export_torch` only: ``import optc.train.export`` works without it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Recover accuracy after pruning: ONNX -> torch, fine-tune on user data, export to ONNX.
 
 torch is optional for optc, so it is imported inside the functions here only (``import
-optc`` and ``import optc.finetune`` work without it).
+optc`` and ``import optc.train.finetune`` work without it).
 
 :func:`onnx_to_torch` turns an ONNX model into a ``torch.nn.Module`` that interprets the
 graph node by node with torch ops. Weights become parameters: Conv/ConvTranspose/Gemm/MatMul
@@ -16,7 +16,7 @@ whose install replaces optc's pinned CPU torch 2.13 with a newer CUDA build.)
 
 :func:`finetune` trains it with :func:`optc.models.digits.train` (Adam, cosine schedule,
 cross-entropy, one thread, seeded) on an ``.npz`` with the input array and ``label``, and
-:func:`optc.export.export_torch` writes the result back to checked ONNX (BatchNorm kept as
+:func:`optc.train.export.export_torch` writes the result back to checked ONNX (BatchNorm kept as
 nodes, the original input/output names and dynamic axes). :func:`prune_finetune` is the
 one-command flow behind ``optc prune-finetune``.
 """
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import InvalidModelError, ToolchainError, UnsupportedModelError, UsageError
+from ..errors import InvalidModelError, ToolchainError, UnsupportedModelError, UsageError
 
 __all__ = ["SUPPORTED_OPS", "onnx_to_torch", "finetune", "prune_finetune", "load_training_data"]
 
@@ -59,7 +59,7 @@ def _import_torch():
 def _load(model) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
-    from .frontend import load_model
+    from ..frontend import load_model
 
     return load_model(model)
 
@@ -110,7 +110,7 @@ def _OnnxModule(graph, inits, trainable, inputs, outputs):
     import torch.nn.functional as F
 
     class OnnxModule(torch.nn.Module):
-        """Interprets an ONNX graph with torch ops; weights are parameters (see optc.finetune)."""
+        """Interprets an ONNX graph with torch ops; weights are parameters (see optc.train.finetune)."""
 
         def __init__(self):
             super().__init__()
@@ -286,7 +286,7 @@ def _OnnxModule(graph, inits, trainable, inputs, outputs):
 
 def load_training_data(path: str | os.PathLike, input_name: str) -> tuple[np.ndarray, np.ndarray]:
     """``(inputs, labels)`` from an ``.npz`` holding ``input_name`` (or ``input``) and ``label``."""
-    from .verify import load_inputs
+    from ..verify import load_inputs
 
     data = load_inputs(path)
     key = input_name if input_name in data else "input" if "input" in data else None
@@ -401,9 +401,9 @@ def prune_finetune(
     """
     import onnx_ir as ir
 
-    from . import pipeline
-    from .prune_scan import EvalData, evaluate_model
-    from .progress import SILENT
+    from .. import pipeline
+    from ..prune_scan import EvalData, evaluate_model
+    from ..progress import SILENT
     from optc.passes.prune import model_costs
 
     progress = progress or SILENT

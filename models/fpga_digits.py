@@ -1,10 +1,13 @@
-"""Small binarized networks on scikit-learn's digits, for the FPGA path's tests and benchmark.
+"""FPGA-sized binary digits models: the reference models of the FPGA path (its benchmark,
+``bench/bench_fpga.py``, and its bit-exactness tests), trained on demand in seconds.
 
-These are *fixtures*: the FPGA backend does not depend on them (it reads the trained-BNN ONNX
-pattern directly). They exist so the hardware path can be tested without the project's own
-BNN training helpers. Trained with a straight-through estimator (STE) for ``sign`` (the
-gradient of the clipped identity, ``1{|x| <= 1}``), latent float weights, and per-output-channel
-scales ``alpha_n = mean |w_n|`` (XNOR-Net style). Exported as plain ONNX in the *trained-BNN
+Unlike :mod:`optc.models.binary_digits` (the bundled binary digits models, trained with
+:mod:`optc.train.binary`), every layer of ``bmlp`` fits on the FPGA, and the training here is
+self-contained: the FPGA backend's tests and numbers do not depend on optc's own BNN training
+helpers, and the backend does not depend on this module (it reads the trained-BNN ONNX pattern
+directly). Trained with a straight-through estimator (STE) for ``sign`` (the gradient of the
+clipped identity, ``1{|x| <= 1}``), latent float weights, and per-output-channel scales
+``alpha_n = mean |w_n|`` (XNOR-Net style). Exported as plain ONNX in the *trained-BNN
 pattern* the backend recognises:
 
 * ``bmlp``: ``Sign(x - 0.3)`` (pixels binarized on the host) -> ``Flatten`` ->
@@ -132,7 +135,7 @@ def _train(model, epochs, lr, seed):
 def _export(model, path: Path, BinAct) -> Path:
     import torch
 
-    from optc.export import export_torch
+    from optc.train.export import export_torch
 
     BinAct.exporting = True
     try:
@@ -214,5 +217,5 @@ def make_qmlp(path: str | Path, *, sizes=(64, 32, 16, 10), wbits: int = 2, abits
 
 
 def build(which: str, path: str | Path, **kw) -> dict:
-    """Build fixture model ``which`` (one of :data:`MODELS`) at ``path``."""
+    """Build model ``which`` (one of :data:`MODELS`) at ``path``."""
     return {"bmlp": train_bmlp, "bcnn": train_bcnn, "qmlp": make_qmlp}[which](path, **kw)

@@ -1,8 +1,8 @@
 """Training helpers for binary and k-bit networks (torch), and their export to the ONNX form
 optc's ``sign-to-threshold`` and ``binarize`` passes recognise.
 
-torch is imported lazily: ``import optc.bnn`` does not import it; the layer classes are built
-on first attribute access (``optc.bnn.BinaryConv2d``).
+torch is imported lazily: ``import optc.train.binary`` does not import it; the layer classes are built
+on first attribute access (``optc.train.binary.BinaryConv2d``).
 
 Training-time layers
 --------------------
@@ -21,7 +21,7 @@ Training-time layers
   ``round(clip(x, 0, a) / s) * s``, s = a / (2^k - 1), STE through the rounding.
 
 Accuracy repairs: keep the first and last layer in float (the model definitions decide; see
-``optc.models.bnn``), BatchNorm before every Sign, per-channel scales, and distillation from an
+``optc.models.binary_digits``), BatchNorm before every Sign, per-channel scales, and distillation from an
 fp32 teacher (:func:`distillation_loss`, ``train(..., teacher=...)``).
 
 Export
@@ -374,7 +374,7 @@ def export(model, path: str | os.PathLike, *, input_shape=(1, 1, 8, 8), input_na
     ``sign-to-threshold`` and ``binarize`` passes rewrite into packed bit-serial ops."""
     import torch
 
-    from optc.export import export_torch
+    from .export import export_torch
 
     frozen = freeze(model)
     example = torch.zeros(tuple(input_shape), dtype=torch.float32)

@@ -1,0 +1,79 @@
+"""Small ONNX helpers shared by the passes, the analysis and the backends: attribute readers
+and shape inference with a fallback.
+
+It imports nothing at module level (``onnx`` is imported by the functions that need it), so
+any optc module may use it without slowing ``import optc`` down.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import onnx
+    import onnx_ir as ir
+
+__all__ = ["attr", "int_attr", "infer_shapes", "value_shapes"]
+
+
+def attr(node: onnx.NodeProto | ir.Node, name: str, default: Any = None) -> Any:
+    """The value of attribute ``name`` of ``node``, or ``default`` if it has none.
+
+    ``node`` is an ONNX ``NodeProto`` (the value is ``onnx.helper.get_attribute_value``'s:
+    strings are ``bytes``, repeated fields lists) or an onnx-ir ``Node`` (``ir.Attr.value``:
+    strings are ``str``).
+    """
+    if hasattr(node, "attributes"):  # onnx-ir
+        a = node.attributes.get(name)
+        return default if a is None else a.value
+    for a in node.attribute:
+        if a.name == name:
+            from onnx.helper import get_attribute_value
+
+            return get_attribute_value(a)
+    return default
+
+
+def int_attr(node: onnx.NodeProto, *names: str) -> int | None:
+    """The first integer attribute of ``node`` among ``names`` (aliases, e.g. ``"act_bits",
+    "abits"``), or None if there is none."""
+    from onnx import AttributeProto
+
+    for a in node.attribute:
+        if a.name in names and a.type == AttributeProto.INT:
+            return int(a.i)
+    return None
+
+
+def infer_shapes(model: onnx.ModelProto, *, data_prop: bool = False,
+                 fallback: bool = True) -> onnx.ModelProto | None:
+    """A copy of ``model`` with ONNX shape inference applied (``data_prop``: also propagate
+    shape values through Shape/Gather/Concat chains).
+
+    Where inference fails (ops of a custom domain in a position it cannot see through,
+    inconsistent declared shapes), ``model`` itself is returned, with the shapes it declares
+    (``fallback=True``), or None (``fallback=False``, for callers that must know inference
+    failed).
+    """
+    import onnx
+
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
+    except Exception:
+        return model if fallback else None
+
+
+def value_shapes(model: onnx.ModelProto, *, data_prop: bool = False) -> dict[str, tuple[int | None, ...]]:
+    """Tensor name -> dims (None where unknown) for every graph input, inferred value, graph
+    output and initializer of ``model`` (see :func:`infer_shapes`; a tensor of unknown rank is
+    left out)."""
+    inferred = infer_shapes(model, data_prop=data_prop)
+    g = inferred.graph
+    out: dict[str, tuple[int | None, ...]] = {}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    for init in g.initializer:
+        out[init.name] = tuple(init.dims)
+    return out

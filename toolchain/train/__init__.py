@@ -1,0 +1,13 @@
+"""optc.train: the torch side of optc, in one place.
+
+* :mod:`optc.train.export` — a torch module to a checked ONNX file (``export_torch``);
+* :mod:`optc.train.finetune` — ONNX -> torch, fine-tuning on user data, back to ONNX
+  (``optc prune-finetune``);
+* :mod:`optc.train.binary` — training-time binary and k-bit layers (straight-through
+  estimators, distillation) and their export to the ONNX form the binarize passes recognise.
+
+Training-time compression helpers to come belong here too. torch is optional
+(``pip install 'optc[torch]'``) and imported only inside the functions of these modules:
+``import optc.train`` and its submodules do not import it, and nothing outside this
+subpackage (and the torch model definitions in :mod:`optc.models`) imports it.
+"""
