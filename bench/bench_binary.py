@@ -126,7 +126,7 @@ def compile_pkg(path, target, out, **kw) -> dict:
     import optc
 
     t0 = time.perf_counter()
-    rep = optc.compile(str(path), target, str(out), measure=False, force=True, **kw)
+    rep = optc.compile(str(path), target, str(out), **kw, options=optc.CompileOptions.of(measure=False, force=True))
     rep["bench_compile_seconds"] = round(time.perf_counter() - t0, 1)
     return rep
 

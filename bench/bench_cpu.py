@@ -140,18 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         path, shapes, desc = model_file(name)
         print(f"[{name}] compiling {path.name} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        report = optc.compile(path, "cpu", work / f"{name}.optc", input_shapes=shapes,
-                              measure=False, force=True,  # untuned: an empty tuning-database root
-                              tuning_db=RESULTS / "no-tuning")
+        report = optc.compile(path, "cpu", work / f"{name}.optc", input_shapes=shapes, options=optc.CompileOptions.of(measure=False, force=True, tuning_db=RESULTS / "no-tuning"))
         compile_s = time.perf_counter() - t0
         print(f"[{name}] compiled in {compile_s:.1f} s; benchmarking ...", file=sys.stderr, flush=True)
         tuned = None
         if args.tune_seconds:
             print(f"[{name}] tuning for {args.tune_seconds:.0f} s ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
-            tuned = optc.compile(path, "cpu", work / f"{name}.tuned.optc", input_shapes=shapes, measure=False,
-                                 force=True, tune=100000, tune_seconds=args.tune_seconds,
-                                 tuning_db=RESULTS / "tuning")
+            tuned = optc.compile(path, "cpu", work / f"{name}.tuned.optc", input_shapes=shapes, options=optc.CompileOptions.of(measure=False, force=True, tune=100000, tune_seconds=args.tune_seconds, tuning_db=RESULTS / "tuning"))
             tuned["wall_s"] = time.perf_counter() - t0
         for th in thread_counts:  # one package, benched at each thread count
             if tuned is None:

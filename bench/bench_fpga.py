@@ -40,6 +40,7 @@ try:
 except ImportError:  # repo copied, not installed
     sys.path.insert(0, str(REPO))
 
+from optc import CompileOptions  # noqa: E402
 from optc.backends import fpga  # noqa: E402
 from optc.models import fpga_digits  # noqa: E402
 from optc.models.digits import load_digits_split  # noqa: E402
@@ -123,7 +124,8 @@ def main() -> int:
             print(f"== {name} {point}: {what}", file=sys.stderr)
             t0 = time.perf_counter()
             rep = fpga.compile(path, out, config=cfg, input_shapes={"input": (1, 1, 8, 8)}, inputs=eval_npz,
-                               eval_data=eval_npz if args.eval else None, force=True, progress=progress)
+                               progress=progress, options=CompileOptions.of(
+                                   eval_data=eval_npz if args.eval else None, force=True))
             secs = time.perf_counter() - t0
             fr = json.loads((out / "fpga_report.json").read_text())
             row = _row(name, point, what, rep, fr, secs) | ({"fixture": meta} if meta else {})

@@ -201,7 +201,7 @@ def compile_package(name, batch, target, out_root: Path, work: Path) -> Path:
     pkg = out_root / f"{name}_b{batch}.{target}"
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     t0 = time.perf_counter()
-    report = optc.compile(src, target, pkg, input_shapes={"input": shape}, inputs={"input": x}, force=True)
+    report = optc.compile(src, target, pkg, input_shapes={"input": shape}, inputs={"input": x}, options=optc.CompileOptions.of(force=True))
     _say(f"compiled {pkg.name} in {time.perf_counter() - t0:.1f} s; verify: {report['verify'].get('passed')}")
     return pkg
 

@@ -54,7 +54,7 @@ def _ms(stats: dict) -> str:
 
 def _compile(optc, path: Path, out: Path, **kw) -> dict:
     t0 = time.perf_counter()
-    report = optc.compile(str(path), "cpu", str(out), measure=False, force=True, **kw)
+    report = optc.compile(str(path), "cpu", str(out), **kw, options=optc.CompileOptions.of(measure=False, force=True))
     seconds = time.perf_counter() - t0
     return {"package": str(out), "compile_seconds": round(seconds, 1),
             "verify_passed": report["verify"].get("passed"), "outputs": report["outputs"],

@@ -78,8 +78,7 @@ def test_compile_with_eval_reports_real_accuracy(tmp_path):
     import optc
     from tests.conftest import MODELS
 
-    report = optc.compile(MODELS / "digits_cnn.onnx", "cpu", tmp_path / "p", input_shapes={"input": (4, 1, 8, 8)},
-                          eval_data=MODELS / "digits_eval.npz", measure=False)
+    report = optc.compile(MODELS / "digits_cnn.onnx", "cpu", tmp_path / "p", input_shapes={"input": (4, 1, 8, 8)}, options=optc.CompileOptions.of(eval_data=MODELS / "digits_eval.npz", measure=False))
     acc = report["accuracy"]
     expected = json.loads((MODELS / "models.json").read_text())
     assert acc["samples"] == 540 and acc["evaluated_on"] == "the compiled artifact"

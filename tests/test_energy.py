@@ -208,8 +208,8 @@ CPU = SimpleNamespace(name="cpu", backend="tvm-cpu", tvm={"kind": "llvm"}, laten
 
 def test_report_section_measured_with_rapl(fake_powercap, monkeypatch):
     root, z = fake_powercap
-    monkeypatch.setattr(energy, "IDLE_SECONDS", 0.01)
-    monkeypatch.setattr(energy, "MEASURE_SECONDS", 0.01)
+    monkeypatch.setattr(energy.report, "IDLE_SECONDS", 0.01)
+    monkeypatch.setattr(energy.report, "MEASURE_SECONDS", 0.01)
     seen = []
 
     def on_run(n):
@@ -228,8 +228,8 @@ def test_report_section_measured_with_rapl(fake_powercap, monkeypatch):
 
 def test_measured_loop_asks_gpu_timers_for_one_call_per_repeat(fake_powercap, monkeypatch):
     root, _ = fake_powercap
-    monkeypatch.setattr(energy, "IDLE_SECONDS", 0.0)
-    monkeypatch.setattr(energy, "MEASURE_SECONDS", 0.002)
+    monkeypatch.setattr(energy.report, "IDLE_SECONDS", 0.0)
+    monkeypatch.setattr(energy.report, "MEASURE_SECONDS", 0.002)
     calls = []
 
     class GpuLikeSession:  # time(..., number=10) batches calls per repeat, like CUDA time_evaluator
@@ -371,6 +371,7 @@ def test_modeled_integer_ai_optc_ops():
     c = model_energy(m)["breakdown"]["counts"]
     assert c["macs"] == {"fp32": 0, "int8": 2 * 4 * 16, "binary": 0}
     assert c["weight_bytes"] >= 64  # int8 weights: one byte each
+    assert c["requantized_outputs"] == 2 * 4  # as the QuantizeLinear its QDQ form folds in
 
     wc = np.zeros((8, 1, 3, 3), np.int8)  # depthwise, group 8
     inits = [numpy_helper.from_array(wc, "W"), numpy_helper.from_array(np.zeros(8, np.int32), "B"),
@@ -382,3 +383,24 @@ def test_modeled_integer_ai_optc_ops():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
     c = model_energy(m)["breakdown"]["counts"]
     assert c["macs"]["int8"] == 8 * 25 * 9
+
+
+def test_integer_global_average_pool_costs_what_its_qdq_form_costs():
+    """IntGlobalAveragePool (optc.ops registry cost) is charged as DQ -> GlobalAveragePool -> Q is:
+    an int32 add per input element and a requantize per output."""
+    sc = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z")]
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 8, 5, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 8, 1, 1])
+    qdq = helper.make_model(helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"]), helper.make_node("GlobalAveragePool", ["xf"], ["g"]),
+         helper.make_node("QuantizeLinear", ["g", "s", "z"], ["y"])], "g", [x], [y], sc),
+        opset_imports=[helper.make_opsetid("", 17)])
+    rq = [numpy_helper.from_array(np.array([1 << 30], np.int32), "m"), numpy_helper.from_array(np.array([35], np.int32), "sh")]
+    integer = helper.make_model(helper.make_graph(
+        [helper.make_node("IntGlobalAveragePool", ["x", "m", "sh"], ["y"], domain="ai.optc", out_min=0, out_max=255)],
+        "g", [x], [y], rq), opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
+    a, b = model_energy(qdq)["breakdown"], model_energy(integer)["breakdown"]
+    assert a["counts"]["other_ops"] == b["counts"]["other_ops"] == {"fp32": 0, "int8": 200, "binary": 0}
+    assert a["counts"]["requantized_outputs"] == b["counts"]["requantized_outputs"] == 8
+    assert sum(b["compute_mj"].values()) == pytest.approx(sum(a["compute_mj"].values()))
+    assert sum(b["compute_mj"].values()) == pytest.approx((200 * 0.1 + 8 * 3.2) * PJ)

@@ -40,7 +40,7 @@ def test_schedule_rule_failures_are_recorded(tmp_path, monkeypatch):
         raise RuntimeError("rule bug")
 
     monkeypatch.setattr(schedule, "_rule_contraction", _rule_contraction)
-    report = optc.compile(MODELS / "digits_cnn.onnx", "cpu", tmp_path / "p", measure=False)
+    report = optc.compile(MODELS / "digits_cnn.onnx", "cpu", tmp_path / "p", options=optc.CompileOptions.of(measure=False))
     sched = report["build"]["schedules"]
     assert report["verify"]["passed"] and sched["functions"] > 0
     assert sched["rule_failures"] and all(f["rule"] == "contraction" and "rule bug" in f["error"]
@@ -51,8 +51,7 @@ def test_schedule_rule_failures_are_recorded(tmp_path, monkeypatch):
 def test_bench_threads_and_baselines(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "calib.npz", input=rng.standard_normal((16, 1, 8, 8)).astype(np.float32))
-    report = optc.compile(MODELS / "digits_cnn.onnx", "cpu", tmp_path / "q", measure=False,
-                          passes=f"simplify,fuse-bn,quantize<calib={tmp_path / 'calib.npz'}>")
+    report = optc.compile(MODELS / "digits_cnn.onnx", "cpu", tmp_path / "q", passes=f"simplify,fuse-bn,quantize<calib={tmp_path / 'calib.npz'}>", options=optc.CompileOptions.of(measure=False))
     assert "deploy_qdq.onnx" in (tmp_path / "q" / "manifest.json").read_text()
     res = optc.bench(tmp_path / "q", threads=1, repeat=4, rounds=2, warmup=1)
     assert res["threads_applied"]["optc (TVM runtime.NumThreads)"] == 1

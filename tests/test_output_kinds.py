@@ -140,7 +140,7 @@ def test_compile_reports_map_figures_not_top1(tmp_path, capsys):
     data = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=data)
     passes = f"quantize<calib={tmp_path / 'calib.npz'}>"
-    report = optc.compile(model, "cpu", tmp_path / "p", passes=passes, measure=False)
+    report = optc.compile(model, "cpu", tmp_path / "p", passes=passes, options=optc.CompileOptions.of(measure=False))
     f = report["fidelity"]
     assert f["output_kinds"] == {"y": PROBABILITY_MAP} and "top1_agreement" not in f
     assert 0.5 < f["mask_iou"]["y"] <= 1.0 and f["sqnr_db"]["y"] > 10

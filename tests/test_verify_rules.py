@@ -36,7 +36,7 @@ def _mlp(path):
 def test_quantized_artifact_that_skipped_quantization_fails(tmp_path, monkeypatch):
     model = _mlp(tmp_path / "m.onnx")
     passes = f"quantize<calib={tmp_path / 'calib.npz'}>"
-    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "ok", passes=passes, measure=False)
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "ok", passes=passes, options=optc.CompileOptions.of(measure=False))
     v = report["verify"]
     assert v["passed"] and v["samples"] == 8 and v["calls"] == 8
     assert v["outputs"][0]["tolerance_rule"].startswith("exact") and v["max_abs_error"] == 0
@@ -46,12 +46,11 @@ def test_quantized_artifact_that_skipped_quantization_fails(tmp_path, monkeypatc
 
     monkeypatch.setattr(CpuSession, "run_many", float_model)
     with pytest.raises(VerificationError, match="optc's integer reference"):
-        optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "bad", passes=passes, measure=False)
+        optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "bad", passes=passes, options=optc.CompileOptions.of(measure=False))
     assert not (tmp_path / "bad").exists()
     # the QDQ graph in float (integerize off): the steps rule also refuses float outputs
     with pytest.raises(VerificationError, match="off the output quantizer's grid"):
-        optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "bad2", passes=passes + ",integerize<enabled=false>",
-                     measure=False)
+        optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "bad2", passes=passes + ",integerize<enabled=false>", options=optc.CompileOptions.of(measure=False))
 
 
 def test_an_error_on_one_sample_of_eight_is_caught(tmp_path, monkeypatch):
@@ -66,7 +65,7 @@ def test_an_error_on_one_sample_of_eight_is_caught(tmp_path, monkeypatch):
 
     monkeypatch.setattr(CpuSession, "run_many", wrong_on_sixth)
     with pytest.raises(VerificationError, match="8 samples"):
-        optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "bad", measure=False)
-    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "one", measure=False, verify_samples=1)
+        optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "bad", options=optc.CompileOptions.of(measure=False))
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "one", options=optc.CompileOptions.of(measure=False, verify_samples=1))
     assert report["verify"]["samples"] == 1  # the wrong sample is not looked at: the report says so
     assert report["binding"]["notes"] and report["inputs"][0]["shape"] == [1, 16]

@@ -11,7 +11,8 @@ ONNX models come in; a graph IR (onnx-ir) runs cleanup, prune, quantize and bina
 named in a textual pipeline; backends lower the result with Apache TVM for x86 CPUs and 64-bit
 ARM; every artifact is verified against onnxruntime and carries a report.
 
-Public API (see :mod:`optc.api`): ``compile``, ``run``, ``bench``, ``inspect``.
+Public API (see :mod:`optc.api`): ``compile`` (options grouped in ``CompileOptions``), ``run``,
+``bench``, ``inspect``.
 TVM and torch are imported only when a function needs them, so ``import optc`` is fast; torch
 only inside :mod:`optc.train` (export, fine-tuning, binary training) and :mod:`optc.models`.
 """
@@ -20,13 +21,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["compile", "run", "bench", "inspect", "__version__", "DEFAULT_PIPELINE"]
+__all__ = ["compile", "CompileOptions", "run", "bench", "inspect", "__version__", "DEFAULT_PIPELINE"]
 
 DEFAULT_PIPELINE = "simplify,fold-constants,remove-identity,fuse-bn,dce"
 
 
 def __getattr__(name: str):
-    if name in ("compile", "run", "bench", "inspect"):
+    if name in ("compile", "CompileOptions", "run", "bench", "inspect"):
         from . import api
 
         return getattr(api, name)

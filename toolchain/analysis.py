@@ -7,12 +7,13 @@ with the small constant factors below. Bytes are the sizes of a node's inputs (a
 and weights) and outputs, i.e. DRAM traffic if nothing stays in cache: an upper bound used by
 the roofline latency model.
 
-optc's own layers (``ai.optc`` IntConv2d/IntDense, the binary/bit-serial ops) are costed through
-standard surrogate ops of the same shapes (:func:`optc.energy.surrogate_for_inference`), so an
-integerized or binarized model has the MACs of its float original; each layer records its
-arithmetic (``arith``: fp32, int8 or binary), whether it is depthwise, and for binary layers the
-1-bit operations (MACs x weight bits x activation bits), which :mod:`optc.latency_model` charges
-at the rate of the kernel that runs them.
+optc's own layers (``ai.optc`` IntConv2d/IntDense, the binary/bit-serial ops) are costed as their
+registry entry declares (:class:`optc.ops.Cost`): through standard surrogate ops of the same
+shapes (:func:`optc.ops.surrogate_for_inference`), so an integerized or binarized model has the
+MACs of its float original; each layer records its arithmetic (``arith``: fp32, int8 or binary),
+whether it is depthwise, and for binary layers the 1-bit operations (MACs x weight bits x
+activation bits), which :mod:`optc.latency_model` charges at the rate of the kernel that runs
+them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
-from .onnx_utils import attr, infer_shapes, int_attr
+from .onnx_utils import attr, infer_shapes
 
 # FLOPs per output element for non-MAC ops (approximate, documented conventions).
 _ELEMENTWISE_FLOPS = {
@@ -60,13 +61,8 @@ def tensor_info(model: onnx.ModelProto) -> dict[str, tuple[list[int], int]]:
         t = vi.type.tensor_type
         if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
             out[vi.name] = ([d.dim_value for d in t.shape.dim], t.elem_type)
-    for init in inferred.graph.initializer:
-        out[init.name] = (list(init.dims), init.data_type)
-    for n in inferred.graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-                    out[n.output[0]] = (list(a.t.dims), a.t.data_type)
+    for name, t in _constant_tensors(inferred).items():
+        out[name] = (list(t.dims), t.data_type)
     return out
 
 
@@ -93,7 +89,7 @@ def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return out
 
 
-# ONNX's own integer ops; optc's (ai.optc) integer and binary ops are named in optc.energy.
+# ONNX's own integer ops; optc's (ai.optc) ops declare their arithmetic in optc.ops.
 _INTEGER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
 
 
@@ -102,16 +98,15 @@ def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
     weights, not layers, and are left out. optc's ``ai.optc`` layers are costed through their
     standard surrogates (see the module docstring); their bytes are those of their own inputs
     and outputs (int8 / packed weights as stored)."""
-    from .energy import _AUX, _OPTC_ELEMENTWISE, _OPTC_INT_OPS, _OPTC_MAC_OPS, surrogate_for_inference
+    from . import ops
 
-    known = _OPTC_INT_OPS | _OPTC_MAC_OPS | _OPTC_ELEMENTWISE
-    if not any(n.domain.startswith("ai.optc") and n.op_type in known for n in model.graph.node) \
-            or any(_AUX in n.name for n in model.graph.node):  # nothing to see through, or a surrogate already
+    if not any(ops.lookup(n) for n in model.graph.node) \
+            or any(ops.AUX in n.name for n in model.graph.node):  # nothing to see through, or a surrogate already
         return _layer_costs(model)
-    surrogate = surrogate_for_inference(model)
+    surrogate = ops.surrogate_for_inference(model)
     costs = iter([c for c, n in zip(_layer_costs(surrogate), [n for n in surrogate.graph.node
                                                                if n.op_type != "Constant"])
-                  if _AUX not in n.name])
+                  if ops.AUX not in n.name])
     shapes = tensor_info(surrogate)
     inits = set(_constant_tensors(model))
     out = []
@@ -127,16 +122,13 @@ def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
             c.bytes_out = sum(nbytes(s) for s in outs)
             c.params = sum(int(np.prod(s[0], dtype=np.int64)) for x, s in zip(node.input, ins) if x in inits and s)
             c.output_shape = list(outs[0][0]) if outs and outs[0] else c.output_shape
-            if node.op_type in _OPTC_INT_OPS:
-                c.arith = "int8"
-                w = ins[1][0] if len(ins) > 1 and ins[1] else None
-                c.depthwise = bool(node.op_type == "IntConv2d" and w and len(w) == 4 and w[1] == 1
-                                   and (int_attr(node, "group") or 1) > 1)
-            elif node.op_type in _OPTC_MAC_OPS:
-                c.arith = "binary"
-                bits = (int_attr(node, "weight_bits", "wbits") or 1) * (
-                    int_attr(node, "act_bits", "activation_bits", "abits") or 1)
-                c.bit_ops = int(c.macs) * bits
+            op_def = ops.lookup(node)
+            if op_def is not None:
+                cost = op_def.cost
+                c.arith = cost.arith
+                c.depthwise = cost.depthwise(node, ins[1][0] if len(ins) > 1 and ins[1] else None)
+                if cost.arith == "binary":
+                    c.bit_ops = int(c.macs) * cost.bits_per_mac(node)
         out.append(c)
     return out
 

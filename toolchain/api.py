@@ -21,6 +21,7 @@ from . import accuracy, analysis, artifact, frontend, pipeline, stages, verify
 from .errors import InvalidModelError, UsageError
 from .progress import SILENT, Progress
 from .targets import Target, get_target, host_cores
+from .stages import CompileOptions
 from .timing import LatencyContext, stats
 
 PARAMS_MODES = ("embedded", "separate")
@@ -44,80 +45,79 @@ def compile(
     passes: str = DEFAULT_PIPELINE,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     inputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
-    params: str = "embedded",
-    verify_outputs: bool = True,
-    atol: float = verify.DEFAULT_ATOL,
-    rtol: float = verify.DEFAULT_RTOL,
-    verify_samples: int = 8,
-    measure: bool = True,
-    eval_data: str | os.PathLike | None = None,
-    eval_limit: int | None = None,
-    power_watts: float | None = None,
-    force: bool = False,
+    options: CompileOptions | None = None,
     progress: Progress = SILENT,
-    tune: int = 0,
-    tune_seconds: float | None = None,
-    tuning_db: str | os.PathLike | None = None,
-    rpc: str | None = None,
-    rpc_key: str | None = None,
-    rpc_tracker: str | None = None,
 ) -> dict:
-    """Compile an ONNX model for ``target`` into the package directory ``out_dir``.
+    """Compile an ONNX model for ``target`` into the package directory ``out_dir``; returns
+    the report (also written to ``out_dir/report.json``).
 
-    Returns the report (also written to ``out_dir/report.json``). Raises OptcError subclasses
-    for bad input (nothing is written then), VerificationError if the artifact's outputs differ
-    from the reference (see :mod:`optc.stages`) on up to ``verify_samples`` samples. With
-    ``eval_data`` (an .npz of inputs, plus ``label`` for accuracy) the report gets an
-    ``accuracy`` section (see optc.accuracy). With ``rpc`` (HOST:PORT of a TVM RPC server) or
-    ``rpc_tracker`` (HOST:PORT, with ``rpc_key``) the artifact is verified and timed on that
-    remote device (see optc.backends.tvm.rpc), and ``tune`` measures its candidates there.
-    The stages (:mod:`optc.stages`): load -> bind -> passes -> build -> verify -> measure ->
-    package.
+    ``options`` (:class:`CompileOptions`, e.g. ``CompileOptions.of(measure=False)``) groups
+    what each stage takes: verification (tolerances, samples), measurement (latency, energy,
+    accuracy on ``eval_data``), MetaSchedule tuning, a TVM RPC remote, the weights' place and
+    the cleanup prefix. Raises OptcError subclasses for bad input (nothing is written then) and
+    VerificationError when the artifact's outputs differ from the reference (see
+    :mod:`optc.stages`). The stages, in order: load -> bind -> passes -> build -> verify ->
+    measure -> package.
     """
     t_start = time.perf_counter()
+    opts = options or CompileOptions()
     tgt = get_target(target)
-    specs = pipeline.parse_pipeline(passes)
-    if params not in PARAMS_MODES:
-        raise UsageError(f"--params must be one of {', '.join(PARAMS_MODES)}, not {params!r}")
-    if verify_samples < 1:
-        raise UsageError(f"--verify-samples must be at least 1, not {verify_samples}")
-    if out_dir is None:
-        out_dir = Path(model).with_suffix("").name + f".{tgt.name}.optc"
-    writer = artifact.PackageWriter(out_dir, force=force)
-
+    specs = _pipeline(passes, opts, progress)
+    writer = artifact.PackageWriter(out_dir or Path(model).with_suffix("").name + f".{tgt.name}.optc", force=opts.force)
     from optc.backends import get_backend
 
     backend = get_backend(tgt.backend)
     backend.check_environment(tgt)
-    # quantize on a CPU/ARM target: append integerize (real int8 kernels), see its docstring
-    from optc.passes.quant.integerize import auto_integerize
+    from optc.passes.quant.integerize import auto_integerize  # quantize on CPU/ARM: real int8 kernels
 
     specs = auto_integerize(specs, tgt, backend)
-    remote = _remote(tgt, rpc, rpc_key, rpc_tracker)
-    checks = stages.VerifyOptions(verify_outputs, atol, rtol, verify_samples)
-    measurement = stages.MeasureOptions(measure, eval_data, eval_limit, power_watts)
-    tuning = None
-    if tgt.backend.startswith("tvm"):
-        # MetaSchedule: tuning before the build (``tune`` candidates, budget from the start of
-        # this compile) and the database location (default ~/.cache/optc/tuning), an explicit
-        # input of the build: see optc.backends.tvm.tune.
-        from optc.backends.tvm import tune as tvm_tune
-
-        tuning = tvm_tune.TuningRequest(str(tuning_db) if tuning_db else None, tune, tune_seconds,
-                                        time.time() - (time.perf_counter() - t_start), rpc, rpc_tracker, rpc_key)
+    remote = _remote(tgt, opts.remote)
+    tuning = _tuning(tgt, opts.tune, opts.remote, time.time() - (time.perf_counter() - t_start))
     with writer as tmp:
         job = stages.Job(Path(model), tgt, backend, specs, tmp, progress, remote)
         stages.load(job)
-        binding = stages.bind(job, input_shapes, inputs, checks.samples)
+        binding = stages.bind(job, input_shapes, inputs, opts.verify.samples)
         records = stages.run_passes(job)
-        build_info = stages.build(job, params, tuning, _versions())
+        build_info = stages.build(job, opts.params, tuning, _versions())
         with stages.open_session(job, _load_session):
-            verdict = stages.verify_artifact(job, checks)
-            measured = _measure(job, measurement)
+            verdict = stages.verify_artifact(job, opts.verify)
+            measured = _measure(job, opts.measure)
         job.timings["total"] = time.perf_counter() - t_start
         report = _report(job, binding, verdict, measured, build_info, records)
         stages.package(job, report)
     return report | {"package": str(writer.dest)}
+
+
+def _pipeline(text: str, opts: CompileOptions, progress: Progress) -> list:
+    """The pass specs to run: ``text`` parsed, with the cleanup prefix before its compression
+    passes unless ``opts.cleanup`` is false (the package records what ran); option checks."""
+    if opts.params not in PARAMS_MODES:
+        raise UsageError(f"--params must be one of {', '.join(PARAMS_MODES)}, not {opts.params!r}")
+    if opts.verify.samples < 1:
+        raise UsageError(f"--verify-samples must be at least 1, not {opts.verify.samples}")
+    if opts.tune.seconds is not None and not opts.tune.trials:
+        raise UsageError("--tune-seconds bounds the tuning that --tune N turns on; nothing would be tuned: "
+                         "give the number of measured candidates too (e.g. --tune 2000 --tune-seconds "
+                         f"{opts.tune.seconds:g}; tuning stops at whichever limit comes first)")
+    specs = pipeline.parse_pipeline(text)
+    if not opts.cleanup:
+        return specs
+    specs, added = pipeline.with_cleanup(specs)
+    if added:
+        progress.note(f"cleanup passes {','.join(s.name for s in added)} added before the compression passes "
+                      f"(--no-cleanup to run the pipeline as written): {pipeline.format_pipeline(specs)}")
+    return specs
+
+
+def _tuning(tgt: Target, tune: stages.TuneOptions, remote: stages.RemoteOptions, start: float):
+    """The TVM build's explicit MetaSchedule input (None for other backends): tuning before the
+    build (``tune.trials`` candidates, budget from ``start``) and the databases' location."""
+    if not tgt.backend.startswith("tvm"):
+        return None
+    from optc.backends.tvm import tune as tvm_tune
+
+    return tvm_tune.TuningRequest(str(tune.database) if tune.database else None, tune.trials, tune.seconds, start,
+                                  remote.rpc, remote.tracker, remote.key)
 
 
 def _measure(job: stages.Job, opts: stages.MeasureOptions) -> dict:
@@ -167,15 +167,15 @@ def _report(job: stages.Job, binding: dict, verdict: dict, measured: dict, build
     }
 
 
-def _remote(tgt: Target, rpc, rpc_key, rpc_tracker):
+def _remote(tgt: Target, remote: stages.RemoteOptions):
     """The TVM RPC remote asked for (None: run here); UsageError for a non-TVM target."""
-    if not (rpc or rpc_tracker or rpc_key):
+    if not remote:
         return None
     if not tgt.backend.startswith("tvm"):
         raise UsageError(f"--rpc needs a TVM target, not {tgt.name} ({tgt.backend})")
     from optc.backends.tvm import rpc as tvm_rpc
 
-    return tvm_rpc.Remote.from_options(rpc, rpc_key, rpc_tracker)
+    return tvm_rpc.Remote.from_options(remote.rpc, remote.key, remote.tracker)
 
 
 def _load_session(backend, pkg: Path, manifest: dict, remote):
@@ -388,7 +388,7 @@ def _bench_remote(pkg, warmup: int, repeat: int, rpc, rpc_key, rpc_tracker) -> d
     pkg = Path(pkg)
     manifest = artifact.read_package(pkg)
     tgt = get_target(manifest["target"]["name"])
-    session = _load_session(None, pkg, manifest, _remote(tgt, rpc, rpc_key, rpc_tracker))
+    session = _load_session(None, pkg, manifest, _remote(tgt, stages.RemoteOptions(rpc, rpc_key, rpc_tracker)))
     specs = [frontend.TensorSpec.from_json(d) for d in manifest["inputs"]]
     sample = verify.load_inputs(pkg / manifest["files_by_role"]["sample_inputs"])
     with session:

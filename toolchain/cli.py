@@ -68,24 +68,6 @@ def _warnings_to_stderr():
         yield
 
 
-def compile_pipeline(text: str, cleanup: bool = True, progress=None) -> str:
-    """The pipeline ``optc compile`` runs for ``--passes text``: with the cleanup prefix
-    before its compression passes (see :func:`optc.pipeline.with_cleanup`) unless
-    ``cleanup`` is false. The returned text is what the package records."""
-    from . import pipeline
-
-    if not cleanup:
-        return text
-    specs, added = pipeline.with_cleanup(text)
-    if not added:
-        return text
-    out = pipeline.format_pipeline(specs)
-    if progress is not None:
-        progress.note(f"cleanup passes {','.join(s.name for s in added)} added before the compression "
-                      f"passes (--no-cleanup to run the pipeline as written): {out}")
-    return out
-
-
 def _warn_near_chance(report: dict) -> None:
     """A compressed model whose accuracy fell to chance: say so, and how to get it back."""
     a = report.get("accuracy") or {}
@@ -103,26 +85,17 @@ def _warn_near_chance(report: dict) -> None:
 
 def cmd_compile(args) -> int:
     from . import api
-    from .errors import UsageError
     from .frontend import parse_shape_args
 
-    if args.tune_seconds is not None and not args.tune:
-        raise UsageError("--tune-seconds bounds the tuning that --tune N turns on; nothing would be tuned: "
-                         "give the number of measured candidates too (e.g. --tune 2000 --tune-seconds "
-                         f"{args.tune_seconds:g}; tuning stops at whichever limit comes first)")
-    progress = _progress(args)
-    passes = compile_pipeline(args.passes, not args.no_cleanup, progress)
-
-    report = api.compile(
-        args.model, args.target, args.output,
-        passes=passes, input_shapes=parse_shape_args(args.input_shape or []),
-        inputs=args.inputs, params=args.params, verify_outputs=not args.no_verify,
+    options = api.CompileOptions.of(
+        params=args.params, force=args.force, cleanup=not args.no_cleanup, verify_outputs=not args.no_verify,
         atol=args.atol, rtol=args.rtol, verify_samples=args.verify_samples, measure=not args.no_measure,
-        force=args.force,
-        eval_data=args.eval, eval_limit=args.eval_limit, power_watts=args.power_watts,
-        progress=progress, tune=args.tune, tune_seconds=args.tune_seconds, tuning_db=args.tuning_db,
-        rpc=args.rpc, rpc_key=args.rpc_key, rpc_tracker=args.rpc_tracker,
-    )
+        eval_data=args.eval, eval_limit=args.eval_limit, power_watts=args.power_watts, tune=args.tune,
+        tune_seconds=args.tune_seconds, tuning_db=args.tuning_db, rpc=args.rpc, rpc_key=args.rpc_key,
+        rpc_tracker=args.rpc_tracker)
+    report = api.compile(args.model, args.target, args.output, passes=args.passes,
+                         input_shapes=parse_shape_args(args.input_shape or []), inputs=args.inputs,
+                         options=options, progress=_progress(args))
     out = args.output or report.get("package")
     _warn_near_chance(report)
     if args.json:

@@ -13,6 +13,7 @@ def cmd_fpga(args) -> int:
     from optc.backends import fpga
     from optc.backends.fpga import config as _cfg  # noqa: F401  (fpga.config)
     from .frontend import parse_shape_args
+    from .stages import CompileOptions
 
     cfg = fpga.config.FpgaConfig.load(args.fpga_config) if args.fpga_config else fpga.config.FpgaConfig()
     for key in ("part", "simulator"):
@@ -28,8 +29,9 @@ def cmd_fpga(args) -> int:
         cfg.rtl_sim = False
     report = fpga.compile(args.model, args.output, target=args.target, fps=args.fps, config=cfg,
                           passes=args.passes, input_shapes=parse_shape_args(args.input_shape or []),
-                          inputs=args.inputs, verify_outputs=not args.no_verify, atol=args.atol, rtol=args.rtol,
-                          force=args.force, progress=cli._progress(args))
+                          inputs=args.inputs, progress=cli._progress(args),
+                          options=CompileOptions.of(verify_outputs=not args.no_verify, atol=args.atol, rtol=args.rtol,
+                                                    force=args.force))
     if args.json:
         cli._print_json(report)
         return 0

@@ -605,9 +605,11 @@ def run_candidate(job: Job, cand: Candidate, dest: Path, progress: Progress) -> 
             rec["note"] = msg
             return rec
         opts = job.compile | cand.compile
+        options = api.CompileOptions.of(**(opts | {"eval_data": job.eval, "eval_limit": job.eval_limit,
+                                                   "power_watts": job.power_watts, "force": True,
+                                                   "cleanup": False}))  # cleanup: added above
         report = api.compile(job.model, cand.target, dest, passes=text, input_shapes=job.input_shapes or None,
-                             inputs=job.inputs, eval_data=job.eval, eval_limit=job.eval_limit,
-                             power_watts=job.power_watts, force=True, progress=progress, **opts)
+                             inputs=job.inputs, options=options, progress=progress)
     except KeyboardInterrupt:
         raise
     except OptcError as err:

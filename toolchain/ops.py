@@ -49,6 +49,8 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from .onnx_utils import attr, int_attr
+
 DOMAIN = "ai.optc"
 VERSION = 1
 
@@ -142,13 +144,14 @@ class Surrogate:
         return self.dims(self.node.input[i]) if len(self.node.input) > i and self.node.input[i] else None
 
     def attr_ints(self, name: str, default: list[int]) -> list[int]:
-        return _attr_ints(self.node, name, default)
+        return [int(v) for v in attr(self.node, name, default)]
 
     def attr_int(self, name: str) -> int | None:
         return int_attr(self.node, name)
 
     def attr_str(self, name: str) -> str | None:
-        return _str_attr(self.node, name)
+        v = attr(self.node, name)
+        return v.decode() if isinstance(v, bytes) else v
 
     def input_nchw(self, nhwc: bool) -> str:
         """The node's input 0 in NCHW: itself, or (``nhwc``) a Transpose of it."""
@@ -309,14 +312,20 @@ def surrogate_for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy in which every registered ``ai.optc`` node is replaced by its cost surrogate
     (:class:`Cost`), with shape-only dummy weights (graph inputs, no data), so that ONNX shape
     inference and :func:`optc.analysis.layer_costs` see through them. Tensor names are kept;
-    helper nodes carry :data:`AUX` in their names. Unregistered nodes stay as they are."""
+    helper nodes carry :data:`AUX` in their names. Unregistered nodes stay as they are.
+
+    The element types declared for a replaced node's outputs (graph outputs, value_info) are
+    dropped: a standard op infers its output type from its input (a Conv on uint8 codes gives
+    uint8, where an IntConv2d may declare int8), and a conflict would stop shape inference for
+    the whole graph. Every registered op's output has the width of its input 0, so byte counts
+    stay right (``tests/test_ops.py`` checks it)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
     dims = {i.name: list(i.dims) for i in g.initializer}
     for vi in g.input:
         dims.setdefault(vi.name, [d.dim_value for d in vi.type.tensor_type.shape.dim])
-    nodes = []
+    nodes, retyped = [], set()
     for k, n in enumerate(g.node):
         d = lookup(n)
         s = Surrogate(n, k, dims)
@@ -324,33 +333,12 @@ def surrogate_for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(n)
             continue
         nodes.extend(s.nodes)
+        retyped.update(n.output)
         g.input.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
                        for name, shape in s.weights.items())
     del g.node[:]
     g.node.extend(nodes)
+    for vi in [*g.output, *g.value_info]:
+        if vi.name in retyped:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
     return m
-
-
-# ---------------------------------------------------------------------------------------------
-# attribute access
-
-
-def _attr_ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
-    for a in node.attribute:
-        if a.name == name:
-            return list(a.ints)
-    return default
-
-
-def int_attr(node: onnx.NodeProto, *names: str) -> int | None:
-    for a in node.attribute:
-        if a.name in names and a.type == onnx.AttributeProto.INT:
-            return int(a.i)
-    return None
-
-
-def _str_attr(node: onnx.NodeProto, name: str) -> str | None:
-    for a in node.attribute:
-        if a.name == name and a.type == onnx.AttributeProto.STRING:
-            return a.s.decode()
-    return None

@@ -22,7 +22,8 @@ def compile(model: str | os.PathLike, out_dir: str | os.PathLike | None = None, 
             fps: float | None = None, config: Any = None, **kwargs) -> dict:
     """``optc.compile`` for an FPGA target with FPGA options: ``fps`` (throughput target) and
     ``config`` (a :class:`~optc.backends.fpga.config.FpgaConfig`, a dict of its fields, or a
-    path to a JSON file of them). Other keyword arguments go to :func:`optc.compile`."""
+    path to a JSON file of them). Other keyword arguments (``passes``, ``input_shapes``,
+    ``inputs``, ``options``, ``progress``) go to :func:`optc.compile`."""
     from optc import api
 
     from .config import FpgaConfig, use

@@ -1,6 +1,7 @@
-"""Integer kernels for optc's ``IntConv2d`` / ``IntDense`` (``ai.optc``): TE compute
-definitions with optc's own CPU schedules that use the hardware's int8 dot-product
-instructions, and the converters that put them into the Relax graph as ``call_tir``.
+"""Integer kernels for optc's ``IntConv2d`` / ``IntDense`` / ``IntGlobalAveragePool``
+(``ai.optc``): TE compute definitions with optc's own CPU schedules that use the hardware's int8
+dot-product instructions, and the converters that put them into the Relax graph as
+``call_tir``.
 
 Op contract and numpy references: :mod:`optc.passes.quant.int_ops` (the kernels match them bit
 for bit: every step is integer arithmetic).
@@ -46,6 +47,10 @@ zero point to a MaxPool on the codes): :func:`max_pool_func`, a branch-free kern
 clamped to the input's edge, rows then columns, vectorized, (batch, channel, row) parallel),
 put in by this module's ``MaxPool`` converter for integer inputs on LLVM CPU targets (float
 MaxPool keeps TVM's converter).
+
+``IntGlobalAveragePool``: :func:`global_avg_pool_func`, an int32 sum of the codes per channel
+(NHWC: rows and columns outside, the contiguous channels vectorized inside) and the same
+requantization epilogue as the convolutions.
 """
 
 from __future__ import annotations
@@ -384,6 +389,48 @@ def schedule_max_pool(func, *, ow: int, work: int):
     return sch.mod["main"]
 
 
+def global_avg_pool_te(B, C, H, W_, *, in_dtype, x_layout, x_zp, y_zp, out_min, out_max, out_dtype,
+                       per_channel: bool):
+    """IntGlobalAveragePool: ``Acc[b, c]`` = int32 sum of the codes over (h, w), then the op
+    contract's requantization of ``Acc - H * W * x_zero_point``; ``Y [B, C, 1, 1]``."""
+    from tvm import te, tirx
+
+    X = te.placeholder((B, C, H, W_) if x_layout == "NCHW" else (B, H, W_, C), in_dtype, name="X")
+    M = te.placeholder((C if per_channel else 1,), "int32", name="multiplier")
+    S = te.placeholder((C if per_channel else 1,), "int32", name="shift")
+    rh, rw = te.reduce_axis((0, H), "h"), te.reduce_axis((0, W_), "w")
+    Acc = te.compute((B, C), lambda b, c: te.sum(
+        (X[b, c, rh, rw] if x_layout == "NCHW" else X[b, rh, rw, c]).astype("int32"), axis=[rh, rw]), name="Acc")
+    zero_sum = tirx.const(H * W_ * x_zp, "int32")
+
+    def y(b, c, i, j):
+        k = c if per_channel else 0
+        return _requant(Acc[b, c] - zero_sum, M[k], S[k], y_zp, out_min, out_max, out_dtype)
+
+    return [X, M, S], te.compute((B, C, 1, 1), y, name="Y")
+
+
+def schedule_global_avg_pool(func, *, x_layout: str, channels: int, work: int):
+    """NHWC: per batch, rows then columns outside, the channels inside (contiguous, vectorized
+    in power-of-two chunks). NCHW: (batch, channel) parallel, the contiguous plane summed inside."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(func)
+    acc = sch.get_sblock("Acc")
+    b, c, rh, rw = sch.get_loops(acc)
+    if x_layout == "NCHW":
+        if work >= PARALLEL_MIN_ELEMS:
+            sch.parallel(sch.fuse(b, c))
+        return sch.mod["main"]
+    v = _pow2_divisor(channels, 16)
+    co, ci = sch.split(c, [None, v])
+    sch.reorder(b, rh, rw, co, ci)
+    if v > 1:
+        sch.vectorize(ci)
+    sch.decompose_reduction(acc, rh)
+    return sch.mod["main"]
+
+
 def _pow2_divisor(n: int, limit: int) -> int:
     w = 1
     while w * 2 <= limit and n % (w * 2) == 0:
@@ -582,6 +629,15 @@ def max_pool_func(B, C, H, W, kernel_shape, pads, strides, *, dtype):
     return opaque_kernel(schedule_max_pool(f, ow=OW, work=B * C * H * W))
 
 
+def global_avg_pool_func(B, C, H, W, *, in_dtype, x_layout, x_zp, y_zp, out_min, out_max, out_dtype, per_channel):
+    from tvm import te
+
+    ins, Y = global_avg_pool_te(B, C, H, W, in_dtype=in_dtype, x_layout=x_layout, x_zp=x_zp, y_zp=y_zp,
+                                out_min=out_min, out_max=out_max, out_dtype=out_dtype, per_channel=per_channel)
+    f = te.create_prim_func([*ins, Y])
+    return opaque_kernel(schedule_global_avg_pool(f, x_layout=x_layout, channels=C, work=B * C * H * W))
+
+
 def int_max_pool_supported(shape, dtype: str, attr: dict) -> bool:
     """Whether :func:`max_pool_func` computes this ONNX MaxPool (2-D, integer codes, no
     dilation/ceil_mode/auto_pad/storage_order, pads < kernel)."""
@@ -730,6 +786,20 @@ def _register() -> None:
             bk = _kernel_bias(bb, w4, bias, in_dtype, isa)
             func = dense_func(isa, m, k, n, in_dtype=in_dtype, **rq)
             return call_kernel(bb, func, "optc_int_dense", [x, wp, bk, mult, shift], [m, n], rq["out_dtype"])
+
+    @register_converter(DOMAIN, "IntGlobalAveragePool")
+    class IntGlobalAveragePool(Base):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x, mult, shift = inputs[:3]
+            current_isa()  # a CPU target (the kernel is scheduled for CPUs)
+            x_layout = int_ops.layout_of(attr.get("x_layout"))
+            b, c, h, w = static_shape(x) if x_layout == "NCHW" else [static_shape(x)[i] for i in (0, 3, 1, 2)]
+            rq = _requant_attrs(attr)
+            func = global_avg_pool_func(b, c, h, w, in_dtype=_dtype(x), x_layout=x_layout,
+                                        x_zp=int(attr.get("x_zero_point", 0)), per_channel=static_shape(mult) != [1],
+                                        **rq)
+            return call_kernel(bb, func, "optc_int_global_avg_pool", [x, mult, shift], [b, c, 1, 1], rq["out_dtype"])
 
 
 register_if_available(_register)

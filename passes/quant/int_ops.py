@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 from onnx.reference.op_run import OpRun
 
-from optc.ops import DOMAIN, Attr, Cost, Operand, Surrogate, conv_surrogate, define, dense_surrogate, int_attr
+from optc.onnx_utils import int_attr
+from optc.ops import DOMAIN, Attr, Cost, Operand, Surrogate, conv_surrogate, define, dense_surrogate
 
 __all__ = ["OPS", "OP_TYPES", "STANDARD_OPS", "fixed_point", "requantize", "int_conv2d", "int_dense", "ACC_LIMIT", "LAYOUTS",
            "layout_of"]

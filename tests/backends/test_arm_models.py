@@ -29,8 +29,7 @@ def test_ppocr_classifier_on_arm_a76(tmp_path):
     if spec is None:
         pytest.skip("rapidocr-onnxruntime (PP-OCR test models) not installed; setup.sh installs it")
     model = Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
-    report = optc.compile(model, "arm-a76", tmp_path / "pkg", input_shapes={"x": (1, 3, 48, 192)},
-                          params="separate")
+    report = optc.compile(model, "arm-a76", tmp_path / "pkg", input_shapes={"x": (1, 3, 48, 192)}, options=optc.CompileOptions.of(params="separate"))
     assert report["verify"]["passed"], report["verify"]
     manifest = read_package(tmp_path / "pkg")
     assert manifest["target"]["tvm"]["mcpu"] == "cortex-a76" and manifest["target"]["qemu_cpu"] == "cortex-a76"
@@ -43,5 +42,5 @@ def test_external_data_model_compiles(tmp_path):
     src.mkdir()
     onnx.save(make_conv_model(), str(src / "m.onnx"), save_as_external_data=True,
               all_tensors_to_one_file=True, location="m.data", size_threshold=0)
-    report = optc.compile(src / "m.onnx", "arm", tmp_path / "pkg", measure=False)
+    report = optc.compile(src / "m.onnx", "arm", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"]

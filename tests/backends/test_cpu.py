@@ -20,11 +20,11 @@ pytestmark = pytest.mark.tvm
 @pytest.mark.parametrize("name", sorted(DYNAMIC_MODELS))
 def test_dynamic_models_compile_and_verify(tmp_path, name):
     path, dims = DYNAMIC_MODELS[name](tmp_path)
-    report = optc.compile(path, "cpu", tmp_path / "pkg", input_shapes=dims, measure=False)
+    report = optc.compile(path, "cpu", tmp_path / "pkg", input_shapes=dims, options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]
     # a second binding of the same dynamic model (other batch/size) also works
     bigger = {k: [v[0] + 1, v[1], v[2] * 2, v[3] * 2] for k, v in dims.items()}
-    report = optc.compile(path, "cpu", tmp_path / "pkg2", input_shapes=bigger, measure=False)
+    report = optc.compile(path, "cpu", tmp_path / "pkg2", input_shapes=bigger, options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"] and report["inputs"][0]["shape"] == bigger["input"]
 
 
@@ -33,8 +33,8 @@ def test_params_separate_and_embedded_agree(tmp_path):
 
     make_conv_model(tmp_path / "m.onnx", batch=2)
     x = {"x": np.random.default_rng(5).standard_normal((2, 3, 8, 8)).astype(np.float32)}
-    optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "emb", inputs=x, measure=False)
-    optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "sep", inputs=x, params="separate", measure=False)
+    optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "emb", inputs=x, options=optc.CompileOptions.of(measure=False))
+    optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "sep", inputs=x, options=optc.CompileOptions.of(params="separate", measure=False))
     assert (tmp_path / "sep" / "params.bin").exists() and not (tmp_path / "emb" / "params.bin").exists()
     a = optc.run(tmp_path / "emb", x)["y"]
     b = optc.run(tmp_path / "sep", x)["y"]
@@ -57,6 +57,6 @@ def _ppocr(name: str) -> Path:
 def test_real_ppocr_models(tmp_path, name, shape):
     """Third-party PaddleOCR models exported by paddle2onnx: dynamic dims, weights in Constant
     nodes, HardSigmoid/Clip/Resize/ConvTranspose (det), attention blocks (rec)."""
-    report = optc.compile(_ppocr(name), "cpu", tmp_path / "pkg", input_shapes={"x": shape}, measure=False)
+    report = optc.compile(_ppocr(name), "cpu", tmp_path / "pkg", input_shapes={"x": shape}, options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]
     assert report["model"]["params"] > 100_000

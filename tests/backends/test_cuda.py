@@ -129,7 +129,7 @@ def test_params_separate_for_gpu(nvcc, tmp_path):
     from tests.conftest import make_conv_model
 
     make_conv_model(tmp_path / "m.onnx")
-    optc.compile(tmp_path / "m.onnx", "gpu-sm80", tmp_path / "pkg", params="separate")
+    optc.compile(tmp_path / "m.onnx", "gpu-sm80", tmp_path / "pkg", options=optc.CompileOptions.of(params="separate"))
     assert (tmp_path / "pkg" / "params.bin").is_file()
     facts = json.loads((tmp_path / "pkg" / "cuda.json").read_text())
     assert facts["evidence"]["fatbin_entries"][0]["arch"] == "sm_80"

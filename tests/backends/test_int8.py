@@ -151,8 +151,7 @@ def test_compile_quantize_runs_integer_kernels(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(_conv_float_model(), path)
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(2).standard_normal((16, 3, 10, 10)).astype(np.float32))
-    report = optc.compile(str(path), "cpu", tmp_path / "pkg", passes=f"quantize<calib={tmp_path / 'calib.npz'}>",
-                          measure=False)
+    report = optc.compile(str(path), "cpu", tmp_path / "pkg", passes=f"quantize<calib={tmp_path / 'calib.npz'}>", options=optc.CompileOptions.of(measure=False))
     assert report["pipeline"].endswith(",integerize")
     assert report["verify"]["passed"]
     built = onnx.load(str(tmp_path / "pkg" / "model.onnx"))
@@ -162,8 +161,7 @@ def test_compile_quantize_runs_integer_kernels(tmp_path):
     floats = sum(numpy_helper.to_array(t).nbytes for t in _conv_float_model().graph.initializer)
     assert weights * 3.9 < floats  # int8 weights: ~4x fewer bytes
     # opting out keeps float QDQ
-    report = optc.compile(str(path), "cpu", tmp_path / "pkg2", measure=False,
-                          passes=f"quantize<calib={tmp_path / 'calib.npz'}>,integerize<enabled=false>")
+    report = optc.compile(str(path), "cpu", tmp_path / "pkg2", passes=f"quantize<calib={tmp_path / 'calib.npz'}>,integerize<enabled=false>", options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"]
     assert "IntConv2d" not in [n.op_type for n in onnx.load(str(tmp_path / "pkg2" / "model.onnx")).graph.node]
 
@@ -286,3 +284,38 @@ def test_int_max_pool_falls_back_to_stock_converter():
     assert not int8.int_max_pool_supported([1, 2, 5, 5], "uint8", {"kernel_shape": [3, 3], "ceil_mode": 1})
     assert not int8.int_max_pool_supported([1, 2, 5, 5], "uint8", {"kernel_shape": [3, 3], "dilations": [2, 2]})
     assert not int8.int_max_pool_supported([1, 2, 5, 5], "uint8", {"kernel_shape": [2, 2], "pads": [2, 0, 2, 0]})
+
+
+GAPS = {  # name -> (x shape, dtype, x_layout, per-channel multipliers, target)
+    "nchw-s8-per-channel-parallel": ((2, 64, 32, 32), "int8", "NCHW", True, "cpu"),
+    "nhwc-u8-wide": ((1, 7, 7, 512), "uint8", "NHWC", False, "cpu"),
+    "nhwc-u8-odd-channels-arm": ((3, 5, 4, 10), "uint8", "NHWC", False, "arm-a72"),
+}
+
+
+def _gap_model(name: str) -> onnx.ModelProto:
+    shape, dt, layout, per_channel, _ = GAPS[name]
+    rng = np.random.default_rng(4)
+    c, hw = (shape[1], shape[2] * shape[3]) if layout == "NCHW" else (shape[3], shape[1] * shape[2])
+    mult, shift = int_ops.fixed_point(rng.uniform(0.5, 2.0, c if per_channel else 1) / hw)
+    lo = 0 if dt == "uint8" else -128
+    node = helper.make_node("IntGlobalAveragePool", ["x", "m", "s"], ["y"], domain="ai.optc", x_layout=layout,
+                            x_zero_point=lo + 100, y_zero_point=-5, out_min=-128, out_max=127, to=TensorProto.INT8)
+    graph = helper.make_graph([node], "gap", [helper.make_tensor_value_info("x", _DT[dt], list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.INT8, [shape[0], c, 1, 1])],
+                              [numpy_helper.from_array(mult, "m"), numpy_helper.from_array(shift, "s")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
+
+
+@pytest.mark.parametrize("name", list(GAPS))
+def test_int_global_average_pool_exact(name):
+    """IntGlobalAveragePool's kernel (NCHW and NHWC, per-tensor and per-channel requantization)
+    equals the numpy reference bit for bit; the ARM build is compiled, not run."""
+    model, target = _gap_model(name), get_target(GAPS[name][4])
+    if target.name != "cpu":
+        x = _input(model)
+        ex, _ = lower.build(model, [TensorSpec("x", str(x.dtype), x.shape)], target, embed_params=True)
+        assert "optc_int_global_avg_pool" in _asm(ex)
+        return
+    ex, out, ref = _build_and_run(model, target)
+    assert out.dtype == ref.dtype and np.array_equal(out, ref) and len(np.unique(ref)) > 20

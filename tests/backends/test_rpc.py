@@ -82,7 +82,7 @@ def test_remote_options():
         with pytest.raises(UsageError):
             rpc.Remote.from_options(**bad)
     with pytest.raises(UsageError, match="TVM target"):
-        optc.compile(MODEL, "fpga", "/nonexistent/x", input_shapes=SHAPES, rpc="127.0.0.1:1")
+        optc.compile(MODEL, "fpga", "/nonexistent/x", input_shapes=SHAPES, options=optc.CompileOptions.of(rpc="127.0.0.1:1"))
 
 
 @pytest.mark.qemu
@@ -172,8 +172,7 @@ def test_host_python_server_is_measured(tmp_path):
                      "--port-end", str(port + 1), "--key", "x86box"])
     try:
         _wait_port(port)
-        report = optc.compile(MODEL, "cpu", tmp_path / "pkg", input_shapes=SHAPES, rpc=f"127.0.0.1:{port}",
-                              rpc_key="x86box")
+        report = optc.compile(MODEL, "cpu", tmp_path / "pkg", input_shapes=SHAPES, options=optc.CompileOptions.of(rpc=f"127.0.0.1:{port}", rpc_key="x86box"))
         lat = report["latency"]
         assert report["verify"]["passed"] and lat["method"] == "measured"
         assert f"127.0.0.1:{port}" in lat["source"] and "emulated" not in lat["source"]

@@ -94,7 +94,7 @@ MODELS = {"conv": _conv_model, "dense": _dense_model, "eltwise": _eltwise_model}
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_scheduled_build_verifies(tmp_path, name):
     onnx.save(MODELS[name](), str(tmp_path / "m.onnx"))
-    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", measure=False)
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]
 
 

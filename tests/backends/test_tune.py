@@ -54,7 +54,7 @@ def test_compile_reuses_database_and_ships_records(tuned, tmp_path):
     # (normally a record is used only where it measured faster than the rule schedule).
     for base in db.glob("*/rule_baseline.json"):
         base.write_text(json.dumps({k: 1e9 for k in json.loads(base.read_text())}))
-    report = optc.compile(MODEL, "cpu", tmp_path / "pkg", input_shapes=SHAPES, measure=False, tuning_db=db)
+    report = optc.compile(MODEL, "cpu", tmp_path / "pkg", input_shapes=SHAPES, options=optc.CompileOptions.of(measure=False, tuning_db=db))
     assert report["verify"]["passed"]
     t = report["tuning"]
     assert t["functions_from_database"] == summary["tasks"]
@@ -63,10 +63,9 @@ def test_compile_reuses_database_and_ships_records(tuned, tmp_path):
     assert optc.run(tmp_path / "pkg")  # the manifest's hashes cover tuning/
 
     # with the real baselines the database is still consulted; no database: no section
-    report = optc.compile(MODEL, "cpu", tmp_path / "pkg2", input_shapes=SHAPES, measure=False, tuning_db=root)
+    report = optc.compile(MODEL, "cpu", tmp_path / "pkg2", input_shapes=SHAPES, options=optc.CompileOptions.of(measure=False, tuning_db=root))
     assert report["verify"]["passed"] and report["tuning"]["functions"] == t["functions"]
-    report = optc.compile(MODEL, "cpu", tmp_path / "pkg3", input_shapes=SHAPES, measure=False,
-                          tuning_db=tmp_path / "empty")
+    report = optc.compile(MODEL, "cpu", tmp_path / "pkg3", input_shapes=SHAPES, options=optc.CompileOptions.of(measure=False, tuning_db=tmp_path / "empty"))
     assert "tuning" not in report
 
 
@@ -148,8 +147,7 @@ BUDGET_SLACK_S = 8.0
 def test_tune_seconds_budget_holds_including_final_build(tmp_path):
     budget = 20.0
     t0 = time.perf_counter()
-    report = optc.compile(MODEL, "cpu", tmp_path / "pkg", input_shapes=SHAPES, measure=False, tune=100000,
-                          tune_seconds=budget, tuning_db=tmp_path / "db")
+    report = optc.compile(MODEL, "cpu", tmp_path / "pkg", input_shapes=SHAPES, options=optc.CompileOptions.of(measure=False, tune=100000, tune_seconds=budget, tuning_db=tmp_path / "db"))
     wall = time.perf_counter() - t0
     st = report["stage_seconds"]
     through_build = st["frontend"] + st["passes"] + st["build"]

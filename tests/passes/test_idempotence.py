@@ -20,7 +20,7 @@ from tests.conftest import make_conv_model
 from tests.passes.test_binarize import bnn_mlp, bnn_pool_cnn
 
 
-def untidy_model(tmp_path: Path) -> onnx.ModelProto:
+def untidy_model() -> onnx.ModelProto:
     """Conv -> BatchNorm -> Identity -> Relu -> GlobalAveragePool -> Reshape to a shape computed
     by Shape/Gather/Unsqueeze/Concat -> Gemm whose weight is Transpose(constant), plus a dead
     Relu: something to do for every cleanup pass."""
@@ -55,7 +55,7 @@ def untidy_model(tmp_path: Path) -> onnx.ModelProto:
     return model
 
 
-def zero_channel_model(tmp_path: Path) -> onnx.ModelProto:
+def zero_channel_model() -> onnx.ModelProto:
     """The conv model with output channel 2 of the Conv all zero (filter and bias)."""
     model = make_conv_model(with_bn=False)
     for init in model.graph.initializer:
@@ -66,7 +66,7 @@ def zero_channel_model(tmp_path: Path) -> onnx.ModelProto:
     return model
 
 
-def float_mlp(tmp_path: Path) -> onnx.ModelProto:
+def float_mlp() -> onnx.ModelProto:
     """Four float Gemm layers with ReLUs: post-training binarization keeps the first and last."""
     model = onnx.parser.parse_model("""
         <ir_version: 8, opset_import: ["" : 17]>
@@ -95,30 +95,30 @@ def calib(tmp_path: Path) -> str:
     return str(path)
 
 
-def conv_model(tmp_path: Path) -> onnx.ModelProto:
+def conv_model() -> onnx.ModelProto:
     return make_conv_model(with_bn=False)
 
 
-# name -> (pass text, model builder, pipeline run first to give the pass something to rewrite);
-# "{calib}" in a text is replaced by calibration data written to tmp_path
-CASES: dict[str, tuple[str, Callable[[Path], onnx.ModelProto], str]] = {
-    "simplify": ("simplify", untidy_model, ""),
-    "fold-constants": ("fold-constants", untidy_model, ""),
-    "remove-identity": ("remove-identity", untidy_model, ""),
-    "fuse-bn": ("fuse-bn", untidy_model, ""),
-    "dce": ("dce", untidy_model, ""),
-    "prune-zero": ("prune-zero", zero_channel_model, ""),
-    "sparsify": ("sparsify<sparsity=0.5>", conv_model, ""),
-    "quantize": ("quantize<calib={calib}>", conv_model, ""),
-    "integerize": ("integerize", conv_model, "quantize<calib={calib}>"),
-    "sign-to-threshold": ("sign-to-threshold", lambda _: bnn_mlp()[0], ""),
-    "binarize": ("binarize", lambda _: bnn_mlp()[0], "sign-to-threshold"),
-    "binarize<post-training>": ("binarize<post-training>", float_mlp, ""),
-    "fuse-binary-threshold": ("fuse-binary-threshold", lambda _: bnn_pool_cnn()[0], "sign-to-threshold,binarize"),
+# pass text -> (model builder, pipeline run first to give the pass something to rewrite);
+# "{calib}" stands for calibration data written to tmp_path
+CASES: dict[str, tuple[Callable[[], onnx.ModelProto], str]] = {
+    "simplify": (untidy_model, ""),
+    "fold-constants": (untidy_model, ""),
+    "remove-identity": (untidy_model, ""),
+    "fuse-bn": (untidy_model, ""),
+    "dce": (untidy_model, ""),
+    "prune-zero": (zero_channel_model, ""),
+    "sparsify<sparsity=0.5>": (conv_model, ""),
+    "quantize<calib={calib}>": (conv_model, ""),
+    "integerize": (conv_model, "quantize<calib={calib}>"),
+    "sign-to-threshold": (lambda: bnn_mlp()[0], ""),
+    "binarize": (lambda: bnn_mlp()[0], "sign-to-threshold"),
+    "binarize<post-training>": (float_mlp, ""),
+    "fuse-binary-threshold": (lambda: bnn_pool_cnn()[0], "sign-to-threshold,binarize"),
 }
 
-# passes declared not idempotent, with the reason, and a model on which a second run rewrites again
-NOT_IDEMPOTENT: dict[str, tuple[str, str, Callable[[Path], onnx.ModelProto]]] = {
+# passes declared not idempotent: name -> (why, pass text, a model a second run rewrites again)
+NOT_IDEMPOTENT: dict[str, tuple[str, str, Callable[[], onnx.ModelProto]]] = {
     "prune": ("each run removes `ratio` of the channels that are left: prune<ratio=0.5> twice keeps a quarter",
               "prune<ratio=0.5>", conv_model),
 }
@@ -126,25 +126,21 @@ NOT_IDEMPOTENT: dict[str, tuple[str, str, Callable[[Path], onnx.ModelProto]]] = 
 
 def test_every_pass_declares_idempotence_and_has_a_case():
     declared = {name: cls.idempotent for name, cls in registered_passes().items()}
-    covered = {text.partition("<")[0] for text, _, _ in CASES.values()}
-    assert covered == {name for name, idem in declared.items() if idem}
+    assert {text.partition("<")[0] for text in CASES} == {name for name, idem in declared.items() if idem}
     assert set(NOT_IDEMPOTENT) == {name for name, idem in declared.items() if not idem}
 
 
-def _prepared(case: tuple, tmp_path: Path) -> tuple[str, ir.Model]:
-    text, build, before = case
+@pytest.mark.parametrize("text", list(CASES))
+def test_a_second_run_changes_nothing(text, tmp_path):
+    build, before = CASES[text]
     data = calib(tmp_path)
-    model = ir.serde.deserialize_model(build(tmp_path))
+    model = ir.serde.deserialize_model(build())
     if before:
         model, _ = run_pipeline(model, before.format(calib=data))
-    return text.format(calib=data), model
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_a_second_run_changes_nothing(name, tmp_path):
-    text, model = _prepared(CASES[name], tmp_path)
+    text = text.format(calib=data)
     (spec,) = parse_pipeline(text)
     p = instantiate(spec)
+    config = dict(vars(p))
     first = p(model)
     assert isinstance(first, PassResult) and isinstance(first.details, dict)
     assert first.modified, f"{text}: the model gives the pass nothing to do"
@@ -153,11 +149,12 @@ def test_a_second_run_changes_nothing(name, tmp_path):
     second = p(first.model)
     assert isinstance(second, PassResult) and not second.modified
     assert ir.serde.serialize_model(second.model) == once
+    assert vars(p) == config  # the results are in the PassResult, not on the pass object
 
 
 @pytest.mark.parametrize("name", list(NOT_IDEMPOTENT))
-def test_a_pass_declared_not_idempotent_is_not(name, tmp_path):
+def test_a_pass_declared_not_idempotent_is_not(name):
     _, text, build = NOT_IDEMPOTENT[name]
     p = instantiate(parse_pipeline(text)[0])
-    model = ir.serde.deserialize_model(build(tmp_path))
+    model = ir.serde.deserialize_model(build())
     assert p(model).modified and p(model).modified

@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optc import pipeline, verify
+from optc.passes.optc_ops import run_op
 from optc.passes.quant import int_ops, quantize_model
 from optc.passes.quant.integerize import auto_integerize, integerize_model
 from optc.passes.quant.tolerance import output_steps
@@ -171,6 +172,46 @@ def test_int_dense_reference():
     b = rng.integers(-99, 99, 5).astype(np.int32)
     acc = int_ops.int_dense(x, w, b)
     assert np.array_equal(acc, x.astype(np.int64) @ w.astype(np.int64).T + b)
+
+
+def _qdq_global_average_pool(x_scale, x_zp, y_scale, y_zp) -> onnx.ModelProto:
+    """x (uint8 codes) -> DequantizeLinear -> GlobalAveragePool -> QuantizeLinear -> y (int8)."""
+    inits = [numpy_helper.from_array(np.array(v, dt), k) for k, v, dt in
+             (("sx", x_scale, np.float32), ("zx", x_zp, np.uint8), ("sy", y_scale, np.float32), ("zy", y_zp, np.int8))]
+    nodes = [helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
+             helper.make_node("GlobalAveragePool", ["xf"], ["g"]),
+             helper.make_node("QuantizeLinear", ["g", "sy", "zy"], ["y"])]
+    graph = helper.make_graph(nodes, "gap", [helper.make_tensor_value_info("x", TensorProto.UINT8, [4, 16, 7, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT8, [4, 16, 1, 1])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_int_global_average_pool_matches_qdq():
+    """IntGlobalAveragePool = DQ -> GlobalAveragePool -> Q on the codes: equal to onnxruntime's
+    float computation except for rounding at .5 boundaries (one step, half up vs half to even);
+    NCHW and NHWC inputs give the same codes."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (4, 16, 7, 7)).astype(np.uint8)
+    sx, zx, sy, zy = 0.05, 120, 0.02, -3
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(_qdq_global_average_pool(sx, zx, sy, zy).SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    qdq = sess.run(None, {"x": x})[0]
+    mult, shift = int_ops.fixed_point([np.float32(sx) / np.float32(sy) / 49])
+    attrs = dict(x_zero_point=zx, y_zero_point=zy, out_min=-128, out_max=127, to=TensorProto.INT8)
+    y = run_op("IntGlobalAveragePool", x, mult, shift, **attrs)
+    assert y.dtype == np.int8 and y.shape == (4, 16, 1, 1) and len(np.unique(y)) > 20
+    diff = y.astype(np.int32) - qdq.astype(np.int32)
+    assert np.abs(diff).max() <= 1 and np.count_nonzero(diff) <= 2
+    nhwc = run_op("IntGlobalAveragePool", np.ascontiguousarray(x.transpose(0, 2, 3, 1)), mult, shift,
+                  x_layout="NHWC", **attrs)
+    assert np.array_equal(nhwc, y)
+    # the sum itself, exactly: sum of (x - zero point) over the 7 x 7 window
+    acc = x.astype(np.int64).sum(axis=(2, 3)) - 49 * zx
+    assert np.array_equal(y[:, :, 0, 0], int_ops.requantize(acc, mult, shift, 1, zy, -128, 127, np.int8))
 
 
 def test_auto_integerize_rule():
