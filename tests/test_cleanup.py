@@ -181,3 +181,39 @@ def test_writer_marker_is_not_in_the_package(tmp_path):
         assert list(file_table(tmp)) == ["model.so"]
     assert sorted(p.name for p in (tmp_path / "pkg").iterdir()) == ["model.so"]
     assert [p.name for p in tmp_path.iterdir()] == ["pkg"]
+
+
+def test_closed_terminal_during_compile_leaves_nothing(tmp_path):
+    """The terminal itself goes away (pty master closed: the kernel sends SIGHUP and writes to
+    the terminal fail): cleanup, exit 129, no leftover."""
+    import pty
+
+    model = tmp_path / "conv.onnx"
+    make_conv_model(model)
+    out = tmp_path / "out"
+    out.mkdir()
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.chdir(tmp_path)
+            os.environ["PYTHONPATH"] = str(REPO)
+            os.execv(sys.executable, [sys.executable, "-m", "optc", "compile", str(model), "-t", "cpu",
+                                      "-o", str(out / "conv.cpu")])
+        finally:
+            os._exit(127)
+    try:
+        t0 = time.monotonic()
+        while not list(out.glob(".*.tmp-*")):
+            assert time.monotonic() - t0 < 120, "no temporary package directory appeared"
+            try:  # keep the terminal drained
+                import select
+
+                if select.select([fd], [], [], 0.02)[0]:
+                    os.read(fd, 65536)
+            except OSError:
+                break
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGHUP
+    assert list(out.iterdir()) == []

@@ -392,10 +392,12 @@ def test_integer_global_average_pool_costs_what_its_qdq_form_costs():
     x = helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 8, 5, 5])
     y = helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 8, 1, 1])
     qdq = helper.make_model(helper.make_graph(
-        [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"]), helper.make_node("GlobalAveragePool", ["xf"], ["g"]),
+        [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"]),
+         helper.make_node("GlobalAveragePool", ["xf"], ["g"]),
          helper.make_node("QuantizeLinear", ["g", "s", "z"], ["y"])], "g", [x], [y], sc),
         opset_imports=[helper.make_opsetid("", 17)])
-    rq = [numpy_helper.from_array(np.array([1 << 30], np.int32), "m"), numpy_helper.from_array(np.array([35], np.int32), "sh")]
+    rq = [numpy_helper.from_array(np.array([1 << 30], np.int32), "m"),
+          numpy_helper.from_array(np.array([35], np.int32), "sh")]
     integer = helper.make_model(helper.make_graph(
         [helper.make_node("IntGlobalAveragePool", ["x", "m", "sh"], ["y"], domain="ai.optc", out_min=0, out_max=255)],
         "g", [x], [y], rq), opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])

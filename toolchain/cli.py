@@ -15,6 +15,7 @@ import importlib
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 import traceback
@@ -370,11 +371,13 @@ def _signals_as_interrupts():
     def handler(signum, frame):
         for s in sigs:
             signal.signal(s, signal.SIG_IGN)
-        if signum == getattr(signal, "SIGHUP", None):  # the terminal is gone: writes to it would fail
+        if signum == getattr(signal, "SIGHUP", None):
+            # The terminal is gone: writes to it fail (EIO), and so would the exit. A hung-up
+            # terminal no longer answers isatty(), so any character device is let go.
             devnull = os.open(os.devnull, os.O_WRONLY)
             for fd in (1, 2):
                 with contextlib.suppress(OSError):
-                    if os.isatty(fd):
+                    if stat.S_ISCHR(os.fstat(fd).st_mode):
                         os.dup2(devnull, fd)
             os.close(devnull)
         raise Terminated(signum)

@@ -201,6 +201,48 @@ def output_specs(model: onnx.ModelProto) -> list[TensorSpec]:
     return specs
 
 
+# element types a backend can take: the ones numpy holds natively (inputs, outputs and sample
+# files are numpy arrays) and TVM's LLVM code generation handles
+TENSOR_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BOOL,
+    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+})
+_TYPE_ATTRS = {"Cast": "to", "RandomNormal": "dtype", "RandomUniform": "dtype", "EyeLike": "dtype",
+               "RandomNormalLike": "dtype", "RandomUniformLike": "dtype", "Multinomial": "dtype", "Bernoulli": "dtype"}
+
+
+def check_types(model: onnx.ModelProto, backend: str) -> None:
+    """Raise UnsupportedModelError naming every tensor of an element type outside
+    :data:`TENSOR_TYPES` (bfloat16, float8, int4, strings, ...): numpy cannot hold it as an
+    input or output, and the backend has no kernels for it. Checks graph inputs, outputs,
+    initializers, inferred intermediate values and the target types of Cast-like nodes."""
+    seen: dict[str, list[str]] = {}
+
+    def note(elem_type: int, where: str) -> None:
+        if elem_type and elem_type not in TENSOR_TYPES:
+            seen.setdefault(onnx.TensorProto.DataType.Name(elem_type), []).append(where)
+
+    inferred = infer_shapes(model)
+    g = inferred.graph
+    for kind, vis in (("input", g.input), ("output", g.output), ("value", g.value_info)):
+        for vi in vis:
+            if vi.type.HasField("tensor_type"):
+                note(vi.type.tensor_type.elem_type, f"{kind} {vi.name!r}")
+    for t in g.initializer:
+        note(t.data_type, f"initializer {t.name!r}")
+    for i, node in enumerate(g.node):
+        for a in node.attribute:
+            if a.name == _TYPE_ATTRS.get(node.op_type) and a.type == onnx.AttributeProto.INT:
+                note(a.i, f"{node.op_type} node {node.name or f'#{i}'}")
+            if a.type == onnx.AttributeProto.TENSOR:
+                note(a.t.data_type, f"{node.op_type} node {node.name or f'#{i}'}")
+    if seen:
+        parts = [f"{t} ({', '.join(w[:3])}{', ...' if len(w) > 3 else ''})" for t, w in sorted(seen.items())]
+        raise UnsupportedModelError(f"element type(s) backend {backend} cannot take (numpy has no such dtype "
+                                    f"or there are no kernels for it): " + "; ".join(parts))
+
+
 def check_supported(model: onnx.ModelProto, supported: set[str], backend: str) -> None:
     """Raise UnsupportedModelError listing every unsupported op type with its node names.
 

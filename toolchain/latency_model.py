@@ -10,7 +10,8 @@ Two lower bounds, each labelled with what it rests on:
   (:func:`rates`; figures in the target table, :class:`optc.targets.Peak`):
 
   - fp32: ``fp32_flops_per_cycle`` (FMA lanes x 2) x clock x cores;
-  - int8 ``IntConv2d``/``IntDense`` (optc's kernels, ``backends/tvm/int8.py``): the dot-product
+  - int8 ``IntConv2d``/``IntDense`` (optc's kernels, ``backends/tvm/int8.py``; the ``ai.optc``
+    ops whose registry entry says so, ``Cost.dot_product`` in :mod:`optc.ops`): the dot-product
     rate (``int8_dot_macs_per_cycle``: ``sdot``) where the target's code has it (``+dotprod`` in
     the TVM target's ``mattr``, and the library's disassembly does not say otherwise), else the
     int32 widening multiply-accumulate fallback (``int32_macs_per_cycle``). A Cortex-A72 has no
@@ -37,7 +38,6 @@ from __future__ import annotations
 from typing import Any
 
 DISAGREEMENT = 2.0  # ratio of the two lower bounds above which the report carries a consistency note
-_OPTC_DOT_OPS = {"IntConv2d", "IntDense"}  # optc's int8 kernels that use the dot product where the core has it
 LABEL_ROOFLINE = "modeled: roofline lower bound (operation counts, published peaks)"
 LABEL_INSTRUCTIONS = "modeled: executed-instruction lower bound (qemu insn plugin count, issue width, clock)"
 
@@ -84,10 +84,19 @@ def rates(peak, tvm: dict | None = None, *, dot_product: bool | None = None) -> 
     return out
 
 
+def _uses_dot_product(op: str | None) -> bool:
+    """Whether optc's kernel for ``ai.optc`` op ``op`` uses the int8 dot product where the core
+    has one (its registry entry's ``Cost.dot_product``)."""
+    from . import ops
+
+    op_def = ops.get(op) if op else None
+    return op_def is not None and op_def.cost.dot_product
+
+
 def _kernel_class(layer: dict) -> str:
     arith = layer.get("arith", "fp32")
     if arith == "int8":
-        return "int8" if layer.get("op") in _OPTC_DOT_OPS and not layer.get("depthwise") else "int8-int32"
+        return "int8" if _uses_dot_product(layer.get("op")) and not layer.get("depthwise") else "int8-int32"
     return "binary" if arith == "binary" else "fp32"
 
 

@@ -134,7 +134,7 @@ class Surrogate:
         self._dims = dims
         self.nodes: list[onnx.NodeProto] = []
         self.weights: dict[str, list[int]] = {}
-        self._has_main = False
+        self.has_main = False
 
     def dims(self, name: str) -> list[int] | None:
         return self._dims.get(name)
@@ -173,9 +173,9 @@ class Surrogate:
 
     def main(self, op_type: str, inputs: list[str], outputs: list[str], **attrs) -> None:
         """The node that carries the op's MACs (keeps the op node's name)."""
-        if self._has_main:
+        if self.has_main:
             raise ValueError(f"surrogate of {self.node.op_type}: one main node only")
-        self._has_main = True
+        self.has_main = True
         self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.node.name, **attrs))
 
     def aux(self, role: str, op_type: str, inputs: list[str], outputs: list[str], **attrs) -> None:
@@ -269,7 +269,8 @@ def define(*, inputs, attributes=(), outputs, cost: Cost, lowering: Mapping[str,
     def wrap(cls):
         name = cls.__name__
         old = _REGISTRY.get(name)
-        if old is not None and (old.reference.__module__, old.reference.__qualname__) != (cls.__module__, cls.__qualname__):
+        where = (cls.__module__, cls.__qualname__)
+        if old is not None and (old.reference.__module__, old.reference.__qualname__) != where:
             raise ValueError(f"ai.optc op {name} is defined twice")
         params = list(inspect.signature(cls._run).parameters)[1:]
         declared = [o.name for o in inputs] + [a.name for a in attributes]
@@ -332,6 +333,8 @@ def surrogate_for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
         if d is None or not d.cost.surrogate(s):
             nodes.append(n)
             continue
+        if not s.has_main:  # the costs of the surrogate's nodes map back to the graph's by their main nodes
+            raise ValueError(f"the cost surrogate of {n.op_type} added no main node")
         nodes.extend(s.nodes)
         retyped.update(n.output)
         g.input.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)

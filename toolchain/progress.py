@@ -129,7 +129,8 @@ class Step:
             from rich.markup import escape
 
             inner = root._inner
-            parts = [root.text] + ([inner.text] if inner is not root else []) + ([inner._where()] if inner.current else [])
+            parts = [root.text] + ([inner.text] if inner is not root else [])
+            parts += [inner._where()] if inner.current else []
             root._status.update(f"{escape(': '.join(parts))} ({elapsed_text(inner.elapsed())}) ...")
 
     @contextlib.contextmanager

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from . import analysis, artifact, frontend, pipeline, verify
-from .errors import InternalError, OptcError, VerificationError
+from .errors import InternalError, OptcError, UnsupportedModelError, VerificationError
 from .progress import Progress
 from .targets import Target
 
@@ -157,7 +157,14 @@ class Job:
         set, joined per output (:func:`verify.join_calls`); computed once per model."""
         if which not in self._refs:
             model = self.optimized if which == "optimized" else self.original
-            self._refs[which] = verify.join_calls([verify.reference_outputs(model, s) for s in self.sets])
+            try:
+                self._refs[which] = verify.join_calls([verify.reference_outputs(model, s) for s in self.sets])
+            except Exception as err:
+                if which != "original":  # the pipeline's output: optc's bug
+                    raise
+                # optc verifies against onnxruntime: a model it cannot run cannot be verified
+                raise UnsupportedModelError("onnxruntime (optc's reference for verification) cannot run the model: "
+                                            + " ".join(str(err).split())[:300]) from err
         return self._refs[which]
 
     @property
@@ -170,10 +177,16 @@ class Job:
 
 # ----------------------------------------------------------------------------- 2. load
 def load(job: Job) -> None:
-    """Read and check the model; list every op the backend cannot lower."""
+    """Read and check the model; list every op the backend cannot lower. A model that is
+    already quantized (QDQ layers) gets ``integerize`` like a quantizing pipeline
+    (``optc.passes.quant.integerize.auto_integerize``)."""
+    from optc.passes.quant.integerize import auto_integerize
+
     with job.stage("frontend", "load and check model"):
         job.original = frontend.load_model(job.source)
         frontend.check_supported(job.original, job.backend.supported_ops(), job.backend.name)
+        frontend.check_types(job.original, job.backend.name)
+        job.specs = auto_integerize(job.specs, job.target, job.backend, job.original)
 
 
 # ----------------------------------------------------------------------------- 3. bind
@@ -315,8 +328,14 @@ def open_session(job: Job, load_session) -> Iterator[Any]:
 def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
     """Run the artifact on every input set and compare with the reference: onnxruntime on the
     original model, or on the optimized model when the pipeline is lossy (quantized graphs by
-    the rules of :mod:`optc.passes.quant.tolerance`). Raises VerificationError on a mismatch."""
+    the rules of :mod:`optc.passes.quant.tolerance`). An input model that is already quantized
+    (QDQ) is checked by those rules too, and, when the pipeline changed it (integerize), also
+    against onnxruntime on the original QDQ model (``original_qdq`` in the verdict;
+    ``tolerance.compare_to_original_qdq``). Raises VerificationError on a mismatch."""
+    from optc.passes.quant import qdq
+
     which = "optimized" if job.lossy else "original"
+    prequantized = qdq.is_quantized(job.original)
     if not opts.enabled:
         return {"passed": None, "skipped": "--no-verify"}
     if not job.session.runnable:
@@ -325,11 +344,17 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
     with job.stage("verify", f"verify against onnxruntime ({len(job.sets)} call(s))"):
         outs = verify.join_calls(job.session.run_many([job.args(k) for k in range(len(job.sets))]))
         refs = job.reference(which)
-        if job.lossy:
-            from optc.passes.quant.tolerance import compare_quantized
+        if job.lossy or prequantized:
+            from optc.passes.quant.tolerance import compare_quantized, compare_to_original_qdq
 
             verdict = compare_quantized(outs, refs, job.out_names, opts.atol, opts.rtol, job.optimized,
                                         lambda: job.reference("original"))
+            if prequantized and job.lossy:
+                second = compare_to_original_qdq(outs, job.reference("original"), job.out_names, opts.atol,
+                                                 opts.rtol, job.original)
+                second["reference"] = verify.reference_name(job.original) + ", on the original QDQ model"
+                verdict["original_qdq"] = second
+                verdict["passed"] = verdict["passed"] and second["passed"]
         else:
             verdict = verify.compare(outs, refs, job.out_names, opts.atol, opts.rtol)
         rows = verify.rows_per_call(job.in_specs)
@@ -338,6 +363,14 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
                         f"optimized ONNX model: the pipeline has lossy passes ({', '.join(job.lossy)}); "
                         "fidelity to the original is reported apart" if job.lossy else "original model")}
         _save_sample_outputs(job, refs)
+    second = verdict.get("original_qdq")
+    if second is not None and not second["passed"] and all(o["passed"] for o in verdict["outputs"]):
+        bad = [o for o in second["outputs"] if not o["passed"]]
+        detail = "; ".join(f"{o['name']}: " + (o.get("error") or f"max abs error {o['max_abs_error']:.3g}")
+                           for o in bad) or second.get("error", "")
+        raise VerificationError("artifact output agrees with optc's integer reference but differs from onnxruntime "
+                                f"on the original QDQ model beyond the quantizer-step rule ({verdict['samples']} "
+                                f"samples): {detail}")
     if not verdict["passed"]:
         bad = [o for o in verdict["outputs"] if not o["passed"]]
         detail = "; ".join(f"{o['name']}: " + (o.get("error") or f"max abs error {o['max_abs_error']:.3g}, "

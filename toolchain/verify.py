@@ -80,11 +80,11 @@ def generate_inputs(specs: list[TensorSpec], seed: int = 0, *, rng=None) -> dict
     for s in specs:
         dt = np.dtype(s.dtype)
         if dt.kind == "f":
-            out[s.name] = rng.standard_normal(s.shape).astype(dt)
+            out[s.name] = np.asarray(rng.standard_normal(s.shape), dtype=dt)  # 0-d stays an ndarray
         elif dt.kind in "iu":
-            out[s.name] = rng.integers(0, 8, size=s.shape).astype(dt)
+            out[s.name] = np.asarray(rng.integers(0, 8, size=s.shape), dtype=dt)
         elif dt.kind == "b":
-            out[s.name] = rng.integers(0, 2, size=s.shape).astype(bool)
+            out[s.name] = np.asarray(rng.integers(0, 2, size=s.shape), dtype=bool)
         else:
             raise InvalidModelError(f"input {s.name!r}: cannot generate sample data of type {s.dtype}")
     return out
@@ -133,7 +133,7 @@ def sample_sets(arrays: Mapping[str, np.ndarray], specs: list[TensorSpec], sourc
         if a is None:
             continue
         if a.shape == tuple(s.shape):
-            fixed[s.name] = np.ascontiguousarray(a)
+            fixed[s.name] = np.asarray(a, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
         elif (a.ndim == len(s.shape) and a.ndim >= 1 and a.shape[1:] == tuple(s.shape[1:])
               and s.shape[0] > 0 and a.shape[0] > s.shape[0]):
             split[s.name] = a

@@ -71,7 +71,7 @@ class CpuSession(SessionBase):
         self._tensor = tvm.runtime.tensor
 
     def _args(self, inputs):
-        return [self._tensor(np.ascontiguousarray(x), self._dev) for x in inputs] + self._params
+        return [lower.host_tensor(x) for x in inputs] + self._params
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return lower.flatten_outputs(self._main(*self._args(inputs)))

@@ -27,9 +27,12 @@ from . import schedule
 
 # optc's own ops (e.g. packed bit-serial or integer operators that passes emit in an "ai.optc.*"
 # domain) get converters registered here: "domain::OpType" -> a tvm OnnxOpConverter subclass.
+# Standard ONNX ops the importer lacks or gets wrong are registered in the default domain ""
+# (``onnx_ops.py``: key "::OpType", listed by ``supported_ops`` as plain "OpType").
 # Modules listed in CONVERTER_MODULES register theirs when imported.
 CUSTOM_CONVERTERS: dict[str, type] = {}
-CONVERTER_MODULES: tuple[str, ...] = ("optc.backends.tvm.bitserial", "optc.backends.tvm.int8")
+CONVERTER_MODULES: tuple[str, ...] = ("optc.backends.tvm.bitserial", "optc.backends.tvm.int8",
+                                      "optc.backends.tvm.onnx_ops")
 
 
 def register_converter(domain: str, op_type: str):
@@ -97,7 +100,7 @@ def supported_ops() -> set[str]:
     from tvm.relax.frontend.onnx import onnx_frontend
 
     _load_converter_modules()
-    return set(onnx_frontend._get_convert_map()) | set(CUSTOM_CONVERTERS)
+    return set(onnx_frontend._get_convert_map()) | {k.removeprefix("::") for k in CUSTOM_CONVERTERS}
 
 
 @contextlib.contextmanager
@@ -221,9 +224,31 @@ def load_params(path: Path) -> list:
     return [d[k] for k in sorted(d)]
 
 
+_DLPACK_DTYPES = frozenset(("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                            "uint32", "uint64", "bool"))
+
+
+def host_tensor(array: np.ndarray):
+    """A numpy array as a TVM host tensor without a copy where it is 64-byte aligned and
+    contiguous (the alignment TVM's kernels assume), else through one aligned copy."""
+    import tvm_ffi
+
+    a = np.asarray(array, order="C")  # not ascontiguousarray: it makes a 0-d array 1-d
+    if a.ctypes.data % 64 or a.dtype.kind not in "fiub" or a.dtype.byteorder == ">":
+        buf = np.empty(a.nbytes + 64, np.uint8)
+        off = (-buf.ctypes.data) % 64
+        b = buf[off:off + a.nbytes].view(a.dtype.newbyteorder("=")).reshape(a.shape)
+        b[...] = a
+        a = b
+    return tvm_ffi.from_dlpack(a)
+
+
 def flatten_outputs(out) -> list[np.ndarray]:
-    """A VM result (tensor or nested tuple of tensors) as a flat list of numpy arrays."""
+    """A VM result (tensor or nested tuple of tensors) as a flat list of numpy arrays (host
+    tensors copied through DLPack, which costs a fraction of ``Tensor.numpy()``'s overhead)."""
     if hasattr(out, "numpy"):
+        if out.device.dlpack_device_type() == 1 and str(out.dtype) in _DLPACK_DTYPES:  # kDLCPU
+            return [np.from_dlpack(out).copy()]
         return [out.numpy()]
     result = []
     for item in out:

@@ -28,8 +28,8 @@ from onnx.reference.op_run import OpRun
 from optc.onnx_utils import int_attr
 from optc.ops import DOMAIN, Attr, Cost, Operand, Surrogate, conv_surrogate, define, dense_surrogate
 
-__all__ = ["OPS", "OP_TYPES", "STANDARD_OPS", "fixed_point", "requantize", "int_conv2d", "int_dense", "ACC_LIMIT", "LAYOUTS",
-           "layout_of"]
+__all__ = ["OPS", "OP_TYPES", "STANDARD_OPS", "fixed_point", "requantize", "int_conv2d", "int_dense", "ACC_LIMIT",
+           "LAYOUTS", "layout_of"]
 
 ACC_LIMIT = 2 ** 31 - 1
 

@@ -23,12 +23,22 @@ Transpose where such a group meets another op (:func:`_assign_layouts`; ``nhwc=f
 NCHW everywhere). On ResNet-18 this leaves 2 Transposes and saves each conv its input
 re-layout and output scatter.
 
-Assumes a QDQ graph from ``quantize`` (or any QDQ graph of that form). Guarantees: every
-rewritten layer computes in integers; weights stay int8 initializers (int4: int8 in [-7, 7]);
-a layer that does not match stays in float QDQ and ``details["float_layers"]`` says why
-(float bias, grouped conv other than depthwise, no output QuantizeLinear (``output-qdq=false``
-on the last layer), MatMul of rank > 2, non-constant parameters, multiplier out of range, an
-int32 accumulator that could overflow, ...). Running it twice changes nothing the second time.
+Assumes a QDQ graph from ``quantize`` or any QDQ graph of that form, e.g. onnxruntime's
+``quantize_static`` (QDQ format): the weight may also be a float constant behind a
+QuantizeLinear with an int8 zero point (``AddQDQPairToWeight``; the codes are computed here as
+onnxruntime's QuantizeLinear does), and the bias a float constant (``QuantizeBias=False``,
+``quantize<quantize-bias=false>``): it is rounded to int32 on the accumulator grid
+``s_x * s_w[n]``, which moves the layer's result by at most half an accumulator step (a
+fraction ``m / 2`` of an output step, ``m = s_x * s_w / s_y``), a rounding flip like those
+below. A fused Relu that the quantizer removed (onnxruntime drops it when the output
+quantizer's range starts at 0) needs nothing: the clamp to the output type is the Relu.
+
+Guarantees: every rewritten layer computes in integers; weights stay int8 initializers (int4:
+int8 in [-7, 7]); a layer that does not match stays in float QDQ and
+``details["float_layers"]`` says why (non-constant or non-int8 weight, weight zero point != 0,
+grouped conv other than depthwise, no output QuantizeLinear (``output-qdq=false`` on the last
+layer), MatMul of rank > 2, non-constant parameters, multiplier out of range, an int32
+accumulator that could overflow, ...). Running it twice changes nothing the second time.
 
 Numbers: the integer ops equal their numpy references bit for bit; against the QDQ graph
 (float32 math, round half to even) an output code differs by one step where ``acc * m`` is
@@ -37,8 +47,11 @@ Verification compares the artifact with this pass's output model (the numpy refe
 the integer ops), at the QDQ tolerance of :mod:`.tolerance` for the float parts in between.
 
 How users get it: ``optc compile`` appends ``integerize`` to a pipeline that holds
-``quantize`` when the target's backend lowers these ops (CPU and ARM); write
-``integerize<enabled=false>`` in the pipeline to keep the float QDQ graph.
+``quantize``, and to any pipeline when the input model is already quantized (QDQ layers,
+:func:`qdq_layers`), when the target's backend lowers these ops (CPU and ARM); write
+``integerize<enabled=false>`` in the pipeline to keep the float QDQ graph. A pre-quantized
+model's artifact is verified against this pass's output and against onnxruntime on the
+original QDQ model (:func:`.tolerance.compare_to_original_qdq`).
 """
 
 from __future__ import annotations
@@ -55,9 +68,9 @@ from optc.onnx_utils import attr
 from optc.passes.optc_ops import DOMAIN, VERSION
 from optc.pipeline import Pass, PassResult, register_pass
 
-from . import int_ops
+from . import int_ops, qparams
 
-__all__ = ["Integerize", "integerize_model", "INTEGER_OPS", "auto_integerize"]
+__all__ = ["Integerize", "integerize_model", "INTEGER_OPS", "auto_integerize", "qdq_layers"]
 
 INTEGER_OPS = tuple(f"{DOMAIN}::{t}" for t in int_ops.OP_TYPES)
 _QTYPES = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127)}  # code range per type
@@ -126,6 +139,8 @@ def _match(g: _Graph, node) -> dict:
     zx = int(np.asarray(zp_x).reshape(-1)[0]) if zp_x is not None else 0
     w_name, s_w, zp_w, w_axis, _ = _dq(g, node.input[1], "weight")
     w = g.const(w_name)
+    if w is None:
+        w = _folded_quantize(g, w_name)  # float weight -> QuantizeLinear (onnxruntime's AddQDQPairToWeight)
     if w is None or w.dtype != np.int8:
         raise _NoMatch("weight is not an int8 constant")
     if zp_w is not None and np.any(zp_w != 0):
@@ -148,8 +163,20 @@ def _match(g: _Graph, node) -> dict:
     elif s_w.size != n or (w_axis % w.ndim) != n_axis:
         raise _NoMatch("weight scale is not per output channel")
     s_w = s_w.reshape(-1)
-    bias = None
-    if len(node.input) > 2 and node.input[2]:
+    bias, bias_from = None, None
+    if len(node.input) > 2 and node.input[2] and _is_float_const(g, node.input[2]):
+        # a float bias (onnxruntime's QuantizeBias=False, quantize<quantize-bias=false>): rounded
+        # onto the accumulator grid s_x * s_w, as an int32 bias DequantizeLinear would hold it
+        bf = np.asarray(g.const(node.input[2]), np.float32).reshape(-1)
+        if bf.size == 1 and n > 1:
+            bf = np.full(n, bf[0], np.float32)
+        if bf.size != n:
+            raise _NoMatch("bias shape")
+        bq, _, fits = qparams.bias_qparams(bf, np.float32(s_x.reshape(-1)[0]), s_w.astype(np.float32))
+        if not fits:
+            raise _NoMatch("float bias does not fit int32 on the accumulator grid s_x * s_w")
+        bias, bias_from = bq.astype(np.int64), "float bias rounded to int32 (step s_x * s_w)"
+    elif len(node.input) > 2 and node.input[2]:
         b_name, s_b, zp_b, _, _ = _dq(g, node.input[2], "bias")
         bias = g.const(b_name)
         if bias is None or bias.dtype != np.int32:
@@ -238,7 +265,31 @@ def _match(g: _Graph, node) -> dict:
     else:
         op_type = "IntDense"
     return {"op_type": op_type, "x_q": x_q, "w": np.ascontiguousarray(wk.astype(np.int8)), "b": b.astype(np.int32),
-            "mult": mult, "shift": shift, "attrs": attrs, "x_dtype": str(np.dtype(x_qt)), "out": nxt.output[0], "chain": chain}
+            "mult": mult, "shift": shift, "attrs": attrs, "x_dtype": str(np.dtype(x_qt)), "out": nxt.output[0],
+            "chain": chain, "bias_from": bias_from}
+
+
+def _is_float_const(g: _Graph, name: str) -> bool:
+    v = g.const(name)
+    return v is not None and np.asarray(v).dtype.kind == "f"
+
+
+def _folded_quantize(g: _Graph, name: str):
+    """The int8 codes of ``name`` when a QuantizeLinear of constants writes it (a float weight
+    quantized in the graph), computed as onnxruntime does (:func:`.qparams.quantize`); else None."""
+    node = g.producers.get(name)
+    if node is None or node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx"):
+        return None
+    x, s = g.const(node.input[0]), g.const(node.input[1])
+    zp = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if x is None or s is None or np.asarray(x).dtype.kind != "f":
+        return None
+    if zp is None or np.asarray(zp).dtype != np.int8 or attr(node, "saturate", 1) != 1:
+        return None  # uint8 (default) or float8 codes: not an int8 weight
+    if any(a.name == "block_size" and a.i for a in node.attribute):
+        return None
+    axis = attr(node, "axis", 1) if np.asarray(s).size > 1 else None
+    return qparams.quantize(x, s, zp, qparams.QType(8, True, -128, 127), axis)
 
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -287,7 +338,8 @@ def integerize_model(model: onnx.ModelProto, nhwc: bool = True) -> tuple[onnx.Mo
         layers.append({"name": lname, "op": m["op_type"], "fused_activation": (m["chain"][1].op_type
                        if len(m["chain"]) == 3 else None),
                        "activation": m["x_dtype"],
-                       "weight_range": [int(m["w"].min()), int(m["w"].max())]})
+                       "weight_range": [int(m["w"].min()), int(m["w"].max())],
+                       **({"bias": m["bias_from"]} if m["bias_from"] else {})})
     pools = _integer_pools(g, replaced, fresh)
     if not layers and not pools:
         return model, {"layers": [], "float_layers": float_layers}
@@ -521,15 +573,33 @@ def _dce(model: onnx.ModelProto) -> None:
     graph.initializer.extend(inits)
 
 
-def auto_integerize(specs: list, target, backend) -> list:
+def qdq_layers(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv/Gemm/MatMul nodes of ``model`` that read both their activation and
+    their weight through DequantizeLinear: the layers of a QDQ graph, whichever tool wrote it
+    (optc's ``quantize``, onnxruntime's ``quantize_static``, ...)."""
+    producers = {o: n for n in model.graph.node for o in n.output if o}
+
+    def dq(name: str) -> bool:
+        p = producers.get(name)
+        return p is not None and p.op_type == "DequantizeLinear" and p.domain in ("", "ai.onnx")
+
+    return [n.name or n.output[0] for n in model.graph.node
+            if n.op_type in _LAYER_OPS and n.domain in ("", "ai.onnx") and len(n.input) > 1
+            and dq(n.input[0]) and dq(n.input[1])]
+
+
+def auto_integerize(specs: list, target, backend, model: onnx.ModelProto | None = None) -> list:
     """``optc compile``'s rule: ``specs`` with ``integerize`` appended when the pipeline
-    quantizes, does not name integerize itself, the target is an LLVM CPU (x86 or ARM: the
-    integer kernels are CPU kernels) and its backend lowers the integer ops. The recorded
-    pipeline then names it, so the build replays as is."""
+    quantizes or the input ``model`` is already quantized (QDQ pairs around its layers:
+    :func:`qdq_layers`), the pipeline does not name integerize itself, the target is an LLVM
+    CPU (x86 or ARM: the integer kernels are CPU kernels) and its backend lowers the integer
+    ops. ``compile`` applies it before loading (pipeline) and again once the model is loaded;
+    the recorded pipeline then names it, so the build replays as is."""
     from optc.pipeline import PassSpec
 
     names = [s.name for s in specs]
-    if "quantize" not in names or "integerize" in names or (target.tvm or {}).get("kind") != "llvm":
+    wanted = "quantize" in names or (model is not None and bool(qdq_layers(model)))
+    if not wanted or "integerize" in names or (target.tvm or {}).get("kind") != "llvm":
         return specs
     if not all(op in set(backend.supported_ops()) for op in INTEGER_OPS):
         return specs
@@ -546,7 +616,8 @@ class Integerize(Pass):
     stay QDQ (the details say why); activations between integer convs are kept NHWC
     (``nhwc=false``: NCHW). Lossy against the QDQ graph by rounding only: codes differ
     by one step at .5 ties (see ``optc.passes.quant.integerize``). ``optc compile`` appends it
-    after ``quantize`` for CPU/ARM targets; ``integerize<enabled=false>`` keeps float QDQ.
+    after ``quantize``, or to any pipeline for an input model that is already QDQ, for CPU/ARM
+    targets; ``integerize<enabled=false>`` keeps float QDQ.
     """
 
     lossy: ClassVar[bool] = True

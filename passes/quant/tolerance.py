@@ -37,6 +37,17 @@ graph (the verdict names the rule in ``tolerance_rule``):
 
 Integer outputs are compared exactly; graphs with no QuantizeLinear are compared as usual
 (:func:`optc.verify.compare`).
+
+**Pre-quantized input models** (a QDQ model from any tool, integerized by optc): the rules
+above check the artifact against optc's integer reference (the integerized model). That
+reference rounds requantization half up in fixed point, while onnxruntime computes the input
+QDQ graph in float and rounds half to even, so it is no ground truth for the original model.
+:func:`compare_to_original_qdq` adds the check against onnxruntime on the *original* QDQ
+model: an output that model writes through a per-tensor DequantizeLinear passes by the
+quantizer-steps rule (on the grid, within ``STEPS`` steps, mean within ``BIAS_STEPS``); an
+integer output (codes) within ``STEPS`` codes, mean within ``BIAS_STEPS``; a float output of
+a last layer without an output quantizer has no grid and no float model to measure flips
+against, so its difference is recorded, not judged. Both verdicts must pass.
 """
 
 from __future__ import annotations
@@ -48,7 +59,8 @@ import onnx
 
 from .qdq import VALUE_PRESERVING
 
-__all__ = ["output_steps", "exact_outputs", "compare_quantized", "STEPS", "BIAS_STEPS", "FRACTION"]
+__all__ = ["output_steps", "exact_outputs", "compare_quantized", "compare_to_original_qdq", "STEPS",
+           "BIAS_STEPS", "FRACTION"]
 
 STEPS = 4  # quantization steps of the output an artifact may differ by (rule "quantizer steps")
 BIAS_STEPS = 0.5  # ... and the most its mean difference may be, in steps
@@ -166,4 +178,66 @@ def compare_quantized(outputs: list[np.ndarray], refs: list[np.ndarray], names: 
             entry["distinguishes_float_model"] = bool(max(base, floors[name]) < floors[name] / FRACTION)
     res["passed"] = all(e["passed"] for e in res["outputs"])
     res["quantized_graph_rule"] = "per-output rules for quantized graphs; see tolerance_rule (optc.passes.quant.tolerance)"
+    return res
+
+
+def compare_to_original_qdq(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str], atol: float,
+                            rtol: float, original: onnx.ModelProto) -> dict:
+    """The artifact's ``outputs`` against onnxruntime's ``refs`` on the ``original`` QDQ model
+    (pre-quantized input; see the module docstring): per output the quantizer-steps rule, the
+    same in codes for integer outputs, or recorded only for a float output with no grid. Same
+    verdict format as :func:`compare_quantized`; ``judged`` lists the outputs that were checked."""
+    from optc import verify
+
+    if len(outputs) != len(refs):
+        return verify.compare(outputs, refs, names, atol, rtol)
+    dequant = _dequant_of(original)
+    res = verify.compare(outputs, refs, names, atol, rtol,
+                         floors={n: STEPS * dequant[n][0] for n in names if n in dequant})
+    judged = []
+    for entry, out, ref in zip(res["outputs"], outputs, refs):
+        name = entry["name"]
+        if "shape" in entry and list(np.shape(out)) != entry["shape"]:
+            entry["tolerance_rule"] = "shapes differ"
+            continue
+        ref = np.asarray(ref)
+        diff = np.asarray(out, np.float64) - ref.astype(np.float64)
+        if ref.dtype.kind in "iu":
+            steps = float(np.abs(diff).max(initial=0.0))
+            bias = float(diff.mean()) if diff.size else 0.0
+            entry.update(tolerance_rule=f"quantizer steps (codes): within {STEPS} codes, mean difference within "
+                                        f"{BIAS_STEPS:g} code", mean_difference_steps=bias,
+                         passed=bool(steps <= STEPS and abs(bias) <= BIAS_STEPS))
+            entry.pop("mismatches", None)
+            entry["elements_differing"] = int(np.count_nonzero(diff))
+            if steps > STEPS:
+                entry["error"] = f"codes differ by up to {steps:g} (more than {STEPS})"
+            elif abs(bias) > BIAS_STEPS:
+                entry["error"] = f"mean difference {bias:+.3g} codes: a systematic shift, not rounding flips"
+            judged.append(name)
+        elif name in dequant:
+            s, z = dequant[name]
+            grid = _grid_error(out, s, z)
+            bias = float(diff.mean()) / s if diff.size else 0.0
+            entry.update(tolerance_rule=f"quantizer steps: on the output grid (step {s:.4g}), within {STEPS} steps, "
+                                        f"mean difference within {BIAS_STEPS:g} step",
+                         grid_error_steps=grid, mean_difference_steps=bias,
+                         elements_differing=int(np.count_nonzero(diff)))
+            if "error" in entry:
+                pass
+            elif grid > GRID_TOL:
+                entry.update(passed=False, error=f"values are off the output quantizer's grid by up to {grid:.3g} "
+                                                 "steps (not quantized?)")
+            elif abs(bias) > BIAS_STEPS:
+                entry.update(passed=False, error=f"mean difference {bias:+.3g} steps: a systematic shift, not "
+                                                 "rounding flips")
+            elif not entry["passed"]:
+                entry["error"] = f"differs by {entry['max_abs_error'] / s:.3g} steps (more than {STEPS})"
+            judged.append(name)
+        else:
+            entry.update(tolerance_rule="recorded only: a float output with no output quantizer in the original "
+                                        "model (no grid, no float model to bound rounding flips by)", passed=True)
+            entry.pop("tolerance", None)
+    res["passed"] = all(e["passed"] for e in res["outputs"])
+    res["judged"] = judged
     return res
