@@ -18,6 +18,7 @@ Outcomes: ``passed``; ``refused`` (an ``OptcError`` subclass: its name and messa
     python bench/node_tests.py --sample 0           # all 1,884 tests
     python bench/node_tests.py --tests test_abs,test_lrn --jobs 1
     python bench/node_tests.py --out bench/results/node_tests-after.json
+    python bench/node_tests.py --write-known tests/node_tests_known.json   # after a fix
 
 Writes a table (stdout) and JSON (``--out``, default ``bench/results/node_tests.json``).
 Each worker process imports optc/TVM once and runs its share; a test that kills its worker
@@ -86,7 +87,12 @@ def feeds_of(case) -> tuple[dict, list]:
     inputs, outputs = case.data_sets[0]
     inits = {i.name for i in case.model.graph.initializer}
     names = [i.name for i in case.model.graph.input if i.name not in inits]
-    return dict(zip(names, inputs)), list(outputs)
+    import numpy as np
+
+    def arr(v):  # the generators give some 0-d inputs as numpy scalars
+        return np.asarray(v) if isinstance(v, np.generic) else v
+
+    return dict(zip(names, map(arr, inputs))), [arr(o) for o in outputs]
 
 
 # ----------------------------------------------------------------------------- one test
@@ -280,6 +286,20 @@ def run_all(cases: dict, jobs: int = 2, timeout: int = 300, log=print) -> list[d
     return [out[n] for n in sorted(out)]
 
 
+def expected(rec: dict) -> str:
+    """The outcome key the known list (``tests/node_tests_known.json``) holds for a record:
+    ``passed``, ``refused:<OptcError subclass>``, ``skipped`` (onnxruntime cannot run it),
+    or ``internal`` / ``wrong`` for a known bug."""
+    return f"refused:{rec['error']}" if rec["outcome"] == "refused" else rec["outcome"]
+
+
+def write_known(records: list[dict], path: Path) -> None:
+    """Merge the records' outcomes into the known list at ``path`` (sorted by name)."""
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known.update({r["name"]: expected(r) for r in records})
+    path.write_text(json.dumps(dict(sorted(known.items())), indent=1) + "\n")
+
+
 def summarize(records: list[dict]) -> dict:
     counts = collections.Counter(r["outcome"] for r in records)
     reasons = collections.Counter(reason(r) for r in records if r["outcome"] not in ("passed", "skipped"))
@@ -315,6 +335,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=300, help="seconds per test")
     ap.add_argument("--out", default=str(RESULTS / "node_tests.json"))
+    ap.add_argument("--write-known", metavar="JSON",
+                    help="merge the outcomes into this known list (tests/node_tests_known.json)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -339,6 +361,9 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out} ({result['seconds']} s)")
+    if args.write_known:
+        write_known(records, Path(args.write_known))
+        print(f"updated {args.write_known}")
     return 0
 
 

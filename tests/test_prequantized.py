@@ -233,3 +233,24 @@ def test_ort_qdq_compiles_for_arm(tmp_path):
     assert report["pipeline"].endswith(",integerize")
     assert _ops(tmp_path / "pkg" / "model.onnx").count("IntConv2d") == 2
     assert report["verify"]["passed"] and report["verify"]["original_qdq"]["passed"]
+
+
+@pytest.mark.tvm
+def test_disagreeing_with_onnxruntime_on_the_original_fails(tmp_path, monkeypatch):
+    """Both verdicts must pass: an artifact equal to optc's integer reference still fails when
+    onnxruntime on the original QDQ model says otherwise (here: that reference shifted by one
+    output step everywhere, a systematic shift)."""
+    pytest.importorskip("tvm")
+    from optc import stages
+
+    _, dst = _ort_qdq(tmp_path)
+    step = np.float32(tolerance.output_steps(onnx.load(str(dst)))["y"])
+    real = stages.Job.reference
+
+    def shifted(self, which):
+        refs = real(self, which)
+        return [r + step for r in refs] if which == "original" else refs
+
+    monkeypatch.setattr(stages.Job, "reference", shifted)
+    with pytest.raises(VerificationError, match="original QDQ model.*systematic shift"):
+        optc.compile(dst, "cpu", tmp_path / "bad", options=NO_MEASURE)
