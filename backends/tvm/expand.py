@@ -1,0 +1,133 @@
+"""Expand standard ONNX ops that TVM's importer cannot convert into their ONNX function bodies.
+
+Many ONNX ops are defined by a function of simpler ops (Celu, Swish, CenterCropPad,
+NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, RotaryEmbedding, Attention-23, ...): the
+schema carries the body, fixed or built from the node's attributes and input types
+("context-dependent"). Before the import, every default-domain node whose op type has no
+converter (or whose converter is for another op of the same name: TVM's ``Attention`` is
+com.microsoft's) is replaced by its body, with names made unique, formal inputs and outputs
+bound to the node's, attribute references resolved from the node or the schema's defaults;
+nested function ops are expanded in turn (bounded depth). Numerically this is the op's
+definition: the result is verified against onnxruntime on the original model like any other.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+# ops whose TVM converter is another op with the same name: always expanded
+FORCE_EXPAND = frozenset({"Attention"})
+MAX_DEPTH = 4
+
+
+def function_ops() -> set[str]:
+    """Default-domain op types that have a function body in some opset."""
+    return {s.name for s in onnx.defs.get_all_schemas_with_history()
+            if s.domain in ("", "ai.onnx") and (s.has_function or s.has_context_dependent_function)}
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _body(node: onnx.NodeProto, opset: int, types: dict) -> onnx.FunctionProto | None:
+    """The function body of ``node`` at ``opset`` (None if its schema has none)."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except Exception:
+        return None
+    fp = onnx.FunctionProto()
+    plain = [v for v in schema.function_opset_versions if v <= opset]
+    if schema.has_function and plain:
+        fp.ParseFromString(schema.get_function_with_opset_version(max(plain)).SerializeToString()
+                           if not isinstance(schema.get_function_with_opset_version(max(plain)), bytes)
+                           else schema.get_function_with_opset_version(max(plain)))
+        return fp
+    ctx = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
+    if schema.has_context_dependent_function and ctx:
+        in_types = []
+        for name in node.input:
+            t = types.get(name)
+            if name and t is None:
+                return None  # the body depends on input types inference did not give
+            in_types.append((t or onnx.TypeProto()).SerializeToString())
+        raw = schema.get_context_dependent_function_with_opset_version(max(ctx), node.SerializeToString(), in_types)
+        if not raw:
+            return None
+        fp.ParseFromString(raw)
+        return fp
+    return None
+
+
+def _attr_values(node: onnx.NodeProto, opset: int) -> dict[str, onnx.AttributeProto]:
+    schema = onnx.defs.get_schema(node.op_type, opset, "")
+    values = {name: a.default_value for name, a in schema.attributes.items()
+              if a.default_value.type != onnx.AttributeProto.UNDEFINED}
+    values.update({a.name: a for a in node.attribute})
+    return values
+
+
+def _inline(node: onnx.NodeProto, fp: onnx.FunctionProto, prefix: str, attrs: dict) -> list[onnx.NodeProto]:
+    rename = {f: a for f, a in zip(fp.input, list(node.input) + [""] * len(fp.input))}
+    rename.update({f: a for f, a in zip(fp.output, node.output)})
+
+    def name(n: str) -> str:
+        return n if n == "" else rename.setdefault(n, f"{prefix}{n}")
+
+    out = []
+    for k, fn in enumerate(fp.node):
+        new = onnx.NodeProto()
+        new.CopyFrom(fn)
+        new.name = f"{prefix}{fn.name or k}"
+        del new.input[:]
+        new.input.extend(name(i) for i in fn.input)
+        del new.output[:]
+        new.output.extend(name(o) for o in fn.output)
+        del new.attribute[:]
+        for a in fn.attribute:
+            if a.ref_attr_name:
+                if a.ref_attr_name in attrs:
+                    b = onnx.AttributeProto()
+                    b.CopyFrom(attrs[a.ref_attr_name])
+                    b.name = a.name
+                    new.attribute.append(b)
+            else:
+                new.attribute.append(a)
+        out.append(new)
+    return out
+
+
+def expand_functions(model: onnx.ModelProto, convertible: set[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """``model`` with every default-domain node whose op is not in ``convertible`` (or is in
+    :data:`FORCE_EXPAND`) replaced by its function body; returns (model, expanded op types).
+    Nodes without a body are left for the importer to report."""
+    opset = _opset(model)
+    expanded: list[str] = []
+    for depth in range(MAX_DEPTH):
+        targets = [n for n in model.graph.node if n.domain in ("", "ai.onnx")
+                   and (n.op_type not in convertible or n.op_type in FORCE_EXPAND)]
+        if not targets:
+            break
+        inferred = onnx.shape_inference.infer_shapes(model)
+        types = {vi.name: vi.type for vi in list(inferred.graph.input) + list(inferred.graph.value_info)
+                 + list(inferred.graph.output)}
+        types.update({t.name: helper.make_tensor_type_proto(t.data_type, list(t.dims))
+                      for t in model.graph.initializer})
+        nodes, changed = [], False
+        for k, node in enumerate(model.graph.node):
+            fp = _body(node, opset, types) if node in targets else None
+            if fp is None or not fp.node:
+                nodes.append(node)
+                continue
+            nodes.extend(_inline(node, fp, f"_x{depth}_{k}_", _attr_values(node, opset)))
+            expanded.append(node.op_type)
+            changed = True
+        if not changed:
+            break
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        del out.graph.node[:]
+        out.graph.node.extend(nodes)
+        model = out
+    return model, sorted(set(expanded))
