@@ -96,15 +96,18 @@ class PackageWriter:
                                                              dir=self.dest.parent)))
             (self.tmp / TMP_MARKER).write_text(json.dumps(
                 {"pid": pid, "host": socket.gethostname(), "start": _process_start(pid), "created": time.time()}))
-        except OSError as err:
+            with _signals_held():  # never leave the process with umask 0
+                umask = os.umask(0)
+                os.umask(umask)
+            os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; a package is not
+        except BaseException as err:  # Ctrl-C / SIGTERM here too: __exit__ will not run
             if self.tmp is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 self.tmp = None
             self._remove_made()
-            raise UsageError(f"{self.dest}: cannot write there ({err.strerror or err})") from None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; a package is not
+            if isinstance(err, OSError):
+                raise UsageError(f"{self.dest}: cannot write there ({err.strerror or err})") from None
+            raise
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:

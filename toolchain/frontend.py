@@ -60,7 +60,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     except Exception as err:
         raise InvalidModelError(f"{path}: ONNX checker rejected the model: {_one_line(err)}") from None
     opset = onnx_opset(model)
-    if opset < MIN_OPSET:
+    if 0 < opset < MIN_OPSET:  # 0: no standard-domain ops (ai.onnx.ml etc.: check_supported lists them)
         try:
             model = onnx.version_converter.convert_version(model, 13)
         except Exception as err:

@@ -40,9 +40,7 @@ def _body(node: onnx.NodeProto, opset: int, types: dict) -> onnx.FunctionProto |
     fp = onnx.FunctionProto()
     plain = [v for v in schema.function_opset_versions if v <= opset]
     if schema.has_function and plain:
-        fp.ParseFromString(schema.get_function_with_opset_version(max(plain)).SerializeToString()
-                           if not isinstance(schema.get_function_with_opset_version(max(plain)), bytes)
-                           else schema.get_function_with_opset_version(max(plain)))
+        fp.ParseFromString(schema.get_function_with_opset_version(max(plain)))
         return fp
     ctx = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
     if schema.has_context_dependent_function and ctx:
@@ -94,8 +92,27 @@ def _inline(node: onnx.NodeProto, fp: onnx.FunctionProto, prefix: str, attrs: di
                     new.attribute.append(b)
             else:
                 new.attribute.append(a)
-        out.append(new)
+        out.append(_constant_as_tensor(new))
     return out
+
+
+_CONSTANT_FORMS = {"value_float": onnx.TensorProto.FLOAT, "value_floats": onnx.TensorProto.FLOAT,
+                   "value_int": onnx.TensorProto.INT64, "value_ints": onnx.TensorProto.INT64}
+
+
+def _constant_as_tensor(node: onnx.NodeProto) -> onnx.NodeProto:
+    """A Constant written with ``value_float(s)`` / ``value_int(s)`` (as function bodies write
+    them) in the ``value`` tensor form that every importer takes."""
+    if node.op_type != "Constant" or len(node.attribute) != 1 or node.attribute[0].name not in _CONSTANT_FORMS:
+        return node
+    a = node.attribute[0]
+    value = helper.get_attribute_value(a)
+    dims = [] if a.name in ("value_float", "value_int") else [len(value)]
+    tensor = helper.make_tensor("value", _CONSTANT_FORMS[a.name], dims,
+                                [value] if not dims else list(value))
+    del node.attribute[:]
+    node.attribute.append(helper.make_attribute("value", tensor))
+    return node
 
 
 def expand_functions(model: onnx.ModelProto, convertible: set[str]) -> tuple[onnx.ModelProto, list[str]]:
@@ -105,8 +122,8 @@ def expand_functions(model: onnx.ModelProto, convertible: set[str]) -> tuple[onn
     opset = _opset(model)
     expanded: list[str] = []
     for depth in range(MAX_DEPTH):
-        targets = [n for n in model.graph.node if n.domain in ("", "ai.onnx")
-                   and (n.op_type not in convertible or n.op_type in FORCE_EXPAND)]
+        targets = {k for k, n in enumerate(model.graph.node) if n.domain in ("", "ai.onnx")
+                   and (n.op_type not in convertible or n.op_type in FORCE_EXPAND)}
         if not targets:
             break
         inferred = onnx.shape_inference.infer_shapes(model)
@@ -116,7 +133,7 @@ def expand_functions(model: onnx.ModelProto, convertible: set[str]) -> tuple[onn
                       for t in model.graph.initializer})
         nodes, changed = [], False
         for k, node in enumerate(model.graph.node):
-            fp = _body(node, opset, types) if node in targets else None
+            fp = _body(node, opset, types) if k in targets else None
             if fp is None or not fp.node:
                 nodes.append(node)
                 continue
@@ -130,4 +147,39 @@ def expand_functions(model: onnx.ModelProto, convertible: set[str]) -> tuple[onn
         del out.graph.node[:]
         out.graph.node.extend(nodes)
         model = out
+    if expanded:
+        model = _fold_shapes(model)
     return model, sorted(set(expanded))
+
+
+def _fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Function bodies compute shapes at run time (Shape, Gather, Concat, ...) that the
+    importer cannot take as tensors; with the inputs' shapes bound they are constants:
+    onnx-simplifier folds them (the model unchanged where it cannot)."""
+    try:
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(model, check_n=0, initializers_as_constants=False)
+    except Exception:
+        return model
+    if not ok:
+        return model
+    # folded integer tensors (shapes, axes) as Constant nodes: the importer keeps initializers
+    # as function parameters, and a shape taken from a parameter is symbolic
+    old = {t.name for t in model.graph.initializer}
+    ints = [t for t in simplified.graph.initializer if t.name not in old and t.data_type == onnx.TensorProto.INT64]
+    if ints:
+        names = {t.name for t in ints}
+        kept = [t for t in simplified.graph.initializer if t.name not in names]
+        del simplified.graph.initializer[:]
+        simplified.graph.initializer.extend(kept)
+        consts = [helper.make_node("Constant", [], [t.name], name=f"_const_{t.name}", value=t) for t in ints]
+        nodes = consts + list(simplified.graph.node)
+        del simplified.graph.node[:]
+        simplified.graph.node.extend(nodes)
+        drop = {vi.name for vi in simplified.graph.input} & names
+        if drop:
+            inputs = [vi for vi in simplified.graph.input if vi.name not in drop]
+            del simplified.graph.input[:]
+            simplified.graph.input.extend(inputs)
+    return simplified

@@ -34,6 +34,12 @@ CUSTOM_CONVERTERS: dict[str, type] = {}
 CONVERTER_MODULES: tuple[str, ...] = ("optc.backends.tvm.bitserial", "optc.backends.tvm.int8",
                                       "optc.backends.tvm.onnx_ops")
 
+# ops TVM's importer converts but whose lowering is wrong or fails to build: refused up front
+# (listed as unsupported by ``supported_ops``) instead of failing the build or verification
+BROKEN_OPS: dict[str, str] = {
+    "NonMaxSuppression": "the build fails (buffer used before its definition) or the result has no boxes",
+}
+
 
 def register_converter(domain: str, op_type: str):
     """Class decorator: lower ONNX op ``domain::op_type`` with this OnnxOpConverter subclass."""
@@ -96,7 +102,14 @@ def _load_converter_modules() -> None:
 
 def supported_ops() -> set[str]:
     """Op types the TVM Relax ONNX frontend can convert, plus optc's registered custom ops
-    (as "domain::OpType")."""
+    (as "domain::OpType"), plus the ONNX ops defined by a function body (``expand.py``
+    expands those the frontend lacks before the import)."""
+    from . import expand
+
+    return (_convertible() | expand.function_ops()) - set(BROKEN_OPS)
+
+
+def _convertible() -> set[str]:
     from tvm.relax.frontend.onnx import onnx_frontend
 
     _load_converter_modules()
@@ -147,6 +160,13 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    from . import expand
+
+    try:
+        model, _ = expand.expand_functions(model, _convertible())
+    except Exception as err:
+        msg = " ".join(str(err).split())[:400]
+        raise UnsupportedModelError(f"expanding ONNX function ops into their bodies failed: {msg}") from err
     shape_dict = {s.name: list(s.shape) for s in inputs}
     dtype_dict = {s.name: s.dtype for s in inputs}
     scope = tvm_target(target) if target is not None else contextlib.nullcontext()

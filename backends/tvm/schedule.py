@@ -124,6 +124,8 @@ def convert_layout(mod):
     layouts). Returns ``mod`` unchanged if the conversion fails."""
     from tvm import relax
 
+    if not _calls_any(mod, DESIRED_LAYOUTS):  # nothing to convert; and ConvertLayout can crash the
+        return mod  # process (SIGFPE) on modules without convolutions (ONNX DynamicQuantizeLinear)
     try:
         mod = clip_to_ops(mod)
         converted = relax.transform.ConvertLayout(DESIRED_LAYOUTS)(mod)
@@ -138,6 +140,15 @@ def convert_layout(mod):
 
 # conv2d to NHWC/HWIO; conv2d_transpose stays NCHW (TOPI has no NHWC legalization for it).
 DESIRED_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+
+
+def _calls_any(mod, op_names) -> bool:
+    """Whether a Relax function of ``mod`` calls one of the operators ``op_names``."""
+    from tvm import relax
+
+    return any(getattr(call.op, "name", None) in op_names
+               for _, func in mod.functions_items() if isinstance(func, relax.Function)
+               for call in _collect(func, relax.Call))
 
 
 def _unlowered_ops(mod) -> set:

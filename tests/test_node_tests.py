@@ -1,0 +1,104 @@
+"""The ONNX node tests through optc, against the checked-in list of known outcomes.
+
+``tests/node_tests_known.json`` maps a node test's name to what optc does with it:
+``passed``, ``refused:<OptcError subclass>``, ``skipped`` (onnxruntime cannot run it; optc must
+then refuse it by name, never fail with an internal error), or ``internal`` / ``wrong`` for a
+known bug. A regression (a listed pass now refused) and a newly passing test (listed as refused)
+both fail, the latter with a message to update the list:
+
+    python bench/node_tests.py --tests NAME[,NAME...] --write-known tests/node_tests_known.json
+
+The default suite runs a fixed sample covering common ops (and the fixes for 0-d inputs, ops
+TVM lacks, function-body expansion, element types numpy cannot hold); ``-m slow`` runs every
+test of the list in two worker processes (bench/node_tests.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tvm")
+pytest.importorskip("onnxruntime")
+
+ROOT = Path(__file__).resolve().parents[1]
+KNOWN_PATH = ROOT / "tests" / "node_tests_known.json"
+KNOWN: dict[str, str] = json.loads(KNOWN_PATH.read_text())
+
+# node test -> the module of onnx.backend.test.case.node that generates it
+FIXED = {
+    "test_abs": "abs", "test_add_bcast": "add", "test_relu": "relu",
+    "test_conv_with_strides_padding": "conv", "test_averagepool_2d_pads": "averagepool",
+    "test_maxpool_2d_pads": "maxpool", "test_gemm_default_no_bias": "gemm", "test_matmul_2d": "matmul",
+    "test_softmax_axis_1": "softmax", "test_batchnorm_epsilon": "batch_normalization",
+    "test_transpose_default": "transpose", "test_concat_2d_axis_0": "concat", "test_sigmoid": "sigmoid",
+    "test_gather_0": "gather",
+    "test_layer_normalization_4d_axis_negative_4": "layernormalization",  # Mean / InvStdDev outputs
+    "test_spacetodepth_crd_mode_example": "spacetodepth",  # CRD mode
+    "test_lpnormalization_default": "lpnormalization",  # converter TVM lacks
+    "test_isinf_positive": "isinf", "test_pow_types_int32_int32": "pow",
+    "test_tril_square_neg": "trilu", "test_clip_example": "clip",  # 0-d inputs
+    "test_sce_mean_no_weight_ii_3d": "softmax_cross_entropy_loss",  # expanded function body
+    "test_dynamicquantizelinear_expanded": "dynamicquantizelinear",  # crashed the process (SIGFPE)
+    "test_reduce_sum_default_axes_keepdims_example": "reducesum",  # axes as a graph input: refused
+    "test_cast_FLOAT_to_FLOAT8E4M3FN": "cast",  # float8: onnxruntime skips, optc refuses by name
+}
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("optc_node_tests", ROOT / "bench" / "node_tests.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def harness():
+    return _harness()
+
+
+@pytest.fixture(scope="module")
+def fixed_cases(harness):
+    return harness.load_cases(list(FIXED), modules=sorted(set(FIXED.values())))
+
+
+def _check(rec: dict, harness) -> None:
+    name, got = rec["name"], harness.expected(rec)
+    want = KNOWN.get(name)
+    detail = f"{rec.get('error', '')}: {rec.get('message', '')}".strip(": ")
+    update = (f"update {KNOWN_PATH.relative_to(ROOT)}: python bench/node_tests.py --tests {name} "
+              f"--write-known {KNOWN_PATH.relative_to(ROOT)}")
+    assert want is not None, f"{name} is not in the known list (it is {got}): {update}"
+    if got == "passed" and want != "passed":
+        pytest.fail(f"{name} now passes (listed as {want}): {update}")
+    assert got == want, f"{name}: {got} ({detail}), expected {want}"
+    if got == "skipped":  # onnxruntime cannot run it: optc must still refuse it by name
+        optc = rec.get("optc", {})
+        assert optc.get("outcome") != "internal", f"{name}: optc internal error on a model onnxruntime " \
+                                                  f"cannot run: {optc.get('error')}: {optc.get('message')}"
+
+
+def test_known_list_covers_the_fixed_sample():
+    assert not set(FIXED) - set(KNOWN), f"add to {KNOWN_PATH.name}: {sorted(set(FIXED) - set(KNOWN))}"
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("name", list(FIXED))
+def test_node_test(name, fixed_cases, harness, tmp_path):
+    _check(harness.run_case(fixed_cases[name], tmp_path, timeout=120), harness)
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_every_known_node_test(harness):
+    cases = harness.load_cases(sorted(KNOWN))
+    failures = []
+    for rec in harness.run_all(cases, jobs=2, timeout=300, log=lambda m: None):
+        try:
+            _check(rec, harness)
+        except (AssertionError, pytest.fail.Exception) as err:
+            failures.append(str(err).splitlines()[0])
+    assert not failures, f"{len(failures)} of {len(cases)} node tests differ from the known list:\n" + "\n".join(failures)
