@@ -81,7 +81,7 @@ def export_minilm(path: Path) -> Path:
     cfg = MINILM
     x = torch.randn(1, cfg["seq"], cfg["hidden"], generator=torch.Generator().manual_seed(0))
     return export_torch(_minilm_module(cfg), (x,), path, input_names=["hidden"],
-                        output_names=["output"], opset=17, overwrite=True)
+                        output_names=["output"], overwrite=True)
 
 
 def model_file(name: str) -> tuple[Path, dict | None, str]:
@@ -151,16 +151,17 @@ def main(argv: list[str] | None = None) -> int:
             tuned["wall_s"] = time.perf_counter() - t0
         for th in thread_counts:  # one package, benched at each thread count
             if tuned is None:
-                res = optc.bench(report["package"], threads=th, repeat=args.repeat,
-                                 rounds=args.rounds, warmup=5)
+                res = optc.bench(report["package"], optc.BenchOptions(threads=th, repeat=args.repeat,
+                                                                      rounds=args.rounds, warmup=5))
             else:  # untuned+ort and tuned+ort benches alternate, one round each
                 import statistics
 
                 per = max(1, args.repeat // args.rounds)
                 parts = {"u": [], "t": []}
                 for _ in range(args.rounds):
-                    parts["u"].append(optc.bench(report["package"], threads=th, repeat=per, rounds=1, warmup=3))
-                    parts["t"].append(optc.bench(tuned["package"], threads=th, repeat=per, rounds=1, warmup=3))
+                    once = optc.BenchOptions(threads=th, repeat=per, rounds=1, warmup=3)
+                    parts["u"].append(optc.bench(report["package"], once))
+                    parts["t"].append(optc.bench(tuned["package"], once))
                 med = lambda rs, k: statistics.median(r[k]["median_ms"] for r in rs)  # noqa: E731
                 res = {"optc": {"median_ms": med(parts["u"], "optc")},
                        "onnxruntime": {"median_ms": statistics.median([med(parts["u"], "onnxruntime"),

@@ -90,11 +90,11 @@ def source_onnx(name: str, work: Path) -> Path:
     if not path.exists():
         import torch
 
-        from optc.train.export import export_torch
+        from optc.train.export import ExportOptions, export_torch
 
         export_torch(torch_module(name), torch.randn(1, *spec["shape"]), path, input_names=["input"],
-                     output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-                     keep_batchnorm=True)
+                     output_names=["logits"],
+                     options=ExportOptions(dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, keep_batchnorm=True))
     return path
 
 

@@ -73,7 +73,7 @@ def _ab_bench(optc, entries: dict[str, dict], args) -> None:
         loads = []
         for r in range(args.rounds):
             for key, e in entries.items():
-                res = optc.bench(e["package"], warmup=args.warmup, repeat=args.repeat, rounds=1, threads=n)
+                res = optc.bench(e["package"], optc.BenchOptions(warmup=args.warmup, repeat=args.repeat, rounds=1, threads=n))
                 b = e.setdefault("by_threads", {}).setdefault(n, {})
                 b["threads"], b["method"] = res["threads"], res["method"]
                 b["threads_applied"] = res.get("threads_applied")
@@ -95,7 +95,8 @@ def _ab_bench(optc, entries: dict[str, dict], args) -> None:
 
 def bench_digits(args, work: Path) -> dict:
     import optc
-    from optc.train.finetune import prune_finetune
+    from optc.train import TrainConfig
+    from optc.train.finetune import Evaluation, prune_finetune
     from optc.models.digits import load_digits_split
 
     x_train, y_train, _, _ = load_digits_split()
@@ -105,8 +106,8 @@ def bench_digits(args, work: Path) -> dict:
     evalf = REPO / "models" / "digits_eval.npz"
     out = work / "digits_cnn_pruned.onnx"
     log(f"digits: prune<ratio=0.5> + fine-tune {args.epochs} epochs")
-    rep = prune_finetune(model, "prune<ratio=0.5>", train, out, eval_data=evalf, epochs=args.epochs,
-                         lr=args.lr, seed=0, force=True)
+    rep = prune_finetune(model, "prune<ratio=0.5>", train, out, evaluation=Evaluation(evalf),
+                         config=TrainConfig(epochs=args.epochs, lr=args.lr, seed=0), force=True)
     res = {"finetune": rep}
     for key, path in (("original", model), ("pruned_finetuned", out)):
         log(f"digits: compile {key}")
@@ -130,7 +131,7 @@ def _export_resnet18(path: Path, size: int) -> Path:
     model = zoo.seeded(zoo.resnet18, seed=0, calibrate=(4, 3, size, size))
     example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     return export_torch(model, (example,), path, input_names=["input"], output_names=["logits"],
-                        opset=17, overwrite=True)
+                        overwrite=True)
 
 
 def bench_resnet18(args, work: Path) -> dict:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from optc.train import binary
+from optc.train import TrainConfig, binary
 
 __all__ = ["DigitsBCNN", "DigitsBMLP", "DigitsCNNWide", "DigitsBCNNWide", "BNN_CONFIG", "WIDE_FILES", "BNN_FILES", "BINARIZE_PIPELINE", "FUSED_PIPELINE", "build_binary",
            "weight_bytes", "binarized", "main"]
@@ -186,9 +186,9 @@ def _train_binary(cfg: dict, teacher, data, out: pathlib.Path, *, force: bool, f
     torch.manual_seed(cfg["seed"])
     model = globals()[cfg["class"]]()
     t0 = time.perf_counter()
-    binary.train(model, x_train, y_train, epochs=cfg["epochs"], lr=cfg["lr"], seed=cfg["seed"],
-              batch_size=cfg["batch_size"], teacher=teacher, temperature=cfg["distill"]["temperature"],
-              distill_weight=cfg["distill"]["weight"])
+    config = TrainConfig(epochs=cfg["epochs"], lr=cfg["lr"], seed=cfg["seed"], batch_size=cfg["batch_size"])
+    binary.train(model, x_train, y_train, config, teacher=teacher, temperature=cfg["distill"]["temperature"],
+                 distill_weight=cfg["distill"]["weight"])
     seconds = time.perf_counter() - t0
     torch_acc = digits.accuracy(model, x_test, y_test)
     path = out / f"{cfg['name']}.onnx"
@@ -266,7 +266,7 @@ def build_wide(out_dir=None, *, force: bool = False, verbose: bool = False) -> d
     """Train :class:`DigitsCNNWide` (fp32) and :class:`DigitsBCNNWide` (distilled from it), export
     :data:`WIDE_FILES` and merge their records into ``binary_digits.json`` (``models.digits_bcnn_wide``,
     ``fp32_models.digits_cnn_wide``). The other binary models' files are not touched."""
-    from optc.train.export import export_torch
+    from optc.train.export import ExportOptions, export_torch
     from optc.models import MODELS_DIR, build, digits, zoo
 
     out = pathlib.Path(out_dir) if out_dir is not None else MODELS_DIR
@@ -283,7 +283,7 @@ def build_wide(out_dir=None, *, force: bool = False, verbose: bool = False) -> d
     fp32_path = out / f"{fcfg['name']}.onnx"
     axes = {"input": {0: "N"}, "logits": {0: "N"}}
     export_torch(fp32.eval(), torch.zeros(1, 1, 8, 8), fp32_path, input_names=["input"], output_names=["logits"],
-                 dynamic_axes=axes, overwrite=force, keep_batchnorm=True)
+                 overwrite=force, options=ExportOptions(dynamic_axes=axes, keep_batchnorm=True))
     fp32_acc, fp32_correct = build.onnx_accuracy(fp32_path, x_test, y_test)
     fp32_bytes = weight_bytes(binarized(fp32_path, "simplify,fold-constants,fuse-bn,dce")[0])
 

@@ -151,7 +151,7 @@ def build_digits(
     import onnxruntime
     import torch
 
-    from optc.train.export import export_torch
+    from optc.train.export import ExportOptions, export_torch
     from optc.models import digits, zoo
 
     out = pathlib.Path(out_dir)
@@ -210,10 +210,12 @@ def build_digits(
             path,
             input_names=["input"],
             output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-            opset=cfg["opset"],
             overwrite=force,
-            keep_batchnorm=True,  # Conv -> BatchNormalization -> Relu, as written
+            options=ExportOptions(
+                dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+                opset=cfg["opset"],
+                keep_batchnorm=True,  # Conv -> BatchNormalization -> Relu, as written
+            ),
         )
         acc, correct = onnx_accuracy(path, x_test, y_test)
         meta["models"][name] = {
@@ -258,7 +260,7 @@ def _export_random(
 ) -> pathlib.Path:
     import torch
 
-    from optc.train.export import export_torch
+    from optc.train.export import ExportOptions, export_torch
     from optc.models import zoo
 
     path = pathlib.Path(path)
@@ -272,9 +274,8 @@ def _export_random(
         path,
         input_names=["input"],
         output_names=["logits"],
-        dynamic_axes=axes,
-        opset=17,
         overwrite=overwrite,
+        options=ExportOptions(dynamic_axes=axes, opset=17),
     )
 
 

@@ -60,10 +60,11 @@ def train(
     This is :func:`optc.train.binary.train` without a teacher (its latent-weight clipping touches only
     binary / k-bit layers, which a float model has none of).
     """
+    from optc.train import TrainConfig
     from optc.train.binary import train as train_any
 
-    return train_any(model, x, y, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size,
-                     weight_decay=weight_decay)
+    config = TrainConfig(epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, weight_decay=weight_decay)
+    return train_any(model, x, y, config)
 
 
 def predict(model, x, batch_size: int = 512) -> np.ndarray:

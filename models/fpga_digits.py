@@ -135,13 +135,13 @@ def _train(model, epochs, lr, seed):
 def _export(model, path: Path, BinAct) -> Path:
     import torch
 
-    from optc.train.export import export_torch
+    from optc.train.export import ExportOptions, export_torch
 
     BinAct.exporting = True
     try:
         export_torch(model, torch.zeros(1, 1, 8, 8), path, input_names=["input"], output_names=["logits"],
-                     dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, overwrite=True,
-                     keep_batchnorm=True)
+                     overwrite=True,
+                     options=ExportOptions(dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, keep_batchnorm=True))
     finally:
         BinAct.exporting = False
     return path

@@ -24,6 +24,8 @@ declared on the class with :func:`optc.ops.define` (the ``ai.optc`` registry, :m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from onnx.reference.op_run import OpRun
 
@@ -35,7 +37,7 @@ WORD = 64
 __all__ = [
     "DOMAIN", "VERSION", "WORD", "OPS", "words", "pack_bits", "unpack_bits", "popcount",
     "planes", "quantize_codes", "binary_dense_int", "binary_conv2d_int", "bitserial_dense_int", "bitserial_conv2d_int",
-    "conv_output_shape", "conv_weight_taps", "reference_evaluator", "run_op",
+    "ConvGeometry", "conv_output_shape", "conv_weight_taps", "reference_evaluator", "run_op",
 ]  # fmt: skip
 
 
@@ -80,6 +82,40 @@ def conv_output_shape(h: int, w: int, kernel_shape, pads, strides, dilations) ->
     oh = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
     ow = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
     return oh, ow
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The window of a 2-D convolution, as its ONNX attributes give it (what the numpy
+    references and the int8 / bit-serial kernels share): ``kernel_shape`` (KH, KW), ``pads``
+    (top, left, bottom, right), ``strides`` and ``dilations`` (H, W), ``group``, and the memory
+    order of the activations (``x_layout`` / ``y_layout``: "NCHW" or "NHWC"; only the integer
+    kernels read them). ``None`` (or empty) pads, strides or dilations are the ONNX defaults (0, 1, 1);
+    sequences become tuples of ints, so equal geometries compare and hash equal."""
+
+    kernel_shape: tuple[int, int]
+    pads: tuple[int, int, int, int] | None = None
+    strides: tuple[int, int] | None = None
+    dilations: tuple[int, int] | None = None
+    group: int = 1
+    x_layout: str = "NCHW"
+    y_layout: str = "NCHW"
+
+    def __post_init__(self):
+        given = [None if v is None or not len(v) else v for v in (self.pads, self.strides, self.dilations)]
+        ks, pads, strides, dilations = _conv_attrs(self.kernel_shape, *given)
+        for name, v in (("kernel_shape", ks), ("pads", pads), ("strides", strides), ("dilations", dilations)):
+            object.__setattr__(self, name, tuple(v))
+        object.__setattr__(self, "group", int(self.group))
+
+    def output_shape(self, h: int, w: int) -> tuple[int, int]:
+        """(OH, OW) for an ``h`` x ``w`` input."""
+        return conv_output_shape(h, w, self.kernel_shape, self.pads, self.strides, self.dilations)
+
+    @property
+    def taps(self) -> int:
+        """KH * KW."""
+        return self.kernel_shape[0] * self.kernel_shape[1]
 
 
 def _conv_attrs(kernel_shape, pads, strides, dilations):

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from optc.train import binary  # noqa: E402
+from optc.train import TrainConfig, binary  # noqa: E402
 from optc.models import MODELS_DIR  # noqa: E402
 from optc.passes import optc_ops as ops  # noqa: E402
 
@@ -122,7 +122,7 @@ def test_exported_model_is_recognised_and_exact(tmp_path, factory, expect):
 
     xtr, ytr, xte = _digits()
     torch.manual_seed(0)
-    model = binary.train(factory(), xtr, ytr, epochs=2, lr=1e-2, seed=0)
+    model = binary.train(factory(), xtr, ytr, TrainConfig(epochs=2, lr=1e-2, seed=0))
     path = binary.export(model, tmp_path / "m.onnx")
     proto = onnx.load(path)
     kinds = {n.op_type for n in proto.graph.node}

@@ -218,7 +218,8 @@ def test_report_section_measured_with_rapl(fake_powercap, monkeypatch):
 
     sess = _FakeSession(on_run)
     sec = energy.report_section(CPU, {}, {"method": "measured", "median_ms": 0.1}, model=_gemm_relu(),
-                                session=sess, args=[], meters={"llvm": lambda: energy.RaplMeter(root)})
+                                artifact=energy.ArtifactRun(session=sess, args=[]),
+                                options=energy.EnergyOptions(meters={"llvm": lambda: energy.RaplMeter(root)}))
     assert seen == [100]  # 0.01 s / 0.1 ms
     assert sec["method"] == "measured"
     assert sec["mj_per_inference"] == pytest.approx(3.0 / 100 * 1e3)
@@ -238,14 +239,15 @@ def test_measured_loop_asks_gpu_timers_for_one_call_per_repeat(fake_powercap, mo
             return [1e-4] * repeat
 
     energy.report_section(CPU, {}, {"method": "measured", "median_ms": 0.1}, model=_gemm_relu(),
-                          session=GpuLikeSession(), args=[], meters={"llvm": lambda: energy.RaplMeter(root)})
+                          artifact=energy.ArtifactRun(session=GpuLikeSession(), args=[]),
+                          options=energy.EnergyOptions(meters={"llvm": lambda: energy.RaplMeter(root)}))
     assert calls[-1] == (20, 1)
 
 
 def test_report_section_falls_back_to_modeled_and_says_why(tmp_path):
     lat = {"method": "measured", "median_ms": 0.1}
-    sec = energy.report_section(CPU, {}, lat, model=_gemm_relu(), session=_FakeSession(lambda n: None), args=[],
-                                meters={"llvm": lambda: energy.RaplMeter(tmp_path)})
+    sec = energy.report_section(CPU, {}, lat, model=_gemm_relu(), artifact=energy.ArtifactRun(_FakeSession(lambda n: None), []),
+                                options=energy.EnergyOptions(meters={"llvm": lambda: energy.RaplMeter(tmp_path)}))
     assert sec["method"] == "modeled" and any("no RAPL" in n for n in sec["notes"])
     arm = SimpleNamespace(name="arm", backend="tvm-arm", tvm={"kind": "llvm"}, latency="modeled")
     sec = energy.report_section(arm, {}, {"method": "modeled", "median_ms": 0.05}, model=_gemm_relu())
@@ -256,7 +258,7 @@ def test_report_section_falls_back_to_modeled_and_says_why(tmp_path):
 
 def test_power_watts_estimate():
     sec = energy.report_section(CPU, {}, {"method": "measured", "median_ms": 2.5}, model=_gemm_relu(),
-                                power_watts=4.0)
+                                options=energy.EnergyOptions(power_watts=4.0))
     assert sec["method"] == "estimated from supplied power"
     assert sec["mj_per_inference"] == pytest.approx(10.0)  # 4 W x 2.5 ms = 10 mJ
     assert "4 W" in sec["source"] and "measured latency" in sec["source"]
@@ -264,7 +266,7 @@ def test_power_watts_estimate():
     from optc.errors import UsageError
 
     with pytest.raises(UsageError, match="positive"):
-        energy.report_section(CPU, {}, {"method": "measured", "median_ms": 1}, power_watts=-1)
+        energy.report_section(CPU, {}, {"method": "measured", "median_ms": 1}, options=energy.EnergyOptions(power_watts=-1))
 
 
 # --- NVML (fake pynvml) ----------------------------------------------------------------------

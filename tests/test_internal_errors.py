@@ -53,7 +53,7 @@ def test_bench_threads_and_baselines(tmp_path):
     np.savez(tmp_path / "calib.npz", input=rng.standard_normal((16, 1, 8, 8)).astype(np.float32))
     report = optc.compile(MODELS / "digits_cnn.onnx", "cpu", tmp_path / "q", passes=f"simplify,fuse-bn,quantize<calib={tmp_path / 'calib.npz'}>", options=optc.CompileOptions.of(measure=False))
     assert "deploy_qdq.onnx" in (tmp_path / "q" / "manifest.json").read_text()
-    res = optc.bench(tmp_path / "q", threads=1, repeat=4, rounds=2, warmup=1)
+    res = optc.bench(tmp_path / "q", optc.BenchOptions(threads=1, repeat=4, rounds=2, warmup=1))
     assert res["threads_applied"]["optc (TVM runtime.NumThreads)"] == 1
     assert set(res["baselines"]) == {"deployable", "original"}
     assert "deploy_qdq.onnx" in res["baselines"]["deployable"]["model"]  # never optc's reference ops

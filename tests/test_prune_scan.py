@@ -13,7 +13,7 @@ import pytest
 
 from optc.cli import main
 from optc.pipeline import instantiate, parse_pipeline
-from optc.prune_scan import proposal_pipeline, scan
+from optc.prune_scan import ScanBudget, proposal_pipeline, scan
 from optc.verify import reference_outputs
 from tests.conftest import MODELS
 
@@ -23,7 +23,7 @@ EVAL = MODELS / "digits_eval.npz"
 
 @pytest.fixture(scope="module")
 def cnn_scan():
-    return scan(CNN, EVAL, ratios=(0.25, 0.5), target_flops=0.8, max_accuracy_drop=1.0)
+    return scan(CNN, EVAL, ratios=(0.25, 0.5), budget=ScanBudget(target_flops=0.8, max_accuracy_drop=1.0))
 
 
 def test_scan_table_and_proposal(cnn_scan):
@@ -54,11 +54,11 @@ def test_scan_without_labels_reports_fidelity(tmp_path):
     data = np.load(EVAL)
     path = tmp_path / "nolabel.npz"
     np.savez(path, input=data["input"][:100])
-    res = scan(CNN, path, ratios=(0.5,), max_accuracy_drop=300.0, eval_limit=64)
+    res = scan(CNN, path, ratios=(0.5,), budget=ScanBudget(max_accuracy_drop=300.0), eval_limit=64)
     assert res["eval"]["metric"] == "top1_agreement" and res["eval"]["samples"] == 64
     assert res["baseline"]["metric"] == 100.0
     assert res["proposal"]["target_reached"] and len(res["proposal"]["ratios"]) == 3  # budget allows all
-    tight = scan(CNN, path, ratios=(0.5,), max_accuracy_drop=100.0, eval_limit=64)["proposal"]
+    tight = scan(CNN, path, ratios=(0.5,), budget=ScanBudget(max_accuracy_drop=100.0), eval_limit=64)["proposal"]
     assert tight["estimated_drop_points"] <= 100.0 and len(tight["ratios"]) < 3
 
 

@@ -12,7 +12,7 @@ named in a textual pipeline; backends lower the result with Apache TVM for x86 C
 ARM; every artifact is verified against onnxruntime and carries a report.
 
 Public API (see :mod:`optc.api`): ``compile`` (options grouped in ``CompileOptions``), ``run``,
-``bench``, ``inspect``.
+``bench`` (options in ``BenchOptions``), ``inspect``.
 TVM and torch are imported only when a function needs them, so ``import optc`` is fast; torch
 only inside :mod:`optc.train` (export, fine-tuning, binary training) and :mod:`optc.models`.
 """
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["compile", "CompileOptions", "run", "bench", "inspect", "__version__", "DEFAULT_PIPELINE"]
+__all__ = ["compile", "CompileOptions", "run", "bench", "BenchOptions", "inspect", "__version__", "DEFAULT_PIPELINE"]
 
 DEFAULT_PIPELINE = "simplify,fold-constants,remove-identity,fuse-bn,dce"
 
 
 def __getattr__(name: str):
-    if name in ("compile", "CompileOptions", "run", "bench", "inspect"):
+    if name in ("compile", "CompileOptions", "run", "bench", "BenchOptions", "inspect"):
         from . import api
 
         return getattr(api, name)

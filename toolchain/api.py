@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -134,13 +135,13 @@ def _measure(job: stages.Job, opts: stages.MeasureOptions) -> dict:
     out["summary"] = summary
     out["latency"] = job.session.report_latency(job.args(), LatencyContext(job.target, summary, opts.enabled,
                                                                            job.progress))
-    from .energy import report_section  # energy per inference: measured, supplied power or modeled
+    from .energy import ArtifactRun, EnergyOptions, report_section  # measured, supplied power or modeled
 
     # a remote device's energy cannot be metered from here (session None: modeled)
-    out["energy"] = report_section(job.target, summary, out["latency"], model=job.optimized,
-                                   session=None if job.remote else job.session, args=job.args(),
-                                   measure=opts.enabled, power_watts=opts.power_watts, package=job.work,
-                                   manifest=job.manifest, progress=job.progress)
+    run = ArtifactRun(session=None if job.remote else job.session, args=job.args(), package=job.work,
+                      manifest=job.manifest)
+    out["energy"] = report_section(job.target, summary, out["latency"], model=job.optimized, artifact=run,
+                                   options=EnergyOptions(opts.enabled, opts.power_watts), progress=job.progress)
     return out
 
 
@@ -250,12 +251,23 @@ def run(pkg: str | os.PathLike, inputs: str | os.PathLike | Mapping[str, np.ndar
     return result
 
 
-def bench(pkg: str | os.PathLike, *, warmup: int = 5, repeat: int = 50, rounds: int = 5,
-          threads: int | None = None, compare_ort: bool = True, rpc: str | None = None,
-          rpc_key: str | None = None, rpc_tracker: str | None = None) -> dict:
+@dataclass(frozen=True)
+class BenchOptions:
+    """How :func:`bench` times: ``warmup`` calls, then ``repeat`` timed calls in all, split
+    into ``rounds`` interleaved with onnxruntime's, on ``threads`` threads (None: this host's
+    cores)."""
+
+    warmup: int = 5
+    repeat: int = 50
+    rounds: int = 5
+    threads: int | None = None
+
+
+def bench(pkg: str | os.PathLike, options: BenchOptions = BenchOptions(), *, compare_ort: bool = True,
+          rpc: str | None = None, rpc_key: str | None = None, rpc_tracker: str | None = None) -> dict:
     """Latency of a package and, beside it, onnxruntime's on the package's deployable
-    equivalent, with the same inputs and thread count, interleaved in ``rounds`` so machine
-    noise hits both alike.
+    equivalent, with the same inputs and thread count, interleaved in ``options.rounds`` so
+    machine noise hits both alike (see :class:`BenchOptions`).
 
     Baselines (onnxruntime, graph optimizations on): ``deployable`` - the package's ONNX model
     when onnxruntime can run it, else the QDQ graph an integerized package was made from
@@ -266,6 +278,7 @@ def bench(pkg: str | os.PathLike, *, warmup: int = 5, repeat: int = 50, rounds: 
     reports is recorded. With ``rpc``/``rpc_tracker`` the package runs on that TVM RPC server
     instead, timed there by ``time_evaluator`` (no onnxruntime beside it).
     """
+    warmup, repeat, rounds, threads = options.warmup, options.repeat, options.rounds, options.threads
     if rpc or rpc_tracker or rpc_key:
         return _bench_remote(pkg, warmup, repeat, rpc, rpc_key, rpc_tracker)
     threads = threads or host_cores()

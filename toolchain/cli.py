@@ -162,8 +162,8 @@ def cmd_run(args) -> int:
 def cmd_bench(args) -> int:
     from . import api
 
-    res = api.bench(args.package, warmup=args.warmup, repeat=args.repeat, rounds=args.rounds,
-                    threads=args.threads, compare_ort=not args.no_ort, rpc=args.rpc, rpc_key=args.rpc_key,
+    options = api.BenchOptions(warmup=args.warmup, repeat=args.repeat, rounds=args.rounds, threads=args.threads)
+    res = api.bench(args.package, options, compare_ort=not args.no_ort, rpc=args.rpc, rpc_key=args.rpc_key,
                     rpc_tracker=args.rpc_tracker)
     if args.json:
         _print_json(res)

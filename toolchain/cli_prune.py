@@ -34,12 +34,13 @@ def _pct(x) -> str:
 
 def cmd_prune_scan(args) -> int:
     from .frontend import parse_shape_args
-    from .prune_scan import scan
+    from .prune_scan import PruneSettings, ScanBudget, scan
 
     res = scan(args.model, args.eval, input_shapes=parse_shape_args(args.input_shape or []),
-               ratios=_floats(args.ratios), criterion=args.criterion, target_flops=args.target_flops,
-               max_accuracy_drop=args.max_accuracy_drop, eval_limit=args.eval_limit,
-               multiple=args.multiple, min_channels=args.min_channels, progress=_progress(args))
+               ratios=_floats(args.ratios),
+               settings=PruneSettings(args.criterion, args.multiple, args.min_channels),
+               budget=ScanBudget(args.target_flops, args.max_accuracy_drop), eval_limit=args.eval_limit,
+               progress=_progress(args))
     if args.json:
         _print_json(res)
         return 0
@@ -71,12 +72,15 @@ def cmd_prune_scan(args) -> int:
 
 def cmd_prune_finetune(args) -> int:
     from .errors import BudgetError
-    from .train.finetune import prune_finetune
+    from .train import TrainConfig
+    from .train.finetune import Evaluation, prune_finetune
 
-    rep = prune_finetune(args.model, args.passes, args.train, args.output, eval_data=args.eval,
-                         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                         weight_decay=args.weight_decay, max_accuracy_drop=args.max_accuracy_drop,
-                         eval_limit=args.eval_limit, force=args.force, progress=_progress(args))
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                         weight_decay=args.weight_decay)
+    evaluation = (Evaluation(args.eval, limit=args.eval_limit, max_accuracy_drop=args.max_accuracy_drop)
+                  if args.eval is not None else None)
+    rep = prune_finetune(args.model, args.passes, args.train, args.output, evaluation=evaluation,
+                         config=config, force=args.force, progress=_progress(args))
     if args.json:
         _print_json(rep)
     else:

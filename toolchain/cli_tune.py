@@ -6,9 +6,11 @@ from __future__ import annotations
 from . import DEFAULT_PIPELINE
 
 
-def tune(model, target: str = "cpu", *, trials: int, seconds: float | None = None, passes: str = DEFAULT_PIPELINE,
-         input_shapes=None, db=None, rpc=None, tracker=None, key=None, log=None) -> dict:
-    """Load, bind shapes, run the pass pipeline as ``optc compile`` does, then tune."""
+def tune(model, target: str = "cpu", *, request, passes: str = DEFAULT_PIPELINE, input_shapes=None,
+         log=None) -> dict:
+    """Load, bind shapes, run the pass pipeline as ``optc compile`` does, then tune as
+    ``request`` (an ``optc.backends.tvm.tune.TuningRequest``: trials, time budget, database
+    root, RPC runner) asks."""
     import onnx_ir as ir
 
     from optc.backends.tvm import tune as tvm_tune
@@ -29,8 +31,7 @@ def tune(model, target: str = "cpu", *, trials: int, seconds: float | None = Non
     bound, in_specs = frontend.bind_input_shapes(original, dict(input_shapes or {}))
     irm, _ = pipeline.run_pipeline(ir.serde.deserialize_model(bound), specs)
     optimized = ir.serde.serialize_model(irm)
-    return tvm_tune.tune_onnx(optimized, in_specs, tgt, trials=trials, seconds=seconds, root=db, rpc=rpc,
-                              tracker=tracker, key=key, log=log)
+    return tvm_tune.tune_onnx(optimized, in_specs, tgt, request, log=log)
 
 
 def cmd_tune(args) -> int:
@@ -40,10 +41,13 @@ def cmd_tune(args) -> int:
 
     if args.rpc and args.tracker:
         raise UsageError("give --rpc HOST:PORT or --rpc-tracker HOST:PORT, not both")
+    from optc.backends.tvm.tune import TuningRequest
+
     log = (lambda msg: None) if args.quiet else None
-    res = tune(args.model, args.target, trials=args.trials, seconds=args.tune_seconds, passes=args.passes,
-               input_shapes=parse_shape_args(args.input_shape or []), db=args.db, rpc=args.rpc,
-               tracker=args.tracker, key=args.rpc_key, log=log)
+    request = TuningRequest(root=args.db, trials=args.trials, seconds=args.tune_seconds, rpc=args.rpc,
+                            tracker=args.tracker, key=args.rpc_key)
+    res = tune(args.model, args.target, request=request, passes=args.passes,
+               input_shapes=parse_shape_args(args.input_shape or []), log=log)
     if args.json:
         _print_json(res)
         return 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -138,14 +139,42 @@ def proposal_pipeline(ratios: Mapping[str, float], criterion: str = "l1", *, mul
     return PassSpec("prune", tuple(params)).format()
 
 
-def _prune(proto: onnx.ModelProto, ratios: Mapping[str, float], criterion: str, multiple: int,
-           min_channels: int) -> tuple[onnx.ModelProto, dict]:
+@dataclass(frozen=True)
+class PruneSettings:
+    """The ``prune`` pass parameters a scan uses besides the ratios: channel-ranking
+    ``criterion``, kept channels rounded to a ``multiple``, at least ``min_channels`` kept."""
+
+    criterion: str = "l1"
+    multiple: int = 1
+    min_channels: int = 1
+
+
+@dataclass(frozen=True)
+class ScanBudget:
+    """What the proposal aims for: ``target_flops``, the FLOPs to reach as a fraction of the
+    original (0.5 = half; None: prune as much as the budget allows), and ``max_accuracy_drop``,
+    the budget in percentage points of the metric."""
+
+    target_flops: float | None = None
+    max_accuracy_drop: float = 1.0
+
+
+@dataclass(frozen=True)
+class _Baseline:
+    preds: np.ndarray
+    metric: float
+    flops: int
+
+
+def _prune(proto: onnx.ModelProto, ratios: Mapping[str, float],
+           settings: PruneSettings) -> tuple[onnx.ModelProto, dict]:
     import onnx_ir as ir
 
     from optc.passes.prune import Prune
 
     irm = ir.serde.deserialize_model(proto)
-    result = Prune(ratios=dict(ratios), criterion=criterion, multiple=multiple, min_channels=min_channels)(irm)
+    result = Prune(ratios=dict(ratios), criterion=settings.criterion, multiple=settings.multiple,
+                   min_channels=settings.min_channels)(irm)
     return ir.serde.serialize_model(irm), result.details
 
 
@@ -155,25 +184,23 @@ def scan(
     *,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     ratios: Sequence[float] = (0.25, 0.5, 0.75),
-    criterion: str = "l1",
-    target_flops: float | None = None,
-    max_accuracy_drop: float = 1.0,
+    settings: PruneSettings = PruneSettings(),
+    budget: ScanBudget = ScanBudget(),
     eval_limit: int | None = None,
-    multiple: int = 1,
-    min_channels: int = 1,
     progress: Progress = SILENT,
 ) -> dict:
     """Sensitivity of each channel group to pruning, and a proposal (see the module doc).
 
-    ``target_flops``: the FLOPs the proposal should reach, as a fraction of the original
-    (0.5 = half the FLOPs); None: prune as much as the accuracy budget allows.
-    ``max_accuracy_drop``: the budget in percentage points of the metric.
+    ``settings``: the prune pass's criterion, multiple and minimum channels (:class:`PruneSettings`).
+    ``budget``: the FLOPs target and the accuracy budget of the proposal (:class:`ScanBudget`).
+    ``eval_limit``: evaluate on at most that many samples.
     """
     import onnx_ir as ir
 
     from optc.passes.prune import CRITERIA, model_costs
     from optc.passes.prune_groups import analyze
 
+    criterion, target_flops, max_accuracy_drop = settings.criterion, budget.target_flops, budget.max_accuracy_drop
     ratios = sorted({float(r) for r in ratios})
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise UsageError(f"ratios must be in (0, 1), got {ratios}")
@@ -212,7 +239,7 @@ def scan(
     for i, g in enumerate(groups):
         with progress.step(f"[{i + 1}/{len(groups)}] {g.name} ({g.channels} channels)"):
             for r in ratios:
-                pruned, details = _prune(proto, {g.name: r}, criterion, multiple, min_channels)
+                pruned, details = _prune(proto, {g.name: r}, settings)
                 kept = next(row["kept"] for row in details["groups"] if row["name"] == g.name)
                 if kept == g.channels:
                     continue  # rounding keeps everything at this ratio
@@ -224,8 +251,7 @@ def scan(
                              "drop_points": base_metric - m,
                              "at_chance": near_chance(m, base_metric, data.chance)})
 
-    proposal = _propose(proto, rows, data, base_preds, base_metric, base_flops, target_flops,
-                        max_accuracy_drop, criterion, multiple, min_channels, progress)
+    proposal = _propose(proto, rows, data, _Baseline(base_preds, base_metric, base_flops), budget, settings, progress)
     notes = []
     at_chance = [r for r in rows if r["at_chance"]]
     if at_chance:
@@ -258,8 +284,9 @@ def scan(
     }
 
 
-def _propose(proto, rows, data, base_preds, base_metric, base_flops, target_flops, budget,
-             criterion, multiple, min_channels, progress) -> dict:
+def _propose(proto, rows, data, base: _Baseline, goal: ScanBudget, settings: PruneSettings, progress) -> dict:
+    base_preds, base_metric, base_flops = base.preds, base.metric, base.flops
+    target_flops, budget = goal.target_flops, goal.max_accuracy_drop
     options: dict[str, list[dict]] = {}
     for row in rows:
         options.setdefault(row["group"], []).append(row)
@@ -304,7 +331,7 @@ def _propose(proto, rows, data, base_preds, base_metric, base_flops, target_flop
             chosen = current()
             if not chosen:
                 break
-            pruned, details = _prune(proto, chosen, criterion, multiple, min_channels)
+            pruned, details = _prune(proto, chosen, settings)
             m = evaluate_model(pruned, data, base_preds)
             measured = {"metric": m, "drop_points": base_metric - m, "flops": details["flops_after"],
                         "params": details["params_after"]}
@@ -317,7 +344,8 @@ def _propose(proto, rows, data, base_preds, base_metric, base_flops, target_flop
     flops = measured["flops"] if measured else base_flops
     out = {
         "ratios": chosen,
-        "pipeline": proposal_pipeline(chosen, criterion, multiple=multiple, min_channels=min_channels),
+        "pipeline": proposal_pipeline(chosen, settings.criterion, multiple=settings.multiple,
+                                      min_channels=settings.min_channels),
         "target_flops": target_flops,
         "max_accuracy_drop": budget,
         "estimated_drop_points": est_loss,

@@ -415,10 +415,20 @@ class _Act:
     notes: list
 
 
-def _activation(g: _Graph, name: str, w: _Weights, in_enc: Enc, xnor: bool, is_conv: bool,
-                compute_out: str, chain: list, quant) -> _Act:
-    """Thresholds for one layer by running chain + quantizer in onnxruntime on every
+@dataclass(frozen=True)
+class _ActChain:
+    """The float nodes after a layer's MatMul/Conv: ``chain`` (BatchNormalization, Relu, ...)
+    from the tensor ``compute_out``, ending in the quantizer node ``quant``."""
+
+    compute_out: str
+    chain: list
+    quant: object
+
+
+def _activation(g: _Graph, name: str, w: _Weights, in_enc: Enc, xnor: bool, is_conv: bool, act: _ActChain) -> _Act:
+    """Thresholds for one layer by running ``act``'s chain + quantizer in onnxruntime on every
     accumulator value (see the module docstring)."""
+    compute_out, chain, quant = act.compute_out, act.chain, act.quant
     codes = w.codes
     n, k = codes.shape
     rowsum = codes.sum(1).astype(np.float64)
@@ -685,7 +695,7 @@ def partition(model: onnx.ModelProto) -> Partition:
                 layers[:] = layers[:checkpoint[3]] if checkpoint else []
                 notes.append(f"hardware ends at {_nname(pool_node)}: MaxPool with padding/ceil")
                 break
-        act = _activation(g, mname, w, enc, xnor, is_conv, out, chain, quant)
+        act = _activation(g, mname, w, enc, xnor, is_conv, _ActChain(out, chain, quant))
         notes += act.notes
         codes = np.where(act.flip[:, None], -w.codes, w.codes)
         wdt = w.dtype if w.dtype.kind == "bipolar" else DType(*bits_for_range(int(codes.min()), int(codes.max())))

@@ -46,6 +46,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -296,40 +297,42 @@ def export_aarch64(executable, path: Path) -> None:
         raise ToolchainError(f"exporting aarch64 library {path} failed: {msg[-500:]}") from exc
 
 
-def run_qemu(
-    lib_path: Path,
-    inputs: list[np.ndarray],
-    *,
-    params_path: Path | None = None,
-    qemu_cpu: str = "cortex-a72",
-    warmup: int = 0,
-    repeat: int = 0,
-    timeout: float = 600,
-    bundle: Path | None = None,
-    qemu_args: list[str] | tuple[str, ...] = (),
-) -> tuple[list[np.ndarray], list[float]]:
-    """Run ``main(*inputs, *params)`` of an aarch64 Relax library under qemu-user.
+@dataclass(frozen=True)
+class QemuRun:
+    """How :func:`run_qemu` runs the aarch64 runner under qemu-user: the emulated core
+    (``qemu -cpu``), the ``bundle`` directory holding ``optc_runner`` and the aarch64 TVM
+    libraries (None: the cached :func:`runtime_bundle`; a package passes the copy it ships),
+    extra qemu options placed after ``-cpu`` (e.g. a TCG plugin, see ``qemu_plugin.py``) and the
+    runner's time limit in seconds."""
 
-    ``bundle`` is the directory holding ``optc_runner`` and the aarch64 TVM libraries (default:
-    the cached :func:`runtime_bundle`; a package passes the copy it ships). ``qemu_args`` are
-    extra qemu options placed after ``-cpu`` (e.g. a TCG plugin, see ``qemu_plugin.py``).
+    cpu: str = "cortex-a72"
+    bundle: Path | None = None
+    qemu_args: tuple[str, ...] = ()
+    timeout: float = 600
+
+
+def run_qemu(lib_path: Path, inputs: list[np.ndarray], *, params_path: Path | None = None,
+             qemu: QemuRun = QemuRun(), warmup: int = 0, repeat: int = 0) -> tuple[list[np.ndarray], list[float]]:
+    """Run ``main(*inputs, *params)`` of an aarch64 Relax library under qemu-user as ``qemu``
+    says (:class:`QemuRun`).
 
     Returns ``(outputs, times_s)``; ``times_s`` is empty unless ``repeat > 0`` and measures
     *emulation* speed on the host, not ARM latency. Any failure raises :class:`ToolchainError`
     carrying the runner's last stderr lines.
     """
-    sets, times = run_qemu_sets(lib_path, [inputs], params_path=params_path, qemu_cpu=qemu_cpu, warmup=warmup,
-                                repeat=repeat, timeout=timeout, bundle=bundle, qemu_args=qemu_args)
+    sets, times = run_qemu_sets(lib_path, [inputs], params_path=params_path, qemu=qemu, warmup=warmup,
+                                repeat=repeat)
     return sets[0], times
 
 
 def run_qemu_sets(lib_path: Path, sets: list[list[np.ndarray]], *, params_path: Path | None = None,
-                  qemu_cpu: str = "cortex-a72", warmup: int = 0, repeat: int = 0, timeout: float = 600,
-                  bundle: Path | None = None, qemu_args=()) -> tuple[list[list[np.ndarray]], list[float]]:
+                  qemu: QemuRun = QemuRun(), warmup: int = 0,
+                  repeat: int = 0) -> tuple[list[list[np.ndarray]], list[float]]:
     """:func:`run_qemu` on several input sets in one runner process (the library and the
     runtime load once): the outputs of each set, and the times of the first set."""
     import numpy as np
 
+    qemu_cpu, timeout, qemu_args, bundle = qemu.cpu, qemu.timeout, qemu.qemu_args, qemu.bundle
     check_tools()
     lib_path = Path(lib_path)
     if not lib_path.is_file():
@@ -349,7 +352,7 @@ def run_qemu_sets(lib_path: Path, sets: list[list[np.ndarray]], *, params_path: 
                 if a.dtype.byteorder == ">":
                     a = a.astype(a.dtype.newbyteorder("<"))
                 f = tmpd / f"s{k}_in{i}.npy"
-                np.save(f, np.ascontiguousarray(a))
+                np.save(f, np.asarray(a, order="C"))
                 in_files.append(str(f))
         cmd = [QEMU, "-cpu", qemu_cpu, *qemu_args, "-L", SYSROOT, str(bundle / RUNNER_NAME),
                str(lib_path.resolve())]  # fmt: skip

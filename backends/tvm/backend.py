@@ -113,11 +113,15 @@ class ArmSession(SessionBase):
         self._cpu = manifest["target"]["qemu_cpu"]
         self._bundle = pkg_dir / Path(files["runner"]).parent  # the runner the package ships
 
+    def _qemu(self):
+        from . import arm
+
+        return arm.QemuRun(cpu=self._cpu, bundle=self._bundle)
+
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         from . import arm
 
-        outputs, _ = arm.run_qemu(self._lib, inputs, params_path=self._params, qemu_cpu=self._cpu,
-                                  bundle=self._bundle)
+        outputs, _ = arm.run_qemu(self._lib, inputs, params_path=self._params, qemu=self._qemu())
         return outputs
 
     def report_latency(self, args: list[np.ndarray], ctx) -> dict:
@@ -134,15 +138,14 @@ class ArmSession(SessionBase):
         """All sets in one runner process under qemu (the runtime starts once)."""
         from . import arm
 
-        outputs, _ = arm.run_qemu_sets(self._lib, sets, params_path=self._params, qemu_cpu=self._cpu,
-                                       bundle=self._bundle)
+        outputs, _ = arm.run_qemu_sets(self._lib, sets, params_path=self._params, qemu=self._qemu())
         return outputs
 
     def time(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:
         from . import arm
 
-        _, times = arm.run_qemu(self._lib, inputs, params_path=self._params, qemu_cpu=self._cpu,
-                                warmup=warmup, repeat=repeat, bundle=self._bundle)
+        _, times = arm.run_qemu(self._lib, inputs, params_path=self._params, qemu=self._qemu(), warmup=warmup,
+                                repeat=repeat)
         return times
 
 

@@ -42,9 +42,11 @@ splits them into 4 NEON q-registers on AArch64).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from optc.passes import optc_ops
+from optc.passes.optc_ops import ConvGeometry
 
 from .lower import call_kernel, conv_params, opaque_kernel, register_converter, register_if_available, static_shape
 
@@ -294,9 +296,10 @@ def _select_chain(values: list[int], o, default: int, dtype: str = "int32"):
     return expr
 
 
-def binary_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, has_bias, has_alpha=True,
+def binary_conv2d_te(x_shape, N: int, geom: ConvGeometry, has_bias: bool, has_alpha: bool = True,
                      threshold=None):
-    """TE tensors of BinaryConv2d with pre-transposed weights Wt [N/8, KH, KW, CW, 8].
+    """TE tensors of BinaryConv2d (``x_shape`` = (B, C, H, W), NCHW) with pre-transposed
+    weights Wt [N/8, KH, KW, CW, 8].
 
     The packed input is zero-padded, so every tap is read without a condition; a padded tap adds
     popcount(0 xor w) = popcount(w), which a small per-(channel, border class) table removes.
@@ -308,10 +311,12 @@ def binary_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, has
     """
     from tvm import te, tirx
 
+    B, C, H, W_ = x_shape
+    kernel_shape, pads, strides, dilations = geom.kernel_shape, geom.pads, geom.strides, geom.dilations
     KH, KW_ = kernel_shape
     CW = optc_ops.words(C)
     NB = -(-N // LANES)
-    OH, OW = optc_ops.conv_output_shape(H, W_, kernel_shape, pads, strides, dilations)
+    OH, OW = geom.output_shape(H, W_)
     rows_mode = row_packed(C, kernel_shape)
     RW = optc_ops.words(KW_ * C)
     X = te.placeholder((B, C, H, W_), "float32", name="X")
@@ -432,16 +437,19 @@ def binary_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, has
     return ins, Y
 
 
-def bitserial_conv2d_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, act_bits, weight_bits,
-                        act_scale, has_bias):
-    """TE tensors of BitserialConv2d with pre-transposed weight planes Wt [N/8, wb, KH, KW, CW, 8].
-    Zero padding is code 0, so the padded planes need no correction."""
+def bitserial_conv2d_te(x_shape, N: int, geom: ConvGeometry, act_bits: int, weight_bits: int, act_scale: float,
+                        has_bias: bool):
+    """TE tensors of BitserialConv2d (``x_shape`` = (B, C, H, W), NCHW) with pre-transposed
+    weight planes Wt [N/8, wb, KH, KW, CW, 8]. Zero padding is code 0, so the padded planes
+    need no correction."""
     from tvm import te, tirx
 
-    KH, KW_ = kernel_shape
+    B, C, H, W_ = x_shape
+    pads, strides, dilations = geom.pads, geom.strides, geom.dilations
+    KH, KW_ = geom.kernel_shape
     CW = optc_ops.words(C)
     NB = -(-N // LANES)
-    OH, OW = optc_ops.conv_output_shape(H, W_, kernel_shape, pads, strides, dilations)
+    OH, OW = geom.output_shape(H, W_)
     X = te.placeholder((B, C, H, W_), "float32", name="X")
     Wt = te.placeholder((NB, weight_bits, KH, KW_, CW, LANES), "uint64", name="Wt")
     WS = te.placeholder((N,), "float32", name="w_scale")
@@ -569,14 +577,30 @@ def _schedule_packing(sch, name: str, parallel: bool) -> None:
     sch.unroll(sch.get_loops(sch.get_sblock(name + "_update"))[-2])
 
 
-def schedule_conv(func, *, red_name: str, out_name: str, pack_name: str, extra_red: str | None,
-                  n_out: int, ow: int, work: int, window: int = 1):
+@dataclass(frozen=True)
+class ConvBlocks:
+    """Names of the TE stages of a conv kernel that :func:`schedule_conv` schedules: the
+    popcount reduction, the output, the activation pack (``{pack}q``, then the padded
+    ``{pack}``) and an optional second reduction (the k-bit conv's activation sums)."""
+
+    red: str
+    out: str
+    pack: str
+    extra_red: str | None = None
+
+
+BINARY_CONV_BLOCKS = ConvBlocks(red="P", out="Y", pack="Xp")
+BITSERIAL_CONV_BLOCKS = ConvBlocks(red="D", out="Y", pack="Ap", extra_red="S")
+
+
+def schedule_conv(func, blocks: ConvBlocks, *, n_out: int, ow: int, work: int, window: int = 1):
     """Conv bit-serial schedule. The output block's loops are tiled as (batch x channel block x
     output row) [parallel] -> column tile -> (R columns, 8 channels); the popcount reduction is
     computed at the column tile into a local R x 8 accumulator (R u64 vectors kept in
     registers) with (kh, kw, cw) outside and the 8 channels as the vector lane."""
     import tvm
 
+    red_name, out_name, pack_name, extra_red = blocks.red, blocks.out, blocks.pack, blocks.extra_red
     sch = tvm.s_tir.Schedule(func)
     par = work >= PARALLEL_MIN_WORDS
     # pack: loops b, [i,] h, cw, w, c -> ..., c (unrolled), w (vector). Unrolling c keeps
@@ -670,40 +694,38 @@ def conv_weight_lanes_shape(N, KH, KW, C, planes=None) -> list[int]:
     return lead + [KW, optc_ops.words(C), LANES]
 
 
-def binary_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_bias=False, has_alpha=True,
-                       threshold=None):
-    """BinaryConv2d; with ``threshold = (has_direction, pool_shape)`` BinaryConv2dThreshold
-    (binary conv + integer threshold + max-pool in one kernel)."""
+def binary_conv2d_func(x_shape, N, geom: ConvGeometry, has_bias=False, has_alpha=True, threshold=None):
+    """BinaryConv2d (``x_shape`` = (B, C, H, W)); with ``threshold = (has_direction,
+    pool_shape)`` BinaryConv2dThreshold (binary conv + integer threshold + max-pool in one
+    kernel)."""
     from tvm import te
 
     pool = threshold[1] if threshold else (1, 1)
-    ins, Y = binary_conv2d_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_bias, has_alpha,
-                              threshold=threshold)
+    ins, Y = binary_conv2d_te(x_shape, N, geom, has_bias, has_alpha, threshold=threshold)
     f = te.create_prim_func([*ins, Y])
-    OH, OW = optc_ops.conv_output_shape(H, W, kernel_shape, pads, strides, dilations)
-    work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C)
-    f = schedule_conv(f, red_name="P", out_name="Y", pack_name="Xp", extra_red=None, n_out=N, ow=OW // pool[1],
-                      work=work, window=pool[0] * pool[1])
+    B, C, H, W = x_shape
+    OH, OW = geom.output_shape(H, W)
+    work = B * N * OH * OW * geom.taps * optc_ops.words(C)
+    f = schedule_conv(f, BINARY_CONV_BLOCKS, n_out=N, ow=OW // pool[1], work=work, window=pool[0] * pool[1])
     return opaque_kernel(f)
 
 
-def binary_conv2d_threshold_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, has_direction=False,
-                                 pool_shape=(1, 1)):
+def binary_conv2d_threshold_func(x_shape, N, geom: ConvGeometry, has_direction=False, pool_shape=(1, 1)):
     """BinaryConv2dThreshold: :func:`binary_conv2d_func` with the threshold (and pool) fused."""
-    return binary_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, False, False,
+    return binary_conv2d_func(x_shape, N, geom, False, False,
                               threshold=(has_direction, tuple(int(v) for v in pool_shape)))
 
 
-def bitserial_conv2d_func(B, C, H, W, N, kernel_shape, pads, strides, dilations, act_bits, weight_bits,
-                          act_scale, has_bias=False):
+def bitserial_conv2d_func(x_shape, N, geom: ConvGeometry, act_bits, weight_bits, act_scale, has_bias=False):
+    """BitserialConv2d (``x_shape`` = (B, C, H, W))."""
     from tvm import te
 
-    ins, Y = bitserial_conv2d_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, act_bits,
-                                 weight_bits, act_scale, has_bias)
+    ins, Y = bitserial_conv2d_te(x_shape, N, geom, act_bits, weight_bits, act_scale, has_bias)
     f = te.create_prim_func([*ins, Y])
-    OH, OW = optc_ops.conv_output_shape(H, W, kernel_shape, pads, strides, dilations)
-    work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * optc_ops.words(C) * act_bits * weight_bits
-    f = schedule_conv(f, red_name="D", out_name="Y", pack_name="Ap", extra_red="S", n_out=N, ow=OW, work=work)
+    B, C, H, W = x_shape
+    OH, OW = geom.output_shape(H, W)
+    work = B * N * OH * OW * geom.taps * optc_ops.words(C) * act_bits * weight_bits
+    f = schedule_conv(f, BITSERIAL_CONV_BLOCKS, n_out=N, ow=OW, work=work)
     return opaque_kernel(f)
 
 
@@ -718,14 +740,15 @@ def _base():
 
 
 def _binary_conv_operands(bb, x, w, attr):
-    """(geometry, (OH, OW), lane-packed weights) of a BinaryConv2d[Threshold] converter."""
+    """(x_shape, N, geometry, (OH, OW), lane-packed weights) of a BinaryConv2d[Threshold]
+    converter."""
     b, c, h, wd = static_shape(x)
     n = static_shape(w)[0]
-    ks, pads, strides, dil = conv_params(attr)
-    kh, kw = ks
+    geom = ConvGeometry(*conv_params(attr))
+    kh, kw = geom.kernel_shape
     wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
                              conv_weight_lanes_shape(n, kh, kw, c), "uint64"))
-    return (b, c, h, wd, n, ks, pads, strides, dil), optc_ops.conv_output_shape(h, wd, ks, pads, strides, dil), wt
+    return (b, c, h, wd), n, geom, geom.output_shape(h, wd), wt
 
 
 def _register() -> None:
@@ -785,10 +808,10 @@ def _register() -> None:
             x, w = inputs[0], inputs[1]
             alpha = inputs[2] if len(inputs) > 2 else None
             bias = inputs[3] if len(inputs) > 3 else None
-            (b, c, h, wd, n, ks, pads, strides, dil), (oh, ow), wt = _binary_conv_operands(bb, x, w, attr)
-            func = binary_conv2d_func(b, c, h, wd, n, ks, pads, strides, dil, bias is not None, alpha is not None)
+            x_shape, n, geom, (oh, ow), wt = _binary_conv_operands(bb, x, w, attr)
+            func = binary_conv2d_func(x_shape, n, geom, bias is not None, alpha is not None)
             args = [x, wt] + [v for v in (alpha, bias) if v is not None]
-            return call_kernel(bb, func, "optc_binary_conv2d", args, [b, n, oh, ow])
+            return call_kernel(bb, func, "optc_binary_conv2d", args, [x_shape[0], n, oh, ow])
 
     @register_converter(optc_ops.DOMAIN, "BinaryConv2dThreshold")
     class BinaryConv2dThreshold(Base):
@@ -796,11 +819,12 @@ def _register() -> None:
         def _impl_v1(cls, bb, inputs, attr, params):
             x, w, t = inputs[0], inputs[1], inputs[2]
             d = inputs[3] if len(inputs) > 3 else None
-            (b, c, h, wd, n, ks, pads, strides, dil), (oh, ow), wt = _binary_conv_operands(bb, x, w, attr)
+            x_shape, n, geom, (oh, ow), wt = _binary_conv_operands(bb, x, w, attr)
             pool = [int(v) for v in attr.get("pool_shape", (1, 1))]
-            func = binary_conv2d_threshold_func(b, c, h, wd, n, ks, pads, strides, dil, d is not None, pool)
+            func = binary_conv2d_threshold_func(x_shape, n, geom, d is not None, pool)
             args = [x, wt, t] + ([d] if d is not None else [])
-            return call_kernel(bb, func, "optc_binary_conv2d_threshold", args, [b, n, oh // pool[0], ow // pool[1]])
+            return call_kernel(bb, func, "optc_binary_conv2d_threshold", args,
+                               [x_shape[0], n, oh // pool[0], ow // pool[1]])
 
     @register_converter(optc_ops.DOMAIN, "BitserialConv2d")
     class BitserialConv2d(Base):
@@ -810,12 +834,12 @@ def _register() -> None:
             bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else None
             b, c, h, wd = static_shape(x)
             n, wb, _ = static_shape(w)
-            ks, pads, strides, dil = conv_params(attr)
-            kh, kw = ks
-            oh, ow = optc_ops.conv_output_shape(h, wd, ks, pads, strides, dil)
+            geom = ConvGeometry(*conv_params(attr))
+            kh, kw = geom.kernel_shape
+            oh, ow = geom.output_shape(h, wd)
             wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c, wb), "optc_conv_weight_lanes", [w],
                                [-(-n // LANES), wb, kh, kw, optc_ops.words(c), LANES], "uint64"))
-            func = bitserial_conv2d_func(b, c, h, wd, n, ks, pads, strides, dil, int(attr["act_bits"]), wb,
+            func = bitserial_conv2d_func((b, c, h, wd), n, geom, int(attr["act_bits"]), wb,
                                          float(attr["act_scale"]), bias is not None)
             args = [x, wt, ws, wo] + ([bias] if bias is not None else [])
             return call_kernel(bb, func, "optc_bitserial_conv2d", args, [b, n, oh, ow])

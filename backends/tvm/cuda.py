@@ -439,7 +439,7 @@ class CudaSession(SessionBase):
             raise ToolchainError(f"cannot run this package: {self.skip_reason}")
 
     def _args(self, inputs):
-        return [self._tensor(np.ascontiguousarray(x), self._dev) for x in inputs] + self._params
+        return [self._tensor(np.asarray(x, order="C"), self._dev) for x in inputs] + self._params
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         self._require()

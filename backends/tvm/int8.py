@@ -56,7 +56,8 @@ requantization epilogue as the convolutions.
 from __future__ import annotations
 
 
-from optc.passes.optc_ops import conv_output_shape
+from optc.passes.optc_ops import ConvGeometry, conv_output_shape
+from optc.passes.quant.int_ops import Requant
 
 from .lower import call_kernel, conv_params, opaque_kernel, register_converter, register_if_available, static_shape
 
@@ -217,35 +218,38 @@ def bias_adjust_te(N: int, C: int, KH: int, KW: int, delta: int, has_bias: bool)
     return ins, te.compute((N,), f, name="Bk")
 
 
-def _requant(acc, M, S, zy: int, lo: int, hi: int, out_dtype: str):
+def _requant(acc, M, S, rq: Requant):
     """The op contract's requantization as a TIR expression (int32 acc, per-channel M, S)."""
     from tvm import tirx
 
     prod = acc.astype("int64") * M.astype("int64")
     s64 = S.astype("int64")
     rounded = (prod + (tirx.const(1, "int64") << (s64 - tirx.const(1, "int64")))) >> s64
-    y = rounded + tirx.const(zy, "int64")
-    y = tirx.max(tirx.min(y, tirx.const(hi, "int64")), tirx.const(lo, "int64"))
-    return y.astype(out_dtype)
+    y = rounded + tirx.const(rq.y_zero_point, "int64")
+    y = tirx.max(tirx.min(y, tirx.const(rq.out_max, "int64")), tirx.const(rq.out_min, "int64"))
+    return y.astype(rq.out_dtype)
 
 
-def conv_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, *, in_dtype, kdtype, x_zp,
-            y_zp, out_min, out_max, out_dtype, x_layout="NCHW", y_layout="NCHW"):
+def conv_te(x_shape, N: int, geom: ConvGeometry, rq: Requant, *, in_dtype: str, kdtype: str):
     """TE tensors of IntConv2d (group 1) on packed weights ``Wp`` and the kernel's bias;
-    ``X``/``Y`` in NCHW or NHWC (the packed ``Xp`` is NHWC either way: from NHWC the pack is
-    a padded copy of contiguous rows, from NCHW a transpose)."""
+    ``x_shape`` = (B, C, H, W) whatever the layout; ``X``/``Y`` in NCHW or NHWC
+    (``geom.x_layout`` / ``y_layout``; the packed ``Xp`` is NHWC either way: from NHWC the
+    pack is a padded copy of contiguous rows, from NCHW a transpose)."""
     from tvm import te, tirx
 
-    KH, KW = kernel_shape
+    B, C, H, W_ = x_shape
+    KH, KW = geom.kernel_shape
+    pads, strides, dilations = geom.pads, geom.strides, geom.dilations
+    x_layout, y_layout = geom.x_layout, geom.y_layout
     NB, CB = _cdiv(N, LANES), channel_blocks(C, KH, KW)
-    OH, OW = conv_output_shape(H, W_, kernel_shape, pads, strides, dilations)
+    OH, OW = geom.output_shape(H, W_)
     Hp, Wpd = H + pads[0] + pads[2], W_ + pads[1] + pads[3]
     X = te.placeholder((B, C, H, W_) if x_layout == "NCHW" else (B, H, W_, C), in_dtype, name="X")
     Wp = te.placeholder((NB, KH, KW, CB, LANES, GROUP), "int8", name="Wp")
     Bk = te.placeholder((N,), "int32", name="Bk")
     M = te.placeholder((N,), "int32", name="multiplier")
     S = te.placeholder((N,), "int32", name="shift")
-    zp_k = _zero_point_in_kernel(x_zp, in_dtype, kdtype)
+    zp_k = _zero_point_in_kernel(rq.x_zero_point, in_dtype, kdtype)
 
     def pack(b, hp, wp, cb, g):
         c, h, w = cb * GROUP + g, hp - pads[0], wp - pads[1]
@@ -265,7 +269,7 @@ def conv_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, *, in_dtype,
             * Wp[nb, rkh, rkw, rcb, l, rg].astype("int32"), axis=[rkh, rkw, rcb, rg]),
         name="Acc")
     def requant(b, n, oh, ow):
-        return _requant(Acc[b, n // LANES, oh, ow, n % LANES] + Bk[n], M[n], S[n], y_zp, out_min, out_max, out_dtype)
+        return _requant(Acc[b, n // LANES, oh, ow, n % LANES] + Bk[n], M[n], S[n], rq)
 
     if y_layout == "NCHW":
         Y = te.compute((B, N, OH, OW), requant, name="Y")
@@ -274,14 +278,16 @@ def conv_te(B, C, H, W_, N, kernel_shape, pads, strides, dilations, *, in_dtype,
     return [X, Wp, Bk, M, S], Y
 
 
-def depthwise_te(B, C, H, W_, kernel_shape, pads, strides, dilations, *, in_dtype, x_zp, y_zp, out_min,
-                 out_max, out_dtype):
+def depthwise_te(x_shape, geom: ConvGeometry, rq: Requant, *, in_dtype: str):
     """TE tensors of IntConv2d with group = C = N (one KH x KW filter per channel), on the
-    ONNX weight layout ``W [C, 1, KH, KW]`` and the op's bias."""
+    ONNX weight layout ``W [C, 1, KH, KW]`` and the op's bias; ``X``/``Y`` NCHW,
+    ``x_shape`` = (B, C, H, W)."""
     from tvm import te, tirx
 
-    KH, KW = kernel_shape
-    OH, OW = conv_output_shape(H, W_, kernel_shape, pads, strides, dilations)
+    B, C, H, W_ = x_shape
+    KH, KW = geom.kernel_shape
+    pads, strides, dilations = geom.pads, geom.strides, geom.dilations
+    OH, OW = geom.output_shape(H, W_)
     X = te.placeholder((B, C, H, W_), in_dtype, name="X")
     W = te.placeholder((C, 1, KH, KW), "int8", name="W")
     Bv = te.placeholder((C,), "int32", name="B")
@@ -293,7 +299,7 @@ def depthwise_te(B, C, H, W_, kernel_shape, pads, strides, dilations, *, in_dtyp
         h, w = hp - pads[0], wp - pads[1]
         inside = tirx.all(h >= 0, h < H, w >= 0, w < W_)
         v = X[b, c, tirx.max(tirx.min(h, H - 1), 0), tirx.max(tirx.min(w, W_ - 1), 0)].astype("int32")
-        return tirx.if_then_else(inside, v, tirx.const(x_zp, "int32"))
+        return tirx.if_then_else(inside, v, tirx.const(rq.x_zero_point, "int32"))
 
     Xp = te.compute((B, C, Hp, Wpd), pad, name="Xp")
     rkh, rkw = te.reduce_axis((0, KH), "kh"), te.reduce_axis((0, KW), "kw")
@@ -302,12 +308,11 @@ def depthwise_te(B, C, H, W_, kernel_shape, pads, strides, dilations, *, in_dtyp
         lambda b, c, oh, ow: te.sum(Xp[b, c, oh * strides[0] + rkh * dilations[0], ow * strides[1] + rkw * dilations[1]]
                                     * W[c, 0, rkh, rkw].astype("int32"), axis=[rkh, rkw]),
         name="Acc")
-    Y = te.compute((B, C, OH, OW), lambda b, c, oh, ow: _requant(Acc[b, c, oh, ow] + Bv[c], M[c], S[c], y_zp, out_min,
-                                                                   out_max, out_dtype), name="Y")
+    Y = te.compute((B, C, OH, OW), lambda b, c, oh, ow: _requant(Acc[b, c, oh, ow] + Bv[c], M[c], S[c], rq), name="Y")
     return [X, W, Bv, M, S], Y
 
 
-def dense_te(M_, K, N, *, in_dtype, kdtype, y_zp, out_min, out_max, out_dtype):
+def dense_te(M_, K, N, rq: Requant, *, in_dtype: str, kdtype: str):
     """TE tensors of IntDense on packed weights ``Wp [NB, 1, 1, KB, 16, 4]`` (the conv weight
     layout of a 1x1 kernel) and the kernel's bias."""
     from tvm import te, tirx
@@ -327,8 +332,7 @@ def dense_te(M_, K, N, *, in_dtype, kdtype, y_zp, out_min, out_max, out_dtype):
     rkb, rg = te.reduce_axis((0, KB), "kb"), te.reduce_axis((0, GROUP), "g")
     Acc = te.compute((M_, NB, LANES), lambda m, nb, l: te.sum(
         Xp[m, rkb, rg].astype("int32") * Wp[nb, 0, 0, rkb, l, rg].astype("int32"), axis=[rkb, rg]), name="Acc")
-    Y = te.compute((M_, N), lambda m, n: _requant(Acc[m, n // LANES, n % LANES] + Bk[n], Mu[n], S[n], y_zp, out_min,
-                                                   out_max, out_dtype), name="Y")
+    Y = te.compute((M_, N), lambda m, n: _requant(Acc[m, n // LANES, n % LANES] + Bk[n], Mu[n], S[n], rq), name="Y")
     return [X, Wp, Bk, Mu, S], Y
 
 
@@ -389,23 +393,24 @@ def schedule_max_pool(func, *, ow: int, work: int):
     return sch.mod["main"]
 
 
-def global_avg_pool_te(B, C, H, W_, *, in_dtype, x_layout, x_zp, y_zp, out_min, out_max, out_dtype,
-                       per_channel: bool):
+def global_avg_pool_te(x_shape, rq: Requant, *, in_dtype: str, x_layout: str, per_channel: bool):
     """IntGlobalAveragePool: ``Acc[b, c]`` = int32 sum of the codes over (h, w), then the op
-    contract's requantization of ``Acc - H * W * x_zero_point``; ``Y [B, C, 1, 1]``."""
+    contract's requantization of ``Acc - H * W * x_zero_point``; ``x_shape`` = (B, C, H, W)
+    whatever the layout, ``Y [B, C, 1, 1]``."""
     from tvm import te, tirx
 
+    B, C, H, W_ = x_shape
     X = te.placeholder((B, C, H, W_) if x_layout == "NCHW" else (B, H, W_, C), in_dtype, name="X")
     M = te.placeholder((C if per_channel else 1,), "int32", name="multiplier")
     S = te.placeholder((C if per_channel else 1,), "int32", name="shift")
     rh, rw = te.reduce_axis((0, H), "h"), te.reduce_axis((0, W_), "w")
     Acc = te.compute((B, C), lambda b, c: te.sum(
         (X[b, c, rh, rw] if x_layout == "NCHW" else X[b, rh, rw, c]).astype("int32"), axis=[rh, rw]), name="Acc")
-    zero_sum = tirx.const(H * W_ * x_zp, "int32")
+    zero_sum = tirx.const(H * W_ * rq.x_zero_point, "int32")
 
     def y(b, c, i, j):
         k = c if per_channel else 0
-        return _requant(Acc[b, c] - zero_sum, M[k], S[k], y_zp, out_min, out_max, out_dtype)
+        return _requant(Acc[b, c] - zero_sum, M[k], S[k], rq)
 
     return [X, M, S], te.compute((B, C, 1, 1), y, name="Y")
 
@@ -596,28 +601,28 @@ def bias_adjust_func(N, C, KH, KW, delta, has_bias):
     return opaque_kernel(te.create_prim_func([*ins, Bk]))
 
 
-def conv_func(isa, B, C, H, W, N, kernel_shape, pads, strides, dilations, *, in_dtype, x_zp, y_zp, out_min,
-              out_max, out_dtype, x_layout="NCHW", y_layout="NCHW"):
+def conv_func(isa, x_shape, N, geom: ConvGeometry, rq: Requant, *, in_dtype: str):
+    """IntConv2d, group 1 (:func:`conv_te`), scheduled for ``isa``."""
     from tvm import te
 
-    ins, Y = conv_te(B, C, H, W, N, kernel_shape, pads, strides, dilations, in_dtype=in_dtype,
-                     kdtype=kernel_dtype(isa), x_zp=x_zp, y_zp=y_zp, out_min=out_min, out_max=out_max,
-                     out_dtype=out_dtype, x_layout=x_layout, y_layout=y_layout)
+    ins, Y = conv_te(x_shape, N, geom, rq, in_dtype=in_dtype, kdtype=kernel_dtype(isa))
     f = te.create_prim_func([*ins, Y])
-    OH, OW = conv_output_shape(H, W, kernel_shape, pads, strides, dilations)
-    work = B * N * OH * OW * kernel_shape[0] * kernel_shape[1] * C
-    return opaque_kernel(schedule_conv(f, isa, n_out=N, ow=OW, work=work, x_layout=x_layout, y_layout=y_layout))
+    B, C, H, W = x_shape
+    OH, OW = geom.output_shape(H, W)
+    work = B * N * OH * OW * geom.taps * C
+    return opaque_kernel(schedule_conv(f, isa, n_out=N, ow=OW, work=work, x_layout=geom.x_layout,
+                                       y_layout=geom.y_layout))
 
 
-def depthwise_func(B, C, H, W, kernel_shape, pads, strides, dilations, *, in_dtype, x_zp, y_zp, out_min, out_max,
-                   out_dtype):
+def depthwise_func(x_shape, geom: ConvGeometry, rq: Requant, *, in_dtype: str):
+    """Depthwise IntConv2d (:func:`depthwise_te`)."""
     from tvm import te
 
-    ins, Y = depthwise_te(B, C, H, W, kernel_shape, pads, strides, dilations, in_dtype=in_dtype, x_zp=x_zp,
-                          y_zp=y_zp, out_min=out_min, out_max=out_max, out_dtype=out_dtype)
+    ins, Y = depthwise_te(x_shape, geom, rq, in_dtype=in_dtype)
     f = te.create_prim_func([*ins, Y])
-    OH, OW = conv_output_shape(H, W, kernel_shape, pads, strides, dilations)
-    return opaque_kernel(schedule_depthwise(f, ow=OW, work=B * C * OH * OW * kernel_shape[0] * kernel_shape[1]))
+    B, C, H, W = x_shape
+    OH, OW = geom.output_shape(H, W)
+    return opaque_kernel(schedule_depthwise(f, ow=OW, work=B * C * OH * OW * geom.taps))
 
 
 def max_pool_func(B, C, H, W, kernel_shape, pads, strides, *, dtype):
@@ -629,12 +634,13 @@ def max_pool_func(B, C, H, W, kernel_shape, pads, strides, *, dtype):
     return opaque_kernel(schedule_max_pool(f, ow=OW, work=B * C * H * W))
 
 
-def global_avg_pool_func(B, C, H, W, *, in_dtype, x_layout, x_zp, y_zp, out_min, out_max, out_dtype, per_channel):
+def global_avg_pool_func(x_shape, rq: Requant, *, in_dtype: str, x_layout: str, per_channel: bool):
+    """IntGlobalAveragePool (:func:`global_avg_pool_te`)."""
     from tvm import te
 
-    ins, Y = global_avg_pool_te(B, C, H, W, in_dtype=in_dtype, x_layout=x_layout, x_zp=x_zp, y_zp=y_zp,
-                                out_min=out_min, out_max=out_max, out_dtype=out_dtype, per_channel=per_channel)
+    ins, Y = global_avg_pool_te(x_shape, rq, in_dtype=in_dtype, x_layout=x_layout, per_channel=per_channel)
     f = te.create_prim_func([*ins, Y])
+    B, C, H, W = x_shape
     return opaque_kernel(schedule_global_avg_pool(f, x_layout=x_layout, channels=C, work=B * C * H * W))
 
 
@@ -651,11 +657,11 @@ def int_max_pool_supported(shape, dtype: str, attr: dict) -> bool:
             and all(p < k for p, k in zip(pads, ks + ks)))
 
 
-def dense_func(isa, M, K, N, *, in_dtype, y_zp, out_min, out_max, out_dtype):
+def dense_func(isa, M, K, N, rq: Requant, *, in_dtype: str):
+    """IntDense (:func:`dense_te`), scheduled for ``isa``."""
     from tvm import te
 
-    ins, Y = dense_te(M, K, N, in_dtype=in_dtype, kdtype=kernel_dtype(isa), y_zp=y_zp, out_min=out_min,
-                      out_max=out_max, out_dtype=out_dtype)
+    ins, Y = dense_te(M, K, N, rq, in_dtype=in_dtype, kdtype=kernel_dtype(isa))
     f = te.create_prim_func([*ins, Y])
     return opaque_kernel(schedule_dense(f, isa, n_out=N, work=M * N * K))
 
@@ -686,10 +692,11 @@ def _call(bb, func, name: str, args: list, shape: list[int], dtype: str):
     return bb.emit(call_kernel(bb, func, name, args, shape, dtype))
 
 
-def _requant_attrs(attr: dict) -> dict:
+def _requant_attrs(attr: dict) -> Requant:
+    """The op's quantization attributes (``to`` defaults to uint8)."""
     to = int(attr.get("to", 2))
-    return {"y_zp": int(attr.get("y_zero_point", 0)), "out_min": int(attr["out_min"]),
-            "out_max": int(attr["out_max"]), "out_dtype": {2: "uint8", 3: "int8"}[to]}
+    return Requant(x_zero_point=int(attr.get("x_zero_point", 0)), y_zero_point=int(attr.get("y_zero_point", 0)),
+                   out_min=int(attr["out_min"]), out_max=int(attr["out_max"]), out_dtype={2: "uint8", 3: "int8"}[to])
 
 
 def _kernel_bias(bb, w4, bias, in_dtype: str, isa: str):
@@ -725,25 +732,24 @@ def _register() -> None:
             n, cg, kh, kw = static_shape(w)
             ks, pads, strides, dil = conv_params(attr)
             group = int(attr.get("group", 1))
+            geom = ConvGeometry(ks, pads, strides, dil, group, x_layout, y_layout)
             in_dtype = _dtype(x)
             rq = _requant_attrs(attr)
-            x_zp = int(attr.get("x_zero_point", 0))
-            oh, ow = conv_output_shape(h, wd, ks, pads, strides, dil)
+            oh, ow = geom.output_shape(h, wd)
             if group != 1:
                 if x_layout != "NCHW" or y_layout != "NCHW":
                     raise ValueError("IntConv2d: depthwise kernels take NCHW only (integerize keeps them so)")
                 if not (group == c == n and cg == 1):
                     raise ValueError(f"IntConv2d: group {group} is not supported (1 or depthwise)")
-                func = depthwise_func(b, c, h, wd, ks, pads, strides, dil, in_dtype=in_dtype, x_zp=x_zp, **rq)
+                func = depthwise_func((b, c, h, wd), geom, rq, in_dtype=in_dtype)
                 return call_kernel(bb, func, "optc_int_depthwise", [x, w, bias, mult, shift], [b, n, oh, ow],
-                                   rq["out_dtype"])
+                                   rq.out_dtype)
             wp = _call(bb, weight_pack_func(n, c, kh, kw), "optc_int_weight_pack", [w],
                        weight_pack_shape(n, c, kh, kw), "int8")
             bk = _kernel_bias(bb, w, bias, in_dtype, isa)
-            func = conv_func(isa, b, c, h, wd, n, ks, pads, strides, dil, in_dtype=in_dtype, x_zp=x_zp,
-                             x_layout=x_layout, y_layout=y_layout, **rq)
+            func = conv_func(isa, (b, c, h, wd), n, geom, rq, in_dtype=in_dtype)
             return call_kernel(bb, func, "optc_int_conv2d", [x, wp, bk, mult, shift],
-                               [b, n, oh, ow] if y_layout == "NCHW" else [b, oh, ow, n], rq["out_dtype"])
+                               [b, n, oh, ow] if y_layout == "NCHW" else [b, oh, ow, n], rq.out_dtype)
 
     from tvm.relax.frontend.onnx.onnx_frontend import MaxPool as StockMaxPool
 
@@ -784,8 +790,8 @@ def _register() -> None:
             wp = _call(bb, weight_pack_func(n, k, 1, 1), "optc_int_weight_pack", [w4],
                        weight_pack_shape(n, k, 1, 1), "int8")
             bk = _kernel_bias(bb, w4, bias, in_dtype, isa)
-            func = dense_func(isa, m, k, n, in_dtype=in_dtype, **rq)
-            return call_kernel(bb, func, "optc_int_dense", [x, wp, bk, mult, shift], [m, n], rq["out_dtype"])
+            func = dense_func(isa, m, k, n, rq, in_dtype=in_dtype)
+            return call_kernel(bb, func, "optc_int_dense", [x, wp, bk, mult, shift], [m, n], rq.out_dtype)
 
     @register_converter(DOMAIN, "IntGlobalAveragePool")
     class IntGlobalAveragePool(Base):
@@ -796,10 +802,9 @@ def _register() -> None:
             x_layout = int_ops.layout_of(attr.get("x_layout"))
             b, c, h, w = static_shape(x) if x_layout == "NCHW" else [static_shape(x)[i] for i in (0, 3, 1, 2)]
             rq = _requant_attrs(attr)
-            func = global_avg_pool_func(b, c, h, w, in_dtype=_dtype(x), x_layout=x_layout,
-                                        x_zp=int(attr.get("x_zero_point", 0)), per_channel=static_shape(mult) != [1],
-                                        **rq)
-            return call_kernel(bb, func, "optc_int_global_avg_pool", [x, mult, shift], [b, c, 1, 1], rq["out_dtype"])
+            func = global_avg_pool_func((b, c, h, w), rq, in_dtype=_dtype(x), x_layout=x_layout,
+                                        per_channel=static_shape(mult) != [1])
+            return call_kernel(bb, func, "optc_int_global_avg_pool", [x, mult, shift], [b, c, 1, 1], rq.out_dtype)
 
 
 register_if_available(_register)

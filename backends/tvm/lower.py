@@ -116,22 +116,49 @@ def _convertible() -> set[str]:
     return set(onnx_frontend._get_convert_map()) | {k.removeprefix("::") for k in CUSTOM_CONVERTERS}
 
 
-@contextlib.contextmanager
-def _custom_converters():
-    """TVM's frontend looks converters up by op type alone; add optc's for this import only."""
+def _from_onnx(model: onnx.ModelProto, shape_dict: dict, dtype_dict: dict):
+    """``tvm.relax.frontend.onnx.from_onnx(model, ..., keep_params_in_input=True)`` with optc's
+    converters (:data:`CUSTOM_CONVERTERS`) added for this import only.
+
+    TVM 0.27's ``from_onnx`` takes no extra converters and its importer looks converters up
+    in the module-level ``_get_convert_map()`` by op type alone. Instead of replacing that
+    function for the duration of an import (global state, unsafe with concurrent imports), the
+    importer here is a subclass of ``ONNXGraphImporter`` that holds its own table: its
+    unsupported-op check and operator dispatch look in optc's table first (so optc's converters
+    of default-domain ops replace TVM's, as before), everything else is TVM's. The module-level
+    part of ``from_onnx`` (checker warning, opset detection) is repeated below.
+    """
+    import warnings
+
+    from tvm import error, relax
     from tvm.relax.frontend.onnx import onnx_frontend
 
     _load_converter_modules()
-    if not CUSTOM_CONVERTERS:
-        yield
-        return
-    base = onnx_frontend._get_convert_map
     extra = {key.split("::", 1)[1]: cls for key, cls in CUSTOM_CONVERTERS.items()}
-    onnx_frontend._get_convert_map = lambda: base() | extra
+
+    class Importer(onnx_frontend.ONNXGraphImporter):
+        def _check_for_unsupported_ops(self, graph) -> None:
+            known = onnx_frontend._get_convert_map().keys() | extra.keys() | {"If", "Constant"}
+            missing = {node.op_type for node in graph.node if node.op_type not in known}
+            if missing:
+                raise error.OpNotImplemented("The following operators are not supported for frontend ONNX: "
+                                             + ", ".join(missing))
+
+        def _convert_operator(self, op_name, inputs, attrs, opset):
+            if op_name not in extra:
+                return super()._convert_operator(op_name, inputs, attrs, opset)
+            sym = extra[op_name].get_converter(opset)(self.bb, inputs, attrs, [self._nodes, self._params])
+            return self.bb.normalize(sym) if isinstance(sym, relax.Expr) else sym
+
+    if model.ir_version < 3:
+        raise ValueError(f"Model IR version {model.ir_version} not supported. Must be at least after 1.1.0.")
     try:
-        yield
-    finally:
-        onnx_frontend._get_convert_map = base
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - TVM only warns here too
+        warnings.warn(str(exc))
+    opset = next((int(o.version) for o in model.opset_import if o.domain in ("ai.onnx", "")), 1)
+    importer = Importer(shape_dict, dtype_dict, keep_params_in_input=True)
+    return importer.from_onnx(model.graph, opset)
 
 
 def tvm_target(target: Target):
@@ -158,7 +185,6 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
     ``target``, the import runs in its scope: converters of optc's integer ops pick their
     kernels by target (without one, they and the integer MaxPool fall back or refuse)."""
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
 
     from . import expand
 
@@ -171,8 +197,8 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
     dtype_dict = {s.name: s.dtype for s in inputs}
     scope = tvm_target(target) if target is not None else contextlib.nullcontext()
     try:
-        with scope, _custom_converters():
-            mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=True)
+        with scope:
+            mod = _from_onnx(model, shape_dict, dtype_dict)
     except Exception as err:
         msg = " ".join(str(err).split())[:400]
         raise UnsupportedModelError(f"TVM's ONNX frontend could not import the model: {msg}") from err

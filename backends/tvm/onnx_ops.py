@@ -1,7 +1,7 @@
 """Converters for standard ONNX ops that TVM's Relax ONNX importer lacks or gets wrong.
 
 Registered in the default domain (``lower.register_converter("", op)``), they replace or add
-to the importer's table for optc's imports only (``lower._custom_converters``). Each is a few
+to the importer's table for optc's imports only (``lower._from_onnx``). Each is a few
 Relax ops with the ONNX definition in its docstring; each is checked against onnxruntime by
 the ONNX node tests (``tests/test_node_tests.py``).
 
@@ -15,6 +15,11 @@ the ONNX node tests (``tests/test_node_tests.py``).
   outputs; they are computed (shape of X with the normalized axes 1, in the stash type).
 - RMSNormalization: ``X / sqrt(mean(X^2 over axes >= axis) + epsilon) * scale`` in plain ops
   (TVM's fused ``rms_norm`` failed to build when ``axis`` is 0).
+- Elu: TVM's constants were float32 whatever the input (float16 models failed to import).
+- ConvTranspose: TVM ignored ``output_shape``; the pads it implies are computed (ONNX:
+  ``total = stride * (in - 1) + output_padding + (k - 1) * dilation + 1 - out``, split
+  ``total - total // 2`` first unless ``auto_pad`` is SAME_UPPER; a negative total becomes
+  extra ``output_padding``), then TVM's converter runs.
 - Pow: integer bases (TVM's ``power`` takes floats only) through float64, rounded back; an
   exponent of another type than the base is cast to it (the output has the base's type).
 """
@@ -138,6 +143,44 @@ def register() -> None:
             eps = relax.const(float(attr.get("epsilon", 1e-5)), stash)
             y = op.multiply(op.divide(xs, op.sqrt(op.add(ms, eps))), ss)
             return op.astype(y, _dtype(x)) if stash != _dtype(x) else y
+
+    @register_converter("", "Elu")
+    class Elu(OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x = inputs[0]
+            alpha = float(attr.get("alpha", 1.0))
+            neg = op.multiply(const(alpha, x), op.subtract(op.exp(x), const(1.0, x)))
+            return op.where(op.greater(x, const(0.0, x)), x, neg)
+
+    base_conv_transpose = tvm_onnx.ConvTranspose
+
+    @register_converter("", "ConvTranspose")
+    class ConvTranspose(OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            if "output_shape" in attr:
+                attr = dict(attr)
+                spatial = _rank(inputs[0]) - 2
+                out = [int(v) for v in attr.pop("output_shape")][-spatial:]
+                size = [int(v) for v in inputs[0].ty.shape][2:]
+                kernel = list(attr.get("kernel_shape") or [int(v) for v in inputs[1].ty.shape][2:])
+                strides = list(attr.get("strides", [1] * spatial))
+                dil = list(attr.get("dilations", [1] * spatial))
+                opad = list(attr.get("output_padding", [0] * spatial))
+                mode = attr.pop("auto_pad", b"NOTSET")
+                mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+                begin, end = [], []
+                for i in range(spatial):
+                    total = strides[i] * (size[i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 - out[i]
+                    if total < 0:
+                        opad[i] -= total
+                        total = 0
+                    first = total // 2 if mode == "SAME_UPPER" else total - total // 2
+                    begin.append(first)
+                    end.append(total - first)
+                attr["pads"], attr["output_padding"] = begin + end, opad
+            return base_conv_transpose._impl_v1(bb, inputs, attr, params)
 
     base_pow = tvm_onnx.Pow
 

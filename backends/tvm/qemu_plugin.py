@@ -224,8 +224,8 @@ def _run_counted(plugin: Path, lib, inputs, params_path, qemu_cpu, bundle, warmu
     with tempfile.TemporaryDirectory(prefix="optc-insn-") as tmp:
         log = Path(tmp) / "insn.log"
         args = ["-plugin", f"{plugin},inline=on", "-d", "plugin", "-D", str(log), "-E", "TVM_NUM_THREADS=1"]
-        arm.run_qemu(lib, inputs, params_path=params_path, qemu_cpu=qemu_cpu, warmup=warmup, repeat=1,
-                     bundle=bundle, qemu_args=args)
+        qemu = arm.QemuRun(cpu=qemu_cpu, bundle=bundle, qemu_args=tuple(args))
+        arm.run_qemu(lib, inputs, params_path=params_path, qemu=qemu, warmup=warmup, repeat=1)
         text = log.read_text() if log.is_file() else ""
     m = re.search(r"insns:\s*(\d+)", text)
     if not m:

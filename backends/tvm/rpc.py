@@ -191,7 +191,7 @@ class RemoteSession(SessionBase):
             f"; server runs under {self.emulated}" if self.emulated else "")
 
     def _set_inputs(self, inputs: list[np.ndarray]) -> None:
-        args = [self._tensor(np.ascontiguousarray(x), self.dev) for x in inputs] + self._params
+        args = [self._tensor(np.asarray(x, order="C"), self.dev) for x in inputs] + self._params
         self.vm.set_input("main", *args)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:

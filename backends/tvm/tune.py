@@ -171,8 +171,7 @@ class TuningRequest:
         """Tune ``mod`` if trials were asked for; the summary (None: no tuning)."""
         if not self.trials:
             return None
-        return tune_module(mod, tgt, trials=self.trials, seconds=self.seconds, root=self.root, rpc=self.rpc,
-                           tracker=self.tracker, key=self.key, start=self.start, final_build=True)
+        return tune_module(mod, tgt, self, final_build=True)
 
 
 def open_build(tgt, root=None) -> "BuildTuning | None":
@@ -522,15 +521,15 @@ def _record_counts(database, mods) -> list[int]:
     return counts
 
 
-def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=None,
-                rpc: str | None = None, tracker: str | None = None, key: str | None = None,
-                max_tasks: int | None = None, log=None, seed: int = 0, start: float | None = None,
+def tune_module(mod, tgt, request: TuningRequest, *, max_tasks: int | None = None, log=None, seed: int = 0,
                 final_build: bool = False) -> dict:
     """Tune the fused functions of the Relax ``mod`` (after DecomposeOpsForInference, weights
-    bound) for the TVM target ``tgt`` with ``trials`` measured candidates in all. Returns a
-    summary dict.
+    bound) for the TVM target ``tgt`` with ``request.trials`` measured candidates in all, into
+    the database under ``request.root``, measured by the runner ``request.rpc``/``tracker``/
+    ``key`` selects (none: in-process). Returns a summary dict.
 
-    Time budget: with ``seconds``, everything from ``start`` (``time.time()``, default: now)
+    Time budget: with ``request.seconds``, everything from ``request.start`` (``time.time()``,
+    default: now)
     ends by ``start + seconds``: task extraction, the rule-schedule baseline, the search, and,
     with ``final_build``, the build that follows (a reserve of :data:`FINAL_BUILD_FACTOR` x the
     extraction time + :data:`FINAL_BUILD_MIN_S` is kept for it). The budget is checked per
@@ -539,9 +538,11 @@ def tune_module(mod, tgt, *, trials: int, seconds: float | None = None, root=Non
     update, as measured on earlier rounds, would not fit."""
     from tvm.s_tir import meta_schedule as ms
 
+    trials, seconds, root = request.trials, request.seconds, request.root
+    rpc, tracker, key = request.rpc, request.tracker, request.key
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t0 = time.time()
-    start = t0 if start is None else start
+    start = t0 if request.start is None else request.start
     end = start + seconds if seconds else None
     deadline = end
     _import_intrinsics()
@@ -737,12 +738,11 @@ class _Progress:
                      f"{self.clock.next_round():.1f} s: stopping")
 
 
-def tune_onnx(model, inputs, target, *, trials: int, seconds: float | None = None, root=None,
-              rpc=None, tracker=None, key=None, log=None) -> dict:
-    """Tune an ONNX model (shapes bound, pipeline already run) for an optc ``Target``."""
+def tune_onnx(model, inputs, target, request: TuningRequest, *, log=None) -> dict:
+    """Tune an ONNX model (shapes bound, pipeline already run) for an optc ``Target`` as
+    ``request`` asks (see :func:`tune_module`)."""
     from . import lower
 
     mod, _ = lower.prepare_module(model, inputs, target, embed_params=True)
     tgt = lower.tvm_target(target)
-    return tune_module(mod, tgt, trials=trials, seconds=seconds, root=root, rpc=rpc, tracker=tracker,
-                       key=key, log=log)
+    return tune_module(mod, tgt, request, log=log)

@@ -22,16 +22,33 @@ by one step (see :mod:`optc.passes.quant.integerize` for what this means for ver
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from onnx.reference.op_run import OpRun
 
 from optc.onnx_utils import int_attr
 from optc.ops import DOMAIN, Attr, Cost, Operand, Surrogate, conv_surrogate, define, dense_surrogate
+from optc.passes.optc_ops import ConvGeometry
 
-__all__ = ["OPS", "OP_TYPES", "STANDARD_OPS", "fixed_point", "requantize", "int_conv2d", "int_dense", "ACC_LIMIT",
-           "LAYOUTS", "layout_of"]
+__all__ = ["OPS", "OP_TYPES", "STANDARD_OPS", "Requant", "fixed_point", "requantize", "int_conv2d", "int_dense",
+           "ACC_LIMIT", "LAYOUTS", "layout_of"]
 
 ACC_LIMIT = 2 ** 31 - 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Requant:
+    """The constant quantization parameters of an integer op (its attributes ``x_zero_point``,
+    ``y_zero_point``, ``out_min``, ``out_max`` and ``to`` as ``out_dtype``, "uint8" or "int8");
+    ``multiplier`` and ``shift`` are the op's inputs. The kernels of
+    :mod:`optc.backends.tvm.int8` take one of these."""
+
+    x_zero_point: int = 0
+    y_zero_point: int = 0
+    out_min: int
+    out_max: int
+    out_dtype: str
 
 
 def fixed_point(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,14 +92,16 @@ def _matmul_exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(a, np.float64) @ np.asarray(b, np.float64)).astype(np.int64)
 
 
-def int_conv2d(x, w, b, kernel_shape, pads=None, strides=None, dilations=None, group=1, x_zero_point=0):
-    """int64 accumulators ``[N_b, N, OH, OW]`` of IntConv2d (before requantization)."""
+def int_conv2d(x, w, b, geometry: ConvGeometry, x_zero_point: int = 0):
+    """int64 accumulators ``[N_b, N, OH, OW]`` of IntConv2d (before requantization); ``x`` NCHW
+    (the layouts of ``geometry`` are not read)."""
     x = np.asarray(x, np.int64)
     w = np.asarray(w, np.int64)
-    kh, kw = (int(v) for v in kernel_shape)
-    pt, pl, pb, pr = (int(v) for v in (pads or (0, 0, 0, 0)))
-    sh, sw = (int(v) for v in (strides or (1, 1)))
-    dh, dw = (int(v) for v in (dilations or (1, 1)))
+    kh, kw = geometry.kernel_shape
+    pt, pl, pb, pr = geometry.pads
+    sh, sw = geometry.strides
+    dh, dw = geometry.dilations
+    group = geometry.group
     nb, c, h, wd = x.shape
     n = w.shape[0]
     xp = np.full((nb, c, h + pt + pb, wd + pl + pr), int(x_zero_point), np.int64)
@@ -94,10 +113,10 @@ def int_conv2d(x, w, b, kernel_shape, pads=None, strides=None, dilations=None, g
     for i in range(kh):
         for j in range(kw):
             cols[:, :, i, j] = xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
-    if int(group) == 1:
+    if group == 1:
         acc = _matmul_exact(w.reshape(n, -1), cols.transpose(1, 2, 3, 0, 4, 5).reshape(c * kh * kw, -1))
         acc = acc.reshape(n, nb, oh, ow).transpose(1, 0, 2, 3)
-    elif int(group) == c and n == c and w.shape[1] == 1:  # depthwise
+    elif group == c and n == c and w.shape[1] == 1:  # depthwise
         acc = np.einsum("bcijxy,cij->bcxy", cols, w[:, 0])
     else:
         raise ValueError(f"IntConv2d: group {group} not supported (1 or depthwise)")
@@ -212,7 +231,7 @@ class IntConv2d(OpRun):
              out_max=None, to=None, x_layout=None, y_layout=None):
         if layout_of(x_layout) == "NHWC":
             X = np.transpose(X, (0, 3, 1, 2))
-        acc = int_conv2d(X, W, B, kernel_shape, pads, strides, dilations, group or 1, x_zero_point or 0)
+        acc = int_conv2d(X, W, B, ConvGeometry(kernel_shape, pads, strides, dilations, group or 1), x_zero_point or 0)
         _check_acc(acc, "IntConv2d")
         y = requantize(acc, multiplier, shift, 1, y_zero_point or 0, out_min, out_max, _out_dtype(to, out_min, out_max))
         return (np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if layout_of(y_layout) == "NHWC" else y,)

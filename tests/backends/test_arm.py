@@ -228,7 +228,7 @@ def test_cortex_a76(bundle: Path, tmp_path: Path) -> None:
     model = _conv_model()
     x = np.random.default_rng(4).standard_normal((1, 3, 8, 8)).astype(np.float32)
     lib, params = _compile(model, {"x": [1, 3, 8, 8]}, tmp_path, embed=False, mcpu="cortex-a76")
-    outs, _ = arm.run_qemu(lib, [x], params_path=params, qemu_cpu="cortex-a76")
+    outs, _ = arm.run_qemu(lib, [x], params_path=params, qemu=arm.QemuRun(cpu="cortex-a76"))
     (ref,) = _ort_run(model, {"x": x})
     np.testing.assert_allclose(outs[0], ref, atol=ATOL, rtol=0)
 

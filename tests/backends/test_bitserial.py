@@ -111,7 +111,8 @@ def test_binary_conv2d_exact(case):
     wpacked = ops.pack_bits(wsign.reshape(n, -1))  # the op contract: (kh, kw, c) order
     wt = _lanes(wpacked, n, ks[0], ks[1], c)
     oh, ow = ops.conv_output_shape(h, w, ks, pads, st, dl)
-    y = _run(bs.binary_conv2d_func(b, c, h, w, n, ks, pads, st, dl, has_alpha=False), [x, wt], (b, n, oh, ow))
+    func = bs.binary_conv2d_func((b, c, h, w), n, ops.ConvGeometry(ks, pads, st, dl), has_alpha=False)
+    y = _run(func, [x, wt], (b, n, oh, ow))
     ref = ops.binary_conv2d_int(ops.pack_bits(x.transpose(0, 2, 3, 1) >= 0), ops.pack_bits(wsign), c, ks, pads, st, dl)
     np.testing.assert_array_equal(y, ref.astype(np.float32))
     # ... and the integer reference is the zero-padded conv of the +-1 tensors
@@ -156,7 +157,8 @@ def test_binary_conv2d_threshold_exact(case):
     composed = thr[:, :, :oh // ph * ph, :ow // pw * pw].reshape(b, n, oh // ph, ph, ow // pw, pw).max(axis=(3, 5))
     np.testing.assert_array_equal(want, composed)
     assert set(np.unique(want)) <= {-1.0, 1.0} and len(np.unique(want)) == 2
-    func = bs.binary_conv2d_threshold_func(b, c, h, w, n, ks, pads, st, dl, with_d, pool)
+    func = bs.binary_conv2d_threshold_func((b, c, h, w), n, ops.ConvGeometry(ks, pads, st, dl), with_d,
+                                           pool)
     got = _run(func, [x, wt, t] + ([d] if with_d else []), (b, n, oh // ph, ow // pw))
     np.testing.assert_array_equal(got, want)
 
@@ -192,7 +194,7 @@ def test_bitserial_conv2d_exact(case):
     wpl = ops.planes(qw.reshape(n, -1), wb)  # [N, wb, words], (kh, kw, c) order
     wt = _lanes(wpl, n, ks[0], ks[1], c, wb)
     oh, ow = ops.conv_output_shape(h, w, ks, pads, st, dl)
-    func = bs.bitserial_conv2d_func(b, c, h, w, n, ks, pads, st, dl, ab, wb, s)
+    func = bs.bitserial_conv2d_func((b, c, h, w), n, ops.ConvGeometry(ks, pads, st, dl), ab, wb, s)
     one, zero = np.ones(n, np.float32), np.zeros(n, np.float32)
     d = _run(func, [x, wt, one, zero], (b, n, oh, ow))
     import torch

@@ -197,7 +197,7 @@ def test_arm_a76_qemu_exact(tmp_path, make):
     assert "sdot" in _asm(ex)
     lib = tmp_path / "model.so"
     arm.export_aarch64(ex, lib)
-    outs, _ = arm.run_qemu(lib, [x], qemu_cpu="cortex-a76")
+    outs, _ = arm.run_qemu(lib, [x], qemu=arm.QemuRun(cpu="cortex-a76"))
     assert np.array_equal(outs[0], reference_evaluator(model).run(None, {"x": x})[0])
 
 

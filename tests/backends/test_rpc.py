@@ -103,7 +103,7 @@ def test_compile_and_bench_on_qemu_rpc_server(qemu_server, tmp_path, capsys):
     assert "time_evaluator" in lat["how"]
     assert "load_module" in qemu_server.log()  # it really ran on the server
 
-    res = optc.bench(pkg, rpc=qemu_server.address, rpc_key=qemu_server.key, warmup=1, repeat=5)
+    res = optc.bench(pkg, optc.BenchOptions(warmup=1, repeat=5), rpc=qemu_server.address, rpc_key=qemu_server.key)
     assert res["optc"]["repeat"] == 5 and res["method"].startswith("emulated") and "onnxruntime" not in res
 
     # the remote session's outputs equal the local qemu runner's on other inputs
@@ -111,7 +111,7 @@ def test_compile_and_bench_on_qemu_rpc_server(qemu_server, tmp_path, capsys):
     x = np.random.default_rng(3).standard_normal((1, 1, 8, 8)).astype(np.float32)
     with rpc.open_remote(pkg, manifest, rpc.Remote.from_options(qemu_server.address, qemu_server.key)) as sess:
         remote_out = sess.run([x])
-    local_out, _ = arm.run_qemu(pkg / "model.so", [x], qemu_cpu="cortex-a76", bundle=pkg / "runner")
+    local_out, _ = arm.run_qemu(pkg / "model.so", [x], qemu=arm.QemuRun(cpu="cortex-a76", bundle=pkg / "runner"))
     np.testing.assert_array_equal(remote_out[0], local_out[0])
 
 
@@ -184,10 +184,11 @@ def test_host_python_server_is_measured(tmp_path):
 @pytest.mark.qemu
 def test_arm_tuning_through_qemu_rpc_server(qemu_server, tmp_path):
     """MetaSchedule candidates for arm-a76 cross-built here, measured on the aarch64 server."""
+    from optc.backends.tvm.tune import TuningRequest
     from optc.cli_tune import tune
 
-    summary = tune(MODEL, "arm-a76", trials=4, input_shapes=SHAPES, db=tmp_path, rpc=qemu_server.address,
-                   key=qemu_server.key, log=lambda _: None)
+    request = TuningRequest(root=tmp_path, trials=4, rpc=qemu_server.address, key=qemu_server.key)
+    summary = tune(MODEL, "arm-a76", request=request, input_shapes=SHAPES, log=lambda _: None)
     assert summary["measured"] >= 1
     # emulated measurements live apart from the board's records
     assert summary["emulated"] and summary["database"].endswith("-emulated")

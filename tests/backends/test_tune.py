@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import optc
+from optc.backends.tvm.tune import TuningRequest
 from optc.cli_tune import tune
 
 pytestmark = pytest.mark.tvm
@@ -33,7 +34,7 @@ def _records(db: Path) -> int:
 def tuned(tmp_path_factory):
     root = tmp_path_factory.mktemp("tuning")
     lines = []
-    summary = tune(MODEL, "cpu", trials=6, input_shapes=SHAPES, db=root, log=lines.append)
+    summary = tune(MODEL, "cpu", request=TuningRequest(root=root, trials=6), input_shapes=SHAPES, log=lines.append)
     return root, summary, lines
 
 
@@ -100,9 +101,9 @@ def test_resume_continues_same_database(tuned, tmp_path):
     shutil.copytree(root, db)
     before = _records(db)
     lines = []
-    again = tune(MODEL, "cpu", trials=6, input_shapes=SHAPES, db=db, log=lines.append)
+    again = tune(MODEL, "cpu", request=TuningRequest(root=db, trials=6), input_shapes=SHAPES, log=lines.append)
     assert again["measured"] == 0 and _records(db) == before  # budget already spent: nothing to do
-    more = tune(MODEL, "cpu", trials=12, input_shapes=SHAPES, db=db, log=lines.append)
+    more = tune(MODEL, "cpu", request=TuningRequest(root=db, trials=12), input_shapes=SHAPES, log=lines.append)
     assert any("resuming" in line for line in lines)
     assert more["measured"] > 0 and _records(db) == before + more["measured"]
     assert all(p["trials"] >= q["trials"] for p, q in zip(more["per_task"], summary["per_task"]))
@@ -128,8 +129,8 @@ def test_rpc_runner_against_loopback_server(tmp_path):
                 break
             except OSError:
                 time.sleep(0.2)
-        summary = tune(MODEL, "cpu", trials=2, input_shapes=SHAPES, db=tmp_path, rpc=f"127.0.0.1:{port}",
-                       log=lambda _: None)
+        summary = tune(MODEL, "cpu", request=TuningRequest(root=tmp_path, trials=2, rpc=f"127.0.0.1:{port}"),
+                       input_shapes=SHAPES, log=lambda _: None)
         assert summary["measured"] >= 1
         assert all(t["best_ms"] is not None for t in summary["per_task"])
     finally:

@@ -58,7 +58,7 @@ def test_run_and_bench_the_package(tiny_pkg):
     out = optc.run(d / "bmlp.fpga", {"x": x})
     ref = verify.ort_session(binary_mlp()).run(None, {"x": x})[0]
     np.testing.assert_allclose(out["y"], ref, atol=1e-5)
-    b = optc.bench(d / "bmlp.fpga", repeat=2)
+    b = optc.bench(d / "bmlp.fpga", optc.BenchOptions(repeat=2))
     assert b["modeled"]["ii_cycles"] >= 1
 
 

@@ -20,7 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from optc.errors import UsageError  # noqa: E402
-from optc.train.export import export_torch  # noqa: E402
+from optc.train.export import ExportOptions, export_torch  # noqa: E402
 from optc.models import MODELS_DIR, data_path, load_metadata  # noqa: E402
 from optc.models import build, digits, zoo  # noqa: E402
 from tests.fixtures import dynamic_models  # noqa: E402
@@ -174,7 +174,7 @@ def test_export_torch_round_trip_tiny_resnet(tmp_path):
     path = export_torch(
         model, (x[:1],), tmp_path / "tiny.onnx",
         input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        options=ExportOptions(dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}),
     )
     assert model.training
     assert path == tmp_path / "tiny.onnx"
@@ -207,7 +207,7 @@ def test_export_torch_keep_batchnorm(tmp_path):
     model = zoo.seeded(zoo.DigitsCNN)
     x = torch.zeros(1, 1, 8, 8)
     fused = onnx.load(export_torch(model, x, tmp_path / "fused.onnx"))
-    kept = onnx.load(export_torch(model, x, tmp_path / "kept.onnx", keep_batchnorm=True))
+    kept = onnx.load(export_torch(model, x, tmp_path / "kept.onnx", options=ExportOptions(keep_batchnorm=True)))
     assert "BatchNormalization" not in {n.op_type for n in fused.graph.node}
     assert Counter(n.op_type for n in kept.graph.node)["BatchNormalization"] == 3
 

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optc import pipeline, verify
-from optc.passes.optc_ops import run_op
+from optc.passes.optc_ops import ConvGeometry, run_op
 from optc.passes.quant import int_ops, quantize_model
 from optc.passes.quant.integerize import auto_integerize, integerize_model
 from optc.passes.quant.tolerance import output_steps
@@ -161,7 +161,7 @@ def test_int_conv_reference_matches_naive_loops(group, dil):
     w = rng.integers(-127, 128, (4, 4 // group, 3, 3)).astype(np.int8)
     b = rng.integers(-500, 500, 4).astype(np.int32)
     pads, strides = (1, 2, 0, 1), (2, 1)
-    ref = int_ops.int_conv2d(x, w, b, (3, 3), pads, strides, dil, group, 9)
+    ref = int_ops.int_conv2d(x, w, b, ConvGeometry((3, 3), pads, strides, dil, group), 9)
     assert np.array_equal(ref, _naive_conv(x, w, b, pads, strides, dil, 9, group))
 
 

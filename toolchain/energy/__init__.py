@@ -18,7 +18,7 @@ from .meters import (METERS, POWERCAP_ROOT, Measurement, NvmlMeter, RaplMeter, R
                      measured_section, rapl_delta_uj, rapl_zones, supplied_power_section)
 from .model import (DRAM_PJ_PER_BYTE, HOROWITZ_PJ, HOROWITZ_SOURCE, MAC_PJ, MODEL_NOTES, OTHER_OP_PJ, QUANT_PJ,
                     REQUANT_PJ, SRAM_LEVELS, model_energy, model_energy_from_summary)
-from .report import PROBES, report_section
+from .report import PROBES, ArtifactRun, EnergyOptions, report_section
 
 __all__ = [
     "meters", "model", "report",
@@ -26,5 +26,5 @@ __all__ = [
     "measured_section", "rapl_delta_uj", "rapl_zones", "supplied_power_section",
     "DRAM_PJ_PER_BYTE", "HOROWITZ_PJ", "HOROWITZ_SOURCE", "MAC_PJ", "MODEL_NOTES", "OTHER_OP_PJ", "QUANT_PJ",
     "REQUANT_PJ", "SRAM_LEVELS", "model_energy", "model_energy_from_summary",
-    "PROBES", "report_section",
+    "PROBES", "ArtifactRun", "EnergyOptions", "report_section",
 ]  # fmt: skip

@@ -13,6 +13,7 @@ In order of preference (``energy.method`` says which one was used):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -26,18 +27,43 @@ MEASURE_SECONDS = 1.0  # length of the measured loop (RAPL updates every ~1 ms)
 IDLE_SECONDS = 0.25
 
 
+@dataclass(frozen=True)
+class ArtifactRun:
+    """The compiled artifact, for what needs to run it: ``session`` and its input ``args`` run
+    the measured loop (session None: not run here, e.g. a remote device), ``package`` (the
+    package directory) and its ``manifest`` feed the backend's extra probes (:data:`PROBES`)."""
+
+    session: object = None
+    args: list | None = None
+    package: Path | None = None
+    manifest: dict | None = None
+
+
+@dataclass(frozen=True)
+class EnergyOptions:
+    """``measure``: False for ``--no-measure``; ``power_watts``: ``--power-watts``, asks for
+    the time-based estimate; ``meters``: meter factories by TVM target kind (None:
+    :data:`~optc.energy.meters.METERS`)."""
+
+    measure: bool = True
+    power_watts: float | None = None
+    meters: dict | None = None
+
+
 def report_section(target, summary: dict, latency: dict, *, model: onnx.ModelProto | None = None,
-                   session=None, args=None, measure: bool = True, power_watts: float | None = None,
-                   package: Path | None = None, manifest: dict | None = None,
-                   progress: Progress = SILENT, meters: dict | None = None) -> dict:
+                   artifact: ArtifactRun = ArtifactRun(), options: EnergyOptions = EnergyOptions(),
+                   progress: Progress = SILENT) -> dict:
     """The report's ``energy`` section for a compiled artifact (see the module docstring).
 
     ``model`` is the optimized ONNX graph (for per-layer arithmetic types; without it every MAC
-    counts as fp32), ``session``/``args`` run the artifact for a measured loop, ``power_watts``
-    asks for the time-based estimate. For targets run under qemu the deterministic executed-
-    instruction count is added to ``latency`` as ``latency["instructions"]`` (see
-    :mod:`optc.backends.tvm.qemu_plugin`), since that needs the same package and inputs.
+    counts as fp32), ``artifact`` runs the artifact for a measured loop (:class:`ArtifactRun`),
+    ``options.power_watts`` asks for the time-based estimate. For targets run under qemu the
+    deterministic executed-instruction count is added to ``latency`` as
+    ``latency["instructions"]`` (see :mod:`optc.backends.tvm.qemu_plugin`), since that needs the
+    same package and inputs.
     """
+    measure, power_watts, meters = options.measure, options.power_watts, options.meters
+    session, args, package, manifest = artifact.session, artifact.args, artifact.package, artifact.manifest
     if power_watts is not None and not (power_watts > 0 and math.isfinite(power_watts)):
         raise UsageError(f"--power-watts must be a positive number of watts, not {power_watts!r}")
     modeled = model_energy(model) if model is not None else model_energy_from_summary(summary)

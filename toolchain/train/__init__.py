@@ -11,3 +11,21 @@ Training-time compression helpers to come belong here too. torch is optional
 ``import optc.train`` and its submodules do not import it, and nothing outside this
 subpackage (and the torch model definitions in :mod:`optc.models`) imports it.
 """
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How optc trains or fine-tunes a torch model: Adam with learning rate ``lr`` following a
+    cosine schedule to 0 over ``epochs``, ``batch_size``, Adam ``weight_decay``, and the
+    ``seed`` of the shuffling (training runs on one thread, so a seed gives one result)."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+    weight_decay: float = 0.0
+
+
+__all__ = ["TrainConfig"]

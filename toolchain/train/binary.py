@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from . import TrainConfig
+
 __all__ = [
     "BinaryConv2d", "BinaryLinear", "SignActivation", "QuantConv2d", "QuantLinear", "QuantAct",
     "sign_ste", "binarize_weight", "quantize_weight", "clip_latent_weights", "distillation_loss",
@@ -278,14 +280,17 @@ def distillation_loss(student_logits, teacher_logits, labels, *, temperature: fl
     return weight * kd + (1.0 - weight) * F.cross_entropy(student_logits, labels)
 
 
-def train(model, x, y, *, epochs: int, lr: float, seed: int, batch_size: int = 64,
-          weight_decay: float = 0.0, teacher=None, temperature: float = 4.0,
+def train(model, x, y, config: TrainConfig, *, teacher=None, temperature: float = 4.0,
           distill_weight: float = 0.7, clip: float = 1.0):
-    """Train a binary / k-bit model in place (Adam, cosine learning rate, cross-entropy or
-    distillation from ``teacher``), clipping latent weights after every step. Deterministic for
-    a given seed (single thread, seeded shuffling). Returns the model in eval mode."""
+    """Train a binary / k-bit model in place as ``config`` says (Adam, cosine learning rate,
+    cross-entropy or distillation from ``teacher``), clipping latent weights after every step.
+    Deterministic for a given seed (single thread, seeded shuffling). Returns the model in eval
+    mode."""
     import torch
     import torch.nn.functional as F
+
+    epochs, lr, seed, batch_size = config.epochs, config.lr, config.seed, config.batch_size
+    weight_decay = config.weight_decay
 
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
     yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
@@ -374,10 +379,10 @@ def export(model, path: str | os.PathLike, *, input_shape=(1, 1, 8, 8), input_na
     ``sign-to-threshold`` and ``binarize`` passes rewrite into packed bit-serial ops."""
     import torch
 
-    from .export import export_torch
+    from .export import ExportOptions, export_torch
 
     frozen = freeze(model)
     example = torch.zeros(tuple(input_shape), dtype=torch.float32)
     axes = {input_name: {0: "N"}, output_name: {0: "N"}} if dynamic_batch else None
     return export_torch(frozen, example, path, input_names=[input_name], output_names=[output_name],
-                        dynamic_axes=axes, overwrite=overwrite, keep_batchnorm=True)
+                        overwrite=overwrite, options=ExportOptions(dynamic_axes=axes, keep_batchnorm=True))

@@ -10,11 +10,26 @@ import os
 import pathlib
 import tempfile
 import warnings
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from optc.errors import ToolchainError, UsageError
 
-__all__ = ["export_torch"]
+__all__ = ["ExportOptions", "export_torch"]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How :func:`export_torch` asks torch's exporter to write the graph.
+
+    ``dynamic_axes``: as for ``torch.onnx.export``, e.g. ``{"input": {0: "N"}}``; ``opset``:
+    ONNX opset version; ``keep_batchnorm``: keep ``BatchNormalization`` nodes (inference form)
+    instead of letting the exporter fold them into the preceding ``Conv`` (torch's default).
+    """
+
+    dynamic_axes: Mapping[str, Mapping[int, str] | Sequence[int]] | None = None
+    opset: int = 17
+    keep_batchnorm: bool = False
 
 
 def export_torch(
@@ -24,10 +39,8 @@ def export_torch(
     *,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
-    dynamic_axes: Mapping[str, Mapping[int, str] | Sequence[int]] | None = None,
-    opset: int = 17,
     overwrite: bool = False,
-    keep_batchnorm: bool = False,
+    options: ExportOptions = ExportOptions(),
 ) -> pathlib.Path:
     """Export ``module`` to ONNX at ``path`` and return the path.
 
@@ -44,12 +57,10 @@ def export_torch(
         path: destination ``.onnx`` file; its parent folder is created if needed.
         input_names / output_names: names of the graph inputs/outputs (torch's defaults
             otherwise).
-        dynamic_axes: as for ``torch.onnx.export``, e.g. ``{"input": {0: "N"}}``.
-        opset: ONNX opset version (default 17).
         overwrite: replace an existing file at ``path``; without it an existing file is
             an error.
-        keep_batchnorm: keep ``BatchNormalization`` nodes (inference form) instead of
-            letting the exporter fold them into the preceding ``Conv`` (torch's default).
+        options: dynamic axes, opset (default 17), BatchNormalization kept or folded
+            (:class:`ExportOptions`).
 
     Raises:
         UsageError: ``path`` exists and ``overwrite`` is false.
@@ -94,13 +105,13 @@ def export_torch(
                 str(tmp),
                 input_names=list(input_names) if input_names is not None else None,
                 output_names=list(output_names) if output_names is not None else None,
-                dynamic_axes=dict(dynamic_axes) if dynamic_axes is not None else None,
-                opset_version=opset,
+                dynamic_axes=dict(options.dynamic_axes) if options.dynamic_axes is not None else None,
+                opset_version=options.opset,
                 do_constant_folding=True,
                 # PRESERVE on an eval-mode module exports inference BN nodes unfused.
                 training=(
                     torch.onnx.TrainingMode.PRESERVE
-                    if keep_batchnorm
+                    if options.keep_batchnorm
                     else torch.onnx.TrainingMode.EVAL
                 ),
                 dynamo=False,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import numpy as np
 import onnx
 
 from ..errors import InvalidModelError, ToolchainError, UnsupportedModelError, UsageError
+from . import TrainConfig
 
 __all__ = ["SUPPORTED_OPS", "onnx_to_torch", "finetune", "prune_finetune", "load_training_data"]
 
@@ -315,22 +317,20 @@ def finetune(
     train_data: str | os.PathLike | tuple[np.ndarray, np.ndarray],
     out: str | os.PathLike,
     *,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    seed: int = 0,
-    weight_decay: float = 0.0,
+    config: TrainConfig = TrainConfig(),
     overwrite: bool = False,
 ) -> onnx.ModelProto:
-    """Fine-tune ``model`` on ``train_data`` and write it to ``out`` (checked ONNX); returns it.
+    """Fine-tune ``model`` on ``train_data`` as ``config`` says and write it to ``out`` (checked
+    ONNX); returns it.
 
     The model must have one input; the first output is taken as the class scores.
     Deterministic for a given seed (see :func:`optc.models.digits.train`).
     """
     torch = _import_torch()
-    from .export import export_torch
+    from .export import ExportOptions, export_torch
     from optc.models import digits
 
+    epochs, lr, batch_size, seed = config.epochs, config.lr, config.batch_size, config.seed
     if epochs < 0 or lr <= 0 or batch_size < 2:
         raise UsageError("epochs must be >= 0, lr > 0 and batch size >= 2")
     proto = _load(model)
@@ -347,12 +347,13 @@ def finetune(
         if epochs:
             head = _FirstOutput(module) if len(module.output_names) > 1 else module
             digits.train(head, x, y, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size,
-                         weight_decay=weight_decay)
+                         weight_decay=config.weight_decay)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
     example = torch.from_numpy(np.ascontiguousarray(x[:1]))
     export_torch(module, (example,), out, input_names=[name], output_names=module.output_names,
-                 dynamic_axes=_dynamic_axes(proto) or None, opset=max(opset, 13), overwrite=overwrite,
-                 keep_batchnorm=True)
+                 overwrite=overwrite,
+                 options=ExportOptions(dynamic_axes=_dynamic_axes(proto) or None, opset=max(opset, 13),
+                                       keep_batchnorm=True))
     return onnx.load(str(out))
 
 
@@ -374,30 +375,36 @@ def _FirstOutput(module):
 # the one-command flow
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """Where :func:`prune_finetune` measures accuracy: the ``data`` file (evaluated with
+    onnxruntime), at most ``limit`` samples of it, and the budget ``max_accuracy_drop`` in
+    points (None: no budget)."""
+
+    data: str | os.PathLike
+    limit: int | None = None
+    max_accuracy_drop: float | None = None
+
+
 def prune_finetune(
     model: str | os.PathLike,
     passes: str,
     train_data: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    eval_data: str | os.PathLike | None = None,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    seed: int = 0,
-    weight_decay: float = 0.0,
-    max_accuracy_drop: float | None = None,
-    eval_limit: int | None = None,
+    evaluation: Evaluation | None = None,
+    config: TrainConfig = TrainConfig(),
     force: bool = False,
     progress=None,
 ) -> dict:
-    """Run ``passes`` (e.g. ``prune<ratio=0.5>``) on ``model``, fine-tune on ``train_data``,
-    write ``out``, and report parameters, FLOPs, file size and accuracy of the original, the
-    pruned and the fine-tuned model (accuracy on ``eval_data`` with onnxruntime).
+    """Run ``passes`` (e.g. ``prune<ratio=0.5>``) on ``model``, fine-tune on ``train_data`` as
+    ``config`` says, write ``out``, and report parameters, FLOPs, file size and accuracy of the
+    original, the pruned and the fine-tuned model (accuracy on ``evaluation.data`` with
+    onnxruntime).
 
-    ``max_accuracy_drop`` (points): the report says whether the fine-tuned model's metric is
-    within that many points of the original's (``budget_passed``); ``out`` is written either
-    way (the CLI then exits with code 6).
+    ``evaluation.max_accuracy_drop`` (points): the report says whether the fine-tuned model's
+    metric is within that many points of the original's (``budget_passed``); ``out`` is written
+    either way (the CLI then exits with code 6).
     """
     import onnx_ir as ir
 
@@ -407,6 +414,10 @@ def prune_finetune(
     from optc.passes.prune import model_costs
 
     progress = progress or SILENT
+    eval_data = evaluation.data if evaluation is not None else None
+    eval_limit = evaluation.limit if evaluation is not None else None
+    max_accuracy_drop = evaluation.max_accuracy_drop if evaluation is not None else None
+    epochs = config.epochs
     out = Path(out)
     if out.exists() and not force:
         raise UsageError(f"{out} already exists (use --force)")
@@ -425,8 +436,9 @@ def prune_finetune(
     report: dict = {"model": str(model), "passes": pipeline.format_pipeline(specs),
                     "passes_explicit": pipeline.format_pipeline(specs, explicit=True),
                     "records": [r.__dict__ for r in records], "output": str(out),
-                    "finetune": {"train": str(train_data), "epochs": epochs, "lr": lr, "batch_size": batch_size,
-                                 "seed": seed, "weight_decay": weight_decay,
+                    "finetune": {"train": str(train_data), "epochs": epochs, "lr": config.lr,
+                                 "batch_size": config.batch_size, "seed": config.seed,
+                                 "weight_decay": config.weight_decay,
                                  "optimizer": "Adam, cosine schedule to 0, cross-entropy, 1 thread"}}
     stages = {"original": original, "pruned": pruned}
     ref = None
@@ -435,8 +447,7 @@ def prune_finetune(
             ref = data.predictions(original)
     with progress.step(f"fine-tune {epochs} epochs"):
         with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
-            tuned = finetune(pruned, train_data, Path(tmp) / "tuned.onnx", epochs=epochs, lr=lr,
-                             batch_size=batch_size, seed=seed, weight_decay=weight_decay)
+            tuned = finetune(pruned, train_data, Path(tmp) / "tuned.onnx", config=config)
     stages["finetuned"] = tuned
     for key, proto in stages.items():
         entry = costs(proto)
