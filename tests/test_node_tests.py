@@ -38,6 +38,7 @@ FIXED = {
     "test_gather_0": "gather",
     "test_layer_normalization_4d_axis_negative_4": "layernormalization",  # Mean / InvStdDev outputs
     "test_spacetodepth_crd_mode_example": "spacetodepth",  # CRD mode
+    "test_convtranspose_output_shape": "convtranspose",  # output_shape -> pads
     "test_lpnormalization_default": "lpnormalization",  # converter TVM lacks
     "test_isinf_positive": "isinf", "test_pow_types_int32_int32": "pow",
     "test_tril_square_neg": "trilu", "test_clip_example": "clip",  # 0-d inputs

@@ -342,8 +342,14 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
         _save_sample_outputs(job, job.reference(which))  # kept for a later check on the hardware
         return {"passed": None, "skipped": job.session.skip_reason}
     with job.stage("verify", f"verify against onnxruntime ({len(job.sets)} call(s))"):
-        outs = verify.join_calls(job.session.run_many([job.args(k) for k in range(len(job.sets))]))
-        refs = job.reference(which)
+        refs = job.reference(which)  # first: a model onnxruntime cannot run is refused as such
+        try:
+            outs = verify.join_calls(job.session.run_many([job.args(k) for k in range(len(job.sets))]))
+        except OptcError:
+            raise
+        except Exception as err:  # e.g. a TVM runtime kernel without the dtype: nothing to deliver
+            raise VerificationError("the artifact failed when run on the verification inputs: "
+                                    + " ".join(str(err).split())[:300]) from err
         if job.lossy or prequantized:
             from optc.passes.quant.tolerance import compare_quantized, compare_to_original_qdq
 
