@@ -272,7 +272,7 @@ def bench(pkg: str | os.PathLike, options: BenchOptions = BenchOptions(), *, com
     Baselines (onnxruntime, graph optimizations on): ``deployable`` - the package's ONNX model
     when onnxruntime can run it, else the QDQ graph an integerized package was made from
     (``deploy_qdq.onnx``); ``original`` - the source model named in the manifest, when it is
-    still there unchanged (sha256) and differs from the first. Never optc's own reference ops.
+    still there unchanged (sha256). Never optc's own reference ops.
     Both sides are timed from numpy inputs to numpy outputs (conversions included). The TVM
     thread pool is set to ``threads`` for real (``runtime.config_threadpool``) and the count it
     reports is recorded. With ``rpc``/``rpc_tracker`` the package runs on that TVM RPC server
@@ -296,6 +296,35 @@ def bench(pkg: str | os.PathLike, options: BenchOptions = BenchOptions(), *, com
     applied = _set_threads(threads) if tgt["backend"] == "tvm-cpu" else None
     # onnxruntime's CPU latency is only a fair neighbour for code that runs on this CPU.
     baselines = _baselines(pkg, manifest, threads) if compare_ort and tgt["backend"] == "tvm-cpu" else {}
+    optc_times, ort_times, applied = _interleaved(session, args, baselines, (warmup, repeat, rounds), applied,
+                                                  emulated)
+    result = {
+        "package": str(pkg),
+        "target": tgt["name"],
+        "threads": threads,
+        **({"threads_applied": {"optc (TVM runtime.NumThreads)": applied,
+                                "onnxruntime (intra_op_num_threads)": threads}} if applied is not None else {}),
+        "method": f"{session.timing} (not the target's latency)" if emulated else
+                  f"measured: wall clock per call from numpy inputs to numpy outputs (both sides), {warmup} "
+                  f"warm-up, {rounds} interleaved rounds",
+        "optc": stats(optc_times),
+    }
+    if baselines:
+        result |= _baseline_section(result["optc"], baselines, ort_times)
+    elif compare_ort and tgt["backend"] == "tvm-cpu":
+        result["onnxruntime_note"] = "no onnxruntime-runnable equivalent of this package was found"
+    if emulated:
+        import json
+
+        result["modeled"] = json.loads((pkg / artifact.REPORT).read_text()).get("latency")
+    return result
+
+
+def _interleaved(session, args, baselines: dict, plan: tuple[int, int, int], applied, emulated: bool):
+    """optc and each baseline timed in ``rounds`` alternating blocks after ``warmup`` calls
+    each (``plan``: warmup, repeat, rounds); returns (optc times, times per baseline, threads
+    the TVM pool reports once it exists, or None)."""
+    warmup, repeat, rounds = plan
     per_round = max(1, repeat // rounds)
     optc_times: list[float] = []
     ort_times: dict[str, list[float]] = {k: [] for k in baselines}
@@ -309,35 +338,18 @@ def bench(pkg: str | os.PathLike, options: BenchOptions = BenchOptions(), *, com
         optc_times += session.time(args, warmup=0, repeat=per_round)
         for k, b in baselines.items():
             ort_times[k] += b.time(0, per_round)
-    result = {
-        "package": str(pkg),
-        "target": tgt["name"],
-        "threads": threads,
-        **({"threads_applied": {"optc (TVM runtime.NumThreads)": applied,
-                                "onnxruntime (intra_op_num_threads)": threads}} if applied is not None else {}),
-        "method": f"{session.timing} (not the target's latency)" if emulated else
-                  f"measured: wall clock per call from numpy inputs to numpy outputs (both sides), {warmup} "
-                  f"warm-up, {rounds} interleaved rounds",
-        "optc": stats(optc_times),
-    }
-    if baselines:
-        import onnxruntime
+    return optc_times, ort_times, applied
 
-        result["baselines"] = {k: stats(ort_times[k]) | {"model": b.describe, "version": onnxruntime.__version__,
-                                                          "graph_optimizations": "all"}
-                               for k, b in baselines.items()}
-        first = next(iter(baselines))
-        result["onnxruntime"] = result["baselines"][first]  # the deployable equivalent
-        result["ratio_optc_over_ort"] = result["optc"]["median_ms"] / result["onnxruntime"]["median_ms"]
-        for k in baselines:
-            result["baselines"][k]["ratio_optc_over_this"] = result["optc"]["median_ms"] / result["baselines"][k]["median_ms"]
-    elif compare_ort and tgt["backend"] == "tvm-cpu":
-        result["onnxruntime_note"] = "no onnxruntime-runnable equivalent of this package was found"
-    if emulated:
-        import json
 
-        result["modeled"] = json.loads((pkg / artifact.REPORT).read_text()).get("latency")
-    return result
+def _baseline_section(optc: dict, baselines: dict, ort_times: dict) -> dict:
+    import onnxruntime
+
+    out = {k: stats(ort_times[k]) | {"model": b.describe, "version": onnxruntime.__version__,
+                                     "graph_optimizations": "all",
+                                     "ratio_optc_over_this": optc["median_ms"] / stats(ort_times[k])["median_ms"]}
+           for k, b in baselines.items()}
+    first = out[next(iter(out))]  # the deployable equivalent
+    return {"baselines": out, "onnxruntime": first, "ratio_optc_over_ort": first["ratio_optc_over_this"]}
 
 
 def _set_threads(n: int) -> int:
