@@ -77,6 +77,20 @@ class SessionBase:
     def time(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:  # pragma: no cover
         raise NotImplementedError
 
+    def _wall_clock_times(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:
+        """Seconds per :meth:`run` by ``time.perf_counter``: ``repeat`` timed calls after
+        ``warmup`` untimed ones (a session's :meth:`time` where it runs in this process)."""
+        import time
+
+        for _ in range(warmup):
+            self.run(inputs)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            self.run(inputs)
+            times.append(time.perf_counter() - t0)
+        return times
+
     def report_latency(self, args: list[np.ndarray], ctx) -> dict:
         """The report's ``latency`` section (``ctx``: :class:`optc.timing.LatencyContext`).
         Default: measured here, wall clock around :meth:`time`."""

@@ -313,8 +313,7 @@ def build_wide(out_dir=None, *, force: bool = False, verbose: bool = False) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from optc.errors import OptcError
-    from optc.models import MODELS_DIR
+    from optc.models import MODELS_DIR, build
 
     parser = argparse.ArgumentParser(prog="python -m optc.models.binary_digits",
                                      description="Train and export the binary digits models.")
@@ -324,15 +323,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="small: digits_bcnn/digits_bmlp (+ binary_digits.json); wide: the 64-128-256 pair "
                              "(merged into binary_digits.json); all: both (default)")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> None:
         if args.which in ("all", "small"):
             build_binary(args.out, force=args.force, verbose=True)
         if args.which in ("all", "wide"):
             build_wide(args.out, force=args.force, verbose=True)
-    except OptcError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+
+    return build.run_script(work)
 
 
 if __name__ == "__main__":

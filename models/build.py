@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     which = ["digits", *_BIG_MODELS] if args.which == "all" else [args.which]
-    try:
+
+    def work() -> None:
         out = args.out
         if any(w in _BIG_MODELS for w in which) and out.resolve() == MODELS_DIR:
             raise UsageError(
@@ -368,6 +369,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{w}: exported in {time.perf_counter() - t0:.1f} s -> {path} "
                 f"({path.stat().st_size / 1e6:.1f} MB)"
             )
+
+    return run_script(work)
+
+
+def run_script(work: Callable[[], None]) -> int:
+    """A build script's exit status: 0 once ``work()`` returns; where it raises an
+    :class:`~optc.errors.OptcError`, its message on stderr and its ``exit_code``."""
+    try:
+        work()
     except OptcError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -599,6 +599,13 @@ class _Analyzer:
         self.a.steps.append(Step(node, "producer", (st,), self.a.state[node.outputs[0]], producer))
         return None
 
+    def _follow(self, node: ir.Node, kind: str, st, out) -> None:
+        """Record that ``node`` carries the channel state ``st`` of its input through to its
+        output as ``out`` (a ``kind`` step); None: no reason to stop."""
+        self.a.state[node.outputs[0]] = out
+        self.a.steps.append(Step(node, kind, (st,), out))
+        return None
+
     def batchnorm(self, node: ir.Node) -> str | None:
         st = self.a.state.get(node.inputs[0])
         if st is None:
@@ -610,9 +617,7 @@ class _Analyzer:
         if any(const_array(v) is None for v in node.inputs[1:5]):
             return "parameters are not constants"
         self.a.edits += [Edit("slice", node, st.layout, i, 0) for i in range(1, 5)]
-        self.a.state[node.outputs[0]] = st
-        self.a.steps.append(Step(node, "bn", (st,), st))
-        return None
+        return self._follow(node, "bn", st, st)
 
     def unary(self, node: ir.Node) -> str | None:
         st = self.a.state.get(node.inputs[0])
@@ -620,9 +625,7 @@ class _Analyzer:
             return None
         if self.extra_outputs_used(node):
             return "a second output is used"
-        self.a.state[node.outputs[0]] = st
-        self.a.steps.append(Step(node, "unary", (st,), st))
-        return None
+        return self._follow(node, "unary", st, st)
 
     def pool(self, node: ir.Node) -> str | None:
         st = self.a.state.get(node.inputs[0])
@@ -632,9 +635,7 @@ class _Analyzer:
             return "channels are not on axis 1 of an image tensor"
         if self.extra_outputs_used(node):
             return "the indices output is used"
-        self.a.state[node.outputs[0]] = st
-        self.a.steps.append(Step(node, "pool", (st,), st))
-        return None
+        return self._follow(node, "pool", st, st)
 
     def elementwise(self, node: ir.Node) -> str | None:
         tracked = self.tracked(node)
@@ -722,9 +723,7 @@ class _Analyzer:
         out = self._flatten_state(node, st)
         if isinstance(out, str):
             return out
-        self.a.state[node.outputs[0]] = out
-        self.a.steps.append(Step(node, "reshape", (st,), out))
-        return None
+        return self._follow(node, "reshape", st, out)
 
     def reshape(self, node: ir.Node) -> str | None:
         st = self.a.state.get(node.inputs[0])
@@ -747,9 +746,7 @@ class _Analyzer:
             return f"reshape to {list(shape)} is not a flatten to [N, C*H*W]"
         if s1 != -1:
             self.a.edits.append(Edit("reshape", node, st.layout, 1, spatial=spatial))
-        self.a.state[node.outputs[0]] = out
-        self.a.steps.append(Step(node, "reshape", (st,), out))
-        return None
+        return self._follow(node, "reshape", st, out)
 
     def squeeze(self, node: ir.Node) -> str | None:
         st = self.a.state.get(node.inputs[0])
@@ -770,9 +767,7 @@ class _Analyzer:
         if any(ax % ref_rank <= st.axis for ax in axes):
             return "squeezes/unsqueezes an axis before the channel axis"
         out = Chan(st.layout, st.axis, out_rank)
-        self.a.state[node.outputs[0]] = out
-        self.a.steps.append(Step(node, "reshape", (st,), out))
-        return None
+        return self._follow(node, "reshape", st, out)
 
 
 _RULES = {

@@ -13,6 +13,31 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 
 
+def make_onnx_model(nodes, inits, x_shape, y_shape, *, name: str = "g", elem_type: int = TensorProto.FLOAT,
+                    optc_ops: bool = False, check: bool = True) -> onnx.ModelProto:
+    """One graph ``x -> nodes -> y`` (both of ``elem_type``) at opset 17, with the ``ai.optc``
+    domain at version 1 where ``optc_ops``; ``onnx.checker``-ed where ``check``."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", elem_type, x_shape)],
+                              [helper.make_tensor_value_info("y", elem_type, y_shape)], inits)
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("ai.optc", 1)] if optc_ops else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    if check:
+        onnx.checker.check_model(model)
+    return model
+
+
+def make_int8_depthwise_model(hw: int) -> onnx.ModelProto:
+    """``ai.optc`` IntConv2d, depthwise (8 channels, group 8), 3x3 pad 1, uint8 [1, 8, hw, hw]
+    in and out, zero weights and bias, unit multiplier and shift."""
+    wc = np.zeros((8, 1, 3, 3), np.int8)
+    inits = [numpy_helper.from_array(wc, "W"), numpy_helper.from_array(np.zeros(8, np.int32), "B"),
+             numpy_helper.from_array(np.ones(8, np.int32), "M"), numpy_helper.from_array(np.ones(8, np.int32), "S")]
+    nodes = [helper.make_node("IntConv2d", ["x", "W", "B", "M", "S"], ["y"], name="dw", domain="ai.optc",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=8)]
+    return make_onnx_model(nodes, inits, [1, 8, hw, hw], [1, 8, hw, hw], elem_type=TensorProto.UINT8,
+                           optc_ops=True, check=False)
+
+
 def make_conv_model(path: Path | None = None, *, batch: int | str = 1, seed: int = 0,
                     with_bn: bool = True) -> onnx.ModelProto:
     """Conv(3x3) -> BatchNorm -> Relu -> GlobalAveragePool -> Flatten -> Gemm, opset 17."""
@@ -35,10 +60,7 @@ def make_conv_model(path: Path | None = None, *, batch: int | str = 1, seed: int
               helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
               helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
               helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1)]
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
+    model = make_onnx_model(nodes, inits, [batch, 3, 8, 8], [batch, 4], name="conv")
     if path is not None:
         onnx.save(model, str(path))
     return model

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optc import energy
 from optc.energy import model_energy, rapl_delta_uj
+from tests.conftest import make_int8_depthwise_model, make_onnx_model
 
 PJ = 1e-9  # mJ per pJ
 
@@ -28,11 +29,7 @@ def _gemm_relu() -> onnx.ModelProto:
              numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")]
     nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["h"], name="fc", transB=1),
              helper.make_node("Relu", ["h"], ["y"], name="relu")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(m)
-    return m
+    return make_onnx_model(nodes, inits, [1, 4], [1, 3])
 
 
 def test_modeled_fp32_matches_hand_computation():
@@ -67,11 +64,7 @@ def _qdq_matmul() -> onnx.ModelProto:
              helper.make_node("MatMul", ["xf", "wf"], ["h"], name="mm"),
              helper.make_node("QuantizeLinear", ["h", "s", "z"], ["hq"], name="qh"),
              helper.make_node("DequantizeLinear", ["hq", "s", "z"], ["y"], name="dqh")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [s, z, wq])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(m)
-    return m
+    return make_onnx_model(nodes, [s, z, wq], [1, 4], [1, 3])
 
 
 def test_modeled_int8_qdq_layer():
@@ -94,9 +87,7 @@ def _optc_model(op: str, attrs: dict, w: np.ndarray, x_shape, y_shape) -> onnx.M
     n_out = y_shape[1]
     inits = [numpy_helper.from_array(w, "Wp"), numpy_helper.from_array(np.ones(n_out, np.float32), "alpha")]
     nodes = [helper.make_node(op, ["x", "Wp", "alpha"], ["y"], name="layer", domain="ai.optc", **attrs)]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
+    return make_onnx_model(nodes, inits, x_shape, y_shape, optc_ops=True, check=False)
 
 
 def test_modeled_binary_ai_optc_ops():
@@ -367,23 +358,13 @@ def test_modeled_integer_ai_optc_ops():
     inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.zeros(4, np.int32), "B"),
              numpy_helper.from_array(np.ones(4, np.int32), "M"), numpy_helper.from_array(np.ones(4, np.int32), "S")]
     nodes = [helper.make_node("IntDense", ["x", "W", "B", "M", "S"], ["y"], name="fc", domain="ai.optc")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [2, 16])],
-                          [helper.make_tensor_value_info("y", TensorProto.UINT8, [2, 4])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
+    m = make_onnx_model(nodes, inits, [2, 16], [2, 4], elem_type=TensorProto.UINT8, optc_ops=True, check=False)
     c = model_energy(m)["breakdown"]["counts"]
     assert c["macs"] == {"fp32": 0, "int8": 2 * 4 * 16, "binary": 0}
     assert c["weight_bytes"] >= 64  # int8 weights: one byte each
     assert c["requantized_outputs"] == 2 * 4  # as the QuantizeLinear its QDQ form folds in
 
-    wc = np.zeros((8, 1, 3, 3), np.int8)  # depthwise, group 8
-    inits = [numpy_helper.from_array(wc, "W"), numpy_helper.from_array(np.zeros(8, np.int32), "B"),
-             numpy_helper.from_array(np.ones(8, np.int32), "M"), numpy_helper.from_array(np.ones(8, np.int32), "S")]
-    nodes = [helper.make_node("IntConv2d", ["x", "W", "B", "M", "S"], ["y"], name="dw", domain="ai.optc",
-                              kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=8)]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 8, 5, 5])],
-                          [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 8, 5, 5])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
-    c = model_energy(m)["breakdown"]["counts"]
+    c = model_energy(make_int8_depthwise_model(5))["breakdown"]["counts"]
     assert c["macs"]["int8"] == 8 * 25 * 9
 
 

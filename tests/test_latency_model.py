@@ -8,11 +8,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from optc import analysis, latency_model
 from optc.targets import TARGETS, get_target
-from tests.conftest import MODELS
+from tests.conftest import MODELS, make_int8_depthwise_model
 
 CALIB = MODELS / "digits_calib.npz"
 FP32_PASSES = "simplify,fold-constants,remove-identity,fuse-bn,dce"
@@ -99,14 +98,7 @@ def test_dot_product_in_the_table_matches_the_targets():
 
 
 def test_depthwise_int8_runs_at_the_int32_rate_even_with_sdot():
-    wc = np.zeros((8, 1, 3, 3), np.int8)  # depthwise, group 8
-    inits = [numpy_helper.from_array(wc, "W"), numpy_helper.from_array(np.zeros(8, np.int32), "B"),
-             numpy_helper.from_array(np.ones(8, np.int32), "M"), numpy_helper.from_array(np.ones(8, np.int32), "S")]
-    nodes = [helper.make_node("IntConv2d", ["x", "W", "B", "M", "S"], ["y"], name="dw", domain="ai.optc",
-                              kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=8)]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 8, 32, 32])],
-                          [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 8, 32, 32])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
+    m = make_int8_depthwise_model(32)
     (layer,) = analysis.summarize(m)["layers"]
     assert layer["arith"] == "int8" and layer["depthwise"] and layer["macs"] == 8 * 32 * 32 * 9
     lat = latency_model.modeled_latency(get_target("arm-a76"), {"layers": [layer]})

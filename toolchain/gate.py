@@ -165,6 +165,11 @@ def _num(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _no_figure(budget: str, figure: str, hint: str, limit: float) -> Check:
+    """The failed check of a budget whose figure the report lacks (``hint``: where it comes from)."""
+    return Check(budget, False, f"no {figure} figure in the report ({hint})", None, limit)
+
+
 def check_report(report: dict, budgets: Budgets) -> list[Check]:
     """One :class:`Check` per budget set in ``budgets`` (in a fixed order)."""
     f = figures(report)
@@ -172,8 +177,8 @@ def check_report(report: dict, budgets: Budgets) -> list[Check]:
     if budgets.max_accuracy_drop is not None:
         lim = budgets.max_accuracy_drop
         if f["accuracy_drop"] is None:
-            checks.append(Check("accuracy drop", False, "no accuracy figure in the report (compile with "
-                                "--eval DATA.npz, or eval: in the job file)", None, lim))
+            checks.append(_no_figure("accuracy drop", "accuracy", "compile with --eval DATA.npz, or eval: in the "
+                                     "job file", lim))
         else:
             acc = report["accuracy"]
             if f["accuracy_kind"] == "top-1":
@@ -190,7 +195,7 @@ def check_report(report: dict, budgets: Budgets) -> list[Check]:
     if budgets.max_size_mb is not None:
         lim = budgets.max_size_mb
         if f["size_bytes"] is None:
-            checks.append(Check("size", False, "no size figure in the report (size_bytes.artifact)", None, lim))
+            checks.append(_no_figure("size", "size", "size_bytes.artifact", lim))
         else:
             mb = f["size_bytes"] / 1e6
             ok = mb <= lim
@@ -199,8 +204,7 @@ def check_report(report: dict, budgets: Budgets) -> list[Check]:
     if budgets.max_energy_mj is not None:
         lim = budgets.max_energy_mj
         if f["energy_mj"] is None:
-            checks.append(Check("energy", False, "no energy figure in the report (compiled by an optc "
-                                "without energy reporting?)", None, lim))
+            checks.append(_no_figure("energy", "energy", "compiled by an optc without energy reporting?", lim))
         else:
             ok = f["energy_mj"] <= lim
             detail = (f"{_num(f['energy_mj'])} mJ {'<=' if ok else '>'} {_num(lim)} mJ per inference "

@@ -161,14 +161,7 @@ class FpgaSession(SessionBase):
         return self._tail.run(None, {self.io.part.decode.tensor: t})
 
     def time(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:
-        for _ in range(warmup):
-            self.run(inputs)
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            self.run(inputs)
-            times.append(time.perf_counter() - t0)
-        return times
+        return self._wall_clock_times(inputs, warmup, repeat)
 
     def report_latency(self, args: list[np.ndarray], ctx) -> dict:
         return self.latency()

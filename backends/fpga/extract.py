@@ -272,6 +272,16 @@ def _row_codes(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return codes, scale
 
 
+def _out_by_in(g: _Graph, node, w: np.ndarray) -> np.ndarray:
+    """The weight tensor of a MatMul ([in, out]), Gemm ([in, out], or [out, in] with
+    ``transB``) or Conv ([out, in, kh, kw]) as rows per output channel ([out, in...])."""
+    if node.op_type == "MatMul":
+        return w.T
+    if node.op_type == "Gemm":
+        return w if g.attr(node, "transB", 0) else w.T
+    return w.reshape(w.shape[0], -1)
+
+
 def _weights(g: _Graph, node) -> tuple[_Weights | None, str]:
     op = node.op_type
     if len(node.input) < 2:
@@ -292,23 +302,12 @@ def _weights(g: _Graph, node) -> tuple[_Weights | None, str]:
                 return None, "weight scale is not per output channel"
         qi = q.astype(np.int64) - (zp.astype(np.int64) if zp is not None else 0) if zp is None or zp.size == 1 \
             else q.astype(np.int64) - np.expand_dims(zp.astype(np.int64), tuple(i for i in range(q.ndim) if i != axis % q.ndim))
-        w_codes, w_scale = qi, s.astype(np.float64)
-        if op == "MatMul":
-            codes = w_codes.T
-        elif op == "Gemm":
-            codes = w_codes if g.attr(node, "transB", 0) else w_codes.T
-        else:
-            codes = w_codes.reshape(w_codes.shape[0], -1)
-        scale = np.broadcast_to(w_scale.reshape(-1), (codes.shape[0],)).astype(np.float64).copy()
+        codes = _out_by_in(g, node, qi)
+        scale = np.broadcast_to(s.astype(np.float64).reshape(-1), (codes.shape[0],)).astype(np.float64).copy()
     elif wq is not None:
         if wq.dtype.kind != "f":
             return None, "integer weights without DequantizeLinear"
-        if op == "MatMul":
-            w = wq.T
-        elif op == "Gemm":
-            w = wq if g.attr(node, "transB", 0) else wq.T
-        else:
-            w = wq.reshape(wq.shape[0], -1)
+        w = _out_by_in(g, node, wq)
         if w.ndim != 2:
             return None, "weights are not a matrix"
         found = _row_codes(w)

@@ -4,7 +4,6 @@ qemu-user with optc's C++ runner, which is also what runs the artifact on a real
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -79,14 +78,7 @@ class CpuSession(SessionBase):
     def time(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> list[float]:
         """Seconds per :meth:`run`: numpy inputs in, numpy outputs out (input conversion, the
         VM call and the output copies), the same boundary as onnxruntime's ``run``."""
-        for _ in range(warmup):
-            self.run(inputs)
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            self.run(inputs)
-            times.append(time.perf_counter() - t0)
-        return times
+        return self._wall_clock_times(inputs, warmup, repeat)
 
 
 class CpuBackend(_TvmBackend):

@@ -739,6 +739,13 @@ def _base():
     return OnnxOpConverter
 
 
+def _alpha_bias(inputs) -> tuple[list, bool, bool]:
+    """The optional ``alpha`` (input 2) and ``bias`` (input 3) of a BinaryDense / BinaryConv2d
+    converter: those present in kernel argument order, whether bias is, whether alpha is."""
+    alpha, bias = (inputs[i] if len(inputs) > i else None for i in (2, 3))
+    return [v for v in (alpha, bias) if v is not None], bias is not None, alpha is not None
+
+
 def _binary_conv_operands(bb, x, w, attr):
     """(x_shape, N, geometry, (OH, OW), lane-packed weights) of a BinaryConv2d[Threshold]
     converter."""
@@ -778,15 +785,13 @@ def _register() -> None:
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
             x, w = inputs[0], inputs[1]
-            alpha = inputs[2] if len(inputs) > 2 else None
-            bias = inputs[3] if len(inputs) > 3 else None
+            extra, has_bias, has_alpha = _alpha_bias(inputs)
             m, k = static_shape(x)
             n = static_shape(w)[0]
             if int(attr["in_features"]) != k:
                 raise ValueError(f"BinaryDense: in_features {attr['in_features']} != input width {k}")
-            func = binary_dense_func(m, k, n, bias is not None, alpha is not None)
-            args = [x, w] + [v for v in (alpha, bias) if v is not None]
-            return call_kernel(bb, func, "optc_binary_dense", args, [m, n])
+            func = binary_dense_func(m, k, n, has_bias, has_alpha)
+            return call_kernel(bb, func, "optc_binary_dense", [x, w] + extra, [m, n])
 
     @register_converter(optc_ops.DOMAIN, "BitserialDense")
     class BitserialDense(Base):
@@ -806,11 +811,10 @@ def _register() -> None:
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
             x, w = inputs[0], inputs[1]
-            alpha = inputs[2] if len(inputs) > 2 else None
-            bias = inputs[3] if len(inputs) > 3 else None
+            extra, has_bias, has_alpha = _alpha_bias(inputs)
             x_shape, n, geom, (oh, ow), wt = _binary_conv_operands(bb, x, w, attr)
-            func = binary_conv2d_func(x_shape, n, geom, bias is not None, alpha is not None)
-            args = [x, wt] + [v for v in (alpha, bias) if v is not None]
+            func = binary_conv2d_func(x_shape, n, geom, has_bias, has_alpha)
+            args = [x, wt] + extra
             return call_kernel(bb, func, "optc_binary_conv2d", args, [x_shape[0], n, oh, ow])
 
     @register_converter(optc_ops.DOMAIN, "BinaryConv2dThreshold")

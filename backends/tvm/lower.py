@@ -200,8 +200,10 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
         with scope:
             mod = _from_onnx(model, shape_dict, dtype_dict)
     except Exception as err:
+        from .static_operands import hint
+
         msg = " ".join(str(err).split())[:400]
-        raise UnsupportedModelError(f"TVM's ONNX frontend could not import the model: {msg}") from err
+        raise UnsupportedModelError(f"TVM's ONNX frontend could not import the model: {msg}{hint(model)}") from err
     mod, params = relax.frontend.detach_params(mod)
     return mod, list(params.get("main", []))
 

@@ -122,6 +122,16 @@ def _grid_error(out: np.ndarray, scale: float, zero: float) -> float:
     return float(np.abs(codes - np.round(codes)).max(initial=0.0))
 
 
+def _grid_or_shift_error(grid: float, bias: float) -> str | None:
+    """Why an output judged in quantizer steps fails: off the grid by more than ``GRID_TOL``
+    steps, or a mean difference beyond ``BIAS_STEPS``; None where neither."""
+    if grid > GRID_TOL:
+        return f"values are off the output quantizer's grid by up to {grid:.3g} steps (not quantized?)"
+    if abs(bias) > BIAS_STEPS:
+        return f"mean difference {bias:+.3g} steps: a systematic shift, not rounding flips"
+    return None
+
+
 def compare_quantized(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str], atol: float,
                       rtol: float, model: onnx.ModelProto,
                       original_refs: Callable[[], list[np.ndarray]]) -> dict:
@@ -167,12 +177,8 @@ def compare_quantized(outputs: list[np.ndarray], refs: list[np.ndarray], names: 
             grid = _grid_error(out, s, z)
             bias = float(np.mean(np.asarray(out, np.float64) - np.asarray(ref, np.float64))) / s
             entry.update(grid_error_steps=grid, mean_difference_steps=bias)
-            if grid > GRID_TOL:
-                entry.update(passed=False, error=f"values are off the output quantizer's grid by up to {grid:.3g} "
-                                                 "steps (not quantized?)")
-            elif abs(bias) > BIAS_STEPS:
-                entry.update(passed=False, error=f"mean difference {bias:+.3g} steps: a systematic shift, not "
-                                                 "rounding flips")
+            if err := _grid_or_shift_error(grid, bias):
+                entry.update(passed=False, error=err)
         elif name in floors:  # fraction rule: would the float model's outputs pass?
             base = atol + rtol * entry.get("reference_max_abs", 0.0)
             entry["distinguishes_float_model"] = bool(max(base, floors[name]) < floors[name] / FRACTION)
@@ -225,12 +231,8 @@ def compare_to_original_qdq(outputs: list[np.ndarray], refs: list[np.ndarray], n
                          elements_differing=int(np.count_nonzero(diff)))
             if "error" in entry:
                 pass
-            elif grid > GRID_TOL:
-                entry.update(passed=False, error=f"values are off the output quantizer's grid by up to {grid:.3g} "
-                                                 "steps (not quantized?)")
-            elif abs(bias) > BIAS_STEPS:
-                entry.update(passed=False, error=f"mean difference {bias:+.3g} steps: a systematic shift, not "
-                                                 "rounding flips")
+            elif err := _grid_or_shift_error(grid, bias):
+                entry.update(passed=False, error=err)
             elif not entry["passed"]:
                 entry["error"] = f"differs by {entry['max_abs_error'] / s:.3g} steps (more than {STEPS})"
             judged.append(name)

@@ -20,7 +20,7 @@ from optc.errors import UsageError
 from optc.passes.quant import calibrate, observers, qparams, quantize_model
 from optc.pipeline import format_pipeline, get_pass, instantiate, parse_pipeline
 from optc.verify import reference_outputs
-from tests.conftest import MODELS, make_conv_model
+from tests.conftest import MODELS, make_conv_model, make_onnx_model
 
 CALIB = MODELS / "digits_calib.npz"
 EVAL = MODELS / "digits_eval.npz"
@@ -59,11 +59,7 @@ def _conv_relu_model(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
              helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
              helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
              helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1)]
-    g = helper.make_graph(nodes, "convrelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(m)
-    return m
+    return make_onnx_model(nodes, inits, [batch, 3, 8, 8], [batch, 10], name="convrelu")
 
 
 def _normal(shape, seed=0):
