@@ -175,22 +175,21 @@ def _build() -> dict:
         def forward(self, x):
             return F.linear(x, binarize_weight(self.weight), self.bias)
 
-    class QuantConv2d(nn.Conv2d):
-        """Conv2d with symmetric per-channel k-bit weights (STE)."""
+    class _WeightBits:
+        """Takes ``weight_bits`` (default 2) besides the layer's own constructor arguments."""
 
         def __init__(self, *args, weight_bits: int = 2, **kwargs):
             super().__init__(*args, **kwargs)
             self.weight_bits = int(weight_bits)
+
+    class QuantConv2d(_WeightBits, nn.Conv2d):
+        """Conv2d with symmetric per-channel k-bit weights (STE)."""
 
         def forward(self, x):
             return self._conv_forward(x, quantize_weight(self.weight, self.weight_bits), self.bias)
 
-    class QuantLinear(nn.Linear):
+    class QuantLinear(_WeightBits, nn.Linear):
         """Linear with symmetric per-channel k-bit weights (STE)."""
-
-        def __init__(self, *args, weight_bits: int = 2, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.weight_bits = int(weight_bits)
 
         def forward(self, x):
             return F.linear(x, quantize_weight(self.weight, self.weight_bits), self.bias)
