@@ -69,19 +69,21 @@ def register() -> None:
             alpha = float(attr.get("alpha", 1.0))
             return op.multiply(x, op.sigmoid(op.multiply(x, const(alpha, x))))
 
-    @register_converter("", "Cosh")
-    class Cosh(OnnxOpConverter):
-        @classmethod
-        def _impl_v9(cls, bb, inputs, attr, params):
-            x = inputs[0]
-            return op.multiply(op.add(op.exp(x), op.exp(op.negative(x))), const(0.5, x))
+    def _half_exp_pair(name: str, combine):
+        """Cosh / Sinh: (exp(x) combine exp(-x)) / 2."""
 
-    @register_converter("", "Sinh")
-    class Sinh(OnnxOpConverter):
-        @classmethod
-        def _impl_v9(cls, bb, inputs, attr, params):
-            x = inputs[0]
-            return op.multiply(op.subtract(op.exp(x), op.exp(op.negative(x))), const(0.5, x))
+        @register_converter("", name)
+        class _HalfExpPair(OnnxOpConverter):
+            @classmethod
+            def _impl_v9(cls, bb, inputs, attr, params):
+                x = inputs[0]
+                return op.multiply(combine(op.exp(x), op.exp(op.negative(x))), const(0.5, x))
+
+        _HalfExpPair.__name__ = _HalfExpPair.__qualname__ = name
+        return _HalfExpPair
+
+    _half_exp_pair("Cosh", op.add)
+    _half_exp_pair("Sinh", op.subtract)
 
     @register_converter("", "IsInf")
     class IsInf(OnnxOpConverter):
