@@ -69,3 +69,19 @@ def test_an_error_on_one_sample_of_eight_is_caught(tmp_path, monkeypatch):
     report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "one", options=optc.CompileOptions.of(measure=False, verify_samples=1))
     assert report["verify"]["samples"] == 1  # the wrong sample is not looked at: the report says so
     assert report["binding"]["notes"] and report["inputs"][0]["shape"] == [1, 16]
+
+
+def test_integerized_cnn_with_pooling_is_verified_exactly(tmp_path):
+    """Conv -> ... -> GlobalAveragePool -> Gemm, quantized and integerized: every op on the
+    output's path is integer (IntGlobalAveragePool included), so the artifact must equal the
+    integer reference bit for bit - and does."""
+    from tests.passes.test_integerize import _calib, _model
+
+    onnx.save(_model(), tmp_path / "cnn.onnx")
+    np.savez(tmp_path / "calib.npz", **_calib())
+    report = optc.compile(tmp_path / "cnn.onnx", "cpu", tmp_path / "pkg", passes=f"quantize<calib={tmp_path / 'calib.npz'}>",
+                          options=optc.CompileOptions.of(measure=False))
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "pkg" / "model.onnx")).graph.node]
+    assert "IntGlobalAveragePool" in ops and "GlobalAveragePool" not in ops
+    out = report["verify"]["outputs"][0]
+    assert out["tolerance_rule"].startswith("exact") and out["max_abs_error"] == 0 and out["tolerance"] == 0

@@ -177,16 +177,25 @@ class Job:
 
 # ----------------------------------------------------------------------------- 2. load
 def load(job: Job) -> None:
-    """Read and check the model; list every op the backend cannot lower. A model that is
-    already quantized (QDQ layers) gets ``integerize`` like a quantizing pipeline
+    """Read and check the model; list every op the backend cannot lower. A model in
+    onnxruntime's QOperator format (QLinearConv, QGemm, ...) gets ``expand-qoperator`` first
+    (``optc.passes.quant.qoperator``): the ops are checked on the expanded QDQ model, and the
+    original stays onnxruntime's reference. A model that is already quantized (QDQ layers, or
+    QOperator ones once expanded) gets ``integerize`` like a quantizing pipeline
     (``optc.passes.quant.integerize.auto_integerize``)."""
     from optc.passes.quant.integerize import auto_integerize
+    from optc.passes.quant.qoperator import expand_qoperator, qoperator_nodes
 
     with job.stage("frontend", "load and check model"):
         job.original = frontend.load_model(job.source)
-        frontend.check_supported(job.original, job.backend.supported_ops(), job.backend.name)
-        frontend.check_types(job.original, job.backend.name)
-        job.specs = auto_integerize(job.specs, job.target, job.backend, job.original)
+        checked = job.original
+        if qoperator_nodes(job.original):
+            checked, _ = expand_qoperator(job.original)
+            if "expand-qoperator" not in [s.name for s in job.specs]:
+                job.specs = [pipeline.PassSpec("expand-qoperator"), *job.specs]
+        frontend.check_supported(checked, job.backend.supported_ops(), job.backend.name)
+        frontend.check_types(checked, job.backend.name)
+        job.specs = auto_integerize(job.specs, job.target, job.backend, checked)
 
 
 # ----------------------------------------------------------------------------- 3. bind

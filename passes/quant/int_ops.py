@@ -355,4 +355,4 @@ class DequantizeLinear(OpRun):
 
 STANDARD_OPS = [QuantizeLinear, DequantizeLinear]  # ONNX's own ops, for ReferenceEvaluator below opset 19
 OPS = [IntConv2d, IntDense, IntGlobalAveragePool, *STANDARD_OPS]
-OP_TYPES = ("IntConv2d", "IntDense")  # what ``integerize`` writes (and requires of a backend)
+OP_TYPES = ("IntConv2d", "IntDense", "IntGlobalAveragePool")  # what ``integerize`` writes (and requires of a backend)

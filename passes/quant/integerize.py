@@ -10,7 +10,9 @@ the other and the float DQ/Q pairs between integer layers disappear (DCE). Ops b
 that the pattern does not cover (Add of a residual, pooling, ...) keep reading ``DQ(y_q)``
 and compute in float, as in the QDQ graph, except ``DQ(x_q) -> MaxPool -> Q`` with the same
 scale, zero point and type on both sides: it becomes ``MaxPool(x_q)`` on the codes (exact: max
-commutes with the monotone DQ/Q; ``details["integer_pools"]`` lists them).
+commutes with the monotone DQ/Q), and ``DQ(x_q) -> GlobalAveragePool -> Q`` into
+``IntGlobalAveragePool`` (sum of the codes, fixed-point requantization; one step from the QDQ
+graph at .5 boundaries); ``details["integer_pools"]`` lists both kinds.
 
 Math (per output channel n; contract in :mod:`.int_ops`):
 ``B[n] = b_q[n] - zp_x * sum(w_q[n])`` (zero point folded into the int32 bias, exact; padding
@@ -341,6 +343,7 @@ def integerize_model(model: onnx.ModelProto, nhwc: bool = True) -> tuple[onnx.Mo
                        "weight_range": [int(m["w"].min()), int(m["w"].max())],
                        **({"bias": m["bias_from"]} if m["bias_from"] else {})})
     pools = _integer_pools(g, replaced, fresh)
+    pools += _integer_gaps(g, replaced, fresh, new_inits)
     if not layers and not pools:
         return model, {"layers": [], "float_layers": float_layers}
     nodes = []
@@ -423,6 +426,10 @@ def _assign_layouts(model: onnx.ModelProto, shapes: dict, fresh) -> list[str]:
     def conv(n) -> bool:
         return n.domain == DOMAIN and n.op_type == "IntConv2d" and int(attr(n, "group", 1)) == 1
 
+    def reads_nhwc(n, t) -> bool:
+        """``n`` reads tensor ``t`` in either layout (group-1 IntConv2d, IntGlobalAveragePool)."""
+        return bool(n.input) and n.input[0] == t and (conv(n) or (n.domain == DOMAIN and n.op_type == "IntGlobalAveragePool"))
+
     parent: dict[str, str] = {}
 
     def find(t):
@@ -459,7 +466,7 @@ def _assign_layouts(model: onnx.ModelProto, shapes: dict, fresh) -> list[str]:
             for c in consumers.get(t, []):
                 if id(c) in flex:
                     continue
-                if conv(c) and c.input[0] == t:
+                if reads_nhwc(c, t):
                     good += 1
                 else:
                     bad += 1
@@ -470,15 +477,15 @@ def _assign_layouts(model: onnx.ModelProto, shapes: dict, fresh) -> list[str]:
     nodes = []
     to_nchw: dict[str, str] = {}
     for n in graph.node:
+        if n.input and reads_nhwc(n, n.input[0]) and n.input[0] in nhwc:
+            n.attribute.append(helper.make_attribute("x_layout", "NHWC"))
         if conv(n):
-            if n.input[0] in nhwc:
-                n.attribute.append(helper.make_attribute("x_layout", "NHWC"))
             if n.output[0] in nhwc:
                 n.attribute.append(helper.make_attribute("y_layout", "NHWC"))
         # a reader of an NHWC tensor that is not part of its group reads an NCHW copy
         if id(n) not in flex and not conv(n):
             for k, i in enumerate(n.input):
-                if i in nhwc:
+                if i in nhwc and not (k == 0 and reads_nhwc(n, i)):
                     n.input[k] = to_nchw[i]
         elif conv(n):
             for k, i in enumerate(n.input[1:], 1):
@@ -494,7 +501,7 @@ def _assign_layouts(model: onnx.ModelProto, shapes: dict, fresh) -> list[str]:
                     nodes.append(helper.make_node("Transpose", [to_nchw[o]], [o], perm=_TO_NHWC,
                                                   name=fresh(f"{o}{_TRANSPOSE_TAG}")))
         for o in outs:
-            if o in nhwc and o not in to_nchw and any(id(c) not in flex and not (conv(c) and c.input[0] == o)
+            if o in nhwc and o not in to_nchw and any(id(c) not in flex and not reads_nhwc(c, o)
                                                       for c in consumers.get(o, [])):
                 to_nchw[o] = fresh(f"{o}__nchw")
                 nodes.append(helper.make_node("Transpose", [o], [to_nchw[o]], perm=_TO_NCHW,
@@ -553,6 +560,84 @@ def _integer_pools(g: _Graph, replaced: dict, fresh) -> list[str]:
         replaced[id(qn)] = new
         done.append(node.name or node.output[0])
     return done
+
+
+def _integer_gaps(g: _Graph, replaced: dict, fresh, new_inits: list) -> list[str]:
+    """``DQ(x_q; s_x, zp_x) -> GlobalAveragePool -> Q(s_y, zp_y)`` (per-tensor, static H x W)
+    becomes ``IntGlobalAveragePool(x_q)``: the sum of the codes minus ``H*W*zp_x`` in int32,
+    requantized by the fixed point of ``s_x / (s_y * H * W)`` (:mod:`.int_ops`) - no float
+    island between integer layers. Against the QDQ graph an output may differ by one step where
+    the mean lands on a .5 boundary (half up here, half to even in QuantizeLinear)."""
+    shapes = None
+    done = []
+    for node in g.model.graph.node:
+        if node.op_type != "GlobalAveragePool" or node.domain not in ("", "ai.onnx") or id(node) in replaced:
+            continue
+        try:
+            x_q, s_x, zp_x, _, _ = _dq(g, node.input[0], "pool input")
+        except _NoMatch:
+            continue
+        chain, qn = _to_quantize(g, node.output[0])  # reshapes between the pool and its Q
+        if qn is None:
+            continue
+        s_y = g.const(qn.input[1])
+        zp_y = g.const(qn.input[2]) if len(qn.input) > 2 and qn.input[2] else None
+        if s_x.size != 1 or s_y is None or np.asarray(s_y).size != 1 or zp_y is None or \
+                np.asarray(zp_y).dtype not in (np.uint8, np.int8) or (zp_x is not None and np.asarray(zp_x).size != 1):
+            continue
+        shapes = shapes if shapes is not None else _static_shapes(g.model)
+        shape = shapes.get(x_q)
+        if shape is None or len(shape) != 4:
+            continue
+        try:
+            mult, shift = int_ops.fixed_point([float(s_x.reshape(-1)[0]) /
+                                               (float(np.asarray(s_y).reshape(-1)[0]) * shape[2] * shape[3])])
+        except ValueError:
+            continue
+        base = (node.name or node.output[0]).replace("/", "_").strip("_") or "gap"
+        ins = [x_q]
+        for suffix, arr in (("multiplier", mult), ("shift", shift)):
+            ins.append(fresh(f"{base}__int_{suffix}"))
+            new_inits.append(numpy_helper.from_array(arr, ins[-1]))
+        out_dtype = np.asarray(zp_y).dtype
+        info = np.iinfo(out_dtype)
+        codes = qn.output[0] if not chain else fresh(f"{node.output[0]}__codes")
+        new = helper.make_node("IntGlobalAveragePool", ins, [codes], name=fresh(f"{base}/int"), domain=DOMAIN,
+                               x_zero_point=int(np.asarray(zp_x).reshape(-1)[0]) if zp_x is not None else 0,
+                               y_zero_point=int(np.asarray(zp_y).reshape(-1)[0]), out_min=int(info.min),
+                               out_max=int(info.max),
+                               to=TensorProto.UINT8 if out_dtype == np.uint8 else TensorProto.INT8)
+        replaced[id(node)] = new
+        replaced[id(qn)] = None
+        for k, c in enumerate(chain):  # the reshapes now carry codes: fresh tensor names
+            out = qn.output[0] if k == len(chain) - 1 else fresh(f"{c.output[0]}__codes")
+            moved = helper.make_node(c.op_type, [codes, *c.input[1:]], [out], name=c.name, domain=c.domain)
+            moved.attribute.extend(c.attribute)
+            replaced[id(c)] = moved
+            codes = out
+        done.append(node.name or node.output[0])
+    return done
+
+
+def _to_quantize(g: _Graph, tensor: str, limit: int = 4):
+    """(value-preserving single-reader reshapes after ``tensor``, the QuantizeLinear they end
+    in), or ([], None) when the path does not end in one."""
+    from .qdq import VALUE_PRESERVING
+
+    chain = []
+    for _ in range(limit + 1):
+        users = g.consumers.get(tensor, [])
+        if tensor in g.outputs or len(users) != 1:
+            return [], None
+        user = users[0]
+        if user.op_type == "QuantizeLinear":
+            return chain, user
+        if user.op_type not in VALUE_PRESERVING or user.op_type == "MaxPool" or user.input[0] != tensor or \
+                len(user.output) != 1:
+            return [], None
+        chain.append(user)
+        tensor = user.output[0]
+    return [], None
 
 
 def _dce(model: onnx.ModelProto) -> None:

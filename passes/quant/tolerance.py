@@ -4,7 +4,7 @@ An output of a quantized graph is checked by one of three rules, chosen per outp
 graph (the verdict names the rule in ``tolerance_rule``):
 
 * **exact** - every node the output depends on computes in integers or maps codes exactly:
-  optc's integer ops (``ai.optc`` IntConv2d / IntDense, :mod:`.int_ops`), QuantizeLinear,
+  optc's integer ops (``ai.optc`` IntConv2d / IntDense / IntGlobalAveragePool, :mod:`.int_ops`), QuantizeLinear,
   DequantizeLinear and value-preserving ops (:data:`.qdq.VALUE_PRESERVING`: reshapes, max
   pooling of codes). The backend's integer kernels equal the numpy reference bit for bit, so
   the artifact must too: 0 difference, every element.

@@ -71,7 +71,7 @@ def test_rewrites_every_layer_and_matches_qdq(qdq_model):
     # weights stay int8 in the file
     ints = {t.name: t for t in im.graph.initializer}
     for n in im.graph.node:
-        if n.domain == "ai.optc":
+        if n.domain == "ai.optc" and n.op_type in ("IntConv2d", "IntDense"):  # layers with weights
             assert ints[n.input[1]].data_type == TensorProto.INT8
             assert ints[n.input[2]].data_type == TensorProto.INT32
     # integer graph (numpy reference) vs the QDQ graph in onnxruntime: at most a few rounding
@@ -222,7 +222,7 @@ def test_auto_integerize_rule():
         def supported_ops(self):
             return self.ops
 
-    ops = {"ai.optc::IntConv2d", "ai.optc::IntDense"}
+    ops = {"ai.optc::IntConv2d", "ai.optc::IntDense", "ai.optc::IntGlobalAveragePool"}
     q = pipeline.parse_pipeline("simplify,quantize<calib=c.npz>")
     assert [s.name for s in auto_integerize(q, get_target("cpu"), Backend(ops))][-1] == "integerize"
     assert [s.name for s in auto_integerize(q, get_target("arm-a76"), Backend(ops))][-1] == "integerize"
@@ -324,3 +324,18 @@ def test_nhwc_between_integer_convs():
         assert np.array_equal(verify.reference_outputs(im, x)[0], verify.reference_outputs(nchw, x)[0])
     again, d2 = integerize_model(im)
     assert d2["layers"] == [] and _ops(again) == _ops(im)
+
+
+def test_global_average_pool_goes_integer_and_the_output_is_exact(qdq_model):
+    """DQ -> GlobalAveragePool -> Q becomes IntGlobalAveragePool (reading the depthwise conv's
+    codes): no float island is left, so verification compares the output exactly."""
+    from optc.passes.quant.tolerance import exact_outputs
+
+    im, details = integerize_model(qdq_model)
+    assert "IntGlobalAveragePool" in _ops(im) and "GlobalAveragePool" not in _ops(im)
+    assert any("pool" in p.lower() or "gap" in p.lower() or p for p in details["integer_pools"])
+    assert exact_outputs(im) == {"y"}
+    for seed in range(3):  # one step at most from the QDQ graph (.5 boundaries round differently)
+        x = {"x": np.random.default_rng(seed + 20).standard_normal((1, 3, 12, 12)).astype(np.float32)}
+        a, b = verify.reference_outputs(qdq_model, x)[0], verify.reference_outputs(im, x)[0]
+        assert np.abs(a - b).max() <= 2 * output_steps(qdq_model)["y"] + 1e-6
