@@ -92,8 +92,9 @@ class PackageWriter:
             pid = os.getpid()
             # absolute (mkdtemp keeps a relative dir relative before Python 3.12): backends run
             # tools with other working directories on paths inside it
-            self.tmp = Path(os.path.abspath(tempfile.mkdtemp(prefix=f".{self.dest.name}.tmp-{pid}-",
-                                                             dir=self.dest.parent)))
+            with _signals_held():  # a signal between mkdtemp and the assignment would leak the dir
+                self.tmp = Path(os.path.abspath(tempfile.mkdtemp(prefix=f".{self.dest.name}.tmp-{pid}-",
+                                                                 dir=self.dest.parent)))
             (self.tmp / TMP_MARKER).write_text(json.dumps(
                 {"pid": pid, "host": socket.gethostname(), "start": _process_start(pid), "created": time.time()}))
             with _signals_held():  # never leave the process with umask 0
