@@ -69,9 +69,12 @@ def _replace_graph(model: ir.Model, new: ir.Model) -> None:
 class FoldConstants(Pass):
     """Evaluate nodes whose inputs are all constant and replace them by initializers.
 
-    Uses onnxscript's constant folder (with shape inference). Guarantees: outputs unchanged;
-    tensors larger than the limits are left as computations (memory stays bounded).
+    Uses onnxscript's constant folder (with shape inference), which also inlines the taken
+    branch of an ``If`` whose condition is constant. Guarantees: outputs unchanged; tensors
+    larger than the limits are left as computations (memory stays bounded).
     """
+
+    eliminates = frozenset({"If"})  # those with a constant condition
 
     input_size_limit: int = field(default=1 << 20, metadata={"doc": "max elements of an input to fold"})
     output_size_limit: int = field(default=1 << 22, metadata={"doc": "max elements of a folded output"})

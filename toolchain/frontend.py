@@ -191,7 +191,14 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def output_specs(model: onnx.ModelProto) -> list[TensorSpec]:
-    """Output specs from a model whose shapes have been inferred (after binding + simplify)."""
+    """Output specs from a model whose shapes have been inferred (after binding + simplify).
+    Outputs that are not tensors (sequences, optionals, maps: e.g. of an If or Loop) are
+    refused (UnsupportedModelError): the backends return tensors only."""
+    others = [f"{vi.name!r} ({vi.type.WhichOneof('value')})" for vi in model.graph.output
+              if vi.type.WhichOneof("value") not in (None, "tensor_type")]
+    if others:
+        raise UnsupportedModelError(f"graph output(s) {', '.join(others)} are not tensors: optc's backends return "
+                                    "tensors only (sequence, optional and map outputs are not supported)")
     inferred = infer_shapes(model, data_prop=True)
     specs = []
     for vi in inferred.graph.output:
@@ -243,19 +250,23 @@ def check_types(model: onnx.ModelProto, backend: str) -> None:
                                     f"or there are no kernels for it): " + "; ".join(parts))
 
 
-def check_supported(model: onnx.ModelProto, supported: set[str], backend: str) -> None:
+def check_supported(model: onnx.ModelProto, supported: set[str], backend: str,
+                    reasons: Mapping[str, str] | None = None) -> None:
     """Raise UnsupportedModelError listing every unsupported op type with its node names.
 
     Ops in domains other than the default ONNX domain are never supported by a backend that
     lowers standard ONNX. Nodes inside subgraphs (If/Loop bodies) are checked too.
+    ``reasons``: why a node is still there, by node name (e.g. a Loop a pass did not unroll).
     """
+    reasons = reasons or {}
     missing: dict[str, list[str]] = {}
 
     def visit(graph: onnx.GraphProto) -> None:
         for i, node in enumerate(graph.node):
             key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
             if key not in supported:
-                missing.setdefault(key, []).append(node.name or f"#{i}")
+                label = node.name or f"#{i}"
+                missing.setdefault(key, []).append(f"{label}: {reasons[label]}" if label in reasons else label)
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
                     visit(attr.g)

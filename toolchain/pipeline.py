@@ -85,6 +85,9 @@ class Pass(ir.passes.InPlacePass):
     compression: ClassVar[bool] = False
     # cleanup passes that must not run before this one (e.g. fuse-bn before sign-to-threshold)
     cleanup_conflicts: ClassVar[frozenset[str]] = frozenset()
+    # ONNX op types this pass removes where it can (unroll-loops: Loop, Scan): the frontend's
+    # supported-op check lets them through before the passes and checks the result after them
+    eliminates: ClassVar[frozenset[str]] = frozenset()
 
     def cleanup_exclusions(self) -> frozenset[str]:
         """The cleanup passes :func:`with_cleanup` must not put before this configured pass."""

@@ -140,6 +140,7 @@ class Job:
     deploy_qdq: onnx.ModelProto | None = None  # the QDQ graph integerize started from
     out_specs: list = field(default_factory=list)
     lossy: list = field(default_factory=list)
+    exempt: frozenset = frozenset()  # unsupported ops a pass eliminates: checked after the passes
     manifest: dict = field(default_factory=dict)
     session: Any = None
     _refs: dict = field(default_factory=dict)
@@ -182,7 +183,11 @@ def load(job: Job) -> None:
     (``optc.passes.quant.qoperator``): the ops are checked on the expanded QDQ model, and the
     original stays onnxruntime's reference. A model that is already quantized (QDQ layers, or
     QOperator ones once expanded) gets ``integerize`` like a quantizing pipeline
-    (``optc.passes.quant.integerize.auto_integerize``)."""
+    (``optc.passes.quant.integerize.auto_integerize``). A model with Loop or Scan nodes the
+    backend cannot lower gets ``unroll-loops`` after constant folding. Ops a pass of the
+    pipeline eliminates (``Pass.eliminates``: Loop/Scan by ``unroll-loops``, If by
+    ``fold-constants``) are let through here and checked after the passes (:func:`run_passes`),
+    with the pass's reason for any node it kept."""
     from optc.passes.quant.integerize import auto_integerize
     from optc.passes.quant.qoperator import expand_qoperator, qoperator_nodes
 
@@ -193,9 +198,32 @@ def load(job: Job) -> None:
             checked, _ = expand_qoperator(job.original)
             if "expand-qoperator" not in [s.name for s in job.specs]:
                 job.specs = [pipeline.PassSpec("expand-qoperator"), *job.specs]
-        frontend.check_supported(checked, job.backend.supported_ops(), job.backend.name)
+        supported = job.backend.supported_ops()
+        if _has_ops(checked, UNROLLED_OPS - supported) and "unroll-loops" not in [s.name for s in job.specs]:
+            job.specs = _with_unroll(job.specs)
+        eliminated = frozenset().union(*(pipeline.instantiate(s).eliminates for s in job.specs))
+        job.exempt = frozenset(eliminated - supported)
+        frontend.check_supported(checked, supported | job.exempt, job.backend.name)
         frontend.check_types(checked, job.backend.name)
         job.specs = auto_integerize(job.specs, job.target, job.backend, checked)
+
+
+UNROLLED_OPS = frozenset({"Loop", "Scan"})
+
+
+def _has_ops(model: onnx.ModelProto, ops: frozenset) -> bool:
+    """Whether the main graph has a default-domain node of one of ``ops``."""
+    return any(n.op_type in ops and n.domain in ("", "ai.onnx") for n in model.graph.node)
+
+
+def _with_unroll(specs: list) -> list:
+    """``specs`` with ``unroll-loops`` after the first constant folding (the trip counts are
+    constants then), else first: a Loop or Scan the backend cannot lower is unrolled where its
+    trip count is static (``optc.passes.control_flow``), as a QOperator model gets
+    ``expand-qoperator``; the package records the pipeline that ran."""
+    names = [s.name for s in specs]
+    at = next((names.index(n) + 1 for n in ("fold-constants", "simplify") if n in names), 0)
+    return [*specs[:at], pipeline.PassSpec("unroll-loops"), *specs[at:]]
 
 
 # ----------------------------------------------------------------------------- 3. bind
@@ -273,6 +301,10 @@ def run_passes(job: Job) -> list:
             onnx.checker.check_model(job.optimized)
         except Exception as err:
             raise InternalError("passes", f"the pipeline produced an invalid ONNX model: {err}") from err
+        if job.exempt:  # ops a pass was to remove: what it left is refused, with its reasons
+            reasons = {k["name"]: k["reason"] for r in records for k in r.details.get("kept", ())
+                       if isinstance(k, dict) and "name" in k}
+            frontend.check_supported(job.optimized, job.backend.supported_ops(), job.backend.name, reasons)
         job.out_specs = frontend.output_specs(job.optimized)
         job.lossy = [s.name for s in job.specs if pipeline.instantiate(s).lossy]
     if job.deploy_qdq is not None and not _has_optc_ops(job.optimized):

@@ -32,7 +32,8 @@ from . import schedule
 # Modules listed in CONVERTER_MODULES register theirs when imported.
 CUSTOM_CONVERTERS: dict[str, type] = {}
 CONVERTER_MODULES: tuple[str, ...] = ("optc.backends.tvm.bitserial", "optc.backends.tvm.int8",
-                                      "optc.backends.tvm.onnx_ops")
+                                      "optc.backends.tvm.onnx_ops", "optc.backends.tvm.recurrent",
+                                      "optc.backends.tvm.control_flow")
 
 # ops TVM's importer converts but whose lowering is wrong or fails to build: refused up front
 # (listed as unsupported by ``supported_ops``) instead of failing the build or verification

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from optc.pipeline import PassResult, instantiate, parse_pipeline, registered_passes, run_pipeline
 from tests.conftest import make_conv_model
 from tests.passes.test_binarize import bnn_mlp, bnn_pool_cnn
+from tests.test_control_flow import loop_model
 from tests.test_qoperator import qlinear_conv_model
 
 
@@ -117,6 +118,7 @@ CASES: dict[str, tuple[Callable[[], onnx.ModelProto], str]] = {
     "binarize<post-training>": (float_mlp, ""),
     "fuse-binary-threshold": (lambda: bnn_pool_cnn()[0], "sign-to-threshold,binarize"),
     "expand-qoperator": (qlinear_conv_model, ""),
+    "unroll-loops": (loop_model, ""),
 }
 
 # passes declared not idempotent: name -> (why, pass text, a model a second run rewrites again)

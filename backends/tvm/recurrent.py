@@ -1,0 +1,288 @@
+"""Converters for the ONNX recurrent ops TVM's Relax ONNX importer lacks: LSTM, GRU, RNN.
+
+Registered in the default domain (``lower.register_converter("", op)``). The sequence length
+is static after optc's shape binding, so each converter unrolls the recurrence over the time
+steps in plain Relax ops (one ``matmul`` of the hidden state per step and direction; the input
+projection ``X W^T + Wb`` of all steps is one ``matmul`` up front).
+
+ONNX definitions (``t`` the time step, gates' weights stacked in ``W``/``R``/``B``, ``f``, ``g``,
+``h`` the activations, default Sigmoid, Tanh, Tanh; ``(.)`` elementwise):
+
+- RNN (gate i): ``Ht = f(Xt Wi^T + Ht-1 Ri^T + Wbi + Rbi)``, default ``f`` = Tanh.
+- GRU (gates z, r, h)::
+
+    zt = f(Xt Wz^T + Ht-1 Rz^T + Wbz + Rbz)
+    rt = f(Xt Wr^T + Ht-1 Rr^T + Wbr + Rbr)
+    ht = g(Xt Wh^T + (rt (.) Ht-1) Rh^T + Rbh + Wbh)        # linear_before_reset = 0
+    ht = g(Xt Wh^T + rt (.) (Ht-1 Rh^T + Rbh) + Wbh)        # linear_before_reset != 0
+    Ht = (1 - zt) (.) ht + zt (.) Ht-1
+
+- LSTM (gates i, o, f, c; peepholes ``P[iof]``)::
+
+    it = f(Xt Wi^T + Ht-1 Ri^T + Pi (.) Ct-1 + Wbi + Rbi)
+    ft = f(Xt Wf^T + Ht-1 Rf^T + Pf (.) Ct-1 + Wbf + Rbf)   # 1 - it with input_forget
+    ct = g(Xt Wc^T + Ht-1 Rc^T + Wbc + Rbc)
+    Ct = ft (.) Ct-1 + it (.) ct
+    ot = f(Xt Wo^T + Ht-1 Ro^T + Po (.) Ct + Wbo + Rbo)
+    Ht = ot (.) h(Ct)
+
+``clip`` bounds the input of every activation to ``[-clip, clip]``. ``direction`` forward,
+reverse (steps from the last to the first) or bidirectional (both, stacked on the
+num_directions axis). ``layout`` 1 puts the batch first in X, initial states and outputs.
+Outputs: ``Y`` ``[T, D, B, H]`` (every step's hidden state), ``Y_h`` (and LSTM's ``Y_c``) the last
+state ``[D, B, H]``. ``sequence_lens`` ``[B]``: a constant equal to T everywhere is ignored;
+otherwise a step ``t >= len[b]`` leaves sequence b's state unchanged and its ``Y`` zero (as
+onnxruntime does: a reverse direction then starts at step ``len[b] - 1``).
+
+Activations (names case-insensitive; ``activation_alpha`` / ``activation_beta`` consumed in
+order by the activations that take them, else the ONNX operator's default): Relu, Tanh,
+Sigmoid, Affine (alpha x + beta), LeakyRelu, ThresholdedRelu, ScaledTanh (alpha tanh(beta x)),
+HardSigmoid (clip(alpha x + beta, 0, 1)), Elu, Softsign, Softplus.
+"""
+
+from __future__ import annotations
+
+from .lower import register_converter, register_if_available
+
+# activation name (lower case) -> (alpha default, beta default); None: takes no such parameter
+_ACTIVATION_PARAMS: dict[str, tuple[float | None, float | None]] = {
+    "relu": (None, None), "tanh": (None, None), "sigmoid": (None, None),
+    "affine": (1.0, 0.0), "leakyrelu": (0.01, None), "thresholdedrelu": (1.0, None),
+    "scaledtanh": (1.0, 1.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, None),
+    "softsign": (None, None), "softplus": (None, None),
+}
+
+# op type -> (gates, default activations per direction)
+_CELLS = {"RNN": (1, ("Tanh",)), "GRU": (3, ("Sigmoid", "Tanh")), "LSTM": (4, ("Sigmoid", "Tanh", "Tanh"))}
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def activation_specs(op_type: str, attr: dict, directions: int) -> list[list[tuple[str, float, float]]]:
+    """Per direction, the cell's activations as (lower-case name, alpha, beta)."""
+    _, defaults = _CELLS[op_type]
+    names = [_text(a) for a in attr.get("activations", [])] or list(defaults) * directions
+    if len(names) == len(defaults) and directions == 2:
+        names = names * 2
+    if len(names) != len(defaults) * directions:
+        raise ValueError(f"{op_type} needs {len(defaults) * directions} activations, got {len(names)}")
+    alphas = [float(a) for a in attr.get("activation_alpha", [])]
+    betas = [float(b) for b in attr.get("activation_beta", [])]
+    specs = []
+    for name in names:
+        key = name.lower()
+        if key not in _ACTIVATION_PARAMS:
+            raise ValueError(f"{op_type}: unsupported activation {name!r}")
+        alpha_default, beta_default = _ACTIVATION_PARAMS[key]
+        alpha = (alphas.pop(0) if alphas else alpha_default) if alpha_default is not None else 0.0
+        beta = (betas.pop(0) if betas else beta_default) if beta_default is not None else 0.0
+        specs.append((key, alpha, beta))
+    per = len(defaults)
+    return [specs[d * per:(d + 1) * per] for d in range(directions)]
+
+
+def register() -> None:
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter, get_constant
+
+    op = relax.op
+
+    def dtype_of(expr) -> str:
+        return str(expr.ty.dtype)
+
+    def shape_of(expr) -> list[int]:
+        return [int(v) for v in expr.ty.shape]
+
+    def activate(bb, x, spec, clip):
+        name, alpha, beta = spec
+        x = bb.emit(x)
+        dt = dtype_of(x)
+
+        def c(v):
+            return relax.const(v, dt)
+
+        if clip is not None:
+            x = op.clip(x, -clip, clip)
+        if name == "relu":
+            y = op.nn.relu(x)
+        elif name == "tanh":
+            y = op.tanh(x)
+        elif name == "sigmoid":
+            y = op.sigmoid(x)
+        elif name == "affine":
+            y = op.add(op.multiply(x, c(alpha)), c(beta))
+        elif name == "leakyrelu":
+            y = op.where(op.greater_equal(x, c(0.0)), x, op.multiply(x, c(alpha)))
+        elif name == "thresholdedrelu":
+            y = op.where(op.greater(x, c(alpha)), x, op.zeros_like(x))
+        elif name == "scaledtanh":
+            y = op.multiply(op.tanh(op.multiply(x, c(beta))), c(alpha))
+        elif name == "hardsigmoid":
+            y = op.minimum(op.maximum(op.add(op.multiply(x, c(alpha)), c(beta)), c(0.0)), c(1.0))
+        elif name == "elu":
+            y = op.where(op.greater_equal(x, c(0.0)), x, op.multiply(op.subtract(op.exp(x), c(1.0)), c(alpha)))
+        elif name == "softsign":
+            y = op.divide(x, op.add(op.abs(x), c(1.0)))
+        else:  # softplus, stable: max(x, 0) + log(1 + exp(-|x|))
+            y = op.add(op.nn.relu(x), op.log(op.add(op.exp(op.negative(op.abs(x))), c(1.0))))
+        return bb.emit(y)
+
+    def pick(bb, x, index: int, axis: int = 0):
+        """x[index] along axis (that axis dropped)."""
+        part = op.strided_slice(x, axes=[axis], begin=[index], end=[index + 1])
+        return bb.emit(op.squeeze(part, axis=[axis]))
+
+    def parts(bb, x, n: int, axis: int = -1) -> list:
+        if n == 1:
+            return [x]
+        t = bb.emit(op.split(x, n, axis=axis))
+        return [bb.emit(relax.TupleGetItem(t, i)) for i in range(n)]
+
+    def sequence_mask(bb, seq, steps: int, batch: int):
+        """None when sequence_lens is absent or a constant equal to ``steps``; else a
+        ``[T, B, 1]`` bool tensor (step t < len[b])."""
+        if seq is None:
+            return None
+        if isinstance(seq, tvm.ir.expr.Constant):
+            lens = seq.value.numpy()
+            if lens.size == batch and bool(np.all(lens == steps)):
+                return None
+        lens = op.astype(seq, "int64") if dtype_of(seq) != "int64" else seq
+        t = relax.const(np.arange(steps, dtype="int64").reshape(steps, 1))
+        return bb.emit(op.expand_dims(op.less(t, op.reshape(lens, (1, batch))), axis=[2]))
+
+    def convert(op_type: str, bb, inputs, attr, params):
+        gates, _ = _CELLS[op_type]
+        inputs = list(inputs) + [None] * (8 - len(inputs))
+        x, w, r, b = inputs[0], inputs[1], inputs[2], inputs[3]
+        seq, h0 = inputs[4], inputs[5]
+        c0, p = (inputs[6], inputs[7]) if op_type == "LSTM" else (None, None)
+        if seq is not None:
+            seq = get_constant(seq, params)
+        direction = _text(attr.get("direction", b"forward"))
+        if direction not in ("forward", "reverse", "bidirectional"):
+            raise ValueError(f"{op_type}: unknown direction {direction!r}")
+        dirs = 2 if direction == "bidirectional" else 1
+        layout = int(attr.get("layout", 0))
+        clip = float(attr["clip"]) if "clip" in attr else None
+        input_forget = bool(int(attr.get("input_forget", 0)))
+        linear_before_reset = bool(int(attr.get("linear_before_reset", 0)))
+        hidden = int(attr["hidden_size"]) if "hidden_size" in attr else shape_of(r)[-1]
+        acts = activation_specs(op_type, attr, dirs)
+        dt = dtype_of(x)
+
+        if layout == 1:  # batch first: [B, T, I] -> [T, B, I]; states [B, D, H] -> [D, B, H]
+            x = bb.emit(op.permute_dims(x, [1, 0, 2]))
+            h0 = bb.emit(op.permute_dims(h0, [1, 0, 2])) if h0 is not None else None
+            c0 = bb.emit(op.permute_dims(c0, [1, 0, 2])) if c0 is not None else None
+        steps, batch, _ = shape_of(x)
+        mask = sequence_mask(bb, seq, steps, batch)
+        zeros = relax.const(np.zeros((batch, hidden), dtype=dt))
+
+        ys, hs, cs = [], [], []
+        for d in range(dirs):
+            reverse = direction == "reverse" or d == 1
+            f_acts = acts[d]
+            w_d = pick(bb, w, d)  # [G*H, I]
+            r_t = bb.emit(op.permute_dims(pick(bb, r, d), [1, 0]))  # [H, G*H]
+            xw = op.matmul(x, op.permute_dims(w_d, [1, 0]))  # [T, B, G*H]
+            rb = None
+            if b is not None:
+                b_d = pick(bb, b, d)
+                wb, rb = parts(bb, b_d, 2)
+                if op_type != "GRU":  # Wb + Rb folded into the input projection
+                    xw = op.add(xw, op.add(wb, rb))
+                    rb = None
+                else:
+                    xw = op.add(xw, wb)
+            xw = bb.emit(xw)
+            xw_steps = [pick(bb, xw, t) for t in range(steps)]
+            h = pick(bb, h0, d) if h0 is not None else zeros
+            c = pick(bb, c0, d) if c0 is not None else zeros
+            p_i = p_o = p_f = None
+            if p is not None:
+                p_i, p_o, p_f = parts(bb, pick(bb, p, d), 3)
+            if op_type == "GRU" and not linear_before_reset:
+                r_h = parts(bb, r_t, 3)[2]  # [H, H]
+                rb_h = parts(bb, rb, 3)[2] if rb is not None else None
+            y_steps = [None] * steps
+            order = range(steps - 1, -1, -1) if reverse else range(steps)
+            for t in order:
+                hr = op.matmul(h, r_t)  # [B, G*H]
+                if op_type == "RNN":
+                    h_new = activate(bb, op.add(xw_steps[t], hr), f_acts[0], clip)
+                    c_new = None
+                elif op_type == "GRU":
+                    hr = bb.emit(op.add(hr, rb) if rb is not None else hr)
+                    x_z, x_r, x_h = parts(bb, xw_steps[t], 3)
+                    h_z, h_r, h_h = parts(bb, hr, 3)
+                    z = activate(bb, op.add(x_z, h_z), f_acts[0], clip)
+                    rr = activate(bb, op.add(x_r, h_r), f_acts[0], clip)
+                    if linear_before_reset:
+                        cand = op.add(x_h, op.multiply(rr, h_h))
+                    else:
+                        cand = op.add(x_h, op.matmul(op.multiply(rr, h), r_h))
+                        if rb_h is not None:
+                            cand = op.add(cand, rb_h)
+                    hh = activate(bb, cand, f_acts[1], clip)
+                    one = relax.const(1.0, dt)
+                    h_new = bb.emit(op.add(op.multiply(op.subtract(one, z), hh), op.multiply(z, h)))
+                    c_new = None
+                else:
+                    g_i, g_o, g_f, g_c = parts(bb, bb.emit(op.add(xw_steps[t], hr)), 4)
+                    if p_i is not None:
+                        g_i = op.add(g_i, op.multiply(p_i, c))
+                        g_f = op.add(g_f, op.multiply(p_f, c))
+                    i_t = activate(bb, g_i, f_acts[0], clip)
+                    f_t = (bb.emit(op.subtract(relax.const(1.0, dt), i_t)) if input_forget
+                           else activate(bb, g_f, f_acts[0], clip))
+                    c_t = activate(bb, g_c, f_acts[1], clip)
+                    c_new = bb.emit(op.add(op.multiply(f_t, c), op.multiply(i_t, c_t)))
+                    if p_o is not None:
+                        g_o = op.add(g_o, op.multiply(p_o, c_new))
+                    o_t = activate(bb, g_o, f_acts[0], clip)
+                    h_new = bb.emit(op.multiply(o_t, activate(bb, c_new, f_acts[2], None)))
+                if mask is not None:
+                    m = pick(bb, mask, t)  # [B, 1]
+                    y_steps[t] = bb.emit(op.where(m, h_new, zeros))
+                    h = bb.emit(op.where(m, h_new, h))
+                    if c_new is not None:
+                        c = bb.emit(op.where(m, c_new, c))
+                else:
+                    y_steps[t] = h = h_new
+                    if c_new is not None:
+                        c = c_new
+            ys.append(bb.emit(op.stack(y_steps, axis=0)))  # [T, B, H]
+            hs.append(h)
+            cs.append(c)
+
+        y = bb.emit(op.stack(ys, axis=1))  # [T, D, B, H]
+        y_h = bb.emit(op.stack(hs, axis=0))  # [D, B, H]
+        y_c = bb.emit(op.stack(cs, axis=0)) if op_type == "LSTM" else None
+        if layout == 1:
+            y = bb.emit(op.permute_dims(y, [2, 0, 1, 3]))  # [B, T, D, H]
+            y_h = bb.emit(op.permute_dims(y_h, [1, 0, 2]))
+            y_c = bb.emit(op.permute_dims(y_c, [1, 0, 2])) if y_c is not None else None
+        return relax.Tuple([y, y_h] + ([y_c] if y_c is not None else []))
+
+    def make(op_type: str):
+        @register_converter("", op_type)
+        class _Recurrent(OnnxOpConverter):
+            @classmethod
+            def _impl_v7(cls, bb, inputs, attr, params):
+                return convert(op_type, bb, inputs, attr, params)
+
+            _impl_v1 = _impl_v7
+
+        _Recurrent.__name__ = _Recurrent.__qualname__ = op_type
+        return _Recurrent
+
+    for name in _CELLS:
+        make(name)
+
+
+register_if_available(register)
