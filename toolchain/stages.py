@@ -156,10 +156,14 @@ class Job:
     def reference(self, which: str) -> list[np.ndarray]:
         """Reference outputs of the ``"original"`` or ``"optimized"`` model on every input
         set, joined per output (:func:`verify.join_calls`); computed once per model."""
+        return verify.join_calls(self.reference_calls(which))
+
+    def reference_calls(self, which: str) -> list[list[np.ndarray]]:
+        """The same, per input set (the first is what ``sample_outputs.npz`` holds)."""
         if which not in self._refs:
             model = self.optimized if which == "optimized" else self.original
             try:
-                self._refs[which] = verify.join_calls([verify.reference_outputs(model, s) for s in self.sets])
+                self._refs[which] = [verify.reference_outputs(model, s) for s in self.sets]
             except Exception as err:
                 if which != "original":  # the pipeline's output: optc's bug
                     raise
@@ -380,7 +384,7 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
     if not opts.enabled:
         return {"passed": None, "skipped": "--no-verify"}
     if not job.session.runnable:
-        _save_sample_outputs(job, job.reference(which))  # kept for a later check on the hardware
+        _save_sample_outputs(job, which)  # kept for a later check on the hardware
         return {"passed": None, "skipped": job.session.skip_reason}
     with job.stage("verify", f"verify against onnxruntime ({len(job.sets)} call(s))"):
         refs = job.reference(which)  # first: a model onnxruntime cannot run is refused as such
@@ -409,31 +413,31 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
                     "reference": verify.reference_name(job.optimized if job.lossy else job.original) + ", on the " + (
                         f"optimized ONNX model: the pipeline has lossy passes ({', '.join(job.lossy)}); "
                         "fidelity to the original is reported apart" if job.lossy else "original model")}
-        _save_sample_outputs(job, refs)
+        _save_sample_outputs(job, which)
     second = verdict.get("original_qdq")
     if second is not None and not second["passed"] and all(o["passed"] for o in verdict["outputs"]):
-        bad = [o for o in second["outputs"] if not o["passed"]]
-        detail = "; ".join(f"{o['name']}: " + (o.get("error") or f"max abs error {o['max_abs_error']:.3g}")
-                           for o in bad) or second.get("error", "")
         raise VerificationError("artifact output agrees with optc's integer reference but differs from onnxruntime "
                                 f"on the original QDQ model beyond the quantizer-step rule ({verdict['samples']} "
-                                f"samples): {detail}")
+                                f"samples): {_failures(second)}")
     if not verdict["passed"]:
-        bad = [o for o in verdict["outputs"] if not o["passed"]]
-        detail = "; ".join(f"{o['name']}: " + (o.get("error") or f"max abs error {o['max_abs_error']:.3g}, "
-                                               f"max rel error {o['max_rel_error']:.3g}") for o in bad) \
-            or verdict.get("error", "")
+        detail = _failures(verdict)
         engine = "optc's integer reference" if _has_optc_ops(job.optimized) and job.lossy else "onnxruntime"
         raise VerificationError(f"artifact output differs from {engine} beyond atol={opts.atol:g}, "
                                 f"rtol={opts.rtol:g} ({verdict['samples']} samples): {detail}")
     return verdict
 
 
-def _save_sample_outputs(job: Job, refs: list[np.ndarray]) -> None:
-    """The reference outputs of the first input set (``sample_inputs.npz``); ``refs`` are
-    those of every set, joined."""
-    first = verify.reference_outputs(job.optimized if job.lossy else job.original, job.sets[0]) \
-        if len(job.sets) > 1 else refs
+def _failures(verdict: dict) -> str:
+    """The failing outputs of a verdict, one clause each."""
+    bad = [o for o in verdict["outputs"] if not o["passed"]]
+    return "; ".join(f"{o['name']}: " + (o.get("error") or f"max abs error {o['max_abs_error']:.3g}" + (
+        f", max rel error {o['max_rel_error']:.3g}" if "max_rel_error" in o else "")) for o in bad) \
+        or verdict.get("error", "")
+
+
+def _save_sample_outputs(job: Job, which: str) -> None:
+    """The reference outputs of the first input set (``sample_inputs.npz``), from the cache."""
+    first = job.reference_calls(which)[0]
     np.savez(job.work / "sample_outputs.npz", **dict(zip(job.out_names, first)))
     job.manifest["files_by_role"]["sample_outputs"] = "sample_outputs.npz"
 
