@@ -1,0 +1,214 @@
+"""Label-free distillation: train a student to match a float teacher on unlabelled inputs.
+
+One training loop for every training-time compression in optc (quantization-aware training,
+learned channel gates, fine-tuning after pruning): the teacher is the original float model, the
+data is an array of inputs (an ``.npz`` is enough), labels are optional.
+
+* :func:`loss_kind` picks the output loss from the teacher's outputs with
+  :func:`optc.accuracy.output_kind`: class scores (``[N, C]``) and per-step class scores
+  (``[N, T, C]``) use the temperature-scaled KL divergence of Hinton et al.; every other output
+  (detection maps, regressions, features) uses the mean squared error, normalised by the
+  teacher's mean square so that losses of outputs with different scales add up.
+* :func:`distillation_loss` is that loss (plus ``label_weight`` x cross-entropy when labels
+  are given and the output is a class-score output);
+* :func:`fit` is the loop: Adam, cosine learning rate to 0, seeded shuffling, one thread, an
+  optional extra loss term (a sparsity penalty, ...), a step hook, a wall-clock budget, and
+  one progress line per epoch (loss, fidelity). It returns the recipe and the loss history, which
+  reports record as they are.
+
+torch is imported inside the functions only (see :mod:`optc.train`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import UsageError
+from . import TrainConfig
+
+__all__ = ["Distillation", "loss_kind", "distillation_loss", "teacher_outputs", "fit", "FitResult"]
+
+KL = "kl"
+MSE = "mse"
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """How the student is compared with the teacher.
+
+    ``temperature`` scales the logits of the KL loss; ``label_weight`` in [0, 1] mixes in
+    cross-entropy to labels when there are labels (0: labels ignored, pure distillation);
+    ``kinds`` forces the loss per output (``"kl"`` or ``"mse"``) instead of choosing it from the
+    teacher's outputs."""
+
+    temperature: float = 2.0
+    label_weight: float = 0.0
+    kinds: tuple[str, ...] | None = None
+
+
+def loss_kind(teacher_output: np.ndarray) -> str:
+    """``"kl"`` for class scores and per-step class scores, ``"mse"`` for anything else."""
+    from ..accuracy import CLASSIFIER_KINDS, output_kind
+
+    return KL if output_kind(np.asarray(teacher_output)) in CLASSIFIER_KINDS else MSE
+
+
+def _class_axis_last(t):
+    """Logits with the class axis last and every other axis flattened: ``[rows, C]``."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def distillation_loss(student_outputs: Sequence, teacher_outputs: Sequence, kinds: Sequence[str], *,
+                      config: Distillation = Distillation(), labels=None, scales: Sequence[float] | None = None):
+    """The distillation loss summed over outputs (torch tensors, same order as ``kinds``).
+
+    KL outputs: ``T^2 * KL(softmax(t/T) || softmax(s/T))`` over the last axis (batch-mean), plus
+    ``label_weight * CE(s, labels)`` on the first KL output when ``labels`` is given. MSE outputs:
+    ``mean((s - t)^2) / scale`` with ``scale`` the teacher's mean square over the whole data set
+    (``scales``; 1 if not given)."""
+    import torch.nn.functional as F
+
+    total = 0.0
+    used_labels = False
+    for k, (s, t, kind) in enumerate(zip(student_outputs, teacher_outputs, kinds)):
+        if kind == KL:
+            temp = config.temperature
+            s2, t2 = _class_axis_last(s), _class_axis_last(t)
+            kd = F.kl_div(F.log_softmax(s2 / temp, dim=1), F.log_softmax(t2 / temp, dim=1),
+                          reduction="batchmean", log_target=True) * (temp * temp)
+            if labels is not None and config.label_weight > 0 and not used_labels:
+                used_labels = True
+                kd = (1 - config.label_weight) * kd + config.label_weight * F.cross_entropy(s2, labels.reshape(-1))
+            total = total + kd
+        else:
+            scale = scales[k] if scales is not None else 1.0
+            total = total + F.mse_loss(s, t) / max(scale, 1e-12)
+    return total
+
+
+def teacher_outputs(teacher, x: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
+    """The teacher's outputs on ``x`` (a torch module taking one input, eval mode, no grad), as
+    numpy arrays, one per model output."""
+    import torch
+
+    teacher.eval()
+    chunks: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out = teacher(torch.as_tensor(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)))
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            chunks.append([o.detach().numpy() for o in outs])
+    return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: the recipe and, per epoch, the mean loss and the fidelity callback's
+    value; ``stopped_by_budget`` when the wall-clock budget ended training early."""
+
+    recipe: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_by_budget: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe, "history": self.history, "seconds": round(self.seconds, 2),
+                "stopped_by_budget": self.stopped_by_budget}
+
+
+def fit(student, x: np.ndarray, teacher_out: Sequence[np.ndarray], config: TrainConfig, *,
+        distill: Distillation = Distillation(), labels: np.ndarray | None = None,
+        extra_loss: Callable[[], Any] | None = None, after_step: Callable[[int], None] | None = None,
+        fidelity: Callable[[], float] | None = None, time_budget_s: float | None = None,
+        parameters=None, progress_step=None) -> FitResult:
+    """Train ``student`` (a torch module taking one input) to match ``teacher_out`` on ``x``.
+
+    Adam (``config.lr``, ``config.weight_decay``) over ``parameters`` (default: all of the
+    student's), cosine learning rate to 0 over ``config.epochs``, batches of
+    ``config.batch_size`` in a seeded order, one thread. ``extra_loss()`` is added to every
+    step's loss (e.g. a sparsity penalty), ``after_step(step)`` runs after every optimiser step
+    (e.g. clamping), ``fidelity()`` is evaluated after every epoch and recorded. Training stops
+    after the epoch in which ``time_budget_s`` ran out. ``progress_step`` (a
+    :class:`optc.progress.Step`) gets one phase line per epoch. Returns a :class:`FitResult`;
+    the student is left in eval mode."""
+    import torch
+
+    epochs, batch_size = config.epochs, config.batch_size
+    if epochs < 0 or config.lr <= 0 or batch_size < 1:
+        raise UsageError("epochs must be >= 0, lr > 0 and batch size >= 1")
+    if len(x) == 0:
+        raise UsageError("training needs at least one input sample")
+    teacher_out = [np.asarray(t, np.float32) for t in teacher_out]
+    kinds = list(distill.kinds) if distill.kinds else [loss_kind(t) for t in teacher_out]
+    if len(kinds) != len(teacher_out):
+        raise UsageError(f"{len(kinds)} loss kinds for {len(teacher_out)} outputs")
+    scales = [float(np.mean(np.square(t))) or 1.0 for t in teacher_out]
+    recipe = {"epochs": epochs, "lr": config.lr, "batch_size": batch_size, "seed": config.seed,
+              "weight_decay": config.weight_decay, "samples": int(len(x)),
+              "labels": labels is not None and distill.label_weight > 0,
+              "loss": {**asdict(distill), "kinds": kinds},
+              "optimizer": "Adam, cosine learning rate to 0, seeded order, 1 thread"}
+    result = FitResult(recipe)
+    xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
+    tt = [torch.as_tensor(t) for t in teacher_out]
+    yt = torch.as_tensor(np.asarray(labels, np.int64)) if labels is not None else None
+    params = [p for p in (parameters if parameters is not None else student.parameters()) if p.requires_grad]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            gen = torch.Generator().manual_seed(config.seed)
+            opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+            n, step = len(xt), 0
+            for epoch in range(epochs):
+                student.train()
+                perm = torch.randperm(n, generator=gen)
+                total, batches = 0.0, 0
+                for start in range(0, n, batch_size):
+                    idx = perm[start:start + batch_size]
+                    if len(idx) < 2 and n >= 2:
+                        continue
+                    opt.zero_grad(set_to_none=True)
+                    out = student(xt[idx])
+                    outs = out if isinstance(out, (tuple, list)) else (out,)
+                    loss = distillation_loss(outs, [t[idx] for t in tt], kinds, config=distill,
+                                             labels=yt[idx] if yt is not None else None, scales=scales)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss()
+                    if not torch.isfinite(loss):
+                        raise UsageError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); "
+                                         "lower the learning rate")
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    if after_step is not None:
+                        after_step(step)
+                    total += float(loss.detach())
+                    batches += 1
+                sched.step()
+                student.eval()
+                entry = {"epoch": epoch + 1, "loss": total / max(batches, 1)}
+                if fidelity is not None:
+                    entry["fidelity"] = float(fidelity())
+                result.history.append(entry)
+                if progress_step is not None:
+                    fid = f", fidelity {entry['fidelity']:.4f}" if "fidelity" in entry else ""
+                    progress_step.phase(f"epoch {epoch + 1}/{epochs}: loss {entry['loss']:.4g}{fid}")
+                if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s and epoch + 1 < epochs:
+                    result.stopped_by_budget = True
+                    break
+    finally:
+        torch.set_num_threads(threads)
+    result.seconds = time.perf_counter() - t0
+    student.eval()
+    if result.history and not math.isfinite(result.history[-1]["loss"]):  # pragma: no cover - guarded above
+        raise UsageError("training diverged")
+    return result
