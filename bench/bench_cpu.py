@@ -200,11 +200,20 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['tuned_ratio']:>6.2f}x  ({t.get('functions_from_database', 0)} of "
                   f"{t.get('functions', '?')} functions tuned)")
 
+    write_results("cpu", args, thread_counts, {"models": rows})
+    return 0
+
+
+def write_results(prefix: str, args, thread_counts: list[int], results: dict) -> Path:
+    """Write ``results`` with the machine, versions and run settings to ``args.out`` (default
+    ``bench/results/PREFIX-DATE.json``); returns the path. Shared by the CPU benchmarks."""
     import onnxruntime
     import tvm
 
+    import optc
+
     out = Path(args.out) if args.out else RESULTS / (
-        "cpu-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ".json")
+        f"{prefix}-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -213,10 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"optc": optc.__version__, "tvm": tvm.__version__, "onnxruntime": onnxruntime.__version__},
         "threads": thread_counts, "repeat": args.repeat, "rounds": args.rounds,
         "timing_boundary": "numpy inputs to numpy outputs, both sides (optc.bench)",
-        "models": rows,
-    }, indent=2))
+        **results,
+    }, indent=2, default=str))
     print(f"\nwrote {out}")
-    return 0
+    return out
 
 
 if __name__ == "__main__":

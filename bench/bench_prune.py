@@ -52,9 +52,12 @@ def _ms(stats: dict) -> str:
     return f"{stats['median_ms']:.3g} ({stats['p10_ms']:.3g}-{stats['p90_ms']:.3g})"
 
 
-def _compile(optc, path: Path, out: Path, **kw) -> dict:
+def _compile(optc, path: Path, out: Path, *, eval_data: str | None = None, **kw) -> dict:
+    """Compile ``path`` for cpu, verified; with ``eval_data`` the measure stage runs too (for
+    the accuracy; the latency figures come from the A/B rounds)."""
     t0 = time.perf_counter()
-    report = optc.compile(str(path), "cpu", str(out), **kw, options=optc.CompileOptions.of(measure=False, force=True))
+    opts = optc.CompileOptions.of(measure=eval_data is not None, eval_data=eval_data, force=True)
+    report = optc.compile(str(path), "cpu", str(out), **kw, options=opts)
     seconds = time.perf_counter() - t0
     return {"package": str(out), "compile_seconds": round(seconds, 1),
             "verify_passed": report["verify"].get("passed"), "outputs": report["outputs"],

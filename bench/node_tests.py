@@ -6,9 +6,13 @@ Every node test (a one-op model with its inputs and expected outputs, generated 
 1. onnxruntime (CPU provider, graph optimizations off). A test it cannot run is ``skipped``:
    not optc's problem.
 2. ``optc.compile(model, "cpu", tmp, inputs=<the test's inputs>, options=CompileOptions.of(
-   measure=False))`` (optc's own verification against onnxruntime included), then
-   ``optc.run`` of the package on the same inputs, compared with the test's expected outputs
-   (:func:`optc.verify.compare` at optc's default tolerances).
+   measure=False, const_inputs=...))`` (optc's own verification against onnxruntime
+   included), then ``optc.run`` of the package on the same inputs, compared with the test's
+   expected outputs (:func:`optc.verify.compare` at optc's default tolerances). Graph inputs
+   that feed an operand TVM needs as a constant (Reduce axes, Resize scales/sizes, TopK k,
+   Pad pads, ...: ``static_operands.runtime_static_inputs``) are frozen to the test's values
+   (``--const-input``), as a user deploying such a model with fixed values would; the record
+   lists them under ``const_inputs``.
 
 Outcomes: ``passed``; ``refused`` (an ``OptcError`` subclass: its name and message);
 ``internal`` (any other exception, a timeout or a crashed worker: a bug in optc);
@@ -129,6 +133,9 @@ def run_case(case, work: Path, timeout: int = 300) -> dict:
     t0 = time.perf_counter()
     rec = {"name": case.name, "ops": sorted({n.op_type for n in case.model.graph.node})}
     feeds, expected = feeds_of(case)
+    const = _const_inputs(case.model, feeds)
+    if const:
+        rec["const_inputs"] = list(const)
     try:
         ort = verify.ort_session(case.model)
         ort.run(None, feeds)
@@ -136,9 +143,10 @@ def run_case(case, work: Path, timeout: int = 300) -> dict:
         rec |= {"outcome": "skipped", "reason": "onnxruntime cannot run it: " + _one_line(err, 200)}
         # optc must still refuse such a model by name (never exit 70): record what it does
         arrays = {k: v for k, v in feeds.items() if isinstance(v, np.ndarray)}
-        optc_rec = _compile_and_run(case, work, arrays if len(arrays) == len(feeds) else None, timeout, t0)
+        given = arrays if len(arrays) == len(feeds) else None
+        optc_rec = _compile_and_run(case, work, given, timeout, t0, const if given is not None else ())
         return rec | {"optc": {k: optc_rec[k] for k in ("outcome", "error", "message") if k in optc_rec}}
-    rec |= _compile_and_run(case, work, feeds, timeout, t0)
+    rec |= _compile_and_run(case, work, feeds, timeout, t0, const)
     if rec["outcome"] != "compiled":
         return rec
     got = rec.pop("got")
@@ -157,9 +165,18 @@ def run_case(case, work: Path, timeout: int = 300) -> dict:
     return rec | {"outcome": "wrong", "message": "outputs differ from the test's expected outputs: " + detail}
 
 
-def _compile_and_run(case, work: Path, feeds, timeout: int, t0: float) -> dict:
-    """optc.compile + optc.run on ``feeds`` (None: optc generates inputs): ``compiled`` (with
-    ``got``), ``refused`` or ``internal``."""
+def _const_inputs(model, feeds: dict) -> tuple[str, ...]:
+    """The test's graph inputs that feed an operand TVM needs constant, where data is given."""
+    import numpy as np
+
+    from optc.backends.tvm.static_operands import runtime_static_inputs
+
+    return tuple(n for n in runtime_static_inputs(model) if isinstance(feeds.get(n), np.ndarray))
+
+
+def _compile_and_run(case, work: Path, feeds, timeout: int, t0: float, const: tuple = ()) -> dict:
+    """optc.compile (freezing the inputs ``const``) + optc.run on ``feeds`` (None: optc
+    generates inputs): ``compiled`` (with ``got``), ``refused`` or ``internal``."""
     import onnx
 
     import optc
@@ -171,7 +188,8 @@ def _compile_and_run(case, work: Path, feeds, timeout: int, t0: float) -> dict:
     rec = {}
     try:
         with _alarm(timeout):
-            optc.compile(path, "cpu", pkg, inputs=feeds, options=optc.CompileOptions.of(measure=False))
+            optc.compile(path, "cpu", pkg, inputs=feeds,
+                         options=optc.CompileOptions.of(measure=False, const_inputs=const))
             got = optc.run(pkg, feeds)
         return {"outcome": "compiled", "got": got}
     except OptcError as err:

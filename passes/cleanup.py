@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
@@ -37,17 +38,22 @@ class Simplify(Pass):
 
     Assumes: static input shapes (the frontend binds them). Guarantees: same outputs as the
     input model (onnxsim checks numerically on random inputs when ``check`` > 0); initializers
-    stay initializers (so weights remain parameters for the backends).
+    stay initializers (so weights remain parameters for the backends). onnxsim runs in a
+    child process (``optc.simplifier``): where it crashes (a C++ abort or segfault on some valid
+    models) the model is left as it is and ``details["skipped"]`` says why.
     """
 
     check: int = field(default=0, metadata={"doc": "random-input checks onnxsim runs itself"})
 
     def call(self, model: ir.Model) -> PassResult:
-        import onnxsim
+        from optc.simplifier import SimplifierFailed, simplify
 
         before = _graph_signature(model)
         proto = ir.serde.serialize_model(model)
-        simplified, ok = onnxsim.simplify(proto, check_n=self.check, initializers_as_constants=False)
+        try:
+            simplified, ok = simplify(proto, check_n=self.check)
+        except SimplifierFailed as err:
+            return PassResult(model, False, {"skipped": f"{err}: the model is left unsimplified"})
         if not ok:
             raise RuntimeError("onnx-simplifier's own check failed")
         new = ir.serde.deserialize_model(simplified)
@@ -70,22 +76,36 @@ class FoldConstants(Pass):
     """Evaluate nodes whose inputs are all constant and replace them by initializers.
 
     Uses onnxscript's constant folder (with shape inference), which also inlines the taken
-    branch of an ``If`` whose condition is constant. Guarantees: outputs unchanged; tensors
-    larger than the limits are left as computations (memory stays bounded).
+    branch of an ``If`` whose condition is constant. onnxscript keeps every ``ConstantOfShape``
+    by default; here one with a constant shape of at most ``fill_limit`` elements is folded too,
+    since shape arithmetic (e.g. the pad amounts of an exported ``F.pad``: ConstantOfShape ->
+    Concat -> Reshape -> Pad) stays dynamic for the backend otherwise. Guarantees: outputs
+    unchanged; tensors larger than the limits are left as computations (memory stays bounded).
     """
 
     eliminates = frozenset({"If"})  # those with a constant condition
 
     input_size_limit: int = field(default=1 << 20, metadata={"doc": "max elements of an input to fold"})
     output_size_limit: int = field(default=1 << 22, metadata={"doc": "max elements of a folded output"})
+    fill_limit: int = field(default=4096, metadata={"doc": "max elements of a ConstantOfShape to fold"})
 
     def call(self, model: ir.Model) -> PassResult:
         from onnxscript.optimizer import fold_constants
 
         result = fold_constants(model, onnx_shape_inference=True, input_size_limit=self.input_size_limit,
-                                output_size_limit=self.output_size_limit)
+                                output_size_limit=self.output_size_limit, should_fold=self._should_fold)
         dce = common.RemoveUnusedNodesPass()(model)
         return PassResult(model, bool(result.modified or dce.modified))
+
+    def _should_fold(self, node: ir.Node) -> bool | None:
+        """True for a small ``ConstantOfShape`` with a constant shape; None (onnxscript's
+        default rules) for everything else."""
+        if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx") or not node.inputs:
+            return None
+        shape = node.inputs[0].const_value if node.inputs[0] is not None else None
+        if shape is None:
+            return None
+        return int(np.prod(shape.numpy(), dtype=np.int64)) <= self.fill_limit or None
 
 
 @register_pass("fuse-bn")
@@ -135,12 +155,33 @@ class FuseBatchNorm(Pass):
         return PassResult(model, bool(count), {"rewrites": count})
 
 
+class _ScopedIdentityElimination(common.IdentityEliminationPass):
+    """onnx-ir's Identity elimination, keeping ``y = Identity(x)`` where ``y`` is an output of
+    a subgraph (an ``If`` branch, a ``Loop`` body) and ``x`` is defined in an enclosing graph.
+
+    onnx-ir 1.1 removes those too: the branch output then names an outer value, which ONNX
+    forbids ("Graph output is not an output of any node"), and the outer value is renamed.
+    (A branch that passes an input through unchanged, as in openWakeWord's classifiers.)
+    """
+
+    def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
+        if node.op_type == "Identity" and node.domain == "" and len(node.inputs) == 1 and node.outputs:
+            x, y = node.inputs[0], node.outputs[0]
+            if x is not None and y.is_graph_output() and x.graph is not node.graph:
+                return False
+        return super()._try_eliminate_identity_node(node)
+
+
 @register_pass("remove-identity")
 class RemoveIdentity(Pass):
-    """Remove Identity nodes, rewiring consumers (graph outputs keep their names)."""
+    """Remove Identity nodes, rewiring consumers (graph outputs keep their names).
+
+    An Identity that returns an outer-scope value from a subgraph (an ``If`` branch passing a
+    value through) is kept: a subgraph output must be defined inside the subgraph.
+    """
 
     def call(self, model: ir.Model) -> PassResult:
-        return PassResult(model, common.IdentityEliminationPass()(model).modified)
+        return PassResult(model, _ScopedIdentityElimination()(model).modified)
 
 
 @register_pass("dce")

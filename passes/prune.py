@@ -194,11 +194,17 @@ class Prune(Pass):
     ``floor(r * total)`` channels overall, then each group's count is rounded as above
     (with ``ratios`` given, the per-layer mode is used).
     Not idempotent: each run removes ``ratio`` of what is left.
+
+    ``multiple`` left unset in a compile pipeline is the target's fp32 SIMD lanes (8 on AVX2,
+    16 on AVX-512, 4 on NEON; ``Pass.target_params``), so kept counts stay on the vectorized
+    schedules (45 of 64 channels kept would fall off them and run slower than all 64); the
+    package's pipeline records the value used. ``multiple=1`` asks for exact counts.
     """
 
     idempotent: ClassVar[bool] = False
     lossy: ClassVar[bool] = True  # outputs change: compile verifies against the pruned ONNX
     compression: ClassVar[bool] = True
+    target_params: ClassVar[dict[str, str]] = {"multiple": "channel_multiple"}
 
     ratio: float = field(default=0.0, metadata={"doc": "fraction of channels to remove in every group"})
     # Optional (default none) rather than an empty dict: an empty dict has no pipeline text
@@ -209,7 +215,8 @@ class Prune(Pass):
     scope: str = field(default="layer", metadata={"doc": "layer: ratio per group; global: one threshold over all"})
     exclude: tuple[str, ...] = field(default=(), metadata={"doc": "layers never pruned (names or globs)"})
     min_channels: int = field(default=1, metadata={"doc": "channels every group keeps at least"})
-    multiple: int = field(default=1, metadata={"doc": "round kept channels up to a multiple of this"})
+    multiple: int = field(default=1, metadata={
+        "doc": "round kept channels up to a multiple of this (compile: the target's fp32 SIMD lanes unless set)"})
     seed: int = field(default=0, metadata={"doc": "seed of the random criterion"})
 
     def __post_init__(self):
@@ -246,7 +253,7 @@ class Prune(Pass):
                          "ratio": ratio, "criterion": used,
                          **({"frozen": g.frozen} if g.frozen else {})})
         details = {
-            "criterion": self.criterion, "scope": self.scope,
+            "criterion": self.criterion, "scope": self.scope, "multiple": self.multiple,
             "params_before": before["params"], "params_after": after["params"],
             "flops_before": before["flops"], "flops_after": after["flops"],
             "costs_note": "FLOPs per inference with dynamic input dims (batch) counted as 1",

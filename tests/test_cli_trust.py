@@ -36,6 +36,14 @@ def test_compile_help_documents_the_cleanup_and_its_opt_out(capsys):
     assert "package records the pipeline that ran" in out and "--tune-seconds S" in out
 
 
+def _lanes() -> int:
+    """The cpu target's fp32 SIMD lanes: the `multiple` compile gives `prune` by default."""
+    from optc.backends.tvm.facts import fp32_lanes
+    from optc.targets import get_target
+
+    return fp32_lanes(get_target("cpu"))
+
+
 @pytest.mark.tvm
 def test_cleanup_prefix_is_recorded_and_no_cleanup_runs_as_written(tmp_path, capsys):
     model = tmp_path / "m.onnx"
@@ -44,13 +52,14 @@ def test_cleanup_prefix_is_recorded_and_no_cleanup_runs_as_written(tmp_path, cap
     assert main(["compile", *common, "-o", str(tmp_path / "a")]) == 0
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     report = json.loads((tmp_path / "a" / "report.json").read_text())
-    assert manifest["pipeline"] == report["pipeline"] == f"{CLEAN},prune<ratio=0.5>"
+    # prune's channel multiple comes from the target's SIMD width (recorded as run)
+    assert manifest["pipeline"] == report["pipeline"] == f"{CLEAN},prune<ratio=0.5;multiple={_lanes()}>"
     assert [p["name"] for p in report["passes"]] == CLEAN.split(",") + ["prune"]
     err = capsys.readouterr().err
     assert "cleanup passes simplify,fold-constants,remove-identity,fuse-bn,dce added" in err
     assert main(["compile", *common, "--no-cleanup", "-o", str(tmp_path / "b"), "-q"]) == 0
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert manifest["pipeline"] == "prune<ratio=0.5>"
+    assert manifest["pipeline"] == f"prune<ratio=0.5;multiple={_lanes()}>"
 
 
 @pytest.mark.tvm
@@ -60,9 +69,10 @@ def test_a_compression_pass_that_rewrites_nothing_warns(tmp_path, capsys):
     assert main(["compile", str(model), "-o", str(tmp_path / "p"), "--no-measure", "-q",
                  "--passes", "prune<ratio=0.0>"]) == 0
     err = capsys.readouterr().err
-    assert "optc: warning: prune<ratio=0.0> rewrote nothing (ratio is 0)" in err
+    said = f"prune<ratio=0.0;multiple={_lanes()}> rewrote nothing (ratio is 0)"
+    assert f"optc: warning: {said}" in err
     report = json.loads((tmp_path / "p" / "report.json").read_text())
-    assert report["passes"][-1]["warnings"] == ["prune<ratio=0.0> rewrote nothing (ratio is 0)"]
+    assert report["passes"][-1]["warnings"] == [said]
     assert all(p["warnings"] == [] for p in report["passes"][:-1])
 
 

@@ -222,3 +222,45 @@ def test_compile_adds_unroll_loops_to_a_pipeline_without_it(tmp_path):
     report = optc.compile(str(path), "cpu", str(tmp_path / "pkg"), passes="",
                           options=optc.CompileOptions.of(measure=False, cleanup=False))
     assert report["pipeline"] == "unroll-loops" and report["verify"]["passed"] is True
+
+
+def test_if_is_costed_by_its_costlier_branch():
+    """Static analysis (and so modeled latency and energy) sees the work inside an If: the
+    costlier branch's MACs, not zero."""
+    from optc.analysis import layer_costs
+
+    w = numpy_helper.from_array(np.ones((16, 16), np.float32), "w")
+    then = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y1"])], "then", [],
+                             [h.make_tensor_value_info("y1", T.FLOAT, [4, 16])])
+    other = h.make_graph([h.make_node("Relu", ["x"], ["y2"])], "else", [],
+                              [h.make_tensor_value_info("y2", T.FLOAT, [4, 16])])
+    graph = h.make_graph([h.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)], "g",
+                              [h.make_tensor_value_info("c", T.BOOL, []),
+                               h.make_tensor_value_info("x", T.FLOAT, [4, 16])],
+                              [h.make_tensor_value_info("y", T.FLOAT, [4, 16])], [w])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    (cost,) = layer_costs(model)
+    assert cost.op == "If" and "then branch" in cost.name
+    assert cost.macs == 4 * 16 * 16 and cost.params == 256 and cost.bytes_in > 0
+
+
+def test_branch_coverage_counts_the_branch_each_call_took():
+    from optc.verify import branch_coverage
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) + 0.5
+    model = if_model(constant_after_binding=False)
+    assert branch_coverage(model, [{"x": x}, {"x": -x}, {"x": x}]) == {"y0": {"then": 2, "else": 1}}
+    assert branch_coverage(if_model(constant_after_binding=True), [{"x": x}])  # Shape-based: still data to ORT
+    assert branch_coverage(_model([h.make_node("Relu", ["x"], ["y"])], [h.make_tensor_value_info("x", T.FLOAT, [2])],
+                                  [h.make_tensor_value_info("y", T.FLOAT, [2])]), [{"x": x[0, :2]}]) == {}
+
+
+@pytest.mark.tvm
+def test_compile_warns_when_verification_never_took_a_branch(tmp_path):
+    """Inputs that all take the then branch leave the else branch unverified: the report says
+    which branch each If took and the compile warns (it does not pass silently)."""
+    x = np.abs(np.random.default_rng(0).standard_normal((2, 3))).astype(np.float32) + 0.1
+    with pytest.warns(UserWarning, match="else branch was taken by none"):
+        report = _compile(if_model(constant_after_binding=False), tmp_path, inputs={"x": x})
+    assert report["verify"]["passed"] is True
+    assert report["verify"]["if_branches"] == {"y0": {"then": 2, "else": 0}}  # batch 1: two calls

@@ -403,8 +403,12 @@ def test_run_config_follows_the_gate_rules_and_runs_the_cleanup(tmp_path, capsys
     assert s["budgets"]["allow_unverified"] is True
     c = {c["name"]: c for c in s["candidates"]}
     assert c["pruned"]["status"] == "passed" and c["pruned"]["pipeline"] == "prune<ratio=0.5>"
-    assert c["pruned"]["pipeline_run"] == "simplify,fold-constants,remove-identity,fuse-bn,dce,prune<ratio=0.5>"
+    from optc.backends.tvm.facts import fp32_lanes
+    from optc.targets import get_target
+
+    run = f"prune<ratio=0.5;multiple={fp32_lanes(get_target('cpu'))}>"  # the target's SIMD width, as run
+    assert c["pruned"]["pipeline_run"] == "simplify,fold-constants,remove-identity,fuse-bn,dce," + run
     manifest = json.loads((tmp_path / "out" / "candidates" / "pruned" / "manifest.json").read_text())
     assert manifest["pipeline"] == c["pruned"]["pipeline_run"]
-    assert c["as-written"]["pipeline_run"] == "prune<ratio=0.5>"
+    assert c["as-written"]["pipeline_run"] == run
     assert "NOT verified" in capsys.readouterr().out

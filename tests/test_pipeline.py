@@ -21,7 +21,7 @@ def test_roundtrip_is_identical(text):
 def test_explicit_spells_out_defaults_and_reparses():
     specs = parse_pipeline("fold-constants<input-size-limit=10>,dce")
     explicit = format_pipeline(specs, explicit=True)
-    assert explicit == "fold-constants<input-size-limit=10;output-size-limit=4194304>,dce"
+    assert explicit == "fold-constants<input-size-limit=10;output-size-limit=4194304;fill-limit=4096>,dce"
     assert format_pipeline(parse_pipeline(explicit)) == explicit
 
 

@@ -133,12 +133,57 @@ def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
     return out
 
 
+def _branch_model(model: onnx.ModelProto, branch: onnx.GraphProto,
+                  shapes: dict[str, tuple[list[int], int]]) -> onnx.ModelProto:
+    """An ``If`` branch as a model of its own: the outer values it reads become inputs (with
+    the outer graph's static shapes) or initializers (outer weights), so it can be costed."""
+    produced = {o for n in branch.node for o in n.output} | {i.name for i in branch.initializer}
+    used = [x for n in branch.node for x in n.input if x and x not in produced]
+    weights = _constant_tensors(model)
+    inputs, inits = [], list(branch.initializer)
+    for name in dict.fromkeys(used):
+        if name in weights:
+            inits.append(weights[name])
+        elif name in shapes:
+            inputs.append(onnx.helper.make_tensor_value_info(name, shapes[name][1], shapes[name][0]))
+        else:
+            inputs.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    graph = onnx.helper.make_graph(list(branch.node), branch.name or "branch", inputs, list(branch.output), inits)
+    return onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+
+def _if_cost(model: onnx.ModelProto, node: onnx.NodeProto, index: int,
+             shapes: dict[str, tuple[list[int], int]]) -> LayerCost:
+    """One ``If`` node: the summed costs of its costlier branch (by FLOPs, then bytes), so a
+    model whose work sits inside an ``If`` is not costed as free. Which branch runs is known
+    only at run time; the costlier one bounds it."""
+    best: tuple | None = None
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            layers = _layer_costs(_branch_model(model, a.g, shapes))
+            key = (sum(c.flops for c in layers), sum(c.bytes_in + c.bytes_out for c in layers))
+            if best is None or key > best[0]:
+                best = (key, a.name.removesuffix("_branch"), layers)
+    layers = best[2] if best else []
+    outs = [shapes.get(o) for o in node.output]
+    return LayerCost(
+        name=f"{node.name or f'If_{index}'} ({best[1] if best else 'no'} branch, the costlier)", op="If",
+        macs=sum(c.macs for c in layers), flops=sum(c.flops for c in layers), params=sum(c.params for c in layers),
+        bytes_in=sum(c.bytes_in for c in layers), bytes_out=sum(c.bytes_out for c in layers),
+        output_shape=list(outs[0][0]) if outs and outs[0] else [],
+        arith="int8" if layers and all(c.arith == "int8" for c in layers if c.macs) and any(c.macs for c in layers)
+        else "fp32")
+
+
 def _layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
     shapes = tensor_info(model)
     inits = set(_constant_tensors(model))
     layers = []
     for i, node in enumerate(model.graph.node):
         if node.op_type == "Constant":
+            continue
+        if node.op_type == "If":
+            layers.append(_if_cost(model, node, i, shapes))
             continue
         outs = [shapes.get(o) for o in node.output]
         out_shape = outs[0][0] if outs and outs[0] else []

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from . import DEFAULT_PIPELINE, __version__
-from . import accuracy, analysis, artifact, frontend, pipeline, stages, verify
+from . import accuracy, analysis, artifact, const_inputs, frontend, pipeline, stages, verify
 from .errors import InvalidModelError, UsageError
 from .progress import SILENT, Progress
 from .targets import Target, get_target, host_cores
@@ -67,7 +67,7 @@ def compile(
     writer = artifact.PackageWriter(out_dir or Path(model).with_suffix("").name + f".{tgt.name}.optc", force=opts.force)
     from optc.backends import get_backend
 
-    backend = get_backend(tgt.backend)
+    backend = get_backend(tgt.backend, opts.backend)
     backend.check_environment(tgt)
     from optc.passes.quant.integerize import auto_integerize  # quantize on CPU/ARM: real int8 kernels
 
@@ -77,7 +77,7 @@ def compile(
     with writer as tmp:
         job = stages.Job(Path(model), tgt, backend, specs, tmp, progress, remote)
         stages.load(job)
-        binding = stages.bind(job, input_shapes, inputs, opts.verify.samples)
+        binding = stages.bind(job, input_shapes, inputs, opts.verify.samples, opts.const_inputs)
         records = stages.run_passes(job)
         build_info = stages.build(job, opts.params, tuning, _versions())
         with stages.open_session(job, _load_session):
@@ -237,6 +237,7 @@ def run(pkg: str | os.PathLike, inputs: str | os.PathLike | Mapping[str, np.ndar
         arrays, source = verify.load_inputs(inputs), str(inputs)
     else:
         arrays, source = dict(inputs), "inputs"
+    arrays = const_inputs.check_run_inputs(arrays, pkg, manifest)  # frozen at compile time: same value or refused
     sets = verify.sample_sets(arrays, specs, source)
     outs = verify.join_calls(session.run_many([[fitted[s.name] for s in specs] for fitted in sets]))
     result = dict(zip([d["name"] for d in manifest["outputs"]], outs))
@@ -255,12 +256,17 @@ def run(pkg: str | os.PathLike, inputs: str | os.PathLike | Mapping[str, np.ndar
 class BenchOptions:
     """How :func:`bench` times: ``warmup`` calls, then ``repeat`` timed calls in all, split
     into ``rounds`` interleaved with onnxruntime's, on ``threads`` threads (None: this host's
-    cores)."""
+    cores). ``profile``: also a per-kernel profile beside onnxruntime's per-node one, ``top``
+    rows of each (:mod:`optc.profile`). ``compare_to``: another package of the same model
+    (e.g. built without compression) timed in the same interleaved rounds."""
 
     warmup: int = 5
     repeat: int = 50
     rounds: int = 5
     threads: int | None = None
+    profile: bool = False
+    top: int = 10
+    compare_to: str | os.PathLike | None = None
 
 
 def bench(pkg: str | os.PathLike, options: BenchOptions = BenchOptions(), *, compare_ort: bool = True,
@@ -277,10 +283,22 @@ def bench(pkg: str | os.PathLike, options: BenchOptions = BenchOptions(), *, com
     thread pool is set to ``threads`` for real (``runtime.config_threadpool``) and the count it
     reports is recorded. With ``rpc``/``rpc_tracker`` the package runs on that TVM RPC server
     instead, timed there by ``time_evaluator`` (no onnxruntime beside it).
+
+    ``options.compare_to`` adds ``compare_to``: that package timed in the same rounds.
+    ``warnings`` lists what the figures say against a compressed package (its pipeline has a
+    compression pass): measured slower than the ``compare_to`` package, or than onnxruntime on
+    the uncompressed original. ``options.profile`` adds ``profile`` (:mod:`optc.profile`).
     """
     warmup, repeat, rounds, threads = options.warmup, options.repeat, options.rounds, options.threads
     if rpc or rpc_tracker or rpc_key:
+        if options.profile or options.compare_to:
+            raise UsageError("--profile and --compare-to run packages in this process; they cannot be combined "
+                             "with an RPC remote")
         return _bench_remote(pkg, warmup, repeat, rpc, rpc_key, rpc_tracker)
+    if options.profile:
+        from . import profile
+
+        profile.check_package(pkg)  # before loading: a package without a library is refused by name
     threads = threads or host_cores()
     pkg, manifest, session = _open(pkg)
     tgt = manifest["target"]
@@ -296,8 +314,9 @@ def bench(pkg: str | os.PathLike, options: BenchOptions = BenchOptions(), *, com
     applied = _set_threads(threads) if tgt["backend"] == "tvm-cpu" else None
     # onnxruntime's CPU latency is only a fair neighbour for code that runs on this CPU.
     baselines = _baselines(pkg, manifest, threads) if compare_ort and tgt["backend"] == "tvm-cpu" else {}
-    optc_times, ort_times, applied = _interleaved(session, args, baselines, (warmup, repeat, rounds), applied,
-                                                  emulated)
+    other = {"compare_to": _PackageBaseline(options.compare_to, specs, sample)} if options.compare_to else {}
+    optc_times, ort_times, applied = _interleaved(session, args, baselines | other, (warmup, repeat, rounds),
+                                                  applied, emulated)
     result = {
         "package": str(pkg),
         "target": tgt["name"],
@@ -317,7 +336,82 @@ def bench(pkg: str | os.PathLike, options: BenchOptions = BenchOptions(), *, com
         import json
 
         result["modeled"] = json.loads((pkg / artifact.REPORT).read_text()).get("latency")
+    if other:
+        result["compare_to"] = other["compare_to"].section(result["optc"], ort_times["compare_to"])
+    warnings = _compression_warnings(manifest, result)
+    if warnings:
+        result["warnings"] = warnings
+    if options.profile:
+        result["profile"] = _profile(session, manifest, args, sample, threads, options, baselines)
     return result
+
+
+def _compression_warnings(manifest: dict, result: dict) -> list[str]:
+    """A warning when the package's pipeline compresses (a pass with ``compression``: prune,
+    quantize, ...) and optc's median is above that of the ``compare_to`` package (optc on
+    both: like for like), or, without one, above onnxruntime's on the uncompressed original."""
+    try:
+        compressing = [s.name for s in pipeline.parse_pipeline(manifest.get("pipeline", ""))
+                       if pipeline.instantiate(s).compression]
+    except Exception:  # noqa: BLE001 - a pipeline this optc cannot read: no claim either way
+        return []
+    if not compressing:
+        return []
+    ms, out = result["optc"]["median_ms"], []
+    why = (f"although the pipeline compresses ({', '.join(compressing)}); `optc bench --profile` shows which "
+           "kernels take the time")
+    other = result.get("compare_to")
+    if other is not None and ms > other["median_ms"]:
+        out.append(f"compressed package slower than {other['package']} (pipeline {other['pipeline']}), timed in "
+                   f"the same rounds: {ms:.3f} vs {other['median_ms']:.3f} ms ({ms / other['median_ms']:.2f}x) {why}")
+    original = result.get("baselines", {}).get("original")
+    if other is None and original is not None and ms > original["median_ms"]:
+        out.append(f"compressed package slower than the uncompressed original model in onnxruntime: optc {ms:.3f} "
+                   f"ms vs {original['median_ms']:.3f} ms ({ms / original['median_ms']:.2f}x) {why}")
+    return out
+
+
+class _PackageBaseline:
+    """Another optc package of the same model (``BenchOptions.compare_to``), run here on the
+    same sample inputs and timed like the package itself."""
+
+    def __init__(self, path, specs: list, sample: dict):
+        self.path, manifest, self.session = _open(path)
+        self.pipeline = manifest.get("pipeline", "")
+        theirs = [frontend.TensorSpec.from_json(d) for d in manifest["inputs"]]
+        if [(s.name, tuple(s.shape)) for s in theirs] != [(s.name, tuple(s.shape)) for s in specs]:
+            given = ", ".join(f"{s.name} {list(s.shape)}" for s in theirs)
+            raise UsageError(f"--compare-to {path}: its inputs ({given}) differ from the package's: not the same model")
+        if not self.session.runnable or self.session.timing != "measured":
+            raise UsageError(f"--compare-to {path}: not a package measured on this machine")
+        self.args = [sample[s.name] for s in specs]
+
+    def time(self, warmup: int, repeat: int) -> list[float]:
+        return self.session.time(self.args, warmup=warmup, repeat=repeat)
+
+    def section(self, optc: dict, times: list[float]) -> dict:
+        out = stats(times)
+        return out | {"package": str(self.path), "pipeline": self.pipeline,
+                      "ratio_optc_over_this": optc["median_ms"] / out["median_ms"]}
+
+
+def _profile(session, manifest: dict, args: list, sample: dict, threads: int, options: BenchOptions,
+             baselines: dict) -> dict:
+    """The ``profile`` section of :func:`bench`: optc's kernels beside onnxruntime's nodes on the
+    deployable baseline, same inputs and threads."""
+    from . import profile
+
+    opts = profile.ProfileOptions(warmup=min(options.warmup, 3), repeat=max(1, min(options.repeat, 10)),
+                                  top=options.top)
+    peak = profile.host_peak(manifest, threads)
+    out = {"peak": peak, "optc": profile.optc_profile(session, args, opts, peak)}
+    deployable = baselines.get("deployable")
+    if deployable is None:
+        out["onnxruntime_note"] = ("not profiled (--no-ort)" if not baselines else
+                                   "no onnxruntime-runnable equivalent of this package")
+    else:
+        out["onnxruntime"] = profile.ort_profile(deployable.path, sample, threads, opts, peak)
+    return out
 
 
 def _interleaved(session, args, baselines: dict, plan: tuple[int, int, int], applied, emulated: bool):
@@ -370,7 +464,7 @@ class _OrtBaseline:
     """onnxruntime on one ONNX file of a bench, timed from numpy feeds to numpy outputs."""
 
     def __init__(self, path: Path, describe: str, sample: dict, threads: int):
-        self.describe = describe
+        self.describe, self.path = describe, path
         self.sess = verify.ort_session(path, threads=threads, optimize=True)
         names = {i.name for i in self.sess.get_inputs()}
         self.feeds = {k: v for k, v in sample.items() if k in names}

@@ -30,7 +30,7 @@ INTERNAL_ERROR = 70
 # Modules that add subcommands: each defines ``add_commands(add)`` where
 # ``add(name, func, help) -> argparse.ArgumentParser`` creates a subcommand (``func(args) -> int``).
 COMMAND_MODULES: tuple[str, ...] = ("optc.cli_gate", "optc.cli_quant", "optc.cli_prune", "optc.cli_fpga",
-                                    "optc.cli_tune")
+                                    "optc.cli_tune", "optc.cli_train")
 
 
 def _exit_codes_text() -> str:
@@ -93,7 +93,7 @@ def cmd_compile(args) -> int:
         atol=args.atol, rtol=args.rtol, verify_samples=args.verify_samples, measure=not args.no_measure,
         eval_data=args.eval, eval_limit=args.eval_limit, power_watts=args.power_watts, tune=args.tune,
         tune_seconds=args.tune_seconds, tuning_db=args.tuning_db, rpc=args.rpc, rpc_key=args.rpc_key,
-        rpc_tracker=args.rpc_tracker)
+        rpc_tracker=args.rpc_tracker, const_inputs=tuple(args.const_input or ()))
     report = api.compile(args.model, args.target, args.output, passes=args.passes,
                          input_shapes=parse_shape_args(args.input_shape or []), inputs=args.inputs,
                          options=options, progress=_progress(args))
@@ -162,7 +162,8 @@ def cmd_run(args) -> int:
 def cmd_bench(args) -> int:
     from . import api
 
-    options = api.BenchOptions(warmup=args.warmup, repeat=args.repeat, rounds=args.rounds, threads=args.threads)
+    options = api.BenchOptions(warmup=args.warmup, repeat=args.repeat, rounds=args.rounds, threads=args.threads,
+                               profile=args.profile, top=args.top, compare_to=args.compare_to)
     res = api.bench(args.package, options, compare_ort=not args.no_ort, rpc=args.rpc, rpc_key=args.rpc_key,
                     rpc_tracker=args.rpc_tracker)
     if args.json:
@@ -180,8 +181,19 @@ def cmd_bench(args) -> int:
               f"\n    ({r['model']})")
     if "onnxruntime_note" in res:
         print(f"  onnxruntime: {res['onnxruntime_note']}")
+    if "compare_to" in res:
+        c = res["compare_to"]
+        print(f"  optc on {c['package']}: median {c['median_ms']:.3f} ms  (p10 {c['p10_ms']:.3f}, "
+              f"p90 {c['p90_ms']:.3f}, n={c['repeat']}) -> optc/this {c['ratio_optc_over_this']:.2f}x"
+              f"\n    (pipeline {c['pipeline']})")
     if "modeled" in res and res["modeled"]:
         print(f"  modeled latency on the target: {res['modeled']['median_ms']:.3f} ms ({res['modeled']['method']})")
+    for warning in res.get("warnings", []):
+        print(f"  warning: {warning}")
+    if "profile" in res:
+        from .profile import format_profile
+
+        print("\n".join(format_profile(res["profile"])))
     return 0
 
 
@@ -293,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(arrays keyed by input name; default: generated with a fixed seed). Rows beyond the "
                    "bound batch are verified in further calls, up to --verify-samples; the batch is "
                    "never taken from this file")
+    c.add_argument("--const-input", action="append", metavar="NAME",
+                   help="freeze graph input NAME to the value given for it in --inputs (repeatable): for "
+                        "operands the compiler needs as constants (Reduce axes, Resize sizes/scales, TopK k, "
+                        "Pad pads, Reshape shape, ...). The package no longer takes NAME; `optc run` refuses "
+                        "another value for it")
     c.add_argument("--verify-samples", type=int, default=8, metavar="N",
                    help="verify on up to N samples, one call per bound batch (default 8)")
     c.add_argument("--params", choices=["embedded", "separate"], default="embedded",
@@ -333,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     b.add_argument("--threads", type=int, help="threads for both runtimes (default: all cores)")
     b.add_argument("--no-ort", action="store_true", help="do not run onnxruntime beside it")
+    b.add_argument("--profile", action="store_true",
+                   help="also profile: time per kernel (calls, ms, share, GFLOP/s vs this machine's fp32 peak) "
+                        "beside onnxruntime's per-node profile of the same model (cpu packages)")
+    b.add_argument("--top", type=int, default=10, metavar="N", help="rows of each profile table (default 10)")
+    b.add_argument("--compare-to", metavar="PKG", help="another package of the same model (e.g. built without "
+                   "pruning) timed in the same interleaved rounds; a compressed package slower than it is warned about")
     _rpc_args(b, "time the package on a TVM RPC server (a board, a GPU host) with time_evaluator")
     b.add_argument("--json", action="store_true", help="print results as JSON")
 

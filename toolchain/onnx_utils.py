@@ -13,7 +13,26 @@ if TYPE_CHECKING:
     import onnx
     import onnx_ir as ir
 
-__all__ = ["attr", "int_attr", "infer_shapes", "value_shapes"]
+__all__ = ["attr", "int_attr", "infer_shapes", "value_shapes", "FreshNames"]
+
+
+class FreshNames:
+    """Tensor/node names not yet used in a model: ``fresh("x")`` gives ``x``, then ``x_1``, ...
+    (every tensor and node name of the main graph counts as used, and so does every name
+    handed out)."""
+
+    def __init__(self, model: "onnx.ModelProto"):
+        g = model.graph
+        self.used = {o for n in g.node for o in (*n.input, *n.output)} | {t.name for t in g.initializer} \
+            | {v.name for v in (*g.input, *g.output)} | {n.name for n in g.node if n.name}
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
 
 
 def attr(node: onnx.NodeProto | ir.Node, name: str, default: Any = None) -> Any:

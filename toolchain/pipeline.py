@@ -88,6 +88,10 @@ class Pass(ir.passes.InPlacePass):
     # ONNX op types this pass removes where it can (unroll-loops: Loop, Scan): the frontend's
     # supported-op check lets them through before the passes and checks the result after them
     eliminates: ClassVar[frozenset[str]] = frozenset()
+    # parameters optc compile fills from the target when the pipeline text leaves them unset:
+    # parameter key -> name of a backend fact (``backend.target_facts(target)``, e.g. prune's
+    # multiple <- channel_multiple, the fp32 SIMD lanes); the package records the value used
+    target_params: ClassVar[dict[str, str]] = {}
 
     def cleanup_exclusions(self) -> frozenset[str]:
         """The cleanup passes :func:`with_cleanup` must not put before this configured pass."""

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from . import analysis, artifact, frontend, pipeline, verify
+from .const_inputs import describe as describe_frozen, freeze as freeze_inputs, save as save_frozen
 from .errors import InternalError, OptcError, UnsupportedModelError, VerificationError
 from .progress import Progress
 from .targets import Target
@@ -79,7 +80,11 @@ class CompileOptions:
     """Everything :func:`optc.compile` takes besides the model, target, output, pipeline and
     inputs, grouped by stage. ``cleanup``: add the default cleanup passes before the first
     compression pass (:func:`optc.pipeline.with_cleanup`); ``force``: replace an existing
-    package; ``params``: weights ``embedded`` in the library or ``separate`` (params.bin)."""
+    package; ``params``: weights ``embedded`` in the library or ``separate`` (params.bin);
+    ``backend``: the backend's own configuration, passed to its constructor (an
+    :class:`optc.backends.fpga.config.FpgaConfig` for FPGA targets; None: its defaults);
+    ``const_inputs``: graph inputs replaced by the values given for them in the sample inputs
+    (``--const-input``; :mod:`optc.const_inputs`)."""
 
     params: str = "embedded"
     force: bool = False
@@ -88,6 +93,8 @@ class CompileOptions:
     measure: MeasureOptions = MeasureOptions()
     tune: TuneOptions = TuneOptions()
     remote: RemoteOptions = RemoteOptions()
+    backend: Any = None
+    const_inputs: tuple[str, ...] = ()  # graph inputs frozen to their given values (optc.const_inputs)
 
     # flat keyword (as the CLI options are named) -> (group, field)
     FLAT: ClassVar[dict[str, tuple[str | None, str]]] = {
@@ -97,7 +104,7 @@ class CompileOptions:
         "eval_data": ("measure", "eval_data"), "eval_limit": ("measure", "eval_limit"),
         "power_watts": ("measure", "power_watts"), "tune": ("tune", "trials"), "tune_seconds": ("tune", "seconds"),
         "tuning_db": ("tune", "database"), "rpc": ("remote", "rpc"), "rpc_key": ("remote", "key"),
-        "rpc_tracker": ("remote", "tracker"),
+        "rpc_tracker": ("remote", "tracker"), "const_inputs": (None, "const_inputs"),
     }
 
     @classmethod
@@ -141,6 +148,7 @@ class Job:
     out_specs: list = field(default_factory=list)
     lossy: list = field(default_factory=list)
     exempt: frozenset = frozenset()  # unsupported ops a pass eliminates: checked after the passes
+    frozen: dict = field(default_factory=dict)  # inputs frozen into constants (--const-input): values
     manifest: dict = field(default_factory=dict)
     session: Any = None
     _refs: dict = field(default_factory=dict)
@@ -185,7 +193,8 @@ def load(job: Job) -> None:
     """Read and check the model; list every op the backend cannot lower. A model in
     onnxruntime's QOperator format (QLinearConv, QGemm, ...) gets ``expand-qoperator`` first
     (``optc.passes.quant.qoperator``): the ops are checked on the expanded QDQ model, and the
-    original stays onnxruntime's reference. A model that is already quantized (QDQ layers, or
+    original stays onnxruntime's reference; likewise ``expand-matmul-nbits`` for com.microsoft
+    MatMulNBits (``optc.passes.quant.nbits``). A model that is already quantized (QDQ layers, or
     QOperator ones once expanded) gets ``integerize`` like a quantizing pipeline
     (``optc.passes.quant.integerize.auto_integerize``). A model with Loop or Scan nodes the
     backend cannot lower gets ``unroll-loops`` after constant folding. Ops a pass of the
@@ -193,6 +202,7 @@ def load(job: Job) -> None:
     ``fold-constants``) are let through here and checked after the passes (:func:`run_passes`),
     with the pass's reason for any node it kept."""
     from optc.passes.quant.integerize import auto_integerize
+    from optc.passes.quant.nbits import expand_matmul_nbits, matmul_nbits_nodes
     from optc.passes.quant.qoperator import expand_qoperator, qoperator_nodes
 
     with job.stage("frontend", "load and check model"):
@@ -202,6 +212,10 @@ def load(job: Job) -> None:
             checked, _ = expand_qoperator(job.original)
             if "expand-qoperator" not in [s.name for s in job.specs]:
                 job.specs = [pipeline.PassSpec("expand-qoperator"), *job.specs]
+        if matmul_nbits_nodes(checked):  # weight-only 4-bit (onnxruntime's LLM format)
+            checked, _ = expand_matmul_nbits(checked)
+            if "expand-matmul-nbits" not in [s.name for s in job.specs]:
+                job.specs = [pipeline.PassSpec("expand-matmul-nbits"), *job.specs]
         supported = job.backend.supported_ops()
         if _has_ops(checked, UNROLLED_OPS - supported) and "unroll-loops" not in [s.name for s in job.specs]:
             job.specs = _with_unroll(job.specs)
@@ -231,8 +245,12 @@ def _with_unroll(specs: list) -> list:
 
 
 # ----------------------------------------------------------------------------- 3. bind
-def bind(job: Job, input_shapes: Mapping | None, inputs, samples: int) -> dict:
+def bind(job: Job, input_shapes: Mapping | None, inputs, samples: int, const_inputs: tuple = ()) -> dict:
     """Concrete input shapes and the verification input sets; returns the ``binding`` section.
+
+    ``const_inputs`` (``--const-input``) are replaced first by initializers holding their
+    values in ``inputs`` (:func:`optc.const_inputs.freeze`): the compiled model and the
+    reference no longer take them.
 
     Shapes come from ``input_shapes``, else the model. The batch is never taken from data: a
     dynamic leading dimension of an input of rank >= 2 is bound to 1 (with a note); another
@@ -245,6 +263,9 @@ def bind(job: Job, input_shapes: Mapping | None, inputs, samples: int) -> dict:
             arrays = verify.load_inputs(inputs)
         elif inputs is not None:
             arrays = dict(inputs)
+        if const_inputs:
+            job.original, job.frozen = freeze_inputs(job.original, const_inputs, arrays)
+            arrays = {k: v for k, v in arrays.items() if k not in job.frozen}
         shapes, notes = default_shapes(job.original, input_shapes or {}, arrays)
         bound, job.in_specs = frontend.bind_input_shapes(job.original, shapes)
         job.original_bound = bound
@@ -259,7 +280,8 @@ def bind(job: Job, input_shapes: Mapping | None, inputs, samples: int) -> dict:
     for note in notes:
         job.progress.note(note)
     return {"inputs": [s.to_json() for s in job.in_specs], "notes": notes,
-            "batch": rows, "verify_calls": len(job.sets), "verify_samples": rows * len(job.sets)}
+            "batch": rows, "verify_calls": len(job.sets), "verify_samples": rows * len(job.sets),
+            **({"const_inputs": describe_frozen(job.frozen)} if job.frozen else {})}
 
 
 def default_shapes(model: onnx.ModelProto, given: Mapping, arrays: Mapping | None) -> tuple[dict, list[str]]:
@@ -290,8 +312,12 @@ def default_shapes(model: onnx.ModelProto, given: Mapping, arrays: Mapping | Non
 
 # ----------------------------------------------------------------------------- 4. passes
 def run_passes(job: Job) -> list:
-    """The pass pipeline on the bound model; returns the per-pass records."""
+    """The pass pipeline on the bound model; returns the per-pass records. Parameters a pass
+    leaves to the target and the pipeline does not set are filled first
+    (:func:`fill_target_params`)."""
     import onnx_ir as ir
+
+    job.specs = fill_target_params(job.specs, job.target, job.backend, job.progress)
 
     def keep_qdq(spec, model) -> None:  # what onnxruntime would run instead of optc's integer ops
         if spec.name == "integerize":
@@ -316,6 +342,29 @@ def run_passes(job: Job) -> list:
     return records
 
 
+def fill_target_params(specs: list, target: Target, backend, progress: Progress) -> list:
+    """``specs`` with each parameter a pass takes from the target (``Pass.target_params``:
+    key -> backend fact) set to the backend's value for ``target``
+    (``backend.target_facts``) where the pipeline text left it unset; e.g. ``prune``'s
+    ``multiple`` becomes the fp32 SIMD lanes (8 on AVX2). The package's pipeline then records
+    the value; a backend without facts leaves the passes' own defaults."""
+    wanted = [s for s in specs if pipeline.get_pass(s.name).target_params]
+    if not wanted:
+        return specs
+    facts = backend.target_facts(target)
+    out = []
+    for spec in specs:
+        given = {k for k, _ in spec.params}
+        added = tuple((key, facts[fact]) for key, fact in pipeline.get_pass(spec.name).target_params.items()
+                      if key not in given and fact in facts)
+        if added:
+            spec = pipeline.PassSpec(spec.name, spec.params + added)
+            progress.note(f"{spec.name}: " + ", ".join(f"{k}={v}" for k, v in added)
+                          + f" from the target {target.name} (set it in the pipeline to override)")
+        out.append(spec)
+    return out
+
+
 def _has_optc_ops(model: onnx.ModelProto) -> bool:
     return any(n.domain == "ai.optc" for n in model.graph.node)
 
@@ -331,6 +380,7 @@ def build(job: Job, params: str, tuning, versions: dict) -> dict:
         save_onnx(job.optimized, job.work / "model.onnx")
         np.savez(job.work / "sample_inputs.npz", **job.sets[0])
         files = built.files | {"onnx": "model.onnx", "sample_inputs": "sample_inputs.npz"}
+        files |= save_frozen(job.frozen, job.work)
         if job.deploy_qdq is not None:
             save_onnx(job.deploy_qdq, job.work / DEPLOY_QDQ)
             files["deploy_onnx"] = DEPLOY_QDQ
@@ -344,6 +394,7 @@ def build(job: Job, params: str, tuning, versions: dict) -> dict:
         "params": params,
         "inputs": [s.to_json() for s in job.in_specs],
         "outputs": [s.to_json() for s in job.out_specs],
+        **({"const_inputs": describe_frozen(job.frozen)} if job.frozen else {}),
         "files_by_role": files,
         "source_model": {"path": str(Path(job.source).resolve()), "sha256": artifact.sha256(Path(job.source))},
     }
@@ -376,8 +427,9 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
     the rules of :mod:`optc.passes.quant.tolerance`). An input model that is already quantized
     (QDQ) is checked by those rules too, and, when the pipeline changed it (integerize), also
     against onnxruntime on the original QDQ model (``original_qdq`` in the verdict;
-    ``tolerance.compare_to_original_qdq``). Raises VerificationError on a mismatch."""
-    from optc.passes.quant import qdq
+    ``tolerance.compare_to_original_qdq``). A dynamically quantized model (DynamicQuantizeLinear)
+    is checked by ``tolerance.compare_dynamic``. Raises VerificationError on a mismatch."""
+    from optc.passes.quant import dynamic, qdq
 
     which = "optimized" if job.lossy else "original"
     prequantized = qdq.is_quantized(job.original)
@@ -395,7 +447,13 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
         except Exception as err:  # e.g. a TVM runtime kernel without the dtype: nothing to deliver
             raise VerificationError("the artifact failed when run on the verification inputs: "
                                     + " ".join(str(err).split())[:300]) from err
-        if job.lossy or prequantized:
+        if dynamic.has_dynamic_quantization(job.optimized if job.lossy else job.original):
+            from optc.passes.quant.tolerance import compare_dynamic
+
+            model = job.optimized if job.lossy else job.original
+            verdict = compare_dynamic(outs, refs, job.out_names, opts.atol, opts.rtol, lambda: verify.join_calls(
+                [dynamic.unrounded_outputs(model, s) for s in job.sets]))
+        elif job.lossy or prequantized:
             from optc.passes.quant.tolerance import compare_quantized, compare_to_original_qdq
 
             verdict = compare_quantized(outs, refs, job.out_names, opts.atol, opts.rtol, job.optimized,
@@ -414,6 +472,7 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
                         f"optimized ONNX model: the pipeline has lossy passes ({', '.join(job.lossy)}); "
                         "fidelity to the original is reported apart" if job.lossy else "original model")}
         _save_sample_outputs(job, which)
+        _branch_coverage(job, verdict)
     second = verdict.get("original_qdq")
     if second is not None and not second["passed"] and all(o["passed"] for o in verdict["outputs"]):
         raise VerificationError("artifact output agrees with optc's integer reference but differs from onnxruntime "
@@ -425,6 +484,23 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
         raise VerificationError(f"artifact output differs from {engine} beyond atol={opts.atol:g}, "
                                 f"rtol={opts.rtol:g} ({verdict['samples']} samples): {detail}")
     return verdict
+
+
+def _branch_coverage(job: Job, verdict: dict) -> None:
+    """Record which branch of each data-dependent If the verification inputs took
+    (``verdict["if_branches"]``) and warn about a branch none of them took: it is compiled but
+    unverified (the inputs decide; ``--inputs`` with data that takes it verifies it)."""
+    from .progress import warn
+
+    coverage = verify.branch_coverage(job.optimized, job.sets)  # the Ifs the artifact contains
+    if not coverage:
+        return
+    verdict["if_branches"] = coverage
+    for node, counts in coverage.items():
+        missed = [b for b, c in counts.items() if c == 0]
+        if missed:
+            warn(f"If {node!r}: the {missed[0]} branch was taken by none of the {len(job.sets)} verification "
+                 f"call(s), so it is compiled but unverified; pass --inputs with data that takes it")
 
 
 def _failures(verdict: dict) -> str:

@@ -26,7 +26,8 @@ def ort_session(model: onnx.ModelProto | str | Path, *, threads: int | None = No
     """An onnxruntime CPU session; ``optimize=False`` disables graph optimizations (the most
     literal reading of the model, used for references); True is what a user deploys with.
     A model with ``ai.optc`` ops gets onnx's ReferenceEvaluator with optc's numpy ops instead
-    (same ``run(None, feeds)`` call)."""
+    (same ``run(None, feeds)`` call); so does a reference (``optimize=False``) for a model with
+    MatMulInteger/ConvInteger (:data:`SPEC_REFERENCE_OPS`)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -37,16 +38,32 @@ def ort_session(model: onnx.ModelProto | str | Path, *, threads: int | None = No
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
-    if any(n.domain == "ai.optc" for n in proto.graph.node):  # optc's ops: numpy reference
+    if any(n.domain == "ai.optc" for n in proto.graph.node) or (not optimize and _needs_spec_reference(proto)):
         return _OptcReferenceSession(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)))
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+# ONNX integer matmuls whose spec result (exact int32) onnxruntime does not always compute: its
+# u8 x s8 kernels on x86 CPUs without AVX-512 VNNI use vpmaddubsw, whose int16 sums of adjacent
+# products saturate (255 * 127 * 2 > 32767), so on such a CPU a quantize_dynamic encoder's
+# outputs move by whole accumulator steps. The reference for these ops is the spec's arithmetic
+# (onnx's ReferenceEvaluator, numpy int32), on every CPU.
+SPEC_REFERENCE_OPS = frozenset({"MatMulInteger", "ConvInteger"})
+
+
+def _needs_spec_reference(model: onnx.ModelProto) -> bool:
+    return any(n.domain == "ai.optc" or (n.domain in ("", "ai.onnx") and n.op_type in SPEC_REFERENCE_OPS)
+               for n in model.graph.node)
 
 
 def reference_name(model: onnx.ModelProto) -> str:
     """Which engine :func:`reference_outputs` runs for ``model`` (recorded in reports)."""
     if any(n.domain == "ai.optc" for n in model.graph.node):
         return "onnx ReferenceEvaluator with optc's numpy implementations of its ai.optc ops"
+    if _needs_spec_reference(model):
+        return ("onnx ReferenceEvaluator (exact int32 MatMulInteger/ConvInteger, as the ONNX spec defines them; "
+                "onnxruntime's u8 x s8 kernels saturate int16 pair sums on CPUs without VNNI)")
     import onnxruntime as ort
 
     return f"onnxruntime {ort.__version__} CPU, graph optimizations off"
@@ -70,6 +87,32 @@ class _OptcReferenceSession:
 
     def run(self, output_names, feeds):
         return self._ev.run(output_names, dict(feeds))
+
+
+def branch_coverage(model: onnx.ModelProto, sets: list[Mapping[str, np.ndarray]]) -> dict[str, dict[str, int]]:
+    """Which branch each data-dependent ``If`` of ``model``'s main graph took on the
+    verification ``sets``: ``{node: {"then": calls, "else": calls}}`` (empty without such an
+    If). The conditions are read by running the reference with them as extra outputs. A branch
+    no set took is compiled but was not compared with anything."""
+    consts = {t.name for t in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    nodes = [n for n in model.graph.node if n.op_type == "If" and n.input[0] not in consts]
+    if not nodes:
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    for cond in dict.fromkeys(n.input[0] for n in nodes):
+        if cond not in outputs:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(cond, onnx.TensorProto.BOOL, None))
+    names = [o.name for o in probe.graph.output]
+    sess = ort_session(probe)
+    taken = {n.name or n.output[0]: {"then": 0, "else": 0} for n in nodes}
+    for feeds in sets:
+        values = dict(zip(names, sess.run(None, dict(feeds))))
+        for n in nodes:
+            taken[n.name or n.output[0]]["then" if bool(np.asarray(values[n.input[0]]).reshape(-1)[0]) else "else"] += 1
+    return taken
 
 
 def generate_inputs(specs: list[TensorSpec], seed: int = 0, *, rng=None) -> dict[str, np.ndarray]:

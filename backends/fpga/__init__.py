@@ -12,6 +12,7 @@ Nothing here imports a simulator or synthesis tool at import time; they run as s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -26,14 +27,16 @@ def compile(model: str | os.PathLike, out_dir: str | os.PathLike | None = None, 
     ``inputs``, ``options``, ``progress``) go to :func:`optc.compile`."""
     from optc import api
 
-    from .config import FpgaConfig, use
+    from optc.stages import CompileOptions
+
+    from .config import FpgaConfig
 
     cfg = config if isinstance(config, FpgaConfig) else (
         FpgaConfig.from_dict(config) if isinstance(config, dict) else FpgaConfig.load(config) if config else FpgaConfig())
     if fps is not None:
         cfg.fps = fps
-    with use(cfg):
-        return api.compile(model, target, out_dir, **kwargs)
+    options = dataclasses.replace(kwargs.pop("options", None) or CompileOptions(), backend=cfg)
+    return api.compile(model, target, out_dir, options=options, **kwargs)
 
 
 def pareto(model: str | os.PathLike, *, target: str = "fpga", input_shapes=None, synth: bool = False,

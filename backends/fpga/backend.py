@@ -331,14 +331,24 @@ def assemble_report(graph: ir.FpgaGraph, part: extract.Partition | None, device:
 
 
 class FpgaBackend:
+    """The FPGA backend; ``config`` (an :class:`FpgaConfig`, default: its defaults) says what to
+    build and check (folding, simulation, synthesis, place-and-route)."""
+
     name = "fpga"
+    takes_config = True
+
+    def __init__(self, config: fpga_config.FpgaConfig | None = None):
+        self.config = config if config is not None else fpga_config.FpgaConfig()
 
     def supported_ops(self) -> set[str]:
         # the host parts run in onnxruntime: any standard op; what the FPGA takes is decided in build
         return _all_onnx_ops()
 
+    def target_facts(self, target: Target) -> dict:
+        return {}  # folding (PE x SIMD) is chosen per layer in build
+
     def check_environment(self, target: Target) -> None:
-        cfg = fpga_config.current()
+        cfg = self.config
         hls.compiler()
         if cfg.rtl_sim:
             sim.pick(cfg.simulator)
@@ -347,7 +357,7 @@ class FpgaBackend:
 
     def build(self, model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, out_dir: Path, *,
               params: str, tuning=None, progress=None) -> BuildResult:
-        cfg = fpga_config.current()
+        cfg = self.config
         device = device_for(target, cfg)
         part = extract.partition(model)
         graph = part.graph

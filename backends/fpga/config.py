@@ -3,7 +3,7 @@
 ``optc compile MODEL --target fpga`` uses the defaults (the fastest folding whose estimate
 fits the part, C and RTL simulation, synthesis and place-and-route). ``optc fpga MODEL --fps N
 [--fpga-config fpga.json]`` (``optc.cli_fpga``) and :func:`optc.backends.fpga.compile` set them
-for one compile via :func:`use`; a JSON config file holds the same keys as
+for one compile (``CompileOptions.backend``, the FPGA backend's constructor argument); a JSON config file holds the same keys as
 :class:`FpgaConfig`, e.g.::
 
     {"fps": 2e6, "clock_mhz": 100, "folding": {"mvau1": [8, 64]}, "pnr": true, "seed": 1}
@@ -11,8 +11,6 @@ for one compile via :func:`use`; a JSON config file holds the same keys as
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -62,20 +60,3 @@ class FpgaConfig:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
-
-
-_current: contextvars.ContextVar[FpgaConfig | None] = contextvars.ContextVar("optc_fpga_config", default=None)
-
-
-@contextlib.contextmanager
-def use(cfg: FpgaConfig):
-    """Builds inside this block use ``cfg``."""
-    token = _current.set(cfg)
-    try:
-        yield cfg
-    finally:
-        _current.reset(token)
-
-
-def current() -> FpgaConfig:
-    return _current.get() or FpgaConfig()

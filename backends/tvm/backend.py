@@ -28,6 +28,13 @@ class _TvmBackend:
     def check_environment(self, target: Target) -> None:
         return None
 
+    def target_facts(self, target: Target) -> dict:
+        """What compile fills into pass parameters a pipeline leaves to the target
+        (``facts.target_facts``: the fp32 SIMD lanes as ``channel_multiple``)."""
+        from .facts import target_facts
+
+        return target_facts(target)
+
     def _export(self, executable, path: Path) -> None:
         executable.export_library(str(path))
 
@@ -62,6 +69,7 @@ class CpuSession(SessionBase):
         from tvm import relax
 
         files = manifest["files_by_role"]
+        self._pkg, self._manifest = pkg_dir, manifest
         self._lib = tvm.runtime.load_module(str(pkg_dir / files["library"]))
         self._dev = tvm.cpu()
         self._vm = relax.VirtualMachine(self._lib, self._dev)
@@ -79,6 +87,18 @@ class CpuSession(SessionBase):
         """Seconds per :meth:`run`: numpy inputs in, numpy outputs out (input conversion, the
         VM call and the output copies), the same boundary as onnxruntime's ``run``."""
         return self._wall_clock_times(inputs, warmup, repeat)
+
+    def profile_kernels(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> dict:
+        """Time per called function (kernels and VM builtins) over ``repeat`` instrumented
+        runs, with FLOPs per kernel from its TIR (``kernel_profile.profile_vm``)."""
+        from tvm import relax
+
+        from . import kernel_profile
+
+        vm = relax.VirtualMachine(self._lib, self._dev)  # its own VM: the instrument stays off this one
+        result = kernel_profile.profile_vm(vm, self._args(inputs), warmup, repeat)
+        flops = kernel_profile.kernel_flops(self._pkg, self._manifest)
+        return kernel_profile.with_flops(result, flops)
 
 
 class CpuBackend(_TvmBackend):

@@ -490,6 +490,9 @@ class CudaBackend:
     def supported_ops(self) -> set[str]:
         return lower.supported_ops()
 
+    def target_facts(self, target: Target) -> dict:
+        return {}  # GPU kernels do not pad channel counts to a SIMD width
+
     def check_environment(self, target: Target) -> None:
         target_arch(target)
         check_tools()

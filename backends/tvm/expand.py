@@ -156,10 +156,10 @@ def _fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Function bodies compute shapes at run time (Shape, Gather, Concat, ...) that the
     importer cannot take as tensors; with the inputs' shapes bound they are constants:
     onnx-simplifier folds them (the model unchanged where it cannot)."""
-    try:
-        import onnxsim
+    from optc.simplifier import simplify
 
-        simplified, ok = onnxsim.simplify(model, check_n=0, initializers_as_constants=False)
+    try:
+        simplified, ok = simplify(model)  # in a child process: onnxsim crashes on some models
     except Exception:
         return model
     if not ok:

@@ -51,10 +51,28 @@ MaxPool keeps TVM's converter).
 ``IntGlobalAveragePool``: :func:`global_avg_pool_func`, an int32 sum of the codes per channel
 (NHWC: rows and columns outside, the contiguous channels vectorized inside) and the same
 requantization epilogue as the convolutions.
+
+``IntDense`` takes activations of any rank (``[batch, seq, hidden]``: the leading dimensions
+are flattened into the kernel's rows and restored, :func:`_dense`); with the optional
+``W_zero_point`` (asymmetric, e.g. uint8, weights) the kernel's int32 sum is corrected by the
+row sums of the codes and requantized in Relax ops (:func:`_dense_weight_zero_point`).
+
+Standard ONNX integer ops (onnxruntime's ``quantize_dynamic``), exact int32 as the spec defines
+them: ``MatMulInteger`` with a static 2-D ``B`` (:func:`_matmul_integer`) and ``ConvInteger``
+(:func:`_conv_integer`, TVM has no converter). Where a bound proves every partial sum an integer
+below 2^24 (:func:`_exact_in_fp32`: ``terms * 255 * max|w - z_w|``, read from the constant
+weight) and, for MatMulInteger, the CPU has no int8 dot product (``generic``), they compute in
+float32 on the zero-point-shifted operands with optc's fp32 schedules (exact, and faster than
+the generic int32 kernel); otherwise MatMulInteger runs on the dense kernel
+(:func:`_matmul_integer_kernel`: uint8 weights shifted to int8, the activation zero point folded
+into a run-time bias, the weight zero point as row sums) and ConvInteger as an int32 Relax
+convolution. ``DynamicQuantizeLinear``: TVM's converter with onnxruntime's scale of 1 for a
+constant input (TVM divided by 0).
 """
 
 from __future__ import annotations
 
+import numpy as np
 
 from optc.passes.optc_ops import ConvGeometry, conv_output_shape
 from optc.passes.quant.int_ops import Requant
@@ -312,9 +330,10 @@ def depthwise_te(x_shape, geom: ConvGeometry, rq: Requant, *, in_dtype: str):
     return [X, W, Bv, M, S], Y
 
 
-def dense_te(M_, K, N, rq: Requant, *, in_dtype: str, kdtype: str):
+def dense_te(M_, K, N, rq: Requant | None, *, in_dtype: str, kdtype: str):
     """TE tensors of IntDense on packed weights ``Wp [NB, 1, 1, KB, 16, 4]`` (the conv weight
-    layout of a 1x1 kernel) and the kernel's bias."""
+    layout of a 1x1 kernel) and the kernel's bias; ``rq=None``: no requantization, ``Y`` is the
+    int32 accumulator plus bias (MatMulInteger) and ``multiplier``/``shift`` are not inputs."""
     from tvm import te, tirx
 
     NB, KB = _cdiv(N, LANES), channel_blocks(K, 1, 1)
@@ -332,6 +351,9 @@ def dense_te(M_, K, N, rq: Requant, *, in_dtype: str, kdtype: str):
     rkb, rg = te.reduce_axis((0, KB), "kb"), te.reduce_axis((0, GROUP), "g")
     Acc = te.compute((M_, NB, LANES), lambda m, nb, l: te.sum(
         Xp[m, rkb, rg].astype("int32") * Wp[nb, 0, 0, rkb, l, rg].astype("int32"), axis=[rkb, rg]), name="Acc")
+    if rq is None:
+        Y = te.compute((M_, N), lambda m, n: Acc[m, n // LANES, n % LANES] + Bk[n], name="Y")
+        return [X, Wp, Bk], Y
     Y = te.compute((M_, N), lambda m, n: _requant(Acc[m, n // LANES, n % LANES] + Bk[n], Mu[n], S[n], rq), name="Y")
     return [X, Wp, Bk, Mu, S], Y
 
@@ -657,8 +679,8 @@ def int_max_pool_supported(shape, dtype: str, attr: dict) -> bool:
             and all(p < k for p, k in zip(pads, ks + ks)))
 
 
-def dense_func(isa, M, K, N, rq: Requant, *, in_dtype: str):
-    """IntDense (:func:`dense_te`), scheduled for ``isa``."""
+def dense_func(isa, M, K, N, rq: Requant | None, *, in_dtype: str):
+    """IntDense (:func:`dense_te`; ``rq=None``: int32 output), scheduled for ``isa``."""
     from tvm import te
 
     ins, Y = dense_te(M, K, N, rq, in_dtype=in_dtype, kdtype=kernel_dtype(isa))
@@ -709,6 +731,198 @@ def _kernel_bias(bb, w4, bias, in_dtype: str, isa: str):
     # u8 input, s8 kernel: x = x_k + 128 -> sum x w = sum x_k w + 128 sum w
     delta = -128 if kd == "uint8" else 128
     return _call(bb, bias_adjust_func(n, c, kh, kw, delta, True), "optc_int_bias", [w4, bias], [n], "int32")
+
+
+def _dense(bb, x, w, bias, requant: list, rq: Requant | None):
+    """``x [..., K]`` (leading dimensions flattened into the kernel's rows and restored after)
+    times ``w [N, K]`` int8 through :func:`dense_func`; ``rq=None``: int32 accumulators."""
+    from tvm import relax
+
+    isa = current_isa()
+    *lead, k = static_shape(x)
+    n = static_shape(w)[0]
+    m = 1
+    for d in lead:
+        m *= d
+    x2 = x if len(lead) == 1 else bb.emit(relax.op.reshape(x, [m, k]))
+    in_dtype = _dtype(x)
+    w4 = bb.emit(relax.op.reshape(w, [n, k, 1, 1]))
+    wp = _call(bb, weight_pack_func(n, k, 1, 1), "optc_int_weight_pack", [w4], weight_pack_shape(n, k, 1, 1), "int8")
+    bk = _kernel_bias(bb, w4, bias, in_dtype, isa)
+    func = dense_func(isa, m, k, n, rq, in_dtype=in_dtype)
+    y = call_kernel(bb, func, "optc_int_dense", [x2, wp, bk, *requant], [m, n], rq.out_dtype if rq else "int32")
+    return y if len(lead) == 1 else relax.op.reshape(bb.emit(y), [*lead, n])
+
+
+def _dense_weight_zero_point(bb, x, w, bias, mult, shift, w_zp, rq: Requant):
+    """IntDense with ``W_zero_point``: the dense kernel's int32 ``sum_k x w + B``, minus
+    ``W_zero_point[n] * sum_k x`` (row sums of the codes), then the op's requantization in
+    int64 Relax ops (the same arithmetic as :func:`_requant`)."""
+    from tvm import relax
+
+    acc = bb.emit(_dense(bb, x, w, bias, [], None))
+    rows = relax.op.sum(relax.op.astype(x, "int32"), axis=[-1], keepdims=True)
+    acc = relax.op.astype(relax.op.subtract(acc, relax.op.multiply(rows, w_zp)), "int64")
+    s64 = bb.emit(relax.op.astype(shift, "int64"))
+    one = relax.const(1, "int64")
+    half = relax.op.left_shift(relax.op.broadcast_to(one, static_shape(s64)), relax.op.subtract(s64, one))
+    y = relax.op.right_shift(relax.op.add(relax.op.multiply(acc, relax.op.astype(mult, "int64")), half), s64)
+    y = relax.op.add(y, relax.const(rq.y_zero_point, "int64"))
+    return relax.op.astype(relax.op.clip(y, rq.out_min, rq.out_max), rq.out_dtype)
+
+
+def _const_value(expr, params=None):
+    """The numpy value of a Relax constant, or of a weight the importer keeps as a parameter
+    (``params``: the converter's argument, read without binding it); None for anything else."""
+    import tvm
+    from tvm import relax
+
+    if isinstance(expr, tvm.ir.GenericConst):
+        return expr.value.numpy()
+    if params is not None and isinstance(expr, relax.Var) and expr.name in params[1]:
+        value = params[1][expr.name][1]
+        return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+    return None
+
+
+def _optc_matmul_integer(a, b, a_zp, b_zp) -> str | None:
+    """Why ONNX MatMulInteger(a, b, a_zp, b_zp) does not go to optc's dense kernel (None: it
+    does): an LLVM CPU target, static ``a [..., M, K]`` and ``b [K, N]`` of 8-bit codes, a
+    per-tensor ``a_zp``, ``b_zp`` per tensor or per column."""
+    import tvm
+
+    tgt = tvm.target.Target.current(allow_none=True)
+    if tgt is None or tgt.kind.name != "llvm":
+        return "not an LLVM CPU target"
+    try:
+        a_shape, b_shape = static_shape(a), static_shape(b)
+        zps = [static_shape(z) for z in (a_zp, b_zp) if z is not None]
+    except Exception:  # noqa: BLE001 - symbolic shapes: the stock converter
+        return "symbolic shape"
+    codes = ("uint8", "int8")
+    if len(a_shape) < 2 or len(b_shape) != 2 or _dtype(a) not in codes or _dtype(b) not in codes:
+        return "shapes or types"
+    if a_zp is not None and int(np.prod(zps[0])) != 1:
+        return "per-row A zero point"
+    if b_zp is not None and int(np.prod(zps[-1])) not in (1, b_shape[1]):
+        return "B zero point shape"
+    return None
+
+
+FP32_EXACT = 1 << 24  # integers up to this magnitude (and every partial sum below it) are exact in float32
+
+
+def _weight_spread(b, b_zp, axis: int, params=None) -> int:
+    """``max |b - b_zp|`` over a constant weight (per-channel zero points along ``axis``);
+    the type's worst case (255) when either is not a constant."""
+    bv = _const_value(b, params)
+    zv = np.zeros(1) if b_zp is None else _const_value(b_zp, params)
+    if bv is None or zv is None:
+        return 255
+    shape = [1] * bv.ndim
+    shape[axis] = -1
+    zv = np.asarray(zv, np.int64).reshape(shape if zv.size > 1 else [1] * bv.ndim)
+    return int(np.abs(bv.astype(np.int64) - zv).max(initial=0))
+
+
+def _exact_in_fp32(terms: int, spread: int) -> bool:
+    """Whether a sum of ``terms`` products ``(a - z_a)(b - z_b)``, ``|a - z_a| <= 255`` and
+    ``|b - z_b| <= spread``, is exact in float32 in any summation order: every partial sum is
+    an integer below 2^24."""
+    return terms * 255 * spread < FP32_EXACT
+
+
+def _centered_f32(bb, v, zp, zp_shape: list[int] | None = None):
+    """``float32(v) - float32(zp)`` (``zp`` reshaped to ``zp_shape`` when given)."""
+    from tvm import relax
+
+    vf = relax.op.astype(v, "float32")
+    if zp is None:
+        return bb.emit(vf)
+    z = bb.emit(relax.op.astype(zp, "float32"))
+    return bb.emit(relax.op.subtract(vf, relax.op.reshape(z, zp_shape if zp_shape is not None else [])))
+
+
+def _matmul_integer(bb, a, b, a_zp, b_zp, params=None):
+    """ONNX MatMulInteger on a CPU, exact: in float32 (optc's fp32 matmul schedules) where the
+    bound :func:`_exact_in_fp32` proves every partial sum exact and the target has no int8 dot
+    product (``generic``: AVX2, ARM without dotprod, where the float FMA path is the faster
+    one), else on the int8 dense kernel (:func:`_matmul_integer_kernel`)."""
+    from tvm import relax
+
+    k, n = static_shape(b)
+    if current_isa() == "generic" and _exact_in_fp32(k, _weight_spread(b, b_zp, 1, params)):
+        af = _centered_f32(bb, a, a_zp)
+        bf = _centered_f32(bb, b, b_zp, None if b_zp is None or int(np.prod(static_shape(b_zp))) == 1 else [1, n])
+        return relax.op.astype(relax.op.matmul(af, bf), "int32")
+    return _matmul_integer_kernel(bb, a, b, a_zp, b_zp)
+
+
+def _matmul_integer_kernel(bb, a, b, a_zp, b_zp):
+    """``(a - a_zp) @ (b - b_zp)`` in int32 on optc's dense kernel. With ``b8 = b`` (int8) or
+    ``b - 128`` (uint8, so the weights are int8) and ``zb = b_zp`` or ``b_zp - 128``:
+    ``acc[m, n] = sum_k a b8 + (K za zb[n] - za colsum(b8)[n]) - zb[n] rowsum(a)[m]``; the
+    kernel computes the first sum plus the bias in parentheses (exact int32; the row term only
+    when ``zb`` is not the constant 0)."""
+    from tvm import relax
+
+    k, _ = static_shape(b)
+    i32 = "int32"
+    shift = 128 if _dtype(b) == "uint8" else 0
+    b8 = b if not shift else bb.emit(
+        relax.op.astype(relax.op.subtract(relax.op.astype(b, i32), relax.const(shift, i32)), "int8"))
+    za = relax.const(0, i32) if a_zp is None else bb.emit(relax.op.reshape(bb.emit(relax.op.astype(a_zp, i32)), []))
+    zb = relax.const(-shift, i32) if b_zp is None else bb.emit(
+        relax.op.subtract(relax.op.reshape(bb.emit(relax.op.astype(b_zp, i32)), [-1]), relax.const(shift, i32)))
+    colsum = bb.emit(relax.op.sum(relax.op.astype(b8, i32), axis=[0]))
+    bias = bb.emit(relax.op.subtract(relax.op.multiply(relax.op.multiply(za, zb), relax.const(k, i32)),
+                                     relax.op.multiply(za, colsum)))
+    y = bb.emit(_dense(bb, a, bb.emit(relax.op.permute_dims(b8, [1, 0])), bias, [], None))
+    zb_value = _const_value(zb) if b_zp is None else (None if _const_value(b_zp) is None
+                                                       else _const_value(b_zp).astype(np.int64) - shift)
+    if zb_value is not None and not np.any(zb_value):
+        return y
+    rowsum = relax.op.sum(relax.op.astype(a, i32), axis=[-1], keepdims=True)
+    return relax.op.subtract(y, relax.op.multiply(rowsum, zb))
+
+
+def _conv_integer(bb, x, w, x_zp, w_zp, attr: dict, params=None):
+    """ONNX ConvInteger: ``conv(x - x_zp, w - w_zp)``, in float32 where :func:`_exact_in_fp32`
+    proves it exact (optc's fp32 conv schedules), else in int32 (:func:`_int_conv`)."""
+    from tvm import relax
+
+    rank = len(static_shape(w))
+    terms = int(np.prod(static_shape(w)[1:]))
+    if _exact_in_fp32(terms, _weight_spread(w, w_zp, 0, params)):
+        xf = _centered_f32(bb, x, x_zp)
+        per_channel = w_zp is not None and int(np.prod(static_shape(w_zp))) > 1
+        wf = _centered_f32(bb, w, w_zp, [-1] + [1] * (rank - 1) if per_channel else None)
+        return relax.op.astype(_int_conv(bb, xf, wf, attr, rank - 2, "float32"), "int32")
+    xi = relax.op.astype(x, "int32")
+    wi = relax.op.astype(w, "int32")
+    if x_zp is not None:
+        xi = relax.op.subtract(xi, relax.op.reshape(bb.emit(relax.op.astype(x_zp, "int32")), []))
+    if w_zp is not None:
+        zw = bb.emit(relax.op.astype(w_zp, "int32"))
+        wi = relax.op.subtract(wi, relax.op.reshape(zw, [-1] + [1] * (rank - 1)))
+    return _int_conv(bb, bb.emit(xi), bb.emit(wi), attr, rank - 2)
+
+
+def _int_conv(bb, x, w, attr: dict, dims: int, out_dtype: str = "int32"):
+    """Relax convolution (1-D or 2-D) of ONNX Conv attributes (explicit pads only)."""
+    from tvm import relax
+
+    if dims not in (1, 2):
+        raise ValueError(f"ConvInteger with {dims} spatial dimensions (1 or 2 supported)")
+    ap = attr.get("auto_pad", b"NOTSET")
+    if (ap.decode() if isinstance(ap, bytes) else ap) not in ("NOTSET", ""):
+        raise ValueError("ConvInteger with auto_pad (explicit pads only)")
+    pads = [int(v) for v in attr.get("pads", [0] * 2 * dims)]
+    strides = [int(v) for v in attr.get("strides", [1] * dims)]
+    dil = [int(v) for v in attr.get("dilations", [1] * dims)]
+    group = int(attr.get("group", 1))
+    conv = relax.op.nn.conv2d if dims == 2 else relax.op.nn.conv1d
+    return conv(x, w, strides=strides, padding=pads, dilation=dil, groups=group, out_dtype=out_dtype)
 
 
 def _register() -> None:
@@ -781,17 +995,64 @@ def _register() -> None:
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
             x, w, bias, mult, shift = inputs[:5]
-            isa = current_isa()
-            m, k = static_shape(x)
-            n = static_shape(w)[0]
-            in_dtype = _dtype(x)
+            w_zp = inputs[5] if len(inputs) > 5 else None
             rq = _requant_attrs(attr)
-            w4 = bb.emit(relax.op.reshape(w, [n, k, 1, 1]))
-            wp = _call(bb, weight_pack_func(n, k, 1, 1), "optc_int_weight_pack", [w4],
-                       weight_pack_shape(n, k, 1, 1), "int8")
-            bk = _kernel_bias(bb, w4, bias, in_dtype, isa)
-            func = dense_func(isa, m, k, n, rq, in_dtype=in_dtype)
-            return call_kernel(bb, func, "optc_int_dense", [x, wp, bk, mult, shift], [m, n], rq.out_dtype)
+            if w_zp is None:
+                return _dense(bb, x, w, bias, [mult, shift], rq)
+            return _dense_weight_zero_point(bb, x, w, bias, mult, shift, w_zp, rq)
+
+    from tvm.relax.frontend.onnx.onnx_frontend import MatMulInteger as StockMatMulInteger
+
+    @register_converter("", "MatMulInteger")
+    class MatMulInteger(StockMatMulInteger):
+        """ONNX MatMulInteger (quantize_dynamic's MatMul) on optc's dense kernel (VNNI / sdot /
+        int32 multiply-add) where :func:`_optc_matmul_integer` allows; else TVM's converter
+        (a plain int32 matmul). Exact int32 either way."""
+
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):
+            a, b = inputs[0], inputs[1]
+            a_zp = inputs[2] if len(inputs) > 2 else None
+            b_zp = inputs[3] if len(inputs) > 3 else None
+            if _optc_matmul_integer(a, b, a_zp, b_zp) is not None:
+                return super()._impl_v10(bb, inputs, attr, params)
+            return _matmul_integer(bb, a, b, a_zp, b_zp, params)
+
+    @register_converter("", "DynamicQuantizeLinear")
+    class DynamicQuantizeLinear(Base):
+        """ONNX DynamicQuantizeLinear as onnxruntime computes it: TVM's converter divided by a
+        scale of 0 for a constant input (max = min = 0), where onnxruntime takes scale 1
+        (``scale = max == min ? 1 : (max - min) / 255``), so the codes and zero point were
+        garbage for an all-zero activation."""
+
+        @classmethod
+        def _impl_v11(cls, bb, inputs, attr, params):
+            x = inputs[0]
+            dt = _dtype(x)
+            zero = relax.const(0, dt)
+            x_max = bb.emit(relax.op.maximum(zero, relax.op.max(x)))
+            x_min = bb.emit(relax.op.minimum(zero, relax.op.min(x)))
+            spread = bb.emit(relax.op.subtract(x_max, x_min))
+            scale = bb.emit(relax.op.where(relax.op.equal(spread, zero), relax.const(1.0, dt),
+                                           relax.op.divide(spread, relax.const(255.0, dt))))
+            zp_fp = relax.op.subtract(zero, relax.op.divide(x_min, scale))
+            zp = bb.emit(relax.op.astype(relax.op.round(relax.op.clip(zp_fp, 0, 255)), "uint8"))
+            y = relax.op.quantize(x, scale, zp, axis=0, out_dtype="uint8")
+            return relax.Tuple([y, scale, zp])
+
+    @register_converter("", "ConvInteger")
+    class ConvInteger(Base):
+        """ONNX ConvInteger (TVM has no converter): ``conv(x - x_zp, w - w_zp)`` in int32
+        (Relax ``conv2d``/``conv1d`` with ``out_dtype`` int32 on the zero-point-shifted
+        operands; padding then reads 0 = the real zero, as the spec's padding with the zero
+        point does). Exact; per-output-channel ``w_zero_point`` [M] broadcast on axis 0."""
+
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):
+            x, w = inputs[0], inputs[1]
+            x_zp = inputs[2] if len(inputs) > 2 else None
+            w_zp = inputs[3] if len(inputs) > 3 else None
+            return _conv_integer(bb, x, w, x_zp, w_zp, attr, params)
 
     @register_converter(DOMAIN, "IntGlobalAveragePool")
     class IntGlobalAveragePool(Base):

@@ -188,12 +188,14 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
     from tvm import relax
 
     from . import expand
+    from .static_operands import constants_for_static_operands
 
     try:
         model, _ = expand.expand_functions(model, _convertible())
     except Exception as err:
         msg = " ".join(str(err).split())[:400]
         raise UnsupportedModelError(f"expanding ONNX function ops into their bodies failed: {msg}") from err
+    model = constants_for_static_operands(model)  # shapes/axes as compile-time constants
     shape_dict = {s.name: list(s.shape) for s in inputs}
     dtype_dict = {s.name: s.dtype for s in inputs}
     scope = tvm_target(target) if target is not None else contextlib.nullcontext()
@@ -212,10 +214,17 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
 def prepare_module(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, embed_params: bool):
     """The Relax module that :func:`build` schedules and tuning extracts tasks from: imported
     in the target's scope, weights bound as constants (``embed_params``) or left as trailing
-    parameters, training-style ops decomposed. Returns (module, params or [] if embedded)."""
+    parameters, training-style ops decomposed. Returns (module, params or [] if embedded).
+
+    The importer builds a graph with an ``If`` without any dataflow block (Relax allows no
+    control flow inside one), and FuseOps fuses only inside dataflow blocks: the runs of
+    plain bindings around and inside the branches are put back into dataflow blocks
+    (``ConvertToDataflow``), so those models get fused kernels too."""
     from tvm import relax
 
     mod, params = import_onnx(model, inputs, target)
+    if any(n.op_type == "If" for n in model.graph.node):
+        mod = relax.transform.ConvertToDataflow(min_size=1)(mod)
     if embed_params and params:
         weights = mod["main"].params[len(inputs):]
         mod = relax.transform.BindParams("main", dict(zip(weights, params)))(mod)
@@ -256,6 +265,11 @@ def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, e
         raise
     except Exception as err:
         msg = " ".join(str(err).split())[:400]
+        if "has not been computed" in msg:  # VM shape lowering: a shape only known from input values
+            from .static_operands import hint
+
+            raise UnsupportedModelError("an output or intermediate shape depends on input values TVM cannot "
+                                        f"compute before running ({msg[:200]}){hint(model)}") from err
         raise InternalError(f"TVM build for {target.name}", msg) from err
     return executable, params
 

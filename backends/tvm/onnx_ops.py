@@ -22,6 +22,21 @@ the ONNX node tests (``tests/test_node_tests.py``).
   extra ``output_padding``), then TVM's converter runs.
 - Pow: integer bases (TVM's ``power`` takes floats only) through float64, rounded back; an
   exponent of another type than the base is cast to it (the output has the base's type).
+- Constant: TVM read only ``value``; ``value_float(s)`` / ``value_int(s)`` become tensors.
+- ConstantOfShape: TVM failed on a shape input that is a Relax shape (``Shape``'s output).
+- BitCast (missing, opset 26): ``topi.reinterpret`` between types of the same width.
+- ReduceMax / ReduceMin of floats: TVM's reduction starts at the lowest / highest finite
+  value, so a row of only -inf / +inf gave -FLT_MAX / FLT_MAX; it gives the infinity now.
+  Bool inputs (TVM's build failed: no initial value) through uint8.
+- Resize: TVM ignored ``axes`` and ``keep_aspect_ratio_policy``; roi/scales/sizes for those
+  axes are spread to every axis, and sizes under not_larger / not_smaller become
+  ``round(scale * in)`` with the min / max ratio as the one scale.
+- CumProd (missing, opset 26): ``relax.op.cumprod`` along the constant ``axis``, with
+  ``exclusive`` and ``reverse`` (flip, scan, flip) as CumSum.
+- OneHot: TVM asserted an integer ``depth`` and gave float64 values; depth of any numeric type,
+  output in the values' dtype, negative indices + depth, out-of-range indices all ``off``.
+- ReverseSequence (missing): one ``gather_elements`` along the time axis with index
+  ``L[b] - 1 - t`` for ``t < L[b]``, else ``t``.
 """
 
 from __future__ import annotations
@@ -200,6 +215,237 @@ def register() -> None:
             if dy != dx:
                 y = op.astype(y, dx)
             return op.power(x, y)
+
+    _register_gaps(relax, tvm_onnx, OnnxOpConverter)
+
+
+def _constant_array(expr, params, what: str):
+    """The numpy value of a constant operand; ValueError if it is a run-time value."""
+    import numpy as np
+    import tvm
+    from tvm.relax.frontend.onnx.onnx_frontend import get_constant
+
+    c = get_constant(expr, params)
+    if not isinstance(c, tvm.ir.GenericConst):
+        raise ValueError(f"{what} must be a constant (a graph input here: see --const-input)")
+    return np.asarray(c.value.numpy())
+
+
+def _constant_int(expr, params, what: str) -> int:
+    """The value of a scalar (or one-element) constant operand; ValueError if it is not one."""
+    value = _constant_array(expr, params, what)
+    if value.size != 1:
+        raise ValueError(f"{what} must be a scalar or a one-element tensor, not shape {list(value.shape)}")
+    return int(value.reshape(()))
+
+
+def _register_gaps(relax, tvm_onnx, OnnxOpConverter) -> None:
+    """Converters for ops the importer lacks (BitCast, CumProd, ReverseSequence) or gets wrong
+    (Constant's ``value_*`` attributes, ConstantOfShape of a shape, ReduceMax/Min of infinities
+    and bools, Resize's ``axes``, OneHot's depth and value types): see the module docstring."""
+    import numpy as np
+
+    op = relax.op
+    base_constant = tvm_onnx.Constant
+
+    @register_converter("", "Constant")
+    class Constant(OnnxOpConverter):
+        """``value_float(s)`` / ``value_int(s)`` as float32 / int64 tensors (TVM: ``value`` only)."""
+
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            for key, dtype in (("value_float", "float32"), ("value_floats", "float32"), ("value_int", "int64"),
+                               ("value_ints", "int64")):
+                if key in attr:
+                    return relax.const(np.array(attr[key], dtype=dtype), dtype)
+            return base_constant._impl_v13(bb, inputs, attr, params)
+
+        _impl_v1 = _impl_v9 = _impl_v11 = _impl_v12 = _impl_v13
+
+    base_constant_of_shape = tvm_onnx.ConstantOfShape
+
+    @register_converter("", "ConstantOfShape")
+    class ConstantOfShape(OnnxOpConverter):
+        """A shape value (``Shape``'s output is a Relax shape, not a tensor) broadcast to
+        directly; TVM converted it to a shape once more and failed."""
+
+        @classmethod
+        def _impl_v9(cls, bb, inputs, attr, params):
+            shape = inputs[0]
+            if not isinstance(getattr(shape, "ty", None), relax.ShapeType):
+                return base_constant_of_shape._impl_v9(bb, inputs, attr, params)
+            value = attr.get("value")
+            value = tvm_onnx.get_numpy(value) if value is not None else np.zeros((), np.float32)
+            dtype = str(value.dtype)
+            return op.broadcast_to(relax.const(np.asarray(value).reshape(()), dtype), shape)
+
+    @register_converter("", "BitCast")
+    class BitCast(OnnxOpConverter):
+        """The same bits read as type ``to`` (same width only: the shape stays), with
+        ``topi.reinterpret``."""
+
+        @classmethod
+        def _impl_v26(cls, bb, inputs, attr, params):
+            from onnx.helper import tensor_dtype_to_np_dtype
+            from tvm import topi
+
+            x = inputs[0]
+            src = np.dtype("bool" if _dtype(x) == "bool" else _dtype(x))
+            dst = np.dtype(tensor_dtype_to_np_dtype(int(attr["to"])))
+            if src.itemsize != dst.itemsize or dst == np.bool_:
+                raise ValueError(f"BitCast from {src.name} to {dst.name}: only types of the same width "
+                                 "(not to bool) are supported")
+            if src == np.bool_:
+                x = op.astype(x, "uint8")
+            return bb.emit_te(topi.reinterpret, x, dst.name)
+
+    _register_reductions_resize(relax, tvm_onnx, OnnxOpConverter)
+    _register_index_ops(relax, OnnxOpConverter)
+
+
+def _register_reductions_resize(relax, tvm_onnx, OnnxOpConverter) -> None:
+    """ReduceMax/ReduceMin keeping infinities (and taking bools), Resize with ``axes``."""
+    import numpy as np
+
+    op = relax.op
+
+    def const(value, like):
+        return relax.const(value, _dtype(like))
+
+    def _reduce_keeping_inf(name: str, inf: float):
+        """ReduceMax / ReduceMin of floats: TVM starts the reduction at the lowest (highest)
+        finite value, so a row of only -inf (+inf) gave -FLT_MAX (FLT_MAX); such rows get the
+        infinity back (an attention row fully masked with -inf relies on it)."""
+        base = getattr(tvm_onnx, name)
+        other = getattr(tvm_onnx, "ReduceMin")  # "all elements are inf": min of the indicator is 1
+
+        def convert(bb, inputs, attr, params, version: int):
+            x = inputs[0]
+            if _dtype(x) == "bool":  # TVM has no initial value for bool: through uint8
+                as_int = getattr(base, f"_impl_v{version}")(bb, [op.astype(x, "uint8"), *inputs[1:]], attr, params)
+                return op.astype(as_int, "bool")
+            reduced = getattr(base, f"_impl_v{version}")(bb, inputs, attr, params)
+            if not _dtype(x).startswith(("float", "bfloat")):
+                return reduced
+            hit = op.astype(op.equal(x, const(inf, x)), _dtype(x))
+            every = bb.normalize(getattr(other, f"_impl_v{version}")(bb, [hit, *inputs[1:]], attr, params))
+            return op.where(op.equal(every, const(1.0, x)), const(inf, x), reduced)
+
+        @register_converter("", name)
+        class _Reduce(OnnxOpConverter):
+            @classmethod
+            def _impl_v11(cls, bb, inputs, attr, params):
+                return convert(bb, inputs, attr, params, 11)
+
+            @classmethod
+            def _impl_v18(cls, bb, inputs, attr, params):
+                return convert(bb, inputs, attr, params, 18)
+
+    _reduce_keeping_inf("ReduceMax", float("-inf"))
+    _reduce_keeping_inf("ReduceMin", float("inf"))
+
+    base_resize = tvm_onnx.Resize
+
+    @register_converter("", "Resize")
+    class Resize(OnnxOpConverter):
+        """``axes`` (opset 18), which TVM ignored: ``roi``/``scales``/``sizes`` given for those
+        axes only are spread to every axis (roi 0..1, scale 1, size the input's) first."""
+
+        @classmethod
+        def _impl_v18(cls, bb, inputs, attr, params):
+            policy = attr.get("keep_aspect_ratio_policy", b"stretch")
+            policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+            if "axes" not in attr and policy == "stretch":
+                return base_resize._impl_v18(bb, inputs, attr, params)
+            rank = _rank(inputs[0])
+            dims = [int(v) for v in inputs[0].ty.shape]
+            axes = [int(a) % rank for a in attr.get("axes", range(rank))]
+            new = list(inputs) + [None] * (4 - len(inputs))
+            if policy != "stretch" and new[3] is not None:  # one scale for all axes, sizes rounded
+                sizes = _constant_array(new[3], params, "Resize sizes").reshape(-1)
+                ratios = [sizes[k] / dims[a] for k, a in enumerate(axes)]
+                scale = min(ratios) if policy == "not_larger" else max(ratios)
+                new[3] = relax.const(np.array([int(scale * dims[a] + 0.5) for a in axes], "int64"), "int64")
+            if new[1] is not None:
+                roi = _constant_array(new[1], params, "Resize roi").reshape(-1)
+                if roi.size:
+                    full = np.array([0.0] * rank + [1.0] * rank, roi.dtype)
+                    full[axes], full[[rank + a for a in axes]] = roi[:len(axes)], roi[len(axes):]
+                    new[1] = relax.const(full, str(roi.dtype))
+            for k, fill in ((2, np.ones(rank)), (3, np.array(dims))):
+                if new[k] is None:
+                    continue
+                given = _constant_array(new[k], params, "Resize scales/sizes").reshape(-1)
+                if given.size:
+                    full = fill.astype(given.dtype)
+                    full[axes] = given
+                    new[k] = relax.const(full, str(given.dtype))
+            attr = {k: v for k, v in attr.items() if k not in ("axes", "keep_aspect_ratio_policy")}
+            return base_resize._impl_v18(bb, new[:3] if new[3] is None else new, attr, params)
+
+
+
+def _register_index_ops(relax, OnnxOpConverter) -> None:
+    """CumProd, OneHot, ReverseSequence."""
+    import numpy as np
+
+    op = relax.op
+
+    @register_converter("", "CumProd")
+    class CumProd(OnnxOpConverter):
+        """Running product along ``axis`` (a constant); ``exclusive``, ``reverse`` as CumSum."""
+
+        @classmethod
+        def _impl_v26(cls, bb, inputs, attr, params):
+            x = inputs[0]
+            axis = _constant_int(inputs[1], params, "CumProd axis")
+            reverse = int(attr.get("reverse", 0)) != 0
+            if reverse:
+                x = op.flip(x, axis)
+            y = op.cumprod(x, axis, exclusive=int(attr.get("exclusive", 0)) != 0)
+            return op.flip(y, axis) if reverse else y
+
+    @register_converter("", "OneHot")
+    class OneHot(OnnxOpConverter):
+        """``out[..., d, ...] = on if index == d (negative indices + depth) else off``; depth of
+        any numeric type (truncated), values' dtype kept, out-of-range indices all ``off``."""
+
+        @classmethod
+        def _impl_v11(cls, bb, inputs, attr, params):
+            indices = inputs[0]
+            depth = int(_constant_array(inputs[1], params, "OneHot depth").reshape(-1)[0])
+            values = _constant_array(inputs[2], params, "OneHot values")
+            off, on = values.reshape(-1)[:2]
+            rank = _rank(indices)
+            axis = int(attr.get("axis", -1))
+            axis = axis + rank + 1 if axis < 0 else axis
+            idx = op.astype(indices, "int64")
+            idx = op.where(op.less(idx, relax.const(0, "int64")), op.add(idx, relax.const(depth, "int64")), idx)
+            shape = [1] * (rank + 1)
+            shape[axis] = depth
+            classes = op.reshape(op.arange(0, depth, 1, "int64"), shape)
+            hit = op.equal(op.expand_dims(idx, axis), classes)
+            dt = str(values.dtype)
+            return op.where(hit, relax.const(np.array(on, dt), dt), relax.const(np.array(off, dt), dt))
+
+    @register_converter("", "ReverseSequence")
+    class ReverseSequence(OnnxOpConverter):
+        """``out[t, b] = x[L[b] - 1 - t, b]`` for ``t < L[b]``, else ``x[t, b]`` (time and batch
+        axes 0/1 per ``time_axis`` / ``batch_axis``): one gather_elements along time."""
+
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):
+            x, lens = inputs
+            t_ax, b_ax = int(attr.get("time_axis", 0)), int(attr.get("batch_axis", 1))
+            shape = [int(v) for v in x.ty.shape]
+            steps = [1] * len(shape)
+            steps[t_ax] = shape[t_ax]
+            per_batch = [1] * len(shape)
+            per_batch[b_ax] = shape[b_ax]
+            t = op.reshape(op.arange(0, shape[t_ax], 1, "int64"), steps)
+            n = op.reshape(op.astype(lens, "int64"), per_batch)
+            idx = op.where(op.less(t, n), op.subtract(op.subtract(n, relax.const(1, "int64")), t), t)
+            return op.gather_elements(x, op.broadcast_to(idx, shape), t_ax)
 
 
 register_if_available(register)

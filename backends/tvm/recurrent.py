@@ -86,7 +86,7 @@ def activation_specs(op_type: str, attr: dict, directions: int) -> list[list[tup
 def register() -> None:
     import numpy as np
     import tvm
-    from tvm import relax
+    from tvm import relax, tirx
     from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter, get_constant
 
     op = relax.op
@@ -94,12 +94,18 @@ def register() -> None:
     def dtype_of(expr) -> str:
         return str(expr.ty.dtype)
 
-    def shape_of(expr) -> list[int]:
-        return [int(v) for v in expr.ty.shape]
+    def shape_of(expr) -> list:
+        """Static dims as ints; a symbolic dim stays the TIR expression (X is checked)."""
+        shape = getattr(expr.ty, "shape", None)
+        if shape is None:
+            return []
+        return [int(v) if isinstance(v, tirx.IntImm) else v for v in shape]
 
     def activate(bb, x, spec, clip):
         name, alpha, beta = spec
-        x = bb.emit(x)
+        # bind an expression once; re-emitting a bound var would add an alias binding that
+        # stops FuseOps from fusing the gate's slice into this activation's kernel
+        x = x if isinstance(x, relax.Var) else bb.emit(x)
         dt = dtype_of(x)
 
         def c(v):
@@ -137,10 +143,14 @@ def register() -> None:
         return bb.emit(op.squeeze(part, axis=[axis]))
 
     def parts(bb, x, n: int, axis: int = -1) -> list:
+        """x cut into n equal parts along axis: one strided_slice each (injective, so fusion
+        folds it into the gate's elementwise kernel; a ``split`` is a kernel of its own per
+        step, writing n new tensors)."""
         if n == 1:
             return [x]
-        t = bb.emit(op.split(x, n, axis=axis))
-        return [bb.emit(relax.TupleGetItem(t, i)) for i in range(n)]
+        size = shape_of(x)[axis] // n
+        return [bb.emit(op.strided_slice(x, axes=[axis], begin=[i * size], end=[(i + 1) * size]))
+                for i in range(n)]
 
     def sequence_mask(bb, seq, steps: int, batch: int):
         """None when sequence_lens is absent or a constant equal to ``steps``; else a
@@ -179,7 +189,13 @@ def register() -> None:
             x = bb.emit(op.permute_dims(x, [1, 0, 2]))
             h0 = bb.emit(op.permute_dims(h0, [1, 0, 2])) if h0 is not None else None
             c0 = bb.emit(op.permute_dims(c0, [1, 0, 2])) if c0 is not None else None
-        steps, batch, _ = shape_of(x)
+        x_shape = shape_of(x)
+        if len(x_shape) != 3 or not all(isinstance(v, int) for v in x_shape):  # also: rank unknown
+            raise ValueError(f"{op_type}: input X must be 3-D with static dims ([seq, batch, input], or "
+                             f"[batch, seq, input] with layout=1), got shape {tuple(x_shape)}; in a "
+                             "branch of an If, the branch not taken for the bound input shapes may be "
+                             "invalid for them (freeze the condition's input with --const-input)")
+        steps, batch, _ = x_shape
         mask = sequence_mask(bb, seq, steps, batch)
         zeros = relax.const(np.zeros((batch, hidden), dtype=dt))
 

@@ -287,27 +287,58 @@ def tvm_op(name):
 
 
 # ----------------------------------------------------------------------------- scheduling
-class _Params:
-    def __init__(self, target):
-        from tvm.target.codegen import llvm_get_vector_width
+def _vector_bits(target) -> int:
+    """SIMD register width (bits) that code for the TVM LLVM ``target`` may use, from LLVM's CPU
+    features: 512 with ``avx512f``, 256 with ``avx``, else 128 (SSE2; AArch64 NEON).
+    ``tvm.target.codegen.llvm_get_vector_width`` answers 512 for every x86-64 CPU in TVM 0.27
+    (``znver3``, ``haswell`` and plain ``x86-64`` included), which made the schedules use
+    two-register vectors and spill on AVX2 machines."""
+    from tvm.target import codegen
 
-        try:
-            bits = int(llvm_get_vector_width(target))
-        except Exception:  # noqa: BLE001
-            bits = 128
-        self.vector_bits = bits if bits > 0 else 128
+    if str(target.attrs.get("mtriple", "") or "").startswith("aarch64"):
+        return 128
+    try:
+        with target:
+            if codegen.target_has_features("avx512f"):
+                return 512
+            if codegen.target_has_features("avx"):
+                return 256
+    except Exception:  # noqa: BLE001 - a target LLVM cannot describe: the safe baseline
+        pass
+    return 128
+
+
+class _Params:
+    """What the rules need to know about an LLVM CPU target: its SIMD width, the vector
+    registers a register tile may use for accumulators, and the cores."""
+
+    # accumulators a register tile needs to keep the FMA pipes busy (two pipes x four to five
+    # cycles of latency); a tile with fewer is reshaped when the axes allow (see _register_tile)
+    min_accumulators = 8
+    # bytes of the second operand one column block of a register tile may span (half a
+    # Zen 3 / Skylake-SP core's L2 of 512 KB to 1 MB, and of Cortex-A72/A76 clusters' L2)
+    block_bytes = 256 * 1024
+
+    def __init__(self, target):
+        self.vector_bits = _vector_bits(target)
         triple = str(target.attrs.get("mtriple", "") or "")
-        # 32 vector registers on AVX-512 and AArch64, 16 on SSE/AVX2.
-        regs = 32 if (self.vector_bits >= 512 or triple.startswith("aarch64")) else 16
-        self.acc_budget = regs - 8  # accumulators; the rest hold operands
+        # 32 vector registers on AVX-512 and AArch64: 24 accumulators, 8 for operands. 16 on
+        # SSE/AVX2: 12 accumulators (an FMA takes its vector operand from memory, so one
+        # broadcast and a few loaded vectors are all the operand registers a tile needs; the
+        # 6 x 2-vector sgemm kernels of BLAS libraries use the same split).
+        wide = self.vector_bits >= 512 or triple.startswith("aarch64")
+        self.acc_budget = 24 if wide else 12
         cores = target.attrs.get("num-cores", None)
         self.cores = int(cores) if cores else 2
 
-    def lanes(self, dtype) -> int:
+    @staticmethod
+    def bits(dtype) -> int:
         import tvm
 
-        bits = tvm.DataType(str(dtype)).bits or 32
-        return max(1, self.vector_bits // bits)
+        return tvm.DataType(str(dtype)).bits or 32
+
+    def lanes(self, dtype) -> int:
+        return max(1, self.vector_bits // self.bits(dtype))
 
 
 def schedule_cpu(mod, target, log: list | None = None):
@@ -481,6 +512,37 @@ def _vector_tile(extent: int, lanes: int, max_elems: int) -> tuple[int, int]:
     return m, w
 
 
+def _register_tile(v_extent: int, u_extent: int, lanes: int, params: "_Params",
+                   red_bytes: int) -> tuple[int, int, int]:
+    """(vectors, vector width, rows) of a contraction's register tile: up to two vectors along
+    the vector axis and as many rows of the next output axis as the accumulator budget allows
+    (rows must divide the axis).
+
+    When that leaves fewer than ``params.min_accumulators`` accumulators (a row count with no
+    small divisor, e.g. 7 or 14 wide feature maps), the tile with the most accumulators is
+    taken instead, among those whose slice of the second operand (``red_bytes`` per output
+    column, times the tile's columns) fits ``params.block_bytes``: the tiles along the other
+    output axes reuse that slice from L2, so a wide tile over a deep reduction (8 vectors x
+    4608 weights = 1.2 MB in ResNet's last stage) would stream it from L3 for every tile.
+    Fewer loads per FMA break ties."""
+    vm, vw = _vector_tile(v_extent, lanes, 2 * lanes)
+    per = max(1, math.ceil(vw / lanes))  # registers per vector
+
+    def rows(m: int) -> int:
+        return _largest_divisor(u_extent, max(1, params.acc_budget // (m * per)))
+
+    ui = rows(vm)
+    if vm * per * ui >= params.min_accumulators or vw < lanes:
+        return vm, vw, ui
+    best = (vm * per * ui, vm * ui / (vm + ui), vm, ui)
+    for m in range(1, params.acc_budget // per + 1):
+        if (v_extent // vw) % m or (m > vm and m * vw * red_bytes > params.block_bytes):
+            continue
+        r = rows(m)
+        best = max(best, (m * per * r, m * r / (m + r), m, r))
+    return best[2], vw, best[3]
+
+
 def _work(sch, block) -> int:
     total = 1
     for loop in sch.get_loops(block):
@@ -593,15 +655,12 @@ def _rule_contraction(func, target, params):
 
     dtype = st.writes[0].source.dtype
     lanes = params.lanes(dtype)
-    # register tile: vi along v, ui along the next output axis
-    vm, vw = _vector_tile(extents[v], lanes, 2 * lanes)
-    nvec = vm * max(1, math.ceil(vw / lanes))
+    # register tile: vm vectors of vw along v, ui along the next output axis
     u = next((k for k in reversed(out_vars) if k is not None and k != v and extents[k] > 1), None)
-    ui = 1
-    if u is not None:
-        ui = _largest_divisor(extents[u], max(1, params.acc_budget // nvec))
-        if ui == 1:
-            u = None
+    red_bytes = math.prod(extents[k] for k in reduce_) * max(1, params.bits(dtype) // 8)
+    vm, vw, ui = _register_tile(extents[v], extents[u] if u is not None else 1, lanes, params, red_bytes)
+    if ui == 1:
+        u = None
 
     # ---- producers: inline pure data movement, keep the rest (padding) at root
     for b in infos[:ri]:
@@ -701,8 +760,35 @@ def _rule_dlight(func, target, params):
             continue
         if isinstance(sch, list):
             sch = sch[0]
+        if _func_work(func) < PARALLEL_MIN_WORK:  # DLight parallelizes whatever the size
+            sch = _without_parallel(func, sch)
         return sch.mod["main"]
     return None
+
+
+def _func_work(func) -> int:
+    """The largest loop-nest size (iterations) of any block of the unscheduled ``func``."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    return max((_work(sch, b.block_rv) for b in _block_infos(sch)), default=0)
+
+
+def _without_parallel(func, sch):
+    """``sch``'s schedule of ``func`` replayed without its ``parallel`` steps: the same tiling,
+    vectorization and unrolling, single-threaded (for loop nests below PARALLEL_MIN_WORK, where
+    the thread pool's fork/join, or a descheduled worker on a busy machine, costs more than
+    the loop: Silero VAD's 1-step conv1d GEMVs took milliseconds at 2 threads)."""
+    from tvm import s_tir
+
+    trace = sch.trace
+    keep = [inst for inst in trace.insts if inst.kind.name != "Parallel"]
+    if len(keep) == len(trace.insts):
+        return sch
+    decisions = {inst: d for inst, d in trace.decisions.items() if inst.kind.name != "Parallel"}
+    new = s_tir.Schedule(func)
+    s_tir.Trace(keep, decisions).apply_to_schedule(new, remove_postproc=False)
+    return new
 
 
 def _rule_injective(func, target, params):

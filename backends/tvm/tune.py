@@ -325,10 +325,11 @@ def make_builder(deadline: float | None, aarch64: bool, clock=None):
     return InProcessBuilder()
 
 
-def _measuring_runner(measure, label: str, deadline: float | None, clock, on_error=None):
+def _measuring_runner(measure, label: str, deadline: float | None, clock, on_error=None, on_close=None):
     """A MetaSchedule runner that measures each candidate in this process with
     ``measure(runner_input) -> costs``; past ``deadline`` a candidate fails with a budget
-    message; ``on_error`` runs after a failed measurement."""
+    message; ``on_error`` runs after a failed measurement, ``on_close`` when the tuning is done
+    with the runner (its ``close()``: drops a remote session)."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.runner import PyRunner
     from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
@@ -351,6 +352,10 @@ def _measuring_runner(measure, label: str, deadline: float | None, clock, on_err
                 clock.run_end()
             return futures
 
+        def close(self) -> None:
+            if on_close is not None:
+                on_close()
+
     return InProcessRunner()
 
 
@@ -367,18 +372,6 @@ def make_local_runner(evaluator, deadline: float | None = None, clock=None):
     return _measuring_runner(measure, "optc in-process run", deadline, clock)
 
 
-_RPC_STATES: list[dict] = []
-
-
-def close_rpc_sessions() -> None:
-    """Drop the RPC runners' sessions (a server serves one session at a time)."""
-    import gc
-
-    while _RPC_STATES:
-        _RPC_STATES.pop()["sess"] = None
-    gc.collect()
-
-
 def make_rpc_runner(remote, evaluator, deadline: float | None = None, session_timeout: float = 0, clock=None):
     """MetaSchedule measurement on a TVM RPC server, from this process, over one session
     reused for every candidate (reopened after a failure): upload the candidate library, load
@@ -390,7 +383,6 @@ def make_rpc_runner(remote, evaluator, deadline: float | None = None, session_ti
     from tvm.s_tir.meta_schedule.runner.rpc_runner import default_alloc_argument, default_run_evaluator
 
     state = {"sess": None}
-    _RPC_STATES.append(state)
 
     def measure(inp):
         if state["sess"] is None:
@@ -409,7 +401,13 @@ def make_rpc_runner(remote, evaluator, deadline: float | None = None, session_ti
     def drop_session():
         state["sess"] = None
 
-    return _measuring_runner(measure, "optc RPC run", deadline, clock, on_error=drop_session)
+    def close():  # a server serves one session at a time: let it go now, not at garbage collection
+        import gc
+
+        drop_session()
+        gc.collect()
+
+    return _measuring_runner(measure, "optc RPC run", deadline, clock, on_error=drop_session, on_close=close)
 
 
 def make_runner(rpc: str | None = None, tracker: str | None = None, key: str | None = None,
@@ -632,7 +630,7 @@ def tune_module(mod, tgt, request: TuningRequest, *, max_tasks: int | None = Non
                           num_trials_per_iter=per_iter, builder=builder, runner=runner, database=database,
                           cost_model="xgb", measure_callbacks=ms.MeasureCallback.create("default") + [progress.callback()],
                           task_scheduler="gradient", module_equality="structural")
-    close_rpc_sessions()
+    runner.close()
     per_task = []
     counts = _record_counts(database, mods)
     for i, (name, _, flops) in enumerate(tasks):

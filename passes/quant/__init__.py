@@ -26,6 +26,7 @@ from optc.pipeline import Pass, PassResult, register_pass
 
 from . import calibrate, integerize, qdq  # integerize: registers the integerize pass
 from . import qoperator  # noqa: F401  (registers expand-qoperator)
+from . import nbits  # noqa: F401  (registers expand-matmul-nbits)
 from .core import FP32, QuantConfig, Quantizer
 from .observers import OBSERVERS
 

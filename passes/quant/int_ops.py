@@ -126,7 +126,7 @@ def int_conv2d(x, w, b, geometry: ConvGeometry, x_zero_point: int = 0):
 
 
 def int_dense(x, w, b):
-    """int64 accumulators ``[M, N]`` of IntDense (before requantization)."""
+    """int64 accumulators ``[..., M, N]`` of IntDense (before requantization)."""
     acc = _matmul_exact(np.asarray(x), np.asarray(w).T)
     if b is not None:
         acc = acc + np.asarray(b, np.int64).reshape(1, -1)
@@ -242,7 +242,8 @@ def _int_dense_cost(s: Surrogate) -> bool:
     return bool(w) and dense_surrogate(s, w[1], w[0])
 
 
-@define(inputs=(Operand("X", _CODES), Operand("W", ("int8",)), Operand("B", _I32), *_REQUANT_OPERANDS),
+@define(inputs=(Operand("X", _CODES), Operand("W", ("int8",)), Operand("B", _I32), *_REQUANT_OPERANDS,
+                Operand("W_zero_point", _I32, optional=True)),
         attributes=_REQUANT_ATTRS, outputs=(Operand("Y", _CODES),),
         cost=Cost("int8", _int_dense_cost, dot_product=True, requantize=True), lowering=_TVM,
         example=lambda rng: _example_int_layer(rng, (3, 37), (21, 37)))
@@ -250,18 +251,30 @@ class IntDense(OpRun):
     """``IntDense(X, W, B, multiplier, shift) -> Y``  (attributes ``x_zero_point``,
     ``y_zero_point``, ``out_min``, ``out_max``, ``to``)
 
-    ``X`` uint8/int8 ``[M, K]``, ``W`` int8 ``[N, K]`` (rows are output features), ``B``,
-    ``multiplier``, ``shift`` as for IntConv2d. ``acc[m, n] = sum_k X[m, k] * W[n, k] + B[n]``,
-    then the same requantization; ``Y`` ``[M, N]``.
+    ``X`` uint8/int8 ``[..., M, K]`` (any leading dimensions, e.g. ``[batch, seq, hidden]``
+    activations of a transformer or a 1-d conv model), ``W`` int8 ``[N, K]`` (rows are output
+    features), ``B``, ``multiplier``, ``shift`` as for IntConv2d.
+    ``acc[..., m, n] = sum_k X[..., m, k] * W[n, k] + B[n]``, then the same requantization
+    (per output feature, the last axis); ``Y`` ``[..., M, N]``.
+
+    Optional ``W_zero_point`` int32 ``[N]`` (asymmetric weights, e.g. onnxruntime's uint8
+    weights stored as ``W = w_u8 - 128`` with ``W_zero_point = zp_u8 - 128``)::
+
+        acc[..., m, n] = sum_k X[..., m, k] * (W[n, k] - W_zero_point[n]) + B[n]
+        B[n] = b_q[n] - x_zero_point * sum_k (W[n, k] - W_zero_point[n])
+
+    i.e. ``sum (x - x_zero_point)(w - w_zero_point) + b_q``, exact in int32.
     """
 
     op_domain = DOMAIN
 
-    def _run(self, X, W, B, multiplier, shift, x_zero_point=None, y_zero_point=None,  # noqa: N803
-             out_min=None, out_max=None, to=None):
+    def _run(self, X, W, B, multiplier, shift, W_zero_point=None, x_zero_point=None,  # noqa: N803
+             y_zero_point=None, out_min=None, out_max=None, to=None):
+        if W_zero_point is not None:
+            W = np.asarray(W, np.int64) - np.asarray(W_zero_point, np.int64).reshape(-1, 1)
         acc = int_dense(X, W, B)
         _check_acc(acc, "IntDense")
-        return (requantize(acc, multiplier, shift, 1, y_zero_point or 0, out_min, out_max,
+        return (requantize(acc, multiplier, shift, -1, y_zero_point or 0, out_min, out_max,
                            _out_dtype(to, out_min, out_max)),)
 
 

@@ -36,9 +36,11 @@ below. A fused Relu that the quantizer removed (onnxruntime drops it when the ou
 quantizer's range starts at 0) needs nothing: the clamp to the output type is the Relu.
 
 Guarantees: every rewritten layer computes in integers; weights stay int8 initializers (int4:
-int8 in [-7, 7]); a layer that does not match stays in float QDQ and
-``details["float_layers"]`` says why (non-constant or non-int8 weight, weight zero point != 0,
-grouped conv other than depthwise, no output QuantizeLinear (``output-qdq=false`` on the last
+int8 in [-7, 7]; asymmetric MatMul/Gemm weights - uint8 with a zero point, as onnxruntime's
+``weight_type=QUInt8`` writes them, or int8 with a zero point - become int8 ``w - 128`` codes
+and IntDense's ``W_zero_point`` input, the bias folding ``zp_x * sum(w - zp_w)``); a layer that does not match stays in float QDQ and
+``details["float_layers"]`` says why (non-constant or non-8-bit weight, a Conv with a weight
+zero point != 0 or uint8 weights, grouped conv other than depthwise, no output QuantizeLinear (``output-qdq=false`` on the last
 layer), MatMul of rank > 2, non-constant parameters, multiplier out of range, an int32
 accumulator that could overflow, ...). Running it twice changes nothing the second time.
 
@@ -143,10 +145,11 @@ def _match(g: _Graph, node) -> dict:
     w = g.const(w_name)
     if w is None:
         w = _folded_quantize(g, w_name)  # float weight -> QuantizeLinear (onnxruntime's AddQDQPairToWeight)
-    if w is None or w.dtype != np.int8:
-        raise _NoMatch("weight is not an int8 constant")
-    if zp_w is not None and np.any(zp_w != 0):
-        raise _NoMatch("weight zero point != 0")
+    if w is None or w.dtype not in (np.int8, np.uint8):
+        raise _NoMatch("weight is not an 8-bit constant")
+    asymmetric = w.dtype == np.uint8 or (zp_w is not None and np.any(zp_w != 0))
+    if asymmetric and op == "Conv":
+        raise _NoMatch("weight zero point != 0 or uint8 weight on a Conv (asymmetric weights: MatMul/Gemm only)")
     # canonical weight: Conv [N, C/g, KH, KW]; dense [N, K]
     if op == "Conv":
         n_axis = 0
@@ -165,6 +168,7 @@ def _match(g: _Graph, node) -> dict:
     elif s_w.size != n or (w_axis % w.ndim) != n_axis:
         raise _NoMatch("weight scale is not per output channel")
     s_w = s_w.reshape(-1)
+    wk, w_zp = _weight_zero_point(wk, zp_w, n) if asymmetric else (wk, None)
     bias, bias_from = None, None
     if len(node.input) > 2 and node.input[2] and _is_float_const(g, node.input[2]):
         # a float bias (onnxruntime's QuantizeBias=False, quantize<quantize-bias=false>): rounded
@@ -244,11 +248,11 @@ def _match(g: _Graph, node) -> dict:
         mult, shift = int_ops.fixed_point(float(s_x.reshape(-1)[0]) * s_w / s_y)
     except ValueError as err:
         raise _NoMatch(str(err)) from None
-    wsum = wk.reshape(n, -1).astype(np.int64).sum(1)
-    b = (bias if bias is not None else np.zeros(n, np.int64)) - zx * wsum
+    wd = wk.reshape(n, -1).astype(np.int64) - (0 if w_zp is None else w_zp.astype(np.int64).reshape(-1, 1))
+    b = (bias if bias is not None else np.zeros(n, np.int64)) - zx * wd.sum(1)
     k = int(np.prod(wk.shape[1:]))
     x_range = 255 if x_qt == np.uint8 else 128
-    bound = k * x_range * 127 + np.abs(b).max(initial=0)
+    bound = k * x_range * int(np.abs(wd).max(initial=127)) + np.abs(b).max(initial=0)
     if bound > int_ops.ACC_LIMIT:  # bound includes max|b|
         raise _NoMatch("the int32 accumulator could overflow")
     attrs = {"x_zero_point": zx, "y_zero_point": zy, "out_min": int(qmin), "out_max": int(qmax), "to": int(ttype)}
@@ -268,7 +272,22 @@ def _match(g: _Graph, node) -> dict:
         op_type = "IntDense"
     return {"op_type": op_type, "x_q": x_q, "w": np.ascontiguousarray(wk.astype(np.int8)), "b": b.astype(np.int32),
             "mult": mult, "shift": shift, "attrs": attrs, "x_dtype": str(np.dtype(x_qt)), "out": nxt.output[0],
-            "chain": chain, "bias_from": bias_from}
+            "chain": chain, "bias_from": bias_from, "w_zp": w_zp}
+
+
+def _weight_zero_point(wk: np.ndarray, zp_w, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Asymmetric dense weights ``wk [N, K]`` (uint8, or int8 with a zero point; per tensor or
+    per output feature) -> (int8 codes, int32 zero point ``[N]``) with the same differences
+    ``w - zp``: uint8 codes and their zero point both move by -128 (IntDense's
+    ``W_zero_point``)."""
+    zp = np.zeros(n, np.int64) if zp_w is None else np.asarray(zp_w, np.int64).reshape(-1)
+    if zp.size == 1:
+        zp = np.full(n, zp[0])
+    if zp.size != n:
+        raise _NoMatch("weight zero point is not per tensor or per output feature")
+    if wk.dtype == np.uint8:
+        return (wk.astype(np.int16) - 128).astype(np.int8), (zp - 128).astype(np.int32)
+    return wk, zp.astype(np.int32)
 
 
 def _is_float_const(g: _Graph, name: str) -> bool:
@@ -327,7 +346,10 @@ def integerize_model(model: onnx.ModelProto, nhwc: bool = True) -> tuple[onnx.Mo
             continue
         base = lname.replace("/", "_").strip("_") or "layer"
         ins = [m["x_q"]]
-        for suffix, arr in (("w", m["w"]), ("bias", m["b"]), ("multiplier", m["mult"]), ("shift", m["shift"])):
+        params = [("w", m["w"]), ("bias", m["b"]), ("multiplier", m["mult"]), ("shift", m["shift"])]
+        if m["w_zp"] is not None:
+            params.append(("w_zero_point", m["w_zp"]))
+        for suffix, arr in params:
             nm = fresh(f"{base}__int_{suffix}")
             new_inits.append(numpy_helper.from_array(arr, nm))
             int_bytes += arr.nbytes
@@ -341,6 +363,8 @@ def integerize_model(model: onnx.ModelProto, nhwc: bool = True) -> tuple[onnx.Mo
                        if len(m["chain"]) == 3 else None),
                        "activation": m["x_dtype"],
                        "weight_range": [int(m["w"].min()), int(m["w"].max())],
+                       **({"weight_zero_point": "per output feature (asymmetric weights)"} if m["w_zp"] is not None
+                          else {}),
                        **({"bias": m["bias_from"]} if m["bias_from"] else {})})
     pools = _integer_pools(g, replaced, fresh)
     pools += _integer_gaps(g, replaced, fresh, new_inits)

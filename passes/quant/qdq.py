@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from optc.onnx_utils import attr, infer_shapes
+from optc.onnx_utils import FreshNames, attr, infer_shapes
 
 from . import qparams
 
@@ -281,27 +281,13 @@ def shared_sources(model: onnx.ModelProto, tensors: list[str]) -> dict[str, str]
     return out
 
 
-class _Names:
-    def __init__(self, model: onnx.ModelProto):
-        g = model.graph
-        self.used = {t.name for t in g.initializer} | {i.name for i in g.input} | \
-            {o for n in g.node for o in n.output} | {n.name for n in g.node if n.name}
-
-    def __call__(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
-        return name
-
-
 def insert_qdq(model: onnx.ModelProto, layers: list[Layer], weights: dict[str, WeightQ],
                acts: dict[str, ActQ], *, quantize_bias: bool = True) -> tuple[onnx.ModelProto, list[dict]]:
     """A new model with ``layers`` quantized (weights per ``weights[layer.name]``) and a Q/DQ
     pair on every tensor of ``acts``. Returns (model, per-layer records)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    names = _Names(model)
+    names = FreshNames(model)
     inits = {t.name: t for t in graph.initializer}
     input_names = {i.name for i in graph.input}
     new_inits: list[TensorProto] = []

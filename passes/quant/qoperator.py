@@ -17,6 +17,7 @@ import onnx
 import onnx_ir as ir
 from onnx import helper, numpy_helper
 
+from optc.onnx_utils import FreshNames
 from optc.pipeline import Pass, PassResult, register_pass
 
 MS = "com.microsoft"
@@ -57,17 +58,9 @@ class _Graph:
                 for a in n.attribute:
                     if a.name == "value":
                         self.consts[n.output[0]] = numpy_helper.to_array(a.t)
-        self.used = {o for n in model.graph.node for o in (*n.input, *n.output)} | set(self.consts) \
-            | {v.name for v in (*model.graph.input, *model.graph.output)}
+        self.fresh = FreshNames(model)
+        self.fresh.used |= set(self.consts)
         self.new_inits: list[onnx.TensorProto] = []
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
 
     def size(self, name: str) -> int | None:
         """Number of elements of a constant, None when ``name`` is not constant."""

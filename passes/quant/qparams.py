@@ -130,6 +130,11 @@ def weight_qparams(w: np.ndarray, bits: int, axis: int | None, amax: np.ndarray 
     ``axis`` None: one scale for the tensor; else one per index of ``axis`` (scale shape
     ``[w.shape[axis]]``). ``amax`` (same shape as the scale) overrides the observed max|w|, e.g.
     a clipping range chosen by an MSE search; values beyond it saturate.
+
+    A dead channel (max|w| at most 2^-24 of the tensor's largest, e.g. weights decayed to
+    ~1e-40) gets the median scale of the live channels: its weights quantize to 0, an error
+    below float32 resolution, where its own scale (~1e-42, a denormal) would put the integer
+    kernel's requantization multiplier out of range and keep the layer in float.
     """
     qt = weight_qtype(bits)
     w = np.asarray(w, np.float32)
@@ -140,6 +145,11 @@ def weight_qparams(w: np.ndarray, bits: int, axis: int | None, amax: np.ndarray 
             axes = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
             amax = np.max(np.abs(w), axis=axes) if w.size else np.zeros(w.shape[axis])
     scale = symmetric_scale(amax, qt)
+    if axis is not None and scale.size > 1:
+        amax = np.abs(np.asarray(amax, np.float64))
+        dead = amax <= amax.max() * 2.0 ** -24
+        if dead.any() and not dead.all():
+            scale = np.where(dead, np.float32(np.median(scale[~dead])), scale).astype(np.float32)
     zp = np.zeros(scale.shape, qt.np_dtype)
     q = quantize(w, scale, zp, qt, axis)
     return q, scale, zp, qt

@@ -38,6 +38,13 @@ graph (the verdict names the rule in ``tolerance_rule``):
 Integer outputs are compared exactly; graphs with no QuantizeLinear are compared as usual
 (:func:`optc.verify.compare`).
 
+**Dynamically quantized models** (``DynamicQuantizeLinear``, onnxruntime's
+``quantize_dynamic``): the reference computes MatMulInteger/ConvInteger exactly; float
+outputs pass within ``max(atol + rtol * max|ref|, FRACTION * e_q)`` where ``e_q`` is the
+model's own dynamic-quantization error, ``max|ref - unrounded|`` against the same graph with
+the rounding taken out (:func:`.dynamic.unrounded_model`): the fraction rule above, with the
+float model made from the quantized one (:func:`compare_dynamic`). Integer outputs stay exact.
+
 **Pre-quantized input models** (a QDQ model from any tool, integerized by optc): the rules
 above check the artifact against optc's integer reference (the integerized model). That
 reference rounds requantization half up in fixed point, while onnxruntime computes the input
@@ -59,8 +66,8 @@ import onnx
 
 from .qdq import VALUE_PRESERVING
 
-__all__ = ["output_steps", "exact_outputs", "compare_quantized", "compare_to_original_qdq", "STEPS",
-           "BIAS_STEPS", "FRACTION"]
+__all__ = ["output_steps", "exact_outputs", "compare_quantized", "compare_to_original_qdq", "compare_dynamic",
+           "STEPS", "BIAS_STEPS", "FRACTION"]
 
 STEPS = 4  # quantization steps of the output an artifact may differ by (rule "quantizer steps")
 BIAS_STEPS = 0.5  # ... and the most its mean difference may be, in steps
@@ -242,4 +249,38 @@ def compare_to_original_qdq(outputs: list[np.ndarray], refs: list[np.ndarray], n
             entry.pop("tolerance", None)
     res["passed"] = all(e["passed"] for e in res["outputs"])
     res["judged"] = judged
+    return res
+
+
+def compare_dynamic(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str], atol: float, rtol: float,
+                    unrounded_refs: Callable[[], list[np.ndarray]]) -> dict:
+    """A dynamically quantized model's artifact against its exact reference ``refs``: float
+    outputs by the fraction rule with ``e_q = max|ref - unrounded|`` (``unrounded_refs``: the
+    outputs of :func:`.dynamic.unrounded_model` on the same inputs), integer outputs exactly.
+    Same verdict format as :func:`compare_quantized`."""
+    from optc import verify
+
+    if len(outputs) != len(refs):
+        return verify.compare(outputs, refs, names, atol, rtol)
+    floats = [i for i, r in enumerate(refs) if np.asarray(r).dtype.kind == "f"]
+    unrounded = unrounded_refs() if floats else []
+    floors, rules = {}, {}
+    for i, name in enumerate(names):
+        if i not in floats:
+            rules[name] = "exact (integer output)"
+            continue
+        qerr = float(np.abs(np.asarray(refs[i], np.float64) - np.asarray(unrounded[i], np.float64)).max(initial=0.0))
+        floors[name] = FRACTION * qerr
+        rules[name] = (f"fraction of the dynamic quantization error: {FRACTION:g} x the max distance between the "
+                       f"exact reference and the same graph without DynamicQuantizeLinear rounding ({qerr:.4g})")
+    res = verify.compare(outputs, refs, names, atol, rtol, floors=floors,
+                         exact={n for n in names if rules[n].startswith("exact")})
+    for entry in res["outputs"]:
+        entry["tolerance_rule"] = rules[entry["name"]]
+        if entry["name"] in floors:
+            base = atol + rtol * entry.get("reference_max_abs", 0.0)
+            floor = floors[entry["name"]]
+            entry["distinguishes_unrounded_model"] = bool(max(base, floor) < floor / FRACTION)
+    res["quantized_graph_rule"] = ("dynamic quantization: see tolerance_rule "
+                                   "(optc.passes.quant.tolerance.compare_dynamic)")
     return res

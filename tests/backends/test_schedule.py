@@ -182,3 +182,36 @@ def test_thread_pool_control():
     finally:
         schedule.set_num_threads(before)
     assert schedule.num_threads() == before
+
+
+@pytest.mark.parametrize("target, bits", [
+    ({"kind": "llvm", "mcpu": "znver3"}, 256), ({"kind": "llvm", "mcpu": "haswell"}, 256),
+    ({"kind": "llvm", "mcpu": "skylake-avx512"}, 512), ({"kind": "llvm", "mcpu": "x86-64"}, 128),
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}, 128)])
+def test_vector_width_comes_from_cpu_features(target, bits):
+    """The rules' SIMD width is the CPU's (TVM 0.27's llvm_get_vector_width says 512 for every
+    x86 CPU, which made AVX2 code use two-register vectors and spill)."""
+    import tvm
+
+    from optc.backends.tvm.schedule import _Params
+
+    params = _Params(tvm.target.Target(target))
+    assert params.vector_bits == bits
+    assert params.acc_budget == (24 if bits == 512 or "mtriple" in target else 12)
+
+
+def test_register_tile_keeps_enough_accumulators_within_the_cache_block():
+    """A 7-wide map (ResNet's last stage) no longer gets a 2-accumulator tile: it takes all 7
+    rows of one vector, not 8 vectors whose 1.2 MB weight slice would not stay in L2; a tile
+    that already has enough accumulators is kept as it was."""
+    import tvm
+
+    from optc.backends.tvm.schedule import _Params, _register_tile
+
+    avx2 = _Params(tvm.target.Target({"kind": "llvm", "mcpu": "znver3"}))
+    deep = 3 * 3 * 512 * 4  # bytes of one output channel's weights
+    assert _register_tile(512, 7, 8, avx2, deep) == (1, 8, 7)
+    assert _register_tile(512, 7, 8, avx2, 16 * 4) == (8, 8, 1)  # shallow: 8 vectors fit the block
+    assert _register_tile(64, 56, 8, avx2, 3 * 3 * 64 * 4) == (2, 8, 4)  # 8 accumulators: unchanged
+    avx512 = _Params(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"}))
+    assert _register_tile(512, 7, 16, avx512, deep) == (2, 16, 7)  # as before on AVX-512

@@ -133,3 +133,17 @@ def test_project_bnn_models(tmp_path, name):
     except UnsupportedModelError as err:  # a pattern the FPGA frontend does not read yet: say which
         pytest.xfail(f"models/{name}: {err}")
     assert report["verify"]["passed"] is True
+
+
+def test_backend_config_is_an_explicit_input():
+    """The FPGA configuration reaches the build as the backend's constructor argument (no
+    context-global state); a backend that takes no configuration refuses one by name."""
+    from optc.backends import get_backend
+    from optc.backends.fpga.config import FpgaConfig
+    from optc.errors import UsageError
+
+    cfg = FpgaConfig(fps=123.0)
+    assert get_backend("fpga", cfg).config is cfg
+    assert get_backend("fpga").config == FpgaConfig()
+    with pytest.raises(UsageError, match="takes no backend configuration"):
+        get_backend("tvm-cpu", cfg)

@@ -19,6 +19,7 @@ from optc.pipeline import PassResult, instantiate, parse_pipeline, registered_pa
 from tests.conftest import make_conv_model
 from tests.passes.test_binarize import bnn_mlp, bnn_pool_cnn
 from tests.test_control_flow import loop_model
+from tests.test_dynamic_quant import nbits_model
 from tests.test_qoperator import qlinear_conv_model
 
 
@@ -118,6 +119,7 @@ CASES: dict[str, tuple[Callable[[], onnx.ModelProto], str]] = {
     "binarize<post-training>": (float_mlp, ""),
     "fuse-binary-threshold": (lambda: bnn_pool_cnn()[0], "sign-to-threshold,binarize"),
     "expand-qoperator": (qlinear_conv_model, ""),
+    "expand-matmul-nbits": (nbits_model, ""),
     "unroll-loops": (loop_model, ""),
 }
 

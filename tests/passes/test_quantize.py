@@ -515,3 +515,18 @@ def test_quant_debug_per_layer_sqnr(capsys):
                "--no-isolated"])
     text = capsys.readouterr().out
     assert rc == 0 and "Gemm" in text and "SQNR" in text
+
+
+def test_dead_weight_channels_get_a_live_scale():
+    """A channel whose weights decayed to ~1e-40 takes the live channels' median scale (its
+    codes are 0) instead of a denormal scale that would keep the layer out of integer code."""
+    from optc.passes.quant.qparams import weight_qparams
+
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w[2] = 1e-40
+    q, scale, _, _ = weight_qparams(w, 8, axis=0)
+    live = np.delete(scale, 2)
+    assert scale[2] == np.float32(np.median(live)) and np.all(q[2] == 0)
+    assert np.allclose(scale[[0, 1, 3]], np.abs(w[[0, 1, 3]]).reshape(3, -1).max(1) / 127)
+    q0, scale0, _, _ = weight_qparams(np.zeros_like(w), 8, axis=0)  # all dead: scale 1, codes 0
+    assert np.all(scale0 == 1) and not q0.any()

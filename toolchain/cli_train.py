@@ -1,0 +1,86 @@
+"""``optc qat``: a thin CLI layer over :func:`optc.train.qat.qat` (quantization-aware training
+from an ONNX model, label-free by default)."""
+
+from __future__ import annotations
+
+import json
+
+
+def _print_json(data) -> None:
+    from .artifact import _json_default
+
+    print(json.dumps(data, indent=2, default=_json_default))
+
+
+def _figures(section: dict) -> str:
+    parts = []
+    if "top1" in section:
+        parts.append(f"top-1 {100 * section['top1']:.2f}%")
+    if "top1_agreement" in section:
+        parts.append(f"agreement {100 * section['top1_agreement']:.2f}%")
+    parts += [f"SQNR {v:.1f} dB ({k})" for k, v in (section.get("sqnr_db") or {}).items()]
+    return ", ".join(parts) or "-"
+
+
+def cmd_qat(args) -> int:
+    from .progress import Progress
+    from .train import TrainConfig
+    from .train.distill import Distillation
+    from .train.qat import QatOptions, qat
+
+    options = QatOptions(
+        train=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed),
+        distill=Distillation(temperature=args.temperature, label_weight=args.label_weight),
+        quant_params=args.quant_params, time_budget_s=args.time_budget, labels_key=args.labels_key,
+        eval_data=args.eval, force=args.force)
+    rep = qat(args.model, args.data, args.output, options=options,
+              progress=Progress(enabled=not args.quiet and not args.json))
+    if args.report:
+        from pathlib import Path
+
+        from .artifact import _json_default
+
+        Path(args.report).write_text(json.dumps(rep, indent=2, default=_json_default) + "\n")
+    if args.json:
+        _print_json(rep)
+        return 0
+    tr = rep["training"]
+    print(f"{rep['model']} -> {rep['output']}: {rep['layers_int8']} layers int8, "
+          f"{sum(1 for h in tr['history'] if h['epoch'] > 0)} epochs on {rep['samples']} samples in {tr['seconds']:.0f} s"
+          + (" (stopped by the time budget)" if tr["stopped_by_budget"] else ""))
+    print(f"  post-training: {_figures(rep['post_training'])}")
+    print(f"  QAT:           {_figures(rep['qat'])}")
+    if rep.get("gap_closed") is not None:
+        print(f"  gap to float closed: {100 * rep['gap_closed']:.0f}%  (evaluated on {rep['eval']})")
+    return 0
+
+
+def add_commands(add) -> None:
+    q = add("qat", cmd_qat,
+            "quantization-aware training: optc's int8 quantization, then fake-quantized training "
+            "(learned step sizes) to match the float model on unlabelled inputs (labels optional); "
+            "writes the QDQ model `optc compile` integerizes")
+    q.add_argument("model", help="float ONNX model (one input)")
+    q.add_argument("--data", required=True, metavar="INPUTS.npz",
+                   help="training inputs keyed by input name (or 'input'); also calibrates")
+    q.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="QDQ model to write")
+    q.add_argument("--labels-key", metavar="KEY",
+                   help="label array in --data: mix cross-entropy into the loss (default: label-free)")
+    q.add_argument("--label-weight", type=float, default=0.5,
+                   help="weight of the cross-entropy when --labels-key is given (default 0.5)")
+    q.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
+    q.add_argument("--lr", type=float, default=1e-2,
+                   help="Adam learning rate in quantization steps per update: weights move lr x their "
+                        "step, scales and biases lr/10 of their size; cosine to 0 (default 0.01)")
+    q.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    q.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
+    q.add_argument("--seed", type=int, default=0, help="seed (default 0); a seed gives one result")
+    q.add_argument("--time-budget", type=float, metavar="S",
+                   help="stop training after the epoch in which S seconds are used up")
+    q.add_argument("--eval", metavar="DATA.npz",
+                   help="measure before/after on these inputs (labels: accuracy too); default: --data")
+    q.add_argument("--quant-params", default="", metavar="TEXT",
+                   help="quantize pass parameters, e.g. 'observer=percentile;symmetric' (see optc passes)")
+    q.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
+    q.add_argument("-f", "--force", action="store_true", help="overwrite OUT.onnx")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
