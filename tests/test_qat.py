@@ -263,9 +263,10 @@ def test_cli_qat(tiny, tmp_path, capsys):
 
 
 def test_dead_channels_get_live_scales_and_stay_integer(tmp_path):
-    """A conv channel of ~1e-40 weights: post-training quantization gives it a scale of ~1e-42,
-    a requantization multiplier integer kernels cannot hold (the layer stays float); QAT gives
-    it the layer's median scale (its codes are 0) and the layer becomes an integer kernel."""
+    """A conv channel of ~1e-40 weights: its own scale (~1e-42) would need a requantization
+    multiplier integer kernels cannot hold; both post-training quantization
+    (``qparams.weight_qparams``) and QAT give it the layer's median scale (its codes are 0), so
+    every layer becomes an integer kernel."""
     from optc.train.export import export_torch
 
     net = _tiny_net()
@@ -279,4 +280,4 @@ def test_dead_channels_get_live_scales_and_stay_integer(tmp_path):
     _, ptq, _ = _ptq(tmp_path / "dead.onnx", tmp_path / "d.npz")
     before = {f["name"] for f in integerize_model(ptq)[1]["float_layers"]}
     after = integerize_model(onnx.load(str(tmp_path / "q.onnx")))[1]
-    assert len(before) == 1 and after["float_layers"] == [] and len(after["layers"]) == 3
+    assert before == set() and after["float_layers"] == [] and len(after["layers"]) == 3

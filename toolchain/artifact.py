@@ -42,6 +42,26 @@ STALE_OTHER_HOST_S = 7 * 24 * 3600  # a temporary directory from another host is
 _MARKERLESS_GRACE_S = 60  # an empty, marker-less one (killed right after mkdtemp) after this
 
 
+def save_onnx_atomic(model, out: str | os.PathLike) -> int:
+    """Write an ONNX model to ``out`` through a temporary file beside it, renamed into place
+    (readable by all), so an interrupted write leaves no half-written model; returns the size.
+    The one writer of the ONNX files the training commands produce."""
+    import onnx
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out.stat().st_size
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

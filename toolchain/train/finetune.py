@@ -607,17 +607,9 @@ def prune_finetune(
         m = data.metric_name
         report["drop_points_pruned"] = report["original"][m] - report["pruned"][m]
         report["drop_points"] = report["original"][m] - report["finetuned"][m]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save(tuned, tmp_name)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, out)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    report["finetuned"]["onnx_bytes"] = out.stat().st_size
+    from ..artifact import save_onnx_atomic
+
+    report["finetuned"]["onnx_bytes"] = save_onnx_atomic(tuned, out)
     if max_accuracy_drop is not None and data is not None:
         report["max_accuracy_drop"] = max_accuracy_drop
         report["budget_passed"] = bool(report["drop_points"] <= max_accuracy_drop)

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -591,17 +590,9 @@ def export_pruned(gated, gates: dict[int, np.ndarray]) -> tuple[onnx.ModelProto,
 
 def _save(proto: onnx.ModelProto, out: Path) -> int:
     """Write ``proto`` to ``out`` atomically; returns the file size."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out.stat().st_size
+    from ..artifact import save_onnx_atomic
+
+    return save_onnx_atomic(proto, out)
 
 
 def _finetune(pruned: onnx.ModelProto, x, teacher_out, labels, config: TrainConfig, distill) -> tuple:

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -583,16 +582,9 @@ def _eval_set(options: QatOptions, name: str, x: np.ndarray, labels: np.ndarray 
 
 def _atomic_save(model: onnx.ModelProto, out: Path) -> None:
     """Write ``model`` to ``out`` through a temporary file renamed into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from ..artifact import save_onnx_atomic
+
+    save_onnx_atomic(model, out)
 
 
 @contextlib.contextmanager
