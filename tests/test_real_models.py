@@ -177,7 +177,8 @@ def _real(name: str) -> tuple[Path, object]:
     bench = _bench_real()
     path = bench.locate(name)
     if path is None:
-        pytest.skip(f"wheel {bench.MODELS[name].package!r} not installed (setup.sh installs it)")
+        how = "OPTC_LARGE_MODELS=1 bash setup.sh" if bench.MODELS[name].package == "ddddocr" else "setup.sh"
+        pytest.skip(f"wheel {bench.MODELS[name].package!r} not installed ({how} installs it)")
     return path, bench
 
 
