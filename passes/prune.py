@@ -59,14 +59,11 @@ def model_costs(model: ir.Model) -> dict:
     """Parameters, FLOPs and serialized size of ``model``; dynamic input dims count as 1."""
     from optc import analysis
 
+    from optc.onnx_utils import unit_dynamic_dims
+
     proto = ir.serde.serialize_model(model)
     size = proto.ByteSize()
-    for vi in proto.graph.input:
-        for d in vi.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value") or d.dim_value <= 0:
-                d.Clear()
-                d.dim_value = 1
-    proto.graph.ClearField("value_info")
+    proto = unit_dynamic_dims(proto)
     try:
         s = analysis.summarize(proto, per_layer=False)
         return {"params": s["params"], "flops": s["flops"], "onnx_bytes": size}

@@ -13,7 +13,23 @@ if TYPE_CHECKING:
     import onnx
     import onnx_ir as ir
 
-__all__ = ["attr", "int_attr", "infer_shapes", "value_shapes", "FreshNames"]
+__all__ = ["attr", "int_attr", "infer_shapes", "value_shapes", "FreshNames", "unit_dynamic_dims"]
+
+
+def unit_dynamic_dims(model: "onnx.ModelProto") -> "onnx.ModelProto":
+    """A copy of ``model`` whose graph inputs have every dynamic dimension set to 1 and whose
+    ``value_info`` is cleared (re-inferred from those shapes): what static cost counting
+    (:mod:`optc.analysis`) needs for a model whose batch is left open."""
+    import onnx
+
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    for vi in out.graph.input:
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                d.Clear()
+                d.dim_value = 1
+    out.graph.ClearField("value_info")
+    return out
 
 
 class FreshNames:

@@ -157,13 +157,9 @@ def _layer_flops(proto: onnx.ModelProto) -> dict[str, tuple[float, float]]:
     """(FLOPs, FLOPs of the MACs) per node name (optc.analysis; dynamic input dims count as 1)."""
     from .. import analysis
 
-    p = onnx.ModelProto.FromString(proto.SerializeToString())
-    for vi in p.graph.input:
-        for d in vi.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value") or d.dim_value <= 0:
-                d.Clear()
-                d.dim_value = 1
-    p.graph.ClearField("value_info")
+    from ..onnx_utils import unit_dynamic_dims
+
+    p = unit_dynamic_dims(proto)
     try:
         return {c.name: (float(c.flops), 2.0 * c.macs) for c in analysis.layer_costs(p)}
     except Exception as err:
