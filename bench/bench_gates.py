@@ -28,7 +28,6 @@ Training data: the digits training split the bundled model was trained on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -168,12 +167,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--multiple", type=int, default=8,
                    help="kept channels per layer rounded to a multiple, both methods (default 8: AVX2 fp32 lanes)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per bench call (default 2)")
-    p.add_argument("--repeat", type=int, default=10, help="timed calls per runtime per round (default 10)")
-    p.add_argument("--rounds", type=int, default=6, help="rounds alternating the packages (default 6)")
     p.add_argument("--threads", type=int, default=1, help="threads per runtime (default 1)")
-    p.add_argument("--workdir", help="keep models and packages here (default: a temporary folder)")
-    p.add_argument("--json", help="write all figures to this JSON file")
+    bench_prune.add_ab_options(p, rounds=6)
     args = p.parse_args(argv)
     args.thread_counts = [args.threads]
     import optc
@@ -200,13 +195,7 @@ def main(argv=None) -> int:
         bench_prune.log = log
         bench_prune._ab_bench(optc, res["compiled"], args)
         text = table(res, args)
-    print(text)
-    if args.json:
-        from optc.artifact import _json_default
-
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": res, "table": text},
-                                              indent=2, default=_json_default) + "\n")
-    return 0
+    return bench_prune.finish(args, res, text)
 
 
 if __name__ == "__main__":

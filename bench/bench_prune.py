@@ -31,7 +31,6 @@ the same packages at each count in turn (one table each).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -234,6 +233,16 @@ def table(results: dict, args, threads: int) -> str:
     return "\n".join(lines)
 
 
+def add_ab_options(p: argparse.ArgumentParser, *, rounds: int) -> None:
+    """The options of the A/B timing (:func:`_ab_bench`) and the output, shared with
+    ``bench_gates.py``: --warmup, --repeat, --rounds (default ``rounds``), --workdir, --json."""
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per bench call (default 2)")
+    p.add_argument("--repeat", type=int, default=10, help="timed calls per runtime per round (default 10)")
+    p.add_argument("--rounds", type=int, default=rounds, help=f"rounds alternating the packages (default {rounds})")
+    p.add_argument("--workdir", help="keep models and packages here (default: a temporary folder)")
+    p.add_argument("--json", help="write all figures to this JSON file")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -242,13 +251,9 @@ def main(argv=None) -> int:
     p.add_argument("--passes", default="prune<ratio=0.5>", help="ResNet-18 pruning pipeline (default prune<ratio=0.5>)")
     p.add_argument("--epochs", type=int, default=10, help="digits fine-tuning epochs (default 10)")
     p.add_argument("--lr", type=float, default=3e-3, help="digits fine-tuning learning rate (default 3e-3)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per bench call (default 2)")
-    p.add_argument("--repeat", type=int, default=10, help="timed calls per runtime per round (default 10)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds alternating the packages (default 5)")
     p.add_argument("--threads", help="threads for optc and onnxruntime, or a comma list (1,2: the packages are "
                                      "timed at each count in turn; default: all cores)")
-    p.add_argument("--workdir", help="keep models and packages here (default: a temporary folder)")
-    p.add_argument("--json", help="write all figures to this JSON file")
+    add_ab_options(p, rounds=5)
     args = p.parse_args(argv)
     which = [w.strip() for w in args.which.split(",") if w.strip()]
     from optc.targets import host_cores
@@ -262,13 +267,17 @@ def main(argv=None) -> int:
             results["digits"] = bench_digits(args, work)
         if "resnet18" in which:
             results["resnet18"] = bench_resnet18(args, work)
-    text = "\n\n".join(table(results, args, n) for n in args.thread_counts)
+    return finish(args, results, "\n\n".join(table(results, args, n) for n in args.thread_counts))
+
+
+def finish(args, results: dict, text: str) -> int:
+    """Print the table ``text``; with ``--json``, write the arguments, ``results`` and the table
+    there (shared with ``bench_gates.py``). Returns the exit status 0."""
+    from optc.artifact import write_json
+
     print(text)
     if args.json:
-        from optc.artifact import _json_default
-
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "table": text},
-                                              indent=2, default=_json_default) + "\n")
+        write_json(Path(args.json), {"args": vars(args), "results": results, "table": text})
     return 0
 
 

@@ -23,6 +23,8 @@ Outcomes: ``passed``; ``refused`` (an ``OptcError`` subclass: its name and messa
     python bench/node_tests.py --tests test_abs,test_lrn --jobs 1
     python bench/node_tests.py --out bench/results/node_tests-after.json
     python bench/node_tests.py --write-known tests/node_tests_known.json   # after a fix
+    python bench/node_tests.py --sample 0 --workdir /tmp/nt   # tail /tmp/nt/results*.jsonl; rerun resumes
+    python bench/node_tests.py --from /tmp/nt rerun.json --write-known tests/node_tests_known.json  # no run
 
 Writes a table (stdout) and JSON (``--out``, default ``bench/results/node_tests.json``).
 Each worker process imports optc/TVM once and runs its share; a test that kills its worker
@@ -258,11 +260,18 @@ def _read(results: Path) -> tuple[dict, str | None]:
     return recs, pending
 
 
-def run_all(cases: dict, jobs: int = 2, timeout: int = 300, log=print) -> list[dict]:
-    """Every case in ``jobs`` worker processes (round-robin shares); records in name order."""
+def run_all(cases: dict, jobs: int = 2, timeout: int = 300, log=print, workdir: Path | None = None) -> list[dict]:
+    """Every case in ``jobs`` worker processes (round-robin shares); records in name order.
+
+    ``workdir``: keep the per-worker JSON lines (``results<k>.jsonl``, one line per finished
+    test, flushed) there instead of in a temporary folder: they can be read while the run goes
+    on, and a rerun with the same folder, cases and ``jobs`` resumes where it stopped."""
     env = dict(os.environ, TVM_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     names = list(cases)
-    with tempfile.TemporaryDirectory(prefix="optc-node-run-") as tmp:
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    holder = contextlib.nullcontext(str(workdir)) if workdir else tempfile.TemporaryDirectory(prefix="optc-node-run-")
+    with holder as tmp:
         tmp = Path(tmp)
         shares = [names[k::jobs] for k in range(jobs)]
         for k, share in enumerate(shares):
@@ -326,7 +335,9 @@ def summarize(records: list[dict]) -> dict:
     reasons = collections.Counter(reason(r) for r in records if r["outcome"] not in ("passed", "skipped"))
     skipped = collections.Counter(reason(r["optc"] | {"name": r["name"]}) for r in records
                                   if r["outcome"] == "skipped" and "optc" in r)
-    return {"total": len(records), "counts": {k: counts.get(k, 0) for k in OUTCOMES},
+    runs = len(records) - counts.get("skipped", 0)
+    return {"total": len(records), "counts": {k: counts.get(k, 0) for k in OUTCOMES}, "onnxruntime_runs": runs,
+            "pass_rate": round(100.0 * counts.get("passed", 0) / runs, 1) if runs else None,
             "reasons": dict(reasons.most_common()),
             "optc_on_skipped": dict(skipped.most_common())}
 
@@ -338,7 +349,8 @@ def table(records: list[dict]) -> str:
         lines.append(f"{r['name']:<58} {r['outcome']:<9} {detail[:160]}")
     s = summarize(records)
     lines.append("")
-    lines.append("  ".join(f"{k} {v}" for k, v in s["counts"].items()) + f"  (of {s['total']})")
+    lines.append("  ".join(f"{k} {v}" for k, v in s["counts"].items()) + f"  (of {s['total']}; onnxruntime runs "
+                 f"{s['onnxruntime_runs']}, {s['pass_rate']}% of them pass)")
     for k, v in s["reasons"].items():
         lines.append(f"  {v:4d}  {k}")
     if s["optc_on_skipped"]:
@@ -356,6 +368,15 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=300, help="seconds per test")
     ap.add_argument("--out", default=str(RESULTS / "node_tests.json"))
+    ap.add_argument("--shuffle", action="store_true",
+                    help="run in an order shuffled by --seed (with --sample 0: the finished part of an "
+                         "unfinished run, read from --workdir, is a uniform sample)")
+    ap.add_argument("--workdir", metavar="DIR",
+                    help="keep per-test JSON lines here while running (results<k>.jsonl); rerunning with "
+                         "the same DIR, tests and --jobs resumes")
+    ap.add_argument("--from", dest="from_", nargs="+", metavar="PATH",
+                    help="run nothing: table, --out and --write-known from earlier results (--out JSON files "
+                         "or --workdir folders, a later one's record of a test replacing an earlier one's)")
     ap.add_argument("--write-known", metavar="JSON",
                     help="merge the outcomes into this known list (tests/node_tests_known.json)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -364,13 +385,40 @@ def main(argv=None) -> int:
         _worker(Path(args.worker[0]), Path(args.worker[1]), args.timeout)
         return 0
     t0 = time.time()
+    if args.from_:
+        records = recorded(args.from_)
+        names = args.tests.split(",") if args.tests else None
+        records = [r for r in records if names is None or r["name"] in names]
+        return _report(args, records, t0)
     if args.tests:
         cases = load_cases(args.tests.split(","))
     else:
         everything = load_cases()
-        cases = {n: everything[n] for n in sample_names(everything, args.sample, args.seed)}
+        names = sample_names(everything, args.sample, args.seed)
+        if args.shuffle:
+            names = random.Random(args.seed).sample(names, len(names))
+        cases = {n: everything[n] for n in names}
     print(f"{len(cases)} node tests, {args.jobs} workers", flush=True)
-    records = run_all(cases, args.jobs, args.timeout, log=lambda m: print(m, flush=True))
+    records = run_all(cases, args.jobs, args.timeout, log=lambda m: print(m, flush=True),
+                      workdir=Path(args.workdir) if args.workdir else None)
+    return _report(args, records, t0)
+
+
+def recorded(paths: list[str]) -> list[dict]:
+    """Records of earlier runs by name (later paths win): ``--out`` JSON files, or ``--workdir``
+    folders (their ``results<k>.jsonl``, finished tests only: a partial run is read as it is)."""
+    out: dict[str, dict] = {}
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted(p.glob("results*.jsonl")):
+                out.update(_read(f)[0])
+        else:
+            out.update({r["name"]: r for r in json.loads(p.read_text())["records"]})
+    return [out[n] for n in sorted(out)]
+
+
+def _report(args, records: list[dict], t0: float) -> int:
+    """Print the table, write ``--out`` (and ``--write-known``)."""
     print(table(records))
     s = summarize(records)
     import onnx

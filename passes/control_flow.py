@@ -67,14 +67,7 @@ class UnrollLoops(Pass):
                 node.name = next(c for c in candidates if c not in taken)
                 taken.add(node.name)
                 named += 1
-        proto = ir.serde.serialize_model(model)
-        unrolled, kept = 0, {}
-        for _ in range(max(1, self.rounds)):
-            count, kept = _unroll_round(proto, self.max_iterations)
-            if not count:
-                break
-            unrolled += count
-            proto = _fold(proto)
+        proto, unrolled, kept = unroll_model(ir.serde.serialize_model(model), self.max_iterations, self.rounds)
         details = {"unrolled": unrolled}
         if kept:
             details["kept"] = [{"name": name, "op": op, "reason": why} for name, (op, why) in kept.items()]
@@ -82,6 +75,21 @@ class UnrollLoops(Pass):
             return PassResult(model, bool(named), details)
         _replace_graph(model, ir.serde.deserialize_model(proto))
         return PassResult(model, True, details)
+
+
+def unroll_model(proto: onnx.ModelProto, limit: int = 256, rounds: int = 4) -> tuple[onnx.ModelProto, int, dict]:
+    """The unrolling of :class:`UnrollLoops` on a ModelProto: (model, nodes unrolled, kept
+    ``{name: (op, reason)}``). Also used where a Loop or Scan appears only after the passes:
+    a function op whose body has one (LinearAttention's Scan), expanded just before the
+    backend's import (``optc.backends.tvm.lower.import_onnx``)."""
+    unrolled, kept = 0, {}
+    for _ in range(max(1, rounds)):
+        count, kept = _unroll_round(proto, limit)
+        if not count:
+            break
+        unrolled += count
+        proto = _fold(proto)
+    return proto, unrolled, kept
 
 
 def _graphs(graph: onnx.GraphProto):

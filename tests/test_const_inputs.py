@@ -70,6 +70,9 @@ def test_compile_with_const_input_and_run(tmp_path):
     np.testing.assert_allclose(optc.run(tmp_path / "pkg", {"x": feeds["x"]})["y"], want, rtol=1e-5, atol=1e-5)
     with pytest.raises(InvalidModelError, match="frozen at compile time"):  # another value: refused
         optc.run(tmp_path / "pkg", {"x": feeds["x"], "axes": np.array([2], np.int64)})
+    # bench: the original model's onnxruntime baseline gets the frozen value as its input
+    result = optc.bench(tmp_path / "pkg", optc.BenchOptions(threads=1, warmup=1, repeat=3, rounds=1))
+    assert {"deployable", "original"} <= set(result["baselines"]), result.keys()
 
 
 @pytest.mark.tvm

@@ -51,7 +51,7 @@ def test_integer_layers_keep_their_macs(summaries):
     assert conv_bytes(int8, ("IntConv2d",)) < conv_bytes(fp32, ("Conv",)) / 2
 
 
-def test_a72_int8_roofline_uses_the_int32_fallback_rate(summaries):
+def test_a72_int8_roofline_uses_the_widening_multiply_rate(summaries):
     arm = get_target("arm")  # Cortex-A72: no sdot
     fp32 = latency_model.modeled_latency(arm, summaries["fp32"])
     int8 = latency_model.modeled_latency(arm, summaries["int8"])
@@ -62,18 +62,21 @@ def test_a72_int8_roofline_uses_the_int32_fallback_rate(summaries):
         assert lat["median_ms"] == lat["roofline_ms"]
     rate = int8["rates"]["int8"]
     assert "no dot product" in rate["kernel"] and rate["unit"] == "MAC"
-    # 4 MACs/cycle/core (SMLAL): the fp32 FMA lane rate (8 FLOP/cycle = 4 MACs), not 4x it
-    assert rate["g_per_s"] == pytest.approx(arm.peak.fp32_gflops / 2)
-    # every int8 conv takes at least the compute time of its fp32 original (same MAC rate)
+    # 8 MACs/cycle/core (SMULL 8B + SADALP): 2x the fp32 FMA lane rate (8 FLOP/cycle = 4 MACs), not
+    # the 4x of sdot; depthwise / ConvInteger layers keep the int32 rate (SMLAL, 4 MACs/cycle)
+    assert "smull" in rate["kernel"] and rate["g_per_s"] == pytest.approx(arm.peak.fp32_gflops)
+    assert latency_model.rates(arm.peak, arm.tvm)["int8-int32"]["per_s"] == pytest.approx(arm.peak.fp32_gflops * 1e9 / 2)
+    # every int8 conv takes at least half the compute time of its fp32 original (2x the MAC rate)
     convs = [(f, i) for f, i in zip([d for d in fp32["layers"] if d["op"] == "Conv"],
                                     [d for d in int8["layers"] if d["op"] == "IntConv2d"])]
     assert len(convs) == 3
     for f, i in convs:
         assert f["macs"] == i["macs"]
-        assert i["ms"] >= 0.99 * f["macs"] * 2 / (arm.peak.fp32_gflops * 1e9) * 1e3
-    assert _compute_ms(int8, ("IntConv2d",)) >= _compute_ms(fp32, ("Conv",))
-    # before: IntConv2d counted no MACs and int8 modeled ~5x below fp32 (0.0088 vs 0.046 ms)
-    assert int8["median_ms"] > 0.5 * fp32["median_ms"]
+        assert i["ms"] >= 0.99 * f["macs"] / (arm.peak.fp32_gflops * 1e9) * 1e3
+    assert _compute_ms(int8, ("IntConv2d",)) >= 0.5 * _compute_ms(fp32, ("Conv",))
+    # before: IntConv2d counted no MACs and int8 modeled ~5x below fp32 (0.0088 vs 0.046 ms); per layer
+    # int8 is at least max(compute / 2, bytes / 4) of fp32's (2x the MAC rate, bytes not words)
+    assert int8["median_ms"] > 0.25 * fp32["median_ms"]
 
 
 def test_a76_int8_roofline_uses_sdot(summaries):
@@ -161,8 +164,10 @@ def test_kernels_without_sdot_correct_the_table(summaries):
 @pytest.mark.tvm
 @pytest.mark.qemu
 def test_arm_int8_modeled_latency_follows_the_instruction_count(tmp_path):
-    """digits_cnn fp32 and int8 compiled for arm (Cortex-A72): int8 executes more instructions,
-    and its modeled latency is not absurdly below fp32's."""
+    """digits_cnn fp32 and int8 compiled for arm (Cortex-A72): int8 (smull + sadalp kernels) no
+    longer executes 1.5x+ more instructions than fp32 (on 8x8 inputs quantize / requantize /
+    packing weigh as much as the MACs, so not fewer either), and its modeled latency follows the
+    count and is not absurdly below fp32's."""
     import optc
     from optc.backends.tvm import arm, qemu_plugin
     from optc.errors import ToolchainError
@@ -176,13 +181,14 @@ def test_arm_int8_modeled_latency_follows_the_instruction_count(tmp_path):
                             input_shapes={"input": (1, 1, 8, 8)})
             for k, p in (("fp32", FP32_PASSES), ("int8", INT8_PASSES))}
     fp32, int8 = reps["fp32"]["latency"], reps["int8"]["latency"]
-    assert int8["instructions"]["count"] > 1.5 * fp32["instructions"]["count"]
+    n_int8, n_fp32 = int8["instructions"]["count"], fp32["instructions"]["count"]
+    assert n_int8 < 1.15 * n_fp32  # 1.02x with the smull kernel; > 1.5x with the int32 fallback before
     assert int8["kernels"]["dot_product"] == 0 and int8["kernels"]["int_widening_mla"] > 0  # A72: no sdot
     assert fp32["kernels"]["fp32_fma"] > 0
     for lat in (fp32, int8):
         assert lat["method"] == "modeled" and lat["label"].startswith("modeled:")
         assert lat["median_ms"] == pytest.approx(max(lat["roofline_ms"], lat["instruction_bound_ms"]))
         assert sum(d["ms"] for d in lat["layers"]) == pytest.approx(lat["roofline_ms"])
-    assert int8["instruction_bound_ms"] > fp32["instruction_bound_ms"]
-    assert int8["median_ms"] > 0.5 * fp32["median_ms"]
+    assert int8["instruction_bound_ms"] / fp32["instruction_bound_ms"] == pytest.approx(n_int8 / n_fp32)
+    assert int8["median_ms"] > 0.25 * fp32["median_ms"]
     assert reps["int8"]["model"]["macs"] == reps["fp32"]["model"]["macs"]

@@ -4,7 +4,8 @@ that computes what the reference does. A new op gets these checks by registering
 
 from __future__ import annotations
 
-import importlib
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -121,12 +122,44 @@ def test_cost_surrogate_has_the_reference_shape_and_the_models_read_the_cost(nam
 def test_lowering_is_registered(name):
     op = ops.get(name)
     assert "tvm" in op.lowering
+    assert op.lowering["tvm"].__module__ == op.reference.__module__  # one module per op
     pytest.importorskip("tvm")
     from optc.backends.tvm import lower
 
-    assert op.lowering["tvm"] in lower.CONVERTER_MODULES  # imported by every TVM build
-    importlib.import_module(op.lowering["tvm"])
+    lower.load_converters()  # what every TVM build does first
     assert f"{op.domain}::{name}" in lower.CUSTOM_CONVERTERS
+
+
+def test_one_module_per_op():
+    """Every module of ``optc.passes.ops`` defines exactly one registered op (reference and
+    lowering), and every registered op comes from one of them."""
+    from optc.passes import ops as op_modules
+
+    by_module = {}
+    for name, op in ops.registry().items():
+        by_module.setdefault(op.reference.__module__, []).append(name)
+    assert sorted(by_module) == sorted(f"{op_modules.__name__}.{m}" for m in op_modules.MODULES)
+    assert all(len(names) == 1 for names in by_module.values()), by_module
+
+
+def test_the_registry_imports_no_backend():
+    """Every op module (lowering included) loads without TVM or optc's backends: the
+    lowerings import them inside their bodies."""
+    code = ("import sys, optc.ops; n = len(optc.ops.registry()); "
+            "print(n, sorted(m for m in sys.modules if m == 'tvm' or m.startswith('optc.backends')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(None, 1)
+    assert int(out[0]) == len(NAMES) and out[1].strip() == "[]"
+
+
+def test_define_refuses_a_lowering_that_is_not_a_function():
+    """The old form (a backend module name) is refused: the lowering is the function itself."""
+    with pytest.raises(ValueError, match="a function lowering one node"):
+        @ops.define(inputs=(ops.Operand("X", ("float32",)),), outputs=(ops.Operand("Y", ("float32",)),),
+                    cost=ops.Cost("fp32", ops.elementwise_surrogate), lowering={"tvm": "optc.backends.tvm.int8"})
+        class ModuleNamed(OpRun):
+            def _run(self, X):  # noqa: N803
+                return (X,)
+    assert ops.get("ModuleNamed") is None
 
 
 @pytest.mark.tvm
@@ -151,3 +184,28 @@ def test_lowering_computes_the_reference(name):
     else:
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     assert len(np.unique(ref)) > 1
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("name", [n for n in NAMES if any(a.name == "to" for a in ops.get(n).attributes)])
+def test_lowering_without_to_takes_the_reference_output_type(name):
+    """Without the optional ``to`` the output dtype is that of the ``out_min``/``out_max``
+    range (int8 in the examples), in the kernel as in the reference; the lowering used to
+    default to uint8, and its codes differed from the reference's."""
+    tvm = pytest.importorskip("tvm")
+    from tvm import relax
+
+    from optc.backends.tvm import lower
+    from optc.frontend import TensorSpec
+    from optc.targets import get_target
+
+    model, x = _model(name)
+    node = model.graph.node[0]
+    kept = [a for a in node.attribute if a.name != "to"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    ref = _reference(model, x)
+    assert ref.dtype == np.int8
+    ex, _ = lower.build(model, [TensorSpec("x", str(x.dtype), x.shape)], get_target("cpu"), embed_params=True)
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert out.dtype == ref.dtype and np.array_equal(out, ref)

@@ -22,9 +22,11 @@ ATOL, RTOL = 1e-5, 1e-4
 
 def _model(op_type: str, *, direction: str = "forward", attrs: dict | None = None, bias: bool = True,
            seq: str | None = None, initial: bool = False, peepholes: bool = False,
-           outputs: tuple[str, ...] = ("Y", "Y_h"), layout: int = 0, seed: int = 0) -> onnx.ModelProto:
+           outputs: tuple[str, ...] = ("Y", "Y_h"), layout: int = 0, seed: int = 0,
+           dims: tuple[int, int, int, int] = (T, B, I, H)) -> onnx.ModelProto:
     """One recurrent node; weights are initializers. ``seq``: None, "input" (graph input
-    ``sequence_lens``) or "full" (a constant T for every sequence)."""
+    ``sequence_lens``) or "full" (a constant T for every sequence). ``dims``: (T, B, I, H)."""
+    T, B, I, H = dims  # noqa: N806 - the ONNX names
     rng = np.random.default_rng(seed)
     d, g = (2 if direction == "bidirectional" else 1), GATES[op_type]
     inits = [numpy_helper.from_array(rng.uniform(-1, 1, (d, g * H, I)).astype(np.float32), "W"),
@@ -158,6 +160,14 @@ def test_batch_first_layout(tmp_path, op_type):
         np.testing.assert_allclose(got[name], want[name].transpose(1, 0, 2), atol=ATOL, rtol=RTOL)
 
 
+def test_kernel_only_for_float32_on_cpus():
+    from optc.backends.tvm.recurrent import use_kernel
+
+    assert use_kernel("float32", "llvm") and use_kernel("float32")
+    assert not use_kernel("float64", "llvm") and not use_kernel("float16", "llvm")
+    assert not use_kernel("float32", "cuda")
+
+
 def test_activation_parameters_consumed_in_order():
     from optc.backends.tvm.recurrent import activation_specs
 
@@ -188,3 +198,180 @@ def test_lstm_on_arm(tmp_path):
     report = optc.compile(path, "arm", tmp_path / "pkg", inputs=_feeds(model, [4, 2, 3]),
                           options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the recurrent kernel (backends/tvm/recurrent_kernel.py): one TIR function per node
+
+# hidden sizes past one register tile of the GEMV (8 AVX2 vectors = 64 gate outputs) and one
+# vector of the cell, with and without a remainder
+KERNEL_CASES = {
+    "lstm-bidirectional-h40-batch2-lengths-peepholes": (
+        "LSTM", dict(direction="bidirectional", seq="input", initial=True, peepholes=True,
+                     outputs=("Y", "Y_h", "Y_c")), (5, 2, 7, 40), [5, 3]),
+    "lstm-reverse-h19": ("LSTM", dict(direction="reverse", outputs=("Y", "Y_h", "Y_c")), (6, 1, 4, 19), None),
+    "gru-bidirectional-h36-lengths": (
+        "GRU", dict(direction="bidirectional", seq="input", initial=True), (4, 2, 5, 36), [2, 4]),
+    "gru-forward-h24-linear-before-reset": (
+        "GRU", dict(initial=True, attrs=dict(linear_before_reset=1)), (5, 1, 3, 24), None),
+    "rnn-bidirectional-h70": ("RNN", dict(direction="bidirectional", initial=True), (4, 3, 6, 70), None),
+}
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("name", list(KERNEL_CASES))
+def test_kernel_larger_cells_match_onnxruntime(tmp_path, name):
+    op_type, kwargs, dims, lens = KERNEL_CASES[name]
+    model = _model(op_type, dims=dims, **kwargs)
+    _compile_and_compare(tmp_path, model, _feeds(model, lens))
+
+
+@pytest.mark.tvm
+def test_kernel_is_one_prescheduled_function():
+    """A bidirectional LSTM over 4 steps lowers to one kernel call (no per-step matmuls), which
+    optc's CPU scheduling leaves as it is."""
+    from tvm import tirx
+
+    from optc.backends.tvm import lower, schedule
+    from optc.frontend import TensorSpec
+    from optc.targets import get_target
+
+    model = _model("LSTM", direction="bidirectional", initial=True, outputs=("Y", "Y_h", "Y_c"))
+    target = get_target("cpu")
+    mod, _ = lower.prepare_module(model, [TensorSpec("X", "float32", (T, B, I))], target, embed_params=True)
+    kernels = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    assert kernels == ["lstm_kernel"], kernels
+    calls = [c for c in str(mod["main"]).split("\n") if "R.matmul" in c]
+    assert len(calls) == 1, calls  # the input projection of every step and direction
+    tgt = lower.tvm_target(target)
+    with tgt:
+        fused = schedule.fuse_for_schedule(mod, tgt)
+    log: list = []
+    schedule.schedule_cpu(fused, tgt, log)
+    assert {"function": "lstm_kernel", "rule": "pre-scheduled"} in log, log
+
+
+def _run_kernel(spec, args: dict) -> dict:
+    import tvm
+
+    from optc.backends.tvm import recurrent_kernel as rk
+
+    func = rk.kernel(spec).with_attr("global_symbol", "k")
+    lib = tvm.compile(tvm.IRModule({"k": func}), target=tvm.target.Target({"kind": "llvm"}))
+    shapes = rk.kernel_args(spec)
+    tensors = {n: tvm.runtime.tensor(args[n] if n in args else np.zeros(s, dt)) for n, s, dt in shapes}
+    lib["k"](*[tensors[n] for n, _, _ in shapes])
+    return {n: tensors[n].numpy() for n, _, _ in shapes}
+
+
+ACTIVATION_REFS = {
+    "relu": lambda x, a, b: np.maximum(x, 0), "tanh": lambda x, a, b: np.tanh(x),
+    "sigmoid": lambda x, a, b: 1 / (1 + np.exp(-x)), "affine": lambda x, a, b: a * x + b,
+    "leakyrelu": lambda x, a, b: np.where(x >= 0, x, a * x),
+    "thresholdedrelu": lambda x, a, b: np.where(x > a, x, 0), "scaledtanh": lambda x, a, b: a * np.tanh(b * x),
+    "hardsigmoid": lambda x, a, b: np.clip(a * x + b, 0, 1),
+    "elu": lambda x, a, b: np.where(x >= 0, x, a * np.expm1(x)),
+    "softsign": lambda x, a, b: x / (1 + np.abs(x)), "softplus": lambda x, a, b: np.logaddexp(x, 0),
+}
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("act", list(ACTIVATION_REFS))
+def test_kernel_activations_match_numpy(act):
+    """Each activation inside the kernel (its polynomial exp included) on values from -100 to
+    100, through a one-step RNN with no recurrent weights: finite, within 2e-6 relative."""
+    from optc.backends.tvm import recurrent_kernel as rk
+
+    x = np.concatenate([np.linspace(-100, 100, 41), np.linspace(-6, 6, 59)]).astype(np.float32)
+    alpha, beta = 0.7, 0.3
+    spec = rk.CellSpec("RNN", 1, 1, x.size, (False,), (((act, alpha, beta),),))
+    got = _run_kernel(spec, {"xw": x.reshape(1, -1)})["y"].reshape(-1)
+    want = ACTIVATION_REFS[act](x.astype(np.float64), alpha, beta)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.tvm
+def test_verification_refuses_a_wrong_kernel(tmp_path, monkeypatch):
+    """The comparison with onnxruntime is what vouches for the kernel: one that runs the reverse
+    direction forwards (a deliberate bug) must be refused by optc.compile."""
+    from optc.backends.tvm import recurrent_kernel as rk
+    from optc.errors import VerificationError
+
+    real = rk.kernel_source
+    monkeypatch.setattr(rk, "kernel_source", lambda spec: real(
+        rk.CellSpec(**{**spec.__dict__, "reverse": tuple(False for _ in spec.reverse)})))
+    model = _model("GRU", direction="reverse")
+    with pytest.raises(VerificationError, match="differs from onnxruntime"):
+        _compile_and_compare(tmp_path, model, _feeds(model))
+
+
+def _if_around_lstms() -> onnx.ModelProto:
+    """A data-dependent If (sum of X > 0) whose two branches run an LSTM each (different
+    weights, outer-scope initializers), as Silero VAD's sample-rate If does."""
+    rng = np.random.default_rng(3)
+    vi = helper.make_tensor_value_info
+    branches = {}
+    for arm in ("then", "else"):
+        node = helper.make_node("LSTM", ["X", f"W_{arm}", f"R_{arm}", f"B_{arm}"], ["", f"h_{arm}"], hidden_size=H)
+        branches[arm] = helper.make_graph([node], arm, [], [vi(f"h_{arm}", TensorProto.FLOAT, [1, B, H])])
+    inits = [numpy_helper.from_array(np.float32(0.0), "zero")]
+    for arm in ("then", "else"):
+        inits += [numpy_helper.from_array(rng.uniform(-1, 1, s).astype(np.float32), f"{n}_{arm}")
+                  for n, s in (("W", (1, 4 * H, I)), ("R", (1, 4 * H, H)), ("B", (1, 8 * H)))]
+    nodes = [helper.make_node("ReduceSum", ["X"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["Y_h"], then_branch=branches["then"], else_branch=branches["else"])]
+    graph = helper.make_graph(nodes, "if_lstm", [vi("X", TensorProto.FLOAT, [T, B, I])],
+                              [vi("Y_h", TensorProto.FLOAT, [1, B, H])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.tvm
+def test_if_branches_run_only_when_taken(tmp_path):
+    """Each arm of a data-dependent If is a function of its own (``control_flow.lift_branch``):
+    ``main`` computes only the condition before the If and calls a branch function in each arm
+    (TVM's importer alone emitted both branches' ops before the If, so both LSTMs ran on every
+    call), and both arms verify."""
+    from tvm import relax
+
+    from optc.backends.tvm import lower
+    from optc.frontend import TensorSpec
+    from optc.targets import get_target
+
+    model = _if_around_lstms()
+    mod, _ = lower.prepare_module(model, [TensorSpec("X", "float32", (T, B, I))], get_target("cpu"),
+                                  embed_params=True)
+    branches = [gv.name_hint for gv, f in mod.functions_items()
+                if isinstance(f, relax.Function) and gv.name_hint.startswith("if_branch")]
+    # the arms differ only in their (outer) weights, passed as arguments: one function
+    assert branches == ["if_branch"], [gv.name_hint for gv in mod.get_global_vars()]
+    main = str(mod["main"])
+    assert "lstm_kernel" not in main and main.count("if_branch(") == 2, main
+    x = np.abs(_feeds(_model("LSTM"))["X"])
+    feeds = {"X": np.concatenate([x, -x])}  # two calls (samples stacked on axis 0): one per arm
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    report = optc.compile(path, "cpu", tmp_path / "pkg", inputs=feeds,
+                          options=optc.CompileOptions.of(measure=False, verify_samples=2))
+    assert report["verify"]["passed"], report["verify"]
+    for sign in (1, -1):
+        one = {"X": sign * x}
+        got = optc.run(tmp_path / "pkg", one)["Y_h"]
+        np.testing.assert_allclose(got, _ort(model, one)["Y_h"], atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("name", ["lstm-bidirectional-all-inputs-variable-lengths",
+                                  "gru-bidirectional-linear-before-reset-variable-lengths", "gru-reverse-variable-lengths"])
+def test_unrolled_path_still_matches_onnxruntime(tmp_path, monkeypatch, name):
+    """The unrolled Relax path (kept for non-float32 models and GPU targets,
+    ``recurrent.use_kernel``) on float32 models, forced, so that it stays tested."""
+    from optc.backends.tvm import recurrent, recurrent_kernel
+
+    monkeypatch.setattr(recurrent, "use_kernel", lambda dtype, target_kind=None: False)
+    monkeypatch.setattr(recurrent_kernel, "kernel", lambda spec: pytest.fail("the kernel path was taken"))
+    op_type, kwargs, lens = CASES[name]
+    model = _model(op_type, **kwargs)
+    _compile_and_compare(tmp_path, model, _feeds(model, lens))

@@ -468,6 +468,8 @@ class _OrtBaseline:
         self.sess = verify.ort_session(path, threads=threads, optimize=True)
         names = {i.name for i in self.sess.get_inputs()}
         self.feeds = {k: v for k, v in sample.items() if k in names}
+        if names - set(self.feeds):  # a baseline that cannot run is left out, not a crash mid-bench
+            raise ValueError(f"no sample values for input(s) {sorted(names - set(self.feeds))} of {path}")
 
     def time(self, warmup: int, repeat: int) -> list[float]:
         for _ in range(warmup):
@@ -496,6 +498,10 @@ def _baselines(pkg: Path, manifest: dict, threads: int) -> dict[str, _OrtBaselin
     src = manifest.get("source_model") or {}
     path = Path(src.get("path", ""))
     if path.is_file() and artifact.sha256(path) == src.get("sha256"):
+        frozen = files.get("const_inputs")  # inputs frozen at compile time are inputs of the original
+        if frozen is not None:
+            with np.load(pkg / frozen) as f:
+                sample = {**sample, **{k: f[k] for k in f.files}}
         try:
             out["original"] = _OrtBaseline(path, f"the original model ({path})", sample, threads)
         except Exception:  # noqa: BLE001 - e.g. dynamic shapes onnxruntime cannot take with these feeds

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import os
 import signal
 import stat
@@ -23,6 +22,7 @@ import warnings
 from typing import Sequence
 
 from . import DEFAULT_PIPELINE, __version__
+from .cli_common import print_json as _print_json
 from .errors import EXIT_CODES, InternalError, OptcError
 
 INTERNAL_ERROR = 70
@@ -35,12 +35,6 @@ COMMAND_MODULES: tuple[str, ...] = ("optc.cli_gate", "optc.cli_quant", "optc.cli
 
 def _exit_codes_text() -> str:
     return "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
-
-
-def _print_json(data) -> None:
-    from .artifact import _json_default
-
-    print(json.dumps(data, indent=2, default=_json_default))
 
 
 def _progress(args):

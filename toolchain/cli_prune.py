@@ -4,14 +4,9 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
-
-def _print_json(data) -> None:
-    from .artifact import _json_default
-
-    print(json.dumps(data, indent=2, default=_json_default))
+from .cli_common import add_channel_multiple, add_training_command, print_json
 
 
 def _progress(args):
@@ -57,7 +52,7 @@ def cmd_prune_scan(args) -> int:
                budget=ScanBudget(args.target_flops, args.max_accuracy_drop), eval_limit=args.eval_limit,
                progress=_progress(args))
     if args.json:
-        _print_json(res)
+        print_json(res)
         return 0
     base = res["baseline"]
     metric = res["eval"]["metric"]
@@ -97,7 +92,7 @@ def cmd_prune_finetune(args) -> int:
     rep = prune_finetune(args.model, args.passes, args.train, args.output, evaluation=evaluation,
                          config=config, force=args.force, progress=_progress(args))
     if args.json:
-        _print_json(rep)
+        print_json(rep)
     else:
         metric = rep.get("eval", {}).get("metric")
         print(f"{rep['model']} -> {rep['output']} (passes {rep['passes']}, {args.epochs} epochs on {args.train})")
@@ -164,7 +159,7 @@ def cmd_prune_train(args) -> int:
     rep = prune_train(args.model, args.data, args.output, gates=gates, config=config,
                       evaluation=evaluation, force=args.force, progress=_progress(args))
     if args.json:
-        _print_json(rep)
+        print_json(rep)
     else:
         _print_prune_train(rep, args)
     if rep.get("budget_passed") is False:
@@ -177,13 +172,13 @@ def cmd_prune_train(args) -> int:
 
 
 def _add_prune_train(add) -> None:
-    t = add("prune-train", cmd_prune_train,
-            "learned structured pruning: train hard-concrete channel gates with the model (distillation "
-            "from the original, labels optional) toward a FLOPs target, remove the closed channels, write "
-            "a smaller dense ONNX model and report FLOPs, params, accuracy and gate statistics")
-    t.add_argument("model", help="ONNX model file (one input)")
-    t.add_argument("--data", required=True, metavar="TRAIN.npz",
-                   help="training inputs (keyed by input name or 'input'); labels ('label') optional")
+    t = add_training_command(
+        add, "prune-train", cmd_prune_train,
+        "learned structured pruning: train hard-concrete channel gates with the model (distillation "
+        "from the original, labels optional) toward a FLOPs target, remove the closed channels, write "
+        "a smaller dense ONNX model and report FLOPs, params, accuracy and gate statistics",
+        model="ONNX model file (one input)",
+        data=("TRAIN.npz", "training inputs (keyed by input name or 'input'); labels ('label') optional"))
     t.add_argument("--target-flops", required=True, type=float, metavar="R",
                    help="FLOPs to keep, as a fraction of the original (0.4 = keep 40%%)")
     t.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="pruned model to write")
@@ -201,11 +196,7 @@ def _add_prune_train(add) -> None:
     t.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
     t.add_argument("--finetune-epochs", type=int, default=0,
                    help="distillation fine-tune of the pruned model afterwards (default 0)")
-    t.add_argument("--multiple", type=int, default=None,
-                   help="round kept channels per layer to a multiple (default: the fp32 SIMD lanes of --target, "
-                        "8 on AVX2, 16 on AVX-512, 4 on NEON; 1 keeps exact counts)")
-    t.add_argument("-t", "--target", default="cpu", help="target the model is pruned for (sets the default "
-                   "--multiple; default cpu)")
+    add_channel_multiple(t)
     t.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     t.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     t.add_argument("--time-budget", type=float, metavar="S",
@@ -233,11 +224,7 @@ def add_commands(add) -> None:
     s.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
                    help="accuracy budget in percentage points (default 1)")
     s.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on the first N samples only")
-    s.add_argument("--multiple", type=int, default=None,
-                   help="round kept channels per layer to a multiple (default: the fp32 SIMD lanes of --target, "
-                        "8 on AVX2, 16 on AVX-512, 4 on NEON; 1 keeps exact counts)")
-    s.add_argument("-t", "--target", default="cpu", help="target the model is pruned for (sets the default "
-                   "--multiple; default cpu)")
+    add_channel_multiple(s)
     s.add_argument("--min-channels", type=int, default=1, help="channels every group keeps (default 1)")
     s.add_argument("--json", action="store_true", help="print the scan as JSON")
 

@@ -3,13 +3,7 @@ from an ONNX model, label-free by default)."""
 
 from __future__ import annotations
 
-import json
-
-
-def _print_json(data) -> None:
-    from .artifact import _json_default
-
-    print(json.dumps(data, indent=2, default=_json_default))
+from .cli_common import add_training_command, print_json
 
 
 def _figures(section: dict) -> str:
@@ -38,11 +32,11 @@ def cmd_qat(args) -> int:
     if args.report:
         from pathlib import Path
 
-        from .artifact import _json_default
+        from .artifact import write_json
 
-        Path(args.report).write_text(json.dumps(rep, indent=2, default=_json_default) + "\n")
+        write_json(Path(args.report), rep)
     if args.json:
-        _print_json(rep)
+        print_json(rep)
         return 0
     tr = rep["training"]
     print(f"{rep['model']} -> {rep['output']}: {rep['layers_int8']} layers int8, "
@@ -56,13 +50,13 @@ def cmd_qat(args) -> int:
 
 
 def add_commands(add) -> None:
-    q = add("qat", cmd_qat,
-            "quantization-aware training: optc's int8 quantization, then fake-quantized training "
-            "(learned step sizes) to match the float model on unlabelled inputs (labels optional); "
-            "writes the QDQ model `optc compile` integerizes")
-    q.add_argument("model", help="float ONNX model (one input)")
-    q.add_argument("--data", required=True, metavar="INPUTS.npz",
-                   help="training inputs keyed by input name (or 'input'); also calibrates")
+    q = add_training_command(
+        add, "qat", cmd_qat,
+        "quantization-aware training: optc's int8 quantization, then fake-quantized training "
+        "(learned step sizes) to match the float model on unlabelled inputs (labels optional); "
+        "writes the QDQ model `optc compile` integerizes",
+        model="float ONNX model (one input)",
+        data=("INPUTS.npz", "training inputs keyed by input name (or 'input'); also calibrates"))
     q.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="QDQ model to write")
     q.add_argument("--labels-key", metavar="KEY",
                    help="label array in --data: mix cross-entropy into the loss (default: label-free)")

@@ -194,11 +194,7 @@ def output_specs(model: onnx.ModelProto) -> list[TensorSpec]:
     """Output specs from a model whose shapes have been inferred (after binding + simplify).
     Outputs that are not tensors (sequences, optionals, maps: e.g. of an If or Loop) are
     refused (UnsupportedModelError): the backends return tensors only."""
-    others = [f"{vi.name!r} ({vi.type.WhichOneof('value')})" for vi in model.graph.output
-              if vi.type.WhichOneof("value") not in (None, "tensor_type")]
-    if others:
-        raise UnsupportedModelError(f"graph output(s) {', '.join(others)} are not tensors: optc's backends return "
-                                    "tensors only (sequence, optional and map outputs are not supported)")
+    _refuse_non_tensor_outputs(model)
     inferred = infer_shapes(model, data_prop=True)
     specs = []
     for vi in inferred.graph.output:
@@ -219,11 +215,22 @@ _TYPE_ATTRS = {"Cast": "to", "RandomNormal": "dtype", "RandomUniform": "dtype", 
                "RandomNormalLike": "dtype", "RandomUniformLike": "dtype", "Multinomial": "dtype", "Bernoulli": "dtype"}
 
 
+def _refuse_non_tensor_outputs(model: onnx.ModelProto) -> None:
+    others = [f"{vi.name!r} ({vi.type.WhichOneof('value')})" for vi in model.graph.output
+              if vi.type.WhichOneof("value") not in (None, "tensor_type")]
+    if others:
+        raise UnsupportedModelError(f"graph output(s) {', '.join(others)} are not tensors: optc's backends return "
+                                    "tensors only (sequence, optional and map outputs are not supported)")
+
+
 def check_types(model: onnx.ModelProto, backend: str) -> None:
     """Raise UnsupportedModelError naming every tensor of an element type outside
     :data:`TENSOR_TYPES` (bfloat16, float8, int4, strings, ...): numpy cannot hold it as an
     input or output, and the backend has no kernels for it. Checks graph inputs, outputs,
-    initializers, inferred intermediate values and the target types of Cast-like nodes."""
+    initializers, inferred intermediate values and the target types of Cast-like nodes.
+    Graph outputs that are not tensors (a SplitToSequence's sequence, ...) are refused first,
+    before any pass runs on them."""
+    _refuse_non_tensor_outputs(model)
     seen: dict[str, list[str]] = {}
 
     def note(elem_type: int, where: str) -> None:

@@ -14,8 +14,11 @@ Two lower bounds, each labelled with what it rests on:
     ops whose registry entry says so, ``Cost.dot_product`` in :mod:`optc.ops`): the dot-product
     rate (``int8_dot_macs_per_cycle``: ``sdot``) where the target's code has it (``+dotprod`` in
     the TVM target's ``mattr``, and the library's disassembly does not say otherwise), else the
-    int32 widening multiply-accumulate fallback (``int32_macs_per_cycle``). A Cortex-A72 has no
-    ``sdot``: its int8 layers run at the int32 rate, the fp32 FMA lane rate, not 4x it;
+    int32 widening multiply-accumulate fallback (``int32_macs_per_cycle``), or where the target
+    lists it the int8 widening-multiply rate of the kernel for AArch64 cores without ``sdot``
+    (``int8_widening_macs_per_cycle``: ``smull`` int8 -> int16 + ``sadalp`` into int32). A
+    Cortex-A72 has no ``sdot``: its int8 layers run at 8 MACs/cycle, 2x its fp32 FMA lane rate,
+    not the 4x that ``sdot`` gives an A76;
   - int8 depthwise layers and ONNX integer ops (ConvInteger, MatMulInteger): the int32 rate;
   - binary layers: 1-bit operations (MACs x weight bits x activation bits) at
     ``binary_ops_per_cycle``;
@@ -70,8 +73,12 @@ def rates(peak, tvm: dict | None = None, *, dot_product: bool | None = None) -> 
     else:
         out["int8-int32"] = {"per_s": fp32 / 2, "unit": "MAC",
                              "kernel": "no integer figure for this device: the fp32 FMA rate"}
+    widening = _get(peak, "int8_widening_macs_per_cycle")
     if use_dot and dot:
         out["int8"] = {"per_s": dot * hz, "unit": "MAC", "kernel": f"int8 dot product (sdot), {dot:g} MACs/cycle/core"}
+    elif widening:
+        out["int8"] = {"per_s": widening * hz, "unit": "MAC", "kernel": "int8 widening multiply (smull) + pairwise "
+                       f"accumulate (sadalp), {widening:g} MACs/cycle/core (no dot product)"}
     else:
         out["int8"] = dict(out["int8-int32"])
         if dot and not use_dot:

@@ -1,7 +1,8 @@
 """optc's own ONNX operators (domain ``ai.optc``): one registry, one definition per op.
 
-An op is declared once, on its numpy reference (an ``onnx.reference.op_run.OpRun`` subclass in
-one of :data:`OP_MODULES`), by the :func:`define` decorator, which states together:
+An op is declared once, in its own module of :mod:`optc.passes.ops` (the package
+:data:`OP_MODULES` names), by the :func:`define` decorator on its numpy reference (an
+``onnx.reference.op_run.OpRun`` subclass), which states together:
 
 * **schema**: inputs and outputs (:class:`Operand`: name, element types, optional) and
   attributes (:class:`Attr`); the output *shape* is that of the op's cost surrogate (below),
@@ -12,29 +13,32 @@ one of :data:`OP_MODULES`), by the :func:`define` decorator, which states togeth
   latency), a *surrogate* (standard ONNX ops with the op's output shape and MAC count, through
   which ONNX shape inference and :func:`optc.analysis.layer_costs` see), bit operations per MAC,
   the int8 kernel it runs on, and its work outside the MACs;
-* **lowering**: per backend, the module that registers the op's converter under the same name
-  (the TVM backend: ``"ai.optc::<name>"`` in ``optc.backends.tvm.lower.CUSTOM_CONVERTERS``,
-  module listed in ``CONVERTER_MODULES``). A module name, not an import: passes and the
-  toolchain core never import a backend;
+* **lowering**: per backend, the function that lowers one node, defined in the op's module
+  (TVM: ``lower_tvm(bb, inputs, attr, params) -> relax.Expr``, the Relax glue that calls the
+  kernel builders of ``optc.backends.tvm.bitserial`` / ``int8``; ``optc.backends.tvm.lower``
+  registers it as ``"ai.optc::<name>"`` for every registered op). The function imports TVM and
+  the backend inside its body only, so neither the op module nor this one imports a backend;
 * **example**: a small instance (inputs, attributes) that the generic tests
   (``tests/test_ops.py``) run through the reference, the schema, the cost model and the lowering.
 
-This module is toolchain core (onnx and numpy only). It names the modules that define ops
-(:data:`OP_MODULES`) and imports them on the first lookup, as the targets table names backends,
-so the cost models (:mod:`optc.analysis`, :mod:`optc.energy`, :mod:`optc.latency_model`) see
-every op without importing passes themselves.
+This module is toolchain core (onnx and numpy only). It names the package that defines the
+ops (:data:`OP_MODULES`; the package imports each of its op modules) and imports it on the
+first lookup, as the targets table names backends, so the cost models (:mod:`optc.analysis`,
+:mod:`optc.energy`, :mod:`optc.latency_model`) see every op without importing passes themselves.
 
-Adding an op (e.g. ``IntGlobalAveragePool``, in :mod:`optc.passes.quant.int_ops`):
+Adding an op touches one module plus its test (e.g. ``IntGlobalAveragePool``,
+``passes/ops/int_global_average_pool.py``):
 
-1. in a module of :data:`OP_MODULES`: an ``OpRun`` subclass with ``op_domain = DOMAIN``, its
-   contract as docstring, ``_run(self, <inputs>, <attributes>)``, decorated with
-   ``@define(inputs=..., attributes=..., outputs=..., cost=Cost(...), lowering={"tvm": ...},
-   example=...)``; the cost's surrogate usually is :func:`conv_surrogate`,
-   :func:`dense_surrogate` or a one-liner with :meth:`Surrogate.main`;
-2. in the backend module named by ``lowering``: a converter registered under the op's name;
-3. a test of the op's own numerics (edge cases); ``tests/test_ops.py`` checks the rest for
+1. a new module in ``passes/ops/`` holding an ``OpRun`` subclass with ``op_domain = DOMAIN``,
+   its contract as docstring, ``_run(self, <inputs>, <attributes>)``, decorated with
+   ``@define(inputs=..., attributes=..., outputs=..., cost=Cost(...), lowering={"tvm":
+   lower_tvm}, example=...)``, and ``lower_tvm`` beside it; the cost's surrogate usually is
+   :func:`conv_surrogate`, :func:`dense_surrogate` or a one-liner with :meth:`Surrogate.main`;
+   a new kind of kernel goes into the backend's kernel library (TE compute and schedule), which
+   ``lower_tvm`` calls;
+2. a test of the op's own numerics (edge cases); ``tests/test_ops.py`` checks the rest for
    every registered op: reference vs schema, surrogate shape vs reference, cost, lowering
-   registered, and the compiled kernel against the reference.
+   defined in the op's module and registered, and the compiled kernel against the reference.
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ from .onnx_utils import attr, int_attr
 DOMAIN = "ai.optc"
 VERSION = 1
 
-# Modules whose import registers ops (each op's ``define``), imported on the first lookup.
-OP_MODULES: tuple[str, ...] = ("optc.passes.optc_ops", "optc.passes.quant.int_ops")
+# Modules whose import registers ops (each op's ``define``), imported on the first lookup: the
+# package of op modules, which imports every one of them.
+OP_MODULES: tuple[str, ...] = ("optc.passes.ops",)
 
 ARITHS = ("fp32", "int8", "binary")
 ATTR_TYPES = {"int": onnx.AttributeProto.INT, "ints": onnx.AttributeProto.INTS,
@@ -227,7 +232,7 @@ class OpDef:
     outputs: tuple[Operand, ...]
     reference: type
     cost: Cost
-    lowering: Mapping[str, str]  # backend -> module that registers the op's converter
+    lowering: Mapping[str, Callable]  # backend -> the function lowering one node (TVM: lower_tvm)
     example: Callable[[Any], tuple[list, dict]] | None = None  # rng -> (inputs, attributes)
     domain: str = DOMAIN
     version: int = VERSION
@@ -262,9 +267,14 @@ _REGISTRY: dict[str, OpDef] = {}
 _loaded = False
 
 
-def define(*, inputs, attributes=(), outputs, cost: Cost, lowering: Mapping[str, str], example=None):
+def define(*, inputs, attributes=(), outputs, cost: Cost, lowering: Mapping[str, Callable], example=None):
     """Class decorator: register the ``OpRun`` subclass it decorates as the reference of
-    ``ai.optc::<class name>`` with its schema, cost and lowering (see the module docstring)."""
+    ``ai.optc::<class name>`` with its schema, cost and lowering functions (see the module
+    docstring). Raises ValueError for a second definition of a name, a ``_run`` whose
+    parameters differ from the schema, or a lowering that is not a function."""
+    not_callable = sorted(backend for backend, fn in lowering.items() if not callable(fn))
+    if not_callable:
+        raise ValueError(f"lowering for {not_callable}: a function lowering one node, not {lowering!r}")
 
     def wrap(cls):
         name = cls.__name__

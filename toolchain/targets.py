@@ -30,10 +30,13 @@ class Peak:
     # bound on time); the MAC rates are what optc's integer kernels can reach at best
     # (backends/tvm/int8.py): int8_dot with the dot-product instruction (targets whose mattr has
     # +dotprod), int32 for the widening multiply-accumulate fallback (no dot product; depthwise
-    # layers everywhere); binary_ops: 1-bit AND/XOR + popcount operations (bitserial kernels).
+    # layers everywhere); int8_widening: IntConv2d/IntDense on AArch64 cores without the dot
+    # product (int8.py "smull": SMULL int8 -> int16 + SADALP into int32; 0: the int32 rate);
+    # binary_ops: 1-bit AND/XOR + popcount operations (bitserial kernels).
     issue_width: int = 0
     int32_macs_per_cycle: float = 0.0
     int8_dot_macs_per_cycle: float = 0.0
+    int8_widening_macs_per_cycle: float = 0.0
     binary_ops_per_cycle: float = 0.0
     core_source: str = ""
 
@@ -77,17 +80,22 @@ def _arm(name, mcpu, mattr, desc, peak, aliases=()):
 
 
 _A53 = Peak(1.2, 4, 4, 2.0, "Raspberry Pi 3B: 4x Cortex-A53 @1.2 GHz; A53 NEON 1x64-bit FMA/cycle = 4 fp32 FLOP/cycle; ~2 GB/s sustained LPDDR2",
-            issue_width=2, int32_macs_per_cycle=2, binary_ops_per_cycle=64,
+            issue_width=2, int32_macs_per_cycle=2, int8_widening_macs_per_cycle=4, binary_ops_per_cycle=64,
             core_source="Cortex-A53 TRM: in-order, dual issue (<= 2 instructions/cycle); 64-bit NEON datapath: "
                         "a widening int8 multiply-accumulate (SMLAL, 4 x int32) every 2 cycles = 2 MACs/cycle, no "
-                        "dot product (ARMv8.0); popcount: one 64-bit CNT + accumulate per cycle at best")
+                        "dot product (ARMv8.0); optc's int8 conv/dense kernels (SMULL 8B -> 8 x int16, also a "
+                        "128-bit result, + SADALP): 8 MACs every 2 cycles = 4 MACs/cycle by the same datapath "
+                        "reasoning (not checked against an A53 timing table; an upper bound keeps the roofline a "
+                        "lower bound); popcount: one 64-bit CNT + accumulate per cycle at best")
 _A72 = Peak(1.5, 8, 4, 4.0, "Raspberry Pi 4B: 4x Cortex-A72 @1.5 GHz; A72 2x64-bit FMA/cycle = 8 fp32 FLOP/cycle; ~4 GB/s sustained LPDDR4",
-            issue_width=3, int32_macs_per_cycle=4, binary_ops_per_cycle=128,
+            issue_width=3, int32_macs_per_cycle=4, int8_widening_macs_per_cycle=8, binary_ops_per_cycle=128,
             core_source="Cortex-A72 Software Optimization Guide (UAN 0016A): 3-wide decode (<= 3 instructions/cycle); "
                         "ASIMD integer multiply only on pipe F0: one SMLAL/SMLAL2 (4 x int32 widening multiply-"
-                        "accumulate) per cycle = 4 int8 MACs/cycle, the fp32 FMA lane rate, not 4x it: ARMv8.0 has no "
-                        "SDOT, so optc's int8 kernels run the int32 fallback; popcount: one 128-bit CNT + "
-                        "accumulate per cycle at best")
+                        "accumulate) per cycle = 4 MACs/cycle (int32 kernels: depthwise, ConvInteger); ARMv8.0 has "
+                        "no SDOT: optc's int8 conv/dense kernels use SMULL 8B (8 int8 x int8 -> int16 products, F0, "
+                        "1/cycle) + SADALP (int16 pairs into int32, F1, 1/cycle; pipes as in LLVM's "
+                        "AArch64SchedA57.td, which LLVM also uses for the A72) = 8 MACs/cycle at best; popcount: "
+                        "one 128-bit CNT + accumulate per cycle at best")
 _A76 = Peak(2.4, 16, 4, 10.0, "Raspberry Pi 5: 4x Cortex-A76 @2.4 GHz; A76 2x128-bit FMA/cycle = 16 fp32 FLOP/cycle; ~10 GB/s sustained LPDDR4X",
             issue_width=4, int32_macs_per_cycle=4, int8_dot_macs_per_cycle=32, binary_ops_per_cycle=256,
             core_source="Cortex-A76 Software Optimization Guide: 4-wide decode (<= 4 instructions/cycle); two 128-bit "

@@ -403,7 +403,9 @@ OBJDUMP = "aarch64-linux-gnu-objdump"
 # Instruction kinds that say which kernels a library holds (mnemonic prefixes, see kernel_profile).
 KERNEL_MNEMONICS = {
     "dot_product": ("sdot", "udot", "usdot"),  # ARMv8.2 dotprod / i8mm: int8 -> int32, 4 per lane
-    "int_widening_mla": ("smlal", "smlal2", "umlal", "umlal2"),  # int8/int16 -> int32 fallback
+    # int8/int16 -> int32 without dotprod: multiply-accumulate long, or (int8.py "smull") smull into
+    # int16 + sadalp (pairwise add-accumulate into int32; a NEON-only mnemonic, unlike scalar smull)
+    "int_widening_mla": ("smlal", "smlal2", "umlal", "umlal2", "sadalp"),
     "int_mla": ("mla",),
     "fp32_fma": ("fmla",),
     "popcount": ("cnt",),

@@ -1,8 +1,9 @@
 """Bit-serial kernels for optc's ``ai.optc`` ops: TE compute definitions with optc's own CPU
-schedules, and the converters that put them into the Relax graph as ``call_tir``.
+schedules, and the kernel builders (``*_func``: scheduled PrimFuncs) the ops' lowerings call.
 
-Ops and their contract: :mod:`optc.passes.optc_ops` (which also holds the numpy references the
-kernels must match bit for bit in their integer part).
+Each op (contract, numpy reference, cost, and the lowering that puts these kernels into the
+Relax graph as ``call_tir``) is one module of :mod:`optc.passes.ops`; the exact integer cores
+the kernels must match bit for bit in their integer part are in :mod:`optc.passes.optc_ops`.
 
 Kernels (all built with ``te.create_prim_func`` and scheduled with ``tvm.s_tir.Schedule``;
 marked ``tirx.is_scheduled`` so generic schedule rules leave them alone, and ``op_pattern``
@@ -48,7 +49,7 @@ from typing import Any
 from optc.passes import optc_ops
 from optc.passes.optc_ops import ConvGeometry
 
-from .lower import call_kernel, conv_params, opaque_kernel, register_converter, register_if_available, static_shape
+from .lower import opaque_kernel
 
 LANES = 8  # u64 lanes per vector (512 bits)
 PARALLEL_MIN_WORDS = 1 << 17  # less inner work than this (words x outputs) stays single-threaded
@@ -727,129 +728,6 @@ def bitserial_conv2d_func(x_shape, N, geom: ConvGeometry, act_bits, weight_bits,
     work = B * N * OH * OW * geom.taps * optc_ops.words(C) * act_bits * weight_bits
     f = schedule_conv(f, BITSERIAL_CONV_BLOCKS, n_out=N, ow=OW, work=work)
     return opaque_kernel(f)
-
-
-# ---------------------------------------------------------------------------------------------
-# converters (ONNX ai.optc ops -> Relax call_tir)
-
-
-def _base():
-    from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
-
-    return OnnxOpConverter
-
-
-def _alpha_bias(inputs) -> tuple[list, bool, bool]:
-    """The optional ``alpha`` (input 2) and ``bias`` (input 3) of a BinaryDense / BinaryConv2d
-    converter: those present in kernel argument order, whether bias is, whether alpha is."""
-    alpha, bias = (inputs[i] if len(inputs) > i else None for i in (2, 3))
-    return [v for v in (alpha, bias) if v is not None], bias is not None, alpha is not None
-
-
-def _binary_conv_operands(bb, x, w, attr):
-    """(x_shape, N, geometry, (OH, OW), lane-packed weights) of a BinaryConv2d[Threshold]
-    converter."""
-    b, c, h, wd = static_shape(x)
-    n = static_shape(w)[0]
-    geom = ConvGeometry(*conv_params(attr))
-    kh, kw = geom.kernel_shape
-    wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c), "optc_conv_weight_lanes", [w],
-                             conv_weight_lanes_shape(n, kh, kw, c), "uint64"))
-    return (b, c, h, wd), n, geom, geom.output_shape(h, wd), wt
-
-
-def _register() -> None:
-    from tvm import relax
-
-    Base = _base()
-
-    @register_converter(optc_ops.DOMAIN, "SignThreshold")
-    class SignThreshold(Base):
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            x, t = inputs[0], inputs[1]
-            d = inputs[2] if len(inputs) > 2 else None
-            rank = len(static_shape(x))
-            shape = [1, -1] + [1] * (rank - 2)
-            t = bb.normalize(relax.op.reshape(t, shape))
-            if d is None:
-                cond = relax.op.greater_equal(x, t)
-            else:
-                d = bb.normalize(relax.op.reshape(d, shape))
-                cond = relax.op.greater_equal(relax.op.multiply(d, x), relax.op.multiply(d, t))
-            one = relax.const(1.0, "float32")
-            return relax.op.where(cond, one, relax.op.negative(one))
-
-    @register_converter(optc_ops.DOMAIN, "BinaryDense")
-    class BinaryDense(Base):
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            x, w = inputs[0], inputs[1]
-            extra, has_bias, has_alpha = _alpha_bias(inputs)
-            m, k = static_shape(x)
-            n = static_shape(w)[0]
-            if int(attr["in_features"]) != k:
-                raise ValueError(f"BinaryDense: in_features {attr['in_features']} != input width {k}")
-            func = binary_dense_func(m, k, n, has_bias, has_alpha)
-            return call_kernel(bb, func, "optc_binary_dense", [x, w] + extra, [m, n])
-
-    @register_converter(optc_ops.DOMAIN, "BitserialDense")
-    class BitserialDense(Base):
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            x, w, ws, wo = inputs[:4]
-            bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else None
-            m, k = static_shape(x)
-            n, wb, _ = static_shape(w)
-            func = bitserial_dense_func(m, k, n, int(attr["act_bits"]), wb, float(attr["act_scale"]),
-                                        bias is not None)
-            args = [x, w, ws, wo] + ([bias] if bias is not None else [])
-            return call_kernel(bb, func, "optc_bitserial_dense", args, [m, n])
-
-    @register_converter(optc_ops.DOMAIN, "BinaryConv2d")
-    class BinaryConv2d(Base):
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            x, w = inputs[0], inputs[1]
-            extra, has_bias, has_alpha = _alpha_bias(inputs)
-            x_shape, n, geom, (oh, ow), wt = _binary_conv_operands(bb, x, w, attr)
-            func = binary_conv2d_func(x_shape, n, geom, has_bias, has_alpha)
-            args = [x, wt] + extra
-            return call_kernel(bb, func, "optc_binary_conv2d", args, [x_shape[0], n, oh, ow])
-
-    @register_converter(optc_ops.DOMAIN, "BinaryConv2dThreshold")
-    class BinaryConv2dThreshold(Base):
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            x, w, t = inputs[0], inputs[1], inputs[2]
-            d = inputs[3] if len(inputs) > 3 else None
-            x_shape, n, geom, (oh, ow), wt = _binary_conv_operands(bb, x, w, attr)
-            pool = [int(v) for v in attr.get("pool_shape", (1, 1))]
-            func = binary_conv2d_threshold_func(x_shape, n, geom, d is not None, pool)
-            args = [x, wt, t] + ([d] if d is not None else [])
-            return call_kernel(bb, func, "optc_binary_conv2d_threshold", args,
-                               [x_shape[0], n, oh // pool[0], ow // pool[1]])
-
-    @register_converter(optc_ops.DOMAIN, "BitserialConv2d")
-    class BitserialConv2d(Base):
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            x, w, ws, wo = inputs[:4]
-            bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else None
-            b, c, h, wd = static_shape(x)
-            n, wb, _ = static_shape(w)
-            geom = ConvGeometry(*conv_params(attr))
-            kh, kw = geom.kernel_shape
-            oh, ow = geom.output_shape(h, wd)
-            wt = bb.emit(call_kernel(bb, conv_weight_lanes_func(n, kh, kw, c, wb), "optc_conv_weight_lanes", [w],
-                               [-(-n // LANES), wb, kh, kw, optc_ops.words(c), LANES], "uint64"))
-            func = bitserial_conv2d_func((b, c, h, wd), n, geom, int(attr["act_bits"]), wb,
-                                         float(attr["act_scale"]), bias is not None)
-            args = [x, wt, ws, wo] + ([bias] if bias is not None else [])
-            return call_kernel(bb, func, "optc_bitserial_conv2d", args, [b, n, oh, ow])
-
-
-register_if_available(_register)
 
 
 def build_standalone(func, target: Any):

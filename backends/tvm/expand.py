@@ -92,8 +92,26 @@ def _inline(node: onnx.NodeProto, fp: onnx.FunctionProto, prefix: str, attrs: di
                     new.attribute.append(b)
             else:
                 new.attribute.append(a)
+                for g in [new.attribute[-1].g] if a.type == onnx.AttributeProto.GRAPH else new.attribute[-1].graphs:
+                    _rename_outer(g, rename)
         out.append(_constant_as_tensor(new))
     return out
+
+
+def _rename_outer(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
+    """Rename, in place, the function-scope values a body's subgraph (a Scan or Loop body, an If
+    branch) reads from the enclosing scope, as :func:`_inline` renamed them outside it; names
+    the subgraph defines itself stay (nested subgraphs likewise)."""
+    local = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    local |= {o for n in graph.node for o in n.output}
+    outer = {k: v for k, v in rename.items() if k not in local}
+    for n in graph.node:
+        n.input[:] = [outer.get(i, i) for i in n.input]
+        for a in n.attribute:
+            for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs:
+                _rename_outer(g, outer)
+    for v in graph.output:
+        v.name = outer.get(v.name, v.name)
 
 
 _CONSTANT_FORMS = {"value_float": onnx.TensorProto.FLOAT, "value_floats": onnx.TensorProto.FLOAT,
@@ -148,8 +166,30 @@ def expand_functions(model: onnx.ModelProto, convertible: set[str]) -> tuple[onn
         out.graph.node.extend(nodes)
         model = out
     if expanded:
-        model = _fold_shapes(model)
+        model = _drop_empty_concat_inputs(_fold_shapes(model))
     return model, sorted(set(expanded))
+
+
+def _drop_empty_concat_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Concat inputs of length 0 along the axis (a body's zero padding when the pad is 0,
+    e.g. CausalConvWithState with kernel 1) dropped, one input always kept: the result is the
+    same, and TVM's VM executable could not load back the zero-size constant they became."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - shapes are a best effort: the model stays as it is
+        return model
+    dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            for vi in [*inferred.graph.value_info, *inferred.graph.input] if vi.type.tensor_type.HasField("shape")}
+    dims.update({t.name: list(t.dims) for t in model.graph.initializer})
+    for node in model.graph.node:
+        if node.op_type != "Concat" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        empty = [x for x in node.input if x in dims and dims[x] and dims[x][axis % len(dims[x])] == 0]
+        keep = [x for x in node.input if x not in empty]
+        if empty and keep:
+            node.input[:] = keep
+    return model
 
 
 def _fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,10 +1,13 @@
 """Integer kernels for optc's ``IntConv2d`` / ``IntDense`` / ``IntGlobalAveragePool``
 (``ai.optc``): TE compute definitions with optc's own CPU schedules that use the hardware's int8
-dot-product instructions, and the converters that put them into the Relax graph as
-``call_tir``.
+dot-product instructions, the Relax glue they share (:func:`_dense`, :func:`kernel_bias`), and
+the converters of the standard ONNX integer ops (MaxPool on codes, MatMulInteger, ConvInteger,
+DynamicQuantizeLinear).
 
-Op contract and numpy references: :mod:`optc.passes.quant.int_ops` (the kernels match them bit
-for bit: every step is integer arithmetic).
+Each ``ai.optc`` op is defined in one module of :mod:`optc.passes.ops` (``int_conv2d``,
+``int_dense``, ``int_global_average_pool``): contract, numpy reference, cost and the lowering
+that calls the kernel builders here (the kernels match the references bit for bit: every step
+is integer arithmetic; the shared integer math is :mod:`optc.passes.quant.int_ops`).
 
 Layout (one for every CPU): output channels in blocks of ``LANES = 16``, input channels in
 groups of 4 bytes, so that one 16 x 4 weight block is 64 contiguous bytes:
@@ -14,7 +17,8 @@ groups of 4 bytes, so that one 16 x 4 weight block is 64 contiguous bytes:
   evaluates at compile time when the weights are embedded constants (``--params embedded``,
   the default; with separate weights it runs on every call);
 * activations ``X [B, C, H, W]`` -> ``Xp [B, H + pads, W + pads, CB, 4]`` (NHWC, padded with
-  the input zero point; padded channels are 0 and meet zero weights) inside the kernel;
+  the input zero point; padded channels are 0 and meet zero weights) inside the kernel
+  (``[..., CB, 8]``, each group twice, for ``smull`` below);
 * ``Acc[b, nb, oh, ow, 0:16] += Xp[b, ih, iw, cb, 0:4] . Wp[nb, kh, kw, cb, 0:16, 0:4]``: one
   4-byte input group broadcast against a 16 x 4 weight block, i.e. exactly
   **vpdpbusd zmm** (AVX-512 VNNI: u8 x s8 -> 16 x s32) and, split in four 4 x 4 blocks,
@@ -36,8 +40,18 @@ Schedules (:func:`schedule_conv`, :func:`schedule_dense`), chosen per target by
 * ``sdot`` (AArch64 with ``+dotprod``): the same tiling, the 16 lanes split into four
   ``sdot`` 4 x 4 blocks (as TVM's ``ARM_DOT_4x4_i8_SDOT_INTRIN``, accumulator in the local
   register tile), activations as s8.
-* ``generic`` (any other CPU: AVX2, AVX-512 without VNNI, ARM without dotprod): the same
-  tiling with plain int32 multiply-adds vectorized over the 16 output channels.
+* ``smull`` (AArch64 without ``+dotprod``: Cortex-A72 / A53, ARMv8.0 NEON): activations as s8,
+  each 16 x 4 block as eight :data:`SMULL_INTRIN` calls: ``smull`` (8 int8 x int8 -> int16
+  products, exact) + ``sadalp`` (adjacent int16 pairs added into int32), 8 MACs per 2
+  instructions; the packed activations hold each 4-byte group twice (one 8-byte load is the
+  ``smull`` operand of 2 lanes). The accumulator keeps two partial sums per lane (bytes 0-1 and 2-3 of each
+  group, :func:`acc_halves`), added in the epilogue; register tiles of at most
+  :data:`SMULL_MAX_TILE` columns (8 q registers of accumulators each). Exact for every int8
+  weight and activation (an int16 sum of two products, as ``smlal`` into int16, would wrap at
+  -128 x -128 twice). ResNet-18 executes 0.72x the instructions of fp32 and 3.8x fewer than
+  with the int32 fallback below that these cores ran before (bench/README_quant.md).
+* ``generic`` (any other CPU: AVX2, AVX-512 without VNNI): the same tiling with plain int32
+  multiply-adds vectorized over the 16 output channels.
 
 Depthwise convolutions (``group = C = N``) have only KH*KW products per output: a plain int32
 kernel vectorized over output columns (no dot-product instruction fits).
@@ -61,7 +75,7 @@ Standard ONNX integer ops (onnxruntime's ``quantize_dynamic``), exact int32 as t
 them: ``MatMulInteger`` with a static 2-D ``B`` (:func:`_matmul_integer`) and ``ConvInteger``
 (:func:`_conv_integer`, TVM has no converter). Where a bound proves every partial sum an integer
 below 2^24 (:func:`_exact_in_fp32`: ``terms * 255 * max|w - z_w|``, read from the constant
-weight) and, for MatMulInteger, the CPU has no int8 dot product (``generic``), they compute in
+weight) and, for MatMulInteger, the CPU has no int8 dot product (``generic``, ``smull``), they compute in
 float32 on the zero-point-shifted operands with optc's fp32 schedules (exact, and faster than
 the generic int32 kernel); otherwise MatMulInteger runs on the dense kernel
 (:func:`_matmul_integer_kernel`: uint8 weights shifted to int8, the activation zero point folded
@@ -87,6 +101,8 @@ PARALLEL_MIN_ELEMS = 1 << 16  # the same for the (memory-bound) max pool, in inp
 
 VNNI_INTRIN = "optc_dot_16x4_u8i8i32_vnni"
 SDOT_INTRIN = "optc_dot_4x4_i8i8i32_sdot"
+SMULL_INTRIN = "optc_dot_2x4_i8i8i32_smull_sadalp"
+SMULL_MAX_TILE = 3  # smull: 8 q registers of accumulators per column; 3 x 8 + weights + operand < 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +110,8 @@ SDOT_INTRIN = "optc_dot_4x4_i8i8i32_sdot"
 
 
 def isa_of(target) -> str:
-    """``"vnni"``, ``"sdot"`` or ``"generic"`` for a ``tvm.target.Target`` (LLVM CPU)."""
+    """``"vnni"``, ``"sdot"``, ``"smull"`` (AArch64 without dotprod: NEON widening multiply,
+    :data:`SMULL_INTRIN`) or ``"generic"`` for a ``tvm.target.Target`` (LLVM CPU)."""
     from tvm.target import codegen
 
     attrs = target.attrs
@@ -102,7 +119,7 @@ def isa_of(target) -> str:
     mcpu = str(attrs.get("mcpu", "") or "")
     mattr = [str(a) for a in (attrs.get("mattr", None) or [])]
     if triple.startswith("aarch64"):
-        return "sdot" if "+dotprod" in mattr else "generic"
+        return "sdot" if "+dotprod" in mattr else "smull"
     try:
         has = bool(codegen.target_has_features("avx512vnni", target))
     except Exception:  # noqa: BLE001 - older API: fall back on the mattr list and mcpu name
@@ -164,11 +181,63 @@ def _register_intrinsics() -> None:
 
     TensorIntrin.register(VNNI_INTRIN, desc_of(16, "uint8"), impl_of(16, "uint8", "llvm.x86.avx512.vpdpbusd.512"))
     TensorIntrin.register(SDOT_INTRIN, desc_of(4, "int8"), impl_of(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8"))
+    TensorIntrin.register(SMULL_INTRIN, *_smull_intrin())
+
+
+SMULL_LANES = 2  # output lanes per smull intrinsic call (8 weight bytes: one d register)
+
+
+def _smull_intrin():
+    """(desc, impl) of the ARMv8.0 NEON int8 block (no dot product): 2 output lanes x 4 input
+    bytes into 2 x 2 int32 partial sums ``C[l, h] += A[4l + 2h] B[l, 2h] + A[4l + 2h + 1] B[l,
+    2h + 1]``, where ``A`` is the 4-byte activation group stored twice (the packed input keeps
+    every group twice for this kernel, so the operand is one 8-byte load, no broadcast).
+    ``smull`` multiplies those 8 bytes by the 8 weight bytes into 8 int16 products (exact:
+    |-128 x -128| = 2^14 < 2^15), ``saddlp`` + ``add`` (one ``sadalp``) adds adjacent pairs into
+    the 4 int32s: 8 MACs in 2 instructions, no sign-extension step. (A 4-lane form with
+    ``smull2`` on 16-byte loads is no better: LLVM sees that a broadcast operand's halves are
+    equal and extracts the weights' high half with ``ext`` instead.)"""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (8,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (2, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (2, 2), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:2], A[0:8], B[0:2, 0:4])
+            T.writes(C[0:2, 0:2])
+            for i, h, k in T.grid(2, 2, 2):
+                with T.sblock("update"):
+                    vi, vh, vk = T.axis.remap("SSR", [i, h, k])
+                    C[vi, vh] = C[vi, vh] + T.Cast("int32", A[vi * 4 + vh * 2 + vk]) * T.Cast(
+                        "int32", B[vi, vh * 2 + vk])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (8,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (2, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (2, 2), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:2], A[0:8], B[0:2, 0:4])
+            T.writes(C[0:2, 0:2])
+            prod = T.call_llvm_pure_intrin("int16x8", "llvm.aarch64.neon.smull.v8i16", A.vload([0], "int8x8"),
+                                           B.vload([0, 0], "int8x8"))
+            C[0, T.ramp(T.int32(0), 1, 4)] = C.vload([0, 0], "int32x4") + T.call_llvm_pure_intrin(
+                "int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16", prod)
+
+    return desc, impl
 
 
 def kernel_dtype(isa: str) -> str:
     """Activation dtype the kernel's dot product wants."""
-    return "int8" if isa == "sdot" else "uint8"
+    return "int8" if isa in ("sdot", "smull") else "uint8"
+
+
+def acc_halves(isa: str) -> int:
+    """Partial int32 sums per output lane in the accumulator: 2 for ``smull`` (``sadalp`` adds
+    pairs of the 4 bytes of a group; the two halves are added in the epilogue), else 1."""
+    return 2 if isa == "smull" else 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,11 +317,27 @@ def _requant(acc, M, S, rq: Requant):
     return y.astype(rq.out_dtype)
 
 
-def conv_te(x_shape, N: int, geom: ConvGeometry, rq: Requant, *, in_dtype: str, kdtype: str):
+def _halves_acc(shape, prod, axes, name: str = "Acc"):
+    """The ``smull`` accumulator ``Acc[*shape, l, h]`` (:func:`acc_halves`): the sum over
+    ``axes`` and the bytes ``2h, 2h+1`` of each 4-byte group of ``prod(*idx, l, g)`` (the
+    int32 product at lane ``l``, byte ``g``; ``shape`` has 4 axes for conv, 2 for dense)."""
+    from tvm import te
+
+    rg = te.reduce_axis((0, GROUP // 2), "g")
+    if len(shape) == 4:
+        return te.compute((*shape, LANES, 2), lambda b, nb, oh, ow, l, h: te.sum(
+            prod(b, nb, oh, ow, l, h * 2 + rg), axis=[*axes, rg]), name=name)
+    return te.compute((*shape, LANES, 2), lambda m, nb, l, h: te.sum(prod(m, nb, l, h * 2 + rg), axis=[*axes, rg]),
+                      name=name)
+
+
+def conv_te(x_shape, N: int, geom: ConvGeometry, rq: Requant, *, in_dtype: str, kdtype: str, halves: int = 1):
     """TE tensors of IntConv2d (group 1) on packed weights ``Wp`` and the kernel's bias;
     ``x_shape`` = (B, C, H, W) whatever the layout; ``X``/``Y`` in NCHW or NHWC
     (``geom.x_layout`` / ``y_layout``; the packed ``Xp`` is NHWC either way: from NHWC the
-    pack is a padded copy of contiguous rows, from NCHW a transpose)."""
+    pack is a padded copy of contiguous rows, from NCHW a transpose); ``halves``: the
+    accumulator's partial sums per lane (:func:`acc_halves`); with 2 (``smull``) ``Xp`` holds
+    each 4-byte group twice (``[..., CB, 8]``: the 8-byte operand of :func:`_smull_intrin`)."""
     from tvm import te, tirx
 
     B, C, H, W_ = x_shape
@@ -270,6 +355,7 @@ def conv_te(x_shape, N: int, geom: ConvGeometry, rq: Requant, *, in_dtype: str, 
     zp_k = _zero_point_in_kernel(rq.x_zero_point, in_dtype, kdtype)
 
     def pack(b, hp, wp, cb, g):
+        g = g % GROUP if halves == 2 else g  # smull: each group stored twice (:func:`_smull_intrin`)
         c, h, w = cb * GROUP + g, hp - pads[0], wp - pads[1]
         inside = tirx.all(h >= 0, h < H, w >= 0, w < W_)
         hc, wc, cc = tirx.max(tirx.min(h, H - 1), 0), tirx.max(tirx.min(w, W_ - 1), 0), tirx.min(c, C - 1)
@@ -277,17 +363,30 @@ def conv_te(x_shape, N: int, geom: ConvGeometry, rq: Requant, *, in_dtype: str, 
         v = tirx.if_then_else(inside, v, tirx.const(zp_k, kdtype))
         return v if C == CB * GROUP else tirx.if_then_else(c < C, v, tirx.const(0, kdtype))
 
-    Xp = te.compute((B, Hp, Wpd, CB, GROUP), pack, name="Xp")
+    Xp = te.compute((B, Hp, Wpd, CB, GROUP * halves), pack, name="Xp")
     rkh, rkw = te.reduce_axis((0, KH), "kh"), te.reduce_axis((0, KW), "kw")
     rcb, rg = te.reduce_axis((0, CB), "cb"), te.reduce_axis((0, GROUP), "g")
-    Acc = te.compute(
+    if halves == 2:
+        Acc = _halves_acc((B, NB, OH, OW), lambda b, nb, oh, ow, l, g: Xp[
+            b, oh * strides[0] + rkh * dilations[0], ow * strides[1] + rkw * dilations[1], rcb, l % 2 * GROUP + g
+        ].astype("int32") * Wp[nb, rkh, rkw, rcb, l, g].astype("int32"), [rkh, rkw, rcb])
+    else:
+        Acc = te.compute(
         (B, NB, OH, OW, LANES),
-        lambda b, nb, oh, ow, l: te.sum(
-            Xp[b, oh * strides[0] + rkh * dilations[0], ow * strides[1] + rkw * dilations[1], rcb, rg].astype("int32")
-            * Wp[nb, rkh, rkw, rcb, l, rg].astype("int32"), axis=[rkh, rkw, rcb, rg]),
-        name="Acc")
+            lambda b, nb, oh, ow, l: te.sum(
+                Xp[b, oh * strides[0] + rkh * dilations[0], ow * strides[1] + rkw * dilations[1], rcb, rg].astype("int32")
+                * Wp[nb, rkh, rkw, rcb, l, rg].astype("int32"), axis=[rkh, rkw, rcb, rg]),
+            name="Acc")
+
     def requant(b, n, oh, ow):
-        return _requant(Acc[b, n // LANES, oh, ow, n % LANES] + Bk[n], M[n], S[n], rq)
+        at = (b, n // LANES, oh, ow, n % LANES)
+        if halves == 1:
+            return _requant(Acc[at] + Bk[n], M[n], S[n], rq)
+        # smull: the int32 sum as llvm.sadd.sat (equal to "+" where the op contract holds: no int32
+        # overflow), which LLVM does not widen to int64 before the multiply, so the int64 product
+        # stays a vector smlal instead of a scalar mul per output (-2 % on a 64-channel conv)
+        acc = tirx.call_llvm_pure_intrin("int32", "llvm.sadd.sat.i32", Acc[(*at, 0)] + Acc[(*at, 1)], Bk[n])
+        return _requant(acc, M[n], S[n], rq)
 
     if y_layout == "NCHW":
         Y = te.compute((B, N, OH, OW), requant, name="Y")
@@ -330,10 +429,11 @@ def depthwise_te(x_shape, geom: ConvGeometry, rq: Requant, *, in_dtype: str):
     return [X, W, Bv, M, S], Y
 
 
-def dense_te(M_, K, N, rq: Requant | None, *, in_dtype: str, kdtype: str):
+def dense_te(M_, K, N, rq: Requant | None, *, in_dtype: str, kdtype: str, halves: int = 1):
     """TE tensors of IntDense on packed weights ``Wp [NB, 1, 1, KB, 16, 4]`` (the conv weight
     layout of a 1x1 kernel) and the kernel's bias; ``rq=None``: no requantization, ``Y`` is the
-    int32 accumulator plus bias (MatMulInteger) and ``multiplier``/``shift`` are not inputs."""
+    int32 accumulator plus bias (MatMulInteger) and ``multiplier``/``shift`` are not inputs;
+    ``halves``: the accumulator's partial sums per lane (:func:`acc_halves`)."""
     from tvm import te, tirx
 
     NB, KB = _cdiv(N, LANES), channel_blocks(K, 1, 1)
@@ -344,17 +444,26 @@ def dense_te(M_, K, N, rq: Requant | None, *, in_dtype: str, kdtype: str):
     S = te.placeholder((N,), "int32", name="shift")
 
     def pack(m, kb, g):
-        k = kb * GROUP + g
+        k = kb * GROUP + (g % GROUP if halves == 2 else g)  # smull: each group stored twice
         return tirx.if_then_else(k < K, _to_kernel(X[m, tirx.min(k, K - 1)], in_dtype, kdtype), tirx.const(0, kdtype))
 
-    Xp = te.compute((M_, KB, GROUP), pack, name="Xp")
+    Xp = te.compute((M_, KB, GROUP * halves), pack, name="Xp")
     rkb, rg = te.reduce_axis((0, KB), "kb"), te.reduce_axis((0, GROUP), "g")
-    Acc = te.compute((M_, NB, LANES), lambda m, nb, l: te.sum(
-        Xp[m, rkb, rg].astype("int32") * Wp[nb, 0, 0, rkb, l, rg].astype("int32"), axis=[rkb, rg]), name="Acc")
+    if halves == 2:
+        Acc = _halves_acc((M_, NB), lambda m, nb, l, g: Xp[m, rkb, l % 2 * GROUP + g].astype("int32")
+                          * Wp[nb, 0, 0, rkb, l, g].astype("int32"), [rkb])
+    else:
+        Acc = te.compute((M_, NB, LANES), lambda m, nb, l: te.sum(
+            Xp[m, rkb, rg].astype("int32") * Wp[nb, 0, 0, rkb, l, rg].astype("int32"), axis=[rkb, rg]), name="Acc")
+
+    def acc(m, n):
+        return Acc[m, n // LANES, n % LANES] if halves == 1 else Acc[m, n // LANES, n % LANES, 0] + Acc[
+            m, n // LANES, n % LANES, 1]
+
     if rq is None:
-        Y = te.compute((M_, N), lambda m, n: Acc[m, n // LANES, n % LANES] + Bk[n], name="Y")
+        Y = te.compute((M_, N), lambda m, n: acc(m, n) + Bk[n], name="Y")
         return [X, Wp, Bk], Y
-    Y = te.compute((M_, N), lambda m, n: _requant(Acc[m, n // LANES, n % LANES] + Bk[n], Mu[n], S[n], rq), name="Y")
+    Y = te.compute((M_, N), lambda m, n: _requant(acc(m, n) + Bk[n], Mu[n], S[n], rq), name="Y")
     return [X, Wp, Bk, Mu, S], Y
 
 
@@ -484,6 +593,9 @@ def _inner_dot(sch, blk, lane_loop, isa: str, first) -> None:
         sch.reorder(g, lane)
         sch.unroll(g)
         sch.vectorize(lane)
+    if isa == "smull":
+        _inner_smull(sch, blk, lane_loop, first)
+        return
     init = sch.decompose_reduction(blk, first)
     sch.vectorize(sch.get_loops(init)[-1])
     if isa == "generic":
@@ -496,6 +608,19 @@ def _inner_dot(sch, blk, lane_loop, isa: str, first) -> None:
         sch.tensorize(sch.get_loops(blk)[-2], SDOT_INTRIN)
     else:
         raise ValueError(f"unknown int8 instruction set {isa!r}")
+
+
+def _inner_smull(sch, blk, lane_loop, first) -> None:
+    """``smull``: the block's innermost loops are (16 lanes, 2 halves, 2 bytes); the init's
+    (lanes, halves) become one vector of 32 int32, the update is tensorized per
+    :data:`SMULL_LANES` lanes with :data:`SMULL_INTRIN` and the intrinsic calls unrolled (their
+    accumulators stay in registers)."""
+    init = sch.decompose_reduction(blk, first)
+    sch.vectorize(sch.fuse(*sch.get_loops(init)[-2:]))
+    _register_intrinsics()
+    lo, li = sch.split(lane_loop, [None, SMULL_LANES])
+    sch.tensorize(li, SMULL_INTRIN)
+    sch.unroll(lo)
 
 
 def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: str = "Xp",
@@ -524,7 +649,7 @@ def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: 
     else:
         b, oh, owl, n = sch.get_loops(yb)
     nb, lane = sch.split(n, [None, LANES])
-    r = _tile(ow)
+    r = _tile(ow, SMULL_MAX_TILE if isa == "smull" else MAX_TILE)
     owo, owi = sch.split(owl, [None, r])
     sch.reorder(b, nb, oh, owo, *((lane, owi) if y_layout == "NCHW" else (owi, lane)))
     outer = sch.fuse(b, nb, oh)
@@ -539,10 +664,16 @@ def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: 
     inner = loops[at + 1:]
     n_red = sum(1 for iv in sch.get(acc).iter_vars if int(iv.iter_type) == 2 and int(iv.dom.extent) > 1)
     spatial, red = inner[:len(inner) - n_red], inner[len(inner) - n_red:]
-    lane_a, g = spatial[-1], red[-1]
-    sch.reorder(*red[:-1], *spatial[:-1], lane_a, g)
-    owi_a = spatial[0] if len(spatial) == 2 else None
-    _inner_dot(sch, acc, lane_a, isa, first=red[0])  # red has >= 2 loops: see channel_blocks
+    sch.reorder(*red[:-1], *spatial, red[-1])
+    halves = acc_halves(isa)
+    lane_a = spatial[-halves]  # spatial: (owi if r > 1, lanes, halves if 2)
+    owi_a = spatial[0] if len(spatial) == 1 + halves else None
+    first = red[0]  # red has >= 2 loops: see channel_blocks
+    if isa == "smull" and int(sch.get(red[-2]).extent) % 2 == 0:  # 2 input groups per loop trip
+        cbo, cbi = sch.split(red[-2], [None, 2])
+        sch.unroll(cbi)
+        first = cbo if len(red) == 2 else first
+    _inner_dot(sch, acc, lane_a, isa, first=first)
     if owi_a is not None:
         sch.unroll(owi_a)
     if n_out % LANES == 0 and y_layout == "NHWC":
@@ -568,8 +699,9 @@ def schedule_dense(func, isa: str, *, n_out: int, work: int):
     sch.compute_at(acc, m)
     sch.set_scope(acc, 0, "local")
     loops = sch.get_loops(acc)
-    lane_a, kb, g = loops[-3], loops[-2], loops[-1]
-    sch.reorder(kb, lane_a, g)
+    halves = acc_halves(isa)
+    lane_a, kb, g = loops[-2 - halves], loops[-2], loops[-1]
+    sch.reorder(kb, *loops[-2 - halves:-2], g)
     _inner_dot(sch, acc, lane_a, isa, first=kb)
     return sch.mod["main"]
 
@@ -627,7 +759,7 @@ def conv_func(isa, x_shape, N, geom: ConvGeometry, rq: Requant, *, in_dtype: str
     """IntConv2d, group 1 (:func:`conv_te`), scheduled for ``isa``."""
     from tvm import te
 
-    ins, Y = conv_te(x_shape, N, geom, rq, in_dtype=in_dtype, kdtype=kernel_dtype(isa))
+    ins, Y = conv_te(x_shape, N, geom, rq, in_dtype=in_dtype, kdtype=kernel_dtype(isa), halves=acc_halves(isa))
     f = te.create_prim_func([*ins, Y])
     B, C, H, W = x_shape
     OH, OW = geom.output_shape(H, W)
@@ -683,7 +815,7 @@ def dense_func(isa, M, K, N, rq: Requant | None, *, in_dtype: str):
     """IntDense (:func:`dense_te`; ``rq=None``: int32 output), scheduled for ``isa``."""
     from tvm import te
 
-    ins, Y = dense_te(M, K, N, rq, in_dtype=in_dtype, kdtype=kernel_dtype(isa))
+    ins, Y = dense_te(M, K, N, rq, in_dtype=in_dtype, kdtype=kernel_dtype(isa), halves=acc_halves(isa))
     f = te.create_prim_func([*ins, Y])
     return opaque_kernel(schedule_dense(f, isa, n_out=N, work=M * N * K))
 
@@ -714,14 +846,7 @@ def _call(bb, func, name: str, args: list, shape: list[int], dtype: str):
     return bb.emit(call_kernel(bb, func, name, args, shape, dtype))
 
 
-def _requant_attrs(attr: dict) -> Requant:
-    """The op's quantization attributes (``to`` defaults to uint8)."""
-    to = int(attr.get("to", 2))
-    return Requant(x_zero_point=int(attr.get("x_zero_point", 0)), y_zero_point=int(attr.get("y_zero_point", 0)),
-                   out_min=int(attr["out_min"]), out_max=int(attr["out_max"]), out_dtype={2: "uint8", 3: "int8"}[to])
-
-
-def _kernel_bias(bb, w4, bias, in_dtype: str, isa: str):
+def kernel_bias(bb, w4, bias, in_dtype: str, isa: str):
     """The op's bias, plus -/+128 * sum(W[n]) when the kernel flips the activations' sign bit."""
     n, c, kh, kw = static_shape(w4)
     kd = kernel_dtype(isa)
@@ -748,7 +873,7 @@ def _dense(bb, x, w, bias, requant: list, rq: Requant | None):
     in_dtype = _dtype(x)
     w4 = bb.emit(relax.op.reshape(w, [n, k, 1, 1]))
     wp = _call(bb, weight_pack_func(n, k, 1, 1), "optc_int_weight_pack", [w4], weight_pack_shape(n, k, 1, 1), "int8")
-    bk = _kernel_bias(bb, w4, bias, in_dtype, isa)
+    bk = kernel_bias(bb, w4, bias, in_dtype, isa)
     func = dense_func(isa, m, k, n, rq, in_dtype=in_dtype)
     y = call_kernel(bb, func, "optc_int_dense", [x2, wp, bk, *requant], [m, n], rq.out_dtype if rq else "int32")
     return y if len(lead) == 1 else relax.op.reshape(bb.emit(y), [*lead, n])
@@ -846,12 +971,13 @@ def _centered_f32(bb, v, zp, zp_shape: list[int] | None = None):
 def _matmul_integer(bb, a, b, a_zp, b_zp, params=None):
     """ONNX MatMulInteger on a CPU, exact: in float32 (optc's fp32 matmul schedules) where the
     bound :func:`_exact_in_fp32` proves every partial sum exact and the target has no int8 dot
-    product (``generic``: AVX2, ARM without dotprod, where the float FMA path is the faster
-    one), else on the int8 dense kernel (:func:`_matmul_integer_kernel`)."""
+    product (``generic``: AVX2; ``smull``: ARM without dotprod, where the float FMA path was the
+    faster one against the int32 fallback; not re-measured against the smull kernel), else on
+    the int8 dense kernel (:func:`_matmul_integer_kernel`)."""
     from tvm import relax
 
     k, n = static_shape(b)
-    if current_isa() == "generic" and _exact_in_fp32(k, _weight_spread(b, b_zp, 1, params)):
+    if current_isa() in ("generic", "smull") and _exact_in_fp32(k, _weight_spread(b, b_zp, 1, params)):
         af = _centered_f32(bb, a, a_zp)
         bf = _centered_f32(bb, b, b_zp, None if b_zp is None or int(np.prod(static_shape(b_zp))) == 1 else [1, n])
         return relax.op.astype(relax.op.matmul(af, bf), "int32")
@@ -927,45 +1053,8 @@ def _int_conv(bb, x, w, attr: dict, dims: int, out_dtype: str = "int32"):
 
 def _register() -> None:
     from tvm import relax
-
-    from optc.passes.optc_ops import DOMAIN
-    from optc.passes.quant import int_ops
-    from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter as Base
-
-    @register_converter(DOMAIN, "IntConv2d")
-    class IntConv2d(Base):
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            x, w, bias, mult, shift = inputs[:5]
-            isa = current_isa()
-            x_layout, y_layout = (int_ops.layout_of(attr.get(k)) for k in ("x_layout", "y_layout"))
-            if x_layout == "NCHW":
-                b, c, h, wd = static_shape(x)
-            else:
-                b, h, wd, c = static_shape(x)
-            n, cg, kh, kw = static_shape(w)
-            ks, pads, strides, dil = conv_params(attr)
-            group = int(attr.get("group", 1))
-            geom = ConvGeometry(ks, pads, strides, dil, group, x_layout, y_layout)
-            in_dtype = _dtype(x)
-            rq = _requant_attrs(attr)
-            oh, ow = geom.output_shape(h, wd)
-            if group != 1:
-                if x_layout != "NCHW" or y_layout != "NCHW":
-                    raise ValueError("IntConv2d: depthwise kernels take NCHW only (integerize keeps them so)")
-                if not (group == c == n and cg == 1):
-                    raise ValueError(f"IntConv2d: group {group} is not supported (1 or depthwise)")
-                func = depthwise_func((b, c, h, wd), geom, rq, in_dtype=in_dtype)
-                return call_kernel(bb, func, "optc_int_depthwise", [x, w, bias, mult, shift], [b, n, oh, ow],
-                                   rq.out_dtype)
-            wp = _call(bb, weight_pack_func(n, c, kh, kw), "optc_int_weight_pack", [w],
-                       weight_pack_shape(n, c, kh, kw), "int8")
-            bk = _kernel_bias(bb, w, bias, in_dtype, isa)
-            func = conv_func(isa, (b, c, h, wd), n, geom, rq, in_dtype=in_dtype)
-            return call_kernel(bb, func, "optc_int_conv2d", [x, wp, bk, mult, shift],
-                               [b, n, oh, ow] if y_layout == "NCHW" else [b, oh, ow, n], rq.out_dtype)
-
     from tvm.relax.frontend.onnx.onnx_frontend import MaxPool as StockMaxPool
+    from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter as Base
 
     @register_converter("", "MaxPool")
     class MaxPool(StockMaxPool):
@@ -989,17 +1078,6 @@ def _register() -> None:
             oh, ow = conv_output_shape(h, w, ks, pads, strides, (1, 1))
             func = max_pool_func(b, c, h, w, ks, pads, strides, dtype=dtype)
             return call_kernel(bb, func, "optc_int_max_pool", [x], [b, c, oh, ow], dtype)
-
-    @register_converter(DOMAIN, "IntDense")
-    class IntDense(Base):
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            x, w, bias, mult, shift = inputs[:5]
-            w_zp = inputs[5] if len(inputs) > 5 else None
-            rq = _requant_attrs(attr)
-            if w_zp is None:
-                return _dense(bb, x, w, bias, [mult, shift], rq)
-            return _dense_weight_zero_point(bb, x, w, bias, mult, shift, w_zp, rq)
 
     from tvm.relax.frontend.onnx.onnx_frontend import MatMulInteger as StockMatMulInteger
 
@@ -1053,19 +1131,6 @@ def _register() -> None:
             x_zp = inputs[2] if len(inputs) > 2 else None
             w_zp = inputs[3] if len(inputs) > 3 else None
             return _conv_integer(bb, x, w, x_zp, w_zp, attr, params)
-
-    @register_converter(DOMAIN, "IntGlobalAveragePool")
-    class IntGlobalAveragePool(Base):
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            x, mult, shift = inputs[:3]
-            current_isa()  # a CPU target (the kernel is scheduled for CPUs)
-            x_layout = int_ops.layout_of(attr.get("x_layout"))
-            b, c, h, w = static_shape(x) if x_layout == "NCHW" else [static_shape(x)[i] for i in (0, 3, 1, 2)]
-            rq = _requant_attrs(attr)
-            func = global_avg_pool_func((b, c, h, w), rq, in_dtype=_dtype(x), x_layout=x_layout,
-                                        per_channel=static_shape(mult) != [1])
-            return call_kernel(bb, func, "optc_int_global_avg_pool", [x, mult, shift], [b, c, 1, 1], rq.out_dtype)
 
 
 register_if_available(_register)

@@ -13,7 +13,10 @@ Weights are either bound into the library as constants ("embedded") or kept as t
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -25,15 +28,17 @@ from optc.targets import Target, host_cores
 from . import schedule
 
 
-# optc's own ops (e.g. packed bit-serial or integer operators that passes emit in an "ai.optc.*"
-# domain) get converters registered here: "domain::OpType" -> a tvm OnnxOpConverter subclass.
+# Converters optc adds to TVM's ONNX importer: "domain::OpType" -> a tvm OnnxOpConverter subclass
+# (or anything with its ``get_converter(opset)``). optc's own ``ai.optc`` ops come from their
+# registry entries (``optc.ops``: each op module's ``lower_tvm``, wrapped in :class:`OpLowering`).
 # Standard ONNX ops the importer lacks or gets wrong are registered in the default domain ""
-# (``onnx_ops.py``: key "::OpType", listed by ``supported_ops`` as plain "OpType").
-# Modules listed in CONVERTER_MODULES register theirs when imported.
-CUSTOM_CONVERTERS: dict[str, type] = {}
-CONVERTER_MODULES: tuple[str, ...] = ("optc.backends.tvm.bitserial", "optc.backends.tvm.int8",
-                                      "optc.backends.tvm.onnx_ops", "optc.backends.tvm.recurrent",
-                                      "optc.backends.tvm.control_flow")
+# (key "::OpType", listed by ``supported_ops`` as plain "OpType") by the modules listed in
+# CONVERTER_MODULES when imported. :func:`load_converters` fills the table.
+CUSTOM_CONVERTERS: dict[str, Any] = {}
+CONVERTER_MODULES: tuple[str, ...] = ("optc.backends.tvm.int8", "optc.backends.tvm.onnx_ops",
+                                      "optc.backends.tvm.recurrent", "optc.backends.tvm.control_flow",
+                                      "optc.backends.tvm.signal_ops", "optc.backends.tvm.ml_ops",
+                                      "optc.backends.tvm.vision_ops", "optc.backends.tvm.linalg_ops")
 
 # ops TVM's importer converts but whose lowering is wrong or fails to build: refused up front
 # (listed as unsupported by ``supported_ops``) instead of failing the build or verification
@@ -94,11 +99,31 @@ def register_if_available(register) -> None:
         pass
 
 
-def _load_converter_modules() -> None:
+@dataclass(frozen=True)
+class OpLowering:
+    """An ``ai.optc`` op's TVM lowering (its registry entry's ``lowering["tvm"]``, a function
+    ``(bb, inputs, attr, params) -> relax.Expr``) where the importer expects an
+    ``OnnxOpConverter``: the same function for every opset version."""
+
+    convert: Callable
+
+    def get_converter(self, opset: int) -> Callable:  # noqa: ARG002 - ai.optc ops have one version
+        return self.convert
+
+
+def load_converters() -> dict[str, Any]:
+    """Fill :data:`CUSTOM_CONVERTERS`: the TVM lowering of every registered ``ai.optc`` op
+    (:func:`optc.ops.registry`) and the modules of :data:`CONVERTER_MODULES`. Returns it."""
     import importlib
 
+    from optc import ops
+
+    for name, op in ops.registry().items():
+        if "tvm" in op.lowering:
+            CUSTOM_CONVERTERS.setdefault(f"{op.domain}::{name}", OpLowering(op.lowering["tvm"]))
     for module in CONVERTER_MODULES:
         importlib.import_module(module)
+    return CUSTOM_CONVERTERS
 
 
 def supported_ops() -> set[str]:
@@ -113,7 +138,7 @@ def supported_ops() -> set[str]:
 def _convertible() -> set[str]:
     from tvm.relax.frontend.onnx import onnx_frontend
 
-    _load_converter_modules()
+    load_converters()
     return set(onnx_frontend._get_convert_map()) | {k.removeprefix("::") for k in CUSTOM_CONVERTERS}
 
 
@@ -134,7 +159,7 @@ def _from_onnx(model: onnx.ModelProto, shape_dict: dict, dtype_dict: dict):
     from tvm import error, relax
     from tvm.relax.frontend.onnx import onnx_frontend
 
-    _load_converter_modules()
+    load_converters()
     extra = {key.split("::", 1)[1]: cls for key, cls in CUSTOM_CONVERTERS.items()}
 
     class Importer(onnx_frontend.ONNXGraphImporter):
@@ -150,6 +175,12 @@ def _from_onnx(model: onnx.ModelProto, shape_dict: dict, dtype_dict: dict):
                 return super()._convert_operator(op_name, inputs, attrs, opset)
             sym = extra[op_name].get_converter(opset)(self.bb, inputs, attrs, [self._nodes, self._params])
             return self.bb.normalize(sym) if isinstance(sym, relax.Expr) else sym
+
+        def _convert_subgraph(self, bb, graph):
+            from .control_flow import lift_branch  # an If branch: its own function, run only when taken
+
+            convert = super()._convert_subgraph
+            return lift_branch(bb, lambda: convert(bb, graph))
 
     if model.ir_version < 3:
         raise ValueError(f"Model IR version {model.ir_version} not supported. Must be at least after 1.1.0.")
@@ -195,6 +226,15 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
     except Exception as err:
         msg = " ".join(str(err).split())[:400]
         raise UnsupportedModelError(f"expanding ONNX function ops into their bodies failed: {msg}") from err
+    if any(n.op_type in ("Loop", "Scan") and n.domain in ("", "ai.onnx") for n in model.graph.node):
+        from optc.passes.control_flow import unroll_model  # a body's Scan (LinearAttention): static ones
+
+        copied = onnx.ModelProto()
+        copied.CopyFrom(model)
+        model, _, kept = unroll_model(copied)
+        if kept:
+            raise UnsupportedModelError("a function op's body has a loop that cannot be unrolled: " + "; ".join(
+                f"{op} {name}: {why}" for name, (op, why) in kept.items()))
     model = constants_for_static_operands(model)  # shapes/axes as compile-time constants
     shape_dict = {s.name: list(s.shape) for s in inputs}
     dtype_dict = {s.name: s.dtype for s in inputs}
@@ -218,8 +258,9 @@ def prepare_module(model: onnx.ModelProto, inputs: list[TensorSpec], target: Tar
 
     The importer builds a graph with an ``If`` without any dataflow block (Relax allows no
     control flow inside one), and FuseOps fuses only inside dataflow blocks: the runs of
-    plain bindings around and inside the branches are put back into dataflow blocks
-    (``ConvertToDataflow``), so those models get fused kernels too."""
+    plain bindings around the If and in the branch functions (``control_flow.lift_branch``)
+    are put back into dataflow blocks (``ConvertToDataflow``), so those models get fused
+    kernels too."""
     from tvm import relax
 
     mod, params = import_onnx(model, inputs, target)

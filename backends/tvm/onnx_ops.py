@@ -20,6 +20,7 @@ the ONNX node tests (``tests/test_node_tests.py``).
   ``total = stride * (in - 1) + output_padding + (k - 1) * dilation + 1 - out``, split
   ``total - total // 2`` first unless ``auto_pad`` is SAME_UPPER; a negative total becomes
   extra ``output_padding``), then TVM's converter runs.
+- Split: a zero-size part (``split`` with a 0) is refused by name (TVM's build failed).
 - Pow: integer bases (TVM's ``power`` takes floats only) through float64, rounded back; an
   exponent of another type than the base is cast to it (the output has the base's type).
 - Constant: TVM read only ``value``; ``value_float(s)`` / ``value_int(s)`` become tensors.
@@ -27,6 +28,7 @@ the ONNX node tests (``tests/test_node_tests.py``).
 - BitCast (missing, opset 26): ``topi.reinterpret`` between types of the same width.
 - ReduceMax / ReduceMin of floats: TVM's reduction starts at the lowest / highest finite
   value, so a row of only -inf / +inf gave -FLT_MAX / FLT_MAX; it gives the infinity now.
+  The empty set (a zero-size input) gives -inf / +inf (TVM's kernel failed at run time).
   Bool inputs (TVM's build failed: no initial value) through uint8.
 - Resize: TVM ignored ``axes`` and ``keep_aspect_ratio_policy``; roi/scales/sizes for those
   axes are spread to every axis, and sizes under not_larger / not_smaller become
@@ -53,6 +55,7 @@ def _rank(expr) -> int:
 
 
 def register() -> None:
+    import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
     from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
@@ -99,6 +102,28 @@ def register() -> None:
 
     _half_exp_pair("Cosh", op.add)
     _half_exp_pair("Sinh", op.subtract)
+
+    def _pairwise(base):
+        """Max / Min / Sum / Mean of non-constant inputs folded pairwise with the broadcasting
+        binary op (``maximum``, ``add``, ...), the form TVM's importer keeps for unknown shapes.
+        Its static-shape form (``broadcast_to`` every input, ``stack``, reduce over the new axis)
+        copies every input into a stacked tensor, and Relax's ``ConvertLayout`` aborts on that
+        ``stack`` ("Invalid SLayout"), which left every convolution of the model in NCHW
+        (Keras-exported LeakyReLU is ``Max(x, alpha x)``)."""
+
+        @register_converter("", base.__name__)
+        class _Pairwise(base):
+            @classmethod
+            def _impl_v1(cls, bb, inputs, attr, params):
+                if all(isinstance(x, tvm.ir.GenericConst) for x in inputs):
+                    return super()._impl_v1(bb, inputs, attr, params)
+                return cls._impl_dynamic(bb, inputs)
+
+        _Pairwise.__name__ = _Pairwise.__qualname__ = base.__name__
+        return _Pairwise
+
+    for _base in (tvm_onnx.Max, tvm_onnx.Min, tvm_onnx.Sum, tvm_onnx.Mean):
+        _pairwise(_base)
 
     @register_converter("", "IsInf")
     class IsInf(OnnxOpConverter):
@@ -198,6 +223,29 @@ def register() -> None:
                     end.append(total - first)
                 attr["pads"], attr["output_padding"] = begin + end, opad
             return base_conv_transpose._impl_v1(bb, inputs, attr, params)
+
+    base_split = tvm_onnx.Split
+
+    @register_converter("", "Split")
+    class Split(OnnxOpConverter):
+        """A split into a zero-size part is refused by name (TVM's build failed: split indices
+        must be increasing); others are TVM's."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            cls._refuse_zero([int(v) for v in attr.get("split", [])])
+            return base_split._impl_v1(bb, inputs, attr, params)
+
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            if len(inputs) > 1 and inputs[1] is not None:
+                cls._refuse_zero([int(v) for v in _constant_array(inputs[1], params, "Split split").reshape(-1)])
+            return base_split._impl_v13(bb, inputs, attr, params)
+
+        @staticmethod
+        def _refuse_zero(sizes: list[int]) -> None:
+            if 0 in sizes:
+                raise ValueError(f"Split into a zero-size part (split {sizes}) is not supported")
 
     base_pow = tvm_onnx.Pow
 
@@ -321,6 +369,8 @@ def _register_reductions_resize(relax, tvm_onnx, OnnxOpConverter) -> None:
 
         def convert(bb, inputs, attr, params, version: int):
             x = inputs[0]
+            if any(int(d) == 0 for d in x.ty.shape):  # the empty set: ONNX gives the identity
+                return empty(x, inputs, attr, params, version)
             if _dtype(x) == "bool":  # TVM has no initial value for bool: through uint8
                 as_int = getattr(base, f"_impl_v{version}")(bb, [op.astype(x, "uint8"), *inputs[1:]], attr, params)
                 return op.astype(as_int, "bool")
@@ -330,6 +380,24 @@ def _register_reductions_resize(relax, tvm_onnx, OnnxOpConverter) -> None:
             hit = op.astype(op.equal(x, const(inf, x)), _dtype(x))
             every = bb.normalize(getattr(other, f"_impl_v{version}")(bb, [hit, *inputs[1:]], attr, params))
             return op.where(op.equal(every, const(1.0, x)), const(inf, x), reduced)
+
+        def empty(x, inputs, attr, params, version: int):
+            """A reduction of a zero-size float tensor: ``inf`` (-inf for ReduceMax) in the
+            output's shape, as ``sum + inf`` (TVM's max/min kernel failed on the zero-size
+            buffer at run time; its sum gives the zeros)."""
+            rank = _rank(x)
+            if not _dtype(x).startswith("float"):
+                raise ValueError(f"{name} of an empty {_dtype(x)} tensor is not supported")
+            if version >= 18:
+                given = inputs[1] if len(inputs) > 1 and inputs[1] is not None else None
+                axes = [] if given is None else _constant_array(given, params, f"{name} axes").reshape(-1).tolist()
+                if not axes and int(attr.get("noop_with_empty_axes", 0)):
+                    return x
+            else:
+                axes = list(attr.get("axes", []))
+            axes = {int(a) % rank for a in axes} or set(range(rank))
+            total = op.sum(x, axis=sorted(axes), keepdims=bool(int(attr.get("keepdims", 1))))  # zeros
+            return op.add(total, const(inf, x))
 
         @register_converter("", name)
         class _Reduce(OnnxOpConverter):
@@ -355,6 +423,9 @@ def _register_reductions_resize(relax, tvm_onnx, OnnxOpConverter) -> None:
         def _impl_v18(cls, bb, inputs, attr, params):
             policy = attr.get("keep_aspect_ratio_policy", b"stretch")
             policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+            matrix = _resize_by_matrices(bb, relax, inputs, attr, params, policy)
+            if matrix is not None:  # linear / cubic cases TVM gets wrong: resize_matrix.py
+                return matrix
             if "axes" not in attr and policy == "stretch":
                 return base_resize._impl_v18(bb, inputs, attr, params)
             rank = _rank(inputs[0])
@@ -383,6 +454,39 @@ def _register_reductions_resize(relax, tvm_onnx, OnnxOpConverter) -> None:
             attr = {k: v for k, v in attr.items() if k not in ("axes", "keep_aspect_ratio_policy")}
             return base_resize._impl_v18(bb, new[:3] if new[3] is None else new, attr, params)
 
+
+
+def _resize_by_matrices(bb, relax, inputs, attr: dict, params, policy: str):
+    """Resize through ``resize_matrix`` (one constant matrix per resized axis) where that
+    module's ``wanted`` says TVM's resize is wrong; None: TVM's converter does it."""
+    import numpy as np
+
+    from . import resize_matrix
+
+    x = inputs[0]
+    dims = [int(v) for v in x.ty.shape]
+    rank = len(dims)
+    axes = [int(a) % rank for a in attr.get("axes", range(rank))]
+    ins = list(inputs) + [None] * (4 - len(inputs))
+    sizes = scales = None
+    if ins[3] is not None:
+        sizes = _constant_array(ins[3], params, "Resize sizes").reshape(-1)
+    if ins[2] is not None and sizes is None:
+        scales = _constant_array(ins[2], params, "Resize scales").reshape(-1)
+        scales = None if scales.size == 0 else scales
+    if sizes is None and scales is None:
+        return None
+    factors, out = resize_matrix.plan(dims, axes, scales, sizes, policy)
+    mode = resize_matrix._text(attr.get("mode"), "nearest")
+    ctm = resize_matrix._text(attr.get("coordinate_transformation_mode"), "half_pixel")
+    if not resize_matrix.wanted(mode, ctm, bool(attr.get("antialias", 0)), dims, out, factors):
+        return None
+    roi = None
+    if ins[1] is not None and ctm == "tf_crop_and_resize":
+        given = _constant_array(ins[1], params, "Resize roi").reshape(-1).astype(np.float64)
+        roi = np.array([0.0] * rank + [1.0] * rank)
+        roi[axes], roi[[rank + a for a in axes]] = given[:len(axes)], given[len(axes):]
+    return resize_matrix.register_lowering(relax)(bb, x, attr, roi, factors, out)
 
 
 def _register_index_ops(relax, OnnxOpConverter) -> None:

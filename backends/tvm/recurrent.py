@@ -1,9 +1,12 @@
 """Converters for the ONNX recurrent ops TVM's Relax ONNX importer lacks: LSTM, GRU, RNN.
 
 Registered in the default domain (``lower.register_converter("", op)``). The sequence length
-is static after optc's shape binding, so each converter unrolls the recurrence over the time
-steps in plain Relax ops (one ``matmul`` of the hidden state per step and direction; the input
-projection ``X W^T + Wb`` of all steps is one ``matmul`` up front).
+is static after optc's shape binding. float32 nodes on CPUs (:func:`use_kernel`): the input projection
+``X W^T (+ biases)`` of all steps and directions is one ``matmul``, the recurrence one call of a
+hand-scheduled TIR kernel (``recurrent_kernel.py``: a serial loop over the steps per direction,
+the GEMV ``h R^T`` and the cell fused per step), which supports every variant below. Other
+dtypes: the recurrence unrolled over the time steps in plain Relax ops (one ``matmul`` of the
+hidden state per step and direction), a few VM calls and allocations per step.
 
 ONNX definitions (``t`` the time step, gates' weights stacked in ``W``/``R``/``B``, ``f``, ``g``,
 ``h`` the activations, default Sigmoid, Tanh, Tanh; ``(.)`` elementwise):
@@ -83,6 +86,14 @@ def activation_specs(op_type: str, attr: dict, directions: int) -> list[list[tup
     return [specs[d * per:(d + 1) * per] for d in range(directions)]
 
 
+def use_kernel(dtype: str, target_kind: str | None = None) -> bool:
+    """Whether a recurrent node is lowered to the ``recurrent_kernel``: float32 on LLVM CPU
+    targets (the kernel is a CPU loop nest; ``target_kind`` None: the import runs outside a
+    target scope, e.g. tuning task extraction), else unrolled in Relax ops (which GPU
+    schedules such as DLight's handle)."""
+    return dtype == "float32" and target_kind in (None, "llvm")
+
+
 def register() -> None:
     import numpy as np
     import tvm
@@ -155,47 +166,118 @@ def register() -> None:
     def sequence_mask(bb, seq, steps: int, batch: int):
         """None when sequence_lens is absent or a constant equal to ``steps``; else a
         ``[T, B, 1]`` bool tensor (step t < len[b])."""
-        if seq is None:
+        lens = constant_lens(seq, steps, batch)
+        if lens is None:
             return None
-        if isinstance(seq, tvm.ir.expr.Constant):
-            lens = seq.value.numpy()
-            if lens.size == batch and bool(np.all(lens == steps)):
-                return None
-        lens = op.astype(seq, "int64") if dtype_of(seq) != "int64" else seq
         t = relax.const(np.arange(steps, dtype="int64").reshape(steps, 1))
         return bb.emit(op.expand_dims(op.less(t, op.reshape(lens, (1, batch))), axis=[2]))
 
     def convert(op_type: str, bb, inputs, attr, params):
-        gates, _ = _CELLS[op_type]
-        inputs = list(inputs) + [None] * (8 - len(inputs))
-        x, w, r, b = inputs[0], inputs[1], inputs[2], inputs[3]
-        seq, h0 = inputs[4], inputs[5]
-        c0, p = (inputs[6], inputs[7]) if op_type == "LSTM" else (None, None)
-        if seq is not None:
-            seq = get_constant(seq, params)
+        """The recurrent kernel (``recurrent_kernel``) for float32; the unrolled Relax ops else."""
+        target = tvm.target.Target.current(allow_none=True)
+        if use_kernel(dtype_of(inputs[0]), str(target.kind.name) if target is not None else None):
+            return convert_kernel(op_type, bb, inputs, attr, params)
+        return convert_unrolled(op_type, bb, inputs, attr, params)
+
+    def node_attrs(op_type: str, attr) -> dict:
         direction = _text(attr.get("direction", b"forward"))
         if direction not in ("forward", "reverse", "bidirectional"):
             raise ValueError(f"{op_type}: unknown direction {direction!r}")
         dirs = 2 if direction == "bidirectional" else 1
-        layout = int(attr.get("layout", 0))
-        clip = float(attr["clip"]) if "clip" in attr else None
-        input_forget = bool(int(attr.get("input_forget", 0)))
-        linear_before_reset = bool(int(attr.get("linear_before_reset", 0)))
-        hidden = int(attr["hidden_size"]) if "hidden_size" in attr else shape_of(r)[-1]
-        acts = activation_specs(op_type, attr, dirs)
-        dt = dtype_of(x)
+        return dict(direction=direction, dirs=dirs, layout=int(attr.get("layout", 0)),
+                    clip=float(attr["clip"]) if "clip" in attr else None,
+                    input_forget=bool(int(attr.get("input_forget", 0))),
+                    linear_before_reset=bool(int(attr.get("linear_before_reset", 0))),
+                    acts=activation_specs(op_type, attr, dirs))
 
-        if layout == 1:  # batch first: [B, T, I] -> [T, B, I]; states [B, D, H] -> [D, B, H]
-            x = bb.emit(op.permute_dims(x, [1, 0, 2]))
-            h0 = bb.emit(op.permute_dims(h0, [1, 0, 2])) if h0 is not None else None
-            c0 = bb.emit(op.permute_dims(c0, [1, 0, 2])) if c0 is not None else None
+    def unpack(op_type: str, bb, inputs, layout: int = 0) -> list:
+        """X, W, R, B, sequence_lens, initial_h, initial_c, P (None where absent); with
+        ``layout`` 1 (batch first) X [B, T, I] -> [T, B, I] and the states [B, D, H] -> [D, B, H]."""
+        x, w, r, b, seq, h0, c0, p = list(inputs) + [None] * (8 - len(inputs))
+        c0, p = (c0, p) if op_type == "LSTM" else (None, None)
+        if layout == 1:
+            x, h0, c0 = (bb.emit(op.permute_dims(v, [1, 0, 2])) if v is not None else None for v in (x, h0, c0))
+        return [x, w, r, b, seq, h0, c0, p]
+
+    def static_x(op_type: str, x) -> list[int]:
         x_shape = shape_of(x)
         if len(x_shape) != 3 or not all(isinstance(v, int) for v in x_shape):  # also: rank unknown
             raise ValueError(f"{op_type}: input X must be 3-D with static dims ([seq, batch, input], or "
                              f"[batch, seq, input] with layout=1), got shape {tuple(x_shape)}; in a "
                              "branch of an If, the branch not taken for the bound input shapes may be "
                              "invalid for them (freeze the condition's input with --const-input)")
-        steps, batch, _ = x_shape
+        return x_shape
+
+    def constant_lens(seq, steps: int, batch: int):
+        """None when sequence_lens is absent or a constant equal to ``steps``; else as int64."""
+        if seq is None:
+            return None
+        if isinstance(seq, tvm.ir.expr.Constant):
+            lens = seq.value.numpy()
+            if lens.size == batch and bool(np.all(lens == steps)):
+                return None
+        return op.astype(seq, "int64") if dtype_of(seq) != "int64" else seq
+
+    def convert_kernel(op_type: str, bb, inputs, attr, params):
+        """Input projection of every step and direction as one matmul, the recurrence as one
+        ``recurrent_kernel`` call writing Y [T, D, B, H], Y_h (and Y_c) directly."""
+        from optc.backends.tvm.schedule import _vector_bits
+
+        from . import recurrent_kernel as rk
+
+        gates, _ = _CELLS[op_type]
+        x, w, r, b, seq, h0, c0, p = unpack(op_type, bb, inputs, int(attr.get("layout", 0)))
+        a = node_attrs(op_type, attr)
+        dirs, dt = a["dirs"], "float32"
+        hidden = int(attr["hidden_size"]) if "hidden_size" in attr else shape_of(r)[-1]
+        steps, batch, size = static_x(op_type, x)
+        lens = constant_lens(get_constant(seq, params) if seq is not None else None, steps, batch)
+        gh = gates * hidden
+        w_t = op.permute_dims(op.reshape(w, (dirs * gh, size)), [1, 0])  # [I, D*G*H]
+        xw = op.matmul(op.reshape(x, (steps * batch, size)), w_t)  # [T*B, D*G*H]
+        rb = None
+        if b is not None:
+            wb, rb = parts(bb, b, 2)  # [D, G*H] each
+            xw = op.add(xw, op.reshape(op.add(wb, rb) if op_type != "GRU" else wb, (dirs * gh,)))
+        zeros = relax.const(np.zeros((dirs, batch, hidden), dtype=dt))
+        args = [bb.emit(xw), bb.emit(op.permute_dims(r, [0, 2, 1])), h0 if h0 is not None else zeros]
+        if op_type == "LSTM":
+            args.append(c0 if c0 is not None else zeros)
+            if p is not None:
+                args.append(p)
+        if op_type == "GRU":
+            args.append(rb if rb is not None else relax.const(np.zeros((dirs, gh), dtype=dt)))
+        if lens is not None:
+            args.append(bb.emit(lens))
+        target = tvm.target.Target.current(allow_none=True)
+        spec = rk.CellSpec(op_type, steps, batch, hidden,
+                           tuple(a["direction"] == "reverse" or d == 1 for d in range(dirs)),
+                           tuple(tuple(s) for s in a["acts"]), a["clip"], a["input_forget"],
+                           a["linear_before_reset"], p is not None, lens is not None,
+                           lanes=(_vector_bits(target) if target is not None else 128) // 32)
+        outs = [relax.TensorType([steps, dirs, batch, hidden], dt)]
+        outs += [relax.TensorType([dirs, batch, hidden], dt) for _ in range(2 if op_type == "LSTM" else 1)]
+        gv = bb.add_func(rk.kernel(spec), f"{op_type.lower()}_kernel")
+        res = bb.emit(relax.call_tir(gv, args, out_ty=outs))
+        y, y_h = bb.emit(relax.TupleGetItem(res, 0)), bb.emit(relax.TupleGetItem(res, 1))
+        y_c = bb.emit(relax.TupleGetItem(res, 2)) if op_type == "LSTM" else None
+        if a["layout"] == 1:
+            y = bb.emit(op.permute_dims(y, [2, 0, 1, 3]))  # [B, T, D, H]
+            y_h = bb.emit(op.permute_dims(y_h, [1, 0, 2]))
+            y_c = bb.emit(op.permute_dims(y_c, [1, 0, 2])) if y_c is not None else None
+        return relax.Tuple([y, y_h] + ([y_c] if y_c is not None else []))
+
+    def convert_unrolled(op_type: str, bb, inputs, attr, params):
+        gates, _ = _CELLS[op_type]
+        x, w, r, b, seq, h0, c0, p = unpack(op_type, bb, inputs, int(attr.get("layout", 0)))
+        if seq is not None:
+            seq = get_constant(seq, params)
+        a = node_attrs(op_type, attr)
+        direction, dirs, layout, acts = a["direction"], a["dirs"], a["layout"], a["acts"]
+        clip, input_forget, linear_before_reset = a["clip"], a["input_forget"], a["linear_before_reset"]
+        hidden = int(attr["hidden_size"]) if "hidden_size" in attr else shape_of(r)[-1]
+        dt = dtype_of(x)
+        steps, batch, _ = static_x(op_type, x)
         mask = sequence_mask(bb, seq, steps, batch)
         zeros = relax.const(np.zeros((batch, hidden), dtype=dt))
 

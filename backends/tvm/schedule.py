@@ -113,10 +113,16 @@ def fuse_for_schedule(mod, target):
     target``): layout conversion, fast math, library dispatch, legalization and fusion -
     the module whose PrimFuncs :func:`schedule_cpu` schedules (and tuning tunes)."""
     import tvm
+    from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from .conv_blocked import legalize_conv2d
+
     mod = fast_math(convert_layout(mod))
-    return tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(mod)
+    legalize = cpu.legalize_passes(target)  # LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
+    assert legalize[0].info.name == "LegalizeOps", legalize[0].info.name
+    legalize[0] = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d})
+    return tvm.transform.Sequential(cpu.library_dispatch_passes(target) + legalize)(mod)
 
 
 def convert_layout(mod):
@@ -241,17 +247,81 @@ def fold_constant_layouts(mod):
     return _rewrite_calls(mod, fold)
 
 
+_BROADCAST_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power", "floor_divide",
+                     "equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
+
+
+def _full_rank_constants(call):
+    """A broadcasting binary call whose constant operand has a lower rank than the other operand
+    (ONNX ``Max(x, c)`` with ``c`` of shape ``[1]``, a bias ``[C]``): the constant reshaped to the
+    full rank with leading unit axes (the same broadcast), or to a scalar when it holds one
+    value. ``ConvertLayout`` cannot permute a lower-rank operand and keeps such a call in the
+    old layout between a transpose pair."""
+    import tvm.ir.expr
+    from tvm import relax
+
+    a, b = call.args
+    for k, (c, other) in enumerate(((a, b), (b, a))):
+        ct, ot = c.ty, other.ty
+        if not (isinstance(c, tvm.ir.expr.Constant) and hasattr(c, "value") and isinstance(ot, relax.TensorType)
+                and isinstance(ct, relax.TensorType) and 0 < ct.ndim < ot.ndim):
+            continue
+        value = c.value.numpy()
+        value = value.reshape(()) if value.size == 1 else value.reshape((1,) * (ot.ndim - value.ndim) + value.shape)
+        const = relax.const(value, ct.dtype)
+        args = (const, other) if k == 0 else (other, const)
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+    return call
+
+
+def _clip_as_min_max(call):
+    """``R.clip(x, lo, hi)`` with immediate bounds -> ``R.maximum(R.minimum(x, hi), lo)``: TOPI's
+    ``clip`` computes exactly that (``max(min(x, hi), lo)``)."""
+    from tvm import relax, tirx
+
+    def number(b):
+        return b.value if isinstance(b, (tirx.IntImm, tirx.FloatImm)) else None
+
+    x, lo, hi = call.args
+    bounds = [number(b) for b in (lo, hi)]
+    if not isinstance(x.ty, relax.TensorType) or any(b is None for b in bounds):
+        return call
+    lo_c, hi_c = (relax.const(b, x.ty.dtype) for b in bounds)
+    return relax.op.maximum(relax.op.minimum(x, hi_c), lo_c)
+
+
 def clip_to_ops(mod):
-    """Rewrite ``call_tir(maximum|minimum, (x, scalar))`` (how TVM's ONNX frontend emits
-    ``Clip``, e.g. ReLU6) into ``R.maximum``/``R.minimum``: same TOPI compute after
-    legalization, but visible to ``ConvertLayout`` (a call_tir blocks layout propagation and
-    would put a transpose pair around every ReLU6 of an NHWC network)."""
+    """Rewrite the activations ``ConvertLayout`` cannot see through into elementwise ops it
+    can (a call it cannot infer a layout for gets a transpose pair around it in an NHWC
+    network, and stops the conv epilogue fusion):
+
+    - ``call_tir(maximum|minimum, (x, scalar))`` (how TVM's ONNX frontend emits ``Clip``, e.g.
+      ReLU6) and ``R.clip`` -> ``R.maximum``/``R.minimum`` (the same TOPI compute after
+      legalization);
+    - ``R.nn.leakyrelu(x, a)`` (no layout inference in TVM 0.27) -> ``R.maximum(x, x * a)``
+      for ``a <= 1``, ``R.minimum(x, x * a)`` for ``a > 1``: exactly the same values, NaN
+      included (``x * a`` is the product leakyrelu computes for x < 0; ``a = 0`` is left as it is);
+    - a lower-rank constant operand of a broadcasting binary op -> full rank
+      (:func:`_full_rank_constants`)."""
     from tvm import relax, tirx
 
     call_tir = tvm_op("relax.call_tir")
+    leaky = tvm_op("relax.nn.leakyrelu")
+    clip = tvm_op("relax.clip")
+    binary = [tvm_op(f"relax.{name}") for name in _BROADCAST_BINARY]
     ops = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
 
     def rewrite(m, call):
+        if any(call.op.same_as(b) for b in binary) and len(call.args) == 2:
+            return _full_rank_constants(call)
+        if call.op.same_as(clip):
+            return _clip_as_min_max(call)
+        if call.op.same_as(leaky):
+            x, alpha = call.args[0], float(call.attrs.alpha)
+            if alpha == 0.0:  # x * 0 is NaN at +-inf, where only -inf gives NaN: keep it
+                return call
+            scaled = relax.op.multiply(x, relax.const(alpha, x.ty.dtype))
+            return (relax.op.maximum if alpha <= 1.0 else relax.op.minimum)(x, scaled)
         if not call.op.same_as(call_tir) or not isinstance(call.args[0], relax.GlobalVar):
             return call
         gv = call.args[0]
@@ -682,7 +752,13 @@ def _rule_contraction(func, target, params):
     v_o, v_m, v_i = sch.split(loops[v], factors=[None, vm, vw])
     if u is not None:
         u_o, u_i = sch.split(loops[u], factors=[None, ui])
-    outer = [v_o] + [loops[k] if k != u else u_o for k in spatial if k != v]
+    others = [loops[k] if k != u else u_o for k in spatial if k != v]
+    # Column blocks outermost when the second operand is large: each block's slice stays in L2
+    # while the tiles along the other axes stream past it. When all of it fits in L2 (depthwise
+    # and small convolutions), the blocks go innermost instead: a tile's first operand (an
+    # input row window) stays in L1 across the blocks and is streamed once, not once per block.
+    small = red_bytes * extents[v] <= params.block_bytes
+    outer = others + [v_o] if small else [v_o] + others
     red_loops = [loops[k] for k in reduce_]
     inner = ([u_i] if u is not None else []) + [v_m, v_i]
     sch.reorder(*outer, *red_loops, *inner)

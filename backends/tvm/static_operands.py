@@ -24,6 +24,7 @@ STATIC_OPERANDS: dict[str, tuple[int, ...]] = {
     "ConstantOfShape": (0,), "OneHot": (1, 2), "Resize": (1, 2, 3), "Pad": (1, 2, 3), "Slice": (1, 2, 3, 4),
     "Range": (0, 1, 2), "AffineGrid": (1,), "CenterCropPad": (1,),
     "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,),
+    "DFT": (1, 2), "STFT": (1, 3), "Col2Im": (1, 2),  # optc's signal_ops.py
     "Loop": (0,),  # a trip count must be static for unroll-loops (optc.passes.control_flow)
 }
 

@@ -37,19 +37,12 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
     return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
 
 
-def quantize_model(
-    model: onnx.ModelProto,
-    calib: str | Mapping[str, np.ndarray],
-    *,
-    eval_data: str | Mapping[str, np.ndarray] | None = None,
-    max_accuracy_drop: float | None = None,
-    eval_samples: int = 0,
-    **config,
-) -> tuple[onnx.ModelProto | None, dict]:
+def quantize_model(model: onnx.ModelProto, calib: str | Mapping[str, np.ndarray],
+                   **options) -> tuple[onnx.ModelProto | None, dict]:
     """Quantize ``model`` (an ONNX proto) to a QDQ model; returns (model or None if nothing
-    was quantized, details). ``config``: :class:`QuantConfig` fields."""
-    out, details, _ = run_quantizer(model, calib, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
-                                    eval_samples=eval_samples, **config)
+    was quantized, details). ``options``: the keyword arguments of :func:`run_quantizer`
+    (``eval_data``, ``max_accuracy_drop``, ``eval_samples`` and :class:`QuantConfig` fields)."""
+    out, details, _ = run_quantizer(model, calib, **options)
     return out, details
 
 

@@ -63,8 +63,15 @@ class _Graph:
         self.new_inits: list[onnx.TensorProto] = []
 
     def size(self, name: str) -> int | None:
-        """Number of elements of a constant, None when ``name`` is not constant."""
-        return None if name not in self.consts else int(self.consts[name].size)
+        """Number of elements of a constant, or of a graph input with a static shape (a scale
+        given at run time is per-tensor when its shape says so); None when not known."""
+        if name in self.consts:
+            return int(self.consts[name].size)
+        for v in self.model.graph.input:
+            dims = v.type.tensor_type.shape.dim if v.name == name and v.type.HasField("tensor_type") else None
+            if dims is not None and v.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+                return int(np.prod([d.dim_value for d in dims]))
+        return None
 
     def const(self, base: str, value: np.ndarray) -> str:
         name = self.fresh(base)
@@ -73,7 +80,23 @@ class _Graph:
         return name
 
 
+def _float32_scale(g: _Graph, out: list, scale: str, base: str) -> str:
+    """A float16 / bfloat16 scale cast to float32: the expanded ops compute in float32 as
+    onnxruntime's integer kernels do (float16 arithmetic rounds results one step off)."""
+    if scale in g.consts:
+        low = g.consts[scale].dtype == np.float16
+    else:
+        v = next((v for v in g.model.graph.input if v.name == scale), None)
+        low = v is not None and v.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    if not low:
+        return scale
+    y = g.fresh(f"{base}_scale_f32")
+    out.append(helper.make_node("Cast", [scale], [y], name=g.fresh(f"{base}_Cast"), to=onnx.TensorProto.FLOAT))
+    return y
+
+
 def _dq(g: _Graph, out: list, x: str, scale: str, zp: str, axis: int | None, base: str) -> str:
+    scale = _float32_scale(g, out, scale, base)
     y = g.fresh(f"{base}_dq")
     attrs = {} if axis is None else {"axis": axis}
     out.append(helper.make_node("DequantizeLinear", [x, scale] + ([zp] if zp else []), [y],
@@ -82,6 +105,7 @@ def _dq(g: _Graph, out: list, x: str, scale: str, zp: str, axis: int | None, bas
 
 
 def _q(g: _Graph, out: list, x: str, scale: str, zp: str, y: str, base: str) -> None:
+    scale = _float32_scale(g, out, scale, base)
     out.append(helper.make_node("QuantizeLinear", [x, scale] + ([zp] if zp else []), [y],
                                 name=g.fresh(f"{base}_QuantizeLinear")))
 
@@ -125,7 +149,7 @@ def _expand(g: _Graph, node: onnx.NodeProto) -> tuple[list[onnx.NodeProto] | Non
         fw = _dq(g, out, w, ws, wz, 0 if nw > 1 else None, f"{base}_w")
         inputs = [fx, fw]
         if b:
-            if g.size(xs) is None:
+            if xs not in g.consts or ws not in g.consts:
                 return None, f"input scale {xs!r} is not a constant (the bias scale is x_scale * w_scale)"
             scale = g.consts[xs].astype(np.float32).reshape(-1)[0] * g.consts[ws].astype(np.float32)
             bs = g.const(f"{base}_bias_scale", scale.reshape(-1 if nw > 1 else ()).astype(np.float32))
@@ -162,7 +186,7 @@ def _expand(g: _Graph, node: onnx.NodeProto) -> tuple[list[onnx.NodeProto] | Non
         fb = _dq(g, out, b, bs, bz, axis, f"{base}_b")
         inputs = [fa, fb]
         if c:  # int32, zero point 0, scale alpha * a_scale * b_scale
-            if g.size(as_) is None:
+            if as_ not in g.consts or bs not in g.consts:
                 return None, f"A scale {as_!r} is not a constant (the bias scale is alpha * a_scale * b_scale)"
             scale = np.float32(alpha) * g.consts[as_].astype(np.float32).reshape(-1)[0] * g.consts[bs].astype(np.float32)
             cs = g.const(f"{base}_bias_scale", scale.reshape(-1 if nb > 1 else ()).astype(np.float32))

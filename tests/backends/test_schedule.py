@@ -215,3 +215,95 @@ def test_register_tile_keeps_enough_accumulators_within_the_cache_block():
     assert _register_tile(64, 56, 8, avx2, 3 * 3 * 64 * 4) == (2, 8, 4)  # 8 accumulators: unchanged
     avx512 = _Params(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"}))
     assert _register_tile(512, 7, 16, avx512, deep) == (2, 16, 7)  # as before on AVX-512
+
+
+def _leaky_max_model(alpha: float):
+    """Keras-exported style: Conv -> LeakyRelu(alpha) -> Max(x, constant) -> Conv -> Min(a, b, c)."""
+    rng = np.random.default_rng(3)
+    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    inits = {"w1": f(16, 8, 3, 3), "b1": f(16), "w2": f(16, 16, 1, 3), "floor": np.array([-0.5], np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("LeakyRelu", ["c1"], ["l1"], alpha=alpha),
+        helper.make_node("Max", ["l1", "floor"], ["m1"]),
+        helper.make_node("Conv", ["m1", "w2"], ["c2"], pads=[0, 1, 0, 1]),
+        helper.make_node("Min", ["c2", "m1", "l1"], ["y"]),
+    ]
+    return _model(nodes, [("x", [1, 8, 12, 10])], [("y", [1, 16, 12, 10])], inits)
+
+
+@pytest.mark.parametrize("alpha", [0.2, -0.3, 1.5])
+def test_leaky_relu_and_max_keep_nhwc_and_match(tmp_path, alpha):
+    """LeakyRelu has no layout inference in TVM 0.27 and the importer's Max/Min stack their
+    inputs (ConvertLayout aborts on that stack): both are rewritten into elementwise ops, so
+    every conv is NHWC with the activation fused into it, and the values are unchanged
+    (verified against onnxruntime)."""
+    model = _leaky_max_model(alpha)
+    funcs = _prim_funcs(_scheduled(model))
+    convs = {n: f.script() for n, f in funcs.items() if "conv2d" in n}
+    assert len(convs) == 2 and all("nhwc" in t for t in convs.values()), sorted(funcs)
+    # one transpose at the input, one at the output: none around the activations
+    assert sorted(n for n in funcs if "transpose" in n) == ["transpose", "transpose1"], sorted(funcs)
+    assert not any("stack" in n or "leaky" in n for n in funcs), sorted(funcs)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).standard_normal((1, 8, 12, 10)).astype(np.float32)
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", inputs={"x": x},
+                          options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+
+
+@pytest.mark.parametrize("alpha", [0.2, -0.3, 1.5])
+def test_leaky_relu_rewrite_keeps_special_values(tmp_path, alpha):
+    """The elementwise form of LeakyRelu gives onnxruntime's values at +-inf, NaN and -0.
+    (alpha 0 is not rewritten; TVM's own leakyrelu simplifies ``x * 0`` to 0, so it gives 0
+    where onnxruntime gives NaN at -inf.)"""
+    model = _model([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=alpha)], [("x", [2, 8])], [("y", [2, 8])], {})
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = np.array([[np.inf, -np.inf, np.nan, -0.0, 0.0, 1e-30, -1e-30, 3.5],
+                  [-2.0, 1e38, -1e38, 7.0, -7.0, 0.5, -0.5, 1.0]], np.float32)
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", inputs={"x": x},
+                          options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+
+
+@pytest.mark.parametrize("geometry", [
+    dict(pads=[1, 1, 1, 1]), dict(pads=[0, 2, 1, 0], strides=[2, 1]), dict(dilations=[2, 1], pads=[2, 0, 2, 0]),
+])
+def test_convolution_weights_are_blocked_by_the_register_tile(tmp_path, geometry):
+    """A convolution with constant weights and more output channels than one register tile reads
+    its weights packed [Cout/b, KH, KW, Cin, b] (b = the tile's channel run), and still matches
+    onnxruntime for padding, stride and dilation; a grouped one keeps TVM's HWIO form."""
+    rng = np.random.default_rng(4)
+    f = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], **geometry),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "wg"], ["y"], group=4)]
+    x_shape = [1, 24, 13, 12]
+    sess_shape = _conv_out_shape(x_shape, geometry)
+    model = _model(nodes, [("x", x_shape)], [("y", [1, 32, *sess_shape])],
+                   {"w": f(64, 24, 3, 3), "b": f(64), "wg": f(32, 16, 1, 1)})
+    from optc.backends.tvm import schedule
+    from optc.targets import get_target
+    from optc.backends.tvm.lower import tvm_target
+
+    tgt = tvm_target(get_target("cpu"))
+    lanes = schedule._Params(tgt).lanes("float32")
+    funcs = _prim_funcs(_scheduled(model))
+    dense = [t for n, t in ((n, f.script()) for n, f in funcs.items()) if "conv2d" in n and "64" in t.split("\n")[4]]
+    grouped = [f.script() for n, f in funcs.items() if "group" in n or ("conv2d" in n and "T.int64(16), T.int64(32)" in f.script())]
+    text = "\n".join(f.script() for n, f in funcs.items() if "conv2d" in n)
+    import re
+    packed = re.findall(r"T\.Buffer\(\(T\.int64\((\d+)\), T\.int64\(3\), T\.int64\(3\), T\.int64\(24\), T\.int64\((\d+)\)\)", text)
+    assert packed and int(packed[0][0]) * int(packed[0][1]) == 64 and int(packed[0][1]) % lanes == 0, text[:2000]
+    assert "T.int64(1), T.int64(1), T.int64(16), T.int64(32)" in text or "T.int64(1), T.int64(1), T.int64(8), T.int64(32)" in text
+    del dense, grouped
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+
+
+def _conv_out_shape(x_shape, geometry):
+    pads = geometry.get("pads", [0, 0, 0, 0])
+    strides = geometry.get("strides", [1, 1])
+    dil = geometry.get("dilations", [1, 1])
+    return [(x_shape[2 + i] + pads[i] + pads[i + 2] - dil[i] * 2 - 1) // strides[i] + 1 for i in range(2)]
