@@ -809,20 +809,29 @@ def _rule_contraction(func, target, params):
     return sch.mod["main"]
 
 
+# Most vectors a per-tile loop nest is unrolled into (a register tile has at most 24; an
+# epilogue that broadcasts a small result over a large map, e.g. a squeeze-excite gate times
+# a 40x40x96 feature map, would otherwise unroll into ~20,000 stores and minutes of LLVM).
+MAX_UNROLLED_VECTORS = 64
+
+
 def _vectorize_tail(sch, loops, width):
     """Per-tile loops (init, epilogue): split the innermost into vectors of ``width``,
-    vectorize them and unroll the rest of the tile."""
+    vectorize them and unroll the rest of the tile when it is at most
+    :data:`MAX_UNROLLED_VECTORS` vectors (else they stay loops)."""
     exts = [_extent(sch, lp) for lp in loops]
     if not exts or exts[-1] is None or exts[-1] <= 1:
         return
+    unroll = all(e is not None for e in exts) and math.prod(exts) <= MAX_UNROLLED_VECTORS * max(1, width)
     last = loops[-1]
     if width > 1 and exts[-1] > width and exts[-1] % width == 0:
         rest, vec = sch.split(last, factors=[None, width])
-        sch.unroll(rest)
+        if unroll:
+            sch.unroll(rest)
     else:
         vec = last
     for lp, e in zip(loops[:-1], exts[:-1]):
-        if e and e > 1:
+        if unroll and e and e > 1:
             sch.unroll(lp)
     sch.vectorize(vec)
 

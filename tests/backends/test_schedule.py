@@ -307,3 +307,26 @@ def _conv_out_shape(x_shape, geometry):
     strides = geometry.get("strides", [1, 1])
     dil = geometry.get("dilations", [1, 1])
     return [(x_shape[2 + i] + pads[i] + pads[i + 2] - dil[i] * 2 - 1) // strides[i] + 1 for i in range(2)]
+
+
+def test_broadcast_epilogue_is_not_unrolled(tmp_path):
+    """A squeeze-excite gate (1x1 conv on the pooled vector, HardSigmoid) multiplied into a large
+    feature map fuses into one kernel whose epilogue covers the whole map: it stays a loop
+    (unrolled, it was ~20,000 vector stores and a minute of LLVM per kernel on PP-OCR det)."""
+    rng = np.random.default_rng(5)
+    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["r"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Conv", ["p", "w", "b"], ["s"]),
+             helper.make_node("HardSigmoid", ["s"], ["g"], alpha=0.2, beta=0.5),
+             helper.make_node("Mul", ["r", "g"], ["rg"]),
+             helper.make_node("Add", ["rg", "r"], ["y"])]
+    model = _model(nodes, [("x", [1, 8, 40, 40])], [("y", [1, 32, 40, 40])],
+                   {"w0": f(32, 8, 3, 3), "w": f(32, 32, 1, 1), "b": f(32)})
+    funcs = _prim_funcs(_scheduled(model))
+    gated = [fn.script() for n, fn in funcs.items() if "conv2d" in n and "multiply" in n]
+    assert gated and "T.vectorized(" in gated[0], sorted(funcs)
+    assert "T.unroll(T.int64(40))" not in gated[0]  # the 40 x 40 map is looped over, not unrolled
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
