@@ -20,7 +20,8 @@ the ONNX node tests (``tests/test_node_tests.py``).
   ``total = stride * (in - 1) + output_padding + (k - 1) * dilation + 1 - out``, split
   ``total - total // 2`` first unless ``auto_pad`` is SAME_UPPER; a negative total becomes
   extra ``output_padding``), then TVM's converter runs.
-- Split: a zero-size part (``split`` with a 0) is refused by name (TVM's build failed).
+- Split: a zero-size part (``split`` with a 0): one ``strided_slice`` per part (TVM's ``split``
+  build failed).
 - Pow: integer bases (TVM's ``power`` takes floats only) through float64, rounded back; an
   exponent of another type than the base is cast to it (the output has the base's type).
 - Constant: TVM read only ``value``; ``value_float(s)`` / ``value_int(s)`` become tensors.
@@ -228,24 +229,30 @@ def register() -> None:
 
     @register_converter("", "Split")
     class Split(OnnxOpConverter):
-        """A split into a zero-size part is refused by name (TVM's build failed: split indices
-        must be increasing); others are TVM's."""
+        """A split with a zero-size part is one ``strided_slice`` per part (TVM's ``split``
+        needs increasing indices, its build failed); others are TVM's."""
 
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
-            cls._refuse_zero([int(v) for v in attr.get("split", [])])
+            sizes = [int(v) for v in attr.get("split", [])]
+            if 0 in sizes:
+                return cls._slices(bb, inputs[0], sizes, int(attr.get("axis", 0)))
             return base_split._impl_v1(bb, inputs, attr, params)
 
         @classmethod
         def _impl_v13(cls, bb, inputs, attr, params):
             if len(inputs) > 1 and inputs[1] is not None:
-                cls._refuse_zero([int(v) for v in _constant_array(inputs[1], params, "Split split").reshape(-1)])
+                sizes = [int(v) for v in _constant_array(inputs[1], params, "Split split").reshape(-1)]
+                if 0 in sizes:
+                    return cls._slices(bb, inputs[0], sizes, int(attr.get("axis", 0)))
             return base_split._impl_v13(bb, inputs, attr, params)
 
         @staticmethod
-        def _refuse_zero(sizes: list[int]) -> None:
-            if 0 in sizes:
-                raise ValueError(f"Split into a zero-size part (split {sizes}) is not supported")
+        def _slices(bb, x, sizes: list[int], axis: int):
+            axis = axis % _rank(x)
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            return relax.Tuple([bb.normalize(op.strided_slice(x, axes=[axis], begin=[b], end=[b + n]))
+                                for b, n in zip(starts, sizes)])
 
     base_pow = tvm_onnx.Pow
 
