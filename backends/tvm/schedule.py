@@ -97,7 +97,7 @@ def relax_pipeline(target, log: list | None = None, pre_schedule=None):
     @tvm.transform.module_pass(opt_level=0, name="OptcCpuPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            mod = fuse_for_schedule(mod, target)
+            mod = fuse_for_schedule(mod, target, log)
             if pre_schedule is not None:
                 mod = pre_schedule(mod, target)
             mod = schedule_cpu(mod, target, log)
@@ -108,39 +108,48 @@ def relax_pipeline(target, log: list | None = None, pre_schedule=None):
     return _pipeline
 
 
-def fuse_for_schedule(mod, target):
+def fuse_for_schedule(mod, target, log: list | None = None):
     """The first half of :func:`relax_pipeline` on an LLVM target (call inside ``with
     target``): layout conversion, fast math, library dispatch, legalization and fusion -
-    the module whose PrimFuncs :func:`schedule_cpu` schedules (and tuning tunes)."""
+    the module whose PrimFuncs :func:`schedule_cpu` schedules (and tuning tunes). ``log``
+    receives a ``{"layout": ...}`` record when the NHWC conversion had to be given up."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from .conv_blocked import legalize_conv2d
 
-    mod = fast_math(convert_layout(mod))
+    mod = fast_math(convert_layout(mod, log))
     legalize = cpu.legalize_passes(target)  # LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
     assert legalize[0].info.name == "LegalizeOps", legalize[0].info.name
     legalize[0] = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d})
     return tvm.transform.Sequential(cpu.library_dispatch_passes(target) + legalize)(mod)
 
 
-def convert_layout(mod):
+def convert_layout(mod, log: list | None = None):
     """conv2d -> NHWC data / HWIO weights (ops in between follow where Relax can infer
-    layouts). Returns ``mod`` unchanged if the conversion fails."""
+    layouts). Returns ``mod`` unchanged if the conversion fails, and then appends
+    ``{"layout": "NCHW kept", "reason": ...}`` to ``log`` (the build report shows it)."""
     from tvm import relax
 
     if not _calls_any(mod, DESIRED_LAYOUTS):  # nothing to convert; and ConvertLayout can crash the
         return mod  # process (SIGFPE) on modules without convolutions (ONNX DynamicQuantizeLinear)
+
+    def kept(reason: str):
+        if log is not None:
+            log.append({"layout": "NCHW kept", "reason": reason})
+        return mod
+
     try:
         mod = clip_to_ops(mod)
         converted = relax.transform.ConvertLayout(DESIRED_LAYOUTS)(mod)
         # TOPI legalizes some ops only in NCHW: keep the module as it was if the conversion
         # left an op that legalization cannot lower (and that it could lower before).
-        if _unlowered_ops(converted) - _unlowered_ops(mod):
-            return mod
-    except Exception:  # noqa: BLE001 - layout conversion is an optimisation only
-        return mod
+        left = _unlowered_ops(converted) - _unlowered_ops(mod)
+        if left:
+            return kept(f"NHWC would leave op(s) legalization cannot lower: {', '.join(sorted(left))}")
+    except Exception as err:  # noqa: BLE001 - layout conversion is an optimisation only
+        return kept(f"Relax ConvertLayout failed: {' '.join(str(err).split())[:200]}")
     return fold_constant_layouts(converted)
 
 
@@ -481,14 +490,20 @@ def _schedule_func(func, target, params):
 
 
 def summarize_log(log: list) -> dict:
-    """A build's schedule records for the report: functions per rule and every rule failure."""
+    """A build's schedule records for the report: functions per rule, every rule failure, and
+    ``layout`` when the NHWC conversion was given up (:func:`convert_layout`)."""
+    layout = [r for r in log if "layout" in r]
+    log = [r for r in log if "layout" not in r]
     counts: dict[str, int] = {}
     for rec in log:
         key = rec["rule"] or "unscheduled"
         counts[key] = counts.get(key, 0) + 1
     failures = [{"function": r["function"], **f} for r in log for f in r.get("failed", [])]
-    return {"functions": len(log), "by_rule": counts, "rule_failures": failures,
-            "per_function": {r["function"]: r["rule"] or "unscheduled" for r in log}}
+    out = {"functions": len(log), "by_rule": counts, "rule_failures": failures,
+           "per_function": {r["function"]: r["rule"] or "unscheduled" for r in log}}
+    if layout:
+        out["layout"] = layout[0]
+    return out
 
 
 # ----------------------------------------------------------------------------- helpers

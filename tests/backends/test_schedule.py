@@ -330,3 +330,25 @@ def test_broadcast_epilogue_is_not_unrolled(tmp_path):
     onnx.save(model, str(tmp_path / "m.onnx"))
     report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]
+
+
+def test_layout_conversion_given_up_is_reported(tmp_path, monkeypatch):
+    """When Relax's ConvertLayout fails, the model is built in NCHW (still verified) and the
+    report says so with the reason, instead of silently running slower code."""
+    from tvm import relax
+
+    def broken(_layouts):
+        raise RuntimeError("Invalid SLayout: can't find S in source layout ABCDE")
+
+    monkeypatch.setattr(relax.transform, "ConvertLayout", broken)
+    onnx.save(_conv_model(), str(tmp_path / "m.onnx"))
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+    layout = report["build"]["schedules"]["layout"]
+    assert layout["layout"] == "NCHW kept" and "Invalid SLayout" in layout["reason"], layout
+
+
+def test_converted_layout_is_not_reported_as_kept(tmp_path):
+    onnx.save(_conv_model(), str(tmp_path / "m.onnx"))
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert "layout" not in report["build"]["schedules"], report["build"]["schedules"]
