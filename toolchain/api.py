@@ -498,10 +498,7 @@ def _baselines(pkg: Path, manifest: dict, threads: int) -> dict[str, _OrtBaselin
     src = manifest.get("source_model") or {}
     path = Path(src.get("path", ""))
     if path.is_file() and artifact.sha256(path) == src.get("sha256"):
-        frozen = files.get("const_inputs")  # inputs frozen at compile time are inputs of the original
-        if frozen is not None:
-            with np.load(pkg / frozen) as f:
-                sample = {**sample, **{k: f[k] for k in f.files}}
+        sample = {**sample, **const_inputs.load(pkg, manifest)}  # frozen inputs are the original's inputs
         try:
             out["original"] = _OrtBaseline(path, f"the original model ({path})", sample, threads)
         except Exception:  # noqa: BLE001 - e.g. dynamic shapes onnxruntime cannot take with these feeds

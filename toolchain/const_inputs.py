@@ -95,14 +95,21 @@ def save(values: Mapping[str, np.ndarray], package: Path) -> dict[str, str]:
     return {"const_inputs": FILE}
 
 
+def load(package: Path, manifest: Mapping) -> dict[str, np.ndarray]:
+    """The package's frozen input values ({} when none were frozen)."""
+    rel = manifest.get("files_by_role", {}).get("const_inputs")
+    if rel is None:
+        return {}
+    with np.load(Path(package) / rel) as f:
+        return {k: f[k] for k in f.files}
+
+
 def check_run_inputs(arrays: Mapping[str, np.ndarray], package: Path, manifest: Mapping) -> dict:
     """``arrays`` without the package's frozen inputs; each one given must equal the frozen
     value (InvalidModelError otherwise: the package cannot take another value)."""
-    rel = manifest.get("files_by_role", {}).get("const_inputs")
-    if rel is None:
+    frozen = load(package, manifest)
+    if not frozen:
         return dict(arrays)
-    with np.load(package / rel) as f:
-        frozen = {k: f[k] for k in f.files}
     bad = [n for n in frozen if n in arrays and not _same(np.asarray(arrays[n]), frozen[n])]
     if bad:
         raise InvalidModelError("; ".join(

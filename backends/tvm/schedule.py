@@ -120,9 +120,8 @@ def fuse_for_schedule(mod, target, log: list | None = None):
     from .conv_blocked import legalize_conv2d
 
     mod = fast_math(convert_layout(mod, log))
-    legalize = cpu.legalize_passes(target)  # LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
-    assert legalize[0].info.name == "LegalizeOps", legalize[0].info.name
-    legalize[0] = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d})
+    custom = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d})
+    legalize = [custom if p.info.name == "LegalizeOps" else p for p in cpu.legalize_passes(target)]
     return tvm.transform.Sequential(cpu.library_dispatch_passes(target) + legalize)(mod)
 
 
@@ -141,7 +140,7 @@ def convert_layout(mod, log: list | None = None):
         return mod
 
     try:
-        mod = clip_to_ops(mod)
+        mod = layout_visible_ops(mod)
         converted = relax.transform.ConvertLayout(DESIRED_LAYOUTS)(mod)
         # TOPI legalizes some ops only in NCHW: keep the module as it was if the conversion
         # left an op that legalization cannot lower (and that it could lower before).
@@ -299,7 +298,7 @@ def _clip_as_min_max(call):
     return relax.op.maximum(relax.op.minimum(x, hi_c), lo_c)
 
 
-def clip_to_ops(mod):
+def layout_visible_ops(mod):
     """Rewrite the activations ``ConvertLayout`` cannot see through into elementwise ops it
     can (a call it cannot infer a layout for gets a transpose pair around it in an NHWC
     network, and stops the conv epilogue fusion):
@@ -317,11 +316,11 @@ def clip_to_ops(mod):
     call_tir = tvm_op("relax.call_tir")
     leaky = tvm_op("relax.nn.leakyrelu")
     clip = tvm_op("relax.clip")
-    binary = [tvm_op(f"relax.{name}") for name in _BROADCAST_BINARY]
+    binary = {f"relax.{name}" for name in _BROADCAST_BINARY}
     ops = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
 
     def rewrite(m, call):
-        if any(call.op.same_as(b) for b in binary) and len(call.args) == 2:
+        if getattr(call.op, "name", None) in binary and len(call.args) == 2:
             return _full_rank_constants(call)
         if call.op.same_as(clip):
             return _clip_as_min_max(call)
