@@ -390,9 +390,6 @@ class _Params:
     """What the rules need to know about an LLVM CPU target: its SIMD width, the vector
     registers a register tile may use for accumulators, and the cores."""
 
-    # accumulators a register tile needs to keep the FMA pipes busy (two pipes x four to five
-    # cycles of latency); a tile with fewer is reshaped when the axes allow (see _register_tile)
-    min_accumulators = 8
     # bytes of the second operand one column block of a register tile may span (half a
     # Zen 3 / Skylake-SP core's L2 of 512 KB to 1 MB, and of Cortex-A72/A76 clusters' L2)
     block_bytes = 256 * 1024
@@ -406,6 +403,7 @@ class _Params:
         # 6 x 2-vector sgemm kernels of BLAS libraries use the same split).
         wide = self.vector_bits >= 512 or triple.startswith("aarch64")
         self.acc_budget = 24 if wide else 12
+        self.vector_registers = 32 if wide else 16
         cores = target.attrs.get("num-cores", None)
         self.cores = int(cores) if cores else 2
 
@@ -598,17 +596,19 @@ def _vector_tile(extent: int, lanes: int, max_elems: int) -> tuple[int, int]:
 
 def _register_tile(v_extent: int, u_extent: int, lanes: int, params: "_Params",
                    red_bytes: int) -> tuple[int, int, int]:
-    """(vectors, vector width, rows) of a contraction's register tile: up to two vectors along
-    the vector axis and as many rows of the next output axis as the accumulator budget allows
-    (rows must divide the axis).
+    """(vectors, vector width, rows) of a contraction's register tile: the tile with the most
+    accumulators within ``params.acc_budget`` (rows must divide the next output axis), fewest
+    loads per FMA breaking ties, starting from up to two vectors along the vector axis and as
+    many rows as the budget allows.
 
-    When that leaves fewer than ``params.min_accumulators`` accumulators (a row count with no
-    small divisor, e.g. 7 or 14 wide feature maps), the tile with the most accumulators is
-    taken instead, among those whose slice of the second operand (``red_bytes`` per output
-    column, times the tile's columns) fits ``params.block_bytes``: the tiles along the other
-    output axes reuse that slice from L2, so a wide tile over a deep reduction (8 vectors x
-    4608 weights = 1.2 MB in ResNet's last stage) would stream it from L3 for every tile.
-    Fewer loads per FMA break ties."""
+    Tiles of more than two vectors must keep their slice of the second operand (``red_bytes``
+    per output column, times the tile's columns) within ``params.block_bytes``: the tiles
+    along the other output axes reuse that slice from L2, so a wide tile over a deep reduction
+    (8 vectors x 4608 weights = 1.2 MB in ResNet's last stage) would stream it from L3 for
+    every tile. Wider tiles win where rows have no small divisor (7 or 14 wide feature maps)
+    and where channel counts have a factor 3 (MobileNet's 24 .. 960: 3 vectors x 4 rows, 12
+    accumulators, instead of 2 x 4; 1x1 conv 16 -> 96 on 112x112 at 1 thread 999 -> 805 us,
+    144 -> 24 on 56x56 326 -> 249 us)."""
     vm, vw = _vector_tile(v_extent, lanes, 2 * lanes)
     per = max(1, math.ceil(vw / lanes))  # registers per vector
 
@@ -616,15 +616,44 @@ def _register_tile(v_extent: int, u_extent: int, lanes: int, params: "_Params",
         return _largest_divisor(u_extent, max(1, params.acc_budget // (m * per)))
 
     ui = rows(vm)
-    if vm * per * ui >= params.min_accumulators or vw < lanes:
+    if vw < lanes:
         return vm, vw, ui
     best = (vm * per * ui, vm * ui / (vm + ui), vm, ui)
     for m in range(1, params.acc_budget // per + 1):
         if (v_extent // vw) % m or (m > vm and m * vw * red_bytes > params.block_bytes):
             continue
         r = rows(m)
-        best = max(best, (m * per * r, m * r / (m + r), m, r))
+        best = max(best, (m * per * r, m * r / (m + r), m, r), key=lambda b: b[:2])
     return best[2], vw, best[3]
+
+
+def _per_column_input(reads, iters, v: int, spatial: list) -> bool:
+    """Whether an operand indexed by the output pixels is also indexed by the column axis
+    ``v`` in its innermost dimension: a depthwise convolution, where each channel block reads
+    only its own input channels."""
+    pixels = {iters[k].var for k in spatial if k != v}
+    return any(ld.indices and iters[v].var in _vars_in(ld.indices[-1]) and
+               set().union(*(_vars_in(i) for i in ld.indices)) & pixels for ld in reads)
+
+
+def _depthwise_tile(v_extent: int, u_extent: int, lanes: int, params: "_Params") -> tuple[int, int, int]:
+    """(vectors, vector width, rows) of a depthwise register tile. Its input is not shared
+    across channels, so every FMA loads one input vector and only the weight vectors are
+    reused, across the tile's rows: the tile takes as many rows as the registers left after
+    the weights allow (at most two vectors, rows dividing the axis), most accumulators first,
+    then two vectors. On AVX2 that is 2 x 7 for the 7 x 2^k maps of 224-input CNNs (1-thread
+    3x3 depthwise kernels, 2 x 7 vs the 2 x 4 / 12 x 1 tiles of :func:`_register_tile`:
+    56x56x144 439 -> 337 us, 14x14x576 79 -> 63 us, 7x7x960 47 -> 26 us)."""
+    w = _vector_width(v_extent, lanes)
+    per = max(1, math.ceil(w / lanes))
+    best = (0, 1, 1)
+    for m in (1, 2):
+        if (v_extent // w) % m:
+            continue
+        budget = (params.vector_registers - m * per) // (m * per)
+        r = _largest_divisor(u_extent, budget)
+        best = max(best, (m * per * r, m, r))
+    return best[1], w, best[2]
 
 
 def _work(sch, block) -> int:
@@ -668,6 +697,17 @@ def _schedule_injective_block(sch, block, params, *, parallel=True):
     vi = _vector_width(inner, lanes) if inner > 1 else 1
     if vi < 4 and inner > lanes:
         vi = 1
+    if vi > 1 and inner % vi == 0 and len(loops) > 1 and _has_if(_body_store(st).value):
+        # A padding copy: the vectors split the innermost axis alone, so the outer indices
+        # (and the in-bounds test on them) stay uniform across a vector. Split from the fused
+        # index, each lane's h/w came from its own div/mod and the copy was gathered element
+        # by element (NHWC 112x112x96 pad at 1 thread: 377 -> 140 us).
+        rows = sch.fuse(*loops[:-1])
+        cols, vec = sch.split(loops[-1], factors=[None, vi])
+        sch.vectorize(vec)
+        if parallel and total >= PARALLEL_MIN_WORK:
+            sch.parallel(rows)
+        return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     if vi > 1 and total > vi:
         outer, vec = sch.split(fused, factors=[None, vi])
@@ -742,7 +782,11 @@ def _rule_contraction(func, target, params):
     # register tile: vm vectors of vw along v, ui along the next output axis
     u = next((k for k in reversed(out_vars) if k is not None and k != v and extents[k] > 1), None)
     red_bytes = math.prod(extents[k] for k in reduce_) * max(1, params.bits(dtype) // 8)
-    vm, vw, ui = _register_tile(extents[v], extents[u] if u is not None else 1, lanes, params, red_bytes)
+    u_extent = extents[u] if u is not None else 1
+    if _per_column_input(reads, iters, v, spatial):
+        vm, vw, ui = _depthwise_tile(extents[v], u_extent, lanes, params)
+    else:
+        vm, vw, ui = _register_tile(extents[v], u_extent, lanes, params, red_bytes)
     if ui == 1:
         u = None
 
