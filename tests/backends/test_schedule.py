@@ -418,3 +418,29 @@ def test_converted_layout_is_not_reported_as_kept(tmp_path):
     onnx.save(_conv_model(), str(tmp_path / "m.onnx"))
     report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
     assert "layout" not in report["build"]["schedules"], report["build"]["schedules"]
+
+
+@pytest.mark.parametrize("shape,axes", [((1, 5, 7, 24), (0, 3, 1, 2)), ((2, 24, 3, 16), (0, 2, 3, 1)), ((24, 16), (1, 0))])
+def test_transpose_walks_the_input_rows_inside_a_vector_column(shape, axes):
+    """A transpose's vectors gather across input rows: the input's contiguous axis is looped
+    inside each vector column (the rows stay in L1), and the result is the transpose."""
+    import tvm
+    from tvm import s_tir, te, topi
+
+    from optc.backends.tvm import schedule
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})
+    params = schedule._Params(target)
+    x = te.placeholder(shape, name="x")
+    func = te.create_prim_func([x, topi.transpose(x, axes)])
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock("T_transpose")
+    schedule._schedule_injective_block(sch, block, params)
+    loops = sch.get_loops(block)
+    assert len(loops) == 3 and sch.get(loops[-1]).kind == tvm.tirx.ForKind.VECTORIZED
+    assert schedule._extent(sch, loops[1]) == shape[-1]  # the input's contiguous axis, inside
+    lib = tvm.compile(sch.mod, target)
+    data = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros(np.transpose(data, axes).shape, np.float32))
+    lib["main"](tvm.runtime.tensor(data), out)
+    np.testing.assert_array_equal(out.numpy(), np.transpose(data, axes))
