@@ -821,6 +821,10 @@ def _rule_contraction(func, target, params):
         vm, vw, ui = _depthwise_tile(extents[v], u_extent, lanes, params)
     else:
         vm, vw, ui = _register_tile(extents[v], u_extent, lanes, params, red_bytes)
+    if len(infos) == ri + 1 and not any(_unit_stride(ld.indices[-1], v_var) for ld in reads if ld.indices):
+        dot = _rule_dot(func, params, lanes)
+        if dot is not None:
+            return dot
     if ui == 1:
         u = None
 
@@ -898,6 +902,69 @@ def _rule_contraction(func, target, params):
             _vectorize_tail(sch, iloops, vw)
         except Exception:  # noqa: BLE001 - loops kept their kinds
             pass
+    return sch.mod["main"]
+
+
+def _unit_stride(index, var) -> bool:
+    """Whether ``index`` steps by exactly 1 with ``var`` (a vector along ``var`` is one load)."""
+    import tvm_ffi
+
+    if var not in _vars_in(index):
+        return False
+    coef = tvm_ffi.get_global_func("sym.DetectLinearEquation")(index, [var])
+    return len(coef) == 2 and _int(coef[0]) == 1
+
+
+def _rule_dot(func, params, lanes: int):
+    """A contraction that no operand reads contiguously along the output's vector axis (a
+    few frames of a long 1-D filter bank: an STFT as ``Conv1d`` with 512-tap filters, stride
+    160, 5 output frames: every vector would be a gather) but whose innermost reduction runs
+    contiguously along every operand: vectorized along that reduction instead.
+    The reduction is split by the vector width and factored (``rfactor``) into per-lane
+    partial sums, kept in registers for all of the last output axis's points at once (one
+    weight vector load serves them all), then summed across lanes. openWakeWord's mel
+    front-end STFT kernels: 163 -> 23 us at 1 thread (onnxruntime 70 us).
+    Returns None where the shape does not fit (the contraction rule goes on)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    infos = _block_infos(sch)
+    main = infos[-1].block_rv
+    for b in infos[:-1]:  # producers: plain copies (a padding of 0) inline, else not this rule
+        try:
+            sch.compute_inline(b.block_rv)
+        except Exception:  # noqa: BLE001
+            return None
+    st = sch.get(main)
+    store = _body_store(st)
+    loops = sch.get_loops(main)
+    kinds = [iv.iter_type for iv in st.iter_vars]
+    if store is None or len(loops) != len(kinds) or kinds[-1] != 2:
+        return None
+    nsp = kinds.index(2)
+    k_ext = _extent(sch, loops[-1])
+    reads = [ld for ld in _loads(store.value) if not ld.source.same_as(store.buffer)]
+    k_var = st.iter_vars[-1].var
+    if nsp < 1 or any(kd != 2 for kd in kinds[nsp:]) or any(kinds[:nsp]) or not k_ext or k_ext % lanes or k_ext < 2 * lanes \
+            or not reads or not all(ld.indices and _unit_stride(ld.indices[-1], k_var) for ld in reads):
+        return None
+    ko, ki = sch.split(loops[-1], factors=[None, lanes])
+    rf = sch.rfactor(ki, 0)
+    wl = sch.get_loops(main)
+    last = _extent(sch, wl[nsp - 1]) or 0
+    at = nsp - 2 if nsp >= 2 and 1 < last <= params.acc_budget else nsp - 1
+    sch.compute_at(rf, wl[at])
+    sch.set_scope(rf, 0, "local")
+    rl = sch.get_loops(rf)[at + 1:]
+    ki_loop, blocked = rl[0], rl[1:2] if at == nsp - 2 else []
+    sch.reorder(*rl[1 + len(blocked):], *blocked, ki_loop)
+    sch.vectorize(ki_loop)
+    for lp in blocked:
+        sch.unroll(lp)
+    sch.decompose_reduction(rf, rl[1 + len(blocked)])
+    outer = sch.fuse(*wl[:at + 1]) if at > 0 else wl[0]
+    if _func_work(func) >= PARALLEL_MIN_WORK and (_extent(sch, outer) or 0) > 1:
+        sch.parallel(outer)
     return sch.mod["main"]
 
 

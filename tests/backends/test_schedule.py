@@ -444,3 +444,37 @@ def test_transpose_walks_the_input_rows_inside_a_vector_column(shape, axes):
     out = tvm.runtime.tensor(np.zeros(np.transpose(data, axes).shape, np.float32))
     lib["main"](tvm.runtime.tensor(data), out)
     np.testing.assert_array_equal(out.numpy(), np.transpose(data, axes))
+
+
+def test_filter_bank_convolution_is_vectorized_along_its_taps(tmp_path):
+    """An STFT as Conv1d (long filters, a large stride, a few output frames): no operand is
+    contiguous along the output frames, so the taps are vectorized (rfactor partial sums);
+    against onnxruntime, beside a Q K^T matmul that keeps the contraction rule."""
+    import tvm
+
+    from optc.backends.tvm import lower, schedule
+    from optc.targets import get_target
+
+    rng = np.random.default_rng(6)
+    inits = {"w": (rng.standard_normal((33, 1, 64)) * 0.1).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], strides=[20], kernel_shape=[64]),
+        helper.make_node("Transpose", ["q"], ["kt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),
+    ]
+    model = _model(nodes, [("x", [1, 1, 144]), ("q", [6, 32])], [("y", [1, 33, 5]), ("s", [6, 6])], inits)
+    path = tmp_path / "stft.onnx"
+    onnx.save(model, path)
+    report = optc.compile(path, "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+    target = get_target("cpu")
+    mod, _ = lower.prepare_module(model, [TensorSpec("x", "float32", (1, 1, 144)), TensorSpec("q", "float32", (6, 32))],
+                                  target, embed_params=True)
+    tvm_target = lower.tvm_target(target)
+    with tvm_target:
+        fused = schedule.fuse_for_schedule(mod, tvm_target)
+        params = schedule._Params(tvm_target)
+        scheduled = {gv.name_hint: schedule._rule_contraction(f, tvm_target, params)
+                     for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    rf = [name for name, f in scheduled.items() if f is not None and "_rf" in f.script()]
+    assert any("conv1d" in name for name in rf) and not any("matmul" in name for name in rf), rf
