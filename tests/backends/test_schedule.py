@@ -478,3 +478,24 @@ def test_filter_bank_convolution_is_vectorized_along_its_taps(tmp_path):
                      for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     rf = [name for name, f in scheduled.items() if f is not None and "_rf" in f.script()]
     assert any("conv1d" in name for name in rf) and not any("matmul" in name for name in rf), rf
+
+
+def test_partial_row_tiles_on_a_prime_width_map(tmp_path):
+    """A 13-wide map has no row count between 1 and 13 that divides it: the tile takes rows
+    that do not divide it (the last tile partial) when that beats the divisor tiles, and the
+    result still matches onnxruntime (the partial tile's predicate)."""
+    import tvm
+
+    from optc.backends.tvm.schedule import _Params, _register_tile
+
+    avx2 = _Params(tvm.target.Target({"kind": "llvm", "mcpu": "znver3"}))
+    assert _register_tile(192, 13, 8, avx2, 3 * 3 * 192 * 4) == (4, 8, 3)  # was 4 x 1
+    assert _register_tile(512, 7, 8, avx2, 3 * 3 * 512 * 4) == (1, 8, 7)  # 7 whole rows stay
+    rng = np.random.default_rng(7)
+    inits = {"w": (rng.standard_normal((48, 32, 3, 3)) * 0.1).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
+    model = _model(nodes, [("x", [1, 32, 13, 13])], [("y", [1, 48, 13, 13])], inits)
+    path = tmp_path / "c13.onnx"
+    onnx.save(model, path)
+    report = optc.compile(path, "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
