@@ -18,6 +18,11 @@ Used as the ``relax.nn.conv2d`` entry of ``LegalizeOps``' custom map in
 :func:`optc.backends.tvm.schedule.fuse_for_schedule`; every other convolution (grouped,
 depthwise, NCHW, weights computed at run time, fewer output channels than one block, non-float)
 gets TVM's own legalization.
+
+A matmul by a constant 2-D ``[K, N]`` weight (dense layers: transformer projections and
+feed-forward layers, MLP heads) is packed the same way, to ``[N / b, K, b]``
+(:func:`legalize_matmul`): a tile over ``K = 1536`` otherwise reads its 96 bytes per step at a
+stride of ``N * 4`` bytes.
 """
 
 from __future__ import annotations
@@ -107,3 +112,47 @@ def legalize_conv2d(bb, call):
     wb = relax.const(pack_weights(hwio, b), dtype)
     return bb.call_te(conv2d_nhwc_blocked, x, wb, list(attrs.strides), list(attrs.padding), list(attrs.dilation),
                       out_dtype, primfunc_name_hint="conv2d")
+
+
+def matmul_blocked(data, wb, out_dtype: str):
+    """TE compute: ``data [..., M, K]`` by blocked weights ``wb [N/b, K, b]``."""
+    from tvm import te
+
+    nb, k, b = (int(d) for d in wb.shape)
+    lead = list(data.shape[:-1])
+    rk = te.reduce_axis((0, k), name="k")
+    return te.compute(
+        (*lead, nb * b),
+        lambda *idx: te.sum(data[(*idx[:-1], rk)].astype(out_dtype) * wb[idx[-1] // b, rk, idx[-1] % b].astype(out_dtype),
+                            axis=[rk]),
+        name="matmul",
+    )
+
+
+def legalize_matmul(bb, call):
+    """``LegalizeOps`` entry for ``relax.matmul``: ``x [..., M, K]`` by a constant float32
+    ``[K, N]`` weight in the blocked form (module docstring), else TVM's legalization."""
+    import numpy as np
+    import tvm.ir.expr
+    from tvm import relax
+    from tvm.relax.transform.legalize_ops.linear_algebra import _matmul
+
+    x, w = call.args
+    if isinstance(w, relax.Var):
+        bound = bb.lookup_binding(w)
+        w = w if bound is None else bound
+    if not (isinstance(w, tvm.ir.expr.Constant) and hasattr(w, "value")) or len(w.ty.shape) != 2 \
+            or len(x.ty.shape) < 2 or str(w.ty.dtype) != "float32" or str(x.ty.dtype) != "float32" \
+            or str(call.ty.dtype) != "float32":
+        return _matmul(bb, call)
+    target = tvm.target.Target.current(allow_none=True)
+    kn = w.value.numpy()
+    try:
+        out_shape = [int(d) for d in call.ty.shape.values]
+    except (TypeError, AttributeError):  # a symbolic dimension
+        return _matmul(bb, call)
+    b = block_channels(out_shape, kn.shape[0], target) if target is not None else None
+    if b is None:
+        return _matmul(bb, call)
+    wb = relax.const(np.ascontiguousarray(kn.reshape(kn.shape[0], -1, b).transpose(1, 0, 2)), "float32")
+    return bb.call_te(matmul_blocked, x, wb, "float32", primfunc_name_hint="matmul")

@@ -117,10 +117,10 @@ def fuse_for_schedule(mod, target, log: list | None = None):
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from .conv_blocked import legalize_conv2d
+    from .conv_blocked import legalize_conv2d, legalize_matmul
 
     mod = fast_math(convert_layout(mod, log))
-    custom = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d})
+    custom = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d, "relax.matmul": legalize_matmul})
     legalize = [custom if p.info.name == "LegalizeOps" else p for p in cpu.legalize_passes(target)]
     return tvm.transform.Sequential(cpu.library_dispatch_passes(target) + legalize)(mod)
 
@@ -931,7 +931,10 @@ def _rule_contraction(func, target, params):
 def _unit_stride(index, var) -> bool:
     """Whether ``index`` steps by exactly 1 with ``var`` (a vector along ``var`` is one load)."""
     import tvm_ffi
+    from tvm import tirx
 
+    if isinstance(index, tirx.FloorMod):  # a blocked layout's ``v % b``: unit stride inside a block
+        index = index.a
     if var not in _vars_in(index):
         return False
     coef = tvm_ffi.get_global_func("sym.DetectLinearEquation")(index, [var])

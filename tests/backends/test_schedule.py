@@ -499,3 +499,23 @@ def test_partial_row_tiles_on_a_prime_width_map(tmp_path):
     onnx.save(model, path)
     report = optc.compile(path, "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]
+
+
+def test_dense_weights_are_blocked_by_the_register_tile(tmp_path):
+    """A MatMul by a constant [K, N] weight reads it packed [N/b, K, b] (b = the tile's column
+    run); a MatMul by a run-time operand keeps TVM's form; both match onnxruntime."""
+    import re
+
+    rng = np.random.default_rng(8)
+    f = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "z"], ["y"])]
+    model = _model(nodes, [("x", [2, 5, 40]), ("z", [2, 64, 8])], [("y", [2, 5, 8])], {"w": f(40, 64)})
+    funcs = _prim_funcs(_scheduled(model))
+    text = "\n".join(fn.script() for name, fn in funcs.items() if "matmul" in name)
+    packed = re.findall(r"T\.Buffer\(\(T\.int64\((\d+)\), T\.int64\(40\), T\.int64\((\d+)\)\)", text)
+    assert packed and int(packed[0][0]) * int(packed[0][1]) == 64, text[:2000]
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
