@@ -145,3 +145,46 @@ def test_compare_to_times_the_other_package_in_the_same_rounds(conv_package, tmp
     (wrong / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UsageError, match="not the same model"):
         api.bench(conv_package, api.BenchOptions(threads=1, repeat=2, rounds=1, warmup=0, compare_to=wrong))
+
+
+def test_a_session_that_cannot_profile_refuses_by_name():
+    """``profile_kernels`` is part of the Session protocol (no ``getattr`` probe): the default
+    refuses with a UsageError; the CPU session overrides it."""
+    from optc.backends import SessionBase
+    from optc.backends.tvm.backend import CpuSession
+    from optc.profile import ProfileOptions, optc_profile
+
+    class Simulated(SessionBase):
+        def run(self, inputs):
+            return inputs
+
+    with pytest.raises(UsageError, match="cannot time its kernels"):
+        optc_profile(Simulated(), [], ProfileOptions(), {})
+    assert CpuSession.profile_kernels is not SessionBase.profile_kernels
+
+
+def test_interleaved_blocks_start_settled_and_warm(monkeypatch):
+    """Each timed block (optc's, then each onnxruntime baseline's) starts after a pause and one
+    untimed call, so it never runs against the other runtime's still-spinning threads; the
+    timed calls per runtime add up to ``repeat``."""
+    import time
+
+    from optc import api
+
+    monkeypatch.setattr(api, "SETTLE_S", 0.01)
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def time(self, *args, **kw):
+            warmup, repeat = (kw["warmup"], kw["repeat"]) if "warmup" in kw else args[-2:]
+            calls.append((self.name, warmup, repeat, time.perf_counter()))
+            return [0.001] * repeat
+
+    optc_times, ort_times, _ = api._interleaved(Fake("optc"), [], {"ort": Fake("ort")}, (2, 12, 3), None, False)
+    assert len(optc_times) == 12 and len(ort_times["ort"]) == 12
+    timed = [c for c in calls if c[2] > 0]
+    assert [c[0] for c in timed] == ["optc", "ort"] * 3 and all(c[1] == 1 for c in timed)
+    assert all(b[3] - a[3] >= 0.01 for a, b in zip(timed, timed[1:]))

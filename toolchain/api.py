@@ -414,10 +414,21 @@ def _profile(session, manifest: dict, args: list, sample: dict, threads: int, op
     return out
 
 
+# Pause before each timed block (seconds): the runtime timed before it goes idle first. Both
+# runtimes' worker threads spin for a while after a call (onnxruntime's intra-op pool by
+# default, TVM's pool too); with N threads on N cores a spinning worker of one runtime took a
+# core from the other's parallel loop for whole scheduler slices (PP-OCR cls, 2 threads on 2
+# cores: optc p90 11.6 ms against a median of 1.0 ms, 1.1 ms steady without onnxruntime).
+SETTLE_S = 0.05
+
+
 def _interleaved(session, args, baselines: dict, plan: tuple[int, int, int], applied, emulated: bool):
     """optc and each baseline timed in ``rounds`` alternating blocks after ``warmup`` calls
-    each (``plan``: warmup, repeat, rounds); returns (optc times, times per baseline, threads
-    the TVM pool reports once it exists, or None)."""
+    each (``plan``: warmup, repeat, rounds); each block starts after :data:`SETTLE_S` and one
+    untimed call, so it runs with the other runtime's threads idle and its own awake. Returns
+    (optc times, times per baseline, threads the TVM pool reports once it exists, or None)."""
+    import time
+
     warmup, repeat, rounds = plan
     per_round = max(1, repeat // rounds)
     optc_times: list[float] = []
@@ -429,9 +440,11 @@ def _interleaved(session, args, baselines: dict, plan: tuple[int, int, int], app
     if applied is not None:
         applied = _threads_in_use()  # the pool exists now: what it really holds
     for _ in range(rounds):
-        optc_times += session.time(args, warmup=0, repeat=per_round)
+        time.sleep(SETTLE_S)
+        optc_times += session.time(args, warmup=0 if emulated else 1, repeat=per_round)
         for k, b in baselines.items():
-            ort_times[k] += b.time(0, per_round)
+            time.sleep(SETTLE_S)
+            ort_times[k] += b.time(1, per_round)
     return optc_times, ort_times, applied
 
 
