@@ -58,6 +58,10 @@ class Session(Protocol):
         session says which and how (``ctx``: :class:`optc.timing.LatencyContext`)."""
         ...
 
+    def profile_kernels(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> dict:
+        """Per-kernel times for ``optc bench --profile`` (CPU sessions; others refuse by name)."""
+        ...
+
 
 class SessionBase:
     """Defaults of the :class:`Session` protocol: runnable here, timed for real."""
@@ -105,6 +109,12 @@ class SessionBase:
                                   f"outputs, {WARMUP} warm-up + {REPEAT} timed runs on this machine, "
                                   f"{host_cores()} cores")
         return {"method": "measured", "how": how, **stats(times)}
+
+    def profile_kernels(self, inputs: list[np.ndarray], warmup: int, repeat: int) -> dict:  # noqa: ARG002
+        """Default: refused (UsageError); the CPU session times its kernels in process."""
+        from optc.errors import UsageError
+
+        raise UsageError("--profile: this package's session cannot time its kernels")
 
 
 class Backend(Protocol):

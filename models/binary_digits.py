@@ -31,6 +31,7 @@ import json
 import pathlib
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -174,11 +175,25 @@ def _accuracy(run, x, y) -> tuple[float, int]:
 # build
 
 
-def _train_binary(cfg: dict, teacher, data, out: pathlib.Path, *, force: bool, fp32_path: pathlib.Path,
-                  fp32_acc: float, fp32_bytes: int, teacher_text: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Fp32Baseline:
+    """The fp32 model a binary model is compared with: its file, its test accuracy and its
+    weight bytes after the default cleanup (:meth:`of` measures them)."""
+
+    path: pathlib.Path
+    accuracy: float
+    weight_bytes: int
+
+    @classmethod
+    def of(cls, path: pathlib.Path, accuracy: float) -> Fp32Baseline:
+        return cls(path, accuracy, weight_bytes(binarized(path, "simplify,fold-constants,fuse-bn,dce")[0]))
+
+
+def _train_binary(cfg: dict, teacher, data, out: pathlib.Path, *, force: bool, fp32: Fp32Baseline,
+                  teacher_text: str) -> dict[str, Any]:
     """Train one binary model of ``cfg`` (distilled from ``teacher``), export it to
     ``out/NAME.onnx`` and measure it: its ``binary_digits.json`` record (accuracy in onnxruntime, after the
-    binarize pipeline with optc's numpy ops, weights against ``fp32_path``)."""
+    binarize pipeline with optc's numpy ops, weights against the ``fp32`` baseline)."""
     from optc.models import build, digits
     from optc.passes.optc_ops import reference_evaluator
 
@@ -209,11 +224,11 @@ def _train_binary(cfg: dict, teacher, data, out: pathlib.Path, *, force: bool, f
         "binarized_test_accuracy": bacc,
         "binarized_test_correct": bcorrect,
         "binarized_evaluated_with": "onnx ReferenceEvaluator + optc.passes.optc_ops",
-        "fp32_model": fp32_path.name,
-        "fp32_test_accuracy": fp32_acc,
-        "accuracy_drop_points": round(100 * (fp32_acc - bacc), 3),
-        "weight_bytes": {"fp32_model_after_default_pipeline": fp32_bytes, "binarized": bin_bytes,
-                         "ratio": round(fp32_bytes / bin_bytes, 2)},
+        "fp32_model": fp32.path.name,
+        "fp32_test_accuracy": fp32.accuracy,
+        "accuracy_drop_points": round(100 * (fp32.accuracy - bacc), 3),
+        "weight_bytes": {"fp32_model_after_default_pipeline": fp32.weight_bytes, "binarized": bin_bytes,
+                         "ratio": round(fp32.weight_bytes / bin_bytes, 2)},
         "rewrites": {r.name: r.details for r in records if r.details},
         "seed": cfg["seed"], "epochs": cfg["epochs"], "lr": cfg["lr"], "batch_size": cfg["batch_size"],
         "training": f"Adam, cosine lr to 0, distillation from {teacher_text} (KL at T, weight below, "
@@ -247,17 +262,15 @@ def build_binary(out_dir=None, *, force: bool = False, verbose: bool = False) ->
     }
     data = (x_train, y_train, x_test, y_test)
     for name, cfg in BNN_CONFIG["models"].items():
-        fp32_path = MODELS_DIR / f"{cfg['fp32']}.onnx"
-        fp32_acc = fp32_meta[cfg["fp32"]]["test_accuracy"]
-        fp32_bytes = weight_bytes(binarized(fp32_path, "simplify,fold-constants,fuse-bn,dce")[0])
-        entry = _train_binary({**cfg, "name": name}, teacher, data, out, force=force, fp32_path=fp32_path,
-                              fp32_acc=fp32_acc, fp32_bytes=fp32_bytes, teacher_text="the fp32 teacher")
+        fp32 = Fp32Baseline.of(MODELS_DIR / f"{cfg['fp32']}.onnx", fp32_meta[cfg["fp32"]]["test_accuracy"])
+        entry = _train_binary({**cfg, "name": name}, teacher, data, out, force=force, fp32=fp32,
+                              teacher_text="the fp32 teacher")
         meta["models"][name] = entry
         if verbose:
             print(f"{name}: {cfg['epochs']} epochs in {entry['train_seconds']:.0f} s; accuracy onnx "
                   f"{entry['test_accuracy']:.4f}, after {BINARIZE_PIPELINE} {entry['binarized_test_accuracy']:.4f} "
-                  f"(fp32 {fp32_acc:.4f}); weights {fp32_bytes} -> {entry['weight_bytes']['binarized']} bytes "
-                  f"-> {out / entry['file']}")
+                  f"(fp32 {fp32.accuracy:.4f}); weights {fp32.weight_bytes} -> "
+                  f"{entry['weight_bytes']['binarized']} bytes -> {out / entry['file']}")
     build._write_atomic(out / "binary_digits.json", (json.dumps(meta, indent=2) + "\n").encode())
     return meta
 
@@ -285,10 +298,10 @@ def build_wide(out_dir=None, *, force: bool = False, verbose: bool = False) -> d
     export_torch(fp32.eval(), torch.zeros(1, 1, 8, 8), fp32_path, input_names=["input"], output_names=["logits"],
                  overwrite=force, options=ExportOptions(dynamic_axes=axes, keep_batchnorm=True))
     fp32_acc, fp32_correct = build.onnx_accuracy(fp32_path, x_test, y_test)
-    fp32_bytes = weight_bytes(binarized(fp32_path, "simplify,fold-constants,fuse-bn,dce")[0])
+    base = Fp32Baseline.of(fp32_path, fp32_acc)
 
-    entry = _train_binary(bcfg, fp32, (x_train, y_train, x_test, y_test), out, force=force, fp32_path=fp32_path,
-                          fp32_acc=fp32_acc, fp32_bytes=fp32_bytes, teacher_text="the fp32 wide model")
+    entry = _train_binary(bcfg, fp32, (x_train, y_train, x_test, y_test), out, force=force, fp32=base,
+                          teacher_text="the fp32 wide model")
     meta_path = out / "binary_digits.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"models": {}}
     meta.setdefault("fp32_models", {})[fcfg["name"]] = {
@@ -308,7 +321,7 @@ def build_wide(out_dir=None, *, force: bool = False, verbose: bool = False) -> d
         print(f"{fcfg['name']}: accuracy {fp32_acc:.4f} ({fp32_seconds:.0f} s); {bcfg['name']}: onnx "
               f"{entry['test_accuracy']:.4f}, "
               f"after {BINARIZE_PIPELINE} {entry['binarized_test_accuracy']:.4f} ({entry['train_seconds']:.0f} s); "
-              f"weights {fp32_bytes} -> {entry['weight_bytes']['binarized']} bytes")
+              f"weights {base.weight_bytes} -> {entry['weight_bytes']['binarized']} bytes")
     return meta
 
 

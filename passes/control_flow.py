@@ -17,6 +17,7 @@ import onnx
 import onnx_ir as ir
 from onnx import helper, numpy_helper
 
+from optc.onnx_utils import attr, infer_shapes
 from optc.pipeline import Pass, PassResult, register_pass
 
 from .cleanup import _replace_graph
@@ -95,10 +96,10 @@ def unroll_model(proto: onnx.ModelProto, limit: int = 256, rounds: int = 4) -> t
 def _graphs(graph: onnx.GraphProto):
     yield graph
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            for g in attr.graphs:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+            for g in a.graphs:
                 yield from _graphs(g)
 
 
@@ -176,10 +177,7 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list]:
     """Static shapes of the main graph's values (None for dynamic dims) after shape inference."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - shapes are a best effort: an unknown one keeps the node
-        inferred = model
+    inferred = infer_shapes(model, data_prop=True)  # a best effort: an unknown shape keeps the node
     shapes = {}
     for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
@@ -216,13 +214,6 @@ def _unroll_round(model: onnx.ModelProto, limit: int) -> tuple[int, dict]:
     del graph.node[:]
     graph.node.extend(new_nodes)
     return count, kept
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _defined(graph: onnx.GraphProto, top: bool = True) -> set[str]:
@@ -300,7 +291,7 @@ def _true_condition(body: onnx.GraphProto, consts: dict) -> bool:
 
 
 def _unroll_loop(node, name, b: _Builder, consts, shapes, limit):
-    body = _attr(node, "body")
+    body = attr(node, "body")
     m = node.input[0] if len(node.input) > 0 else ""
     cond = node.input[1] if len(node.input) > 1 else ""
     carried = list(node.input[2:])
@@ -360,14 +351,14 @@ def _stack(parts: list[str], axis: int, out: str, name: str, b: _Builder) -> lis
 def _unroll_scan(node, name, b: _Builder, consts, shapes, limit):
     if b.opset < 9:
         raise _Keep("opset-8 Scan (batched, with sequence_lens) is not unrolled")
-    body = _attr(node, "body")
-    n_in = int(_attr(node, "num_scan_inputs"))
+    body = attr(node, "body")
+    n_in = int(attr(node, "num_scan_inputs"))
     states, scanned = list(node.input[:len(node.input) - n_in]), list(node.input[len(node.input) - n_in:])
-    in_axes = list(_attr(node, "scan_input_axes", [0] * n_in))
-    in_dirs = list(_attr(node, "scan_input_directions", [0] * n_in))
+    in_axes = list(attr(node, "scan_input_axes", [0] * n_in))
+    in_dirs = list(attr(node, "scan_input_directions", [0] * n_in))
     n_out = len(body.output) - len(states)
-    out_axes = list(_attr(node, "scan_output_axes", [0] * n_out))
-    out_dirs = list(_attr(node, "scan_output_directions", [0] * n_out))
+    out_axes = list(attr(node, "scan_output_axes", [0] * n_out))
+    out_dirs = list(attr(node, "scan_output_directions", [0] * n_out))
     lengths = set()
     for x, ax in zip(scanned, in_axes):
         shape = shapes.get(x)

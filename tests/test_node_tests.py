@@ -2,8 +2,9 @@
 
 ``tests/node_tests_known.json`` maps a node test's name to what optc does with it:
 ``passed``, ``refused:<OptcError subclass>``, ``skipped`` (onnxruntime cannot run it; optc must
-then refuse it by name, never fail with an internal error), or ``internal`` / ``wrong`` for a
-known bug. A regression (a listed pass now refused) and a newly passing test (listed as refused)
+then refuse it by name, never fail with an internal error), ``skipped:onnxruntime-differs``
+(onnxruntime's outputs differ from the test's expected ones: random ops, onnxruntime departing
+from the spec), or ``internal`` / ``wrong`` for a known bug. A regression (a listed pass now refused) and a newly passing test (listed as refused)
 both fail, the latter with a message to update the list:
 
     python bench/node_tests.py --tests NAME[,NAME...] --write-known tests/node_tests_known.json
@@ -12,7 +13,7 @@ The default suite runs a fixed sample covering common ops (and the fixes for 0-d
 TVM lacks, function-body expansion, element types numpy cannot hold, inputs frozen by
 ``--const-input``, onnx-simplifier crashes, the signal / vision / ml / linalg converters,
 Resize by matrices, sequence outputs refused by name, zero-size Split parts); ``-m slow`` runs
-every third test of the list (``OPTC_ALL_NODE_TESTS=1``: all 859, an hour or more on 2 shared
+every third test of the list (``OPTC_ALL_NODE_TESTS=1``: all 921, an hour or more on 2 shared
 cores) in two worker processes
 (bench/node_tests.py). ``python bench/node_tests.py --from RESULTS... --write-known
 tests/node_tests_known.json`` updates the list from earlier runs without running again.
@@ -80,6 +81,10 @@ FIXED = {
     "test_bitshift_right_int8_negative_shift": "bitshift", "test_det_nd": "det",  # linalg_ops.py
     "test_reduce_max_empty_set": "reducemax",  # the empty set: -inf (was a run-time failure)
     "test_causal_conv_with_state_kernel_size_one": "causal_conv_with_state",  # empty Concat input: was exit 70
+    "test_tfidfvectorizer_tf_batch_uniandbigrams_skip5": "tfidfvectorizer",  # ml_ops.py
+    "test_tensorscatter_circular": "tensorscatter", "test_eyelike_with_dtype": "eyelike",  # index_ops.py
+    "test_maxpool_with_argmax_2d_precomputed_strides": "maxpool",  # vision_ops.py: Indices output
+    "test_training_dropout_mask": "dropout",  # random: onnxruntime differs from the expected outputs
 }
 
 
@@ -110,7 +115,7 @@ def _check(rec: dict, harness) -> None:
     if got == "passed" and want != "passed":
         pytest.fail(f"{name} now passes (listed as {want}): {update}")
     assert got == want, f"{name}: {got} ({detail}), expected {want}"
-    if got == "skipped":  # onnxruntime cannot run it: optc must still refuse it by name
+    if got.startswith("skipped"):  # onnxruntime cannot run it (or differs): optc must not fail with exit 70
         optc = rec.get("optc", {})
         assert optc.get("outcome") != "internal", f"{name}: optc internal error on a model onnxruntime " \
                                                   f"cannot run: {optc.get('error')}: {optc.get('message')}"

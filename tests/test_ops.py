@@ -87,6 +87,34 @@ def test_define_refuses_a_reference_that_disagrees_with_its_schema():
     assert ops.get("Mismatch") is None
 
 
+def test_define_refuses_attributes_as_parameters():
+    """Attributes reach ``_run`` as ``**attrs`` (read through ``ops.attributes``), not one
+    parameter each: the old long form is refused."""
+    with pytest.raises(ValueError, match=r"_run takes \['X', 'k'\], the schema declares \['X', '\*\*attrs'\]"):
+        @ops.define(inputs=(ops.Operand("X", ("float32",)),), attributes=(ops.Attr("k", "int"),),
+                    outputs=(ops.Operand("Y", ("float32",)),), cost=ops.Cost("fp32", ops.elementwise_surrogate),
+                    lowering={})
+        class LongForm(OpRun):
+            def _run(self, X, k=None):  # noqa: N803
+                return (X,)
+    assert ops.get("LongForm") is None
+
+
+def test_attributes_record_defaults_and_refuses_unknown_names():
+    from optc.passes.optc_ops import run_op
+
+    op = ops.get("IntDense")
+    a = op.attrs({"out_min": -5, "out_max": 5})
+    assert (a.out_min, a.out_max, a.to, a.x_zero_point) == (-5, 5, None, None)
+    with pytest.raises(TypeError, match=r"unknown attribute\(s\) \['bogus'\]"):
+        op.attrs({"out_min": 0, "bogus": 1})
+    inputs, attrs = op.example(np.random.default_rng(0))
+    with pytest.raises(TypeError, match="bogus"):  # through onnx's evaluator, as before
+        run_op("IntDense", *inputs, **attrs, bogus=1)
+    with pytest.raises(TypeError, match="not a registered"):
+        ops.attributes(object(), {})
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_cost_surrogate_has_the_reference_shape_and_the_models_read_the_cost(name):
     op = ops.get(name)

@@ -30,7 +30,8 @@ Adding an op touches one module plus its test (e.g. ``IntGlobalAveragePool``,
 ``passes/ops/int_global_average_pool.py``):
 
 1. a new module in ``passes/ops/`` holding an ``OpRun`` subclass with ``op_domain = DOMAIN``,
-   its contract as docstring, ``_run(self, <inputs>, <attributes>)``, decorated with
+   its contract as docstring, ``_run(self, <inputs>, **attrs)`` reading ``attrs`` through
+   :func:`attributes` (a record with every declared attribute, None where absent), decorated with
    ``@define(inputs=..., attributes=..., outputs=..., cost=Cost(...), lowering={"tvm":
    lower_tvm}, example=...)``, and ``lower_tvm`` beside it; the cost's surrogate usually is
    :func:`conv_surrogate`, :func:`dense_surrogate` or a one-liner with :meth:`Surrogate.main`;
@@ -46,7 +47,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -85,7 +86,8 @@ class Operand:
 
 @dataclass(frozen=True)
 class Attr:
-    """An attribute: name (as in the reference's ``_run``), type (a key of :data:`ATTR_TYPES`)."""
+    """An attribute: name (a field of the reference's :func:`attributes` record), type (a key of
+    :data:`ATTR_TYPES`)."""
 
     name: str
     type: str
@@ -237,6 +239,16 @@ class OpDef:
     domain: str = DOMAIN
     version: int = VERSION
     doc: str = field(default="", compare=False)
+    record: type | None = field(default=None, compare=False, repr=False)  # the attribute record (:meth:`attrs`)
+
+    def attrs(self, given: Mapping[str, Any]) -> Any:
+        """The attributes a node sets (as the evaluator passes them to ``_run``) as one frozen
+        record with a field per declared attribute, None where the node leaves it out.
+        Raises TypeError for an undeclared one, as an unexpected keyword argument would."""
+        unknown = sorted(set(given) - {a.name for a in self.attributes})
+        if unknown:
+            raise TypeError(f"{self.name}: unknown attribute(s) {unknown}")
+        return self.record(**given)
 
     def check(self, node: onnx.NodeProto) -> list[str]:
         """What is wrong with ``node`` as an instance of this op (empty: nothing)."""
@@ -271,7 +283,8 @@ def define(*, inputs, attributes=(), outputs, cost: Cost, lowering: Mapping[str,
     """Class decorator: register the ``OpRun`` subclass it decorates as the reference of
     ``ai.optc::<class name>`` with its schema, cost and lowering functions (see the module
     docstring). Raises ValueError for a second definition of a name, a ``_run`` whose
-    parameters differ from the schema, or a lowering that is not a function."""
+    parameters differ from the schema (:func:`_run_params`), or a lowering that is not a
+    function."""
     not_callable = sorted(backend for backend, fn in lowering.items() if not callable(fn))
     if not_callable:
         raise ValueError(f"lowering for {not_callable}: a function lowering one node, not {lowering!r}")
@@ -282,16 +295,38 @@ def define(*, inputs, attributes=(), outputs, cost: Cost, lowering: Mapping[str,
         where = (cls.__module__, cls.__qualname__)
         if old is not None and (old.reference.__module__, old.reference.__qualname__) != where:
             raise ValueError(f"ai.optc op {name} is defined twice")
-        params = list(inspect.signature(cls._run).parameters)[1:]
-        declared = [o.name for o in inputs] + [a.name for a in attributes]
+        params = _run_params(cls)
+        declared = [o.name for o in inputs] + (["**attrs"] if attributes else [])
         if params != declared:
             raise ValueError(f"{name}: _run takes {params}, the schema declares {declared}")
+        record = make_dataclass(f"{name}Attributes", [(a.name, Any, field(default=None)) for a in attributes],
+                                frozen=True)
         _REGISTRY[name] = OpDef(name, tuple(inputs), tuple(attributes), tuple(outputs), cls, cost,
                                 MappingProxyType(dict(lowering)), example, getattr(cls, "op_domain", DOMAIN),
-                                doc=inspect.cleandoc(cls.__doc__ or ""))
+                                doc=inspect.cleandoc(cls.__doc__ or ""), record=record)
         return cls
 
     return wrap
+
+
+def _run_params(cls: type) -> list[str]:
+    """A reference's ``_run`` parameters after ``self``: the input names, then ``"**attrs"``
+    for its keyword catch-all. The schema's form is ``_run(self, <inputs>, **attrs)`` with
+    ``attrs`` read through :func:`attributes`: onnx's evaluator passes the attributes a node
+    sets as keyword arguments, and one parameter each would make long signatures."""
+    out = []
+    for p in list(inspect.signature(cls._run).parameters.values())[1:]:
+        out.append(f"**{p.name}" if p.kind is p.VAR_KEYWORD else f"*{p.name}" if p.kind is p.VAR_POSITIONAL else p.name)
+    return out
+
+
+def attributes(op: Any, given: Mapping[str, Any]) -> Any:
+    """Inside a registered reference's ``_run(self, <inputs>, **attrs)``: ``attrs`` as the op's
+    attribute record (:meth:`OpDef.attrs`: every declared attribute, None where absent)."""
+    d = _REGISTRY.get(type(op).__name__)
+    if d is None or d.reference is not type(op):
+        raise TypeError(f"{type(op).__name__} is not a registered ai.optc op reference")
+    return d.attrs(given)
 
 
 def registry() -> Mapping[str, OpDef]:

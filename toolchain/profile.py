@@ -98,10 +98,7 @@ def _clock_ghz() -> tuple[float, str]:
 def optc_profile(session, args: list, opts: ProfileOptions, peak: dict) -> dict:
     """The optc side: every called function with calls, ms, share of the time inside calls,
     FLOPs and GFLOP/s where known (per inference), top ``opts.top`` first."""
-    profile_kernels = getattr(session, "profile_kernels", None)
-    if profile_kernels is None:
-        raise UsageError("--profile: this package's session cannot time its kernels")
-    raw = profile_kernels(args, opts.warmup, opts.repeat)
+    raw = session.profile_kernels(args, opts.warmup, opts.repeat)  # UsageError where it cannot
     total = sum(f["total_s"] for f in raw["functions"]) or 1e-12
     rows = sorted((_row(f, total, peak) for f in raw["functions"]), key=lambda r: -r["total_ms"])
     overhead = raw.get("hook_overhead_s")

@@ -473,6 +473,12 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
                         "fidelity to the original is reported apart" if job.lossy else "original model")}
         _save_sample_outputs(job, which)
         _branch_coverage(job, verdict)
+    _refuse_failed(job, opts, verdict)
+    return verdict
+
+
+def _refuse_failed(job: Job, opts: VerifyOptions, verdict: dict) -> None:
+    """Raise VerificationError naming the failing outputs where the verdict did not pass."""
     second = verdict.get("original_qdq")
     if second is not None and not second["passed"] and all(o["passed"] for o in verdict["outputs"]):
         raise VerificationError("artifact output agrees with optc's integer reference but differs from onnxruntime "
@@ -483,7 +489,6 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
         engine = "optc's integer reference" if _has_optc_ops(job.optimized) and job.lossy else "onnxruntime"
         raise VerificationError(f"artifact output differs from {engine} beyond atol={opts.atol:g}, "
                                 f"rtol={opts.rtol:g} ({verdict['samples']} samples): {detail}")
-    return verdict
 
 
 def _branch_coverage(job: Job, verdict: dict) -> None:

@@ -19,6 +19,10 @@ from .frontend import TensorSpec
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
+# float16 outputs: rtol at least this many units in the last place (eps 2**-10, so 3.9e-3): one
+# rounding step of float16 is about the default rtol, and a build that rounds intermediates in
+# another order than onnxruntime (conv, then an activation, each rounded) differs by a few
+HALF_ULPS = 4
 
 
 def ort_session(model: onnx.ModelProto | str | Path, *, threads: int | None = None,
@@ -233,7 +237,9 @@ def compare(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str],
     """Per-output and overall error figures; ``passed`` is the verdict. A float output passes
     within ``max(atol + rtol * max|ref|, floors[name])`` (``floors``: per-output absolute
     tolerances, recorded as ``tolerance``); outputs named in ``exact`` and integer outputs
-    must match exactly. A NaN or inf where the reference is finite always fails."""
+    must match exactly. A NaN or inf where the reference is finite always fails. A float16
+    output's ``rtol`` is at least :data:`HALF_ULPS` units in its last place (recorded as
+    ``rtol`` in its entry when raised)."""
     per = []
     if len(outputs) != len(refs):
         return {"passed": False, "atol": atol, "rtol": rtol, "outputs": [],
@@ -256,7 +262,10 @@ def compare(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str],
             err = np.where(np.isnan(err), np.inf, err)  # NaN where the reference is a number
             max_abs = float(err.max(initial=0.0))
             scale = float(np.abs(r[finite]).max(initial=0.0))
-            tol = 0.0 if name in exact else max(atol + rtol * scale, (floors or {}).get(name, 0.0))
+            rt = max(rtol, HALF_ULPS * float(np.finfo(np.float16).eps)) if ref.dtype == np.float16 else rtol
+            if rt != rtol:
+                entry["rtol"] = rt
+            tol = 0.0 if name in exact else max(atol + rt * scale, (floors or {}).get(name, 0.0))
             entry.update(max_abs_error=max_abs, max_rel_error=max_abs / scale if scale > 0 else max_abs,
                          reference_max_abs=scale, passed=bool(nan_ok and max_abs <= tol))
             if floors is not None or name in exact:

@@ -35,6 +35,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from optc.errors import UnsupportedModelError
+from optc.onnx_utils import infer_shapes
 
 from .ir import BIPOLAR, MVAU, SWG, DType, FpgaGraph, Pad, Pool, bits_for_range
 
@@ -171,11 +172,7 @@ class Partition:
 class _Graph:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        except Exception:
-            inferred = model
-        self.inferred = inferred
+        self.inferred = inferred = infer_shapes(model)  # the model's own shapes where inference fails
         self.shapes: dict[str, tuple] = {}
         self.dtypes: dict[str, int] = {}
         g = inferred.graph

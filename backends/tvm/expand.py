@@ -16,6 +16,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from optc.onnx_utils import infer_shapes
+
 # ops whose TVM converter is another op with the same name: always expanded
 FORCE_EXPAND = frozenset({"Attention"})
 MAX_DEPTH = 4
@@ -174,9 +176,8 @@ def _drop_empty_concat_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Concat inputs of length 0 along the axis (a body's zero padding when the pad is 0,
     e.g. CausalConvWithState with kernel 1) dropped, one input always kept: the result is the
     same, and TVM's VM executable could not load back the zero-size constant they became."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - shapes are a best effort: the model stays as it is
+    inferred = infer_shapes(model, data_prop=True, fallback=False)
+    if inferred is None:  # shapes are a best effort: the model stays as it is
         return model
     dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
             for vi in [*inferred.graph.value_info, *inferred.graph.input] if vi.type.tensor_type.HasField("shape")}

@@ -38,7 +38,8 @@ CUSTOM_CONVERTERS: dict[str, Any] = {}
 CONVERTER_MODULES: tuple[str, ...] = ("optc.backends.tvm.int8", "optc.backends.tvm.onnx_ops",
                                       "optc.backends.tvm.recurrent", "optc.backends.tvm.control_flow",
                                       "optc.backends.tvm.signal_ops", "optc.backends.tvm.ml_ops",
-                                      "optc.backends.tvm.vision_ops", "optc.backends.tvm.linalg_ops")
+                                      "optc.backends.tvm.vision_ops", "optc.backends.tvm.linalg_ops",
+                                      "optc.backends.tvm.index_ops")
 
 # ops TVM's importer converts but whose lowering is wrong or fails to build: refused up front
 # (listed as unsupported by ``supported_ops``) instead of failing the build or verification
@@ -242,13 +243,55 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
     try:
         with scope:
             mod = _from_onnx(model, shape_dict, dtype_dict)
+    except OptcError:
+        raise  # a converter's own named refusal
     except Exception as err:
         from .static_operands import hint
 
         msg = " ".join(str(err).split())[:400]
+        bug = optc_bug_frame(err)
+        if bug is not None:
+            where = f"{type(err).__name__} at {Path(bug.filename).name}:{bug.lineno} in {bug.name}"
+            raise InternalError("import (optc's ONNX converters)", f"{where}: {msg}") from err
         raise UnsupportedModelError(f"TVM's ONNX frontend could not import the model: {msg}{hint(model)}") from err
     mod, params = relax.frontend.detach_params(mod)
     return mod, list(params.get("main", []))
+
+
+def _optc_source_dirs() -> tuple[Path, ...]:
+    """The folders of optc's own source: ``toolchain/`` (optc), ``passes/``, ``backends/``."""
+    import optc
+    import optc.backends
+    import optc.passes
+
+    return tuple(Path(m.__file__).resolve().parent for m in (optc, optc.backends, optc.passes))
+
+
+def optc_bug_frame(err: BaseException):
+    """The innermost traceback frame of ``err`` if it marks a bug in optc's own code, else None.
+
+    An import failure is the model's (a refusal) when TVM's frontend raised it, or when one
+    of optc's converters refused a pattern on purpose (a ``raise`` statement: ``ValueError``
+    "Det: 5x5 matrices are not lowered", ...). It is optc's bug when the innermost frame is in
+    optc's source and is not such a statement: a ``NameError``, ``AttributeError``,
+    ``TypeError``, ``KeyError``, an ``assert``, a failed unpacking, ... in a converter; and a
+    ``raise`` of a programming-error class (``TypeError``, ``KeyError``, ...) there too."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__) if err.__traceback__ is not None else []
+    if not frames:
+        return None
+    last = frames[-1]
+    try:
+        path = Path(last.filename).resolve()
+    except OSError:  # pragma: no cover - an unusual frame name (<string>)
+        return None
+    if not any(path.is_relative_to(d) for d in _optc_source_dirs()):
+        return None
+    deliberate = (last.line or "").lstrip().startswith("raise ")
+    programming = isinstance(err, (NameError, AttributeError, TypeError, LookupError, AssertionError,
+                                   ZeroDivisionError, RecursionError))
+    return last if programming or not deliberate else None
 
 
 def prepare_module(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, embed_params: bool):

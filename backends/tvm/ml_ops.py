@@ -13,6 +13,16 @@
   (leaf weights by target, divided by the number of trees for AVERAGE). Other aggregations
   and post transforms are refused by name.
 
+- TfIdfVectorizer (ai.onnx, integer inputs ``[C]`` or ``[B, C]``): the pool's n-grams
+  (:func:`tfidf_grams`, sizes ``min_gram_length..max_gram_length``; a duplicate keeps its last
+  index, as the reference's trie does) are matched at every start ``i`` and skip distance
+  ``d = 1..max_skip_count + 1`` (unigrams once, at ``d = 1``): the windows
+  ``x[..., i + k*d]`` (``k < n``, strided slices stacked to ``[B, L, n]``) equal to a gram in all
+  ``n`` places count 1; the counts ``[B, P]`` go to their output slots through a constant 0/1
+  matrix ``[P, O]`` (``O = max(ngram_indexes) + 1``); then TF (counts), IDF (``weights`` or 1
+  where the count is > 0) or TFIDF (``weights * count``), ``weights[j]`` weighing output slot
+  ``j``. String pools are refused by name.
+
 String-typed ml ops (LabelEncoder on strings, ...) stay refused by name: Relax tensors hold
 no strings.
 """
@@ -77,6 +87,34 @@ def members(attr: dict, modes: np.ndarray) -> np.ndarray:
     out = np.full((len(modes), max([1] + [len(s) for s in sets])), np.nan)
     for k, s in zip(member_nodes, sets):
         out[k, :len(s)] = s
+    return out
+
+
+def tfidf_grams(attr: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """TfIdfVectorizer's integer pool by n-gram size: ``{n: (grams [P, n] int64, output index
+    of each [P])}`` for the sizes ``min_gram_length..max_gram_length`` that have grams.
+
+    ``ngram_counts[k]`` is where the (k+1)-grams start in ``pool_int64s``; ``ngram_indexes``
+    gives each gram of the whole pool (all sizes, in order) its output slot. A gram listed
+    twice keeps the slot of its last listing (the reference trie overwrites the id)."""
+    pool = _values(attr.get("pool_int64s", [])).astype(np.int64).reshape(-1)
+    if pool.size == 0:
+        raise ValueError("TfIdfVectorizer: only integer pools (pool_int64s) are lowered, not pool_strings")
+    starts = [int(v) for v in _values(attr["ngram_counts"]).reshape(-1)]
+    slots = _values(attr["ngram_indexes"]).astype(np.int64).reshape(-1)
+    lo, hi = int(attr["min_gram_length"]), int(attr["max_gram_length"])
+    out, gram_id = {}, 0
+    for k, start in enumerate(starts):
+        n = k + 1
+        end = starts[k + 1] if k + 1 < len(starts) else pool.size
+        if end < start or (end - start) % n:
+            raise ValueError(f"TfIdfVectorizer: pool_int64s[{start}:{end}] does not hold whole {n}-grams")
+        grams = pool[start:end].reshape(-1, n) if end > start else np.zeros((0, n), np.int64)
+        if lo <= n <= hi and len(grams):
+            last = {tuple(g): gram_id + j for j, g in enumerate(grams)}  # later listings win
+            keys = list(last)
+            out[n] = (np.array(keys, np.int64).reshape(-1, n), slots[[last[g] for g in keys]])
+        gram_id += len(grams)
     return out
 
 
@@ -152,6 +190,69 @@ def register() -> None:
                 flags = relax.const(_values(tracks).astype(bool).reshape(-1))
                 cond = op.logical_or(cond, op.logical_and(op.isnan(v), flags))
             return cond
+
+    @register_converter("", "TfIdfVectorizer")
+    class TfIdfVectorizer(OnnxOpConverter):
+        @classmethod
+        def _impl_v9(cls, bb, inputs, attr, params):
+            x = inputs[0]
+            if _rank(x) not in (1, 2) or not _dtype(x).startswith("int"):
+                raise ValueError(f"TfIdfVectorizer: integer input [C] or [B, C] is lowered, not {_dtype(x)} of "
+                                 f"rank {_rank(x)}")
+            mode = attr.get("mode", b"TF")
+            mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+            slots = _values(attr["ngram_indexes"]).reshape(-1)
+            size = int(slots.max()) + 1
+            rows = x if _rank(x) == 2 else op.expand_dims(x, [0])
+            rows = bb.normalize(op.astype(rows, "int64"))
+            counts = None
+            for n, (grams, where) in tfidf_grams(attr).items():
+                c = cls._count(bb, rows, grams, 1 if n == 1 else int(attr.get("max_skip_count", 0)) + 1)
+                if c is None:
+                    continue
+                place = np.zeros((len(grams), size), np.float32)
+                place[np.arange(len(grams)), where] = 1.0
+                c = op.matmul(c, relax.const(place))
+                counts = c if counts is None else op.add(counts, c)
+            if counts is None:
+                counts = op.zeros([int(rows.ty.shape[0]), size], "float32")
+            y = cls._weigh(bb.normalize(counts), mode, attr, size)
+            return y if _rank(x) == 2 else op.squeeze(y, [0])
+
+        @staticmethod
+        def _count(bb, rows, grams: np.ndarray, distances: int):
+            """``[B, P]`` float32: how often each gram occurs in each row, over the skip
+            distances ``1..distances``; None if no window fits."""
+            n, length = grams.shape[1], int(rows.ty.shape[1])
+            total = None
+            for d in range(1, distances + 1):
+                span = length - d * (n - 1)
+                if span <= 0:
+                    break
+                parts = [op.strided_slice(rows, axes=[1], begin=[k * d], end=[k * d + span]) for k in range(n)]
+                win = op.stack(parts, axis=2)  # [B, L, n]
+                eq = op.equal(op.expand_dims(win, [2]), relax.const(grams[None, None], "int64"))  # [B, L, P, n]
+                hit = op.equal(op.sum(op.astype(eq, "int32"), axis=[3]), relax.const(n, "int32"))
+                c = op.sum(op.astype(hit, "float32"), axis=[1])
+                total = c if total is None else op.add(total, c)
+            return total
+
+        @staticmethod
+        def _weigh(counts, mode: str, attr: dict, size: int):
+            """TF / IDF / TFIDF; ``weights[j]`` weighs output slot ``j`` (as the reference and
+            onnxruntime read it; onnxruntime wants one weight per pool n-gram)."""
+            w = _values(attr.get("weights", [])).astype(np.float32).reshape(-1)
+            if 0 < len(w) < size:
+                raise ValueError(f"TfIdfVectorizer: {len(w)} weights for {size} output slots")
+            w = relax.const(w[:size]) if len(w) else None
+            if mode == "TF":
+                return counts
+            if mode == "IDF":
+                seen = op.astype(op.greater(counts, relax.const(0.0, "float32")), "float32")
+                return seen if w is None else op.multiply(seen, w)
+            if mode == "TFIDF":
+                return counts if w is None else op.multiply(counts, w)
+            raise ValueError(f"TfIdfVectorizer: unknown mode {mode!r} (TF, IDF, TFIDF)")
 
 
 register_if_available(register)

@@ -23,6 +23,9 @@ is ordinary Relax (matmul, take, conv_transpose) that optc's schedules handle:
   overlapping blocks add up, exactly Col2Im's definition; ``strides``, ``dilations`` and
   ``pads`` are the convolution's, and ``output_padding`` makes up the rows that no block
   reaches. ``image_shape`` and ``block_shape`` must be constants. 1-D to 3-D images.
+- MelWeightMatrix (opset 17): all five operands must be constants (``--const-input``); the
+  matrix ``[dft_length // 2 + 1, num_mel_bins]`` is computed at compile time by the ONNX
+  reference implementation (``onnx.reference``) and becomes a constant of ``output_datatype``.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def register() -> None:
     from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
     op = relax.op
+    _register_mel(relax, OnnxOpConverter)
 
     def component(bb, x, k: int):
         """Component ``k`` (0 real, 1 imaginary) of the last axis, that axis dropped."""
@@ -194,6 +198,32 @@ def register() -> None:
         kernel = relax.const(col2im_kernel(channels, block).astype(_dtype(x)), _dtype(x))
         return conv(op.reshape(x, [n, ck, *grid]), kernel, strides=strides, padding=pads, output_padding=extra,
                     dilation=dil, groups=channels, data_layout=layout[0], kernel_layout=layout[1])
+
+
+def mel_weight_matrix(values: list[np.ndarray], output_datatype: int | None) -> np.ndarray:
+    """MelWeightMatrix of constant operands, by the ONNX reference implementation."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    names = ["num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz", "upper_edge_hertz"]
+    attrs = {} if output_datatype is None else {"output_datatype": int(output_datatype)}
+    node = onnx.helper.make_node("MelWeightMatrix", names, ["y"], **attrs)
+    graph = onnx.helper.make_graph([node], "mel", [onnx.helper.make_tensor_value_info(
+        n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)) for n, v in zip(names, values)],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.UNDEFINED, None)])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    return ReferenceEvaluator(model).run(None, dict(zip(names, values)))[0]
+
+
+def _register_mel(relax, OnnxOpConverter) -> None:
+    @register_converter("", "MelWeightMatrix")
+    class MelWeightMatrix(OnnxOpConverter):
+        @classmethod
+        def _impl_v17(cls, bb, inputs, attr, params):
+            what = ("num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz", "upper_edge_hertz")
+            values = [_constant_array(x, params, f"MelWeightMatrix {w}") for x, w in zip(inputs, what)]
+            matrix = mel_weight_matrix(values, attr.get("output_datatype"))
+            return relax.const(matrix, str(matrix.dtype))
 
 
 register_if_available(register)

@@ -4,7 +4,7 @@ TVM's Relax importer builds static shapes: the ``axes`` of Reduce*/Squeeze/Unsqu
 ``shape`` of Reshape/Expand/ConstantOfShape, Resize/Upsample ``scales``/``sizes``, TopK's ``k``,
 Pad's ``pads``, Split's ``split``, OneHot's ``depth``/``values``, CumSum's ``axis``, Slice's
 bounds, Tile's ``repeats``, AffineGrid's ``size``, CenterCropPad's ``shape``, the window ops'
-``size`` must be constants
+``size``, MaxUnpool's ``output_shape`` must be constants
 (and a Loop's trip count, for optc's ``unroll-loops``). A model that takes one of them as a graph input (a run-time value)
 cannot be imported; :func:`hint` names those inputs so the refusal says what to change
 (``optc compile --const-input NAME`` freezes such an input to the value given in ``--inputs``:
@@ -22,9 +22,9 @@ STATIC_OPERANDS: dict[str, tuple[int, ...]] = {
                            "Unsqueeze", "Reshape", "Expand", "TopK", "Split", "CumSum", "CumProd", "Tile",
                            "Upsample")},
     "ConstantOfShape": (0,), "OneHot": (1, 2), "Resize": (1, 2, 3), "Pad": (1, 2, 3), "Slice": (1, 2, 3, 4),
-    "Range": (0, 1, 2), "AffineGrid": (1,), "CenterCropPad": (1,),
+    "Range": (0, 1, 2), "AffineGrid": (1,), "CenterCropPad": (1,), "MaxUnpool": (2,),
     "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,),
-    "DFT": (1, 2), "STFT": (1, 3), "Col2Im": (1, 2),  # optc's signal_ops.py
+    "DFT": (1, 2), "STFT": (1, 3), "Col2Im": (1, 2), "MelWeightMatrix": (0, 1, 2, 3, 4),  # optc's signal_ops.py
     "Loop": (0,),  # a trip count must be static for unroll-loops (optc.passes.control_flow)
 }
 

@@ -1,4 +1,5 @@
-"""Converter for DeformConv (opset 19), which TVM's Relax importer lacks (2-D images).
+"""Converters for DeformConv (opset 19), which TVM's Relax importer lacks (2-D images), and
+MaxPool's optional ``Indices`` output, which it does not produce.
 
 A deformable convolution samples the input at the kernel's grid positions moved by learned
 offsets, bilinearly (GridSample with ``align_corners=1`` and zero padding: each of the four
@@ -10,6 +11,19 @@ corner is a ``gather_elements`` on the flattened image ``[N, offset_group, C / o
 H * W]`` with its bilinear weight times "inside the image"; the columns ``[N, group,
 C / group * K, P]`` meet the weights ``[group, oC / group, C / group * K]`` in one batched
 matmul, and the bias is added.
+
+MaxPool with ``Indices`` (the second output; one output stays with the converter registered
+before, ``int8.py``'s, which falls back to TVM's): the input padded with the type's lowest
+value (``pads`` plus what ``ceil_mode`` adds at the end), one strided slice per kernel tap;
+taps are visited in row-major order and a tap replaces the running maximum only where it is
+strictly greater, so the first maximum wins, as in onnxruntime. Each tap's index is a
+constant map of the positions it reads (row-major, or column-major over the spatial axes for
+``storage_order=1``), plus ``(n * C + c) * prod(spatial)``. ``auto_pad`` SAME_* with
+indices is refused by name.
+
+MaxUnpool with its ``output_shape`` operand: TVM's converter calls ``.tolist()`` on the
+operand (a Relax expression); it must be a constant (``--const-input``), read as numpy here and
+handed to TVM's converter.
 """
 
 from __future__ import annotations
@@ -34,6 +48,8 @@ def register() -> None:
     from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
     op = relax.op
+    _register_maxpool_indices(relax, op)
+    _register_maxunpool(relax)
 
     @register_converter("", "DeformConv")
     class DeformConv(OnnxOpConverter):
@@ -91,6 +107,95 @@ def register() -> None:
                                        op.reshape(wgt, [n, g, 1, kp]))
                     total = term if total is None else op.add(total, term)
             return bb.normalize(total)
+
+
+def pool_taps(spatial: list[int], kernel: list[int], strides: list[int], pads: list[int], dilations: list[int],
+              ceil_mode: bool, column_major: bool) -> tuple[list[int], list[int], list[tuple[list[int], np.ndarray]]]:
+    """MaxPool's output size, the end padding ``ceil_mode`` adds, and per kernel tap (row-major
+    over the kernel) its start in the padded input and the spatial index each output reads."""
+    d = len(spatial)
+    out, extra = [], []
+    for i in range(d):
+        span = spatial[i] + pads[i] + pads[i + d] - ((kernel[i] - 1) * dilations[i] + 1)
+        o = (-(-span // strides[i]) if ceil_mode else span // strides[i]) + 1
+        if ceil_mode and (o - 1) * strides[i] >= spatial[i] + pads[i]:  # a window starting in the end pad
+            o -= 1
+        out.append(o)
+        need = (o - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+        extra.append(max(0, need - (spatial[i] + pads[i] + pads[i + d])))
+    grids = np.meshgrid(*[np.arange(o) for o in out], indexing="ij")
+    order = list(range(d))[::-1] if column_major else list(range(d))
+    taps = []
+    for tap in np.ndindex(*kernel):
+        start = [tap[i] * dilations[i] for i in range(d)]
+        pos = [grids[i] * strides[i] + start[i] - pads[i] for i in range(d)]
+        flat = np.zeros(out, np.int64)
+        for i in order:
+            flat = flat * spatial[i] + pos[i]
+        taps.append((start, flat))
+    return out, extra, taps
+
+
+def _register_maxpool_indices(relax, op) -> None:
+    """Wrap the MaxPool converter registered so far (int8.py's) with the Indices output."""
+    from . import int8  # noqa: F401 - registers the MaxPool this one wraps
+    from .lower import CUSTOM_CONVERTERS
+
+    base = CUSTOM_CONVERTERS["::MaxPool"]
+
+    @register_converter("", "MaxPool")
+    class MaxPool(base):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            if attr.get("tvm_custom", {}).get("num_outputs", 1) < 2:
+                return super()._impl_v1(bb, inputs, attr, params)
+            return _max_pool_with_indices(bb, relax, op, inputs[0], attr)
+
+
+def _register_maxunpool(relax) -> None:
+    from tvm.relax.frontend.onnx.onnx_frontend import MaxUnpool as StockMaxUnpool
+
+    from .onnx_ops import _constant_array
+
+    @register_converter("", "MaxUnpool")
+    class MaxUnpool(StockMaxUnpool):
+        @classmethod
+        def _impl_v9(cls, bb, inputs, attr, params):
+            if len(inputs) > 2 and inputs[2] is not None:
+                shape = _constant_array(inputs[2], params, "MaxUnpool output_shape").astype(np.int64).reshape(-1)
+                inputs = [inputs[0], inputs[1], shape]
+            return super()._impl_v9(bb, inputs, attr, params)
+
+
+def _max_pool_with_indices(bb, relax, op, x, attr):
+    auto_pad = attr.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad not in ("NOTSET", "VALID"):
+        raise ValueError(f"MaxPool with Indices and auto_pad {auto_pad} is not lowered (explicit pads are)")
+    shape, dtype = [int(v) for v in x.ty.shape], _dtype(x)
+    d = len(shape) - 2
+    kernel = [int(v) for v in attr["kernel_shape"]]
+    pads = [int(v) for v in attr.get("pads", [0] * 2 * d)] if auto_pad == "NOTSET" else [0] * 2 * d
+    strides = [int(v) for v in attr.get("strides", [1] * d)]
+    dil = [int(v) for v in attr.get("dilations", [1] * d)]
+    out, extra, taps = pool_taps(shape[2:], kernel, strides, pads, dil, bool(attr.get("ceil_mode", 0)),
+                                 int(attr.get("storage_order", 0)) == 1)
+    low = float("-inf") if dtype.startswith(("float", "bfloat")) else int(np.iinfo(dtype).min)
+    width = [0, 0, 0, 0] + [v for i in range(d) for v in (pads[i], pads[i + d] + extra[i])]
+    xp = bb.normalize(op.nn.pad(x, width, pad_value=low))
+    best = idx = None
+    for start, flat in taps:
+        v = op.strided_slice(xp, axes=list(range(2, d + 2)), begin=start,
+                             end=[start[i] + (out[i] - 1) * strides[i] + 1 for i in range(d)], strides=strides)
+        v = bb.normalize(v)
+        here = relax.const(flat[None, None], "int64")  # (relax.const alone narrows int64 to int32)
+        if best is None:
+            best, idx = v, op.broadcast_to(here, shape[:2] + out)
+            continue
+        better = bb.normalize(op.greater(v, best))
+        best, idx = bb.normalize(op.where(better, v, best)), bb.normalize(op.where(better, here, idx))
+    base = (np.arange(shape[0] * shape[1], dtype=np.int64) * int(np.prod(shape[2:]))).reshape(shape[:2] + [1] * d)
+    return relax.Tuple([best, op.add(idx, relax.const(base, "int64"))])
 
 
 register_if_available(register)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from onnx.reference.op_run import OpRun
 
-from optc.ops import DOMAIN, Operand, define
+from optc.ops import DOMAIN, Operand, attributes, define
 from optc.passes.optc_ops import binary_conv2d_int, conv_weight_taps, pack_bits, scale_and_shift
 
 from ._common import BINARY_CONV_COST, CONV_ATTRS, EXAMPLE_CONV, F32, U64, alpha_bias, binary_conv_operands, \
@@ -24,6 +24,15 @@ def lower_tvm(bb, inputs: list, attr: dict, params):  # noqa: ARG001
     x_shape, n, geom, (oh, ow), wt = binary_conv_operands(bb, x, w, attr)
     func = bitserial.binary_conv2d_func(x_shape, n, geom, has_bias, has_alpha)
     return call_kernel(bb, func, "optc_binary_conv2d", [x, wt] + extra, [x_shape[0], n, oh, ow])
+
+
+def binary_conv2d(X, W, alpha, B, a) -> np.ndarray:  # noqa: N803
+    """The reference's numbers (also those of BinaryConv2dThreshold's conv); ``a``: the
+    attribute record (``in_channels``, ``kernel_shape``, ``pads``, ``strides``, ``dilations``)."""
+    xbits = pack_bits(np.asarray(X).transpose(0, 2, 3, 1) >= 0, axis=-1)  # [B, H, W, CW]
+    wt = conv_weight_taps(W, a.in_channels, a.kernel_shape)
+    acc = binary_conv2d_int(xbits, wt, a.in_channels, a.kernel_shape, a.pads, a.strides, a.dilations)
+    return scale_and_shift(acc, alpha, B, 1)
 
 
 def _example(rng) -> tuple[list, dict]:
@@ -50,9 +59,5 @@ class BinaryConv2d(OpRun):
 
     op_domain = DOMAIN
 
-    def _run(self, X, W, alpha=None, B=None, in_channels=None, kernel_shape=None, pads=None,  # noqa: N803
-             strides=None, dilations=None):
-        xbits = pack_bits(np.asarray(X).transpose(0, 2, 3, 1) >= 0, axis=-1)  # [B, H, W, CW]
-        wt = conv_weight_taps(W, in_channels, kernel_shape)
-        acc = binary_conv2d_int(xbits, wt, in_channels, kernel_shape, pads, strides, dilations)
-        return (scale_and_shift(acc, alpha, B, 1),)
+    def _run(self, X, W, alpha=None, B=None, **attrs):  # noqa: N803
+        return (binary_conv2d(X, W, alpha, B, attributes(self, attrs)),)

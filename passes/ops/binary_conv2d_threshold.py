@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 from onnx.reference.op_run import OpRun
 
-from optc.ops import DOMAIN, Attr, Operand, define
+from optc.ops import DOMAIN, Attr, Operand, attributes, define
 
 from ._common import BINARY_CONV_COST, CONV_ATTRS, EXAMPLE_CONV, F32, U64, binary_conv_operands, \
     example_conv_weights, optional_input
-from .binary_conv2d import BinaryConv2d
+from .binary_conv2d import binary_conv2d
 from .sign_threshold import SignThreshold
 
 
@@ -52,11 +52,11 @@ class BinaryConv2dThreshold(OpRun):
 
     op_domain = DOMAIN
 
-    def _run(self, X, W, T, D=None, in_channels=None, kernel_shape=None, pads=None,  # noqa: N803
-             strides=None, dilations=None, pool_shape=None):
-        acc = BinaryConv2d._run(self, X, W, None, None, in_channels, kernel_shape, pads, strides, dilations)[0]
+    def _run(self, X, W, T, D=None, **attrs):  # noqa: N803
+        a = attributes(self, attrs)
+        acc = binary_conv2d(X, W, None, None, a)
         y = SignThreshold._run(self, acc, T, D)[0]
-        ph, pw = (1, 1) if pool_shape is None else (int(pool_shape[0]), int(pool_shape[1]))
+        ph, pw = (1, 1) if a.pool_shape is None else (int(a.pool_shape[0]), int(a.pool_shape[1]))
         b, n, oh, ow = y.shape
         y = y[:, :, :oh // ph * ph, :ow // pw * pw].reshape(b, n, oh // ph, ph, ow // pw, pw).max(axis=(3, 5))
         return (y.astype(np.float32),)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from onnx.reference.op_run import OpRun
 
-from optc.ops import DOMAIN, Attr, Operand, define
+from optc.ops import DOMAIN, Attr, Operand, attributes, define
 from optc.passes.optc_ops import binary_dense_int, pack_bits, scale_and_shift
 
 from ._common import BINARY_DENSE_COST, F32, U64, alpha_bias
@@ -49,7 +49,7 @@ class BinaryDense(OpRun):
 
     op_domain = DOMAIN
 
-    def _run(self, X, W, alpha=None, B=None, in_features=None):  # noqa: N803
+    def _run(self, X, W, alpha=None, B=None, **attrs):  # noqa: N803
         xbits = pack_bits(np.asarray(X) >= 0, axis=-1)
-        acc = binary_dense_int(xbits, W, in_features)
+        acc = binary_dense_int(xbits, W, attributes(self, attrs).in_features)
         return (scale_and_shift(acc, alpha, B, 1),)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from onnx.reference.op_run import OpRun
 
-from optc.ops import DOMAIN, Operand, define
+from optc.ops import DOMAIN, Operand, attributes, define
 from optc.passes.optc_ops import bitserial_conv2d_int, conv_weight_taps, planes, quantize_codes
 
 from ._common import BINARY_CONV_COST, BITSERIAL_ATTRS, CONV_ATTRS, EXAMPLE_CONV, F32, U64, bitserial_inputs, \
@@ -55,15 +55,15 @@ class BitserialConv2d(OpRun):
 
     op_domain = DOMAIN
 
-    def _run(self, X, W, w_scale, w_offset, B=None, in_channels=None, kernel_shape=None,  # noqa: N803
-             pads=None, strides=None, dilations=None, act_bits=None, weight_bits=None, act_scale=None):
-        q = quantize_codes(np.asarray(X).transpose(0, 2, 3, 1), act_scale, act_bits)  # [B, H, W, C]
-        a = planes(q, act_bits)  # [B, ab, H, W, CW]
-        wt = conv_weight_taps(W, in_channels, kernel_shape)  # [N, wb, KH, KW, CW]
-        d, s = bitserial_conv2d_int(a, wt, kernel_shape, pads, strides, dilations)
+    def _run(self, X, W, w_scale, w_offset, B=None, **attrs):  # noqa: N803
+        at = attributes(self, attrs)
+        q = quantize_codes(np.asarray(X).transpose(0, 2, 3, 1), at.act_scale, at.act_bits)  # [B, H, W, C]
+        a = planes(q, at.act_bits)  # [B, ab, H, W, CW]
+        wt = conv_weight_taps(W, at.in_channels, at.kernel_shape)  # [N, wb, KH, KW, CW]
+        d, s = bitserial_conv2d_int(a, wt, at.kernel_shape, at.pads, at.strides, at.dilations)
         ws = np.asarray(w_scale, np.float32)[None, :, None, None]
         wo = np.asarray(w_offset, np.float32)[None, :, None, None]
-        y = np.float32(act_scale) * (ws * d.astype(np.float32) + wo * s.astype(np.float32)[:, None])
+        y = np.float32(at.act_scale) * (ws * d.astype(np.float32) + wo * s.astype(np.float32)[:, None])
         if B is not None:
             y = y + np.asarray(B, np.float32)[None, :, None, None]
         return (y.astype(np.float32),)

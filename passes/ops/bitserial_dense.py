@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from onnx.reference.op_run import OpRun
 
-from optc.ops import DOMAIN, Attr, Operand, define
+from optc.ops import DOMAIN, Attr, Operand, attributes, define
 from optc.passes.optc_ops import bitserial_dense_int, planes, quantize_codes
 
 from ._common import BINARY_DENSE_COST, BITSERIAL_ATTRS, F32, U64, bitserial_inputs, optional_input
@@ -52,12 +52,12 @@ class BitserialDense(OpRun):
 
     op_domain = DOMAIN
 
-    def _run(self, X, W, w_scale, w_offset, B=None, in_features=None, act_bits=None,  # noqa: N803
-             weight_bits=None, act_scale=None):
-        q = quantize_codes(X, act_scale, act_bits)
-        a = planes(q, act_bits)  # [M, ab, KW]
+    def _run(self, X, W, w_scale, w_offset, B=None, **attrs):  # noqa: N803
+        at = attributes(self, attrs)
+        q = quantize_codes(X, at.act_scale, at.act_bits)
+        a = planes(q, at.act_bits)  # [M, ab, KW]
         d, s = bitserial_dense_int(a, W)
-        y = np.float32(act_scale) * (np.asarray(w_scale, np.float32)[None, :] * d.astype(np.float32)
+        y = np.float32(at.act_scale) * (np.asarray(w_scale, np.float32)[None, :] * d.astype(np.float32)
                                      + np.asarray(w_offset, np.float32)[None, :] * s.astype(np.float32)[:, None])
         if B is not None:
             y = y + np.asarray(B, np.float32)[None, :]

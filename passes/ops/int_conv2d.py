@@ -7,7 +7,7 @@ import numpy as np
 from onnx.reference.op_run import OpRun
 
 from optc.onnx_utils import int_attr
-from optc.ops import DOMAIN, Attr, Cost, Operand, Surrogate, conv_surrogate, define
+from optc.ops import DOMAIN, Attr, Cost, Operand, Surrogate, attributes, conv_surrogate, define
 from optc.passes.optc_ops import ConvGeometry
 from optc.passes.quant.int_ops import check_acc, int_conv2d, layout_of, out_dtype, requantize
 
@@ -100,12 +100,13 @@ class IntConv2d(OpRun):
 
     op_domain = DOMAIN
 
-    def _run(self, X, W, B, multiplier, shift, kernel_shape=None, pads=None, strides=None,  # noqa: N803
-             dilations=None, group=None, x_zero_point=None, y_zero_point=None, out_min=None,
-             out_max=None, to=None, x_layout=None, y_layout=None):
-        if layout_of(x_layout) == "NHWC":
+    def _run(self, X, W, B, multiplier, shift, **attrs):  # noqa: N803
+        a = attributes(self, attrs)
+        if layout_of(a.x_layout) == "NHWC":
             X = np.transpose(X, (0, 3, 1, 2))
-        acc = int_conv2d(X, W, B, ConvGeometry(kernel_shape, pads, strides, dilations, group or 1), x_zero_point or 0)
+        geom = ConvGeometry(a.kernel_shape, a.pads, a.strides, a.dilations, a.group or 1)
+        acc = int_conv2d(X, W, B, geom, a.x_zero_point or 0)
         check_acc(acc, "IntConv2d")
-        y = requantize(acc, multiplier, shift, 1, y_zero_point or 0, out_min, out_max, out_dtype(to, out_min, out_max))
-        return (np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if layout_of(y_layout) == "NHWC" else y,)
+        y = requantize(acc, multiplier, shift, 1, a.y_zero_point or 0, a.out_min, a.out_max,
+                       out_dtype(a.to, a.out_min, a.out_max))
+        return (np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if layout_of(a.y_layout) == "NHWC" else y,)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from onnx.reference.op_run import OpRun
 
-from optc.ops import DOMAIN, Cost, Operand, Surrogate, define, dense_surrogate
+from optc.ops import DOMAIN, Cost, Operand, Surrogate, attributes, define, dense_surrogate
 from optc.passes.quant.int_ops import check_acc, int_dense, out_dtype, requantize
 
 from ._common import CODES, I32, REQUANT_ATTRS, REQUANT_OPERANDS, example_int_layer, optional_input, requant_attrs
@@ -57,11 +57,11 @@ class IntDense(OpRun):
 
     op_domain = DOMAIN
 
-    def _run(self, X, W, B, multiplier, shift, W_zero_point=None, x_zero_point=None,  # noqa: N803
-             y_zero_point=None, out_min=None, out_max=None, to=None):
+    def _run(self, X, W, B, multiplier, shift, W_zero_point=None, **attrs):  # noqa: N803
+        a = attributes(self, attrs)
         if W_zero_point is not None:
             W = np.asarray(W, np.int64) - np.asarray(W_zero_point, np.int64).reshape(-1, 1)
         acc = int_dense(X, W, B)
         check_acc(acc, "IntDense")
-        return (requantize(acc, multiplier, shift, -1, y_zero_point or 0, out_min, out_max,
-                           out_dtype(to, out_min, out_max)),)
+        return (requantize(acc, multiplier, shift, -1, a.y_zero_point or 0, a.out_min, a.out_max,
+                           out_dtype(a.to, a.out_min, a.out_max)),)

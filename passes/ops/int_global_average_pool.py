@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from onnx.reference.op_run import OpRun
 
-from optc.ops import DOMAIN, Attr, Cost, Operand, Surrogate, define
+from optc.ops import DOMAIN, Attr, Cost, Operand, Surrogate, attributes, define
 from optc.passes.quant.int_ops import check_acc, fixed_point, layout_of, out_dtype, requantize
 
 from ._common import CODES, REQUANT_ATTRS, REQUANT_OPERANDS, is_nhwc, requant_attrs
@@ -63,12 +63,13 @@ class IntGlobalAveragePool(OpRun):
 
     op_domain = DOMAIN
 
-    def _run(self, X, multiplier, shift, x_zero_point=None, y_zero_point=None, out_min=None,  # noqa: N803
-             out_max=None, to=None, x_layout=None):
+    def _run(self, X, multiplier, shift, **attrs):  # noqa: N803
+        a = attributes(self, attrs)
         x = np.asarray(X, np.int64)
-        if layout_of(x_layout) == "NHWC":
+        if layout_of(a.x_layout) == "NHWC":
             x = x.transpose(0, 3, 1, 2)
-        acc = x.sum(axis=(2, 3)) - x.shape[2] * x.shape[3] * int(x_zero_point or 0)
+        acc = x.sum(axis=(2, 3)) - x.shape[2] * x.shape[3] * int(a.x_zero_point or 0)
         check_acc(acc, "IntGlobalAveragePool")
-        y = requantize(acc, multiplier, shift, 1, y_zero_point or 0, out_min, out_max, out_dtype(to, out_min, out_max))
+        y = requantize(acc, multiplier, shift, 1, a.y_zero_point or 0, a.out_min, a.out_max,
+                       out_dtype(a.to, a.out_min, a.out_max))
         return (y[:, :, None, None],)

@@ -164,10 +164,12 @@ class QuantizeLinear(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, y_scale, y_zero_point=None, axis=None, saturate=None, block_size=None,  # noqa: ARG002
-             output_dtype=None, precision=None):
-        if block_size:
+    def _run(self, x, y_scale, y_zero_point=None, **attrs):
+        """``attrs``: the schema's attributes (``axis``, ``saturate``, ``block_size``,
+        ``output_dtype``, ``precision``, as the evaluator passes them); only ``axis`` matters here."""
+        if attrs.get("block_size"):
             raise NotImplementedError("blocked QuantizeLinear")
+        axis = attrs.get("axis")
         dtype = np.asarray(y_zero_point).dtype if y_zero_point is not None else np.dtype(np.uint8)
         info = np.iinfo(dtype)
         s = _per_axis(np.asarray(y_scale, np.float32), np.ndim(x), axis)
