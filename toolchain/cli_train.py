@@ -63,9 +63,9 @@ def add_commands(add) -> None:
     q.add_argument("--label-weight", type=float, default=0.5,
                    help="weight of the cross-entropy when --labels-key is given (default 0.5)")
     q.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
-    q.add_argument("--lr", type=float, default=1e-2,
+    q.add_argument("--lr", type=float, default=3e-3,
                    help="Adam learning rate in quantization steps per update: weights move lr x their "
-                        "step, scales and biases lr/10 of their size; cosine to 0 (default 0.01)")
+                        "step, scales and biases lr/10 of their size; cosine to 0 (default 0.003)")
     q.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     q.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
     q.add_argument("--seed", type=int, default=0, help="seed (default 0); a seed gives one result")

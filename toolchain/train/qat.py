@@ -12,9 +12,10 @@ and ends in that same graph with learned numbers, so everything downstream (``in
    symmetric int8 weights, activation ranges, int32 biases, bias correction) on the training
    inputs: the starting point and the baseline ("before").
 3. :func:`training_graph`: that QDQ model rewritten for training: each int8 weight ``DQ(w_q)``
-   becomes ``DQ(Q(w))`` with ``w = u * unit`` the float weight it encodes (the "QDQ pair on the
+   becomes ``DQ(Q(w))`` with ``w = u * unit`` a latent float weight (the "QDQ pair on the
    weight" form of ONNX; ``u`` is trained in units of the channel's post-training step, so one
-   learning rate suits every channel), each int32 bias ``DQ(b_q)`` its float value; activation
+   learning rate suits every channel; it starts at the float weight the codes were rounded
+   from, off the grid, see :func:`_latent_start`), each int32 bias ``DQ(b_q)`` its float value; activation
    Q/DQ pairs stay; scales the quantizer shared (a MaxPool's output reuses its input's) are
    tied to one; scales of dead channels (~1e-42) get their layer's median (:func:`_revive`).
 4. :func:`optc.train.finetune.onnx_to_torch` makes it torch: Q/DQ are LSQ fake quantizers
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +79,7 @@ class QatOptions:
     array in the data; None: label-free), ``eval_data`` (an .npz to measure before/after on; None:
     the training inputs), ``force`` (overwrite the output)."""
 
-    train: TrainConfig = TrainConfig(epochs=5, lr=1e-2, batch_size=32)
+    train: TrainConfig = TrainConfig(epochs=5, lr=3e-3, batch_size=32)
     distill: Distillation = Distillation(label_weight=0.5)
     quant_params: str = ""
     time_budget_s: float | None = None
@@ -92,7 +94,7 @@ class QatPlan:
 
     ``weights``: trained weight (training graph) -> (codes, scale, zero point, axis, qmax) names
     in the QDQ model; ``units``: trained weight -> its unit, the post-training step (broadcast
-    shape): the graph trains ``u`` with ``w = u * unit`` (``u`` starts at the codes), so that one
+    shape): the graph trains ``u`` with ``w = u * unit`` (``u`` starts at the float weight), so that one
     learning rate moves every channel by the same number of its own steps; ``biases``: float
     bias -> (int32 codes, bias scale, activation scale, weight scale); ``scales``: every trained
     scale; ``ties``: QDQ scale name -> the trained scale it takes its value from."""
@@ -183,6 +185,17 @@ def _init_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
 
 
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and the tensor values of Constant nodes, by name."""
+    out = _init_map(model)
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            if value is not None:
+                out[n.output[0]] = value
+    return out
+
+
 def _ties(model: onnx.ModelProto, inits: dict) -> dict[str, str]:
     """Activation scale -> the scale of the tensor it was copied from: a QuantizeLinear whose
     input comes, through value-preserving ops only (MaxPool, Reshape, ...), from a
@@ -226,20 +239,24 @@ def _weight_qmax(model: onnx.ModelProto, details: dict | None) -> dict[str, int]
     return out
 
 
-def training_graph(qdq: onnx.ModelProto, details: dict | None = None) -> tuple[onnx.ModelProto, QatPlan]:
+def training_graph(qdq: onnx.ModelProto, details: dict | None = None,
+                   float_model: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, QatPlan]:
     """The float-weight training graph of ``qdq`` (see the module doc) and the :class:`QatPlan`
-    that maps its trained values back. ``details``: the quantizer's (for the weights' bits)."""
+    that maps its trained values back. ``details``: the quantizer's (for the weights' bits);
+    ``float_model``: the model ``qdq`` was quantized from, whose float weights are where the
+    latent weights start (:func:`_latent_start`; without it they start on their codes)."""
     model = onnx.ModelProto.FromString(qdq.SerializeToString())
     g = model.graph
     inits = _init_map(model)
     producers = {o: n for n in g.node for o in n.output}
     qmax_of = _weight_qmax(model, details)
     plan = QatPlan(ties=_ties(model, inits))
+    floats = _constants(float_model) if float_model is not None else {}
     new_nodes, drop, added = [], set(), []
     for n in g.node:
         codes = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
         if codes is not None and codes.data_type == onnx.TensorProto.INT8:
-            new_nodes.extend(_weight_q(n, codes, inits, plan, qmax_of, added))
+            new_nodes.extend(_weight_q(n, codes, (inits, floats), plan, qmax_of, added))
             drop.add(codes.name)
         elif codes is not None and codes.data_type == onnx.TensorProto.INT32:
             _bias_float(n, codes, model, inits, producers, plan, added)
@@ -277,11 +294,12 @@ def _revive(scale: onnx.TensorProto) -> None:
     scale.CopyFrom(numpy_helper.from_array(np.where(dead, fill, v).astype(np.float32), scale.name))
 
 
-def _weight_q(dq, codes, inits, plan: QatPlan, qmax_of: dict, added: list):
-    """``DQ(w_q)`` -> ``DQ(Q(w))``: returns the new QuantizeLinear (the DQ now reads it)."""
+def _weight_q(dq, codes, init_maps: tuple[dict, dict], plan: QatPlan, qmax_of: dict, added: list):
+    """``DQ(w_q)`` -> ``DQ(Q(w))``: returns the new QuantizeLinear (the DQ now reads it).
+    ``init_maps``: the QDQ model's initializers and the float model's (may be empty)."""
     from optc.onnx_utils import attr
-    from optc.passes.quant import qparams
 
+    inits, floats = init_maps
     s = numpy_helper.to_array(inits[dq.input[1]])
     axis = attr(dq, "axis", 1) if s.size > 1 else None
     zp_name = dq.input[2] if len(dq.input) > 2 else ""
@@ -298,16 +316,38 @@ def _weight_q(dq, codes, inits, plan: QatPlan, qmax_of: dict, added: list):
         shape[axis % q_int.ndim] = -1
     unit = np.asarray(s, np.float32).reshape(shape)
     unit = np.where(unit >= _DEAD_SCALE, unit, np.float32(1.0))  # dead channels: codes of ~1e-40 weights
-    u = (qparams.dequantize(q_int, s, zp, axis) / unit).astype(np.float32)
+    qmax = qmax_of.get(codes.name, 127)
+    u = _latent_start(q_int, (s, zp, axis, qmax), unit, floats.get(re.sub(r"__q(_\d+)?$", "", codes.name)))
     uf, un, wf, out = (f"{codes.name}__qat_{k}" for k in ("units", "unit", "float", "codes"))
     added += [numpy_helper.from_array(u, uf), numpy_helper.from_array(unit.astype(np.float32), un)]
-    plan.weights[uf] = (codes.name, dq.input[1], zp_name, axis, qmax_of.get(codes.name, 127))
+    plan.weights[uf] = (codes.name, dq.input[1], zp_name, axis, qmax)
     plan.units[uf] = unit
     attrs = {"axis": axis} if axis is not None else {}
     mul = onnx.helper.make_node("Mul", [uf, un], [wf], name=f"{wf}/Mul")
     q = onnx.helper.make_node("QuantizeLinear", [wf, dq.input[1], zp_name], [out], name=f"{wf}/QuantizeLinear", **attrs)
     dq.input[0] = out
     return [mul, q]
+
+
+def _latent_start(q_int: np.ndarray, qp: tuple, unit: np.ndarray, w: onnx.TensorProto | None) -> np.ndarray:
+    """Where a latent weight ``u`` (in units of its step) starts: at the float weight ``w`` the
+    codes were rounded from (the float model's initializer named as the codes without their
+    ``__q`` suffix), clipped to the code range, wherever it quantizes to exactly the same code;
+    elsewhere (and without ``w``) on the code itself. ``qp``: scale, zero point, axis, qmax.
+
+    Starting on the codes would put every weight exactly on the grid, half a step from the
+    nearest rounding boundary: updates adding up to less than half a step (Adam at a few
+    hundredths of a step per update) then change no code at all, and QAT trains only scales
+    and biases. The float weights keep their rounding residuals, so small updates flip codes."""
+    from optc.passes.quant import qparams
+
+    s, zp, axis, qmax = qp
+    on_codes = qparams.dequantize(q_int, s, zp, axis) / unit
+    if w is None or tuple(w.dims) != q_int.shape:
+        return on_codes.astype(np.float32)
+    wf = np.clip(numpy_helper.to_array(w).astype(np.float32) / unit, -qmax, qmax) * unit
+    same = qparams.quantize(wf, s, zp, qparams.QType(8, True, -qmax, qmax), axis) == q_int
+    return np.where(same, wf / unit, on_codes).astype(np.float32)
 
 
 def _bias_float(dq, codes, model, inits, producers, plan: QatPlan, added: list) -> None:
@@ -604,11 +644,13 @@ def _fidelity_value(a: dict) -> float:
     return a["top1_agreement"] if "top1_agreement" in a else a["sqnr_db"]
 
 
-def _torch_models(ptq: onnx.ModelProto, details: dict, fp: onnx.ModelProto, x: np.ndarray):
-    """(student, plan, teacher): the QAT student must reproduce onnxruntime on the QDQ graph."""
+def _torch_models(ptq: onnx.ModelProto, details: dict, fp: onnx.ModelProto, x: np.ndarray, *,
+                  float_latents: bool = True):
+    """(student, plan, teacher): the QAT student must reproduce onnxruntime on the QDQ graph.
+    ``float_latents``: latent weights start at ``fp``'s float weights (else on the codes)."""
     from .finetune import onnx_to_torch
 
-    train_model, plan = training_graph(ptq, details)
+    train_model, plan = training_graph(ptq, details, fp if float_latents else None)
     student = onnx_to_torch(train_model, trainable=plan.trainable, rebatch=True)
     teacher = onnx_to_torch(fp, rebatch=True)
     xs = x[:_CHECK_SAMPLES]
