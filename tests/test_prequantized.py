@@ -254,3 +254,23 @@ def test_disagreeing_with_onnxruntime_on_the_original_fails(tmp_path, monkeypatc
     monkeypatch.setattr(stages.Job, "reference", shifted)
     with pytest.raises(VerificationError, match="original QDQ model.*systematic shift"):
         optc.compile(dst, "cpu", tmp_path / "bad", options=NO_MEASURE)
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("kernels, warned", [("generic", True), ("vnni", False)])
+def test_integer_kernels_without_a_dot_product_are_warned_about(tmp_path, monkeypatch, kernels, warned):
+    """A QDQ model integerized for a CPU whose int8 kernels are plain vector code (x86 without
+    VNNI) gets a warning naming the float alternative; with a dot-product ISA it does not."""
+    import warnings
+
+    pytest.importorskip("tvm")
+    from optc.backends.tvm import facts
+    from optc.progress import OptcWarning
+
+    monkeypatch.setattr(facts, "int8_kernels", lambda target: kernels)
+    _, dst = _ort_qdq(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optc.compile(dst, "cpu", tmp_path / "pkg", options=NO_MEASURE)
+    said = [str(w.message) for w in caught if issubclass(w.category, OptcWarning) and "dot-product" in str(w.message)]
+    assert bool(said) == warned and (not said or "integerize<enabled=false>" in said[0])

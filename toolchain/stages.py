@@ -339,7 +339,20 @@ def run_passes(job: Job) -> list:
         job.lossy = [s.name for s in job.specs if pipeline.instantiate(s).lossy]
     if job.deploy_qdq is not None and not _has_optc_ops(job.optimized):
         job.deploy_qdq = None  # integerize rewrote nothing: model.onnx is the QDQ graph
+    if job.deploy_qdq is not None:
+        _warn_slow_integer_kernels(job)
     return records
+
+
+def _warn_slow_integer_kernels(job) -> None:
+    """Integer ops on a CPU whose int8 kernels are plain vector code (x86 without VNNI) run
+    slower than float: say so, and how to keep the QDQ graph in float."""
+    from .progress import warn
+
+    if job.backend.target_facts(job.target).get("int8_kernels") == "generic":
+        warn("integer kernels for this CPU have no int8 dot-product instruction (no AVX-512 VNNI): they run "
+             "slower than float here (an already-int8 transformer: 13x onnxruntime); "
+             "'integerize<enabled=false>' in --passes keeps the QDQ graph in float (then verify with a looser --rtol)")
 
 
 def fill_target_params(specs: list, target: Target, backend, progress: Progress) -> list:

@@ -63,4 +63,17 @@ def target_facts(target: Target) -> dict:
     bits = vector_bits(target)
     if not bits:
         return {}
-    return {"channel_multiple": bits // 32, "vector_bits": bits}
+    return {"channel_multiple": bits // 32, "vector_bits": bits, "int8_kernels": int8_kernels(target)}
+
+
+def int8_kernels(target: Target) -> str:
+    """Which integer kernels optc's int8 ops get on ``target`` (``int8.isa_of``): ``vnni``
+    (AVX-512 VNNI ``vpdpbusd``), ``sdot`` (AArch64 dotprod), ``smull`` (AArch64 NEON widening
+    multiply-accumulate) or ``generic`` (plain LLVM vector code: on an AVX2 x86 host without
+    VNNI these run at a few GFLOP/s, slower than float)."""
+    from .int8 import isa_of
+    from .lower import tvm_target
+
+    tgt = tvm_target(target)
+    with tgt:
+        return isa_of(tgt)
