@@ -519,3 +519,39 @@ def test_dense_weights_are_blocked_by_the_register_tile(tmp_path):
     onnx.save(model, str(tmp_path / "m.onnx"))
     report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]
+
+
+def test_one_output_channel_convolution_is_vectorized_along_its_input_channels(tmp_path):
+    """A convolution with a single output channel (an audio / segmentation head) has no
+    output axis any operand reads contiguously: its input channels are vectorized instead
+    (rfactor partial sums, bias and sigmoid applied per block of points); a padded 2-D one
+    and a strided 1-D single filter against onnxruntime."""
+    import tvm
+
+    from optc.backends.tvm import lower, schedule
+    from optc.targets import get_target
+
+    rng = np.random.default_rng(9)
+    inits = {"w": (rng.standard_normal((1, 16, 3, 3)) * 0.1).astype(np.float32), "b": np.array([0.3], np.float32),
+             "f": (rng.standard_normal((1, 1, 1, 32)) * 0.1).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["y"]),
+        helper.make_node("Conv", ["s", "f"], ["z"], strides=[1, 2]),
+    ]
+    model = _model(nodes, [("x", [1, 16, 9, 30]), ("s", [1, 1, 1, 200])], [("y", [1, 1, 9, 30]), ("z", [1, 1, 1, 85])],
+                   inits)
+    path = tmp_path / "one.onnx"
+    onnx.save(model, path)
+    report = optc.compile(path, "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+    target = get_target("cpu")
+    mod, _ = lower.prepare_module(model, [TensorSpec("x", "float32", (1, 16, 9, 30)), TensorSpec("s", "float32", (1, 1, 1, 200))],
+                                  target, embed_params=True)
+    tvm_target = lower.tvm_target(target)
+    with tvm_target:
+        fused = schedule.fuse_for_schedule(mod, tvm_target)
+        params = schedule._Params(tvm_target)
+        rf = [gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+              and "conv2d" in gv.name_hint and "_rf" in (schedule._rule_contraction(f, tvm_target, params) or f).script()]
+    assert len(rf) == 2, rf
