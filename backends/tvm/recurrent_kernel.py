@@ -118,36 +118,35 @@ def _exp(body: _Body, ind: int, x: str) -> str:
     return body.let(ind, "e", f"{y} * {scale}")
 
 
+def _tanh(x: str, exp) -> str:
+    return f"{_f(1.0)} - {_f(2.0)} / ({exp(f'{x} * {_f(2.0)}')} + {_f(1.0)})"
+
+
+# ONNX recurrent activations as TVMScript text: (x, alpha, beta, exp) -> expression; ``exp``
+# let-binds the fast exponential of its argument (only the chosen entry runs).
+_ACTIVATIONS = {
+    "sigmoid": lambda x, a, b, exp: f"{_f(1.0)} / ({_f(1.0)} + {exp(f'-{x}')})",
+    "tanh": lambda x, a, b, exp: _tanh(x, exp),
+    "scaledtanh": lambda x, a, b, exp: f"({_tanh(f'{x} * {_f(b)}', exp)}) * {_f(a)}",
+    "relu": lambda x, a, b, exp: f"T.max({x}, {_f(0.0)})",
+    "affine": lambda x, a, b, exp: f"{x} * {_f(a)} + {_f(b)}",
+    "leakyrelu": lambda x, a, b, exp: f"T.Select({x} >= {_f(0.0)}, {x}, {x} * {_f(a)})",
+    "thresholdedrelu": lambda x, a, b, exp: f"T.Select({x} > {_f(a)}, {x}, {_f(0.0)})",
+    "hardsigmoid": lambda x, a, b, exp: f"T.min(T.max({x} * {_f(a)} + {_f(b)}, {_f(0.0)}), {_f(1.0)})",
+    "elu": lambda x, a, b, exp: f"T.Select({x} >= {_f(0.0)}, {x}, ({exp(x)} - {_f(1.0)}) * {_f(a)})",
+    "softsign": lambda x, a, b, exp: f"{x} / (T.fabs({x}) + {_f(1.0)})",
+    # stable: max(x, 0) + log(1 + exp(-|x|))
+    "softplus": lambda x, a, b, exp: f"T.max({x}, {_f(0.0)}) + T.log({exp(f'-T.fabs({x})')} + {_f(1.0)})",
+}
+
+
 def _activation(body: _Body, ind: int, spec: tuple[str, float, float], x: str, clip: float | None) -> str:
     """Let-bind the activation of expression ``x``; returns the bound name."""
     name, alpha, beta = spec
-    x = body.let(ind, "a", x if clip is None else f"T.min(T.max({x}, {_f(-clip)}), {_f(clip)})")
-    zero, one = _f(0.0), _f(1.0)
-    if name == "sigmoid":
-        expr = f"{one} / ({one} + {_exp(body, ind, f'-{x}')})"
-    elif name in ("tanh", "scaledtanh"):
-        arg = x if name == "tanh" else f"{x} * {_f(beta)}"
-        expr = f"{one} - {_f(2.0)} / ({_exp(body, ind, f'{arg} * {_f(2.0)}')} + {one})"
-        if name == "scaledtanh":
-            expr = f"({expr}) * {_f(alpha)}"
-    elif name == "relu":
-        expr = f"T.max({x}, {zero})"
-    elif name == "affine":
-        expr = f"{x} * {_f(alpha)} + {_f(beta)}"
-    elif name == "leakyrelu":
-        expr = f"T.Select({x} >= {zero}, {x}, {x} * {_f(alpha)})"
-    elif name == "thresholdedrelu":
-        expr = f"T.Select({x} > {_f(alpha)}, {x}, {zero})"
-    elif name == "hardsigmoid":
-        expr = f"T.min(T.max({x} * {_f(alpha)} + {_f(beta)}, {zero}), {one})"
-    elif name == "elu":
-        expr = f"T.Select({x} >= {zero}, {x}, ({_exp(body, ind, x)} - {one}) * {_f(alpha)})"
-    elif name == "softsign":
-        expr = f"{x} / (T.fabs({x}) + {one})"
-    elif name == "softplus":  # stable: max(x, 0) + log(1 + exp(-|x|))
-        expr = f"T.max({x}, {zero}) + T.log({_exp(body, ind, f'-T.fabs({x})')} + {one})"
-    else:
+    if name not in _ACTIVATIONS:
         raise ValueError(f"unsupported activation {name!r}")
+    x = body.let(ind, "a", x if clip is None else f"T.min(T.max({x}, {_f(-clip)}), {_f(clip)})")
+    expr = _ACTIVATIONS[name](x, alpha, beta, lambda arg: _exp(body, ind, arg))
     return body.let(ind, "act", expr)
 
 

@@ -708,7 +708,7 @@ def _transposed_axis(st, n_loops: int):
     if store is None or len(ivs) != n_loops or n_loops < 2 or not store.indices:
         return None
     inner = ivs[-1]
-    if not (_vars_in(store.indices[-1]) == {inner}):
+    if _vars_in(store.indices[-1]) != {inner}:
         return None
     for ld in _loads(store.value):
         if not ld.indices:
