@@ -183,6 +183,57 @@ def test_ort_qdq_asymmetric_int8_activations(tmp_path):
     assert report["verify"]["passed"] and report["verify"]["original_qdq"]["passed"]
 
 
+def _conv1d_qdq(tmp_path) -> tuple:
+    """A 1-D conv net (stride 2 + padding, then 1x1) with a float op (Exp) after the last
+    quantizer, through ``quantize_static``: (QDQ path, calibration-like input)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((24, 16, 3)) * 0.3).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal(24) * 0.1).astype(np.float32), "b1"),
+             numpy_helper.from_array((rng.standard_normal((8, 24, 1)) * 0.2).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1], strides=[2]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Exp", ["c2"], ["y"], name="exp")]
+    graph = helper.make_graph(nodes, "c1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 50])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 25])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src, dst = tmp_path / "c1d.onnx", tmp_path / "c1d_qdq.onnx"
+    onnx.save(model, src)
+
+    class Calib(ortq.CalibrationDataReader):
+        def __init__(self):
+            self._it = iter([{"x": rng.standard_normal((1, 16, 50)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    ortq.quantize_static(str(src), str(dst), Calib(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+                         activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8)
+    return dst
+
+
+@pytest.mark.tvm
+def test_ort_qdq_conv1d_integerized_as_one_row(tmp_path):
+    """1-D convs run on the 2-D integer kernel over one row (Unsqueeze -> IntConv2d [1, k] ->
+    Squeeze); the float Exp after the last quantizer is judged by the fraction rule against the
+    same model without activation rounding (a pre-quantized model has no float original)."""
+    pytest.importorskip("tvm")
+    dst = _conv1d_qdq(tmp_path)
+    report = optc.compile(dst, "cpu", tmp_path / "pkg", options=NO_MEASURE)
+    details = _integerize_record(report)
+    assert [layer["name"] for layer in details["layers"]] == ["conv1", "conv2"] and details["float_layers"] == []
+    ops = _ops(tmp_path / "pkg" / "model.onnx")
+    assert ops.count("IntConv2d") == 2 and "Conv" not in ops and ops.count("Unsqueeze") == 2
+    kernel = [a.ints for n in onnx.load(str(tmp_path / "pkg" / "model.onnx")).graph.node if n.op_type == "IntConv2d"
+              for a in n.attribute if a.name == "kernel_shape"]
+    assert [list(k) for k in kernel] == [[1, 3], [1, 1]]
+    v = report["verify"]
+    rule = v["outputs"][0]["tolerance_rule"]
+    assert v["passed"] and "without activation rounding" in rule, rule
+    assert v["outputs"][0]["distinguishes_float_model"] and v["original_qdq"]["passed"]
+
+
 @pytest.mark.tvm
 def test_non_matching_layer_stays_float_with_a_reason(tmp_path):
     pytest.importorskip("tvm")

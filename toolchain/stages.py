@@ -345,13 +345,13 @@ def run_passes(job: Job) -> list:
 
 
 def _warn_slow_integer_kernels(job) -> None:
-    """Integer ops on a CPU whose int8 kernels are plain vector code (x86 without VNNI) run
-    slower than float: say so, and how to keep the QDQ graph in float."""
+    """Integer ops on a CPU whose int8 kernels are plain vector code (x86 without AVX2 or
+    VNNI) run slower than float: say so, and how to keep the QDQ graph in float."""
     from .progress import warn
 
     if job.backend.target_facts(job.target).get("int8_kernels") == "generic":
-        warn("integer kernels for this CPU have no int8 dot-product instruction (no AVX-512 VNNI): they run "
-             "slower than float here (an already-int8 transformer: 13x onnxruntime); "
+        warn("integer kernels for this CPU have no int8 dot-product or widening multiply-add instruction (no "
+             "AVX-512 VNNI, no AVX2): they run slower than float here; "
              "'integerize<enabled=false>' in --passes keeps the QDQ graph in float (then verify with a looser --rtol)")
 
 
@@ -469,8 +469,12 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
         elif job.lossy or prequantized:
             from optc.passes.quant.tolerance import compare_quantized, compare_to_original_qdq
 
-            verdict = compare_quantized(outs, refs, job.out_names, opts.atol, opts.rtol, job.optimized,
-                                        lambda: job.reference("original"))
+            if prequantized:
+                originals, original = lambda: _unrounded_refs(job), "the model without activation rounding"
+            else:
+                originals, original = lambda: job.reference("original"), "the original"
+            verdict = compare_quantized(outs, refs, job.out_names, opts.atol, opts.rtol, job.optimized, originals,
+                                        original)
             if prequantized and job.lossy:
                 second = compare_to_original_qdq(outs, job.reference("original"), job.out_names, opts.atol,
                                                  opts.rtol, job.original)
@@ -488,6 +492,15 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
         _branch_coverage(job, verdict)
     _refuse_failed(job, opts, verdict)
     return verdict
+
+
+def _unrounded_refs(job: Job) -> list[np.ndarray]:
+    """Outputs of the pre-quantized input model without its activation rounding
+    (``qdq.unrounded_qdq``), on every verification input set, joined per output."""
+    from optc.passes.quant import qdq
+
+    model = qdq.unrounded_qdq(job.original)
+    return verify.join_calls([verify.reference_outputs(model, s) for s in job.sets])
 
 
 def _refuse_failed(job: Job, opts: VerifyOptions, verdict: dict) -> None:

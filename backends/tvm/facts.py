@@ -69,8 +69,8 @@ def target_facts(target: Target) -> dict:
 def int8_kernels(target: Target) -> str:
     """Which integer kernels optc's int8 ops get on ``target`` (``int8.isa_of``): ``vnni``
     (AVX-512 VNNI ``vpdpbusd``), ``sdot`` (AArch64 dotprod), ``smull`` (AArch64 NEON widening
-    multiply-accumulate) or ``generic`` (plain LLVM vector code: on an AVX2 x86 host without
-    VNNI these run at a few GFLOP/s, slower than float)."""
+    multiply-accumulate), ``avx2`` (x86 AVX2 without VNNI: ``vpmaddwd`` on int16 operands) or
+    ``generic`` (plain LLVM vector code, x86 without AVX2: a few GFLOP/s, slower than float)."""
     from .int8 import isa_of
     from .lower import tvm_target
 

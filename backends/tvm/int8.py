@@ -28,8 +28,8 @@ The signedness each instruction needs is made exact by flipping the top bit of t
 codes (``x ^ 0x80``: u8 <-> s8 is ``x -/+ 128``) and moving ``+/-128 * sum(W[n])`` into the bias
 (computed, like the weight layout, by a small ``call_tir`` folded at compile time).
 
-Schedules (:func:`schedule_conv`, :func:`schedule_dense`), chosen per target by
-:func:`isa_of`:
+Schedules (:func:`schedule_conv`, :func:`schedule_dense`: a register tile of output columns,
+or dense rows, x 16 channels), chosen per target by :func:`isa_of`:
 
 * ``vnni`` (x86 with ``avx512vnni``): the reduction's inner (16 lanes x 4 bytes) block is
   tensorized with optc's VNNI intrinsic (TVM's ``dot_16x4_vnni`` with the operand types LLVM 22
@@ -50,7 +50,17 @@ Schedules (:func:`schedule_conv`, :func:`schedule_dense`), chosen per target by
   weight and activation (an int16 sum of two products, as ``smlal`` into int16, would wrap at
   -128 x -128 twice). ResNet-18 executes 0.72x the instructions of fp32 and 3.8x fewer than
   with the int32 fallback below that these cores ran before (bench/README_quant.md).
-* ``generic`` (any other CPU: AVX2, AVX-512 without VNNI): the same tiling with plain int32
+* ``avx2`` (x86 with AVX2 but no VNNI: Haswell to Zen 3, and AVX-512 CPUs without VNNI):
+  activations and weights packed as **int16** (the codes' values; no sign flip), each 16 x 4
+  block as four :data:`PMADDWD_INTRIN` calls: one ``vpmaddwd ymm`` (4 lanes x 4 codes: the 4
+  activation codes broadcast as one 64-bit value, 16 products added in adjacent pairs into 8
+  int32) plus a ``vpaddd`` into the accumulator, which keeps two partial sums per lane like
+  ``smull`` (:func:`acc_halves`); register tiles of at most :data:`PMADDWD_MAX_TILE`
+  columns (4 ymm accumulators each, 16 ymm registers). Exact for every 8-bit code and weight;
+  ``vpmaddubsw`` (u8 x s8, twice the products per instruction, onnxruntime's kernel on these
+  CPUs) saturates its int16 pair sums and is not. ResNet-18 int8 1.32x faster than optc fp32 on
+  a Zen 3 core, 6-7x the int32 fallback's speed (bench/README_quant.md).
+* ``generic`` (x86 without AVX2, other LLVM CPUs): the same tiling with plain int32
   multiply-adds vectorized over the 16 output channels.
 
 Depthwise convolutions (``group = C = N``) have only KH*KW products per output: a plain int32
@@ -75,7 +85,7 @@ Standard ONNX integer ops (onnxruntime's ``quantize_dynamic``), exact int32 as t
 them: ``MatMulInteger`` with a static 2-D ``B`` (:func:`_matmul_integer`) and ``ConvInteger``
 (:func:`_conv_integer`, TVM has no converter). Where a bound proves every partial sum an integer
 below 2^24 (:func:`_exact_in_fp32`: ``terms * 255 * max|w - z_w|``, read from the constant
-weight) and, for MatMulInteger, the CPU has no int8 dot product (``generic``, ``smull``), they compute in
+weight) and, for MatMulInteger, the CPU has no int8 dot product (``generic``, ``avx2``, ``smull``), they compute in
 float32 on the zero-point-shifted operands with optc's fp32 schedules (exact, and faster than
 the generic int32 kernel); otherwise MatMulInteger runs on the dense kernel
 (:func:`_matmul_integer_kernel`: uint8 weights shifted to int8, the activation zero point folded
@@ -103,6 +113,9 @@ VNNI_INTRIN = "optc_dot_16x4_u8i8i32_vnni"
 SDOT_INTRIN = "optc_dot_4x4_i8i8i32_sdot"
 SMULL_INTRIN = "optc_dot_2x4_i8i8i32_smull_sadalp"
 SMULL_MAX_TILE = 3  # smull: 8 q registers of accumulators per column; 3 x 8 + weights + operand < 32
+PMADDWD_INTRIN = "optc_dot_4x4_i16i16i32_pmaddwd"
+PMADDWD_LANES = 4  # output lanes per pmaddwd intrinsic call (4 lanes x 2 halves: one ymm of int32)
+PMADDWD_MAX_TILE = 3  # avx2: 4 ymm accumulators per column; 3 x 4 + operand + weights <= 16 ymm
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +124,8 @@ SMULL_MAX_TILE = 3  # smull: 8 q registers of accumulators per column; 3 x 8 + w
 
 def isa_of(target) -> str:
     """``"vnni"``, ``"sdot"``, ``"smull"`` (AArch64 without dotprod: NEON widening multiply,
-    :data:`SMULL_INTRIN`) or ``"generic"`` for a ``tvm.target.Target`` (LLVM CPU)."""
+    :data:`SMULL_INTRIN`), ``"avx2"`` (x86 with AVX2 but no VNNI: ``vpmaddwd`` on int16,
+    :data:`PMADDWD_INTRIN`) or ``"generic"`` for a ``tvm.target.Target`` (LLVM CPU)."""
     from tvm.target import codegen
 
     attrs = target.attrs
@@ -122,10 +136,12 @@ def isa_of(target) -> str:
         return "sdot" if "+dotprod" in mattr else "smull"
     try:
         has = bool(codegen.target_has_features("avx512vnni", target))
+        avx2 = bool(codegen.target_has_features("avx2", target))
     except Exception:  # noqa: BLE001 - older API: fall back on the mattr list and mcpu name
         has = "+avx512vnni" in mattr or mcpu in ("znver4", "znver5", "icelake-server", "sapphirerapids",
                                                    "cascadelake", "tigerlake", "alderlake")
-    return "vnni" if has else "generic"
+        avx2 = "+avx2" in mattr
+    return "vnni" if has else "avx2" if avx2 else "generic"
 
 
 def _register_intrinsics() -> None:
@@ -182,6 +198,7 @@ def _register_intrinsics() -> None:
     TensorIntrin.register(VNNI_INTRIN, desc_of(16, "uint8"), impl_of(16, "uint8", "llvm.x86.avx512.vpdpbusd.512"))
     TensorIntrin.register(SDOT_INTRIN, desc_of(4, "int8"), impl_of(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8"))
     TensorIntrin.register(SMULL_INTRIN, *_smull_intrin())
+    TensorIntrin.register(PMADDWD_INTRIN, *_pmaddwd_intrin())
 
 
 SMULL_LANES = 2  # output lanes per smull intrinsic call (8 weight bytes: one d register)
@@ -229,14 +246,66 @@ def _smull_intrin():
     return desc, impl
 
 
+def _pmaddwd_intrin():
+    """(desc, impl) of the AVX2 integer block (x86 without VNNI): 4 output lanes x 4 input
+    codes into 4 x 2 int32 partial sums ``C[l, h] += A[2h] B[l, 2h] + A[2h + 1] B[l, 2h + 1]``
+    on int16 operands (activations widened by the input pack, weights by the weight pack).
+    One ``vpmaddwd ymm`` multiplies the 4 activation codes, broadcast as one 64-bit value,
+    by the 16 weights and adds adjacent pairs into 8 int32s: 16 MACs per instruction (plus
+    the ``vpaddd`` into the accumulator), exact for every 8-bit code and weight (|product| <=
+    255 x 128, a pair < 2^16). ``vpmaddubsw`` on bytes would be twice as wide but saturates
+    its int16 pair sums (255 x 127 x 2 > 2^15), so it is not exact for every weight."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int16", offset_factor=1)
+        B = T.match_buffer(b, (4, 4), "int16", offset_factor=1)
+        C = T.match_buffer(c, (4, 2), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:4, 0:2], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4, 0:2])
+            for i, h, k in T.grid(4, 2, 2):
+                with T.sblock("update"):
+                    vi, vh, vk = T.axis.remap("SSR", [i, h, k])
+                    C[vi, vh] = C[vi, vh] + T.Cast("int32", A[vh * 2 + vk]) * T.Cast("int32", B[vi, vh * 2 + vk])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int16", offset_factor=1)
+        B = T.match_buffer(b, (4, 4), "int16", offset_factor=1)
+        C = T.match_buffer(c, (4, 2), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:4, 0:2], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4, 0:2])
+            a_i64 = T.reinterpret("int64", A.vload([0], "int16x4"))
+            C[0, T.ramp(T.int32(0), 1, 8)] = C.vload([0, 0], "int32x8") + T.call_llvm_pure_intrin(
+                "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.broadcast(a_i64, 4)),
+                B.vload([0, 0], "int16x16"))
+
+    return desc, impl
+
+
 def kernel_dtype(isa: str) -> str:
     """Activation dtype the kernel's dot product wants."""
-    return "int8" if isa in ("sdot", "smull") else "uint8"
+    return {"sdot": "int8", "smull": "int8", "avx2": "int16"}.get(isa, "uint8")
+
+
+def weight_dtype(isa: str) -> str:
+    """Dtype of the packed weights ``Wp``: int16 for ``avx2`` (``vpmaddwd`` operands), else int8."""
+    return "int16" if isa == "avx2" else "int8"
 
 
 def acc_halves(isa: str) -> int:
     """Partial int32 sums per output lane in the accumulator: 2 for ``smull`` (``sadalp`` adds
-    pairs of the 4 bytes of a group; the two halves are added in the epilogue), else 1."""
+    pairs of the 4 bytes of a group; the two halves are added in the epilogue) and ``avx2``
+    (``vpmaddwd`` likewise), else 1."""
+    return 2 if isa in ("smull", "avx2") else 1
+
+
+def group_copies(isa: str) -> int:
+    """How often the packed activations hold each 4-code group: twice for ``smull`` (its
+    8-byte operand covers 2 lanes), else once."""
     return 2 if isa == "smull" else 1
 
 
@@ -256,22 +325,25 @@ def channel_blocks(C: int, KH: int, KW: int) -> int:
 
 
 def _to_kernel(x, in_dtype: str, kdtype: str):
-    """An activation code in the kernel's dtype (top bit flipped when the signedness differs)."""
+    """An activation code in the kernel's dtype (top bit flipped when the signedness differs;
+    widened, value kept, for int16)."""
     from tvm import tirx
 
     if in_dtype == kdtype:
         return x
+    if kdtype == "int16":
+        return x.astype("int16")
     return tirx.reinterpret(kdtype, x ^ tirx.const(0x80 if in_dtype == "uint8" else -128, in_dtype))
 
 
 def _zero_point_in_kernel(zp: int, in_dtype: str, kdtype: str) -> int:
-    if in_dtype == kdtype:
+    if in_dtype == kdtype or kdtype == "int16":
         return zp
     return zp - 128 if kdtype == "int8" else zp + 128
 
 
-def weight_pack_te(N: int, C: int, KH: int, KW: int):
-    """``W [N, C, KH, KW]`` int8 -> ``Wp [NB, KH, KW, CB, 16, 4]`` (zero padded)."""
+def weight_pack_te(N: int, C: int, KH: int, KW: int, dtype: str = "int8"):
+    """``W [N, C, KH, KW]`` int8 -> ``Wp [NB, KH, KW, CB, 16, 4]`` of ``dtype`` (zero padded)."""
     from tvm import te, tirx
 
     NB, CB = _cdiv(N, LANES), channel_blocks(C, KH, KW)
@@ -280,7 +352,7 @@ def weight_pack_te(N: int, C: int, KH: int, KW: int):
     def f(nb, kh, kw, cb, l, g):
         n, c = nb * LANES + l, cb * GROUP + g
         return tirx.if_then_else(tirx.all(n < N, c < C), W[tirx.min(n, N - 1), tirx.min(c, C - 1), kh, kw],
-                                 tirx.const(0, "int8"))
+                                 tirx.const(0, "int8")).astype(dtype)
 
     return [W], te.compute((NB, KH, KW, CB, LANES, GROUP), f, name="Wp")
 
@@ -331,14 +403,16 @@ def _halves_acc(shape, prod, axes, name: str = "Acc"):
                       name=name)
 
 
-def conv_te(x_shape, N: int, geom: ConvGeometry, rq: Requant, *, in_dtype: str, kdtype: str, halves: int = 1):
-    """TE tensors of IntConv2d (group 1) on packed weights ``Wp`` and the kernel's bias;
-    ``x_shape`` = (B, C, H, W) whatever the layout; ``X``/``Y`` in NCHW or NHWC
-    (``geom.x_layout`` / ``y_layout``; the packed ``Xp`` is NHWC either way: from NHWC the
-    pack is a padded copy of contiguous rows, from NCHW a transpose); ``halves``: the
-    accumulator's partial sums per lane (:func:`acc_halves`); with 2 (``smull``) ``Xp`` holds
-    each 4-byte group twice (``[..., CB, 8]``: the 8-byte operand of :func:`_smull_intrin`)."""
+def conv_te(x_shape, N: int, geom: ConvGeometry, rq: Requant, *, in_dtype: str, isa: str):
+    """TE tensors of IntConv2d (group 1) on packed weights ``Wp`` and the kernel's bias, for
+    the kernels of ``isa``; ``x_shape`` = (B, C, H, W) whatever the layout; ``X``/``Y`` in NCHW
+    or NHWC (``geom.x_layout`` / ``y_layout``; the packed ``Xp`` is NHWC either way: from NHWC
+    the pack is a padded copy of contiguous rows, from NCHW a transpose). The accumulator has
+    :func:`acc_halves` partial sums per lane; for ``smull`` ``Xp`` holds each 4-byte group
+    twice (``[..., CB, 8]``: the 8-byte operand of :func:`_smull_intrin`)."""
     from tvm import te, tirx
+
+    kdtype, halves, copies = kernel_dtype(isa), acc_halves(isa), group_copies(isa)
 
     B, C, H, W_ = x_shape
     KH, KW = geom.kernel_shape
@@ -348,14 +422,14 @@ def conv_te(x_shape, N: int, geom: ConvGeometry, rq: Requant, *, in_dtype: str, 
     OH, OW = geom.output_shape(H, W_)
     Hp, Wpd = H + pads[0] + pads[2], W_ + pads[1] + pads[3]
     X = te.placeholder((B, C, H, W_) if x_layout == "NCHW" else (B, H, W_, C), in_dtype, name="X")
-    Wp = te.placeholder((NB, KH, KW, CB, LANES, GROUP), "int8", name="Wp")
+    Wp = te.placeholder((NB, KH, KW, CB, LANES, GROUP), weight_dtype(isa), name="Wp")
     Bk = te.placeholder((N,), "int32", name="Bk")
     M = te.placeholder((N,), "int32", name="multiplier")
     S = te.placeholder((N,), "int32", name="shift")
     zp_k = _zero_point_in_kernel(rq.x_zero_point, in_dtype, kdtype)
 
     def pack(b, hp, wp, cb, g):
-        g = g % GROUP if halves == 2 else g  # smull: each group stored twice (:func:`_smull_intrin`)
+        g = g % GROUP if copies == 2 else g  # smull: each group stored twice (:func:`_smull_intrin`)
         c, h, w = cb * GROUP + g, hp - pads[0], wp - pads[1]
         inside = tirx.all(h >= 0, h < H, w >= 0, w < W_)
         hc, wc, cc = tirx.max(tirx.min(h, H - 1), 0), tirx.max(tirx.min(w, W_ - 1), 0), tirx.min(c, C - 1)
@@ -363,13 +437,13 @@ def conv_te(x_shape, N: int, geom: ConvGeometry, rq: Requant, *, in_dtype: str, 
         v = tirx.if_then_else(inside, v, tirx.const(zp_k, kdtype))
         return v if C == CB * GROUP else tirx.if_then_else(c < C, v, tirx.const(0, kdtype))
 
-    Xp = te.compute((B, Hp, Wpd, CB, GROUP * halves), pack, name="Xp")
+    Xp = te.compute((B, Hp, Wpd, CB, GROUP * copies), pack, name="Xp")
     rkh, rkw = te.reduce_axis((0, KH), "kh"), te.reduce_axis((0, KW), "kw")
     rcb, rg = te.reduce_axis((0, CB), "cb"), te.reduce_axis((0, GROUP), "g")
     if halves == 2:
         Acc = _halves_acc((B, NB, OH, OW), lambda b, nb, oh, ow, l, g: Xp[
-            b, oh * strides[0] + rkh * dilations[0], ow * strides[1] + rkw * dilations[1], rcb, l % 2 * GROUP + g
-        ].astype("int32") * Wp[nb, rkh, rkw, rcb, l, g].astype("int32"), [rkh, rkw, rcb])
+            b, oh * strides[0] + rkh * dilations[0], ow * strides[1] + rkw * dilations[1], rcb,
+            l % 2 * GROUP + g if copies == 2 else g].astype("int32") * Wp[nb, rkh, rkw, rcb, l, g].astype("int32"), [rkh, rkw, rcb])
     else:
         Acc = te.compute(
         (B, NB, OH, OW, LANES),
@@ -382,6 +456,8 @@ def conv_te(x_shape, N: int, geom: ConvGeometry, rq: Requant, *, in_dtype: str, 
         at = (b, n // LANES, oh, ow, n % LANES)
         if halves == 1:
             return _requant(Acc[at] + Bk[n], M[n], S[n], rq)
+        if isa != "smull":
+            return _requant(Acc[(*at, 0)] + Acc[(*at, 1)] + Bk[n], M[n], S[n], rq)
         # smull: the int32 sum as llvm.sadd.sat (equal to "+" where the op contract holds: no int32
         # overflow), which LLVM does not widen to int64 before the multiply, so the int64 product
         # stays a vector smlal instead of a scalar mul per output (-2 % on a 64-channel conv)
@@ -429,28 +505,29 @@ def depthwise_te(x_shape, geom: ConvGeometry, rq: Requant, *, in_dtype: str):
     return [X, W, Bv, M, S], Y
 
 
-def dense_te(M_, K, N, rq: Requant | None, *, in_dtype: str, kdtype: str, halves: int = 1):
+def dense_te(M_, K, N, rq: Requant | None, *, in_dtype: str, isa: str):
     """TE tensors of IntDense on packed weights ``Wp [NB, 1, 1, KB, 16, 4]`` (the conv weight
-    layout of a 1x1 kernel) and the kernel's bias; ``rq=None``: no requantization, ``Y`` is the
-    int32 accumulator plus bias (MatMulInteger) and ``multiplier``/``shift`` are not inputs;
-    ``halves``: the accumulator's partial sums per lane (:func:`acc_halves`)."""
+    layout of a 1x1 kernel) and the kernel's bias, for the kernels of ``isa`` (as
+    :func:`conv_te`); ``rq=None``: no requantization, ``Y`` is the int32 accumulator plus bias
+    (MatMulInteger) and ``multiplier``/``shift`` are not inputs."""
     from tvm import te, tirx
 
+    kdtype, halves, copies = kernel_dtype(isa), acc_halves(isa), group_copies(isa)
     NB, KB = _cdiv(N, LANES), channel_blocks(K, 1, 1)
     X = te.placeholder((M_, K), in_dtype, name="X")
-    Wp = te.placeholder((NB, 1, 1, KB, LANES, GROUP), "int8", name="Wp")
+    Wp = te.placeholder((NB, 1, 1, KB, LANES, GROUP), weight_dtype(isa), name="Wp")
     Bk = te.placeholder((N,), "int32", name="Bk")
     Mu = te.placeholder((N,), "int32", name="multiplier")
     S = te.placeholder((N,), "int32", name="shift")
 
     def pack(m, kb, g):
-        k = kb * GROUP + (g % GROUP if halves == 2 else g)  # smull: each group stored twice
+        k = kb * GROUP + (g % GROUP if copies == 2 else g)  # smull: each group stored twice
         return tirx.if_then_else(k < K, _to_kernel(X[m, tirx.min(k, K - 1)], in_dtype, kdtype), tirx.const(0, kdtype))
 
-    Xp = te.compute((M_, KB, GROUP * halves), pack, name="Xp")
+    Xp = te.compute((M_, KB, GROUP * copies), pack, name="Xp")
     rkb, rg = te.reduce_axis((0, KB), "kb"), te.reduce_axis((0, GROUP), "g")
     if halves == 2:
-        Acc = _halves_acc((M_, NB), lambda m, nb, l, g: Xp[m, rkb, l % 2 * GROUP + g].astype("int32")
+        Acc = _halves_acc((M_, NB), lambda m, nb, l, g: Xp[m, rkb, l % 2 * GROUP + g if copies == 2 else g].astype("int32")
                           * Wp[nb, 0, 0, rkb, l, g].astype("int32"), [rkb])
     else:
         Acc = te.compute((M_, NB, LANES), lambda m, nb, l: te.sum(
@@ -593,8 +670,8 @@ def _inner_dot(sch, blk, lane_loop, isa: str, first) -> None:
         sch.reorder(g, lane)
         sch.unroll(g)
         sch.vectorize(lane)
-    if isa == "smull":
-        _inner_smull(sch, blk, lane_loop, first)
+    if isa in ("smull", "avx2"):
+        _inner_pairs(sch, blk, lane_loop, first, isa)
         return
     init = sch.decompose_reduction(blk, first)
     sch.vectorize(sch.get_loops(init)[-1])
@@ -610,16 +687,18 @@ def _inner_dot(sch, blk, lane_loop, isa: str, first) -> None:
         raise ValueError(f"unknown int8 instruction set {isa!r}")
 
 
-def _inner_smull(sch, blk, lane_loop, first) -> None:
-    """``smull``: the block's innermost loops are (16 lanes, 2 halves, 2 bytes); the init's
-    (lanes, halves) become one vector of 32 int32, the update is tensorized per
-    :data:`SMULL_LANES` lanes with :data:`SMULL_INTRIN` and the intrinsic calls unrolled (their
-    accumulators stay in registers)."""
+def _inner_pairs(sch, blk, lane_loop, first, isa: str) -> None:
+    """``smull`` / ``avx2``: the block's innermost loops are (16 lanes, 2 halves, 2 bytes); the
+    init's (lanes, halves) become one vector of 32 int32, the update is tensorized per
+    :data:`SMULL_LANES` lanes with :data:`SMULL_INTRIN` (per :data:`PMADDWD_LANES` with
+    :data:`PMADDWD_INTRIN`) and the intrinsic calls unrolled (their accumulators stay in
+    registers)."""
     init = sch.decompose_reduction(blk, first)
     sch.vectorize(sch.fuse(*sch.get_loops(init)[-2:]))
     _register_intrinsics()
-    lo, li = sch.split(lane_loop, [None, SMULL_LANES])
-    sch.tensorize(li, SMULL_INTRIN)
+    lanes, intrin = (SMULL_LANES, SMULL_INTRIN) if isa == "smull" else (PMADDWD_LANES, PMADDWD_INTRIN)
+    lo, li = sch.split(lane_loop, [None, lanes])
+    sch.tensorize(li, intrin)
     sch.unroll(lo)
 
 
@@ -649,7 +728,7 @@ def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: 
     else:
         b, oh, owl, n = sch.get_loops(yb)
     nb, lane = sch.split(n, [None, LANES])
-    r = _tile(ow, SMULL_MAX_TILE if isa == "smull" else MAX_TILE)
+    r = _tile(ow, _max_tile(isa))
     owo, owi = sch.split(owl, [None, r])
     sch.reorder(b, nb, oh, owo, *((lane, owi) if y_layout == "NCHW" else (owi, lane)))
     outer = sch.fuse(b, nb, oh)
@@ -684,26 +763,39 @@ def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: 
 
 
 def schedule_dense(func, isa: str, *, n_out: int, work: int):
-    """Output loops (m, n) -> parallel channel blocks -> rows; the 16-lane accumulator of a
-    (row, block) is computed there with the K/4 reduction outside the (16 x 4) dot product."""
+    """Output loops (m, n) -> parallel channel blocks -> row tiles; the accumulators of a tile
+    (R rows x 16 lanes, R as the conv's column tile) are computed there with the K/4 reduction
+    outside the (16 x 4) dot product, so each weight block loaded is used for R rows."""
     import tvm
 
     sch = tvm.s_tir.Schedule(func)
     yb = sch.get_sblock("Y")
     m, n = sch.get_loops(yb)
     nb, lane = sch.split(n, [None, LANES])
-    sch.reorder(nb, m, lane)
+    r = _tile(int(sch.get(m).extent), _max_tile(isa))
+    mo, mi = sch.split(m, [None, r])
+    sch.reorder(nb, mo, mi, lane)
     if work >= PARALLEL_MIN_MACS:
         sch.parallel(nb)
     acc = sch.get_sblock("Acc")
-    sch.compute_at(acc, m)
+    sch.compute_at(acc, mo)
     sch.set_scope(acc, 0, "local")
     loops = sch.get_loops(acc)
-    halves = acc_halves(isa)
-    lane_a, kb, g = loops[-2 - halves], loops[-2], loops[-1]
-    sch.reorder(kb, *loops[-2 - halves:-2], g)
-    _inner_dot(sch, acc, lane_a, isa, first=kb)
+    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(mo)))
+    spatial, (kb, g) = loops[at + 1:-2], loops[-2:]  # spatial: (mi if r > 1, lanes, halves if 2)
+    sch.reorder(kb, *spatial, g)
+    _inner_dot(sch, acc, spatial[-acc_halves(isa)], isa, first=kb)
+    if r > 1:
+        sch.unroll(spatial[0])
+    if n_out % LANES == 0:
+        sch.vectorize(lane)
     return sch.mod["main"]
+
+
+def _max_tile(isa: str) -> int:
+    """Columns (conv) or rows (dense) per register tile: as many 16-lane accumulators as the
+    vector registers hold beside the weights and the operand."""
+    return {"smull": SMULL_MAX_TILE, "avx2": PMADDWD_MAX_TILE}.get(isa, MAX_TILE)
 
 
 def schedule_depthwise(func, *, ow: int, work: int):
@@ -737,10 +829,10 @@ def schedule_depthwise(func, *, ow: int, work: int):
 # kernel builders (PrimFuncs), used by the converters, the tests and the benchmarks
 
 
-def weight_pack_func(N, C, KH, KW):
+def weight_pack_func(N, C, KH, KW, dtype: str = "int8"):
     from tvm import te
 
-    ins, Wp = weight_pack_te(N, C, KH, KW)
+    ins, Wp = weight_pack_te(N, C, KH, KW, dtype)
     return opaque_kernel(te.create_prim_func([*ins, Wp]))
 
 
@@ -759,7 +851,7 @@ def conv_func(isa, x_shape, N, geom: ConvGeometry, rq: Requant, *, in_dtype: str
     """IntConv2d, group 1 (:func:`conv_te`), scheduled for ``isa``."""
     from tvm import te
 
-    ins, Y = conv_te(x_shape, N, geom, rq, in_dtype=in_dtype, kdtype=kernel_dtype(isa), halves=acc_halves(isa))
+    ins, Y = conv_te(x_shape, N, geom, rq, in_dtype=in_dtype, isa=isa)
     f = te.create_prim_func([*ins, Y])
     B, C, H, W = x_shape
     OH, OW = geom.output_shape(H, W)
@@ -815,7 +907,7 @@ def dense_func(isa, M, K, N, rq: Requant | None, *, in_dtype: str):
     """IntDense (:func:`dense_te`; ``rq=None``: int32 output), scheduled for ``isa``."""
     from tvm import te
 
-    ins, Y = dense_te(M, K, N, rq, in_dtype=in_dtype, kdtype=kernel_dtype(isa), halves=acc_halves(isa))
+    ins, Y = dense_te(M, K, N, rq, in_dtype=in_dtype, isa=isa)
     f = te.create_prim_func([*ins, Y])
     return opaque_kernel(schedule_dense(f, isa, n_out=N, work=M * N * K))
 
@@ -850,7 +942,7 @@ def kernel_bias(bb, w4, bias, in_dtype: str, isa: str):
     """The op's bias, plus -/+128 * sum(W[n]) when the kernel flips the activations' sign bit."""
     n, c, kh, kw = static_shape(w4)
     kd = kernel_dtype(isa)
-    if in_dtype == kd:
+    if in_dtype == kd or kd == "int16":  # int16: the codes are widened, not shifted
         return bias
     # s8 input, u8 kernel: x = x_k - 128 -> sum x w = sum x_k w - 128 sum w
     # u8 input, s8 kernel: x = x_k + 128 -> sum x w = sum x_k w + 128 sum w
@@ -872,7 +964,8 @@ def _dense(bb, x, w, bias, requant: list, rq: Requant | None):
     x2 = x if len(lead) == 1 else bb.emit(relax.op.reshape(x, [m, k]))
     in_dtype = _dtype(x)
     w4 = bb.emit(relax.op.reshape(w, [n, k, 1, 1]))
-    wp = _call(bb, weight_pack_func(n, k, 1, 1), "optc_int_weight_pack", [w4], weight_pack_shape(n, k, 1, 1), "int8")
+    wd = weight_dtype(isa)
+    wp = _call(bb, weight_pack_func(n, k, 1, 1, wd), "optc_int_weight_pack", [w4], weight_pack_shape(n, k, 1, 1), wd)
     bk = kernel_bias(bb, w4, bias, in_dtype, isa)
     func = dense_func(isa, m, k, n, rq, in_dtype=in_dtype)
     y = call_kernel(bb, func, "optc_int_dense", [x2, wp, bk, *requant], [m, n], rq.out_dtype if rq else "int32")
@@ -977,7 +1070,7 @@ def _matmul_integer(bb, a, b, a_zp, b_zp, params=None):
     from tvm import relax
 
     k, n = static_shape(b)
-    if current_isa() in ("generic", "smull") and _exact_in_fp32(k, _weight_spread(b, b_zp, 1, params)):
+    if current_isa() in ("generic", "avx2", "smull") and _exact_in_fp32(k, _weight_spread(b, b_zp, 1, params)):
         af = _centered_f32(bb, a, a_zp)
         bf = _centered_f32(bb, b, b_zp, None if b_zp is None or int(np.prod(static_shape(b_zp))) == 1 else [1, n])
         return relax.op.astype(relax.op.matmul(af, bf), "int32")

@@ -36,8 +36,9 @@ def lower_tvm(bb, inputs: list, attr: dict, params):  # noqa: ARG001
             raise ValueError(f"IntConv2d: group {group} is not supported (1 or depthwise)")
         func = int8.depthwise_func((b, c, h, wd), geom, rq, in_dtype=in_dtype)
         return call_kernel(bb, func, "optc_int_depthwise", [x, w, bias, mult, shift], [b, n, oh, ow], rq.out_dtype)
-    wp = bb.emit(call_kernel(bb, int8.weight_pack_func(n, c, kh, kw), "optc_int_weight_pack", [w],
-                             int8.weight_pack_shape(n, c, kh, kw), "int8"))
+    w_dtype = int8.weight_dtype(isa)
+    wp = bb.emit(call_kernel(bb, int8.weight_pack_func(n, c, kh, kw, w_dtype), "optc_int_weight_pack", [w],
+                             int8.weight_pack_shape(n, c, kh, kw), w_dtype))
     bk = int8.kernel_bias(bb, w, bias, in_dtype, isa)
     func = int8.conv_func(isa, (b, c, h, wd), n, geom, rq, in_dtype=in_dtype)
     return call_kernel(bb, func, "optc_int_conv2d", [x, wp, bk, mult, shift],

@@ -6,7 +6,10 @@ Pattern (what the ``quantize`` pass writes, :mod:`.qdq`), per Conv / Gemm / MatM
 
 becomes ``y_q = IntConv2d|IntDense(x_q, w_q, B, multiplier, shift)`` writing the tensor the
 QuantizeLinear wrote, so chains of layers (``DQ(y_q)`` feeding the next layer) match one after
-the other and the float DQ/Q pairs between integer layers disappear (DCE). Ops between layers
+the other and the float DQ/Q pairs between integer layers disappear (DCE). A 1-D Conv (audio
+front-ends, Whisper-style stems) becomes an ``IntConv2d`` over one row: ``Unsqueeze`` of
+``x_q [B, C, L]`` to ``[B, C, 1, L]``, kernel ``[1, k]``, ``Squeeze`` back (exact: a reshape of
+the codes). Ops between layers
 that the pattern does not cover (Add of a residual, pooling, ...) keep reading ``DQ(y_q)``
 and compute in float, as in the QDQ graph, except ``DQ(x_q) -> MaxPool -> Q`` with the same
 scale, zero point and type on both sides: it becomes ``MaxPool(x_q)`` on the codes (exact: max
@@ -153,9 +156,9 @@ def _match(g: _Graph, node) -> dict:
     # canonical weight: Conv [N, C/g, KH, KW]; dense [N, K]
     if op == "Conv":
         n_axis = 0
-        wk = w
-        if w.ndim != 4:
-            raise _NoMatch("Conv that is not 2-D")
+        wk = w if w.ndim == 4 else w[:, :, None, :]  # a 1-D conv is a 2-D one over a single row
+        if w.ndim not in (3, 4):
+            raise _NoMatch("Conv that is not 1-D or 2-D")
     else:
         if w.ndim != 2:
             raise _NoMatch("MatMul/Gemm weight of rank != 2")
@@ -261,18 +264,40 @@ def _match(g: _Graph, node) -> dict:
         c_in = wk.shape[1] * group
         if group != 1 and not (group == c_in == n and wk.shape[1] == 1):
             raise _NoMatch(f"grouped Conv (group {group}) other than depthwise")
-        ks = list(attr(node, "kernel_shape", wk.shape[2:]))
         if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise _NoMatch("Conv with auto_pad")
-        attrs.update(kernel_shape=[int(v) for v in ks], pads=[int(v) for v in attr(node, "pads", [0, 0, 0, 0])],
-                     strides=[int(v) for v in attr(node, "strides", [1, 1])],
-                     dilations=[int(v) for v in attr(node, "dilations", [1, 1])], group=group)
+        attrs.update(_conv_attrs(node, w.shape[2:]), group=group)
         op_type = "IntConv2d"
     else:
         op_type = "IntDense"
     return {"op_type": op_type, "x_q": x_q, "w": np.ascontiguousarray(wk.astype(np.int8)), "b": b.astype(np.int32),
             "mult": mult, "shift": shift, "attrs": attrs, "x_dtype": str(np.dtype(x_qt)), "out": nxt.output[0],
-            "chain": chain, "bias_from": bias_from, "w_zp": w_zp}
+            "chain": chain, "bias_from": bias_from, "w_zp": w_zp, "one_d": op == "Conv" and w.ndim == 3}
+
+
+def _conv_attrs(node, kernel: tuple) -> dict:
+    """IntConv2d's geometry attributes of a 1-D or 2-D ONNX Conv (a 1-D one as one row: kernel
+    ``[1, k]``, no padding, stride or dilation along the added height axis)."""
+    ks = [int(v) for v in attr(node, "kernel_shape", kernel)]
+    pads = [int(v) for v in attr(node, "pads", [0] * 2 * len(ks))]
+    strides = [int(v) for v in attr(node, "strides", [1] * len(ks))]
+    dilations = [int(v) for v in attr(node, "dilations", [1] * len(ks))]
+    if len(ks) == 1:
+        ks, pads, strides, dilations = [1, ks[0]], [0, pads[0], 0, pads[1]], [1, strides[0]], [1, dilations[0]]
+    return {"kernel_shape": ks, "pads": pads, "strides": strides, "dilations": dilations}
+
+
+def _one_row(model: onnx.ModelProto, x: str, y: str, fresh) -> tuple[list, str, str, onnx.TensorProto]:
+    """Unsqueeze ``x [B, C, L]`` to ``[B, C, 1, L]`` and Squeeze the result back to ``y``: the
+    nodes around the IntConv2d of a 1-D Conv, the names it reads and writes, and the axes
+    initializer (an input from opset 13, an attribute before)."""
+    x4, y4 = fresh(f"{x}__row"), fresh(f"{y}__row")
+    axes = numpy_helper.from_array(np.array([2], np.int64), fresh(f"{y}__row_axes"))
+    if _opset(model) >= 13:
+        return [helper.make_node("Unsqueeze", [x, axes.name], [x4], name=fresh(f"{x4}/Unsqueeze")),
+                helper.make_node("Squeeze", [y4, axes.name], [y], name=fresh(f"{y4}/Squeeze"))], x4, y4, axes
+    return [helper.make_node("Unsqueeze", [x], [x4], name=fresh(f"{x4}/Unsqueeze"), axes=[2]),
+            helper.make_node("Squeeze", [y4], [y], name=fresh(f"{y4}/Squeeze"), axes=[2])], x4, y4, None
 
 
 def _weight_zero_point(wk: np.ndarray, zp_w, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -354,11 +379,15 @@ def integerize_model(model: onnx.ModelProto, nhwc: bool = True) -> tuple[onnx.Mo
             new_inits.append(numpy_helper.from_array(arr, nm))
             int_bytes += arr.nbytes
             ins.append(nm)
-        new = helper.make_node(m["op_type"], ins, [m["out"]], name=fresh(f"{lname}/{m['op_type']}"), domain=DOMAIN,
+        out = m["out"]
+        if m["one_d"]:
+            around, ins[0], out, axes = _one_row(model, ins[0], out, fresh)
+            new_inits.extend([axes] if axes is not None else [])
+        new = helper.make_node(m["op_type"], ins, [out], name=fresh(f"{lname}/{m['op_type']}"), domain=DOMAIN,
                                **m["attrs"])
         for c in m["chain"]:
             replaced[id(c)] = None
-        replaced[id(m["chain"][-1])] = new
+        replaced[id(m["chain"][-1])] = [around[0], new, around[1]] if m["one_d"] else new
         layers.append({"name": lname, "op": m["op_type"], "fused_activation": (m["chain"][1].op_type
                        if len(m["chain"]) == 3 else None),
                        "activation": m["x_dtype"],
@@ -373,8 +402,8 @@ def integerize_model(model: onnx.ModelProto, nhwc: bool = True) -> tuple[onnx.Mo
     nodes = []
     for n in graph.node:
         if id(n) in replaced:
-            if replaced[id(n)] is not None:
-                nodes.append(replaced[id(n)])
+            r = replaced[id(n)]
+            nodes.extend(r if isinstance(r, list) else [] if r is None else [r])
         else:
             nodes.append(n)
     del graph.node[:]

@@ -421,3 +421,54 @@ def _sqnr(w: np.ndarray, err: np.ndarray) -> float:
     if noise == 0:
         return float("inf")
     return round(10 * np.log10(sig / noise), 2) if sig > 0 else float("-inf")
+
+
+_CODE_RANGES = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127), TensorProto.UINT16: (0, 65535),
+                TensorProto.INT16: (-32768, 32767)}
+
+
+def unrounded_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (a QDQ model, copied) with the rounding of its activations taken out: each
+    ``DequantizeLinear(QuantizeLinear(x, s, z), s, z)`` of a computed tensor ``x`` (per-tensor
+    constant scale and zero point, 8/16-bit codes) becomes ``Clip(x, (lo - z) s, (hi - z) s)``,
+    the same value before rounding, clipped to the codes' range ``[lo, hi]``. Weights (constant
+    inputs) stay quantized. The outputs differ from the QDQ model's by what activation rounding
+    does to them: the scale a rounding flip inside the graph moves a float output by
+    (``tolerance.compare_quantized``'s fraction rule for pre-quantized models)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:  # Constant nodes hold scales too
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    quantizers = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in consts}
+    fresh = FreshNames(model)
+    nodes = []
+    for n in graph.node:
+        q = quantizers.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        bounds = _clip_bounds(q, n, consts) if q is not None else None
+        if bounds is None:
+            nodes.append(n)
+            continue
+        names = [fresh(f"{n.output[0]}__lo"), fresh(f"{n.output[0]}__hi")]
+        graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), nm) for v, nm in zip(bounds, names))
+        nodes.append(helper.make_node("Clip", [q.input[0], *names], [n.output[0]], name=fresh(f"{n.name}__unrounded")))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
+def _clip_bounds(q: onnx.NodeProto, dq: onnx.NodeProto, consts: dict) -> tuple[float, float] | None:
+    """The float range of ``q``'s codes when ``dq`` undoes it with the same per-tensor scale
+    and zero point, else None (the pair is kept as is)."""
+    if q.domain not in ("", "ai.onnx") or dq.domain not in ("", "ai.onnx") or list(q.input[1:]) != list(dq.input[1:]):
+        return None
+    s = consts.get(q.input[1])
+    z = consts.get(q.input[2]) if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
+    if s is None or z is None or s.size != 1 or z.size != 1:
+        return None
+    codes = _CODE_RANGES.get(helper.np_dtype_to_tensor_dtype(z.dtype))
+    if codes is None:
+        return None
+    sv, zv = float(s.reshape(-1)[0]), int(z.reshape(-1)[0])
+    return (codes[0] - zv) * sv, (codes[1] - zv) * sv

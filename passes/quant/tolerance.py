@@ -55,6 +55,11 @@ quantizer-steps rule (on the grid, within ``STEPS`` steps, mean within ``BIAS_ST
 integer output (codes) within ``STEPS`` codes, mean within ``BIAS_STEPS``; a float output of
 a last layer without an output quantizer has no grid and no float model to measure flips
 against, so its difference is recorded, not judged. Both verdicts must pass.
+A pre-quantized model has no float original, so for the fraction rule (a float output after
+float ops, e.g. LayerNorm/Softmax/Sigmoid behind the last quantizer) ``e_q`` is measured
+against the same QDQ model with its activation rounding taken out
+(:func:`.qdq.unrounded_qdq`: each activation ``DQ(Q(x))`` replaced by ``x`` clipped to the
+codes' range): flips move such an output by a fraction of what rounding does to it.
 """
 
 from __future__ import annotations
@@ -141,9 +146,12 @@ def _grid_or_shift_error(grid: float, bias: float) -> str | None:
 
 def compare_quantized(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str], atol: float,
                       rtol: float, model: onnx.ModelProto,
-                      original_refs: Callable[[], list[np.ndarray]]) -> dict:
+                      original_refs: Callable[[], list[np.ndarray]], original: str = "the original") -> dict:
     """``optc.verify.compare`` under the rules above; same verdict format plus
-    ``tolerance_rule`` per output (and the grid/bias figures of the steps rule)."""
+    ``tolerance_rule`` per output (and the grid/bias figures of the steps rule).
+    ``original_refs`` gives the outputs the fraction rule measures ``e_q`` against, named by
+    ``original`` in the verdict (the float model; for a pre-quantized input model, the same
+    model without its activation rounding, :func:`.qdq.unrounded_qdq`)."""
     from optc import verify
 
     quantized = any(n.op_type == "QuantizeLinear" or n.domain == INTEGER_DOMAIN for n in model.graph.node)
@@ -169,7 +177,7 @@ def compare_quantized(outputs: list[np.ndarray], refs: list[np.ndarray], names: 
             qerr = float(np.abs(np.asarray(ref, np.float64) - np.asarray(originals[i], np.float64)).max(initial=0.0))
             floors[name] = FRACTION * qerr
             rules[name] = (f"fraction of the quantization error: {FRACTION:g} x the quantized model's max "
-                           f"error vs the original ({qerr:.4g})")
+                           f"error vs {original} ({qerr:.4g})")
     res = verify.compare(outputs, refs, names, atol, rtol, floors=floors,
                          exact={n for n in names if rules[n].startswith("exact")})
     for entry, out, ref in zip(res["outputs"], outputs, refs):

@@ -118,6 +118,61 @@ def test_vnni_assembly_and_haswell_fallback():
     assert np.array_equal(out2, ref) and np.array_equal(out, ref)
 
 
+GENERIC_X86 = Target(name="cpu-x86-64", backend="tvm-cpu", description="SSE2 only",
+                    tvm={"kind": "llvm", "mcpu": "x86-64", "num-cores": 2})
+
+
+def test_isa_per_x86_cpu():
+    """AVX2 without VNNI gets the vpmaddwd kernels, a CPU without AVX2 the plain fallback."""
+    assert int8.isa_of(lower.tvm_target(HASWELL)) == "avx2"
+    assert int8.isa_of(lower.tvm_target(GENERIC_X86)) == "generic"
+    assert int8.kernel_dtype("avx2") == int8.weight_dtype("avx2") == "int16" and int8.acc_halves("avx2") == 2
+
+
+@pytest.mark.parametrize("name", list(CONVS))
+def test_conv_exact_avx2(name):
+    """The AVX2 kernels (int16 operands, ``vpmaddwd`` into two int32 partial sums per lane)
+    equal the numpy reference bit for bit, for every geometry, signedness and layout case."""
+    shape, din, dout, conv = CONVS[name]
+    model = _int_model("IntConv2d", shape, din, dout, **dict(conv))
+    ex, out, ref = _build_and_run(model, HASWELL)
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    assert np.array_equal(out, ref)
+    assert len(np.unique(ref)) > 20
+    if conv.get("group", 1) == 1:
+        assert re.search(r"vpmaddwd\s+[^\n]*%ymm", _asm(ex))
+
+
+@pytest.mark.parametrize("m,k,n,din", [(1, 10, 21, "uint8"), (7, 64, 48, "int8"), (6, 3, 20, "int8")])
+def test_dense_exact_avx2_and_generic(m, k, n, din):
+    """Dense kernels with row tiles (7 and 6 rows: tiles of 1 and 3), on AVX2 and without it."""
+    model = _int_model("IntDense", (m, k), din, "uint8", seed=k, n=n)
+    for target in (HASWELL, GENERIC_X86):
+        _, out, ref = _build_and_run(model, target)
+        assert np.array_equal(out, ref) and len(np.unique(ref)) > 3
+
+
+def test_pmaddwd_intrinsic_only_matches_its_block():
+    """The AVX2 intrinsic matches only the (4 lanes, 2 halves, 2 codes) int16 block: tensorizing
+    the int8 dot-product block (``halves=1``, int8 weights) with it is refused by TVM."""
+    import tvm
+    from tvm import te
+
+    from optc.passes.optc_ops import ConvGeometry
+    from optc.passes.quant.int_ops import Requant
+
+    geom = ConvGeometry((3, 3), (1, 1, 1, 1), (1, 1), (1, 1), 1, "NCHW", "NCHW")
+    rq = Requant(x_zero_point=3, y_zero_point=0, out_min=0, out_max=255, out_dtype="uint8")
+    ins, y = int8.conv_te((1, 8, 9, 7), 20, geom, rq, in_dtype="uint8", isa="vnni")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([*ins, y]))
+    b, nb, oh, ow, lane, kh, kw, cb, g = sch.get_loops(sch.get_sblock("Acc"))
+    sch.reorder(kh, kw, cb, lane, g)
+    _, li = sch.split(lane, [None, 4])
+    int8._register_intrinsics()
+    with pytest.raises(Exception):
+        sch.tensorize(li, int8.PMADDWD_INTRIN)
+
+
 def test_haswell_signed_input_exact():
     shape, din, dout, conv = CONVS["stride2-asym-pad-s8"]
     _, out, ref = _build_and_run(_int_model("IntConv2d", shape, din, dout, **dict(conv)), HASWELL)

@@ -92,7 +92,7 @@ def test_wrong_intrinsic_is_refused():
 
     geom = ConvGeometry((3, 3), (1, 1, 1, 1), (1, 1), (1, 1), 1, "NCHW", "NCHW")
     rq = Requant(x_zero_point=3, y_zero_point=0, out_min=0, out_max=255, out_dtype="uint8")
-    ins, y = int8.conv_te((1, 8, 9, 7), 20, geom, rq, in_dtype="uint8", kdtype="int8", halves=1)
+    ins, y = int8.conv_te((1, 8, 9, 7), 20, geom, rq, in_dtype="uint8", isa="sdot")
     sch = tvm.s_tir.Schedule(te.create_prim_func([*ins, y]))
     acc = sch.get_sblock("Acc")
     b, nb, oh, ow, lane, kh, kw, cb, g = sch.get_loops(acc)

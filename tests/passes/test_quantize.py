@@ -458,6 +458,34 @@ def test_fraction_rule_refuses_the_float_model():
     assert compare_quantized(near, ref, ["y"], 1e-4, 1e-3, q, lambda: orig)["passed"]
 
 
+def test_unrounded_qdq_takes_out_activation_rounding_only():
+    """``unrounded_qdq``: activation DQ(Q(x)) pairs become a clip to the codes' range (no
+    rounding), weights stay quantized; its outputs differ from the QDQ model's by the rounding
+    only. Used as the fraction rule's baseline for pre-quantized models: the unrounded model's
+    own outputs fail that rule, outputs within a fraction of the rounding error pass."""
+    from optc.passes.quant import qdq
+    from optc.passes.quant.tolerance import compare_quantized
+
+    calib = {"x": np.random.default_rng(1).standard_normal((32, 16)).astype(np.float32)}
+    q, _ = quantize_model(_gemm_model(), calib, output_qdq=False)
+    un = qdq.unrounded_qdq(q)
+    ops = [n.op_type for n in un.graph.node]
+    assert ops.count("Clip") == ops.count("QuantizeLinear") == 2  # the two activations (x, r); Qs left unread
+    assert ops.count("DequantizeLinear") == [n.op_type for n in q.graph.node].count("DequantizeLinear") - 2
+    x = _x()
+    ref, unrounded, orig = (verify.reference_outputs(m, x) for m in (q, un, _gemm_model()))
+    qerr = float(np.abs(ref[0] - unrounded[0]).max())
+    assert 0 < qerr < float(np.abs(ref[0] - orig[0]).max())  # rounding only: weights stay quantized
+    name = "the model without activation rounding"
+    res = compare_quantized(unrounded, ref, ["y"], 1e-4, 1e-3, q, lambda: unrounded, name)
+    assert not res["passed"] and name in res["outputs"][0]["tolerance_rule"]
+    assert compare_quantized([ref[0] + np.float32(0.3 * qerr)], ref, ["y"], 1e-4, 1e-3, q, lambda: unrounded,
+                             name)["passed"]
+    huge = {"x": x["x"] * 1000}  # far outside the calibrated range: both models saturate at the codes' edges
+    sat_q, sat_un = verify.reference_outputs(q, huge)[0], verify.reference_outputs(un, huge)[0]
+    assert np.abs(sat_un - sat_q).max() <= 0.1 * np.abs(sat_q).max()
+
+
 # --------------------------------------------------------------------------------------------
 # mixed precision, compile, quant-debug
 
