@@ -188,3 +188,23 @@ def test_interleaved_blocks_start_settled_and_warm(monkeypatch):
     timed = [c for c in calls if c[2] > 0]
     assert [c[0] for c in timed] == ["optc", "ort"] * 3 and all(c[1] == 1 for c in timed)
     assert all(b[3] - a[3] >= 0.01 for a, b in zip(timed, timed[1:]))
+
+
+def test_integer_kernels_declare_their_operations(tmp_path):
+    """TVM's FLOP counter cannot read optc's tensorized int8 kernels; they declare their
+    arithmetic (2 per multiply-add), so the profile gives them a rate as well."""
+    from optc.backends.tvm import kernel_profile
+
+    from .backends.test_int8 import _int_model
+
+    m, k, n = 6, 40, 24
+    path = tmp_path / "dense.onnx"
+    import onnx
+
+    onnx.save(_int_model("IntDense", (m, k), "uint8", "uint8", seed=3, n=n), path)
+    pkg = tmp_path / "dense.optc"
+    optc.compile(str(path), "cpu", str(pkg), options=optc.CompileOptions.of(measure=False))
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    flops = kernel_profile.kernel_flops(pkg, manifest)
+    dense = {name: v for name, v in flops.items() if "int_dense" in name}
+    assert list(dense.values()) == [2 * m * n * k], flops

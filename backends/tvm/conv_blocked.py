@@ -14,6 +14,10 @@ Measured on single convolutions at 1 thread (AVX2), blocked / HWIO latency: 3x3 
 7x7 0.35x, 3x3 256->256 on 14x14 0.57x, 1x1 128->256 on 28x28 0.62x, 3x3 128->128 on 28x28
 0.79x.
 
+Output channel counts with no vector-sized divisor (45 after pruning, 255 in a YOLO head) are
+zero-padded to whole vectors (:func:`padded_channels`) and the padded output cropped, so such
+a convolution keeps the vectorized register tile instead of falling off it.
+
 Used as the ``relax.nn.conv2d`` entry of ``LegalizeOps``' custom map in
 :func:`optc.backends.tvm.schedule.fuse_for_schedule`; every other convolution (grouped,
 depthwise, NCHW, weights computed at run time, fewer output channels than one block, non-float)
@@ -22,7 +26,10 @@ gets TVM's own legalization.
 A matmul by a constant 2-D ``[K, N]`` weight (dense layers: transformer projections and
 feed-forward layers, MLP heads) is packed the same way, to ``[N / b, K, b]``
 (:func:`legalize_matmul`): a tile over ``K = 1536`` otherwise reads its 96 bytes per step at a
-stride of ``N * 4`` bytes.
+stride of ``N * 4`` bytes. Where ``N`` has no vector-sized divisor (a CTC head over an 8210-word
+vocabulary) the weight is zero-padded to whole vectors (:func:`padded_channels`), the matmul
+computes the padded width and a crop keeps the first ``N`` columns (ddddocr's 20 x 1024 x 8210
+Gemm: 27 -> X ms at 1 thread, the rest of the schedule falling off the vector rules before).
 """
 
 from __future__ import annotations
@@ -45,6 +52,17 @@ def block_channels(out_shape: list[int], reduction: int, target) -> int | None:
     if b >= cout or cout % b or vw < lanes:
         return None
     return b
+
+
+def padded_channels(cout: int, target) -> int:
+    """``cout`` rounded up to whole vectors of ``target`` (a multiple of 2 vectors where that
+    adds at most one): the width a blocked weight is zero-padded to when ``cout`` itself has
+    no vector-sized divisor (a 8210-word vocabulary, pruned channel counts such as 45)."""
+    from . import schedule
+
+    lanes = schedule._Params(target).lanes("float32")
+    up = -(-cout // lanes) * lanes
+    return up + lanes if (up // lanes) % 2 and cout > 2 * lanes else up
 
 
 def pack_weights(hwio, b: int):
@@ -86,6 +104,7 @@ def conv2d_nhwc_blocked(data, wb, strides, padding, dilation, out_dtype: str):
 def legalize_conv2d(bb, call):
     """``LegalizeOps`` entry for ``relax.nn.conv2d``: the blocked form where it applies (see
     the module docstring), else TVM's registered legalization."""
+    import numpy as np
     import tvm.ir.expr
     from tvm import relax
     from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
@@ -105,13 +124,29 @@ def legalize_conv2d(bb, call):
     target = tvm.target.Target.current(allow_none=True)
     hwio = w.value.numpy()
     out_shape = [int(d) for d in call.ty.shape.values]
-    b = (block_channels(out_shape, int(hwio[..., 0].size), target)
-         if target is not None and dtype == "float32" == out_dtype else None)
-    if b is None:
+    if target is None or not dtype == "float32" == out_dtype:
         return _nn_conv2d(bb, call)
+    cout = hwio.shape[-1]
+    b = block_channels(out_shape, int(hwio[..., 0].size), target)
+    if b is None:  # no vector-sized divisor: block the weight zero-padded to whole vectors
+        wide = padded_channels(cout, target)
+        b = block_channels([*out_shape[:-1], wide], int(hwio[..., 0].size), target) if wide != cout else None
+        if b is None:
+            return _nn_conv2d(bb, call)
+        hwio = np.concatenate([hwio, np.zeros((*hwio.shape[:-1], -(-cout // b) * b - cout), hwio.dtype)], axis=-1)
     wb = relax.const(pack_weights(hwio, b), dtype)
-    return bb.call_te(conv2d_nhwc_blocked, x, wb, list(attrs.strides), list(attrs.padding), list(attrs.dilation),
+    conv = bb.call_te(conv2d_nhwc_blocked, x, wb, list(attrs.strides), list(attrs.padding), list(attrs.dilation),
                       out_dtype, primfunc_name_hint="conv2d")
+    if hwio.shape[-1] == cout:
+        return conv
+    return bb.call_te(first_columns, bb.emit(conv), cout, primfunc_name_hint="conv2d_crop")
+
+
+def first_columns(data, n: int):
+    """TE compute: the first ``n`` entries of ``data``'s last axis (a padded matmul's crop)."""
+    from tvm import te
+
+    return te.compute((*data.shape[:-1], n), lambda *idx: data[idx], name="crop")
 
 
 def matmul_blocked(data, wb, out_dtype: str):
@@ -151,8 +186,18 @@ def legalize_matmul(bb, call):
         out_shape = [int(d) for d in call.ty.shape.values]
     except (TypeError, AttributeError):  # a symbolic dimension
         return _matmul(bb, call)
-    b = block_channels(out_shape, kn.shape[0], target) if target is not None else None
-    if b is None:
+    if target is None:
         return _matmul(bb, call)
+    n = kn.shape[1]
+    b = block_channels(out_shape, kn.shape[0], target)
+    if b is None:  # no vector-sized divisor: block the weight zero-padded to whole vectors
+        wide = padded_channels(n, target)
+        b = block_channels([*out_shape[:-1], wide], kn.shape[0], target) if wide != n else None
+        if b is None:
+            return _matmul(bb, call)
+        kn = np.concatenate([kn, np.zeros((kn.shape[0], -(-n // b) * b - n), kn.dtype)], axis=1)
     wb = relax.const(np.ascontiguousarray(kn.reshape(kn.shape[0], -1, b).transpose(1, 0, 2)), "float32")
-    return bb.call_te(matmul_blocked, x, wb, "float32", primfunc_name_hint="matmul")
+    if kn.shape[1] == n:
+        return bb.call_te(matmul_blocked, x, wb, "float32", primfunc_name_hint="matmul")
+    wide_out = bb.emit(bb.call_te(matmul_blocked, x, wb, "float32", primfunc_name_hint="matmul"))
+    return bb.call_te(first_columns, wide_out, n, primfunc_name_hint="matmul_crop")

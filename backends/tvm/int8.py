@@ -857,7 +857,7 @@ def conv_func(isa, x_shape, N, geom: ConvGeometry, rq: Requant, *, in_dtype: str
     OH, OW = geom.output_shape(H, W)
     work = B * N * OH * OW * geom.taps * C
     return opaque_kernel(schedule_conv(f, isa, n_out=N, ow=OW, work=work, x_layout=geom.x_layout,
-                                       y_layout=geom.y_layout))
+                                       y_layout=geom.y_layout), ops=2 * work)
 
 
 def depthwise_func(x_shape, geom: ConvGeometry, rq: Requant, *, in_dtype: str):
@@ -868,7 +868,8 @@ def depthwise_func(x_shape, geom: ConvGeometry, rq: Requant, *, in_dtype: str):
     f = te.create_prim_func([*ins, Y])
     B, C, H, W = x_shape
     OH, OW = geom.output_shape(H, W)
-    return opaque_kernel(schedule_depthwise(f, ow=OW, work=B * C * OH * OW * geom.taps))
+    work = B * C * OH * OW * geom.taps
+    return opaque_kernel(schedule_depthwise(f, ow=OW, work=work), ops=2 * work)
 
 
 def max_pool_func(B, C, H, W, kernel_shape, pads, strides, *, dtype):
@@ -909,7 +910,7 @@ def dense_func(isa, M, K, N, rq: Requant | None, *, in_dtype: str):
 
     ins, Y = dense_te(M, K, N, rq, in_dtype=in_dtype, isa=isa)
     f = te.create_prim_func([*ins, Y])
-    return opaque_kernel(schedule_dense(f, isa, n_out=N, work=M * N * K))
+    return opaque_kernel(schedule_dense(f, isa, n_out=N, work=M * N * K), ops=2 * M * N * K)
 
 
 # ---------------------------------------------------------------------------------------------

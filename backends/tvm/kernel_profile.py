@@ -13,7 +13,10 @@ pipelines emits such calls today, but shares would then add up to more than the 
 FLOPs come from the kernels' TIR, not from guesses by name: the package's ``model.onnx`` is
 imported and fused again exactly as the build did (``lower.prepare_module``,
 ``schedule.fuse_for_schedule``: the same PrimFunc names as the library's symbols) and
-``estimate_tir_flops`` counts each unscheduled PrimFunc's floating-point operations.
+``estimate_tir_flops`` counts each unscheduled PrimFunc's floating-point operations. optc's own
+tensorized kernels (the int8 ones), which that counter cannot read, declare their arithmetic
+(``optc.ops``: 2 per integer multiply-add, :func:`optc.backends.tvm.lower.opaque_kernel`), so
+they get a rate too: integer operations per second, read against the same fp32 peak.
 """
 
 from __future__ import annotations
@@ -93,8 +96,10 @@ def kernel_flops(pkg: Path, manifest: dict) -> dict[str, float]:
             continue
         try:
             out[gv.name_hint] = float(estimate_tir_flops(tvm.IRModule({gv: func})))
-        except Exception:  # noqa: BLE001 - opaque or extern kernels: FLOPs unknown
-            continue
+        except Exception:  # noqa: BLE001 - tensorized or extern kernels: TVM cannot count them
+            ops = func.attrs.get("optc.ops") if func.attrs is not None else None
+            if ops is not None:  # optc's own kernels declare theirs (lower.opaque_kernel)
+                out[gv.name_hint] = float(ops)
     return out
 
 

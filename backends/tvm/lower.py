@@ -58,16 +58,21 @@ def register_converter(domain: str, op_type: str):
     return wrap
 
 
-def opaque_kernel(func):
+def opaque_kernel(func, ops: int | None = None):
     """A hand-scheduled PrimFunc (optc's own kernels) marked so that the Relax pipeline leaves it
     alone: scheduled (no DLight / default schedule), opaque to FuseOps, no aliasing, and no
-    global_symbol (Relax's AttachGlobalSymbol names it after its unique GlobalVar)."""
-    return func.without_attr("global_symbol").with_attrs({
+    global_symbol (Relax's AttachGlobalSymbol names it after its unique GlobalVar). ``ops``:
+    its arithmetic per call (2 per multiply-add), kept as the ``optc.ops`` attribute for the
+    profile where TVM's FLOP counter cannot read a tensorized kernel."""
+    attrs = {
         "tirx.is_scheduled": True,
         "tir.is_scheduled": True,
         "op_pattern": 8,  # kOpaque: FuseOps leaves the kernel alone
         "tirx.noalias": True,
-    })
+    }
+    if ops is not None:
+        attrs["optc.ops"] = int(ops)
+    return func.without_attr("global_symbol").with_attrs(attrs)
 
 
 def static_shape(expr) -> list[int]:
@@ -381,6 +386,10 @@ def host_tensor(array: np.ndarray):
     import tvm_ffi
 
     a = np.asarray(array, order="C")  # not ascontiguousarray: it makes a 0-d array 1-d
+    if a.size == 0:  # numpy gives a zero-size array all-zero strides, which TVM refuses as not compact
+        import tvm
+
+        return tvm.runtime.empty(a.shape, str(a.dtype))
     if a.ctypes.data % 64 or a.dtype.kind not in "fiub" or a.dtype.byteorder == ">":
         buf = np.empty(a.nbytes + 64, np.uint8)
         off = (-buf.ctypes.data) % 64
