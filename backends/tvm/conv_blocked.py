@@ -29,7 +29,7 @@ feed-forward layers, MLP heads) is packed the same way, to ``[N / b, K, b]``
 stride of ``N * 4`` bytes. Where ``N`` has no vector-sized divisor (a CTC head over an 8210-word
 vocabulary) the weight is zero-padded to whole vectors (:func:`padded_channels`), the matmul
 computes the padded width and a crop keeps the first ``N`` columns (ddddocr's 20 x 1024 x 8210
-Gemm: 27 -> X ms at 1 thread, the rest of the schedule falling off the vector rules before).
+Gemm: 27 -> 5.9 ms at 1 thread; the model 2.2x -> 1.33x onnxruntime).
 """
 
 from __future__ import annotations
