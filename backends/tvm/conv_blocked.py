@@ -54,15 +54,22 @@ def block_channels(out_shape: list[int], reduction: int, target) -> int | None:
     return b
 
 
-def padded_channels(cout: int, target) -> int:
-    """``cout`` rounded up to whole vectors of ``target`` (a multiple of 2 vectors where that
-    adds at most one): the width a blocked weight is zero-padded to when ``cout`` itself has
-    no vector-sized divisor (a 8210-word vocabulary, pruned channel counts such as 45)."""
+def padded_channels(cout: int, target) -> int | None:
+    """The width a blocked weight is zero-padded to when ``cout`` is not a whole number of
+    ``target``'s vectors (an 8210-word vocabulary, pruned channel counts such as 45): ``cout``
+    rounded up to whole vectors, to an even count of them where that still adds at most a
+    quarter (2-vector runs are the register tile's first choice). None when ``cout`` is whole
+    vectors already, or when padding would add more than a quarter of the work (few channels:
+    a 1-channel head keeps its own rule, ``schedule._rule_dot``)."""
     from . import schedule
 
     lanes = schedule._Params(target).lanes("float32")
+    if cout % lanes == 0:
+        return None
     up = -(-cout // lanes) * lanes
-    return up + lanes if (up // lanes) % 2 and cout > 2 * lanes else up
+    if (up // lanes) % 2 and (up + lanes - cout) * 4 <= cout:
+        up += lanes
+    return up if (up - cout) * 4 <= cout else None
 
 
 def pack_weights(hwio, b: int):
@@ -130,7 +137,7 @@ def legalize_conv2d(bb, call):
     b = block_channels(out_shape, int(hwio[..., 0].size), target)
     if b is None:  # no vector-sized divisor: block the weight zero-padded to whole vectors
         wide = padded_channels(cout, target)
-        b = block_channels([*out_shape[:-1], wide], int(hwio[..., 0].size), target) if wide != cout else None
+        b = (block_channels([*out_shape[:-1], wide], int(hwio[..., 0].size), target) or wide) if wide else None
         if b is None:
             return _nn_conv2d(bb, call)
         hwio = np.concatenate([hwio, np.zeros((*hwio.shape[:-1], -(-cout // b) * b - cout), hwio.dtype)], axis=-1)
@@ -192,7 +199,7 @@ def legalize_matmul(bb, call):
     b = block_channels(out_shape, kn.shape[0], target)
     if b is None:  # no vector-sized divisor: block the weight zero-padded to whole vectors
         wide = padded_channels(n, target)
-        b = block_channels([*out_shape[:-1], wide], kn.shape[0], target) if wide != n else None
+        b = (block_channels([*out_shape[:-1], wide], kn.shape[0], target) or wide) if wide else None
         if b is None:
             return _matmul(bb, call)
         kn = np.concatenate([kn, np.zeros((kn.shape[0], -(-n // b) * b - n), kn.dtype)], axis=1)

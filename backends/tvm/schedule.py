@@ -183,11 +183,20 @@ def _unlowered_ops(mod) -> set:
 def fast_math(mod):
     """exp, erf, tanh and softmax -> TOPI's polynomial ``fast_*`` versions, which vectorize
     (LLVM's ``exp``/``erf`` become one libm call per lane). Max relative error ~1e-7 on
-    fp32, well inside optc's verification tolerance."""
+    fp32, well inside optc's verification tolerance. float32 ``sigmoid`` is first written as
+    ``1 / (1 + exp(-x))`` so that its exp gets the same treatment: TVM lowers it to a libm
+    ``expf`` per lane, which made a SiLU epilogue (YOLO-style detectors) as slow as the
+    convolution it follows (1x1 conv 96 -> 96 on 52x52, 1 thread: 1.46 -> 0.86 ms)."""
     from tvm import relax
 
+    def sigmoid(_m, call):
+        if getattr(call.op, "name", None) != "relax.sigmoid" or str(call.ty.dtype) != "float32":
+            return call
+        one = relax.const(1.0, "float32")
+        return relax.op.divide(one, relax.op.add(one, relax.op.exp(relax.op.negative(call.args[0]))))
+
     try:
-        return relax.transform.FastMathTransform()(mod)
+        return relax.transform.FastMathTransform()(_rewrite_calls(mod, sigmoid))
     except Exception:  # noqa: BLE001
         return mod
 
