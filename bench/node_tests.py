@@ -106,8 +106,12 @@ def feeds_of(case) -> tuple[dict, list]:
     inits = {i.name for i in case.model.graph.initializer}
     names = [i.name for i in case.model.graph.input if i.name not in inits]
     import numpy as np
+    import onnx
+    from onnx import numpy_helper
 
-    def arr(v):  # the generators give some 0-d inputs as numpy scalars
+    def arr(v):  # the generators give some 0-d inputs as numpy scalars, some values as TensorProtos
+        if isinstance(v, onnx.TensorProto):
+            return numpy_helper.to_array(v)
         return np.asarray(v) if isinstance(v, np.generic) else v
 
     return dict(zip(names, map(arr, inputs))), [arr(o) for o in outputs]
@@ -208,7 +212,7 @@ def _differs(case, outs: list, expected: list) -> str:
     outs = [np.asarray(o) for o in outs]
     types = [f"{n}: element type {o.dtype} != expected {r.dtype}" for n, o, r in zip(names, outs, refs)
              if o.dtype != r.dtype and o.shape == r.shape]
-    if types:  # compare() checks values only (float64 ones and int32 ones compare equal)
+    if types:  # named first (compare() also fails them, as "element type ... != reference ...")
         return "; ".join(types)
     half = any(r.dtype == np.float16 for r in refs)
     verdict = verify.compare(outs, refs, names, *((1e-3, 1e-2) if half else ()))

@@ -483,6 +483,7 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
                 verdict["passed"] = verdict["passed"] and second["passed"]
         else:
             verdict = verify.compare(outs, refs, job.out_names, opts.atol, opts.rtol)
+        verify.check_declared_types(verdict, outs, job.out_specs)
         rows = verify.rows_per_call(job.in_specs)
         verdict |= {"inputs": job.input_source, "calls": len(job.sets), "samples": rows * len(job.sets),
                     "reference": verify.reference_name(job.optimized if job.lossy else job.original) + ", on the " + (

@@ -1,8 +1,9 @@
 """Numbers against a reference: onnxruntime runs the original model on the same inputs, and
 every compiled artifact's outputs are compared with it.
 
-An output passes when ``max|out - ref| <= atol + rtol * max|ref|`` (integer and boolean
-outputs must match exactly); the report gives the max absolute error and the max error
+An output passes when its element type is the model's declared one (and the reference's) and
+``max|out - ref| <= atol + rtol * max|ref|`` (integer and boolean outputs must match exactly);
+the report gives the max absolute error and the max error
 relative to the reference's largest magnitude, per output.
 """
 
@@ -231,13 +232,34 @@ def join_calls(per_call: list[list[np.ndarray]]) -> list[np.ndarray]:
             else np.stack([np.asarray(c[i]) for c in per_call]) for i in range(len(per_call[0]))]
 
 
+def check_declared_types(verdict: dict, outputs: list[np.ndarray], specs: list[TensorSpec]) -> dict:
+    """Fail (in place, and return) each entry of a :func:`compare`-style ``verdict`` whose
+    artifact output's element type is not the one the model declares (``specs``, from the
+    model's outputs): the reference's type is checked by :func:`compare`, the declared one here,
+    so a reference engine that deviates from the model's type cannot let a wrong artifact
+    through. optc narrows no output on purpose (no int64 -> int32 for indices, no float64 ->
+    float32): a deployment reading the declared type gets exactly that type."""
+    declared = {s.name: np.dtype(s.dtype) for s in specs}
+    for entry, out in zip(verdict.get("outputs", ()), outputs):
+        want = declared.get(entry["name"])
+        got = np.asarray(out).dtype
+        if want is not None and got != want:
+            entry.update(passed=False, error=f"element type {got} != the model's declared {want}"
+                         + (f" ({entry['error']})" if entry.get("error") else ""))
+    verdict["passed"] = bool(verdict.get("passed")) and all(e["passed"] for e in verdict.get("outputs", ()))
+    return verdict
+
+
 def compare(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str],
             atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, floors: dict[str, float] | None = None,
             exact: set[str] | frozenset[str] = frozenset()) -> dict:
-    """Per-output and overall error figures; ``passed`` is the verdict. A float output passes
+    """Per-output and overall error figures; ``passed`` is the verdict. An output whose shape
+    or element type differs from the reference's fails (no value comparison). A float output passes
     within ``max(atol + rtol * max|ref|, floors[name])`` (``floors``: per-output absolute
     tolerances, recorded as ``tolerance``); outputs named in ``exact`` and integer outputs
-    must match exactly. A NaN or inf where the reference is finite always fails. A float16
+    must match exactly. A NaN or inf where the reference is finite always fails, and so does a
+    finite value (or the other infinity) where the reference is +-inf; ``max|ref|`` is taken over
+    the reference's finite values. A float16
     output's ``rtol`` is at least :data:`HALF_ULPS` units in its last place (recorded as
     ``rtol`` in its entry when raised)."""
     per = []
@@ -249,6 +271,8 @@ def compare(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str],
         entry = {"name": name, "shape": list(ref.shape), "dtype": str(ref.dtype)}
         if out.shape != ref.shape:
             entry.update(passed=False, error=f"shape {list(out.shape)} != reference {list(ref.shape)}")
+        elif out.dtype != ref.dtype:  # int32 where ONNX says int64 compares equal by value but is no deliverable
+            entry.update(passed=False, error=f"element type {out.dtype} != reference {ref.dtype}")
         elif ref.dtype.kind in "iub":
             mism = int(np.count_nonzero(out != ref))
             entry.update(passed=mism == 0, mismatches=mism, max_abs_error=float(np.max(np.abs(
@@ -261,7 +285,10 @@ def compare(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str],
                 err = np.where(o == r, 0.0, np.abs(o - r))[finite]
             err = np.where(np.isnan(err), np.inf, err)  # NaN where the reference is a number
             max_abs = float(err.max(initial=0.0))
-            scale = float(np.abs(r[finite]).max(initial=0.0))
+            # the scale of the finite reference values: an inf in the reference would make the
+            # tolerance infinite (every output passing); where the reference is +-inf the output
+            # must be the same infinity (err above is 0 only where they are equal)
+            scale = float(np.abs(r[np.isfinite(r)]).max(initial=0.0))
             rt = max(rtol, HALF_ULPS * float(np.finfo(np.float16).eps)) if ref.dtype == np.float16 else rtol
             if rt != rtol:
                 entry["rtol"] = rt

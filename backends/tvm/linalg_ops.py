@@ -1,5 +1,13 @@
-"""Converters for Det (which TVM's Relax importer lacks, small static matrices) and BitShift
-(whose shift counts outside ``[0, bits)`` TVM leaves to C's undefined behaviour).
+"""Converters for Det (which TVM's Relax importer lacks, small static matrices), BitShift
+(whose shift counts outside ``[0, bits)`` TVM leaves to C's undefined behaviour) and float Mod
+with ``fmod=0`` (which TVM computes as ``x - floor(x / y) * y``).
+
+Mod, float, ``fmod=0`` (the result takes the divisor's sign, as Python's and numpy's ``%``):
+``r = fmod(x, y)`` (exact: C's fmod), then ``r + y`` where ``r`` is non-zero and its sign
+differs from ``y``'s, and a zero result signed as ``y``. TVM's ``x - floor(x / y) * y`` loses
+the remainder once ``x / y`` passes float32's 2**24 (``1e10 mod 3.3`` gave 0, not 0.296) and
+gives NaN for an infinite divisor (``-3 mod inf`` is inf, ``3 mod inf`` is 3). Integer Mod and
+``fmod=1`` stay TVM's (exact).
 
 BitShift: counts below 0 or at least the type's width give 0 (LEFT, and RIGHT of unsigned or
 non-negative values) or -1 (RIGHT of negative signed values), as the ONNX reference and
@@ -29,7 +37,9 @@ def permutation_sign(p: tuple[int, ...]) -> int:
 
 
 def register() -> None:
+    import tvm
     from tvm import relax
+    from tvm.relax.frontend.onnx.onnx_frontend import Mod as TvmMod
     from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
     op = relax.op
@@ -79,6 +89,23 @@ def register() -> None:
             else:
                 fill = op.where(op.less(a, zero), op.full_like(a, relax.const(-1, dtype)), op.zeros_like(a))
             return op.where(outside, fill, shifted)
+
+    @register_converter("", "Mod")
+    class Mod(OnnxOpConverter):
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):
+            x, y = inputs
+            tensors = all(isinstance(v, tvm.ir.Call | tvm.ir.Var) for v in inputs)  # else TVM folds (numpy)
+            if attr.get("fmod", 0) or not tensors or not str(x.ty.dtype).startswith(("float", "bfloat")):
+                return TvmMod._impl_v10(bb, inputs, attr, params)
+            dtype = str(x.ty.dtype)
+            zero = relax.const(0.0, dtype)
+            r = bb.normalize(op.mod(x, y))  # C fmod: the sign of x
+            y_neg = op.less(y, zero)
+            flip = op.logical_and(op.not_equal(r, zero), op.logical_xor(op.less(r, zero), y_neg))
+            r = op.where(flip, op.add(r, y), r)
+            signed_zero = op.where(y_neg, relax.const(-0.0, dtype), zero)
+            return op.where(op.equal(r, zero), signed_zero, r)
 
 
 register_if_available(register)

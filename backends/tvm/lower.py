@@ -381,8 +381,9 @@ _DLPACK_DTYPES = frozenset(("float32", "float64", "float16", "int8", "int16", "i
 
 
 def host_tensor(array: np.ndarray):
-    """A numpy array as a TVM host tensor without a copy where it is 64-byte aligned and
-    contiguous (the alignment TVM's kernels assume), else through one aligned copy."""
+    """A numpy array as a TVM host tensor without a copy where it is 64-byte aligned,
+    contiguous (the alignment TVM's kernels assume) and writable, else through one aligned
+    copy; a zero-size array as a fresh compact tensor."""
     import tvm_ffi
 
     a = np.asarray(array, order="C")  # not ascontiguousarray: it makes a 0-d array 1-d
@@ -390,7 +391,9 @@ def host_tensor(array: np.ndarray):
         import tvm
 
         return tvm.runtime.empty(a.shape, str(a.dtype))
-    if a.ctypes.data % 64 or a.dtype.kind not in "fiub" or a.dtype.byteorder == ">":
+    # a read-only array (np.frombuffer, onnx's numpy_helper.to_array, a memory map) cannot go
+    # through DLPack as it is: copied like an unaligned one
+    if a.ctypes.data % 64 or a.dtype.kind not in "fiub" or a.dtype.byteorder == ">" or not a.flags.writeable:
         buf = np.empty(a.nbytes + 64, np.uint8)
         off = (-buf.ctypes.data) % 64
         b = buf[off:off + a.nbytes].view(a.dtype.newbyteorder("=")).reshape(a.shape)

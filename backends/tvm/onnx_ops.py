@@ -328,10 +328,11 @@ def _conv_transpose_as_shuffle(bb, relax, inputs, attr: dict, params):
     w2 = w2.reshape(cout * s[0] * s[1], cin, taps[0], taps[1])
     op = relax.op
     conv_pad = [taps[0] - 1, taps[1] - 1, taps[0] - 1 + extra[0], taps[1] - 1 + extra[1]]
-    y = bb.normalize(op.nn.conv2d(x, relax.const(w2), padding=conv_pad, out_dtype=_dtype(x)))
+    # the dtype named: relax.const alone makes float64 float32 (and int64 int32)
+    y = bb.normalize(op.nn.conv2d(x, relax.const(w2, str(w2.dtype)), padding=conv_pad, out_dtype=_dtype(x)))
     if bias is not None:
         b1 = np.repeat(bias.astype(weight.dtype), s[0] * s[1]).reshape(1, -1, 1, 1)
-        y = bb.normalize(op.add(y, relax.const(b1)))
+        y = bb.normalize(op.add(y, relax.const(b1, str(b1.dtype))))
     q = [size[i] + taps[i] - 1 + extra[i] for i in range(2)]
     y = op.reshape(y, [n, cout, s[0], s[1], q[0], q[1]])
     y = op.permute_dims(y, [0, 1, 4, 2, 5, 3])

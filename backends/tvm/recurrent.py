@@ -279,7 +279,7 @@ def register() -> None:
         dt = dtype_of(x)
         steps, batch, _ = static_x(op_type, x)
         mask = sequence_mask(bb, seq, steps, batch)
-        zeros = relax.const(np.zeros((batch, hidden), dtype=dt))
+        zeros = relax.const(np.zeros((batch, hidden), dtype=dt), dt)  # (relax.const alone: float64 -> float32)
 
         ys, hs, cs = [], [], []
         for d in range(dirs):
