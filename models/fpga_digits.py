@@ -2,12 +2,13 @@
 ``bench/bench_fpga.py``, and its bit-exactness tests), trained on demand in seconds.
 
 Unlike :mod:`optc.models.binary_digits` (the bundled binary digits models, trained with
-:mod:`optc.train.binary`), every layer of ``bmlp`` fits on the FPGA, and the training here is
-self-contained: the FPGA backend's tests and numbers do not depend on optc's own BNN training
-helpers, and the backend does not depend on this module (it reads the trained-BNN ONNX pattern
-directly). Trained with a straight-through estimator (STE) for ``sign`` (the gradient of the
-clipped identity, ``1{|x| <= 1}``), latent float weights, and per-output-channel scales
-``alpha_n = mean |w_n|`` (XNOR-Net style). Exported as plain ONNX in the *trained-BNN
+:mod:`optc.train.binary`'s layers and loop), every layer of ``bmlp`` fits on the FPGA, and the
+models and training loop here are their own; only the two binarization primitives come from
+:mod:`optc.train.binary` (``bipolar_ste``: sign with 0 -> +1 and the straight-through
+gradient of the clipped identity, ``1{|x| <= 1}``; ``binarize_weight``: ``alpha_n * sign(w_n)``
+with per-output-channel scales ``alpha_n = mean |w_n|``, XNOR-Net style, over latent float
+weights). The backend does not depend on this module (it reads the trained-BNN ONNX pattern
+directly). Exported as plain ONNX in the *trained-BNN
 pattern* the backend recognises:
 
 * ``bmlp``: ``Sign(x - 0.3)`` (pixels binarized on the host) -> ``Flatten`` ->
@@ -40,16 +41,7 @@ def _torch_modules():
     from torch import nn
     import torch.nn.functional as F
 
-    class SignSTE(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
-
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            return g * (x.abs() <= 1).to(g.dtype)
+    from optc.train.binary import binarize_weight, bipolar_ste
 
     class BinAct(nn.Module):
         """sign with an STE while training; ONNX ``Sign`` when exported."""
@@ -57,19 +49,15 @@ def _torch_modules():
         exporting = False
 
         def forward(self, x):
-            return torch.sign(x) if BinAct.exporting else SignSTE.apply(x)
-
-    def _binary_weight(w):
-        alpha = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
-        return SignSTE.apply(w) * alpha
+            return torch.sign(x) if BinAct.exporting else bipolar_ste(x)
 
     class BinLinear(nn.Linear):
         def forward(self, x):
-            return F.linear(x, _binary_weight(self.weight), None)
+            return F.linear(x, binarize_weight(self.weight), None)
 
     class BinConv2d(nn.Conv2d):
         def forward(self, x):
-            return F.conv2d(x, _binary_weight(self.weight), None, self.stride, self.padding)
+            return F.conv2d(x, binarize_weight(self.weight), None, self.stride, self.padding)
 
     class InputBinarize(nn.Module):
         def forward(self, x):

@@ -3,7 +3,8 @@ bit-serial operators in the ``ai.optc`` domain (see :mod:`optc.passes.optc_ops` 
 contract and the numpy references).
 
 Two separate, checkable steps (FINN's ``ConvertSignToThres`` then
-``ConvertBipolarMatMulToXnorPopcount``):
+``ConvertBipolarMatMulToXnorPopcount``); the local rewrites of ``sign-to-threshold`` and
+``fuse-binary-threshold`` are onnxscript rewrite rules (:mod:`optc.passes.binary_rules`):
 
 ``sign-to-threshold``
     ``Sign(BatchNormalization(x))`` -> ``ai.optc::SignThreshold(x, T, D)``. Per channel c, with
@@ -293,36 +294,14 @@ class SignToThreshold(Pass):
     cleanup_conflicts: ClassVar[frozenset[str]] = frozenset({"fuse-bn"})
 
     def call(self, model: ir.Model) -> PassResult:
-        graph = model.graph
-        count, skipped = 0, []
-        for node in list(graph):
-            if _key(node) != ("", "Sign"):
-                continue
-            bn = node.inputs[0].producer() if node.inputs[0] is not None else None
-            if bn is None or _key(bn) != ("", "BatchNormalization"):
-                continue
-            if len(bn.outputs) != 1 and any(o.uses() for o in bn.outputs[1:]):
-                skipped.append(f"{bn.name}: training-mode BatchNormalization")
-                continue
-            params = [_const(v) for v in bn.inputs[1:5]]
-            if any(p is None for p in params):
-                skipped.append(f"{bn.name}: parameters are not constant")
-                continue
-            res = bn_thresholds(*params, attr(bn, "epsilon", 1e-5))
-            if isinstance(res, str):
-                skipped.append(f"{bn.name}: {res}")
-                continue
-            t, d = res
-            _ensure_opset(graph)
-            base = (bn.name or node.name or "bn").replace("/", "_").strip("_")
-            inputs = [bn.inputs[0], _initializer(graph, f"{base}_threshold", t)]
-            if np.any(d < 0):  # D is optional: absent means every direction is +1
-                inputs.append(_initializer(graph, f"{base}_direction", d))
-            new = ir.node("SignThreshold", inputs, domain=ops.DOMAIN, name=f"{node.name or base}_threshold")
-            _replace(graph, node, [new])
-            if not any(o.uses() for o in bn.outputs) and not any(o.is_graph_output() for o in bn.outputs):
-                graph.remove(bn, safe=True)
-            count += 1
+        from .binary_rules import remove_unread, sign_to_threshold_rules
+
+        skipped: list[str] = []
+        batchnorms: list[ir.Node] = []
+        count = sign_to_threshold_rules(skipped, batchnorms).apply_to_model(model)
+        remove_unread(batchnorms)
+        if count:
+            _ensure_opset(model.graph)
         return PassResult(model, bool(count), {"rewrites": count, "skipped": skipped})
 
 
@@ -677,36 +656,6 @@ def _pool_shape(pool: ir.Node) -> tuple[int, int] | str:
     return ks[0], ks[1]
 
 
-def fuse_threshold_rule(graph: ir.Graph, conv: ir.Node) -> str | None:
-    """``BinaryConv2d(X, W) -> SignThreshold(., T[, D]) [-> MaxPool]`` -> one
-    ``BinaryConv2dThreshold``; returns None when rewritten, else why the pattern did not match."""
-    if len(conv.inputs) > 2 and any(v is not None for v in conv.inputs[2:]):
-        return "conv has alpha/bias (run binarize with fold-scales first)"
-    users = list(conv.outputs[0].uses())
-    if conv.outputs[0].is_graph_output() or len(users) != 1 or _key(users[0].node) != (ops.DOMAIN, "SignThreshold"):
-        return "conv output is not read by exactly one SignThreshold"
-    thr = users[0].node
-    if users[0].idx != 0 or any(_const(v) is None for v in thr.inputs[1:] if v is not None):
-        return "thresholds are not constant"
-    last, pool_shape = thr, (1, 1)
-    t_users = list(thr.outputs[0].uses())
-    if not thr.outputs[0].is_graph_output() and len(t_users) == 1 and _key(t_users[0].node) == ("", "MaxPool"):
-        res = _pool_shape(t_users[0].node)
-        if not isinstance(res, str):
-            last, pool_shape = t_users[0].node, res
-    attrs = {a.name: a.value for a in conv.attributes.values()}
-    inputs = [conv.inputs[0], conv.inputs[1], thr.inputs[1]] + ([thr.inputs[2]] if len(thr.inputs) > 2 and thr.inputs[2] is not None else [])
-    new = ir.node("BinaryConv2dThreshold", inputs, attributes={**attrs, "pool_shape": list(pool_shape)},
-                  domain=ops.DOMAIN, name=f"{conv.name or 'conv'}_threshold")
-    out = last.outputs[0]
-    new.outputs[0].shape, new.outputs[0].type = out.shape, out.type
-    ir.convenience.replace_nodes_and_values(graph, last, [last], [new], [out], [new.outputs[0]])
-    for n in (thr, conv):
-        if n is not last and n.graph is not None and not any(o.uses() for o in n.outputs):
-            graph.remove(n, safe=True)
-    return None
-
-
 @register_pass("fuse-binary-threshold")
 class FuseBinaryThreshold(Pass):
     """Fuse each binary convolution with the threshold activation that reads it and a following
@@ -720,17 +669,15 @@ class FuseBinaryThreshold(Pass):
     """
 
     def call(self, model: ir.Model) -> PassResult:
-        graph = model.graph
-        count, pooled, skipped = 0, 0, []
-        for node in list(graph):
-            if node.graph is None or _key(node) != (ops.DOMAIN, "BinaryConv2d"):
-                continue
-            reason = fuse_threshold_rule(graph, node)
-            if reason is None:
-                count += 1
-            else:
-                skipped.append(f"{node.name or node.op_type}: {reason}")
+        from .binary_rules import conv_threshold_rules, unmatched_conv_reason
+
+        skipped: list[str] = []
+        count = conv_threshold_rules(skipped).apply_to_model(model)
+        graph, pooled = model.graph, 0
         for node in graph:
             if _key(node) == (ops.DOMAIN, "BinaryConv2dThreshold") and list(attr(node, "pool_shape", [1, 1])) != [1, 1]:
                 pooled += 1
+            elif _key(node) == (ops.DOMAIN, "BinaryConv2d") and not any(s.startswith(f"{node.name or node.op_type}: ")
+                                                                        for s in skipped):
+                skipped.append(f"{node.name or node.op_type}: {unmatched_conv_reason(node)}")
         return PassResult(model, bool(count), {"rewrites": count, "with_pool": pooled, "skipped": skipped})

@@ -42,6 +42,15 @@ class FreshNames:
         self.used = {o for n in g.node for o in (*n.input, *n.output)} | {t.name for t in g.initializer} \
             | {v.name for v in (*g.input, *g.output)} | {n.name for n in g.node if n.name}
 
+    @classmethod
+    def of_graph(cls, graph: "ir.Graph") -> "FreshNames":
+        """The same for an onnx-ir graph: its inputs, outputs, initializers, node outputs and node
+        names count as used."""
+        fresh = cls.__new__(cls)
+        values = (*graph.inputs, *graph.outputs, *graph.initializers.values(), *(o for n in graph for o in n.outputs))
+        fresh.used = {v.name for v in values if v.name} | {n.name for n in graph if n.name}
+        return fresh
+
     def __call__(self, base: str) -> str:
         name, k = base, 0
         while name in self.used:

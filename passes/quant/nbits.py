@@ -16,7 +16,8 @@ onnxruntime (``accuracy_level`` 0, the default) dequantizes and multiplies in fl
 does the same at build time, so TVM compiles an ordinary float MatMul (correctness first: the
 weight is stored as float, 8x the 4-bit bytes; a kernel that unpacks int4 in its inner loop is
 future work). Exact up to float summation order: the pass is not lossy, and the artifact is
-verified against onnxruntime on the original MatMulNBits model.
+verified against onnxruntime on the original MatMulNBits model. The rewrite itself is an
+onnxscript rewrite rule (:mod:`.nbits_rule`); this module holds the math.
 """
 
 from __future__ import annotations
@@ -24,17 +25,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import helper, numpy_helper
 
-from optc.onnx_utils import FreshNames, attr
 from optc.pipeline import Pass, PassResult, register_pass
 
-__all__ = ["ExpandMatMulNBits", "expand_matmul_nbits", "matmul_nbits_nodes", "dequantize_nbits"]
+__all__ = ["ExpandMatMulNBits", "expand_matmul_nbits", "expand_nbits_ir", "matmul_nbits_nodes", "dequantize_nbits"]
 
 MS = "com.microsoft"
 
 
-def _is_nbits(node: onnx.NodeProto) -> bool:
+def _is_nbits(node: onnx.NodeProto | ir.Node) -> bool:
     return node.domain == MS and node.op_type == "MatMulNBits"
 
 
@@ -74,74 +73,30 @@ def dequantize_nbits(b: np.ndarray, scales: np.ndarray, zero_points: np.ndarray 
     return np.ascontiguousarray(w[:, :k].T.astype(scales.dtype))
 
 
-class _Graph:
-    def __init__(self, model: onnx.ModelProto):
-        self.inits = {t.name: t for t in model.graph.initializer}
-        self.fresh = FreshNames(model)
+def expand_nbits_ir(model: ir.Model) -> dict:
+    """Replace, in place, each MatMulNBits of ``model`` by MatMul on the dequantized weight (+ Add
+    of the bias), with the rewrite rule of :mod:`.nbits_rule`; details: ``expanded`` (count),
+    ``skipped`` (node -> why), ``weight_bytes`` (packed -> float). The packed operands nothing
+    reads any more, and the com.microsoft opset where no such node is left, are dropped."""
+    from .nbits_rule import rules
 
-    def const(self, name: str) -> np.ndarray | None:
-        t = self.inits.get(name) if name else None
-        return None if t is None else numpy_helper.to_array(t)
-
-
-
-def _expand(g: _Graph, node: onnx.NodeProto) -> tuple[list, list, str]:
-    """(nodes, new initializers, why not) for one MatMulNBits node."""
-    a, b, scales, zp, g_idx, bias = (list(node.input) + [""] * 6)[:6]
-    if g_idx:
-        return [], [], "g_idx (act-order) is not expanded"
-    bv, sv = g.const(b), g.const(scales)
-    zv = g.const(zp)
-    if bv is None or sv is None or (zp and zv is None):
-        return [], [], "B, scales or zero_points is not a constant"
-    try:
-        w = dequantize_nbits(bv, sv, zv, int(attr(node, "K", 0)), int(attr(node, "N", 0)), int(attr(node, "bits", 4)),
-                             int(attr(node, "block_size", 0)))
-    except ValueError as err:
-        return [], [], str(err)
-    base = node.name or node.output[0]
-    w_name = g.fresh(f"{b}_dequantized")
-    y = node.output[0] if not bias else g.fresh(f"{base}_matmul")
-    nodes = [helper.make_node("MatMul", [a, w_name], [y], name=g.fresh(f"{base}_MatMul"))]
-    if bias:
-        nodes.append(helper.make_node("Add", [y, bias], [node.output[0]], name=g.fresh(f"{base}_bias")))
-    return nodes, [numpy_helper.from_array(w, w_name)], ""
+    skipped, sizes = {}, [0, 0]
+    expanded = rules(model, skipped, sizes).apply_to_model(model)
+    graph = model.graph
+    if expanded:
+        for value in list(graph.initializers.values()):
+            if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
+                del graph.initializers[value.name]
+        if not any(n.domain == MS for n in graph):
+            graph.opset_imports.pop(MS, None)
+    return {"expanded": expanded, "skipped": skipped, "weight_bytes": sizes}
 
 
 def expand_matmul_nbits(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
-    """``model`` (a copy) with each MatMulNBits of its main graph replaced by MatMul on the
-    dequantized weight (+ Add of the bias); details: ``expanded`` (count), ``skipped`` (node
-    -> why), ``weight_bytes`` (packed -> float)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    g = _Graph(model)
-    nodes, inits, skipped, expanded, packed, unpacked = [], [], {}, 0, 0, 0
-    for node in model.graph.node:
-        if not _is_nbits(node):
-            nodes.append(node)
-            continue
-        new, new_inits, why = _expand(g, node)
-        if not new:
-            skipped[node.name or node.output[0]] = why
-            nodes.append(node)
-            continue
-        nodes.extend(new)
-        inits.extend(new_inits)
-        expanded += 1
-        packed += sum(g.const(i).nbytes for i in node.input[1:4] if i and g.const(i) is not None)
-        unpacked += sum(numpy_helper.to_array(t).nbytes for t in new_inits)
-    if expanded:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        model.graph.initializer.extend(inits)
-        used = {i for n in model.graph.node for i in n.input}
-        keep = [t for t in model.graph.initializer if t.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-        if not any(n.domain == MS for n in model.graph.node):
-            kept = [op for op in model.opset_import if op.domain != MS]
-            del model.opset_import[:]
-            model.opset_import.extend(kept)
-    return model, {"expanded": expanded, "skipped": skipped, "weight_bytes": [packed, unpacked]}
+    """``model`` (a copy) with each MatMulNBits replaced (:func:`expand_nbits_ir`), and the details."""
+    irm = ir.serde.deserialize_model(onnx.ModelProto.FromString(model.SerializeToString()))
+    details = expand_nbits_ir(irm)
+    return ir.serde.serialize_model(irm), details
 
 
 @register_pass("expand-matmul-nbits")
@@ -158,12 +113,7 @@ class ExpandMatMulNBits(Pass):
     """
 
     def call(self, model: ir.Model) -> PassResult:
-        proto = ir.serde.serialize_model(model)
-        if not matmul_nbits_nodes(proto):
+        if not any(_is_nbits(n) for n in model.graph):
             return PassResult(model, False, {"expanded": 0, "skipped": {}})
-        out, details = expand_matmul_nbits(proto)
-        if not details["expanded"]:
-            return PassResult(model, False, details)
-        new = ir.serde.deserialize_model(out)
-        model.graph = new.graph
-        return PassResult(model, True, details)
+        details = expand_nbits_ir(model)
+        return PassResult(model, bool(details["expanded"]), details)

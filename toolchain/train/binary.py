@@ -46,7 +46,7 @@ from . import TrainConfig
 
 __all__ = [
     "BinaryConv2d", "BinaryLinear", "SignActivation", "QuantConv2d", "QuantLinear", "QuantAct",
-    "sign_ste", "binarize_weight", "quantize_weight", "clip_latent_weights", "distillation_loss",
+    "sign_ste", "bipolar_ste", "binarize_weight", "quantize_weight", "clip_latent_weights", "distillation_loss",
     "train", "freeze", "export", "weight_bits_of",
 ]  # fmt: skip
 
@@ -72,6 +72,12 @@ def sign_ste(x):
     return _fns()["SignSTE"].apply(x)
 
 
+def bipolar_ste(x):
+    """``+1`` where ``x >= 0``, else ``-1`` (two values only: 0 maps to +1), with the clipped
+    straight-through gradient ``grad * 1[|x| <= 1]``; :func:`binarize_weight` uses it for weights."""
+    return _fns()["WeightSignSTE"].apply(x)
+
+
 def binarize_weight(w):
     """``alpha_n * sign(w_n)`` per output channel (dim 0), alpha_n = mean |w_n|; STE to ``w``.
 
@@ -80,7 +86,7 @@ def binarize_weight(w):
 
     dims = tuple(range(1, w.dim()))
     alpha = w.abs().mean(dim=dims, keepdim=True)
-    return _fns()["WeightSignSTE"].apply(w) * alpha if w.dim() else torch.sign(w)
+    return bipolar_ste(w) * alpha if w.dim() else torch.sign(w)
 
 
 def quantize_weight(w, bits: int):
