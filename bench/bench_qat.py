@@ -3,6 +3,10 @@
     python bench/bench_qat.py                                # full run: 300 lines, 20 min budget per model
     python bench/bench_qat.py --train 64 --eval 100 --time-budget 300   # reduced run
 
+With ``--fresh`` every epoch after the first trains on ``--train`` newly rendered lines (seed
+1000 + epoch: data quantity, not epochs over a few lines); ``--val N`` renders N held-out lines
+(seed 12, neither trained on nor tested) whose torch fidelity chooses the epoch kept.
+
 For each model (``rec``: the PP-OCRv4 recognizer, ``cls``: the MobileNetV2-style direction
 classifier, both from the rapidocr-onnxruntime wheel) it renders text lines with Pillow
 (``bench_quant.synth_lines``: random letters/digits, DejaVu fonts, random size/ink/background/
@@ -60,16 +64,28 @@ def _strings(fp: onnx.ModelProto, models: dict[str, onnx.ModelProto], x: np.ndar
 def bench_model(kind: str, args, tmp: Path) -> dict:
     fname, hw = MODELS[kind]
     path = _model_dir() / fname
-    x = synth_lines(args.train, *hw, seed=10, flip_half=kind == "cls")[0]
-    ev = synth_lines(args.eval, *hw, seed=11, flip_half=kind == "cls")[0]
+    flip = kind == "cls"
+    x = synth_lines(args.train, *hw, seed=10, flip_half=flip)[0]
+    ev = synth_lines(args.eval, *hw, seed=11, flip_half=flip)[0]
     np.savez(tmp / f"{kind}_train.npz", x=x)
     np.savez(tmp / f"{kind}_eval.npz", x=ev)
+    val = {"x": synth_lines(args.val, *hw, seed=12, flip_half=flip)[0]} if args.val else None
     out = tmp / f"{kind}_qat.onnx"
+
+    def fresh(epoch: int) -> np.ndarray:  # new lines for every later epoch, seeded by the epoch
+        return synth_lines(args.train, *hw, seed=1000 + epoch, flip_half=flip)[0]
+
     options = QatOptions(train=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed),
-                         distill=Distillation(temperature=args.temperature), quant_params=args.quant_params,
-                         time_budget_s=args.time_budget, eval_data=tmp / f"{kind}_eval.npz", force=True)
+                         distill=Distillation(temperature=args.temperature, kinds=(args.loss,) if args.loss else None),
+                         quant_params=args.quant_params,
+                         time_budget_s=args.time_budget, eval_data=tmp / f"{kind}_eval.npz", force=True,
+                         fresh_inputs=fresh if args.fresh else None, val_data=val,
+                         lr_per_step=args.lr_per_step, freeze_scales_last=args.freeze_scales_last,
+                         train_weights=not args.fixed_weights)
     rep = qat(path, tmp / f"{kind}_train.npz", out, options=options, progress=Progress())
-    row = {k: rep[k] for k in ("post_training", "qat", "gap_closed", "layers_int8", "export_check", "seconds_total")}
+    row = {k: rep[k] for k in ("post_training", "qat", "gap_closed", "layers_int8", "export_check", "seconds_total",
+                               "fresh_inputs_per_epoch", "validation", "lr_per_step", "freeze_scales_last",
+                               "train_weights")}
     row["layers_skipped"] = [f"{s['name']} ({s['reason']})" for s in rep["layers_skipped"]]
     row["training"] = {k: rep["training"][k] for k in ("recipe", "history", "seconds", "stopped_by_budget")}
     qat_model = onnx.load(str(out))
@@ -97,6 +113,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-budget", type=float, default=1200.0, help="training seconds per model (20 min)")
     ap.add_argument("--quant-params", default="observer=percentile")
+    ap.add_argument("--fresh", action="store_true", help="render --train new lines for every epoch after the first")
+    ap.add_argument("--val", type=int, default=0, help="held-out lines choosing the epoch kept (0: the last epoch)")
+    ap.add_argument("--lr-per-step", action="store_true", help="cosine learning rate over updates, not epochs")
+    ap.add_argument("--loss", choices=("kl", "mse"), help="loss on the output (default: KL for class scores)")
+    ap.add_argument("--fixed-weights", action="store_true", help="train step sizes and biases only (latent weights fixed)")
+    ap.add_argument("--freeze-scales-last", action="store_true", help="activation step sizes fixed in the last epoch")
     ap.add_argument("--out", help="write the JSON here too")
     args = ap.parse_args(argv)
     if _model_dir() is None:

@@ -340,3 +340,140 @@ def test_weight_updates_smaller_than_half_a_step_change_codes(tiny):
             ptq, plan, Q.trained_values(student, plan)).graph.initializer}
         changed = sum(int(np.sum(exported[c] != codes[c])) for c, *_ in plan.weights.values())
         assert (changed > 0) == float_latents, changed
+
+
+# ----------------------------------------------------------------------------- data and schedule
+
+
+def test_teacher_in_batches_gives_the_same_targets(tiny):
+    """The teacher runs a few samples at a time (a whole data set in one forward pass ran the
+    recognizer out of memory); its targets equal those of one pass over all inputs."""
+    from optc.train.distill import TEACHER_BATCH, teacher_outputs
+
+    model_path, data_path, *_ = tiny
+    fp, _, x = _ptq(model_path, data_path)
+    teacher = onnx_to_torch(fp, rebatch=True)
+    assert TEACHER_BATCH < len(x)
+    whole = teacher_outputs(teacher, x, batch_size=len(x))
+    for batch in (TEACHER_BATCH, 5):
+        parts = teacher_outputs(teacher, x, batch_size=batch)
+        assert [p.shape for p in parts] == [w.shape for w in whole]
+        np.testing.assert_allclose(parts[0], whole[0], rtol=0, atol=1e-5)
+
+
+def _linear_fit_setup(n: int = 32):
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    x = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
+    with torch.no_grad():
+        t = teacher(torch.from_numpy(x)).numpy()
+    return student, teacher, x, t
+
+
+def test_fresh_data_per_epoch_is_used_from_the_second_epoch():
+    """``epoch_data(k)`` gives epochs 1.. their own inputs and teacher outputs (epoch 0: ``x``);
+    fresh data with labels, or of the wrong size, is refused by name."""
+    from optc.train.distill import FitHooks, fit, teacher_outputs
+
+    student, teacher, x, t = _linear_fit_setup()
+    calls = []
+
+    def epoch_data(k):
+        calls.append(k)
+        xk = np.random.default_rng(100 + k).normal(size=(24, 4)).astype(np.float32)
+        return xk, teacher_outputs(teacher, xk)
+
+    res = fit(student, x, [t], TrainConfig(epochs=3, lr=1e-2, batch_size=8),
+              hooks=FitHooks(epoch_data=epoch_data, lr_per_step=True))
+    assert calls == [1, 2] and res.recipe["samples_per_epoch"] == "fresh"
+    assert "per step" in res.recipe["optimizer"]
+    with pytest.raises(UsageError, match="label-free"):
+        fit(student, x, [t], TrainConfig(epochs=2), labels=np.zeros(len(x), np.int64),
+            hooks=FitHooks(epoch_data=epoch_data))
+    with pytest.raises(UsageError, match="do not match"):
+        fit(student, x, [t], TrainConfig(epochs=2), hooks=FitHooks(epoch_data=lambda k: (x[:5], [t])))
+
+
+def test_keep_best_puts_back_the_best_epochs_parameters():
+    """With ``keep_best`` a training whose held-out fidelity falls is not kept: the parameters of
+    the best epoch (here epoch 1 of 3) come back; without a fidelity measure it is refused."""
+    from optc.train.distill import FitHooks, fit
+
+    student, _, x, t = _linear_fit_setup()
+    values = iter([0.5, 0.9, 0.6, 0.1])  # before training, after epochs 1, 2, 3
+    snapshots = []
+
+    def fidelity():
+        snapshots.append(student.weight.detach().clone())
+        return next(values)
+
+    res = fit(student, x, [t], TrainConfig(epochs=3, lr=5e-2, batch_size=8),
+              hooks=FitHooks(fidelity=fidelity, keep_best=True))
+    assert [h["epoch"] for h in res.history] == [0, 1, 2, 3] and res.recipe["kept_epoch"] == 1
+    assert torch.equal(student.weight, snapshots[1]) and not torch.equal(student.weight, snapshots[3])
+    with pytest.raises(UsageError, match="fidelity"):
+        fit(student, x, [t], TrainConfig(epochs=1), hooks=FitHooks(keep_best=True))
+
+
+def test_last_epoch_freezes_activation_steps_only(tiny):
+    """``freeze_scales_last``: activation step sizes stop training in the last epoch, weights
+    and weight step sizes do not; without it nothing is frozen."""
+    model_path, data_path, *_ = tiny
+    fp, ptq, x = _ptq(model_path, data_path)
+    student, plan, _ = Q._torch_models(ptq, None, fp, x)
+    weight_scales = {s for _, s, *_ in plan.weights.values()}
+    acts = [n for n in plan.scales if n not in weight_scales]
+    assert acts and weight_scales
+    param = lambda n: getattr(student, student._attr_of[n])  # noqa: E731
+    for freeze in (True, False):
+        hook = Q._freezer(student, plan, Q.QatOptions(train=TrainConfig(epochs=3), freeze_scales_last=freeze))
+        hook(1)
+        assert all(param(n).requires_grad for n in plan.trainable)
+        hook(2)
+        assert all(param(n).requires_grad != freeze for n in acts)
+        assert all(param(n).requires_grad for n in list(plan.weights) + sorted(weight_scales))
+
+
+def test_qat_with_fresh_inputs_and_validation(tiny, tmp_path):
+    """``fresh_inputs`` trains each later epoch on new inputs, ``val_data`` chooses the epoch
+    kept; the report says so, the result is still optc's QDQ graph. Fresh inputs of the wrong
+    shape and validation inputs of the wrong shape are refused by name."""
+    model_path, data_path, *_ = tiny
+    seen = []
+
+    def fresh(k):
+        seen.append(k)
+        return np.random.default_rng(50 + k).normal(size=(32, 1, 8, 8)).astype(np.float32)
+
+    val = {"x": np.random.default_rng(7).normal(size=(16, 1, 8, 8)).astype(np.float32)}
+    opts = Q.QatOptions(train=TrainConfig(epochs=3, lr=3e-3, batch_size=16), fresh_inputs=fresh, val_data=val,
+                        lr_per_step=True, freeze_scales_last=True, force=True)
+    rep = Q.qat(model_path, data_path, tmp_path / "q.onnx", options=opts)
+    assert seen == [1, 2] and rep["fresh_inputs_per_epoch"] and rep["validation"] == "arrays"
+    hist = rep["training"]["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    kept = rep["training"]["recipe"]["kept_epoch"]
+    assert hist[kept]["fidelity"] == max(h["fidelity"] for h in hist)
+    assert rep["export_check"]["top1_agreement"] >= 0.98
+    bad = Q.QatOptions(train=TrainConfig(epochs=2, batch_size=16), fresh_inputs=lambda k: np.zeros((4, 1, 9, 8)), force=True)
+    with pytest.raises(UsageError, match="fresh inputs"):
+        Q.qat(model_path, data_path, tmp_path / "bad.onnx", options=bad)
+    bad = Q.QatOptions(train=TrainConfig(epochs=1, batch_size=16), val_data={"x": np.zeros((4, 1, 9, 8), np.float32)},
+                       force=True)
+    with pytest.raises(InvalidModelError, match="validation inputs"):
+        Q.qat(model_path, data_path, tmp_path / "bad.onnx", options=bad)
+
+
+def test_fixed_weights_trains_only_scales_and_biases(tiny):
+    """``train_weights=False``: the latent weights keep their start values (the projection
+    only clips them to the moved step sizes' range); scales and biases still train."""
+    model_path, data_path, *_ = tiny
+    fp, ptq, x = _ptq(model_path, data_path)
+    student, plan, _ = Q._torch_models(ptq, None, fp, x)
+    for train_weights in (False, True):
+        groups = Q._groups(student, plan, Q.QatOptions(train_weights=train_weights))
+        trained = {id(p) for g in groups for p in g["params"]}
+        weights = [id(getattr(student, student._attr_of[n])) for n in plan.weights]
+        others = [id(getattr(student, student._attr_of[n])) for n in list(plan.scales) + list(plan.biases)]
+        assert all((w in trained) == train_weights for w in weights)
+        assert set(others) <= trained

@@ -11,10 +11,14 @@ data is an array of inputs (an ``.npz`` is enough), labels are optional.
   teacher's mean square so that losses of outputs with different scales add up.
 * :func:`distillation_loss` is that loss (plus ``label_weight`` x cross-entropy when labels
   are given and the output is a class-score output);
-* :func:`fit` is the loop: Adam, cosine learning rate to 0, seeded shuffling, one thread, an
-  optional extra loss term (a sparsity penalty, ...), a step hook, a wall-clock budget, and
-  one progress line per epoch (loss, fidelity). It returns the recipe and the loss history, which
-  reports record as they are.
+* :func:`teacher_outputs` runs the teacher in batches (never one forward pass over a whole
+  data set: the recognizer's activations for a few hundred lines do not fit in memory);
+* :func:`fit` is the loop: Adam, cosine learning rate to 0 (per epoch, or per step), seeded
+  shuffling, one thread, an optional extra loss term (a sparsity penalty, ...), a step hook,
+  fresh data per epoch (inputs and their teacher outputs from a callback, so that a model is
+  not trained over and over on a few samples it then overfits), keeping the parameters of the
+  epoch with the best fidelity, a wall-clock budget, and one progress line per epoch (loss,
+  fidelity). It returns the recipe and the loss history, which reports record as they are.
 
 torch is imported inside the functions only (see :mod:`optc.train`).
 """
@@ -102,9 +106,13 @@ def distillation_loss(student_outputs: Sequence, teacher_outputs: Sequence, kind
     return total
 
 
-def teacher_outputs(teacher, x: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
+TEACHER_BATCH = 16  # samples per teacher forward pass: the PP-OCR recognizer needs ~30 MB each
+
+
+def teacher_outputs(teacher, x: np.ndarray, batch_size: int = TEACHER_BATCH) -> list[np.ndarray]:
     """The teacher's outputs on ``x`` (a torch module taking one input, eval mode, no grad), as
-    numpy arrays, one per model output."""
+    numpy arrays, one per model output, computed ``batch_size`` samples at a time (only the
+    outputs are kept for the whole of ``x``)."""
     import torch
 
     teacher.eval()
@@ -144,15 +152,27 @@ class FitResult:
 class FitHooks:
     """What a caller of :func:`fit` adds to the plain loop: ``extra_loss()`` added to every
     step's loss (a sparsity penalty), ``after_step(step)`` after every optimiser step (clamping,
-    projection), ``fidelity()`` evaluated and recorded after every epoch, a wall-clock
+    projection), ``before_epoch(epoch)`` (0-based; e.g. freezing parameters for the last
+    epoch), ``fidelity()`` evaluated and recorded after every epoch, a wall-clock
     ``time_budget_s`` (training stops after the epoch in which it ran out), and
-    ``progress_step`` (a :class:`optc.progress.Step`) that gets one phase line per epoch."""
+    ``progress_step`` (a :class:`optc.progress.Step`) that gets one phase line per epoch.
+
+    ``epoch_data(epoch)``: fresh training data for epoch ``epoch`` >= 1 (0-based), as
+    ``(inputs, teacher outputs)`` (label-free); epoch 0 trains on ``fit``'s own ``x``.
+    ``keep_best``: evaluate ``fidelity()`` before training too and, at the end, put back the
+    parameters of the epoch with the highest fidelity (0: the untrained model); ``fidelity``
+    should then be measured on held-out inputs, neither trained on nor the final test set.
+    ``lr_per_step``: the cosine schedule decays over optimiser steps instead of epochs."""
 
     extra_loss: Callable[[], Any] | None = None
     after_step: Callable[[int], None] | None = None
     fidelity: Callable[[], float] | None = None
     time_budget_s: float | None = None
     progress_step: Any = None
+    before_epoch: Callable[[int], None] | None = None
+    epoch_data: Callable[[int], tuple[np.ndarray, Sequence[np.ndarray]]] | None = None
+    keep_best: bool = False
+    lr_per_step: bool = False
 
 
 @dataclass
@@ -173,28 +193,15 @@ def fit(student, x: np.ndarray, teacher_out: Sequence[np.ndarray], config: Train
 
     Adam (``config.lr``, ``config.weight_decay``) over ``parameters`` (default: all of the
     student's; or torch parameter groups, dicts with their own ``lr``), cosine learning rate
-    to 0 over ``config.epochs``, batches of ``config.batch_size`` in a seeded order, one
-    thread, with the caller's ``hooks`` (:class:`FitHooks`). Returns a :class:`FitResult`;
-    the student is left in eval mode."""
+    to 0 over ``config.epochs`` (or over the steps, ``hooks.lr_per_step``), batches of
+    ``config.batch_size`` in a seeded order, one thread, with the caller's ``hooks``
+    (:class:`FitHooks`: fresh data per epoch, best epoch kept, ...). Returns a
+    :class:`FitResult`; the student is left in eval mode."""
     import torch
 
-    if config.epochs < 0 or config.lr <= 0 or config.batch_size < 1:
-        raise UsageError("epochs must be >= 0, lr > 0 and batch size >= 1")
-    if len(x) == 0:
-        raise UsageError("training needs at least one input sample")
-    teacher_out = [np.asarray(t, np.float32) for t in teacher_out]
-    kinds = list(distill.kinds) if distill.kinds else [loss_kind(t) for t in teacher_out]
-    if len(kinds) != len(teacher_out):
-        raise UsageError(f"{len(kinds)} loss kinds for {len(teacher_out)} outputs")
-    data = _Batches(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)),
-                    [torch.as_tensor(t) for t in teacher_out],
-                    torch.as_tensor(np.asarray(labels, np.int64)) if labels is not None else None,
-                    kinds, [float(np.mean(np.square(t))) or 1.0 for t in teacher_out])
-    result = FitResult({"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
-                        "seed": config.seed, "weight_decay": config.weight_decay, "samples": int(len(x)),
-                        "labels": labels is not None and distill.label_weight > 0,
-                        "loss": {**asdict(distill), "kinds": kinds},
-                        "optimizer": "Adam, cosine learning rate to 0, seeded order, 1 thread"})
+    _check_fit_args(x, config, labels, hooks)
+    data = _batches(x, teacher_out, labels, distill)
+    result = FitResult(_recipe(x, config, distill, data.kinds, labels, hooks))
     params = _trainable(parameters if parameters is not None else student.parameters())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -202,18 +209,7 @@ def fit(student, x: np.ndarray, teacher_out: Sequence[np.ndarray], config: Train
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            gen = torch.Generator().manual_seed(config.seed)
-            opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs, 1))
-            step = 0
-            for epoch in range(config.epochs):
-                entry, step = _epoch(student, data, (opt, gen, step), config, distill, hooks, epoch)
-                sched.step()
-                result.history.append(entry)
-                if hooks.time_budget_s is not None and time.perf_counter() - t0 > hooks.time_budget_s \
-                        and epoch + 1 < config.epochs:
-                    result.stopped_by_budget = True
-                    break
+            _loop(student, data, params, config, (distill, hooks, result, t0))
     finally:
         torch.set_num_threads(threads)
     result.seconds = time.perf_counter() - t0
@@ -221,13 +217,128 @@ def fit(student, x: np.ndarray, teacher_out: Sequence[np.ndarray], config: Train
     return result
 
 
+def _check_fit_args(x: np.ndarray, config: TrainConfig, labels, hooks: FitHooks) -> None:
+    if config.epochs < 0 or config.lr <= 0 or config.batch_size < 1:
+        raise UsageError("epochs must be >= 0, lr > 0 and batch size >= 1")
+    if len(x) == 0:
+        raise UsageError("training needs at least one input sample")
+    if hooks.epoch_data is not None and labels is not None:
+        raise UsageError("fresh data per epoch is label-free: give no labels with it")
+    if hooks.keep_best and hooks.fidelity is None:
+        raise UsageError("keeping the best epoch needs a fidelity measure")
+
+
+def _batches(x: np.ndarray, teacher_out: Sequence[np.ndarray], labels, distill: Distillation,
+             like: _Batches | None = None) -> _Batches:
+    """The tensors of one epoch's data; ``like``: an earlier epoch's, whose loss kinds and
+    scales are kept (the loss stays the same function across epochs)."""
+    import torch
+
+    teacher_out = [np.asarray(t, np.float32) for t in teacher_out]
+    if like is not None:
+        kinds, scales = like.kinds, like.scales
+        if len(teacher_out) != len(kinds) or len(x) != len(teacher_out[0]):
+            raise UsageError(f"epoch data: {len(x)} inputs and {len(teacher_out)} teacher outputs do not match")
+    else:
+        kinds = list(distill.kinds) if distill.kinds else [loss_kind(t) for t in teacher_out]
+        if len(kinds) != len(teacher_out):
+            raise UsageError(f"{len(kinds)} loss kinds for {len(teacher_out)} outputs")
+        scales = [float(np.mean(np.square(t))) or 1.0 for t in teacher_out]
+    return _Batches(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)),
+                    [torch.as_tensor(t) for t in teacher_out],
+                    torch.as_tensor(np.asarray(labels, np.int64)) if labels is not None else None,
+                    kinds, scales)
+
+
+def _recipe(x, config: TrainConfig, distill: Distillation, kinds: list[str], labels, hooks: FitHooks) -> dict:
+    fresh = hooks.epoch_data is not None
+    return {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
+            "seed": config.seed, "weight_decay": config.weight_decay, "samples": int(len(x)),
+            "samples_per_epoch": "fresh" if fresh else "the same", "labels": labels is not None and distill.label_weight > 0,
+            "loss": {**asdict(distill), "kinds": kinds}, "keep_best_epoch": hooks.keep_best,
+            "optimizer": f"Adam, cosine learning rate to 0 per {'step' if hooks.lr_per_step else 'epoch'}, "
+                         "seeded order, 1 thread"}
+
+
+def _steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps in one epoch of ``n`` samples (a last batch of one is skipped)."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= 2 or (rest == 1 and n < 2) else 0)
+
+
+def _loop(student, data: _Batches, params, config: TrainConfig, ctx: tuple) -> None:
+    """The epochs of :func:`fit` (``ctx``: distillation, hooks, result, start time)."""
+    import math
+
+    import torch
+
+    distill, hooks, result, t0 = ctx
+    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    total = max(config.epochs * _steps_per_epoch(len(data.x), config.batch_size), 1) if hooks.lr_per_step \
+        else max(config.epochs, 1)
+    if hooks.lr_per_step:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    best = _Best.start(student, hooks, result)
+    step = 0
+    for epoch in range(config.epochs):
+        if epoch > 0 and hooks.epoch_data is not None:
+            data = _batches(*hooks.epoch_data(epoch), None, distill, like=data)
+        if hooks.before_epoch is not None:
+            hooks.before_epoch(epoch)
+        entry, step = _epoch(student, data, (opt, gen, step, sched if hooks.lr_per_step else None),
+                             config, distill, hooks, epoch)
+        if not hooks.lr_per_step:
+            sched.step()
+        result.history.append(entry)
+        best.update(student, entry)
+        if hooks.time_budget_s is not None and time.perf_counter() - t0 > hooks.time_budget_s \
+                and epoch + 1 < config.epochs:
+            result.stopped_by_budget = True
+            break
+    best.restore(student, result)
+
+
+@dataclass
+class _Best:
+    """The parameters of the epoch with the highest fidelity so far (``hooks.keep_best``)."""
+
+    enabled: bool
+    fidelity: float = float("-inf")
+    epoch: int = 0
+    state: dict | None = None
+
+    @classmethod
+    def start(cls, student, hooks: FitHooks, result: FitResult) -> "_Best":
+        best = cls(hooks.keep_best)
+        if best.enabled:
+            student.eval()
+            entry = {"epoch": 0, "fidelity": float(hooks.fidelity())}
+            result.history.append(entry)
+            best.update(student, entry)
+        return best
+
+    def update(self, student, entry: dict) -> None:
+        if self.enabled and entry.get("fidelity", float("-inf")) > self.fidelity:
+            self.fidelity, self.epoch = entry["fidelity"], entry["epoch"]
+            self.state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+
+    def restore(self, student, result: FitResult) -> None:
+        if self.enabled and self.state is not None:
+            student.load_state_dict(self.state)
+            result.recipe["kept_epoch"] = self.epoch
+
+
 def _epoch(student, data: _Batches, state: tuple, config: TrainConfig, distill: Distillation,
            hooks: FitHooks, epoch: int) -> tuple[dict, int]:
     """One pass over the data in a seeded order (``state``: optimiser, generator, steps so
-    far); returns the epoch's history entry and the step count."""
+    far, the scheduler when it steps per update); returns the epoch's history entry and the
+    step count."""
     import torch
 
-    opt, gen, step = state
+    opt, gen, step, sched = state
     student.train()
     n = len(data.x)
     perm = torch.randperm(n, generator=gen)
@@ -247,6 +358,8 @@ def _epoch(student, data: _Batches, state: tuple, config: TrainConfig, distill: 
             raise UsageError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower the learning rate")
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         step += 1
         if hooks.after_step is not None:
             hooks.after_step(step)

@@ -28,7 +28,9 @@ and ends in that same graph with learned numbers, so everything downstream (``in
    every step each weight is projected into its narrow int8 range ``[-127 s, 127 s]``, so the
    exported codes are exactly the trained ones. The fidelity after each epoch (epoch 0: before
    training) is the torch student's top-1 agreement with the teacher (SQNR without class
-   scores) on up to 128 evaluation inputs.
+   scores) on up to 128 evaluation inputs, or validation inputs (``QatOptions.val_data``),
+   which then choose the epoch kept. ``QatOptions.fresh_inputs`` gives each later epoch new
+   inputs (the teacher runs in batches on each epoch's inputs only).
 6. :func:`export_qdq`: the learned values are written into the post-training model's
    initializers (weight codes ``quantize(w, s_w)``, scales, int32 biases on the grid
    ``s_x * s_w``); :func:`check_export` refuses a result that is not that graph with valid
@@ -43,12 +45,13 @@ QAT model against the float original, measured by onnxruntime with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx
@@ -77,7 +80,16 @@ class QatOptions:
     ``quant_params`` (``quantize`` pass parameters as pipeline text, e.g. ``observer=percentile``),
     ``time_budget_s`` (training stops after the epoch that exceeds it), ``labels_key`` (the label
     array in the data; None: label-free), ``eval_data`` (an .npz to measure before/after on; None:
-    the training inputs), ``force`` (overwrite the output)."""
+    the training inputs), ``force`` (overwrite the output).
+
+    ``fresh_inputs(epoch)``: new unlabelled inputs for each epoch after the first (0-based
+    epoch >= 1; e.g. newly rendered text lines, seeded by the epoch), so that a few training
+    samples are not seen over and over (the student overfits them); None: ``data`` every
+    epoch. ``val_data``: held-out inputs (an .npz, neither trained on nor the test set) whose
+    fidelity chooses the epoch kept (the untrained model included); None: the last epoch.
+    ``lr_per_step``: cosine decay over updates instead of epochs; ``freeze_scales_last``:
+    activation step sizes fixed in the last epoch; ``train_weights`` False: the latent weights
+    are not trained, only step sizes and biases (a code changes only where its step size moved)."""
 
     train: TrainConfig = TrainConfig(epochs=5, lr=3e-3, batch_size=32)
     distill: Distillation = Distillation(label_weight=0.5)
@@ -86,6 +98,11 @@ class QatOptions:
     labels_key: str | None = None
     eval_data: str | os.PathLike | None = None
     force: bool = False
+    fresh_inputs: Callable[[int], np.ndarray] | None = None
+    val_data: str | os.PathLike | Mapping[str, np.ndarray] | None = None
+    lr_per_step: bool = False
+    freeze_scales_last: bool = False
+    train_weights: bool = True
 
 
 @dataclass
@@ -396,6 +413,15 @@ def param_groups(module, plan: QatPlan, lr: float) -> list[dict]:
     return groups
 
 
+def _groups(module, plan: QatPlan, options: QatOptions) -> list[dict]:
+    """:func:`param_groups`, without the latent weights when ``options.train_weights`` is off."""
+    groups = param_groups(module, plan, options.train.lr)
+    if options.train_weights:
+        return groups
+    weights = {id(getattr(module, module._attr_of[n])) for n in plan.weights}
+    return [g for g in groups if not any(id(p) in weights for p in g["params"])]
+
+
 def _projector(module, plan: QatPlan):
     """After each step: scales above a floor, each weight within ``[-qmax s, qmax s]`` (in its
     units: ``[-qmax s / unit, qmax s / unit]``)."""
@@ -423,10 +449,11 @@ def _projector(module, plan: QatPlan):
     return after_step
 
 
-def _run_torch(module, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
+def _run_torch(module, x: np.ndarray) -> list[np.ndarray]:
+    """``module`` (eval mode, no grad) over ``x`` in batches (:data:`distill.TEACHER_BATCH`)."""
     from .distill import teacher_outputs
 
-    return teacher_outputs(module, x, batch)
+    return teacher_outputs(module, x)
 
 
 def _run_ort(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
@@ -620,6 +647,18 @@ def _eval_set(options: QatOptions, name: str, x: np.ndarray, labels: np.ndarray 
     return ex, ey, str(options.eval_data)
 
 
+def _val_set(options: QatOptions, name: str, shape: tuple[int, ...], ex: np.ndarray) -> np.ndarray:
+    """The inputs the per-epoch fidelity is measured on: ``options.val_data`` (same sample
+    shape as the training inputs), else the evaluation inputs."""
+    if options.val_data is None:
+        return ex
+    vx = load_data(options.val_data, name)[0]
+    if vx.shape[1:] != shape:
+        raise InvalidModelError(f"validation inputs have shape {list(vx.shape)}, the training inputs "
+                                f"[N, {', '.join(map(str, shape))}]")
+    return vx
+
+
 def _atomic_save(model: onnx.ModelProto, out: Path) -> None:
     """Write ``model`` to ``out`` through a temporary file renamed into place."""
     from ..artifact import save_onnx_atomic
@@ -662,14 +701,48 @@ def _torch_models(ptq: onnx.ModelProto, details: dict, fp: onnx.ModelProto, x: n
     return student, plan, teacher
 
 
-def _train(ptq, details, fp, x, labels, ex, options: QatOptions, progress):
-    """Torch student and teacher, :func:`fit`, export and its checks."""
+def _fresh_data(teacher, options: QatOptions, shape: tuple[int, ...]):
+    """``epoch -> (inputs, teacher outputs)`` from ``options.fresh_inputs`` (None without it);
+    the teacher runs in batches on each epoch's inputs only."""
+    from .distill import teacher_outputs
+
+    if options.fresh_inputs is None:
+        return None
+
+    def epoch_data(epoch: int):
+        xk = np.asarray(options.fresh_inputs(epoch), np.float32)
+        if xk.ndim < 1 or len(xk) == 0 or xk.shape[1:] != shape:
+            raise UsageError(f"qat: fresh inputs for epoch {epoch + 1} have shape {list(xk.shape)}, "
+                             f"not [N, {', '.join(map(str, shape))}]")
+        return xk, teacher_outputs(teacher, xk)
+
+    return epoch_data
+
+
+def _freezer(module, plan: QatPlan, options: QatOptions):
+    """``before_epoch`` hook: with ``options.freeze_scales_last``, the activation step sizes
+    stop training for the last epoch (the weights settle on fixed grids)."""
+    weight_scales = {s for _, s, _, _, _ in plan.weights.values()}
+    acts = [getattr(module, module._attr_of[n]) for n in plan.scales if n not in weight_scales]
+    last = options.train.epochs - 1
+
+    def before_epoch(epoch: int) -> None:
+        for p in acts:
+            p.requires_grad_(not (options.freeze_scales_last and epoch == last))
+
+    return before_epoch
+
+
+def _train(ptq, details, fp, x, labels, fx, options: QatOptions, progress):
+    """Torch student and teacher, :func:`fit`, export and its checks. ``fx``: the inputs the
+    per-epoch fidelity is measured on (the validation inputs with ``options.val_data``, which
+    then also choose the epoch kept)."""
     from .distill import FitHooks, fit, teacher_outputs
 
     with progress.step("torch models (student: fake-quantized QDQ graph; teacher: float)"):
         student, plan, teacher = _torch_models(ptq, details, fp, x)
         t_out = teacher_outputs(teacher, x)
-        fx = ex[:_FIDELITY_SAMPLES]
+        fx = fx[:_FIDELITY_SAMPLES]
         f_ref = teacher_outputs(teacher, fx)
     cfg = options.train
 
@@ -677,12 +750,16 @@ def _train(ptq, details, fp, x, labels, ex, options: QatOptions, progress):
         return _fidelity_value(_agreement(f_ref, _run_torch(student, fx)))
 
     start = fidelity()
+    hooks = FitHooks(after_step=_projector(student, plan), fidelity=fidelity, time_budget_s=options.time_budget_s,
+                     before_epoch=_freezer(student, plan, options),
+                     epoch_data=_fresh_data(teacher, options, x.shape[1:]),
+                     keep_best=options.val_data is not None, lr_per_step=options.lr_per_step)
     with progress.step(f"QAT: {cfg.epochs} epochs on {len(x)} samples (fidelity before: {start:.4f})") as step:
         result = fit(student, x, t_out, cfg, distill=options.distill, labels=labels,
-                     hooks=FitHooks(after_step=_projector(student, plan), fidelity=fidelity,
-                                    time_budget_s=options.time_budget_s, progress_step=step),
-                     parameters=param_groups(student, plan, cfg.lr))
-    result.history.insert(0, {"epoch": 0, "fidelity": start})
+                     hooks=dataclasses.replace(hooks, progress_step=step),
+                     parameters=_groups(student, plan, options))
+    if not result.history or result.history[0]["epoch"] != 0:
+        result.history.insert(0, {"epoch": 0, "fidelity": start})
     with progress.step("export QDQ and check it"):
         exported = export_qdq(ptq, plan, trained_values(student, plan))
         check_export(exported, ptq)
@@ -717,15 +794,23 @@ def qat(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLike | Ma
         fp = prepare_float(original, x.shape[1:])
         ptq, details = post_training_quantize(fp, x, options.quant_params)
     with _flush_denormals():
-        _, _, result, exported, export_check = _train(ptq, details, fp, x, labels, ex, options, progress)
+        fx = _val_set(options, name, x.shape[1:], ex)
+        _, _, result, exported, export_check = _train(ptq, details, fp, x, labels, fx, options, progress)
     with progress.step(f"evaluate post-training and QAT models on {eval_source}"):
         before, after = _evaluate(fp, ptq, ex, ey), _evaluate(fp, exported, ex, ey)
     _atomic_save(exported, out)
     return _report(model, out, details, result, before, after, export_check,
                    {"data": str(data) if not isinstance(data, Mapping) else "arrays", "samples": int(len(x)),
                     "labels": options.labels_key, "eval": eval_source, "eval_samples": int(len(ex)),
+                    "fresh_inputs_per_epoch": options.fresh_inputs is not None,
+                    "validation": _source(options.val_data), "lr_per_step": options.lr_per_step,
+                    "freeze_scales_last": options.freeze_scales_last, "train_weights": options.train_weights,
                     "quant_params": options.quant_params, "time_budget_s": options.time_budget_s,
                     "seconds_total": round(time.perf_counter() - t0, 2), "onnx_bytes": out.stat().st_size})
+
+
+def _source(data) -> str | None:
+    return None if data is None else "arrays" if isinstance(data, Mapping) else str(data)
 
 
 def _report(model, out: Path, details: dict, result, before: dict, after: dict, export_check: dict,
