@@ -217,20 +217,6 @@ def _smull_intrin():
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (8,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (2, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (2, 2), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:2, 0:2], A[0:8], B[0:2, 0:4])
-            T.writes(C[0:2, 0:2])
-            for i, h, k in T.grid(2, 2, 2):
-                with T.sblock("update"):
-                    vi, vh, vk = T.axis.remap("SSR", [i, h, k])
-                    C[vi, vh] = C[vi, vh] + T.Cast("int32", A[vi * 4 + vh * 2 + vk]) * T.Cast(
-                        "int32", B[vi, vh * 2 + vk])
-
-    @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (8,), "int8", offset_factor=1)
         B = T.match_buffer(b, (2, 4), "int8", offset_factor=1)
@@ -243,7 +229,32 @@ def _smull_intrin():
             C[0, T.ramp(T.int32(0), 1, 4)] = C.vload([0, 0], "int32x4") + T.call_llvm_pure_intrin(
                 "int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16", prod)
 
-    return desc, impl
+    return _pairs_desc(SMULL_LANES, "int8", copies=2), impl
+
+
+def _pairs_desc(lanes: int, dtype: str, copies: int):
+    """The description both pairwise blocks share: ``C[l, h] += A[at(l) + 2h + k] B[l, 2h + k]``
+    over ``k`` in 0..1, with ``A`` the 4-code group (``copies`` = 1, ``at(l) = 0``: ``pmaddwd``)
+    or the group stored twice (``copies`` = 2, ``at(l) = 4l``: ``smull``, 2 lanes)."""
+    from tvm.script import tirx as T
+
+    n_a, stride = 4 * copies, 4 if copies == 2 else 0
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (n_a,), dtype, offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), dtype, offset_factor=1)
+        C = T.match_buffer(c, (lanes, 2), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes, 0:2], A[0:n_a], B[0:lanes, 0:4])
+            T.writes(C[0:lanes, 0:2])
+            for i, h, k in T.grid(lanes, 2, 2):
+                with T.sblock("update"):
+                    vi, vh, vk = T.axis.remap("SSR", [i, h, k])
+                    C[vi, vh] = C[vi, vh] + T.Cast("int32", A[vi * stride + vh * 2 + vk]) * T.Cast(
+                        "int32", B[vi, vh * 2 + vk])
+
+    return desc
 
 
 def _pmaddwd_intrin():
@@ -258,19 +269,6 @@ def _pmaddwd_intrin():
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int16", offset_factor=1)
-        B = T.match_buffer(b, (4, 4), "int16", offset_factor=1)
-        C = T.match_buffer(c, (4, 2), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:4, 0:2], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4, 0:2])
-            for i, h, k in T.grid(4, 2, 2):
-                with T.sblock("update"):
-                    vi, vh, vk = T.axis.remap("SSR", [i, h, k])
-                    C[vi, vh] = C[vi, vh] + T.Cast("int32", A[vh * 2 + vk]) * T.Cast("int32", B[vi, vh * 2 + vk])
-
-    @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), "int16", offset_factor=1)
         B = T.match_buffer(b, (4, 4), "int16", offset_factor=1)
@@ -283,7 +281,7 @@ def _pmaddwd_intrin():
                 "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.broadcast(a_i64, 4)),
                 B.vload([0, 0], "int16x16"))
 
-    return desc, impl
+    return _pairs_desc(PMADDWD_LANES, "int16", copies=1), impl
 
 
 def kernel_dtype(isa: str) -> str:
