@@ -18,6 +18,7 @@ import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from optc.onnx_utils import attr, infer_shapes
+from optc.onnx_utils import constants as _constants
 from optc.pipeline import Pass, PassResult, register_pass
 
 from .cleanup import _replace_graph
@@ -159,20 +160,6 @@ class _Builder:
         if self.opset >= 13:
             return self.node("Unsqueeze", [x, self.const(np.array([axis], np.int64), "unroll_axes")], base)
         return self.node("Unsqueeze", [x], base, axes=[axis])
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Initializers and Constant outputs (tensor ``value`` and the scalar / list forms)."""
-    out = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.domain in _DEFAULT and len(n.attribute) == 1:
-            a = n.attribute[0]
-            value = {"value": lambda: numpy_helper.to_array(a.t), "value_int": lambda: np.array(a.i, np.int64),
-                     "value_ints": lambda: np.array(a.ints, np.int64), "value_float": lambda: np.array(a.f, np.float32),
-                     "value_floats": lambda: np.array(a.floats, np.float32)}.get(a.name)
-            if value is not None:
-                out[n.output[0]] = value()
-    return out
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list]:

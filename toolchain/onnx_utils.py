@@ -121,3 +121,21 @@ def value_shapes(model: onnx.ModelProto, *, data_prop: bool = False) -> dict[str
     for init in g.initializer:
         out[init.name] = tuple(init.dims)
     return out
+
+
+def constants(graph: "onnx.GraphProto") -> dict:
+    """Initializers and Constant outputs of ``graph`` as numpy arrays (tensor ``value`` and
+    the scalar / list forms)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    out = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.attribute) == 1:
+            a = n.attribute[0]
+            value = {"value": lambda: numpy_helper.to_array(a.t), "value_int": lambda: np.array(a.i, np.int64),
+                     "value_ints": lambda: np.array(a.ints, np.int64), "value_float": lambda: np.array(a.f, np.float32),
+                     "value_floats": lambda: np.array(a.floats, np.float32)}.get(a.name)
+            if value is not None:
+                out[n.output[0]] = value()
+    return out

@@ -72,6 +72,24 @@ def padded_channels(cout: int, target) -> int | None:
     return up if (up - cout) * 4 <= cout else None
 
 
+def _blocking(w, out_shape: list[int], reduction: int, target):
+    """(block ``b``, ``w``) for a weight whose last axis is the output channels: ``b`` from
+    :func:`block_channels`; where the channel count has no vector-sized divisor, ``w``
+    zero-padded along that axis to :func:`padded_channels` (then ``b`` its block, or the
+    whole padded width as one block); ``(None, w)`` where neither applies."""
+    import numpy as np
+
+    b = block_channels(out_shape, reduction, target)
+    if b is not None:
+        return b, w
+    wide = padded_channels(out_shape[-1], target)
+    if wide is None:
+        return None, w
+    b = block_channels([*out_shape[:-1], wide], reduction, target) or wide
+    pad = [(0, 0)] * (w.ndim - 1) + [(0, -(-out_shape[-1] // b) * b - out_shape[-1])]
+    return b, np.pad(w, pad)
+
+
 def pack_weights(hwio, b: int):
     """HWIO weights (numpy) -> ``[Cout / b, KH, KW, Cin, b]``."""
     import numpy as np
@@ -111,7 +129,6 @@ def conv2d_nhwc_blocked(data, wb, strides, padding, dilation, out_dtype: str):
 def legalize_conv2d(bb, call):
     """``LegalizeOps`` entry for ``relax.nn.conv2d``: the blocked form where it applies (see
     the module docstring), else TVM's registered legalization."""
-    import numpy as np
     import tvm.ir.expr
     from tvm import relax
     from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
@@ -134,13 +151,9 @@ def legalize_conv2d(bb, call):
     if target is None or not dtype == "float32" == out_dtype:
         return _nn_conv2d(bb, call)
     cout = hwio.shape[-1]
-    b = block_channels(out_shape, int(hwio[..., 0].size), target)
-    if b is None:  # no vector-sized divisor: block the weight zero-padded to whole vectors
-        wide = padded_channels(cout, target)
-        b = (block_channels([*out_shape[:-1], wide], int(hwio[..., 0].size), target) or wide) if wide else None
-        if b is None:
-            return _nn_conv2d(bb, call)
-        hwio = np.concatenate([hwio, np.zeros((*hwio.shape[:-1], -(-cout // b) * b - cout), hwio.dtype)], axis=-1)
+    b, hwio = _blocking(hwio, out_shape, int(hwio[..., 0].size), target)
+    if b is None:
+        return _nn_conv2d(bb, call)
     wb = relax.const(pack_weights(hwio, b), dtype)
     conv = bb.call_te(conv2d_nhwc_blocked, x, wb, list(attrs.strides), list(attrs.padding), list(attrs.dilation),
                       out_dtype, primfunc_name_hint="conv2d")
@@ -150,7 +163,8 @@ def legalize_conv2d(bb, call):
 
 
 def first_columns(data, n: int):
-    """TE compute: the first ``n`` entries of ``data``'s last axis (a padded matmul's crop)."""
+    """TE compute: the first ``n`` entries of ``data``'s last axis (the crop after a conv or
+    matmul on zero-padded output channels)."""
     from tvm import te
 
     return te.compute((*data.shape[:-1], n), lambda *idx: data[idx], name="crop")
@@ -196,13 +210,9 @@ def legalize_matmul(bb, call):
     if target is None:
         return _matmul(bb, call)
     n = kn.shape[1]
-    b = block_channels(out_shape, kn.shape[0], target)
-    if b is None:  # no vector-sized divisor: block the weight zero-padded to whole vectors
-        wide = padded_channels(n, target)
-        b = (block_channels([*out_shape[:-1], wide], kn.shape[0], target) or wide) if wide else None
-        if b is None:
-            return _matmul(bb, call)
-        kn = np.concatenate([kn, np.zeros((kn.shape[0], -(-n // b) * b - n), kn.dtype)], axis=1)
+    b, kn = _blocking(kn, out_shape, kn.shape[0], target)
+    if b is None:
+        return _matmul(bb, call)
     wb = relax.const(np.ascontiguousarray(kn.reshape(kn.shape[0], -1, b).transpose(1, 0, 2)), "float32")
     if kn.shape[1] == n:
         return bb.call_te(matmul_blocked, x, wb, "float32", primfunc_name_hint="matmul")

@@ -96,6 +96,8 @@ constant input (TVM divided by 0).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from optc.passes.optc_ops import ConvGeometry, conv_output_shape
@@ -284,27 +286,50 @@ def _pmaddwd_intrin():
     return _pairs_desc(PMADDWD_LANES, "int16", copies=1), impl
 
 
+@dataclass(frozen=True)
+class KernelForm:
+    """How one instruction set's kernels hold their operands: ``act_dtype`` the activations
+    in the packed ``Xp`` (the dot product's operand type), ``weight_dtype`` the packed weights
+    ``Wp``, ``halves`` the int32 partial sums per output lane in the accumulator (2 where the
+    instruction adds pairs of a group's 4 products: ``sadalp``, ``vpmaddwd``; added in the
+    epilogue), ``copies`` how often ``Xp`` holds each 4-code group (twice for ``smull``: its
+    8-byte operand covers 2 lanes), ``max_tile`` columns (conv) or rows (dense) per register
+    tile: as many 16-lane accumulators as the vector registers hold beside the weights and
+    the operand."""
+
+    act_dtype: str = "uint8"
+    weight_dtype: str = "int8"
+    halves: int = 1
+    copies: int = 1
+    max_tile: int = MAX_TILE
+
+
+KERNEL_FORMS = {
+    "vnni": KernelForm(),
+    "generic": KernelForm(),
+    "sdot": KernelForm(act_dtype="int8"),
+    "smull": KernelForm(act_dtype="int8", halves=2, copies=2, max_tile=SMULL_MAX_TILE),
+    "avx2": KernelForm(act_dtype="int16", weight_dtype="int16", halves=2, max_tile=PMADDWD_MAX_TILE),
+}
+
+
+def kernel_form(isa: str) -> KernelForm:
+    return KERNEL_FORMS.get(isa, KERNEL_FORMS["generic"])
+
+
 def kernel_dtype(isa: str) -> str:
     """Activation dtype the kernel's dot product wants."""
-    return {"sdot": "int8", "smull": "int8", "avx2": "int16"}.get(isa, "uint8")
+    return kernel_form(isa).act_dtype
 
 
 def weight_dtype(isa: str) -> str:
-    """Dtype of the packed weights ``Wp``: int16 for ``avx2`` (``vpmaddwd`` operands), else int8."""
-    return "int16" if isa == "avx2" else "int8"
+    """Dtype of the packed weights ``Wp``."""
+    return kernel_form(isa).weight_dtype
 
 
 def acc_halves(isa: str) -> int:
-    """Partial int32 sums per output lane in the accumulator: 2 for ``smull`` (``sadalp`` adds
-    pairs of the 4 bytes of a group; the two halves are added in the epilogue) and ``avx2``
-    (``vpmaddwd`` likewise), else 1."""
-    return 2 if isa in ("smull", "avx2") else 1
-
-
-def group_copies(isa: str) -> int:
-    """How often the packed activations hold each 4-code group: twice for ``smull`` (its
-    8-byte operand covers 2 lanes), else once."""
-    return 2 if isa == "smull" else 1
+    """Partial int32 sums per output lane in the accumulator (:class:`KernelForm`)."""
+    return kernel_form(isa).halves
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +435,8 @@ def conv_te(x_shape, N: int, geom: ConvGeometry, rq: Requant, *, in_dtype: str, 
     twice (``[..., CB, 8]``: the 8-byte operand of :func:`_smull_intrin`)."""
     from tvm import te, tirx
 
-    kdtype, halves, copies = kernel_dtype(isa), acc_halves(isa), group_copies(isa)
+    form = kernel_form(isa)
+    kdtype, halves, copies = form.act_dtype, form.halves, form.copies
 
     B, C, H, W_ = x_shape
     KH, KW = geom.kernel_shape
@@ -510,7 +536,8 @@ def dense_te(M_, K, N, rq: Requant | None, *, in_dtype: str, isa: str):
     (MatMulInteger) and ``multiplier``/``shift`` are not inputs."""
     from tvm import te, tirx
 
-    kdtype, halves, copies = kernel_dtype(isa), acc_halves(isa), group_copies(isa)
+    form = kernel_form(isa)
+    kdtype, halves, copies = form.act_dtype, form.halves, form.copies
     NB, KB = _cdiv(N, LANES), channel_blocks(K, 1, 1)
     X = te.placeholder((M_, K), in_dtype, name="X")
     Wp = te.placeholder((NB, 1, 1, KB, LANES, GROUP), weight_dtype(isa), name="Wp")
@@ -726,7 +753,7 @@ def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: 
     else:
         b, oh, owl, n = sch.get_loops(yb)
     nb, lane = sch.split(n, [None, LANES])
-    r = _tile(ow, _max_tile(isa))
+    r = _tile(ow, kernel_form(isa).max_tile)
     owo, owi = sch.split(owl, [None, r])
     sch.reorder(b, nb, oh, owo, *((lane, owi) if y_layout == "NCHW" else (owi, lane)))
     outer = sch.fuse(b, nb, oh)
@@ -770,7 +797,7 @@ def schedule_dense(func, isa: str, *, n_out: int, work: int):
     yb = sch.get_sblock("Y")
     m, n = sch.get_loops(yb)
     nb, lane = sch.split(n, [None, LANES])
-    r = _tile(int(sch.get(m).extent), _max_tile(isa))
+    r = _tile(int(sch.get(m).extent), kernel_form(isa).max_tile)
     mo, mi = sch.split(m, [None, r])
     sch.reorder(nb, mo, mi, lane)
     if work >= PARALLEL_MIN_MACS:
@@ -788,12 +815,6 @@ def schedule_dense(func, isa: str, *, n_out: int, work: int):
     if n_out % LANES == 0:
         sch.vectorize(lane)
     return sch.mod["main"]
-
-
-def _max_tile(isa: str) -> int:
-    """Columns (conv) or rows (dense) per register tile: as many 16-lane accumulators as the
-    vector registers hold beside the weights and the operand."""
-    return {"smull": SMULL_MAX_TILE, "avx2": PMADDWD_MAX_TILE}.get(isa, MAX_TILE)
 
 
 def schedule_depthwise(func, *, ow: int, work: int):

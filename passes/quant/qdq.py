@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from optc.onnx_utils import FreshNames, attr, infer_shapes
+from optc.onnx_utils import FreshNames, attr, constants, infer_shapes
 
 from . import qparams
 
@@ -423,10 +423,6 @@ def _sqnr(w: np.ndarray, err: np.ndarray) -> float:
     return round(10 * np.log10(sig / noise), 2) if sig > 0 else float("-inf")
 
 
-_CODE_RANGES = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127), TensorProto.UINT16: (0, 65535),
-                TensorProto.INT16: (-32768, 32767)}
-
-
 def unrounded_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (a QDQ model, copied) with the rounding of its activations taken out: each
     ``DequantizeLinear(QuantizeLinear(x, s, z), s, z)`` of a computed tensor ``x`` (per-tensor
@@ -437,10 +433,7 @@ def unrounded_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     (``tolerance.compare_quantized``'s fraction rule for pre-quantized models)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for n in graph.node:  # Constant nodes hold scales too
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
-            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    consts = constants(graph)
     quantizers = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in consts}
     fresh = FreshNames(model)
     nodes = []
@@ -467,8 +460,8 @@ def _clip_bounds(q: onnx.NodeProto, dq: onnx.NodeProto, consts: dict) -> tuple[f
     z = consts.get(q.input[2]) if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
     if s is None or z is None or s.size != 1 or z.size != 1:
         return None
-    codes = _CODE_RANGES.get(helper.np_dtype_to_tensor_dtype(z.dtype))
-    if codes is None:
+    if z.dtype not in (np.uint8, np.int8, np.uint16, np.int16):  # float8 / int4 codes: kept
         return None
+    codes = np.iinfo(z.dtype)
     sv, zv = float(s.reshape(-1)[0]), int(z.reshape(-1)[0])
-    return (codes[0] - zv) * sv, (codes[1] - zv) * sv
+    return (codes.min - zv) * sv, (codes.max - zv) * sv
