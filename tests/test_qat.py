@@ -19,7 +19,8 @@ from optc.errors import InvalidModelError, UsageError, VerificationError  # noqa
 from optc.passes.quant.integerize import integerize_model  # noqa: E402
 from optc.train import TrainConfig  # noqa: E402
 from optc.train import qat as Q  # noqa: E402
-from optc.train.distill import KL_PROBS, distillation_loss, loss_kind  # noqa: E402
+from optc.train.distill import (KL, KL_PROBS, MSE, MSE_PROBS, distillation_loss, loss_kind,  # noqa: E402
+                                resolve_kinds)
 from optc.train.finetune import onnx_to_torch  # noqa: E402
 from optc.verify import ort_session  # noqa: E402
 
@@ -221,6 +222,30 @@ def _qdq_graph() -> onnx.ModelProto:
     return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
 
 
+def test_bias_quantizer_trains_the_bias_not_the_scales():
+    """``DQ(Q(b, s_x * s_w))`` with int32 codes (a training-graph form; onnxruntime quantizes
+    to int32 from opset 21 only): the bias lands on the grid, the straight-through gradient
+    reaches it; the step sizes get none through it (they learn from their own quantizers)."""
+    h = onnx.helper
+    nodes = [h.make_node("Mul", ["sx", "sw"], ["g"]), h.make_node("QuantizeLinear", ["b", "g", "z"], ["q"], axis=0),
+             h.make_node("DequantizeLinear", ["q", "g", "z"], ["bq"], axis=0), h.make_node("Add", ["x", "bq"], ["y"])]
+    inits = [numpy_helper.from_array(np.float32(0.1), "sx"), numpy_helper.from_array(np.array([0.01, 0.02], np.float32), "sw"),
+             numpy_helper.from_array(np.array([0.01234, -0.5678], np.float32), "b"),
+             numpy_helper.from_array(np.zeros(2, np.int32), "z")]
+    g = h.make_graph(nodes, "bias", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
+                     [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    module = onnx_to_torch(m, trainable=["sx", "sw", "b"])
+    x = np.zeros((1, 2), np.float32)
+    y = module(torch.from_numpy(x))
+    grid = np.float32(0.1) * np.array([0.01, 0.02], np.float32)  # float32, as export_qdq writes the int32 codes
+    expected = np.rint(np.array([0.01234, -0.5678], np.float32) / grid) * grid
+    np.testing.assert_array_equal(y.detach().numpy()[0], expected)
+    y.sum().backward()
+    assert module.sx.grad is None and module.sw.grad is None
+    np.testing.assert_array_equal(module.b.grad.numpy(), [1.0, 1.0])
+
+
 def test_new_interpreter_ops_match_onnxruntime():
     h = onnx.helper
     nodes = [h.make_node("Slice", ["x", "st", "en", "ax"], ["a"]),
@@ -237,14 +262,36 @@ def test_new_interpreter_ops_match_onnxruntime():
     np.testing.assert_allclose(y, ort_session(m).run(None, {"x": x})[0], rtol=1e-6)
 
 
-def test_softmax_outputs_use_kl_on_log_probabilities():
-    logits = torch.randn(4, 7, 5)
+def test_class_probabilities_use_kl_on_log_probabilities():
+    logits = torch.randn(6, 5)
     p = torch.softmax(logits, -1).numpy()
-    assert loss_kind(p) == KL_PROBS
+    assert loss_kind(p) == KL_PROBS and loss_kind(logits.numpy()) == KL
     same = distillation_loss([torch.from_numpy(p)], [torch.from_numpy(p)], [KL_PROBS])
     assert float(same) == pytest.approx(0.0, abs=1e-6)
     other = distillation_loss([torch.softmax(logits * 0.5, -1)], [torch.from_numpy(p)], [KL_PROBS])
     assert float(other) > 0.01
+
+
+def test_sequence_scores_use_mse_on_probabilities_kl_on_request():
+    """Per-step class scores (a CTC recognizer, [N, T, C]) default to MSE on the probabilities:
+    the values themselves for a softmax output, softmax first for log-probabilities; a forced
+    kind applies to every output and turns into its probability form on softmax outputs; an
+    unknown kind is refused by name."""
+    logits = torch.randn(4, 7, 5)
+    p, logp = torch.softmax(logits, -1).numpy(), torch.log_softmax(logits, -1).numpy()
+    assert loss_kind(p) == MSE and loss_kind(logp) == MSE_PROBS
+    assert resolve_kinds(None, [p, logp]) == [MSE, MSE_PROBS]
+    assert resolve_kinds(("kl",), [p, logp]) == [KL_PROBS, KL]
+    assert resolve_kinds(("mse-probs",), [p]) == [MSE]
+    t = torch.from_numpy(logp)
+    assert float(distillation_loss([t], [t], [MSE_PROBS])) == pytest.approx(0.0, abs=1e-9)
+    moved = torch.log_softmax(logits * 0.5, -1)
+    expected = torch.mean((moved.softmax(-1) - t.softmax(-1)) ** 2) / 0.5
+    assert float(distillation_loss([moved], [t], [MSE_PROBS], scales=[0.5])) == pytest.approx(float(expected))
+    with pytest.raises(UsageError, match="unknown distillation loss 'l2'.*kl, kl-probs, mse, mse-probs"):
+        resolve_kinds(("l2",), [p])
+    with pytest.raises(UsageError, match="2 loss kinds for 1 outputs"):
+        resolve_kinds(("kl", "mse"), [p])
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -477,3 +524,95 @@ def test_fixed_weights_trains_only_scales_and_biases(tiny):
         others = [id(getattr(student, student._attr_of[n])) for n in list(plan.scales) + list(plan.biases)]
         assert all((w in trained) == train_weights for w in weights)
         assert set(others) <= trained
+    base = {id(g["params"][0]): g["lr"] for g in Q._groups(student, plan, Q.QatOptions())}
+    slow = {id(g["params"][0]): g["lr"] for g in Q._groups(student, plan, Q.QatOptions(weight_lr=1e-4))}
+    assert all(slow[w] == 1e-4 and base[w] == Q.QatOptions().train.lr for w in weights)
+    assert all(slow[k] == base[k] for k in base if k not in weights)
+
+
+def _codes_everywhere(student, model: onnx.ModelProto, x: np.ndarray) -> dict[str, tuple[int, int]]:
+    """Per activation QuantizeLinear of ``model`` (and its output): (values that differ between
+    onnxruntime on ``model`` and the torch ``student``, values)."""
+    inits = {t.name for t in model.graph.initializer}
+    names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    names.append(model.graph.output[0].name)
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    sess = ort_session(probe, threads=1)
+    student.output_names = names
+    out = {n: (0, 0) for n in names}
+    with torch.no_grad():
+        for i in range(len(x)):
+            for n, a, b in zip(names, sess.run(None, {"x": x[i:i + 1]}), student(torch.from_numpy(x[i:i + 1]))):
+                d, size = out[n]
+                out[n] = (d + int(np.count_nonzero(a != b.numpy())), size + a.size)
+    return out
+
+
+def _trained_student(model_path, data_path):
+    from optc.train.distill import FitHooks, fit, teacher_outputs
+
+    fp, ptq, x = _ptq(model_path, data_path)
+    student, plan, teacher = Q._torch_models(ptq, None, fp, x)
+    fit(student, x, teacher_outputs(teacher, x), TrainConfig(epochs=3, lr=3e-3, batch_size=16),
+        hooks=FitHooks(after_step=Q._projector(student, plan)), parameters=Q.param_groups(student, plan, 3e-3))
+    return student, Q.export_qdq(ptq, plan, Q.trained_values(student, plan)), x
+
+
+def test_trained_student_and_its_export_compute_the_same_codes(tiny, monkeypatch):
+    """The student is bit-faithful to onnxruntime on the exported QDQ model after training:
+    every activation code and every output value equal (the biases are fake-quantized on the
+    ``s_x * s_w`` grid the export writes them on). The same training with float biases (the
+    earlier training graph) gives codes that differ: the bias moved up to half a grid step,
+    enough to flip rounding in the layer's output quantizer."""
+    model_path, data_path, *_ = tiny
+    student, exported, x = _trained_student(model_path, data_path)
+    diff = _codes_everywhere(student, exported, x)
+    assert all(d == 0 for d, _ in diff.values()), diff
+    monkeypatch.setattr(Q, "_bias_grid_nodes", lambda bf, names, inits, plan: ([], bf))
+    student, exported, x = _trained_student(model_path, data_path)
+    assert sum(d for d, _ in _codes_everywhere(student, exported, x).values()) > 0
+
+
+def test_cli_qat_recipe_flags_and_bad_values(tiny, tmp_path, capsys):
+    """The recipe switches reach :class:`QatOptions` (the report records them); a bad value is
+    refused naming the option, before any training."""
+    model_path, data_path, *_ = tiny
+    np.savez(tmp_path / "val.npz", x=np.random.default_rng(3).normal(size=(8, 1, 8, 8)).astype(np.float32))
+    out, report = tmp_path / "cli.onnx", tmp_path / "rep.json"
+    base = ["qat", str(model_path), "--data", str(data_path), "-o", str(out), "-q", "--epochs", "2",
+            "--batch-size", "16"]
+    assert main(base + ["--loss", "mse", "--val", str(tmp_path / "val.npz"), "--lr-per-step", "--fidelity", "sqnr",
+                        "--freeze-scales-last", "--fixed-weights", "--weight-lr", "1e-3", "--report", str(report)]) == 0
+    rep = json.loads(report.read_text())
+    assert rep["weight_lr"] == 1e-3 and rep["fidelity"] == "sqnr"
+    hist = rep["training"]["history"]  # SQNR in dB, not an agreement in [0, 1]
+    assert any(h["fidelity"] > 1 for h in hist) and hist[rep["training"]["recipe"]["kept_epoch"]]["fidelity"] == \
+        max(h["fidelity"] for h in hist)
+    assert rep["lr_per_step"] and rep["freeze_scales_last"] and not rep["train_weights"]
+    assert rep["validation"] == str(tmp_path / "val.npz") and "kept_epoch" in rep["training"]["recipe"]
+    assert rep["training"]["recipe"]["loss"]["kinds"] == ["mse"]
+    capsys.readouterr()
+    for flags, named in ((["--time-budget", "-5"], "time budget must be > 0"), (["--temperature", "0"], "temperature"),
+                         (["--label-weight", "2"], "label weight"), (["--lr", "0"], "lr must be > 0"),
+                         (["--batch-size", "0"], "batch size"), (["--weight-lr", "-1"], "weight lr")):
+        assert main(base + ["-f"] + flags) == 2
+        assert named in capsys.readouterr().err
+    for flag in ("--loss", "--fidelity"):
+        with pytest.raises(SystemExit):
+            main(base + ["-f", flag, "l2"])
+        assert flag in capsys.readouterr().err
+    with pytest.raises(UsageError, match="fidelity must be one of auto, sqnr"):
+        Q.check_options(Q.QatOptions(fidelity="top5"))
+    np.savez(tmp_path / "badval.npz", x=np.zeros((4, 1, 9, 8), np.float32))
+    assert main(base + ["-f", "--val", str(tmp_path / "badval.npz")]) == 2
+    assert "validation inputs" in capsys.readouterr().err
+
+
+def test_cli_loss_choices_are_distills_kinds():
+    from optc.cli_train import LOSS_KINDS
+    from optc.train.distill import KINDS
+
+    assert LOSS_KINDS == KINDS
+

@@ -236,3 +236,57 @@ def test_qoperator_artifact_with_float_outputs_is_refused(tmp_path, monkeypatch)
     with pytest.raises(VerificationError):
         optc.compile(dst, "cpu", tmp_path / "bad", options=NO_MEASURE)
     assert not (tmp_path / "bad").exists()
+
+
+# ----------------------------------------------------------------------------- the rewrite rules
+def test_rules_write_the_qdq_graph_the_pass_documents():
+    """The rule-based expansion of the hand-written QLinearConv is exactly the QDQ graph written
+    by hand (DQ x, DQ w per channel, DQ bias at x_scale * w_scale, Conv, Q): same ops in the same
+    order, same attributes, and bit-identical onnxruntime outputs; every node it writes carries
+    the rewriter's rule name."""
+    q = qlinear_conv_model()
+    e, _ = expand_qoperator(q)
+    body = [n for n in e.graph.node if n.name not in ("q", "dq")]
+    assert [n.op_type for n in body] == ["DequantizeLinear"] * 3 + ["Conv", "QuantizeLinear"]
+    names = {p.value for n in body for p in n.metadata_props if p.key == "pkg.onnxscript.rewriter.rule_name"}
+    assert names == {"expand-qoperator-QLinearConv"}
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    inits["bs"] = (inits["xs"] * inits["ws"]).astype(np.float32)
+    hand = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xf"]),
+            helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0),
+            helper.make_node("DequantizeLinear", ["b", "bs"], ["bf"], axis=0),
+            helper.make_node("Conv", ["xf", "wf", "bf"], ["yf"], pads=[1, 1, 1, 1]),
+            helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["yq"]),
+            helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+    g = helper.make_graph(hand, "hand", list(q.graph.input), list(q.graph.output),
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    want = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    for n, m in zip(body, hand[1:6]):
+        assert {a.name: helper.get_attribute_value(a) for a in n.attribute} == \
+               {a.name: helper.get_attribute_value(a) for a in m.attribute}
+    x = np.random.default_rng(9).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(verify.reference_outputs(e, {"x": x})[0], verify.reference_outputs(want, {"x": x})[0])
+
+
+def test_rule_checks_say_why_a_node_is_kept():
+    """A QLinearAdd whose input scale has two values (must be one) and a channels_last pool are
+    not expanded: the node stays, with the check's reason in ``skipped``."""
+    f = numpy_helper.from_array
+    inits = [f(np.array([0.1, 0.2], np.float32), "s2"), f(np.array(0.1, np.float32), "s"),
+             f(np.array(3, np.uint8), "z")]
+    nodes = [helper.make_node("QLinearAdd", ["a", "s2", "z", "b", "s", "z", "s", "z"], ["y"], name="add",
+                              domain="com.microsoft"),
+             helper.make_node("QLinearAveragePool", ["a", "s", "z", "s", "z"], ["p"], name="pool",
+                              domain="com.microsoft", kernel_shape=[2, 2], channels_last=1)]
+    u8 = TensorProto.UINT8
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, u8, [1, 4, 4, 2]) for n in "ab"],
+                          [helper.make_tensor_value_info("y", u8, None), helper.make_tensor_value_info("p", u8, None)],
+                          inits)
+    q = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    e, details = expand_qoperator(q)
+    assert details["expanded"] == {}
+    assert details["skipped"] == {"add": "QLinearAdd: scale 's2' has 2 values where one is expected",
+                                  "pool": "QLinearAveragePool: channels_last=1 (NHWC) is not expanded"}
+    assert _ops(e) == ["QLinearAdd", "QLinearAveragePool"]
+    assert any(o.domain == "com.microsoft" for o in e.opset_import)

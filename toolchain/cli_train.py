@@ -24,9 +24,12 @@ def cmd_qat(args) -> int:
 
     options = QatOptions(
         train=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed),
-        distill=Distillation(temperature=args.temperature, label_weight=args.label_weight),
+        distill=Distillation(temperature=args.temperature, label_weight=args.label_weight,
+                             kinds=None if args.loss == "auto" else (args.loss,)),
         quant_params=args.quant_params, time_budget_s=args.time_budget, labels_key=args.labels_key,
-        eval_data=args.eval, force=args.force)
+        eval_data=args.eval, force=args.force, val_data=args.val, lr_per_step=args.lr_per_step,
+        freeze_scales_last=args.freeze_scales_last, train_weights=not args.fixed_weights,
+        weight_lr=args.weight_lr, fidelity=args.fidelity)
     rep = qat(args.model, args.data, args.output, options=options,
               progress=Progress(enabled=not args.quiet and not args.json))
     if args.report:
@@ -49,6 +52,10 @@ def cmd_qat(args) -> int:
     return 0
 
 
+# optc.train.distill.KINDS (a test keeps them equal; importing it here would load numpy for `optc --help`)
+LOSS_KINDS = ("kl", "kl-probs", "mse", "mse-probs")
+
+
 def add_commands(add) -> None:
     q = add_training_command(
         add, "qat", cmd_qat,
@@ -68,6 +75,24 @@ def add_commands(add) -> None:
                         "step, scales and biases lr/10 of their size; cosine to 0 (default 0.003)")
     q.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     q.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
+    q.add_argument("--loss", choices=("auto",) + LOSS_KINDS, default="auto",
+                   help="loss on the outputs: auto (default) = KL for class scores [N, C], MSE on the "
+                        "probabilities for per-step scores [N, T, C] (a CTC recognizer), MSE otherwise; "
+                        "kl / mse / mse-probs (MSE after a softmax) force one for every output")
+    q.add_argument("--val", metavar="VAL.npz",
+                   help="held-out inputs (not trained on, not the --eval set): the epoch with the best "
+                        "fidelity on them is kept, the untrained model included (default: the last epoch)")
+    q.add_argument("--fidelity", choices=("auto", "sqnr"), default="auto",
+                   help="per-epoch fidelity (and what --val picks the epoch by): auto (default) = top-1 "
+                        "agreement for class scores, SQNR otherwise; sqnr = SQNR in dB always")
+    q.add_argument("--lr-per-step", action="store_true",
+                   help="cosine learning rate over updates instead of epochs")
+    q.add_argument("--freeze-scales-last", action="store_true",
+                   help="activation step sizes fixed in the last epoch")
+    q.add_argument("--weight-lr", type=float, metavar="LR",
+                   help="learning rate of the weights in quantization steps per update (default: --lr)")
+    q.add_argument("--fixed-weights", action="store_true",
+                   help="train step sizes and biases only (weight codes change only where a step size moved)")
     q.add_argument("--seed", type=int, default=0, help="seed (default 0); a seed gives one result")
     q.add_argument("--time-budget", type=float, metavar="S",
                    help="stop training after the epoch in which S seconds are used up")

@@ -89,7 +89,8 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def parse_shape_args(items: Iterable[str]) -> dict[str, tuple[int, ...]]:
-    """Parse ``NAME=1,3,224,224`` strings (the ``--input-shape`` option)."""
+    """Parse ``NAME=1,3,224,224`` strings (the ``--input-shape`` option); a 0 binds an empty
+    dimension (``past=1,8,0,64``: an empty key-value cache)."""
     shapes: dict[str, tuple[int, ...]] = {}
     for item in items:
         name, sep, dims = item.rpartition("=")
@@ -99,19 +100,21 @@ def parse_shape_args(items: Iterable[str]) -> dict[str, tuple[int, ...]]:
             shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
         except ValueError:
             raise InvalidModelError(f"--input-shape {item!r}: dimensions must be integers") from None
-        if any(d <= 0 for d in shape):
-            raise InvalidModelError(f"--input-shape {item!r}: dimensions must be positive")
+        if any(d < 0 for d in shape):  # 0 is a size: an empty tensor (an empty past-key-value cache)
+            raise InvalidModelError(f"--input-shape {item!r}: dimensions must be 0 or more")
         shapes[name] = shape
     return shapes
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
+    """The declared dimensions: ints (a declared 0 is a real, static size: empty tensors such
+    as an empty past-key-value cache), dim_param names, None where neither is set."""
     t = vi.type.tensor_type
     if not t.HasField("shape"):
         return None  # type: ignore[return-value]
     out: list[int | str | None] = []
     for d in t.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
+        if d.HasField("dim_value") and d.dim_value >= 0:
             out.append(d.dim_value)
         elif d.HasField("dim_param"):
             out.append(d.dim_param)

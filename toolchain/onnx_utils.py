@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     import onnx
     import onnx_ir as ir
 
-__all__ = ["attr", "int_attr", "infer_shapes", "value_shapes", "FreshNames", "unit_dynamic_dims"]
+__all__ = ["attr", "int_attr", "infer_shapes", "value_shapes", "FreshNames", "unit_dynamic_dims", "node_reads",
+           "graph_reads"]
 
 
 def unit_dynamic_dims(model: "onnx.ModelProto") -> "onnx.ModelProto":
@@ -121,6 +122,28 @@ def value_shapes(model: onnx.ModelProto, *, data_prop: bool = False) -> dict[str
     for init in g.initializer:
         out[init.name] = tuple(init.dims)
     return out
+
+
+def node_reads(node: "onnx.NodeProto") -> set[str]:
+    """Every value name ``node`` reads: its inputs and, recursively, the names read inside its
+    subgraphs (If branches, Loop/Scan bodies), which include outer-scope values that appear in no
+    node's input list of the enclosing graph. A superset (names a subgraph defines itself are
+    included too): right for deciding what must be kept."""
+    import onnx
+
+    names = {i for i in node.input if i}
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else []) + list(a.graphs):
+            names |= graph_reads(g)
+    return names
+
+
+def graph_reads(graph: "onnx.GraphProto") -> set[str]:
+    """The names read by the nodes of ``graph`` (:func:`node_reads`) and its outputs."""
+    names = {o.name for o in graph.output}
+    for n in graph.node:
+        names |= node_reads(n)
+    return names
 
 
 def constants(graph: "onnx.GraphProto") -> dict:

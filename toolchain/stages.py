@@ -293,7 +293,7 @@ def default_shapes(model: onnx.ModelProto, given: Mapping, arrays: Mapping | Non
     for vi in frontend.graph_inputs(model):
         if vi.name in shapes or not vi.type.HasField("tensor_type"):
             continue
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None  # 0: a static size
                 for d in vi.type.tensor_type.shape.dim]
         if all(d is not None for d in dims):
             continue

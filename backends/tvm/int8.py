@@ -832,7 +832,7 @@ def schedule_depthwise(func, *, ow: int, work: int):
     if par:
         sch.parallel(outer)
     acc = sch.get_sblock("Acc")
-    sch.compute_at(acc, outer)
+    sch.compute_at(acc, outer, preserve_unit_loops=True)  # (ow, kh, kw) even where one is 1 wide
     sch.set_scope(acc, 0, "local")
     loops = sch.get_loops(acc)
     owa, kh, kw = loops[-3], loops[-2], loops[-1]

@@ -39,7 +39,7 @@ CONVERTER_MODULES: tuple[str, ...] = ("optc.backends.tvm.int8", "optc.backends.t
                                       "optc.backends.tvm.recurrent", "optc.backends.tvm.control_flow",
                                       "optc.backends.tvm.signal_ops", "optc.backends.tvm.ml_ops",
                                       "optc.backends.tvm.vision_ops", "optc.backends.tvm.linalg_ops",
-                                      "optc.backends.tvm.index_ops")
+                                      "optc.backends.tvm.index_ops", "optc.backends.tvm.norm_ops")
 
 # ops TVM's importer converts but whose lowering is wrong or fails to build: refused up front
 # (listed as unsupported by ``supported_ops``) instead of failing the build or verification
@@ -225,6 +225,7 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
     from tvm import relax
 
     from . import expand
+    from .empty_tensors import replace_empty_nodes
     from .static_operands import constants_for_static_operands
 
     try:
@@ -242,6 +243,7 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
             raise UnsupportedModelError("a function op's body has a loop that cannot be unrolled: " + "; ".join(
                 f"{op} {name}: {why}" for name, (op, why) in kept.items()))
     model = constants_for_static_operands(model)  # shapes/axes as compile-time constants
+    model, _ = replace_empty_nodes(model)  # nodes whose outputs have no elements: empty tensors
     shape_dict = {s.name: list(s.shape) for s in inputs}
     dtype_dict = {s.name: s.dtype for s in inputs}
     scope = tvm_target(target) if target is not None else contextlib.nullcontext()
@@ -338,6 +340,7 @@ def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, e
     import tvm
 
     from . import tune
+    from .empty_tensors import check_constants
 
     record = {} if record is None else record
     request = tuning or tune.TuningRequest()
@@ -349,7 +352,9 @@ def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, e
         with tgt:
             pipeline = schedule.relax_pipeline(tgt, log=record.setdefault("schedules", []),
                                                pre_schedule=database.apply if database else None)
-            executable = tvm.compile(pipeline(mod), tgt)
+            lowered = pipeline(mod)
+            check_constants(lowered)  # zero-size constants TVM cannot load back: refused by name
+            executable = tvm.compile(lowered, tgt)
     except OptcError:
         raise
     except Exception as err:

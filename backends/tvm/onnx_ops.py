@@ -25,6 +25,10 @@ the ONNX node tests (``tests/test_node_tests.py``).
   the work, 1 GFLOP/s); other ones go to TVM's converter.
 - Split: a zero-size part (``split`` with a 0): one ``strided_slice`` per part (TVM's ``split``
   build failed).
+- Conv: a 3-D convolution that is 2-D per depth slice (kernel depth 1, depth stride 1, no depth
+  padding: RivaGAN's 1 x 11 x 11 kernels on ``[N, 3, 1, H, W]`` frames) is a 2-D convolution
+  with the depth folded into the batch (:func:`_conv3d_as_2d`), so the CPU conv2d schedules
+  apply (TVM's conv3d has none: 14 GFLOP/s, 18 % of peak); other Convs are TVM's.
 - Pow: integer bases (TVM's ``power`` takes floats only) through float64, rounded back; an
   exponent of another type than the base is cast to it (the output has the base's type).
 - Constant: TVM read only ``value``; ``value_float(s)`` / ``value_int(s)`` become tensors.
@@ -231,6 +235,17 @@ def register() -> None:
                 return shuffled
             return base_conv_transpose._impl_v1(bb, inputs, attr, params)
 
+    base_conv = tvm_onnx.Conv
+
+    @register_converter("", "Conv")
+    class Conv(OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            folded = _conv3d_as_2d(bb, relax, inputs, attr, lambda xs, a: base_conv._impl_v11(bb, xs, a, params))
+            return folded if folded is not None else base_conv._impl_v11(bb, inputs, attr, params)
+
+        _impl_v11 = _impl_v1
+
     base_split = tvm_onnx.Split
 
     @register_converter("", "Split")
@@ -278,6 +293,39 @@ def register() -> None:
             return op.power(x, y)
 
     _register_gaps(relax, tvm_onnx, OnnxOpConverter)
+
+
+def _conv3d_as_2d(bb, relax, inputs, attr: dict, conv2d):
+    """A 5-D Conv whose kernel depth is 1 with depth stride 1 and no depth padding, as the 2-D
+    convolution of every depth slice: ``x [N, C, D, H, W]`` -> ``[N * D, C, H, W]`` (depth
+    next to the batch), weights ``[K, C/g, 1, kh, kw]`` -> ``[K, C/g, kh, kw]``, ``conv2d`` (TVM's
+    2-D converter with the height/width attributes), back to ``[N, K, D, H', W']``. Returns
+    None for any other Conv (static shapes and explicit pads only)."""
+    op = relax.op
+    x, w = inputs[0], inputs[1]
+    shape, wshape = getattr(x.ty, "shape", None), getattr(w.ty, "shape", None)
+    if shape is None or wshape is None or len(shape) != 5 or len(wshape) != 5:
+        return None
+    try:
+        n, c, d, h, wd = (int(v) for v in shape)
+        k_out, c_in, kd, kh, kw = (int(v) for v in wshape)
+    except TypeError:  # a symbolic dimension
+        return None
+    mode = attr.get("auto_pad", b"NOTSET")
+    strides, pads = list(attr.get("strides", [1, 1, 1])), list(attr.get("pads", [0] * 6))
+    dil = list(attr.get("dilations", [1, 1, 1]))
+    explicit = (mode.decode() if isinstance(mode, bytes) else str(mode)) == "NOTSET"
+    if kd != 1 or strides[0] != 1 or pads[0] or pads[3] or not explicit:
+        return None
+    x2 = op.reshape(op.permute_dims(x, [0, 2, 1, 3, 4]) if d > 1 else x, [n * d, c, h, wd])
+    a2 = {"kernel_shape": [kh, kw], "strides": strides[1:], "pads": [pads[1], pads[2], pads[4], pads[5]],
+          "dilations": dil[1:], "group": int(attr.get("group", 1))}
+    bias = inputs[2] if len(inputs) > 2 else None
+    y = bb.normalize(conv2d([bb.normalize(x2), bb.normalize(op.reshape(w, [k_out, c_in, kh, kw])), bias], a2))
+    oh, ow = int(y.ty.shape[2]), int(y.ty.shape[3])
+    if d == 1:
+        return op.reshape(y, [n, k_out, 1, oh, ow])
+    return op.permute_dims(op.reshape(y, [n, d, k_out, oh, ow]), [0, 2, 1, 3, 4])
 
 
 def _conv_transpose_as_shuffle(bb, relax, inputs, attr: dict, params):

@@ -128,7 +128,7 @@ class Quantize(Pass):
     lossy: ClassVar[bool] = True
     compression: ClassVar[bool] = True
 
-    calib: Optional[str] = field(default=None, metadata={"doc": "calibration data (.npz, arrays keyed by input name); required"})
+    calib: Optional[str] = field(default=None, metadata={"doc": "calibration data (.npz, arrays keyed by input name, samples on axis 0; an input without a batch axis: whole values stacked on a new axis 0); required"})
     calib_samples: int = field(default=0, metadata={"doc": "use at most N calibration samples (0: all)"})
     weight_bits: int = field(default=8, metadata={"doc": "weight bits: 8 or 4 (int4 values in int8 containers)"})
     act_bits: int = field(default=8, metadata={"doc": "activation bits (8)"})

@@ -18,7 +18,8 @@ from onnx import TensorProto, helper
 
 from .observers import Observer
 
-__all__ = ["InputInfo", "model_inputs", "load_samples", "iter_batches", "TensorRunner", "collect", "channel_absmax"]
+__all__ = ["InputInfo", "model_inputs", "load_samples", "iter_batches", "TensorRunner", "collect", "channel_absmax",
+           "stacked_inputs", "batch_rows"]
 
 DEFAULT_MEMORY_BUDGET = 64 << 20
 DYNAMIC_BATCH = 16  # batch for a model whose batch dimension is not bound
@@ -52,6 +53,10 @@ def load_samples(source: str | Path | Mapping[str, np.ndarray], model: onnx.Mode
 
     ``source``: an .npz path or a mapping. A single-input model also accepts a file with one
     array under another name (label arrays, ``optc.accuracy.LABEL_KEYS``, are ignored for that match).
+    An input without a batch axis (a 0-d sample rate, a recurrent state ``[layers, batch,
+    hidden]`` whose axis 0 is not the batch) takes one whole value per feed, stacked on a new
+    axis 0 (an array of one more dimension than the input, :func:`stacked_inputs`); the batched
+    inputs then hold ``feeds x batch`` samples.
     """
     from optc.errors import InvalidModelError, UsageError
 
@@ -78,14 +83,14 @@ def load_samples(source: str | Path | Mapping[str, np.ndarray], model: onnx.Mode
             problems.append(f"no array for input {s.name!r} (has {', '.join(map(repr, arrays)) or 'none'})")
             continue
         a = np.asarray(arrays[s.name])
-        if a.ndim != len(s.dims) or any(d is not None and d != n for d, n in zip(s.dims[1:], a.shape[1:])):
+        if not _fits(a, s):
             problems.append(f"input {s.name!r}: samples of shape {list(a.shape[1:])} do not fit the model's "
-                            f"{[d if d is not None else '?' for d in s.dims]} (samples go on axis 0)")
+                            f"{[d if d is not None else '?' for d in s.dims]} (samples go on axis 0; an input "
+                            "without a batch axis takes whole values stacked on a new axis 0)")
             continue
         out[s.name] = a.astype(s.dtype, copy=False)
-    counts = {len(a) for a in out.values()}
-    if len(counts) > 1:
-        problems.append(f"arrays disagree on the number of samples ({sorted(counts)})")
+    if not problems:
+        problems += _count_problems(out, specs)
     if problems:
         raise InvalidModelError(f"{what}: " + "; ".join(problems))
     if not out or not next(iter(out.values())).shape[0]:
@@ -93,36 +98,88 @@ def load_samples(source: str | Path | Mapping[str, np.ndarray], model: onnx.Mode
     return out
 
 
-def batch_size(model: onnx.ModelProto) -> int:
-    b = {s.batch for s in model_inputs(model)}
+def _fits(a: np.ndarray, s: InputInfo) -> bool:
+    """Samples of input ``s`` on axis 0 (the batch axis, or a new axis for whole values)."""
+    if a.ndim == len(s.dims) + 1:
+        return all(d is None or d == n for d, n in zip(s.dims, a.shape[1:]))
+    return a.ndim == len(s.dims) >= 1 and all(d is None or d == n for d, n in zip(s.dims[1:], a.shape[1:]))
+
+
+def stacked_inputs(data: Mapping[str, np.ndarray], model: onnx.ModelProto) -> set[str]:
+    """The inputs given as whole values stacked on a new axis 0 (one per feed)."""
+    return {s.name for s in model_inputs(model) if s.name in data and np.ndim(data[s.name]) == len(s.dims) + 1}
+
+
+def _batch(specs: list[InputInfo], stacked: set[str]) -> int:
+    if all(s.name in stacked for s in specs):
+        return 1  # every input a whole value: one per feed
+    b = {s.batch for s in specs if s.name not in stacked}
     b.discard(None)
     return b.pop() if len(b) == 1 else DYNAMIC_BATCH
+
+
+def _count_problems(out: Mapping[str, np.ndarray], specs: list[InputInfo]) -> list[str]:
+    """Batched arrays must agree on their sample count; with stacked inputs, that count is
+    feeds x the bound batch (one stacked value per feed)."""
+    stacked = {s.name for s in specs if s.name in out and out[s.name].ndim == len(s.dims) + 1}
+    batches = {s.name: s.batch for s in specs if s.name not in stacked and s.batch is not None}
+    if len(set(batches.values())) > 1:
+        return [f"the inputs' axis 0 disagree ({', '.join(f'{k}: {v}' for k, v in batches.items())}), so one of "
+                "them has no batch axis: give that input (e.g. a recurrent state) as whole values stacked on "
+                "a new axis 0"]
+    batched = {len(a) for k, a in out.items() if k not in stacked}
+    feeds = {len(a) for k, a in out.items() if k in stacked}
+    if len(batched) > 1 or len(feeds) > 1:
+        return [f"arrays disagree on the number of samples ({sorted(batched | feeds)})"]
+    if not (feeds and batched):
+        return []
+    n, f, b = batched.pop(), feeds.pop(), _batch(specs, stacked)
+    bound = all(s.batch is not None for s in specs if s.name not in stacked)
+    if not bound or n != f * b:
+        return [f"{n} samples of the batched inputs do not fill one batch of {b if bound else '(unbound)'} per "
+                f"stacked value ({f} of {', '.join(sorted(stacked))})"]
+    return []
+
+
+def batch_size(model: onnx.ModelProto, data: Mapping[str, np.ndarray] | None = None) -> int:
+    """The samples per feed: the bound batch of the inputs that have one (not those given as
+    stacked whole values in ``data``), else ``DYNAMIC_BATCH``."""
+    return _batch(model_inputs(model), stacked_inputs(data, model) if data is not None else set())
 
 
 def iter_batches(data: Mapping[str, np.ndarray], model: onnx.ModelProto, limit: int = 0
                  ) -> Iterator[dict[str, np.ndarray]]:
     """Feeds of the model's batch size over the samples (a last partial batch is dropped when
-    the batch dimension is bound)."""
-    n = len(next(iter(data.values())))
+    the batch dimension is bound); a stacked input gives its value number ``feed``."""
+    stacked = stacked_inputs(data, model)
+    n = samples_used(data, model, limit) if stacked else len(next(iter(data.values())))
     if limit:
         n = min(n, limit)
     specs = model_inputs(model)
-    bound = all(s.batch is not None for s in specs)
-    b = batch_size(model)
-    for start in range(0, n, b):
+    bound = all(s.batch is not None for s in specs if s.name not in stacked)
+    b = batch_size(model, data)
+    for k, start in enumerate(range(0, n, b)):
         stop = min(start + b, n)
         if bound and stop - start < b:
             break
-        yield {k: np.ascontiguousarray(v[start:stop]) for k, v in data.items()}
+        yield {name: np.array(v[k]) if name in stacked else np.ascontiguousarray(v[start:stop])  # 0-d stays 0-d
+               for name, v in data.items()}
+
+
+def batch_rows(feeds: Mapping[str, np.ndarray], stacked: set[str]) -> int:
+    """Samples in one feed: the rows of a batched input (1 where every input is stacked)."""
+    return next((len(v) for k, v in feeds.items() if k not in stacked), 1)
 
 
 def samples_used(data: Mapping[str, np.ndarray], model: onnx.ModelProto, limit: int = 0) -> int:
-    n = len(next(iter(data.values())))
+    """Samples of the batched inputs that go through the model (whole batches where bound)."""
+    stacked = stacked_inputs(data, model)
+    batched = [v for k, v in data.items() if k not in stacked]
+    b = batch_size(model, data)
+    n = len(batched[0]) if batched else len(next(iter(data.values()))) * b
     if limit:
         n = min(n, limit)
-    specs = model_inputs(model)
-    if all(s.batch is not None for s in specs):
-        b = batch_size(model)
+    if all(s.batch is not None for s in model_inputs(model) if s.name not in stacked):
         n = (n // b) * b
     return n
 
@@ -149,7 +206,18 @@ class TensorRunner:
         self.names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.names, self.session.run(None, dict(feeds))))
+        """Outputs by name; onnxruntime refusing the feeds (shapes that the data gave) is an
+        InvalidModelError naming the data, not an optc bug."""
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+        from optc.errors import InvalidModelError
+
+        try:
+            return dict(zip(self.names, self.session.run(None, dict(feeds))))
+        except InvalidArgument as err:
+            shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items())
+            raise InvalidModelError(f"calibration data: onnxruntime cannot run the model on a feed of {shapes}: "
+                                    f"{str(err).splitlines()[0]}") from None
 
 
 def collect(model: onnx.ModelProto, tensors: list[str], data: Mapping[str, np.ndarray],
@@ -178,10 +246,11 @@ def collect(model: onnx.ModelProto, tensors: list[str], data: Mapping[str, np.nd
         buffered = 0
         flushes += 1
 
+    stacked = stacked_inputs(data, model)
     for feeds in iter_batches(data, model, limit):
         outs = runner.run(feeds)
         batches += 1
-        samples += len(next(iter(feeds.values())))
+        samples += batch_rows(feeds, stacked)
         for t in tensors:
             a = outs[t]
             if a.dtype.kind == "f":

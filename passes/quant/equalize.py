@@ -54,7 +54,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from optc.onnx_utils import attr, value_shapes
+from optc.onnx_utils import attr, graph_reads, value_shapes
 
 from . import qdq
 
@@ -343,8 +343,8 @@ def apply(model: onnx.ModelProto, edits: list[Edit]) -> onnx.ModelProto:
         used.add(name)
         g.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
         node.input[slot] = name
-    # drop initializers and Constant nodes nothing reads any more
-    reads = {n for node in g.node for n in node.input} | {o.name for o in g.output}
+    # drop initializers and Constant nodes nothing reads any more (subgraph reads included)
+    reads = graph_reads(g)
     keep = [t for t in g.initializer if t.name in reads]
     del g.initializer[:]
     g.initializer.extend(keep)

@@ -191,5 +191,43 @@ class DequantizeLinear(OpRun):
         return (((np.asarray(x, np.int64) - zp).astype(np.float32) * s).astype(np.float32),)
 
 
-STANDARD_OPS = [QuantizeLinear, DequantizeLinear]  # ONNX's own ops, for ReferenceEvaluator below opset 19
+class GlobalMaxPool(OpRun):
+    """ONNX GlobalMaxPool: the max over every axis after the channel axis, kept as size 1.
+    onnx's reference reduces axes ``(ndim - 2, ndim - 1)``, which is right for 4-D inputs only
+    (a 1-d conv model's ``[N, C, L]`` lost its channel axis; found on Magika's byte classifier)."""
+
+    op_domain = ""
+
+    def _run(self, x):
+        return (np.asarray(x).max(axis=tuple(range(2, np.ndim(x))), keepdims=True),)
+
+
+class BatchNormalization(OpRun):
+    """ONNX BatchNormalization in inference mode (every opset): ``(x - mean) / sqrt(var +
+    epsilon) * scale + bias`` per channel (axis 1), in the input's type. onnx's reference for opsets
+    9-13 takes the schema's default ``momentum`` as a request for training mode and normalizes
+    with the batch's own statistics (a BatchNormalization after a ReLU, which ``fuse-bn`` cannot
+    fold, came out wrong by up to 60 %: openWakeWord's embedding model). Training mode, which
+    inference graphs do not use, is refused."""
+
+    op_domain = ""
+
+    def _run(self, x, scale, bias, mean, var, **attrs):
+        if attrs.get("training_mode"):
+            raise NotImplementedError("BatchNormalization with training_mode=1")
+        eps = attrs.get("epsilon")
+        shape = (-1, *([1] * (np.ndim(x) - 2)))
+        x = np.asarray(x)
+        dt = x.dtype
+
+        def per_channel(v):
+            return np.asarray(v, dt).reshape(shape)
+
+        inv = dt.type(1) / np.sqrt(per_channel(var) + dt.type(1e-5 if eps is None else eps))
+        return (((x - per_channel(mean)) * inv * per_channel(scale) + per_channel(bias)).astype(dt),)
+
+
+# ONNX's own ops for ReferenceEvaluator: the quantizers below opset 19; GlobalMaxPool on any
+# rank and BatchNormalization in inference mode, which onnx's reference gets wrong
+STANDARD_OPS = [QuantizeLinear, DequantizeLinear, GlobalMaxPool, BatchNormalization]
 OP_TYPES = ("IntConv2d", "IntDense", "IntGlobalAveragePool")  # what ``integerize`` writes (and requires of a backend)

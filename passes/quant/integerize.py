@@ -71,7 +71,7 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
-from optc.onnx_utils import attr
+from optc.onnx_utils import attr, graph_reads
 from optc.passes.optc_ops import DOMAIN, VERSION
 from optc.pipeline import Pass, PassResult, register_pass
 
@@ -695,17 +695,16 @@ def _to_quantize(g: _Graph, tensor: str, limit: int = 4):
 
 def _dce(model: onnx.ModelProto) -> None:
     """Drop nodes whose outputs nothing reads, then unread initializers (bounded: one sweep per
-    node at most)."""
+    node at most). Reads inside subgraphs (an If branch reading an outer-scope value) count."""
     graph = model.graph
-    outs = {o.name for o in graph.output}
     for _ in range(len(graph.node) + 1):
-        used = {i for n in graph.node for i in n.input} | outs
+        used = graph_reads(graph)
         keep = [n for n in graph.node if any(o in used for o in n.output if o)]
         if len(keep) == len(graph.node):
             break
         del graph.node[:]
         graph.node.extend(keep)
-    used = {i for n in graph.node for i in n.input} | outs
+    used = graph_reads(graph)
     inits = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(inits)

@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from optc.onnx_utils import FreshNames, attr, constants, infer_shapes
+from optc.onnx_utils import FreshNames, attr, constants, graph_reads, infer_shapes
 
 from . import qparams
 
@@ -400,10 +400,10 @@ def insert_qdq(model: onnx.ModelProto, layers: list[Layer], weights: dict[str, W
     del graph.node[:]
     graph.node.extend(new_nodes)
     graph.initializer.extend(new_inits)
-    # drop float initializers nothing reads any more (the replaced weights and biases)
-    used = {name for n in graph.node for name in n.input}
-    outs = {o.name for o in graph.output}
-    keep = [t for t in graph.initializer if t.name in used or t.name in outs]
+    # drop float initializers nothing reads any more (the replaced weights and biases); a
+    # subgraph (If branch) may read one from the outer scope: graph_reads sees those too
+    used = graph_reads(graph)
+    keep = [t for t in graph.initializer if t.name in used]
     dropped = {t.name for t in graph.initializer} - {t.name for t in keep}
     del graph.initializer[:]
     graph.initializer.extend(keep)

@@ -241,8 +241,21 @@ def test_depthwise_tile_reuses_weight_vectors_over_rows():
     assert _depthwise_tile(144, 56, 8, avx2) == (2, 8, 7)
     assert _depthwise_tile(960, 7, 8, avx2) == (2, 8, 7)  # was 12 vectors x 1 row
     assert _depthwise_tile(32, 40, 8, avx2) == (2, 8, 5)  # 10 accumulators either way
+    assert _depthwise_tile(256, 38, 8, avx2) == (2, 8, 7)  # 38 = 2 x 19: 6 tiles of 7, the last partial
     avx512 = _Params(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"}))
     assert _depthwise_tile(144, 56, 16, avx512) == (1, 16, 28)
+
+
+def test_depthwise_partial_row_tiles_match(tmp_path):
+    """A 5x5 depthwise conv on a map 38 wide (2 x 19: a partial last row tile) matches
+    onnxruntime."""
+    rng = np.random.default_rng(7)
+    inits = {"w": (rng.standard_normal((24, 1, 5, 5)) * 0.3).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[2, 2, 2, 2], group=24)]
+    model = _model(nodes, [("x", [1, 24, 6, 38])], [("y", [1, 24, 6, 38])], inits)
+    onnx.save(model, tmp_path / "dw.onnx")
+    report = optc.compile(tmp_path / "dw.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -262,6 +275,30 @@ def test_depthwise_convolutions_with_row_tiles_match(tmp_path, stride):
     path = tmp_path / "dw.onnx"
     onnx.save(model, path)
     report = optc.compile(path, "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+
+
+def test_depthwise_padding_copy_only_where_it_is_small(tmp_path):
+    """A strided depthwise conv (a 30x30 copy for 7x7 outputs) and one on a 7x7 map (9x9
+    copy) read their padding through an in-bounds test; a stride-1 one on a 28x28 map keeps the
+    padded copy (30x30 copy elements per 28x28 x 9 taps < ``PAD_INLINE_RATIO``). All three
+    match onnxruntime."""
+    from optc.backends.tvm.schedule import PAD_INLINE_RATIO
+
+    rng = np.random.default_rng(6)
+    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    inits = {"w1": f(32, 1, 3, 3), "w2": f(32, 1, 3, 3), "w3": f(32, 1, 3, 3), "b": f(32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b"], ["c1"], pads=[1, 1, 1, 1], group=32),  # 28x28, s1
+        helper.make_node("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1], group=32, strides=[4, 4]),  # -> 7x7
+        helper.make_node("Conv", ["c2", "w3", "b"], ["y"], pads=[1, 1, 1, 1], group=32),  # 7x7, s1
+    ]
+    model = _model(nodes, [("x", [1, 32, 28, 28])], [("y", [1, 32, 7, 7])], inits)
+    padded = {n: "pad_temp" in fn.script() for n, fn in _prim_funcs(_scheduled(model)).items() if "conv2d" in n}
+    assert sorted(padded.values()) == [False, False, True], padded
+    assert 30 * 30 / (28 * 28 * 9) < PAD_INLINE_RATIO <= 9 * 9 / (7 * 7 * 9)
+    onnx.save(model, tmp_path / "dw.onnx")
+    report = optc.compile(tmp_path / "dw.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]
 
 
@@ -592,3 +629,18 @@ def test_one_output_channel_convolution_is_vectorized_along_its_input_channels(t
         rf = [gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
               and "conv2d" in gv.name_hint and "_rf" in (schedule._rule_contraction(f, tvm_target, params) or f).script()]
     assert len(rf) == 2, rf
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_softmax_over_a_middle_axis_is_vectorized_along_the_innermost(tmp_path, op):
+    """YOLOv8's DFL head: a softmax over axis 1 of [1, 16, 4, anchors]. The column-reduction
+    rule schedules it (vectors along the anchors, the 16 bins walked outside them) and it
+    matches onnxruntime; a softmax over the innermost axis stays with DLight's rule."""
+    nodes = [helper.make_node(op, ["x"], ["y"], axis=1), helper.make_node("Softmax", ["x"], ["z"], axis=-1)]
+    model = _model(nodes, [("x", [1, 16, 4, 40])], [("y", [1, 16, 4, 40]), ("z", [1, 16, 4, 40])], {})
+    onnx.save(model, tmp_path / "sm.onnx")
+    report = optc.compile(tmp_path / "sm.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+    rules = sorted(report["build"]["schedules"]["per_function"].values())
+    assert "column_reduction" in rules and "dlight" in rules, rules
+    assert not report["build"]["schedules"]["rule_failures"]

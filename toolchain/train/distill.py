@@ -5,10 +5,15 @@ learned channel gates, fine-tuning after pruning): the teacher is the original f
 data is an array of inputs (an ``.npz`` is enough), labels are optional.
 
 * :func:`loss_kind` picks the output loss from the teacher's outputs with
-  :func:`optc.accuracy.output_kind`: class scores (``[N, C]``) and per-step class scores
-  (``[N, T, C]``) use the temperature-scaled KL divergence of Hinton et al.; every other output
-  (detection maps, regressions, features) uses the mean squared error, normalised by the
-  teacher's mean square so that losses of outputs with different scales add up.
+  :func:`optc.accuracy.output_kind`: class scores (``[N, C]``, one decision per sample) use the
+  temperature-scaled KL divergence of Hinton et al.; per-step class scores (``[N, T, C]``, a CTC
+  recognizer) use the mean squared error between the output *probabilities* (measured on the
+  PP-OCR recognizer, ``bench/README_quant.md``: KL over a 6625-class softmax is dominated by the
+  many confident steps whose argmax never changes and fidelity falls after a few updates; the
+  squared probability difference is largest at the near-ties that decide top-1 agreement, and
+  fidelity rises steadily); every other output (detection maps, regressions, features) uses
+  the mean squared error. MSE is normalised by the teacher's mean square so that losses of
+  outputs with different scales add up. :attr:`Distillation.kinds` overrides the choice.
 * :func:`distillation_loss` is that loss (plus ``label_weight`` x cross-entropy when labels
   are given and the output is a class-score output);
 * :func:`teacher_outputs` runs the teacher in batches (never one forward pass over a whole
@@ -34,11 +39,13 @@ import numpy as np
 from ..errors import UsageError
 from . import TrainConfig
 
-__all__ = ["Distillation", "loss_kind", "distillation_loss", "teacher_outputs", "fit", "FitHooks", "FitResult"]
+__all__ = ["Distillation", "KINDS", "loss_kind", "resolve_kinds", "check_kinds", "distillation_loss", "teacher_outputs", "fit", "FitHooks", "FitResult"]
 
 KL = "kl"
 KL_PROBS = "kl-probs"  # KL on outputs that are probabilities already (a softmax output): log taken
 MSE = "mse"
+MSE_PROBS = "mse-probs"  # MSE on softmax(output): logits or log-probabilities made probabilities
+KINDS = (KL, KL_PROBS, MSE, MSE_PROBS)
 _LOG_EPS = 1e-12
 
 
@@ -48,26 +55,63 @@ class Distillation:
 
     ``temperature`` scales the logits of the KL loss; ``label_weight`` in [0, 1] mixes in
     cross-entropy to labels when there are labels (0: labels ignored, pure distillation);
-    ``kinds`` forces the loss per output (``"kl"`` or ``"mse"``) instead of choosing it from the
-    teacher's outputs."""
+    ``kinds`` forces the loss per output (one of :data:`KINDS`; one kind for every output when
+    a single one is given) instead of choosing it from the teacher's outputs (:func:`loss_kind`).
+    ``"kl"`` and ``"mse-probs"`` compare class distributions: on outputs that are probabilities
+    already they become ``"kl-probs"`` and ``"mse"`` (:func:`resolve_kinds`)."""
 
     temperature: float = 2.0
     label_weight: float = 0.0
     kinds: tuple[str, ...] | None = None
 
 
+def _are_probabilities(t: np.ndarray) -> bool:
+    """Every row along the last axis in [0, 1] and summing to 1 (a softmax output)."""
+    rows = np.asarray(t).reshape(-1, t.shape[-1]).astype(np.float64)
+    return bool(rows.size and rows.min() >= 0.0 and rows.max() <= 1.0
+                and np.all(np.abs(rows.sum(-1) - 1.0) <= 1e-3))
+
+
 def loss_kind(teacher_output: np.ndarray) -> str:
-    """``"kl"`` for class scores and per-step class scores, ``"kl-probs"`` for those when they
-    are probabilities already (every row in [0, 1] summing to 1: a softmax output; the loss then
-    takes their log as the logits), ``"mse"`` for anything else."""
-    from ..accuracy import CLASSIFIER_KINDS, output_kind
+    """Class scores ``[N, C]``: ``"kl"``, or ``"kl-probs"`` when they are probabilities already
+    (the loss then takes their log as the logits). Per-step class scores ``[N, T, C]``: MSE on
+    the probabilities, ``"mse"`` when the outputs are probabilities, ``"mse-probs"`` (softmax
+    first) when they are log-probabilities. Anything else: ``"mse"``."""
+    from ..accuracy import CLASS_SCORES, SEQUENCE_SCORES, output_kind
 
     t = np.asarray(teacher_output)
-    if output_kind(t) not in CLASSIFIER_KINDS:
-        return MSE
-    rows = t.reshape(-1, t.shape[-1]).astype(np.float64)
-    probs = rows.size and rows.min() >= 0.0 and rows.max() <= 1.0 and np.all(np.abs(rows.sum(-1) - 1.0) <= 1e-3)
-    return KL_PROBS if probs else KL
+    kind = output_kind(t)
+    if kind == CLASS_SCORES:
+        return KL_PROBS if _are_probabilities(t) else KL
+    if kind == SEQUENCE_SCORES:
+        return MSE if _are_probabilities(t) else MSE_PROBS
+    return MSE
+
+
+def resolve_kinds(forced: Sequence[str] | None, teacher_out: Sequence[np.ndarray]) -> list[str]:
+    """The loss per output: :func:`loss_kind`, or ``forced`` (one kind per output, or one for
+    all) with ``"kl"`` -> ``"kl-probs"`` and ``"mse-probs"`` -> ``"mse"`` on outputs that are
+    probabilities already. UsageError for an unknown kind or a count that does not match."""
+    if not forced:
+        return [loss_kind(t) for t in teacher_out]
+    check_kinds(forced)
+    kinds = list(forced) * len(teacher_out) if len(forced) == 1 else list(forced)
+    if len(kinds) != len(teacher_out):
+        raise UsageError(f"{len(kinds)} loss kinds for {len(teacher_out)} outputs")
+    probs = {KL: KL_PROBS, MSE_PROBS: MSE}
+    return [probs[k] if k in probs and _are_probabilities(t) else k for k, t in zip(kinds, teacher_out)]
+
+
+def check_kinds(kinds: Sequence[str]) -> None:
+    """UsageError naming an unknown loss kind and the known ones (:data:`KINDS`)."""
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise UsageError(f"unknown distillation loss {bad[0]!r} (one of {', '.join(KINDS)})")
+
+
+def _softmax_np(t: np.ndarray) -> np.ndarray:
+    e = np.exp(t.astype(np.float64) - t.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def _class_axis_last(t):
@@ -83,7 +127,8 @@ def distillation_loss(student_outputs: Sequence, teacher_outputs: Sequence, kind
     ``T^2 * KL(softmax(t/T) || softmax(s/T))`` over the last axis (batch-mean), plus
     ``label_weight * CE(s, labels)`` on the first KL output when ``labels`` is given. MSE outputs:
     ``mean((s - t)^2) / scale`` with ``scale`` the teacher's mean square over the whole data set
-    (``scales``; 1 if not given)."""
+    (``scales``; 1 if not given); ``"mse-probs"``: the same on ``softmax(s)`` and ``softmax(t)``
+    over the last axis."""
     import torch.nn.functional as F
 
     total = 0.0
@@ -101,6 +146,8 @@ def distillation_loss(student_outputs: Sequence, teacher_outputs: Sequence, kind
                 kd = (1 - config.label_weight) * kd + config.label_weight * F.cross_entropy(s2, labels.reshape(-1))
             total = total + kd
         else:
+            if kind == MSE_PROBS:
+                s, t = s.softmax(-1), t.softmax(-1)
             scale = scales[k] if scales is not None else 1.0
             total = total + F.mse_loss(s, t) / max(scale, 1e-12)
     return total
@@ -240,10 +287,9 @@ def _batches(x: np.ndarray, teacher_out: Sequence[np.ndarray], labels, distill: 
         if len(teacher_out) != len(kinds) or len(x) != len(teacher_out[0]):
             raise UsageError(f"epoch data: {len(x)} inputs and {len(teacher_out)} teacher outputs do not match")
     else:
-        kinds = list(distill.kinds) if distill.kinds else [loss_kind(t) for t in teacher_out]
-        if len(kinds) != len(teacher_out):
-            raise UsageError(f"{len(kinds)} loss kinds for {len(teacher_out)} outputs")
-        scales = [float(np.mean(np.square(t))) or 1.0 for t in teacher_out]
+        kinds = resolve_kinds(distill.kinds, teacher_out)
+        scales = [float(np.mean(np.square(_softmax_np(t) if k == MSE_PROBS else t))) or 1.0
+                  for k, t in zip(kinds, teacher_out)]
     return _Batches(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)),
                     [torch.as_tensor(t) for t in teacher_out],
                     torch.as_tensor(np.asarray(labels, np.int64)) if labels is not None else None,

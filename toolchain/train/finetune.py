@@ -21,7 +21,9 @@ the gradient passes through the rounding and stops where the value saturates. A 
 parameter (``onnx_to_torch(..., trainable=[scale names])``) gets the LSQ gradient (Esser et al.,
 "Learned Step Size Quantization", 2020), scaled by ``1 / sqrt(N * Qp)`` (N: values per scale --
 per output channel for per-channel weights, per sample for activations; Qp: the largest positive
-code), which is what :mod:`optc.train.qat` trains.
+code), which is what :mod:`optc.train.qat` trains. An int32 quantizer (a bias fake-quantized on
+the accumulator grid ``s_x * s_w``, computed from trained scales) passes its gradient to the
+value only, not to its scale.
 
 :func:`finetune` trains it with :func:`optc.models.digits.train` (Adam, cosine schedule,
 cross-entropy, one thread, seeded) on an ``.npz`` with the input array and ``label`` (without
@@ -260,6 +262,8 @@ def _OnnxModule(graph, inits, trainable, inputs, outputs):
         per_scale = x.numel() // max(s.numel(), 1) if a.get("_constant") or x.dim() == 0 \
             else x[0].numel() // (s.numel() if per_axis and axis != 0 else 1)
         g = 1.0 / float(np.sqrt(max(per_scale, 1) * max(qmax, 1)))
+        if zp is not None and zp.dtype == torch.int32:  # a bias on the accumulator grid s_x * s_w:
+            s = s.detach()  # the step sizes learn from their own quantizers, not from this one
         s = grad_scaled(s, g).reshape(shape) if per_axis else grad_scaled(s, g)
         z = 0.0 if zp is None else (zp.reshape(shape) if per_axis else zp).to(s.dtype)
         if op == "QuantizeLinear":

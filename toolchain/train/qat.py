@@ -15,7 +15,10 @@ and ends in that same graph with learned numbers, so everything downstream (``in
    becomes ``DQ(Q(w))`` with ``w = u * unit`` a latent float weight (the "QDQ pair on the
    weight" form of ONNX; ``u`` is trained in units of the channel's post-training step, so one
    learning rate suits every channel; it starts at the float weight the codes were rounded
-   from, off the grid, see :func:`_latent_start`), each int32 bias ``DQ(b_q)`` its float value; activation
+   from, off the grid, see :func:`_latent_start`), each int32 bias ``DQ(b_q)`` a float bias
+   ``b`` fake-quantized on the accumulator grid of the trained scales, ``DQ(Q(b, s_x * s_w))``
+   (:func:`_bias_float`: the grid the export writes the int32 codes on, so the student computes
+   what onnxruntime computes on the export); activation
    Q/DQ pairs stay; scales the quantizer shared (a MaxPool's output reuses its input's) are
    tied to one; scales of dead channels (~1e-42) get their layer's median (:func:`_revive`).
 4. :func:`optc.train.finetune.onnx_to_torch` makes it torch: Q/DQ are LSQ fake quantizers
@@ -23,7 +26,9 @@ and ends in that same graph with learned numbers, so everything downstream (``in
    weights, biases and scales are parameters, zero points stay fixed. The torch model must
    reproduce onnxruntime on that QDQ model before training starts (:func:`check_agreement`).
 5. :func:`optc.train.distill.fit` trains it against the float teacher (the same bound model in
-   torch): KL on class scores, scaled MSE otherwise, cross-entropy mixed in with labels. Learning
+   torch): KL on class scores, MSE on the probabilities of per-step class scores (a CTC
+   recognizer), scaled MSE otherwise (:func:`optc.train.distill.loss_kind`), cross-entropy
+   mixed in with labels. Learning
    rates are in units of each tensor's own quantization step (:func:`param_groups`), and after
    every step each weight is projected into its narrow int8 range ``[-127 s, 127 s]``, so the
    exported codes are exactly the trained ones. The fidelity after each epoch (epoch 0: before
@@ -62,7 +67,7 @@ from . import TrainConfig
 from .distill import Distillation
 
 __all__ = ["QatOptions", "QatPlan", "load_data", "prepare_float", "post_training_quantize", "training_graph",
-           "param_groups", "export_qdq", "check_export", "check_agreement", "qat"]
+           "param_groups", "export_qdq", "check_export", "check_agreement", "check_options", "qat"]
 
 _MIN_AGREEMENT = 0.98  # top-1 agreement torch <-> onnxruntime on the same QDQ graph
 _MIN_SQNR_DB = 25.0  # ... or, for outputs without top-1, the SQNR between them
@@ -89,7 +94,12 @@ class QatOptions:
     fidelity chooses the epoch kept (the untrained model included); None: the last epoch.
     ``lr_per_step``: cosine decay over updates instead of epochs; ``freeze_scales_last``:
     activation step sizes fixed in the last epoch; ``train_weights`` False: the latent weights
-    are not trained, only step sizes and biases (a code changes only where its step size moved)."""
+    are not trained, only step sizes and biases (a code changes only where its step size moved);
+    ``weight_lr``: the latent weights' learning rate in steps per update (None: ``train.lr``;
+    scales and biases keep ``train.lr / 10`` of their size). ``fidelity``: the per-epoch
+    measure (and the one ``val_data`` picks the epoch by): ``"auto"``, top-1 agreement with the
+    teacher for class scores, SQNR otherwise; ``"sqnr"``, the SQNR in dB always (continuous:
+    on a two-class output the top-1 agreement of ~100 held-out samples moves in 1 % steps)."""
 
     train: TrainConfig = TrainConfig(epochs=5, lr=3e-3, batch_size=32)
     distill: Distillation = Distillation(label_weight=0.5)
@@ -103,6 +113,8 @@ class QatOptions:
     lr_per_step: bool = False
     freeze_scales_last: bool = False
     train_weights: bool = True
+    weight_lr: float | None = None
+    fidelity: str = "auto"
 
 
 @dataclass
@@ -276,7 +288,7 @@ def training_graph(qdq: onnx.ModelProto, details: dict | None = None,
             new_nodes.extend(_weight_q(n, codes, (inits, floats), plan, qmax_of, added))
             drop.add(codes.name)
         elif codes is not None and codes.data_type == onnx.TensorProto.INT32:
-            _bias_float(n, codes, model, inits, producers, plan, added)
+            new_nodes.extend(_bias_float(n, codes, model, inits, producers, plan, added))
             drop.add(codes.name)
             continue
         new_nodes.append(n)
@@ -367,33 +379,65 @@ def _latent_start(q_int: np.ndarray, qp: tuple, unit: np.ndarray, w: onnx.Tensor
     return np.where(same, wf / unit, on_codes).astype(np.float32)
 
 
-def _bias_float(dq, codes, model, inits, producers, plan: QatPlan, added: list) -> None:
-    """``DQ(b_q int32)`` -> its float value, read directly by the layer."""
+def _bias_float(dq, codes, model, inits, producers, plan: QatPlan, added: list) -> list:
+    """``DQ(b_q int32)`` -> its float value ``b``, read by the layer through a fake quantizer
+    on the accumulator grid of the trained scales, ``DQ(Q(b, s_x * s_w))`` (returned: the Mul
+    and the Q/DQ pair), where the layer's input and weight come from DequantizeLinear: the
+    grid :func:`export_qdq` writes the int32 codes on, so that the student computes with the
+    bias onnxruntime and the integer kernels get (a float bias is up to half a step
+    ``s_x * s_w`` off it, which flips rounding in the layer's output quantizer). Without such
+    a pair of scales the bias stays float (as :func:`_bias_codes` writes it: a fine grid)."""
     s = numpy_helper.to_array(inits[dq.input[1]])
     b = (numpy_helper.to_array(codes).astype(np.float64) * s.astype(np.float64)).astype(np.float32)
     bf = f"{codes.name}__qat_float"
     added.append(numpy_helper.from_array(b, bf))
-    s_x = s_w = None
+    consumers, s_x, s_w = [], None, None
     for n in model.graph.node:
         if len(n.input) > 2 and n.input[2] == dq.output[0]:
-            n.input[2] = bf
+            consumers.append(n)
             px, pw = producers.get(n.input[0]), producers.get(n.input[1])
             if px is not None and px.op_type == "DequantizeLinear" and s_x is None:
                 s_x = px.input[1]
             if pw is not None and pw.op_type == "DequantizeLinear" and s_w is None:
                 s_w = pw.input[1]
     plan.biases[bf] = (codes.name, dq.input[1], s_x, s_w)
+    on_grid = s_x in inits and s_w in inits
+    nodes, read = _bias_grid_nodes(bf, (s_x, s_w), inits, plan) if on_grid else ([], bf)
+    for n in consumers:
+        n.input[2] = read
+    if nodes:
+        added.append(numpy_helper.from_array(np.zeros(_bias_grid_shape(inits, s_x, s_w), np.int32),
+                                             f"{bf}__zero_point"))
+    return nodes
+
+
+def _bias_grid_shape(inits: dict, s_x: str, s_w: str) -> tuple[int, ...]:
+    """Shape of ``s_x * s_w`` (a scalar, or one value per output channel)."""
+    return np.broadcast_shapes(tuple(inits[s_x].dims), tuple(inits[s_w].dims))
+
+
+def _bias_grid_nodes(bf: str, names: tuple[str, str], inits: dict, plan: QatPlan) -> tuple[list, str]:
+    """``Mul(s_x, s_w) -> Q -> DQ`` on the float bias ``bf`` (int32 codes, zero point 0; tied
+    scales read the scale they follow); returns the nodes and the fake-quantized bias name."""
+    s_x, s_w = (plan.ties.get(n, n) for n in names)
+    h = onnx.helper
+    grid, q, out = f"{bf}__grid", f"{bf}__codes", f"{bf}__fq"
+    axis = {"axis": 0} if len(_bias_grid_shape(inits, *names)) == 1 else {}
+    return [h.make_node("Mul", [s_x, s_w], [grid], name=f"{grid}/Mul"),
+            h.make_node("QuantizeLinear", [bf, grid, f"{bf}__zero_point"], [q], name=f"{q}/QuantizeLinear", **axis),
+            h.make_node("DequantizeLinear", [q, grid, f"{bf}__zero_point"], [out], name=f"{out}/DequantizeLinear",
+                        **axis)], out
 
 
 # ---------------------------------------------------------------------------------------------
 # training
 
 
-def param_groups(module, plan: QatPlan, lr: float) -> list[dict]:
+def param_groups(module, plan: QatPlan, lr: float, weight_lr: float | None = None) -> list[dict]:
     """Adam parameter groups with learning rates in units of each tensor's quantization step:
-    a weight moves by up to ``lr`` of its channel's step per update (it is trained in those units,
-    :attr:`QatPlan.units`), a scale and a bias by ``lr/10`` of their own mean magnitude; other
-    parameters (PRelu slopes, ...) by ``lr/100``."""
+    a weight moves by up to ``weight_lr`` (default ``lr``) of its channel's step per update (it
+    is trained in those units, :attr:`QatPlan.units`), a scale and a bias by ``lr/10`` of their
+    own mean magnitude; other parameters (PRelu slopes, ...) by ``lr/100``."""
     import torch
 
     groups, seen = [], set()
@@ -403,7 +447,7 @@ def param_groups(module, plan: QatPlan, lr: float) -> list[dict]:
             continue
         seen.add(id(p))
         if name in plan.weights:
-            rate = lr
+            rate = lr if weight_lr is None else weight_lr
         else:
             rate = lr / 10 * max(float(p.detach().abs().mean()), 1e-8)
         groups.append({"params": [p], "lr": rate})
@@ -415,7 +459,7 @@ def param_groups(module, plan: QatPlan, lr: float) -> list[dict]:
 
 def _groups(module, plan: QatPlan, options: QatOptions) -> list[dict]:
     """:func:`param_groups`, without the latent weights when ``options.train_weights`` is off."""
-    groups = param_groups(module, plan, options.train.lr)
+    groups = param_groups(module, plan, options.train.lr, options.weight_lr)
     if options.train_weights:
         return groups
     weights = {id(getattr(module, module._attr_of[n])) for n in plan.weights}
@@ -539,6 +583,7 @@ def _bias_codes(b: np.ndarray, inits: dict, ref: dict, names: tuple[str, str | N
     if sx_name in scale and sw_name in scale:
         q, new_s, fits = qparams.bias_qparams(b.reshape(-1), scale[sx_name].reshape(-1)[0], scale[sw_name].reshape(-1))
         if fits and new_s.size in (1, s_b.size):
+            q = np.rint(b.astype(np.float32).reshape(-1) / new_s).astype(np.int32)  # float32, as the student's Q
             _set(inits[bs_name], np.broadcast_to(new_s.reshape(-1), (s_b.size,)).reshape(s_b.shape))
             return q
     # off the accumulator grid (the layer is not an integer kernel): a grid fine enough for b
@@ -679,8 +724,12 @@ def _flush_denormals():
         torch.set_flush_denormal(False)
 
 
-def _fidelity_value(a: dict) -> float:
-    return a["top1_agreement"] if "top1_agreement" in a else a["sqnr_db"]
+FIDELITY_MEASURES = ("auto", "sqnr")
+
+
+def _fidelity_value(a: dict, measure: str = "auto") -> float:
+    """The per-epoch fidelity: top-1 agreement where there is one (``"auto"``), else SQNR (dB)."""
+    return a["top1_agreement"] if "top1_agreement" in a and measure == "auto" else a["sqnr_db"]
 
 
 def _torch_models(ptq: onnx.ModelProto, details: dict, fp: onnx.ModelProto, x: np.ndarray, *,
@@ -747,7 +796,7 @@ def _train(ptq, details, fp, x, labels, fx, options: QatOptions, progress):
     cfg = options.train
 
     def fidelity() -> float:
-        return _fidelity_value(_agreement(f_ref, _run_torch(student, fx)))
+        return _fidelity_value(_agreement(f_ref, _run_torch(student, fx)), options.fidelity)
 
     start = fidelity()
     hooks = FitHooks(after_step=_projector(student, plan), fidelity=fidelity, time_budget_s=options.time_budget_s,
@@ -778,6 +827,7 @@ def qat(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLike | Ma
     from .finetune import _import_torch, _load
 
     _import_torch()
+    check_options(options)
     progress = progress or SILENT
     out = Path(out)
     if out.exists() and not options.force:
@@ -805,8 +855,30 @@ def qat(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLike | Ma
                     "fresh_inputs_per_epoch": options.fresh_inputs is not None,
                     "validation": _source(options.val_data), "lr_per_step": options.lr_per_step,
                     "freeze_scales_last": options.freeze_scales_last, "train_weights": options.train_weights,
+                    "weight_lr": options.weight_lr, "fidelity": options.fidelity,
                     "quant_params": options.quant_params, "time_budget_s": options.time_budget_s,
                     "seconds_total": round(time.perf_counter() - t0, 2), "onnx_bytes": out.stat().st_size})
+
+
+def check_options(options: QatOptions) -> None:
+    """UsageError naming the first option with a value :func:`qat` cannot train with (checked
+    before the post-training quantization, which takes minutes on a large model)."""
+    from .distill import check_kinds
+
+    cfg, dist = options.train, options.distill
+    bad = [(cfg.epochs < 0, "epochs", cfg.epochs, ">= 0"), (not cfg.lr > 0, "lr", cfg.lr, "> 0"),
+           (cfg.batch_size < 1, "batch size", cfg.batch_size, ">= 1"),
+           (not dist.temperature > 0, "temperature", dist.temperature, "> 0"),
+           (not 0 <= dist.label_weight <= 1, "label weight", dist.label_weight, "in [0, 1]"),
+           (options.time_budget_s is not None and not options.time_budget_s > 0, "time budget",
+            options.time_budget_s, "> 0 seconds"),
+           (options.weight_lr is not None and not options.weight_lr > 0, "weight lr", options.weight_lr, "> 0"),
+           (options.fidelity not in FIDELITY_MEASURES, "fidelity", repr(options.fidelity),
+            f"one of {', '.join(FIDELITY_MEASURES)}")]
+    for wrong, what, value, need in bad:
+        if wrong:
+            raise UsageError(f"qat: {what} must be {need} (got {value})")
+    check_kinds(dist.kinds or ())
 
 
 def _source(data) -> str | None:
