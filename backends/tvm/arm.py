@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 CROSS_CXX = "aarch64-linux-gnu-g++"
+ARM_TRIPLE = "aarch64-linux-gnu"
 QEMU = "qemu-aarch64"
 SYSROOT = "/usr/aarch64-linux-gnu"
 WHEEL_PLATFORM = "manylinux_2_28_aarch64"
@@ -288,8 +289,11 @@ def export_aarch64(executable, path: Path) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh fcompile each time: cross_compiler's closure mutates its option list per call.
-    fcompile = cc.cross_compiler(CROSS_CXX)
+    # A fresh fcompile each time: cross_compiler's closure mutates its option list per call. The
+    # triple is for the module that packs the imports (devc.o): TVM takes it from the compiled
+    # kernels' target, and without kernels (an Identity model) from the fcompile, whose default
+    # asks the host compiler (x86-64: the aarch64 link then failed).
+    fcompile = cc.cross_compiler(CROSS_CXX, get_target_triple=lambda: ARM_TRIPLE)
     try:
         executable.export_library(str(path), fcompile=fcompile)
     except Exception as exc:  # noqa: BLE001 - reported as a toolchain problem

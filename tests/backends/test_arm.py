@@ -168,6 +168,19 @@ def test_conv_model_matches_ort(bundle: Path, tmp_path: Path, embed: bool) -> No
     np.testing.assert_allclose(outs[0], ref, atol=ATOL, rtol=0)
 
 
+def test_model_without_kernels_exports_and_runs(bundle: Path, tmp_path: Path) -> None:
+    """An Identity model compiles to VM code and no kernel: the module packing its imports
+    must still be aarch64 (TVM took the triple from the host compiler: an x86 devc.o)."""
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", [x_info], [y_info])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    lib, _ = _compile(model, {"x": [1, 4]}, tmp_path, embed=True)
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    outs, _ = arm.run_qemu(lib, [x])
+    np.testing.assert_array_equal(outs[0], x)
+
+
 def test_two_outputs_and_timing(bundle: Path, tmp_path: Path) -> None:
     model = _two_output_model()
     rng = np.random.default_rng(3)

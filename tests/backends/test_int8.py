@@ -86,6 +86,10 @@ CONVS = {  # name -> (x shape, in dtype, out dtype, conv attributes)
     "1x1-dilated-wide": ((1, 36, 5, 6), "uint8", "int8", dict(n=33, kernel_shape=[1, 3], dilations=[1, 2])),
     "depthwise": ((1, 12, 7, 9), "uint8", "uint8", dict(n=12, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=12)),
     "1x1-4ch": ((1, 4, 5, 6), "uint8", "uint8", dict(n=16, kernel_shape=[1, 1])),
+    # output widths with no divisor up to the AVX2 / smull tile (3): partial last column tiles
+    "7-wide": ((1, 20, 5, 7), "uint8", "uint8", dict(n=20, kernel_shape=[3, 3], pads=[1, 1, 1, 1])),
+    "13-wide-stride2-s8": ((1, 9, 6, 26), "int8", "int8", dict(n=18, kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                                               strides=[2, 2])),
     # FSMN memory block: a depthwise [20, 1] filter over frames, output width 1 (unit loops)
     "depthwise-20x1-w1": ((1, 16, 39, 1), "uint8", "uint8", dict(n=16, kernel_shape=[20, 1], pads=[19, 0, 0, 0],
                                                                  group=16)),
