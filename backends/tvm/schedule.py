@@ -1132,10 +1132,11 @@ def _rule_column_reduction(func, target, params):  # noqa: ARG001
     for ld in _loads(store.value):
         if any(ld.source.same_as(b) for b in red_bufs):
             rows |= set().union(*(_vars_in(i) for i in ld.indices))
-    vw = _vector_width(_extent(sch, loops[-1]), params.lanes(sch.get(out).writes[0].source.dtype))
+    width = _extent(sch, loops[-1])
+    vw = _vector_width(width, params.lanes(sch.get(out).writes[0].source.dtype))
     if not rows or vw < 4:
         return None
-    co, ci = sch.split(loops[-1], [None, vw * _largest_divisor(_extent(sch, loops[-1]) // vw, 4)])
+    co, ci = sch.split(loops[-1], [None, vw * _largest_divisor(width // vw, 4)])
     row_loops = [lp for lp, v in zip(loops[:-1], ivars) if v in rows]
     sch.reorder(*row_loops, co, *[lp for lp, v in zip(loops[:-1], ivars) if v not in rows], ci)
     outer = sch.fuse(*row_loops, co) if row_loops else co

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import onnx
 
+from optc.onnx_utils import node_reads
+
 # op type -> indices of operands that must be constant
 STATIC_OPERANDS: dict[str, tuple[int, ...]] = {
     **{op: (1,) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
@@ -63,19 +65,8 @@ def _inputs_upstream(value: str, producer: dict, inputs: set) -> list[str]:
             found.append(v)
         node = producer.get(v)
         if node is not None and node.op_type not in SHAPE_ONLY:
-            stack.extend(_reads(node))
+            stack.extend(sorted(node_reads(node)))  # subgraph reads too (If branches)
     return found
-
-
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """The values a node reads: its inputs, and the names its subgraphs (If/Loop/Scan bodies)
-    use, outer-scope values among them."""
-    names = [i for i in node.input if i]
-    for attr in node.attribute:
-        for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-            for sub in g.node:
-                names.extend(_reads(sub))
-    return names
 
 
 SHAPE_ONLY = frozenset({"Shape", "Size"})  # outputs depend on the input's shape alone

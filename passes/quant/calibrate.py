@@ -107,7 +107,11 @@ def _fits(a: np.ndarray, s: InputInfo) -> bool:
 
 def stacked_inputs(data: Mapping[str, np.ndarray], model: onnx.ModelProto) -> set[str]:
     """The inputs given as whole values stacked on a new axis 0 (one per feed)."""
-    return {s.name for s in model_inputs(model) if s.name in data and np.ndim(data[s.name]) == len(s.dims) + 1}
+    return _stacked(data, model_inputs(model))
+
+
+def _stacked(data: Mapping[str, np.ndarray], specs: list[InputInfo]) -> set[str]:
+    return {s.name for s in specs if s.name in data and np.ndim(data[s.name]) == len(s.dims) + 1}
 
 
 def _batch(specs: list[InputInfo], stacked: set[str]) -> int:
@@ -121,7 +125,7 @@ def _batch(specs: list[InputInfo], stacked: set[str]) -> int:
 def _count_problems(out: Mapping[str, np.ndarray], specs: list[InputInfo]) -> list[str]:
     """Batched arrays must agree on their sample count; with stacked inputs, that count is
     feeds x the bound batch (one stacked value per feed)."""
-    stacked = {s.name for s in specs if s.name in out and out[s.name].ndim == len(s.dims) + 1}
+    stacked = _stacked(out, specs)
     batches = {s.name: s.batch for s in specs if s.name not in stacked and s.batch is not None}
     if len(set(batches.values())) > 1:
         return [f"the inputs' axis 0 disagree ({', '.join(f'{k}: {v}' for k, v in batches.items())}), so one of "
