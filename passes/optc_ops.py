@@ -240,13 +240,16 @@ def reference_evaluator(model, **kwargs):
     """``onnx.reference.ReferenceEvaluator`` for ``model`` with every registered ``ai.optc`` op
     (:func:`optc.ops.references`), optc's QuantizeLinear/DequantizeLinear for opsets < 19, and
     GlobalMaxPool / BatchNormalization where onnx's reference is wrong (any rank; inference mode
-    at opsets 9-13): ``optc.passes.quant.int_ops.STANDARD_OPS``."""
+    at opsets 9-13): ``optc.passes.quant.int_ops.STANDARD_OPS``; com.microsoft
+    DynamicQuantizeLSTM by its spec arithmetic (``optc.passes.quant.dynamic_lstm``)."""
     from onnx.reference import ReferenceEvaluator
 
     from optc import ops
+    from optc.passes.quant.dynamic_lstm import DynamicQuantizeLSTMRef
     from optc.passes.quant.int_ops import STANDARD_OPS
 
-    return ReferenceEvaluator(model, new_ops=ops.references() + STANDARD_OPS, **kwargs)
+    return ReferenceEvaluator(model, new_ops=ops.references() + STANDARD_OPS + [DynamicQuantizeLSTMRef.op(True)],
+                              **kwargs)
 
 
 def run_op(op_type: str, *inputs: np.ndarray | None, **attributes) -> np.ndarray:

@@ -501,7 +501,8 @@ def _baselines(pkg: Path, manifest: dict, threads: int) -> dict[str, _OrtBaselin
     sample = verify.load_inputs(pkg / files["sample_inputs"])
     out = {}
     onnx_path = pkg / files["onnx"]
-    runnable = not any(n.domain == "ai.optc" for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
+    runnable = not any(n.domain == "ai.optc"  # If branches too
+                       for n in verify.all_nodes(onnx.load(str(onnx_path), load_external_data=False).graph))
     if runnable:
         out["deployable"] = _OrtBaseline(onnx_path, "the package's optimized ONNX model (model.onnx)", sample, threads)
     elif "deploy_onnx" in files:

@@ -194,14 +194,17 @@ def load(job: Job) -> None:
     onnxruntime's QOperator format (QLinearConv, QGemm, ...) gets ``expand-qoperator`` first
     (``optc.passes.quant.qoperator``): the ops are checked on the expanded QDQ model, and the
     original stays onnxruntime's reference; likewise ``expand-matmul-nbits`` for com.microsoft
-    MatMulNBits (``optc.passes.quant.nbits``). A model that is already quantized (QDQ layers, or
-    QOperator ones once expanded) gets ``integerize`` like a quantizing pipeline
+    MatMulNBits (``optc.passes.quant.nbits``), ``expand-dynamic-lstm`` for com.microsoft
+    DynamicQuantizeLSTM (``optc.passes.quant.dynamic_lstm``). A model that is already
+    quantized (QDQ layers, or QOperator ones once expanded) gets ``integerize`` like a
+    quantizing pipeline
     (``optc.passes.quant.integerize.auto_integerize``). A model with Loop or Scan nodes the
     backend cannot lower gets ``unroll-loops`` after constant folding. Ops a pass of the
     pipeline eliminates (``Pass.eliminates``: Loop/Scan by ``unroll-loops``, If by
     ``fold-constants``) are let through here and checked after the passes (:func:`run_passes`),
     with the pass's reason for any node it kept."""
     from optc.passes.quant.integerize import auto_integerize
+    from optc.passes.quant.dynamic_lstm import dynamic_lstm_nodes, expand_dynamic_lstm
     from optc.passes.quant.nbits import expand_matmul_nbits, matmul_nbits_nodes
     from optc.passes.quant.qoperator import expand_qoperator, qoperator_nodes
 
@@ -212,6 +215,10 @@ def load(job: Job) -> None:
             checked, _ = expand_qoperator(job.original)
             if "expand-qoperator" not in [s.name for s in job.specs]:
                 job.specs = [pipeline.PassSpec("expand-qoperator"), *job.specs]
+        if dynamic_lstm_nodes(checked):  # quantize_dynamic's LSTM -> LSTM on dequantized weights
+            checked, _ = expand_dynamic_lstm(checked)
+            if "expand-dynamic-lstm" not in [s.name for s in job.specs]:
+                job.specs = [pipeline.PassSpec("expand-dynamic-lstm"), *job.specs]
         if matmul_nbits_nodes(checked):  # weight-only 4-bit (onnxruntime's LLM format)
             checked, _ = expand_matmul_nbits(checked)
             if "expand-matmul-nbits" not in [s.name for s in job.specs]:
@@ -379,7 +386,7 @@ def fill_target_params(specs: list, target: Target, backend, progress: Progress)
 
 
 def _has_optc_ops(model: onnx.ModelProto) -> bool:
-    return any(n.domain == "ai.optc" for n in model.graph.node)
+    return any(n.domain == "ai.optc" for n in verify.all_nodes(model.graph))  # If branches too
 
 
 # ----------------------------------------------------------------------------- 5. build
@@ -441,7 +448,8 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
     (QDQ) is checked by those rules too, and, when the pipeline changed it (integerize), also
     against onnxruntime on the original QDQ model (``original_qdq`` in the verdict;
     ``tolerance.compare_to_original_qdq``). A dynamically quantized model (DynamicQuantizeLinear)
-    is checked by ``tolerance.compare_dynamic``. Raises VerificationError on a mismatch."""
+    is checked by ``tolerance.compare_dynamic`` (and :func:`_types_and_originals`). Raises
+    VerificationError on a mismatch."""
     from optc.passes.quant import dynamic, qdq
 
     which = "optimized" if job.lossy else "original"
@@ -483,7 +491,7 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
                 verdict["passed"] = verdict["passed"] and second["passed"]
         else:
             verdict = verify.compare(outs, refs, job.out_names, opts.atol, opts.rtol)
-        verify.check_declared_types(verdict, outs, job.out_specs)
+        _types_and_originals(job, opts, verdict, outs)
         rows = verify.rows_per_call(job.in_specs)
         verdict |= {"inputs": job.input_source, "calls": len(job.sets), "samples": rows * len(job.sets),
                     "reference": verify.reference_name(job.optimized if job.lossy else job.original) + ", on the " + (
@@ -493,6 +501,23 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
         _branch_coverage(job, verdict)
     _refuse_failed(job, opts, verdict)
     return verdict
+
+
+def _types_and_originals(job: Job, opts: VerifyOptions, verdict: dict, outs: list[np.ndarray]) -> None:
+    """The declared output types (``verify.check_declared_types``); for a model with com.microsoft
+    DynamicQuantizeLSTM (rewritten by ``expand-dynamic-lstm``), also the artifact against the
+    original's spec arithmetic within its own activation-quantization error
+    (``original_dynamic_lstm``: ``optc.passes.quant.dynamic_lstm.compare_to_original``)."""
+    from optc.passes.quant import dynamic_lstm
+
+    verify.check_declared_types(verdict, outs, job.out_specs)
+    if not (job.lossy and dynamic_lstm.dynamic_lstm_nodes(job.original)):
+        return
+    second = dynamic_lstm.compare_to_original(outs, job.out_names, opts.atol, opts.rtol, lambda: job.reference(
+        "original"), lambda: verify.join_calls([dynamic_lstm.spec_outputs(job.original, s, rounding=False)
+                                                for s in job.sets]))
+    verdict["original_dynamic_lstm"] = second
+    verdict["passed"] = verdict["passed"] and second["passed"]
 
 
 def _unrounded_refs(job: Job) -> list[np.ndarray]:
@@ -511,6 +536,11 @@ def _refuse_failed(job: Job, opts: VerifyOptions, verdict: dict) -> None:
         raise VerificationError("artifact output agrees with optc's integer reference but differs from onnxruntime "
                                 f"on the original QDQ model beyond the quantizer-step rule ({verdict['samples']} "
                                 f"samples): {_failures(second)}")
+    second = verdict.get("original_dynamic_lstm")
+    if second is not None and not second["passed"]:
+        raise VerificationError("artifact output differs from the original DynamicQuantizeLSTM model (its spec "
+                                "arithmetic) beyond its own activation-quantization error "
+                                f"({verdict['samples']} samples): {_failures(second)}")
     if not verdict["passed"]:
         detail = _failures(verdict)
         engine = "optc's integer reference" if _has_optc_ops(job.optimized) and job.lossy else "onnxruntime"

@@ -10,7 +10,7 @@ relative to the reference's largest magnitude, per output.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -43,7 +43,7 @@ def ort_session(model: onnx.ModelProto | str | Path, *, threads: int | None = No
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
-    if any(n.domain == "ai.optc" for n in proto.graph.node) or (not optimize and _needs_spec_reference(proto)):
+    if any(n.domain == "ai.optc" for n in all_nodes(proto.graph)) or (not optimize and _needs_spec_reference(proto)):
         return _OptcReferenceSession(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)))
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
@@ -55,20 +55,34 @@ def ort_session(model: onnx.ModelProto | str | Path, *, threads: int | None = No
 # outputs move by whole accumulator steps. The reference for these ops is the spec's arithmetic
 # (onnx's ReferenceEvaluator, numpy int32), on every CPU.
 SPEC_REFERENCE_OPS = frozenset({"MatMulInteger", "ConvInteger"})
+# likewise com.microsoft DynamicQuantizeLSTM (its GEMMs are the same u8 x s8 kernels)
+SPEC_REFERENCE_MS_OPS = frozenset({"DynamicQuantizeLSTM"})
+
+
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """The nodes of ``graph`` and, recursively, of its subgraphs (If branches, Loop/Scan
+    bodies: a quantized If branch holds ``ai.optc`` ops too)."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else []) + list(a.graphs):
+                yield from all_nodes(g)
 
 
 def _needs_spec_reference(model: onnx.ModelProto) -> bool:
     return any(n.domain == "ai.optc" or (n.domain in ("", "ai.onnx") and n.op_type in SPEC_REFERENCE_OPS)
-               for n in model.graph.node)
+               or (n.domain == "com.microsoft" and n.op_type in SPEC_REFERENCE_MS_OPS)
+               for n in all_nodes(model.graph))
 
 
 def reference_name(model: onnx.ModelProto) -> str:
     """Which engine :func:`reference_outputs` runs for ``model`` (recorded in reports)."""
-    if any(n.domain == "ai.optc" for n in model.graph.node):
+    if any(n.domain == "ai.optc" for n in all_nodes(model.graph)):
         return "onnx ReferenceEvaluator with optc's numpy implementations of its ai.optc ops"
     if _needs_spec_reference(model):
-        return ("onnx ReferenceEvaluator (exact int32 MatMulInteger/ConvInteger, as the ONNX spec defines them; "
-                "onnxruntime's u8 x s8 kernels saturate int16 pair sums on CPUs without VNNI)")
+        return ("onnx ReferenceEvaluator (exact int32 MatMulInteger/ConvInteger as the ONNX spec defines them, "
+                "DynamicQuantizeLSTM as onnxruntime specifies it; onnxruntime's u8 x s8 kernels saturate int16 pair "
+                "sums on CPUs without VNNI)")
     import onnxruntime as ort
 
     return f"onnxruntime {ort.__version__} CPU, graph optimizations off"

@@ -16,7 +16,9 @@ Measured on single convolutions at 1 thread (AVX2), blocked / HWIO latency: 3x3 
 
 Output channel counts with no vector-sized divisor (45 after pruning, 255 in a YOLO head) are
 zero-padded to whole vectors (:func:`padded_channels`) and the padded output cropped, so such
-a convolution keeps the vectorized register tile instead of falling off it.
+a convolution keeps the vectorized register tile instead of falling off it; so are odd vector
+counts whose only tiles are one vector wide or one row deep (56 or 232 channels, as pruning to
+multiples of 8 leaves them), by one vector.
 
 Used as the ``relax.nn.conv2d`` entry of ``LegalizeOps``' custom map in
 :func:`optc.backends.tvm.schedule.fuse_for_schedule`; every other convolution (grouped,
@@ -54,37 +56,58 @@ def block_channels(out_shape: list[int], reduction: int, target) -> int | None:
     return b
 
 
-def padded_channels(cout: int, target) -> int | None:
-    """The width a blocked weight is zero-padded to when ``cout`` is not a whole number of
-    ``target``'s vectors (an 8210-word vocabulary, pruned channel counts such as 45): ``cout``
-    rounded up to whole vectors, to an even count of them where that still adds at most a
-    quarter (2-vector runs are the register tile's first choice). None when ``cout`` is whole
-    vectors already, or when padding would add more than a quarter of the work (few channels:
-    a 1-channel head keeps its own rule, ``schedule._rule_dot``)."""
+def padded_channels(cout: int, target, out_shape: list[int] | None = None, reduction: int = 0) -> int | None:
+    """The width a blocked weight is zero-padded to (the output is cropped back to ``cout``):
+
+    * ``cout`` not a whole number of ``target``'s vectors (an 8210-word vocabulary, pruned
+      channel counts such as 45): rounded up to whole vectors, to an even count of them where
+      that still adds at most a quarter (2-vector runs are the register tile's first choice);
+    * an odd number of vectors whose register tile (for ``out_shape`` and ``reduction``
+      multiply-adds per output) is one vector wide or one row deep, one load per FMA or more
+      (56 = 7 x 8 channels, 232 = 29 x 8: what pruning to multiples of 8 leaves): one vector
+      more, where the wider count gets a tile of at least 2 x 2 and that adds at most a
+      quarter. 3x3 convs at 1 thread: 56 -> 56 channels on 56x56 43 -> 75 GFLOP/s, 232 ->
+      232 on 10x10 50 -> 97 GFLOP/s (tiles of 2-vector columns whose last one was partial, a
+      predicate, measured the same way; the padded tile keeps the code of whole vectors).
+
+    None otherwise: whole vectors with a good tile, or padding would add more than a quarter
+    of the work (few channels: a 1-channel head keeps its own rule, ``schedule._rule_dot``)."""
     from . import schedule
 
-    lanes = schedule._Params(target).lanes("float32")
+    params = schedule._Params(target)
+    lanes = params.lanes("float32")
     if cout % lanes == 0:
-        return None
+        return _wider_tile(cout, out_shape, reduction, params) if out_shape else None
     up = -(-cout // lanes) * lanes
     if (up // lanes) % 2 and (up + lanes - cout) * 4 <= cout:
         up += lanes
     return up if (up - cout) * 4 <= cout else None
 
 
+def _wider_tile(cout: int, out_shape: list[int], reduction: int, params) -> int | None:
+    """``cout + lanes`` where ``cout`` is an odd number of vectors whose register tile is one
+    vector wide or one row deep and the wider count's tile is not (see :func:`padded_channels`)."""
+    from . import schedule
+
+    lanes = params.lanes("float32")
+    rows = next((e for e in reversed(out_shape[:-1]) if e > 1), 1)
+    vm, _, ui = schedule._register_tile(cout, rows, lanes, params, reduction * 4)
+    if (cout // lanes) % 2 == 0 or (vm > 1 and ui > 1) or lanes * 4 > cout:
+        return None
+    vm, _, ui = schedule._register_tile(cout + lanes, rows, lanes, params, reduction * 4)
+    return cout + lanes if vm > 1 and ui > 1 else None
+
+
 def _blocking(w, out_shape: list[int], reduction: int, target):
     """(block ``b``, ``w``) for a weight whose last axis is the output channels: ``b`` from
-    :func:`block_channels`; where the channel count has no vector-sized divisor, ``w``
-    zero-padded along that axis to :func:`padded_channels` (then ``b`` its block, or the
-    whole padded width as one block); ``(None, w)`` where neither applies."""
+    :func:`block_channels`; where :func:`padded_channels` pads the channel count, ``w``
+    zero-padded along that axis to it (then ``b`` its block, or the whole padded width as one
+    block); ``(None, w)`` where neither applies."""
     import numpy as np
 
-    b = block_channels(out_shape, reduction, target)
-    if b is not None:
-        return b, w
-    wide = padded_channels(out_shape[-1], target)
+    wide = padded_channels(out_shape[-1], target, out_shape, reduction)
     if wide is None:
-        return None, w
+        return block_channels(out_shape, reduction, target), w
     b = block_channels([*out_shape[:-1], wide], reduction, target) or wide
     pad = [(0, 0)] * (w.ndim - 1) + [(0, -(-out_shape[-1] // b) * b - out_shape[-1])]
     return b, np.pad(w, pad)

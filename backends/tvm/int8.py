@@ -1,5 +1,5 @@
 """Integer kernels for optc's ``IntConv2d`` / ``IntDense`` / ``IntGlobalAveragePool``
-(``ai.optc``): TE compute definitions with optc's own CPU schedules that use the hardware's int8
+(``ai.optc``; ``IntMatMul``, both operands activations, has its kernel in :mod:`.int8_matmul`): TE compute definitions with optc's own CPU schedules that use the hardware's int8
 dot-product instructions, the Relax glue they share (:func:`_dense`, :func:`kernel_bias`), and
 the converters of the standard ONNX integer ops (MaxPool on codes, MatMulInteger, ConvInteger,
 DynamicQuantizeLinear).
@@ -727,6 +727,17 @@ def _inner_pairs(sch, blk, lane_loop, first, isa: str) -> None:
     sch.unroll(lo)
 
 
+def local_acc_at(sch, loop, **kw):
+    """The ``Acc`` block computed at ``loop`` into a ``local`` accumulator: (the block, its
+    loops below ``loop``: each generated only where its extent is > 1)."""
+    acc = sch.get_sblock("Acc")
+    sch.compute_at(acc, loop, **kw)
+    sch.set_scope(acc, 0, "local")
+    loops = sch.get_loops(acc)
+    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(loop)))
+    return acc, loops[at + 1:]
+
+
 def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: str = "Xp",
                   x_layout: str = "NCHW", y_layout: str = "NCHW"):
     """Output loops (b, n, oh, ow) -> parallel (b x channel block x row) -> column tile ->
@@ -759,13 +770,8 @@ def schedule_conv(func, isa: str, *, n_out: int, ow: int, work: int, pack_name: 
     outer = sch.fuse(b, nb, oh)
     if par:
         sch.parallel(outer)
-    acc = sch.get_sblock("Acc")
-    sch.compute_at(acc, owo)
-    sch.set_scope(acc, 0, "local")
     # loops generated under owo (each only if its extent is > 1): owi, l, then kh, kw, cb, g
-    loops = sch.get_loops(acc)
-    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(owo)))
-    inner = loops[at + 1:]
+    acc, inner = local_acc_at(sch, owo)
     n_red = sum(1 for iv in sch.get(acc).iter_vars if int(iv.iter_type) == 2 and int(iv.dom.extent) > 1)
     spatial, red = inner[:len(inner) - n_red], inner[len(inner) - n_red:]
     sch.reorder(*red[:-1], *spatial, red[-1])
@@ -802,12 +808,8 @@ def schedule_dense(func, isa: str, *, n_out: int, work: int):
     sch.reorder(nb, mo, mi, lane)
     if work >= PARALLEL_MIN_MACS:
         sch.parallel(nb)
-    acc = sch.get_sblock("Acc")
-    sch.compute_at(acc, mo)
-    sch.set_scope(acc, 0, "local")
-    loops = sch.get_loops(acc)
-    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(mo)))
-    spatial, (kb, g) = loops[at + 1:-2], loops[-2:]  # spatial: (mi if r > 1, lanes, halves if 2)
+    acc, inner = local_acc_at(sch, mo)
+    spatial, (kb, g) = inner[:-2], inner[-2:]  # spatial: (mi if r > 1, lanes, halves if 2)
     sch.reorder(kb, *spatial, g)
     _inner_dot(sch, acc, spatial[-acc_halves(isa)], isa, first=kb)
     if r > 1:

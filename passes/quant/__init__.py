@@ -27,6 +27,7 @@ from optc.pipeline import Pass, PassResult, register_pass
 from . import calibrate, integerize, qdq  # integerize: registers the integerize pass
 from . import qoperator  # noqa: F401  (registers expand-qoperator)
 from . import nbits  # noqa: F401  (registers expand-matmul-nbits)
+from . import dynamic_lstm  # noqa: F401  (registers expand-dynamic-lstm)
 from .core import FP32, QuantConfig, Quantizer
 from .observers import OBSERVERS
 
@@ -73,7 +74,7 @@ def run_quantizer(
                      + " symmetric, narrow range" + (", 4-bit values in int8 containers" if
                                                      cfg.weight_bits == 4 or 4 in cfg.layer_bits.values() else ""),
                      "opset": {"before": q.opset_before, "after": q.opset}}
-    if not q.layers:
+    if not q.layers and not q.act_matmuls:
         details.update(layers=[], skipped=q.skipped, note="no quantizable layer")
         return None, details, q
     source = calib if isinstance(calib, str) else "arrays"
@@ -99,11 +100,13 @@ def run_quantizer(
         bits, record = mixed.search(q, evaluator, max_accuracy_drop)
         record["data"] = eval_data if isinstance(eval_data, str) else "arrays"
         details["mixed_precision"] = record
-    if all(b == FP32 for b in bits.values()):
+    if all(b == FP32 for b in bits.values()) and not q.act_matmuls:
         details.update(layers=[], skipped=q.skipped, note="every layer left in float")
         return None, details, q
     out, records = q.build(bits)
     details["layers"] = records
+    if cfg.activation_matmul:
+        details["activation_matmuls"] = q.activation_matmul_records()
     details["float_layers"] = [l.name for l in q.layers if bits[l.name] == FP32]
     details["skipped"] = q.skipped
     details["qdq_tensors"] = sum(1 for n in out.graph.node if n.op_type == "QuantizeLinear")
@@ -120,7 +123,8 @@ class Quantize(Pass):
     on axis 0). Guarantees: a standard QDQ model (opset >= 13) onnxruntime runs;
     Conv/Gemm/MatMul with constant weights read ``DequantizeLinear(int8 weight)``, their
     activation input and (Relu/Clip-folded) output go through Q -> DQ, biases are int32 with
-    scale s_x * s_w (see ``optc.passes.quant.qdq``). Math: ``optc.passes.quant.qparams``.
+    scale s_x * s_w (see ``optc.passes.quant.qdq``); with ``activation-matmul``, MatMuls of two
+    activations (attention) read both operands through Q -> DQ too. Math: ``optc.passes.quant.qparams``.
     Lossy: optc verifies the artifact against this QDQ model and reports fidelity to the float
     original. A model that already holds QDQ nodes is left unchanged (idempotent).
     """
@@ -151,6 +155,7 @@ class Quantize(Pass):
     smooth: bool = field(default=False, metadata={"doc": "equalize layer inputs per channel before calibrating (SmoothQuant/CLE scales folded into the producer; exact in float; scope: smooth-scope); helps depthwise nets with output-qdq=false"})
     smooth_alpha: float = field(default=0.5, metadata={"doc": "SmoothQuant migration strength s=amax_x^a/amax_w^(1-a) (smooth-scope=all; depthwise convs: 1)"})
     smooth_scope: str = field(default="depthwise", metadata={"doc": "layers smooth rescales: depthwise (depthwise convs, full equalization) | all (also SmoothQuant on the others)"})
+    activation_matmul: bool = field(default=False, metadata={"doc": "also quantize MatMuls of two activations (attention Q@K^T, softmax@V): Q/DQ on both operands and the output, per tensor (integerize: IntMatMul)"})
 
     def __post_init__(self) -> None:
         try:
@@ -167,7 +172,7 @@ class Quantize(Pass):
                            bins=self.bins, weight_observer=self.weight_observer,
                            layer_bits=dict(self.layer_bits or {}), quantize_bias=self.bias_int32, bias_correction=self.bias_correction, output_qdq=self.output_qdq,
                            calib_samples=self.calib_samples, smooth=self.smooth, smooth_alpha=self.smooth_alpha,
-                           smooth_scope=self.smooth_scope)
+                           smooth_scope=self.smooth_scope, activation_matmul=self.activation_matmul)
 
     def call(self, model: ir.Model) -> PassResult:
         proto = ir.serde.serialize_model(model)
@@ -183,6 +188,8 @@ class Quantize(Pass):
         out, details = quantize_model(
             proto, self.calib, eval_data=self.eval or None, max_accuracy_drop=self.max_accuracy_drop,
             eval_samples=self.eval_samples, **cfg.__dict__)
+        from .subgraphs import quantize_with_branches  # layers inside If branches
+        out, details = quantize_with_branches(proto, out, self.calib, cfg, details)
         if out is None:
             return PassResult(model, False, details)
         new = ir.serde.deserialize_model(out)

@@ -43,6 +43,7 @@ class QuantConfig:
     smooth: bool = False
     smooth_alpha: float = 0.5
     smooth_scope: str = "depthwise"
+    activation_matmul: bool = False  # also Q/DQ on MatMuls of two activations (attention)
 
     def check(self) -> None:
         if self.weight_bits not in (4, 8):
@@ -176,7 +177,11 @@ class Quantizer:
         cfg = self.config
         self.layers, self.skipped = qdq.find_layers(self.model, cfg.ops, cfg.include, cfg.exclude)
         self.by_name = {l.name: l for l in self.layers}
-        self.tensors = qdq.activation_tensors(self.model, self.layers)
+        self.act_matmuls, act_skipped = [], []
+        if cfg.activation_matmul and "MatMul" in cfg.ops:
+            self.act_matmuls, act_skipped = qdq.find_activation_matmuls(self.model, cfg.include, cfg.exclude)
+        self.skipped = [*self.skipped, *act_skipped]
+        self.tensors = qdq.activation_tensors(self.model, self.layers, matmuls=self.act_matmuls)
 
     # -- parameters ---------------------------------------------------------------------------
     def default_bits(self) -> dict[str, int]:
@@ -232,7 +237,8 @@ class Quantizer:
     def build(self, bits: Mapping[str, int] | None = None) -> tuple[onnx.ModelProto, list[dict]]:
         bits = dict(self.default_bits() if bits is None else bits)
         chosen = [l for l in self.layers if bits.get(l.name, FP32) != FP32]
-        tensors = qdq.activation_tensors(self.model, chosen, outputs=self.config.output_qdq)
+        tensors = qdq.activation_tensors(self.model, chosen, outputs=self.config.output_qdq,
+                                         matmuls=self.act_matmuls)
         acts = self.act_params(tensors)
         weights = {l.name: self.weight_q(l, bits[l.name]) for l in chosen}
         model, records = qdq.insert_qdq(self.model, chosen, weights, acts,
@@ -246,3 +252,16 @@ class Quantizer:
                 if a_out.shared_from:
                     r["output_params_shared_from"] = a_out.shared_from
         return model, records
+
+    def activation_matmul_records(self) -> list[dict]:
+        """One record per activation MatMul (both operands quantized): its operand and output
+        tensors and their calibrated ranges (call after :meth:`build`'s calibration)."""
+        acts = self.act_params(qdq.activation_tensors(self.model, [], matmuls=self.act_matmuls))
+        out = []
+        for m in self.act_matmuls:
+            rec = {"name": m.name, "op": "MatMul", "operands": [m.a, m.b], "output": m.output}
+            for key, t in (("a_range", m.a), ("b_range", m.b), ("output_range", m.output)):
+                if t in acts:
+                    rec[key] = [round(acts[t].lo, 6), round(acts[t].hi, 6)]
+            out.append(rec)
+        return out

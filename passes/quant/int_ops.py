@@ -3,11 +3,11 @@ integer layer cores their numpy references compute, and reference implementation
 QuantizeLinear/DequantizeLinear for opsets onnx's evaluator lacks.
 
 The ops themselves (contract, schema, reference, cost, TVM lowering) are one module each in
-:mod:`optc.passes.ops`: ``IntConv2d``, ``IntDense`` and ``IntGlobalAveragePool``. The
-``integerize`` pass (:mod:`optc.passes.quant.integerize`) emits IntConv2d/IntDense in place of
-``DequantizeLinear -> Conv/Gemm/MatMul [-> Relu|Clip] -> QuantizeLinear`` chains
-(IntGlobalAveragePool, for ``DQ -> GlobalAveragePool -> Q``, is not wired in yet); their TVM
-kernels are :mod:`optc.backends.tvm.int8`. All requantize their int32 accumulators the same
+:mod:`optc.passes.ops`: ``IntConv2d``, ``IntDense``, ``IntMatMul`` and ``IntGlobalAveragePool``.
+The ``integerize`` pass (:mod:`optc.passes.quant.integerize`) emits IntConv2d/IntDense in place of
+``DequantizeLinear -> Conv/Gemm/MatMul [-> Relu|Clip] -> QuantizeLinear`` chains (IntMatMul for
+a MatMul of two dequantized activations, IntGlobalAveragePool for ``DQ -> GlobalAveragePool ->
+Q``); their TVM kernels are :mod:`optc.backends.tvm.int8` and :mod:`optc.backends.tvm.int8_matmul`. All requantize their int32 accumulators the same
 way (:func:`requantize`).
 
 Why it is exact: |acc| < 2^31 is checked when the ops are made (K * 255 * 127 plus the bias),
@@ -27,6 +27,7 @@ from onnx.reference.op_run import OpRun
 from optc.passes.optc_ops import ConvGeometry
 
 __all__ = ["OP_TYPES", "STANDARD_OPS", "Requant", "fixed_point", "requantize", "int_conv2d", "int_dense",
+           "int_matmul", "matmul_acc_bound",
            "check_acc", "out_dtype", "ACC_LIMIT", "LAYOUTS", "layout_of"]
 
 ACC_LIMIT = 2 ** 31 - 1
@@ -130,6 +131,27 @@ def int_dense(x, w, b):
     return acc
 
 
+def int_matmul(a, b, a_zero_point: int = 0, b_zero_point: int = 0) -> np.ndarray:
+    """int64 accumulators ``[..., M, N]`` of IntMatMul (before requantization):
+    ``(a - a_zero_point) @ (b - b_zero_point)`` with numpy's MatMul broadcasting of the batch
+    dimensions (``a [..., M, K]``, ``b [..., K, N]``, ranks >= 2)."""
+    a = np.asarray(a, np.int64) - int(a_zero_point)
+    b = np.asarray(b, np.int64) - int(b_zero_point)
+    if a.ndim < 2 or b.ndim < 2:
+        raise ValueError("IntMatMul: operands of rank >= 2 only")
+    return _matmul_exact(a, b)
+
+
+def matmul_acc_bound(k: int, a_dtype, a_zero_point: int, b_dtype, b_zero_point: int) -> int:
+    """The largest ``|acc|`` IntMatMul can reach over ``k`` terms: ``k * max|a - zp_a| *
+    max|b - zp_b|`` over the codes' ranges (the op contract requires it below 2^31)."""
+    def spread(dtype, zp: int) -> int:
+        info = np.iinfo(dtype)
+        return max(abs(int(info.min) - int(zp)), abs(int(info.max) - int(zp)))
+
+    return int(k) * spread(a_dtype, a_zero_point) * spread(b_dtype, b_zero_point)
+
+
 def check_acc(acc: np.ndarray, op: str) -> None:
     """Refuse int32 accumulators that overflowed (the op contract forbids it)."""
     if acc.size and np.abs(acc).max() > ACC_LIMIT:
@@ -230,4 +252,4 @@ class BatchNormalization(OpRun):
 # ONNX's own ops for ReferenceEvaluator: the quantizers below opset 19; GlobalMaxPool on any
 # rank and BatchNormalization in inference mode, which onnx's reference gets wrong
 STANDARD_OPS = [QuantizeLinear, DequantizeLinear, GlobalMaxPool, BatchNormalization]
-OP_TYPES = ("IntConv2d", "IntDense", "IntGlobalAveragePool")  # what ``integerize`` writes (and requires of a backend)
+OP_TYPES = ("IntConv2d", "IntDense", "IntGlobalAveragePool", "IntMatMul")  # what ``integerize`` writes (and requires of a backend)

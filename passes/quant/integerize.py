@@ -1,4 +1,5 @@
-"""The ``integerize`` pass: QDQ layers -> optc integer ops (``IntConv2d`` / ``IntDense``).
+"""The ``integerize`` pass: QDQ layers -> optc integer ops (``IntConv2d`` / ``IntDense`` /
+``IntMatMul``).
 
 Pattern (what the ``quantize`` pass writes, :mod:`.qdq`), per Conv / Gemm / MatMul node L::
 
@@ -16,6 +17,17 @@ scale, zero point and type on both sides: it becomes ``MaxPool(x_q)`` on the cod
 commutes with the monotone DQ/Q), and ``DQ(x_q) -> GlobalAveragePool -> Q`` into
 ``IntGlobalAveragePool`` (sum of the codes, fixed-point requantization; one step from the QDQ
 graph at .5 boundaries); ``details["integer_pools"]`` lists both kinds.
+
+A MatMul of two activations (attention's ``Q @ K^T`` and ``softmax(.) @ V``; ``quantize
+<activation-matmul>`` or onnxruntime's ``quantize_static`` put Q/DQ on both operands)::
+
+    DQ(a_q; s_a, zp_a), DQ(b_q; s_b, zp_b) -> MatMul [-> Relu | Clip] -> Q(.; s_y, zp_y)
+
+becomes ``y_q = IntMatMul(a_q, b_q, multiplier, shift)`` (zero points as attributes, per-tensor
+scales only, ranks 2-4 with broadcast batch dimensions, static shapes):
+``acc = sum_k (a_q - zp_a)(b_q - zp_b)`` in int32 (refused where ``K * max|a - zp_a| *
+max|b - zp_b|`` could reach 2^31), ``multiplier * 2^-shift = s_a * s_b / s_y``, the same
+rounding and clamp as IntDense.
 
 Math (per output channel n; contract in :mod:`.int_ops`):
 ``B[n] = b_q[n] - zp_x * sum(w_q[n])`` (zero point folded into the int32 bias, exact; padding
@@ -44,7 +56,9 @@ int8 in [-7, 7]; asymmetric MatMul/Gemm weights - uint8 with a zero point, as on
 and IntDense's ``W_zero_point`` input, the bias folding ``zp_x * sum(w - zp_w)``); a layer that does not match stays in float QDQ and
 ``details["float_layers"]`` says why (non-constant or non-8-bit weight, a Conv with a weight
 zero point != 0 or uint8 weights, grouped conv other than depthwise, no output QuantizeLinear (``output-qdq=false`` on the last
-layer), MatMul of rank > 2, non-constant parameters, multiplier out of range, an int32
+layer), a weight MatMul of rank > 2, an activation MatMul with a per-channel operand scale, an
+operand of rank outside 2-4 or not read through DequantizeLinear, non-constant parameters,
+multiplier out of range, an int32
 accumulator that could overflow, ...). Running it twice changes nothing the second time.
 
 Numbers: the integer ops equal their numpy references bit for bit; against the QDQ graph
@@ -200,7 +214,40 @@ def _match(g: _Graph, node) -> dict:
         s_b = np.broadcast_to(s_b.reshape(-1), (n,))
         if not np.allclose(s_b, np.float32(s_x.reshape(-1)[0]) * s_w.astype(np.float32), rtol=1e-5, atol=0):
             raise _NoMatch("bias scale != s_x * s_w")
-    # output: [Relu | Clip] -> QuantizeLinear
+    chain, nxt, s_y, zy, qmin, qmax, ttype = _output_quantizer(g, node)
+    # requantization and the folded bias
+    try:
+        mult, shift = int_ops.fixed_point(float(s_x.reshape(-1)[0]) * s_w / s_y)
+    except ValueError as err:
+        raise _NoMatch(str(err)) from None
+    wd = wk.reshape(n, -1).astype(np.int64) - (0 if w_zp is None else w_zp.astype(np.int64).reshape(-1, 1))
+    b = (bias if bias is not None else np.zeros(n, np.int64)) - zx * wd.sum(1)
+    k = int(np.prod(wk.shape[1:]))
+    x_range = 255 if x_qt == np.uint8 else 128
+    bound = k * x_range * int(np.abs(wd).max(initial=127)) + np.abs(b).max(initial=0)
+    if bound > int_ops.ACC_LIMIT:  # bound includes max|b|
+        raise _NoMatch("the int32 accumulator could overflow")
+    attrs = {"x_zero_point": zx, "y_zero_point": zy, "out_min": int(qmin), "out_max": int(qmax), "to": int(ttype)}
+    if op == "Conv":
+        group = int(attr(node, "group", 1))
+        c_in = wk.shape[1] * group
+        if group != 1 and not (group == c_in == n and wk.shape[1] == 1):
+            raise _NoMatch(f"grouped Conv (group {group}) other than depthwise")
+        if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise _NoMatch("Conv with auto_pad")
+        attrs.update(_conv_attrs(node, w.shape[2:]), group=group)
+        op_type = "IntConv2d"
+    else:
+        op_type = "IntDense"
+    return {"op_type": op_type, "x_q": x_q, "w": np.ascontiguousarray(wk.astype(np.int8)), "b": b.astype(np.int32),
+            "mult": mult, "shift": shift, "attrs": attrs, "x_dtype": str(np.dtype(x_qt)), "out": nxt.output[0],
+            "chain": chain, "bias_from": bias_from, "w_zp": w_zp, "one_d": op == "Conv" and w.ndim == 3}
+
+
+def _output_quantizer(g: _Graph, node) -> tuple:
+    """``node``'s output path ``[Relu | Clip] -> QuantizeLinear`` (per-tensor constant
+    parameters): (nodes from ``node`` to the QuantizeLinear, the QuantizeLinear, s_y, zp_y, the
+    clamp range in output codes (a fused Relu/Clip), the output TensorProto type), or _NoMatch."""
     out = node.output[0]
     users = g.consumers.get(out, [])
     lo, hi = -np.inf, np.inf
@@ -246,33 +293,72 @@ def _match(g: _Graph, node) -> dict:
     if qmin > qmax:
         raise _NoMatch("empty clamp range")
     chain.append(nxt)
-    # requantization and the folded bias
+    return chain, nxt, s_y, zy, qmin, qmax, ttype
+
+
+def _is_activation_matmul(g: _Graph, node) -> bool:
+    """A MatMul whose second operand is an activation too: neither a constant nor the
+    dequantized codes of one (attention's ``Q @ K^T``, ``softmax(.) @ V``)."""
+    if node.op_type != "MatMul" or len(node.input) != 2 or g.const(node.input[1]) is not None:
+        return False
+    p = g.producers.get(node.input[1])
+    if p is None or p.op_type != "DequantizeLinear":
+        return True
+    return g.const(p.input[0]) is None and _folded_quantize(g, p.input[0]) is None
+
+
+def _activation_operand(g: _Graph, name: str, what: str) -> tuple[str, float, int, np.dtype]:
+    """(codes, scale, zero point, codes' dtype) of an activation MatMul operand read through a
+    per-tensor DequantizeLinear of 8-bit codes, or _NoMatch."""
+    q, scale, zp, _, _ = _dq(g, name, what)
+    if scale.size != 1 or (zp is not None and np.asarray(zp).size != 1):
+        raise _NoMatch(f"{what}: per-channel scale or zero point")
+    dtype = np.asarray(zp).dtype if zp is not None else np.dtype(np.uint8)
+    if dtype not in (np.uint8, np.int8):
+        raise _NoMatch(f"{what}: codes of type {dtype} (uint8/int8 only)")
+    return q, float(scale.reshape(-1)[0]), int(np.asarray(zp).reshape(-1)[0]) if zp is not None else 0, dtype
+
+
+def _match_activation_matmul(g: _Graph, node, shapes: dict) -> dict:
+    """The ``IntMatMul`` of ``DQ(a_q), DQ(b_q) -> MatMul [-> Relu|Clip] -> Q`` (ranks 2-4,
+    static shapes, an int32 accumulator that cannot overflow), or _NoMatch with the reason."""
+    a_q, s_a, z_a, a_dt = _activation_operand(g, node.input[0], "operand A")
+    b_q, s_b, z_b, b_dt = _activation_operand(g, node.input[1], "operand B")
+    sa, sb = shapes.get(a_q), shapes.get(b_q)
+    if sa is None or sb is None:
+        raise _NoMatch("activation MatMul operand shapes are not static")
+    if not (2 <= len(sa) <= 4 and 2 <= len(sb) <= 4):
+        raise _NoMatch("activation MatMul operand of rank outside 2-4")
+    if int_ops.matmul_acc_bound(sa[-1], a_dt, z_a, b_dt, z_b) > int_ops.ACC_LIMIT:
+        raise _NoMatch("the int32 accumulator could overflow")
+    chain, nxt, s_y, zy, qmin, qmax, ttype = _output_quantizer(g, node)
     try:
-        mult, shift = int_ops.fixed_point(float(s_x.reshape(-1)[0]) * s_w / s_y)
+        mult, shift = int_ops.fixed_point([s_a * s_b / s_y])
     except ValueError as err:
         raise _NoMatch(str(err)) from None
-    wd = wk.reshape(n, -1).astype(np.int64) - (0 if w_zp is None else w_zp.astype(np.int64).reshape(-1, 1))
-    b = (bias if bias is not None else np.zeros(n, np.int64)) - zx * wd.sum(1)
-    k = int(np.prod(wk.shape[1:]))
-    x_range = 255 if x_qt == np.uint8 else 128
-    bound = k * x_range * int(np.abs(wd).max(initial=127)) + np.abs(b).max(initial=0)
-    if bound > int_ops.ACC_LIMIT:  # bound includes max|b|
-        raise _NoMatch("the int32 accumulator could overflow")
-    attrs = {"x_zero_point": zx, "y_zero_point": zy, "out_min": int(qmin), "out_max": int(qmax), "to": int(ttype)}
-    if op == "Conv":
-        group = int(attr(node, "group", 1))
-        c_in = wk.shape[1] * group
-        if group != 1 and not (group == c_in == n and wk.shape[1] == 1):
-            raise _NoMatch(f"grouped Conv (group {group}) other than depthwise")
-        if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            raise _NoMatch("Conv with auto_pad")
-        attrs.update(_conv_attrs(node, w.shape[2:]), group=group)
-        op_type = "IntConv2d"
-    else:
-        op_type = "IntDense"
-    return {"op_type": op_type, "x_q": x_q, "w": np.ascontiguousarray(wk.astype(np.int8)), "b": b.astype(np.int32),
-            "mult": mult, "shift": shift, "attrs": attrs, "x_dtype": str(np.dtype(x_qt)), "out": nxt.output[0],
-            "chain": chain, "bias_from": bias_from, "w_zp": w_zp, "one_d": op == "Conv" and w.ndim == 3}
+    attrs = {"a_zero_point": z_a, "b_zero_point": z_b, "y_zero_point": zy, "out_min": int(qmin),
+             "out_max": int(qmax), "to": int(ttype)}
+    return {"a_q": a_q, "b_q": b_q, "mult": mult, "shift": shift, "attrs": attrs, "out": nxt.output[0],
+            "chain": chain, "dtypes": [str(np.dtype(a_dt)), str(np.dtype(b_dt))]}
+
+
+def _rewrite_activation_matmul(g: _Graph, node, shapes: dict, fresh, replaced: dict, new_inits: list) -> dict:
+    """Put the ``IntMatMul`` of ``node`` (:func:`_match_activation_matmul`) in ``replaced``,
+    its multiplier and shift in ``new_inits``; returns the layer record."""
+    m = _match_activation_matmul(g, node, shapes)
+    lname = node.name or node.output[0]
+    base = lname.replace("/", "_").strip("_") or "matmul"
+    ins = [m["a_q"], m["b_q"]]
+    for suffix, key in (("multiplier", "mult"), ("shift", "shift")):
+        ins.append(fresh(f"{base}__int_{suffix}"))
+        new_inits.append(numpy_helper.from_array(m[key], ins[-1]))
+    for c in m["chain"]:
+        replaced[id(c)] = None
+    replaced[id(m["chain"][-1])] = helper.make_node("IntMatMul", ins, [m["out"]], name=fresh(f"{lname}/IntMatMul"),
+                                                    domain=DOMAIN, **m["attrs"])
+    return {"name": lname, "op": "IntMatMul", "operands": "activations",
+            "fused_activation": m["chain"][1].op_type if len(m["chain"]) == 3 else None,
+            "activation": m["dtypes"][0], "b_activation": m["dtypes"][1]}
 
 
 def _conv_attrs(node, kernel: tuple) -> dict:
@@ -341,9 +427,11 @@ def _folded_quantize(g: _Graph, name: str):
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 
-def integerize_model(model: onnx.ModelProto, nhwc: bool = True) -> tuple[onnx.ModelProto, dict]:
+def integerize_model(model: onnx.ModelProto, nhwc: bool = True,
+                     activation_matmul: bool = True) -> tuple[onnx.ModelProto, dict]:
     """Rewrite every matching layer (see the module docstring); with ``nhwc``, keep activations
-    between integer convolutions in NHWC (:func:`_assign_layouts`). Returns (model, details)."""
+    between integer convolutions in NHWC (:func:`_assign_layouts`); without
+    ``activation_matmul``, MatMuls of two activations stay QDQ (float). Returns (model, details)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     shapes = _static_shapes(model) if nhwc else {}
     g = _Graph.of(model)
@@ -364,6 +452,17 @@ def integerize_model(model: onnx.ModelProto, nhwc: bool = True) -> tuple[onnx.Mo
         if node.op_type not in _LAYER_OPS or node.domain not in ("", "ai.onnx"):
             continue
         lname = node.name or node.output[0]
+        if _is_activation_matmul(g, node) and not activation_matmul:
+            float_layers.append({"name": lname, "op": node.op_type, "reason": "activation MatMul "
+                                 "(integerize<activation-matmul=false>)"})
+            continue
+        if _is_activation_matmul(g, node):
+            shapes = shapes or _static_shapes(model)
+            try:
+                layers.append(_rewrite_activation_matmul(g, node, shapes, fresh, replaced, new_inits))
+            except _NoMatch as why:
+                float_layers.append({"name": lname, "op": node.op_type, "reason": str(why)})
+            continue
         try:
             m = _match(g, node)
         except _NoMatch as why:
@@ -749,7 +848,8 @@ class Integerize(Pass):
 
     Assumes a QDQ graph (``quantize`` first). Guarantees: matched ``DQ -> layer [-> Relu|Clip]
     -> Q`` chains become ``ai.optc`` ``IntConv2d``/``IntDense`` (integer arithmetic, int8
-    weights, int32 bias with the input zero point folded in, rounding half up); other layers
+    weights, int32 bias with the input zero point folded in, rounding half up), MatMuls of two
+    dequantized activations (attention) ``IntMatMul``; other layers
     stay QDQ (the details say why); activations between integer convs are kept NHWC
     (``nhwc=false``: NCHW). Lossy against the QDQ graph by rounding only: codes differ
     by one step at .5 ties (see ``optc.passes.quant.integerize``). ``optc compile`` appends it
@@ -763,13 +863,18 @@ class Integerize(Pass):
     nhwc: bool = field(default=True, metadata={"doc": "keep activations between integer convs in NHWC (the "
                                                       "kernels' layout; Transposes only at group edges); "
                                                       "false: NCHW everywhere"})
+    activation_matmul: bool = field(default=True, metadata={"doc": "MatMuls of two dequantized activations "
+                                                                   "(attention) -> IntMatMul; false: they "
+                                                                   "stay QDQ (float)"})
 
     def call(self, model: ir.Model) -> PassResult:
         if not self.enabled:
             return PassResult(model, False, {"enabled": False})
         proto = ir.serde.serialize_model(model)
-        out, details = integerize_model(proto, nhwc=self.nhwc)
-        if not details["layers"] and not details.get("integer_pools"):
+        out, details = integerize_model(proto, nhwc=self.nhwc, activation_matmul=self.activation_matmul)
+        from .subgraphs import integerize_branches  # layers inside If branches
+        out, details = integerize_branches(out, details, lambda m: integerize_model(m, nhwc=self.nhwc))
+        if not details["layers"] and not details.get("integer_pools") and not details.get("branches"):
             return PassResult(model, False, details)
         new = ir.serde.deserialize_model(out)
         model.graph = new.graph  # opset imports live on the graph in onnx-ir

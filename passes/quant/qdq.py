@@ -19,6 +19,15 @@ With ``output-qdq=false`` the output pair is left out unless a quantized layer r
 tensor: the pattern is then ``DQ(x_q) -> L(DQ(w_q), DQ(b_q))`` with a float result
 (``y = s_x * s_w * acc``), one rounding fewer per layer.
 
+With ``activation-matmul=true`` a MatMul whose two operands are both activations (attention's
+``Q @ K^T`` and ``softmax(.) @ V``: :func:`find_activation_matmuls`) also gets a Q/DQ pair on
+each operand and on its output, per tensor from the same observers::
+
+    y_q = QuantizeLinear(MatMul(DQ(a_q; s_a, zp_a), DQ(b_q; s_b, zp_b)), s_y, zp_y)
+
+which ``integerize`` computes as ``IntMatMul``: ``sum (a_q - zp_a)(b_q - zp_b)`` in int32,
+requantized with ``s_a * s_b / s_y``.
+
 Naming: a quantized tensor ``t`` keeps its name for the dequantized value (so the same name
 holds "t as the quantized model sees it" in both models - quant-debug compares them); the
 producer now writes ``t__fp32``, QuantizeLinear writes ``t__q``; parameters are
@@ -44,7 +53,7 @@ from optc.onnx_utils import FreshNames, attr, constants, graph_reads, infer_shap
 
 from . import qparams
 
-__all__ = ["Layer", "find_layers", "lift_constant_weights", "activation_tensors", "insert_qdq", "is_quantized",
+__all__ = ["Layer", "ActMatMul", "find_layers", "find_activation_matmuls", "lift_constant_weights", "activation_tensors", "insert_qdq", "is_quantized",
            "SUPPORTED_OPS", "ActQ", "WeightQ"]
 
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -69,6 +78,18 @@ class Layer:
     fused_activation: str | None = None
     bias_ok: bool = True  # False: keep the bias float (e.g. Gemm alpha/beta != 1)
     correctable: bool = True  # the bias may be corrected (or added) for the weight error
+
+
+@dataclass(frozen=True)
+class ActMatMul:
+    """A MatMul whose two operands are activations (no constant input): attention's
+    ``Q @ K^T`` and ``softmax(.) @ V``. Its operands ``a``, ``b`` and its ``output`` get Q/DQ
+    pairs (``quantize<activation-matmul=true>``)."""
+
+    name: str
+    a: str
+    b: str
+    output: str
 
 
 @dataclass(frozen=True)
@@ -253,10 +274,42 @@ def find_layers(model: onnx.ModelProto, ops=SUPPORTED_OPS, include=(), exclude=(
     return layers, skipped
 
 
-def activation_tensors(model: onnx.ModelProto, layers: list[Layer], outputs: bool = True) -> list[str]:
+def find_activation_matmuls(model: onnx.ModelProto, include=(), exclude=()) -> tuple[list[ActMatMul], list[dict]]:
+    """MatMuls whose two operands are float32 activations (neither a constant nor a Constant
+    node's output), in graph order, and those left out with the reason; ``include``/``exclude``
+    as for :func:`find_layers`."""
+    graph = model.graph
+    consts = set(constants(graph))
+    floats = _float_tensors(model)
+    found, skipped = [], []
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        a, b = node.input
+        if a in consts or b in consts:
+            continue  # a weight layer (find_layers) or a constant product
+        name = layer_name(node)
+        reason = None
+        if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+            reason = "not matched by include"
+        elif any(fnmatch.fnmatchcase(name, p) for p in exclude):
+            reason = "excluded"
+        elif floats is not None and (a not in floats or b not in floats):
+            reason = "an operand is not known to be float32"
+        if reason:
+            skipped.append({"name": name, "op": "MatMul", "reason": reason})
+        else:
+            found.append(ActMatMul(name, a, b, node.output[0]))
+    return found, skipped
+
+
+def activation_tensors(model: onnx.ModelProto, layers: list[Layer], outputs: bool = True,
+                       matmuls: tuple[ActMatMul, ...] | list[ActMatMul] = ()) -> list[str]:
     """The activation tensors that get a Q/DQ pair: layer inputs and (folded) outputs (only
-    the inputs with ``outputs=False``), in graph order (graph inputs first)."""
+    the inputs with ``outputs=False``), both operands of each activation MatMul of ``matmuls``
+    and its output (with ``outputs``), in graph order (graph inputs first)."""
     wanted = {l.act_input for l in layers} | ({l.output for l in layers} if outputs else set())
+    wanted |= {t for m in matmuls for t in (m.a, m.b)} | ({m.output for m in matmuls} if outputs else set())
     order = [i.name for i in model.graph.input] + [o for n in model.graph.node for o in n.output]
     return [t for t in order if t in wanted]
 

@@ -575,6 +575,37 @@ def test_odd_output_channels_are_padded_to_whole_vectors(tmp_path):
     assert report["verify"]["outputs"][0]["shape"][-1] == 37  # the crop: no padded columns delivered
 
 
+def test_odd_vector_counts_with_a_one_vector_tile_are_padded_by_one_vector(tmp_path):
+    """56 channels = 7 AVX2 vectors (ResNet's 64 pruned at ratio 0.1 with multiple=8): the
+    only tiles are one vector wide or one vector deep, one load per FMA, slower than all 64
+    channels (3x3 56 -> 56 on 56x56, 1 thread: 41 GFLOP/s vs 89); the weights are padded by
+    one vector to a 2-vector tile and cropped (76 GFLOP/s). Whole tiles keep their width (64
+    channels; 40 = 5 vectors has a 5 x 2 tile), and the padded conv matches onnxruntime."""
+    from optc.backends.tvm import conv_blocked, schedule
+    from optc.backends.tvm.lower import tvm_target
+    from optc.targets import get_target
+
+    target = tvm_target(get_target("cpu"))
+    lanes = schedule._Params(target).lanes("float32")
+    if lanes != 8:
+        pytest.skip("the channel counts below are AVX2's (8 fp32 lanes)")
+    assert conv_blocked.padded_channels(56, target, [1, 56, 56, 56], 9 * 56) == 64
+    assert conv_blocked.padded_channels(232, target, [1, 10, 10, 232], 9 * 232) == 240
+    assert conv_blocked.padded_channels(64, target, [1, 56, 56, 64], 9 * 64) is None
+    assert conv_blocked.padded_channels(40, target, [1, 40, 40, 40], 9 * 40) is None
+    assert conv_blocked.padded_channels(8, target, [1, 56, 56, 8], 9 * 8) is None  # +100 %: no
+    rng = np.random.default_rng(11)
+    f = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    model = _model(nodes, [("x", [1, 24, 14, 14])], [("y", [1, 56, 14, 14])], {"w": f(56, 24, 3, 3), "b": f(56)})
+    assert "crop" in " ".join(_prim_funcs(_scheduled(model)))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+    assert report["verify"]["outputs"][0]["shape"][1:] == [56, 14, 14]  # the crop: no padded channels
+
+
 def test_dense_weights_are_blocked_by_the_register_tile(tmp_path):
     """A MatMul by a constant [K, N] weight reads it packed [N/b, K, b] (b = the tile's column
     run); a MatMul by a run-time operand keeps TVM's form; both match onnxruntime."""

@@ -20,6 +20,7 @@ from tests.conftest import make_conv_model
 from tests.passes.test_binarize import bnn_mlp, bnn_pool_cnn
 from tests.test_control_flow import loop_model
 from tests.test_dynamic_quant import nbits_model
+from tests.test_dynamic_lstm import dynamic_lstm_model
 from tests.test_qoperator import qlinear_conv_model
 
 
@@ -120,6 +121,7 @@ CASES: dict[str, tuple[Callable[[], onnx.ModelProto], str]] = {
     "fuse-binary-threshold": (lambda: bnn_pool_cnn()[0], "sign-to-threshold,binarize"),
     "expand-qoperator": (qlinear_conv_model, ""),
     "expand-matmul-nbits": (nbits_model, ""),
+    "expand-dynamic-lstm": (dynamic_lstm_model, ""),
     "unroll-loops": (loop_model, ""),
 }
 

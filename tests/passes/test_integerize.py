@@ -222,7 +222,7 @@ def test_auto_integerize_rule():
         def supported_ops(self):
             return self.ops
 
-    ops = {"ai.optc::IntConv2d", "ai.optc::IntDense", "ai.optc::IntGlobalAveragePool"}
+    ops = {"ai.optc::IntConv2d", "ai.optc::IntDense", "ai.optc::IntGlobalAveragePool", "ai.optc::IntMatMul"}
     q = pipeline.parse_pipeline("simplify,quantize<calib=c.npz>")
     assert [s.name for s in auto_integerize(q, get_target("cpu"), Backend(ops))][-1] == "integerize"
     assert [s.name for s in auto_integerize(q, get_target("arm-a76"), Backend(ops))][-1] == "integerize"

@@ -343,6 +343,11 @@ def test_selection_and_rounding():
     assert keep_count(16, 0.9, min_channels=4) == 4
     assert keep_count(6, 0.5, multiple=8) == 6  # rounding up past C keeps everything
     assert keep_count(12, 0.5, blocks=4) == 8
+    # with a step, the nearest multiple of it (ties up), never below one step or min-channels
+    assert [keep_count(c, 0.1, multiple=8) for c in (16, 32, 64, 128, 256)] == [16, 32, 56, 112, 232]
+    assert keep_count(16, 0.9, multiple=8) == 8
+    assert keep_count(24, 0.5, multiple=8, min_channels=17) == 24
+    assert keep_count(40, 0.5, multiple=8) == 24  # 20 is a tie between 16 and 24
     assert list(select_channels(np.array([3., 1, 2, 5, 0, 4]), 3)) == [0, 3, 5]
     assert list(select_channels(np.array([3., 1, 2, 5, 0, 4]), 4, blocks=2)) == [0, 2, 3, 5]
 
