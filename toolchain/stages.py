@@ -477,12 +477,8 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
         elif job.lossy or prequantized:
             from optc.passes.quant.tolerance import compare_quantized, compare_to_original_qdq
 
-            if prequantized:
-                originals, original = lambda: _unrounded_refs(job), "the model without activation rounding"
-            else:
-                originals, original = lambda: job.reference("original"), "the original"
-            verdict = compare_quantized(outs, refs, job.out_names, opts.atol, opts.rtol, job.optimized, originals,
-                                        original)
+            verdict = compare_quantized(outs, refs, job.out_names, opts.atol, opts.rtol, job.optimized,
+                                        _fraction_baselines(job, prequantized))
             if prequantized and job.lossy:
                 second = compare_to_original_qdq(outs, job.reference("original"), job.out_names, opts.atol,
                                                  opts.rtol, job.original)
@@ -518,6 +514,22 @@ def _types_and_originals(job: Job, opts: VerifyOptions, verdict: dict, outs: lis
                                                 for s in job.sets]))
     verdict["original_dynamic_lstm"] = second
     verdict["passed"] = verdict["passed"] and second["passed"]
+
+
+def _fraction_baselines(job: Job, prequantized: bool):
+    """What the fraction rule of ``compare_quantized`` measures against: the float model (or,
+    for a pre-quantized input, the same model without activation rounding) and, as the
+    independent run of the quantized graph, onnxruntime on the QDQ graph (the original of a
+    pre-quantized model, ``deploy_qdq`` of an integerized one)."""
+    from optc.passes.quant.tolerance import Baselines
+
+    if prequantized:
+        return Baselines(lambda: _unrounded_refs(job), "the model without activation rounding",
+                         lambda: job.reference("original"))
+    qdq_model = job.deploy_qdq
+    alternative = None if qdq_model is None else (
+        lambda: verify.join_calls([verify.reference_outputs(qdq_model, s) for s in job.sets]))
+    return Baselines(lambda: job.reference("original"), "the original", alternative)
 
 
 def _unrounded_refs(job: Job) -> list[np.ndarray]:

@@ -132,20 +132,43 @@ def _stack(feeds: list[dict]) -> dict[str, np.ndarray] | str:
     return out
 
 
-def _put_back(graph: onnx.GraphProto, quantized: onnx.ModelProto, outer: set[str]) -> None:
+def _put_back(graph: onnx.GraphProto, quantized: onnx.ModelProto, outer: set[str], prefix: str) -> None:
     """Replace ``graph``'s nodes and initializers by the quantized branch model's (outer names
-    stay outer references)."""
+    stay outer references). Names the quantizer added get ``prefix`` (unique per branch): each
+    branch is quantized as a model of its own, so both branches of an If reading the same outer
+    ``h`` would otherwise both define ``h__q``, and ONNX names are single-assignment across the
+    whole model, subgraphs included."""
     q = quantized.graph
+    before = _defined(graph) | {o.name for o in graph.output}
+    added = ({o for n in q.node for o in n.output if o} | {t.name for t in q.initializer}) - before - outer
+    rename = {name: prefix + name for name in added}
     del graph.node[:]
     graph.node.extend(q.node)
     kept = [t for t in q.initializer if t.name not in outer]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     del graph.value_info[:]
+    _rename(graph, rename)
 
 
-def _quantize_branch(model, graph, recorded: list[dict], run: Quantize, depth: int) -> dict:
-    """Quantize one branch in place from its recorded feeds; its details (or ``skipped``)."""
+def _rename(graph: onnx.GraphProto, rename: Mapping[str, str]) -> None:
+    """Apply ``rename`` to ``graph``'s initializers and node inputs/outputs, and to the reads
+    of its subgraphs (outer references)."""
+    if not rename:
+        return
+    for t in graph.initializer:
+        t.name = rename.get(t.name, t.name)
+    for n in graph.node:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+        n.output[:] = [rename.get(o, o) for o in n.output]
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else []) + list(a.graphs):
+                _rename(g, {k: v for k, v in rename.items() if k not in _defined(g)})
+
+
+def _quantize_branch(model, graph, recorded: list[dict], run: Quantize, depth: int, prefix: str) -> dict:
+    """Quantize one branch in place from its recorded feeds; its details (or ``skipped``).
+    ``prefix``: for the names the quantizer adds (:func:`_put_back`)."""
     if not recorded:
         return {"skipped": "no calibration feed took this branch (its activation ranges are unknown)"}
     data = _stack(recorded)
@@ -160,7 +183,7 @@ def _quantize_branch(model, graph, recorded: list[dict], run: Quantize, depth: i
         return details
     if nested.get("branches"):
         details["branches"] = nested["branches"]
-    _put_back(graph, base, set(consts) | {i.name for i in sub.graph.input})
+    _put_back(graph, base, set(consts) | {i.name for i in sub.graph.input}, prefix)
     return details
 
 
@@ -192,7 +215,7 @@ def quantize_branches(model: onnx.ModelProto, data: Mapping[str, np.ndarray], ru
         values, conds = rec
         for key, graph in _branches(node).items():
             taken = [v for v, c in zip(values, conds) if c == (key == "then_branch")]
-            branches[f"{name}/{key}"] = _quantize_branch(model, graph, taken, run, depth)
+            branches[f"{name}/{key}"] = _quantize_branch(model, graph, taken, run, depth, f"{node.output[0]}.{key}.")
     details["branches"] = branches
     read = graph_reads(model.graph)  # float weights the branches read no longer
     kept = [t for t in model.graph.initializer if t.name in read]
@@ -262,7 +285,7 @@ def integerize_branches(model: onnx.ModelProto, details: dict,
             out, det = run(sub)
             out, det = integerize_branches(out, det, run, depth + 1)
             if det.get("layers") or det.get("branches"):
-                _put_back(graph, out, set(consts) | set(reads))
+                _put_back(graph, out, set(consts) | set(reads), f"{node.output[0]}.{key}.")
                 _add_opsets(model, out)
             branches[label] = det
     if not any(d.get("layers") or d.get("branches") for d in branches.values()):

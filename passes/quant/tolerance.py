@@ -33,7 +33,14 @@ graph (the verdict names the rule in ``tolerance_rule``):
   flips measured 0.25-0.40 of ``e_q``). An artifact that returns the float model's outputs
   differs from the reference by exactly ``e_q > FRACTION * e_q`` and fails, unless ``e_q`` is
   below the plain tolerance - the verdict then says the rule cannot tell the two apart
-  (``distinguishes_float_model: false``).
+  (``distinguishes_float_model: false``). Deep graphs carry flips further: in a 6-layer
+  BERT-style encoder (LayerNorm output, every dense layer int8) onnxruntime's own run of the
+  same QDQ graph (float compute, round half to even) is 0.80 ``e_q`` from optc's integer
+  reference (0.144 of 0.179) and TVM's artifact 0.67 ``e_q``. Where an independent run of the
+  quantized graph is given (:class:`Baselines` ``alternative``: onnxruntime on the QDQ graph,
+  graph optimizations off), the output may also be as far from the reference as that run is,
+  ``d_alt``: the floor is ``max(FRACTION * e_q, d_alt)``. An artifact returning the float
+  model's outputs still fails while ``d_alt < e_q`` (the verdict says when it is not).
 
 Integer outputs are compared exactly; graphs with no QuantizeLinear are compared as usual
 (:func:`optc.verify.compare`).
@@ -64,6 +71,7 @@ codes' range): flips move such an output by a fraction of what rounding does to 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -71,7 +79,7 @@ import onnx
 
 from .qdq import VALUE_PRESERVING
 
-__all__ = ["output_steps", "exact_outputs", "compare_quantized", "compare_to_original_qdq", "compare_dynamic",
+__all__ = ["output_steps", "exact_outputs", "compare_quantized", "Baselines", "compare_to_original_qdq", "compare_dynamic",
            "STEPS", "BIAS_STEPS", "FRACTION"]
 
 STEPS = 4  # quantization steps of the output an artifact may differ by (rule "quantizer steps")
@@ -144,16 +152,28 @@ def _grid_or_shift_error(grid: float, bias: float) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Baselines:
+    """What the fraction rule measures against: ``original`` gives the outputs ``e_q`` is
+    measured against, named ``name`` in the verdict (the float model; for a pre-quantized input
+    model, the same model without its activation rounding, :func:`.qdq.unrounded_qdq`);
+    ``alternative``, if given, the outputs of an independent run of the same quantized graph
+    (onnxruntime on the QDQ graph), whose distance to the reference the rule also allows."""
+
+    original: Callable[[], list[np.ndarray]]
+    name: str = "the original"
+    alternative: Callable[[], list[np.ndarray]] | None = None
+
+
 def compare_quantized(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str], atol: float,
                       rtol: float, model: onnx.ModelProto,
-                      original_refs: Callable[[], list[np.ndarray]], original: str = "the original") -> dict:
+                      original_refs: Callable[[], list[np.ndarray]] | Baselines, original: str = "the original") -> dict:
     """``optc.verify.compare`` under the rules above; same verdict format plus
     ``tolerance_rule`` per output (and the grid/bias figures of the steps rule).
-    ``original_refs`` gives the outputs the fraction rule measures ``e_q`` against, named by
-    ``original`` in the verdict (the float model; for a pre-quantized input model, the same
-    model without its activation rounding, :func:`.qdq.unrounded_qdq`)."""
+    ``original_refs``: a :class:`Baselines`, or just its ``original`` (named by ``original``)."""
     from optc import verify
 
+    base = original_refs if isinstance(original_refs, Baselines) else Baselines(original_refs, original)
     quantized = any(n.op_type == "QuantizeLinear" or n.domain == INTEGER_DOMAIN for n in model.graph.node)
     if len(outputs) != len(refs) or not quantized:
         return verify.compare(outputs, refs, names, atol, rtol)
@@ -173,11 +193,9 @@ def compare_quantized(outputs: list[np.ndarray], refs: list[np.ndarray], names: 
             extra[name] = (s, z)
         else:
             if originals is None:
-                originals = original_refs()
-            qerr = float(np.abs(np.asarray(ref, np.float64) - np.asarray(originals[i], np.float64)).max(initial=0.0))
-            floors[name] = FRACTION * qerr
-            rules[name] = (f"fraction of the quantization error: {FRACTION:g} x the quantized model's max "
-                           f"error vs {original} ({qerr:.4g})")
+                originals = base.original(), base.alternative() if base.alternative else None
+            floors[name], rules[name] = _fraction_floor(ref, originals[0][i], originals[1] and originals[1][i],
+                                                        base.name)
     res = verify.compare(outputs, refs, names, atol, rtol, floors=floors,
                          exact={n for n in names if rules[n].startswith("exact")})
     for entry, out, ref in zip(res["outputs"], outputs, refs):
@@ -200,6 +218,21 @@ def compare_quantized(outputs: list[np.ndarray], refs: list[np.ndarray], names: 
     res["passed"] = all(e["passed"] for e in res["outputs"])
     res["quantized_graph_rule"] = "per-output rules for quantized graphs; see tolerance_rule (optc.passes.quant.tolerance)"
     return res
+
+
+def _max_diff(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max(initial=0.0))
+
+
+def _fraction_floor(ref, original, alternative, name: str) -> tuple[float, str]:
+    """(floor, rule text) of the fraction rule for one output: ``FRACTION * e_q``, or the
+    alternative run's distance ``d_alt`` where that is larger (module docstring)."""
+    qerr = _max_diff(ref, original)
+    rule = f"fraction of the quantization error: {FRACTION:g} x the quantized model's max error vs {name} ({qerr:.4g})"
+    if alternative is None:
+        return FRACTION * qerr, rule
+    d_alt = _max_diff(ref, alternative)
+    return max(FRACTION * qerr, d_alt), rule + f", or onnxruntime's own distance running the QDQ graph ({d_alt:.4g})"
 
 
 def compare_to_original_qdq(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str], atol: float,

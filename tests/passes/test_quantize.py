@@ -458,6 +458,30 @@ def test_fraction_rule_refuses_the_float_model():
     assert compare_quantized(near, ref, ["y"], 1e-4, 1e-3, q, lambda: orig)["passed"]
 
 
+def test_fraction_rule_allows_what_an_independent_run_of_the_qdq_graph_shows():
+    """Deep graphs carry rounding flips further than half the quantization error (a 6-layer
+    encoder: onnxruntime's run of the QDQ graph 0.8 e_q from optc's integer reference). With an
+    alternative run given, an output as far as that run is passes; one farther, or the float
+    model's outputs (d_alt < e_q), still fail; the rule names both figures."""
+    from optc.passes.quant.tolerance import Baselines, compare_quantized
+
+    calib = {"x": np.random.default_rng(1).standard_normal((32, 16)).astype(np.float32)}
+    model = _gemm_model()
+    q, _ = quantize_model(model, calib, output_qdq=False)
+    x = _x()
+    ref, orig = verify.reference_outputs(q, x), verify.reference_outputs(model, x)
+    qerr = float(np.abs(ref[0] - orig[0]).max())
+    alt = [ref[0] + np.float32(0.7 * qerr)]  # an independent run 0.7 e_q away
+    base = Baselines(lambda: orig, "the original", lambda: alt)
+    at = [ref[0] + np.float32(0.65 * qerr)]
+    assert not compare_quantized(at, ref, ["y"], 1e-4, 1e-3, q, lambda: orig)["passed"]  # 0.65 > FRACTION
+    res = compare_quantized(at, ref, ["y"], 1e-4, 1e-3, q, base)
+    assert res["passed"] and "running the QDQ graph" in res["outputs"][0]["tolerance_rule"]
+    assert res["outputs"][0]["distinguishes_float_model"] is True
+    assert not compare_quantized([ref[0] + np.float32(0.8 * qerr)], ref, ["y"], 1e-4, 1e-3, q, base)["passed"]
+    assert not compare_quantized(orig, ref, ["y"], 1e-4, 1e-3, q, base)["passed"]
+
+
 def test_unrounded_qdq_takes_out_activation_rounding_only():
     """``unrounded_qdq``: activation DQ(Q(x)) pairs become a clip to the codes' range (no
     rounding), weights stay quantized; its outputs differ from the QDQ model's by the rounding
