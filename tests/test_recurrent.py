@@ -215,6 +215,11 @@ KERNEL_CASES = {
     "gru-forward-h24-linear-before-reset": (
         "GRU", dict(initial=True, attrs=dict(linear_before_reset=1)), (5, 1, 3, 24), None),
     "rnn-bidirectional-h70": ("RNN", dict(direction="bidirectional", initial=True), (4, 3, 6, 70), None),
+    # GEMVs of >= PARALLEL_GEMV_MACS multiply-adds: register tiles in a parallel loop per step
+    "lstm-bidirectional-h200-batch2-lengths-parallel": (
+        "LSTM", dict(direction="bidirectional", seq="input", initial=True, outputs=("Y", "Y_h", "Y_c")),
+        (3, 2, 5, 200), [3, 2]),
+    "gru-forward-h256-parallel": ("GRU", dict(initial=True), (3, 1, 4, 256), None),
 }
 
 
@@ -224,6 +229,19 @@ def test_kernel_larger_cells_match_onnxruntime(tmp_path, name):
     op_type, kwargs, dims, lens = KERNEL_CASES[name]
     model = _model(op_type, dims=dims, **kwargs)
     _compile_and_compare(tmp_path, model, _feeds(model, lens))
+
+
+def test_large_gemvs_run_their_tiles_in_parallel():
+    """A step's GEMV of at least PARALLEL_GEMV_MACS multiply-adds (H = 200 LSTM: 200 x 800)
+    runs its full register tiles in a parallel loop, the remainder tile serially; small cells
+    (H = 40) stay serial (a thread-pool launch per step would cost more than it saves)."""
+    from optc.backends.tvm import recurrent_kernel as rk
+
+    acts = (("sigmoid", 0.0, 0.0), ("tanh", 0.0, 0.0), ("tanh", 0.0, 0.0))
+    big = rk.kernel_source(rk.CellSpec("LSTM", 3, 1, 200, (False,), (acts,)))
+    assert "for jt in T.parallel(12):" in big and "T.parallel(1)" not in big
+    small = rk.kernel_source(rk.CellSpec("LSTM", 3, 1, 40, (False,), (acts,)))
+    assert "T.parallel" not in small
 
 
 @pytest.mark.tvm

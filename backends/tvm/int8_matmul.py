@@ -126,10 +126,8 @@ def _pairs_intrin() -> None:
         pass
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (2,), "int16", offset_factor=1)
-        B = T.match_buffer(b, (8, 2), "int16", offset_factor=1)
-        C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
+    def desc(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
             T.reads(C[0:8], A[0:2], B[0:8, 0:2])
             T.writes(C[0:8])
@@ -139,10 +137,8 @@ def _pairs_intrin() -> None:
                     C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (2,), "int16", offset_factor=1)
-        B = T.match_buffer(b, (8, 2), "int16", offset_factor=1)
-        C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
+    def impl(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
             T.reads(C[0:8], A[0:2], B[0:8, 0:2])
             T.writes(C[0:8])

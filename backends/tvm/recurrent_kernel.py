@@ -42,6 +42,11 @@ from dataclasses import dataclass
 # (H=64, 2 directions) to 1.3x (H=128) faster than with 4 vectors; unrolling the reduction by
 # 4 made it slower
 TILE_VECTORS = 8
+# a step's GEMV with at least this many multiply-adds runs its register tiles in a ``parallel``
+# loop (one thread-pool launch per step and GEMV, a few microseconds): voicefilter-lite's LSTMs
+# (H = 512: 1 M multiply-adds, ~0.1 ms per step at 1 thread) ran on one thread while
+# onnxruntime split each step over two
+PARALLEL_GEMV_MACS = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -173,10 +178,12 @@ def _vector_loops(body: _Body, ind: int, extent: int, width: int, emit) -> None:
 
 def _gemv(body: _Body, ind: int, spec: CellSpec, d: int, src: str, cols: tuple[int, int], init) -> None:
     """g[b, c] = init(b, c) + sum_k src[b, k] * rt[d, k, c] for c in [cols): register tiles of
-    TILE_VECTORS vectors, the k loop innermost but for the tile's lanes."""
+    TILE_VECTORS vectors, the k loop innermost but for the tile's lanes; the tiles in parallel
+    where the GEMV has at least ``PARALLEL_GEMV_MACS`` multiply-adds."""
     H, tile = spec.hidden, spec.lanes * TILE_VECTORS
     begin, end = cols
     full, tail = divmod(end - begin, tile)
+    kind = "parallel" if H * (end - begin) >= PARALLEL_GEMV_MACS and full > 1 else "serial"
     body.add(ind, f"for b in T.serial({spec.batch}):")
     tiles = [(f"{begin} + jt * {tile}", tile, full)] if full else []
     if tail:
@@ -184,7 +191,7 @@ def _gemv(body: _Body, ind: int, spec: CellSpec, d: int, src: str, cols: tuple[i
     for offset, width, count in tiles:
         i = ind + 1
         if count > 1 or width == tile:
-            body.add(i, f"for jt in T.serial({count}):")
+            body.add(i, f"for jt in T.{kind if width == tile else 'serial'}({count}):")
             i += 1
         col = f"{offset} + ji"
         body.add(i, f'acc = T.alloc_buffer(({width},), "float32", scope="local")')

@@ -439,17 +439,24 @@ def test_exact_rule_for_integer_graphs():
     assert not res["passed"] and res["outputs"][0]["tolerance"] == 0.0
 
 
-def test_fraction_rule_refuses_the_float_model():
-    """A float output of a quantized graph (output-qdq=false) passes within half the quantized
-    model's own error vs the float model; the float model's own outputs fail."""
-    from optc.passes.quant.tolerance import compare_quantized
-
+def _float_output_case():
+    """A Gemm model quantized with ``output-qdq=false`` (a float output): (the QDQ model, its
+    outputs, the float model's outputs, the quantization error e_q) on ``_x()``."""
     calib = {"x": np.random.default_rng(1).standard_normal((32, 16)).astype(np.float32)}
     model = _gemm_model()
     q, _ = quantize_model(model, calib, output_qdq=False)
     x = _x()
     ref, orig = verify.reference_outputs(q, x), verify.reference_outputs(model, x)
     qerr = float(np.abs(ref[0] - orig[0]).max())
+    return q, ref, orig, qerr
+
+
+def test_fraction_rule_refuses_the_float_model():
+    """A float output of a quantized graph (output-qdq=false) passes within half the quantized
+    model's own error vs the float model; the float model's own outputs fail."""
+    from optc.passes.quant.tolerance import compare_quantized
+
+    q, ref, orig, qerr = _float_output_case()
     assert qerr > 1e-2
     res = compare_quantized(orig, ref, ["y"], 1e-4, 1e-3, q, lambda: orig)
     assert not res["passed"] and "fraction of the quantization error" in res["outputs"][0]["tolerance_rule"]
@@ -465,12 +472,7 @@ def test_fraction_rule_allows_what_an_independent_run_of_the_qdq_graph_shows():
     model's outputs (d_alt < e_q), still fail; the rule names both figures."""
     from optc.passes.quant.tolerance import Baselines, compare_quantized
 
-    calib = {"x": np.random.default_rng(1).standard_normal((32, 16)).astype(np.float32)}
-    model = _gemm_model()
-    q, _ = quantize_model(model, calib, output_qdq=False)
-    x = _x()
-    ref, orig = verify.reference_outputs(q, x), verify.reference_outputs(model, x)
-    qerr = float(np.abs(ref[0] - orig[0]).max())
+    q, ref, orig, qerr = _float_output_case()
     alt = [ref[0] + np.float32(0.7 * qerr)]  # an independent run 0.7 e_q away
     base = Baselines(lambda: orig, "the original", lambda: alt)
     at = [ref[0] + np.float32(0.65 * qerr)]
