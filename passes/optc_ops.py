@@ -236,19 +236,20 @@ def has_optc_ops(model) -> bool:
     return any(n.domain == DOMAIN for n in graph.node)
 
 
-def reference_evaluator(model, **kwargs):
+def reference_evaluator(model, *, dynamic_lstm_rounding: bool = True, **kwargs):
     """``onnx.reference.ReferenceEvaluator`` for ``model`` with every registered ``ai.optc`` op
     (:func:`optc.ops.references`), optc's QuantizeLinear/DequantizeLinear for opsets < 19, and
     GlobalMaxPool / BatchNormalization where onnx's reference is wrong (any rank; inference mode
     at opsets 9-13): ``optc.passes.quant.int_ops.STANDARD_OPS``; com.microsoft
-    DynamicQuantizeLSTM by its spec arithmetic (``optc.passes.quant.dynamic_lstm``)."""
+    DynamicQuantizeLSTM by its spec arithmetic (``optc.passes.quant.dynamic_lstm``; without its
+    run-time activation rounding where ``dynamic_lstm_rounding`` is False)."""
     from onnx.reference import ReferenceEvaluator
 
     from optc import ops
     from optc.passes.quant.dynamic_lstm import DynamicQuantizeLSTMRef
     from optc.passes.quant.int_ops import STANDARD_OPS
 
-    return ReferenceEvaluator(model, new_ops=ops.references() + STANDARD_OPS + [DynamicQuantizeLSTMRef.op(True)],
+    return ReferenceEvaluator(model, new_ops=ops.references() + STANDARD_OPS + [DynamicQuantizeLSTMRef.op(dynamic_lstm_rounding)],
                               **kwargs)
 
 

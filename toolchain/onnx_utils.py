@@ -124,17 +124,30 @@ def value_shapes(model: onnx.ModelProto, *, data_prop: bool = False) -> dict[str
     return out
 
 
+def subgraphs(node: "onnx.NodeProto") -> list:
+    """The graphs held by ``node``'s attributes (If branches, Loop/Scan bodies)."""
+    import onnx
+
+    return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else []) + list(a.graphs)]
+
+
+def all_nodes(graph: "onnx.GraphProto"):
+    """The nodes of ``graph`` and, recursively, of its subgraphs (a quantized If branch holds
+    ``ai.optc`` ops too)."""
+    for n in graph.node:
+        yield n
+        for g in subgraphs(n):
+            yield from all_nodes(g)
+
+
 def node_reads(node: "onnx.NodeProto") -> set[str]:
     """Every value name ``node`` reads: its inputs and, recursively, the names read inside its
     subgraphs (If branches, Loop/Scan bodies), which include outer-scope values that appear in no
     node's input list of the enclosing graph. A superset (names a subgraph defines itself are
     included too): right for deciding what must be kept."""
-    import onnx
-
     names = {i for i in node.input if i}
-    for a in node.attribute:
-        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else []) + list(a.graphs):
-            names |= graph_reads(g)
+    for g in subgraphs(node):
+        names |= graph_reads(g)
     return names
 
 

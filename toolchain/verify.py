@@ -10,10 +10,12 @@ relative to the reference's largest magnitude, per output.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 import onnx
+
+from optc.onnx_utils import all_nodes  # noqa: F401 - callers use verify.all_nodes too
 
 from .errors import InvalidModelError
 from .frontend import TensorSpec
@@ -57,16 +59,6 @@ def ort_session(model: onnx.ModelProto | str | Path, *, threads: int | None = No
 SPEC_REFERENCE_OPS = frozenset({"MatMulInteger", "ConvInteger"})
 # likewise com.microsoft DynamicQuantizeLSTM (its GEMMs are the same u8 x s8 kernels)
 SPEC_REFERENCE_MS_OPS = frozenset({"DynamicQuantizeLSTM"})
-
-
-def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """The nodes of ``graph`` and, recursively, of its subgraphs (If branches, Loop/Scan
-    bodies: a quantized If branch holds ``ai.optc`` ops too)."""
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else []) + list(a.graphs):
-                yield from all_nodes(g)
 
 
 def _needs_spec_reference(model: onnx.ModelProto) -> bool:

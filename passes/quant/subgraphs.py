@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from optc.onnx_utils import graph_reads, infer_shapes
+from optc.onnx_utils import graph_reads, infer_shapes, subgraphs
 
 __all__ = ["quantize_branches", "quantize_with_branches", "integerize_branches", "outer_reads",
            "branch_model"]
@@ -54,9 +54,8 @@ def _defined(graph: onnx.GraphProto) -> set[str]:
     names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     for n in graph.node:
         names |= {o for o in n.output if o}
-        for a in n.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else []) + list(a.graphs):
-                names |= _defined(g)
+        for g in subgraphs(n):
+            names |= _defined(g)
     return names
 
 
@@ -161,9 +160,8 @@ def _rename(graph: onnx.GraphProto, rename: Mapping[str, str]) -> None:
     for n in graph.node:
         n.input[:] = [rename.get(i, i) for i in n.input]
         n.output[:] = [rename.get(o, o) for o in n.output]
-        for a in n.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else []) + list(a.graphs):
-                _rename(g, {k: v for k, v in rename.items() if k not in _defined(g)})
+        for g in subgraphs(n):
+            _rename(g, {k: v for k, v in rename.items() if k not in _defined(g)})
 
 
 def _quantize_branch(model, graph, recorded: list[dict], run: Quantize, depth: int, prefix: str) -> dict:
