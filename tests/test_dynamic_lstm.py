@@ -150,6 +150,19 @@ def test_non_constant_weight_is_skipped_with_reason():
     assert details["expanded"] == 0 and "W ('w') is not a constant" in details["skipped"]["y"]
 
 
+def test_forms_the_reference_cannot_check_are_left_with_reason():
+    """A clip attribute or a sequence_lens input: the spec reference that verifies the rewrite
+    covers neither, so the node is not rewritten (and compile refuses it by name)."""
+    model = dynamic_lstm_model()
+    model.graph.node[0].attribute.append(helper.make_attribute("clip", 3.0))
+    _, details = dl.expand_dynamic_lstm(model)
+    assert details["expanded"] == 0 and "clip" in details["skipped"]["y"]
+    model = dynamic_lstm_model()
+    model.graph.node[0].input[4] = "x"  # any name: a sequence_lens input
+    _, details = dl.expand_dynamic_lstm(model)
+    assert details["expanded"] == 0 and "sequence_lens" in details["skipped"]["y"]
+
+
 @pytest.mark.tvm
 @pytest.mark.parametrize("direction, per_channel", [("forward", False), ("bidirectional", True)])
 def test_compiles_and_verifies(tmp_path, direction, per_channel):
