@@ -59,3 +59,27 @@ def test_bench_threads_and_baselines(tmp_path):
     assert "deploy_qdq.onnx" in res["baselines"]["deployable"]["model"]  # never optc's reference ops
     assert "numpy inputs to numpy outputs" in res["method"]
     assert report["verify"]["passed"]
+    assert res["onnxruntime_baseline"] == "deployable"  # a compressed package: its QDQ equivalent
+
+
+def test_headline_baseline_is_the_deployable_equivalent_or_the_faster_of_the_users_models():
+    """The headline onnxruntime figure of a compressed package is its deployable equivalent (the
+    QDQ model of an int8 package) even when the float original runs faster; a package optc did
+    not compress is measured against the faster of model.onnx and the original: both are the
+    user's model, and an expansion optc made (DynamicQuantizeLSTM's int8 original -> a float
+    LSTM) must not be the easier yardstick."""
+    from optc import api
+
+    class Fake:
+        def __init__(self, describe):
+            self.describe = describe
+
+    times = {"deployable": [0.020] * 3, "original": [0.008] * 3}
+    fakes = {k: Fake(k) for k in times}
+    optc_stats = {"median_ms": 16.0}
+    plain = api._baseline_section(optc_stats, fakes, times, compressed=False)
+    assert plain["onnxruntime_baseline"] == "original" and plain["ratio_optc_over_ort"] == pytest.approx(2.0)
+    packed = api._baseline_section(optc_stats, fakes, times, compressed=True)
+    assert packed["onnxruntime_baseline"] == "deployable" and packed["ratio_optc_over_ort"] == pytest.approx(0.8)
+    assert api._compressing({"pipeline": "simplify,prune<ratio=0.5>,dce"}) == ["prune"]
+    assert api._compressing({"pipeline": "simplify,expand-dynamic-lstm,dce"}) == []

@@ -324,6 +324,86 @@ def test_verification_refuses_a_wrong_kernel(tmp_path, monkeypatch):
         _compile_and_compare(tmp_path, model, _feeds(model))
 
 
+# ---------------------------------------------------------------------------------------------
+# recurrent weights on an int8 grid (a quantized model's, dequantized): stored as int8 codes
+
+def _on_int8_grid(model: onnx.ModelProto, seed: int = 5, span: int = 127) -> onnx.ModelProto:
+    """``model`` with R replaced by int8 codes in [-span, span] times a scale per gate output
+    (per row of R [D, G*H, H]), some rows all zero: a quantized model's recurrent weight."""
+    rng = np.random.default_rng(seed)
+    r = next(t for t in model.graph.initializer if t.name == "R")
+    d, rows, cols = r.dims
+    codes = rng.integers(-span, span + 1, (d, rows, cols)).astype(np.float32)
+    codes[:, 1] = 0
+    scale = rng.uniform(0.5, 2.0, (d, rows, 1)).astype(np.float32) / (span * np.sqrt(cols))
+    r.CopyFrom(numpy_helper.from_array((codes * scale).astype(np.float32), "R"))
+    return model
+
+
+GRID_CASES = {
+    "lstm-bidirectional-h40-lengths": ("LSTM", dict(direction="bidirectional", seq="input", initial=True,
+                                                    outputs=("Y", "Y_h", "Y_c")), (5, 2, 7, 40), [5, 3]),
+    "gru-reverse-h36-two-gemvs": ("GRU", dict(direction="reverse", initial=True), (4, 1, 5, 36), None),
+    "rnn-forward-h70": ("RNN", dict(initial=True), (4, 3, 6, 70), None),
+}
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("name", list(GRID_CASES))
+def test_recurrent_weights_on_an_int8_grid_run_as_int8_codes(tmp_path, monkeypatch, name):
+    """R on an int8 grid reaches the kernel as int8 codes and per-column scales (a quarter of
+    the bytes per step) and still matches onnxruntime; off the grid (the same model's original
+    uniform weights) it stays float32."""
+    from optc.backends.tvm import recurrent_kernel as rk
+
+    seen: list[bool] = []
+    real = rk.kernel
+    monkeypatch.setattr(rk, "kernel", lambda spec: (seen.append(spec.int8_weights), real(spec))[1])
+    op_type, kwargs, dims, lens = GRID_CASES[name]
+    for sub, model in (("grid", _on_int8_grid(_model(op_type, dims=dims, **kwargs))),
+                       ("float", _model(op_type, dims=dims, **kwargs))):
+        (tmp_path / sub).mkdir()
+        _compile_and_compare(tmp_path / sub, model, _feeds(model, lens))
+    assert seen == [True, False]
+
+
+def test_int8_grid_finds_exact_codes_and_refuses_everything_else():
+    from optc.backends.tvm import recurrent_kernel as rk
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-127, 128, (2, 30, 12))
+    codes[:, :, 3] = 0  # a column of zeros
+    codes[:, :, 4] = 3 * rng.integers(-40, 41, 30)  # its smallest nonzero magnitude is 3 steps or more
+    codes[0, :, 4][:2] = (3, 5)
+    scale = rng.uniform(1e-4, 1e-1, (2, 1, 12))
+    rt = (codes * scale).astype(np.float32)
+    q, s = rk.int8_grid(rt)
+    assert q.dtype == np.int8 and s.shape == (2, 12)
+    back = q.astype(np.float64) * s[:, None, :]
+    assert np.all(np.abs(back - rt) <= 2.0 ** -21 * np.abs(rt))
+    assert rk.int8_grid(rng.uniform(-1, 1, (1, 30, 12)).astype(np.float32)) is None  # float weights
+    wide = (rng.integers(-200, 201, (1, 30, 12)) * 0.01).astype(np.float32)
+    wide[0, 0, :] = 0.01  # smallest step present: codes up to 200 do not fit int8
+    assert rk.int8_grid(wide) is None
+    near = rt.copy()
+    near[1, 7, 2] = np.nextafter(near[1, 7, 2], np.float32(0)) * np.float32(1 + 1e-4)  # one value off the grid
+    assert rk.int8_grid(near) is None
+
+
+@pytest.mark.tvm
+def test_verification_refuses_wrong_int8_weight_scales(tmp_path, monkeypatch):
+    """The int8 path is vouched for by the comparison with onnxruntime: scales 2 % off (a
+    deliberate bug) are refused."""
+    from optc.backends.tvm import recurrent_kernel as rk
+    from optc.errors import VerificationError
+
+    real = rk.int8_grid
+    monkeypatch.setattr(rk, "int8_grid", lambda rt: (lambda g: (g[0], g[1] * np.float32(1.02)) if g else g)(real(rt)))
+    model = _on_int8_grid(_model("LSTM", dims=(5, 1, 4, 24)))
+    with pytest.raises(VerificationError, match="differs from onnxruntime"):
+        _compile_and_compare(tmp_path, model, _feeds(model))
+
+
 def _if_around_lstms() -> onnx.ModelProto:
     """A data-dependent If (sum of X > 0) whose two branches run an LSTM each (different
     weights, outer-scope initializers), as Silero VAD's sample-rate If does."""

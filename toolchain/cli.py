@@ -172,7 +172,8 @@ def cmd_bench(args) -> int:
     for key, r in res.get("baselines", {}).items():
         print(f"  onnxruntime on {key}: median {r['median_ms']:.3f} ms  (p10 {r['p10_ms']:.3f}, "
               f"p90 {r['p90_ms']:.3f}, n={r['repeat']}) -> optc/this {r['ratio_optc_over_this']:.2f}x"
-              f"\n    ({r['model']})")
+              + ("  [headline]" if key == res.get("onnxruntime_baseline") and len(res["baselines"]) > 1 else "")
+              + f"\n    ({r['model']})")
     if "onnxruntime_note" in res:
         print(f"  onnxruntime: {res['onnxruntime_note']}")
     if "compare_to" in res:

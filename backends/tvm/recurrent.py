@@ -218,6 +218,16 @@ def register() -> None:
                 return None
         return op.astype(seq, "int64") if dtype_of(seq) != "int64" else seq
 
+    def int8_weight(r, params, rk):
+        """R's transpose as int8 codes and per-column scales (``recurrent_kernel.int8_grid``)
+        where R is a constant on such a grid (a quantized model's weights), else None. Each step
+        reads the whole R: an LSTM with H = 512 over 100 steps ran in 0.58x the time (1 thread,
+        0.66x at 2) with a quarter of the bytes; H = 128: 0.94x / 0.86x; H = 32: 0.98x / 1.03x."""
+        r = get_constant(r, params)
+        if not isinstance(r, tvm.ir.expr.Constant) or r.value.dtype != "float32":
+            return None
+        return rk.int8_grid(np.transpose(r.value.numpy(), (0, 2, 1)))
+
     def convert_kernel(op_type: str, bb, inputs, attr, params):
         """Input projection of every step and direction as one matmul, the recurrence as one
         ``recurrent_kernel`` call writing Y [T, D, B, H], Y_h (and Y_c) directly."""
@@ -240,7 +250,9 @@ def register() -> None:
             wb, rb = parts(bb, b, 2)  # [D, G*H] each
             xw = op.add(xw, op.reshape(op.add(wb, rb) if op_type != "GRU" else wb, (dirs * gh,)))
         zeros = relax.const(np.zeros((dirs, batch, hidden), dtype=dt))
-        args = [bb.emit(xw), bb.emit(op.permute_dims(r, [0, 2, 1])), h0 if h0 is not None else zeros]
+        grid = int8_weight(r, params, rk)
+        rt = [relax.const(grid[0]), relax.const(grid[1])] if grid else [bb.emit(op.permute_dims(r, [0, 2, 1]))]
+        args = [bb.emit(xw), *rt, h0 if h0 is not None else zeros]
         if op_type == "LSTM":
             args.append(c0 if c0 is not None else zeros)
             if p is not None:
@@ -254,7 +266,8 @@ def register() -> None:
                            tuple(a["direction"] == "reverse" or d == 1 for d in range(dirs)),
                            tuple(tuple(s) for s in a["acts"]), a["clip"], a["input_forget"],
                            a["linear_before_reset"], p is not None, lens is not None,
-                           lanes=(_vector_bits(target) if target is not None else 128) // 32)
+                           lanes=(_vector_bits(target) if target is not None else 128) // 32,
+                           int8_weights=grid is not None)
         outs = [relax.TensorType([steps, dirs, batch, hidden], dt)]
         outs += [relax.TensorType([dirs, batch, hidden], dt) for _ in range(2 if op_type == "LSTM" else 1)]
         gv = bb.add_func(rk.kernel(spec), f"{op_type.lower()}_kernel")

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 # SIMD vectors per register tile of the GEMV (AVX2: 8 x 8 floats in 8 of the 16 registers,
 # NEON: 8 x 4 floats of 32): on an AMD EPYC (AVX2, loaded machine) a 16-step LSTM ran 1.2x
 # (H=64, 2 directions) to 1.3x (H=128) faster than with 4 vectors; unrolling the reduction by
@@ -67,6 +69,7 @@ class CellSpec:
     peepholes: bool = False
     lens: bool = False  # a sequence_lens input [B] (int64)
     lanes: int = 8  # float32 lanes of the target's SIMD registers
+    int8_weights: bool = False  # rt holds int8 codes, rs [D, G*H] their scales (int8_grid)
 
     @property
     def dirs(self) -> int:
@@ -194,14 +197,18 @@ def _gemv(body: _Body, ind: int, spec: CellSpec, d: int, src: str, cols: tuple[i
             body.add(i, f"for jt in T.{kind if width == tile else 'serial'}({count}):")
             i += 1
         col = f"{offset} + ji"
+        weight, start, final = f"rt[{d}, k, {col}]", init("b", col), "acc[ji]"
+        if spec.int8_weights:  # codes summed in float (exact products), scaled once per output
+            weight, start = f'T.Cast("float32", {weight})', _f(0.0)
+            final = f"{init('b', col)} + acc[ji] * rs[{d}, {col}]"
         body.add(i, f'acc = T.alloc_buffer(({width},), "float32", scope="local")')
         body.add(i, f"for ji in T.vectorized({width}):")
-        body.add(i + 1, f"acc[ji] = {init('b', col)}")
+        body.add(i + 1, f"acc[ji] = {start}")
         body.add(i, f"for k in T.serial({H}):")
         body.add(i + 1, f"for ji in T.vectorized({width}):")
-        body.add(i + 2, f"acc[ji] = acc[ji] + {src}[b, k] * rt[{d}, k, {col}]")
+        body.add(i + 2, f"acc[ji] = acc[ji] + {src}[b, k] * {weight}")
         body.add(i, f"for ji in T.vectorized({width}):")
-        body.add(i + 1, f"g[b, {col}] = acc[ji]")
+        body.add(i + 1, f"g[b, {col}] = {final}")
 
 
 def _store(body: _Body, ind: int, spec: CellSpec, d: int, j: str, states: list[tuple[str, str]]) -> None:
@@ -291,7 +298,10 @@ _STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN": _rnn_step}
 def kernel_args(spec: CellSpec) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, shape, dtype) of the kernel's parameters in call order: inputs, then outputs."""
     D, B, H, G, S = spec.dirs, spec.batch, spec.hidden, spec.gates, spec.steps
-    args = [("xw", (S * B, D * G * H), "float32"), ("rt", (D, H, G * H), "float32"), ("h0", (D, B, H), "float32")]
+    args = [("xw", (S * B, D * G * H), "float32"), ("rt", (D, H, G * H), "int8" if spec.int8_weights else "float32")]
+    if spec.int8_weights:
+        args.append(("rs", (D, G * H), "float32"))
+    args.append(("h0", (D, B, H), "float32"))
     if spec.op_type == "LSTM":
         args.append(("c0", (D, B, H), "float32"))
         if spec.peepholes:
@@ -331,6 +341,48 @@ def kernel_source(spec: CellSpec) -> str:
         for s in states:
             body.add(2, f"y{s}[{d}, b, j] = {s}[b, j]")
     return "\n".join(body.lines) + "\n"
+
+
+def int8_grid(rt: np.ndarray, tolerance: float = 2.0 ** -21) -> tuple[np.ndarray, np.ndarray] | None:
+    """``rt [D, H, G*H]`` (float32) as int8 codes ``q`` and per-column scales ``s [D, G*H]``
+    with ``q * s`` equal to ``rt`` within ``tolerance`` of each value's magnitude (a few float32
+    ulps), or None where it does not lie on such a grid. A column's scale is its smallest
+    nonzero magnitude divided by the first j in 1..127 that makes every value an integer
+    multiple of it in int8's range (a quantized model's weights: symmetric codes, any
+    scale; asymmetric ones where ``q - zp`` stays in int8's range), refined by least squares."""
+    w = np.asarray(rt, np.float64).reshape(rt.shape[0], rt.shape[1], -1).transpose(0, 2, 1)
+    w = w.reshape(-1, w.shape[-1])  # [D * G*H columns, H]
+    if len(w) > 16 and _grid_codes(w[:: len(w) // 16]) is None:  # float weights: refused in a few ms
+        return None
+    codes = _grid_codes(w)
+    if codes is None:
+        return None
+    mag = np.abs(w)
+    norm = (codes * codes).sum(-1)
+    scale = np.where(norm > 0, (codes * w).sum(-1) / np.where(norm > 0, norm, 1.0), 1.0).astype(np.float32)
+    if (np.abs(codes * scale[:, None].astype(np.float64) - w) > tolerance * mag).any():
+        return None
+    d, k = rt.shape[0], rt.shape[1]
+    q = np.ascontiguousarray(codes.astype(np.int8).reshape(d, -1, k).transpose(0, 2, 1))
+    return q, scale.reshape(d, -1)
+
+
+def _grid_codes(w: np.ndarray) -> np.ndarray | None:
+    """Integer codes in [-128, 127] per row of ``w`` (float64), each row's step its smallest
+    nonzero magnitude / j for the first j in 1..127 that fits, or None if a row has none."""
+    mag = np.abs(w)
+    smallest = np.where(mag > 0, mag, np.inf).min(axis=-1)
+    smallest = np.where(np.isfinite(smallest), smallest, 1.0)
+    codes, left = np.zeros_like(w), np.arange(len(w))
+    for j in range(1, 128):
+        x = w[left] * (j / smallest[left, None])
+        q = np.rint(x)
+        ok = ((q >= -128) & (q <= 127)).all(-1) & (np.abs(x - q) <= 1e-3).all(-1)
+        codes[left[ok]] = q[ok]
+        left = left[~ok]
+        if not len(left):
+            break
+    return None if len(left) else codes
 
 
 def kernel(spec: CellSpec):
