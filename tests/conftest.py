@@ -26,6 +26,32 @@ def make_onnx_model(nodes, inits, x_shape, y_shape, *, name: str = "g", elem_typ
     return model
 
 
+def make_graph_model(nodes, inputs, outputs, inits: dict, opset: int = 17) -> onnx.ModelProto:
+    """A float32 graph of ``nodes`` with ``inputs`` and ``outputs`` given as (name, shape) pairs
+    and the initializers ``inits`` (name -> array), at ``opset``, IR version 8,
+    ``onnx.checker``-ed."""
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_unsupported_ops_model() -> onnx.ModelProto:
+    """x [3, 3] -> Relu (node relu) -> com.acme::Custom (custom_1) -> com.acme::Custom (custom_2)
+    -> RandomNormalLike (noise) -> y: an unknown domain's op twice and a standard op that no
+    backend lowers, for the check that lists every unsupported op with its nodes at once."""
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"),
+             helper.make_node("Custom", ["a"], ["b"], name="custom_1", domain="com.acme"),
+             helper.make_node("Custom", ["b"], ["c"], name="custom_2", domain="com.acme"),
+             helper.make_node("RandomNormalLike", ["c"], ["y"], name="noise")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.acme", 1)])
+
+
 def make_int8_depthwise_model(hw: int) -> onnx.ModelProto:
     """``ai.optc`` IntConv2d, depthwise (8 channels, group 8), 3x3 pad 1, uint8 [1, 8, hw, hw]
     in and out, zero weights and bias, unit multiplier and shift."""

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from optc.artifact import read_package
 from optc.cli import main
 from optc.verify import reference_outputs
-from tests.conftest import MODELS
+from tests.conftest import MODELS, make_unsupported_ops_model
 
 pytestmark = pytest.mark.tvm
 
@@ -169,14 +169,7 @@ def test_existing_output_is_refused(tmp_path):
 
 
 def test_unsupported_ops_listed_at_once(tmp_path):
-    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"),
-             helper.make_node("Custom", ["a"], ["b"], name="custom_1", domain="com.acme"),
-             helper.make_node("Custom", ["b"], ["c"], name="custom_2", domain="com.acme"),
-             helper.make_node("RandomNormalLike", ["c"], ["y"], name="noise")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.acme", 1)])
-    onnx.save(m, str(tmp_path / "custom.onnx"))
+    onnx.save(make_unsupported_ops_model(), str(tmp_path / "custom.onnx"))
     proc = _cli("compile", str(tmp_path / "custom.onnx"), "-o", str(tmp_path / "pkg"))
     _assert_clean_failure(proc, 3, "com.acme::Custom (custom_1, custom_2)", "RandomNormalLike (noise)")
     assert not (tmp_path / "pkg").exists()

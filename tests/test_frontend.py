@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from optc.errors import InvalidModelError, UnsupportedModelError
 from optc.frontend import (bind_input_shapes, check_supported, load_model, output_specs,
                            parse_shape_args)
-from tests.conftest import make_conv_model
+from tests.conftest import make_conv_model, make_unsupported_ops_model
 
 
 def test_load_missing_truncated_and_garbage(tmp_path, conv_model):
@@ -89,18 +89,11 @@ def test_bind_errors(conv_model, shapes, message):
 
 
 def test_unsupported_ops_are_all_listed_with_node_names():
-    nodes = [helper.make_node("Relu", ["x"], ["a"], name="ok"),
-             helper.make_node("FancyOp", ["a"], ["b"], name="fancy1", domain="com.example"),
-             helper.make_node("FancyOp", ["b"], ["c"], name="fancy2", domain="com.example"),
-             helper.make_node("Det", ["c"], ["y"], name="det")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     with pytest.raises(UnsupportedModelError) as err:
-        check_supported(model, {"Relu"}, "test")
+        check_supported(make_unsupported_ops_model(), {"Relu"}, "test")
     msg = str(err.value)
     assert "2 unsupported op type(s)" in msg
-    assert "com.example::FancyOp (fancy1, fancy2)" in msg and "Det (det)" in msg
+    assert "com.acme::Custom (custom_1, custom_2)" in msg and "RandomNormalLike (noise)" in msg
 
 
 def test_input_sets_split_rows_into_calls_and_never_drop_any():

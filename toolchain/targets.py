@@ -96,18 +96,17 @@ _A72 = Peak(1.5, 8, 4, 4.0, "Raspberry Pi 4B: 4x Cortex-A72 @1.5 GHz; A72 2x64-b
                         "1/cycle) + SADALP (int16 pairs into int32, F1, 1/cycle; pipes as in LLVM's "
                         "AArch64SchedA57.td, which LLVM also uses for the A72) = 8 MACs/cycle at best; popcount: "
                         "one 128-bit CNT + accumulate per cycle at best")
+# The Neoverse N1 is built on the Cortex-A76 core: the same decode width, ASIMD pipes and so the
+# same per-core rates (only clock, cores and memory differ).
+_A76_CORE_RATES = dict(issue_width=4, int32_macs_per_cycle=4, int8_dot_macs_per_cycle=32, binary_ops_per_cycle=256)
+_A76_CORE_SOURCE = ("Software Optimization Guide: 4-wide decode (<= 4 instructions/cycle); two 128-bit "
+                    "ASIMD pipes: 2 SDOT/cycle x 16 int8 MACs = 32 MACs/cycle (4x the fp32 FMA lanes); "
+                    "widening multiply-accumulate (SMLAL, depthwise kernels) on one pipe = 4 MACs/cycle; "
+                    "popcount: 2 x 128-bit CNT + accumulate per cycle at best")
 _A76 = Peak(2.4, 16, 4, 10.0, "Raspberry Pi 5: 4x Cortex-A76 @2.4 GHz; A76 2x128-bit FMA/cycle = 16 fp32 FLOP/cycle; ~10 GB/s sustained LPDDR4X",
-            issue_width=4, int32_macs_per_cycle=4, int8_dot_macs_per_cycle=32, binary_ops_per_cycle=256,
-            core_source="Cortex-A76 Software Optimization Guide: 4-wide decode (<= 4 instructions/cycle); two 128-bit "
-                        "ASIMD pipes: 2 SDOT/cycle x 16 int8 MACs = 32 MACs/cycle (4x the fp32 FMA lanes); "
-                        "widening multiply-accumulate (SMLAL, depthwise kernels) on one pipe = 4 MACs/cycle; "
-                        "popcount: 2 x 128-bit CNT + accumulate per cycle at best")
+            **_A76_CORE_RATES, core_source=f"Cortex-A76 {_A76_CORE_SOURCE}")
 _N1 = Peak(2.5, 16, 4, 20.0, "AWS Graviton2 (4 vCPU slice): Neoverse-N1 @2.5 GHz; 2x128-bit FMA/cycle = 16 fp32 FLOP/cycle; ~20 GB/s sustained DDR4 share",
-           issue_width=4, int32_macs_per_cycle=4, int8_dot_macs_per_cycle=32, binary_ops_per_cycle=256,
-           core_source="Neoverse N1 Software Optimization Guide: 4-wide decode (<= 4 instructions/cycle); two 128-bit "
-                       "ASIMD pipes: 2 SDOT/cycle x 16 int8 MACs = 32 MACs/cycle; widening multiply-accumulate "
-                       "(SMLAL, depthwise kernels) on one pipe = 4 MACs/cycle; popcount: 2 x 128-bit CNT + "
-                       "accumulate per cycle at best")
+           **_A76_CORE_RATES, core_source=f"Neoverse N1 {_A76_CORE_SOURCE}")
 
 # GPU peaks: "cores" are streaming multiprocessors (SMs), fp32_flops_per_cycle is per SM
 # (FP32 lanes x 2 for FMA, non-tensor-core), clock is the boost clock; mem_gbps is the

@@ -110,8 +110,25 @@ def planes(dt: DType) -> list[tuple[int, int]]:
     return out
 
 
+class _ImageStream:
+    """Stream shape of the layers that take an ``h x w x c`` image, one pixel a word, and give one
+    word per output position (``oh x ow``, the layer's own)."""
+
+    in_vecs = property(lambda self: self.h * self.w)
+    in_elems = property(lambda self: self.c)
+    out_vecs = property(lambda self: self.oh * self.ow)
+    in_dtype = property(lambda self: self.dtype)
+
+
+class _WordPerWordStream:
+    """Stream shape of the layers that give one word per input word (``vecs`` words an image)."""
+
+    in_vecs = property(lambda self: self.vecs)
+    out_vecs = property(lambda self: self.vecs)
+
+
 @dataclass
-class SWG:
+class SWG(_ImageStream):
     name: str
     h: int
     w: int
@@ -131,11 +148,7 @@ class SWG:
     def ow(self) -> int:
         return (self.w - self.kw) // self.sw + 1
 
-    in_vecs = property(lambda self: self.h * self.w)
-    in_elems = property(lambda self: self.c)
-    out_vecs = property(lambda self: self.oh * self.ow)
     out_elems = property(lambda self: self.kh * self.kw * self.c)
-    in_dtype = property(lambda self: self.dtype)
     out_dtype = property(lambda self: self.dtype)
 
     def cycles(self) -> int:
@@ -149,7 +162,7 @@ class SWG:
 
 
 @dataclass
-class Pad:
+class Pad(_ImageStream):
     """Zero padding of an image stream (FINN's FMPadding): ``h x w x c`` pixels in, the padded
     ``(h + pt + pb) x (w + pl + pr)`` image out, padded pixels holding ``pad_value`` (the
     hardware value of the float 0). ``recode`` re-encodes bipolar input (-1/+1 has no 0) as
@@ -174,11 +187,7 @@ class Pad:
     def ow(self) -> int:
         return self.w + self.pads[1] + self.pads[3]
 
-    in_vecs = property(lambda self: self.h * self.w)
-    in_elems = property(lambda self: self.c)
-    out_vecs = property(lambda self: self.oh * self.ow)
     out_elems = property(lambda self: self.c)
-    in_dtype = property(lambda self: self.dtype)
     out_dtype = property(lambda self: self.odtype)
 
     def cycles(self) -> int:
@@ -191,7 +200,7 @@ class Pad:
 
 
 @dataclass
-class MVAU:
+class MVAU(_WordPerWordStream):
     name: str
     mw: int
     mh: int
@@ -212,8 +221,6 @@ class MVAU:
     def xnor(self) -> bool:
         return self.wdtype.kind == "bipolar" and self.idtype.kind == "bipolar"
 
-    in_vecs = property(lambda self: self.vecs)
-    out_vecs = property(lambda self: self.vecs)
     in_elems = property(lambda self: self.mw)
     out_elems = property(lambda self: self.mh)
     in_dtype = property(lambda self: self.idtype)
@@ -253,7 +260,7 @@ class MVAU:
 
 
 @dataclass
-class Pool:
+class Pool(_WordPerWordStream):
     name: str
     c: int
     k: int  # window taps
@@ -262,8 +269,6 @@ class Pool:
     is_max: np.ndarray  # bool [c]: max (True) or min per channel
     kind: str = field(default="pool", init=False)
 
-    in_vecs = property(lambda self: self.vecs)
-    out_vecs = property(lambda self: self.vecs)
     in_elems = property(lambda self: self.k * self.c)
     out_elems = property(lambda self: self.c)
     in_dtype = property(lambda self: self.dtype)

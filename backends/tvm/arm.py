@@ -9,7 +9,8 @@ How it works
 * **Runtime bundle.** :func:`runtime_bundle` builds, once per (apache-tvm, apache-tvm-ffi,
   program sources) triple, a directory holding ``optc_runner`` (``runner/optc_runner.cc``,
   cross-compiled), ``optc_rpc_server`` (``runner/optc_rpc_server.cc``: a TVM RPC server for a
-  board, or for qemu-user here, see ``rpc.py``), ``libtvm_runtime.so`` and ``libtvm_ffi.so`` taken from the *aarch64 wheels*
+  board, or for qemu-user here, see ``rpc.py``; both include ``runner/optc_main.h``, hashed with
+  the sources), ``libtvm_runtime.so`` and ``libtvm_ffi.so`` taken from the *aarch64 wheels*
   of the same versions as installed on the host (``pip download --platform
   manylinux_2_28_aarch64``), plus ``libtvm_runtime_extra.so`` (optional: sort/topk/random
   kernels) and ``bundle.json``. The runner's RUNPATH is ``$ORIGIN:$ORIGIN/lib``, so the bundle
@@ -100,6 +101,12 @@ def _programs() -> tuple[tuple[str, Path], ...]:
     return ((RUNNER_NAME, runner_source()), (RPC_SERVER_NAME, rpc_server_source()))
 
 
+def _shared_headers() -> tuple[Path, ...]:
+    """The headers the programs share (``runner/*.h``, included by relative path): hashed into
+    the bundle's key with the sources, so a change to them rebuilds the bundle."""
+    return tuple(sorted((Path(__file__).resolve().parent / "runner").glob("*.h")))
+
+
 def _versions() -> tuple[str, str]:
     from importlib import metadata
 
@@ -120,7 +127,7 @@ def _default_cache_root() -> Path:
 
 def _bundle_key(tvm_ver: str, ffi_ver: str) -> str:
     h = hashlib.sha256()
-    for name, src in _programs():
+    for name, src in (*_programs(), *((p.name, p) for p in _shared_headers())):
         h.update(name.encode() + b"\0" + src.read_bytes())
     h.update(repr((CXX_FLAGS, LINK_FLAGS, WHEEL_PLATFORM)).encode())
     return f"{tvm_ver}-{ffi_ver}-{h.hexdigest()[:12]}"

@@ -104,6 +104,7 @@ from optc.passes.optc_ops import ConvGeometry, conv_output_shape
 from optc.passes.quant.int_ops import Requant
 
 from .lower import call_kernel, conv_params, opaque_kernel, register_converter, register_if_available, static_shape
+from .tensor_intrin import dot_desc, intrin_func, operands, pairs_desc
 
 LANES = 16  # output channels per block (one zmm of int32)
 GROUP = 4  # input bytes per dot product
@@ -160,45 +161,23 @@ def _register_intrinsics() -> None:
     except Exception:  # noqa: BLE001 - not registered yet
         pass
 
-    def desc_of(lanes, a_dtype):
-        @T.prim_func(s_tir=True)
-        def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-            A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
-            B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
-            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
-            with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
-                T.writes(C[0:lanes])
-                for i, k in T.grid(lanes, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
-
-        return desc
-
-    def impl_of(lanes, a_dtype, llvm_intrin):
-        """One instruction: the 4 activation bytes broadcast to every lane, against the
-        (lanes x 4) weight block, accumulated into the lanes' int32s."""
+    def dot(lanes: int, a_dtype: str, llvm_intrin: str):
+        """(desc, impl) of one instruction: the 4 activation bytes broadcast to every lane,
+        against the (lanes x 4) weight block, accumulated into the lanes' int32s."""
         nbytes = 4 * lanes
 
-        @T.prim_func(s_tir=True)
-        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-            A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
-            B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
-            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
-            with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
-                T.writes(C[0:lanes])
-                a_i32 = T.reinterpret("int32", A.vload([0], f"{a_dtype}x4"))
-                a_bytes = T.reinterpret(f"{a_dtype}x{nbytes}", T.broadcast(a_i32, lanes))
-                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                    f"int32x{lanes}", llvm_intrin, C.vload([0], f"int32x{lanes}"), a_bytes,
-                    B.vload([0, 0], f"int8x{nbytes}"))
+        def impl(A, B, C) -> None:
+            a_i32 = T.reinterpret("int32", A.vload([0], f"{a_dtype}x4"))
+            a_bytes = T.reinterpret(f"{a_dtype}x{nbytes}", T.broadcast(a_i32, lanes))
+            T.buffer_store(C, T.call_llvm_pure_intrin(f"int32x{lanes}", llvm_intrin, C.vload([0], f"int32x{lanes}"),
+                                                      a_bytes, B.vload([0, 0], f"int8x{nbytes}")),
+                           [T.ramp(T.int32(0), 1, lanes)])
 
-        return impl
+        ops = operands(((4,), a_dtype), ((lanes, 4), "int8"), (lanes,))
+        return intrin_func(ops, dot_desc), intrin_func(ops, impl)
 
-    TensorIntrin.register(VNNI_INTRIN, desc_of(16, "uint8"), impl_of(16, "uint8", "llvm.x86.avx512.vpdpbusd.512"))
-    TensorIntrin.register(SDOT_INTRIN, desc_of(4, "int8"), impl_of(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8"))
+    TensorIntrin.register(VNNI_INTRIN, *dot(16, "uint8", "llvm.x86.avx512.vpdpbusd.512"))
+    TensorIntrin.register(SDOT_INTRIN, *dot(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8"))
     TensorIntrin.register(SMULL_INTRIN, *_smull_intrin())
     TensorIntrin.register(PMADDWD_INTRIN, *_pmaddwd_intrin())
 
@@ -218,45 +197,14 @@ def _smull_intrin():
     equal and extracts the weights' high half with ``ext`` instead.)"""
     from tvm.script import tirx as T
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (8,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (2, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (2, 2), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:2, 0:2], A[0:8], B[0:2, 0:4])
-            T.writes(C[0:2, 0:2])
-            prod = T.call_llvm_pure_intrin("int16x8", "llvm.aarch64.neon.smull.v8i16", A.vload([0], "int8x8"),
-                                           B.vload([0, 0], "int8x8"))
-            C[0, T.ramp(T.int32(0), 1, 4)] = C.vload([0, 0], "int32x4") + T.call_llvm_pure_intrin(
-                "int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16", prod)
+    def impl(A, B, C) -> None:
+        prod = T.call_llvm_pure_intrin("int16x8", "llvm.aarch64.neon.smull.v8i16", A.vload([0], "int8x8"),
+                                       B.vload([0, 0], "int8x8"))
+        T.buffer_store(C, C.vload([0, 0], "int32x4") + T.call_llvm_pure_intrin(
+            "int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16", prod), [0, T.ramp(T.int32(0), 1, 4)])
 
-    return _pairs_desc(SMULL_LANES, "int8", copies=2), impl
-
-
-def _pairs_desc(lanes: int, dtype: str, copies: int):
-    """The description both pairwise blocks share: ``C[l, h] += A[at(l) + 2h + k] B[l, 2h + k]``
-    over ``k`` in 0..1, with ``A`` the 4-code group (``copies`` = 1, ``at(l) = 0``: ``pmaddwd``)
-    or the group stored twice (``copies`` = 2, ``at(l) = 4l``: ``smull``, 2 lanes)."""
-    from tvm.script import tirx as T
-
-    n_a, stride = 4 * copies, 4 if copies == 2 else 0
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (n_a,), dtype, offset_factor=1)
-        B = T.match_buffer(b, (lanes, 4), dtype, offset_factor=1)
-        C = T.match_buffer(c, (lanes, 2), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:lanes, 0:2], A[0:n_a], B[0:lanes, 0:4])
-            T.writes(C[0:lanes, 0:2])
-            for i, h, k in T.grid(lanes, 2, 2):
-                with T.sblock("update"):
-                    vi, vh, vk = T.axis.remap("SSR", [i, h, k])
-                    C[vi, vh] = C[vi, vh] + T.Cast("int32", A[vi * stride + vh * 2 + vk]) * T.Cast(
-                        "int32", B[vi, vh * 2 + vk])
-
-    return desc
+    ops = operands(((8,), "int8"), ((SMULL_LANES, 4), "int8"), (SMULL_LANES, 2))
+    return intrin_func(ops, pairs_desc), intrin_func(ops, impl)
 
 
 def _pmaddwd_intrin():
@@ -270,20 +218,14 @@ def _pmaddwd_intrin():
     its int16 pair sums (255 x 127 x 2 > 2^15), so it is not exact for every weight."""
     from tvm.script import tirx as T
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int16", offset_factor=1)
-        B = T.match_buffer(b, (4, 4), "int16", offset_factor=1)
-        C = T.match_buffer(c, (4, 2), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:4, 0:2], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4, 0:2])
-            a_i64 = T.reinterpret("int64", A.vload([0], "int16x4"))
-            C[0, T.ramp(T.int32(0), 1, 8)] = C.vload([0, 0], "int32x8") + T.call_llvm_pure_intrin(
-                "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.broadcast(a_i64, 4)),
-                B.vload([0, 0], "int16x16"))
+    def impl(A, B, C) -> None:
+        a_i64 = T.reinterpret("int64", A.vload([0], "int16x4"))
+        T.buffer_store(C, C.vload([0, 0], "int32x8") + T.call_llvm_pure_intrin(
+            "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.broadcast(a_i64, 4)),
+            B.vload([0, 0], "int16x16")), [0, T.ramp(T.int32(0), 1, 8)])
 
-    return _pairs_desc(PMADDWD_LANES, "int16", copies=1), impl
+    ops = operands(((4,), "int16"), ((PMADDWD_LANES, 4), "int16"), (PMADDWD_LANES, 2))
+    return intrin_func(ops, pairs_desc), intrin_func(ops, impl)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ import numpy as np
 from optc.passes.quant.int_ops import Requant
 
 from .lower import call_kernel, opaque_kernel, static_shape
+from .tensor_intrin import dot_desc, intrin_func, operands
 
 VEC = 8  # int32 lanes per inner vector (one ymm; two q registers on NEON)
 ROWS = 4  # pairs form: rows of A per register tile
@@ -125,29 +126,14 @@ def _pairs_intrin() -> None:
     except Exception:  # noqa: BLE001 - not registered yet
         pass
 
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
-            for i, k in T.grid(8, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
+    def impl(A, B, C) -> None:
+        a_i32 = T.reinterpret("int32", A.vload([0], "int16x2"))
+        T.buffer_store(C, C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
+            "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.broadcast(a_i32, 8)),
+            B.vload([0, 0], "int16x16")), [T.ramp(T.int32(0), 1, 8)])
 
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
-            a_i32 = T.reinterpret("int32", A.vload([0], "int16x2"))
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
-                "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.broadcast(a_i32, 8)),
-                B.vload([0, 0], "int16x16"))
-
-    TensorIntrin.register(PAIRS_INTRIN, desc, impl)
+    ops = operands(((2,), "int16"), ((8, 2), "int16"), (8,))
+    TensorIntrin.register(PAIRS_INTRIN, intrin_func(ops, dot_desc), intrin_func(ops, impl))
 
 
 def matmul_pairs_te(bt: int, m: int, k: int, n: int, rq: Requant, dtypes: tuple[str, str], zps: tuple[int, int]):

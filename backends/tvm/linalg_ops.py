@@ -40,72 +40,65 @@ def register() -> None:
     import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx.onnx_frontend import Mod as TvmMod
-    from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
     op = relax.op
 
     @register_converter("", "Det")
-    class Det(OnnxOpConverter):
-        @classmethod
-        def _impl_v11(cls, bb, inputs, attr, params):
-            x = inputs[0]
-            r = _rank(x)
-            n = int(x.ty.shape[r - 1])
-            if r < 2 or int(x.ty.shape[r - 2]) != n:
-                raise ValueError("Det: the input must be [..., n, n]")
-            if n > MAX_N:
-                raise ValueError(f"Det: {n}x{n} matrices are not lowered (Leibniz formula up to {MAX_N}x{MAX_N})")
+    def det(bb, inputs, attr, params):
+        x = inputs[0]
+        r = _rank(x)
+        n = int(x.ty.shape[r - 1])
+        if r < 2 or int(x.ty.shape[r - 2]) != n:
+            raise ValueError("Det: the input must be [..., n, n]")
+        if n > MAX_N:
+            raise ValueError(f"Det: {n}x{n} matrices are not lowered (Leibniz formula up to {MAX_N}x{MAX_N})")
 
-            def entry(i: int, j: int):
-                e = op.strided_slice(x, axes=[r - 2, r - 1], begin=[i, j], end=[i + 1, j + 1])
-                return bb.normalize(op.squeeze(e, axis=[r - 2, r - 1]))
+        def entry(i: int, j: int):
+            e = op.strided_slice(x, axes=[r - 2, r - 1], begin=[i, j], end=[i + 1, j + 1])
+            return bb.normalize(op.squeeze(e, axis=[r - 2, r - 1]))
 
-            entries = {(i, j): entry(i, j) for i in range(n) for j in range(n)}
-            total = None
-            for p in itertools.permutations(range(n)):
-                term = entries[(0, p[0])]
-                for i in range(1, n):
-                    term = op.multiply(term, entries[(i, p[i])])
-                if permutation_sign(p) < 0:
-                    term = op.negative(term)
-                total = term if total is None else op.add(total, term)
-            return total
+        entries = {(i, j): entry(i, j) for i in range(n) for j in range(n)}
+        total = None
+        for p in itertools.permutations(range(n)):
+            term = entries[(0, p[0])]
+            for i in range(1, n):
+                term = op.multiply(term, entries[(i, p[i])])
+            if permutation_sign(p) < 0:
+                term = op.negative(term)
+            total = term if total is None else op.add(total, term)
+        return total
 
     @register_converter("", "BitShift")
-    class BitShift(OnnxOpConverter):
-        @classmethod
-        def _impl_v11(cls, bb, inputs, attr, params):
-            a, b = inputs
-            dtype = str(a.ty.dtype)
-            bits = int(dtype.removeprefix("u").removeprefix("int"))
-            direction = attr.get("direction", b"")
-            left = (direction.decode() if isinstance(direction, bytes) else str(direction)) == "LEFT"
-            zero = relax.const(0, dtype)
-            outside = op.logical_or(op.less(b, zero), op.greater_equal(b, relax.const(bits, dtype)))
-            count = op.clip(b, 0, bits - 1)
-            shifted = op.left_shift(a, count) if left else op.right_shift(a, count)
-            if left or dtype.startswith("u"):
-                fill = op.zeros_like(a)
-            else:
-                fill = op.where(op.less(a, zero), op.full_like(a, relax.const(-1, dtype)), op.zeros_like(a))
-            return op.where(outside, fill, shifted)
+    def bit_shift(bb, inputs, attr, params):
+        a, b = inputs
+        dtype = str(a.ty.dtype)
+        bits = int(dtype.removeprefix("u").removeprefix("int"))
+        direction = attr.get("direction", b"")
+        left = (direction.decode() if isinstance(direction, bytes) else str(direction)) == "LEFT"
+        zero = relax.const(0, dtype)
+        outside = op.logical_or(op.less(b, zero), op.greater_equal(b, relax.const(bits, dtype)))
+        count = op.clip(b, 0, bits - 1)
+        shifted = op.left_shift(a, count) if left else op.right_shift(a, count)
+        if left or dtype.startswith("u"):
+            fill = op.zeros_like(a)
+        else:
+            fill = op.where(op.less(a, zero), op.full_like(a, relax.const(-1, dtype)), op.zeros_like(a))
+        return op.where(outside, fill, shifted)
 
     @register_converter("", "Mod")
-    class Mod(OnnxOpConverter):
-        @classmethod
-        def _impl_v10(cls, bb, inputs, attr, params):
-            x, y = inputs
-            tensors = all(isinstance(v, tvm.ir.Call | tvm.ir.Var) for v in inputs)  # else TVM folds (numpy)
-            if attr.get("fmod", 0) or not tensors or not str(x.ty.dtype).startswith(("float", "bfloat")):
-                return TvmMod._impl_v10(bb, inputs, attr, params)
-            dtype = str(x.ty.dtype)
-            zero = relax.const(0.0, dtype)
-            r = bb.normalize(op.mod(x, y))  # C fmod: the sign of x
-            y_neg = op.less(y, zero)
-            flip = op.logical_and(op.not_equal(r, zero), op.logical_xor(op.less(r, zero), y_neg))
-            r = op.where(flip, op.add(r, y), r)
-            signed_zero = op.where(y_neg, relax.const(-0.0, dtype), zero)
-            return op.where(op.equal(r, zero), signed_zero, r)
+    def mod(bb, inputs, attr, params):
+        x, y = inputs
+        tensors = all(isinstance(v, tvm.ir.Call | tvm.ir.Var) for v in inputs)  # else TVM folds (numpy)
+        if attr.get("fmod", 0) or not tensors or not str(x.ty.dtype).startswith(("float", "bfloat")):
+            return TvmMod._impl_v10(bb, inputs, attr, params)
+        dtype = str(x.ty.dtype)
+        zero = relax.const(0.0, dtype)
+        r = bb.normalize(op.mod(x, y))  # C fmod: the sign of x
+        y_neg = op.less(y, zero)
+        flip = op.logical_and(op.not_equal(r, zero), op.logical_xor(op.less(r, zero), y_neg))
+        r = op.where(flip, op.add(r, y), r)
+        signed_zero = op.where(y_neg, relax.const(-0.0, dtype), zero)
+        return op.where(op.equal(r, zero), signed_zero, r)
 
 
 register_if_available(register)

@@ -49,11 +49,14 @@ BROKEN_OPS: dict[str, str] = {
 
 
 def register_converter(domain: str, op_type: str):
-    """Class decorator: lower ONNX op ``domain::op_type`` with this OnnxOpConverter subclass."""
+    """Decorator: lower ONNX op ``domain::op_type`` with this OnnxOpConverter subclass (one
+    ``_impl_v<N>`` per opset version), or with this function ``(bb, inputs, attr, params) ->
+    relax.Expr`` at every opset version (an :class:`OpLowering`)."""
 
-    def wrap(cls):
-        CUSTOM_CONVERTERS[f"{domain}::{op_type}"] = cls
-        return cls
+    def wrap(converter):
+        key = f"{domain}::{op_type}"
+        CUSTOM_CONVERTERS[key] = converter if isinstance(converter, type) else OpLowering(converter)
+        return converter
 
     return wrap
 
@@ -107,9 +110,10 @@ def register_if_available(register) -> None:
 
 @dataclass(frozen=True)
 class OpLowering:
-    """An ``ai.optc`` op's TVM lowering (its registry entry's ``lowering["tvm"]``, a function
-    ``(bb, inputs, attr, params) -> relax.Expr``) where the importer expects an
-    ``OnnxOpConverter``: the same function for every opset version."""
+    """An ``ai.optc`` op's TVM lowering (its registry entry's ``lowering["tvm"]``), or a standard
+    op's converter function (:func:`register_converter`): a function ``(bb, inputs, attr,
+    params) -> relax.Expr`` where the importer expects an ``OnnxOpConverter``, the same function
+    for every opset version."""
 
     convert: Callable
 

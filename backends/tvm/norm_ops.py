@@ -23,31 +23,29 @@ def register() -> None:
     op = relax.op
 
     @register_converter("", "BatchNormalization")
-    class BatchNormalization(TvmBatchNormalization):
-        @classmethod
-        def _impl_v15(cls, bb, inputs, attr, params):
-            if not attr.get("training_mode", 0):
-                return super()._impl_v15(bb, inputs, attr, params)
-            x, scale, bias, mean, var = inputs[:5]
-            dtypes = [v.ty.dtype for v in (x, scale, mean)]
-            work = "float32" if "float16" in dtypes else dtypes[0]
-            x, scale, bias, mean, var = (v if v.ty.dtype == work else op.astype(v, work)
-                                         for v in (x, scale, bias, mean, var))
-            r = _rank(x)
-            axes = [0] + list(range(2, r))
-            channels = [1, -1] + [1] * (r - 2)
-            m = bb.normalize(op.mean(x, axis=axes, keepdims=True))
-            d = bb.normalize(op.subtract(x, m))
-            v = bb.normalize(op.mean(op.multiply(d, d), axis=axes, keepdims=True))
-            eps = relax.const(float(attr.get("epsilon", 1e-5)), work)
-            y = op.add(op.multiply(op.divide(d, op.sqrt(op.add(v, eps))), op.reshape(scale, channels)),
-                       op.reshape(bias, channels))
-            k = float(attr.get("momentum", 0.9))
-            keep, take = relax.const(k, work), relax.const(1.0 - k, work)
-            run_m = op.add(op.multiply(mean, keep), op.multiply(op.reshape(m, [-1]), take))
-            run_v = op.add(op.multiply(var, keep), op.multiply(op.reshape(v, [-1]), take))
-            outs = [(y, dtypes[0]), (run_m, dtypes[2]), (run_v, dtypes[2])]
-            return relax.Tuple([e if t == work else op.astype(e, t) for e, t in outs])
+    def batch_normalization(bb, inputs, attr, params):
+        if not attr.get("training_mode", 0):
+            return TvmBatchNormalization._impl_v15(bb, inputs, attr, params)
+        x, scale, bias, mean, var = inputs[:5]
+        dtypes = [v.ty.dtype for v in (x, scale, mean)]
+        work = "float32" if "float16" in dtypes else dtypes[0]
+        x, scale, bias, mean, var = (v if v.ty.dtype == work else op.astype(v, work)
+                                     for v in (x, scale, bias, mean, var))
+        r = _rank(x)
+        axes = [0] + list(range(2, r))
+        channels = [1, -1] + [1] * (r - 2)
+        m = bb.normalize(op.mean(x, axis=axes, keepdims=True))
+        d = bb.normalize(op.subtract(x, m))
+        v = bb.normalize(op.mean(op.multiply(d, d), axis=axes, keepdims=True))
+        eps = relax.const(float(attr.get("epsilon", 1e-5)), work)
+        y = op.add(op.multiply(op.divide(d, op.sqrt(op.add(v, eps))), op.reshape(scale, channels)),
+                   op.reshape(bias, channels))
+        k = float(attr.get("momentum", 0.9))
+        keep, take = relax.const(k, work), relax.const(1.0 - k, work)
+        run_m = op.add(op.multiply(mean, keep), op.multiply(op.reshape(m, [-1]), take))
+        run_v = op.add(op.multiply(var, keep), op.multiply(op.reshape(v, [-1]), take))
+        outs = [(y, dtypes[0]), (run_m, dtypes[2]), (run_v, dtypes[2])]
+        return relax.Tuple([e if t == work else op.astype(e, t) for e, t in outs])
 
 
 register_if_available(register)

@@ -88,12 +88,10 @@ def register() -> None:
             return op.where(op.equal(norm, zero), op.zeros_like(x), op.divide(x, safe))
 
     @register_converter("", "Swish")
-    class Swish(OnnxOpConverter):
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            x = inputs[0]
-            alpha = float(attr.get("alpha", 1.0))
-            return op.multiply(x, op.sigmoid(op.multiply(x, const(alpha, x))))
+    def swish(bb, inputs, attr, params):
+        x = inputs[0]
+        alpha = float(attr.get("alpha", 1.0))
+        return op.multiply(x, op.sigmoid(op.multiply(x, const(alpha, x))))
 
     def _half_exp_pair(name: str, combine):
         """Cosh / Sinh: (exp(x) combine exp(-x)) / 2."""
@@ -195,13 +193,11 @@ def register() -> None:
             return op.astype(y, _dtype(x)) if stash != _dtype(x) else y
 
     @register_converter("", "Elu")
-    class Elu(OnnxOpConverter):
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            x = inputs[0]
-            alpha = float(attr.get("alpha", 1.0))
-            neg = op.multiply(const(alpha, x), op.subtract(op.exp(x), const(1.0, x)))
-            return op.where(op.greater(x, const(0.0, x)), x, neg)
+    def elu(bb, inputs, attr, params):
+        x = inputs[0]
+        alpha = float(attr.get("alpha", 1.0))
+        neg = op.multiply(const(alpha, x), op.subtract(op.exp(x), const(1.0, x)))
+        return op.where(op.greater(x, const(0.0, x)), x, neg)
 
     base_conv_transpose = tvm_onnx.ConvTranspose
 

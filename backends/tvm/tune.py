@@ -505,7 +505,7 @@ def _budgeted(make_inner, deadline: float, clock):
             if now + clock.next_round() > deadline:
                 return None
             out = self.inner.generate_measure_candidates()
-            clock.search = max(clock.search, time.time() - now)
+            clock.search.add(time.time() - now)
             return out
 
         def notify_runner_results(self, measure_candidates, results) -> None:
@@ -649,11 +649,31 @@ def tune_module(mod, tgt, request: TuningRequest, *, max_tasks: int | None = Non
                          "best_ms": None if best is None else best * 1e3,
                          "rule_ms": None if baseline.get(_shash(mods[i])) is None else baseline[_shash(mods[i])] * 1e3})
     if "budget" in summary:  # what the budget checks could not interrupt (longest of each)
-        summary["budget"].update(longest_search_s=round(clock.search, 2), longest_update_s=round(clock.update, 2))
+        summary["budget"].update(longest_search_s=round(clock.search.longest, 2),
+                                 longest_update_s=round(clock.update.longest, 2))
     summary.update(measured=sum(counts) - sum(done), seconds=round(time.time() - t0, 1), per_task=per_task,
                    tuned_better=sum(1 for p in per_task if p["best_ms"] is not None and
                                     (p["rule_ms"] is None or p["best_ms"] < p["rule_ms"])))
     return summary
+
+
+class _Span:
+    """The longest of the spans from a start to the next end (an end without a start adds none)."""
+
+    def __init__(self):
+        self.longest = 0.0
+        self._start = None
+
+    def add(self, seconds: float) -> None:
+        self.longest = max(self.longest, seconds)
+
+    def start(self) -> None:
+        self._start = time.time()
+
+    def end(self) -> None:
+        if self._start is not None:
+            self.add(time.time() - self._start)
+            self._start = None
 
 
 class _Clock:
@@ -665,28 +685,23 @@ class _Clock:
         self.reset()
 
     def reset(self):
-        self.search = self.update = 0.0
-        self._cb_end = self._run_end = None
+        self.search, self.update = _Span(), _Span()
 
     def build_start(self):
-        if self._cb_end is not None:
-            self.search = max(self.search, time.time() - self._cb_end)
-            self._cb_end = None
+        self.search.end()
 
     def run_end(self):
-        self._run_end = time.time()
+        self.update.start()
 
     def callback(self):
-        if self._run_end is not None:
-            self.update = max(self.update, time.time() - self._run_end)
-            self._run_end = None
+        self.update.end()
 
     def callback_end(self):
-        self._cb_end = time.time()
+        self.search.start()
 
     def next_round(self) -> float:
         """Seconds the next round needs beyond its (interruptible) builds and runs."""
-        return self.search + self.update
+        return self.search.longest + self.update.longest
 
 
 class _Progress:

@@ -14,10 +14,11 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tvm")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
 
 from optc.backends.tvm import arm  # noqa: E402
 from optc.errors import ToolchainError  # noqa: E402
+from tests.conftest import make_graph_model  # noqa: E402
 
 if shutil.which(arm.CROSS_CXX) is None or shutil.which(arm.QEMU) is None:
     pytest.skip("aarch64 cross compiler or qemu-aarch64 missing", allow_module_level=True)
@@ -40,22 +41,7 @@ def _conv_model() -> onnx.ModelProto:
         helper.make_node("Flatten", ["g"], ["f"], axis=1),
         helper.make_node("Gemm", ["f", "gw", "gb"], ["y"], transB=1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "conv_tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
-        initializer=[
-            numpy_helper.from_array(w, "w"),
-            numpy_helper.from_array(b, "b"),
-            numpy_helper.from_array(gw, "gw"),
-            numpy_helper.from_array(gb, "gb"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return make_graph_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 5])], {"w": w, "b": b, "gw": gw, "gb": gb})
 
 
 def _two_output_model() -> onnx.ModelProto:
@@ -70,23 +56,7 @@ def _two_output_model() -> onnx.ModelProto:
         helper.make_node("Mul", ["a", "b"], ["p"]),
         helper.make_node("Sigmoid", ["p"], ["y1"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "two_out",
-        [
-            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 6]),
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 6]),
-        ],
-        [
-            helper.make_tensor_value_info("y0", TensorProto.FLOAT, [2, 3]),
-            helper.make_tensor_value_info("y1", TensorProto.FLOAT, [2, 6]),
-        ],
-        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(c, "c")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return make_graph_model(nodes, [("a", [2, 6]), ("b", [2, 6])], [("y0", [2, 3]), ("y1", [2, 6])], {"w": w, "c": c})
 
 
 def _ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -264,6 +234,18 @@ def test_wrong_input_count_raises(bundle: Path, tmp_path: Path) -> None:
     lib, params = _compile(model, {"a": [2, 6], "b": [2, 6]}, tmp_path, embed=False)
     with pytest.raises(ToolchainError, match="runner failed"):
         arm.run_qemu(lib, [np.zeros((2, 6), np.float32)], params_path=params)
+
+
+def test_bundle_key_covers_the_shared_headers(tmp_path: Path, monkeypatch) -> None:
+    """The programs include runner/optc_main.h: a change to it makes a new bundle, as a change
+    to a program's source does (else a cached bundle built from the old header is reused)."""
+    assert [p.name for p in arm._shared_headers()] == ["optc_main.h"]
+    header = tmp_path / "optc_main.h"
+    header.write_text("// one\n")
+    monkeypatch.setattr(arm, "_shared_headers", lambda: (header,))
+    key = arm._bundle_key("tvm", "ffi")
+    header.write_text("// two\n")
+    assert arm._bundle_key("tvm", "ffi") != key
 
 
 def test_check_tools_missing(monkeypatch) -> None:

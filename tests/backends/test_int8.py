@@ -160,6 +160,48 @@ def test_dense_exact_avx2_and_generic(m, k, n, din):
         assert np.array_equal(out, ref) and len(np.unique(ref)) > 3
 
 
+def _signature(func) -> list:
+    return [(list(b.shape), str(b.dtype), b.scope(), b.offset_factor) for b in func.params]
+
+
+def test_intrinsic_description_and_implementation_share_one_signature():
+    """tensorize needs an intrinsic's description and implementation with the same buffers:
+    both are built by one function (``tensor_intrin.intrin_func``), for every optc intrinsic;
+    the description is the one written in TVMScript before (the dot product of the group of
+    ``A`` with each lane's row of ``B``), and one of other operands is a different function."""
+    import tvm
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    from optc.backends.tvm import int8_matmul, tensor_intrin
+
+    int8._register_intrinsics()
+    int8_matmul._pairs_intrin()
+    for name in (int8.VNNI_INTRIN, int8.SDOT_INTRIN, int8.SMULL_INTRIN, int8.PMADDWD_INTRIN, int8_matmul.PAIRS_INTRIN):
+        intrin = TensorIntrin.get(name)
+        assert _signature(intrin.desc) == _signature(intrin.impl), name
+
+    @T.prim_func(s_tir=True, private=True)
+    def written(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            for i, k in T.grid(4, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
+
+    built = TensorIntrin.get(int8.SDOT_INTRIN).desc
+    tvm.ir.assert_structural_equal(built, written)
+    other = tensor_intrin.intrin_func(tensor_intrin.operands(((4,), "uint8"), ((4, 4), "int8"), (4,)),
+                                      tensor_intrin.dot_desc)
+    with pytest.raises(ValueError):
+        tvm.ir.assert_structural_equal(other, written)
+
+
 def test_pmaddwd_intrinsic_only_matches_its_block():
     """The AVX2 intrinsic matches only the (4 lanes, 2 halves, 2 codes) int16 block: tensorizing
     the int8 dot-product block (``halves=1``, int8 weights) with it is refused by TVM."""

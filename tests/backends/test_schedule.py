@@ -12,20 +12,11 @@ pytestmark = pytest.mark.tvm
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("tvm")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import helper  # noqa: E402
 
 import optc  # noqa: E402
 from optc.frontend import TensorSpec  # noqa: E402
-
-
-def _model(nodes, inputs, outputs, inits, opset=17):
-    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+from tests.conftest import make_graph_model  # noqa: E402
 
 
 def _conv_model(size: int = 20):
@@ -47,7 +38,7 @@ def _conv_model(size: int = 20):
         helper.make_node("Flatten", ["g"], ["fl"]),
         helper.make_node("Gemm", ["fl", "fw", "fb"], ["y"], transB=1),
     ]
-    return _model(nodes, [("x", [1, 8, size, size])], [("y", [1, 5])], inits)
+    return make_graph_model(nodes, [("x", [1, 8, size, size])], [("y", [1, 5])], inits)
 
 
 def _dense_model(rows: int = 40):
@@ -69,7 +60,7 @@ def _dense_model(rows: int = 40):
         helper.make_node("ReduceMean", ["sm"], ["rm"], axes=[1], keepdims=0),
         helper.make_node("Gemm", ["rm", "gw", "gb"], ["y"], transB=1),
     ]
-    return _model(nodes, [("x", [2, rows, 48])], [("y", [2, 10])], inits, opset=17)
+    return make_graph_model(nodes, [("x", [2, rows, 48])], [("y", [2, 10])], inits, opset=17)
 
 
 def _eltwise_model():
@@ -85,7 +76,7 @@ def _eltwise_model():
         helper.make_node("Sub", ["t", "b"], ["d"]),
         helper.make_node("Exp", ["d"], ["y"]),
     ]
-    return _model(nodes, [("a", [4, 48, 40]), ("b", [4, 48, 40])], [("y", [4, 48, 40])], inits)
+    return make_graph_model(nodes, [("a", [4, 48, 40]), ("b", [4, 48, 40])], [("y", [4, 48, 40])], inits)
 
 
 MODELS = {"conv": _conv_model, "dense": _dense_model, "eltwise": _eltwise_model}
@@ -252,7 +243,7 @@ def test_depthwise_partial_row_tiles_match(tmp_path):
     rng = np.random.default_rng(7)
     inits = {"w": (rng.standard_normal((24, 1, 5, 5)) * 0.3).astype(np.float32)}
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[2, 2, 2, 2], group=24)]
-    model = _model(nodes, [("x", [1, 24, 6, 38])], [("y", [1, 24, 6, 38])], inits)
+    model = make_graph_model(nodes, [("x", [1, 24, 6, 38])], [("y", [1, 24, 6, 38])], inits)
     onnx.save(model, tmp_path / "dw.onnx")
     report = optc.compile(tmp_path / "dw.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]
@@ -271,7 +262,7 @@ def test_depthwise_convolutions_with_row_tiles_match(tmp_path, stride):
         helper.make_node("Conv", ["r1", "w2"], ["y"], pads=[1, 1, 1, 1], group=48, strides=[2, 2]),
     ]
     out = 14 // stride
-    model = _model(nodes, [("x", [1, 48, 14, 14])], [("y", [1, 48, (out + 1) // 2, (out + 1) // 2])], inits)
+    model = make_graph_model(nodes, [("x", [1, 48, 14, 14])], [("y", [1, 48, (out + 1) // 2, (out + 1) // 2])], inits)
     path = tmp_path / "dw.onnx"
     onnx.save(model, path)
     report = optc.compile(path, "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
@@ -293,7 +284,7 @@ def test_depthwise_padding_copy_only_where_it_is_small(tmp_path):
         helper.make_node("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1], group=32, strides=[4, 4]),  # -> 7x7
         helper.make_node("Conv", ["c2", "w3", "b"], ["y"], pads=[1, 1, 1, 1], group=32),  # 7x7, s1
     ]
-    model = _model(nodes, [("x", [1, 32, 28, 28])], [("y", [1, 32, 7, 7])], inits)
+    model = make_graph_model(nodes, [("x", [1, 32, 28, 28])], [("y", [1, 32, 7, 7])], inits)
     padded = {n: "pad_temp" in fn.script() for n, fn in _prim_funcs(_scheduled(model)).items() if "conv2d" in n}
     assert sorted(padded.values()) == [False, False, True], padded
     assert 30 * 30 / (28 * 28 * 9) < PAD_INLINE_RATIO <= 9 * 9 / (7 * 7 * 9)
@@ -332,7 +323,7 @@ def _leaky_max_model(alpha: float):
         helper.make_node("Conv", ["m1", "w2"], ["c2"], pads=[0, 1, 0, 1]),
         helper.make_node("Min", ["c2", "m1", "l1"], ["y"]),
     ]
-    return _model(nodes, [("x", [1, 8, 12, 10])], [("y", [1, 16, 12, 10])], inits)
+    return make_graph_model(nodes, [("x", [1, 8, 12, 10])], [("y", [1, 16, 12, 10])], inits)
 
 
 @pytest.mark.parametrize("alpha", [0.2, -0.3, 1.5])
@@ -360,7 +351,7 @@ def test_leaky_relu_rewrite_keeps_special_values(tmp_path, alpha):
     """The elementwise form of LeakyRelu gives onnxruntime's values at +-inf, NaN and -0.
     (alpha 0 is not rewritten; TVM's own leakyrelu simplifies ``x * 0`` to 0, so it gives 0
     where onnxruntime gives NaN at -inf.)"""
-    model = _model([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=alpha)], [("x", [2, 8])], [("y", [2, 8])], {})
+    model = make_graph_model([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=alpha)], [("x", [2, 8])], [("y", [2, 8])], {})
     onnx.save(model, str(tmp_path / "m.onnx"))
     x = np.array([[np.inf, -np.inf, np.nan, -0.0, 0.0, 1e-30, -1e-30, 3.5],
                   [-2.0, 1e38, -1e38, 7.0, -7.0, 0.5, -0.5, 1.0]], np.float32)
@@ -383,7 +374,7 @@ def test_convolution_weights_are_blocked_by_the_register_tile(tmp_path, geometry
              helper.make_node("Conv", ["r", "wg"], ["y"], group=4)]
     x_shape = [1, 24, 13, 12]
     sess_shape = _conv_out_shape(x_shape, geometry)
-    model = _model(nodes, [("x", x_shape)], [("y", [1, 32, *sess_shape])],
+    model = make_graph_model(nodes, [("x", x_shape)], [("y", [1, 32, *sess_shape])],
                    {"w": f(64, 24, 3, 3), "b": f(64), "wg": f(32, 16, 1, 1)})
     from optc.backends.tvm import schedule
     from optc.targets import get_target
@@ -424,7 +415,7 @@ def test_broadcast_epilogue_is_not_unrolled(tmp_path):
              helper.make_node("HardSigmoid", ["s"], ["g"], alpha=0.2, beta=0.5),
              helper.make_node("Mul", ["r", "g"], ["rg"]),
              helper.make_node("Add", ["rg", "r"], ["y"])]
-    model = _model(nodes, [("x", [1, 8, 40, 40])], [("y", [1, 32, 40, 40])],
+    model = make_graph_model(nodes, [("x", [1, 8, 40, 40])], [("y", [1, 32, 40, 40])],
                    {"w0": f(32, 8, 3, 3), "w": f(32, 32, 1, 1), "b": f(32)})
     funcs = _prim_funcs(_scheduled(model))
     gated = [fn.script() for n, fn in funcs.items() if "conv2d" in n and "multiply" in n]
@@ -499,7 +490,7 @@ def test_filter_bank_convolution_is_vectorized_along_its_taps(tmp_path):
         helper.make_node("Transpose", ["q"], ["kt"], perm=[1, 0]),
         helper.make_node("MatMul", ["q", "kt"], ["s"]),
     ]
-    model = _model(nodes, [("x", [1, 1, 144]), ("q", [6, 32])], [("y", [1, 33, 5]), ("s", [6, 6])], inits)
+    model = make_graph_model(nodes, [("x", [1, 1, 144]), ("q", [6, 32])], [("y", [1, 33, 5]), ("s", [6, 6])], inits)
     path = tmp_path / "stft.onnx"
     onnx.save(model, path)
     report = optc.compile(path, "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
@@ -531,7 +522,7 @@ def test_partial_row_tiles_on_a_prime_width_map(tmp_path):
     rng = np.random.default_rng(7)
     inits = {"w": (rng.standard_normal((48, 32, 3, 3)) * 0.1).astype(np.float32)}
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
-    model = _model(nodes, [("x", [1, 32, 13, 13])], [("y", [1, 48, 13, 13])], inits)
+    model = make_graph_model(nodes, [("x", [1, 32, 13, 13])], [("y", [1, 48, 13, 13])], inits)
     path = tmp_path / "c13.onnx"
     onnx.save(model, path)
     report = optc.compile(path, "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
@@ -553,7 +544,7 @@ def test_odd_output_channels_are_padded_to_whole_vectors(tmp_path):
              helper.make_node("GlobalAveragePool", ["r"], ["p"]),
              helper.make_node("Flatten", ["p"], ["fl"]),
              helper.make_node("Gemm", ["fl", "g", "gb"], ["y"])]
-    model = _model(nodes, [("x", [3, 16, 10, 12])], [("y", [3, 37])],
+    model = make_graph_model(nodes, [("x", [3, 16, 10, 12])], [("y", [3, 37])],
                    {"w": f(45, 16, 3, 3), "b": f(45), "g": f(45, 37), "gb": f(37)})
     from optc.backends.tvm import schedule
     from optc.backends.tvm.lower import tvm_target
@@ -598,7 +589,7 @@ def test_odd_vector_counts_with_a_one_vector_tile_are_padded_by_one_vector(tmp_p
     f = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["y"])]
-    model = _model(nodes, [("x", [1, 24, 14, 14])], [("y", [1, 56, 14, 14])], {"w": f(56, 24, 3, 3), "b": f(56)})
+    model = make_graph_model(nodes, [("x", [1, 24, 14, 14])], [("y", [1, 56, 14, 14])], {"w": f(56, 24, 3, 3), "b": f(56)})
     assert "crop" in " ".join(_prim_funcs(_scheduled(model)))
     onnx.save(model, str(tmp_path / "m.onnx"))
     report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
@@ -616,7 +607,7 @@ def test_dense_weights_are_blocked_by_the_register_tile(tmp_path):
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
              helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("MatMul", ["r", "z"], ["y"])]
-    model = _model(nodes, [("x", [2, 5, 40]), ("z", [2, 64, 8])], [("y", [2, 5, 8])], {"w": f(40, 64)})
+    model = make_graph_model(nodes, [("x", [2, 5, 40]), ("z", [2, 64, 8])], [("y", [2, 5, 8])], {"w": f(40, 64)})
     funcs = _prim_funcs(_scheduled(model))
     text = "\n".join(fn.script() for name, fn in funcs.items() if "matmul" in name)
     packed = re.findall(r"T\.Buffer\(\(T\.int64\((\d+)\), T\.int64\(40\), T\.int64\((\d+)\)\)", text)
@@ -644,7 +635,7 @@ def test_one_output_channel_convolution_is_vectorized_along_its_input_channels(t
         helper.make_node("Sigmoid", ["c"], ["y"]),
         helper.make_node("Conv", ["s", "f"], ["z"], strides=[1, 2]),
     ]
-    model = _model(nodes, [("x", [1, 16, 9, 30]), ("s", [1, 1, 1, 200])], [("y", [1, 1, 9, 30]), ("z", [1, 1, 1, 85])],
+    model = make_graph_model(nodes, [("x", [1, 16, 9, 30]), ("s", [1, 1, 1, 200])], [("y", [1, 1, 9, 30]), ("z", [1, 1, 1, 85])],
                    inits)
     path = tmp_path / "one.onnx"
     onnx.save(model, path)
@@ -668,7 +659,7 @@ def test_softmax_over_a_middle_axis_is_vectorized_along_the_innermost(tmp_path, 
     rule schedules it (vectors along the anchors, the 16 bins walked outside them) and it
     matches onnxruntime; a softmax over the innermost axis stays with DLight's rule."""
     nodes = [helper.make_node(op, ["x"], ["y"], axis=1), helper.make_node("Softmax", ["x"], ["z"], axis=-1)]
-    model = _model(nodes, [("x", [1, 16, 4, 40])], [("y", [1, 16, 4, 40]), ("z", [1, 16, 4, 40])], {})
+    model = make_graph_model(nodes, [("x", [1, 16, 4, 40])], [("y", [1, 16, 4, 40]), ("z", [1, 16, 4, 40])], {})
     onnx.save(model, tmp_path / "sm.onnx")
     report = optc.compile(tmp_path / "sm.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]

@@ -145,6 +145,28 @@ def test_rpc_runner_against_loopback_server(tmp_path):
 BUDGET_SLACK_S = 8.0
 
 
+def test_clock_keeps_the_longest_span_and_an_end_without_a_start_adds_nothing():
+    from optc.backends.tvm.tune import _Clock, _Span
+
+    span = _Span()
+    span.end()
+    assert span.longest == 0.0
+    span.add(2.0)
+    span.add(1.0)
+    span.start()
+    span.end()
+    assert span.longest == 2.0
+    clock = _Clock()
+    clock.build_start()  # no search started (no callback ended yet): nothing counted
+    clock.run_end()
+    time.sleep(0.05)
+    clock.callback()  # the cost-model update: from the runner's end to the callback
+    assert clock.search.longest == 0.0 and 0.05 <= clock.update.longest < 5.0
+    assert clock.next_round() == clock.update.longest
+    clock.reset()
+    assert clock.next_round() == 0.0
+
+
 def test_tune_seconds_budget_holds_including_final_build(tmp_path):
     budget = 20.0
     t0 = time.perf_counter()

@@ -89,6 +89,20 @@ def bnn_mlp(seed=0, k0=20, h1=70, h2=33, batch=6, negative=True):
     return m, {"x": rng.standard_normal((batch, k0)).astype(np.float32)}
 
 
+def _binary_stem(rng, inits: dict, channels: tuple[int, int], pool_stride: int) -> list:
+    """The front both binary CNNs share: x -> Conv(float ``w0``, 3x3 pad 1) -> BN -> Sign ->
+    Conv(binary ``w1``, 3x3 pad 1) -> BN -> Sign -> MaxPool 2x2 (``pool_stride``) -> ``p1``;
+    ``channels``: the two convs' output channels; the BN parameters are drawn from ``rng`` into
+    ``inits`` (bn0, then bn1)."""
+    return [helper.make_node("Conv", ["x", "w0"], ["h0"], pads=[1, 1, 1, 1], name="conv0"),
+            helper.make_node("BatchNormalization", ["h0", *_bn(rng, "bn0", channels[0], inits)], ["n0"], name="bn0"),
+            helper.make_node("Sign", ["n0"], ["s0"], name="sign0"),
+            helper.make_node("Conv", ["s0", "w1"], ["h1"], pads=[1, 1, 1, 1], name="conv1"),
+            helper.make_node("BatchNormalization", ["h1", *_bn(rng, "bn1", channels[1], inits)], ["n1"], name="bn1"),
+            helper.make_node("Sign", ["n1"], ["s1"], name="sign1"),
+            helper.make_node("MaxPool", ["s1"], ["p1"], kernel_shape=[2, 2], strides=[pool_stride] * 2, name="pool")]
+
+
 def bnn_cnn(seed=0, c1=70, c2=20, batch=2, hw=9):
     """x -> Conv(float) -> BN -> Sign -> Conv(+-alpha, 3x3 pad 1) -> BN -> Sign -> MaxPool ->
     Conv(+-alpha, 2x2 stride 2 dilation 1 pad (1,0,0,1), bias) -> y."""
@@ -97,13 +111,7 @@ def bnn_cnn(seed=0, c1=70, c2=20, batch=2, hw=9):
              "w1": _binary_w(rng, c2, c1 * 9, (c2, c1, 3, 3)),
              "w2": _binary_w(rng, 6, c2 * 4, (6, c2, 2, 2)),
              "b2": rng.standard_normal(6).astype(np.float32)}
-    nodes = [helper.make_node("Conv", ["x", "w0"], ["h0"], pads=[1, 1, 1, 1], name="conv0"),
-             helper.make_node("BatchNormalization", ["h0", *_bn(rng, "bn0", c1, inits)], ["n0"], name="bn0"),
-             helper.make_node("Sign", ["n0"], ["s0"], name="sign0"),
-             helper.make_node("Conv", ["s0", "w1"], ["h1"], pads=[1, 1, 1, 1], name="conv1"),
-             helper.make_node("BatchNormalization", ["h1", *_bn(rng, "bn1", c2, inits)], ["n1"], name="bn1"),
-             helper.make_node("Sign", ["n1"], ["s1"], name="sign1"),
-             helper.make_node("MaxPool", ["s1"], ["p1"], kernel_shape=[2, 2], strides=[1, 1], name="pool"),
+    nodes = [*_binary_stem(rng, inits, (c1, c2), pool_stride=1),
              helper.make_node("Conv", ["p1", "w2", "b2"], ["y"], pads=[1, 0, 0, 1], strides=[2, 2], name="conv2")]
     oh = (hw - 1 + 1 - 2) // 2 + 1
     m = _model(nodes, [_vi("x", [batch, 3, hw, hw])], [_vi("y", [batch, 6, oh, oh])], inits)
@@ -322,13 +330,7 @@ def bnn_pool_cnn(seed=0, c0=8, c1=70, c2=24, batch=3, hw=7):
     inits = {"w0": rng.standard_normal((c0, 2, 3, 3)).astype(np.float32),
              "w1": _binary_w(rng, c1, c0 * 9, (c1, c0, 3, 3)),
              "w2": _binary_w(rng, c2, c1 * 9, (c2, c1, 3, 3))}
-    nodes = [helper.make_node("Conv", ["x", "w0"], ["h0"], pads=[1, 1, 1, 1], name="conv0"),
-             helper.make_node("BatchNormalization", ["h0", *_bn(rng, "bn0", c0, inits)], ["n0"], name="bn0"),
-             helper.make_node("Sign", ["n0"], ["s0"], name="sign0"),
-             helper.make_node("Conv", ["s0", "w1"], ["h1"], pads=[1, 1, 1, 1], name="conv1"),
-             helper.make_node("BatchNormalization", ["h1", *_bn(rng, "bn1", c1, inits)], ["n1"], name="bn1"),
-             helper.make_node("Sign", ["n1"], ["s1"], name="sign1"),
-             helper.make_node("MaxPool", ["s1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+    nodes = [*_binary_stem(rng, inits, (c0, c1), pool_stride=2),
              helper.make_node("Conv", ["p1", "w2"], ["h2"], pads=[1, 1, 1, 1], name="conv2"),
              helper.make_node("BatchNormalization", ["h2", *_bn(rng, "bn2", c2, inits)], ["n2"], name="bn2"),
              helper.make_node("Sign", ["n2"], ["y"], name="sign2")]

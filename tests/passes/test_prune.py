@@ -105,6 +105,12 @@ def zeroed(model: onnx.ModelProto, zero: dict[str, tuple[int, np.ndarray]]) -> o
     return out
 
 
+def zero_rows(gone: dict[str, np.ndarray], *groups: str) -> dict[str, tuple[int, np.ndarray]]:
+    """``zeroed``'s argument for the output channels ``gone[g]`` each group ``g`` lost: rows of
+    its weight ``g.w`` and bias ``g.b``."""
+    return {f"{g}.{t}": (0, gone[g]) for g in groups for t in ("w", "b")}
+
+
 def assert_same(a: onnx.ModelProto, b: onnx.ModelProto, feeds, atol=ATOL):
     ra, rb = reference_outputs(a, feeds), reference_outputs(b, feeds)
     assert [x.shape for x in ra] == [y.shape for y in rb]
@@ -236,7 +242,7 @@ def test_residual_add_forms_one_group():
     text = "prune<ratio=0.5>"
     gone = removed_channels(m, text)
     zero = {f"{c}.{t}": (0, gone["conv1"]) for c in ("conv1", "conv3", "conv4") for t in ("w", "b")}
-    zero |= {"conv2.w": (0, gone["conv2"]), "conv2.b": (0, gone["conv2"])}
+    zero |= zero_rows(gone, "conv2")
     out, modified, _ = run_pass(m, text)
     assert modified and weight_shape(out, "conv4.w") == [4, 4, 3, 3] and weight_shape(out, "conv3.w") == [4, 3, 3, 3]
     assert_same(zeroed(m, zero), out, b.feeds())
@@ -255,9 +261,7 @@ def test_concat_channel_offsets():
     assert len(gone["convA"]) == 2 and len(gone["convB"]) == 3
     out, _, _ = run_pass(m, text)
     assert weight_shape(out, "y.w") == [5, 5, 3, 3]
-    ref = zeroed(m, {"convA.w": (0, gone["convA"]), "convA.b": (0, gone["convA"]),
-                     "convB.w": (0, gone["convB"]), "convB.b": (0, gone["convB"])})
-    assert_same(ref, out, b.feeds())
+    assert_same(zeroed(m, zero_rows(gone, "convA", "convB")), out, b.feeds())
 
 
 def test_depthwise_channels_follow_their_producer():
@@ -284,8 +288,7 @@ def test_flatten_into_gemm_removes_row_blocks(reshape):
     assert len(gone["conv1"]) == 3 and len(gone["fc1"]) == 3
     out, _, result = run_pass(m, text)
     assert weight_shape(out, "fc1.w") == [3 * 16, 7] and weight_shape(out, "fc2.w") == [4, 7]
-    ref = zeroed(m, {"conv1.w": (0, gone["conv1"]), "conv1.b": (0, gone["conv1"]),
-                     "fc1.w": (1, gone["fc1"]), "fc1.b": (0, gone["fc1"])})
+    ref = zeroed(m, zero_rows(gone, "conv1") | {"fc1.w": (1, gone["fc1"]), "fc1.b": (0, gone["fc1"])})
     assert_same(ref, out, b.feeds())
 
 
@@ -299,9 +302,7 @@ def test_grouped_conv_keeps_channels_even_per_group():
         assert np.sum(gone[name] < c // 2) == np.sum(gone[name] >= c // 2) == c // 4
     out, _, _ = run_pass(m, text)
     assert weight_shape(out, "gconv.w") == [6, 2, 3, 3]
-    ref = zeroed(m, {"conv1.w": (0, gone["conv1"]), "conv1.b": (0, gone["conv1"]),
-                     "gconv.w": (0, gone["gconv"]), "gconv.b": (0, gone["gconv"])})
-    assert_same(ref, out, b.feeds())
+    assert_same(zeroed(m, zero_rows(gone, "conv1", "gconv")), out, b.feeds())
 
 
 def test_matmul_chain_with_bias_constant_and_self_mul():

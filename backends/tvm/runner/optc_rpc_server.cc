@@ -19,6 +19,8 @@
 // --emulated TEXT (e.g. "qemu-aarch64 -cpu cortex-a76") says the server runs under an emulator;
 // clients read it through the global `optc.rpc.server_info` (a JSON string) and must then label
 // times as emulated, never as the latency of the device.
+#include "optc_main.h"
+
 #include <tvm/ffi/any.h>
 #include <tvm/ffi/error.h>
 #include <tvm/ffi/extra/module.h>
@@ -418,13 +420,4 @@ int Run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return Run(argc, argv);
-  } catch (const ffi::Error& e) {
-    std::cerr << "optc_rpc_server: error: " << e.kind() << ": " << e.message() << std::endl;
-  } catch (const std::exception& e) {
-    std::cerr << "optc_rpc_server: error: " << e.what() << std::endl;
-  }
-  return 1;
-}
+int main(int argc, char** argv) { return optc::MainReportingErrors("optc_rpc_server", Run, argc, argv); }

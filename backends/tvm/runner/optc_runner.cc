@@ -12,6 +12,8 @@
 // Built with aarch64-linux-gnu-g++ against libtvm_runtime.so + libtvm_ffi.so from the aarch64
 // wheels (only tvm-ffi headers are needed); rpath $ORIGIN:$ORIGIN/lib so that the binary runs on
 // a board with the two libraries copied beside it.
+#include "optc_main.h"
+
 #include <dlpack/dlpack.h>
 #include <tvm/ffi/any.h>
 #include <tvm/ffi/container/array.h>
@@ -203,11 +205,6 @@ void Flatten(const ffi::Any& v, std::vector<ffi::Tensor>* out) {
   }
 }
 
-std::string OneLine(std::string s) {
-  std::replace(s.begin(), s.end(), '\n', ' ');
-  return s;
-}
-
 int64_t ParseCount(const std::string& flag, const char* v) {
   char* end = nullptr;
   long long n = std::strtoll(v, &end, 10);
@@ -344,15 +341,4 @@ int Run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return Run(argc, argv);
-  } catch (const ffi::Error& e) {
-    std::cerr << "optc_runner: error: " << e.kind() << ": " << OneLine(e.message()) << std::endl;
-  } catch (const std::exception& e) {
-    std::cerr << "optc_runner: error: " << OneLine(e.what()) << std::endl;
-  } catch (...) {
-    std::cerr << "optc_runner: error: unknown exception" << std::endl;
-  }
-  return 1;
-}
+int main(int argc, char** argv) { return optc::MainReportingErrors("optc_runner", Run, argc, argv); }
