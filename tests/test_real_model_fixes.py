@@ -342,3 +342,120 @@ def test_conv3d_with_unit_depth_kernel(tmp_path, depth, kernel, pads, group, fol
     mod = lower._from_onnx(model, {"x": (1, 4, depth, 9, 11)}, {"x": "float32"})
     text = mod.script() if isinstance(mod, tvm.IRModule) else str(mod)
     assert ("R.nn.conv2d" in text) == folded and ("R.nn.conv3d" in text) == (not folded), text[:2000]
+
+
+# --- onnxruntime's u8 x s8 QOperator kernels on x86 without VNNI (squeezenet1_1 quantize_static,
+# QOperator, uint8 activations: exit 4 "a systematic shift" with no word of why) -----------------
+
+def _u8s8_qlinear_conv_model() -> onnx.ModelProto:
+    """Q (uint8) -> QLinearConv (1x1, 4 channels, int8 weights near 127) -> DQ: adjacent
+    products 255 * 127 sum past int16, which vpmaddubsw saturates."""
+    inits = {"xs": np.array(1 / 255, np.float32), "xz": np.array(0, np.uint8),
+             "w": np.full((2, 4, 1, 1), 127, np.int8), "ws": np.array(1 / 127, np.float32),
+             "wz": np.array(0, np.int8), "ys": np.array(4 / 255, np.float32), "yz": np.array(0, np.uint8)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q"),
+             helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["yq"], name="qconv"),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"], name="dq")]
+    graph = helper.make_graph(nodes, "u8s8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_u8s8_saturation_note_names_the_nodes_on_a_cpu_without_vnni(tmp_path):
+    from optc.verify import host_has_vnni, u8s8_saturation_note
+
+    model = _u8s8_qlinear_conv_model()
+    note = u8s8_saturation_note(model, has_vnni=False)
+    assert "1 node(s) (qconv)" in note and "reduce_range=True" in note
+    assert u8s8_saturation_note(model, has_vnni=True) == ""
+    s8 = _u8s8_qlinear_conv_model()
+    for t in s8.graph.initializer:
+        if t.name == "xz":
+            t.CopyFrom(numpy_helper.from_array(np.array(0, np.int8), "xz"))
+    assert u8s8_saturation_note(s8, has_vnni=False) == ""  # int8 activations: exact kernels
+    import platform
+
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        flags = tmp_path / "cpuinfo"
+        flags.write_text("flags\t: fpu avx2 fma\n")
+        assert host_has_vnni(flags) is False
+        flags.write_text("flags\t: fpu avx2 avx512f avx512_vnni\n")
+        assert host_has_vnni(flags) is True
+
+
+@pytest.mark.tvm
+def test_u8s8_qoperator_refusal_says_why_on_a_cpu_without_vnni(tmp_path):
+    """The artifact computes the exact integer result (it agrees with optc's reference); on
+    a host without VNNI onnxruntime saturates, and the refusal says so instead of leaving a
+    bare "systematic shift"."""
+    from optc.errors import VerificationError
+    from optc.verify import host_has_vnni
+
+    if host_has_vnni() is not False:
+        pytest.skip("onnxruntime's u8 x s8 kernels are exact on this host (VNNI, or not x86)")
+    path = tmp_path / "m.onnx"
+    onnx.save(_u8s8_qlinear_conv_model(), str(path))
+    x = np.full((1, 4, 3, 3), 0.95, np.float32)
+    with pytest.raises(VerificationError, match="agrees with optc's integer reference.*saturate int16 pair sums"):
+        optc.compile(path, "cpu", tmp_path / "pkg", inputs={"x": x},
+                     options=optc.CompileOptions.of(measure=False, verify_samples=1))
+
+
+# --- quantize_static of a transformer with a causal mask (-inf): onnxruntime wrote inf scales;
+# optc compiled it and failed verification with a bare max-error figure (exit 4) ------------------
+
+def _qdq_scale_model(scale: float, op: str = "QuantizeLinear") -> onnx.ModelProto:
+    """x -> Q(scale) -> DQ(scale) -> y, the scale shared (as quantize_static writes it)."""
+    inits = [numpy_helper.from_array(np.array(scale, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq")]
+    if op == "DequantizeLinear":  # only the DQ reads the bad scale
+        inits.append(numpy_helper.from_array(np.array(0.1, np.float32), "ok"))
+        nodes[0].input[1] = "ok"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("scale, op, refused", [
+    (float("inf"), "QuantizeLinear", True), (float("nan"), "DequantizeLinear", True),
+    (0.0, "QuantizeLinear", True), (0.0, "DequantizeLinear", False), (0.05, "QuantizeLinear", False),
+])
+def test_quantization_scales_not_finite_are_refused_by_name(tmp_path, scale, op, refused):
+    from optc.errors import InvalidModelError
+    from optc.frontend import check_quant_scales, load_model
+
+    model = _qdq_scale_model(scale, op)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    if refused:
+        with pytest.raises(InvalidModelError, match="quantization scale.*not finite or divide by zero"):
+            load_model(path)
+    else:
+        check_quant_scales(load_model(path))  # a zero DQ scale is defined (all zeros)
+
+
+# --- quantize_static with 16-bit activations (QInt16): a correct artifact failed the grid rule
+# ("off the output quantizer's grid by up to 0.00117 steps"): float32 cannot hold the grid finer
+# than its own spacing, which for codes up to 32768 is about 0.002 steps ---------------------
+
+def test_grid_rule_allows_float32_rounding_of_16_bit_codes_only():
+    from optc.passes.quant.tolerance import GRID_TOL, _grid_error
+
+    scale, zero = np.float32(1.7e-4), 0.0
+    codes = np.arange(-32768, 32768, 97, dtype=np.int64)
+    on_grid = (codes.astype(np.float32) * scale).astype(np.float32)  # DequantizeLinear in float32
+    exact = codes * np.float64(scale)
+    assert np.abs(on_grid / np.float64(scale) - codes).max() > GRID_TOL  # the float32 rounding alone
+    assert _grid_error(on_grid, float(scale), zero) <= GRID_TOL
+    off = on_grid.copy()
+    off[len(off) // 2] = np.float32(exact[len(off) // 2] + 0.01 * np.float64(scale))  # 0.01 steps off
+    assert _grid_error(off, float(scale), zero) > GRID_TOL
+    small = (np.arange(-128, 128).astype(np.float32) * scale + np.float32(0.005) * scale).astype(np.float32)
+    assert _grid_error(small, float(scale), zero) > GRID_TOL  # 8-bit codes: no slack that large

@@ -59,6 +59,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except Exception as err:
         raise InvalidModelError(f"{path}: ONNX checker rejected the model: {_one_line(err)}") from None
+    check_quant_scales(model, path)
     opset = onnx_opset(model)
     if 0 < opset < MIN_OPSET:  # 0: no standard-domain ops (ai.onnx.ml etc.: check_supported lists them)
         try:
@@ -68,6 +69,33 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
                 f"{path}: opset {opset} is below {MIN_OPSET} and could not be upgraded ({_one_line(err)})"
             ) from None
     return model
+
+
+# constant scale operands of the standard quantized ops, by input index
+SCALE_INPUTS = {"QuantizeLinear": (1,), "DequantizeLinear": (1,), "QLinearConv": (1, 4, 6), "QLinearMatMul": (1, 4, 6)}
+
+
+def check_quant_scales(model: onnx.ModelProto, path: str | os.PathLike = "model") -> None:
+    """Refuse (InvalidModelError) a quantized model whose constant quantization scales are not
+    finite, or zero in a QuantizeLinear (a division by zero): its outputs are undefined and
+    each runtime computes something else (onnxruntime's ``quantize_static`` writes an ``inf``
+    scale for a tensor it saw reach -inf in calibration, such as a causal attention mask)."""
+    consts = {t.name: t for t in model.graph.initializer}
+    consts.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
+    bad = []
+    for node in model.graph.node:
+        for i in SCALE_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
+            t = consts.get(node.input[i]) if i < len(node.input) else None
+            if t is None or t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+                continue
+            v = onnx.numpy_helper.to_array(t).astype(np.float64)
+            if not np.isfinite(v).all() or (node.op_type == "QuantizeLinear" and (v == 0).any()):
+                bad.append(f"{node.name or node.op_type} ({node.input[i]} = {v.reshape(-1)[:3].tolist()})")
+    if bad:
+        raise InvalidModelError(f"{path}: {len(bad)} quantization scale(s) are not finite or divide by zero, so the "
+                                f"model's outputs are undefined (re-quantize it): {', '.join(bad[:3])}"
+                                f"{', ...' if len(bad) > 3 else ''}")
 
 
 def _one_line(err: BaseException) -> str:

@@ -547,7 +547,7 @@ def _refuse_failed(job: Job, opts: VerifyOptions, verdict: dict) -> None:
     if second is not None and not second["passed"] and all(o["passed"] for o in verdict["outputs"]):
         raise VerificationError("artifact output agrees with optc's integer reference but differs from onnxruntime "
                                 f"on the original QDQ model beyond the quantizer-step rule ({verdict['samples']} "
-                                f"samples): {_failures(second)}")
+                                f"samples): {_failures(second)}{verify.u8s8_saturation_note(job.original)}")
     second = verdict.get("original_dynamic_lstm")
     if second is not None and not second["passed"]:
         raise VerificationError("artifact output differs from the original DynamicQuantizeLSTM model (its spec "

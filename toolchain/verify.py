@@ -61,6 +61,48 @@ SPEC_REFERENCE_OPS = frozenset({"MatMulInteger", "ConvInteger"})
 SPEC_REFERENCE_MS_OPS = frozenset({"DynamicQuantizeLSTM"})
 
 
+# QOperator ops whose onnxruntime kernels take the same u8 x s8 path: (domain, op) ->
+# (activation zero point index, weight index). A model holding them keeps onnxruntime as its
+# reference (the ReferenceEvaluator lacks com.microsoft's QLinearConcat etc.); a verification
+# failure against it says why it may be onnxruntime's (:func:`u8s8_saturation_note`)
+U8S8_QLINEAR_OPS = {("", "QLinearConv"): (2, 3), ("", "QLinearMatMul"): (2, 3), ("com.microsoft", "QGemm"): (2, 3)}
+
+
+def host_has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
+    """Whether this x86 host has an 8-bit dot-product instruction (AVX-512 VNNI or AVX-VNNI),
+    from the kernel's CPU flags; None where that cannot be read (not Linux, not x86)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return None
+    return bool(flags & {"avx512_vnni", "avx_vnni"})
+
+
+def u8s8_saturation_note(model: onnx.ModelProto, has_vnni: bool | None = None) -> str:
+    """Why onnxruntime's outputs for ``model`` may not be its spec arithmetic on this host
+    ("" when they are): uint8-activation x int8-weight QLinearConv / QLinearMatMul / QGemm
+    nodes run vpmaddubsw on x86 without VNNI, whose int16 sums of adjacent products saturate
+    (255 * 127 * 2 > 32767). ``has_vnni``: the host's answer (default :func:`host_has_vnni`)."""
+    has_vnni = host_has_vnni() if has_vnni is None else has_vnni
+    if has_vnni is not False:
+        return ""
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    hits = [n.name or n.op_type for n in all_nodes(model.graph)
+            if (n.domain or "", n.op_type) in U8S8_QLINEAR_OPS
+            and types.get(n.input[U8S8_QLINEAR_OPS[n.domain or "", n.op_type][0]]) == onnx.TensorProto.UINT8
+            and types.get(n.input[U8S8_QLINEAR_OPS[n.domain or "", n.op_type][1]]) == onnx.TensorProto.INT8]
+    if not hits:
+        return ""
+    return (f"; onnxruntime's uint8 x int8 kernels of {len(hits)} node(s) ({', '.join(hits[:3])}"
+            f"{', ...' if len(hits) > 3 else ''}) saturate int16 pair sums on this x86 CPU (no VNNI), so its "
+            "outputs are not the model's integer arithmetic: quantize with reduce_range=True or int8 activations, "
+            "verify on a CPU with VNNI, or pass --no-verify")
+
+
 def _needs_spec_reference(model: onnx.ModelProto) -> bool:
     return any(n.domain == "ai.optc" or (n.domain in ("", "ai.onnx") and n.op_type in SPEC_REFERENCE_OPS)
                or (n.domain == "com.microsoft" and n.op_type in SPEC_REFERENCE_MS_OPS)

@@ -39,7 +39,8 @@ CONVERTER_MODULES: tuple[str, ...] = ("optc.backends.tvm.int8", "optc.backends.t
                                       "optc.backends.tvm.recurrent", "optc.backends.tvm.control_flow",
                                       "optc.backends.tvm.signal_ops", "optc.backends.tvm.ml_ops",
                                       "optc.backends.tvm.vision_ops", "optc.backends.tvm.linalg_ops",
-                                      "optc.backends.tvm.index_ops", "optc.backends.tvm.norm_ops")
+                                      "optc.backends.tvm.index_ops", "optc.backends.tvm.norm_ops",
+                                      "optc.backends.tvm.contrib_ops")  # last: it aliases TVM's converters
 
 # ops TVM's importer converts but whose lowering is wrong or fails to build: refused up front
 # (listed as unsupported by ``supported_ops``) instead of failing the build or verification
@@ -230,6 +231,7 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
 
     from . import expand
     from .empty_tensors import replace_empty_nodes
+    from .norm_fusion import fuse_layer_norms
     from .static_operands import constants_for_static_operands
 
     try:
@@ -249,6 +251,7 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
     model = constants_for_static_operands(model)  # shapes/axes as compile-time constants
     model, _ = replace_empty_nodes(model)  # nodes whose outputs have no elements: empty tensors
     shape_dict = {s.name: list(s.shape) for s in inputs}
+    model, _ = fuse_layer_norms(model, shape_dict)  # written-out layer norms as one kernel
     dtype_dict = {s.name: s.dtype for s in inputs}
     scope = tvm_target(target) if target is not None else contextlib.nullcontext()
     try:

@@ -13,6 +13,20 @@
   (leaf weights by target, divided by the number of trees for AVERAGE). Other aggregations
   and post transforms are refused by name.
 
+- The ai.onnx.ml 1-3 forms that skl2onnx / onnxmltools write for scikit-learn models, in
+  float32 whatever the input's type:
+  TreeEnsembleClassifier / TreeEnsembleRegressor use the same decisions and path sums
+  (:func:`legacy_forest` reads their ``(treeid, nodeid)``-keyed nodes; BRANCH_LEQ..BRANCH_NEQ;
+  a leaf may add to several targets), one block per tree (:func:`forest_sums`: a batched
+  matmul, so the matrices grow with the trees' sizes, not the square of the forest's); scores are the summed weights plus ``base_values`` (the regressor's
+  AVERAGE divides by the number of trees; MIN / MAX are refused). LinearClassifier:
+  ``x @ coefficients.T + intercepts``. A classifier's label is its integer class label of the
+  highest raw score (the first on a tie, as onnxruntime), its scores go through
+  ``post_transform`` (NONE, SOFTMAX, LOGISTIC, SOFTMAX_ZERO; PROBIT refused). Two-class
+  classifiers (onnxruntime widens one score column to two by rules of its own) and string
+  labels are refused by name. LinearRegressor (NONE only), Scaler ``(x - offset) * scale``,
+  Normalizer (MAX, L1, L2 over the last axis).
+
 - TfIdfVectorizer (ai.onnx, integer inputs ``[C]`` or ``[B, C]``): the pool's n-grams
   (:func:`tfidf_grams`, sizes ``min_gram_length..max_gram_length``; a duplicate keeps its last
   index, as the reference's trie does) are matched at every start ``i`` and skip distance
@@ -36,6 +50,8 @@ from .onnx_ops import _dtype, _rank
 
 ML = "ai.onnx.ml"
 MODES = ("less_equal", "less", "greater_equal", "greater", "equal", "not_equal")  # 0..5; 6 is MEMBER
+LEGACY_MODES = ("BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT", "BRANCH_EQ", "BRANCH_NEQ")  # ai.onnx.ml 1-3
+POST_TRANSFORMS = ("NONE", "SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO")  # PROBIT (an erfinv) is refused
 
 
 def _values(v) -> np.ndarray:
@@ -90,6 +106,150 @@ def members(attr: dict, modes: np.ndarray) -> np.ndarray:
     return out
 
 
+def decisions(bb, x, feats, splits, modes: np.ndarray, sets: np.ndarray | None = None, tracks=None):
+    """``[B, nodes]`` bool: each split node's decision on each row of ``x`` ``[B, F]``: feature
+    ``feats[k]`` against ``splits[k]`` by ``MODES[modes[k]]`` (6: member of ``sets[k]``, a
+    NaN-padded row); a NaN feature goes true where ``tracks[k]`` is set."""
+    from tvm import relax
+
+    op = relax.op
+    dt = _dtype(x)
+    v = bb.normalize(op.take(x, relax.const(np.asarray(feats).astype("int64").reshape(-1)), axis=1))
+    splits = relax.const(np.asarray(splits).astype(dt).reshape(-1), dt)
+    cond = op.zeros(v.ty.shape, "bool")
+    for m, name in enumerate(MODES):
+        if (modes == m).any():
+            cond = op.where(relax.const(modes == m), getattr(op, name)(v, splits), cond)
+    if sets is not None:
+        hit = op.max(op.astype(op.equal(op.expand_dims(v, [2]), relax.const(sets.astype(dt), dt)), "float32"), axis=[2])
+        cond = op.where(relax.const(modes == 6), op.greater(hit, relax.const(0.0, "float32")), cond)
+    if tracks is not None and np.asarray(tracks).any():
+        flags = relax.const(np.asarray(tracks).astype(bool).reshape(-1))
+        cond = op.logical_or(cond, op.logical_and(op.isnan(v), flags))
+    return bb.normalize(cond)
+
+
+def leaf_sums(cond, paths: list[list[tuple[int, bool]]], n_nodes: int, w: np.ndarray, dtype: str):
+    """``reached @ w`` ``[B, targets]``: a path (its ``(node, decision)`` steps) is reached when
+    all its decisions hold, i.e. ``c @ (A_true - A_false) + n_false == len(path)`` with ``c``
+    the 0/1 decisions ``cond`` ``[B, n_nodes]``; ``w [paths, targets]`` the leaf values."""
+    from tvm import relax
+
+    op = relax.op
+    a = np.zeros((n_nodes, len(paths)))
+    base, length = np.zeros(len(paths)), np.zeros(len(paths))
+    for p, path in enumerate(paths):
+        for node, decision in path:
+            a[node, p] += 1.0 if decision else -1.0
+            base[p] += 0.0 if decision else 1.0
+        length[p] = len(path)
+    count = op.add(op.matmul(op.astype(cond, "float32"), relax.const(a.astype("float32"))),
+                   relax.const(base.astype("float32")))
+    reached = op.astype(op.equal(count, relax.const(length.astype("float32"))), dtype)
+    return op.matmul(reached, relax.const(w.astype(dtype), dtype))
+
+
+def forest_sums(bb, cond, paths: list[list[tuple[int, bool]]], trees: list[int], n_nodes: int, w: np.ndarray):
+    """:func:`leaf_sums` one tree at a time (``trees[p]``: path ``p``'s tree), float32: the
+    decision matrix is block-diagonal by tree, so it is held as ``[T, nodes/tree, leaves/tree]``
+    (padded) and applied as one batched matmul, instead of ``[nodes, leaves]`` of the whole
+    forest (quadratic in the number of trees: 100 trees of 150 leaves would be 225 M values)."""
+    from tvm import relax
+
+    op = relax.op
+    order = sorted(set(trees))
+    groups = [[p for p, t in enumerate(trees) if t == tree] for tree in order]
+    cols = [sorted({n for p in g for n, _ in paths[p]}) for g in groups]
+    n_t, max_n, max_l = len(groups), max([1] + [len(c) for c in cols]), max(len(g) for g in groups)
+    idx = np.full((n_t, max_n), n_nodes, np.int64)  # padding reads an all-zero column
+    a, base = np.zeros((n_t, max_n, max_l), np.float32), np.zeros((n_t, 1, max_l), np.float32)
+    length = np.full((n_t, 1, max_l), -1.0, np.float32)  # padded leaves are never reached
+    w3 = np.zeros((n_t, max_l, w.shape[1]), np.float32)
+    for t, (g, c) in enumerate(zip(groups, cols)):
+        idx[t, :len(c)] = c
+        where = {n: j for j, n in enumerate(c)}
+        for leaf, p in enumerate(g):
+            for node, decision in paths[p]:
+                a[t, where[node], leaf] += 1.0 if decision else -1.0
+                base[t, 0, leaf] += 0.0 if decision else 1.0
+            length[t, 0, leaf], w3[t, leaf] = len(paths[p]), w[p]
+    c = op.astype(cond, "float32")
+    rows = int(cond.ty.shape[0])
+    c = op.concat([c, op.zeros([rows, 1], "float32")], axis=1)
+    g = op.permute_dims(op.reshape(op.take(c, relax.const(idx.reshape(-1), "int64"), axis=1), [rows, n_t, max_n]), [1, 0, 2])
+    count = op.add(op.matmul(g, relax.const(a)), relax.const(base))  # [T, B, leaves]
+    reached = op.astype(op.equal(count, relax.const(length)), "float32")
+    return op.sum(op.matmul(reached, relax.const(w3)), axis=[0])
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _attr_array(attr: dict, name: str, default=None) -> np.ndarray | None:
+    """Attribute ``name`` or its ``name_as_tensor`` twin (ai.onnx.ml 3) as a float64 array."""
+    for key in (name, f"{name}_as_tensor"):
+        if attr.get(key) is not None:
+            return _values(attr[key]).astype(np.float64).reshape(-1)
+    return None if default is None else np.asarray(default, np.float64)
+
+
+def legacy_forest(attr: dict, prefix: str, n_targets: int):
+    """A TreeEnsembleClassifier (``prefix`` "class") or TreeEnsembleRegressor ("target"),
+    ai.onnx.ml 1-3, as ``(feats, splits, modes, tracks, paths, trees, w)``: the split nodes'
+    arrays (``modes`` as :data:`MODES` indices: BRANCH_LEQ..BRANCH_NEQ are in the same order),
+    every root-to-leaf path as ``(split node, decision)`` steps, each path's tree id, and
+    ``w [paths, n_targets]`` the
+    weights each path's leaf adds per target. Roots are the nodes no split node points to."""
+    trees = _values(attr["nodes_treeids"]).astype(np.int64).reshape(-1)
+    key = {(int(t), int(n)): k for k, (t, n) in enumerate(zip(trees, _values(attr["nodes_nodeids"]).reshape(-1)))}
+    modes = [_text(m) for m in attr["nodes_modes"]]
+    unknown = sorted(set(modes) - set(LEGACY_MODES) - {"LEAF"})
+    if unknown:
+        raise ValueError(f"{prefix} tree ensemble: node modes {unknown} are not lowered")
+    split = [k for k, m in enumerate(modes) if m != "LEAF"]
+    column = {k: j for j, k in enumerate(split)}
+    kids = {}
+    for k in split:
+        for name, decision in (("nodes_truenodeids", True), ("nodes_falsenodeids", False)):
+            child = key.get((int(trees[k]), int(_values(attr[name]).reshape(-1)[k])))
+            if child is None:
+                raise ValueError(f"{prefix} tree ensemble: node {k} points to a node that does not exist")
+            kids.setdefault(k, []).append((child, decision))
+    pointed = {c for pairs in kids.values() for c, _ in pairs}
+    leaf_w = {}
+    weights = _attr_array(attr, f"{prefix}_weights")
+    entries = zip(*(_values(attr[f"{prefix}_{k}"]).reshape(-1) for k in ("treeids", "nodeids", "ids")), weights)
+    for t, n, target, wt in entries:
+        if (int(t), int(n)) not in key or not 0 <= int(target) < n_targets:
+            raise ValueError(f"{prefix} tree ensemble: a weight names node ({t}, {n}) or target {target} "
+                             "that does not exist")
+        leaf_w.setdefault(key[(int(t), int(n))], np.zeros(n_targets))[int(target)] += wt
+    paths, path_trees, w, seen = [], [], [], set()
+    for root in (k for k in range(len(modes)) if k not in pointed):
+        stack = [(root, [])]
+        while stack:
+            node, path = stack.pop()
+            if len(path) > len(split):
+                raise ValueError(f"{prefix} tree ensemble: the nodes do not form trees (a cycle)")
+            seen.add(node)
+            if modes[node] == "LEAF":
+                paths.append(path)
+                path_trees.append(int(trees[node]))
+                w.append(leaf_w.get(node, np.zeros(n_targets)))
+                continue
+            stack.extend((child, path + [(column[node], decision)]) for child, decision in kids[node])
+    if len(seen) < len(modes):
+        raise ValueError(f"{prefix} tree ensemble: the nodes do not form trees ({len(modes) - len(seen)} nodes "
+                         "reached from no root: a cycle or no root)")
+    feats = _values(attr["nodes_featureids"]).astype(np.int64).reshape(-1)[split]
+    splits = _attr_array(attr, "nodes_values")[split]
+    tracks = attr.get("nodes_missing_value_tracks_true")
+    tracks = None if tracks is None else _values(tracks).astype(bool).reshape(-1)[split]
+    codes = np.array([LEGACY_MODES.index(modes[k]) for k in split], np.int64)
+    return feats, splits, codes, tracks, paths, path_trees, np.array(w).reshape(len(paths), n_targets)
+
+
 def tfidf_grams(attr: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """TfIdfVectorizer's integer pool by n-gram size: ``{n: (grams [P, n] int64, output index
     of each [P])}`` for the sizes ``min_gram_length..max_gram_length`` that have grams.
@@ -116,6 +276,65 @@ def tfidf_grams(attr: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
             out[n] = (np.array(keys, np.int64).reshape(-1, n), slots[[last[g] for g in keys]])
         gram_id += len(grams)
     return out
+
+
+def class_labels(attr: dict, op_type: str) -> np.ndarray:
+    """A classifier's integer labels (``classlabels_int64s`` / ``classlabels_ints``); string
+    labels are refused by name (Relax tensors hold no strings), and so are two-class models:
+    onnxruntime's binary rules (one score column widened to two, labels by a threshold) are not
+    lowered."""
+    if attr.get("classlabels_strings"):
+        raise ValueError(f"{op_type}: string class labels are not lowered (Relax tensors hold no strings; "
+                         "export with integer labels)")
+    labels = _values(attr.get("classlabels_int64s", attr.get("classlabels_ints", []))).astype(np.int64).reshape(-1)
+    if len(labels) < 3:
+        raise ValueError(f"{op_type}: {len(labels)}-class models are not lowered (onnxruntime's binary score "
+                         "rules); 3 or more classes are")
+    return labels
+
+
+def post_transform(scores, attr: dict, op_type: str):
+    """``post_transform`` on ``[B, C]`` float scores: NONE, SOFTMAX, LOGISTIC, or SOFTMAX_ZERO
+    (zero scores stay 0 and take no share); PROBIT is refused by name."""
+    from tvm import relax
+
+    op = relax.op
+    post = _text(attr.get("post_transform", "NONE"))
+    if post not in POST_TRANSFORMS:
+        raise ValueError(f"{op_type}: post_transform {post} is not lowered ({', '.join(POST_TRANSFORMS)} are)")
+    if post == "SOFTMAX":
+        return op.nn.softmax(scores, axis=1)
+    if post == "LOGISTIC":
+        return op.sigmoid(scores)
+    if post == "SOFTMAX_ZERO":
+        zero = relax.const(0.0, "float32")
+        e = op.where(op.equal(scores, zero), zero, op.exp(op.subtract(scores, op.max(scores, axis=[1], keepdims=True))))
+        return op.divide(e, op.sum(e, axis=[1], keepdims=True))
+    return scores
+
+
+def _as_float(bb, x):
+    """``x`` as float32 (the legacy ml ops compute in float32 whatever the input's type)."""
+    from tvm import relax
+
+    return x if _dtype(x) == "float32" else bb.normalize(relax.op.astype(x, "float32"))
+
+
+def _coefficients(attr: dict, rows: int, x, op_type: str) -> np.ndarray:
+    """``coefficients`` as ``[rows, features]`` float32; a count that is not ``rows`` times
+    the input's features is refused by name."""
+    coef = _values(attr["coefficients"]).astype(np.float32).reshape(-1)
+    features = int(x.ty.shape[-1])
+    if coef.size != rows * features:
+        raise ValueError(f"{op_type}: {coef.size} coefficients for {rows} rows of {features} features")
+    return coef.reshape(rows, features)
+
+
+def _label_of(scores, labels: np.ndarray):
+    """The label of each row's highest score (the first on a tie)."""
+    from tvm import relax
+
+    return relax.op.take(relax.const(labels, "int64"), relax.op.argmax(scores, axis=1), axis=0)  # int64 kept: const narrows
 
 
 def register() -> None:
@@ -150,46 +369,111 @@ def register() -> None:
                 raise ValueError(f"TreeEnsemble: aggregate_function {agg} / post_transform {post} are not lowered "
                                  "(SUM or AVERAGE without a post transform are)")
             x = inputs[0]
-            dt = _dtype(x)
-            cond = bb.normalize(cls._decisions(bb, x, attr))
+            modes = _values(attr["nodes_modes"]).astype(np.int64).reshape(-1)
+            sets = members(attr, modes) if (modes == 6).any() else None
+            tracks = attr.get("nodes_missing_value_tracks_true")
+            cond = decisions(bb, x, _values(attr["nodes_featureids"]), _values(attr["nodes_splits"]), modes, sets,
+                             None if tracks is None else _values(tracks))
             paths = tree_paths(attr)
-            n_nodes = len(_values(attr["nodes_modes"]).reshape(-1))
-            a = np.zeros((n_nodes, len(paths)))
-            base, length = np.zeros(len(paths)), np.zeros(len(paths))
             targets, weights = _values(attr["leaf_targetids"]), _values(attr["leaf_weights"]).astype(np.float64)
             w = np.zeros((len(paths), int(attr.get("n_targets", int(targets.max()) + 1))))
             scale = 1.0 / len(_values(attr["tree_roots"]).reshape(-1)) if agg == 0 else 1.0
-            for p, (path, leaf) in enumerate(paths):
-                for node, decision in path:
-                    a[node, p] += 1.0 if decision else -1.0
-                    base[p] += 0.0 if decision else 1.0
-                length[p] = len(path)
+            for p, (_, leaf) in enumerate(paths):
                 w[p, int(targets[leaf])] += weights[leaf] * scale
-            count = op.add(op.matmul(op.astype(cond, "float32"), relax.const(a.astype("float32"))),
-                           relax.const(base.astype("float32")))
-            reached = op.astype(op.equal(count, relax.const(length.astype("float32"))), dt)
-            return op.matmul(reached, relax.const(w.astype(dt), dt))
+            return leaf_sums(cond, [path for path, _ in paths], len(modes), w, _dtype(x))
 
-        @staticmethod
-        def _decisions(bb, x, attr):
-            """``[B, nodes]`` bool: each node's split decision on each row."""
-            modes = _values(attr["nodes_modes"]).astype(np.int64).reshape(-1)
-            feats = relax.const(_values(attr["nodes_featureids"]).astype("int64").reshape(-1))
-            v = bb.normalize(op.take(x, feats, axis=1))
-            splits = relax.const(_values(attr["nodes_splits"]).astype(_dtype(x)).reshape(-1), _dtype(x))
-            cond = op.zeros(v.ty.shape, "bool")
-            for m, name in enumerate(MODES):
-                if (modes == m).any():
-                    cond = op.where(relax.const(modes == m), getattr(op, name)(v, splits), cond)
-            if (modes == 6).any():
-                sets = relax.const(members(attr, modes).astype(_dtype(x)), _dtype(x))
-                hit = op.max(op.astype(op.equal(op.expand_dims(v, [2]), sets), "float32"), axis=[2])
-                cond = op.where(relax.const(modes == 6), op.greater(hit, relax.const(0.0, "float32")), cond)
-            tracks = attr.get("nodes_missing_value_tracks_true")
-            if tracks is not None and _values(tracks).any():
-                flags = relax.const(_values(tracks).astype(bool).reshape(-1))
-                cond = op.logical_or(cond, op.logical_and(op.isnan(v), flags))
-            return cond
+    @register_converter(ML, "TreeEnsembleClassifier")
+    class TreeEnsembleClassifier(OnnxOpConverter):
+        """Scores: the leaf weights summed over the trees plus ``base_values``; the label
+        of the highest raw score; then the post transform."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            labels = class_labels(attr, "TreeEnsembleClassifier")
+            x = _as_float(bb, inputs[0])
+            feats, splits, modes, tracks, paths, trees, w = legacy_forest(attr, "class", len(labels))
+            scores = forest_sums(bb, decisions(bb, x, feats, splits, modes, None, tracks), paths, trees, len(modes), w)
+            base = _attr_array(attr, "base_values", np.zeros(len(labels)))
+            scores = bb.normalize(op.add(scores, relax.const(np.broadcast_to(base, len(labels)).astype("float32"))))
+            return relax.Tuple([_label_of(scores, labels), post_transform(scores, attr, "TreeEnsembleClassifier")])
+
+    @register_converter(ML, "TreeEnsembleRegressor")
+    class TreeEnsembleRegressor(OnnxOpConverter):
+        """SUM or AVERAGE of the leaf weights over the trees, plus ``base_values``; MIN / MAX
+        and post transforms are refused by name."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            agg = _text(attr.get("aggregate_function", "SUM"))
+            if agg not in ("SUM", "AVERAGE") or _text(attr.get("post_transform", "NONE")) != "NONE":
+                raise ValueError(f"TreeEnsembleRegressor: aggregate_function {agg} / post_transform "
+                                 f"{_text(attr.get('post_transform', 'NONE'))} are not lowered (SUM or AVERAGE, NONE are)")
+            n = int(attr.get("n_targets", 1))
+            x = _as_float(bb, inputs[0])
+            feats, splits, modes, tracks, paths, trees, w = legacy_forest(attr, "target", n)
+            if agg == "AVERAGE":
+                w = w / max(1, len(set(_values(attr["nodes_treeids"]).reshape(-1).tolist())))
+            scores = forest_sums(bb, decisions(bb, x, feats, splits, modes, None, tracks), paths, trees, len(modes), w)
+            base = _attr_array(attr, "base_values", np.zeros(n))
+            return op.add(scores, relax.const(np.broadcast_to(base, n).astype("float32")))
+
+    @register_converter(ML, "LinearClassifier")
+    class LinearClassifier(OnnxOpConverter):
+        """Scores ``x @ coefficients.T + intercepts`` (one row per class); the label of the
+        highest raw score; then the post transform."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            labels = class_labels(attr, "LinearClassifier")
+            x = _as_float(bb, inputs[0] if _rank(inputs[0]) == 2 else op.expand_dims(inputs[0], [0]))
+            coef = _coefficients(attr, len(labels), x, "LinearClassifier")
+            icpt = _attr_array(attr, "intercepts", np.zeros(len(labels))).astype(np.float32)
+            icpt = relax.const(np.broadcast_to(icpt, len(labels)).copy())
+            scores = bb.normalize(op.add(op.matmul(x, relax.const(coef.T.copy())), icpt))
+            return relax.Tuple([_label_of(scores, labels), post_transform(scores, attr, "LinearClassifier")])
+
+    @register_converter(ML, "LinearRegressor")
+    class LinearRegressor(OnnxOpConverter):
+        """``x @ coefficients.T + intercepts`` (``targets`` rows); post transforms other than
+        NONE are refused by name."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            if _text(attr.get("post_transform", "NONE")) != "NONE":
+                raise ValueError(f"LinearRegressor: post_transform {_text(attr['post_transform'])} is not lowered")
+            n = int(attr.get("targets", 1))
+            x = _as_float(bb, inputs[0] if _rank(inputs[0]) == 2 else op.expand_dims(inputs[0], [0]))
+            coef = _coefficients(attr, n, x, "LinearRegressor")
+            icpt = _attr_array(attr, "intercepts", np.zeros(n)).astype(np.float32)
+            return op.add(op.matmul(x, relax.const(coef.T.copy())), relax.const(np.broadcast_to(icpt, n).copy()))
+
+    @register_converter(ML, "Scaler")
+    class Scaler(OnnxOpConverter):
+        """``(x - offset) * scale`` in float32, offset and scale one value or one per feature."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x = _as_float(bb, inputs[0])
+            offset = relax.const(_attr_array(attr, "offset", [0.0]).astype(np.float32))
+            scale = relax.const(_attr_array(attr, "scale", [1.0]).astype(np.float32))
+            return op.multiply(op.subtract(x, offset), scale)
+
+    @register_converter(ML, "Normalizer")
+    class Normalizer(OnnxOpConverter):
+        """Each row divided by its MAX, L1 (sum of |x|) or L2 (root of the sum of squares)
+        norm, in float32."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x = _as_float(bb, inputs[0])
+            norm, axis = _text(attr.get("norm", "MAX")), _rank(x) - 1
+            if norm == "MAX":
+                return op.divide(x, op.max(x, axis=[axis], keepdims=True))
+            if norm == "L1":
+                return op.divide(x, op.sum(op.abs(x), axis=[axis], keepdims=True))
+            if norm == "L2":
+                return op.divide(x, op.sqrt(op.sum(op.multiply(x, x), axis=[axis], keepdims=True)))
+            raise ValueError(f"Normalizer: unknown norm {norm!r} (MAX, L1, L2)")
 
     @register_converter("", "TfIdfVectorizer")
     class TfIdfVectorizer(OnnxOpConverter):

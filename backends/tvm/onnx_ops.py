@@ -13,6 +13,8 @@ the ONNX node tests (``tests/test_node_tests.py``).
 - SpaceToDepth: TVM ignored ``mode`` (CRD, opset 25: channels ``c * bs * bs + by * bs + bx``).
 - LayerNormalization: TVM returned 0-d placeholders for the optional ``Mean`` / ``InvStdDev``
   outputs; they are computed (shape of X with the normalized axes 1, in the stash type).
+- ``optc.lowering::LayerNorm`` (not an ONNX op): a layer norm written out in elementary ops that
+  :mod:`.norm_fusion` found in the model handed to the importer; LayerNormalization-17's lowering.
 - RMSNormalization: ``X / sqrt(mean(X^2 over axes >= axis) + epsilon) * scale`` in plain ops
   (TVM's fused ``rms_norm`` failed to build when ``axis`` is 0).
 - Elu: TVM's constants were float32 whatever the input (float16 models failed to import).
@@ -51,6 +53,7 @@ the ONNX node tests (``tests/test_node_tests.py``).
 
 from __future__ import annotations
 
+from . import norm_fusion
 from .lower import register_converter, register_if_available
 
 
@@ -164,6 +167,9 @@ def register() -> None:
         @classmethod
         def _impl_v17(cls, bb, inputs, attr, params):
             out = base_layer_norm._impl_v17(bb, inputs, attr, params)
+            out = out.fields[0] if isinstance(out, relax.Tuple) else out
+            if attr.get("tvm_custom", {}).get("num_outputs", 3) == 1:
+                return out
             x = inputs[0]
             rank = _rank(x)
             axis = int(attr.get("axis", -1)) % rank
@@ -175,7 +181,12 @@ def register() -> None:
             var = op.mean(op.multiply(centered, centered), axis=axes, keepdims=True)
             eps = relax.const(float(attr.get("epsilon", 1e-5)), stash)
             inv = op.divide(relax.const(1.0, stash), op.sqrt(op.add(var, eps)))
-            return relax.Tuple([out.fields[0] if isinstance(out, relax.Tuple) else out, mean, inv])
+            return relax.Tuple([out, mean, inv])
+
+    @register_converter(norm_fusion.DOMAIN, norm_fusion.OP)
+    def fused_layer_norm(bb, inputs, attr, params):
+        """A layer norm ``norm_fusion`` found written out (any opset): LayerNormalization-17's."""
+        return LayerNormalization._impl_v17(bb, inputs, attr, params)
 
     @register_converter("", "RMSNormalization")
     class RMSNormalization(OnnxOpConverter):

@@ -134,12 +134,17 @@ def exact_outputs(model: onnx.ModelProto) -> set[str]:
 
 
 def _grid_error(out: np.ndarray, scale: float, zero: float) -> float:
-    """Largest distance (in steps) of a value of ``out`` from the code grid ``(q - z) * s``."""
-    codes = np.asarray(out, np.float64) / scale + zero
+    """Largest distance (in steps) of a value of ``out`` from the code grid ``(q - z) * s``,
+    less one unit in the last place of the value's own float type: ``(q - z) * s`` rounded to
+    float32 lies up to that far from the grid, which for 16-bit codes (|q - z| up to 32768,
+    so up to 0.002 steps) exceeds ``GRID_TOL``; for 8-bit codes it is below 3.1e-5 steps."""
+    out = np.asarray(out)
+    codes = out.astype(np.float64) / scale + zero
     finite = np.isfinite(codes)
     if not finite.all():
         return float("inf")
-    return float(np.abs(codes - np.round(codes)).max(initial=0.0))
+    ulp = np.spacing(np.abs(out)).astype(np.float64) / scale if out.dtype.kind == "f" else 0.0
+    return float(np.maximum(np.abs(codes - np.round(codes)) - ulp, 0.0).max(initial=0.0))
 
 
 def _grid_or_shift_error(grid: float, bias: float) -> str | None:

@@ -657,12 +657,57 @@ def test_one_output_channel_convolution_is_vectorized_along_its_input_channels(t
 def test_softmax_over_a_middle_axis_is_vectorized_along_the_innermost(tmp_path, op):
     """YOLOv8's DFL head: a softmax over axis 1 of [1, 16, 4, anchors]. The column-reduction
     rule schedules it (vectors along the anchors, the 16 bins walked outside them) and it
-    matches onnxruntime; a softmax over the innermost axis stays with DLight's rule."""
+    matches onnxruntime; a softmax over the innermost axis is a row reduction."""
     nodes = [helper.make_node(op, ["x"], ["y"], axis=1), helper.make_node("Softmax", ["x"], ["z"], axis=-1)]
     model = make_graph_model(nodes, [("x", [1, 16, 4, 40])], [("y", [1, 16, 4, 40]), ("z", [1, 16, 4, 40])], {})
     onnx.save(model, tmp_path / "sm.onnx")
     report = optc.compile(tmp_path / "sm.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]
     rules = sorted(report["build"]["schedules"]["per_function"].values())
-    assert "column_reduction" in rules and "dlight" in rules, rules
+    assert "column_reduction" in rules and "row_reduction" in rules, rules
     assert not report["build"]["schedules"]["rule_failures"]
+
+
+@pytest.mark.parametrize("width", [48, 36, 30])
+def test_row_reductions_sum_in_vector_lanes(tmp_path, width):
+    """Softmax, LogSoftmax and LayerNormalization over the innermost axis: each reduction runs
+    as vector-wide partial sums (``rfactor``: an ``_rf`` buffer of one vector per row) added at
+    the end, every block vectorized per row; they match onnxruntime. A row whose length has no
+    factor of 4 (30: vectors of 2) stays with DLight's rule."""
+    rng = np.random.default_rng(0)
+    inits = {"g": rng.uniform(0.5, 1.5, width).astype(np.float32), "b": rng.standard_normal(width).astype(np.float32)}
+    nodes = [helper.make_node("Softmax", ["x"], ["y"], axis=-1), helper.make_node("LogSoftmax", ["x"], ["z"], axis=-1),
+             helper.make_node("LayerNormalization", ["x", "g", "b"], ["w"], axis=-1, epsilon=1e-5)]
+    shape = [2, 6, width]
+    model = make_graph_model(nodes, [("x", shape)], [("y", shape), ("z", shape), ("w", shape)], inits, opset=17)
+    onnx.save(model, tmp_path / "rows.onnx")
+    x = (rng.standard_normal(shape) * 4 + 1).astype(np.float32)
+    report = optc.compile(tmp_path / "rows.onnx", "cpu", tmp_path / "pkg", inputs={"x": x},
+                          options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+    sched = report["build"]["schedules"]
+    rules = {f: r for f, r in sched["per_function"].items() if any(k in f for k in ("softmax", "layer_norm"))}
+    assert len(rules) == 3 and set(rules.values()) == {"row_reduction" if width % 4 == 0 else "dlight"}, rules
+    assert not sched["rule_failures"]
+    funcs = _prim_funcs(_scheduled(model))
+    ln = next(f for name, f in funcs.items() if "layer_norm" in name).script()
+    assert ("_rf" in ln and "T.vectorized" in ln) == (width % 4 == 0), ln
+
+
+def test_large_row_reductions_run_their_rows_in_parallel(tmp_path):
+    """A softmax of at least ROW_PARALLEL_MIN_WORK elements runs its rows in a parallel loop
+    (set before the partial sums are split off: a parallel loop over a reduction without its
+    init is refused by TVM, and the rule fell back to DLight's); a small one stays serial."""
+    from optc.backends.tvm import schedule
+
+    big = [2, 64, schedule.ROW_PARALLEL_MIN_WORK // 128]
+    nodes = [helper.make_node("Softmax", ["x"], ["y"], axis=-1), helper.make_node("Softmax", ["s"], ["z"], axis=-1)]
+    model = make_graph_model(nodes, [("x", big), ("s", [4, 64])], [("y", big), ("z", [4, 64])], {}, opset=17)
+    onnx.save(model, tmp_path / "sm.onnx")
+    report = optc.compile(tmp_path / "sm.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+    sched = report["build"]["schedules"]
+    assert set(sched["per_function"].values()) == {"row_reduction"} and not sched["rule_failures"], sched
+    scripts = [f.script() for f in _prim_funcs(_scheduled(model)).values()]
+    width = f"T.int64({big[-1]})"
+    assert sorted((width in s, "T.parallel" in s) for s in scripts) == [(False, False), (True, True)], scripts

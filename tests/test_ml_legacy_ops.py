@@ -1,0 +1,158 @@
+"""The ``ai.onnx.ml`` 1-3 ops that scikit-learn models exported by skl2onnx (and onnxmltools)
+are made of (``optc.backends.tvm.ml_ops``): TreeEnsembleClassifier / TreeEnsembleRegressor,
+LinearClassifier / LinearRegressor, Scaler and Normalizer, compiled through ``optc.compile``
+(verified against onnxruntime) and compared with onnxruntime; the forms they do not lower
+(string labels, two-class scores, PROBIT, MIN / MAX aggregation) are refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+
+import optc
+from optc.errors import UnsupportedModelError
+
+ort = pytest.importorskip("onnxruntime")
+OPSETS = [h.make_opsetid("ai.onnx.ml", 3), h.make_opsetid("", 17)]
+
+
+def _model(nodes, inputs, outputs) -> onnx.ModelProto:
+    m = h.make_model(h.make_graph(nodes, "m", inputs, outputs), opset_imports=OPSETS)
+    m.ir_version = 10
+    onnx.checker.check_model(m)
+    return m
+
+
+def _compile_and_compare(model, tmp_path, feeds) -> None:
+    pytest.importorskip("tvm")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    optc.compile(str(path), "cpu", str(tmp_path / "pkg"), inputs=feeds, options=optc.CompileOptions.of(measure=False))
+    got = list(optc.run(str(tmp_path / "pkg"), feeds).values())
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def _forest_attrs(prefix: str, n_targets: int) -> dict:
+    """Two trees over 3 features; node ids not in order (tree 1: 0, 5, 7). Tree 0: x0 <= 0.5
+    (false: leaf 2), then x1 < 2 (leaves 3, 4). Tree 1: x2 > 1, NaN going true (leaves 5, 7).
+    Leaf weights spread over the targets, some leaves adding to two of them."""
+    leaves = [(0, 2), (0, 3), (0, 4), (1, 5), (1, 7)]
+    tids = [t for t, _ in leaves for _ in range(2)]
+    nids = [n for _, n in leaves for _ in range(2)]
+    ids = [k % n_targets for k in range(len(tids))]
+    return {"nodes_treeids": [0, 0, 0, 0, 0, 1, 1, 1], "nodes_nodeids": [0, 1, 2, 3, 4, 0, 5, 7],
+            "nodes_featureids": [0, 1, 0, 0, 0, 2, 0, 0], "nodes_values": [0.5, 2.0, 0, 0, 0, 1.0, 0, 0],
+            "nodes_modes": ["BRANCH_LEQ", "BRANCH_LT", "LEAF", "LEAF", "LEAF", "BRANCH_GT", "LEAF", "LEAF"],
+            "nodes_truenodeids": [1, 3, 0, 0, 0, 5, 0, 0], "nodes_falsenodeids": [2, 4, 0, 0, 0, 7, 0, 0],
+            "nodes_missing_value_tracks_true": [0, 0, 0, 0, 0, 1, 0, 0],
+            f"{prefix}_treeids": tids, f"{prefix}_nodeids": nids, f"{prefix}_ids": ids,
+            f"{prefix}_weights": [0.25 * (k + 1) for k in range(len(tids))]}
+
+
+X = np.array([[0.0, 1.0, 0.0], [0.0, 3.0, 2.0], [1.0, 2.0, np.nan], [0.4, -5.0, 1.0], [0.9, 0.0, 1.5]], np.float32)
+
+
+def _classifier(labels=(3, 7, 11), post="SOFTMAX", **extra):
+    vi = h.make_tensor_value_info
+    node = h.make_node("TreeEnsembleClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml",
+                       classlabels_int64s=list(labels), post_transform=post,
+                       base_values=[0.1 * k for k in range(len(labels))], **_forest_attrs("class", len(labels)), **extra)
+    return _model([node], [vi("x", T.FLOAT, [5, 3])], [vi("label", T.INT64, [5]), vi("scores", T.FLOAT, [5, len(labels)])])
+
+
+@pytest.mark.parametrize("post", ["NONE", "SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO"])
+def test_tree_ensemble_classifier_matches_onnxruntime(tmp_path, post):
+    _compile_and_compare(_classifier(post=post), tmp_path, {"x": X})
+
+
+@pytest.mark.parametrize("aggregate", ["SUM", "AVERAGE"])
+def test_tree_ensemble_regressor_matches_onnxruntime(tmp_path, aggregate):
+    vi = h.make_tensor_value_info
+    node = h.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=2,
+                       aggregate_function=aggregate, base_values=[0.5, -1.0], **_forest_attrs("target", 2))
+    model = _model([node], [vi("x", T.FLOAT, [5, 3])], [vi("y", T.FLOAT, [5, 2])])
+    _compile_and_compare(model, tmp_path, {"x": X})
+
+
+def test_linear_classifier_scaler_normalizer_chain_matches_onnxruntime(tmp_path):
+    """Scaler -> LinearClassifier (LOGISTIC) -> Normalizer L1 on the scores, and a
+    LinearRegressor beside it: the graph skl2onnx writes for a scaled LogisticRegression."""
+    vi = h.make_tensor_value_info
+    rng = np.random.default_rng(0)
+    nodes = [h.make_node("Scaler", ["x"], ["s"], domain="ai.onnx.ml", offset=[0.5, -1.0, 2.0], scale=[2.0, 0.5, 1.0]),
+             h.make_node("LinearClassifier", ["s"], ["label", "raw"], domain="ai.onnx.ml", classlabels_ints=[0, 1, 2, 9],
+                         coefficients=rng.standard_normal(12).tolist(), intercepts=[0.1, -0.2, 0.3, 0.0],
+                         post_transform="LOGISTIC"),
+             h.make_node("Normalizer", ["raw"], ["p"], domain="ai.onnx.ml", norm="L1"),
+             h.make_node("Normalizer", ["s"], ["n2"], domain="ai.onnx.ml", norm="L2"),
+             h.make_node("LinearRegressor", ["s"], ["r"], domain="ai.onnx.ml", targets=2,
+                         coefficients=rng.standard_normal(6).tolist(), intercepts=[1.0, 2.0])]
+    model = _model(nodes, [vi("x", T.FLOAT, [4, 3])],
+                   [vi("label", T.INT64, [4]), vi("p", T.FLOAT, [4, 4]), vi("n2", T.FLOAT, [4, 3]), vi("r", T.FLOAT, [4, 2])])
+    _compile_and_compare(model, tmp_path, {"x": rng.standard_normal((4, 3)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"labels": (0, 1)}, "2-class models are not lowered"),
+    ({"post": "PROBIT"}, "post_transform PROBIT"),
+])
+def test_tree_ensemble_classifier_forms_refused_by_name(tmp_path, change, message):
+    model = _classifier(**{"labels": (3, 7, 11), "post": "NONE", **change})
+    with pytest.raises(UnsupportedModelError, match=message):
+        _compile_and_compare(model, tmp_path, {"x": X})
+
+
+def test_string_labels_and_min_aggregation_refused_by_name(tmp_path):
+    vi = h.make_tensor_value_info
+    node = h.make_node("LinearClassifier", ["x"], ["label", "raw"], domain="ai.onnx.ml",
+                       classlabels_strings=["a", "b", "c"], coefficients=[1.0] * 9)
+    model = _model([node], [vi("x", T.FLOAT, [5, 3])], [vi("label", T.STRING, [5]), vi("raw", T.FLOAT, [5, 3])])
+    with pytest.raises(UnsupportedModelError, match="STRING \\(output 'label'\\)"):
+        _compile_and_compare(model, tmp_path / "s", {"x": X})
+    from optc.backends.tvm.ml_ops import class_labels
+
+    with pytest.raises(ValueError, match="string class labels"):  # the converter's own guard
+        class_labels({"classlabels_strings": [b"a", b"b", b"c"]}, "LinearClassifier")
+    node = h.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=2,
+                       aggregate_function="MIN", **_forest_attrs("target", 2))
+    model = _model([node], [vi("x", T.FLOAT, [5, 3])], [vi("y", T.FLOAT, [5, 2])])
+    with pytest.raises(UnsupportedModelError, match="aggregate_function MIN"):
+        _compile_and_compare(model, tmp_path / "m", {"x": X})
+
+
+def test_legacy_forest_paths_and_bad_structure():
+    """The paths and weights of the forest above; a child id that names no node and a cycle are
+    refused (ValueError: a named refusal in a converter)."""
+    from optc.backends.tvm.ml_ops import legacy_forest
+
+    feats, splits, modes, tracks, paths, trees, w = legacy_forest(_forest_attrs("target", 2), "target", 2)
+    assert sorted(trees) == [0, 0, 0, 1, 1]
+    assert feats.tolist() == [0, 1, 2] and splits.tolist() == [0.5, 2.0, 1.0] and modes.tolist() == [0, 1, 3]
+    assert tracks.tolist() == [False, False, True]
+    assert sorted(map(tuple, paths)) == sorted([((0, False),), ((0, True), (1, True)), ((0, True), (1, False)),
+                                                ((2, True),), ((2, False),)])
+    assert w.shape == (5, 2) and np.isclose(w.sum(), sum(0.25 * (k + 1) for k in range(10)))
+    bad = _forest_attrs("target", 2)
+    bad["nodes_falsenodeids"] = [2, 9, 0, 0, 0, 7, 0, 0]
+    with pytest.raises(ValueError, match="does not exist"):
+        legacy_forest(bad, "target", 2)
+    bad = _forest_attrs("target", 2)
+    bad["nodes_modes"] = ["BRANCH_LEQ", "BRANCH_LT", "BRANCH_LEQ", "LEAF", "LEAF", "BRANCH_GT", "LEAF", "LEAF"]
+    bad["nodes_truenodeids"] = [1, 3, 0, 0, 0, 5, 0, 0]  # node 2 -> node 0 -> node 2: no root for tree 0
+    with pytest.raises(ValueError, match="cycle|no root"):
+        legacy_forest(bad, "target", 2)
+
+
+def test_coefficients_that_do_not_fit_the_features_are_refused_by_name(tmp_path):
+    vi = h.make_tensor_value_info
+    node = h.make_node("LinearRegressor", ["x"], ["y"], domain="ai.onnx.ml", targets=1, coefficients=[1.0] * 5)
+    model = _model([node], [vi("x", T.FLOAT, [5, 3])], [vi("y", T.FLOAT, [5, 1])])
+    with pytest.raises(UnsupportedModelError, match="5 coefficients for 1 rows of 3 features"):
+        _compile_and_compare(model, tmp_path, {"x": np.zeros((5, 3), np.float32)})
