@@ -39,6 +39,43 @@ def make_graph_model(nodes, inputs, outputs, inits: dict, opset: int = 17) -> on
     return model
 
 
+def compile_and_compare(model: onnx.ModelProto, tmp_path: Path, feeds: dict, *, atol: float = 1e-5,
+                        rtol: float = 1e-7, same_dtype: bool = False) -> None:
+    """``optc.compile`` of ``model`` for cpu (its own verification included) and ``optc.run`` on
+    ``feeds``, each output compared with onnxruntime's on the same feeds."""
+    import onnxruntime as ort
+
+    import optc
+
+    pytest.importorskip("tvm")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    optc.compile(str(path), "cpu", str(tmp_path / "pkg"), inputs=feeds, options=optc.CompileOptions.of(measure=False))
+    got = list(optc.run(str(tmp_path / "pkg"), feeds).values())
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for g, w in zip(got, want, strict=True):
+        assert not same_dtype or g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, atol=atol, rtol=rtol)
+
+
+def make_qlinear_conv_model(inits: dict, x_shape: list[int], y_shape: list[int], name: str = "conv",
+                            **conv_attrs) -> onnx.ModelProto:
+    """Q -> QLinearConv -> DQ (a hand-written QOperator model, checked) on the initializers
+    ``xs xz w ws wz ys yz`` and, when given, the int32 bias ``b``."""
+    conv_in = ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"] + (["b"] if "b" in inits else [])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q"),
+             helper.make_node("QLinearConv", conv_in, ["yq"], name=name, **conv_attrs),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"], name="dq")]
+    graph = helper.make_graph(nodes, "qconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def make_unsupported_ops_model() -> onnx.ModelProto:
     """x [3, 3] -> Relu (node relu) -> com.acme::Custom (custom_1) -> com.acme::Custom (custom_2)
     -> RandomNormalLike (noise) -> y: an unknown domain's op twice and a standard op that no

@@ -13,6 +13,7 @@ from onnx import helper as h
 from onnx import numpy_helper
 
 import optc
+from tests.conftest import compile_and_compare
 from optc.errors import UnsupportedModelError
 
 ort = pytest.importorskip("onnxruntime")
@@ -27,15 +28,7 @@ def _model(node, inputs, outputs, opsets) -> onnx.ModelProto:
 
 
 def _compile_and_compare(model, tmp_path, feeds) -> None:
-    pytest.importorskip("tvm")
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
-    optc.compile(str(path), "cpu", str(tmp_path / "pkg"), inputs=feeds, options=optc.CompileOptions.of(measure=False))
-    got = list(optc.run(str(tmp_path / "pkg"), feeds).values())
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, atol=1e-5)
+    compile_and_compare(model, tmp_path, feeds)
 
 
 def _trees(aggregate=0, n_targets=2):

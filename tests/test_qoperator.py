@@ -17,6 +17,7 @@ from optc.errors import VerificationError
 from optc.passes.quant import tolerance
 from optc.passes.quant.qoperator import EXPANDED, expand_qoperator, qoperator_nodes
 from optc.pipeline import instantiate, parse_pipeline
+from tests.conftest import make_qlinear_conv_model
 
 ortq = pytest.importorskip("onnxruntime.quantization")
 
@@ -108,17 +109,7 @@ def qlinear_conv_model() -> onnx.ModelProto:
              "ws": rng.uniform(0.005, 0.01, 4).astype(np.float32), "wz": np.zeros(4, np.int8),
              "ys": np.array(0.05, np.float32), "yz": np.array(-3, np.int8),
              "b": rng.integers(-2000, 2000, 4).astype(np.int32)}
-    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q"),
-             helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["yq"],
-                              name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"], name="dq")]
-    graph = helper.make_graph(nodes, "qconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return make_qlinear_conv_model(inits, [1, 3, 6, 6], [1, 4, 6, 6], pads=[1, 1, 1, 1])
 
 
 def test_hand_written_qlinear_conv_expands_exactly():

@@ -38,6 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import optc
 from optc.pipeline import instantiate, parse_pipeline
+from tests.conftest import make_qlinear_conv_model
 
 pytest.importorskip("onnxruntime")
 
@@ -353,16 +354,7 @@ def _u8s8_qlinear_conv_model() -> onnx.ModelProto:
     inits = {"xs": np.array(1 / 255, np.float32), "xz": np.array(0, np.uint8),
              "w": np.full((2, 4, 1, 1), 127, np.int8), "ws": np.array(1 / 127, np.float32),
              "wz": np.array(0, np.int8), "ys": np.array(4 / 255, np.float32), "yz": np.array(0, np.uint8)}
-    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q"),
-             helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["yq"], name="qconv"),
-             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"], name="dq")]
-    graph = helper.make_graph(nodes, "u8s8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return make_qlinear_conv_model(inits, [1, 4, 3, 3], [1, 2, 3, 3], name="qconv")
 
 
 def test_u8s8_saturation_note_names_the_nodes_on_a_cpu_without_vnni(tmp_path):
