@@ -233,6 +233,7 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
     from .empty_tensors import replace_empty_nodes
     from .norm_fusion import fuse_layer_norms
     from .static_operands import constants_for_static_operands
+    from .weight_folding import fold_constant_dequantize
 
     try:
         model, _ = expand.expand_functions(model, _convertible())
@@ -251,6 +252,7 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target
     model = constants_for_static_operands(model)  # shapes/axes as compile-time constants
     model, _ = replace_empty_nodes(model)  # nodes whose outputs have no elements: empty tensors
     shape_dict = {s.name: list(s.shape) for s in inputs}
+    model, _ = fold_constant_dequantize(model)  # QDQ weights of layers left in float: constants
     model, _ = fuse_layer_norms(model, shape_dict)  # written-out layer norms as one kernel
     dtype_dict = {s.name: s.dtype for s in inputs}
     scope = tvm_target(target) if target is not None else contextlib.nullcontext()
