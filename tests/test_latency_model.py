@@ -108,6 +108,31 @@ def test_depthwise_int8_runs_at_the_int32_rate_even_with_sdot():
     assert lat["layers"][0]["kernel"] == "int8-int32" and "sdot" not in lat["rates"]["int8-int32"]["kernel"]
 
 
+def test_layers_without_a_cost_model_are_named_in_the_modeled_latency():
+    """A roofline counts only what it has a model for: a tree ensemble (its trees live in
+    attributes: no MACs, no bytes) made the modeled latency 0.000 ms without a word. The ops
+    it cannot count are now listed; data movement and costed ops are not."""
+    from onnx import TensorProto, helper
+
+    tree = helper.make_node("TreeEnsembleRegressor", ["x"], ["t"], domain="ai.onnx.ml", n_targets=1,
+                            nodes_treeids=[0], nodes_nodeids=[0], nodes_featureids=[0], nodes_values=[0.0],
+                            nodes_modes=["LEAF"], nodes_truenodeids=[0], nodes_falsenodeids=[0],
+                            target_ids=[0], target_nodeids=[0], target_treeids=[0], target_weights=[1.0])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "s"], ["y"]), tree]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8]),
+                               helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 1])],
+                              [onnx.numpy_helper.from_array(np.array([8], np.int64), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    summary = analysis.summarize(model)
+    assert analysis.uncounted_ops(summary["layers"]) == {"TreeEnsembleRegressor": 1}
+    lat = latency_model.modeled_latency(get_target("arm"), summary)
+    assert lat["uncounted_ops"] == {"TreeEnsembleRegressor": 1} and "TreeEnsembleRegressor x1" in lat["how"]
+    plain = latency_model.modeled_latency(get_target("arm"), {"layers": [d for d in summary["layers"]
+                                                                          if d["op"] != "TreeEnsembleRegressor"]})
+    assert "uncounted_ops" not in plain and "not counted" not in plain["how"]
+
+
 def test_binary_layers_count_bit_operations():
     from tests.test_energy import _optc_model
 

@@ -34,6 +34,11 @@ _ELEMENTWISE_FLOPS = {
     "InstanceNormalization": 5, "LayerNormalization": 5, "Where": 1,
 }
 _POOL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax"}
+# ops that move or reinterpret data without arithmetic: bytes only, by design
+DATA_MOVEMENT = {"Reshape", "Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND",
+                 "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "CastLike", "Shape", "Size", "Expand",
+                 "Tile", "Pad", "DepthToSpace", "SpaceToDepth", "ScatterND", "ScatterElements", "ConstantOfShape",
+                 "QuantizeLinear", "DequantizeLinear", "Dropout"}
 
 
 @dataclass
@@ -218,6 +223,18 @@ def _layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
             output_shape=list(out_shape), arith="int8" if op in _INTEGER_OPS else "fp32",
         ))
     return layers
+
+
+def uncounted_ops(layers: list[LayerCost] | list[dict]) -> dict[str, int]:
+    """Op type -> layers of that type that no cost model above covers (no MACs, no FLOPs, not
+    data movement): their arithmetic counts 0 in a roofline, only their bytes (a tree ensemble,
+    whose trees live in attributes, counts nothing at all)."""
+    out: dict[str, int] = {}
+    for layer in layers:
+        get = layer.get if isinstance(layer, dict) else lambda k, d=None, c=layer: getattr(c, k, d)
+        if not get("macs") and not get("flops") and get("op") not in DATA_MOVEMENT and get("op") != "If":
+            out[get("op")] = out.get(get("op"), 0) + 1
+    return out
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:

@@ -162,12 +162,19 @@ def modeled_latency(target, summary: dict) -> dict:
         launch = {"launch_ms": peak.launch_us * 1e-3 * len(summary["layers"])}
         ms += launch["launch_ms"]
         how += f", plus {peak.launch_us:g} us launch cost per layer ({len(summary['layers'])} layers)"
+    from .analysis import uncounted_ops
+
+    uncounted = uncounted_ops(summary["layers"])
+    if uncounted:
+        how += ("; not counted (no cost model: bytes only, so the bound is looser): "
+                + ", ".join(f"{op} x{n}" for op, n in sorted(uncounted.items())))
     return {
         "method": "modeled",
         "median_ms": ms,
         "modeled_from": "roofline",
         "label": LABEL_ROOFLINE,
         "how": how + "; real hardware is slower (untuned code reaches a fraction of peak)",
+        **({"uncounted_ops": uncounted} if uncounted else {}),
         "source": peak.source + (f"; {peak.core_source}" if getattr(peak, "core_source", "") else ""),
         "roofline_ms": ms,
         **launch,
