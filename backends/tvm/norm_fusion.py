@@ -98,19 +98,18 @@ def fuse_layer_norms(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> tu
     (a new model; ``model`` is not changed), and how many were fused. ``shapes``: the
     static input shapes the build binds, from which ONNX shape inference gives the normalized
     axis' length."""
+    from optc.errors import InvalidModelError
+    from optc.frontend import bind_input_shapes
+    from optc.onnx_utils import infer_shapes
+
     if not any(n.op_type == "ReduceMean" for n in model.graph.node):
         return model, 0
-    bound = onnx.ModelProto()
-    bound.CopyFrom(model)
-    for value in bound.graph.input:
-        if value.name in shapes and value.type.HasField("tensor_type"):
-            dims = value.type.tensor_type.shape.dim
-            del dims[:]
-            for n in shapes[value.name]:
-                dims.add().dim_value = int(n)
     try:
-        inferred = onnx.shape_inference.infer_shapes(bound)
-    except Exception:  # noqa: BLE001 - no shapes, no fusion: the ops are imported as written
+        bound, _ = bind_input_shapes(model, {k: tuple(v) for k, v in shapes.items()})
+    except InvalidModelError:
+        return model, 0
+    inferred = infer_shapes(bound, fallback=False)
+    if inferred is None:  # no shapes, no fusion: the ops are imported as written
         return model, 0
     ir_model = ir.serde.deserialize_model(inferred)
     count = _rules().apply_to_model(ir_model)

@@ -1253,7 +1253,7 @@ def _rule_row_reduction(func, target, params):  # noqa: ARG001
     vw = _vector_width(width, params.lanes(sch.get(out).writes[0].source.dtype))
     if vw < 4 or not _row_reductions(sch, infos, width):
         return None
-    partial = []  # (block computing vw partial sums per row, the block adding them)
+    partial = []  # the blocks computing vw partial sums per row (rfactor)
     for b in infos:
         if not b.is_injective():
             _, ki = sch.split(sch.get_loops(b.block_rv)[-1], [None, vw])

@@ -39,15 +39,14 @@ def fold_constant_dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, i
     out.CopyFrom(model)
     # DequantizeLinear 10/13 are 19 without its float8 types (the reference implements 19 and later)
     opsets = {o.domain: o.version for o in model.opset_import}
-    folded = set()
     for node in found:
         result = helper.make_tensor_value_info(node.output[0], inits[node.input[1]].data_type, None)
         sub = helper.make_model(helper.make_graph([node], "dq", [], [result], [inits[i] for i in node.input if i]),
                                 opset_imports=[helper.make_opsetid("", max(19, opsets.get("", opsets.get("ai.onnx", 13))))])
         value = ReferenceEvaluator(sub).run(None, {})[0]
         out.graph.initializer.append(numpy_helper.from_array(np.asarray(value), node.output[0]))
-        folded.add(id(node))
-    kept = [n for n, orig in zip(out.graph.node, model.graph.node) if id(orig) not in folded]
+    folded = {node.output[0] for node in found}
+    kept = [n for n in out.graph.node if n.output[0] not in folded or n.op_type != "DequantizeLinear"]
     del out.graph.node[:]
     out.graph.node.extend(kept)
     return out, len(found)
