@@ -9,45 +9,40 @@ from __future__ import annotations
 
 
 class OptcError(Exception):
-    """Base class: a problem the user can fix, reported without a traceback."""
+    """Base class: a problem the user can fix, reported without a traceback. A subclass sets
+    its ``exit_code`` in its class statement (``class X(OptcError, exit_code=3)``); the codes
+    and what they mean are listed in ``EXIT_CODES``."""
 
     exit_code = 2
+
+    def __init_subclass__(cls, exit_code: int | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
 
 class InvalidModelError(OptcError):
     """The file is not a readable/valid ONNX model, or its inputs do not fit the request."""
 
-    exit_code = 2
-
 
 class UsageError(OptcError):
     """Wrong arguments: unknown pass/target, malformed pipeline text, existing output, ..."""
 
-    exit_code = 2
 
-
-class UnsupportedModelError(OptcError):
+class UnsupportedModelError(OptcError, exit_code=3):
     """The model uses operators the chosen backend cannot lower (all are listed at once)."""
 
-    exit_code = 3
 
-
-class VerificationError(OptcError):
+class VerificationError(OptcError, exit_code=4):
     """The compiled artifact disagrees with onnxruntime beyond the tolerance."""
 
-    exit_code = 4
 
-
-class ToolchainError(OptcError):
+class ToolchainError(OptcError, exit_code=5):
     """A required external tool (cross compiler, qemu, TVM feature) is missing or failed."""
 
-    exit_code = 5
 
-
-class BudgetError(OptcError):
+class BudgetError(OptcError, exit_code=6):
     """An artifact misses one or more budgets of ``optc check``."""
-
-    exit_code = 6
 
 
 class InternalError(Exception):

@@ -79,23 +79,25 @@ def _arm(name, mcpu, mattr, desc, peak, aliases=()):
     )
 
 
+_A53_CORE_SOURCE = (
+    "Cortex-A53 TRM: in-order, dual issue (<= 2 instructions/cycle); 64-bit NEON datapath: a widening int8 "
+    "multiply-accumulate (SMLAL, 4 x int32) every 2 cycles = 2 MACs/cycle, no dot product (ARMv8.0); optc's "
+    "int8 conv/dense kernels (SMULL 8B -> 8 x int16, also a 128-bit result, + SADALP): 8 MACs every 2 cycles "
+    "= 4 MACs/cycle by the same datapath reasoning (not checked against an A53 timing table; an upper bound "
+    "keeps the roofline a lower bound); popcount: one 64-bit CNT + accumulate per cycle at best")
+_A72_CORE_SOURCE = (
+    "Cortex-A72 Software Optimization Guide (UAN 0016A): 3-wide decode (<= 3 instructions/cycle); ASIMD "
+    "integer multiply only on pipe F0: one SMLAL/SMLAL2 (4 x int32 widening multiply-accumulate) per cycle "
+    "= 4 MACs/cycle (int32 kernels: depthwise, ConvInteger); ARMv8.0 has no SDOT: optc's int8 conv/dense "
+    "kernels use SMULL 8B (8 int8 x int8 -> int16 products, F0, 1/cycle) + SADALP (int16 pairs into int32, "
+    "F1, 1/cycle; pipes as in LLVM's AArch64SchedA57.td, which LLVM also uses for the A72) = 8 MACs/cycle "
+    "at best; popcount: one 128-bit CNT + accumulate per cycle at best")
 _A53 = Peak(1.2, 4, 4, 2.0, "Raspberry Pi 3B: 4x Cortex-A53 @1.2 GHz; A53 NEON 1x64-bit FMA/cycle = 4 fp32 FLOP/cycle; ~2 GB/s sustained LPDDR2",
             issue_width=2, int32_macs_per_cycle=2, int8_widening_macs_per_cycle=4, binary_ops_per_cycle=64,
-            core_source="Cortex-A53 TRM: in-order, dual issue (<= 2 instructions/cycle); 64-bit NEON datapath: "
-                        "a widening int8 multiply-accumulate (SMLAL, 4 x int32) every 2 cycles = 2 MACs/cycle, no "
-                        "dot product (ARMv8.0); optc's int8 conv/dense kernels (SMULL 8B -> 8 x int16, also a "
-                        "128-bit result, + SADALP): 8 MACs every 2 cycles = 4 MACs/cycle by the same datapath "
-                        "reasoning (not checked against an A53 timing table; an upper bound keeps the roofline a "
-                        "lower bound); popcount: one 64-bit CNT + accumulate per cycle at best")
+            core_source=_A53_CORE_SOURCE)
 _A72 = Peak(1.5, 8, 4, 4.0, "Raspberry Pi 4B: 4x Cortex-A72 @1.5 GHz; A72 2x64-bit FMA/cycle = 8 fp32 FLOP/cycle; ~4 GB/s sustained LPDDR4",
             issue_width=3, int32_macs_per_cycle=4, int8_widening_macs_per_cycle=8, binary_ops_per_cycle=128,
-            core_source="Cortex-A72 Software Optimization Guide (UAN 0016A): 3-wide decode (<= 3 instructions/cycle); "
-                        "ASIMD integer multiply only on pipe F0: one SMLAL/SMLAL2 (4 x int32 widening multiply-"
-                        "accumulate) per cycle = 4 MACs/cycle (int32 kernels: depthwise, ConvInteger); ARMv8.0 has "
-                        "no SDOT: optc's int8 conv/dense kernels use SMULL 8B (8 int8 x int8 -> int16 products, F0, "
-                        "1/cycle) + SADALP (int16 pairs into int32, F1, 1/cycle; pipes as in LLVM's "
-                        "AArch64SchedA57.td, which LLVM also uses for the A72) = 8 MACs/cycle at best; popcount: "
-                        "one 128-bit CNT + accumulate per cycle at best")
+            core_source=_A72_CORE_SOURCE)
 # The Neoverse N1 is built on the Cortex-A76 core: the same decode width, ASIMD pipes and so the
 # same per-core rates (only clock, cores and memory differ).
 _A76_CORE_RATES = dict(issue_width=4, int32_macs_per_cycle=4, int8_dot_macs_per_cycle=32, binary_ops_per_cycle=256)

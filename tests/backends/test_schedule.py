@@ -67,15 +67,9 @@ def _eltwise_model():
     """A broadcast elementwise chain: ((a * b + c) -> Sigmoid -> * a) -> Tanh -> Sub, Exp."""
     rng = np.random.default_rng(2)
     inits = {"c": (rng.standard_normal((1, 48, 1)) * 0.5).astype(np.float32)}
-    nodes = [
-        helper.make_node("Mul", ["a", "b"], ["ab"]),
-        helper.make_node("Add", ["ab", "c"], ["abc"]),
-        helper.make_node("Sigmoid", ["abc"], ["s"]),
-        helper.make_node("Mul", ["s", "a"], ["sa"]),
-        helper.make_node("Tanh", ["sa"], ["t"]),
-        helper.make_node("Sub", ["t", "b"], ["d"]),
-        helper.make_node("Exp", ["d"], ["y"]),
-    ]
+    chain = [("Mul", "a b", "ab"), ("Add", "ab c", "abc"), ("Sigmoid", "abc", "s"), ("Mul", "s a", "sa"),
+             ("Tanh", "sa", "t"), ("Sub", "t b", "d"), ("Exp", "d", "y")]
+    nodes = [helper.make_node(op, ins.split(), [out]) for op, ins, out in chain]
     return make_graph_model(nodes, [("a", [4, 48, 40]), ("b", [4, 48, 40])], [("y", [4, 48, 40])], inits)
 
 
