@@ -79,6 +79,13 @@ def attr(node: onnx.NodeProto | ir.Node, name: str, default: Any = None) -> Any:
     return default
 
 
+def attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    """All attributes of ``node`` by name, valued as :func:`attr` values them."""
+    from onnx.helper import get_attribute_value
+
+    return {a.name: get_attribute_value(a) for a in node.attribute}
+
+
 def int_attr(node: onnx.NodeProto, *names: str) -> int | None:
     """The first integer attribute of ``node`` among ``names`` (aliases, e.g. ``"act_bits",
     "abits"``), or None if there is none."""

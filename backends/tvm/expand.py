@@ -146,7 +146,7 @@ def expand_functions(model: onnx.ModelProto, convertible: set[str]) -> tuple[onn
                    and (n.op_type not in convertible or n.op_type in FORCE_EXPAND)}
         if not targets:
             break
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = infer_shapes(model)
         types = {vi.name: vi.type for vi in list(inferred.graph.input) + list(inferred.graph.value_info)
                  + list(inferred.graph.output)}
         types.update({t.name: helper.make_tensor_type_proto(t.data_type, list(t.dims))

@@ -46,7 +46,7 @@ import onnx
 import onnx_ir as ir
 from onnx import helper, numpy_helper
 
-from optc.onnx_utils import graph_reads
+from optc.onnx_utils import attrs, graph_reads
 from optc.pipeline import Pass, PassResult, register_pass
 
 __all__ = ["ExpandDynamicLSTM", "expand_dynamic_lstm", "dynamic_lstm_nodes", "dequantize_lstm_weight",
@@ -112,8 +112,7 @@ def _rewrite(node: onnx.NodeProto, inits: dict, taken: set) -> tuple[onnx.NodePr
 def _unsupported_node(node: onnx.NodeProto, ins: list[str]) -> str | None:
     """Why a node is left as it is (and refused by name): forms the spec reference
     (:func:`_run_lstm`) cannot check, so a rewrite of them could not be verified."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if why := _unsupported(None, None, attrs):
+    if why := _unsupported(None, None, attrs(node)):
         return f"{why} (the reference that verifies the rewrite covers the defaults only)"
     if ins[4]:
         return "sequence_lens (the reference that verifies the rewrite covers full sequences only)"

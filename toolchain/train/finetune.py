@@ -47,6 +47,7 @@ import numpy as np
 import onnx
 
 from ..errors import InvalidModelError, ToolchainError, UnsupportedModelError, UsageError
+from ..onnx_utils import attrs
 from . import TrainConfig
 
 __all__ = ["SUPPORTED_OPS", "onnx_to_torch", "finetune", "prune_finetune", "load_training_data",
@@ -81,10 +82,6 @@ def _load(model) -> onnx.ModelProto:
     return load_model(model)
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
 def onnx_to_torch(model: onnx.ModelProto | str | os.PathLike, *, trainable: Iterable[str] = (),
                   rebatch: bool = False):
     """A ``torch.nn.Module`` computing ``model`` (see the module doc for ops and parameters).
@@ -108,7 +105,7 @@ def onnx_to_torch(model: onnx.ModelProto | str | os.PathLike, *, trainable: Iter
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     for n in graph.node:
         if n.op_type == "Constant":
-            a = _attrs(n)
+            a = attrs(n)
             if "value" not in a:
                 raise UnsupportedModelError(f"Constant node {n.name!r}: only tensor values are supported")
             inits[n.output[0]] = numpy_helper.to_array(a["value"])
@@ -134,7 +131,7 @@ def _node_attrs(node: onnx.NodeProto, graph: onnx.GraphProto, inits: dict) -> di
     """The node's attributes; a QuantizeLinear/DequantizeLinear also gets ``_constant``: whether
     it quantizes a constant (a weight: an initializer, or a QuantizeLinear of one), which decides
     the N of its LSQ gradient scale (the whole tensor, not one sample)."""
-    a = _attrs(node)
+    a = attrs(node)
     if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
         a["_constant"] = _computed_from_constants(node.input[0], graph, inits)
     return a
