@@ -50,6 +50,7 @@ from optc.passes import optc_ops
 from optc.passes.optc_ops import ConvGeometry
 
 from .lower import opaque_kernel
+from .schedule import ACC_SCOPE
 
 LANES = 8  # u64 lanes per vector (512 bits)
 PARALLEL_MIN_WORDS = 1 << 17  # less inner work than this (words x outputs) stays single-threaded
@@ -550,10 +551,10 @@ def schedule_dense(func, *, red_name: str, out_name: str, pack_names: tuple[str,
     if work >= PARALLEL_MIN_WORDS:
         sch.parallel(no)
     sch.compute_at(blk, ym)
-    sch.set_scope(blk, 0, "local")
+    sch.set_scope(blk, 0, ACC_SCOPE)
     if rf is not None:
         sch.compute_at(rf, ym)
-        sch.set_scope(rf, 0, "local")
+        sch.set_scope(rf, 0, ACC_SCOPE)
         spatial, red = _loops_under(sch, rf, ym)
         sch.reorder(*red, *spatial)
         sch.vectorize(spatial[-1])
@@ -634,7 +635,7 @@ def schedule_conv(func, blocks: ConvBlocks, *, n_out: int, ow: int, work: int, w
     sch.unroll(owi)
     blk = sch.get_sblock(red_name)
     sch.compute_at(blk, owo)
-    sch.set_scope(blk, 0, "local")
+    sch.set_scope(blk, 0, ACC_SCOPE)
     # Loops generated under owo: the spatial ones (ow_i, l) then the reductions, each only if
     # its extent is > 1.
     spatial, red = _loops_under(sch, blk, owo)

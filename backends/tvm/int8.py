@@ -38,7 +38,7 @@ or dense rows, x 16 channels), chosen per target by :func:`isa_of`:
   parallel loop; requantization (int64 multiply, rounding shift, zero point, clamp) runs on
   the tile before it is stored.
 * ``sdot`` (AArch64 with ``+dotprod``): the same tiling, the 16 lanes split into four
-  ``sdot`` 4 x 4 blocks (as TVM's ``ARM_DOT_4x4_i8_SDOT_INTRIN``, accumulator in the local
+  ``sdot`` 4 x 4 blocks (as TVM's ``ARM_DOT_4x4_i8_SDOT_INTRIN``, accumulator in the
   register tile), activations as s8.
 * ``smull`` (AArch64 without ``+dotprod``: Cortex-A72 / A53, ARMv8.0 NEON): activations as s8,
   each 16 x 4 block as eight :data:`SMULL_INTRIN` calls: ``smull`` (8 int8 x int8 -> int16
@@ -104,6 +104,7 @@ from optc.passes.optc_ops import ConvGeometry, conv_output_shape
 from optc.passes.quant.int_ops import Requant
 
 from .lower import call_kernel, conv_params, opaque_kernel, register_converter, register_if_available, static_shape
+from .schedule import ACC_SCOPE
 from .tensor_intrin import dot_desc, intrin_func, operands, pairs_desc
 
 LANES = 16  # output channels per block (one zmm of int32)
@@ -149,7 +150,7 @@ def isa_of(target) -> str:
 
 def _register_intrinsics() -> None:
     """optc's dot-product intrinsics. Descriptions as TVM's ``dot_16x4_vnni`` / ARM
-    ``sdot`` 4x4 ones but with the accumulator in ``local`` scope (the register tile);
+    ``sdot`` 4x4 ones but with the accumulator in the register tile's scope (``schedule.ACC_SCOPE``);
     the VNNI implementation passes the operands as <64 x i8> vectors, as
     ``llvm.x86.avx512.vpdpbusd.512`` wants since LLVM 22 (TVM's own passes <16 x i32>)."""
     from tvm.s_tir import TensorIntrin
@@ -670,11 +671,11 @@ def _inner_pairs(sch, blk, lane_loop, first, isa: str) -> None:
 
 
 def local_acc_at(sch, loop, **kw):
-    """The ``Acc`` block computed at ``loop`` into a ``local`` accumulator: (the block, its
+    """The ``Acc`` block computed at ``loop`` into a register-tile accumulator (``schedule.ACC_SCOPE``): (the block, its
     loops below ``loop``: each generated only where its extent is > 1)."""
     acc = sch.get_sblock("Acc")
     sch.compute_at(acc, loop, **kw)
-    sch.set_scope(acc, 0, "local")
+    sch.set_scope(acc, 0, ACC_SCOPE)
     loops = sch.get_loops(acc)
     at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(loop)))
     return acc, loops[at + 1:]
@@ -777,7 +778,7 @@ def schedule_depthwise(func, *, ow: int, work: int):
         sch.parallel(outer)
     acc = sch.get_sblock("Acc")
     sch.compute_at(acc, outer, preserve_unit_loops=True)  # (ow, kh, kw) even where one is 1 wide
-    sch.set_scope(acc, 0, "local")
+    sch.set_scope(acc, 0, ACC_SCOPE)
     loops = sch.get_loops(acc)
     owa, kh, kw = loops[-3], loops[-2], loops[-1]
     sch.reorder(kh, kw, owa)

@@ -15,8 +15,8 @@ with AVX2 (below), the int32 form on every other LLVM CPU (ARM, x86 without AVX2
 * ``Bc [Bt, K, Np]`` int32 = ``B - zp_b``, the columns padded with zeros to ``Np`` (a multiple
   of :data:`VEC`) so the inner loop is always a whole vector;
 * ``Acc[b, m, n] = sum_k (A[b, m, k] - zp_a) * Bc[b, k, n]``: loops ``b, m, n_outer, k,
-  n_inner``, the :data:`VEC` accumulators of one ``n_outer`` tile in registers (a ``local``
-  buffer), the inner loop vectorized (``vpmulld`` + ``vpaddd`` on AVX2, ``mla`` on NEON);
+  n_inner``, the :data:`VEC` accumulators of one ``n_outer`` tile in registers (a
+  ``schedule.ACC_SCOPE`` buffer), the inner loop vectorized (``vpmulld`` + ``vpaddd`` on AVX2, ``mla`` on NEON);
   ``(b, m)`` fused and parallel when the work is large enough (the heads x rows of attention);
 * ``Y`` (requantization, one int64 multiply-shift per output) computed per tile right after it.
 
@@ -40,6 +40,7 @@ import numpy as np
 from optc.passes.quant.int_ops import Requant
 
 from .lower import call_kernel, opaque_kernel, static_shape
+from .schedule import ACC_SCOPE
 from .tensor_intrin import dot_desc, intrin_func, operands
 
 VEC = 8  # int32 lanes per inner vector (one ymm; two q registers on NEON)
@@ -96,7 +97,7 @@ def schedule_matmul(func, *, work: int):
         sch.parallel(bm)
     acc = sch.get_sblock("Acc")
     sch.compute_at(acc, jo)
-    sch.set_scope(acc, 0, "local")
+    sch.set_scope(acc, 0, ACC_SCOPE)
     lane, k = sch.get_loops(acc)[-2:]
     sch.reorder(k, lane)
     sch.vectorize(lane)
@@ -116,7 +117,7 @@ def uses_pairs(isa: str) -> bool:
 
 def _pairs_intrin() -> None:
     """Register :data:`PAIRS_INTRIN`: ``C[i] += A[0] B[i, 0] + A[1] B[i, 1]`` for 8 lanes ``i``
-    (int16 operands, int32 accumulators in ``local`` scope) as one ``llvm.x86.avx2.pmadd.wd``."""
+    (int16 operands, int32 accumulators in ``schedule.ACC_SCOPE``) as one ``llvm.x86.avx2.pmadd.wd``."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 

@@ -11,7 +11,7 @@ backwards when bidirectional), loops serially over the steps holding ``h``/``c``
 buffers, and per step
 
 1. computes the recurrent GEMV ``h R^T`` for every gate output: the gate axis is cut into
-   register tiles of ``TILE_VECTORS`` SIMD vectors (accumulators in a ``local`` buffer),
+   register tiles of ``TILE_VECTORS`` SIMD vectors (accumulators in a ``schedule.ACC_SCOPE`` buffer),
    the reduction over ``H`` is a serial loop of broadcast
    FMAs over rows of ``R^T`` (``[D, H, G*H]``, so each row is contiguous);
 2. applies the cell (gates, activations with alpha/beta, clip, peepholes, input_forget,
@@ -38,6 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .schedule import ACC_SCOPE
 
 # SIMD vectors per register tile of the GEMV (AVX2: 8 x 8 floats in 8 of the 16 registers,
 # NEON: 8 x 4 floats of 32): on an AMD EPYC (AVX2, loaded machine) a 16-step LSTM ran 1.2x
@@ -86,7 +88,7 @@ def _f(v: float) -> str:
 
 class _Body:
     """Indented TVMScript lines, with fresh names for temporaries. Inside a vectorized loop
-    (``lane`` set) a temporary is a ``local`` buffer of the loop's width indexed by the lane
+    (``lane`` set) a temporary is a ``schedule.ACC_SCOPE`` buffer of the loop's width indexed by the lane
     (LLVM keeps it in registers): a let-bound scalar there is miscompiled by TVM 0.27's
     vectorizer (every lane gets the first lane's value)."""
 
@@ -174,7 +176,7 @@ def _vector_loops(body: _Body, ind: int, extent: int, width: int, emit) -> None:
         emit(sub, i + 1, j)
         body.count = sub.count
         for name in sub.temps:
-            body.add(i, f'{name} = T.alloc_buffer(({w},), "float32", scope="local")')
+            body.add(i, f'{name} = T.alloc_buffer(({w},), "float32", scope="{ACC_SCOPE}")')
         body.add(i, f"for ji in T.vectorized({w}):")
         body.lines += sub.lines
 
@@ -201,7 +203,7 @@ def _gemv(body: _Body, ind: int, spec: CellSpec, d: int, src: str, cols: tuple[i
         if spec.int8_weights:  # codes summed in float (exact products), scaled once per output
             weight, start = f'T.Cast("float32", {weight})', _f(0.0)
             final = f"{init('b', col)} + acc[ji] * rs[{d}, {col}]"
-        body.add(i, f'acc = T.alloc_buffer(({width},), "float32", scope="local")')
+        body.add(i, f'acc = T.alloc_buffer(({width},), "float32", scope="{ACC_SCOPE}")')
         body.add(i, f"for ji in T.vectorized({width}):")
         body.add(i + 1, f"acc[ji] = {start}")
         body.add(i, f"for k in T.serial({H}):")

@@ -28,8 +28,10 @@ Operand = tuple[tuple[int, ...], str, str]
 def operands(a: tuple[tuple[int, ...], str], b: tuple[tuple[int, ...], str],
              c_shape: tuple[int, ...]) -> tuple[Operand, Operand, Operand]:
     """The operands of an intrinsic: ``A`` and ``B`` (shape, dtype) in global scope, the int32
-    accumulators ``C`` (``c_shape``) in ``local`` scope (the register tile)."""
-    return (*a, "global"), (*b, "global"), (c_shape, "int32", "local")
+    accumulators ``C`` (``c_shape``) in the scope of a register tile (``schedule.ACC_SCOPE``)."""
+    from .schedule import ACC_SCOPE
+
+    return (*a, "global"), (*b, "global"), (c_shape, "int32", ACC_SCOPE)
 
 
 def intrin_func(ops: tuple[Operand, Operand, Operand], body: Callable[[Any, Any, Any], None]) -> PrimFunc:

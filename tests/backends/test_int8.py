@@ -185,7 +185,7 @@ def test_intrinsic_description_and_implementation_share_one_signature():
     def written(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), "int8", offset_factor=1)
         B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="global")  # schedule.ACC_SCOPE
         with T.sblock("root"):
             T.reads(C[0:4], A[0:4], B[0:4, 0:4])
             T.writes(C[0:4])
