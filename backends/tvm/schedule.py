@@ -465,8 +465,9 @@ def schedule_cpu(mod, target, log: list | None = None):
       matmul) is split to 1-2 vectors of the target's lanes and vectorized; the next output
       axis (width, rows) is split into a register tile so that ``rows x vectors`` accumulators
       fit the vector registers and unrolled; the remaining outer spatial loops are fused and
-      parallel; reduction loops sit between them. Accumulators live in a tile-sized local
-      buffer; the epilogue is inlined and computed per tile right after the reduction.
+      parallel; reduction loops sit between them. Accumulators live in a tile-sized buffer
+      (:data:`ACC_SCOPE`: a stack array LLVM keeps in registers); the epilogue is inlined
+      and computed per tile right after the reduction.
       Data-movement producers are inlined, padding is a separate parallel vectorized copy
       (read through an in-bounds test instead in depthwise convolutions where the copy would
       be large for their work: ``PAD_INLINE_RATIO``).
