@@ -19,6 +19,7 @@ from optc.onnx_utils import all_nodes  # noqa: F401 - callers use verify.all_nod
 
 from .errors import InvalidModelError
 from .frontend import TensorSpec
+from .reference_ops import exact_sigmoids, has_sigmoid
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
@@ -31,7 +32,8 @@ HALF_ULPS = 4
 def ort_session(model: onnx.ModelProto | str | Path, *, threads: int | None = None,
                 optimize: bool = False):
     """An onnxruntime CPU session; ``optimize=False`` disables graph optimizations (the most
-    literal reading of the model, used for references); True is what a user deploys with.
+    literal reading of the model, used for references, with Sigmoid computed by its formula:
+    :mod:`optc.reference_ops`); True is what a user deploys with.
     A model with ``ai.optc`` ops gets onnx's ReferenceEvaluator with optc's numpy ops instead
     (same ``run(None, feeds)`` call); so does a reference (``optimize=False``) for a model with
     MatMulInteger/ConvInteger (:data:`SPEC_REFERENCE_OPS`)."""
@@ -48,6 +50,9 @@ def ort_session(model: onnx.ModelProto | str | Path, *, threads: int | None = No
     if any(n.domain == "ai.optc" for n in all_nodes(proto.graph)) or (not optimize and _needs_spec_reference(proto)):
         return _OptcReferenceSession(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)))
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    if not optimize and has_sigmoid(proto):  # the reference's Sigmoid by its formula (optc.reference_ops)
+        exact = exact_sigmoids(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)))
+        src = exact.SerializeToString() if exact is not None else src
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
@@ -119,7 +124,8 @@ def reference_name(model: onnx.ModelProto) -> str:
                 "sums on CPUs without VNNI)")
     import onnxruntime as ort
 
-    return f"onnxruntime {ort.__version__} CPU, graph optimizations off"
+    sigmoid = ", Sigmoid as 1 / (1 + exp(-x))" if has_sigmoid(model) else ""
+    return f"onnxruntime {ort.__version__} CPU, graph optimizations off{sigmoid}"
 
 
 def reference_outputs(model: onnx.ModelProto | str | Path, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:

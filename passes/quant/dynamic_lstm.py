@@ -246,8 +246,20 @@ class DynamicQuantizeLSTMRef:
         return DynamicQuantizeLSTM
 
 
+# LSTM's default gate activations (f, g, h), per direction
+DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
+
+
+def _custom_activations(acts) -> bool:
+    """Whether an ``activations`` attribute asks for other than the defaults: converters (madmom's,
+    tf2onnx) often write ``[Sigmoid, Tanh, Tanh]`` (per direction) explicitly."""
+    names = [a.decode() if isinstance(a, bytes) else str(a) for a in acts or ()]
+    return len(names) % 3 != 0 or any(n.lower() != DEFAULT_ACTIVATIONS[i % 3] for i, n in enumerate(names))
+
+
 def _unsupported(x: np.ndarray, seq, attrs: dict) -> str | None:
-    if attrs.get("activations") or attrs.get("clip") or attrs.get("input_forget") or attrs.get("layout"):
+    if (_custom_activations(attrs.get("activations")) or attrs.get("clip") or attrs.get("input_forget")
+            or attrs.get("layout")):
         return "activations / clip / input_forget / layout attributes"
     if seq is not None and x is not None and np.any(np.asarray(seq) != x.shape[0]):
         return "sequence_lens shorter than the sequence"

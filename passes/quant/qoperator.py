@@ -38,6 +38,8 @@ EXPANDED: dict[tuple[str, str], str] = {
     (MS, "QLinearAveragePool"): "AveragePool",
     (MS, "QLinearLeakyRelu"): "LeakyRelu",
     (MS, "QLinearSigmoid"): "Sigmoid",
+    (MS, "QLinearSoftmax"): "Softmax",
+    (MS, "QLinearWhere"): "Where",
 }
 
 
@@ -64,8 +66,10 @@ def expand_qoperator_ir(model: ir.Model) -> dict:
 def expand_qoperator(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     """``model`` (a copy) with every QOperator node of its main graph expanded to QDQ form
     (:func:`expand_qoperator_ir`), at opset 13 or later (DequantizeLinear's ``axis``); and the
-    details."""
-    irm = ir.serde.deserialize_model(onnx.ModelProto.FromString(model.SerializeToString()))
+    details. Shapes are inferred first (QLinearSoftmax's plan reads its input's rank)."""
+    from optc.onnx_utils import infer_shapes
+
+    irm = ir.serde.deserialize_model(infer_shapes(onnx.ModelProto.FromString(model.SerializeToString())))
     details = expand_qoperator_ir(irm)
     out = ir.serde.serialize_model(irm)
     if details["expanded"] and any(op.domain in ("", "ai.onnx") and op.version < 13 for op in out.opset_import):

@@ -25,10 +25,11 @@ MS = "com.microsoft"
 @dataclass
 class Dq:
     """One DequantizeLinear: ``x`` with ``scale`` (a value, or a new constant's array and
-    its base name), ``zp`` (None: no zero point) and ``axis`` (None: per tensor)."""
+    its base name), ``zp`` (None: no zero point) and ``axis`` (None: per tensor); ``scale``
+    None: ``x`` is a float op's operand as it is (QLinearWhere's condition)."""
 
     x: ir.Value
-    scale: ir.Value | tuple[np.ndarray, str]
+    scale: ir.Value | tuple[np.ndarray, str] | None
     zp: ir.Value | None
     axis: int | None
     base: str
@@ -166,9 +167,41 @@ def _unary(node: ir.Node) -> Plan | str:
     return Plan(node, node.op_type.removeprefix("QLinear"), [Dq(x, xs, xz, None, f"{_base(node)}_x")], attrs, (ys, yz))
 
 
+def _softmax(node: ir.Node) -> Plan | str:
+    """(X, X_scale, X_zp, Y_scale, Y_zp), attributes ``axis`` (default -1) and ``opset``: the
+    Softmax version whose meaning of ``axis`` applies. Before 13 the input is coerced to 2-D
+    at ``axis`` (softmax over all axes from ``axis`` on), from 13 on it is one axis. The
+    Softmax written has the graph's opset; it is written when both readings agree: the same
+    side of 13, or ``axis`` the last axis (where they are the same)."""
+    x, xs, xz, ys, yz = (_in(node, i) for i in range(5))
+    if why := _per_tensor(xs, ys):
+        return why
+    axis, opset = node.attributes.get_int("axis", -1), node.attributes.get_int("opset", 0)
+    graph_opset = node.graph.opset_imports.get("", 0) if node.graph is not None else 0
+    rank = None if x.shape is None else len(x.shape)
+    last = axis == -1 or (rank is not None and axis == rank - 1)
+    if (opset < 13) != (graph_opset < 13) and not last:
+        return (f"opset={opset} softmax over axis {axis} of a rank-{rank} input in an opset-{graph_opset} graph "
+                "(the two readings of axis differ unless it is the last)")
+    attrs = [ir.AttrInt64("axis", axis)]
+    return Plan(node, "Softmax", [Dq(x, xs, xz, None, f"{_base(node)}_x")], attrs, (ys, yz))
+
+
+def _where(node: ir.Node) -> Plan | str:
+    """(condition, X, X_scale, X_zp, Y, Y_scale, Y_zp, Z_scale, Z_zp): Where on the dequantized
+    X and Y, the condition as it is."""
+    c, x, xs, xz, y, ys, yz, zs, zz = (_in(node, i) for i in range(9))
+    if why := _per_tensor(xs, ys, zs):
+        return why
+    base = _base(node)
+    return Plan(node, "Where", [Dq(c, None, None, None, f"{base}_c"), Dq(x, xs, xz, None, f"{base}_x"),
+                                Dq(y, ys, yz, None, f"{base}_y")], [], (zs, zz))
+
+
 # (domain, op) -> how its plan is made; the float op of each is .qoperator.EXPANDED's
 PLANS = {("", "QLinearConv"): _conv, ("", "QLinearMatMul"): _matmul, (MS, "QGemm"): _qgemm,
          (MS, "QLinearAdd"): _binary, (MS, "QLinearMul"): _binary, (MS, "QLinearConcat"): _concat,
+         (MS, "QLinearSoftmax"): _softmax, (MS, "QLinearWhere"): _where,
          **{(MS, op): _unary for op in ("QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearLeakyRelu",
                                         "QLinearSigmoid")}}
 
@@ -211,6 +244,8 @@ class ExpandQOperator(RewriteRuleClassBase):
 
     def _dq(self, op, d: Dq) -> ir.Value:
         fresh = self.fresh
+        if d.scale is None:  # an operand the float op takes as it is
+            return d.x
         if isinstance(d.scale, tuple):  # a new constant (a bias scale)
             name = fresh(d.scale[1])
             scale = op.initializer(ir.tensor(d.scale[0], name=name), name=name)
