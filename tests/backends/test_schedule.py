@@ -542,6 +542,25 @@ def test_filter_bank_convolution_is_vectorized_along_its_taps(tmp_path):
     assert any("conv1d" in name for name in rf) and not any("matmul" in name for name in rf), rf
 
 
+@pytest.mark.parametrize("filters, taps, parallel", [(257, 512, True), (33, 64, False)])
+def test_filter_bank_convolution_runs_in_parallel_from_its_own_threshold(filters, taps, parallel):
+    """Dot-product kernels sum across vector lanes (~4x fewer multiply-adds per second than a
+    register tile), so they run in parallel from a quarter of ``PARALLEL_MIN_WORK``:
+    openWakeWord's 257 x 512-tap STFT over 5 frames (2^19.3) does, a small one does not."""
+    from optc.backends.tvm import schedule
+
+    w = (np.random.default_rng(7).standard_normal((filters, 1, taps)) * 0.1).astype(np.float32)
+    frames, stride = 5, 160
+    length = (frames - 1) * stride + taps
+    model = make_graph_model([helper.make_node("Conv", ["x", "w"], ["y"], strides=[stride], kernel_shape=[taps])],
+                             [("x", [1, 1, length])], [("y", [1, filters, frames])], {"w": w})
+    work = filters * frames * taps
+    assert (work >= schedule.DOT_PARALLEL_MIN_WORK) == parallel and work < schedule.PARALLEL_MIN_WORK
+    conv = [f.script() for n, f in _prim_funcs(_scheduled(model)).items() if "conv1d" in n]
+    assert len(conv) == 1 and "_rf" in conv[0]  # the dot-product rule
+    assert ("T.parallel(" in conv[0]) == parallel
+
+
 def test_partial_row_tiles_on_a_prime_width_map(tmp_path):
     """A 13-wide map has no row count between 1 and 13 that divides it: the tile takes rows
     that do not divide it (the last tile partial) when that beats the divisor tiles, and the
