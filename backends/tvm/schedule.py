@@ -54,6 +54,12 @@ DOT_PARALLEL_MIN_WORK = PARALLEL_MIN_WORK // 4
 # kept as a copy: 3x3 on 14x14 (0.145) 63 -> 76 us, on 56x56 (0.12) 360 -> 420 us (781 -> 545
 # cold), 5x5 on 14x14 (0.066) 77 -> 88 us.
 PAD_INLINE_RATIO = 0.16
+# An injective producer read more than once by the blocks after it is inlined only while its
+# expression has at most this many nodes: inlining copies it into every read, so a chain of such
+# producers grows one expression exponentially (a 1,105-node Keras export, oskut-scads: a
+# 20-op float -> int32 index chain whose values each feed two or three later ops became one
+# expression whose TIR lowering took 40 s per function; compile 157 -> 36 s).
+INLINE_SHARED_MAX_NODES = 64
 # Desired number of parallel chunks per core (load balance vs. per-chunk overhead).
 CHUNKS_PER_CORE = 4
 
@@ -1380,8 +1386,10 @@ def _rule_injective(func, target, params):
     if not infos or not all(b.is_injective() for b in infos):
         return None
     blocks = [b.block_rv for b in infos]
-    # inline everything that can be inlined into its consumers
-    for b in blocks[:-1]:
+    # inline everything that can be inlined into its consumers (shared large values excepted)
+    for k, b in enumerate(blocks[:-1]):
+        if _shared_and_large(sch, b, blocks[k + 1:]):
+            continue
         try:
             sch.compute_inline(b)
         except Exception:  # noqa: BLE001
@@ -1389,6 +1397,23 @@ def _rule_injective(func, target, params):
     for b in _root_blocks(sch):
         _schedule_injective_block(sch, b, params)
     return sch.mod["main"]
+
+
+def _shared_and_large(sch, block, later) -> bool:
+    """Whether ``block``'s value is read more than once by the ``later`` blocks and has more
+    than :data:`INLINE_SHARED_MAX_NODES` expression nodes (it stays a buffer: inlined, it would
+    be copied into every read)."""
+    import tvm.ir.expr
+
+    store = _body_store(sch.get(block))
+    if store is None:
+        return False
+    reads = 0
+    for other in later:
+        other_store = _body_store(sch.get(other))
+        if other_store is not None:
+            reads += sum(1 for ld in _loads(other_store.value) if ld.source.same_as(store.buffer))
+    return reads > 1 and len(_collect(store.value, tvm.ir.expr.Expr)) > INLINE_SHARED_MAX_NODES
 
 
 def _rule_fallback(func, target, params):

@@ -255,6 +255,26 @@ def test_register_tile_accumulators_are_not_workspace_allocations():
     assert "TVMBackendAllocWorkspace" not in _kernel_llvm_ir(funcs[0])
 
 
+def test_shared_values_stay_buffers_instead_of_growing_one_expression():
+    """Inlining copies a producer into every read: a chain whose values are each read three
+    times (``y = y * y + y``, 6 times) became one expression of 3^6 copies (a 180 KB function;
+    a Keras export's index chain took 40 s of TIR lowering per function). Past
+    ``INLINE_SHARED_MAX_NODES`` nodes a shared value stays a buffer."""
+    from optc.backends.tvm import schedule
+
+    nodes, y = [], "x"
+    for k in range(6):
+        nodes += [helper.make_node("Mul", [y, y], [f"m{k}"]), helper.make_node("Add", [f"m{k}", y], [f"y{k}"])]
+        y = f"y{k}"
+    nodes.append(helper.make_node("Tanh", [y], ["out"]))
+    model = make_graph_model(nodes, [("x", [4, 16])], [("out", [4, 16])], {})
+    funcs = _prim_funcs(_scheduled(model))
+    assert len(funcs) == 1
+    text = next(iter(funcs.values())).script()
+    assert len(text) < 40 * 1024 and text.count("T.sblock(") > 1, len(text)
+    assert schedule.INLINE_SHARED_MAX_NODES < 3 ** 6
+
+
 def test_depthwise_tile_reuses_weight_vectors_over_rows():
     """A depthwise tile loads one input vector per FMA whatever its shape; only the weights
     are reused, across rows: as many rows as the registers left after the weights allow."""
