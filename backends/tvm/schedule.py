@@ -679,10 +679,17 @@ def _register_tile(v_extent: int, u_extent: int, lanes: int, params: "_Params",
         if (v_extent // vw) % m or (m > vm and m * vw * red_bytes > params.block_bytes):
             continue
         r = rows(m)
-        best = max(best, (m * per * r, _operand_fit(m, r, per, params), m, r), key=lambda b: (b[1][0], b[0], b[1][1]))
+        best = max(best, (m * per * r, _operand_fit(m, r, per, params), m, r), key=_fit_first)
     if best[0] < 8:
         best = _partial_rows_tile(best, (v_extent // vw, vw, vm), u_extent, per, params, red_bytes)
     return best[2], vw, best[3]
+
+
+def _fit_first(tile: tuple) -> tuple:
+    """Sort key of a (accumulators, :func:`_operand_fit`, vectors, rows) tile: tiles whose
+    operands fit first, then the most accumulators, then FMAs per load."""
+    (fits, per_load), acc = tile[1], tile[0]
+    return fits, acc, per_load
 
 
 def _operand_fit(m: int, r: int, per: int, params: "_Params") -> tuple[bool, float]:
@@ -711,7 +718,7 @@ def _partial_rows_tile(best, vectors: tuple, u_extent: int, per: int, params: "_
     axis, vector width, vectors a tile may have whatever its weight slice), as in
     :func:`_register_tile`."""
     count, vw, vm = vectors
-    found = (0, 0, 1, 1)
+    found = (0, (False, 0.0), 1, 1)
     for m in range(1, min(count, 4) + 1):
         if count % m or (m > vm and m * vw * red_bytes > params.block_bytes):
             continue
@@ -1406,14 +1413,14 @@ def _shared_and_large(sch, block, later) -> bool:
     import tvm.ir.expr
 
     store = _body_store(sch.get(block))
-    if store is None:
-        return False
+    if store is None or len(_collect(store.value, tvm.ir.expr.Expr)) <= INLINE_SHARED_MAX_NODES:
+        return False  # small (most producers): no need to scan the later blocks for reads
     reads = 0
     for other in later:
         other_store = _body_store(sch.get(other))
         if other_store is not None:
             reads += sum(1 for ld in _loads(other_store.value) if ld.source.same_as(store.buffer))
-    return reads > 1 and len(_collect(store.value, tvm.ir.expr.Expr)) > INLINE_SHARED_MAX_NODES
+    return reads > 1
 
 
 def _rule_fallback(func, target, params):
