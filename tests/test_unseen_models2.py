@@ -299,3 +299,14 @@ def test_float16_conv1d_conv_transpose_and_conv3d_are_rewritten():
     for shape in ("(1, 8, 16)", "(1, 3, 32)", "(1, 3, 3, 3, 3)"):
         assert shape in before and shape in after
     assert "output_padding=[0]" in after and "strides=[2]" in after
+
+
+def test_formula_reference_still_refuses_a_wrong_sigmoid():
+    """The formula reference is stricter, not looser: outputs of a wrong artifact (a Sigmoid
+    computed as tanh, or its ranking reversed) fail against it; the formula's own values pass."""
+    m, x = _sigmoid_topk_model(), np.random.default_rng(4).standard_normal((1, 64)).astype(np.float32)
+    v, i = verify.reference_outputs(m, {"x": x})
+    assert verify.compare([v, i], [v, i], ["v", "i"])["passed"]
+    wrong = np.sort(np.tanh(x))[:, ::-1][:, :8].astype(np.float32)
+    assert not verify.compare([wrong, i], [v, i], ["v", "i"])["passed"]
+    assert not verify.compare([v, i[:, ::-1].copy()], [v, i], ["v", "i"])["passed"]
