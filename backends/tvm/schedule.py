@@ -527,6 +527,8 @@ def schedule_cpu(mod, target, log: list | None = None):
 def _schedule_func(func, target, params):
     """(scheduled function or None, record): the first rule that applies wins; a rule that
     raises is recorded with its error and the next one is tried (correctness first)."""
+    if _no_iterations(func):
+        return None, {"rule": "empty"}
     failed = []
     for rule in (_rule_contraction, _rule_column_reduction, _rule_row_reduction, _rule_dlight, _rule_injective,
                  _rule_fallback):
@@ -539,6 +541,14 @@ def _schedule_func(func, target, params):
         if result is not None:
             return result, {"rule": rule.__name__.removeprefix("_rule_"), **({"failed": failed} if failed else {})}
     return None, {"rule": None, **({"failed": failed} if failed else {})}
+
+
+def _no_iterations(func) -> bool:
+    """Whether a loop of ``func`` runs zero times (a zero-size tensor's function: nothing to
+    compute, nothing to schedule; vectorizing a zero-extent loop is an error in TVM's build)."""
+    from tvm import tirx
+
+    return any(_int(loop.extent) == 0 for loop in _collect(func.body, tirx.For))
 
 
 def summarize_log(log: list) -> dict:
@@ -825,6 +835,8 @@ def _schedule_injective_block(sch, block, params, *, parallel=True):
     total = math.prod(extents)
     inner = extents[-1]
     vi = _vector_width(inner, lanes) if inner > 1 else 1
+    if vi > 1 and _has_if(_body_store(st).value):
+        vi = _within_index_period(st, vi)
     if vi < 4 and inner > lanes:
         vi = 1
     if vi > 1 and inner % vi == 0 and len(loops) > 1 and _has_if(_body_store(st).value):
@@ -862,6 +874,24 @@ def _schedule_injective_block(sch, block, params, *, parallel=True):
         sch.vectorize(fused)
     elif parallel and total >= PARALLEL_MIN_WORK:
         sch.parallel(fused)
+
+
+def _within_index_period(st, width: int) -> int:
+    """The vector width for a block with an ``if_then_else``, cut to divide every constant
+    period (``% c``, ``// c``) of its innermost axis in the block's indices. TVM cannot
+    vectorize a conditional and emits the loop as scalar code; LLVM's loop vectorizer then
+    if-converts it into masked loads, and on AVX-512 (16 float lanes) it took ``x[i % 8]``
+    across a 16-iteration loop for a contiguous load of 16 elements: a rotary embedding's
+    concatenated halves read past their 8-element period (wrong values, found by
+    verification). A loop of one period keeps every lane's index affine."""
+    from tvm.tirx import expr as texpr
+
+    axis = st.iter_vars[-1].var
+    for node in _collect(st.body, (texpr.FloorMod, texpr.FloorDiv)):
+        c = _int(node.b)
+        if c is not None and c > 1 and axis in _vars_in(node.a):
+            width = math.gcd(width, c)
+    return width
 
 
 # ----------------------------------------------------------------------------- rules

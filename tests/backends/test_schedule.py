@@ -784,3 +784,87 @@ def test_large_row_reductions_run_their_rows_in_parallel(tmp_path):
     scripts = [f.script() for f in _prim_funcs(_scheduled(model)).values()]
     width = f"T.int64({big[-1]})"
     assert sorted((width in s, "T.parallel" in s) for s in scripts) == [(False, False), (True, True)], scripts
+
+
+def _rotary_model():
+    """Rotary embedding of 8-element heads (2 x 3 x 32 -> 4 heads): each head's halves are
+    rotated by cos/sin and concatenated back. The fused function reads ``x[i % 8]`` under an
+    ``if_then_else`` (which half) along a 32-element innermost axis."""
+    rng = np.random.default_rng(3)
+    inits = {"shape4": np.array([2, 3, 4, 8], np.int64), "shape3": np.array([2, 3, 32], np.int64),
+             "cos": rng.standard_normal((2, 3, 1, 4)).astype(np.float32),
+             "sin": rng.standard_normal((2, 3, 1, 4)).astype(np.float32)}
+    nodes = [helper.make_node("Reshape", ["x", "shape4"], ["h"]),
+             helper.make_node("Split", ["h"], ["x1", "x2"], axis=-1, num_outputs=2),
+             helper.make_node("Mul", ["x1", "cos"], ["c1"]), helper.make_node("Mul", ["x2", "sin"], ["s2"]),
+             helper.make_node("Sub", ["c1", "s2"], ["re"]),
+             helper.make_node("Mul", ["x1", "sin"], ["s1"]), helper.make_node("Mul", ["x2", "cos"], ["c2"]),
+             helper.make_node("Add", ["s1", "c2"], ["im"]),
+             helper.make_node("Concat", ["re", "im"], ["r"], axis=-1),
+             helper.make_node("Reshape", ["r", "shape3"], ["y"])]
+    return make_graph_model(nodes, [("x", [2, 3, 32])], [("y", [2, 3, 32])], inits, opset=18)
+
+
+def test_conditional_blocks_vectorize_within_their_index_period(tmp_path):
+    """A block with an ``if_then_else`` is emitted as scalar code, and LLVM's loop vectorizer
+    on AVX-512 read ``x[i % 8]`` over 16 iterations as 16 contiguous elements (wrong values):
+    its vectors must not cross the period of ``% 8``. Checked in the schedule for an
+    AVX-512 target (on any host) and by verification where the host has AVX-512."""
+    from tvm import tirx
+
+    from optc.backends.tvm import schedule
+
+    target = tvm_target_avx512()
+    funcs = _prim_funcs(_scheduled_for(_rotary_model(), target))
+    conditional = [f for f in funcs.values() if "if_then_else" in f.script()]
+    assert conditional, sorted(funcs)
+    for f in conditional:
+        widths = [int(lp.extent) for lp in schedule._collect(f.body, tirx.For) if lp.kind == tirx.ForKind.VECTORIZED]
+        assert widths and max(widths) <= 8, widths
+    onnx.save(_rotary_model(), str(tmp_path / "m.onnx"))
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+
+
+def tvm_target_avx512():
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
+
+
+def _scheduled_for(model, tgt):
+    """As :func:`_scheduled` for a TVM target of choice (schedules only: nothing runs)."""
+    from tvm import relax
+
+    from optc.backends.tvm import lower, schedule
+
+    specs = [TensorSpec(i.name, "float32", tuple(d.dim_value for d in i.type.tensor_type.shape.dim))
+             for i in model.graph.input]
+    mod, params = lower.import_onnx(model, specs)
+    weights = mod["main"].params[len(specs):]
+    mod = relax.transform.BindParams("main", dict(zip(weights, params)))(mod)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    with tgt:
+        return schedule.relax_pipeline(tgt)(mod)
+
+
+def test_functions_of_zero_size_tensors_are_left_unscheduled():
+    """A zero-extent loop has nothing to compute; vectorizing one fails TVM's build
+    ("Failed to vectorize loop with extent 0"), as an empty ``Trilu``'s function did on AVX-512."""
+    from tvm.script import tirx as T
+
+    from optc.backends.tvm import schedule
+
+    @T.prim_func(private=True, s_tir=True)
+    def empty(x: T.Buffer((T.int64(0), T.int64(5)), "int64"), y: T.Buffer((T.int64(0), T.int64(5)), "int64")):
+        for i, j in T.grid(T.int64(0), T.int64(5)):
+            with T.sblock("copy"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                y[vi, vj] = x[vi, vj]
+
+    import tvm
+
+    log = []
+    mod = schedule.schedule_cpu(tvm.IRModule({"empty": empty}), tvm_target_avx512(), log)
+    assert log == [{"function": "empty", "rule": "empty"}]
+    assert "T.vectorized" not in mod["empty"].script()
