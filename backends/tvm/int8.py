@@ -33,7 +33,7 @@ or dense rows, x 16 channels), chosen per target by :func:`isa_of`:
 
 * ``vnni`` (x86 with ``avx512vnni``): the reduction's inner (16 lanes x 4 bytes) block is
   tensorized with optc's VNNI intrinsic (TVM's ``dot_16x4_vnni`` with the operand types LLVM 22
-  wants); a register tile of R output columns x 16 channels (R <= 16 zmm accumulators) stays in
+  wants); a register tile of R output columns x 16 channels (R <= MAX_TILE = 15 zmm accumulators) stays in
   registers over the whole (kh, kw, cb) reduction; (batch, channel block, output row) is the
   parallel loop; requantization (int64 multiply, rounding shift, zero point, clamp) runs on
   the tile before it is stored.
@@ -104,12 +104,15 @@ from optc.passes.optc_ops import ConvGeometry, conv_output_shape
 from optc.passes.quant.int_ops import Requant
 
 from .lower import call_kernel, conv_params, opaque_kernel, register_converter, register_if_available, static_shape
-from .schedule import ACC_SCOPE
+from .schedule import ACC_SCOPE, STACK_ALLOCA_BYTES
 from .tensor_intrin import dot_desc, intrin_func, operands, pairs_desc
 
 LANES = 16  # output channels per block (one zmm of int32)
 GROUP = 4  # input bytes per dot product
-MAX_TILE = 16  # output columns per register tile (accumulators; 16 + weights + broadcast < 32 zmm)
+# output columns per register tile: 16 int32 lanes (64 B) of accumulators each, below TVM's
+# stack-alloca limit (16 columns = 1 KB was a TVMBackendAllocWorkspace call per tile); 15 +
+# weights + broadcast < 32 zmm
+MAX_TILE = (STACK_ALLOCA_BYTES - 1) // (16 * 4)
 PARALLEL_MIN_MACS = 1 << 18  # less work than this stays single-threaded
 PARALLEL_MIN_ELEMS = 1 << 16  # the same for the (memory-bound) max pool, in input bytes read
 

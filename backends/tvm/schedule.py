@@ -428,6 +428,16 @@ def _vector_bits(target) -> int:
 # on a 1-channel 900x120 input 2.4 -> 1.3 ms, a 2x2 max pool over 900x120x32 1.2 -> 0.47 ms,
 # MiniLM's matmuls 4.7 -> 4.3 ms.
 ACC_SCOPE = "global"
+# Accumulators that hide the FMA latency (4 cycles x 2 FMAs per cycle, with a margin). Past
+# them a register tile is ranked by FMAs per loaded vector: on AVX-512's 24-accumulator budget
+# a 1x1 conv 256 -> 1024 on a 7x7 map took 16 vectors x 1 pixel (16 accumulators, 17 loads
+# per 16 FMAs) over 2 vectors x 7 pixels (14 accumulators, 9 loads per 14 FMAs). AVX2's
+# budget is 12: its tiles are unchanged.
+ACC_ENOUGH = 12
+# TVM's runtime::kMaxStackAlloca: LowerTVMBuiltin makes a "global" allocation of *fewer* bytes a
+# stack alloca, anything larger a TVMBackendAllocWorkspace call (per tile, inside the loop).
+# A register tile stays below it: on AVX-512 at most 15 zmm accumulators (16 x 64 B is 1 KB).
+STACK_ALLOCA_BYTES = 1024
 
 
 class _Params:
@@ -444,9 +454,12 @@ class _Params:
         # 32 vector registers on AVX-512 and AArch64: 24 accumulators, 8 for operands. 16 on
         # SSE/AVX2: 12 accumulators (an FMA takes its vector operand from memory, so one
         # broadcast and a few loaded vectors are all the operand registers a tile needs; the
-        # 6 x 2-vector sgemm kernels of BLAS libraries use the same split).
+        # 6 x 2-vector sgemm kernels of BLAS libraries use the same split). Every tile stays
+        # below STACK_ALLOCA_BYTES (``stack_vectors``): 15 accumulators on AVX-512 (24 were
+        # a workspace call per tile; open_nsfw 0.90x, DNSMOS 0.84x, PP-OCRv5 rec 0.91x at 1 thread).
         wide = self.vector_bits >= 512 or triple.startswith("aarch64")
-        self.acc_budget = 24 if wide else 12
+        self.stack_vectors = (STACK_ALLOCA_BYTES - 1) // (self.vector_bits // 8)
+        self.acc_budget = min(24 if wide else 12, self.stack_vectors)
         self.vector_registers = 32 if wide else 16
         cores = target.attrs.get("num-cores", None)
         self.cores = int(cores) if cores else 2
@@ -697,9 +710,10 @@ def _register_tile(v_extent: int, u_extent: int, lanes: int, params: "_Params",
 
 def _fit_first(tile: tuple) -> tuple:
     """Sort key of a (accumulators, :func:`_operand_fit`, vectors, rows) tile: tiles whose
-    operands fit first, then the most accumulators, then FMAs per load."""
+    operands fit first, then the most accumulators up to :data:`ACC_ENOUGH`, then FMAs per
+    load, then the most accumulators."""
     (fits, per_load), acc = tile[1], tile[0]
-    return fits, acc, per_load
+    return fits, min(acc, ACC_ENOUGH), per_load, acc
 
 
 def _operand_fit(m: int, r: int, per: int, params: "_Params") -> tuple[bool, float]:
@@ -765,7 +779,7 @@ def _depthwise_tile(v_extent: int, u_extent: int, lanes: int, params: "_Params")
     for m in (1, 2):
         if (v_extent // w) % m:
             continue
-        budget = (params.vector_registers - m * per) // (m * per)
+        budget = min(params.vector_registers - m * per, params.stack_vectors) // (m * per)
         r = _largest_divisor(u_extent, budget)
         if m * per * r < 8:  # no divisor gives 8 accumulators (38 = 2 x 19): a partial last tile
             r = min(u_extent, budget)
