@@ -130,6 +130,23 @@ GENERIC_X86 = Target(name="cpu-x86-64", backend="tvm-cpu", description="SSE2 onl
                     tvm={"kind": "llvm", "mcpu": "x86-64", "num-cores": 2})
 
 
+ICELAKE = Target(name="cpu-icelake", backend="tvm-cpu", description="AVX-512 VNNI (built, not run)",
+                 tvm={"kind": "llvm", "mcpu": "icelake-server", "num-cores": 2})
+
+
+def test_vnni_register_tile_is_a_stack_array():
+    """A tile of 16 columns x 16 int32 lanes is 1 KB, TVM's stack-alloca limit: it was a
+    TVMBackendAllocWorkspace call per tile (a 16-wide output row); MAX_TILE keeps tiles below."""
+    from optc.backends.tvm.schedule import STACK_ALLOCA_BYTES
+
+    assert int8.MAX_TILE * int8.LANES * 4 < STACK_ALLOCA_BYTES
+    model = _int_model("IntConv2d", (1, 16, 2, 16), "uint8", "uint8", n=32, kernel_shape=[1, 1])
+    ex, _ = lower.build(model, [TensorSpec("x", "uint8", (1, 16, 2, 16))], ICELAKE, embed_params=True)
+    ir = "\n".join(m.inspect_source("ll") for m in ex.mod.imports)
+    assert "vpdpbusd" in ir and "call" in ir
+    assert "TVMBackendAllocWorkspace" not in ir  # not even declared (a call loads it from a global)
+
+
 def test_isa_per_x86_cpu():
     """AVX2 without VNNI gets the vpmaddwd kernels, a CPU without AVX2 the plain fallback."""
     assert int8.isa_of(lower.tvm_target(HASWELL)) == "avx2"
