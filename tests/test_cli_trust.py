@@ -79,7 +79,7 @@ def test_a_compression_pass_that_rewrites_nothing_warns(tmp_path, capsys):
 @pytest.mark.tvm
 def test_pruning_to_chance_level_says_so_and_points_to_fine_tuning(tmp_path, capsys):
     assert main(["compile", str(CNN), "-o", str(tmp_path / "p"), "--input-shape", "input=1,1,8,8", "--no-measure",
-                 "-q", "--passes", "prune<ratio=0.95>", "--eval", str(EVAL), "--eval-limit", "100"]) == 0
+                 "-q", "--passes", "prune<ratio=0.95;multiple=8>", "--eval", str(EVAL), "--eval-limit", "100"]) == 0
     cap = capsys.readouterr()
     assert "NEAR CHANCE LEVEL" in cap.out
     assert "optc: warning: top-1" in cap.err and "near chance level (10.0% for 10 classes)" in cap.err
