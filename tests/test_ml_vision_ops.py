@@ -60,6 +60,46 @@ def test_tree_ensemble_average_matches_onnxruntime(tmp_path):
     _compile_and_compare(_trees(), tmp_path, {"x": x})
 
 
+def _forest(n_trees: int, depth: int, features: int, elem=T.FLOAT, seed=0):
+    """``n_trees`` full binary trees of ``depth`` BRANCH_LEQ splits on random features, SUM."""
+    rng = np.random.default_rng(seed)
+    feats, splits, t_ids, t_leaf, f_ids, f_leaf, roots, weights = [], [], [], [], [], [], [], []
+    inner = 2 ** depth - 1
+    for tree in range(n_trees):
+        base, leaves = tree * inner, tree * (inner + 1)
+        roots.append(base)
+        for k in range(inner):  # heap order: children 2k+1, 2k+2; the last level's children are leaves
+            feats.append(int(rng.integers(features)))
+            splits.append(float(rng.standard_normal()))
+            for ids, leafs, child in ((t_ids, t_leaf, 2 * k + 1), (f_ids, f_leaf, 2 * k + 2)):
+                is_leaf = child >= inner
+                ids.append(leaves + child - inner if is_leaf else base + child)
+                leafs.append(int(is_leaf))
+        weights += rng.standard_normal(inner + 1).tolist()
+    arr = lambda name, v, dt: numpy_helper.from_array(np.array(v, dt), name)  # noqa: E731
+    dt = np.float64 if elem == T.DOUBLE else np.float32
+    node = h.make_node(
+        "TreeEnsemble", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1, aggregate_function=1, tree_roots=roots,
+        nodes_featureids=feats, nodes_modes=arr("nodes_modes", [0] * len(feats), np.uint8),
+        nodes_splits=arr("nodes_splits", splits, dt), nodes_truenodeids=t_ids, nodes_trueleafs=t_leaf,
+        nodes_falsenodeids=f_ids, nodes_falseleafs=f_leaf, leaf_targetids=[0] * len(weights),
+        leaf_weights=arr("leaf_weights", weights, dt))
+    return _model(node, [h.make_tensor_value_info("x", elem, [6, features])],
+                  [h.make_tensor_value_info("y", elem, [6, 1])], {"ai.onnx.ml": 5, "": 21})
+
+
+@pytest.mark.parametrize("elem", [T.FLOAT, T.DOUBLE])
+def test_a_large_tree_ensemble_is_held_tree_by_tree(tmp_path, elem):
+    """300 trees of 7 splits: the decision matrix of the whole forest (2,100 nodes x 2,400
+    leaves, 20 MB; a 565-tree LightGBM export needed 9.3 GB and was killed) is held one block
+    per tree, so the package stays small; float64 forests sum their leaves in float64."""
+    model = _forest(300, 3, 12, elem)
+    dt = np.float64 if elem == T.DOUBLE else np.float32
+    _compile_and_compare(model, tmp_path, {"x": np.random.default_rng(1).standard_normal((6, 12)).astype(dt)})
+    size = sum(f.stat().st_size for f in (tmp_path / "pkg").iterdir())
+    assert size < 2 * 2 ** 20, size
+
+
 def test_tree_ensemble_min_aggregation_is_refused_by_name(tmp_path):
     with pytest.raises(UnsupportedModelError, match="aggregate_function 2"):
         _compile_and_compare(_trees(aggregate=2), tmp_path, {"x": np.zeros((5, 2), np.float32)})
