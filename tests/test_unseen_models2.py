@@ -160,16 +160,47 @@ def _half_matmul_model(k: int = 2048) -> onnx.ModelProto:
     return m
 
 
+def test_a_model_computing_in_float16_is_verified_at_float16_precision():
+    """float32 inputs and outputs around float16 weights and casts (what float16 converters
+    write with keep_io_types): the outputs carry float16 rounding, so they get the float16
+    tolerance (HALF_ULPS units); a model without float16 keeps the float32 one, and a value 2 %
+    off fails either way."""
+    from optc import verify
+    from optc.onnx_utils import uses_float16
+
+    ref = np.linspace(-3.0, 3.0, 64, dtype=np.float32)
+    near = ref + np.float32(5e-3 * 3.0)  # 5 float16 units of the largest value: float16 rounding
+    assert verify.compare([near], [ref], ["y"], half=True)["passed"]
+    assert verify.compare([near], [ref], ["y"], half=True)["outputs"][0]["rtol"] == pytest.approx(
+        verify.HALF_ULPS * 2.0 ** -10)
+    assert not verify.compare([near], [ref], ["y"])["passed"]  # float32 models: rtol 1e-3
+    assert not verify.compare([ref * np.float32(1.02)], [ref], ["y"], half=True)["passed"]
+    casts = helper.make_model(helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16), helper.make_node("MatMul", ["h", "w"], ["m"]),
+         helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [_f(np.ones((4, 4), np.float16), "w")]), opset_imports=[helper.make_opsetid("", 17)])
+    assert uses_float16(casts) and not uses_float16(_sigmoid_free_float_model())
+
+
+def _sigmoid_free_float_model() -> onnx.ModelProto:
+    return helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]), opset_imports=[helper.make_opsetid("", 17)])
+
+
 def test_float16_convolutions_and_matmuls_are_rewritten_to_float32_sums():
     """The Relax rewrite: conv2d / matmul on float16 operands get out_dtype float32 and a cast
     back; a float32 matmul is left alone."""
     pytest.importorskip("tvm")
     from optc.backends.tvm.half_accumulate import accumulate_half_in_float
-    from optc.backends.tvm.lower import _uses_float16, import_onnx
+    from optc.backends.tvm.lower import import_onnx
+    from optc.onnx_utils import uses_float16
     from optc.frontend import TensorSpec
 
     model = _half_matmul_model(64)
-    assert _uses_float16(model)
+    assert uses_float16(model)
     mod, _ = import_onnx(model, [TensorSpec("x", "float16", (8, 64))])
     text = accumulate_half_in_float(mod)["main"].script()
     assert 'out_dtype="float32"' in text and 'R.astype(' in text
@@ -178,7 +209,7 @@ def test_float16_convolutions_and_matmuls_are_rewritten_to_float32_sums():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
          helper.make_tensor_value_info("x2", TensorProto.FLOAT, [3, 2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])]), opset_imports=[helper.make_opsetid("", 17)])
-    assert not _uses_float16(f32)
+    assert not uses_float16(f32)
     mod32, _ = import_onnx(f32, [TensorSpec("x", "float32", (2, 3)), TensorSpec("x2", "float32", (3, 2))])
     assert "astype" not in accumulate_half_in_float(mod32)["main"].script()
 

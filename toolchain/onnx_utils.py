@@ -182,3 +182,17 @@ def constants(graph: "onnx.GraphProto") -> dict:
             if value is not None:
                 out[n.output[0]] = value()
     return out
+
+
+def uses_float16(model: onnx.ModelProto) -> bool:
+    """Whether float16 tensors appear in ``model``'s main graph: an initializer, an input, a
+    Constant or a Cast to float16 (the model computes some values in float16: the TVM backend
+    sums its float16 contractions in float32, verification allows float16 rounding)."""
+    import onnx
+
+    half = onnx.TensorProto.FLOAT16
+    return (any(t.data_type == half for t in model.graph.initializer)
+            or any(i.type.tensor_type.elem_type == half for i in model.graph.input)
+            or any((n.op_type == "Cast" and a.name == "to" and a.i == half)
+                   or (n.op_type == "Constant" and a.name == "value" and a.t.data_type == half)
+                   for n in model.graph.node for a in n.attribute))

@@ -23,6 +23,7 @@ import onnx
 
 from optc.errors import InternalError, OptcError, UnsupportedModelError
 from optc.frontend import TensorSpec
+from optc.onnx_utils import uses_float16
 from optc.targets import Target, host_cores
 
 from . import schedule
@@ -323,7 +324,7 @@ def prepare_module(model: onnx.ModelProto, inputs: list[TensorSpec], target: Tar
     from tvm import relax
 
     mod, params = import_onnx(model, inputs, target)
-    if _uses_float16(model):
+    if uses_float16(model):
         from .half_accumulate import accumulate_half_in_float
 
         mod = accumulate_half_in_float(mod)  # float16 conv/matmul sums in float32, one rounding
@@ -338,17 +339,6 @@ def prepare_module(model: onnx.ModelProto, inputs: list[TensorSpec], target: Tar
     except Exception as err:  # the module imported: failing to decompose it is optc's (or TVM's) bug
         msg = " ".join(str(err).split())[:400]
         raise InternalError(f"build for {target.name} (DecomposeOpsForInference)", msg) from err
-
-
-def _uses_float16(model: onnx.ModelProto) -> bool:
-    """Whether float16 tensors appear in ``model``'s main graph: an initializer, an input or a
-    Constant or a Cast to float16 (then :mod:`.half_accumulate` runs)."""
-    half = onnx.TensorProto.FLOAT16
-    return (any(t.data_type == half for t in model.graph.initializer)
-            or any(i.type.tensor_type.elem_type == half for i in model.graph.input)
-            or any((n.op_type == "Cast" and a.name == "to" and a.i == half)
-                   or (n.op_type == "Constant" and a.name == "value" and a.t.data_type == half)
-                   for n in model.graph.node for a in n.attribute))
 
 
 def build(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, embed_params: bool,
