@@ -171,7 +171,7 @@ class Job:
         if which not in self._refs:
             model = self.optimized if which == "optimized" else self.original
             try:
-                self._refs[which] = [verify.reference_outputs(model, s) for s in self.sets]
+                self._refs[which] = verify.reference_runs(model, self.sets)
             except Exception as err:
                 if which != "original":  # the pipeline's output: optc's bug
                     raise
@@ -529,7 +529,7 @@ def _fraction_baselines(job: Job, prequantized: bool):
                          lambda: job.reference("original"))
     qdq_model = job.deploy_qdq
     alternative = None if qdq_model is None else (
-        lambda: verify.join_calls([verify.reference_outputs(qdq_model, s) for s in job.sets]))
+        lambda: verify.join_calls(verify.reference_runs(qdq_model, job.sets)))
     return Baselines(lambda: job.reference("original"), "the original", alternative)
 
 
@@ -539,7 +539,7 @@ def _unrounded_refs(job: Job) -> list[np.ndarray]:
     from optc.passes.quant import qdq
 
     model = qdq.unrounded_qdq(job.original)
-    return verify.join_calls([verify.reference_outputs(model, s) for s in job.sets])
+    return verify.join_calls(verify.reference_runs(model, job.sets))
 
 
 def _refuse_failed(job: Job, opts: VerifyOptions, verdict: dict) -> None:
