@@ -307,6 +307,9 @@ def test_depthwise_tile_reuses_weight_vectors_over_rows():
     assert _depthwise_tile(256, 38, 8, avx2) == (2, 8, 7)  # 38 = 2 x 19: 6 tiles of 7, the last partial
     avx512 = _Params(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"}))
     assert _depthwise_tile(144, 56, 16, avx512) == (1, 16, 14)  # 28 rows: 1.8 KB, a workspace call
+    # past ACC_ENOUGH accumulators two vectors first: a 2x2 max pool over 900x120x32 (DNSMOS)
+    assert _depthwise_tile(32, 60, 16, avx512) == (2, 16, 6)  # not 1 x 15
+    assert _depthwise_tile(16, 60, 16, avx512) == (1, 16, 15)  # one vector of channels: all rows
 
 
 def test_depthwise_partial_row_tiles_match(tmp_path):
