@@ -85,10 +85,17 @@ def test_scheduled_build_verifies(tmp_path, name):
 
 def _scheduled(model, target_name="cpu"):
     """The module after optc's CPU pipeline (PrimFuncs still TIR)."""
+    from optc.backends.tvm import lower
+    from optc.targets import get_target
+
+    return _scheduled_for(model, lower.tvm_target(get_target(target_name)))
+
+
+def _scheduled_for(model, tgt):
+    """As :func:`_scheduled` for a TVM target of choice (schedules only: nothing runs)."""
     from tvm import relax
 
     from optc.backends.tvm import lower, schedule
-    from optc.targets import get_target
 
     specs = [TensorSpec(i.name, "float32", tuple(d.dim_value for d in i.type.tensor_type.shape.dim))
              for i in model.graph.input]
@@ -96,7 +103,6 @@ def _scheduled(model, target_name="cpu"):
     weights = mod["main"].params[len(specs):]
     mod = relax.transform.BindParams("main", dict(zip(weights, params)))(mod)
     mod = relax.transform.DecomposeOpsForInference()(mod)
-    tgt = lower.tvm_target(get_target(target_name))
     with tgt:
         return schedule.relax_pipeline(tgt)(mod)
 
@@ -852,22 +858,6 @@ def tvm_target_avx512():
     import tvm
 
     return tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
-
-
-def _scheduled_for(model, tgt):
-    """As :func:`_scheduled` for a TVM target of choice (schedules only: nothing runs)."""
-    from tvm import relax
-
-    from optc.backends.tvm import lower, schedule
-
-    specs = [TensorSpec(i.name, "float32", tuple(d.dim_value for d in i.type.tensor_type.shape.dim))
-             for i in model.graph.input]
-    mod, params = lower.import_onnx(model, specs)
-    weights = mod["main"].params[len(specs):]
-    mod = relax.transform.BindParams("main", dict(zip(weights, params)))(mod)
-    mod = relax.transform.DecomposeOpsForInference()(mod)
-    with tgt:
-        return schedule.relax_pipeline(tgt)(mod)
 
 
 def test_functions_of_zero_size_tensors_are_left_unscheduled():
