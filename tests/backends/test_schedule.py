@@ -842,7 +842,7 @@ def test_conditional_blocks_vectorize_within_their_index_period(tmp_path):
 
     from optc.backends.tvm import schedule
 
-    target = tvm_target_avx512()
+    target = _avx512_target()
     funcs = _prim_funcs(_scheduled_for(_rotary_model(), target))
     conditional = [f for f in funcs.values() if "if_then_else" in f.script()]
     assert conditional, sorted(funcs)
@@ -854,7 +854,7 @@ def test_conditional_blocks_vectorize_within_their_index_period(tmp_path):
     assert report["verify"]["passed"], report["verify"]
 
 
-def tvm_target_avx512():
+def _avx512_target():
     import tvm
 
     return tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
@@ -877,6 +877,6 @@ def test_functions_of_zero_size_tensors_are_left_unscheduled():
     import tvm
 
     log = []
-    mod = schedule.schedule_cpu(tvm.IRModule({"empty": empty}), tvm_target_avx512(), log)
+    mod = schedule.schedule_cpu(tvm.IRModule({"empty": empty}), _avx512_target(), log)
     assert log == [{"function": "empty", "rule": "empty"}]
     assert "T.vectorized" not in mod["empty"].script()
