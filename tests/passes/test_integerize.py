@@ -339,3 +339,20 @@ def test_global_average_pool_goes_integer_and_the_output_is_exact(qdq_model):
         x = {"x": np.random.default_rng(seed + 20).standard_normal((1, 3, 12, 12)).astype(np.float32)}
         a, b = verify.reference_outputs(qdq_model, x)[0], verify.reference_outputs(im, x)[0]
         assert np.abs(a - b).max() <= 2 * output_steps(qdq_model)["y"] + 1e-6
+
+
+@pytest.mark.parametrize("k, a_value, dtype", [(300, 255, np.int64), (1000, 255, np.int64), (1035, -128, np.int8)])
+def test_integer_reference_matmul_is_exact_through_float_blas(k, a_value, dtype):
+    """The integer reference multiplies through float BLAS: float32 where every partial sum
+    stays below 2^24 (K = 300: 300 x 255 x 127), float64 beyond (K = 1000; K = 1035 of int8
+    -128, whose bound 1035 x 128 x 127 passes 2^24 where 127 x 127 would not: ``np.abs`` of
+    int8 -128 is -128). Same-sign products whose sums end odd past 2^24: float32 would round."""
+    from optc.passes.quant.int_ops import _matmul_exact
+
+    a = np.full((3, k), a_value, dtype)
+    if dtype == np.int8:
+        a[:, 0] = -127  # one odd product: the sum is odd
+    b = np.full((k, 2), 127, dtype)
+    exact = np.einsum("mk,kn->mn", a.astype(object), b.astype(object)).astype(np.int64)
+    got = _matmul_exact(a, b)
+    assert got.dtype == np.int64 and np.array_equal(got, exact)
