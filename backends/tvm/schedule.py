@@ -432,7 +432,7 @@ ACC_SCOPE = "global"
 # them a register tile is ranked by FMAs per loaded vector: on AVX-512's 24-accumulator budget
 # a 1x1 conv 256 -> 1024 on a 7x7 map took 16 vectors x 1 pixel (16 accumulators, 17 loads
 # per 16 FMAs) over 2 vectors x 7 pixels (14 accumulators, 9 loads per 14 FMAs). AVX2's
-# budget is 12: its tiles are unchanged.
+# budget is 12: its register tiles are unchanged.
 ACC_ENOUGH = 12
 # TVM's runtime::kMaxStackAlloca: LowerTVMBuiltin makes a "global" allocation of *fewer* bytes a
 # stack alloca, anything larger a TVMBackendAllocWorkspace call (per tile, inside the loop).
@@ -768,9 +768,9 @@ def _depthwise_tile(v_extent: int, u_extent: int, lanes: int, params: "_Params")
     across channels, so every FMA loads one input vector and only the weight vectors are
     reused, across the tile's rows: the tile takes as many rows as the registers left after
     the weights allow (at most two vectors, rows dividing the axis), most accumulators (up to
-    :data:`ACC_ENOUGH`) first, then two vectors (:func:`_two_vectors_first`). On AVX2 that is 2 x 7 for the 7 x 2^k maps of 224-input CNNs (1-thread
-    3x3 depthwise kernels, 2 x 7 vs the 2 x 4 / 12 x 1 tiles of :func:`_register_tile`:
-    56x56x144 439 -> 337 us, 14x14x576 79 -> 63 us, 7x7x960 47 -> 26 us). Where no row count
+    :data:`ACC_ENOUGH`) first, then two vectors (:func:`_two_vectors_first`). On AVX2 that is
+    2 x 7 for the 7 x 2^k maps of 224-input CNNs (1-thread 3x3 depthwise kernels, 2 x 7 vs
+    the 2 x 4 / 12 x 1 tiles of :func:`_register_tile`: 56x56x144 439 -> 337 us, 14x14x576 79 -> 63 us, 7x7x960 47 -> 26 us). Where no row count
     dividing the axis gives 8 accumulators, the last tile is partial (counted by its useful
     rows): PicoDet's 5x5 depthwise on 50x38x256, 2 x 2 -> 2 x 7, 1.5 -> 0.9 ms at 1 thread."""
     w = _vector_width(v_extent, lanes)
@@ -858,7 +858,8 @@ def _schedule_injective_block(sch, block, params, *, parallel=True):
     total = math.prod(extents)
     inner = extents[-1]
     vi = _vector_width(inner, lanes) if inner > 1 else 1
-    if vi > 1 and _has_if(_body_store(st).value):
+    store = _body_store(st)
+    if vi > 1 and store is not None and _has_if(store.value):
         vi = _within_index_period(st, vi)
     if vi < 4 and inner > lanes:
         vi = 1
