@@ -772,7 +772,8 @@ def _depthwise_tile(v_extent: int, u_extent: int, lanes: int, params: "_Params")
     2 x 7 for the 7 x 2^k maps of 224-input CNNs (1-thread 3x3 depthwise kernels, 2 x 7 vs
     the 2 x 4 / 12 x 1 tiles of :func:`_register_tile`: 56x56x144 439 -> 337 us, 14x14x576
     79 -> 63 us, 7x7x960 47 -> 26 us). Where no row count dividing the axis gives 8
-    accumulators, the last tile is partial (counted by its useful rows): PicoDet's 5x5 depthwise on 50x38x256, 2 x 2 -> 2 x 7, 1.5 -> 0.9 ms at 1 thread."""
+    accumulators, the last tile is partial (counted by its useful rows): PicoDet's 5x5
+    depthwise on 50x38x256, 2 x 2 -> 2 x 7, 1.5 -> 0.9 ms at 1 thread."""
     w = _vector_width(v_extent, lanes)
     per = max(1, math.ceil(w / lanes))
     best = (0, 1, 1)
