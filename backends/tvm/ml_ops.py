@@ -141,10 +141,11 @@ def forest_sums(bb, cond, paths: list[list[tuple[int, bool]]], trees: list[int],
     """``reached @ w`` ``[B, targets]``: a path (its ``(node, decision)`` steps) is reached when
     all its decisions hold, i.e. ``c @ (A_true - A_false) + n_false == len(path)`` with ``c``
     the 0/1 decisions ``cond`` ``[B, n_nodes]``; ``w [paths, targets]`` the leaf values,
-    summed in ``dtype``. One tree at a time (``trees[p]``: path ``p``'s tree): the decision matrix is block-diagonal by tree, so it is held as
-    ``[T, nodes/tree, leaves/tree]`` (padded) and applied as one batched matmul, instead of
-    ``[nodes, leaves]`` of the whole forest (quadratic in the number of trees: 100 trees of 150
-    leaves would be 225 M values; a 565-tree LightGBM export, 35 k nodes, 9.3 GB)."""
+    summed in ``dtype``. One tree at a time (``trees[p]``: path ``p``'s tree): the decision
+    matrix is block-diagonal by tree, so it is held as ``[T, nodes/tree, leaves/tree]``
+    (padded) and applied as one batched matmul, instead of ``[nodes, leaves]`` of the whole
+    forest (quadratic in the number of trees: 100 trees of 150 leaves would be 225 M values; a
+    565-tree LightGBM export, 35 k nodes, 9.3 GB)."""
     from tvm import relax
 
     op = relax.op
