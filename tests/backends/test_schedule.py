@@ -880,3 +880,21 @@ def test_functions_of_zero_size_tensors_are_left_unscheduled():
     mod = schedule.schedule_cpu(tvm.IRModule({"empty": empty}), _avx512_target(), log)
     assert log == [{"function": "empty", "rule": "empty"}]
     assert "T.vectorized" not in mod["empty"].script()
+
+
+@pytest.mark.parametrize("channels, nwc", [(64, True), (1, False)])
+def test_conv1d_goes_channels_last_where_it_reads_channels(tmp_path, channels, nwc):
+    """A 1x1 conv1d 64 -> 32 over 194 frames computes in NWC (vectors along the channels; in
+    NCW the 194-wide axis gave 2-lane vectors); a 1-channel conv1d (an STFT as a convolution)
+    stays NCW. Both verify."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((32, channels, 1 if channels > 1 else 16)) * 0.2).astype(np.float32)
+    width = 194 if channels > 1 else 209
+    out = width - w.shape[2] + 1
+    model = make_graph_model([helper.make_node("Conv", ["x", "w"], ["y"])], [("x", [1, channels, width])],
+                             [("y", [1, 32, out])], {"w": w})
+    text = "\n".join(f.script() for n, f in _prim_funcs(_scheduled(model)).items() if "conv1d" in n)
+    assert ("conv1d_nwc" in text) == nwc, text[:1500]
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
