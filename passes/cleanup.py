@@ -92,10 +92,16 @@ class FoldConstants(Pass):
     def call(self, model: ir.Model) -> PassResult:
         from onnxscript.optimizer import fold_constants
 
-        result = fold_constants(model, onnx_shape_inference=True, input_size_limit=self.input_size_limit,
-                                output_size_limit=self.output_size_limit, should_fold=self._should_fold)
+        modified = False
+        for _ in range(MAX_FOLD_ROUNDS):  # a folded Split makes what reads it foldable
+            result = fold_constants(model, onnx_shape_inference=True, input_size_limit=self.input_size_limit,
+                                    output_size_limit=self.output_size_limit, should_fold=self._should_fold)
+            split = _fold_constant_splits(model, self.input_size_limit)
+            modified = modified or bool(result.modified) or split
+            if not split:
+                break
         dce = common.RemoveUnusedNodesPass()(model)
-        return PassResult(model, bool(result.modified or dce.modified))
+        return PassResult(model, bool(modified or dce.modified))
 
     def _should_fold(self, node: ir.Node) -> bool | None:
         """True for a small ``ConstantOfShape`` with a constant shape; None (onnxscript's
@@ -106,6 +112,42 @@ class FoldConstants(Pass):
         if shape is None:
             return None
         return int(np.prod(shape.numpy(), dtype=np.int64)) <= self.fill_limit or None
+
+
+MAX_FOLD_ROUNDS = 8
+
+
+def _fold_constant_splits(model: ir.Model, size_limit: int) -> bool:
+    """Replace each main-graph ``Split`` whose inputs are all constant (at most ``size_limit``
+    elements) by initializers of its outputs, computed by onnx's reference implementation.
+    onnxscript's folder skips every node with several outputs, so shape arithmetic through a
+    Split (tf2onnx's pad amounts: Shape -> Split -> Concat -> Pad) stayed dynamic and TVM's
+    importer refused the Pad. Splits whose outputs are graph outputs are left as they are."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    opset = model.opset_imports.get("", None) or model.opset_imports.get("ai.onnx", 13)
+    changed = False
+    for node in list(model.graph):
+        if node.op_type != "Split" or node.domain not in ("", "ai.onnx") or len(node.outputs) < 2:
+            continue
+        inputs = [v for v in node.inputs if v is not None]
+        consts = [v.const_value for v in inputs]
+        if any(c is None or c.size > size_limit for c in consts) or any(o.is_graph_output() for o in node.outputs):
+            continue
+        proto = ir.serde.serialize_node(node)
+        graph = onnx.helper.make_graph(
+            [proto], "split", [], [onnx.helper.make_tensor_value_info(o.name, 0, None) for o in node.outputs],
+            [onnx.numpy_helper.from_array(c.numpy(), v.name) for v, c in zip(inputs, consts)])
+        values = ReferenceEvaluator(onnx.helper.make_model(
+            graph, opset_imports=[onnx.helper.make_opsetid("", opset)])).run(None, {})
+        for out, arr in zip(node.outputs, values):
+            folded = ir.Value(name=f"{out.name}__folded", const_value=ir.tensor(np.asarray(arr)))
+            model.graph.register_initializer(folded)
+            out.replace_all_uses_with(folded)
+        model.graph.remove(node, safe=True)
+        changed = True
+    return changed
 
 
 @register_pass("fuse-bn")

@@ -99,6 +99,23 @@ def test_fold_constants():
     _assert_same_outputs(model, out, {"x": np.ones((2, 8), np.float32)})
 
 
+def test_fold_constants_folds_a_split_of_shape_arithmetic():
+    """tf2onnx's pad amounts: Shape -> Split (several outputs) -> Concat -> Pad. onnxscript's
+    folder skips multi-output nodes; the pass folds constant Splits itself, so the Pad gets
+    constant pads (TVM's importer refused "Dynamic pads")."""
+    inits = [numpy_helper.from_array(np.array([2, 2], np.int64), "halves"),
+             numpy_helper.from_array(np.array([0, 0, 1, 1], np.int64), "lo")]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Split", ["s", "halves"], ["s0", "s1"], axis=0),
+             helper.make_node("Sub", ["s1", "s1"], ["zero"]),  # [0, 0] from the second half
+             helper.make_node("Concat", ["zero", "s0", "lo"], ["pads8"], axis=0),  # [0, 0, 2, 3, 0, 0, 1, 1]
+             helper.make_node("Pad", ["x", "pads8"], ["y"])]
+    model = _model(nodes, inits, [X], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 11, 12])])
+    out, modified, again = _run(model, "fold-constants")
+    assert modified and not again and _ops(out) == ["Pad"], _ops(out)
+    _assert_same_outputs(model, out, _feeds())
+
+
 def test_remove_identity():
     nodes = [helper.make_node("Identity", ["x"], ["i1"]), helper.make_node("Relu", ["i1"], ["r"]),
              helper.make_node("Identity", ["r"], ["i2"]), helper.make_node("Neg", ["i2"], ["y"])]
