@@ -85,3 +85,14 @@ def test_integerized_cnn_with_pooling_is_verified_exactly(tmp_path):
     assert "IntGlobalAveragePool" in ops and "GlobalAveragePool" not in ops
     out = report["verify"]["outputs"][0]
     assert out["tolerance_rule"].startswith("exact") and out["max_abs_error"] == 0 and out["tolerance"] == 0
+
+
+def test_samples_per_call_come_from_a_shared_batch_axis():
+    """A batch axis is the leading dimension every input of rank >= 2 shares; a graph
+    network's nodes [40, 16] and edges [70, 2] have none: one sample per call, not 70."""
+    from optc.frontend import TensorSpec
+
+    spec = lambda n, *s: TensorSpec(n, "float32", s)  # noqa: E731
+    assert verify.rows_per_call([spec("x", 4, 3, 8, 8), spec("m", 4, 8)]) == 4
+    assert verify.rows_per_call([spec("nodes", 40, 16), spec("edges", 70, 2)]) == 1
+    assert verify.rows_per_call([spec("v", 5)]) == 1

@@ -283,8 +283,11 @@ def generate_sets(specs: list[TensorSpec], calls: int, seed: int = 0) -> list[di
 
 
 def rows_per_call(specs: list[TensorSpec]) -> int:
-    """Samples one call holds: the leading dimension of the inputs of rank >= 2 (1 if none)."""
-    return max([s.shape[0] for s in specs if len(s.shape) >= 2 and s.shape[0] > 0] or [1])
+    """Samples one call holds: the leading dimension shared by the inputs of rank >= 2; 1 if
+    there are none or their leading dimensions differ (no batch axis: a graph network's node
+    and edge tensors, 40 nodes and 70 edges, are one sample, not 70)."""
+    leading = {s.shape[0] for s in specs if len(s.shape) >= 2 and s.shape[0] > 0}
+    return leading.pop() if len(leading) == 1 else 1
 
 
 def join_calls(per_call: list[list[np.ndarray]]) -> list[np.ndarray]:
