@@ -181,10 +181,10 @@ def test_a_model_computing_in_float16_is_verified_at_float16_precision():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
         [_f(np.ones((4, 4), np.float16), "w")]), opset_imports=[helper.make_opsetid("", 17)])
-    assert uses_float16(casts) and not uses_float16(_sigmoid_free_float_model())
+    assert uses_float16(casts) and not uses_float16(_relu_model())
 
 
-def _sigmoid_free_float_model() -> onnx.ModelProto:
+def _relu_model() -> onnx.ModelProto:
     return helper.make_model(helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]), opset_imports=[helper.make_opsetid("", 17)])

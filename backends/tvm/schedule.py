@@ -194,17 +194,16 @@ def _desired_layouts(mod) -> dict:
     :data:`CONV1D_NWC_MIN_CHANNELS` static input channels."""
     from tvm import relax
 
-    layouts = dict(DESIRED_LAYOUTS)
-    for _, func in mod.functions_items():
-        if not isinstance(func, relax.Function):
-            continue
-        for call in _collect(func, relax.Call):
-            if getattr(call.op, "name", None) == "relax.nn.conv1d":
-                shape = getattr(call.args[0].ty, "shape", None)
-                channels = _int(shape.values[1]) if shape is not None and hasattr(shape, "values") else None
-                if channels is None or channels < CONV1D_NWC_MIN_CHANNELS:
-                    layouts.pop("relax.nn.conv1d", None)
-    return layouts
+    def few_channels(call) -> bool:
+        shape = getattr(call.args[0].ty, "shape", None)
+        channels = _int(shape.values[1]) if shape is not None and hasattr(shape, "values") else None
+        return channels is None or channels < CONV1D_NWC_MIN_CHANNELS
+
+    calls = (call for _, func in mod.functions_items() if isinstance(func, relax.Function)
+             for call in _collect(func, relax.Call) if getattr(call.op, "name", None) == "relax.nn.conv1d")
+    if any(few_channels(call) for call in calls):
+        return {k: v for k, v in DESIRED_LAYOUTS.items() if k != "relax.nn.conv1d"}
+    return DESIRED_LAYOUTS
 
 
 def _calls_any(mod, op_names) -> bool:
@@ -886,11 +885,12 @@ def _schedule_injective_block(sch, block, params, *, parallel=True):
     inner = extents[-1]
     vi = _vector_width(inner, lanes) if inner > 1 else 1
     store = _body_store(st)
-    if vi > 1 and store is not None and _has_if(store.value):
+    conditional = store is not None and _has_if(store.value)
+    if vi > 1 and conditional:
         vi = _within_index_period(st, vi)
     if vi < 4 and inner > lanes:
         vi = 1
-    if vi > 1 and inner % vi == 0 and len(loops) > 1 and _has_if(_body_store(st).value):
+    if vi > 1 and inner % vi == 0 and len(loops) > 1 and conditional:
         # A padding copy: the vectors split the innermost axis alone, so the outer indices
         # (and the in-bounds test on them) stay uniform across a vector. Split from the fused
         # index, each lane's h/w came from its own div/mod and the copy was gathered element
