@@ -51,6 +51,28 @@ def test_a_bug_in_an_optc_converter_is_an_internal_error(tmp_path, monkeypatch, 
     assert "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("broken", ["unnormalized", "tvmscript"])
+def test_a_tvm_check_failure_inside_an_optc_converter_is_an_internal_error(tmp_path, monkeypatch, broken):
+    """TVM's own check ("The type is not populated": an op built on an expression the converter
+    did not normalize), or TVMScript text optc wrote that does not parse, raised inside a TVM
+    call an optc converter made is optc's bug."""
+    import tvm
+    from tvm import relax
+
+    from optc.backends.tvm import linalg_ops
+
+    def unnormalized(*args, **kwargs):
+        x = relax.op.zeros([2, 2], "float32")
+        return relax.op.reshape(relax.op.add(x, x), [-1])
+
+    def tvmscript(*args, **kwargs):
+        return tvm.script.from_source("@T.prim_func\ndef f(a: T.Buffer((2,), 'int32')):\n    for i in T.serial(2):\n")
+
+    monkeypatch.setattr(linalg_ops, "permutation_sign", unnormalized if broken == "unnormalized" else tvmscript)
+    with pytest.raises(InternalError, match="(InternalError|IndentationError) at linalg_ops.py"):
+        optc.compile(_det(tmp_path), "cpu", tmp_path / "p", options=optc.CompileOptions.of(measure=False))
+
+
 def test_a_converters_deliberate_refusal_stays_a_refusal(tmp_path, capsys):
     path = _det(tmp_path, n=6)  # Det above 5x5: refused on purpose by a `raise ValueError`
     with pytest.raises(UnsupportedModelError, match="6x6 matrices are not lowered"):
@@ -84,3 +106,21 @@ def test_bug_frame_classification():
     from optc.backends.tvm import linalg_ops
 
     assert optc_bug_frame(raised(lambda: linalg_ops.permutation_sign(None))) is not None  # TypeError inside optc
+
+
+def test_a_refusal_after_binding_the_batch_to_1_says_so(tmp_path):
+    """A model whose shapes only work at another batch (a Reshape to a constant [4, 3]) is
+    refused at batch 1 by TVM's importer; the refusal names the inputs whose dynamic batch was
+    bound to 1 and the option that sets another."""
+    shape = onnx.numpy_helper.from_array(np.array([4, 3], np.int64), "shape")
+    g = h.make_graph([h.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, ["N", 3])], [h.make_tensor_value_info("y", T.FLOAT, [4, 3])],
+                     [shape])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    with pytest.raises(UnsupportedModelError, match="batch dimension of x was bound to 1.*--input-shape"):
+        optc.compile(path, "cpu", tmp_path / "p", options=optc.CompileOptions.of(measure=False))
+    report = optc.compile(path, "cpu", tmp_path / "q", input_shapes={"x": [4, 3]},
+                          options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"]

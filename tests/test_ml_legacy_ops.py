@@ -91,8 +91,59 @@ def test_linear_classifier_scaler_normalizer_chain_matches_onnxruntime(tmp_path)
     _compile_and_compare(model, tmp_path, {"x": rng.standard_normal((4, 3)).astype(np.float32)})
 
 
+def _two_class(base, ids, signs, post):
+    """The forest above as a 2-class classifier (labels 3, 7): ``ids`` the class of each weight
+    entry, ``signs`` +1 / -1 per entry, ``base`` the base_values (None: no attribute)."""
+    attrs = _forest_attrs("class", 2)
+    attrs["class_ids"] = ids
+    attrs["class_weights"] = [w * sg for w, sg in zip(attrs["class_weights"], signs)]
+    vi = h.make_tensor_value_info
+    extra = {} if base is None else {"base_values": base}
+    node = h.make_node("TreeEnsembleClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml",
+                       classlabels_int64s=[3, 7], post_transform=post, **attrs, **extra)
+    return _model([node], [vi("x", T.FLOAT, [5, 3])], [vi("label", T.INT64, [5]), vi("scores", T.FLOAT, [5, 2])])
+
+
+BOTH, ONE, POS, MIXED = [0, 1] * 5, [1] * 10, [1] * 10, [1, -1, -1, 1, 1, -1, -1, -1, 1, 1]
+
+
+@pytest.mark.parametrize("base, ids, signs, post", [
+    ([0.1, 0.3], BOTH, POS, "NONE"),  # class 1 scored: s1 = b1 + s0, s0 = -s1
+    (None, BOTH, MIXED, "SOFTMAX"),  # weights on both classes: label 1 / 0 by s1 > 0
+    ([0.2], ONE, POS, "NONE"),  # one class, weights >= 0: [1 - s, s], label by s > 0.5
+    ([-0.4], [0] * 10, MIXED, "NONE"),  # one class (0), mixed signs: [-s, s] or [s, -s] by the label
+    (None, [0] * 10, MIXED, "LOGISTIC"),  # [logistic(-s), logistic(s)]
+    ([0.5, -0.5], [0] * 10, MIXED, "LOGISTIC"),  # class 1 unscored: written as 0, then transformed
+    ([0.1, 0.3], ONE, MIXED, "NONE"),  # class 0 unscored: s1 = b1 + 0, class 0 written as 0
+    ([0.3], BOTH, POS, "NONE"),
+    ([0.5, -0.5], [0] * 10, POS, "NONE"),
+    (None, ONE, MIXED, "NONE"),
+])
+def test_two_class_tree_classifier_follows_onnxruntimes_binary_rules(tmp_path, base, ids, signs, post):
+    _compile_and_compare(_two_class(base, ids, signs, post), tmp_path, {"x": X})
+
+
+@pytest.mark.parametrize("kind", ["forest", "boosting", "tree"])
+def test_two_class_scikit_learn_models_exported_by_skl2onnx_match_onnxruntime(tmp_path, kind):
+    """What users export: scikit-learn's binary classifiers through skl2onnx (zipmap off)."""
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = make_classification(300, 6, n_informative=4, random_state=0)
+    est = {"forest": RandomForestClassifier(10, max_depth=5, random_state=0),
+           "boosting": GradientBoostingClassifier(n_estimators=10, max_depth=2, random_state=0),
+           "tree": DecisionTreeClassifier(max_depth=6, random_state=0)}[kind].fit(x.astype(np.float32), y)
+    model = skl2onnx.to_onnx(est, x[:1].astype(np.float32), options={id(est): {"zipmap": False}},
+                             target_opset={"": 17, "ai.onnx.ml": 3})
+    feeds = {model.graph.input[0].name: x[:16].astype(np.float32)}
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 16
+    compile_and_compare(model, tmp_path, feeds)
+
+
 @pytest.mark.parametrize("change, message", [
-    ({"labels": (0, 1)}, "2-class models are not lowered"),
+    ({"labels": (0,)}, "1-class models are not lowered"),
     ({"post": "PROBIT"}, "post_transform PROBIT"),
 ])
 def test_tree_ensemble_classifier_forms_refused_by_name(tmp_path, change, message):
@@ -119,18 +170,19 @@ def test_string_labels_and_min_aggregation_refused_by_name(tmp_path):
         _compile_and_compare(model, tmp_path / "m", {"x": X})
 
 
-def test_legacy_forest_paths_and_bad_structure():
-    """The paths and weights of the forest above; a child id that names no node and a cycle are
-    refused (ValueError: a named refusal in a converter)."""
+def test_legacy_forest_structure_and_bad_structure():
+    """The structure and weights of the forest above (split nodes 0..2, leaves 3..7 in node
+    order); a child id that names no node and a cycle are refused (ValueError: a named refusal
+    in a converter)."""
     from optc.backends.tvm.ml_ops import legacy_forest
 
-    feats, splits, modes, tracks, paths, trees, w = legacy_forest(_forest_attrs("target", 2), "target", 2)
-    assert sorted(trees) == [0, 0, 0, 1, 1]
-    assert feats.tolist() == [0, 1, 2] and splits.tolist() == [0.5, 2.0, 1.0] and modes.tolist() == [0, 1, 3]
-    assert tracks.tolist() == [False, False, True]
-    assert sorted(map(tuple, paths)) == sorted([((0, False),), ((0, True), (1, True)), ((0, True), (1, False)),
-                                                ((2, True),), ((2, False),)])
-    assert w.shape == (5, 2) and np.isclose(w.sum(), sum(0.25 * (k + 1) for k in range(10)))
+    f = legacy_forest(_forest_attrs("target", 2), "target", 2)
+    assert f.feats.tolist() == [0, 1, 2] and f.splits.tolist() == [0.5, 2.0, 1.0] and f.modes.tolist() == [0, 1, 3]
+    assert f.tracks.tolist() == [False, False, True]
+    assert f.true_next.tolist() == [1, 4, 6] and f.false_next.tolist() == [3, 5, 7]
+    assert f.roots.tolist() == [0, 2] and f.depth == 2 and f.n_leaves == 5
+    assert f.leaves.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4] and f.targets.tolist() == [0, 1] * 5
+    assert np.isclose(f.weights.sum(), sum(0.25 * (k + 1) for k in range(10)))
     bad = _forest_attrs("target", 2)
     bad["nodes_falsenodeids"] = [2, 9, 0, 0, 0, 7, 0, 0]
     with pytest.raises(ValueError, match="does not exist"):

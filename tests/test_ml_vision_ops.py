@@ -46,13 +46,15 @@ def _trees(aggregate=0, n_targets=2):
                   [h.make_tensor_value_info("y", T.FLOAT, [5, n_targets])], {"ai.onnx.ml": 5, "": 21})
 
 
-def test_tree_paths_enumerate_every_leaf():
-    from optc.backends.tvm.ml_ops import tree_paths
+def test_forest_v5_numbers_split_nodes_then_leaves():
+    """Split nodes 0..2, leaves 3..7: node 0 goes to node 1 or leaf 0 (= 3); two levels deep;
+    AVERAGE over the two trees halves the leaf weights."""
+    from optc.backends.tvm.ml_ops import forest_v5
 
-    attr = {a.name: h.get_attribute_value(a) for a in _trees().graph.node[0].attribute}
-    paths = sorted(tree_paths(attr), key=lambda p: p[1])
-    assert paths == [([(0, False)], 0), ([(0, True), (1, True)], 1), ([(0, True), (1, False)], 2),
-                     ([(2, True)], 3), ([(2, False)], 4)]
+    f = forest_v5({a.name: h.get_attribute_value(a) for a in _trees().graph.node[0].attribute})
+    assert f.true_next.tolist() == [1, 4, 6] and f.false_next.tolist() == [3, 5, 7]
+    assert f.roots.tolist() == [0, 2] and f.depth == 2 and f.n_leaves == 5
+    assert f.targets.tolist() == [0, 1, 0, 1, 0] and f.weights.tolist() == [0.5, 1.0, 2.0, 4.0, 8.0]
 
 
 def test_tree_ensemble_average_matches_onnxruntime(tmp_path):
@@ -105,13 +107,17 @@ def test_tree_ensemble_min_aggregation_is_refused_by_name(tmp_path):
         _compile_and_compare(_trees(aggregate=2), tmp_path, {"x": np.zeros((5, 2), np.float32)})
 
 
-def test_tree_nodes_that_form_a_cycle_are_refused():
-    from optc.backends.tvm.ml_ops import tree_paths
+def test_tree_nodes_that_form_a_cycle_or_point_nowhere_are_refused():
+    from optc.backends.tvm.ml_ops import forest_v5
 
     attr = {a.name: h.get_attribute_value(a) for a in _trees().graph.node[0].attribute}
     attr["nodes_trueleafs"] = [0, 0, 1]  # node 1's true branch goes to node 1 itself
     with pytest.raises(ValueError, match="cycle"):
-        tree_paths(attr)
+        forest_v5(attr)
+    attr = {a.name: h.get_attribute_value(a) for a in _trees().graph.node[0].attribute}
+    attr["nodes_falsenodeids"] = [0, 2, 9]  # leaf 9 of 5
+    with pytest.raises(ValueError, match="does not exist"):
+        forest_v5(attr)
 
 
 def test_binarizer_and_array_feature_extractor(tmp_path):

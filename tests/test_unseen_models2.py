@@ -226,6 +226,27 @@ def test_float16_matmul_verifies_against_onnxruntime(tmp_path):
     assert report["verify"]["passed"], report["verify"]
 
 
+@pytest.mark.tvm
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "ReduceMean", "Softmax"])
+def test_float16_reductions_compute_in_float32(tmp_path, op):
+    """Cast -> float16 reduction over 64 x 64 values -> Cast (a float16 EfficientNet's squeeze /
+    excitation): summed in float16 a mean of 0.5 came out 0.38 off (every addition past 2048
+    rounds away) and verification refused the model; computed in float32 it matches."""
+    pytest.importorskip("tvm")
+    attrs = {"ReduceMean": {"axes": [2, 3], "keepdims": 1}, "Softmax": {"axis": 3}}.get(op, {})
+    out = [1, 8, 1, 1] if op != "Softmax" else [1, 8, 64, 64]
+    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16), helper.make_node(op, ["h"], ["r"], **attrs),
+             helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT)]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)]), opset_imports=[helper.make_opsetid("", 17)])
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    x = np.random.default_rng(0).random((1, 8, 64, 64)).astype(np.float32)
+    report = optc.compile(src, "cpu", tmp_path / "out", inputs={"x": x}, options=NO_MEASURE)
+    assert report["verify"]["passed"], report["verify"]
+
+
 # ---------------------------------------------------------------- the reference's Sigmoid
 def _sigmoid_topk_model() -> onnx.ModelProto:
     """Sigmoid scores -> TopK 8 of 64 -> (values, indices): a detector's score ranking."""

@@ -143,6 +143,7 @@ class Job:
     in_specs: list = field(default_factory=list)
     sets: list = field(default_factory=list)  # verification input sets, one call each
     input_source: str = ""
+    batch_bound: list = field(default_factory=list)  # inputs whose dynamic batch dimension was bound to 1
     optimized: onnx.ModelProto | None = None
     deploy_qdq: onnx.ModelProto | None = None  # the QDQ graph integerize started from
     out_specs: list = field(default_factory=list)
@@ -274,6 +275,8 @@ def bind(job: Job, input_shapes: Mapping | None, inputs, samples: int, const_inp
             job.original, job.frozen = freeze_inputs(job.original, const_inputs, arrays)
             arrays = {k: v for k, v in arrays.items() if k not in job.frozen}
         shapes, notes = default_shapes(job.original, input_shapes or {}, arrays)
+        job.batch_bound = [vi.name for vi in frontend.graph_inputs(job.original)
+                           if any(t.startswith(f"input {vi.name!r}: dynamic batch") for t in notes)]
         bound, job.in_specs = frontend.bind_input_shapes(job.original, shapes)
         job.original_bound = bound
         rows = verify.rows_per_call(job.in_specs)
@@ -396,7 +399,14 @@ def build(job: Job, params: str, tuning, versions: dict) -> dict:
     and sample inputs and fills the manifest. Returns the ``build`` section (schedules,
     tuning, backend facts)."""
     with job.stage("build", f"build for {job.target.name} ({job.target.backend})"):
-        built = job.backend.build(job.optimized, job.in_specs, job.target, job.work, params=params, tuning=tuning)
+        try:
+            built = job.backend.build(job.optimized, job.in_specs, job.target, job.work, params=params, tuning=tuning)
+        except UnsupportedModelError as err:
+            if not job.batch_bound:
+                raise
+            names = ", ".join(job.batch_bound)
+            raise UnsupportedModelError(f"{err} (note: the dynamic batch dimension of {names} was bound to 1; a model "
+                                        f"that needs another batch compiles with --input-shape NAME=N,...)") from err
         save_onnx(job.optimized, job.work / "model.onnx")
         np.savez(job.work / "sample_inputs.npz", **job.sets[0])
         files = built.files | {"onnx": "model.onnx", "sample_inputs": "sample_inputs.npz"}
@@ -557,8 +567,10 @@ def _refuse_failed(job: Job, opts: VerifyOptions, verdict: dict) -> None:
     if not verdict["passed"]:
         detail = _failures(verdict)
         engine = "optc's integer reference" if _has_optc_ops(job.optimized) and job.lossy else "onnxruntime"
+        rtol = max([opts.rtol] + [o.get("rtol", opts.rtol) for o in verdict["outputs"] if not o["passed"]])
+        rule = f"rtol={opts.rtol:g}" if rtol == opts.rtol else f"rtol={rtol:g} (float16 precision)"
         raise VerificationError(f"artifact output differs from {engine} beyond atol={opts.atol:g}, "
-                                f"rtol={opts.rtol:g} ({verdict['samples']} samples): {detail}")
+                                f"{rule} ({verdict['samples']} samples): {detail}")
 
 
 def _branch_coverage(job: Job, verdict: dict) -> None:

@@ -291,8 +291,12 @@ def optc_bug_frame(err: BaseException):
     of optc's converters refused a pattern on purpose (a ``raise`` statement: ``ValueError``
     "Det: 5x5 matrices are not lowered", ...). It is optc's bug when the innermost frame is in
     optc's source and is not such a statement: a ``NameError``, ``AttributeError``,
-    ``TypeError``, ``KeyError``, an ``assert``, a failed unpacking, ... in a converter; and a
-    ``raise`` of a programming-error class (``TypeError``, ``KeyError``, ...) there too."""
+    ``TypeError``, ``KeyError``, an ``assert``, a failed unpacking, ... in a converter; a
+    ``raise`` of a programming-error class (``TypeError``, ``KeyError``, ...) there too; and a
+    TVM check failure (``tvm.error.InternalError``: an IR built wrongly, e.g. an op on an
+    expression not yet normalized) or a ``SyntaxError`` (TVMScript optc generated) inside a
+    TVM call one of optc's converters made (the
+    innermost frame of optc's source outside this module's import driver is returned)."""
     import traceback
 
     frames = traceback.extract_tb(err.__traceback__) if err.__traceback__ is not None else []
@@ -303,12 +307,38 @@ def optc_bug_frame(err: BaseException):
         path = Path(last.filename).resolve()
     except OSError:  # pragma: no cover - an unusual frame name (<string>)
         return None
-    if not any(path.is_relative_to(d) for d in _optc_source_dirs()):
+    dirs = _optc_source_dirs()
+    if not any(path.is_relative_to(d) for d in dirs):
+        if isinstance(err, SyntaxError) or (type(err).__module__ == "tvm.error" and type(err).__name__ == "InternalError"):
+            mine = [f for f in frames if Path(f.filename).resolve() != Path(__file__).resolve()
+                    and any(Path(f.filename).resolve().is_relative_to(d) for d in dirs)]
+            return mine[-1] if mine else None
         return None
     deliberate = (last.line or "").lstrip().startswith("raise ")
     programming = isinstance(err, (NameError, AttributeError, TypeError, LookupError, AssertionError,
                                    ZeroDivisionError, RecursionError))
     return last if programming or not deliberate else None
+
+
+def bounded_gathers(mod):
+    """``mod`` with every ``take`` whose indices are computed at run time (an embedding lookup
+    of token ids, ...) in ``clip`` mode instead of TVM's default ``fast``: an index outside the
+    table (the frontend has already wrapped negative ones) reads its nearest row instead of
+    memory past the table (a segfault, or garbage, where onnxruntime refuses the input).
+    onnxruntime refuses such an input; optc's code stays memory-safe but does not detect it.
+    Indices known at compile time stay ``fast``."""
+    import tvm
+    from tvm import relax
+
+    from .schedule import _rewrite_calls
+
+    def clip(_m, call):
+        if (getattr(call.op, "name", None) != "relax.take" or str(call.attrs.mode) != "fast"
+                or isinstance(call.args[1], tvm.ir.GenericConst)):
+            return call
+        return relax.op.take(call.args[0], call.args[1], axis=call.attrs.axis, mode="clip")
+
+    return _rewrite_calls(mod, clip)
 
 
 def prepare_module(model: onnx.ModelProto, inputs: list[TensorSpec], target: Target, *, embed_params: bool):
@@ -334,6 +364,7 @@ def prepare_module(model: onnx.ModelProto, inputs: list[TensorSpec], target: Tar
         weights = mod["main"].params[len(inputs):]
         mod = relax.transform.BindParams("main", dict(zip(weights, params)))(mod)
         params = []
+    mod = bounded_gathers(mod)
     try:
         return relax.transform.DecomposeOpsForInference()(mod), params
     except Exception as err:  # the module imported: failing to decompose it is optc's (or TVM's) bug

@@ -1,0 +1,49 @@
+"""Run-time indices past their table (``lower.bounded_gathers``): an embedding lookup of token
+ids compiled with TVM's default ``take`` read memory past the table for an id outside the
+vocabulary (a segfault in ``optc run``, or garbage), where onnxruntime refuses the input. The
+lookup now clamps such an index (``clip``); in-range ids are unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+
+import optc
+
+pytestmark = pytest.mark.tvm
+
+
+def _embedding(vocab: int = 16, dim: int = 8) -> onnx.ModelProto:
+    table = onnx.numpy_helper.from_array(np.arange(vocab * dim, dtype=np.float32).reshape(vocab, dim), "table")
+    g = h.make_graph([h.make_node("Gather", ["table", "ids"], ["y"], axis=0)], "g",
+                     [h.make_tensor_value_info("ids", T.INT64, [1, 6])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 6, dim])], [table])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_run_time_gather_indices_are_clamped_not_read_past_the_table(tmp_path):
+    pytest.importorskip("tvm")
+    from optc.backends.tvm.lower import import_onnx, bounded_gathers
+    from optc.frontend import TensorSpec
+
+    mod, _ = import_onnx(_embedding(), [TensorSpec("ids", "int64", (1, 6))])
+    assert 'mode="clip"' in bounded_gathers(mod)["main"].script()
+    src = tmp_path / "emb.onnx"
+    onnx.save(_embedding(), src)
+    ids = np.array([[0, 3, 15, -1, -16, 7]], np.int64)
+    optc.compile(src, "cpu", tmp_path / "pkg", inputs={"ids": ids}, options=optc.CompileOptions.of(measure=False))
+    np.testing.assert_array_equal(optc.run(tmp_path / "pkg", {"ids": ids})["y"],
+                                  np.arange(128, dtype=np.float32).reshape(16, 8)[ids])
+    np.savez(tmp_path / "bad.npz", ids=np.array([[0, 100000, 3, -100000, 2**40, 1]], np.int64))
+    # in a subprocess: a read past the table is a segfault, which must not take pytest down
+    res = subprocess.run([sys.executable, "-m", "optc", "run", str(tmp_path / "pkg"), "--inputs",
+                          str(tmp_path / "bad.npz"), "-o", str(tmp_path / "out.npz")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    y = np.load(tmp_path / "out.npz")["y"]
+    assert np.isfinite(y).all() and y.min() >= 0 and y.max() < 128  # rows of the table, nothing else
