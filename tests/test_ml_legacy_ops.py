@@ -142,6 +142,19 @@ def test_two_class_scikit_learn_models_exported_by_skl2onnx_match_onnxruntime(tm
     compile_and_compare(model, tmp_path, feeds)
 
 
+@pytest.mark.parametrize("post", ["NONE", "LOGISTIC", "SOFTMAX"])
+@pytest.mark.parametrize("scores", [1, 2])
+def test_two_class_linear_classifier_matches_onnxruntime(tmp_path, post, scores):
+    """Two labels: with one intercept onnxruntime writes ``[1 - p, p]`` of the one score (its
+    logistic under LOGISTIC) and labels by ``s > 0``; with two, the usual argmax and transform."""
+    vi = h.make_tensor_value_info
+    coef = [0.3, -0.2, 0.5] if scores == 1 else [-0.3, 0.2, -0.5, 0.3, -0.2, 0.5]
+    node = h.make_node("LinearClassifier", ["x"], ["label", "p"], domain="ai.onnx.ml", classlabels_ints=[3, 7],
+                       coefficients=coef, intercepts=[0.1] if scores == 1 else [-0.1, 0.1], post_transform=post)
+    model = _model([node], [vi("x", T.FLOAT, [5, 3])], [vi("label", T.INT64, [5]), vi("p", T.FLOAT, [5, 2])])
+    _compile_and_compare(model, tmp_path, {"x": X})
+
+
 @pytest.mark.parametrize("change, message", [
     ({"labels": (0,)}, "1-class models are not lowered"),
     ({"post": "PROBIT"}, "post_transform PROBIT"),

@@ -91,15 +91,22 @@ def _forest(n_trees: int, depth: int, features: int, elem=T.FLOAT, seed=0):
 
 
 @pytest.mark.parametrize("elem", [T.FLOAT, T.DOUBLE])
-def test_a_large_tree_ensemble_is_held_tree_by_tree(tmp_path, elem):
-    """300 trees of 7 splits: the decision matrix of the whole forest (2,100 nodes x 2,400
-    leaves, 20 MB; a 565-tree LightGBM export needed 9.3 GB and was killed) is held one block
-    per tree, so the package stays small; float64 forests sum their leaves in float64."""
+def test_a_large_tree_ensemble_is_walked_not_held_as_a_matrix(tmp_path, elem):
+    """300 trees of 7 splits: a decision matrix of the whole forest (2,100 nodes x 2,400
+    leaves, 20 MB; a 565-tree LightGBM export needed 9.3 GB and was killed) is not built: the
+    walk kernel's constants grow with the nodes, so the package stays small; float64 forests
+    compare and sum in float64. A node reading a feature the input does not have is refused."""
     model = _forest(300, 3, 12, elem)
     dt = np.float64 if elem == T.DOUBLE else np.float32
     _compile_and_compare(model, tmp_path, {"x": np.random.default_rng(1).standard_normal((6, 12)).astype(dt)})
     size = sum(f.stat().st_size for f in (tmp_path / "pkg").iterdir())
     assert size < 2 * 2 ** 20, size
+    bad = _forest(2, 2, 12, elem)
+    for a in bad.graph.node[0].attribute:
+        if a.name == "nodes_featureids":
+            a.ints[0] = 12  # of 12 features
+    with pytest.raises(UnsupportedModelError, match="reads feature 12 of 12"):
+        _compile_and_compare(bad, tmp_path / "bad", {"x": np.zeros((6, 12), dt)})
 
 
 def test_tree_ensemble_min_aggregation_is_refused_by_name(tmp_path):
