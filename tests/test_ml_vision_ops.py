@@ -109,6 +109,19 @@ def test_a_large_tree_ensemble_is_walked_not_held_as_a_matrix(tmp_path, elem):
         _compile_and_compare(bad, tmp_path / "bad", {"x": np.zeros((6, 12), dt)})
 
 
+def test_forest_walk_in_parallel_chunks_matches_onnxruntime(tmp_path, monkeypatch):
+    """40 trees in 16 chunks of 3 (the last chunks partly or wholly past the last tree), each
+    chunk summing its trees, the chunks summed in order."""
+    from optc.backends.tvm import ml_ops
+
+    monkeypatch.setattr(ml_ops, "WALK_PARALLEL_STEPS", 1)
+    source = ml_ops.walk_source(ml_ops.forest_v5({a.name: h.get_attribute_value(a) for a in
+                                                  _forest(40, 3, 12).graph.node[0].attribute}), 6, 12, 1, "float32", False)
+    assert "T.parallel(16)" in source
+    x = np.random.default_rng(2).standard_normal((6, 12)).astype(np.float32)
+    _compile_and_compare(_forest(40, 3, 12), tmp_path, {"x": x})
+
+
 def test_tree_ensemble_min_aggregation_is_refused_by_name(tmp_path):
     with pytest.raises(UnsupportedModelError, match="aggregate_function 2"):
         _compile_and_compare(_trees(aggregate=2), tmp_path, {"x": np.zeros((5, 2), np.float32)})
