@@ -424,3 +424,29 @@ def test_attention_block_compiles_and_verifies_for_arm(tmp_path):
                           options=optc.CompileOptions.of(measure=False))
     ops = [n.op_type for n in onnx.load(str(tmp_path / "pkg" / "model.onnx")).graph.node]
     assert ops.count("IntMatMul") == 2 and report["verify"]["passed"] and report["verify"]["max_abs_error"] == 0
+
+
+def test_reference_erf_is_vectorized_and_equals_onnxs():
+    """The reference's Erf (GELU in QDQ transformers) runs vectorized and gives onnx's own
+    element-by-element values bit for bit on float32; float64 keeps ``math.erf`` in float64
+    (onnx's own loop rounds it to float32 precision)."""
+    import math
+
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    from optc.passes.quant.int_ops import STANDARD_OPS, Erf
+
+    assert Erf in STANDARD_OPS
+    for elem, dt in ((TensorProto.FLOAT, np.float32), (TensorProto.DOUBLE, np.float64)):
+        m = helper.make_model(helper.make_graph(
+            [helper.make_node("Erf", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", elem, [4096])],
+            [helper.make_tensor_value_info("y", elem, [4096])]), opset_imports=[helper.make_opsetid("", 17)])
+        x = (np.random.default_rng(0).standard_normal(4096) * 3).astype(dt)
+        x[:3] = [0.0, np.inf, np.nan]
+        want = ReferenceEvaluator(m).run(None, {"x": x})[0]
+        if dt == np.float64:
+            want = np.array([math.erf(v) for v in x])
+        got = ReferenceEvaluator(m, new_ops=[Erf]).run(None, {"x": x})[0]
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
