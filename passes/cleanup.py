@@ -90,8 +90,22 @@ class FoldConstants(Pass):
     fill_limit: int = field(default=4096, metadata={"doc": "max elements of a ConstantOfShape to fold"})
 
     def call(self, model: ir.Model) -> PassResult:
+        import logging
+
         from onnxscript.optimizer import fold_constants
 
+        # the folder logs a node it could not evaluate ("Evaluation failed: Axis must be a rank-0
+        # tensor" for a CumSum axis given as [1], which onnxruntime accepts) as a warning on
+        # stderr, and leaves the node as it is: nothing the user needs to act on
+        folder_log = logging.getLogger("onnxscript.optimizer._constant_folding")
+        level = folder_log.level
+        folder_log.setLevel(logging.ERROR)
+        try:
+            return self._fold(model, fold_constants)
+        finally:
+            folder_log.setLevel(level)
+
+    def _fold(self, model: ir.Model, fold_constants) -> PassResult:
         modified = False
         for _ in range(MAX_FOLD_ROUNDS):  # a folded Split makes what reads it foldable
             result = fold_constants(model, onnx_shape_inference=True, input_size_limit=self.input_size_limit,
