@@ -45,3 +45,22 @@ def test_a_read_only_array_is_copied():
     a = np.frombuffer(np.arange(8, dtype=np.float32).tobytes(), np.float32).reshape(2, 4)
     assert not a.flags.writeable
     assert np.array_equal(lower.host_tensor(a).numpy(), a)
+
+
+@pytest.mark.parametrize("kind", ["aligned", "misaligned", "big-endian", "bool"])
+def test_host_tensors_are_64_byte_aligned_views_or_aligned_copies(kind):
+    """An aligned, writable native array is passed without a copy; a misaligned or big-endian
+    one through one 64-byte-aligned copy with the same values (the kernels assume 64 bytes)."""
+    buf = np.zeros(64 * 3, np.uint8)
+    start = (-buf.ctypes.data) % 64 + (4 if kind == "misaligned" else 0)
+    a = buf[start:start + 40].view(np.float32).reshape(2, 5)
+    a[...] = np.arange(10, dtype=np.float32).reshape(2, 5)
+    if kind == "big-endian":
+        a = a.astype(">f4")
+    if kind == "bool":  # aligned too: passed as it is
+        a = buf[start:start + 10].view(bool).reshape(2, 5)
+        a[...] = np.arange(10).reshape(2, 5) % 3 == 0
+    t = lower.host_tensor(a)
+    assert t.data_ptr() % 64 == 0
+    assert (t.data_ptr() == a.ctypes.data) == (kind in ("aligned", "bool"))
+    np.testing.assert_array_equal(np.from_dlpack(t), a)
