@@ -321,20 +321,18 @@ def optc_bug_frame(err: BaseException):
 
 
 def bounded_gathers(mod):
-    """``mod`` with every ``take`` whose indices are computed at run time (an embedding lookup
-    of token ids, ...) in ``clip`` mode instead of TVM's default ``fast``: an index outside the
-    table (the frontend has already wrapped negative ones) reads its nearest row instead of
-    memory past the table (a segfault, or garbage, where onnxruntime refuses the input).
-    onnxruntime refuses such an input; optc's code stays memory-safe but does not detect it.
-    Indices known at compile time stay ``fast``."""
-    import tvm
+    """``mod`` with every ``take`` in ``clip`` mode instead of TVM's default ``fast``: an index
+    outside the table (the frontend has already wrapped negative ones), such as a token id past
+    an embedding's vocabulary, reads the nearest row instead of memory past the table (a
+    segfault, or garbage). onnxruntime refuses such an input; optc's code stays memory-safe but
+    does not detect it. Clamping costs a min and a max per index; it also keeps TVM's "Fast
+    mode segfaults" warning, printed once per gather at every build, off the user's terminal."""
     from tvm import relax
 
     from .schedule import _rewrite_calls
 
     def clip(_m, call):
-        if (getattr(call.op, "name", None) != "relax.take" or str(call.attrs.mode) != "fast"
-                or isinstance(call.args[1], tvm.ir.GenericConst)):
+        if getattr(call.op, "name", None) != "relax.take" or str(call.attrs.mode) != "fast":
             return call
         return relax.op.take(call.args[0], call.args[1], axis=call.attrs.axis, mode="clip")
 
