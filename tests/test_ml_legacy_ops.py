@@ -213,3 +213,30 @@ def test_coefficients_that_do_not_fit_the_features_are_refused_by_name(tmp_path)
     model = _model([node], [vi("x", T.FLOAT, [5, 3])], [vi("y", T.FLOAT, [5, 1])])
     with pytest.raises(UnsupportedModelError, match="5 coefficients for 1 rows of 3 features"):
         _compile_and_compare(model, tmp_path, {"x": np.zeros((5, 3), np.float32)})
+
+
+@pytest.mark.qemu
+def test_a_two_class_forest_compiles_and_verifies_for_arm(tmp_path):
+    """The walk kernel (a while loop per tree, parallel chunks) built for aarch64 and run under
+    qemu: rows x trees reach the parallel cut, and the binary rules apply."""
+    import shutil
+
+    from optc.backends.tvm import arm, ml_ops
+
+    if shutil.which(arm.CROSS_CXX) is None or shutil.which(arm.QEMU) is None:
+        pytest.skip("aarch64 cross compiler or qemu-aarch64 missing")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = make_classification(300, 6, n_informative=4, random_state=0)
+    est = RandomForestClassifier(32, max_depth=6, random_state=0).fit(x.astype(np.float32), y)
+    model = skl2onnx.to_onnx(est, x[:1].astype(np.float32), options={id(est): {"zipmap": False}},
+                             target_opset={"": 17, "ai.onnx.ml": 3})
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 128
+    assert 128 * 32 >= ml_ops.WALK_PARALLEL_STEPS
+    path = tmp_path / "rf.onnx"
+    onnx.save(model, path)
+    report = optc.compile(path, "arm", tmp_path / "pkg", inputs={model.graph.input[0].name: x[:128].astype(np.float32)},
+                          options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"]
