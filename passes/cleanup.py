@@ -1,10 +1,11 @@
 """Cleanup passes a compiler runs before compression: simplify, fold constants, fold
-BatchNorm, remove identities, remove dead code.
+BatchNorm, remove identities, batch matmuls that share a weight, remove dead code.
 
 Each wraps the field-standard implementation (onnx-simplifier, onnxscript's constant folder
 and rewrite rules through their public API, onnx-ir's common passes) behind optc's pass
 interface, so it can be named in a pipeline, recorded in an artifact, and tested for numerical
-equivalence and idempotence (all five are idempotent: a second run changes nothing).
+equivalence and idempotence (all six are idempotent: a second run changes nothing);
+``batch-matmuls`` is optc's own (onnx-ir graph edits).
 """
 
 from __future__ import annotations
@@ -248,3 +249,100 @@ class DeadCodeElimination(Pass):
         a = common.RemoveUnusedNodesPass()(model)
         b = common.RemoveUnusedOpsetsPass()(model)
         return PassResult(model, bool(a.modified or b.modified))
+
+
+def _weight_key(node: ir.Node) -> tuple | None:
+    """What a Gemm / MatMul must share with another to be batched with it: op, the constant
+    right operand, the bias (Gemm) and the attributes; None for a node that does not qualify
+    (left operand not a static 2-D ``[M, K]`` with ``M <= BATCH_ROWS``, right operand not an
+    initializer, a transposed left operand)."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in ("Gemm", "MatMul") or len(node.outputs) != 1:
+        return None
+    a, b = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    if a is None or b is None or not b.is_initializer() or a.shape is None or len(a.shape) != 2:
+        return None
+    if not isinstance(a.shape[0], int) or not isinstance(a.shape[1], int) or a.shape[0] > BatchMatmuls.BATCH_ROWS:
+        return None
+    attrs = tuple(sorted((k, repr(v.value)) for k, v in node.attributes.items()))
+    if ("transA", "1") in attrs:
+        return None
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    if c is not None and (not c.is_initializer() or c.shape is None
+                          or (len(c.shape) == 2 and c.shape[0] != 1) or len(c.shape) > 2):
+        return None  # a bias with a row per row of the output does not stack
+    return node.op_type, id(b), id(c) if c is not None else None, attrs
+
+
+def _ancestors(node: ir.Node) -> set[int]:
+    """ids of every node ``node`` depends on (through any input)."""
+    seen: set[int] = set()
+    stack = [v.producer() for v in node.inputs if v is not None and v.producer() is not None]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        stack.extend(v.producer() for v in n.inputs if v is not None and v.producer() is not None)
+    return seen
+
+
+@register_pass("batch-matmuls")
+class BatchMatmuls(Pass):
+    """Batch Gemm / MatMul nodes that multiply independent small left operands (``[M, K]``,
+    ``M <= 64``) by the same constant weight into one: ``Concat`` of the left operands along
+    the rows, one Gemm / MatMul, ``Split`` back. An unrolled LSTM's input projections (one
+    ``x_t @ W_ih`` per time step, exported step by step) read the 6.5 MB weight once instead
+    of 20 times. Nodes where one depends on another's output (the recurrent ``h @ W_hh``
+    steps) are never batched together; the graph is sorted again afterwards."""
+
+    BATCH_ROWS = 64
+
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
+        weighted = [n for n in graph if n.op_type in ("Gemm", "MatMul") and len(n.inputs) > 1
+                    and n.inputs[1] is not None and n.inputs[1].is_initializer()]
+        if sum(1 for n in weighted if n.inputs[0] is not None and n.inputs[0].shape is None) > 1:
+            common.ShapeInferencePass()(model)  # the left operands' shapes decide (no shapes yet)
+        groups: dict[tuple, list[list[ir.Node]]] = {}
+        for node in list(graph):
+            key = _weight_key(node)
+            if key is None:
+                continue
+            if key not in groups:  # the first of its weight: nothing to check against
+                groups[key] = [[node]]
+                continue
+            above = _ancestors(node)
+            for group in groups[key]:
+                if not any(id(member) in above for member in group):
+                    group.append(node)
+                    break
+            else:
+                groups[key].append([node])
+        modified = False
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
+        for group in (g for gs in groups.values() for g in gs if len(g) > 1):
+            self._merge(graph, group, opset)
+            modified = True
+        if modified:
+            graph.sort()
+        return PassResult(model, modified)
+
+    @staticmethod
+    def _merge(graph: ir.Graph, group: list[ir.Node], opset: int) -> None:
+        first = group[0]
+        rows = [int(n.inputs[0].shape[0]) for n in group]
+        cat = ir.node("Concat", [n.inputs[0] for n in group], attributes={"axis": 0})
+        cat.outputs[0].shape = ir.Shape([sum(rows), first.inputs[0].shape[1]])
+        cat.outputs[0].dtype = first.inputs[0].dtype
+        mm = ir.node(first.op_type, [cat.outputs[0], *first.inputs[1:]],
+                     attributes={k: v for k, v in first.attributes.items()})
+        if opset >= 13:  # the sizes are an input from opset 13, an attribute before
+            sizes = ir.val(f"{first.name or 'matmul'}_batch_rows", const_value=ir.tensor(np.array(rows, np.int64)))
+            graph.register_initializer(sizes)
+            split = ir.node("Split", [mm.outputs[0], sizes], num_outputs=len(group), attributes={"axis": 0})
+        else:
+            split = ir.node("Split", [mm.outputs[0]], num_outputs=len(group), attributes={"axis": 0, "split": rows})
+        for out, n in zip(split.outputs, group):
+            out.shape, out.dtype = n.outputs[0].shape, n.outputs[0].dtype
+        ir.convenience.replace_nodes_and_values(graph, group[-1], group, [cat, mm, split],
+                                                [n.outputs[0] for n in group], list(split.outputs))

@@ -17,7 +17,7 @@ from tests.conftest import MODELS, make_conv_model
 
 CNN = MODELS / "digits_cnn.onnx"
 EVAL = MODELS / "digits_eval.npz"
-CLEAN = "simplify,fold-constants,remove-identity,fuse-bn,dce"
+CLEAN = "simplify,fold-constants,remove-identity,fuse-bn,batch-matmuls,dce"
 
 
 def test_tune_seconds_without_tune_is_an_error(tmp_path, capsys):
@@ -56,7 +56,7 @@ def test_cleanup_prefix_is_recorded_and_no_cleanup_runs_as_written(tmp_path, cap
     assert manifest["pipeline"] == report["pipeline"] == f"{CLEAN},prune<ratio=0.5;multiple={_lanes()}>"
     assert [p["name"] for p in report["passes"]] == CLEAN.split(",") + ["prune"]
     err = capsys.readouterr().err
-    assert "cleanup passes simplify,fold-constants,remove-identity,fuse-bn,dce added" in err
+    assert "cleanup passes simplify,fold-constants,remove-identity,fuse-bn,batch-matmuls,dce added" in err
     assert main(["compile", *common, "--no-cleanup", "-o", str(tmp_path / "b"), "-q"]) == 0
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["pipeline"] == f"prune<ratio=0.5;multiple={_lanes()}>"

@@ -407,7 +407,7 @@ def test_run_config_follows_the_gate_rules_and_runs_the_cleanup(tmp_path, capsys
     from optc.targets import get_target
 
     run = f"prune<ratio=0.5;multiple={fp32_lanes(get_target('cpu'))}>"  # the target's SIMD width, as run
-    assert c["pruned"]["pipeline_run"] == "simplify,fold-constants,remove-identity,fuse-bn,dce," + run
+    assert c["pruned"]["pipeline_run"] == "simplify,fold-constants,remove-identity,fuse-bn,batch-matmuls,dce," + run
     manifest = json.loads((tmp_path / "out" / "candidates" / "pruned" / "manifest.json").read_text())
     assert manifest["pipeline"] == c["pruned"]["pipeline_run"]
     assert c["as-written"]["pipeline_run"] == run

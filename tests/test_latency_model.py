@@ -14,7 +14,7 @@ from optc.targets import TARGETS, get_target
 from tests.conftest import MODELS, make_int8_depthwise_model
 
 CALIB = MODELS / "digits_calib.npz"
-FP32_PASSES = "simplify,fold-constants,remove-identity,fuse-bn,dce"
+FP32_PASSES = "simplify,fold-constants,remove-identity,fuse-bn,batch-matmuls,dce"
 INT8_PASSES = f"{FP32_PASSES},quantize<calib={CALIB}>"
 
 

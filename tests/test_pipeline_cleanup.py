@@ -15,14 +15,14 @@ from optc.passes import optc_ops as ops
 from optc.pipeline import PassWarning, _summary, format_pipeline, registered_passes, run_pipeline, with_cleanup
 from tests.conftest import make_conv_model
 
-CLEAN = DEFAULT_PIPELINE  # simplify,fold-constants,remove-identity,fuse-bn,dce
-CLEAN_NO_BN = "simplify,fold-constants,remove-identity,dce"
+CLEAN = DEFAULT_PIPELINE  # simplify,fold-constants,remove-identity,fuse-bn,batch-matmuls,dce
+CLEAN_NO_BN = "simplify,fold-constants,remove-identity,batch-matmuls,dce"
 
 
 @pytest.mark.parametrize("text, expected", [
     ("quantize<calib=c.npz>", f"{CLEAN},quantize<calib=c.npz>"),
     ("simplify,quantize<calib=c.npz>", f"{CLEAN},quantize<calib=c.npz>"),  # simplify is not repeated
-    ("fuse-bn,prune<ratio=0.5>", "fuse-bn,simplify,fold-constants,remove-identity,dce,prune<ratio=0.5>"),
+    ("fuse-bn,prune<ratio=0.5>", "fuse-bn,simplify,fold-constants,remove-identity,batch-matmuls,dce,prune<ratio=0.5>"),
     ("prune<ratio=0.5>,quantize<calib=c.npz>", f"{CLEAN},prune<ratio=0.5>,quantize<calib=c.npz>"),
     # binarization folds BatchNorm into thresholds, bn-scale pruning reads the BatchNorms: no fuse-bn
     ("sign-to-threshold,binarize", f"{CLEAN_NO_BN},sign-to-threshold,binarize"),

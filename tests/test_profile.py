@@ -136,7 +136,7 @@ def test_warning_when_compressed_package_is_slower():
 def test_compare_to_times_the_other_package_in_the_same_rounds(conv_package, tmp_path):
     res = api.bench(conv_package, api.BenchOptions(threads=1, repeat=4, rounds=2, warmup=1, compare_to=conv_package))
     other = res["compare_to"]
-    assert other["repeat"] == 4 and other["pipeline"] == "simplify,fold-constants,remove-identity,fuse-bn,dce"
+    assert other["repeat"] == 4 and other["pipeline"] == "simplify,fold-constants,remove-identity,fuse-bn,batch-matmuls,dce"
     assert other["ratio_optc_over_this"] == pytest.approx(res["optc"]["median_ms"] / other["median_ms"])
     wrong = tmp_path / "other.optc"  # a package of another model (input shape): refused, by name
     shutil.copytree(conv_package, wrong)

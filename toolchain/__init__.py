@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = ["compile", "CompileOptions", "run", "bench", "BenchOptions", "inspect", "__version__", "DEFAULT_PIPELINE"]
 
-DEFAULT_PIPELINE = "simplify,fold-constants,remove-identity,fuse-bn,dce"
+DEFAULT_PIPELINE = "simplify,fold-constants,remove-identity,fuse-bn,batch-matmuls,dce"
 
 
 def __getattr__(name: str):

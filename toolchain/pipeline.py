@@ -441,7 +441,7 @@ def with_cleanup(specs: list[PassSpec] | str) -> tuple[list[PassSpec], list[Pass
     """``specs`` with the cleanup prefix, and the passes that were added.
 
     The default pipeline's passes (``optc.DEFAULT_PIPELINE``: simplify, fold-constants,
-    remove-identity, fuse-bn, dce) that do not already run before the first compression pass
+    remove-identity, fuse-bn, batch-matmuls, dce) that do not already run before the first compression pass
     (prune, quantize, binarize, ...) are inserted just before it, in the default order, so
     compression sees constant weights, folded BatchNorms and the layer names ``optc inspect``
     shows. A pass may exclude cleanup passes it conflicts with

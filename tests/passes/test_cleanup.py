@@ -187,3 +187,47 @@ def test_each_pass_is_idempotent_on_a_real_model(text):
     feeds = {"input": np.random.default_rng(3).random((2, 1, 8, 8), np.float32)}
     for x, y in zip(reference_outputs(model, feeds), reference_outputs(out, feeds)):
         np.testing.assert_allclose(x, y, atol=1e-4, rtol=1e-4)
+
+
+def _unrolled_rnn(opset: int, steps: int = 6, row_bias: bool = False) -> onnx.ModelProto:
+    """An RNN exported step by step: ``y_t = x_t @ W^T + b`` per step (independent), then
+    ``h_t = tanh(h_{t-1} @ R^T + y_t)`` (each step reads the last): what an unrolled LSTM
+    export looks like. ``row_bias``: a bias with one row per row of the output."""
+    rng = np.random.default_rng(0)
+    bias = rng.standard_normal((2, 16) if row_bias else (16,)).astype(np.float32)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "W"),
+             numpy_helper.from_array(bias, "b"),
+             numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32) * 0.2, "R"),
+             numpy_helper.from_array(np.zeros((2, 16), np.float32), "h_init")]
+    nodes, h = [], "h_init"
+    for t in range(steps):
+        inits.append(numpy_helper.from_array(np.array(t, np.int64), f"t{t}"))
+        nodes += [helper.make_node("Gather", ["x", f"t{t}"], [f"x{t}"], axis=0),
+                  helper.make_node("Gemm", [f"x{t}", "W", "b"], [f"y{t}"], transB=1),
+                  helper.make_node("Gemm", [h, "R"], [f"r{t}"], transB=1),
+                  helper.make_node("Add", [f"r{t}", f"y{t}"], [f"a{t}"]),
+                  helper.make_node("Tanh", [f"a{t}"], [f"h{t}"])]
+        h = f"h{t}"
+    return _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 2, 32])],
+                  [helper.make_tensor_value_info(h, TensorProto.FLOAT, [2, 16]),
+                   helper.make_tensor_value_info("y0", TensorProto.FLOAT, [2, 16])], opset=opset)
+
+
+@pytest.mark.parametrize("opset", [11, 17])  # Split's sizes: an attribute before 13, an input since
+def test_batch_matmuls_batches_independent_steps_never_the_recurrence(opset):
+    """The six input projections (same weight, independent) become one Gemm over 12 rows; the
+    recurrent Gemms, each reading the last step's output, stay one per step; a graph output
+    among the batched values (y0) keeps its name; same outputs; a second run changes nothing."""
+    model = _unrolled_rnn(opset)
+    out, modified, again = _run(model, "batch-matmuls")
+    assert modified and not again
+    gemms = [n for n in out.graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == 1 + 6 and _ops(out).count("Split") == 1 and _ops(out).count("Concat") == 1
+    assert [o.name for o in out.graph.output] == ["h5", "y0"]
+    feeds = {"x": np.random.default_rng(2).standard_normal((6, 2, 32)).astype(np.float32)}
+    _assert_same_outputs(model, out, feeds)
+
+
+def test_batch_matmuls_leaves_a_bias_with_a_row_per_output_row():
+    out, modified, _ = _run(_unrolled_rnn(17, row_bias=True), "batch-matmuls")
+    assert not modified and _ops(out).count("Gemm") == 12
