@@ -201,6 +201,10 @@ def test_legacy_forest_structure_and_bad_structure():
     with pytest.raises(ValueError, match="does not exist"):
         legacy_forest(bad, "target", 2)
     bad = _forest_attrs("target", 2)
+    bad["nodes_nodeids"] = [0, 1, 2, 3, 3, 0, 5, 7]
+    with pytest.raises(ValueError, match="same \\(treeid, nodeid\\)"):
+        legacy_forest(bad, "target", 2)
+    bad = _forest_attrs("target", 2)
     bad["nodes_modes"] = ["BRANCH_LEQ", "BRANCH_LT", "BRANCH_LEQ", "LEAF", "LEAF", "BRANCH_GT", "LEAF", "LEAF"]
     bad["nodes_truenodeids"] = [1, 3, 0, 0, 0, 5, 0, 0]  # node 2 -> node 0 -> node 2: no root for tree 0
     with pytest.raises(ValueError, match="cycle|no root"):

@@ -219,11 +219,13 @@ def legacy_forest(attr: dict, prefix: str, n_targets: int) -> Forest:
     number = np.empty(n, np.int64)  # split nodes 0..S-1, leaves S..S+L-1, each in node order
     number[split], number[~split] = np.arange(n_splits), n_splits + np.arange(n - n_splits)
     width = int(max(ids.max(initial=0), 0)) + 1
+    key = trees * width + ids
+    order = np.argsort(key, kind="stable")
+    if (np.diff(key[order]) == 0).any():
+        raise ValueError(f"{what}: two nodes have the same (treeid, nodeid)")
 
     def find(t: np.ndarray, i: np.ndarray, who: str) -> np.ndarray:
         """Positions of the nodes ``(t, i)``; one that does not exist is refused."""
-        key = trees * width + ids
-        order = np.argsort(key, kind="stable")
         want = t * width + i
         pos = np.minimum(np.searchsorted(key[order], want), n - 1)
         bad = (i < 0) | (i >= width) | (key[order][pos] != want)
@@ -232,11 +234,9 @@ def legacy_forest(attr: dict, prefix: str, n_targets: int) -> Forest:
             raise ValueError(f"{what}: {who} ({int(t[k])}, {int(i[k])}) points to a node that does not exist")
         return order[pos]
 
-    if len(np.unique(trees * width + ids)) < n:
-        raise ValueError(f"{what}: two nodes have the same (treeid, nodeid)")
     nxt = [number[find(trees[split], _values(attr[name]).astype(np.int64).reshape(-1)[split], f"node {name}")]
            for name in ("nodes_truenodeids", "nodes_falsenodeids")]
-    pointed = np.zeros(n_splits + n - n_splits, bool)
+    pointed = np.zeros(n, bool)
     pointed[nxt[0]] = pointed[nxt[1]] = True
     roots = np.flatnonzero(~pointed)
     roots = roots[np.argsort(trees[np.argsort(number)][roots], kind="stable")]  # in tree order
