@@ -96,3 +96,43 @@ def test_samples_per_call_come_from_a_shared_batch_axis():
     assert verify.rows_per_call([spec("x", 4, 3, 8, 8), spec("m", 4, 8)]) == 4
     assert verify.rows_per_call([spec("nodes", 40, 16), spec("edges", 70, 2)]) == 1
     assert verify.rows_per_call([spec("v", 5)]) == 1
+
+
+def _detections(n: int = 12, seed: int = 0) -> np.ndarray:
+    """``[1, n, 6]`` detector rows (x1, y1, x2, y2, score, class) sorted by score, with the
+    scores of rows 3-4 and of rows 9-11 (the cut) within 1e-9 of each other."""
+    rng = np.random.default_rng(seed)
+    rows = np.concatenate([rng.uniform(0, 640, (n, 4)), np.zeros((n, 1)), rng.integers(0, 5, (n, 1))], axis=1)
+    scores = np.linspace(0.9, 0.1, n)
+    scores[4] = scores[3] - 1e-9
+    scores[10], scores[11] = scores[9] - 1e-9, scores[9] - 2e-9
+    rows[:, 4] = scores
+    return rows[None].astype(np.float32)
+
+
+def test_rows_swapped_among_near_equal_topk_keys_pass_and_nothing_else_does():
+    """A TopK over scores that differ by rounding may order tied candidates differently, or
+    pick another one at the cut: such rows are compared as a set (``ties``, models with TopK).
+    Rows swapped across distinct scores, a wrong value inside a tie, a replaced row before the
+    cut, or the same swap without ``ties`` fail."""
+    from optc import verify
+
+    ref = _detections()
+    swapped = ref.copy()
+    swapped[0, [3, 4]] = ref[0, [4, 3]]
+    verdict = verify.compare([swapped], [ref], ["dets"], ties=True)
+    assert verdict["passed"] and verdict["outputs"][0]["tied_rows"]["rows_moved"] == 2
+    assert verdict["outputs"][0]["tied_rows"]["key_column"] == 4
+    assert not verify.compare([swapped], [ref], ["dets"])["passed"]  # no TopK in the model: as before
+    at_cut = ref.copy()
+    at_cut[0, 11, :4] = [1.0, 2.0, 3.0, 4.0]  # another candidate with the cut's score
+    assert verify.compare([at_cut], [ref], ["dets"], ties=True)["outputs"][0]["tied_rows"]["rows_at_cut"] == 1
+    far = ref.copy()
+    far[0, [1, 2]] = ref[0, [2, 1]]  # scores 0.07 apart: not a tie
+    assert not verify.compare([far], [ref], ["dets"], ties=True)["passed"]
+    wrong = swapped.copy()
+    wrong[0, 3, 0] += 5.0
+    assert not verify.compare([wrong], [ref], ["dets"], ties=True)["passed"]
+    early = ref.copy()
+    early[0, 4, :4] = [1.0, 2.0, 3.0, 4.0]  # a row of the tie before the cut replaced
+    assert not verify.compare([early], [ref], ["dets"], ties=True)["passed"]

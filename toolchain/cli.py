@@ -106,6 +106,9 @@ def cmd_compile(args) -> int:
     if v.get("passed") is not None:
         print(f"  verify: passed on {v['samples']} sample(s) in {v['calls']} call(s) (max abs error "
               f"{v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}; {v['inputs']})")
+        for o in v.get("outputs", []):
+            if "tied_rows" in o:
+                print(f"  verify: {o['name']}: {o['tolerance_rule']} (the errors above include the swapped rows)")
     else:
         print(f"  verify: NOT RUN ({v.get('skipped', 'skipped')})")
     print(f"  size: {report['size_bytes']['artifact'] / 1024:.1f} KiB (library + params)")

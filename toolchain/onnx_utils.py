@@ -147,6 +147,11 @@ def all_nodes(graph: "onnx.GraphProto"):
             yield from all_nodes(g)
 
 
+def has_op(model: "onnx.ModelProto", op_type: str) -> bool:
+    """Whether a node of ``op_type`` (default domain) is in ``model``, subgraphs included."""
+    return any(n.op_type == op_type and n.domain in ("", "ai.onnx") for n in all_nodes(model.graph))
+
+
 def node_reads(node: "onnx.NodeProto") -> set[str]:
     """Every value name ``node`` reads: its inputs and, recursively, the names read inside its
     subgraphs (If branches, Loop/Scan bodies), which include outer-scope values that appear in no
