@@ -261,6 +261,8 @@ def _weight_key(node: ir.Node) -> tuple | None:
     a, b = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
     if a is None or b is None or not b.is_initializer() or a.shape is None or len(a.shape) != 2:
         return None
+    if b.const_value is None or b.const_value.size < BatchMatmuls.MIN_WEIGHT:
+        return None  # a small weight stays in cache: batching would only add the Concat and Split
     if not isinstance(a.shape[0], int) or not isinstance(a.shape[1], int) or a.shape[0] > BatchMatmuls.BATCH_ROWS:
         return None
     attrs = tuple(sorted((k, repr(v.value)) for k, v in node.attributes.items()))
@@ -289,13 +291,14 @@ def _ancestors(node: ir.Node) -> set[int]:
 @register_pass("batch-matmuls")
 class BatchMatmuls(Pass):
     """Batch Gemm / MatMul nodes that multiply independent small left operands (``[M, K]``,
-    ``M <= 64``) by the same constant weight into one: ``Concat`` of the left operands along
+    ``M <= 64``) by the same constant weight (of at least 4,096 elements) into one: ``Concat`` of the left operands along
     the rows, one Gemm / MatMul, ``Split`` back. An unrolled LSTM's input projections (one
     ``x_t @ W_ih`` per time step, exported step by step) read the 6.5 MB weight once instead
     of 20 times. Nodes where one depends on another's output (the recurrent ``h @ W_hh``
     steps) are never batched together; the graph is sorted again afterwards."""
 
     BATCH_ROWS = 64
+    MIN_WEIGHT = 4096  # elements (16 KB of float32)
 
     def call(self, model: ir.Model) -> PassResult:
         graph = model.graph

@@ -195,7 +195,7 @@ def _unrolled_rnn(opset: int, steps: int = 6, row_bias: bool = False) -> onnx.Mo
     export looks like. ``row_bias``: a bias with one row per row of the output."""
     rng = np.random.default_rng(0)
     bias = rng.standard_normal((2, 16) if row_bias else (16,)).astype(np.float32)
-    inits = [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "W"),
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 512)).astype(np.float32) * 0.05, "W"),
              numpy_helper.from_array(bias, "b"),
              numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32) * 0.2, "R"),
              numpy_helper.from_array(np.zeros((2, 16), np.float32), "h_init")]
@@ -208,7 +208,7 @@ def _unrolled_rnn(opset: int, steps: int = 6, row_bias: bool = False) -> onnx.Mo
                   helper.make_node("Add", [f"r{t}", f"y{t}"], [f"a{t}"]),
                   helper.make_node("Tanh", [f"a{t}"], [f"h{t}"])]
         h = f"h{t}"
-    return _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 2, 32])],
+    return _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 2, 512])],
                   [helper.make_tensor_value_info(h, TensorProto.FLOAT, [2, 16]),
                    helper.make_tensor_value_info("y0", TensorProto.FLOAT, [2, 16])], opset=opset)
 
@@ -224,10 +224,17 @@ def test_batch_matmuls_batches_independent_steps_never_the_recurrence(opset):
     gemms = [n for n in out.graph.node if n.op_type == "Gemm"]
     assert len(gemms) == 1 + 6 and _ops(out).count("Split") == 1 and _ops(out).count("Concat") == 1
     assert [o.name for o in out.graph.output] == ["h5", "y0"]
-    feeds = {"x": np.random.default_rng(2).standard_normal((6, 2, 32)).astype(np.float32)}
+    feeds = {"x": np.random.default_rng(2).standard_normal((6, 2, 512)).astype(np.float32)}
     _assert_same_outputs(model, out, feeds)
 
 
-def test_batch_matmuls_leaves_a_bias_with_a_row_per_output_row():
+def test_batch_matmuls_leaves_a_bias_with_a_row_per_output_row_and_small_weights():
     out, modified, _ = _run(_unrolled_rnn(17, row_bias=True), "batch-matmuls")
     assert not modified and _ops(out).count("Gemm") == 12
+    small = _unrolled_rnn(17)
+    for t in small.graph.initializer:
+        if t.name == "W":  # 16 x 256 = 4,096 elements: batched; 16 x 255: left alone
+            t.CopyFrom(numpy_helper.from_array(np.ones((16, 255), np.float32), "W"))
+    small.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 255
+    out, modified, _ = _run(small, "batch-matmuls")
+    assert not modified
