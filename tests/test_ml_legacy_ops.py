@@ -118,6 +118,7 @@ BOTH, ONE, POS, MIXED = [0, 1] * 5, [1] * 10, [1] * 10, [1, -1, -1, 1, 1, -1, -1
     ([0.3], BOTH, POS, "NONE"),
     ([0.5, -0.5], [0] * 10, POS, "NONE"),
     (None, ONE, MIXED, "NONE"),
+    ([0.2], [0] * 10, POS, "LOGISTIC"),  # weights >= 0 under LOGISTIC: [logistic(-s), logistic(s)] too
 ])
 def test_two_class_tree_classifier_follows_onnxruntimes_binary_rules(tmp_path, base, ids, signs, post):
     _compile_and_compare(_two_class(base, ids, signs, post), tmp_path, {"x": X})
@@ -244,3 +245,20 @@ def test_a_two_class_forest_compiles_and_verifies_for_arm(tmp_path):
     report = optc.compile(path, "arm", tmp_path / "pkg", inputs={model.graph.input[0].name: x[:128].astype(np.float32)},
                           options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"]
+
+
+@pytest.mark.parametrize("mode", ["BRANCH_LEQ", "BRANCH_NEQ"])
+def test_double_inputs_compare_in_double_and_nan_is_not_equal(tmp_path, mode):
+    """A double input is compared with the thresholds in double, as onnxruntime does (rounded
+    to float32 first, 0.1 + 1e-12 became float32(0.1) and went down the <= branch), and a NaN
+    feature is "not equal" to every threshold (BRANCH_NEQ: true, as C++'s !=)."""
+    vi = h.make_tensor_value_info
+    thr = float(np.float32(0.1))
+    node = h.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1,
+                       nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0],
+                       nodes_values=[thr, 0.0, 0.0], nodes_modes=[mode, "LEAF", "LEAF"],
+                       nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0],
+                       target_treeids=[0, 0], target_nodeids=[1, 2], target_ids=[0, 0], target_weights=[1.0, 2.0])
+    model = _model([node], [vi("x", T.DOUBLE, [4, 1])], [vi("y", T.FLOAT, [4, 1])])
+    x = np.array([[thr + 1e-12], [thr], [thr - 1e-12], [np.nan]], np.float64)
+    _compile_and_compare(model, tmp_path, {"x": x})

@@ -255,7 +255,7 @@ def legacy_forest(attr: dict, prefix: str, n_targets: int) -> Forest:
         _attr_array(attr, f"{prefix}_weights")[leaf])
 
 
-_COMPARE = ("<=", "<", ">=", ">", "==", "!=")  # MODES as TVMScript
+_COMPARE = ("<=", "<", ">=", ">", "==", "!=")  # MODES as TVMScript ("!=" also true on NaN)
 WALK_CHUNKS = 16  # trees are walked in this many parallel chunks ...
 WALK_PARALLEL_STEPS = 4096  # ... where rows x trees reach this (a 100-tree forest on one row: 17 vs 19-23 us)
 
@@ -286,9 +286,13 @@ def walk_source(f: Forest, rows: int, features: int, n_targets: int, dtype: str,
     else:
         v = "x[b, nodes[node[0], 0]]"
         t = 'T.reinterpret("float32", nodes[node[0], 3])' if dtype == "float32" else "thr[node[0]]"
-        bit = f"{v} {_COMPARE[present[-1]]} {t}" if present else "False"
+
+        def test(m: int) -> str:  # NaN != t is true (onnxruntime's C++); TVM's "!=" is LLVM's ordered one
+            return f"T.Or({v} != {t}, T.isnan({v}))" if MODES[m] == "not_equal" else f"{v} {_COMPARE[m]} {t}"
+
+        bit = test(present[-1]) if present else "False"
         for m in reversed(present[:-1]):
-            bit = f"T.if_then_else(mode[node[0]] == T.int8({m}), {v} {_COMPARE[m]} {t}, {bit})"
+            bit = f"T.if_then_else(mode[node[0]] == T.int8({m}), {test(m)}, {bit})"
         if "tracks" in names:
             bit = f"T.Or({bit}, T.And(T.isnan({v}), tracks[node[0]] != T.int8(0)))"
     add = (f"for k in T.serial({n_targets}):\n{' ' * 24}part[c, b, k] = part[c, b, k] + w[leaf, k]" if dense else
@@ -425,8 +429,8 @@ def binary_tree_outputs(bb, scores, f: Forest, labels: np.ndarray, base: np.ndar
     - the winning weight ``p`` is ``s1`` (two scores, class 1 scored), else ``s0`` (class 0
       scored), else 0. With weights on one class only (onnxruntime's ``binary_case``): all
       weights >= 0: label 1 where ``p > 0.5``, and one score ``s`` widens to ``[1 - s, s]``;
-      mixed signs: label 1 where ``p > 0``, ``s`` widens to ``[-s, s]``, or
-      ``[logistic(-s), logistic(s)]`` under LOGISTIC (onnxruntime 1.32, measured). With weights on
+      mixed signs: label 1 where ``p > 0``, ``s`` widens to ``[-s, s]``; under LOGISTIC it
+      widens to ``[logistic(-s), logistic(s)]`` either way (onnxruntime 1.32, measured). With weights on
       both classes the label is the integer 1 or 0 by ``p > 0`` (onnxruntime's default
       positive / negative labels, not ``classlabels``).
     - two scores go through the post transform as a pair, a class without a score as 0 (as
@@ -469,10 +473,10 @@ def binary_tree_outputs(bb, scores, f: Forest, labels: np.ndarray, base: np.ndar
         return label, post_transform(pair, {"post_transform": post}, "TreeEnsembleClassifier")
     if not one_class:  # one score left needs class 1 unscored: weights on class 0 only
         raise ValueError("TreeEnsembleClassifier (2 classes): onnxruntime writes one score column here")
-    if cut == 0.5:
-        pair = [op.subtract(c(1.0), s0), s0]
-    elif post == "LOGISTIC":
+    if post == "LOGISTIC":
         pair = [op.sigmoid(op.negative(s0)), op.sigmoid(s0)]
+    elif cut == 0.5:
+        pair = [op.subtract(c(1.0), s0), s0]
     else:
         pair = [op.negative(s0), s0]
     return label, op.stack(pair, axis=1)
@@ -496,6 +500,17 @@ def post_transform(scores, attr: dict, op_type: str):
         e = op.where(op.equal(scores, zero), zero, op.exp(op.subtract(scores, op.max(scores, axis=[1], keepdims=True))))
         return op.divide(e, op.sum(e, axis=[1], keepdims=True))
     return scores
+
+
+def _tree_input(bb, x):
+    """``x`` for the legacy forests' comparisons: float64 kept (onnxruntime compares a double
+    input with the thresholds in double: rounding it to float32 first sent values just past a
+    threshold down the other branch), any other type as float32. Returns (x, its dtype)."""
+    from tvm import relax
+
+    if _dtype(x) == "float64":
+        return x, "float64"
+    return (x if _dtype(x) == "float32" else bb.normalize(relax.op.astype(x, "float32"))), "float32"
 
 
 def _as_float(bb, x):
@@ -572,9 +587,11 @@ def register() -> None:
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
             labels = class_labels(attr, "TreeEnsembleClassifier", two=True)
-            x = _as_float(bb, inputs[0])
+            x, dt = _tree_input(bb, inputs[0])
             forest = legacy_forest(attr, "class", len(labels))
-            scores = forest_walk(bb, x, forest, len(labels), "float32")
+            scores = forest_walk(bb, x, forest, len(labels), dt)
+            if dt != "float32":  # summed in double, written as float32 (the op's output type)
+                scores = bb.normalize(op.astype(scores, "float32"))
             if len(labels) == 2:
                 post = _text(attr.get("post_transform", "NONE"))
                 if post not in POST_TRANSFORMS:
@@ -597,11 +614,13 @@ def register() -> None:
                 raise ValueError(f"TreeEnsembleRegressor: aggregate_function {agg} / post_transform "
                                  f"{_text(attr.get('post_transform', 'NONE'))} are not lowered (SUM or AVERAGE, NONE are)")
             n = int(attr.get("n_targets", 1))
-            x = _as_float(bb, inputs[0])
+            x, dt = _tree_input(bb, inputs[0])
             forest = legacy_forest(attr, "target", n)
             if agg == "AVERAGE":
                 forest.weights = forest.weights / max(1, len(forest.roots))
-            scores = forest_walk(bb, x, forest, n, "float32")
+            scores = forest_walk(bb, x, forest, n, dt)
+            if dt != "float32":
+                scores = bb.normalize(op.astype(scores, "float32"))
             base = _attr_array(attr, "base_values", np.zeros(n))
             return op.add(scores, relax.const(np.broadcast_to(base, n).astype("float32")))
 
