@@ -262,3 +262,38 @@ def test_double_inputs_compare_in_double_and_nan_is_not_equal(tmp_path, mode):
     model = _model([node], [vi("x", T.DOUBLE, [4, 1])], [vi("y", T.FLOAT, [4, 1])])
     x = np.array([[thr + 1e-12], [thr], [thr - 1e-12], [np.nan]], np.float64)
     _compile_and_compare(model, tmp_path, {"x": x})
+
+
+@pytest.mark.parametrize("form", ["int_to_float", "float_to_int", "tensor", "float_tensor"])
+def test_numeric_label_encoder_matches_onnxruntime(tmp_path, form):
+    """Numeric LabelEncoder (scikit-learn's IsolationForest export has 40: int64 node ids to
+    float path lengths): a key's value, the default elsewhere; a NaN key matches NaN from
+    opset 4 only."""
+    vi = h.make_tensor_value_info
+    if form == "int_to_float":
+        node = h.make_node("LabelEncoder", ["x"], ["y"], domain="ai.onnx.ml", keys_int64s=[3, 7, 11, 40],
+                           values_floats=[1.5, 2.0, -3.0, 30.0], default_float=0.25)
+        x = np.array([[3, 4, 11], [40, -1, 7]], np.int64)
+        model, xt, yt, ml = (node, T.INT64, T.FLOAT, 2)
+    elif form == "float_to_int":
+        node = h.make_node("LabelEncoder", ["x"], ["y"], domain="ai.onnx.ml", keys_floats=[0.5, np.nan, -2.0],
+                           values_int64s=[10, 20, 30])
+        x = np.array([[0.5, np.nan, 1.0], [-2.0, 0.25, 0.5]], np.float32)
+        model, xt, yt, ml = (node, T.FLOAT, T.INT64, 2)
+    elif form == "float_tensor":
+        node = h.make_node("LabelEncoder", ["x"], ["y"], domain="ai.onnx.ml",
+                           keys_tensor=onnx.numpy_helper.from_array(np.array([0.5, np.nan, -2.0], np.float32)),
+                           values_tensor=onnx.numpy_helper.from_array(np.array([10, 20, 30], np.int64)))
+        x = np.array([[0.5, np.nan, 1.0], [-2.0, 0.25, 0.5]], np.float32)
+        model, xt, yt, ml = (node, T.FLOAT, T.INT64, 4)
+    else:
+        node = h.make_node("LabelEncoder", ["x"], ["y"], domain="ai.onnx.ml",
+                           keys_tensor=onnx.numpy_helper.from_array(np.array([1, 2, 3], np.int64)),
+                           values_tensor=onnx.numpy_helper.from_array(np.array([7, 8, 9], np.int64)),
+                           default_tensor=onnx.numpy_helper.from_array(np.array([-5], np.int64)))
+        x = np.array([[1, 5, 3], [2, 2, 0]], np.int64)
+        model, xt, yt, ml = (node, T.INT64, T.INT64, 4)
+    m = h.make_model(h.make_graph([model], "m", [vi("x", xt, [2, 3])], [vi("y", yt, [2, 3])]),
+                     opset_imports=[h.make_opsetid("ai.onnx.ml", ml), h.make_opsetid("", 17)])
+    m.ir_version = 10
+    _compile_and_compare(m, tmp_path, {"x": x})

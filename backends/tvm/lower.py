@@ -173,6 +173,10 @@ def _from_onnx(model: onnx.ModelProto, shape_dict: dict, dtype_dict: dict):
 
     load_converters()
     extra = {key.split("::", 1)[1]: cls for key, cls in CUSTOM_CONVERTERS.items()}
+    # an ai.onnx.ml op gets that domain's opset (LabelEncoder 2 and 4 differ), not the default
+    # domain's; the other domains' converters are written against the default opset
+    ml = next((int(o.version) for o in model.opset_import if o.domain == "ai.onnx.ml"), None)
+    own_opset = {key.split("::", 1)[1]: ml for key in CUSTOM_CONVERTERS if ml and key.startswith("ai.onnx.ml::")}
 
     class Importer(onnx_frontend.ONNXGraphImporter):
         def _check_for_unsupported_ops(self, graph) -> None:
@@ -185,7 +189,8 @@ def _from_onnx(model: onnx.ModelProto, shape_dict: dict, dtype_dict: dict):
         def _convert_operator(self, op_name, inputs, attrs, opset):
             if op_name not in extra:
                 return super()._convert_operator(op_name, inputs, attrs, opset)
-            sym = extra[op_name].get_converter(opset)(self.bb, inputs, attrs, [self._nodes, self._params])
+            sym = extra[op_name].get_converter(own_opset.get(op_name, opset))(self.bb, inputs, attrs,
+                                                                             [self._nodes, self._params])
             return self.bb.normalize(sym) if isinstance(sym, relax.Expr) else sym
 
         def _convert_subgraph(self, bb, graph):

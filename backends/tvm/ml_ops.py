@@ -37,6 +37,9 @@
   where the count is > 0) or TFIDF (``weights * count``), ``weights[j]`` weighing output slot
   ``j``. String pools are refused by name.
 
+- LabelEncoder with numeric keys and values (:func:`label_encoder_table`): the value of the
+  key each element equals (from opset 4 a NaN key matches NaN), else the default.
+
 String-typed ml ops (LabelEncoder on strings, ...) stay refused by name: Relax tensors hold
 no strings.
 """
@@ -402,6 +405,32 @@ def tfidf_grams(attr: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def label_encoder_table(attr: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A numeric LabelEncoder's (keys, values, default): ``keys_int64s`` / ``keys_floats`` /
+    ``keys_tensor`` and the same for values (int64 or float32; the ``default_*`` attribute of
+    the values' type, -1 / -0.0 when absent, or ``default_tensor``). Strings are refused."""
+    if any(attr.get(k) for k in ("keys_strings", "values_strings", "classes_strings")):
+        raise ValueError("LabelEncoder: string keys or values are not lowered (Relax tensors hold no strings)")
+
+    def pick(prefix: str) -> np.ndarray | None:
+        for name, dt in ((f"{prefix}_int64s", np.int64), (f"{prefix}_floats", np.float32), (f"{prefix}_tensor", None)):
+            if attr.get(name) is not None and np.size(_values(attr[name])):
+                v = _values(attr[name]).reshape(-1)
+                return v.astype(dt if dt is not None else (np.float32 if v.dtype.kind == "f" else np.int64))
+        return None
+
+    keys, values = pick("keys"), pick("values")
+    if keys is None or values is None or len(keys) != len(values):
+        raise ValueError("LabelEncoder: numeric keys and values of the same length are required")
+    if attr.get("default_tensor") is not None:
+        default = _values(attr["default_tensor"]).reshape(-1)[0]
+    elif values.dtype.kind == "f":
+        default = float(attr.get("default_float", -0.0))
+    else:
+        default = int(attr.get("default_int64", -1))
+    return keys, values, np.asarray(default, values.dtype)
+
+
 def class_labels(attr: dict, op_type: str, two: bool = False) -> np.ndarray:
     """A classifier's integer labels (``classlabels_int64s`` / ``classlabels_ints``); string
     labels are refused by name (Relax tensors hold no strings), and so are two-class models
@@ -549,6 +578,34 @@ def register() -> None:
     from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
     op = relax.op
+
+    @register_converter(ML, "LabelEncoder")
+    class LabelEncoder(OnnxOpConverter):
+        """Numeric LabelEncoder (ai.onnx.ml 2-4; scikit-learn's IsolationForest export has
+        40): each element's value where it equals a key, else the default; from opset 4 a
+        NaN key matches NaN (onnxruntime; at opset 2 it matches nothing). String keys or
+        values are refused by name (Relax tensors hold no strings)."""
+
+        @classmethod
+        def _impl_v2(cls, bb, inputs, attr, params, nan_keys: bool = False):
+            keys, values, default = label_encoder_table(attr)
+            x = inputs[0]
+            kdt = "float32" if keys.dtype.kind == "f" else "int64"
+            if _dtype(x) != kdt:
+                raise ValueError(f"LabelEncoder: {_dtype(x)} input with {kdt} keys")
+            vdt = str(values.dtype)
+            hit = bb.normalize(op.equal(op.expand_dims(x, [-1]), relax.const(keys, kdt)))
+            if nan_keys and keys.dtype.kind == "f" and np.isnan(keys).any():  # NaN == NaN is false
+                nan_key = relax.const(np.isnan(keys))
+                hit = bb.normalize(op.logical_or(hit, op.logical_and(op.expand_dims(op.isnan(x), [-1]), nan_key)))
+            found = op.max(op.astype(hit, "int32"), axis=[-1])
+            index = op.argmax(op.astype(hit, "int32"), axis=-1)
+            value = op.take(relax.const(values, vdt), index, axis=0)
+            return op.where(op.greater(found, relax.const(0, "int32")), value, relax.const(default, vdt))
+
+        @classmethod
+        def _impl_v4(cls, bb, inputs, attr, params):
+            return cls._impl_v2(bb, inputs, attr, params, nan_keys=True)
 
     @register_converter(ML, "Binarizer")
     class Binarizer(OnnxOpConverter):
