@@ -445,6 +445,54 @@ def class_labels(attr: dict, op_type: str, two: bool = False) -> np.ndarray:
     return labels
 
 
+def leaf_trees(f: Forest) -> np.ndarray:
+    """``[L]`` the tree (index into ``f.roots``) each leaf belongs to (-1: reached from no
+    root), level by level from the roots."""
+    s = f.n_splits
+    tree = np.full(s + f.n_leaves, -1, np.int64)
+    tree[f.roots] = np.arange(len(f.roots))
+    level = f.roots[f.roots < s]
+    while level.size:
+        for nxt in (f.true_next[level], f.false_next[level]):
+            fresh = tree[nxt] < 0
+            tree[nxt[fresh]] = tree[level[fresh]]
+        level = np.unique(np.concatenate([f.true_next[level], f.false_next[level]]))
+        level = level[level < s]
+    return tree[s:]
+
+
+def coverage(f: Forest, k: int) -> str:
+    """Whether onnxruntime's run-time "has a score" flag of target ``k`` is always set ("full":
+    some tree has a weight for ``k`` on every leaf, and every row reaches one leaf of every
+    tree, as in a gradient-boosted multiclass forest's trees of class ``k``), never set
+    ("none": no leaf has one), or depends on the leaves a row reaches ("partial")."""
+    scored = np.zeros(f.n_leaves, bool)
+    scored[f.leaves[f.targets == k]] = True
+    if not scored.any():
+        return "none"
+    trees = leaf_trees(f)
+    missing = np.bincount(trees[(trees >= 0) & ~scored], minlength=len(f.roots))
+    has_leaves = np.bincount(trees[trees >= 0], minlength=len(f.roots)) > 0
+    return "full" if (has_leaves & (missing == 0)).any() else "partial"
+
+
+def scored_targets(f: Forest, n: int, base: np.ndarray, op_type: str) -> np.ndarray:
+    """``[n]`` bool: the targets onnxruntime writes a score for (an unscored one is written as
+    0 and, in a classifier, never wins the label): those with a base value (the first
+    ``len(base)``, where base values are used) or a :func:`coverage` "full"; one with a
+    "partial" coverage and no base value is refused by name (its flag changes from row to
+    row)."""
+    out = np.zeros(n, bool)
+    for k in range(n):
+        cov = coverage(f, k)
+        if k < len(base) or cov == "full":
+            out[k] = True
+        elif cov == "partial":
+            raise ValueError(f"{op_type}: target {k} has weights on some leaves only and no base value; "
+                             "onnxruntime's run-time has-score rule for it is not lowered")
+    return out
+
+
 def binary_tree_outputs(bb, scores, f: Forest, labels: np.ndarray, base: np.ndarray, post: str):
     """(label, probabilities ``[B, 2]``) of a two-class TreeEnsembleClassifier by onnxruntime's
     rules (``TreeAggregatorClassifier::FinalizeScores`` and ``write_scores``), from the summed
@@ -469,12 +517,10 @@ def binary_tree_outputs(bb, scores, f: Forest, labels: np.ndarray, base: np.ndar
     op = relax.op
     has = []
     for k in (0, 1):
-        scored = np.zeros(f.n_leaves, bool)
-        scored[f.leaves[f.targets == k]] = True
-        if 0 < scored.sum() < f.n_leaves:
+        if coverage(f, k) == "partial":
             raise ValueError(f"TreeEnsembleClassifier (2 classes): class {k} has weights on some leaves only; "
                              "onnxruntime's run-time has-score rule for it is not lowered")
-        has.append(bool(scored.all()) and f.n_leaves > 0)
+        has.append(coverage(f, k) == "full")
     if not (has[0] or has[1]):
         raise ValueError("TreeEnsembleClassifier (2 classes): no leaf has a weight")
     c = lambda v: relax.const(np.float32(v), "float32")  # noqa: E731
@@ -655,8 +701,19 @@ def register() -> None:
                     raise ValueError(f"TreeEnsembleClassifier: post_transform {post} is not lowered")
                 base = _attr_array(attr, "base_values", np.zeros(0))
                 return relax.Tuple(list(binary_tree_outputs(bb, scores, forest, labels, base, post)))
-            base = _attr_array(attr, "base_values", np.zeros(len(labels)))
-            scores = bb.normalize(op.add(scores, relax.const(np.broadcast_to(base, len(labels)).astype("float32"))))
+            n = len(labels)
+            base = _attr_array(attr, "base_values", np.zeros(0))[:n]
+            scored = scored_targets(forest, n, base, "TreeEnsembleClassifier")
+            if not scored.any():
+                raise ValueError("TreeEnsembleClassifier: no class has a score (no base values, no leaf weights)")
+            full = np.zeros(n, np.float32)
+            full[:len(base)] = base
+            scores = bb.normalize(op.add(scores, relax.const(full)))
+            if not scored.all():  # an unscored class: written as 0, never the label (onnxruntime)
+                mask = relax.const(scored)
+                label = _label_of(op.where(mask, scores, relax.const(-np.inf, "float32")), labels)
+                scores = bb.normalize(op.where(mask, scores, relax.const(0.0, "float32")))
+                return relax.Tuple([label, post_transform(scores, attr, "TreeEnsembleClassifier")])
             return relax.Tuple([_label_of(scores, labels), post_transform(scores, attr, "TreeEnsembleClassifier")])
 
     @register_converter(ML, "TreeEnsembleRegressor")
@@ -678,8 +735,20 @@ def register() -> None:
             scores = forest_walk(bb, x, forest, n, dt)
             if dt != "float32":
                 scores = bb.normalize(op.astype(scores, "float32"))
-            base = _attr_array(attr, "base_values", np.zeros(n))
-            return op.add(scores, relax.const(np.broadcast_to(base, n).astype("float32")))
+            base = _attr_array(attr, "base_values", np.zeros(0))
+            if n == 1:  # one target: its base value (the only one) is always added
+                return op.add(scores, relax.const(np.resize(base, 1).astype("float32") if len(base) else
+                                                  np.zeros(1, np.float32)))
+            base = base if len(base) == n else np.zeros(0)  # onnxruntime adds base values given per target only
+            scored = np.array([coverage(forest, k) != "none" for k in range(n)])
+            for k in range(len(base)):
+                if coverage(forest, k) == "partial" and base[k] != 0:
+                    raise ValueError(f"TreeEnsembleRegressor: target {k} has weights on some leaves only and a "
+                                     "base value; onnxruntime's run-time has-score rule for it is not lowered")
+            full = np.zeros(n, np.float32)
+            full[:len(base)] = base
+            out = op.add(scores, relax.const(full))
+            return out if scored.all() else op.where(relax.const(scored), out, relax.const(0.0, "float32"))
 
     @register_converter(ML, "LinearClassifier")
     class LinearClassifier(OnnxOpConverter):
