@@ -297,3 +297,27 @@ def test_numeric_label_encoder_matches_onnxruntime(tmp_path, form):
                      opset_imports=[h.make_opsetid("ai.onnx.ml", ml), h.make_opsetid("", 17)])
     m.ir_version = 10
     _compile_and_compare(m, tmp_path, {"x": x})
+
+
+def test_targets_no_leaf_scores_are_written_as_zero_and_partial_ones_refused(tmp_path):
+    """onnxruntime writes 0 for a target no reached leaf scored (its base value not added) and
+    never makes an unscored class the label. A target no leaf scores is lowered so; one that
+    some leaves only score (per-row flag) with a base value, or a class without one, is
+    refused by name."""
+    vi = h.make_tensor_value_info
+    reg = h.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=3,
+                      base_values=[0.5, -1.0, 7.0], **_forest_attrs("target", 2))  # target 2: no leaf
+    _compile_and_compare(_model([reg], [vi("x", T.FLOAT, [5, 3])], [vi("y", T.FLOAT, [5, 3])]), tmp_path / "r", {"x": X})
+    attrs = _forest_attrs("class", 3)
+    attrs["class_ids"] = [0, 1] * 5  # class 2: no leaf, no base value
+    attrs["class_weights"] = [-w for w in attrs["class_weights"]]  # every scored class negative: 0 would win
+    cls_ = h.make_node("TreeEnsembleClassifier", ["x"], ["label", "p"], domain="ai.onnx.ml",
+                       classlabels_int64s=[3, 7, 11], post_transform="NONE", **attrs)
+    model = _model([cls_], [vi("x", T.FLOAT, [5, 3])], [vi("label", T.INT64, [5]), vi("p", T.FLOAT, [5, 3])])
+    _compile_and_compare(model, tmp_path / "c", {"x": X})
+    attrs["class_ids"] = [0, 1, 0, 1, 0, 2, 0, 1, 0, 1]  # class 2 on one leaf of tree 0 only: per row
+    cls_ = h.make_node("TreeEnsembleClassifier", ["x"], ["label", "p"], domain="ai.onnx.ml",
+                       classlabels_int64s=[3, 7, 11], post_transform="NONE", **attrs)
+    model = _model([cls_], [vi("x", T.FLOAT, [5, 3])], [vi("label", T.INT64, [5]), vi("p", T.FLOAT, [5, 3])])
+    with pytest.raises(UnsupportedModelError, match="target 2 has weights on some leaves only"):
+        _compile_and_compare(model, tmp_path / "p", {"x": X})
