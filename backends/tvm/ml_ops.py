@@ -677,7 +677,8 @@ def register() -> None:
             agg, post = int(attr.get("aggregate_function", 1)), int(attr.get("post_transform", 0))
             if agg not in (0, 1) or post != 0:
                 raise ValueError(f"TreeEnsemble: aggregate_function {agg} / post_transform {post} are not lowered "
-                                 "(SUM or AVERAGE without a post transform are)")
+                                 "(SUM or AVERAGE without a post transform are; onnxruntime 1.32 reads the "
+                                 "post_transform codes in another order than the ONNX spec: 1 runs LOGISTIC)")
             x = inputs[0]
             n = int(attr.get("n_targets", int(_values(attr["leaf_targetids"]).max()) + 1))
             return forest_walk(bb, x, forest_v5(attr), n, _dtype(x))
