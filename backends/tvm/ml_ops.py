@@ -310,8 +310,8 @@ def forest_walk({params}):
         node = T.alloc_buffer((1,), "int32", scope="local")
         for b, k in T.grid({rows}, {n_targets}):
             part[c, b, k] = {zero}
-        for b in T.serial({rows}):
-            for i in T.serial({per}):
+        for i in T.serial({per}):  # tree-major: a tree's nodes stay in cache over the rows
+            for b in T.serial({rows}):
                 if c * {per} + i < {trees}:
                     node[0] = roots[c * {per} + i]
                     while node[0] < {s}:
