@@ -323,15 +323,20 @@ class BatchMatmuls(Pass):
                 groups[key].append([node])
         modified = False
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
+        taken = set(graph.initializers)
         for group in (g for gs in groups.values() for g in gs if len(g) > 1):
-            self._merge(graph, group, opset)
+            name = f"{group[0].name or 'matmul'}_batch_rows"
+            while name in taken:  # unnamed nodes, or a name already there
+                name += "_"
+            taken.add(name)
+            self._merge(graph, group, opset, name)
             modified = True
         if modified:
             graph.sort()
         return PassResult(model, modified)
 
     @staticmethod
-    def _merge(graph: ir.Graph, group: list[ir.Node], opset: int) -> None:
+    def _merge(graph: ir.Graph, group: list[ir.Node], opset: int, sizes_name: str) -> None:
         first = group[0]
         rows = [int(n.inputs[0].shape[0]) for n in group]
         cat = ir.node("Concat", [n.inputs[0] for n in group], attributes={"axis": 0})
@@ -340,7 +345,7 @@ class BatchMatmuls(Pass):
         mm = ir.node(first.op_type, [cat.outputs[0], *first.inputs[1:]],
                      attributes={k: v for k, v in first.attributes.items()})
         if opset >= 13:  # the sizes are an input from opset 13, an attribute before
-            sizes = ir.val(f"{first.name or 'matmul'}_batch_rows", const_value=ir.tensor(np.array(rows, np.int64)))
+            sizes = ir.val(sizes_name, const_value=ir.tensor(np.array(rows, np.int64)))
             graph.register_initializer(sizes)
             split = ir.node("Split", [mm.outputs[0], sizes], num_outputs=len(group), attributes={"axis": 0})
         else:

@@ -317,6 +317,9 @@ def check_declared_types(verdict: dict, outputs: list[np.ndarray], specs: list[T
     return verdict
 
 
+TIE_GROUP_ROWS = 512  # rows of near-equal keys compared as a set, at most
+
+
 def tied_rows(out: np.ndarray, ref: np.ndarray, tol: float, atol: float = DEFAULT_ATOL,
               rtol: float = DEFAULT_RTOL) -> dict | None:
     """Whether ``out`` equals ``ref`` up to rows (axis -2) reordered among near-equal keys, as
@@ -327,11 +330,12 @@ def tied_rows(out: np.ndarray, ref: np.ndarray, tol: float, atol: float = DEFAUL
     values a detector writes beside its boxes). The keys must match rank by rank within the
     key column's own tolerance (``atol + rtol * max|key|``: scores in [0, 1] beside pixel
     coordinates do not get the coordinates' tolerance); their largest difference ``e`` is the
-    numerical noise of the keys. Rows whose reference
-    keys lie within ``2 e`` of each other form a tie group: inside it ``out``'s rows must equal
-    ``ref``'s (every column within ``tol``) as a multiset. The last group, at the cut of the
-    TopK, may hold rows of candidates the other side did not pick (``rows_at_cut``): their keys
-    are within ``2 e`` of the cut, the rest of them is not compared."""
+    numerical noise of the keys. Rows whose reference keys lie within ``2 e`` of each other
+    form a tie group: inside it ``out``'s rows must equal ``ref``'s (every column within
+    ``tol``) as a multiset. The last group, at the cut of the TopK, may hold rows of candidates
+    the other side did not pick (``rows_at_cut``): their keys are within ``2 e`` of the cut,
+    the rest of them is not compared. A group of more than :data:`TIE_GROUP_ROWS` rows is no
+    tie (None)."""
     if out.shape != ref.shape or out.ndim < 2 or out.shape[-2] < 2 or ref.dtype.kind != "f":
         return None
     o = out.reshape(-1, *out.shape[-2:]).astype(np.float64)
@@ -349,6 +353,8 @@ def tied_rows(out: np.ndarray, ref: np.ndarray, tol: float, atol: float = DEFAUL
         for os_, rs in zip(o, r):
             bounds = np.flatnonzero(np.abs(np.diff(rs[:, col])) > gap) + 1
             groups = np.split(np.arange(len(rs)), bounds)
+            if max(len(g) for g in groups) > TIE_GROUP_ROWS:
+                break
             for g_idx, g in enumerate(groups):
                 free = list(g)
                 unmatched = []

@@ -300,8 +300,8 @@ def optc_bug_frame(err: BaseException):
     ``raise`` of a programming-error class (``TypeError``, ``KeyError``, ...) there too; and a
     TVM check failure (``tvm.error.InternalError``: an IR built wrongly, e.g. an op on an
     expression not yet normalized) or a ``SyntaxError`` (TVMScript optc generated) inside a
-    TVM call one of optc's converters made (the
-    innermost frame of optc's source outside this module's import driver is returned)."""
+    TVM call one of optc's converters made (the innermost frame of optc's source outside this
+    module's import driver is returned)."""
     import traceback
 
     frames = traceback.extract_tb(err.__traceback__) if err.__traceback__ is not None else []

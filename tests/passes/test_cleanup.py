@@ -238,3 +238,18 @@ def test_batch_matmuls_leaves_a_bias_with_a_row_per_output_row_and_small_weights
     small.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 255
     out, modified, _ = _run(small, "batch-matmuls")
     assert not modified
+
+
+def test_batch_matmuls_groups_of_unnamed_nodes_get_distinct_split_sizes():
+    """Two weights, two unnamed Gemms each: two batched Gemms whose Split sizes are distinct
+    initializers; same outputs."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 128)).astype(np.float32), w) for w in ("W1", "W2")]
+    nodes = [helper.make_node("Gemm", [f"x{t}", w], [f"y{w}{t}"], transB=1) for w in ("W1", "W2") for t in range(2)]
+    model = _model(nodes, inits, [helper.make_tensor_value_info(f"x{t}", TensorProto.FLOAT, [1, 128]) for t in range(2)],
+                   [helper.make_tensor_value_info(f"y{w}{t}", TensorProto.FLOAT, [1, 64]) for w in ("W1", "W2")
+                    for t in range(2)])
+    out, modified, again = _run(model, "batch-matmuls")
+    assert modified and not again and _ops(out).count("Gemm") == 2
+    feeds = {f"x{t}": rng.standard_normal((1, 128)).astype(np.float32) for t in range(2)}
+    _assert_same_outputs(model, out, feeds)
