@@ -170,11 +170,11 @@ def test_a_model_computing_in_float16_is_verified_at_float16_precision():
 
     ref = np.linspace(-3.0, 3.0, 64, dtype=np.float32)
     near = ref + np.float32(5e-3 * 3.0)  # 5 float16 units of the largest value: float16 rounding
-    assert verify.compare([near], [ref], ["y"], half=True)["passed"]
-    assert verify.compare([near], [ref], ["y"], half=True)["outputs"][0]["rtol"] == pytest.approx(
+    assert verify.compare([near], [ref], ["y"], model=frozenset({"float16"}))["passed"]
+    assert verify.compare([near], [ref], ["y"], model=frozenset({"float16"}))["outputs"][0]["rtol"] == pytest.approx(
         verify.HALF_ULPS * 2.0 ** -10)
     assert not verify.compare([near], [ref], ["y"])["passed"]  # float32 models: rtol 1e-3
-    assert not verify.compare([ref * np.float32(1.02)], [ref], ["y"], half=True)["passed"]
+    assert not verify.compare([ref * np.float32(1.02)], [ref], ["y"], model=frozenset({"float16"}))["passed"]
     casts = helper.make_model(helper.make_graph(
         [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16), helper.make_node("MatMul", ["h", "w"], ["m"]),
          helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)], "g",

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Iterator, Mapping
 import numpy as np
 import onnx
 
-from . import analysis, artifact, frontend, onnx_utils, pipeline, verify
+from . import analysis, artifact, frontend, pipeline, verify
 from .const_inputs import describe as describe_frozen, freeze as freeze_inputs, save as save_frozen
 from .errors import InternalError, OptcError, UnsupportedModelError, VerificationError
 from .progress import Progress
@@ -497,8 +497,7 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
                 verdict["passed"] = verdict["passed"] and second["passed"]
         else:
             verdict = verify.compare(outs, refs, job.out_names, opts.atol, opts.rtol,
-                                     half=onnx_utils.uses_float16(job.original),
-                                     ties=onnx_utils.has_op(job.original, "TopK"))
+                                     model=verify.model_traits(job.original))
         _types_and_originals(job, opts, verdict, outs)
         rows = verify.rows_per_call(job.in_specs)
         verdict |= {"inputs": job.input_source, "calls": len(job.sets), "samples": rows * len(job.sets),

@@ -317,6 +317,15 @@ def check_declared_types(verdict: dict, outputs: list[np.ndarray], specs: list[T
     return verdict
 
 
+def model_traits(model: onnx.ModelProto) -> frozenset[str]:
+    """What :func:`compare` reads of the model: "float16" where it computes in float16
+    (:func:`optc.onnx_utils.uses_float16`), "TopK" where it ranks values."""
+    from . import onnx_utils
+
+    return frozenset(name for name, present in (("float16", onnx_utils.uses_float16(model)),
+                                                ("TopK", onnx_utils.has_op(model, "TopK"))) if present)
+
+
 TIE_GROUP_ROWS = 512  # rows of near-equal keys compared as a set, at most
 
 
@@ -378,18 +387,18 @@ def tied_rows(out: np.ndarray, ref: np.ndarray, tol: float, atol: float = DEFAUL
 
 def compare(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str],
             atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, floors: dict[str, float] | None = None,
-            exact: set[str] | frozenset[str] = frozenset(), half: bool = False, ties: bool = False) -> dict:
+            exact: set[str] | frozenset[str] = frozenset(), model: frozenset[str] = frozenset()) -> dict:
     """Per-output and overall error figures; ``passed`` is the verdict. An output whose shape
     or element type differs from the reference's fails (no value comparison). A float output passes
     within ``max(atol + rtol * max|ref|, floors[name])`` (``floors``: per-output absolute
     tolerances, recorded as ``tolerance``); outputs named in ``exact`` and integer outputs
     must match exactly. A NaN or inf where the reference is finite always fails, and so does a
     finite value (or the other infinity) where the reference is +-inf; ``max|ref|`` is taken over
-    the reference's finite values. A float16 output's ``rtol``, and with ``half`` (the model
-    computes in float16: :func:`optc.onnx_utils.uses_float16`) every float output's, is at
-    least :data:`HALF_ULPS` float16 units in the last place (recorded as ``rtol`` in its entry
-    when raised). With ``ties`` (the model ranks values: TopK), a float output that fails only
-    because rows of near-equal keys swapped places passes by :func:`tied_rows` (recorded as
+    the reference's finite values. ``model``: what the model does (:func:`model_traits`). A
+    float16 output's ``rtol``, and where the model computes in "float16" every float output's,
+    is at least :data:`HALF_ULPS` float16 units in the last place (recorded as ``rtol`` in its
+    entry when raised). Where the model has a "TopK", a float output that fails only because
+    rows of near-equal keys swapped places passes by :func:`tied_rows` (recorded as
     ``tied_rows`` in its entry)."""
     per = []
     if len(outputs) != len(refs):
@@ -418,13 +427,15 @@ def compare(outputs: list[np.ndarray], refs: list[np.ndarray], names: list[str],
             # tolerance infinite (every output passing); where the reference is +-inf the output
             # must be the same infinity (err above is 0 only where they are equal)
             scale = float(np.abs(r[np.isfinite(r)]).max(initial=0.0))
-            rt = max(rtol, HALF_ULPS * float(np.finfo(np.float16).eps)) if half or ref.dtype == np.float16 else rtol
+            half = "float16" in model or ref.dtype == np.float16
+            rt = max(rtol, HALF_ULPS * float(np.finfo(np.float16).eps)) if half else rtol
             if rt != rtol:
                 entry["rtol"] = rt
             tol = 0.0 if name in exact else max(atol + rt * scale, (floors or {}).get(name, 0.0))
             entry.update(max_abs_error=max_abs, max_rel_error=max_abs / scale if scale > 0 else max_abs,
                          reference_max_abs=scale, passed=bool(nan_ok and max_abs <= tol))
-            if ties and not entry["passed"] and name not in exact and (tied := tied_rows(out, ref, tol, atol, rt)):
+            if ("TopK" in model and not entry["passed"] and name not in exact
+                    and (tied := tied_rows(out, ref, tol, atol, rt))):
                 entry.update(passed=True, tied_rows=tied, tolerance_rule=(
                     f"rows reordered among near-equal TopK keys (column {tied['key_column']}): "
                     f"{tied['rows_moved']} moved, {tied['rows_at_cut']} at the cut not compared"))

@@ -92,6 +92,13 @@ def float_mlp() -> onnx.ModelProto:
     return model
 
 
+def unrolled_rnn() -> onnx.ModelProto:
+    """Six per-step input projections on one weight and a recurrence (tests/passes/test_cleanup.py)."""
+    from tests.passes.test_cleanup import _unrolled_rnn
+
+    return _unrolled_rnn(17)
+
+
 def calib(tmp_path: Path) -> str:
     """Calibration data for the conv model's input ``x`` [1, 3, 8, 8], written to tmp_path."""
     path = tmp_path / "calib.npz"
@@ -111,6 +118,7 @@ CASES: dict[str, tuple[Callable[[], onnx.ModelProto], str]] = {
     "remove-identity": (untidy_model, ""),
     "fuse-bn": (untidy_model, ""),
     "dce": (untidy_model, ""),
+    "batch-matmuls": (unrolled_rnn, ""),
     "prune-zero": (zero_channel_model, ""),
     "sparsify<sparsity=0.5>": (conv_model, ""),
     "quantize<calib={calib}>": (conv_model, ""),
