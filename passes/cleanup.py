@@ -132,6 +132,11 @@ class FoldConstants(Pass):
 MAX_FOLD_ROUNDS = 8
 
 
+def _default_opset(model: ir.Model) -> int:
+    """The model's default-domain opset ("" or "ai.onnx"; 13 where it names neither)."""
+    return model.opset_imports.get("", None) or model.opset_imports.get("ai.onnx", 13)
+
+
 def _fold_constant_splits(model: ir.Model, size_limit: int) -> bool:
     """Replace each main-graph ``Split`` whose inputs are all constant (at most ``size_limit``
     elements) by initializers of its outputs, computed by onnx's reference implementation.
@@ -141,7 +146,7 @@ def _fold_constant_splits(model: ir.Model, size_limit: int) -> bool:
     import onnx
     from onnx.reference import ReferenceEvaluator
 
-    opset = model.opset_imports.get("", None) or model.opset_imports.get("ai.onnx", 13)
+    opset = _default_opset(model)
     changed = False
     for node in list(model.graph):
         if node.op_type != "Split" or node.domain not in ("", "ai.onnx") or len(node.outputs) < 2:
@@ -291,8 +296,8 @@ def _ancestors(node: ir.Node) -> set[int]:
 @register_pass("batch-matmuls")
 class BatchMatmuls(Pass):
     """Batch Gemm / MatMul nodes that multiply independent small left operands (``[M, K]``,
-    ``M <= 64``) by the same constant weight (of at least 4,096 elements) into one: ``Concat`` of the left operands along
-    the rows, one Gemm / MatMul, ``Split`` back. An unrolled LSTM's input projections (one
+    ``M <= 64``) by the same constant weight (of at least 4,096 elements) into one: ``Concat``
+    of the left operands along the rows, one Gemm / MatMul, ``Split`` back. An unrolled LSTM's input projections (one
     ``x_t @ W_ih`` per time step, exported step by step) read the 6.5 MB weight once instead
     of 20 times. Nodes where one depends on another's output (the recurrent ``h @ W_hh``
     steps) are never batched together; the graph is sorted again afterwards."""
@@ -322,7 +327,7 @@ class BatchMatmuls(Pass):
             else:
                 groups[key].append([node])
         modified = False
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
+        opset = _default_opset(model)
         taken = set(graph.initializers)
         for group in (g for gs in groups.values() for g in gs if len(g) > 1):
             name = f"{group[0].name or 'matmul'}_batch_rows"
