@@ -1,12 +1,16 @@
 """com.microsoft DynamicQuantizeLSTM (onnxruntime's ``quantize_dynamic`` of an LSTM; issue 13).
 
-``expand-dynamic-lstm`` (``optc.passes.quant.dynamic_lstm``) rewrites it to ONNX's LSTM on the
-dequantized, transposed weights; verification checks the artifact exactly against that model
-and, within the original's own activation-quantization error, against the original's spec
-arithmetic. Tested here: quantize_dynamic writes the op; the numpy spec reference equals
-onnxruntime's kernel (up to the int16 pair saturation of its u8 x s8 GEMM on CPUs without
-VNNI, modelled here to show it is the only difference); the rewrite and the compile; and
-wrong rewrites (a scale, the gate order) refused by verification.
+On CPU targets optc lowers the node as onnxruntime computes it (``recurrent.convert_dynamic``):
+X and, every step, the hidden state quantized to uint8 at run time, integer GEMMs (VNNI where
+the CPU has it, int16 codes otherwise), verified against the spec arithmetic (numpy) by the
+dynamic-quantization rule (half the distance to the unrounded model). Backends without that
+kernel (CUDA) get ``expand-dynamic-lstm`` (``optc.passes.quant.dynamic_lstm``): ONNX's LSTM on the
+dequantized, transposed weights, checked exactly against that model and, within the original's
+own activation-quantization error, against the original's spec arithmetic. Tested here:
+quantize_dynamic writes the op; the numpy spec reference equals onnxruntime's kernel (up to the
+int16 pair saturation of its u8 x s8 GEMM on CPUs without VNNI, modelled here to show it is
+the only difference); the kernel against the spec; the compile on both paths; and wrong
+artifacts (a scale, the gate order, no activation rounding) refused by verification.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import optc
-from optc.errors import VerificationError
+from optc.errors import UnsupportedModelError, VerificationError
 from optc.passes.quant import dynamic_lstm as dl
 
 ort = pytest.importorskip("onnxruntime")
@@ -163,19 +167,115 @@ def test_forms_the_reference_cannot_check_are_left_with_reason():
     assert details["expanded"] == 0 and "sequence_lens" in details["skipped"]["y"]
 
 
+EXPAND = "expand-dynamic-lstm,simplify,fold-constants,remove-identity,dce"
+
+
 @pytest.mark.tvm
-@pytest.mark.parametrize("direction, per_channel", [("forward", False), ("bidirectional", True)])
-def test_compiles_and_verifies(tmp_path, direction, per_channel):
-    """cpu: the artifact matches the expanded model at the float tolerance and the original's
-    spec arithmetic within its activation-quantization error (both verdicts recorded)."""
-    path = _quantized(tmp_path, direction, per_channel)
+@pytest.mark.parametrize("direction, per_channel, peepholes", [("forward", False, False), ("reverse", False, True),
+                                                               ("bidirectional", True, False)])
+def test_compiles_to_integer_gemms_and_verifies(tmp_path, direction, per_channel, peepholes):
+    """cpu: the node is lowered as it is (no expansion) and the artifact matches the spec
+    arithmetic by the recurrent dynamic rule (root mean square within half the unrounded
+    model's, which the rule tells apart)."""
+    path = _quantized(tmp_path, direction, per_channel, peepholes)
     report = optc.compile(path, "cpu", tmp_path / "pkg", inputs=_x(), options=NO_MEASURE)
+    v = report["verify"]
+    assert v["passed"] and "expand-dynamic-lstm" not in report["pipeline"]
+    assert "DynamicQuantizeLSTM as onnxruntime specifies it" in v["reference"]
+    for out in v["outputs"]:
+        assert out["tolerance_rule"].startswith("recurrent dynamic quantization")
+        assert out["distinguishes_unrounded_model"] and out["rms_error"] <= out["rms_tolerance"]
+
+
+@pytest.mark.tvm
+def test_expand_path_still_compiles_and_verifies(tmp_path):
+    """``expand-dynamic-lstm`` asked for (what CUDA gets): the artifact matches the expanded
+    model at the float tolerance and the original's spec arithmetic within its
+    activation-quantization error (both verdicts recorded)."""
+    path = _quantized(tmp_path, "bidirectional", True)
+    report = optc.compile(path, "cpu", tmp_path / "pkg", inputs=_x(),
+                          options=NO_MEASURE, passes=EXPAND)
     v = report["verify"]
     assert v["passed"] and v["original_dynamic_lstm"]["passed"]
     assert "expand-dynamic-lstm" in report["pipeline"]
     assert v["max_abs_error"] < 1e-4
     second = v["original_dynamic_lstm"]["outputs"]
     assert all(0 < o["max_abs_error"] <= o["tolerance"] for o in second)
+
+
+def test_cuda_backend_gets_the_expansion():
+    """The integer recurrent kernel is a CPU loop nest: CUDA's op list leaves the node out, so
+    ``load`` puts ``expand-dynamic-lstm`` in its pipeline."""
+    pytest.importorskip("tvm")
+    from optc.backends.tvm.backend import CpuBackend
+    from optc.backends.tvm.cuda import CudaBackend
+
+    assert "com.microsoft::DynamicQuantizeLSTM" in CpuBackend().supported_ops()
+    assert "com.microsoft::DynamicQuantizeLSTM" not in CudaBackend().supported_ops()
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("mode, batch, hidden", [("int16", 3, 37), ("vnni", 1, 40), ("vnni", 2, 37)])
+def test_kernel_is_the_spec_arithmetic(mode, batch, hidden):
+    """The recurrent kernel in dynamic mode against the spec's numpy step (run-time uint8 state,
+    exact integer products): equal to float rounding, and far from the unrounded recurrence. Hidden
+    sizes whose columns leave a partial VNNI tile and whose rows are not a multiple of 4."""
+    import tvm
+
+    from optc import verify
+    from optc.backends.tvm import recurrent_kernel as rk
+
+    if mode == "vnni" and not verify.host_has_vnni():
+        pytest.skip("no AVX-512 VNNI on this host")
+    steps, h = 6, hidden
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-128, 128, (1, h, 4 * h)).astype(np.int8)
+    scale = (rng.random((1, 4 * h)) * 0.01 + 0.002).astype(np.float32)
+    xw = rng.standard_normal((steps * batch, 4 * h)).astype(np.float32)
+    bias = rng.standard_normal((1, 4 * h)).astype(np.float32) * 0.1
+    h0, c0 = (rng.standard_normal((1, batch, h)).astype(np.float32) * 0.5 for _ in range(2))
+    acts = (("sigmoid", 0.0, 0.0), ("tanh", 0.0, 0.0), ("tanh", 0.0, 0.0))
+    spec = rk.CellSpec("LSTM", steps, batch, h, (False,), (acts,), lanes=16 if mode == "vnni" else 8, dynamic=mode)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "znver4" if mode == "vnni" else "haswell"})
+    lib = tvm.tirx.build(tvm.script.from_source(rk.kernel_source(spec)), target=target)
+    outs = [np.zeros((steps, 1, batch, h), np.float32), np.zeros((1, batch, h), np.float32),
+            np.zeros((1, batch, h), np.float32)]
+    args = [xw, *rk.dynamic_weights(codes, None, scale, mode == "vnni"), bias, h0, c0]
+    dev = tvm.cpu()
+    tensors = [tvm.runtime.tensor(a, dev) for a in args + outs]
+    lib(*tensors)
+    y = tensors[-3].numpy()[:, 0]
+
+    def spec_steps(rounding: bool) -> np.ndarray:
+        hs, c, ys = h0[0], c0[0], []
+        for t in range(steps):
+            g = xw[t * batch:(t + 1) * batch] + dl._gemm(hs, (codes[0].astype(np.int64), scale[0]), rounding) + bias[0]
+            i, o, f, z = np.split(g, 4, -1)
+            c = dl._sigmoid(f) * c + dl._sigmoid(i) * np.tanh(z)
+            hs = (dl._sigmoid(o) * np.tanh(c)).astype(np.float32)
+            ys.append(hs)
+        return np.stack(ys)
+
+    rounded, unrounded = spec_steps(True), spec_steps(False)
+    assert np.abs(y - rounded).max() < 1e-5
+    assert np.abs(rounded - unrounded).max() > 100 * np.abs(y - rounded).max()
+
+
+def test_unrounded_artifact_is_refused(tmp_path):
+    """What a float kernel computes (the recurrence without the run-time activation rounding)
+    is not the quantized model: the recurrent rule refuses it (root mean square), and a NaN."""
+    from optc.passes.quant.tolerance import compare_dynamic
+
+    model = onnx.load(str(_quantized(tmp_path, "bidirectional", True)))
+    feeds = _x()
+    refs, unrounded = dl.spec_outputs(model, feeds), dl.spec_outputs(model, feeds, rounding=False)
+    names = [o.name for o in model.graph.output]
+    verdict = compare_dynamic(unrounded, refs, names, 1e-5, 1e-4, lambda: unrounded, recurrent=True)
+    assert not verdict["passed"]
+    assert all(o["rms_error"] > o["rms_tolerance"] for o in verdict["outputs"])
+    assert compare_dynamic(refs, refs, names, 1e-5, 1e-4, lambda: unrounded, recurrent=True)["passed"]
+    nan = [np.where(np.arange(r.size).reshape(r.shape) == 0, np.nan, r) for r in refs]
+    assert not compare_dynamic(nan, refs, names, 1e-5, 1e-4, lambda: unrounded, recurrent=True)["passed"]
 
 
 _RIGHT = dl.dequantize_lstm_weight
@@ -194,19 +294,58 @@ def _gates_swapped(q, s, z):
 @pytest.mark.tvm
 @pytest.mark.parametrize("wrong", [_scaled, _gates_swapped])
 def test_wrong_rewrite_is_refused(tmp_path, monkeypatch, wrong):
-    """A rewrite with a scale 15 % off or the input and forget gates swapped compiles to an
-    artifact that matches its own (wrong) expanded model, but not the original's spec
+    """expand-dynamic-lstm with a scale 15 % off or the input and forget gates swapped compiles
+    to an artifact that matches its own (wrong) expanded model, but not the original's spec
     arithmetic within (1 + FRACTION) x its quantization error: refused by name."""
     monkeypatch.setattr(dl, "dequantize_lstm_weight", wrong)
     path = _quantized(tmp_path)
     with pytest.raises(VerificationError, match="DynamicQuantizeLSTM"):
-        optc.compile(path, "cpu", tmp_path / "bad", inputs=_x(), options=NO_MEASURE)
+        optc.compile(path, "cpu", tmp_path / "bad", inputs=_x(),
+                     options=NO_MEASURE, passes=EXPAND)
+
+
+def _kernel_scale_off(weights):
+    def wrong(codes, zero, scale, vnni):
+        return weights(codes, zero, np.asarray(scale) * 1.15, vnni)
+    return wrong
+
+
+def _kernel_gates_swapped(weights):
+    def wrong(codes, zero, scale, vnni):
+        i, o, f, c = np.split(codes, 4, axis=2)
+        return weights(np.ascontiguousarray(np.concatenate([f, o, i, c], axis=2)), zero, scale, vnni)
+    return wrong
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("wrong", [_kernel_scale_off, _kernel_gates_swapped])
+def test_wrong_integer_kernel_is_refused(tmp_path, monkeypatch, wrong):
+    """The integer path with R's scales 15 % off or the input and forget gates swapped: refused
+    by the dynamic-quantization rule, by name."""
+    from optc.backends.tvm import recurrent_kernel as rk
+
+    monkeypatch.setattr(rk, "dynamic_weights", wrong(rk.dynamic_weights))
+    with pytest.raises(VerificationError, match="differs from"):
+        optc.compile(_quantized(tmp_path), "cpu", tmp_path / "bad", inputs=_x(), options=NO_MEASURE)
+
+
+@pytest.mark.tvm
+def test_unsupported_attribute_is_refused_by_name(tmp_path):
+    """A clip attribute (the spec reference covers the defaults only): a named refusal, exit 3
+    from the CLI, nothing written."""
+    model = onnx.load(str(_quantized(tmp_path)))
+    model.graph.node[0].attribute.append(helper.make_attribute("clip", 3.0))
+    onnx.save(model, tmp_path / "clip.onnx")
+    with pytest.raises(UnsupportedModelError, match="clip"):
+        optc.compile(tmp_path / "clip.onnx", "cpu", tmp_path / "clip", inputs=_x(), options=NO_MEASURE)
+    assert not (tmp_path / "clip").exists()
 
 
 @pytest.mark.tvm
 @pytest.mark.qemu
 def test_compiles_and_verifies_for_arm(tmp_path):
-    """--target arm: built for aarch64, run under qemu, both verdicts pass."""
+    """--target arm: the integer path (int16 codes: no VNNI) built for aarch64, run under qemu,
+    verified by the dynamic rule."""
     import shutil
 
     from optc.backends.tvm import arm
@@ -215,4 +354,4 @@ def test_compiles_and_verifies_for_arm(tmp_path):
         pytest.skip("aarch64 cross compiler or qemu-aarch64 missing")
     report = optc.compile(_quantized(tmp_path, "bidirectional", True), "arm", tmp_path / "pkg", inputs=_x(),
                           options=NO_MEASURE)
-    assert report["verify"]["passed"] and report["verify"]["original_dynamic_lstm"]["passed"]
+    assert report["verify"]["passed"] and "expand-dynamic-lstm" not in report["pipeline"]

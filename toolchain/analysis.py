@@ -1,7 +1,9 @@
 """Static model analysis: op histogram, parameters, MACs/FLOPs and memory traffic per layer.
 
 Costs follow the usual conventions: a multiply-accumulate (MAC) is 2 FLOPs; Conv costs
-N*Cout*Hout*Wout*(Cin/groups)*kH*kW MACs (+ bias adds); Gemm/MatMul M*N*K MACs; elementwise,
+N*Cout*Hout*Wout*(Cin/groups)*kH*kW MACs (+ bias adds); Gemm/MatMul M*N*K MACs; LSTM / GRU /
+RNN (and com.microsoft DynamicQuantizeLSTM) steps*batch*directions*gates*hidden*(input + hidden)
+MACs (the input projection and the recurrent GEMV); elementwise,
 activation, normalisation and pooling ops are counted as FLOPs per output (or input) element
 with the small constant factors below. Bytes are the sizes of a node's inputs (activations
 and weights) and outputs, i.e. DRAM traffic if nothing stays in cache: an upper bound used by
@@ -95,7 +97,10 @@ def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 
 
 # ONNX's own integer ops; optc's (ai.optc) ops declare their arithmetic in optc.ops.
-_INTEGER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
+_INTEGER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM"}
+# recurrent ops -> gates (com.microsoft DynamicQuantizeLSTM: ONNX's LSTM on int8 weights)
+_RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}
+_CELL_FLOPS = 12  # per hidden unit and step: gate adds, activations, the state update
 
 
 def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
@@ -213,6 +218,13 @@ def _layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
             k = a[-1] if not (op == "Gemm" and attr(node, "transA", 0)) else a[0]
             macs = out_elems * int(k)
             flops = 2 * macs + (out_elems if len(node.input) > 2 else 0)
+        elif op in _RECURRENT_GATES and ins and ins[0] and len(ins[0][0]) == 3 and attr(node, "hidden_size", 0):
+            # every step and direction: the input projection and the recurrent GEMV, then the cell
+            hidden = int(attr(node, "hidden_size", 0))
+            steps, batch, size = ins[0][0] if not attr(node, "layout", 0) else np.asarray(ins[0][0])[[1, 0, 2]]
+            dirs = 2 if attr(node, "direction", b"forward") in (b"bidirectional", "bidirectional") else 1
+            macs = int(steps) * int(batch) * dirs * _RECURRENT_GATES[op] * hidden * (int(size) + hidden)
+            flops = 2 * macs + _CELL_FLOPS * int(steps) * int(batch) * dirs * hidden
         elif op in _POOL and ins and ins[0]:
             flops = int(np.prod(ins[0][0]))
         else:

@@ -196,8 +196,9 @@ def load(job: Job) -> None:
     (``optc.passes.quant.qoperator``): the ops are checked on the expanded QDQ model, and the
     original stays onnxruntime's reference; likewise ``expand-matmul-nbits`` for com.microsoft
     MatMulNBits (``optc.passes.quant.nbits``), ``expand-dynamic-lstm`` for com.microsoft
-    DynamicQuantizeLSTM (``optc.passes.quant.dynamic_lstm``). A model that is already
-    quantized (QDQ layers, or QOperator ones once expanded) gets ``integerize`` like a
+    DynamicQuantizeLSTM (``optc.passes.quant.dynamic_lstm``) where the backend does not lower
+    it (CPU backends do, with onnxruntime's integer GEMMs: ``recurrent.convert_dynamic``). A
+    model that is already quantized (QDQ layers, or QOperator ones once expanded) gets ``integerize`` like a
     quantizing pipeline
     (``optc.passes.quant.integerize.auto_integerize``). A model with Loop or Scan nodes the
     backend cannot lower gets ``unroll-loops`` after constant folding. Ops a pass of the
@@ -216,7 +217,9 @@ def load(job: Job) -> None:
             checked, _ = expand_qoperator(job.original)
             if "expand-qoperator" not in [s.name for s in job.specs]:
                 job.specs = [pipeline.PassSpec("expand-qoperator"), *job.specs]
-        if dynamic_lstm_nodes(checked):  # quantize_dynamic's LSTM -> LSTM on dequantized weights
+        supported = job.backend.supported_ops()
+        if dynamic_lstm_nodes(checked) and "com.microsoft::DynamicQuantizeLSTM" not in supported:
+            # a backend without the integer recurrent kernel: an LSTM on the dequantized weights
             checked, _ = expand_dynamic_lstm(checked)
             if "expand-dynamic-lstm" not in [s.name for s in job.specs]:
                 job.specs = [pipeline.PassSpec("expand-dynamic-lstm"), *job.specs]
@@ -224,7 +227,6 @@ def load(job: Job) -> None:
             checked, _ = expand_matmul_nbits(checked)
             if "expand-matmul-nbits" not in [s.name for s in job.specs]:
                 job.specs = [pipeline.PassSpec("expand-matmul-nbits"), *job.specs]
-        supported = job.backend.supported_ops()
         if _has_ops(checked, UNROLLED_OPS - supported) and "unroll-loops" not in [s.name for s in job.specs]:
             job.specs = _with_unroll(job.specs)
         eliminated = frozenset().union(*(pipeline.instantiate(s).eliminates for s in job.specs))
@@ -483,7 +485,7 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
 
             model = job.optimized if job.lossy else job.original
             verdict = compare_dynamic(outs, refs, job.out_names, opts.atol, opts.rtol, lambda: verify.join_calls(
-                [dynamic.unrounded_outputs(model, s) for s in job.sets]))
+                [dynamic.unrounded_outputs(model, s) for s in job.sets]), recurrent=dynamic.has_dynamic_lstm(model))
         elif job.lossy or prequantized:
             from optc.passes.quant.tolerance import compare_quantized, compare_to_original_qdq
 

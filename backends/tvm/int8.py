@@ -1113,6 +1113,24 @@ def _int_conv(bb, x, w, attr: dict, dims: int, out_dtype: str = "int32"):
     return conv(x, w, strides=strides, padding=pads, dilation=dil, groups=group, out_dtype=out_dtype)
 
 
+def dynamic_quantize(bb, x):
+    """ONNX DynamicQuantizeLinear of ``x`` as onnxruntime computes it (uint8 codes, per tensor:
+    range widened to hold 0, ``scale = (max - min) / 255`` or 1 where max = min, zero point
+    rounded half to even): the Relax ``(codes, scale, zero point)``."""
+    from tvm import relax
+
+    dt = _dtype(x)
+    zero = relax.const(0, dt)
+    x_max = bb.emit(relax.op.maximum(zero, relax.op.max(x)))
+    x_min = bb.emit(relax.op.minimum(zero, relax.op.min(x)))
+    spread = bb.emit(relax.op.subtract(x_max, x_min))
+    scale = bb.emit(relax.op.where(relax.op.equal(spread, zero), relax.const(1.0, dt),
+                                   relax.op.divide(spread, relax.const(255.0, dt))))
+    zp_fp = relax.op.subtract(zero, relax.op.divide(x_min, scale))
+    zp = bb.emit(relax.op.astype(relax.op.round(relax.op.clip(zp_fp, 0, 255)), "uint8"))
+    return bb.emit(relax.op.quantize(x, scale, zp, axis=0, out_dtype="uint8")), scale, zp
+
+
 def _register() -> None:
     from tvm import relax
     from tvm.relax.frontend.onnx.onnx_frontend import MaxPool as StockMaxPool
@@ -1167,18 +1185,7 @@ def _register() -> None:
 
         @classmethod
         def _impl_v11(cls, bb, inputs, attr, params):
-            x = inputs[0]
-            dt = _dtype(x)
-            zero = relax.const(0, dt)
-            x_max = bb.emit(relax.op.maximum(zero, relax.op.max(x)))
-            x_min = bb.emit(relax.op.minimum(zero, relax.op.min(x)))
-            spread = bb.emit(relax.op.subtract(x_max, x_min))
-            scale = bb.emit(relax.op.where(relax.op.equal(spread, zero), relax.const(1.0, dt),
-                                           relax.op.divide(spread, relax.const(255.0, dt))))
-            zp_fp = relax.op.subtract(zero, relax.op.divide(x_min, scale))
-            zp = bb.emit(relax.op.astype(relax.op.round(relax.op.clip(zp_fp, 0, 255)), "uint8"))
-            y = relax.op.quantize(x, scale, zp, axis=0, out_dtype="uint8")
-            return relax.Tuple([y, scale, zp])
+            return relax.Tuple(list(dynamic_quantize(bb, inputs[0])))
 
     @register_converter("", "ConvInteger")
     class ConvInteger(Base):

@@ -231,8 +231,6 @@ def register() -> None:
     def convert_kernel(op_type: str, bb, inputs, attr, params):
         """Input projection of every step and direction as one matmul, the recurrence as one
         ``recurrent_kernel`` call writing Y [T, D, B, H], Y_h (and Y_c) directly."""
-        from optc.backends.tvm.schedule import _vector_bits
-
         from . import recurrent_kernel as rk
 
         gates, _ = _CELLS[op_type]
@@ -261,13 +259,24 @@ def register() -> None:
             args.append(rb if rb is not None else relax.const(np.zeros((dirs, gh), dtype=dt)))
         if lens is not None:
             args.append(bb.emit(lens))
+        return call_kernel(op_type, bb, a, (steps, batch, hidden), args, peepholes=p is not None,
+                           lens=lens is not None, int8_weights=grid is not None)
+
+    def call_kernel(op_type: str, bb, a: dict, dims: tuple[int, int, int], args: list, **flags):
+        """The ``recurrent_kernel`` call on ``args`` (``kernel_args`` order) and its outputs
+        (``layout`` 1: batch first again); ``flags``: the rest of the CellSpec."""
+        from optc.backends.tvm.schedule import _vector_bits
+
+        from . import recurrent_kernel as rk
+
+        steps, batch, hidden = dims
+        dirs, dt = a["dirs"], "float32"
         target = tvm.target.Target.current(allow_none=True)
         spec = rk.CellSpec(op_type, steps, batch, hidden,
                            tuple(a["direction"] == "reverse" or d == 1 for d in range(dirs)),
                            tuple(tuple(s) for s in a["acts"]), a["clip"], a["input_forget"],
-                           a["linear_before_reset"], p is not None, lens is not None,
-                           lanes=(_vector_bits(target) if target is not None else 128) // 32,
-                           int8_weights=grid is not None)
+                           a["linear_before_reset"], lanes=(_vector_bits(target) if target is not None else 128) // 32,
+                           **flags)
         outs = [relax.TensorType([steps, dirs, batch, hidden], dt)]
         outs += [relax.TensorType([dirs, batch, hidden], dt) for _ in range(2 if op_type == "LSTM" else 1)]
         gv = bb.add_func(rk.kernel(spec), f"{op_type.lower()}_kernel")
@@ -279,6 +288,73 @@ def register() -> None:
             y_h = bb.emit(op.permute_dims(y_h, [1, 0, 2]))
             y_c = bb.emit(op.permute_dims(y_c, [1, 0, 2])) if y_c is not None else None
         return relax.Tuple([y, y_h] + ([y_c] if y_c is not None else []))
+
+    def convert_dynamic(bb, inputs, attr, params):
+        """com.microsoft DynamicQuantizeLSTM as onnxruntime computes it
+        (``optc.passes.quant.dynamic_lstm``): X quantized to uint8 per tensor at run time, the
+        input projection of every step on the int8 dense kernel (MatMulInteger's lowering),
+        scaled by ``s_x * s_w``; the recurrence in the ``recurrent_kernel`` with the state
+        quantized per step and the GEMV in int32 (``CellSpec.dynamic``: VNNI where the target
+        has it and R is symmetric int8, else int16 codes minus zero points)."""
+        from optc.passes.quant.dynamic_lstm import unsupported_attrs
+
+        from . import int8
+        from . import recurrent_kernel as rk
+
+        target = tvm.target.Target.current(allow_none=True)
+        if target is None or target.kind.name != "llvm":
+            raise ValueError("DynamicQuantizeLSTM is lowered for CPU targets only (expand-dynamic-lstm "
+                             "rewrites it to a float LSTM for others)")
+        if why := unsupported_attrs(attr):
+            raise ValueError(f"DynamicQuantizeLSTM: {why} are not supported")
+        x, w, r, b, seq, h0, c0, p, ws, wz, rs, rz = list(inputs) + [None] * (12 - len(inputs))
+        a = node_attrs("LSTM", attr)
+        dirs, hidden = a["dirs"], int(attr["hidden_size"])
+        if a["layout"]:
+            raise ValueError("DynamicQuantizeLSTM: layout=1 is not supported")
+        steps, batch, size = static_x("DynamicQuantizeLSTM", x)
+        if seq is not None and constant_lens(get_constant(seq, params), steps, batch) is not None:
+            raise ValueError("DynamicQuantizeLSTM: sequence_lens shorter than the sequence are not supported")
+        consts = {}
+        for label, v in (("W", w), ("R", r), ("W_scale", ws), ("W_zero_point", wz), ("R_scale", rs),
+                         ("R_zero_point", rz)):
+            v = get_constant(v, params) if v is not None else None
+            if v is not None and not isinstance(v, tvm.ir.expr.Constant):
+                raise ValueError(f"DynamicQuantizeLSTM: {label} is not a constant")
+            consts[label] = None if v is None else v.value.numpy()
+        if consts["W"] is None or consts["R"] is None or consts["W_scale"] is None or consts["R_scale"] is None:
+            raise ValueError("DynamicQuantizeLSTM: W, R and their scales are required")
+        gh = 4 * hidden
+
+        def per_column(v, d, dtype):  # a per-direction [D] or per-column [D, 4H] parameter, as [4H]
+            return np.broadcast_to(np.asarray(v, dtype).reshape(dirs, -1)[d], (gh,))
+
+        xq, sx, zx = int8.dynamic_quantize(bb, bb.emit(op.reshape(x, (steps * batch, size))))
+        proj = []
+        for d in range(dirs):
+            zw = None if consts["W_zero_point"] is None or not np.any(consts["W_zero_point"]) else relax.const(
+                np.ascontiguousarray(per_column(consts["W_zero_point"], d, consts["W"].dtype)))
+            acc = bb.emit(int8._matmul_integer(bb, xq, relax.const(np.ascontiguousarray(consts["W"][d])), zx, zw,
+                                               params))
+            scale = relax.const(np.ascontiguousarray(per_column(consts["W_scale"], d, np.float32)))
+            proj.append(bb.emit(op.multiply(op.astype(acc, "float32"), op.multiply(sx, scale))))
+        xw = proj[0] if dirs == 1 else op.concat(proj, axis=1)  # [T*B, D*4H]
+        if b is not None:  # Wb + Rb, added after the recurrent term (as the spec reference)
+            wb, rb = parts(bb, b, 2)
+            bias = bb.emit(op.add(wb, rb))
+        else:
+            bias = relax.const(np.zeros((dirs, gh), np.float32))
+        codes, zr = consts["R"], consts["R_zero_point"]  # [D, H, 4H]: rows k, columns n
+        vnni = int8.current_isa() == "vnni" and codes.dtype == np.int8 and (zr is None or not np.any(zr))
+        r_scale = np.stack([per_column(consts["R_scale"], d, np.float32) for d in range(dirs)])
+        r_zero = None if zr is None else np.stack([per_column(zr, d, np.int64) for d in range(dirs)])
+        rt = [relax.const(v) for v in rk.dynamic_weights(codes, r_zero, r_scale, vnni)] + [bias]
+        zeros = relax.const(np.zeros((dirs, batch, hidden), dtype="float32"))
+        args = [bb.emit(xw), *rt, h0 if h0 is not None else zeros, c0 if c0 is not None else zeros]
+        if p is not None:
+            args.append(p)
+        return call_kernel("LSTM", bb, a, (steps, batch, hidden), args, peepholes=p is not None,
+                           dynamic="vnni" if vnni else "int16")
 
     def convert_unrolled(op_type: str, bb, inputs, attr, params):
         gates, _ = _CELLS[op_type]
@@ -394,6 +470,8 @@ def register() -> None:
 
     for name in _CELLS:
         make(name)
+
+    register_converter("com.microsoft", "DynamicQuantizeLSTM")(convert_dynamic)
 
 
 register_if_available(register)

@@ -72,6 +72,9 @@ class CellSpec:
     lens: bool = False  # a sequence_lens input [B] (int64)
     lanes: int = 8  # float32 lanes of the target's SIMD registers
     int8_weights: bool = False  # rt holds int8 codes, rs [D, G*H] their scales (int8_grid)
+    # com.microsoft DynamicQuantizeLSTM: h quantized to uint8 per step and the GEMV in int32
+    # (:func:`_quantize_state`); "vnni": vpdpbusd on packed int8 codes, "int16": any CPU
+    dynamic: str = ""
 
     @property
     def dirs(self) -> int:
@@ -184,7 +187,10 @@ def _vector_loops(body: _Body, ind: int, extent: int, width: int, emit) -> None:
 def _gemv(body: _Body, ind: int, spec: CellSpec, d: int, src: str, cols: tuple[int, int], init) -> None:
     """g[b, c] = init(b, c) + sum_k src[b, k] * rt[d, k, c] for c in [cols): register tiles of
     TILE_VECTORS vectors, the k loop innermost but for the tile's lanes; the tiles in parallel
-    where the GEMV has at least ``PARALLEL_GEMV_MACS`` multiply-adds."""
+    where the GEMV has at least ``PARALLEL_GEMV_MACS`` multiply-adds. ``spec.dynamic``: the
+    integer GEMV of the quantized state instead (:func:`_gemv_vnni`, int16 here)."""
+    if spec.dynamic == "vnni":
+        return _gemv_vnni(body, ind, spec, d, cols, init)
     H, tile = spec.hidden, spec.lanes * TILE_VECTORS
     begin, end = cols
     full, tail = divmod(end - begin, tile)
@@ -200,17 +206,126 @@ def _gemv(body: _Body, ind: int, spec: CellSpec, d: int, src: str, cols: tuple[i
             i += 1
         col = f"{offset} + ji"
         weight, start, final = f"rt[{d}, k, {col}]", init("b", col), "acc[ji]"
+        value, acc_type = f"{src}[b, k]", "float32"
         if spec.int8_weights:  # codes summed in float (exact products), scaled once per output
             weight, start = f'T.Cast("float32", {weight})', _f(0.0)
             final = f"{init('b', col)} + acc[ji] * rs[{d}, {col}]"
-        body.add(i, f'acc = T.alloc_buffer(({width},), "float32", scope="{ACC_SCOPE}")')
+        if spec.dynamic:  # int16 codes minus zero points, exact int32 sums (_quantize_state)
+            weight, value, start, acc_type = f'T.Cast("int32", {weight})', 'T.Cast("int32", hq[b, k])', "0", "int32"
+            final = f'{init("b", col)} + T.Cast("float32", acc[ji]) * (qp[1] * rs[{d}, {col}]) + bias[{d}, {col}]'
+        body.add(i, f'acc = T.alloc_buffer(({width},), "{acc_type}", scope="{ACC_SCOPE}")')
         body.add(i, f"for ji in T.vectorized({width}):")
         body.add(i + 1, f"acc[ji] = {start}")
         body.add(i, f"for k in T.serial({H}):")
         body.add(i + 1, f"for ji in T.vectorized({width}):")
-        body.add(i + 2, f"acc[ji] = acc[ji] + {src}[b, k] * {weight}")
+        body.add(i + 2, f"acc[ji] = acc[ji] + {value} * {weight}")
         body.add(i, f"for ji in T.vectorized({width}):")
         body.add(i + 1, f"g[b, {col}] = {final}")
+
+
+VNNI_LANES = 16  # int32 lanes of one vpdpbusd zmm
+
+
+def vnni_tiles(columns: int) -> list[int]:
+    """Vectors per register tile of :func:`_gemv_vnni` over ``columns`` output columns: full
+    tiles of TILE_VECTORS, then one of the vectors left (the last one padded with zero weights)."""
+    full, tail = divmod(-(-columns // VNNI_LANES), TILE_VECTORS)
+    return [TILE_VECTORS] * full + ([tail] if tail else [])
+
+
+def _quantize_state(body: _Body, ind: int, spec: CellSpec, src: str) -> None:
+    """``hq`` = ``src`` [B, H] quantized as onnxruntime's DynamicQuantizeLSTM quantizes the
+    recurrent GEMM's operand each step (``GetQuantizationParameter``, per tensor):
+    ``lo = min(min(src), 0)``, ``hi = max(max(src), 0)``, scale ``qp[1] = (hi - lo) / 255`` (1
+    where hi = lo), zero point ``qp[0] = clip(round(-lo / scale), 0, 255)``, codes
+    ``clip(round(x / scale) + zp, 0, 255)`` (round half to even); stored as uint8 codes
+    (``vnni``) or as int16 ``code - zp`` (``int16``)."""
+    B, H = spec.batch, spec.hidden
+    body.add(ind, f"qp[0] = {_f(0.0)}")
+    body.add(ind, f"qp[1] = {_f(0.0)}")
+    body.add(ind, f"for b, k in T.grid({B}, {H}):")
+    body.add(ind + 1, f"qp[0] = T.min(qp[0], {src}[b, k])")
+    body.add(ind + 1, f"qp[1] = T.max(qp[1], {src}[b, k])")
+    body.add(ind, f"qp[1] = T.Select(qp[1] == qp[0], {_f(1.0)}, (qp[1] - qp[0]) / {_f(255.0)})")
+    body.add(ind, f"qp[0] = T.min(T.max(T.round({_f(0.0)} - qp[0] / qp[1]), {_f(0.0)}), {_f(255.0)})")
+    code = f"T.min(T.max(T.round({src}[b, k] / qp[1]) + qp[0], {_f(0.0)}), {_f(255.0)})"
+    value = f'T.Cast("uint8", {code})' if spec.dynamic == "vnni" else f'T.Cast("int16", {code} - qp[0])'
+    full, tail = divmod(H, spec.lanes)
+    body.add(ind, f"for b in T.serial({B}):")
+    if full:
+        body.add(ind + 1, f"for ko in T.serial({full}):")
+        body.add(ind + 2, f"for ki in T.vectorized({spec.lanes}):")
+        body.add(ind + 3, f"hq[b, ko * {spec.lanes} + ki] = {value.replace('[b, k]', f'[b, ko * {spec.lanes} + ki]')}")
+    if tail:
+        body.add(ind + 1, f"for ki in T.vectorized({tail}):")
+        body.add(ind + 2, f"hq[b, {full * spec.lanes} + ki] = {value.replace('[b, k]', f'[b, {full * spec.lanes} + ki]')}")
+
+
+def _gemv_vnni(body: _Body, ind: int, spec: CellSpec, d: int, cols: tuple[int, int], init) -> None:
+    """The int32 GEMV of the uint8 state codes ``hq`` by the int8 codes of R on AVX-512 VNNI:
+    ``rp[d, tile, k // 4, 64 v + 4 l + k % 4]`` holds R's code for row k and column ``tile *
+    TILE_VECTORS * 16 + 16 v + l`` (:func:`pack_vnni`), so one ``vpdpbusd`` adds 4 rows' products
+    into 16 columns' int32 sums (the 4 codes broadcast); then ``g = init + float(acc - zp *
+    rsum) * (scale * rs) + bias``, ``rsum`` the columns' code sums: the recurrent GEMM of
+    DynamicQuantizeLSTM, ``(q - zp) @ codes * (s_h * s_r)``, exactly, and the biases added
+    after it as the spec reference adds them (``xw`` holds the input projection alone)."""
+    H, begin, end = spec.hidden, cols[0], cols[1]
+    assert begin == 0, "the VNNI GEMV covers every gate column"
+    width = TILE_VECTORS * VNNI_LANES
+    tiles = vnni_tiles(end)
+    full = tiles.count(TILE_VECTORS)
+    kind = "parallel" if H * end >= PARALLEL_GEMV_MACS and full > 1 else "serial"
+    body.add(ind, f'zpi = T.Cast("int32", qp[0])')
+    body.add(ind, f"for b in T.serial({spec.batch}):")
+    groups = [(f"jt", full, TILE_VECTORS, width)] if full else []
+    if len(tiles) > full:
+        groups.append((str(full), 1, tiles[-1], end - full * width))
+    for tile, count, vectors, live in groups:
+        i = ind + 1
+        if count > 1 or tile == "jt":
+            body.add(i, f"for jt in T.{kind if count > 1 else 'serial'}({count}):")
+            i += 1
+        body.add(i, f'acc = T.alloc_buffer(({vectors * VNNI_LANES},), "int32", scope="{ACC_SCOPE}")')
+        body.add(i, f"for ji in T.vectorized({vectors * VNNI_LANES}):")
+        body.add(i + 1, "acc[ji] = 0")
+        body.add(i, f"for kg in T.serial({-(-H // 4)}):")
+        body.add(i + 1, 'a4 = T.reinterpret("int32", hq.vload([b, kg * 4], "uint8x4"))')
+        body.add(i + 1, f"for v in T.unroll({vectors}):")
+        lanes = f"T.ramp(v * {VNNI_LANES}, 1, {VNNI_LANES})"
+        body.add(i + 2, f'acc[{lanes}] = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", '
+                        f'acc[{lanes}], T.reinterpret("uint8x64", T.broadcast(a4, 16)), '
+                        f'rp.vload([{d}, {tile}, kg, v * 64], "int8x64"))')
+        col = f"{tile} * {width} + ji"
+        body.add(i, f"for ji in T.vectorized({live}):")
+        body.add(i + 1, f'g[b, {col}] = {init("b", col)} + T.Cast("float32", acc[ji] - zpi * rsum[{d}, {col}]) '
+                        f"* (qp[1] * rs[{d}, {col}]) + bias[{d}, {col}]")
+
+
+def pack_vnni(codes: np.ndarray) -> np.ndarray:
+    """R's int8 codes ``[D, H, C]`` (rows k, columns c) in :func:`_gemv_vnni`'s layout
+    ``[D, tiles, ceil(H / 4), TILE_VECTORS * 64]``, zero-padded (rows to a multiple of 4,
+    columns to whole tiles)."""
+    d, h, c = codes.shape
+    width = TILE_VECTORS * VNNI_LANES
+    tiles = len(vnni_tiles(c))
+    k4 = -(-h // 4)
+    padded = np.zeros((d, k4 * 4, tiles * width), np.int8)
+    padded[:, :h, :c] = codes
+    # [D, K4, 4, tiles, TILE_VECTORS, 16] -> [D, tiles, K4, TILE_VECTORS, 16, 4]
+    blocks = padded.reshape(d, k4, 4, tiles, TILE_VECTORS, VNNI_LANES).transpose(0, 3, 1, 4, 5, 2)
+    return np.ascontiguousarray(blocks.reshape(d, tiles, k4, TILE_VECTORS * VNNI_LANES * 4))
+
+
+def dynamic_weights(codes: np.ndarray, zero: np.ndarray | None, scale: np.ndarray, vnni: bool) -> list[np.ndarray]:
+    """The kernel's arrays for DynamicQuantizeLSTM's R (``codes [D, H, 4H]``: rows k, columns
+    n; ``zero`` / ``scale`` per column ``[D, 4H]``, ``zero`` None for symmetric codes): ``vnni``
+    (int8 codes, no zero point): the packed codes (:func:`pack_vnni`), the scales and the
+    columns' code sums; else ``codes - zero`` as int16 and the scales."""
+    scale = np.ascontiguousarray(scale, np.float32)
+    if vnni:
+        return [pack_vnni(codes), scale, codes.astype(np.int32).sum(axis=1).astype(np.int32)]
+    centered = codes.astype(np.int64) - (0 if zero is None else np.asarray(zero, np.int64)[:, None, :])
+    return [centered.astype(np.int16), scale]
 
 
 def _store(body: _Body, ind: int, spec: CellSpec, d: int, j: str, states: list[tuple[str, str]]) -> None:
@@ -231,6 +346,8 @@ def _store(body: _Body, ind: int, spec: CellSpec, d: int, j: str, states: list[t
 def _lstm_step(body: _Body, ind: int, spec: CellSpec, d: int) -> None:
     """Gates i, o, f, c (ONNX order) in g, the input projection and biases included."""
     H, (fa, ga, ha), clip = spec.hidden, spec.acts[d], spec.clip
+    if spec.dynamic:
+        _quantize_state(body, ind, spec, "h")
     _gemv(body, ind, spec, d, "h", (0, 4 * H), lambda b, c: f"xw[t * {spec.batch} + {b}, {d * 4 * H} + {c}]")
 
     def cell(body: _Body, i: int, j: str) -> None:
@@ -300,9 +417,18 @@ _STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN": _rnn_step}
 def kernel_args(spec: CellSpec) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, shape, dtype) of the kernel's parameters in call order: inputs, then outputs."""
     D, B, H, G, S = spec.dirs, spec.batch, spec.hidden, spec.gates, spec.steps
-    args = [("xw", (S * B, D * G * H), "float32"), ("rt", (D, H, G * H), "int8" if spec.int8_weights else "float32")]
-    if spec.int8_weights:
+    args = [("xw", (S * B, D * G * H), "float32")]
+    if spec.dynamic == "vnni":
+        args.append(("rp", (D, len(vnni_tiles(G * H)), -(-H // 4), TILE_VECTORS * VNNI_LANES * 4), "int8"))
+    else:
+        rt_type = "int16" if spec.dynamic else "int8" if spec.int8_weights else "float32"
+        args.append(("rt", (D, H, G * H), rt_type))
+    if spec.int8_weights or spec.dynamic:
         args.append(("rs", (D, G * H), "float32"))
+    if spec.dynamic == "vnni":
+        args.append(("rsum", (D, G * H), "int32"))
+    if spec.dynamic:  # added after the recurrent term, in the spec reference's order
+        args.append(("bias", (D, G * H), "float32"))
     args.append(("h0", (D, B, H), "float32"))
     if spec.op_type == "LSTM":
         args.append(("c0", (D, B, H), "float32"))
@@ -331,6 +457,13 @@ def kernel_source(spec: CellSpec) -> str:
     scratch += [("rh", (B, H))] if spec.op_type == "GRU" and not spec.linear_before_reset else []
     for name, shape in scratch:
         body.add(1, f'{name} = T.alloc_buffer({shape!r}, "float32")')
+    if spec.dynamic:  # the quantized state and its (zero point, scale)
+        width = -(-H // 4) * 4 if spec.dynamic == "vnni" else H
+        body.add(1, f'hq = T.alloc_buffer(({B}, {width}), "{"uint8" if spec.dynamic == "vnni" else "int16"}")')
+        body.add(1, 'qp = T.alloc_buffer((2,), "float32")')
+        if width > H:  # rows of zero weights: any code would do, 0 keeps the buffer defined
+            body.add(1, f"for b, k in T.grid({B}, {width - H}):")
+            body.add(2, f"hq[b, {H} + k] = T.uint8(0)")
     for d in range(spec.dirs):
         states = ["h"] + (["c"] if lstm else [])
         body.add(1, f"for b, j in T.grid({B}, {H}):")
@@ -393,4 +526,5 @@ def kernel(spec: CellSpec):
 
     from .lower import opaque_kernel
 
-    return opaque_kernel(tvm.script.from_source(kernel_source(spec)))
+    macs = spec.steps * spec.dirs * spec.batch * spec.hidden * spec.gates * spec.hidden  # the GEMVs
+    return opaque_kernel(tvm.script.from_source(kernel_source(spec)), ops=2 * macs)

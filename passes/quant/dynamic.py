@@ -30,15 +30,23 @@ from onnx import TensorProto, helper
 
 from optc.onnx_utils import FreshNames
 
-__all__ = ["DYNAMIC_OPS", "has_dynamic_quantization", "unrounded_model", "unrounded_outputs"]
+__all__ = ["DYNAMIC_OPS", "has_dynamic_quantization", "has_dynamic_lstm", "unrounded_model", "unrounded_outputs"]
 
 DYNAMIC_OPS = frozenset({"DynamicQuantizeLinear"})
 _INTEGER_OPS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv"}
 
 
 def has_dynamic_quantization(model: onnx.ModelProto) -> bool:
-    """Whether the main graph quantizes activations at run time (DynamicQuantizeLinear)."""
-    return any(n.op_type in DYNAMIC_OPS and n.domain in ("", "ai.onnx") for n in model.graph.node)
+    """Whether the main graph quantizes activations at run time (DynamicQuantizeLinear, or
+    com.microsoft DynamicQuantizeLSTM: its GEMMs' operands, ``optc.passes.quant.dynamic_lstm``)."""
+    return any((n.op_type in DYNAMIC_OPS and n.domain in ("", "ai.onnx"))
+               or (n.op_type == "DynamicQuantizeLSTM" and n.domain == "com.microsoft") for n in model.graph.node)
+
+
+def has_dynamic_lstm(model: onnx.ModelProto) -> bool:
+    """Whether the main graph has a com.microsoft DynamicQuantizeLSTM (its hidden state is
+    quantized at run time every step: ``tolerance.compare_dynamic``'s recurrent rule)."""
+    return any(n.op_type == "DynamicQuantizeLSTM" and n.domain == "com.microsoft" for n in model.graph.node)
 
 
 def _float(nodes: list, fresh: FreshNames, name: str) -> str:
@@ -103,7 +111,9 @@ def unrounded_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def unrounded_outputs(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:
-    """Outputs of :func:`unrounded_model` on ``inputs`` (onnx ReferenceEvaluator)."""
+    """Outputs of :func:`unrounded_model` on ``inputs`` (onnx ReferenceEvaluator; a
+    DynamicQuantizeLSTM without its activation rounding too)."""
     from optc.passes.optc_ops import reference_evaluator
 
-    return [np.asarray(o) for o in reference_evaluator(unrounded_model(model)).run(None, dict(inputs))]
+    ev = reference_evaluator(unrounded_model(model), dynamic_lstm_rounding=False)
+    return [np.asarray(o) for o in ev.run(None, dict(inputs))]

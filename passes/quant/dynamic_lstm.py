@@ -21,7 +21,7 @@ rounding: the pass is lossy, and the artifact is checked twice (``optc.stages.ve
 
 * exactly as any float model against the optimized model (onnxruntime runs the standard LSTM);
 * against the original's spec arithmetic (:func:`spec_outputs`: onnx's ReferenceEvaluator with
-  :class:`DynamicQuantizeLSTMRef`, the rounding above in numpy, int64 products) by
+  :class:`DynamicQuantizeLSTMRef`, the rounding above in numpy, exact integer products) by
   :func:`compare_to_original`. The artifact computes the unrounded model ``U``; the original
   computes the rounded model ``Q``; ``e_q = max|Q - U|`` is measured by running the same numpy
   implementation with and without the rounding. The artifact passes when
@@ -50,7 +50,7 @@ from optc.onnx_utils import attrs, graph_reads
 from optc.pipeline import Pass, PassResult, register_pass
 
 __all__ = ["ExpandDynamicLSTM", "expand_dynamic_lstm", "dynamic_lstm_nodes", "dequantize_lstm_weight",
-           "DynamicQuantizeLSTMRef", "spec_outputs", "compare_to_original"]
+           "DynamicQuantizeLSTMRef", "spec_outputs", "compare_to_original", "unsupported_attrs"]
 
 MS = "com.microsoft"
 OP = "DynamicQuantizeLSTM"
@@ -190,14 +190,17 @@ def _quantized(a: np.ndarray) -> tuple[np.ndarray, np.float32]:
 
 
 def _gemm(a: np.ndarray, w: tuple[np.ndarray, np.ndarray], rounding: bool) -> np.ndarray:
-    """``a [M, K] @ W`` with ``w = (codes - zp [K, 4H] int64, scale [1 or 4H] float32)``: the
-    quantized GEMM (int64 products, scaled by ``s_a * s_w``) or, without ``rounding``, the same
-    product in float64 on ``a`` itself."""
+    """``a [M, K] @ W`` with ``w = (codes - zp [K, 4H] (integers), scale [1 or 4H] float32)``
+    (unrounded: or ``(dequantized weight, None)``): the quantized GEMM (exact integer products and sums, scaled by ``s_a * s_w``) or, without
+    ``rounding``, the same product in float64 on ``a`` itself. The integer sums run in float64
+    (BLAS): exact, as every partial sum (below 255 * 255 * K) is far inside its 53 bits."""
     codes, scale = w
-    if not rounding:
-        return (np.asarray(a, np.float64) @ (codes * scale.astype(np.float64))).astype(np.float32)
+    if not rounding:  # scale None: ``codes`` are the dequantized weights already
+        weight = codes if scale is None else codes * scale.astype(np.float64)
+        return (np.asarray(a, np.float64) @ weight).astype(np.float32)
     qa, sa = _quantized(a)
-    return ((qa @ codes).astype(np.float32) * (sa * scale)).astype(np.float32)
+    acc = qa.astype(np.float64) @ np.asarray(codes, np.float64)
+    return (acc.astype(np.float32) * (sa * scale)).astype(np.float32)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -208,6 +211,8 @@ def _direction(x, w, r, b, h, c, p, rounding: bool):
     """One direction over ``x [T, N, K]``: the outputs ``[T, N, H]``, last h and c."""
     hidden = h.shape[-1]
     t_len, batch = x.shape[:2]
+    if not rounding:  # the dequantized weights once, not per step
+        w, r = ((codes * scale.astype(np.float64), None) for codes, scale in (w, r))
     xw = _gemm(x.reshape(t_len * batch, -1), w, rounding).reshape(t_len, batch, 4 * hidden)
     bias = b[: 4 * hidden] + b[4 * hidden:]
     pi, po, pf = np.split(p, 3)
@@ -224,7 +229,8 @@ def _direction(x, w, r, b, h, c, p, rounding: bool):
 
 def _weights(q, scale, zp, d: int) -> tuple[np.ndarray, np.ndarray]:
     z = 0 if zp is None else np.asarray(zp, np.int64).reshape(q.shape[0], -1)[d]
-    return q[d].astype(np.int64) - z, np.asarray(scale, np.float32).reshape(q.shape[0], -1)[d]
+    # codes - zp as float64: exact integers, and :func:`_gemm` multiplies them through BLAS
+    return (q[d].astype(np.int64) - z).astype(np.float64), np.asarray(scale, np.float32).reshape(q.shape[0], -1)[d]
 
 
 class DynamicQuantizeLSTMRef:
@@ -266,7 +272,22 @@ def _unsupported(x: np.ndarray, seq, attrs: dict) -> str | None:
     return None
 
 
+def unsupported_attrs(attrs: dict) -> str | None:
+    """Which attributes of a DynamicQuantizeLSTM node the spec reference does not cover
+    (activations other than the defaults, clip, input_forget, layout), or None."""
+    return _unsupported(None, None, attrs)
+
+
 def _run_lstm(ins: list, attrs: dict, rounding: bool) -> tuple[np.ndarray, ...]:
+    """The node's outputs; BLAS on one thread: each step is a GEMV of a few rows, which a
+    second BLAS thread slows down (3-6x on a loaded 2-core machine)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _run_lstm_steps(ins, attrs, rounding)
+
+
+def _run_lstm_steps(ins: list, attrs: dict, rounding: bool) -> tuple[np.ndarray, ...]:
     x, w, r, b, seq, h0, c0, p, ws, wz, rs, rz = ins
     if why := _unsupported(x, seq, attrs):
         raise NotImplementedError(f"{OP} reference: {why}")
@@ -333,5 +354,5 @@ def compare_to_original(outputs: list[np.ndarray], names: list[str], atol: float
         entry["tolerance_rule"] = rules.get(entry["name"], "")
     res["judged"] = list(names)
     res["reference"] = ("onnx ReferenceEvaluator, DynamicQuantizeLSTM as onnxruntime computes it (run-time uint8 "
-                        "activations, int64 products; optc.passes.quant.dynamic_lstm)")
+                        "activations, exact integer products; optc.passes.quant.dynamic_lstm)")
     return res
