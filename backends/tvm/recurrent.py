@@ -329,16 +329,14 @@ def register() -> None:
         def per_column(v, d, dtype):  # a per-direction [D] or per-column [D, 4H] parameter, as [4H]
             return np.broadcast_to(np.asarray(v, dtype).reshape(dirs, -1)[d], (gh,))
 
+        # one GEMM for every direction: W's columns side by side, per-column zero points and scales
         xq, sx, zx = int8.dynamic_quantize(bb, bb.emit(op.reshape(x, (steps * batch, size))))
-        proj = []
-        for d in range(dirs):
-            zw = None if consts["W_zero_point"] is None or not np.any(consts["W_zero_point"]) else relax.const(
-                np.ascontiguousarray(per_column(consts["W_zero_point"], d, consts["W"].dtype)))
-            acc = bb.emit(int8._matmul_integer(bb, xq, relax.const(np.ascontiguousarray(consts["W"][d])), zx, zw,
-                                               params))
-            scale = relax.const(np.ascontiguousarray(per_column(consts["W_scale"], d, np.float32)))
-            proj.append(bb.emit(op.multiply(op.astype(acc, "float32"), op.multiply(sx, scale))))
-        xw = proj[0] if dirs == 1 else op.concat(proj, axis=1)  # [T*B, D*4H]
+        w_cols = np.ascontiguousarray(np.concatenate(list(consts["W"]), axis=1))  # [I, D*4H]
+        zw = None if consts["W_zero_point"] is None or not np.any(consts["W_zero_point"]) else relax.const(
+            np.concatenate([per_column(consts["W_zero_point"], d, consts["W"].dtype) for d in range(dirs)]))
+        acc = bb.emit(int8._matmul_integer(bb, xq, relax.const(w_cols), zx, zw, params))
+        w_scale = relax.const(np.concatenate([per_column(consts["W_scale"], d, np.float32) for d in range(dirs)]))
+        xw = op.multiply(op.astype(acc, "float32"), op.multiply(sx, w_scale))  # [T*B, D*4H]
         if b is not None:  # Wb + Rb, added after the recurrent term (as the spec reference)
             wb, rb = parts(bb, b, 2)
             bias = bb.emit(op.add(wb, rb))

@@ -568,8 +568,8 @@ def _schedule_func(func, target, params):
     if _no_iterations(func):
         return None, {"rule": "empty"}
     failed = []
-    for rule in (_rule_contraction, _rule_column_reduction, _rule_row_reduction, _rule_dlight, _rule_injective,
-                 _rule_fallback):
+    for rule in (_rule_contraction, _rule_column_reduction, _rule_row_reduction, _rule_plain_reduction, _rule_dlight,
+                 _rule_injective, _rule_fallback):
         try:
             result = rule(func, target, params)
         except Exception as err:  # noqa: BLE001 - recorded; try the next rule
@@ -1424,6 +1424,65 @@ def _row_reductions(sch, infos, width: int) -> bool:
             if any(r in _vars_in(i) for i in ld.indices[:-1]):
                 return False
     return True
+
+
+# a reduction of every element to one value (min / max / sum of a tensor: DynamicQuantizeLinear's
+# range) runs in this many parallel chunks where it has PARALLEL_MIN_WORK elements or more
+REDUCE_CHUNKS = 16
+
+
+def _rule_plain_reduction(func, target, params):  # noqa: ARG001
+    """A reduction with nothing after it (injective producers inlined): a min / max / sum of a
+    whole tensor (DynamicQuantizeLinear's range, per tensor) or of each row (a row sum of
+    codes). DLight takes none of a whole tensor (left as a serial scalar loop: 1.8 GFLOP/s)
+    and walks rows one element at a time. Here the reduction loops are fused, the last
+    ``vw`` lanes become ``vw`` partial results (``rfactor``) computed one vector per step, and
+    a whole-tensor reduction of at least ``PARALLEL_MIN_WORK`` elements is cut into
+    ``REDUCE_CHUNKS`` parallel chunks of such vectors (rows: the rows in parallel); the
+    partial results are combined serially at the end. Sums are added in another order than a
+    serial loop (as any vectorized reduction); min / max and integer sums are exact."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    infos = _block_infos(sch)
+    if not infos or infos[-1].is_injective() or any(not b.is_injective() for b in infos[:-1]):
+        return None
+    for b in infos[:-1]:
+        sch.compute_inline(b.block_rv)
+    block = infos[-1].block_rv
+    st = sch.get(block)
+    loops = sch.get_loops(block)
+    kinds = [iv.iter_type for iv in st.iter_vars]
+    store = _body_store(st)
+    if store is None or len(loops) != len(kinds) or 2 not in kinds or kinds != sorted(kinds) or \
+            any(_extent(sch, lp) is None for lp in loops):
+        return None  # spatial loops first, then the reduction loops, static extents
+    reds = [iv.var for iv in st.iter_vars if iv.iter_type == 2]
+    for ld in _loads(store.value):  # the innermost reduction axis walks each operand's last dimension
+        if not ld.source.same_as(store.buffer) and (not ld.indices or reds[-1] not in _vars_in(ld.indices[-1])):
+            return None
+    spatial, red_loops = loops[:kinds.index(2)], loops[kinds.index(2):]
+    r = sch.fuse(*red_loops) if len(red_loops) > 1 else red_loops[0]
+    n = _extent(sch, r)
+    vw = params.lanes(store.buffer.dtype)
+    rows = 1
+    for lp in spatial:
+        rows *= _extent(sch, lp)
+    if n % vw or n < 4 * vw:
+        return None
+    chunks = _largest_divisor(n // vw, REDUCE_CHUNKS) if rows == 1 and n >= PARALLEL_MIN_WORK else 1
+    c, m, lane = sch.split(r, [chunks, None, vw])
+    sch.reorder(c, lane, m)
+    rf = sch.rfactor(sch.fuse(c, lane), factor_axis=len(store.buffer.shape))
+    rf_loops = sch.get_loops(rf)
+    c, lane = sch.split(rf_loops[len(spatial)], [chunks, vw])
+    sch.reorder(c, rf_loops[-1], lane)
+    outer = sch.fuse(*rf_loops[:len(spatial)], c) if spatial else c
+    if (rows * chunks > 1) and _func_work(func) >= PARALLEL_MIN_WORK // (1 if rows == 1 else 16):
+        sch.parallel(outer)
+    sch.vectorize(lane)
+    sch.vectorize(sch.get_loops(sch.decompose_reduction(rf, sch.get_loops(rf)[-2]))[-1])
+    return sch.mod["main"]
 
 
 def _rule_dlight(func, target, params):
