@@ -4,6 +4,8 @@ ARM targets still build, and the generated TIR is parallel and vectorized. No ti
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -812,6 +814,39 @@ def test_large_row_reductions_run_their_rows_in_parallel(tmp_path):
     scripts = [f.script() for f in _prim_funcs(_scheduled(model)).values()]
     width = f"T.int64({big[-1]})"
     assert sorted((width in s, "T.parallel" in s) for s in scripts) == [(False, False), (True, True)], scripts
+
+
+def test_whole_tensor_and_row_reductions_run_in_vector_lanes(tmp_path):
+    """DynamicQuantizeLinear's range (a min and a max of the whole tensor) and ReduceMax /
+    ReduceSum of each row with nothing after them: ``plain_reduction`` (vector partials, an
+    ``_rf`` buffer), where they were left as serial scalar loops; a whole tensor of at least
+    PARALLEL_MIN_WORK elements in parallel chunks. The codes match the spec exactly (min / max
+    exact), the sums onnxruntime within the float tolerance."""
+    from optc.backends.tvm import schedule
+
+    big = [16, schedule.PARALLEL_MIN_WORK // 16]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+             helper.make_node("DynamicQuantizeLinear", ["b"], ["bq", "bs", "bz"]),
+             helper.make_node("ReduceMax", ["x"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("ReduceSum", ["x", "ax"], ["r"], keepdims=0)]
+    f32, u8 = onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8
+    outs = [("q", [24, 64], u8), ("s", [], f32), ("z", [], u8), ("bs", [], f32), ("m", [24, 1], f32), ("r", [24], f32)]
+    graph = helper.make_graph(nodes, "red", [helper.make_tensor_value_info(n, f32, v) for n, v in (("x", [24, 64]),
+                                                                                                     ("b", big))],
+                              [helper.make_tensor_value_info(*o[:1], o[2], o[1]) for o in outs],
+                              [onnx.numpy_helper.from_array(np.array([1], np.int64), "ax")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "red.onnx")
+    report = optc.compile(tmp_path / "red.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+    sched = report["build"]["schedules"]
+    plain = re.compile(r"(min|max|sum)\d*$")
+    rules = {f: r for f, r in sched["per_function"].items() if plain.match(f)}
+    assert len(rules) >= 6 and set(rules.values()) == {"plain_reduction"} and not sched["rule_failures"], sched
+    scripts = [f.script() for name, f in _prim_funcs(_scheduled(model)).items() if re.match(r"(min|max)\d*$", name)]
+    assert scripts and all("_rf" in s and "T.vectorized" in s for s in scripts), scripts
+    assert sum("T.parallel" in s for s in scripts) == 2, scripts  # the big tensor's min and max
 
 
 def _rotary_model():
