@@ -94,6 +94,11 @@ CONVS = {  # name -> (x shape, in dtype, out dtype, conv attributes)
     "depthwise-20x1-w1": ((1, 16, 39, 1), "uint8", "uint8", dict(n=16, kernel_shape=[20, 1], pads=[19, 0, 0, 0],
                                                                  group=16)),
     "depthwise-1x5": ((1, 8, 1, 30), "int8", "int8", dict(n=8, kernel_shape=[1, 5], pads=[0, 2, 0, 2], group=8)),
+    # strided depthwise: the padded copy's columns split by phase (odd widths, asymmetric pads)
+    "depthwise-stride2-asym": ((1, 10, 9, 11), "uint8", "uint8", dict(n=10, kernel_shape=[3, 3], pads=[1, 0, 2, 1],
+                                                                      strides=[2, 2], group=10)),
+    "depthwise-stride3-dilated": ((1, 6, 13, 14), "int8", "int8", dict(n=6, kernel_shape=[3, 3], pads=[2, 2, 2, 2],
+                                                                       strides=[3, 3], dilations=[2, 2], group=6)),
 }
 
 
