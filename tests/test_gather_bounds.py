@@ -1,7 +1,9 @@
 """Run-time indices past their table (``lower.bounded_gathers``): an embedding lookup of token
 ids compiled with TVM's default ``take`` read memory past the table for an id outside the
 vocabulary (a segfault in ``optc run``, or garbage), where onnxruntime refuses the input. The
-lookup now clamps such an index (``clip``); in-range ids are unchanged."""
+lookup now clamps such an index (``clip``); in-range ids are unchanged. ``optc run`` refuses
+ids that reach a table through shape-only ops (``verify.index_ranges``), as onnxruntime does;
+ids computed by arithmetic first are clamped, not detected."""
 
 from __future__ import annotations
 
@@ -19,11 +21,16 @@ import optc
 pytestmark = pytest.mark.tvm
 
 
-def _embedding(vocab: int = 16, dim: int = 8) -> onnx.ModelProto:
+def _embedding(vocab: int = 16, dim: int = 8, shifted: bool = False) -> onnx.ModelProto:
+    """ids -> Gather(table); ``shifted``: ids + 0 first (arithmetic the static check does not follow)."""
     table = onnx.numpy_helper.from_array(np.arange(vocab * dim, dtype=np.float32).reshape(vocab, dim), "table")
-    g = h.make_graph([h.make_node("Gather", ["table", "ids"], ["y"], axis=0)], "g",
-                     [h.make_tensor_value_info("ids", T.INT64, [1, 6])],
-                     [h.make_tensor_value_info("y", T.FLOAT, [1, 6, dim])], [table])
+    nodes = [h.make_node("Gather", ["table", "idx" if shifted else "ids"], ["y"], axis=0)]
+    inits = [table]
+    if shifted:
+        nodes.insert(0, h.make_node("Add", ["ids", "zero"], ["idx"]))
+        inits.append(onnx.numpy_helper.from_array(np.zeros(1, np.int64), "zero"))
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("ids", T.INT64, [1, 6])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 6, dim])], inits)
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
 
 
@@ -35,7 +42,7 @@ def test_run_time_gather_indices_are_clamped_not_read_past_the_table(tmp_path):
     mod, _ = import_onnx(_embedding(), [TensorSpec("ids", "int64", (1, 6))])
     assert 'mode="clip"' in bounded_gathers(mod)["main"].script()
     src = tmp_path / "emb.onnx"
-    onnx.save(_embedding(), src)
+    onnx.save(_embedding(shifted=True), src)
     ids = np.array([[0, 3, 15, -1, -16, 7]], np.int64)
     optc.compile(src, "cpu", tmp_path / "pkg", inputs={"ids": ids}, options=optc.CompileOptions.of(measure=False))
     np.testing.assert_array_equal(optc.run(tmp_path / "pkg", {"ids": ids})["y"],
@@ -47,3 +54,21 @@ def test_run_time_gather_indices_are_clamped_not_read_past_the_table(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     y = np.load(tmp_path / "out.npz")["y"]
     assert np.isfinite(y).all() and y.min() >= 0 and y.max() < 128  # rows of the table, nothing else
+
+
+def test_run_refuses_ids_outside_the_table_by_name(tmp_path):
+    """Token ids straight (or through Reshape / Cast) into an embedding Gather: an id outside
+    [-vocab, vocab) is refused before the run (exit 2, the input, value and table named, no
+    output written); the extremes of the range are accepted."""
+    src = tmp_path / "emb.onnx"
+    onnx.save(_embedding(), src)
+    ok = np.array([[0, 3, 15, -1, -16, 7]], np.int64)
+    optc.compile(src, "cpu", tmp_path / "pkg", inputs={"ids": ok}, options=optc.CompileOptions.of(measure=False))
+    assert optc.run(tmp_path / "pkg", {"ids": ok})["y"].shape == (1, 6, 8)
+    for bad in (16, -17, 2**40):
+        np.savez(tmp_path / "bad.npz", ids=np.array([[0, bad, 3, 2, 1, 1]], np.int64))
+        res = subprocess.run([sys.executable, "-m", "optc", "run", str(tmp_path / "pkg"), "--inputs",
+                              str(tmp_path / "bad.npz"), "-o", str(tmp_path / "out.npz")], capture_output=True, text=True)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        assert f"holds index {bad}" in res.stderr and "16 rows" in res.stderr, res.stderr
+        assert not (tmp_path / "out.npz").exists()

@@ -111,6 +111,51 @@ def u8s8_saturation_note(model: onnx.ModelProto, has_vnni: bool | None = None) -
             "verify on a CPU with VNNI, or pass --no-verify")
 
 
+# ops that pass integer index values through unchanged (shape only), between an input and a Gather
+_INDEX_PASS_THROUGH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
+
+
+def index_ranges(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
+    """Graph input -> [(Gather node, table size)] for every main-graph Gather whose indices are
+    that input's values (directly or through shape-only ops: Cast, Reshape, Unsqueeze, ...) and
+    whose data is a constant: an id outside ``[-size, size)`` is an error in onnxruntime, while
+    optc's gathers (``lower.bounded_gathers``: clip mode, memory-safe) would read the nearest
+    row. :func:`check_index_ranges` refuses such inputs before a run."""
+    consts = {t.name: list(t.dims) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = list(n.attribute[0].t.dims)
+    source = {i.name: i.name for i in model.graph.input if i.name not in consts}
+    out: dict[str, list[tuple[str, int]]] = {}
+    for n in model.graph.node:
+        if n.domain not in ("", "ai.onnx"):
+            continue
+        if n.op_type in _INDEX_PASS_THROUGH and n.input and n.input[0] in source:
+            source[n.output[0]] = source[n.input[0]]
+        elif n.op_type == "Gather" and len(n.input) > 1 and n.input[1] in source and n.input[0] in consts:
+            dims = consts[n.input[0]]
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+            if dims and -len(dims) <= axis < len(dims):
+                out.setdefault(source[n.input[1]], []).append((n.name or n.output[0], int(dims[axis])))
+    return out
+
+
+def check_index_ranges(arrays: Mapping[str, np.ndarray], ranges: Mapping[str, list[tuple[str, int]]]) -> None:
+    """InvalidModelError naming the input, the value and the table when an integer input that
+    :func:`index_ranges` found indexes a table holds an id outside it (onnxruntime refuses
+    such an input; the compiled code would read the nearest row instead)."""
+    for name, uses in ranges.items():
+        a = np.asarray(arrays[name]) if name in arrays else None
+        if a is None or a.dtype.kind not in "iu" or not a.size:
+            continue
+        size, node = min((size, node) for node, size in uses)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < -size or hi >= size:
+            bad = lo if lo < -size else hi
+            raise InvalidModelError(f"input {name!r} holds index {bad}, outside the {size} rows of the table that "
+                                    f"{node!r} gathers from (valid: {-size} .. {size - 1})")
+
+
 def _needs_spec_reference(model: onnx.ModelProto) -> bool:
     return any(n.domain == "ai.optc" or (n.domain in ("", "ai.onnx") and n.op_type in SPEC_REFERENCE_OPS)
                or (n.domain == "com.microsoft" and n.op_type in SPEC_REFERENCE_MS_OPS)
