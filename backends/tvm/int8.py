@@ -484,6 +484,101 @@ def depthwise_te(x_shape, geom: ConvGeometry, rq: Requant, *, in_dtype: str):
     return [X, W, Bv, M, S], Y
 
 
+def depthwise_nhwc_te(x_shape, geom: ConvGeometry, rq: Requant, *, in_dtype: str):
+    """TE tensors of a depthwise IntConv2d computed channels-last: ``X`` per ``geom.x_layout``
+    (``x_shape`` = (B, C, H, W) either way), a padded copy ``Xp [B, Hp, Wp, C]`` (int32, the
+    padding the input zero point), the weights as ``Wt [KH, KW, C]``, ``Acc [B, OH, OW, C]``,
+    ``Y`` per ``geom.y_layout``: every tap of a pixel reads C consecutive values, so
+    :func:`schedule_depthwise_nhwc` vectorizes over channels."""
+    from tvm import te, tirx
+
+    B, C, H, W_ = x_shape
+    KH, KW = geom.kernel_shape
+    pads, strides, dilations = geom.pads, geom.strides, geom.dilations
+    OH, OW = geom.output_shape(H, W_)
+    nhwc_in = geom.x_layout == "NHWC"
+    X = te.placeholder((B, H, W_, C) if nhwc_in else (B, C, H, W_), in_dtype, name="X")
+    W = te.placeholder((C, 1, KH, KW), "int8", name="W")
+    Bv = te.placeholder((C,), "int32", name="B")
+    M = te.placeholder((C,), "int32", name="multiplier")
+    S = te.placeholder((C,), "int32", name="shift")
+    Hp, Wpd = H + pads[0] + pads[2], W_ + pads[1] + pads[3]
+
+    def pad(b, hp, wp, c):
+        h, w = hp - pads[0], wp - pads[1]
+        inside = tirx.all(h >= 0, h < H, w >= 0, w < W_)
+        hc, wc = tirx.max(tirx.min(h, H - 1), 0), tirx.max(tirx.min(w, W_ - 1), 0)
+        v = (X[b, hc, wc, c] if nhwc_in else X[b, c, hc, wc]).astype("int32")
+        return tirx.if_then_else(inside, v, tirx.const(rq.x_zero_point, "int32"))
+
+    Xp = te.compute((B, Hp, Wpd, C), pad, name="Xp")
+    Wt = te.compute((KH, KW, C), lambda kh, kw, c: W[c, 0, kh, kw].astype("int32"), name="Wt")
+    rkh, rkw = te.reduce_axis((0, KH), "kh"), te.reduce_axis((0, KW), "kw")
+    Acc = te.compute(
+        (B, OH, OW, C),
+        lambda b, oh, ow, c: te.sum(Xp[b, oh * strides[0] + rkh * dilations[0], ow * strides[1] + rkw * dilations[1], c]
+                                    * Wt[rkh, rkw, c], axis=[rkh, rkw]),
+        name="Acc")
+    if geom.y_layout == "NHWC":
+        Y = te.compute((B, OH, OW, C), lambda b, oh, ow, c: _requant(Acc[b, oh, ow, c] + Bv[c], M[c], S[c], rq),
+                       name="Y")
+    else:
+        Y = te.compute((B, C, OH, OW), lambda b, c, oh, ow: _requant(Acc[b, oh, ow, c] + Bv[c], M[c], S[c], rq),
+                       name="Y")
+    return [X, W, Bv, M, S], Y
+
+
+# output pixels per register tile of the channels-last depthwise kernel (one vector of
+# channels each: 8 accumulators, the 9 weight vectors of a 3x3 filter beside them)
+DEPTHWISE_TILE = 8
+
+
+def schedule_depthwise_nhwc(func, *, channels: int, ow: int, work: int, y_layout: str, lanes: int = 16):
+    """:func:`depthwise_nhwc_te`: the padded copy and the weight transpose vectorized over
+    channels; per output row (rows in parallel for large layers) register tiles of up to
+    DEPTHWISE_TILE pixels x one vector of channels, the taps outside, accumulators in registers."""
+    import tvm
+
+    from .schedule import _largest_divisor, _vector_width
+
+    sch = tvm.s_tir.Schedule(func)
+    par = work >= PARALLEL_MIN_MACS
+    vw = _vector_width(channels, lanes)
+    xp = sch.get_sblock("Xp")
+    b, hp, _, c = sch.get_loops(xp)
+    sch.vectorize(sch.split(c, [None, vw])[1])
+    if par:
+        sch.parallel(sch.fuse(b, hp))
+    wt = sch.get_sblock("Wt")
+    sch.vectorize(sch.split(sch.get_loops(wt)[-1], [None, vw])[1])
+    yb = sch.get_sblock("Y")
+    loops = sch.get_loops(yb)
+    if y_layout == "NHWC":
+        b, oh, owl, c = loops
+    else:
+        b, c, oh, owl = loops
+        sch.reorder(b, oh, owl, c)
+    tile = _largest_divisor(ow, DEPTHWISE_TILE)
+    owo, owi = sch.split(owl, [None, tile])
+    co, ci = sch.split(c, [None, vw])
+    sch.reorder(b, oh, owo, co, owi, ci)
+    outer = sch.fuse(b, oh)
+    if par:
+        sch.parallel(outer)
+    acc = sch.get_sblock("Acc")
+    sch.compute_at(acc, co, preserve_unit_loops=True)
+    sch.set_scope(acc, 0, ACC_SCOPE)
+    a_owi, a_ci, kh, kw = sch.get_loops(acc)[-4:]
+    sch.reorder(kh, kw, a_owi, a_ci)
+    sch.unroll(a_owi)
+    sch.vectorize(a_ci)
+    init = sch.decompose_reduction(acc, kh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(sch.get_loops(init)[-2])
+    sch.vectorize(ci)
+    return sch.mod["main"]
+
+
 def dense_te(M_, K, N, rq: Requant | None, *, in_dtype: str, isa: str):
     """TE tensors of IntDense on packed weights ``Wp [NB, 1, 1, KB, 16, 4]`` (the conv weight
     layout of a 1x1 kernel) and the kernel's bias, for the kernels of ``isa`` (as
@@ -836,15 +931,21 @@ def conv_func(isa, x_shape, N, geom: ConvGeometry, rq: Requant, *, in_dtype: str
                                        y_layout=geom.y_layout), ops=2 * work)
 
 
-def depthwise_func(x_shape, geom: ConvGeometry, rq: Requant, *, in_dtype: str):
-    """Depthwise IntConv2d (:func:`depthwise_te`)."""
+def depthwise_func(x_shape, geom: ConvGeometry, rq: Requant, *, in_dtype: str, lanes: int = 16):
+    """Depthwise IntConv2d: channels-last (:func:`depthwise_nhwc_te`) where either activation is
+    NHWC, else NCHW (:func:`depthwise_te`). ``lanes``: int32 lanes of the target's vectors."""
     from tvm import te
 
-    ins, Y = depthwise_te(x_shape, geom, rq, in_dtype=in_dtype)
-    f = te.create_prim_func([*ins, Y])
     B, C, H, W = x_shape
     OH, OW = geom.output_shape(H, W)
     work = B * C * OH * OW * geom.taps
+    if "NHWC" in (geom.x_layout, geom.y_layout):
+        ins, Y = depthwise_nhwc_te(x_shape, geom, rq, in_dtype=in_dtype)
+        f = te.create_prim_func([*ins, Y])
+        return opaque_kernel(schedule_depthwise_nhwc(f, channels=C, ow=OW, work=work, y_layout=geom.y_layout,
+                                                     lanes=lanes), ops=2 * work)
+    ins, Y = depthwise_te(x_shape, geom, rq, in_dtype=in_dtype)
+    f = te.create_prim_func([*ins, Y])
     return opaque_kernel(schedule_depthwise(f, ow=OW, work=work), ops=2 * work)
 
 

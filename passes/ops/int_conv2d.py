@@ -17,6 +17,8 @@ from ._common import CODES, I32, REQUANT_ATTRS, REQUANT_OPERANDS, example_int_la
 def lower_tvm(bb, inputs: list, attr: dict, params):  # noqa: ARG001
     """The weight packing and bias kernels, then the int8 conv kernel of the target's
     instruction set (:func:`optc.backends.tvm.int8.conv_func`), or the depthwise kernel."""
+    import tvm
+
     from optc.backends.tvm import int8
     from optc.backends.tvm.lower import call_kernel, conv_params, static_shape
 
@@ -30,12 +32,14 @@ def lower_tvm(bb, inputs: list, attr: dict, params):  # noqa: ARG001
     in_dtype, rq = str(x.ty.dtype), requant_attrs(attr)
     oh, ow = geom.output_shape(h, wd)
     if group != 1:
-        if x_layout != "NCHW" or y_layout != "NCHW":
-            raise ValueError("IntConv2d: depthwise kernels take NCHW only (integerize keeps them so)")
         if not (group == c == n and cg == 1):
             raise ValueError(f"IntConv2d: group {group} is not supported (1 or depthwise)")
-        func = int8.depthwise_func((b, c, h, wd), geom, rq, in_dtype=in_dtype)
-        return call_kernel(bb, func, "optc_int_depthwise", [x, w, bias, mult, shift], [b, n, oh, ow], rq.out_dtype)
+        from optc.backends.tvm.schedule import _vector_bits
+
+        func = int8.depthwise_func((b, c, h, wd), geom, rq, in_dtype=in_dtype,
+                                   lanes=_vector_bits(tvm.target.Target.current()) // 32)
+        return call_kernel(bb, func, "optc_int_depthwise", [x, w, bias, mult, shift],
+                           [b, n, oh, ow] if y_layout == "NCHW" else [b, oh, ow, n], rq.out_dtype)
     w_dtype = int8.weight_dtype(isa)
     wp = bb.emit(call_kernel(bb, int8.weight_pack_func(n, c, kh, kw, w_dtype), "optc_int_weight_pack", [w],
                              int8.weight_pack_shape(n, c, kh, kw), w_dtype))

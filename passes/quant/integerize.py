@@ -34,7 +34,7 @@ Math (per output channel n; contract in :mod:`.int_ops`):
 reads zp_x), ``multiplier * 2^-shift = s_x * s_w[n] / s_y`` (31-bit fixed point), rounding
 half up, clamp to the output type, a fused Relu/Clip as the clamp bounds in the output's codes.
 
-Layout: activations that only travel between group-1 integer convs (through elementwise ops
+Layout: activations that only travel between group-1 and depthwise integer convs (through elementwise ops
 such as a residual Add) are kept in NHWC, the layout the int8 kernels compute in, with a
 Transpose where such a group meets another op (:func:`_assign_layouts`; ``nhwc=false`` keeps
 NCHW everywhere). On ResNet-18 this leaves 2 Transposes and saves each conv its input
@@ -544,10 +544,10 @@ def _assign_layouts(model: onnx.ModelProto, shapes: dict, fresh) -> list[str]:
 
     Tensors joined by elementwise ops (DQ/Q per tensor, Add of a residual, Relu, ...; every
     operand 4-D of the output's shape or a scalar) form a group that must share one layout.
-    A group is switched to NHWC when the edges that read or write it natively (group-1
-    ``IntConv2d`` inputs and outputs: attributes ``x_layout``/``y_layout``) outnumber twice the
-    edges that need a ``Transpose`` (any other producer or consumer: MaxPool, a depthwise
-    conv, GlobalAveragePool, ...). Groups touching a graph input or output stay NCHW. Returns
+    A group is switched to NHWC when the edges that read or write it natively (group-1 and
+    depthwise ``IntConv2d`` inputs and outputs: attributes ``x_layout``/``y_layout``) outnumber
+    twice the edges that need a ``Transpose`` (any other producer or consumer: MaxPool, a
+    float op, ...). Groups touching a graph input or output stay NCHW. Returns
     the names of the tensors now in NHWC."""
     graph = model.graph
     g = _Graph.of(model)
@@ -576,7 +576,13 @@ def _assign_layouts(model: onnx.ModelProto, shapes: dict, fresh) -> list[str]:
         return [*data, n.output[0]]
 
     def conv(n) -> bool:
-        return n.domain == DOMAIN and n.op_type == "IntConv2d" and int(attr(n, "group", 1)) == 1
+        """An IntConv2d whose kernels read and write either layout: group 1, or depthwise (one
+        input channel per group: the channels-last depthwise kernel)."""
+        if n.domain != DOMAIN or n.op_type != "IntConv2d":
+            return False
+        group = int(attr(n, "group", 1))
+        w = inits.get(n.input[1]) if len(n.input) > 1 else None
+        return group == 1 or (w is not None and len(w.dims) == 4 and w.dims[0] == group and w.dims[1] == 1)
 
     def reads_nhwc(n, t) -> bool:
         """``n`` reads tensor ``t`` in either layout (group-1 IntConv2d, IntGlobalAveragePool)."""

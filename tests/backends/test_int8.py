@@ -354,6 +354,58 @@ def _nhwc_chain_model(c: int = 6, n1: int = 20, n2: int = 16) -> onnx.ModelProto
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
 
 
+def _depthwise_chain_model(c: int = 20) -> onnx.ModelProto:
+    """Three depthwise IntConv2d: NCHW in / NHWC out (3x3 pad 1), NHWC / NHWC (stride 2,
+    asymmetric pad), NHWC in / NCHW out (dilation 2): the channels-last depthwise kernel on every
+    layout path, 20 channels (vectors of 4)."""
+    rng = np.random.default_rng(6)
+    nodes, inits = [], []
+    x_zp = 7
+    layers = [(dict(pads=[1, 1, 1, 1]), ("NCHW", "NHWC")), (dict(pads=[1, 0, 2, 1], strides=[2, 2]), ("NHWC", "NHWC")),
+              (dict(pads=[2, 2, 2, 2], dilations=[2, 2]), ("NHWC", "NCHW"))]
+    for k, (attrs, lay) in enumerate(layers):
+        w = rng.integers(-127, 128, (c, 1, 3, 3)).astype(np.int8)
+        b = (rng.integers(-300, 300, c) - x_zp * w.reshape(c, -1).astype(np.int64).sum(1)).astype(np.int32)
+        mult, shift = int_ops.fixed_point(rng.uniform(0.3, 3.0, c) / (9 * 64))
+        names = [f"{t}{k}" for t in "wbms"]
+        inits += [numpy_helper.from_array(a, nm) for a, nm in zip((w, b, mult, shift), names)]
+        y_zp = 100 + k
+        nodes.append(helper.make_node("IntConv2d", ["x" if k == 0 else f"h{k}", *names],
+                                      [f"h{k + 1}" if k < 2 else "y"], domain="ai.optc", kernel_shape=[3, 3],
+                                      group=c, x_zero_point=x_zp, y_zero_point=y_zp, out_min=0, out_max=255,
+                                      to=TensorProto.UINT8, x_layout=lay[0], y_layout=lay[1], **attrs))
+        x_zp = y_zp
+    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, c, 13, 11])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [None] * 4)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.optc", 1)])
+
+
+def test_depthwise_nhwc_layouts_exact():
+    """The channels-last depthwise kernel equals the integer reference on every layout path
+    (this CPU and AVX2), with vectorized channels."""
+    model = _depthwise_chain_model()
+    for target in [get_target("cpu"), HASWELL]:
+        _, out, ref = _build_and_run(model, target)
+        assert np.array_equal(out, ref) and len(np.unique(ref)) > 20
+
+
+@pytest.mark.qemu
+def test_depthwise_nhwc_arm_qemu_exact(tmp_path):
+    """The channels-last depthwise kernel built for AArch64 (NEON lanes) under qemu equals the
+    reference."""
+    from optc.backends.tvm import arm
+
+    if shutil.which(arm.CROSS_CXX) is None or shutil.which(arm.QEMU) is None:
+        pytest.skip("aarch64 cross compiler or qemu-aarch64 missing")
+    model = _depthwise_chain_model()
+    x = _input(model)
+    ex, _ = lower.build(model, [TensorSpec("x", str(x.dtype), x.shape)], get_target("arm-a72"), embed_params=True)
+    lib = tmp_path / "model.so"
+    arm.export_aarch64(ex, lib)
+    outs, _ = arm.run_qemu(lib, [x], qemu=arm.QemuRun(cpu="cortex-a72"))
+    assert np.array_equal(outs[0], reference_evaluator(model).run(None, {"x": x})[0])
+
+
 def test_nhwc_layouts_exact():
     """NHWC in / out (what integerize writes between integer convs) equal the reference on
     VNNI (where the CPU has it) and on the AVX2 fallback; the reference equals the NCHW one."""
