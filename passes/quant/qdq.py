@@ -203,6 +203,7 @@ def find_layers(model: onnx.ModelProto, ops=SUPPORTED_OPS, include=(), exclude=(
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
+    const_names = set(constants(graph))
     graph_outputs = {o.name for o in graph.output}
     consumers = _consumers(graph)
     floats = _float_tensors(model)
@@ -265,7 +266,7 @@ def find_layers(model: onnx.ModelProto, ops=SUPPORTED_OPS, include=(), exclude=(
         if out not in graph_outputs and len(users) == 1:
             nxt = graph.node[users[0]]
             if nxt.op_type in FUSABLE_ACTIVATIONS and nxt.input[0] == out and \
-                    all(s in inits for s in list(nxt.input[1:]) if s):
+                    all(s in const_names for s in list(nxt.input[1:]) if s):  # bounds: initializers or Constant nodes
                 out, act = nxt.output[0], nxt.op_type
         correctable = node.op_type == "Conv" or (
             node.op_type == "Gemm" and attr(node, "alpha", 1.0) == 1.0 and attr(node, "beta", 1.0) == 1.0

@@ -584,3 +584,28 @@ def test_dead_weight_channels_get_a_live_scale():
     assert np.allclose(scale[[0, 1, 3]], np.abs(w[[0, 1, 3]]).reshape(3, -1).max(1) / 127)
     q0, scale0, _, _ = weight_qparams(np.zeros_like(w), 8, axis=0)  # all dead: scale 1, codes 0
     assert np.all(scale0 == 1) and not q0.any()
+
+
+def test_clip_with_constant_node_bounds_is_folded_into_the_layer():
+    """Conv -> Clip(0, 6) whose bounds are Constant nodes (torch's ReLU6 export): the Clip is the
+    layer's activation (one QuantizeLinear after it, none between), so integerize leaves no
+    float DequantizeLinear -> Clip -> QuantizeLinear island (MobileNetV2 had 35 of them)."""
+    from optc.passes.quant.integerize import integerize_model
+    from optc.passes.quant.qdq import find_layers
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w")
+    nodes = [helper.make_node("Constant", [], ["lo"], value=numpy_helper.from_array(np.array(0.0, np.float32))),
+             helper.make_node("Constant", [], ["hi"], value=numpy_helper.from_array(np.array(6.0, np.float32))),
+             helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2")
+    graph = helper.make_graph(nodes, "relu6", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    layers, _ = find_layers(model)
+    assert [(layer.op_type, layer.fused_activation) for layer in layers] == [("Conv", "Clip"), ("Conv", None)]
+    q, _ = quantize_model(model, {"x": rng.standard_normal((8, 3, 8, 8)).astype(np.float32)})
+    im, _ = integerize_model(q)
+    assert "Clip" not in {n.op_type for n in im.graph.node}
