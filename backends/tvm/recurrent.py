@@ -1,4 +1,6 @@
-"""Converters for the ONNX recurrent ops TVM's Relax ONNX importer lacks: LSTM, GRU, RNN.
+"""Converters for the ONNX recurrent ops TVM's Relax ONNX importer lacks: LSTM, GRU, RNN, and
+com.microsoft DynamicQuantizeLSTM (onnxruntime's ``quantize_dynamic`` of an LSTM) on CPUs:
+:func:`convert_dynamic` inside :func:`register`, the same kernel on integer GEMVs.
 
 Registered in the default domain (``lower.register_converter("", op)``). The sequence length
 is static after optc's shape binding. float32 nodes on CPUs (:func:`use_kernel`): the input projection
