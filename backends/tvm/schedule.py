@@ -1458,9 +1458,15 @@ def _rule_plain_reduction(func, target, params):  # noqa: ARG001
             any(_extent(sch, lp) is None for lp in loops):
         return None  # spatial loops first, then the reduction loops, static extents
     reds = [iv.var for iv in st.iter_vars if iv.iter_type == 2]
+    walks = 0
     for ld in _loads(store.value):  # the innermost reduction axis walks each operand's last dimension
-        if not ld.source.same_as(store.buffer) and (not ld.indices or reds[-1] not in _vars_in(ld.indices[-1])):
+        if ld.source.same_as(store.buffer) or not any(_vars_in(i) & set(reds) for i in ld.indices):
+            continue  # the accumulator, or an operand the reduction does not index (a broadcast max)
+        if reds[-1] not in _vars_in(ld.indices[-1]):
             return None
+        walks += 1
+    if not walks:
+        return None
     spatial, red_loops = loops[:kinds.index(2)], loops[kinds.index(2):]
     r = sch.fuse(*red_loops) if len(red_loops) > 1 else red_loops[0]
     n = _extent(sch, r)
