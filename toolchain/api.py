@@ -243,6 +243,12 @@ def run(pkg: str | os.PathLike, inputs: str | os.PathLike | Mapping[str, np.ndar
     if model_file.is_file():  # ids past an embedding table: refused as onnxruntime refuses them
         verify.check_index_ranges(arrays, verify.index_ranges(onnx.load(str(model_file), load_external_data=False)))
     sets = verify.sample_sets(arrays, specs, source)
+    bound = manifest.get("batch_bound") or {}
+    if len(sets) > 1 and bound.get("rows_independent") is False:  # stages.batch_axis_check
+        raise InvalidModelError(
+            f"{', '.join(bound['inputs'])}: the leading dimension was bound to 1 at compile time, but it is no batch "
+            f"(the model does not compute its rows independently), so the {len(sets)} rows given cannot run as "
+            f"{len(sets)} calls: compile with --input-shape NAME=N,... for N rows")
     outs = verify.join_calls(session.run_many([[fitted[s.name] for s in specs] for fitted in sets]))
     result = dict(zip([d["name"] for d in manifest["outputs"]], outs))
     if out is not None:

@@ -24,7 +24,7 @@ import onnx
 
 from . import analysis, artifact, frontend, pipeline, verify
 from .const_inputs import describe as describe_frozen, freeze as freeze_inputs, save as save_frozen
-from .errors import InternalError, OptcError, UnsupportedModelError, VerificationError
+from .errors import InternalError, OptcError, UnsupportedModelError, UsageError, VerificationError
 from .progress import Progress
 from .targets import Target
 
@@ -144,6 +144,7 @@ class Job:
     sets: list = field(default_factory=list)  # verification input sets, one call each
     input_source: str = ""
     batch_bound: list = field(default_factory=list)  # inputs whose dynamic batch dimension was bound to 1
+    batch_rows_independent: bool | None = None  # batch_axis_check's answer for them
     optimized: onnx.ModelProto | None = None
     deploy_qdq: onnx.ModelProto | None = None  # the QDQ graph integerize started from
     out_specs: list = field(default_factory=list)
@@ -289,11 +290,87 @@ def bind(job: Job, input_shapes: Mapping | None, inputs, samples: int, const_inp
         else:
             job.sets = verify.generate_sets(job.in_specs, max(1, samples // rows))
             job.input_source = "generated (numpy default_rng seed 0: standard normal floats)"
+        if job.batch_bound:
+            job.batch_rows_independent = batch_axis_check(job, arrays)
     for note in notes:
         job.progress.note(note)
     return {"inputs": [s.to_json() for s in job.in_specs], "notes": notes,
             "batch": rows, "verify_calls": len(job.sets), "verify_samples": rows * len(job.sets),
             **({"const_inputs": describe_frozen(job.frozen)} if job.frozen else {})}
+
+
+def batch_axis_check(job: Job, arrays: Mapping | None) -> bool | None:
+    """Whether the leading dimension :func:`default_shapes` bound to 1 as a batch really is one:
+    onnxruntime on the original model with two rows there must give each row's outputs as it
+    gives them for that row alone (outputs with the same leading 2), else the package may not
+    split rows into calls (a time or node axis: a softmax over time, a BiLSTM over frames, a
+    recurrent state). Returns True / False, None when onnxruntime cannot run the model or it
+    holds ops only optc's reference runs (nothing to check against). Raises UsageError where
+    the model runs with the data's rows there but not with 1 (``--input-shape`` binds the
+    axis), and where the given ``arrays`` hold several rows along an axis that is no batch."""
+    names = set(job.batch_bound)
+    specs = job.in_specs
+    if any(n.domain == "ai.optc" for n in verify.all_nodes(job.original.graph)):
+        return None  # only optc's reference runs those
+    data_rows = {n: np.shape(arrays[n])[0] for n in names if arrays is not None and n in arrays and np.ndim(arrays[n])}
+    second = job.sets[1] if len(job.sets) > 1 else verify.generate_sets(specs, 2, seed=1)[1]
+    one = {s.name: job.sets[0][s.name] for s in specs}
+    two = {s.name: (np.concatenate([job.sets[0][s.name], second[s.name]]) if s.name in names else one[s.name])
+           for s in specs}
+    other = {s.name: (second[s.name] if s.name in names else one[s.name]) for s in specs}
+    hint = ", ".join(f"--input-shape {n}=N,..." for n in sorted(names))
+    try:
+        sess = verify.ort_session(job.original, optimize=True)
+        run = lambda feeds: [np.asarray(o) for o in sess.run(None, feeds)]  # noqa: E731
+    except Exception:  # noqa: BLE001 - onnxruntime cannot load it: verification says so later
+        return None
+    try:
+        alone = [run(one), run(other)]
+    except Exception as err:  # noqa: BLE001 - with 1 row: does it run with the data's rows?
+        rows = max(data_rows.values(), default=2)
+        full = {k: (np.asarray(arrays[k]) if arrays is not None and k in arrays and k in names else v)
+                for k, v in (two.items() if rows == 2 else one.items())}
+        try:
+            run(full if data_rows else two)
+        except Exception:  # noqa: BLE001 - it runs with neither: not about the batch
+            return None
+        raise UsageError(f"the model does not run with the leading dimension of {', '.join(sorted(names))} bound "
+                         f"to 1 as a batch (onnxruntime: {' '.join(str(err).split())[:200]}), but does with "
+                         f"{rows} there: that dimension is no batch (a time, sequence or node axis); give its size "
+                         f"with {hint}") from err
+    try:
+        together = run(two)
+    except Exception:  # noqa: BLE001 - 1 row only
+        independent = False
+    else:
+        independent = all(_rows_match(t, a, b) for t, a, b in zip(together, *alone))
+    if not independent and any(r > 1 for r in data_rows.values()):
+        raise UsageError(f"the rows of {', '.join(sorted(names))} along their dynamic leading dimension are not "
+                         "computed independently (onnxruntime on two rows differs from each row alone): that "
+                         "dimension is no batch, and optc would split the given rows into calls of 1; give its "
+                         f"size with {hint}")
+    if not independent:
+        job.progress.note(f"the leading dimension of {', '.join(sorted(names))} is no batch (rows are not computed "
+                          "independently): the package takes exactly 1 row there; `optc run` refuses more")
+    return independent
+
+
+def _rows_match(together: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``together`` (the outputs of 2 rows) is ``a`` then ``b`` (each row alone), to
+    float rounding (batched kernels sum in another order)."""
+    if together.ndim == 0 or a.ndim == 0 or together.shape[0] != 2 or a.shape[0] != 1 or b.shape[0] != 1 \
+            or together.shape[1:] != a.shape[1:] or a.shape != b.shape:
+        return False
+    split = np.concatenate([a, b])
+    if split.dtype.kind not in "fc":
+        return bool(np.array_equal(together, split))
+    t, sp = together.astype(np.float64), split.astype(np.float64)
+    if not np.array_equal(np.isnan(t), np.isnan(sp)):
+        return False
+    finite = np.isfinite(t) & np.isfinite(sp)
+    scale = float(np.abs(t[finite]).max(initial=0.0))
+    return bool(np.all(t[~finite] == sp[~finite]) and np.abs(t[finite] - sp[finite]).max(initial=0.0)
+                <= 1e-5 + 1e-3 * scale)
 
 
 def default_shapes(model: onnx.ModelProto, given: Mapping, arrays: Mapping | None) -> tuple[dict, list[str]]:
@@ -427,6 +504,8 @@ def build(job: Job, params: str, tuning, versions: dict) -> dict:
         "inputs": [s.to_json() for s in job.in_specs],
         "outputs": [s.to_json() for s in job.out_specs],
         **({"const_inputs": describe_frozen(job.frozen)} if job.frozen else {}),
+        **({"batch_bound": {"inputs": job.batch_bound, "rows_independent": job.batch_rows_independent}}
+           if job.batch_bound else {}),
         "files_by_role": files,
         "source_model": {"path": str(Path(job.source).resolve()), "sha256": artifact.sha256(Path(job.source))},
     }

@@ -43,6 +43,7 @@ def ort_session(model: onnx.ModelProto | str | Path, *, threads: int | None = No
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    so.log_severity_level = 4  # a failed run raises; its error log line would only repeat it on stderr
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:
