@@ -72,3 +72,22 @@ def test_run_refuses_ids_outside_the_table_by_name(tmp_path):
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
         assert f"holds index {bad}" in res.stderr and "16 rows" in res.stderr, res.stderr
         assert not (tmp_path / "out.npz").exists()
+
+
+def test_generated_ids_stay_inside_small_tables_and_given_ones_are_checked(tmp_path):
+    """Generated integer inputs are drawn from [0, 8): a 2-row token-type table made onnxruntime,
+    the reference, refuse them, and compile ended "unsupported model". They are kept inside
+    every table they index now; ids given with --inputs outside it are refused by name (exit 2)."""
+    from optc.errors import InvalidModelError
+
+    table = onnx.numpy_helper.from_array(np.arange(8, dtype=np.float32).reshape(2, 4), "types")
+    g = h.make_graph([h.make_node("Gather", ["types", "token_type_ids"], ["y"], axis=0)], "g",
+                     [h.make_tensor_value_info("token_type_ids", T.INT64, [1, 8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 8, 4])], [table])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "tt.onnx")
+    report = optc.compile(tmp_path / "tt.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"]
+    bad = {"token_type_ids": np.array([[0, 1, 2, 0, 0, 1, 1, 0]], np.int64)}
+    with pytest.raises(InvalidModelError, match="holds index 2, outside the 2 rows"):
+        optc.compile(tmp_path / "tt.onnx", "cpu", tmp_path / "bad", inputs=bad,
+                     options=optc.CompileOptions.of(measure=False))

@@ -283,12 +283,18 @@ def bind(job: Job, input_shapes: Mapping | None, inputs, samples: int, const_inp
         bound, job.in_specs = frontend.bind_input_shapes(job.original, shapes)
         job.original_bound = bound
         rows = verify.rows_per_call(job.in_specs)
+        ranges = verify.index_ranges(job.original)  # integer inputs that index a constant table
         if arrays is not None:
             source = str(inputs) if isinstance(inputs, (str, os.PathLike)) else "inputs"
+            verify.check_index_ranges(arrays, ranges)
             job.sets = verify.sample_sets(arrays, job.in_specs, source, max_rows=max(samples, 1))
             job.input_source = f"file {inputs}" if isinstance(inputs, (str, os.PathLike)) else "given arrays"
         else:
             job.sets = verify.generate_sets(job.in_specs, max(1, samples // rows))
+            for s in job.sets:  # generated ids in [0, 8) inside each table they index (a 2-row token-type table)
+                for name, uses in ranges.items():
+                    if name in s and s[name].dtype.kind in "iu":
+                        s[name] = s[name] % min(size for _, size in uses)
             job.input_source = "generated (numpy default_rng seed 0: standard normal floats)"
         if job.batch_bound:
             job.batch_rows_independent = batch_axis_check(job, arrays)
