@@ -287,9 +287,24 @@ def register() -> None:
 
     @register_converter("", "Pow")
     class Pow(OnnxOpConverter):
+        """Integer bases in float64, rounded back; a float base with a constant scalar exponent
+        2, 3 or 4 as multiplies and 0.5 as a square root, as onnxruntime does (TOPI's
+        ``power`` is a scalar libm call per element: a tanh-GELU's ``x ** 3`` took 18x
+        onnxruntime's time; the exponent is a constant here by ``static_operands``)."""
+
         @classmethod
         def _impl_v7(cls, bb, inputs, attr, params):
             x, y = inputs
+            if isinstance(getattr(x, "ty", None), relax.TensorType) and isinstance(y, tvm.ir.GenericConst) \
+                    and _dtype(x) in ("float16", "float32", "float64"):
+                value = y.value.numpy()
+                if value.size == 1 and value.ndim <= len(x.ty.shape):
+                    e = float(value.reshape(-1)[0])
+                    if e == 0.5:
+                        return op.sqrt(x)
+                    if e in (2.0, 3.0, 4.0):
+                        sq = bb.emit(op.multiply(x, x))
+                        return {2.0: sq, 3.0: op.multiply(sq, x), 4.0: op.multiply(sq, sq)}[e]
             if not all(isinstance(getattr(v, "ty", None), relax.TensorType) for v in (x, y)):
                 return base_pow._impl_v7(bb, inputs, attr, params)
             dx, dy = _dtype(x), _dtype(y)

@@ -31,6 +31,11 @@ STATIC_OPERANDS: dict[str, tuple[int, ...]] = {
 }
 
 
+# op type -> operands a converter reads as a constant where they are one (a run-time value
+# works too): Pow's exponent (x ** 2 / 3 / 4 as multiplies, onnx_ops.Pow)
+CONSTANT_IF_POSSIBLE: dict[str, tuple[int, ...]] = {"Pow": (1,)}
+
+
 def runtime_static_operands(model: onnx.ModelProto) -> list[str]:
     """``"input 'axes' (ReduceSum operand 1)"`` for each graph input whose value decides an
     operand the importer needs constant: directly, or through other nodes (``"input 'size'
@@ -94,8 +99,9 @@ def constants_for_static_operands(model: onnx.ModelProto) -> onnx.ModelProto:
     several converters (Expand, ...) then read a shape from a parameter as a run-time value:
     the build fails on dimensions "not computed". A Constant node is a compile-time constant
     to every converter. (``simplify`` leaves folded shapes as initializers.)"""
+    operands = lambda op: STATIC_OPERANDS.get(op, ()) + CONSTANT_IF_POSSIBLE.get(op, ())  # noqa: E731
     wanted = {node.input[k] for node in model.graph.node if node.domain in ("", "ai.onnx")
-              for k in STATIC_OPERANDS.get(node.op_type, ()) if k < len(node.input) and node.input[k]}
+              for k in operands(node.op_type) if k < len(node.input) and node.input[k]}
     moved = [t for t in model.graph.initializer if t.name in wanted]
     if not moved:
         return model
