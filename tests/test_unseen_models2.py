@@ -406,3 +406,24 @@ def test_pow_with_a_small_constant_exponent_is_multiplies(tmp_path, exponent):
     onnx.save(model, tmp_path / "p.onnx")
     report = optc.compile(tmp_path / "p.onnx", "cpu", tmp_path / "pkg", options=NO_MEASURE)
     assert report["verify"]["passed"]
+
+
+# ---------------------------------------------------------------- ReduceMax / ReduceMin of an empty integer set
+@pytest.mark.tvm
+@pytest.mark.parametrize("op, dtype, npdt, identity", [("ReduceMin", TensorProto.INT32, np.int32, 2**31 - 1),
+                                                       ("ReduceMax", TensorProto.INT64, np.int64, -2**63)])
+def test_empty_integer_reduction_gives_the_identity(tmp_path, op, dtype, npdt, identity):
+    """The ONNX node test ``reduce_max_empty_set_bool`` ended in an internal error (a ValueError
+    in optc's converter for non-float empty sets): integers get the type's extreme value (bools
+    False / True), matching onnxruntime where it runs them."""
+    node = helper.make_node(op, ["x", "axes"], ["y"], keepdims=1)
+    graph = helper.make_graph([node], "r", [helper.make_tensor_value_info("x", dtype, [2, 0, 4])],
+                              [helper.make_tensor_value_info("y", dtype, [2, 1, 4])],
+                              [numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "r.onnx")
+    report = optc.compile(tmp_path / "r.onnx", "cpu", tmp_path / "pkg", options=NO_MEASURE)
+    assert report["verify"]["passed"]
+    y = optc.run(tmp_path / "pkg", {"x": np.zeros((2, 0, 4), npdt)})["y"]
+    assert y.shape == (2, 1, 4) and (y == identity).all()

@@ -529,12 +529,11 @@ def _register_reductions_resize(relax, tvm_onnx, OnnxOpConverter) -> None:
             return op.where(op.equal(every, const(1.0, x)), const(inf, x), reduced)
 
         def empty(x, inputs, attr, params, version: int):
-            """A reduction of a zero-size float tensor: ``inf`` (-inf for ReduceMax) in the
-            output's shape, as ``sum + inf`` (TVM's max/min kernel failed on the zero-size
-            buffer at run time; its sum gives the zeros)."""
+            """A reduction of a zero-size tensor: the reduction's identity in the output's
+            shape, ``inf`` (-inf for ReduceMax) for floats as ``sum + inf`` (TVM's max/min kernel
+            failed on the zero-size buffer at run time; its sum gives the zeros), the type's
+            lowest (highest) value for integers, False (True) for bools."""
             rank = _rank(x)
-            if not _dtype(x).startswith("float"):
-                raise ValueError(f"{name} of an empty {_dtype(x)} tensor is not supported")
             if version >= 18:
                 given = inputs[1] if len(inputs) > 1 and inputs[1] is not None else None
                 axes = [] if given is None else _constant_array(given, params, f"{name} axes").reshape(-1).tolist()
@@ -543,6 +542,14 @@ def _register_reductions_resize(relax, tvm_onnx, OnnxOpConverter) -> None:
             else:
                 axes = list(attr.get("axes", []))
             axes = {int(a) % rank for a in axes} or set(range(rank))
+            dt = _dtype(x)
+            if not dt.startswith("float"):
+                zeros = op.sum(op.astype(x, "int64"), axis=sorted(axes), keepdims=bool(int(attr.get("keepdims", 1))))
+                if dt == "bool":  # max: False (no element is true), min: True
+                    return op.astype(op.add(zeros, relax.const(int(inf > 0), "int64")), "bool")
+                info = np.iinfo(dt)
+                ident = np.array(info.max if inf > 0 else info.min, dt)
+                return op.add(op.astype(zeros, dt), relax.const(ident, dt))
             total = op.sum(x, axis=sorted(axes), keepdims=bool(int(attr.get("keepdims", 1))))  # zeros
             return op.add(total, const(inf, x))
 
