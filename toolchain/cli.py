@@ -414,6 +414,12 @@ def _signals_as_interrupts():
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not getattr(args, "debug", False):
+        # onnx_ir logs a failed shape inference as a warning with the whole third-party
+        # traceback ("Shape inference failed: %s"); optc reports what matters itself
+        import logging
+
+        logging.getLogger("onnx_ir").setLevel(logging.ERROR)
     try:
         with _signals_as_interrupts(), _warnings_to_stderr():
             return args.func(args)
