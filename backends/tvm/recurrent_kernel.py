@@ -253,12 +253,14 @@ def _quantize_state(body: _Body, ind: int, spec: CellSpec, src: str) -> None:
     full, tail = divmod(H, spec.lanes)
     body.add(ind, f"for b in T.serial({B}):")
     if full:
+        k = f"ko * {spec.lanes} + ki"
         body.add(ind + 1, f"for ko in T.serial({full}):")
         body.add(ind + 2, f"for ki in T.vectorized({spec.lanes}):")
-        body.add(ind + 3, f"hq[b, ko * {spec.lanes} + ki] = {value.replace('[b, k]', f'[b, ko * {spec.lanes} + ki]')}")
+        body.add(ind + 3, f"hq[b, {k}] = {value.replace('[b, k]', f'[b, {k}]')}")
     if tail:
+        k = f"{full * spec.lanes} + ki"
         body.add(ind + 1, f"for ki in T.vectorized({tail}):")
-        body.add(ind + 2, f"hq[b, {full * spec.lanes} + ki] = {value.replace('[b, k]', f'[b, {full * spec.lanes} + ki]')}")
+        body.add(ind + 2, f"hq[b, {k}] = {value.replace('[b, k]', f'[b, {k}]')}")
 
 
 def _gemv_vnni(body: _Body, ind: int, spec: CellSpec, d: int, cols: tuple[int, int], init) -> None:
@@ -277,7 +279,7 @@ def _gemv_vnni(body: _Body, ind: int, spec: CellSpec, d: int, cols: tuple[int, i
     kind = "parallel" if H * end >= PARALLEL_GEMV_MACS and full > 1 else "serial"
     body.add(ind, f'zpi = T.Cast("int32", qp[0])')
     body.add(ind, f"for b in T.serial({spec.batch}):")
-    groups = [(f"jt", full, TILE_VECTORS, width)] if full else []
+    groups = [("jt", full, TILE_VECTORS, width)] if full else []
     if len(tiles) > full:
         groups.append((str(full), 1, tiles[-1], end - full * width))
     for tile, count, vectors, live in groups:

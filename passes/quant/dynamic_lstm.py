@@ -191,9 +191,10 @@ def _quantized(a: np.ndarray) -> tuple[np.ndarray, np.float32]:
 
 def _gemm(a: np.ndarray, w: tuple[np.ndarray, np.ndarray], rounding: bool) -> np.ndarray:
     """``a [M, K] @ W`` with ``w = (codes - zp [K, 4H] (integers), scale [1 or 4H] float32)``
-    (unrounded: or ``(dequantized weight, None)``): the quantized GEMM (exact integer products and sums, scaled by ``s_a * s_w``) or, without
-    ``rounding``, the same product in float64 on ``a`` itself. The integer sums run in float64
-    (BLAS): exact, as every partial sum (below 255 * 255 * K) is far inside its 53 bits."""
+    (unrounded: or ``(dequantized weight, None)``): the quantized GEMM (exact integer products
+    and sums, scaled by ``s_a * s_w``) or, without ``rounding``, the same product in float64 on
+    ``a`` itself. The integer sums run in float64 (BLAS): exact, as every partial sum (below
+    255 * 255 * K) is far inside its 53 bits."""
     codes, scale = w
     if not rounding:  # scale None: ``codes`` are the dequantized weights already
         weight = codes if scale is None else codes * scale.astype(np.float64)
