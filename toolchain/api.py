@@ -226,7 +226,7 @@ def run(pkg: str | os.PathLike, inputs: str | os.PathLike | Mapping[str, np.ndar
     Arrays with more rows than the package's batch run in consecutive calls of that batch,
     outputs concatenated along axis 0; rows that do not fill a last call are an error (none is
     ever dropped silently). Integer inputs that index a constant table through a Gather must
-    lie in it (``verify.index_ranges``), as onnxruntime requires."""
+    lie in it (``verify.index_ranges``, recorded in the manifest), as onnxruntime requires."""
     if out is not None:
         artifact.check_destination(Path(out), force)
     pkg, manifest, session = _open(pkg)
@@ -239,9 +239,7 @@ def run(pkg: str | os.PathLike, inputs: str | os.PathLike | Mapping[str, np.ndar
     else:
         arrays, source = dict(inputs), "inputs"
     arrays = const_inputs.check_run_inputs(arrays, pkg, manifest)  # frozen at compile time: same value or refused
-    model_file = pkg / manifest["files_by_role"].get("onnx", "model.onnx")
-    if model_file.is_file():  # ids past an embedding table: refused as onnxruntime refuses them
-        verify.check_index_ranges(arrays, verify.index_ranges(onnx.load(str(model_file), load_external_data=False)))
+    verify.check_index_ranges(arrays, manifest.get("index_ranges", {}))  # ids past a table: as onnxruntime
     sets = verify.sample_sets(arrays, specs, source)
     bound = manifest.get("batch_bound") or {}
     if len(sets) > 1 and bound.get("rows_independent") is False:  # stages.batch_axis_check

@@ -145,6 +145,7 @@ class Job:
     input_source: str = ""
     batch_bound: list = field(default_factory=list)  # inputs whose dynamic batch dimension was bound to 1
     batch_rows_independent: bool | None = None  # batch_axis_check's answer for them
+    index_ranges: dict = field(default_factory=dict)  # verify.index_ranges of the original (manifest too)
     optimized: onnx.ModelProto | None = None
     deploy_qdq: onnx.ModelProto | None = None  # the QDQ graph integerize started from
     out_specs: list = field(default_factory=list)
@@ -290,12 +291,9 @@ def bind(job: Job, input_shapes: Mapping | None, inputs, samples: int, const_inp
             job.sets = verify.sample_sets(arrays, job.in_specs, source, max_rows=max(samples, 1))
             job.input_source = f"file {inputs}" if isinstance(inputs, (str, os.PathLike)) else "given arrays"
         else:
-            job.sets = verify.generate_sets(job.in_specs, max(1, samples // rows))
-            for s in job.sets:  # generated ids in [0, 8) inside each table they index (a 2-row token-type table)
-                for name, uses in ranges.items():
-                    if name in s and s[name].dtype.kind in "iu":
-                        s[name] = s[name] % min(size for _, size in uses)
+            job.sets = verify.ids_inside_tables(verify.generate_sets(job.in_specs, max(1, samples // rows)), ranges)
             job.input_source = "generated (numpy default_rng seed 0: standard normal floats)"
+        job.index_ranges = ranges
         if job.batch_bound:
             job.batch_rows_independent = batch_axis_check(job, arrays)
     for note in notes:
@@ -319,10 +317,8 @@ def batch_axis_check(job: Job, arrays: Mapping | None) -> bool | None:
     if any(n.domain == "ai.optc" for n in verify.all_nodes(job.original.graph)):
         return None  # only optc's reference runs those
     data_rows = {n: np.shape(arrays[n])[0] for n in names if arrays is not None and n in arrays and np.ndim(arrays[n])}
-    second = job.sets[1] if len(job.sets) > 1 else verify.generate_sets(specs, 2, seed=1)[1]
-    for name, uses in verify.index_ranges(job.original).items():  # generated ids inside their tables
-        if name in second and second[name].dtype.kind in "iu" and len(job.sets) == 1:
-            second[name] = second[name] % min(size for _, size in uses)
+    second = job.sets[1] if len(job.sets) > 1 else verify.ids_inside_tables(
+        verify.generate_sets(specs, 2, seed=1), job.index_ranges)[1]
     one = {s.name: job.sets[0][s.name] for s in specs}
     two = {s.name: (np.concatenate([job.sets[0][s.name], second[s.name]]) if s.name in names else one[s.name])
            for s in specs}
@@ -335,12 +331,10 @@ def batch_axis_check(job: Job, arrays: Mapping | None) -> bool | None:
         return None
     try:
         alone = [run(one), run(other)]
-    except Exception as err:  # noqa: BLE001 - with 1 row: does it run with the data's rows?
+    except Exception as err:  # noqa: BLE001 - with 1 row: does it run with the data's rows (else 2)?
         rows = max(data_rows.values(), default=2)
-        full = {k: (np.asarray(arrays[k]) if arrays is not None and k in arrays and k in names else v)
-                for k, v in (two.items() if rows == 2 else one.items())}
         try:
-            run(full if data_rows else two)
+            run({**one, **{k: np.asarray(arrays[k]) for k in data_rows}} if data_rows else two)
         except Exception:  # noqa: BLE001 - it runs with neither: not about the batch
             return None
         raise UsageError(f"the model does not run with the leading dimension of {', '.join(sorted(names))} bound "
@@ -516,6 +510,7 @@ def build(job: Job, params: str, tuning, versions: dict) -> dict:
         **({"const_inputs": describe_frozen(job.frozen)} if job.frozen else {}),
         **({"batch_bound": {"inputs": job.batch_bound, "rows_independent": job.batch_rows_independent}}
            if job.batch_bound else {}),
+        **({"index_ranges": job.index_ranges} if job.index_ranges else {}),
         "files_by_role": files,
         "source_model": {"path": str(Path(job.source).resolve()), "sha256": artifact.sha256(Path(job.source))},
     }
@@ -551,7 +546,7 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
     ``tolerance.compare_to_original_qdq``). A dynamically quantized model (DynamicQuantizeLinear)
     is checked by ``tolerance.compare_dynamic`` (and :func:`_types_and_originals`). Raises
     VerificationError on a mismatch."""
-    from optc.passes.quant import dynamic, qdq
+    from optc.passes.quant import dynamic, dynamic_lstm, qdq
 
     which = "optimized" if job.lossy else "original"
     prequantized = qdq.is_quantized(job.original)
@@ -574,7 +569,8 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
 
             model = job.optimized if job.lossy else job.original
             verdict = compare_dynamic(outs, refs, job.out_names, opts.atol, opts.rtol, lambda: verify.join_calls(
-                [dynamic.unrounded_outputs(model, s) for s in job.sets]), recurrent=dynamic.has_dynamic_lstm(model))
+                [dynamic.unrounded_outputs(model, s) for s in job.sets]),
+                recurrent=bool(dynamic_lstm.dynamic_lstm_nodes(model)))
         elif job.lossy or prequantized:
             from optc.passes.quant.tolerance import compare_quantized, compare_to_original_qdq
 

@@ -141,6 +141,17 @@ def index_ranges(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
     return out
 
 
+def ids_inside_tables(sets: list[dict[str, np.ndarray]], ranges: Mapping[str, list]) -> list[dict[str, np.ndarray]]:
+    """``sets`` (generated inputs) with the integer inputs :func:`index_ranges` found taken
+    modulo the smallest table they index: generated ids in [0, 8) overran a 2-row token-type
+    table, and onnxruntime, the reference, refused them."""
+    for s in sets:
+        for name, uses in ranges.items():
+            if name in s and s[name].dtype.kind in "iu":
+                s[name] = s[name] % min(size for _, size in uses)
+    return sets
+
+
 def check_index_ranges(arrays: Mapping[str, np.ndarray], ranges: Mapping[str, list[tuple[str, int]]]) -> None:
     """InvalidModelError naming the input, the value and the table when an integer input that
     :func:`index_ranges` found indexes a table holds an id outside it (onnxruntime refuses

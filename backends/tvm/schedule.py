@@ -1458,9 +1458,9 @@ def _rule_plain_reduction(func, target, params):  # noqa: ARG001
             any(_extent(sch, lp) is None for lp in loops):
         return None  # spatial loops first, then the reduction loops, static extents
     reds = [iv.var for iv in st.iter_vars if iv.iter_type == 2]
-    walks = 0
+    red_set, walks = set(reds), 0
     for ld in _loads(store.value):  # the innermost reduction axis walks each operand's last dimension
-        if ld.source.same_as(store.buffer) or not any(_vars_in(i) & set(reds) for i in ld.indices):
+        if ld.source.same_as(store.buffer) or not any(_vars_in(i) & red_set for i in ld.indices):
             continue  # the accumulator, or an operand the reduction does not index (a broadcast max)
         if reds[-1] not in _vars_in(ld.indices[-1]):
             return None
@@ -1484,7 +1484,7 @@ def _rule_plain_reduction(func, target, params):  # noqa: ARG001
     c, lane = sch.split(rf_loops[len(spatial)], [chunks, vw])
     sch.reorder(c, rf_loops[-1], lane)
     outer = sch.fuse(*rf_loops[:len(spatial)], c) if spatial else c
-    if (rows * chunks > 1) and _func_work(func) >= PARALLEL_MIN_WORK // (1 if rows == 1 else 16):
+    if rows * chunks > 1 and _func_work(func) >= (PARALLEL_MIN_WORK if rows == 1 else ROW_PARALLEL_MIN_WORK):
         sch.parallel(outer)
     sch.vectorize(lane)
     sch.vectorize(sch.get_loops(sch.decompose_reduction(rf, sch.get_loops(rf)[-2]))[-1])

@@ -30,7 +30,7 @@ from onnx import TensorProto, helper
 
 from optc.onnx_utils import FreshNames
 
-__all__ = ["DYNAMIC_OPS", "has_dynamic_quantization", "has_dynamic_lstm", "unrounded_model", "unrounded_outputs"]
+__all__ = ["DYNAMIC_OPS", "has_dynamic_quantization", "unrounded_model", "unrounded_outputs"]
 
 DYNAMIC_OPS = frozenset({"DynamicQuantizeLinear"})
 _INTEGER_OPS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv"}
@@ -39,14 +39,10 @@ _INTEGER_OPS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv"}
 def has_dynamic_quantization(model: onnx.ModelProto) -> bool:
     """Whether the main graph quantizes activations at run time (DynamicQuantizeLinear, or
     com.microsoft DynamicQuantizeLSTM: its GEMMs' operands, ``optc.passes.quant.dynamic_lstm``)."""
-    return any((n.op_type in DYNAMIC_OPS and n.domain in ("", "ai.onnx"))
-               or (n.op_type == "DynamicQuantizeLSTM" and n.domain == "com.microsoft") for n in model.graph.node)
+    from .dynamic_lstm import dynamic_lstm_nodes
 
-
-def has_dynamic_lstm(model: onnx.ModelProto) -> bool:
-    """Whether the main graph has a com.microsoft DynamicQuantizeLSTM (its hidden state is
-    quantized at run time every step: ``tolerance.compare_dynamic``'s recurrent rule)."""
-    return any(n.op_type == "DynamicQuantizeLSTM" and n.domain == "com.microsoft" for n in model.graph.node)
+    return any(n.op_type in DYNAMIC_OPS and n.domain in ("", "ai.onnx") for n in model.graph.node) or bool(
+        dynamic_lstm_nodes(model))
 
 
 def _float(nodes: list, fresh: FreshNames, name: str) -> str:
