@@ -1,8 +1,8 @@
 """ConvTranspose lowered in polyphase form (``onnx_ops._conv_transpose_as_shuffle``): one
-convolution of the ``s x s`` output phases, a pixel shuffle and a crop, checked against
+convolution of the ``s x s`` (1-D: ``s``) output phases, a pixel shuffle and a crop, checked against
 onnxruntime on the cases that change its arithmetic (kernel equal to, larger than, smaller
 than and not a multiple of the stride; pads, asymmetric pads, output_padding; stride 1; no
-bias), and left to TVM's converter where it does not apply (groups, dilation)."""
+bias), in 2-D and 1-D, and left to TVM's converter where it does not apply (groups, dilation)."""
 
 from __future__ import annotations
 
@@ -35,48 +35,62 @@ CASES = {
 FALLBACK = {"group2", "dilated"}
 
 
-def _model() -> onnx.ModelProto:
+def _one_d(extra: dict) -> dict:
+    """A 2-D case's attributes for a 1-D ConvTranspose: its second axis (pads: begin, end)."""
+    return {key: [v[1], v[3]] if key == "pads" else [v[1]] if key in ("output_padding", "dilations") else v
+            for key, v in extra.items()}
+
+
+def _model(rank: int = 4) -> onnx.ModelProto:
+    """Every case on one input: 1x4x5x5 (rank 4) or 1x4x5 (rank 3, the cases' second axis)."""
     rng = np.random.default_rng(0)
+    d = rank - 2
     nodes, inits, outs = [], [], []
     for name, (cout, k, s, extra, bias) in CASES.items():
         group = extra.get("group", 1)
-        inits.append(numpy_helper.from_array(rng.standard_normal((CIN, cout // group, k, k)).astype(np.float32), f"{name}_w"))
+        w = rng.standard_normal((CIN, cout // group, *[k] * d)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"{name}_w"))
         ins = ["x", f"{name}_w"]
         if bias:
             inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), f"{name}_b"))
             ins.append(f"{name}_b")
-        nodes.append(helper.make_node("ConvTranspose", ins, [name], kernel_shape=[k, k], strides=[s, s], **extra))
+        nodes.append(helper.make_node("ConvTranspose", ins, [name], kernel_shape=[k] * d, strides=[s] * d,
+                                      **(extra if d == 2 else _one_d(extra))))
         outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "ct", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CIN, 5, 5])],
+    graph = helper.make_graph(nodes, "ct", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CIN, *[5] * d])],
                               outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     return onnx.shape_inference.infer_shapes(model)
 
 
-def test_conv_transpose_phases_match_onnxruntime(tmp_path):
+@pytest.mark.parametrize("rank", [4, 3])
+def test_conv_transpose_phases_match_onnxruntime(tmp_path, rank):
     path = tmp_path / "ct.onnx"
-    onnx.save(_model(), path)
+    onnx.save(_model(rank), path)
     report = optc.compile(path, "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]
     assert {o["name"] for o in report["verify"]["outputs"]} == set(CASES)
 
 
-def test_conv_transpose_lowered_without_tvm_conv2d_transpose():
-    """Only the grouped and the dilated ConvTranspose reach TVM's conv2d_transpose."""
+@pytest.mark.parametrize("rank", [4, 3])
+def test_conv_transpose_lowered_without_tvm_conv2d_transpose(rank):
+    """Only the grouped and the dilated ConvTranspose reach TVM's conv2d_transpose /
+    conv1d_transpose."""
     from optc import targets
     from optc.backends.tvm import lower
 
+    op = "conv2d_transpose" if rank == 4 else "conv1d_transpose"
     for name in CASES:
-        model = _model()
+        model = _model(rank)
         keep = [n for n in model.graph.node if n.output[0] == name]
         del model.graph.node[:]
         model.graph.node.extend(keep)
         kept_out = [o for o in model.graph.output if o.name == name]
         del model.graph.output[:]
         model.graph.output.extend(kept_out)
-        mod, _ = lower.prepare_module(model, [TensorSpec("x", "float32", (1, CIN, 5, 5))],
+        mod, _ = lower.prepare_module(model, [TensorSpec("x", "float32", (1, CIN, *[5] * (rank - 2)))],
                                       targets.get_target("cpu"), embed_params=True)
-        assert ("conv2d_transpose" in mod.script()) == (name in FALLBACK), name
+        assert (op in mod.script()) == (name in FALLBACK), name
 
 
 def _qdq_conv_transpose(zero_point: int = 131) -> onnx.ModelProto:

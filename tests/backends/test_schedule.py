@@ -933,3 +933,75 @@ def test_conv1d_goes_channels_last_where_it_reads_channels(tmp_path, channels, n
     onnx.save(model, str(tmp_path / "m.onnx"))
     report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
     assert report["verify"]["passed"], report["verify"]
+
+
+@pytest.mark.parametrize("geometry, dilated_transpose", [(dict(dilations=[4]), False),
+                                                        (dict(strides=[3], pads=[2, 1]), True)])
+def test_conv1d_with_a_transposed_conv_stays_channels_last_blocked_and_padded(tmp_path, geometry, dilated_transpose):
+    """A U-Net of conv1d with a ConvTranspose (an EEG spindle detector): the transposed conv is
+    a convolution of its phases (``onnx_ops._conv_transpose_as_shuffle``), or, dilated, TVM's
+    conv1d_transpose kept NCW between transposes (TOPI legalizes it in no other layout)
+    instead of keeping the whole module NCW (7500 frames vectorized 4 lanes at a time, 1.8x
+    onnxruntime); the conv1d
+    computes in NWC on weights blocked [Cout/b, K, Cin, b], and its 51 output channels (an odd
+    count: scalar code otherwise) zero-padded to whole vectors and cropped. Matches onnxruntime
+    for dilation, stride and padding."""
+    import re
+
+    from optc.backends.tvm import conv_blocked, schedule
+    from optc.backends.tvm.lower import tvm_target
+    from optc.targets import get_target
+
+    target = tvm_target(get_target("cpu"))
+    lanes = schedule._Params(target).lanes("float32")
+    rng = np.random.default_rng(12)
+    f = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3], **geometry),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ConvTranspose", ["r", "wt"], ["y"], kernel_shape=[2], strides=[2],
+                              dilations=[2 if dilated_transpose else 1])]
+    width = 96
+    pads = geometry.get("pads", [0, 0])
+    out = (width + sum(pads) - geometry.get("dilations", [1])[0] * 2 - 1) // geometry.get("strides", [1])[0] + 1
+    model = make_graph_model(nodes, [("x", [1, 16, width])], [("y", [1, 8, 2 * out + dilated_transpose])],
+                             {"w": f(51, 16, 3), "b": f(51), "wt": f(51, 8, 2)})
+    log = []
+    from optc.backends.tvm import lower
+
+    mod, _ = lower.prepare_module(model, [TensorSpec("x", "float32", (1, 16, width))], get_target("cpu"), embed_params=True)
+    with target:
+        funcs = _prim_funcs(schedule.relax_pipeline(target, log=log)(mod))
+    assert not any("layout" in r for r in log), log  # not "NCHW kept"
+    assert any("conv1d_transpose" in n for n in funcs) == dilated_transpose, " ".join(funcs)
+    text = "\n".join(fn.script() for n, fn in funcs.items() if "conv1d" in n and "transpose" not in n)
+    assert "conv1d_nwc" in text and "crop" in " ".join(funcs), " ".join(funcs)
+    padded = conv_blocked.padded_channels(51, target)
+    assert padded is not None and padded % lanes == 0
+    blocked = re.findall(r"T\.Buffer\(\(T\.int64\((\d+)\), T\.int64\(3\), T\.int64\(16\), T\.int64\((\d+)\)\)", text)
+    assert blocked and int(blocked[0][0]) * int(blocked[0][1]) == padded, text[:1500]
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    report = optc.compile(tmp_path / "m.onnx", "cpu", tmp_path / "pkg", options=optc.CompileOptions.of(measure=False))
+    assert report["verify"]["passed"], report["verify"]
+
+
+def test_narrow_vector_counts_may_double_when_padded():
+    """An output channel count whose own vectors would be a quarter of the target's or less (odd:
+    scalar code) is padded to whole vectors even where that adds more than a quarter (51 -> 64
+    on AVX-512: 1x1 conv1d 64 -> 51 at 1 thread 17 -> 84 GFLOP/s), up to doubling it; counts
+    with wide enough vectors of their own keep the quarter limit, and few channels stay as
+    they are."""
+    import tvm
+
+    from optc.backends.tvm import conv_blocked
+
+    avx512 = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})
+    avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})
+    assert conv_blocked.padded_channels(51, avx512) == 64
+    assert conv_blocked.padded_channels(17, avx512) == 32  # 1-lane vectors: doubled
+    assert conv_blocked.padded_channels(255, avx512) == 256
+    assert conv_blocked.padded_channels(20, avx512) == 32  # 4-lane vectors: 2 of 16 lanes beat 5 of 4
+    assert conv_blocked.padded_channels(24, avx512) is None  # 8-lane vectors: +33 % is too much
+    assert conv_blocked.padded_channels(3, avx512) is None and conv_blocked.padded_channels(9, avx512) is None
+    assert conv_blocked.padded_channels(51, avx2) == 56
+    assert conv_blocked.padded_channels(9, avx2) == 16  # 1-lane vectors
+    assert conv_blocked.padded_channels(6, avx2) is None
