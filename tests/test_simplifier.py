@@ -27,7 +27,7 @@ def test_simplify_in_child_returns_the_simplified_model():
     assert ok and [n.op_type for n in out.graph.node] == ["Relu"]
 
 
-RUNNERS = "tests._simplifier_runners:"
+RUNNERS = "tests._child_targets:"
 
 
 def test_a_crash_in_the_child_is_reported():

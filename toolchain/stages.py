@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Iterator, Mapping
 import numpy as np
 import onnx
 
-from . import analysis, artifact, frontend, pipeline, verify
+from . import analysis, artifact, frontend, isolated, pipeline, verify
 from .const_inputs import describe as describe_frozen, freeze as freeze_inputs, save as save_frozen
 from .errors import InternalError, OptcError, UnsupportedModelError, UsageError, VerificationError
 from .progress import Progress
@@ -213,6 +213,7 @@ def load(job: Job) -> None:
     from optc.passes.quant.qoperator import expand_qoperator, qoperator_nodes
 
     with job.stage("frontend", "load and check model"):
+        isolated.warm_up()  # the child processes' imports overlap the model's loading
         job.original = frontend.load_model(job.source)
         checked = job.original
         if qoperator_nodes(job.original):
@@ -324,29 +325,22 @@ def batch_axis_check(job: Job, arrays: Mapping | None) -> bool | None:
            for s in specs}
     other = {s.name: (second[s.name] if s.name in names else one[s.name]) for s in specs}
     hint = ", ".join(f"--input-shape {n}=N,..." for n in sorted(names))
-    try:
-        sess = verify.ort_session(job.original, optimize=True)
-        run = lambda feeds: [np.asarray(o) for o in sess.run(None, feeds)]  # noqa: E731
-    except Exception:  # noqa: BLE001 - onnxruntime cannot load it: verification says so later
+    feeds = [one, other, two] + ([{**one, **{k: np.asarray(arrays[k]) for k in data_rows}}] if data_rows else [])
+    try:  # all runs in one child process (an onnxruntime crash is no crash of optc's)
+        results = verify.session_runs(job.original, feeds, optimize=True, keep_errors=True)
+    except Exception:  # noqa: BLE001 - onnxruntime cannot load (or crashes on) it: verification says so later
         return None
-    try:
-        alone = [run(one), run(other)]
-    except Exception as err:  # noqa: BLE001 - with 1 row: does it run with the data's rows (else 2)?
-        rows = max(data_rows.values(), default=2)
-        try:
-            run({**one, **{k: np.asarray(arrays[k]) for k in data_rows}} if data_rows else two)
-        except Exception:  # noqa: BLE001 - it runs with neither: not about the batch
+    failed = [r for r in results[:2] if isinstance(r, verify.RunFailed)]
+    if failed:  # with 1 row: does it run with the data's rows (else 2)?
+        if isinstance(results[-1], verify.RunFailed):  # it runs with neither: not about the batch
             return None
+        rows = max(data_rows.values(), default=2)
         raise UsageError(f"the model does not run with the leading dimension of {', '.join(sorted(names))} bound "
-                         f"to 1 as a batch (onnxruntime: {' '.join(str(err).split())[:200]}), but does with "
-                         f"{rows} there: that dimension is no batch (a time, sequence or node axis); give its size "
-                         f"with {hint}") from err
-    try:
-        together = run(two)
-    except Exception:  # noqa: BLE001 - 1 row only
-        independent = False
-    else:
-        independent = all(_rows_match(t, a, b) for t, a, b in zip(together, *alone))
+                         f"to 1 as a batch (onnxruntime: {failed[0][:200]}), but does with {rows} there: that "
+                         f"dimension is no batch (a time, sequence or node axis); give its size with {hint}")
+    together = results[2]
+    independent = not isinstance(together, verify.RunFailed) and \
+        all(_rows_match(t, a, b) for t, a, b in zip(together, *results[:2]))
     if not independent and any(r > 1 for r in data_rows.values()):
         raise UsageError(f"the rows of {', '.join(sorted(names))} along their dynamic leading dimension are not "
                          "computed independently (onnxruntime on two rows differs from each row alone): that "

@@ -198,9 +198,40 @@ def reference_outputs(model: onnx.ModelProto | str | Path, inputs: Mapping[str, 
 def reference_runs(model: onnx.ModelProto | str | Path, sets: list[Mapping[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """:func:`reference_outputs` for each input set, from one session (a session of a large
     model takes longer to create than a call: a YOLOv8-seg verification spent 2.8 of its 7 s
-    creating eight)."""
-    sess = ort_session(model)
-    return [[np.asarray(x) for x in sess.run(None, dict(inputs))] for inputs in sets]
+    creating eight), in a child process (:func:`session_runs`)."""
+    return session_runs(model, sets)
+
+
+class RunFailed(str):
+    """The one-line error of one run that :func:`session_runs` kept (``keep_errors``)."""
+
+
+def session_runs(model: onnx.ModelProto | str | Path, sets: list[Mapping[str, np.ndarray]], *,
+                 optimize: bool = False, keep_errors: bool = False) -> list:
+    """Outputs of :func:`ort_session` (``optimize`` as there) for each input set, computed in a
+    child process (:mod:`optc.isolated`): onnxruntime segfaults on some models (a QOperator
+    U-Net from ``quantize_static``), which in optc's own process ended ``optc compile`` with a
+    signal; here it raises :class:`optc.isolated.ChildFailed` naming the signal, and an
+    interrupt stops optc at once while a long reference runs. A run that raises raises here
+    too, or, with ``keep_errors``, leaves a :class:`RunFailed` in its place."""
+    from . import isolated
+
+    src = str(model) if isinstance(model, (str, Path)) else model
+    return isolated.call("optc.verify:_session_runs_here", src, [dict(s) for s in sets], optimize, keep_errors)
+
+
+def _session_runs_here(model, sets: list[dict], optimize: bool, keep_errors: bool) -> list:
+    """(In the child) :func:`session_runs`."""
+    sess = ort_session(model, optimize=optimize)
+    results = []
+    for feeds in sets:
+        try:
+            results.append([np.asarray(x) for x in sess.run(None, feeds)])
+        except Exception as err:
+            if not keep_errors:
+                raise
+            results.append(RunFailed(" ".join(str(err).split())[:300]))
+    return results
 
 
 class _OptcReferenceSession:
@@ -232,10 +263,9 @@ def branch_coverage(model: onnx.ModelProto, sets: list[Mapping[str, np.ndarray]]
         if cond not in outputs:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(cond, onnx.TensorProto.BOOL, None))
     names = [o.name for o in probe.graph.output]
-    sess = ort_session(probe)
     taken = {n.name or n.output[0]: {"then": 0, "else": 0} for n in nodes}
-    for feeds in sets:
-        values = dict(zip(names, sess.run(None, dict(feeds))))
+    for outputs in reference_runs(probe, sets):
+        values = dict(zip(names, outputs))
         for n in nodes:
             taken[n.name or n.output[0]]["then" if bool(np.asarray(values[n.input[0]]).reshape(-1)[0]) else "else"] += 1
     return taken
