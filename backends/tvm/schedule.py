@@ -704,10 +704,16 @@ def _vector_tile(extent: int, lanes: int, max_elems: int) -> tuple[int, int]:
 def _register_tile(v_extent: int, u_extent: int, lanes: int, params: "_Params",
                    red_bytes: int) -> tuple[int, int, int]:
     """(vectors, vector width, rows) of a contraction's register tile: the tile with the most
-    accumulators within ``params.acc_budget`` (rows dividing the next output axis; where that
-    leaves fewer than 8, rows that do not, :func:`_partial_rows_tile`), fewest loads per FMA
-    breaking ties, starting from up to two vectors along the vector axis and as many rows as
-    the budget allows.
+    accumulators within ``params.acc_budget``, fewest loads per FMA breaking ties, starting
+    from up to two vectors along the vector axis and as many rows as the budget allows.
+
+    Rows either divide the next output axis or fill the budget with a partial last tile (a
+    predicate), counted by the useful share of its rows, so a divisor tile wins a tie. A
+    partial tile wins where the divisors are poor: YOLO's 13x13 3x3 conv, 192 channels, 4 x 1
+    -> 4 x 3, 2.63 -> 1.64 ms at 1 thread on AVX2, and -> 3 x 4 (operands in registers,
+    :func:`_operand_fit`), 1.36 -> 1.10 ms; a 160-wide map (CRAFT's
+    refiner, dilated 3x3 64 -> 128 convs), 2 x 5 (10 accumulators, 1.43 FMAs per load) -> 4 x 3
+    (12 of 12 x 160 / 162 useful, 1.69), 46-54 -> 40-42 ms at 1 thread on AVX-512.
 
     Tiles of more than two vectors must keep their slice of the second operand (``red_bytes``
     per output column, times the tile's columns) within ``params.block_bytes``: the tiles
@@ -732,8 +738,11 @@ def _register_tile(v_extent: int, u_extent: int, lanes: int, params: "_Params",
             continue
         r = rows(m)
         best = max(best, (m * per * r, _operand_fit(m, r, per, params), m, r), key=_fit_first)
-    if best[0] < 8:
-        best = _partial_rows_tile(best, (v_extent // vw, vw, vm), u_extent, per, params, red_bytes)
+        top = min(u_extent, params.acc_budget // (m * per))
+        if top > r:  # rows that do not divide the axis: the last tile partial, counted by its useful rows
+            useful = u_extent / (-(-u_extent // top) * top)
+            fits, per_load = _operand_fit(m, top, per, params)
+            best = max(best, (round(m * per * top * useful, 6), (fits, per_load * useful), m, top), key=_fit_first)
     return best[2], vw, best[3]
 
 
@@ -761,26 +770,6 @@ def _operand_fit(m: int, r: int, per: int, params: "_Params") -> tuple[bool, flo
     acc = m * per * r
     fits = acc + m * per + 1 <= params.vector_registers or acc + r + 2 <= params.vector_registers
     return fits, m * r / (m + r)
-
-
-def _partial_rows_tile(best, vectors: tuple, u_extent: int, per: int, params: "_Params", red_bytes: int):
-    """Where no row count dividing the axis gives 8 accumulators (a 13-wide map: only 1 or
-    13), tiles whose rows do not divide it: the last tile is partial (a predicate), counted
-    by the useful share of its rows. YOLO's 13x13 3x3 conv, 192 channels: 4 x 1 -> 3 x 4
-    (4 tiles of 4 rows for 13), 2.63 -> 1.64 ms at 1 thread. ``vectors``: (vectors along the
-    axis, vector width, vectors a tile may have whatever its weight slice), as in
-    :func:`_register_tile`."""
-    count, vw, vm = vectors
-    found = (0, (False, 0.0), 1, 1)
-    for m in range(1, min(count, 4) + 1):
-        if count % m or (m > vm and m * vw * red_bytes > params.block_bytes):
-            continue
-        r = min(u_extent, max(1, params.acc_budget // (m * per)))
-        useful = u_extent / (-(-u_extent // r) * r)
-        cand = (round(m * per * r * useful, 6), _operand_fit(m, r, per, params), m, r)
-        if cand[0] > found[0] or (cand[0] == found[0] and cand[1] > found[1]):
-            found = cand
-    return found if found[0] > best[0] else best
 
 
 def _per_column_input(reads, iters, v: int, spatial: list) -> bool:
