@@ -238,9 +238,11 @@ def has_optc_ops(model) -> bool:
 
 def reference_evaluator(model, *, dynamic_lstm_rounding: bool = True, **kwargs):
     """``onnx.reference.ReferenceEvaluator`` for ``model`` with every registered ``ai.optc`` op
-    (:func:`optc.ops.references`), optc's QuantizeLinear/DequantizeLinear for opsets < 19, and
+    (:func:`optc.ops.references`), optc's QuantizeLinear/DequantizeLinear for opsets < 19,
     GlobalMaxPool / BatchNormalization where onnx's reference is wrong (any rank; inference mode
-    at opsets 9-13): ``optc.passes.quant.int_ops.STANDARD_OPS``; com.microsoft
+    at opsets 9-13), a vectorized Erf, and ConvInteger / Conv / ConvTranspose in float64 through
+    BLAS (exact for ConvInteger; onnx's take minutes on dilated 1-d convolutions):
+    ``optc.passes.quant.int_ops.STANDARD_OPS``; com.microsoft
     DynamicQuantizeLSTM by its spec arithmetic (``optc.passes.quant.dynamic_lstm``; without its
     run-time activation rounding where ``dynamic_lstm_rounding`` is False)."""
     from onnx.reference import ReferenceEvaluator

@@ -1,6 +1,7 @@
 """What optc's integer ``ai.optc`` ops share: fixed-point requantization math, the exact
-integer layer cores their numpy references compute, and reference implementations of ONNX
-QuantizeLinear/DequantizeLinear for opsets onnx's evaluator lacks.
+integer layer cores their numpy references compute, reference implementations of ONNX
+QuantizeLinear/DequantizeLinear for opsets onnx's evaluator lacks, and fast ones of the ONNX
+ops whose onnx references are wrong or slow (:data:`STANDARD_OPS`).
 
 The ops themselves (contract, schema, reference, cost, TVM lowering) are one module each in
 :mod:`optc.passes.ops`: ``IntConv2d``, ``IntDense``, ``IntMatMul`` and ``IntGlobalAveragePool``.
@@ -27,7 +28,7 @@ from onnx.reference.op_run import OpRun
 from optc.passes.optc_ops import ConvGeometry
 
 __all__ = ["OP_TYPES", "STANDARD_OPS", "Requant", "fixed_point", "requantize", "int_conv2d", "int_dense",
-           "int_matmul", "matmul_acc_bound",
+           "int_matmul", "matmul_acc_bound", "conv_pads", "conv_float64", "conv_transpose_float64",
            "check_acc", "out_dtype", "ACC_LIMIT", "LAYOUTS", "layout_of"]
 
 ACC_LIMIT = 2 ** 31 - 1
@@ -286,8 +287,160 @@ class Erf(OpRun):
         return (erf(x.astype(np.float64)).astype(x.dtype),)
 
 
+_COLS_BUDGET = 2 ** 25  # float64 elements of one im2col chunk (256 MiB)
+
+
+def conv_pads(spatial, kernel_shape, auto_pad, pads, strides, dilations) -> list[int]:
+    """ONNX Conv's pads ``[begin..., end...]`` for an input of spatial shape ``spatial``:
+    ``auto_pad`` SAME_UPPER / SAME_LOWER pads so that each output size is ``ceil(size /
+    stride)``, over the dilated kernel ``(k - 1) * d + 1``, the odd one at the end / at the
+    beginning; VALID pads nothing; NOTSET (or None) takes ``pads`` (None: zeros)."""
+    mode = auto_pad.decode() if isinstance(auto_pad, bytes) else (auto_pad or "NOTSET")
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, s, d in zip(spatial, kernel_shape, strides, dilations):
+            need = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+            head = (need + 1) // 2 if mode == "SAME_LOWER" else need // 2
+            begin.append(head)
+            end.append(need - head)
+        return begin + end
+    if mode == "VALID" or not pads:
+        return [0] * (2 * len(spatial))
+    return [int(p) for p in pads]
+
+
+def conv_float64(x, w, *, group=1, auto_pad=None, pads=None, strides=None, dilations=None) -> np.ndarray:
+    """ONNX Conv of ``x`` [N, C, *S] with ``w`` [M, C / group, *K] (N-d, no bias) in float64:
+    pad with zeros, take the strided, dilated windows as a view (``sliding_window_view``), and
+    per chunk of output rows copy them into an im2col buffer of at most ``_COLS_BUDGET``
+    elements for one batched matmul over the groups (``[G, M/G, C/G*K] @ [N, G, C/G*K, P]``).
+    Returns float64 [N, M, *O]. The dilated kernel is never materialized: onnx's reference
+    inflates a kernel of 3 taps at dilation 4096 to 8193 taps and multiplies the zeros."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    nd = x.ndim - 2
+    n, c, m, kernel = x.shape[0], x.shape[1], w.shape[0], w.shape[2:]
+    group = int(group or 1)
+    if nd < 1 or w.ndim != x.ndim or c != w.shape[1] * group or m % group:
+        raise ValueError(f"Conv: input {x.shape}, weight {w.shape} and group {group} do not agree")
+    strides, dilations = list(strides or [1] * nd), list(dilations or [1] * nd)
+    pads = conv_pads(x.shape[2:], kernel, auto_pad, pads, strides, dilations)
+    xp = np.pad(x, [(0, 0), (0, 0), *zip(pads[:nd], pads[nd:])])
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(2, 2 + nd)))
+    win = win[(slice(None), slice(None), *(slice(None, None, s) for s in strides),
+               *(slice(None, None, d) for d in dilations))]  # [N, C, *O, *K], a view
+    out = win.shape[2:2 + nd]
+    win = np.moveaxis(win.reshape(n, group, c // group, *out, *kernel), 2, 2 + nd)  # [N, G, *O, C/G, *K]
+    wg = w.reshape(group, m // group, -1)
+    y = np.empty((n, group, m // group, *out))
+    rows = max(1, _COLS_BUDGET // max(1, n * c * int(np.prod(kernel)) * int(np.prod(out[1:]))))
+    for i in range(0, out[0], rows):
+        cols = win[:, :, i:i + rows].reshape(n, group, -1, wg.shape[-1])  # the im2col copy [N, G, P, C/G*K]
+        y[:, :, :, i:i + rows] = (wg @ cols.transpose(0, 1, 3, 2)).reshape(n, group, m // group, -1, *out[1:])
+    return y.reshape(n, m, *out)
+
+
+class ConvInteger(OpRun):
+    """ONNX ConvInteger (N-d, every attribute; per-tensor ``x_zero_point``, per-tensor or
+    per-output-channel ``w_zero_point``): :func:`conv_float64` of ``x - x_zero_point`` and ``w -
+    w_zero_point``. Exact: each product is below 2^16 in magnitude (8-bit codes minus 8-bit zero
+    points), so sums of fewer than 2^37 of them are float64 integers in any order (checked); an
+    int32 overflow wraps, as in onnx's reference. That one computes the same in int32, with
+    numpy's int32 matmul (no BLAS) over a dilated kernel inflated with zeros: 80 s for one
+    128-channel conv1d at dilation 64 over 7500 steps, more than 15 minutes and 4 GB, unfinished,
+    for an EEG U-Net with dilations up to 4096; and it fails on per-channel ``w_zero_point``
+    for other than 2-d convs."""
+
+    op_domain = ""
+
+    def _run(self, x, w, x_zero_point=None, w_zero_point=None, auto_pad=None, dilations=None, group=None,
+             kernel_shape=None, pads=None, strides=None):  # noqa: ARG002 - the kernel shape is w's
+        w = np.asarray(w)
+        if w.size and w.size // w.shape[0] >= 2 ** 37:
+            raise ValueError("ConvInteger: too many terms per output for an exact float64 sum")
+        xz = 0 if x_zero_point is None else np.asarray(x_zero_point, np.int64).reshape(())
+        wz = 0 if w_zero_point is None else _per_axis(np.asarray(w_zero_point, np.int64), w.ndim, 0)
+        y = conv_float64(np.asarray(x, np.int64) - xz, w.astype(np.int64) - wz, group=group, auto_pad=auto_pad,
+                         pads=pads, strides=strides, dilations=dilations)
+        return (y.astype(np.int64).astype(np.int32),)
+
+
+class Conv(OpRun):
+    """ONNX Conv (N-d, every attribute, optional bias): :func:`conv_float64` plus the bias,
+    rounded once to the input's type. More accurate than onnx's reference, which sums in the
+    input's type (float32 BLAS): the two differ by float32 rounding of the sums."""
+
+    op_domain = ""
+
+    def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None, kernel_shape=None, pads=None,
+             strides=None):  # noqa: ARG002 - the kernel shape is w's
+        y = conv_float64(x, w, group=group, auto_pad=auto_pad, pads=pads, strides=strides, dilations=dilations)
+        if b is not None:
+            y += np.asarray(b, np.float64).reshape(1, -1, *([1] * (y.ndim - 2)))
+        return (y.astype(np.asarray(x).dtype),)
+
+
+def conv_transpose_float64(x, w, *, group=1, auto_pad=None, pads=None, strides=None, dilations=None,
+                           output_padding=None, output_shape=None) -> np.ndarray:
+    """ONNX ConvTranspose of ``x`` [N, C, *I] with ``w`` [C, M / group, *K] (N-d, no bias) in
+    float64, by the spec's equations: input step ``i`` and kernel tap ``t`` land on step ``i *
+    stride + t * dilation`` of the full output (length ``stride * (I - 1) + (K - 1) * dilation +
+    1 + output_padding``), which ``pads`` then crop. ``output_shape`` (or auto_pad SAME_*:
+    ``I * stride``) sets the pads instead: their total split with the odd one at the beginning,
+    or at the end for SAME_UPPER; a negative total widens the output with zeros. One batched
+    matmul per kernel tap (``[G, M/G, C/G] @ [N, G, C/G, I]``), added into a strided view: no
+    buffer beyond the output. Returns float64 [N, M, *O]."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    nd = x.ndim - 2
+    n, c, size, kernel = x.shape[0], x.shape[1], x.shape[2:], w.shape[2:]
+    group = int(group or 1)
+    if nd < 1 or w.ndim != x.ndim or c != w.shape[0] or c % group:
+        raise ValueError(f"ConvTranspose: input {x.shape}, weight {w.shape} and group {group} do not agree")
+    m = w.shape[1] * group
+    strides, dilations = list(strides or [1] * nd), list(dilations or [1] * nd)
+    full = [s * (i - 1) + (k - 1) * d + 1 + p
+            for i, k, s, d, p in zip(size, kernel, strides, dilations, output_padding or [0] * nd)]
+    mode = auto_pad.decode() if isinstance(auto_pad, bytes) else (auto_pad or "NOTSET")
+    if output_shape or mode in ("SAME_UPPER", "SAME_LOWER"):
+        out = list(output_shape)[-nd:] if output_shape else [i * s for i, s in zip(size, strides)]
+        begin = [(f - o) // 2 if mode == "SAME_UPPER" else (f - o) - (f - o) // 2 for f, o in zip(full, out)]
+    else:
+        pads = list(pads or [0] * (2 * nd))
+        begin, out = pads[:nd], [f - b - e for f, b, e in zip(full, pads[:nd], pads[nd:])]
+    pre = [max(0, -b) for b in begin]  # room for a negative pad before step 0
+    buf = np.zeros((n, m, *(p + max(f, b + o) for p, f, b, o in zip(pre, full, begin, out))))
+    xg = x.reshape(n, group, c // group, -1)
+    for tap in np.ndindex(*kernel):
+        wt = w[(slice(None), slice(None), *tap)].reshape(group, c // group, -1).transpose(0, 2, 1)  # [G, M/G, C/G]
+        at = tuple(slice(p + t * d, p + t * d + s * (i - 1) + 1, s)
+                   for p, t, d, s, i in zip(pre, tap, dilations, strides, size))
+        buf[(slice(None), slice(None), *at)] += (wt @ xg).reshape(n, m, *size)
+    return buf[(slice(None), slice(None), *(slice(p + b, p + b + o) for p, b, o in zip(pre, begin, out)))]
+
+
+class ConvTranspose(OpRun):
+    """ONNX ConvTranspose (N-d, every attribute, optional bias): :func:`conv_transpose_float64`
+    plus the bias, rounded once to the input's type. onnx's reference scatters through a Python
+    loop per output channel and position (1.2 of the 2.2 s a call of an EEG U-Net's reference
+    took, for four 1-d upsamplings), and gets ``group`` > 1 wrong: it fails on several output
+    channels per group and adds the first channel's bias to every group."""
+
+    op_domain = ""
+
+    def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None,
+             kernel_shape=None,  # noqa: ARG002 - the kernel shape is w's
+             output_padding=None, output_shape=None, pads=None, strides=None):
+        y = conv_transpose_float64(x, w, group=group, auto_pad=auto_pad, pads=pads, strides=strides,
+                                   dilations=dilations, output_padding=output_padding, output_shape=output_shape)
+        if b is not None:
+            y += np.asarray(b, np.float64).reshape(1, -1, *([1] * (y.ndim - 2)))
+        return (y.astype(np.asarray(x).dtype),)
+
+
 # ONNX's own ops for ReferenceEvaluator: the quantizers below opset 19; GlobalMaxPool on any
 # rank and BatchNormalization in inference mode, which onnx's reference gets wrong; Erf
-# vectorized
-STANDARD_OPS = [QuantizeLinear, DequantizeLinear, GlobalMaxPool, BatchNormalization, Erf]
+# vectorized; ConvInteger / Conv / ConvTranspose in float64 through BLAS (onnx's take minutes on
+# dilated 1-d convs, and its ConvTranspose gets groups wrong)
+STANDARD_OPS = [QuantizeLinear, DequantizeLinear, GlobalMaxPool, BatchNormalization, Erf, ConvInteger, Conv,
+                ConvTranspose]
 OP_TYPES = ("IntConv2d", "IntDense", "IntGlobalAveragePool", "IntMatMul")  # what ``integerize`` writes (and requires of a backend)
