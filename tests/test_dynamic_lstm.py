@@ -183,7 +183,7 @@ def test_compiles_to_integer_gemms_and_verifies(tmp_path, direction, per_channel
     assert v["passed"] and "expand-dynamic-lstm" not in report["pipeline"]
     assert "DynamicQuantizeLSTM as onnxruntime specifies it" in v["reference"]
     for out in v["outputs"]:
-        assert out["tolerance_rule"].startswith("recurrent dynamic quantization")
+        assert out["tolerance_rule"].startswith("chained dynamic quantization")
         assert out["distinguishes_unrounded_model"] and out["rms_error"] <= out["rms_tolerance"]
 
 
@@ -270,12 +270,12 @@ def test_unrounded_artifact_is_refused(tmp_path):
     feeds = _x()
     refs, unrounded = dl.spec_outputs(model, feeds), dl.spec_outputs(model, feeds, rounding=False)
     names = [o.name for o in model.graph.output]
-    verdict = compare_dynamic(unrounded, refs, names, 1e-5, 1e-4, lambda: unrounded, recurrent=True)
+    verdict = compare_dynamic(unrounded, refs, names, 1e-5, 1e-4, lambda: unrounded, carried=True)
     assert not verdict["passed"]
     assert all(o["rms_error"] > o["rms_tolerance"] for o in verdict["outputs"])
-    assert compare_dynamic(refs, refs, names, 1e-5, 1e-4, lambda: unrounded, recurrent=True)["passed"]
+    assert compare_dynamic(refs, refs, names, 1e-5, 1e-4, lambda: unrounded, carried=True)["passed"]
     nan = [np.where(np.arange(r.size).reshape(r.shape) == 0, np.nan, r) for r in refs]
-    assert not compare_dynamic(nan, refs, names, 1e-5, 1e-4, lambda: unrounded, recurrent=True)["passed"]
+    assert not compare_dynamic(nan, refs, names, 1e-5, 1e-4, lambda: unrounded, carried=True)["passed"]
 
 
 _RIGHT = dl.dequantize_lstm_weight

@@ -381,7 +381,8 @@ def test_quantize_dynamic_bert_style_encoder(tmp_path):
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= _ops(dst)
     report = optc.compile(dst, "cpu", tmp_path / "pkg", options=NO_MEASURE)
     v = report["verify"]
-    assert v["passed"] and v["outputs"][0]["tolerance_rule"].startswith("fraction of the dynamic")
+    # its layers are chained (a flip at one DynamicQuantizeLinear reaches the next): the chained rule
+    assert v["passed"] and v["outputs"][0]["tolerance_rule"].startswith("chained dynamic quantization")
 
 
 @pytest.mark.slow
@@ -480,3 +481,73 @@ def test_matmul_nbits_with_g_idx_is_kept_with_the_reason():
     q.graph.initializer.append(numpy_helper.from_array(np.arange(40, dtype=np.int32) // 16, "g_idx"))
     _, details = expand_matmul_nbits(q)
     assert details["expanded"] == 0 and "g_idx" in next(iter(details["skipped"].values()))
+
+
+def test_chained_dynamic_quantizers_carry_flips():
+    """One quantize_dynamic layer bounds a flip's effect by half the model's own quantization
+    error; a DynamicQuantizeLinear fed (through any ops) by another's result does not: those
+    models get the chained rule (root mean square, widened maximum)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from optc.passes.quant.dynamic import carries_flips
+
+    rng = np.random.default_rng(0)
+
+    def layer(i, x):
+        return [helper.make_node("DynamicQuantizeLinear", [x], [f"q{i}", f"s{i}", f"z{i}"]),
+                helper.make_node("MatMulInteger", [f"q{i}", f"w{i}", f"z{i}"], [f"m{i}"]),
+                helper.make_node("Cast", [f"m{i}"], [f"c{i}"], to=TensorProto.FLOAT),
+                helper.make_node("Mul", [f"c{i}", f"s{i}"], [f"y{i}"])]
+
+    def model(layers):
+        nodes, x = [], "x"
+        for i in range(layers):
+            nodes += layer(i, x)
+            nodes.append(helper.make_node("Relu", [f"y{i}"], [f"r{i}"]))
+            x = f"r{i}"
+        inits = [numpy_helper.from_array(rng.integers(-100, 100, (8, 8)).astype(np.int8), f"w{i}") for i in range(layers)]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [2, 8])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert not carries_flips(model(1))
+    chain = model(3)
+    assert carries_flips(chain)
+    # the chained rule can fail: the unrounded graph (no activation rounding), a 3 % wrong scale
+    # and NaN are refused; the exact reference passes
+    from optc.passes.quant.dynamic import unrounded_outputs
+    from optc.passes.quant.tolerance import compare_dynamic
+
+    xs = [{"x": rng.standard_normal((2, 8)).astype(np.float32)} for _ in range(4)]
+    refs = verify.join_calls([verify.reference_outputs(chain, x) for x in xs])
+    unrounded = verify.join_calls([unrounded_outputs(chain, x) for x in xs])
+    check = lambda outs: compare_dynamic(outs, refs, ["y"], 1e-5, 1e-4, lambda: unrounded, carried=True)  # noqa: E731
+    assert check(refs)["passed"]
+    assert not check(unrounded)["passed"]
+    assert not check([refs[0] * np.float32(1.03)])["passed"]
+    assert not check([np.full_like(refs[0], np.nan)])["passed"]
+    assert check(refs)["outputs"][0]["distinguishes_unrounded_model"]
+    # a reference that moves as much under one float32 step of its inputs as under the rounding
+    # (an EEG U-Net of 25 chained quantizers) admits the unrounded graph, and the verdict says so;
+    # a wrong scale and NaN still fail
+    gap = np.abs(refs[0].astype(np.float64) - unrounded[0])
+    chaotic = lambda: [(float(gap.max()), float(np.sqrt(np.mean(gap * gap))))]  # noqa: E731
+    loose = lambda outs: compare_dynamic(outs, refs, ["y"], 1e-5, 1e-4, lambda: unrounded,  # noqa: E731
+                                         carried=True, sensitivity=chaotic)
+    assert loose(unrounded)["passed"] and not loose(unrounded)["outputs"][0]["distinguishes_unrounded_model"]
+    assert not loose([refs[0] * np.float32(1.5)])["passed"]
+    assert not loose([np.full_like(refs[0], np.nan)])["passed"]
+
+
+def test_reference_sensitivity_moves_inputs_by_one_float32_step():
+    """The perturbed inputs differ from the given ones by exactly one float32 step (a float64
+    target made float64 steps, which vanish in the cast back: no perturbation at all)."""
+    from optc.passes.quant.dynamic import _one_step
+
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(1000).astype(np.float32)
+    w = _one_step(v, rng)
+    assert w.dtype == np.float32 and np.all(w != v)
+    assert np.all((np.nextafter(v, np.float32(np.inf)) == w) | (np.nextafter(v, np.float32(-np.inf)) == w))
+    ids = rng.integers(0, 9, 10)
+    assert _one_step(ids, rng) is ids

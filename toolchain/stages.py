@@ -540,7 +540,7 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
     ``tolerance.compare_to_original_qdq``). A dynamically quantized model (DynamicQuantizeLinear)
     is checked by ``tolerance.compare_dynamic`` (and :func:`_types_and_originals`). Raises
     VerificationError on a mismatch."""
-    from optc.passes.quant import dynamic, dynamic_lstm, qdq
+    from optc.passes.quant import dynamic, qdq
 
     which = "optimized" if job.lossy else "original"
     prequantized = qdq.is_quantized(job.original)
@@ -564,7 +564,8 @@ def verify_artifact(job: Job, opts: VerifyOptions) -> dict:
             model = job.optimized if job.lossy else job.original
             verdict = compare_dynamic(outs, refs, job.out_names, opts.atol, opts.rtol, lambda: verify.join_calls(
                 [dynamic.unrounded_outputs(model, s) for s in job.sets]),
-                recurrent=bool(dynamic_lstm.dynamic_lstm_nodes(model)))
+                carried=dynamic.carries_flips(model),
+                sensitivity=lambda: dynamic.reference_sensitivity(model, job.sets[0]))
         elif job.lossy or prequantized:
             from optc.passes.quant.tolerance import compare_quantized, compare_to_original_qdq
 

@@ -30,7 +30,8 @@ from onnx import TensorProto, helper
 
 from optc.onnx_utils import FreshNames
 
-__all__ = ["DYNAMIC_OPS", "has_dynamic_quantization", "unrounded_model", "unrounded_outputs"]
+__all__ = ["DYNAMIC_OPS", "has_dynamic_quantization", "carries_flips", "reference_sensitivity", "unrounded_model",
+           "unrounded_outputs"]
 
 DYNAMIC_OPS = frozenset({"DynamicQuantizeLinear"})
 _INTEGER_OPS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv"}
@@ -43,6 +44,70 @@ def has_dynamic_quantization(model: onnx.ModelProto) -> bool:
 
     return any(n.op_type in DYNAMIC_OPS and n.domain in ("", "ai.onnx") for n in model.graph.node) or bool(
         dynamic_lstm_nodes(model))
+
+
+def carries_flips(model: onnx.ModelProto) -> bool:
+    """Whether a code flipped by float rounding at one run-time quantizer can reach another: a
+    DynamicQuantizeLinear downstream of another one (a chain of quantized layers), or a
+    com.microsoft DynamicQuantizeLSTM (its hidden state is quantized again every step). Such a
+    flip moves the next quantizer's input, and with it more codes, so the largest difference
+    an exact kernel may show is no longer bounded by half of the model's own quantization
+    error (:func:`.tolerance.compare_dynamic`, ``carried``): an EEG U-Net of 25 chained
+    DynamicQuantizeLinear moves its exact reference by 0.040 when half its inputs move by one
+    float32 rounding step, as far as the whole unrounded model is from it (0.041)."""
+    from .dynamic_lstm import dynamic_lstm_nodes
+
+    if dynamic_lstm_nodes(model):
+        return True
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    quantizers = [n for n in model.graph.node if n.op_type in DYNAMIC_OPS and n.domain in ("", "ai.onnx")]
+    for q in quantizers:
+        seen, todo = set(), list(q.output)
+        while todo:
+            for n in consumers.get(todo.pop(), []):
+                if id(n) in seen:
+                    continue
+                seen.add(id(n))
+                if n.op_type in DYNAMIC_OPS and n.domain in ("", "ai.onnx"):
+                    return True
+                todo.extend(n.output)
+    return False
+
+
+def reference_sensitivity(model: onnx.ModelProto, feeds: dict, runs: int = 2, seed: int = 0) -> list[tuple[float, float]]:
+    """How far the exact reference's outputs move when its float inputs move by one float32
+    step: per output, (max abs, root mean square) of the change over ``runs`` perturbations
+    of ``feeds`` (each element of each float input one step up or down, at random). A
+    well-conditioned model barely moves; a deep chain of run-time quantizers moves by about
+    its whole quantization error (:func:`carries_flips`)."""
+    from optc import verify
+
+    rng = np.random.default_rng(seed)
+    sets = [dict(feeds)]
+    for _ in range(runs):
+        sets.append({k: _one_step(np.asarray(v), rng) for k, v in feeds.items()})
+    outs = verify.reference_runs(model, sets)
+    result = []
+    for j, base in enumerate(outs[0]):
+        if np.asarray(base).dtype.kind != "f":
+            result.append((0.0, 0.0))
+            continue
+        moves = [np.asarray(o[j], np.float64) - np.asarray(base, np.float64) for o in outs[1:]]
+        result.append((max(float(np.abs(d).max(initial=0.0)) for d in moves),
+                       max(float(np.sqrt(np.mean(d * d))) if d.size else 0.0 for d in moves)))
+    return result
+
+
+def _one_step(v: np.ndarray, rng) -> np.ndarray:
+    """``v`` with each element one step of its own float type up or down (at random); other
+    dtypes as they are."""
+    if v.dtype.kind != "f":
+        return v
+    toward = np.where(rng.random(v.shape) < 0.5, np.inf, -np.inf).astype(v.dtype)  # a float64 target: float64 steps
+    return np.nextafter(v, toward)
 
 
 def _float(nodes: list, fresh: FreshNames, name: str) -> str:
