@@ -353,16 +353,20 @@ class ConvInteger(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, w, x_zero_point=None, w_zero_point=None, auto_pad=None, dilations=None, group=None,
-             kernel_shape=None, pads=None, strides=None):  # noqa: ARG002 - the kernel shape is w's
+    def _run(self, x, w, x_zero_point=None, w_zero_point=None, **attrs):
         w = np.asarray(w)
         if w.size and w.size // w.shape[0] >= 2 ** 37:
             raise ValueError("ConvInteger: too many terms per output for an exact float64 sum")
         xz = 0 if x_zero_point is None else np.asarray(x_zero_point, np.int64).reshape(())
         wz = 0 if w_zero_point is None else _per_axis(np.asarray(w_zero_point, np.int64), w.ndim, 0)
-        y = conv_float64(np.asarray(x, np.int64) - xz, w.astype(np.int64) - wz, group=group, auto_pad=auto_pad,
-                         pads=pads, strides=strides, dilations=dilations)
+        y = conv_float64(np.asarray(x, np.int64) - xz, w.astype(np.int64) - wz, **_geometry(attrs))
         return (y.astype(np.int64).astype(np.int32),)
+
+
+def _geometry(attrs: dict) -> dict:
+    """The attributes of an ONNX Conv that :func:`conv_float64` reads (the kernel shape is the
+    weight's)."""
+    return {k: attrs.get(k) for k in ("group", "auto_pad", "pads", "strides", "dilations")}
 
 
 class Conv(OpRun):
@@ -372,18 +376,18 @@ class Conv(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None, kernel_shape=None, pads=None,
-             strides=None):  # noqa: ARG002 - the kernel shape is w's
-        y = conv_float64(x, w, group=group, auto_pad=auto_pad, pads=pads, strides=strides, dilations=dilations)
+    def _run(self, x, w, b=None, **attrs):
+        y = conv_float64(x, w, **_geometry(attrs))
         if b is not None:
             y += np.asarray(b, np.float64).reshape(1, -1, *([1] * (y.ndim - 2)))
         return (y.astype(np.asarray(x).dtype),)
 
 
-def conv_transpose_float64(x, w, *, group=1, auto_pad=None, pads=None, strides=None, dilations=None,
-                           output_padding=None, output_shape=None) -> np.ndarray:
-    """ONNX ConvTranspose of ``x`` [N, C, *I] with ``w`` [C, M / group, *K] (N-d, no bias) in
-    float64, by the spec's equations: input step ``i`` and kernel tap ``t`` land on step ``i *
+def conv_transpose_float64(x, w, **attrs) -> np.ndarray:
+    """ONNX ConvTranspose of ``x`` [N, C, *I] with ``w`` [C, M / group, *K] (N-d, no bias; the
+    ONNX attributes ``group``, ``auto_pad``, ``pads``, ``strides``, ``dilations``,
+    ``output_padding`` and ``output_shape`` as keywords, others ignored) in float64, by the
+    spec's equations: input step ``i`` and kernel tap ``t`` land on step ``i *
     stride + t * dilation`` of the full output (length ``stride * (I - 1) + (K - 1) * dilation +
     1 + output_padding``), which ``pads`` then crop. ``output_shape`` (or auto_pad SAME_*:
     ``I * stride``) sets the pads instead: their total split with the odd one at the beginning,
@@ -393,7 +397,9 @@ def conv_transpose_float64(x, w, *, group=1, auto_pad=None, pads=None, strides=N
     x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
     nd = x.ndim - 2
     n, c, size, kernel = x.shape[0], x.shape[1], x.shape[2:], w.shape[2:]
-    group = int(group or 1)
+    group, auto_pad, pads, output_shape = int(attrs.get("group") or 1), attrs.get("auto_pad"), attrs.get("pads"), \
+        attrs.get("output_shape")
+    strides, dilations, output_padding = attrs.get("strides"), attrs.get("dilations"), attrs.get("output_padding")
     if nd < 1 or w.ndim != x.ndim or c != w.shape[0] or c % group:
         raise ValueError(f"ConvTranspose: input {x.shape}, weight {w.shape} and group {group} do not agree")
     m = w.shape[1] * group
@@ -427,11 +433,8 @@ class ConvTranspose(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None,
-             kernel_shape=None,  # noqa: ARG002 - the kernel shape is w's
-             output_padding=None, output_shape=None, pads=None, strides=None):
-        y = conv_transpose_float64(x, w, group=group, auto_pad=auto_pad, pads=pads, strides=strides,
-                                   dilations=dilations, output_padding=output_padding, output_shape=output_shape)
+    def _run(self, x, w, b=None, **attrs):
+        y = conv_transpose_float64(x, w, **attrs)
         if b is not None:
             y += np.asarray(b, np.float64).reshape(1, -1, *([1] * (y.ndim - 2)))
         return (y.astype(np.asarray(x).dtype),)
