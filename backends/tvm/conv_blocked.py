@@ -118,138 +118,89 @@ def _blocking(w, out_shape: list[int], reduction: int, target):
     return b, np.pad(w, pad)
 
 
-def pack_weights(hwio, b: int):
-    """HWIO weights (numpy) -> ``[Cout / b, KH, KW, Cin, b]``."""
+def pack_weights(w, b: int):
+    """Channels-last weights (numpy: HWIO, or WIO for conv1d) -> ``[Cout / b, *K, Cin, b]``."""
     import numpy as np
 
-    kh, kw, ci, co = hwio.shape
-    return np.ascontiguousarray(hwio.reshape(kh, kw, ci, co // b, b).transpose(3, 0, 1, 2, 4))
+    blocked = w.reshape(*w.shape[:-1], w.shape[-1] // b, b)
+    return np.ascontiguousarray(np.moveaxis(blocked, -2, 0))
 
 
-def conv2d_nhwc_blocked(data, wb, strides, padding, dilation, out_dtype: str):
-    """TE compute: NHWC ``data`` by blocked weights ``wb`` ``[Cout/b, KH, KW, Cin, b]``;
-    ``padding`` is (top, left, bottom, right) as in ``relax.nn.conv2d``."""
+def conv_blocked(data, wb, strides, padding, dilation, out_dtype: str):
+    """TE compute: channels-last ``data`` (NHWC, or NWC for conv1d) by blocked weights ``wb``
+    ``[Cout/b, *K, Cin, b]``; ``padding`` is (begins..., ends...) as in ``relax.nn.conv2d`` /
+    ``conv1d``. Reduction order: the kernel axes, then the input channels."""
     from tvm import te, topi
 
-    n, h, w, c = (int(d) for d in data.shape)
-    cob, kh, kw, _, b = (int(d) for d in wb.shape)
-    sh, sw = (int(s) for s in strides)
-    dh, dw = (int(d) for d in dilation)
-    pt, pl, pb, pr = (int(p) for p in padding)
-    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
-    ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
-    padded = topi.nn.pad(data, [0, pt, pl, 0], [0, pb, pr, 0], name="pad_temp") if any((pt, pl, pb, pr)) else data
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
+    n, *size, c = (int(d) for d in data.shape)
+    cob, *kernel, _, b = (int(d) for d in wb.shape)
+    d = len(size)
+    strides, dilation, padding = ([int(v) for v in vs] for vs in (strides, dilation, padding))
+    out = [(size[i] + padding[i] + padding[d + i] - (kernel[i] - 1) * dilation[i] - 1) // strides[i] + 1
+           for i in range(d)]
+    padded = topi.nn.pad(data, [0, *padding[:d], 0], [0, *padding[d:], 0], name="pad_temp") if any(padding) else data
+    taps = [te.reduce_axis((0, k), name=name) for k, name in zip(kernel, ("ry", "rx")[2 - d:])]
     rc = te.reduce_axis((0, c), name="rc")
-    return te.compute(
-        (n, oh, ow, cob * b),
-        lambda nn, yy, xx, ff: te.sum(
-            padded[nn, yy * sh + ry * dh, xx * sw + rx * dw, rc].astype(out_dtype)
-            * wb[ff // b, ry, rx, rc, ff % b].astype(out_dtype),
-            axis=[ry, rx, rc],
-        ),
-        name="conv2d_nhwc",
-        tag="conv2d_nhwc",
-    )
+    name = "conv2d_nhwc" if d == 2 else "conv1d_nwc"
+
+    def body(nn, *idx):
+        at = [idx[i] * strides[i] + taps[i] * dilation[i] for i in range(d)]
+        return te.sum(padded[(nn, *at, rc)].astype(out_dtype) * wb[(idx[-1] // b, *taps, rc, idx[-1] % b)].astype(out_dtype),
+                      axis=[*taps, rc])
+
+    return te.compute((n, *out, cob * b), body, name=name, tag=name)
 
 
 def legalize_conv2d(bb, call):
     """``LegalizeOps`` entry for ``relax.nn.conv2d``: the blocked form where it applies (see
     the module docstring), else TVM's registered legalization."""
-    import tvm.ir.expr
-    from tvm import relax
     from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
 
-    attrs = call.attrs
-    x, w = call.args
-    if isinstance(w, relax.Var):  # a constant bound in the dataflow block
-        bound = bb.lookup_binding(w)
-        w = w if bound is None else bound
-    plain = (str(attrs.data_layout) == "NHWC" and str(attrs.kernel_layout) == "HWIO"
-             and str(attrs.out_layout) == "NHWC" and int(attrs.groups) == 1)
-    if not plain or not (isinstance(w, tvm.ir.expr.Constant) and hasattr(w, "value")):
-        return _nn_conv2d(bb, call)
-    dtype = str(w.ty.dtype)
-    out_dtype = str(attrs.out_dtype) if attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "None", "void") \
-        else dtype
-    target = tvm.target.Target.current(allow_none=True)
-    hwio = w.value.numpy()
-    out_shape = [int(d) for d in call.ty.shape.values]
-    if target is None or not dtype == "float32" == out_dtype:
-        return _nn_conv2d(bb, call)
-    cout = hwio.shape[-1]
-    b, hwio = _blocking(hwio, out_shape, int(hwio[..., 0].size), target)
-    if b is None:
-        return _nn_conv2d(bb, call)
-    wb = relax.const(pack_weights(hwio, b), dtype)
-    conv = bb.call_te(conv2d_nhwc_blocked, x, wb, list(attrs.strides), list(attrs.padding), list(attrs.dilation),
-                      out_dtype, primfunc_name_hint="conv2d")
-    if hwio.shape[-1] == cout:
-        return conv
-    return bb.call_te(first_columns, bb.emit(conv), cout, primfunc_name_hint="conv2d_crop")
-
-
-def conv1d_nwc_blocked(data, wb, strides, padding, dilation, out_dtype: str):
-    """TE compute: NWC ``data`` by blocked weights ``wb`` ``[Cout/b, K, Cin, b]``; ``padding``
-    is (left, right) as in ``relax.nn.conv1d``."""
-    from tvm import te, topi
-
-    n, w, c = (int(d) for d in data.shape)
-    cob, k, _, b = (int(d) for d in wb.shape)
-    (sw,), (dw,), (pl, pr) = ([int(s) for s in strides], [int(d) for d in dilation], [int(p) for p in padding])
-    ow = (w + pl + pr - (k - 1) * dw - 1) // sw + 1
-    padded = topi.nn.pad(data, [0, pl, 0], [0, pr, 0], name="pad_temp") if pl or pr else data
-    rx = te.reduce_axis((0, k), name="rx")
-    rc = te.reduce_axis((0, c), name="rc")
-    return te.compute(
-        (n, ow, cob * b),
-        lambda nn, xx, ff: te.sum(
-            padded[nn, xx * sw + rx * dw, rc].astype(out_dtype) * wb[ff // b, rx, rc, ff % b].astype(out_dtype),
-            axis=[rx, rc],
-        ),
-        name="conv1d_nwc",
-        tag="conv1d_nwc",
-    )
+    return _legalize_blocked(bb, call, ("NHWC", "HWIO"), _nn_conv2d, "conv2d")
 
 
 def legalize_conv1d(bb, call):
     """``LegalizeOps`` entry for ``relax.nn.conv1d``: NWC / WIO with constant float32 weights
     in the blocked form (weights ``[Cout / b, K, Cin, b]``, zero-padded channels cropped as for
     :func:`legalize_conv2d`), else TVM's registered legalization."""
-    import numpy as np
+    from tvm.relax.transform.legalize_ops.nn import _nn_conv1d
+
+    return _legalize_blocked(bb, call, ("NWC", "WIO"), _nn_conv1d, "conv1d")
+
+
+def _legalize_blocked(bb, call, layouts: tuple[str, str], fallback, name: str):
+    """The blocked form of a channels-last, ungrouped conv ``call`` (data / kernel
+    ``layouts``) with constant float32 weights, a crop after zero-padded channels; else
+    ``fallback`` (TVM's legalization)."""
     import tvm.ir.expr
     from tvm import relax
-    from tvm.relax.transform.legalize_ops.nn import _nn_conv1d
 
     attrs = call.attrs
     x, w = call.args
-    if isinstance(w, relax.Var):
+    if isinstance(w, relax.Var):  # a constant bound in the dataflow block
         bound = bb.lookup_binding(w)
         w = w if bound is None else bound
-    plain = (str(attrs.data_layout) == "NWC" and str(attrs.kernel_layout) == "WIO"
-             and str(attrs.out_layout) == "NWC" and int(attrs.groups) == 1)
+    plain = ((str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) == (*layouts, layouts[0])
+             and int(attrs.groups) == 1)
     if not plain or not (isinstance(w, tvm.ir.expr.Constant) and hasattr(w, "value")):
-        return _nn_conv1d(bb, call)
+        return fallback(bb, call)
     dtype = str(w.ty.dtype)
     out_dtype = str(attrs.out_dtype) if attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "None", "void") \
         else dtype
     target = tvm.target.Target.current(allow_none=True)
     if target is None or not dtype == "float32" == out_dtype:
-        return _nn_conv1d(bb, call)
-    wio = w.value.numpy()
-    out_shape = [int(d) for d in call.ty.shape.values]
-    cout = wio.shape[-1]
-    b, wio = _blocking(wio, out_shape, int(wio[..., 0].size), target)
+        return fallback(bb, call)
+    weight = w.value.numpy()
+    cout = weight.shape[-1]
+    b, weight = _blocking(weight, [int(d) for d in call.ty.shape.values], int(weight[..., 0].size), target)
     if b is None:
-        return _nn_conv1d(bb, call)
-    k, ci, co = wio.shape
-    wb = relax.const(np.ascontiguousarray(wio.reshape(k, ci, co // b, b).transpose(2, 0, 1, 3)), dtype)
-    conv = bb.call_te(conv1d_nwc_blocked, x, wb, list(attrs.strides), list(attrs.padding), list(attrs.dilation),
-                      out_dtype, primfunc_name_hint="conv1d")
-    if co == cout:
+        return fallback(bb, call)
+    wb = relax.const(pack_weights(weight, b), dtype)
+    conv = bb.call_te(conv_blocked, x, wb, list(attrs.strides), list(attrs.padding), list(attrs.dilation),
+                      out_dtype, primfunc_name_hint=name)
+    if weight.shape[-1] == cout:
         return conv
-    return bb.call_te(first_columns, bb.emit(conv), cout, primfunc_name_hint="conv1d_crop")
+    return bb.call_te(first_columns, bb.emit(conv), cout, primfunc_name_hint=f"{name}_crop")
 
 
 def first_columns(data, n: int):

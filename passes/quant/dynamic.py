@@ -63,15 +63,16 @@ def carries_flips(model: onnx.ModelProto) -> bool:
     for n in model.graph.node:
         for name in n.input:
             consumers.setdefault(name, []).append(n)
-    quantizers = [n for n in model.graph.node if n.op_type in DYNAMIC_OPS and n.domain in ("", "ai.onnx")]
-    for q in quantizers:
-        seen, todo = set(), list(q.output)
-        while todo:
-            for n in consumers.get(todo.pop(), []):
-                if id(n) in seen:
-                    continue
+    # one walk from every quantizer's outputs: a graph has no cycles, so a quantizer it reaches
+    # is downstream of another one
+    is_quantizer = lambda n: n.op_type in DYNAMIC_OPS and n.domain in ("", "ai.onnx")  # noqa: E731
+    todo = [t for n in model.graph.node if is_quantizer(n) for t in n.output]
+    seen: set[int] = set()
+    while todo:
+        for n in consumers.get(todo.pop(), []):
+            if id(n) not in seen:
                 seen.add(id(n))
-                if n.op_type in DYNAMIC_OPS and n.domain in ("", "ai.onnx"):
+                if is_quantizer(n):
                     return True
                 todo.extend(n.output)
     return False
